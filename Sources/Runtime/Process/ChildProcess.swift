@@ -1,0 +1,144 @@
+import CSpawn
+import Foundation
+import Synchronization
+
+/// How a child process ended.
+public enum Termination: Sendable, Equatable, CustomStringConvertible {
+    case exited(Int32)
+    case signaled(Int32)
+
+    public var description: String {
+        switch self {
+        case .exited(let code): "exited with code \(code)"
+        case .signaled(let signal): "killed by signal \(signal)"
+        }
+    }
+}
+
+/// Why a child could not be started.
+public struct SpawnError: Error, Sendable, CustomStringConvertible {
+    public var executable: String
+    public var errno: Int32
+    public var description: String { "cannot start \(executable): \(String(cString: strerror(errno)))" }
+}
+
+/// A running child process: its own process group, killed by the kernel if Corral dies, with
+/// stdout and stderr merged into a stream of lines.
+///
+/// One plain thread per child reads its output until EOF and then reaps it, so neither blocks
+/// the concurrency pool.
+public final class ChildProcess: Sendable {
+    public let pid: Int32
+    public let executable: String
+    /// Output lines (stdout and stderr merged), finished when the child closes its output.
+    public let lines: AsyncStream<String>
+    private let state: Mutex<State>
+
+    private struct State {
+        var termination: Termination?
+        var waiters: [CheckedContinuation<Termination, Never>] = []
+    }
+
+    /// Starts `executable` with `arguments`; `environment` nil inherits Corral's.
+    public init(executable: String, arguments: [String], environment: [String: String]? = nil) throws(SpawnError) {
+        var fds: [Int32] = [0, 0]
+        let pipeError = corral_pipe_cloexec(&fds)
+        guard pipeError == 0 else { throw SpawnError(executable: executable, errno: pipeError) }
+        let env = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
+        var spawnError: Int32 = 0
+        let pid = withCStrings([executable] + arguments) { argv in
+            withCStrings(env) { envp in
+                corral_spawn(executable, argv, envp, fds[1], &spawnError)
+            }
+        }
+        close(fds[1])
+        guard pid > 0 else {
+            close(fds[0])
+            throw SpawnError(executable: executable, errno: spawnError)
+        }
+        self.pid = pid
+        self.executable = executable
+        let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(4096))
+        self.lines = stream
+        self.state = Mutex(State())
+        let readFD = fds[0]
+        let thread = Thread { [self] in
+            Self.pump(fd: readFD, into: continuation)
+            let status = corral_wait(pid)
+            let termination: Termination =
+                corral_signaled(status) != 0 ? .signaled(corral_term_signal(status)) : .exited(corral_exit_code(status))
+            let waiters = state.withLock { s in
+                s.termination = termination
+                defer { s.waiters = [] }
+                return s.waiters
+            }
+            for w in waiters { w.resume(returning: termination) }
+        }
+        thread.name = "corral-child-\(pid)"
+        thread.start()
+    }
+
+    /// Reads lines until EOF. Lines longer than 64 KiB are cut.
+    private static func pump(fd: Int32, into continuation: AsyncStream<String>.Continuation) {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var line: [UInt8] = []
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, 65536) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            for byte in buffer[0..<n] {
+                if byte == 10 {
+                    continuation.yield(String(decoding: line, as: UTF8.self))
+                    line.removeAll(keepingCapacity: true)
+                } else if line.count < 65536 {
+                    line.append(byte)
+                }
+            }
+        }
+        if !line.isEmpty { continuation.yield(String(decoding: line, as: UTF8.self)) }
+        close(fd)
+        continuation.finish()
+    }
+
+    /// The termination, once the child has exited and been reaped.
+    public var termination: Termination? { state.withLock { $0.termination } }
+
+    /// Waits for the child to exit.
+    public func wait() async -> Termination {
+        await withCheckedContinuation { continuation in
+            let done = state.withLock { s -> Termination? in
+                if let t = s.termination { return t }
+                s.waiters.append(continuation)
+                return nil
+            }
+            if let done { continuation.resume(returning: done) }
+        }
+    }
+
+    /// Sends `signal` to the child's whole process group.
+    public func signalGroup(_ signal: Int32) {
+        if termination == nil { _ = corral_kill_group(pid, signal) }
+    }
+
+    /// SIGTERM to the group, then SIGKILL after `grace`; returns once the child is reaped.
+    @discardableResult
+    public func stop(grace: Duration = .seconds(5)) async -> Termination {
+        if let t = termination { return t }
+        signalGroup(SIGTERM)
+        let killer = Task {
+            try await Task.sleep(for: grace)
+            self.signalGroup(SIGKILL)
+        }
+        let t = await wait()
+        killer.cancel()
+        return t
+    }
+}
+
+/// Calls `body` with a NULL-terminated C string array that lives for the call.
+func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    pointers.append(nil)
+    defer { for p in pointers { free(p) } }
+    return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+}
