@@ -1,0 +1,89 @@
+import AsyncHTTPClient
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import Runtime
+import ServiceLifecycle
+
+/// Everything the HTTP application needs, built once at start-up.
+public struct GatewayDependencies: Sendable {
+    public var config: CorralConfig
+    public var scheduler: Scheduler
+    public var client: HTTPClient
+    public var recorder: RequestRecorder?
+    public var logger: Logger
+
+    public init(config: CorralConfig, scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder? = nil, logger: Logger) {
+        self.config = config
+        self.scheduler = scheduler
+        self.client = client
+        self.recorder = recorder
+        self.logger = logger
+    }
+
+    /// The dedicated upstream client: no redirects, no decompression, generous read timeout
+    /// (a long prompt can pause before the first token), a pool wide enough for every slot.
+    public static func makeHTTPClient() -> HTTPClient {
+        var configuration = HTTPClient.Configuration(
+            redirectConfiguration: .disallow,
+            timeout: .init(connect: .seconds(5), read: .minutes(10)),
+            decompression: .disabled)
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 256
+        return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+    }
+}
+
+/// Builds Corral's router.
+public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestContext> {
+    let router = Router(context: GatewayRequestContext.self)
+    router.add(middleware: ErrorShapeMiddleware())
+    router.get("/health") { _, _ in jsonResponse(["status": "ok"]) }
+    let relay = Relay(scheduler: deps.scheduler, client: deps.client, recorder: deps.recorder, logger: deps.logger)
+    OpenAIRoutes(relay: relay, scheduler: deps.scheduler).register(on: router)
+    AdminRoutes(scheduler: deps.scheduler).register(on: router)
+    return router
+}
+
+/// Turns Hummingbird's own errors (404 route, 413 body) into OpenAI-shaped ones.
+struct ErrorShapeMiddleware: RouterMiddleware {
+    typealias Context = GatewayRequestContext
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as OpenAIError {
+            throw error
+        } catch let error as HTTPError {
+            let code = error.status.code == 404 ? "not_found" : error.status.code == 413 ? "request_too_large" : nil
+            throw OpenAIError(error.status, error.body ?? error.status.reasonPhrase, code: code)
+        }
+    }
+}
+
+/// Stops every llama-server when the service group shuts down (after the HTTP server drained).
+public struct FleetService: Service {
+    let scheduler: Scheduler
+    let client: HTTPClient
+
+    public init(scheduler: Scheduler, client: HTTPClient) {
+        self.scheduler = scheduler
+        self.client = client
+    }
+
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await scheduler.shutdown()
+        try await client.shutdown()
+    }
+}
+
+/// The complete application: router plus the fleet service, listening per config.
+public func buildApplication(_ deps: GatewayDependencies) -> some ApplicationProtocol {
+    GatewayLimits.maxBodyBytes = deps.config.maxBodyBytes
+    var app = Application(
+        router: buildRouter(deps),
+        configuration: .init(address: .hostname(deps.config.listen.host, port: deps.config.listen.port), serverName: "corral"),
+        logger: deps.logger)
+    app.addServices(FleetService(scheduler: deps.scheduler, client: deps.client))
+    return app
+}

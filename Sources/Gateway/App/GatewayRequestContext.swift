@@ -1,0 +1,17 @@
+import Hummingbird
+
+/// Per-request context: Hummingbird's core storage plus Corral's request limits.
+public struct GatewayRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    /// Largest body `request.decode`/`collect` accepts (set from `routes.json` maxBodyBytes).
+    public var maxUploadSize: Int { GatewayLimits.maxBodyBytes }
+
+    public init(source: ApplicationRequestContextSource) {
+        self.coreContext = .init(source: source)
+    }
+}
+
+/// Process-wide request limits, set once at start-up before the server runs.
+public enum GatewayLimits {
+    nonisolated(unsafe) public static var maxBodyBytes = 32 << 20  // written once in main before serving
+}

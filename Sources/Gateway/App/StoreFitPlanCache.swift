@@ -1,0 +1,36 @@
+import Foundation
+import Runtime
+import Store
+
+/// Fit plans kept in SQLite, keyed by everything that changes the answer: the file (path, size,
+/// mtime), the hardware, the arguments and the llama.cpp build. Any change is a new key.
+public struct StoreFitPlanCache: FitPlanCache {
+    let store: Store
+    let hardwareFingerprint: String
+    let llamaBuild: String
+
+    public init(store: Store, hardwareFingerprint: String, llamaBuild: String) {
+        self.store = store
+        self.hardwareFingerprint = hardwareFingerprint
+        self.llamaBuild = llamaBuild
+    }
+
+    func key(_ spec: ModelSpec, _ arguments: [String]) -> String? {
+        guard let path = spec.path,
+            let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+            let size = attributes[.size] as? UInt64, let mtime = attributes[.modificationDate] as? Date
+        else { return nil }
+        return [path, String(size), String(mtime.timeIntervalSince1970), hardwareFingerprint, arguments.joined(separator: "\u{1f}"), llamaBuild]
+            .joined(separator: "\u{1e}")
+    }
+
+    public func plan(for spec: ModelSpec, arguments: [String]) async -> FitPlan? {
+        guard let key = key(spec, arguments), let data = try? await store.fitPlan(key: key) else { return nil }
+        return try? JSONDecoder().decode(FitPlan.self, from: data)
+    }
+
+    public func save(_ plan: FitPlan, for spec: ModelSpec, arguments: [String]) async {
+        guard let key = key(spec, arguments), let data = try? JSONEncoder().encode(plan) else { return }
+        try? await store.saveFitPlan(key: key, model: spec.id, plan: data)
+    }
+}

@@ -1,0 +1,71 @@
+import Hummingbird
+import HTTPTypes
+import NIOCore
+import Runtime
+
+/// An error in OpenAI's shape: `{"error":{"message","type","param","code"}}` with the right
+/// status, `Retry-After` where retrying helps and `x-should-retry: false` where it cannot.
+public struct OpenAIError: HTTPResponseError, Sendable {
+    public var status: HTTPResponse.Status
+    public var message: String
+    public var type: String
+    public var code: String?
+    public var param: String?
+    public var retryAfter: Int?
+
+    public init(_ status: HTTPResponse.Status, _ message: String, type: String = "invalid_request_error",
+                code: String? = nil, param: String? = nil, retryAfter: Int? = nil) {
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.retryAfter = retryAfter
+    }
+
+    public static func badRequest(_ message: String, param: String? = nil) -> OpenAIError {
+        OpenAIError(.badRequest, message, code: "invalid_request", param: param)
+    }
+
+    public static func modelNotFound(_ name: String) -> OpenAIError {
+        OpenAIError(.notFound, "The model '\(name)' does not exist or is not served here.", code: "model_not_found", param: "model")
+    }
+
+    /// Maps a scheduler failure to the status a client should see.
+    public init(_ error: SchedulerError) {
+        switch error {
+        case .unknownModel(let m): self = .modelNotFound(m)
+        case .queueFull(_, let after):
+            self.init(.tooManyRequests, error.description, type: "server_error", code: "queue_full", retryAfter: after)
+        case .insufficientMemory:
+            self.init(.init(code: 507, reasonPhrase: "Insufficient Storage"), error.description, type: "server_error", code: "insufficient_memory")
+        case .loadFailed:
+            self.init(.serviceUnavailable, error.description, type: "server_error", code: "model_load_failed", retryAfter: 5)
+        case .modelFailed:
+            self.init(.serviceUnavailable, error.description, type: "server_error", code: "model_failed")
+        case .instanceCrashed:
+            self.init(.badGateway, error.description, type: "server_error", code: "upstream_crashed", retryAfter: 1)
+        case .noLlamaServer:
+            self.init(.serviceUnavailable, error.description, type: "server_error", code: "llama_server_missing")
+        case .shuttingDown:
+            self.init(.serviceUnavailable, error.description, type: "server_error", code: "shutting_down", retryAfter: 5)
+        }
+    }
+
+    /// Permanent failures that retrying the same request cannot fix.
+    var isPermanent: Bool { retryAfter == nil && status.code != 502 && status.code != 429 }
+
+    public var jsonBody: String {
+        var error: [String: Any] = ["message": message, "type": type]
+        error["code"] = code ?? NSNullish.null
+        error["param"] = param ?? NSNullish.null
+        return JSON.encode(["error": error])
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let retryAfter { headers[.retryAfter] = String(retryAfter) }
+        if isPermanent { headers[HTTPField.Name("x-should-retry")!] = "false" }
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: jsonBody)))
+    }
+}

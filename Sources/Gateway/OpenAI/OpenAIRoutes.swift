@@ -1,0 +1,77 @@
+import Foundation
+import GGUF
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import NIOHTTP1
+import Runtime
+
+/// OpenAI-compatible and llama.cpp-native routes, all routed by the request's model name.
+struct OpenAIRoutes: Sendable {
+    let relay: Relay
+    let scheduler: Scheduler
+
+    func register(on router: Router<GatewayRequestContext>) {
+        // OpenAI routes: bodies pass through; streaming chat/completions get usage injected.
+        for (path, injectUsage) in [
+            ("/v1/chat/completions", true), ("/v1/completions", true), ("/v1/embeddings", false),
+            ("/v1/responses", false), ("/v1/rerank", false),
+            // llama.cpp-native routes, routed by the `model` field.
+            ("/completion", false), ("/infill", false), ("/tokenize", false), ("/detokenize", false),
+            ("/apply-template", false),
+        ] {
+            router.post(RouterPath(path)) { request, context in
+                let (buffer, body) = try await Relay.readJSON(request, context: context)
+                if path == "/v1/chat/completions" {
+                    guard body["messages"] is [Any] else { throw OpenAIError.badRequest("'messages' must be an array", param: "messages") }
+                }
+                if path == "/v1/embeddings" && body["input"] == nil {
+                    throw OpenAIError.badRequest("missing required field 'input'", param: "input")
+                }
+                return try await relay.forwardJSON(
+                    route: path, upstreamPath: path, buffer: buffer, body: body, injectUsage: injectUsage,
+                    request: request, context: context)
+            }
+        }
+        // llama.cpp-native GET routes take the model as a query parameter.
+        for path in ["/props", "/slots", "/metrics"] {
+            router.get(RouterPath(path)) { request, _ in
+                guard let model = request.uri.queryParameters.get("model"), !model.isEmpty else {
+                    throw OpenAIError.badRequest("add ?model=NAME to choose the model", param: "model")
+                }
+                return try await relay.forward(
+                    route: path, method: .GET, upstreamPath: path, modelName: model, body: nil, streaming: false,
+                    hideUsage: false, request: request)
+            }
+        }
+        router.get("/v1/models") { _, _ in
+            let catalog = await scheduler.catalog
+            let data = catalog.models.map(Self.modelObject)
+            return jsonResponse(["object": "list", "data": data])
+        }
+        // Model ids may contain ':' and '/'.
+        router.get("/v1/models/**") { _, context in
+            let id = context.parameters.getCatchAll().joined(separator: "/")
+            guard let spec = await scheduler.catalog.resolve(String(id)) else { throw OpenAIError.modelNotFound(String(id)) }
+            return jsonResponse(Self.modelObject(spec))
+        }
+    }
+
+    static func modelObject(_ spec: ModelSpec) -> [String: Any] {
+        var meta: [String: Any] = ["source": spec.source, "aliases": spec.aliases]
+        if let f = spec.facts {
+            meta["architecture"] = f.architecture
+            meta["parameters"] = f.parameterCount
+            meta["quantization"] = f.quantization
+            meta["context_length"] = f.contextLength ?? 0
+            meta["capabilities"] = f.capabilities.names
+        }
+        if let size = spec.fileSize { meta["size"] = size }
+        return ["id": spec.id, "object": "model", "created": 0, "owned_by": "corral", "meta": meta]
+    }
+}
+
+/// A JSON response from a dictionary.
+func jsonResponse(_ object: Any, status: HTTPResponse.Status = .ok) -> Response {
+    Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: JSON.encode(object))))
+}

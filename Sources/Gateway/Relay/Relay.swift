@@ -1,0 +1,238 @@
+import AsyncHTTPClient
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import NIOHTTP1
+import Runtime
+
+/// Releases a lease exactly once: when the response body finishes, or when the response is
+/// dropped without its body ever being written (client gone before the head was sent).
+final class LeaseHolder: @unchecked Sendable {  // `released` is guarded by `lock`
+    let lease: Lease
+    let scheduler: Scheduler
+    private let lock = NSLock()
+    private var released = false
+
+    init(_ lease: Lease, _ scheduler: Scheduler) {
+        self.lease = lease
+        self.scheduler = scheduler
+    }
+
+    func release() async {
+        guard take() else { return }
+        await scheduler.release(lease)
+    }
+
+    private func take() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if released { return false }
+        released = true
+        return true
+    }
+
+    deinit {
+        if take() {
+            let (scheduler, lease) = (scheduler, lease)
+            Task { await scheduler.release(lease) }
+        }
+    }
+}
+
+/// Sends a request to the instance serving its model and streams the answer back without
+/// buffering, observing time to first byte and the final usage on the way.
+public struct Relay: Sendable {
+    let scheduler: Scheduler
+    let client: HTTPClient
+    let recorder: RequestRecorder?
+    let logger: Logger
+
+    public init(scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder?, logger: Logger) {
+        self.scheduler = scheduler
+        self.client = client
+        self.recorder = recorder
+        self.logger = logger
+    }
+
+    /// Headers that belong to one hop and are not forwarded.
+    static let hopByHop: [String] = [
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+        "transfer-encoding", "upgrade", "host", "authorization", "x-api-key", "content-length",
+    ]
+
+    /// Reads and parses a JSON body, mapping size and syntax problems to OpenAI errors.
+    public static func readJSON(_ request: Request, context: GatewayRequestContext) async throws -> (ByteBuffer, [String: Any]) {
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: context.maxUploadSize)
+        } catch {
+            throw OpenAIError(.contentTooLarge, "request body exceeds \(context.maxUploadSize) bytes", code: "request_too_large")
+        }
+        let object = try JSON.object(Array(buffer.readableBytesView))
+        return (buffer, object)
+    }
+
+    /// Forwards a JSON POST for the model named in its body.
+    /// - Parameter injectUsage: for OpenAI streaming routes, ask upstream for the usage chunk.
+    public func forwardJSON(
+        route: String, upstreamPath: String, buffer: ByteBuffer, body: [String: Any],
+        injectUsage: Bool, request: Request, context: GatewayRequestContext
+    ) async throws -> Response {
+        guard let model = body["model"] else { throw OpenAIError.badRequest("missing required field 'model'", param: "model") }
+        guard let modelName = model as? String, !modelName.isEmpty else {
+            throw OpenAIError.badRequest("'model' must be a non-empty string", param: "model")
+        }
+        if let s = body["stream"], !(s is NSNull), !isJSONBool(s) {
+            throw OpenAIError.badRequest("'stream' must be a boolean", param: "stream")
+        }
+        for key in ["max_tokens", "max_completion_tokens", "n_predict"] {
+            if let v = body[key], !(v is NSNull) {
+                guard let n = v as? NSNumber, !isJSONBool(n), n.doubleValue == n.doubleValue.rounded(), n.doubleValue >= -1 else {
+                    throw OpenAIError.badRequest("'\(key)' must be a non-negative integer", param: key)
+                }
+            }
+        }
+        let streaming = (body["stream"] as? Bool) == true
+        var outgoing = buffer
+        var hideUsage = false
+        if injectUsage && streaming {
+            let options = body["stream_options"] as? [String: Any] ?? [:]
+            if (options["include_usage"] as? Bool) != true {
+                var modified = body
+                var o = options
+                o["include_usage"] = true
+                modified["stream_options"] = o
+                outgoing = ByteBuffer(bytes: JSON.data(modified))
+                hideUsage = true
+            }
+        }
+        return try await forward(
+            route: route, method: .POST, upstreamPath: upstreamPath, modelName: modelName, body: outgoing,
+            streaming: streaming, hideUsage: hideUsage, request: request)
+    }
+
+    /// Forwards any request for `modelName` to its instance.
+    public func forward(
+        route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?,
+        streaming: Bool, hideUsage: Bool, request: Request
+    ) async throws -> Response {
+        let started = ContinuousClock.now
+        let requestID = UUID().uuidString.lowercased()
+        let lease: Lease
+        do {
+            lease = try await scheduler.acquire(modelName)
+        } catch {
+            record(RequestRecord(
+                requestID: requestID, route: route, model: modelName, status: Int(OpenAIError(error).status.code),
+                errorKind: "\(error)", queueMs: ms(ContinuousClock.now - started), loadMs: 0, timeToFirstByteMs: nil,
+                totalMs: ms(ContinuousClock.now - started), clientDisconnected: false))
+            throw OpenAIError(error)
+        }
+        let holder = LeaseHolder(lease, scheduler)
+
+        var upstream = HTTPClientRequest(url: lease.baseURL + upstreamPath)
+        upstream.method = method
+        for field in request.headers where !Self.hopByHop.contains(field.name.canonicalName) {
+            upstream.headers.add(name: field.name.rawName, value: field.value)
+        }
+        if let key = lease.apiKey { upstream.headers.add(name: "authorization", value: "Bearer \(key)") }
+        if let body {
+            upstream.headers.replaceOrAdd(name: "content-type", value: "application/json")
+            upstream.body = .bytes(body)
+        }
+
+        let response: HTTPClientResponse
+        do {
+            response = try await client.execute(upstream, timeout: .minutes(10), logger: logger)
+        } catch {
+            await holder.release()
+            let crashed = await scheduler.instance(for: lease.modelID) == nil
+            logger.warning("upstream request failed", metadata: ["model": "\(lease.modelID)", "error": "\(error)"])
+            record(RequestRecord(
+                requestID: requestID, route: route, model: lease.modelID, status: 502, errorKind: "upstream_unreachable",
+                queueMs: ms(lease.queueDuration), loadMs: ms(lease.loadDuration), timeToFirstByteMs: nil,
+                totalMs: ms(ContinuousClock.now - started), clientDisconnected: false))
+            throw OpenAIError(.badGateway, crashed ? "model '\(lease.modelID)' stopped while handling the request" : "upstream request failed: \(error)",
+                              type: "server_error", code: "upstream_error", retryAfter: 1)
+        }
+
+        var headers = HTTPFields()
+        for (name, value) in response.headers where !Self.hopByHop.contains(name.lowercased()) {
+            if let fieldName = HTTPField.Name(name) { headers.append(HTTPField(name: fieldName, value: value)) }
+        }
+        let isSSE = response.headers.first(name: "content-type")?.contains("text/event-stream") == true
+        if isSSE {
+            headers[HTTPField.Name("X-Accel-Buffering")!] = "no"
+            headers[.cacheControl] = "no-cache"
+        } else if let length = response.headers.first(name: "content-length") {
+            headers[.contentLength] = length
+        }
+        headers[HTTPField.Name("x-request-id")!] = requestID
+        let status = HTTPResponse.Status(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase)
+        let upstreamBody = response.body
+        let recorder = self
+        return Response(
+            status: status, headers: headers,
+            body: ResponseBody { writer in
+                var filter = SSEUsageFilter(hideUsageChunk: hideUsage && isSSE)
+                var collected = ByteBuffer()  // non-streamed bodies, for their usage (capped)
+                var firstByte: ContinuousClock.Instant?
+                var disconnected = false
+                var upstreamFailed = false
+                do {
+                    for try await chunk in upstreamBody {
+                        if firstByte == nil { firstByte = .now }
+                        if isSSE {
+                            let out = filter.feed(chunk)
+                            if out.readableBytes > 0 {
+                                do { try await writer.write(out) } catch { disconnected = true; break }
+                            }
+                        } else {
+                            if collected.readableBytes < 4 << 20 { collected.writeImmutableBuffer(chunk) }
+                            do { try await writer.write(chunk) } catch { disconnected = true; break }
+                        }
+                    }
+                } catch {
+                    upstreamFailed = true
+                }
+                if !disconnected {
+                    if isSSE {
+                        let rest = filter.finish()
+                        if rest.readableBytes > 0 { try? await writer.write(rest) }
+                        if upstreamFailed {
+                            let event = "data: " + OpenAIError(.badGateway, "model '\(lease.modelID)' stopped mid-stream", type: "server_error", code: "upstream_crashed").jsonBody + "\n\n"
+                            try? await writer.write(ByteBuffer(string: event))
+                        }
+                    }
+                    try? await writer.finish(nil)
+                }
+                await holder.release()
+                var usage = filter.usage
+                var timings = filter.timings
+                if !isSSE, let object = try? JSONSerialization.jsonObject(with: Data(collected.readableBytesView)) as? [String: Any] {
+                    usage = object["usage"] as? [String: Any]
+                    timings = object["timings"] as? [String: Any]
+                }
+                recorder.record(RequestRecord(
+                    requestID: requestID, route: route, model: lease.modelID,
+                    status: upstreamFailed ? 502 : Int(status.code),
+                    errorKind: upstreamFailed ? "upstream_crashed" : nil,
+                    queueMs: ms(lease.queueDuration), loadMs: ms(lease.loadDuration),
+                    timeToFirstByteMs: firstByte.map { ms($0 - started) }, totalMs: ms(ContinuousClock.now - started),
+                    promptTokens: usage?["prompt_tokens"] as? Int,
+                    cachedTokens: (usage?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int,
+                    completionTokens: usage?["completion_tokens"] as? Int,
+                    promptTokensPerSecond: timings?["prompt_per_second"] as? Double,
+                    generationTokensPerSecond: timings?["predicted_per_second"] as? Double,
+                    clientDisconnected: disconnected))
+            })
+    }
+
+    func record(_ r: RequestRecord) { recorder?(r) }
+}
+
+func ms(_ d: Duration) -> Double {
+    Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
+}

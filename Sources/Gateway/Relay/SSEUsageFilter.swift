@@ -1,0 +1,67 @@
+import Foundation
+import NIOCore
+
+/// Watches an SSE stream from llama-server as it passes: finds the final `usage`/`timings`
+/// chunk and, when Corral injected `include_usage` for its own accounting, drops that chunk so
+/// the client sees exactly what it asked for. Events are forwarded as soon as they are complete
+/// and are never re-serialised.
+struct SSEUsageFilter {
+    /// Drop the usage-only chunk (`"choices":[]`) from the client's stream.
+    let hideUsageChunk: Bool
+    private var pending = ByteBuffer()
+    private(set) var usage: [String: Any]?
+    private(set) var timings: [String: Any]?
+
+    init(hideUsageChunk: Bool) { self.hideUsageChunk = hideUsageChunk }
+
+    /// Feeds upstream bytes; returns the bytes to forward now.
+    mutating func feed(_ chunk: ByteBuffer) -> ByteBuffer {
+        pending.writeImmutableBuffer(chunk)
+        var out = ByteBuffer()
+        while let end = eventEnd() {
+            let event = pending.readSlice(length: end)!
+            if inspect(event) { out.writeImmutableBuffer(event) }
+        }
+        return out
+    }
+
+    /// Whatever is left when the stream ends.
+    mutating func finish() -> ByteBuffer {
+        defer { pending.clear() }
+        let rest = pending
+        return inspect(rest) ? rest : ByteBuffer()
+    }
+
+    /// Index just past the next blank line ("\n\n" or "\r\n\r\n") in `pending`.
+    private func eventEnd() -> Int? {
+        let view = pending.readableBytesView
+        var previousNewline = false
+        var i = view.startIndex
+        while i < view.endIndex {
+            let b = view[i]
+            if b == 10 {
+                if previousNewline { return i - view.startIndex + 1 }
+                previousNewline = true
+            } else if b != 13 {
+                previousNewline = false
+            }
+            i += 1
+        }
+        return nil
+    }
+
+    /// Records usage from an event; false when the event must not be forwarded.
+    private mutating func inspect(_ event: ByteBuffer) -> Bool {
+        // Only events that mention usage or timings are parsed; the rest pass untouched.
+        let text = String(buffer: event)
+        guard text.contains("\"usage\"") || text.contains("\"timings\"") else { return true }
+        for line in text.split(separator: "\n") where line.hasPrefix("data:") {
+            let payload = line.dropFirst(5).trimmingCharacters(in: .whitespaces)
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(payload.utf8)) as? [String: Any] else { continue }
+            if let u = obj["usage"] as? [String: Any] { usage = u }
+            if let t = obj["timings"] as? [String: Any] { timings = t }
+            if hideUsageChunk, let choices = obj["choices"] as? [Any], choices.isEmpty, obj["usage"] != nil { return false }
+        }
+        return true
+    }
+}

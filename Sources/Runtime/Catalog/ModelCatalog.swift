@@ -1,0 +1,140 @@
+import Foundation
+import GGUF
+
+/// One servable model: a local GGUF run by llama-server, or a model of a remote upstream.
+public struct ModelSpec: Sendable, Equatable {
+    public enum Backend: Sendable, Equatable {
+        case local(path: String)
+        case remote(baseURL: String, apiKeyEnv: String?)
+    }
+
+    /// Canonical name (lowercase, no `:latest`).
+    public var id: String
+    public var backend: Backend
+    public var aliases: [String]
+    public var pinnedArgs: [String]
+    public var contextSize: Int?
+    public var ttl: Duration?
+    public var parallel: Int
+    public var pinned: Bool
+    public var embeddings: Bool
+    /// Where it came from: `config`, a source folder, or an upstream name.
+    public var source: String
+    public var facts: ModelFacts?
+    public var fileSize: UInt64?
+
+    public var path: String? {
+        if case .local(let p) = backend { return p }
+        return nil
+    }
+}
+
+/// Every model Corral may serve, and the only way a request's model name becomes a file.
+///
+/// Names match case-insensitively, through aliases, and `x:latest` is `x`. A name is only ever
+/// looked up here; it is never joined onto a path or passed to a shell.
+public struct ModelCatalog: Sendable {
+    public private(set) var models: [ModelSpec] = []
+    private var index: [String: Int] = [:]
+    /// Files that could not be read, with the reason.
+    public private(set) var problems: [(path: String, error: String)] = []
+
+    public init() {}
+
+    /// Builds the catalog from explicit models, scanned sources and upstreams (in that precedence).
+    public static func build(from config: CorralConfig) -> ModelCatalog {
+        var catalog = ModelCatalog()
+        let defaultParallel = 4
+        for m in config.models {
+            let facts = try? ModelFacts.read(path: m.path)
+            if facts == nil { catalog.problems.append((m.path, "cannot read GGUF header")) }
+            catalog.add(
+                ModelSpec(
+                    id: normalize(m.name), backend: .local(path: m.path), aliases: m.aliases.map(normalize),
+                    pinnedArgs: m.args, contextSize: m.contextSize, ttl: m.ttl, parallel: m.parallel ?? defaultParallel,
+                    pinned: m.pinned, embeddings: m.embeddings || facts?.capabilities.contains(.embedding) == true,
+                    source: "config", facts: facts, fileSize: fileSize(m.path)))
+        }
+        for source in config.sources {
+            for path in scan(source.directory, recursive: source.recursive) {
+                if catalog.models.contains(where: { $0.path == path }) { continue }
+                do {
+                    let facts = try ModelFacts.read(path: path)
+                    let file = URL(fileURLWithPath: path).lastPathComponent
+                    let stem = SplitFiles.splitInfo(file)?.stem ?? String(file.dropLast(5))
+                    catalog.add(
+                        ModelSpec(
+                            id: normalize(stem), backend: .local(path: path), aliases: [], pinnedArgs: [],
+                            contextSize: nil, ttl: nil, parallel: defaultParallel, pinned: false,
+                            embeddings: facts.capabilities.contains(.embedding), source: source.directory,
+                            facts: facts, fileSize: fileSize(path)))
+                } catch {
+                    catalog.problems.append((path, "\(error)"))
+                }
+            }
+        }
+        for u in config.upstreams {
+            for name in u.models {
+                catalog.add(
+                    ModelSpec(
+                        id: normalize(name), backend: .remote(baseURL: u.baseURL, apiKeyEnv: u.apiKeyEnv), aliases: [],
+                        pinnedArgs: [], contextSize: nil, ttl: nil, parallel: 64, pinned: false, embeddings: false,
+                        source: u.name, facts: nil, fileSize: nil))
+            }
+        }
+        return catalog
+    }
+
+    /// Adds a model unless its name is taken (the first definition wins).
+    public mutating func add(_ spec: ModelSpec) {
+        guard index[spec.id] == nil else { return }
+        models.append(spec)
+        let i = models.count - 1
+        index[spec.id] = i
+        for alias in spec.aliases where index[alias] == nil { index[alias] = i }
+    }
+
+    /// Adds an alias for an existing model; false when the target is unknown or the name taken.
+    public mutating func addAlias(_ alias: String, for name: String) -> Bool {
+        let a = Self.normalize(alias)
+        guard let i = index[Self.normalize(name)], index[a] == nil else { return false }
+        models[i].aliases.append(a)
+        index[a] = i
+        return true
+    }
+
+    /// The model a request's name refers to, if any.
+    public func resolve(_ name: String) -> ModelSpec? {
+        index[Self.normalize(name)].map { models[$0] }
+    }
+
+    /// Lowercased, trimmed, without a trailing `:latest`.
+    public static func normalize(_ name: String) -> String {
+        var n = name.trimmingCharacters(in: .whitespaces).lowercased()
+        if n.hasSuffix(":latest") { n.removeLast(7) }
+        return n
+    }
+
+    /// GGUF files under `directory`: first parts of split models only, no vision projectors.
+    static func scan(_ directory: String, recursive: Bool) -> [String] {
+        let fm = FileManager.default
+        let names: [String]
+        if recursive {
+            names = (fm.enumerator(atPath: directory)?.allObjects as? [String]) ?? []
+        } else {
+            names = (try? fm.contentsOfDirectory(atPath: directory)) ?? []
+        }
+        return names.filter { name in
+            let file = (name as NSString).lastPathComponent.lowercased()
+            guard file.hasSuffix(".gguf"), !file.contains("mmproj") else { return false }
+            if let info = SplitFiles.splitInfo(file) { return info.index == 1 }
+            return true
+        }.sorted().map { directory + "/" + $0 }
+    }
+
+    static func fileSize(_ path: String) -> UInt64? {
+        SplitFiles.parts(of: path).reduce(UInt64(0)) { total, part in
+            total + ((try? FileManager.default.attributesOfItem(atPath: part)[.size] as? UInt64) ?? 0)
+        }
+    }
+}

@@ -1,0 +1,153 @@
+import Foundation
+
+/// Everything `routes.json` configures. Relative paths are resolved against the file's folder.
+public struct CorralConfig: Sendable {
+    public struct Listen: Sendable { public var host = "127.0.0.1"; public var port = 11434 }
+    public struct TLS: Sendable { public var certificate: String; public var key: String }
+    public struct Llama: Sendable {
+        public var server: String?
+        public var fitParams: String?
+        public var bench: String?
+        /// Keys as `LlamaTools.discover(configured:)` expects them.
+        public var toolPaths: [String: String] {
+            var p: [String: String] = [:]
+            p["server"] = server
+            p["fitParams"] = fitParams
+            p["bench"] = bench
+            return p
+        }
+    }
+    /// Fleet limits for the scheduler.
+    public struct Scheduler: Sendable {
+        public var maxLoadedModels = 3
+        /// Free memory kept per device (llama-fit-params `--fit-target`).
+        public var memoryMarginMiB = 1024
+        /// Host memory the fleet may use; nil = total RAM minus the margin.
+        public var memoryBudgetMiB: Int?
+        public var defaultTTL: Duration = .seconds(300)
+        /// Requests waiting per model beyond its parallel slots.
+        public var queueDepth = 64
+        public var loadTimeout: Duration = .seconds(120)
+        /// Whether to run llama-fit-params before the first spawn of a model.
+        public var fit = true
+    }
+    /// A folder scanned for GGUF files.
+    public struct Source: Sendable { public var directory: String; public var recursive = true }
+    /// A model named explicitly.
+    public struct Model: Sendable {
+        public var name: String
+        public var path: String
+        public var aliases: [String] = []
+        /// llama-server arguments that always win over fit results and defaults.
+        public var args: [String] = []
+        public var contextSize: Int?
+        public var ttl: Duration?
+        public var parallel: Int?
+        public var pinned = false
+        public var embeddings = false
+    }
+    /// An OpenAI-compatible server that serves the named models.
+    public struct Upstream: Sendable {
+        public var name: String
+        public var baseURL: String
+        public var models: [String]
+        /// Environment variable holding the upstream's API key.
+        public var apiKeyEnv: String?
+    }
+
+    public var listen = Listen()
+    public var tls: TLS?
+    public var dataDirectory = "data"
+    public var llama = Llama()
+    public var scheduler = Scheduler()
+    public var sources: [Source] = []
+    public var models: [Model] = []
+    public var upstreams: [Upstream] = []
+    /// Largest accepted request body.
+    public var maxBodyBytes = 32 << 20
+    /// Folder relative paths were resolved against.
+    public var baseDirectory = "."
+
+    public init() {}
+
+    /// Loads and validates a `routes.json`; unknown keys and bad values name the key.
+    public static func load(path: String) throws -> CorralConfig {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        return try parse(data, baseDirectory: base)
+    }
+
+    public static func parse(_ data: Data, baseDirectory: String) throws -> CorralConfig {
+        let json: Any
+        do { json = try JSONSerialization.jsonObject(with: data) } catch {
+            throw ConfigError(key: "(file)", problem: "not valid JSON: \(error.localizedDescription)")
+        }
+        var root = try JSONObjectReader(json, path: "")
+        var c = CorralConfig()
+        c.baseDirectory = baseDirectory
+        func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : baseDirectory + "/" + p }
+
+        _ = root.raw("$schema")
+        if var l = try root.object("listen") {
+            c.listen.host = try l.string("host") ?? c.listen.host
+            c.listen.port = try l.int("port", min: 0, max: 65535) ?? c.listen.port
+            try l.finish()
+        }
+        if var t = try root.object("tls") {
+            guard let cert = try t.string("certificate"), let key = try t.string("key") else {
+                throw ConfigError(key: "tls", problem: "needs both certificate and key")
+            }
+            c.tls = TLS(certificate: resolve(cert), key: resolve(key))
+            try t.finish()
+        }
+        c.dataDirectory = resolve(try root.string("dataDirectory") ?? "data")
+        c.maxBodyBytes = try root.int("maxBodyBytes", min: 1024) ?? c.maxBodyBytes
+        if var l = try root.object("llama") {
+            c.llama.server = try l.string("server").map(resolve)
+            c.llama.fitParams = try l.string("fitParams").map(resolve)
+            c.llama.bench = try l.string("bench").map(resolve)
+            try l.finish()
+        }
+        if var s = try root.object("scheduler") {
+            c.scheduler.maxLoadedModels = try s.int("maxLoadedModels", min: 1) ?? c.scheduler.maxLoadedModels
+            c.scheduler.memoryMarginMiB = try s.int("memoryMarginMiB", min: 0) ?? c.scheduler.memoryMarginMiB
+            c.scheduler.memoryBudgetMiB = try s.int("memoryBudgetMiB", min: 1)
+            c.scheduler.defaultTTL = try s.duration("defaultTTL") ?? c.scheduler.defaultTTL
+            c.scheduler.queueDepth = try s.int("queueDepth", min: 0) ?? c.scheduler.queueDepth
+            c.scheduler.loadTimeout = try s.duration("loadTimeout") ?? c.scheduler.loadTimeout
+            c.scheduler.fit = try s.bool("fit") ?? true
+            try s.finish()
+        }
+        for var s in try root.objects("sources") {
+            guard let dir = try s.string("directory") else { throw ConfigError(key: s.name("directory"), problem: "is required") }
+            c.sources.append(Source(directory: resolve(dir), recursive: try s.bool("recursive") ?? true))
+            try s.finish()
+        }
+        for var m in try root.objects("models") {
+            guard let name = try m.string("name"), !name.isEmpty else { throw ConfigError(key: m.name("name"), problem: "is required") }
+            guard let path = try m.string("path") else { throw ConfigError(key: m.name("path"), problem: "is required") }
+            var model = Model(name: name, path: resolve(path))
+            model.aliases = try m.strings("aliases") ?? []
+            model.args = try m.strings("args") ?? []
+            model.contextSize = try m.int("contextSize", min: 0)
+            model.ttl = try m.duration("ttl")
+            model.parallel = try m.int("parallel", min: 1, max: 256)
+            model.pinned = try m.bool("pinned") ?? false
+            model.embeddings = try m.bool("embeddings") ?? false
+            try m.finish()
+            c.models.append(model)
+        }
+        for var u in try root.objects("upstreams") {
+            guard let name = try u.string("name"), let url = try u.string("baseURL") else {
+                throw ConfigError(key: u.name("baseURL"), problem: "name and baseURL are required")
+            }
+            guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
+                throw ConfigError(key: u.name("baseURL"), problem: "must start with http:// or https://")
+            }
+            c.upstreams.append(Upstream(name: name, baseURL: url, models: try u.strings("models") ?? [], apiKeyEnv: try u.string("apiKeyEnv")))
+            try u.finish()
+        }
+        try root.finish()
+        return c
+    }
+}

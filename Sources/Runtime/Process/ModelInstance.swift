@@ -1,0 +1,128 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// One running llama-server for one model: its process, port, plan and recent log.
+public final class ModelInstance: Sendable {
+    public let modelID: String
+    public let process: ChildProcess
+    public let port: Int
+    public let arguments: [String]
+    public let plan: FitPlan
+    public let startedAt: Date
+    private let log: Mutex<LogState>
+
+    struct LogState {
+        var lines: [String] = []
+        var listening = false
+        var listeningWaiter: CheckedContinuation<Void, Never>?
+        /// MiB per device and buffer kind, from llama-server's own "buffer size" log lines.
+        var allocated: [String: Double] = [:]
+    }
+
+    /// How many log lines each instance keeps.
+    public static let logCapacity = 300
+
+    public var baseURL: String { "http://127.0.0.1:\(port)" }
+
+    init(modelID: String, process: ChildProcess, port: Int, arguments: [String], plan: FitPlan) {
+        self.modelID = modelID
+        self.process = process
+        self.port = port
+        self.arguments = arguments
+        self.plan = plan
+        self.startedAt = Date()
+        self.log = Mutex(LogState())
+        Task { [self] in
+            for await line in process.lines { self.record(line) }
+            // Output closed: the process is gone; wake a readiness waiter.
+            self.log.withLock { s in
+                s.listeningWaiter?.resume()
+                s.listeningWaiter = nil
+            }
+        }
+    }
+
+    private func record(_ line: String) {
+        log.withLock { s in
+            s.lines.append(line)
+            if s.lines.count > Self.logCapacity { s.lines.removeFirst(s.lines.count - Self.logCapacity) }
+            if let (key, mib) = Self.parseBufferLine(line) { s.allocated[key, default: 0] += mib }
+            if !s.listening && line.contains("listening on http") {
+                s.listening = true
+                s.listeningWaiter?.resume()
+                s.listeningWaiter = nil
+            }
+        }
+    }
+
+    /// The last log lines, oldest first.
+    public func recentLog(_ count: Int = logCapacity) -> [String] {
+        log.withLock { Array($0.lines.suffix(count)) }
+    }
+
+    /// What llama-server reported allocating, in MiB, by `DEVICE kind` (e.g. `CPU KV`).
+    public var allocatedMiB: [String: Double] { log.withLock { $0.allocated } }
+
+    /// Parses `NAME model|KV|compute|output|RS buffer size = 12.34 MiB`.
+    static func parseBufferLine(_ line: String) -> (String, Double)? {
+        guard let range = line.range(of: " buffer size") else { return nil }
+        let before = line[..<range.lowerBound].split(separator: " ")
+        guard before.count >= 2, let kind = before.last, ["model", "KV", "compute", "output", "RS"].contains(String(kind)) else { return nil }
+        let device = before[before.count - 2].replacingOccurrences(of: ":", with: "")
+        let after = line[range.upperBound...].split(whereSeparator: { $0 == " " || $0 == "=" })
+        guard let value = after.first.flatMap({ Double($0) }), after.dropFirst().first == "MiB" else { return nil }
+        return ("\(device) \(kind)", value)
+    }
+
+    /// Waits until `/health` answers 200: first for the "listening" log line, then polling every
+    /// few milliseconds (a tiny model is ready ~0.2 s after start; one-second polling would triple that).
+    func waitUntilReady(client: HTTPClient, timeout: Duration) async throws(SchedulerError) {
+        let deadline = ContinuousClock.now + timeout
+        // The log line arrives once the HTTP socket is bound; until then connections are refused.
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let resumeNow = log.withLock { s -> Bool in
+                if s.listening || process.termination != nil { return true }
+                s.listeningWaiter = c
+                return false
+            }
+            if resumeNow { c.resume() }
+        }
+        while ContinuousClock.now < deadline {
+            if let t = process.termination {
+                throw .loadFailed(modelID, "llama-server \(t): " + recentLog(8).joined(separator: " | "))
+            }
+            var request = HTTPClientRequest(url: baseURL + "/health")
+            request.method = .GET
+            if let response = try? await client.execute(request, timeout: .milliseconds(500)) {
+                _ = try? await response.body.collect(upTo: 1 << 16)
+                if response.status.code == 200 { return }
+            }
+            try? await Task.sleep(for: .milliseconds(4))
+        }
+        throw .loadFailed(modelID, "not ready within \(timeout)")
+    }
+}
+
+/// A free loopback TCP port, found by binding port 0.
+func freeLoopbackPort() -> Int? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = 0
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let bound = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard bound == 0 else { return nil }
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let named = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+    }
+    guard named == 0 else { return nil }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}

@@ -1,0 +1,475 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+
+/// A granted right to send one request to a model.
+public struct Lease: Sendable {
+    public let modelID: String
+    /// Where to send the request (`http://127.0.0.1:PORT` or a remote base URL).
+    public let baseURL: String
+    /// API key for a remote upstream.
+    public let apiKey: String?
+    /// Time spent waiting for a slot, excluding loading.
+    public let queueDuration: Duration
+    /// Time spent loading the model for this request (zero when it was ready).
+    public let loadDuration: Duration
+    let generation: Int
+    let isRemote: Bool
+}
+
+/// A read-only view of one model's state, for admin routes and tests.
+public struct InstanceInfo: Sendable, Codable {
+    public var model: String
+    public var state: String
+    public var pid: Int32?
+    public var port: Int?
+    public var arguments: [String]
+    public var uptimeSeconds: Double?
+    public var inFlight: Int
+    public var queued: Int
+    public var pinned: Bool
+    public var projectedMiB: Int?
+    public var allocatedMiB: [String: Double]
+    public var planSource: String?
+    public var planNote: String?
+    public var expiresInSeconds: Double?
+    public var crashes: Int
+    public var lastError: String?
+}
+
+/// Owns the fleet of llama-server processes: loads on first use (single-flight), hands out
+/// leases up to each model's parallel slots, queues the rest (bounded), evicts least-recently
+/// used idle models when the model count or memory budget requires it, unloads after the idle
+/// TTL, and restarts crashed models with backoff.
+public actor Scheduler {
+    public struct Limits: Sendable {
+        public var maxLoadedModels: Int
+        /// Budget per device name (`Host` for RAM), MiB.
+        public var memoryBudgetMiB: [String: Int]
+        public var defaultTTL: Duration
+        public var queueDepth: Int
+        public var loadTimeout: Duration
+        public var fit: Bool
+        public var stopGrace: Duration = .seconds(5)
+        /// Crashes within `crashWindow` that mark a model failed.
+        public var maxCrashes = 3
+        public var crashWindow: Duration = .seconds(60)
+
+        public init(from config: CorralConfig.Scheduler, hostTotalMiB: Int, devices: [Device] = []) {
+            maxLoadedModels = config.maxLoadedModels
+            var budget = ["Host": config.memoryBudgetMiB ?? max(0, hostTotalMiB - config.memoryMarginMiB)]
+            for d in devices { budget[d.name] = max(0, d.totalMiB - config.memoryMarginMiB) }
+            memoryBudgetMiB = budget
+            defaultTTL = config.defaultTTL
+            queueDepth = config.queueDepth
+            loadTimeout = config.loadTimeout
+            fit = config.fit
+        }
+    }
+
+    enum Phase {
+        case unloaded
+        case loading(Task<ModelInstance, any Error>)
+        case ready(ModelInstance)
+        case stopping(Task<Void, Never>)
+    }
+
+    struct Slot {
+        var phase: Phase = .unloaded
+        var inFlight = 0
+        var waiters: [(id: Int, continuation: CheckedContinuation<Void, any Error>)] = []
+        var lastUsed = ContinuousClock.now
+        var projection: [String: Int] = [:]
+        var ttlOverride: Duration?
+        var idleTimer: Task<Void, Never>?
+        var generation = 0
+        var crashes: [ContinuousClock.Instant] = []
+        var failure: String?
+        var lastError: String?
+        var pinnedAtRuntime = false
+        var idleDeadline: ContinuousClock.Instant?
+    }
+
+    public private(set) var catalog: ModelCatalog
+    let limits: Limits
+    let tools: LlamaTools
+    let planner: FitPlanner
+    let client: HTTPClient
+    let logger: Logger
+    var slots: [String: Slot] = [:]
+    var fleetWaiters: [CheckedContinuation<Void, Never>] = []
+    var nextWaiterID = 0
+    var isShuttingDown = false
+    /// Number of llama-server processes started, for tests and metrics.
+    public private(set) var spawnCount = 0
+    /// Cached plans by model id (the persistent cache lives in Store).
+    var plans: [String: FitPlan] = [:]
+    /// Looks up and saves plans across restarts; set by the app.
+    var planCache: (any FitPlanCache)?
+
+    public init(catalog: ModelCatalog, limits: Limits, tools: LlamaTools, client: HTTPClient, logger: Logger,
+                planCache: (any FitPlanCache)? = nil) {
+        self.catalog = catalog
+        self.limits = limits
+        self.tools = tools
+        self.planner = FitPlanner(fitParamsPath: limits.fit ? tools.fitParams?.path : nil, marginMiB: 0)
+        self.client = client
+        self.logger = logger
+        self.planCache = planCache
+    }
+
+    public func replaceCatalog(_ catalog: ModelCatalog) { self.catalog = catalog }
+
+    // MARK: Leases
+
+    /// Waits for a slot on `modelName`, loading the model if needed.
+    /// - Parameter keepAlive: overrides the idle TTL from now on (negative = never unload, zero = unload after use).
+    public func acquire(_ modelName: String, keepAlive: Duration? = nil) async throws(SchedulerError) -> Lease {
+        guard !isShuttingDown else { throw .shuttingDown }
+        guard let spec = catalog.resolve(modelName) else { throw .unknownModel(modelName) }
+        if case .remote(let baseURL, let keyEnv) = spec.backend {
+            let key = keyEnv.flatMap { ProcessInfo.processInfo.environment[$0] }
+            return Lease(modelID: spec.id, baseURL: baseURL, apiKey: key, queueDuration: .zero, loadDuration: .zero, generation: 0, isRemote: true)
+        }
+        let id = spec.id
+        if let keepAlive { slots[id, default: Slot()].ttlOverride = keepAlive }
+        let start = ContinuousClock.now
+        var loadDuration = Duration.zero
+        while true {
+            guard !isShuttingDown else { throw .shuttingDown }
+            let slot = slots[id, default: Slot()]
+            switch slot.phase {
+            case .ready(let instance):
+                slots[id]!.idleTimer?.cancel()
+                slots[id]!.idleDeadline = nil
+                if slot.inFlight < spec.parallel && slot.waiters.isEmpty {
+                    slots[id]!.inFlight += 1
+                    slots[id]!.lastUsed = .now
+                    return lease(id, instance, start: start, load: loadDuration)
+                }
+                guard slot.waiters.count < limits.queueDepth else {
+                    throw .queueFull(id, retryAfter: 1)
+                }
+                nextWaiterID += 1
+                let waiterID = nextWaiterID
+                do {
+                    try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+                        slots[id]!.waiters.append((waiterID, c))
+                    }
+                } catch let error as SchedulerError {
+                    throw error
+                } catch {
+                    throw .instanceCrashed(id)
+                }
+                // The releaser handed its slot over (inFlight already counts us).
+                guard case .ready(let current) = slots[id]?.phase else { throw .instanceCrashed(id) }
+                slots[id]!.lastUsed = .now
+                return lease(id, current, start: start, load: loadDuration)
+            case .loading(let task):
+                let loadStart = ContinuousClock.now
+                do { _ = try await task.value } catch let error as SchedulerError { throw error } catch {
+                    throw .loadFailed(id, "\(error)")
+                }
+                loadDuration += ContinuousClock.now - loadStart
+            case .stopping(let task):
+                await task.value
+            case .unloaded:
+                if let failure = slot.failure { throw .modelFailed(id, failure) }
+                let loadStart = ContinuousClock.now
+                let task = Task { try await self.load(spec) }
+                slots[id, default: Slot()].phase = .loading(task)
+                do {
+                    _ = try await task.value
+                } catch let error as SchedulerError {
+                    if case .loading = slots[id]?.phase { slots[id]!.phase = .unloaded }
+                    slots[id]?.lastError = error.description
+                    notifyFleetChanged()
+                    throw error
+                } catch {
+                    if case .loading = slots[id]?.phase { slots[id]!.phase = .unloaded }
+                    notifyFleetChanged()
+                    throw .loadFailed(id, "\(error)")
+                }
+                loadDuration += ContinuousClock.now - loadStart
+            }
+        }
+    }
+
+    private func lease(_ id: String, _ instance: ModelInstance, start: ContinuousClock.Instant, load: Duration) -> Lease {
+        let total = ContinuousClock.now - start
+        return Lease(modelID: id, baseURL: instance.baseURL, apiKey: nil, queueDuration: total - load, loadDuration: load,
+                     generation: slots[id]!.generation, isRemote: false)
+    }
+
+    /// Returns a lease's slot: to the next queued request, or to the idle pool.
+    public func release(_ lease: Lease) {
+        guard !lease.isRemote, var slot = slots[lease.modelID], slot.generation == lease.generation else { return }
+        slot.lastUsed = .now
+        if !slot.waiters.isEmpty, case .ready = slot.phase {
+            let next = slot.waiters.removeFirst()
+            slots[lease.modelID] = slot
+            next.continuation.resume()
+            return
+        }
+        slot.inFlight = max(0, slot.inFlight - 1)
+        slots[lease.modelID] = slot
+        if slot.inFlight == 0 { scheduleIdleUnload(lease.modelID) }
+        notifyFleetChanged()
+    }
+
+    // MARK: Loading and eviction
+
+    private func plan(for spec: ModelSpec, base: [String]) async -> FitPlan {
+        if let p = plans[spec.id] { return p }
+        if let cached = await planCache?.plan(for: spec, arguments: base) {
+            plans[spec.id] = cached
+            return cached
+        }
+        let p = await planner.plan(model: spec, baseArguments: base)
+        if p.source == .estimator { logger.warning("fit planning fell back to the header estimator", metadata: ["model": "\(spec.id)", "reason": "\(p.note ?? "")"]) }
+        plans[spec.id] = p
+        if p.source == .fitParams { await planCache?.save(p, for: spec, arguments: base) }
+        return p
+    }
+
+    private func load(_ spec: ModelSpec) async throws -> ModelInstance {
+        guard let server = tools.server?.path else { throw SchedulerError.noLlamaServer }
+        guard let path = spec.path else { throw SchedulerError.unknownModel(spec.id) }
+        // Back off after a crash: 250 ms, 500 ms, 1 s …
+        let recent = slots[spec.id]?.crashes.count ?? 0
+        if recent > 0 { try? await Task.sleep(for: .milliseconds(250 << min(recent - 1, 4))) }
+
+        // Precedence: pinned args > fit result > defaults (llama.cpp keeps the last value of a flag,
+        // and llama-fit-params only fills in what its input left unset).
+        var base = ["-np", String(spec.parallel)]
+        if spec.embeddings { base += ["--embeddings", "--pooling", "mean"] }
+        let contextArgs = spec.contextSize.map { ["-c", String($0)] } ?? []
+        let plan = await plan(for: spec, base: base + contextArgs + spec.pinnedArgs)
+        var projection: [String: Int] = [:]
+        for d in plan.projection { projection[d.device == "CPU" ? "Host" : d.device, default: 0] += d.totalMiB }
+        slots[spec.id, default: Slot()].projection = projection
+        try await makeRoom(for: spec.id, projection: projection)
+
+        guard let port = freeLoopbackPort() else { throw SchedulerError.loadFailed(spec.id, "no free port") }
+        let arguments = ["-m", path, "--host", "127.0.0.1", "--port", String(port), "--alias", spec.id, "--no-webui", "--metrics", "--slots", "--props"]
+            + base + (plan.arguments.isEmpty ? contextArgs : plan.arguments) + spec.pinnedArgs
+        let child: ChildProcess
+        do {
+            child = try ChildProcess(executable: server, arguments: arguments)
+        } catch {
+            throw SchedulerError.loadFailed(spec.id, error.description)
+        }
+        spawnCount += 1
+        logger.info("starting llama-server", metadata: ["model": "\(spec.id)", "pid": "\(child.pid)", "port": "\(port)"])
+        let instance = ModelInstance(modelID: spec.id, process: child, port: port, arguments: arguments, plan: plan)
+        do {
+            try await instance.waitUntilReady(client: client, timeout: limits.loadTimeout)
+        } catch {
+            await child.stop(grace: .seconds(1))
+            throw error
+        }
+        slots[spec.id]!.generation += 1
+        slots[spec.id]!.phase = .ready(instance)
+        slots[spec.id]!.lastUsed = .now
+        slots[spec.id]!.lastError = nil
+        let generation = slots[spec.id]!.generation
+        Task { [weak self] in
+            let termination = await child.wait()
+            await self?.instanceExited(spec.id, generation: generation, termination: termination)
+        }
+        return instance
+    }
+
+    /// Evicts LRU idle unpinned models until `id` fits by count and by memory on every device;
+    /// waits for busy models to go idle when nothing can be evicted yet.
+    private func makeRoom(for id: String, projection: [String: Int]) async throws {
+        while true {
+            if isShuttingDown { throw SchedulerError.shuttingDown }
+            // Too big even alone?
+            for (device, need) in projection {
+                let budget = limits.memoryBudgetMiB[device] ?? limits.memoryBudgetMiB["Host"] ?? 0
+                if need > budget { throw SchedulerError.insufficientMemory(id, neededMiB: need, availableMiB: budget, device: device) }
+            }
+            let others = slots.filter { key, slot in
+                guard key != id else { return false }
+                switch slot.phase {
+                case .unloaded: return false
+                default: return true
+                }
+            }
+            var used: [String: Int] = [:]
+            for (_, slot) in others { for (d, m) in slot.projection { used[d, default: 0] += m } }
+            let overMemory = projection.contains { d, need in
+                used[d, default: 0] + need > (limits.memoryBudgetMiB[d] ?? limits.memoryBudgetMiB["Host"] ?? 0)
+            }
+            if others.count < limits.maxLoadedModels && !overMemory { return }
+
+            // Least recently used idle, unpinned, ready model.
+            let victim = others.filter { key, slot in
+                guard case .ready = slot.phase, slot.inFlight == 0, slot.waiters.isEmpty else { return false }
+                return !(isPinned(key))
+            }.min { $0.value.lastUsed < $1.value.lastUsed }
+            if let victim {
+                logger.info("evicting model", metadata: ["model": "\(victim.key)", "for": "\(id)"])
+                await stop(victim.key)
+                continue
+            }
+            await withCheckedContinuation { fleetWaiters.append($0) }
+        }
+    }
+
+    private func isPinned(_ id: String) -> Bool {
+        (catalog.resolve(id)?.pinned ?? false) || (slots[id]?.pinnedAtRuntime ?? false)
+    }
+
+    private func notifyFleetChanged() {
+        let waiters = fleetWaiters
+        fleetWaiters = []
+        for w in waiters { w.resume() }
+    }
+
+    /// Stops a model's process (SIGTERM, then SIGKILL) and waits until it has been reaped.
+    private func stop(_ id: String) async {
+        guard case .ready(let instance) = slots[id]?.phase else {
+            if case .stopping(let t) = slots[id]?.phase { await t.value }
+            return
+        }
+        let grace = limits.stopGrace
+        let task = Task { _ = await instance.process.stop(grace: grace) }
+        slots[id]!.phase = .stopping(task)
+        slots[id]!.idleTimer?.cancel()
+        slots[id]!.idleDeadline = nil
+        await task.value
+        slots[id]!.phase = .unloaded
+        slots[id]!.inFlight = 0
+        slots[id]!.generation += 1
+        let waiters = slots[id]!.waiters
+        slots[id]!.waiters = []
+        for w in waiters { w.continuation.resume(throwing: SchedulerError.instanceCrashed(id)) }
+        notifyFleetChanged()
+    }
+
+    private func instanceExited(_ id: String, generation: Int, termination: Termination) {
+        guard var slot = slots[id], slot.generation == generation, case .ready(let instance) = slot.phase else { return }
+        // Not stopped by us: a crash.
+        let now = ContinuousClock.now
+        slot.crashes = slot.crashes.filter { now - $0 < limits.crashWindow } + [now]
+        let lastLines = instance.recentLog(10).joined(separator: "\n")
+        slot.lastError = "llama-server \(termination)"
+        logger.error("llama-server exited unexpectedly", metadata: ["model": "\(id)", "termination": "\(termination)", "log": "\(lastLines)"])
+        if slot.crashes.count >= limits.maxCrashes {
+            slot.failure = "\(slot.crashes.count) crashes within \(limits.crashWindow); last: \(termination)"
+        }
+        slot.phase = .unloaded
+        slot.inFlight = 0
+        slot.generation += 1
+        let waiters = slot.waiters
+        slot.waiters = []
+        slots[id] = slot
+        for w in waiters { w.continuation.resume(throwing: SchedulerError.instanceCrashed(id)) }
+        notifyFleetChanged()
+    }
+
+    // MARK: Idle TTL
+
+    private func scheduleIdleUnload(_ id: String) {
+        guard let slot = slots[id], case .ready = slot.phase else { return }
+        let ttl = slot.ttlOverride ?? catalog.resolve(id)?.ttl ?? limits.defaultTTL
+        slots[id]!.idleTimer?.cancel()
+        if ttl < .zero { return }  // keep forever
+        let generation = slot.generation
+        slots[id]!.idleDeadline = .now + ttl
+        slots[id]!.idleTimer = Task { [weak self] in
+            if ttl > .zero {
+                do { try await Task.sleep(for: ttl) } catch { return }
+            }
+            await self?.idleExpired(id, generation: generation)
+        }
+    }
+
+    private func idleExpired(_ id: String, generation: Int) async {
+        guard let slot = slots[id], slot.generation == generation, slot.inFlight == 0, slot.waiters.isEmpty,
+            case .ready = slot.phase, !isPinned(id)
+        else { return }
+        logger.info("unloading idle model", metadata: ["model": "\(id)"])
+        await stop(id)
+    }
+
+    // MARK: Operations
+
+    /// Loads a model without sending a request.
+    public func load(_ modelName: String) async throws(SchedulerError) {
+        let lease = try await acquire(modelName)
+        release(lease)
+    }
+
+    /// Unloads a model now (waits for its in-flight requests' slots to be dropped by the process).
+    public func unload(_ modelName: String) async throws(SchedulerError) {
+        guard let spec = catalog.resolve(modelName) else { throw .unknownModel(modelName) }
+        if case .loading(let task) = slots[spec.id]?.phase { _ = try? await task.value }
+        await stop(spec.id)
+        slots[spec.id]?.failure = nil
+        slots[spec.id]?.crashes = []
+    }
+
+    /// Pins or unpins a model at runtime (pinned models are never evicted or idle-unloaded).
+    public func setPinned(_ modelName: String, _ pinned: Bool) throws(SchedulerError) {
+        guard let spec = catalog.resolve(modelName) else { throw .unknownModel(modelName) }
+        slots[spec.id, default: Slot()].pinnedAtRuntime = pinned
+    }
+
+    /// The instance serving `modelName`, if loaded.
+    public func instance(for modelName: String) -> ModelInstance? {
+        guard let spec = catalog.resolve(modelName), case .ready(let i) = slots[spec.id]?.phase else { return nil }
+        return i
+    }
+
+    /// State of every model that has been touched.
+    public func instances() -> [InstanceInfo] {
+        slots.keys.sorted().map { id in
+            let slot = slots[id]!
+            var info = InstanceInfo(
+                model: id, state: "unloaded", arguments: [], inFlight: slot.inFlight, queued: slot.waiters.count,
+                pinned: isPinned(id), projectedMiB: slot.projection.isEmpty ? nil : slot.projection.values.reduce(0, +),
+                allocatedMiB: [:], crashes: slot.crashes.count, lastError: slot.failure ?? slot.lastError)
+            switch slot.phase {
+            case .unloaded: info.state = slot.failure == nil ? "unloaded" : "failed"
+            case .loading: info.state = "loading"
+            case .stopping: info.state = "stopping"
+            case .ready(let i):
+                info.state = "loaded"
+                info.pid = i.process.pid
+                info.port = i.port
+                info.arguments = i.arguments
+                info.uptimeSeconds = Date().timeIntervalSince(i.startedAt)
+                info.allocatedMiB = i.allocatedMiB
+                info.planSource = i.plan.source.rawValue
+                info.planNote = i.plan.note
+                if let d = slot.idleDeadline {
+                    let left = d - .now
+                    info.expiresInSeconds = Double(left.components.seconds) + Double(left.components.attoseconds) / 1e18
+                }
+            }
+            return info
+        }
+    }
+
+    /// Stops every child; new acquires fail from now on.
+    public func shutdown() async {
+        isShuttingDown = true
+        notifyFleetChanged()
+        for id in slots.keys {
+            if case .loading(let t) = slots[id]?.phase { _ = try? await t.value }
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for id in slots.keys { group.addTask { await self.stop(id) } }
+        }
+    }
+}
+
+/// Persistent storage for fit plans (implemented by Store), keyed by file identity, hardware,
+/// arguments and llama.cpp build.
+public protocol FitPlanCache: Sendable {
+    func plan(for spec: ModelSpec, arguments: [String]) async -> FitPlan?
+    func save(_ plan: FitPlan, for spec: ModelSpec, arguments: [String]) async
+}

@@ -1,0 +1,30 @@
+/// Why the scheduler could not hand out a model instance.
+public enum SchedulerError: Error, Sendable, Equatable, CustomStringConvertible {
+    case unknownModel(String)
+    /// The model's queue is full; retry after the given seconds.
+    case queueFull(String, retryAfter: Int)
+    /// The model cannot fit even with every other model unloaded.
+    case insufficientMemory(String, neededMiB: Int, availableMiB: Int, device: String)
+    /// llama-server could not start or become ready.
+    case loadFailed(String, String)
+    /// The model crashed repeatedly and is marked failed.
+    case modelFailed(String, String)
+    /// The instance died while the request waited or ran.
+    case instanceCrashed(String)
+    case noLlamaServer
+    case shuttingDown
+
+    public var description: String {
+        switch self {
+        case .unknownModel(let m): "model '\(m)' not found"
+        case .queueFull(let m, _): "too many requests queued for model '\(m)'"
+        case .insufficientMemory(let m, let need, let have, let device):
+            "model '\(m)' needs \(need) MiB on \(device) but at most \(have) MiB can be made available"
+        case .loadFailed(let m, let why): "model '\(m)' failed to load: \(why)"
+        case .modelFailed(let m, let why): "model '\(m)' is marked failed after repeated crashes: \(why)"
+        case .instanceCrashed(let m): "model '\(m)' stopped unexpectedly"
+        case .noLlamaServer: "llama-server not found: run `make llama` or set llama.server in routes.json"
+        case .shuttingDown: "Corral is shutting down"
+        }
+    }
+}

@@ -1,0 +1,12 @@
+import ArgumentParser
+
+/// `corral`: the gateway and its operator tools.
+@main
+struct Corral: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "corral",
+        abstract: "A gateway that runs local llama.cpp models behind the OpenAI and Ollama APIs.",
+        subcommands: [ServeCommand.self, InspectCommand.self, ModelsCommand.self, DoctorCommand.self, FitCommand.self],
+        defaultSubcommand: ServeCommand.self
+    )
+}

@@ -1,0 +1,61 @@
+import ArgumentParser
+import Foundation
+import Gateway
+import Hummingbird
+import Logging
+import Runtime
+import ServiceLifecycle
+import Store
+import UnixSignals
+
+/// `corral serve`: run the gateway.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "serve", abstract: "Run the gateway.")
+
+    @Option(help: "Configuration file.")
+    var config = "routes.json"
+
+    @Option(help: "Override the listen port.")
+    var port: Int?
+
+    @Option(help: "Override the listen host.")
+    var host: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel = "info"
+
+    func run() async throws {
+        var logger = Logger(label: "corral")
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        var cfg: CorralConfig
+        do {
+            cfg = try CorralConfig.load(path: config)
+        } catch {
+            FileHandle.standardError.write(Data("corral: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        if let port { cfg.listen.port = port }
+        if let host { cfg.listen.host = host }
+
+        let tools = LlamaTools.discover(configured: cfg.llama.toolPaths)
+        if tools.server == nil { logger.warning("llama-server not found; models cannot be loaded (run `make llama`)") }
+        let devices = await tools.devices()
+        let build = await tools.serverBuild() ?? "unknown"
+        try FileManager.default.createDirectory(atPath: cfg.dataDirectory, withIntermediateDirectories: true)
+        let store = try Store.open(path: cfg.dataDirectory + "/corral.sqlite")
+        let catalog = ModelCatalog.build(from: cfg)
+        for problem in catalog.problems { logger.warning("skipping model file", metadata: ["path": "\(problem.path)", "error": "\(problem.error)"]) }
+        logger.info("models", metadata: ["count": "\(catalog.models.count)", "names": "\(catalog.models.map(\.id).joined(separator: ", "))"])
+
+        let client = GatewayDependencies.makeHTTPClient()
+        let limits = Scheduler.Limits(from: cfg.scheduler, hostTotalMiB: HostMemory.read().totalMiB, devices: devices)
+        let scheduler = Scheduler(
+            catalog: catalog, limits: limits, tools: tools, client: client, logger: logger,
+            planCache: StoreFitPlanCache(store: store, hardwareFingerprint: HostMemory.fingerprint(devices: devices), llamaBuild: build))
+        let deps = GatewayDependencies(config: cfg, scheduler: scheduler, client: client, logger: logger)
+        let app = buildApplication(deps)
+        let group = ServiceGroup(
+            configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
