@@ -45,6 +45,8 @@ public struct OpenAIError: HTTPResponseError, Sendable {
             self.init(.serviceUnavailable, error.description, type: "server_error", code: "model_failed")
         case .instanceCrashed:
             self.init(.badGateway, error.description, type: "server_error", code: "upstream_crashed", retryAfter: 1)
+        case .noCapacity:
+            self.init(.serviceUnavailable, error.description, type: "server_error", code: "no_capacity")
         case .noLlamaServer:
             self.init(.serviceUnavailable, error.description, type: "server_error", code: "llama_server_missing")
         case .shuttingDown:

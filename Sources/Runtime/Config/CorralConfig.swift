@@ -45,6 +45,11 @@ public struct CorralConfig: Sendable {
         public var parallel: Int?
         public var pinned = false
         public var embeddings = false
+
+        public init(name: String, path: String) {
+            self.name = name
+            self.path = path
+        }
     }
     /// An OpenAI-compatible server that serves the named models.
     public struct Upstream: Sendable {
@@ -53,6 +58,13 @@ public struct CorralConfig: Sendable {
         public var models: [String]
         /// Environment variable holding the upstream's API key.
         public var apiKeyEnv: String?
+
+        public init(name: String, baseURL: String, models: [String], apiKeyEnv: String? = nil) {
+            self.name = name
+            self.baseURL = baseURL
+            self.models = models
+            self.apiKeyEnv = apiKeyEnv
+        }
     }
 
     public var listen = Listen()

@@ -251,7 +251,7 @@ public actor Scheduler {
         try await makeRoom(for: spec.id, projection: projection)
 
         guard let port = freeLoopbackPort() else { throw SchedulerError.loadFailed(spec.id, "no free port") }
-        let arguments = ["-m", path, "--host", "127.0.0.1", "--port", String(port), "--alias", spec.id, "--no-webui", "--metrics", "--slots", "--props"]
+        let arguments = ["-m", path, "--host", "127.0.0.1", "--port", String(port), "--alias", spec.id, "--no-webui", "--metrics", "--slots", "--props", "-lv", "4"]
             + base + (plan.arguments.isEmpty ? contextArgs : plan.arguments) + spec.pinnedArgs
         let child: ChildProcess
         do {
@@ -313,6 +313,10 @@ public actor Scheduler {
                 logger.info("evicting model", metadata: ["model": "\(victim.key)", "for": "\(id)"])
                 await stop(victim.key)
                 continue
+            }
+            // Waiting only helps if some loaded model can become evictable.
+            if others.keys.allSatisfy({ isPinned($0) }) {
+                throw SchedulerError.noCapacity(id, "every loaded model is pinned")
             }
             await withCheckedContinuation { fleetWaiters.append($0) }
         }

@@ -11,6 +11,8 @@ public enum SchedulerError: Error, Sendable, Equatable, CustomStringConvertible 
     case modelFailed(String, String)
     /// The instance died while the request waited or ran.
     case instanceCrashed(String)
+    /// No room can ever be made (every loaded model is pinned).
+    case noCapacity(String, String)
     case noLlamaServer
     case shuttingDown
 
@@ -23,6 +25,7 @@ public enum SchedulerError: Error, Sendable, Equatable, CustomStringConvertible 
         case .loadFailed(let m, let why): "model '\(m)' failed to load: \(why)"
         case .modelFailed(let m, let why): "model '\(m)' is marked failed after repeated crashes: \(why)"
         case .instanceCrashed(let m): "model '\(m)' stopped unexpectedly"
+        case .noCapacity(let m, let why): "cannot load model '\(m)': \(why)"
         case .noLlamaServer: "llama-server not found: run `make llama` or set llama.server in routes.json"
         case .shuttingDown: "Corral is shutting down"
         }

@@ -1,0 +1,63 @@
+# Corral: the two commands are `make serve` and `make test`. Everything else is a step of them.
+SHELL := /bin/bash
+SWIFT_FLAGS ?=
+VENV := .venv-test
+PY := $(VENV)/bin/python
+BIN := .build/debug/corral
+SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-build python3-venv
+
+.PHONY: serve test system llama build build-tests venv demo-model format swift-test python-test bench-gguf bench-gateway clean
+
+## serve: install what is missing, build, make a demo model if none, and run on routes.json
+serve: system llama build demo-model
+	$(BIN) serve --config routes.json
+
+## test: the whole suite (Swift unit + integration against real llama-server, then Python clients)
+test: system llama build-tests venv
+	$(MAKE) swift-test python-test
+
+system:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+llama:
+	scripts/install-llama.sh
+
+build:
+	swift build $(SWIFT_FLAGS)
+
+build-tests:
+	swift build --build-tests $(SWIFT_FLAGS)
+
+venv: $(VENV)/.ready
+$(VENV)/.ready: tests/python/requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -r tests/python/requirements.txt
+	touch $@
+
+demo-model: models/demo.gguf
+models/demo.gguf:
+	$(BIN) models make-test --out models --name demo
+
+swift-test:
+	swift test --skip-build --no-parallel 2>&1 | tee .build/swift-test.log; exit $${PIPESTATUS[0]}
+
+python-test:
+	CORRAL_BIN=$(BIN) $(PY) -m pytest -q tests/python
+
+format:
+	swift format format --parallel --in-place --recursive Sources Tests Package.swift
+
+## benchmarks (not part of `make test`; results go to BENCHMARKS.md)
+bench-gguf: build venv
+	$(PY) scripts/bench_gguf.py --corral $(BIN)
+
+bench-gateway: build venv
+	$(PY) scripts/bench_gateway.py --corral $(BIN)
+
+clean:
+	rm -rf .build $(VENV) data models

@@ -1,0 +1,118 @@
+import AsyncHTTPClient
+import Foundation
+import Gateway
+import Logging
+import NIOCore
+import NIOHTTP1
+import Runtime
+import Testing
+
+/// The scheduler through the real HTTP path, with real llama-server children.
+@Suite(.serialized) struct SchedulingTests {
+    @Test func twentyConcurrentFirstRequestsSpawnOnce() async throws {
+        guard let f = try Fixture.make(models: ["alpha"], parallel: 4) else { return }
+        try await f.run { port in
+            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<20 { group.addTask { try await send(port, "/v1/chat/completions", json: chat("alpha")).status } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(statuses == Array(repeating: 200, count: 20))
+            #expect(await f.scheduler.spawnCount == 1)
+        }
+    }
+
+    @Test func maxLoadedOneSwapsModels() async throws {
+        guard let f = try Fixture.make(models: ["alpha", "beta"], configure: { $0.maxLoadedModels = 1 }) else { return }
+        try await f.run { port in
+            for model in ["alpha", "beta", "alpha", "beta"] {
+                let reply = try await send(port, "/v1/chat/completions", json: chat(model))
+                #expect(reply.status == 200)
+                #expect(reply.json?["model"] as? String == model)
+                let loaded = await f.scheduler.instances().filter { $0.state == "loaded" }.map(\.model)
+                #expect(loaded == [model])
+            }
+            #expect(await f.scheduler.spawnCount == 4)
+        }
+    }
+
+    @Test func pinnedModelsAreNeverEvicted() async throws {
+        guard let f = try Fixture.make(models: ["alpha", "beta", "gamma"], pinned: ["alpha"], configure: { $0.maxLoadedModels = 2 }) else { return }
+        try await f.run { port in
+            for model in ["alpha", "beta", "gamma", "beta"] {
+                let status1 = try await send(port, "/v1/chat/completions", json: chat(model)).status
+                #expect(status1 == 200)
+                let loaded = await f.scheduler.instances().filter { $0.state == "loaded" }.map(\.model)
+                #expect(loaded.contains("alpha"), "pinned alpha evicted while loading \(model)")
+            }
+        }
+    }
+
+    @Test func allPinnedAnswers503InsteadOfWaitingForever() async throws {
+        guard let f = try Fixture.make(models: ["alpha", "beta"], pinned: ["alpha"], configure: { $0.maxLoadedModels = 1 }) else { return }
+        try await f.run { port in
+            let status2 = try await send(port, "/v1/chat/completions", json: chat("alpha")).status
+            #expect(status2 == 200)
+            let reply = try await send(port, "/v1/chat/completions", json: chat("beta"))
+            #expect(reply.status == 503)
+            #expect((reply.json?["error"] as? [String: Any])?["code"] as? String == "no_capacity")
+        }
+    }
+
+    @Test func memoryBudgetKeepsOnlyOneLoaded() async throws {
+        // Each tiny model projects at least 1 MiB (llama-fit-params rounds to MiB); a 1 MiB
+        // budget therefore holds one of them, never both.
+        guard let f = try Fixture.make(models: ["alpha", "beta"], configure: { $0.memoryBudgetMiB = ["Host": 1] }) else { return }
+        try await f.run { port in
+            for model in ["alpha", "beta", "alpha"] {
+                let status3 = try await send(port, "/v1/chat/completions", json: chat(model)).status
+                #expect(status3 == 200)
+                let loaded = await f.scheduler.instances().filter { $0.state == "loaded" }
+                #expect(loaded.map(\.model) == [model])
+                #expect(loaded.allSatisfy { ($0.projectedMiB ?? 0) >= 1 })
+            }
+        }
+    }
+
+    @Test func modelTooBigForTheBudgetGets507WithNumbers() async throws {
+        guard let f = try Fixture.make(models: ["alpha"], configure: { $0.memoryBudgetMiB = ["Host": 0] }) else { return }
+        try await f.run { port in
+            let reply = try await send(port, "/v1/chat/completions", json: chat("alpha"))
+            #expect(reply.status == 507)
+            let message = (reply.json?["error"] as? [String: Any])?["message"] as? String ?? ""
+            #expect(message.contains("needs") && message.contains("MiB"))
+            #expect(await f.scheduler.spawnCount == 0)
+        }
+    }
+
+    @Test func idleTTLUnloads() async throws {
+        guard let f = try Fixture.make(models: ["alpha"], ttl: .milliseconds(300)) else { return }
+        try await f.run { port in
+            let status4 = try await send(port, "/v1/chat/completions", json: chat("alpha")).status
+            #expect(status4 == 200)
+            let pid = try #require(await f.scheduler.instances().first?.pid)
+            let unloaded = await eventually(10) { await f.scheduler.instances().first?.state == "unloaded" }
+            #expect(unloaded)
+            #expect(await eventually(5) { !processExists(pid) })
+            // And it comes back on the next request.
+            let status5 = try await send(port, "/v1/chat/completions", json: chat("alpha")).status
+            #expect(status5 == 200)
+        }
+    }
+
+    @Test func modelNamesNeverBecomePathsOrCommands() async throws {
+        guard let f = try Fixture.make(models: ["alpha"]) else { return }
+        try await f.run { port in
+            let hostile = [
+                "../alpha", "../../etc/passwd", "/etc/passwd", f.directory + "/alpha.gguf", "alpha; rm -rf /",
+                "$(touch /tmp/corral-pwned)", "`id`", "alpha\u{0}", "alpha/../alpha", "~/alpha", "alpha.gguf", "",
+            ]
+            for name in hostile {
+                let reply = try await send(port, "/v1/chat/completions", json: chat(name))
+                #expect(reply.status == (name.isEmpty ? 400 : 404), "\(name)")
+                #expect(reply.json?["error"] != nil)
+            }
+            #expect(await f.scheduler.spawnCount == 0)
+            #expect(!FileManager.default.fileExists(atPath: "/tmp/corral-pwned"))
+        }
+    }
+}
