@@ -32,7 +32,14 @@ public struct CorralConfig: Sendable {
         public var fit = true
     }
     /// A folder scanned for GGUF files.
-    public struct Source: Sendable { public var directory: String; public var recursive = true }
+    public struct Source: Sendable {
+        public var directory: String
+        public var recursive = true
+        public init(directory: String, recursive: Bool = true) {
+            self.directory = directory
+            self.recursive = recursive
+        }
+    }
     /// A model named explicitly.
     public struct Model: Sendable {
         public var name: String

@@ -16,6 +16,13 @@ public struct FitPlan: Sendable, Equatable, Codable {
         public var contextMiB: Int
         public var computeMiB: Int
         public var totalMiB: Int { modelMiB + contextMiB + computeMiB }
+
+        public init(device: String, modelMiB: Int, contextMiB: Int, computeMiB: Int) {
+            self.device = device
+            self.modelMiB = modelMiB
+            self.contextMiB = contextMiB
+            self.computeMiB = computeMiB
+        }
     }
 
     /// Arguments as llama-fit-params printed them (`-c`, `-ngl`, `-ts`, `-ot`).
@@ -24,6 +31,13 @@ public struct FitPlan: Sendable, Equatable, Codable {
     public var source: Source
     /// Why the estimator was used, when it was.
     public var note: String?
+
+    public init(arguments: [String], projection: [DeviceProjection], source: Source, note: String? = nil) {
+        self.arguments = arguments
+        self.projection = projection
+        self.source = source
+        self.note = note
+    }
 
     public var contextSize: Int? { value(after: "-c").flatMap { Int($0) } }
     public var gpuLayers: Int? { value(after: "-ngl").flatMap { Int($0) } }

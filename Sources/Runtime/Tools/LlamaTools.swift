@@ -87,6 +87,13 @@ public struct Device: Sendable, Equatable, Codable {
     public var totalMiB: Int
     public var freeMiB: Int
 
+    public init(name: String, description: String, totalMiB: Int, freeMiB: Int) {
+        self.name = name
+        self.description = description
+        self.totalMiB = totalMiB
+        self.freeMiB = freeMiB
+    }
+
     /// Parses `--list-devices` lines: `  NAME: DESCRIPTION (TOTAL MiB, FREE MiB free)`.
     public static func parseList(_ lines: [String]) -> [Device] {
         lines.compactMap { line in

@@ -1,0 +1,66 @@
+import Foundation
+import Runtime
+import Testing
+
+@Suite struct ConfigTests {
+    func parse(_ json: String) throws -> CorralConfig {
+        try CorralConfig.parse(Data(json.utf8), baseDirectory: "/base")
+    }
+
+    func problem(_ json: String) -> ConfigError? {
+        do { _ = try parse(json); return nil } catch { return error as? ConfigError }
+    }
+
+    @Test func theShippedRoutesJSONIsValid() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../routes.json").standardized.path
+        let config = try CorralConfig.load(path: path)
+        #expect(config.listen.port == 11434)
+        #expect(config.listen.host == "127.0.0.1")
+        #expect(config.models.first?.name == "demo")
+    }
+
+    @Test func fullConfigParses() throws {
+        let c = try parse(#"""
+        {"listen":{"host":"0.0.0.0","port":8080},"tls":{"certificate":"certs/a.pem","key":"/k.pem"},
+         "scheduler":{"maxLoadedModels":2,"memoryMarginMiB":512,"memoryBudgetMiB":4096,"defaultTTL":"90s",
+                      "queueDepth":5,"loadTimeout":30,"fit":false},
+         "sources":[{"directory":"models","recursive":false}],
+         "models":[{"name":"m","path":"m.gguf","aliases":["x"],"args":["-fa","on"],"contextSize":4096,
+                    "ttl":"-1","parallel":2,"pinned":true,"embeddings":true}],
+         "upstreams":[{"name":"r","baseURL":"http://127.0.0.1:9","models":["gpt"],"apiKeyEnv":"K"}],
+         "maxBodyBytes":2048}
+        """#)
+        #expect(c.tls?.certificate == "/base/certs/a.pem")
+        #expect(c.tls?.key == "/k.pem")
+        #expect(c.scheduler.defaultTTL == .seconds(90))
+        #expect(c.scheduler.loadTimeout == .seconds(30))
+        #expect(c.scheduler.fit == false)
+        #expect(c.sources.first?.directory == "/base/models")
+        #expect(c.models.first?.ttl == .seconds(-1))
+        #expect(c.models.first?.pinned == true)
+        #expect(c.upstreams.first?.models == ["gpt"])
+    }
+
+    @Test func unknownKeysAndBadValuesNameTheKey() {
+        #expect(problem(#"{"lisen":{}}"#)?.key == "lisen")
+        #expect(problem(#"{"listen":{"prot":1}}"#)?.key == "listen.prot")
+        #expect(problem(#"{"listen":{"port":"80"}}"#)?.key == "listen.port")
+        #expect(problem(#"{"listen":{"port":70000}}"#)?.key == "listen.port")
+        #expect(problem(#"{"scheduler":{"defaultTTL":"soon"}}"#)?.key == "scheduler.defaultTTL")
+        #expect(problem(#"{"scheduler":{"maxLoadedModels":true}}"#)?.key == "scheduler.maxLoadedModels")
+        #expect(problem(#"{"models":[{"name":"a"}]}"#)?.key == "models[0].path")
+        #expect(problem(#"{"models":[{"name":"a","path":"b","pinned":"yes"}]}"#)?.key == "models[0].pinned")
+        #expect(problem(#"{"upstreams":[{"name":"a","baseURL":"ftp://x"}]}"#)?.key == "upstreams[0].baseURL")
+        #expect(problem(#"[1]"#)?.key == "(root)")
+        #expect(problem(#"{"#)?.key == "(file)")
+    }
+
+    @Test func durations() {
+        #expect(parseDuration("5m") == .seconds(300))
+        #expect(parseDuration("250ms") == .milliseconds(250))
+        #expect(parseDuration("2h") == .seconds(7200))
+        #expect(parseDuration(NSNumber(value: 1.5)) == .milliseconds(1500))
+        #expect(parseDuration("-1") == .seconds(-1))
+        #expect(parseDuration("x") == nil)
+    }
+}
