@@ -16,6 +16,13 @@ public struct LlamaTools: Sendable, Equatable {
     public var fitParams: Tool?
     public var bench: Tool?
 
+    /// No tools (a gateway that only proxies remote upstreams).
+    public init(server: Tool? = nil, fitParams: Tool? = nil, bench: Tool? = nil) {
+        self.server = server
+        self.fitParams = fitParams
+        self.bench = bench
+    }
+
     /// The llama.cpp version the install script builds.
     public static let version = ProcessInfo.processInfo.environment["LLAMA_CPP_VERSION"] ?? "11434.0.0"
 
