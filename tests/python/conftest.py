@@ -1,0 +1,102 @@
+"""Starts a real Corral binary (CORRAL_BIN) on a free loopback port with generated models."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+CORRAL = os.path.abspath(os.environ.get("CORRAL_BIN", ".build/debug/corral"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def llama_server_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "llama-server"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+class Corral:
+    def __init__(self, directory: str, port: int, proc: subprocess.Popen, log_path: str):
+        self.directory, self.port, self.proc, self.log_path = directory, port, proc, log_path
+        self.base = f"http://127.0.0.1:{port}"
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.base + path, timeout=10) as r:
+            return json.load(r)
+
+    def post(self, path: str, body: dict):
+        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
+    def children(self) -> list[int]:
+        return [i["pid"] for i in self.get("/admin/instances") if i.get("pid")]
+
+    def log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+
+def start_corral(extra_models=(), scheduler=None) -> Corral:
+    if not os.path.exists(CORRAL):
+        pytest.fail(f"corral binary not found at {CORRAL}: run `swift build` first")
+    if shutil.which("llama-server") is None and not os.path.exists(
+        os.path.expanduser(f"~/.cache/corral/llama.cpp/{os.environ.get('LLAMA_CPP_VERSION', '11434.0.0')}/bin/llama-server")
+    ) and not os.environ.get("CORRAL_LLAMA_CACHE"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("llama-server missing under CI")
+        pytest.skip("llama.cpp tools not built")
+    d = tempfile.mkdtemp(prefix="corral-py-")
+    subprocess.run([CORRAL, "models", "make-test", "--out", d, "--name", "chat"], check=True, capture_output=True)
+    subprocess.run([CORRAL, "models", "make-test", "--out", d, "--name", "embed", "--shape", "embedding=true"], check=True, capture_output=True)
+    models = [
+        {"name": "chat", "path": f"{d}/chat.gguf", "aliases": ["chat-alias"], "contextSize": 2048, "parallel": 2},
+        {"name": "embed", "path": f"{d}/embed.gguf", "contextSize": 1024, "parallel": 2},
+    ] + list(extra_models)
+    port = free_port()
+    config = {"listen": {"host": "127.0.0.1", "port": port}, "dataDirectory": f"{d}/data", "models": models}
+    if scheduler:
+        config["scheduler"] = scheduler
+    with open(f"{d}/routes.json", "w") as f:
+        json.dump(config, f)
+    log_path = f"{d}/corral.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([CORRAL, "serve", "--config", f"{d}/routes.json"], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return Corral(d, port, proc, log_path)
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("corral did not start:\n" + open(log_path).read())
+
+
+def stop_corral(c: Corral):
+    if c.proc.poll() is None:
+        c.proc.send_signal(signal.SIGTERM)
+        try:
+            c.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            c.proc.kill()
+    shutil.rmtree(c.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def corral():
+    c = start_corral()
+    yield c
+    stop_corral(c)

@@ -1,0 +1,75 @@
+"""Corral's own process: SIGTERM drains in-flight streams; kill -9 leaves no llama-server."""
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+from conftest import start_corral, stop_corral
+
+
+def stream_chat(base: str, max_tokens: int, out: dict):
+    body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "go"}], "max_tokens": max_tokens, "stream": True}).encode()
+    req = urllib.request.Request(base + "/v1/chat/completions", data=body, headers={"content-type": "application/json"})
+    events = []
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            for line in r:
+                if line.startswith(b"data:"):
+                    events.append(line.decode().strip())
+                    out["first"] = True
+    except Exception as e:  # noqa: BLE001 - recorded for the assertion
+        out["error"] = repr(e)
+    out["events"] = events
+
+
+def wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            if state in ("Z", "X"):
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigterm_drains_in_flight_stream_then_stops_children():
+    c = start_corral()
+    try:
+        out: dict = {}
+        t = threading.Thread(target=stream_chat, args=(c.base, 1500, out))
+        t.start()
+        deadline = time.time() + 20
+        while "first" not in out and time.time() < deadline:
+            time.sleep(0.01)
+        children = c.children()
+        assert children, "a llama-server should be running"
+        c.proc.send_signal(signal.SIGTERM)
+        t.join(timeout=60)
+        assert "error" not in out, out.get("error")
+        assert out["events"][-1] == "data: [DONE]", "the in-flight stream must complete"
+        assert c.proc.wait(timeout=30) == 0
+        for pid in children:
+            assert wait_gone(pid, 10), f"llama-server {pid} outlived Corral"
+    finally:
+        stop_corral(c)
+
+
+def test_kill_9_of_corral_leaves_no_llama_server():
+    c = start_corral()
+    try:
+        c.post("/v1/chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+        c.post("/v1/embeddings", {"model": "embed", "input": "x"})
+        children = c.children()
+        assert len(children) == 2
+        os.kill(c.proc.pid, signal.SIGKILL)
+        c.proc.wait(timeout=10)
+        for pid in children:
+            assert wait_gone(pid, 10), f"llama-server {pid} survived kill -9 of Corral"
+    finally:
+        stop_corral(c)
