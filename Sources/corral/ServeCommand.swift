@@ -53,7 +53,7 @@ struct ServeCommand: AsyncParsableCommand {
             catalog: catalog, limits: limits, tools: tools, client: client, logger: logger,
             planCache: StoreFitPlanCache(store: store, hardwareFingerprint: HostMemory.fingerprint(devices: devices), llamaBuild: build))
         let deps = GatewayDependencies(config: cfg, scheduler: scheduler, client: client, logger: logger)
-        let app = buildApplication(deps)
+        let app = try buildApplication(deps)
         let group = ServiceGroup(
             configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()

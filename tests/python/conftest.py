@@ -47,7 +47,16 @@ class Corral:
             return f.read()
 
 
-def start_corral(extra_models=(), scheduler=None) -> Corral:
+def make_certificate(directory: str) -> tuple[str, str]:
+    """A self-signed localhost certificate generated for this test run."""
+    cert, key = f"{directory}/server.crt", f"{directory}/server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def start_corral(extra_models=(), scheduler=None, tls=False) -> Corral:
     if not os.path.exists(CORRAL):
         pytest.fail(f"corral binary not found at {CORRAL}: run `swift build` first")
     if shutil.which("llama-server") is None and not os.path.exists(
@@ -67,6 +76,12 @@ def start_corral(extra_models=(), scheduler=None) -> Corral:
     config = {"listen": {"host": "127.0.0.1", "port": port}, "dataDirectory": f"{d}/data", "models": models}
     if scheduler:
         config["scheduler"] = scheduler
+    scheme, context = "http", None
+    if tls:
+        import ssl
+        cert, key = make_certificate(d)
+        config["tls"] = {"certificate": cert, "key": key}
+        scheme, context = "https", ssl.create_default_context(cafile=cert)
     with open(f"{d}/routes.json", "w") as f:
         json.dump(config, f)
     log_path = f"{d}/corral.log"
@@ -75,8 +90,11 @@ def start_corral(extra_models=(), scheduler=None) -> Corral:
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return Corral(d, port, proc, log_path)
+            urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health", timeout=1, context=context)
+            c = Corral(d, port, proc, log_path)
+            c.base = f"{scheme}://127.0.0.1:{port}"
+            c.ssl_context = context
+            return c
         except OSError:
             if proc.poll() is not None:
                 break

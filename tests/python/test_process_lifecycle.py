@@ -73,3 +73,23 @@ def test_kill_9_of_corral_leaves_no_llama_server():
             assert wait_gone(pid, 10), f"llama-server {pid} survived kill -9 of Corral"
     finally:
         stop_corral(c)
+
+
+def test_tls_serves_https_and_refuses_plain_http():
+    import ssl
+    import urllib.error
+
+    import pytest
+
+    c = start_corral(tls=True)
+    try:
+        with urllib.request.urlopen(c.base + "/v1/models", context=c.ssl_context, timeout=10) as r:
+            assert r.status == 200
+            assert [m["id"] for m in json.load(r)["data"]] == ["chat", "embed"]
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{c.port}/health", timeout=5).read()
+        # An untrusted client must not accept the self-signed certificate silently.
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(c.base + "/health", context=ssl.create_default_context(), timeout=5)
+    finally:
+        stop_corral(c)

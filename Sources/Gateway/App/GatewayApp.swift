@@ -1,8 +1,11 @@
 import AsyncHTTPClient
 import Foundation
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOSSL
 import Runtime
 import ServiceLifecycle
 
@@ -77,11 +80,19 @@ public struct FleetService: Service {
     }
 }
 
-/// The complete application: router plus the fleet service, listening per config.
-public func buildApplication(_ deps: GatewayDependencies) -> some ApplicationProtocol {
+/// The complete application: router plus the fleet service, listening per config (HTTPS when
+/// `tls` names a certificate and key).
+public func buildApplication(_ deps: GatewayDependencies) throws -> some ApplicationProtocol {
     GatewayLimits.maxBodyBytes = deps.config.maxBodyBytes
+    var server: HTTPServerBuilder = .http1()
+    if let tls = deps.config.tls {
+        let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
+        let key = try NIOSSLPrivateKey(file: tls.key, format: .pem)
+        server = try .tls(.http1(), tlsConfiguration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
+    }
     var app = Application(
         router: buildRouter(deps),
+        server: server,
         configuration: .init(address: .hostname(deps.config.listen.host, port: deps.config.listen.port), serverName: "corral"),
         logger: deps.logger)
     app.addServices(FleetService(scheduler: deps.scheduler, client: deps.client))
