@@ -54,8 +54,9 @@ struct ServeCommand: AsyncParsableCommand {
             planCache: StoreFitPlanCache(store: store, hardwareFingerprint: HostMemory.fingerprint(devices: devices), llamaBuild: build))
         let deps = GatewayDependencies(config: cfg, scheduler: scheduler, client: client, logger: logger)
         let app = try buildApplication(deps)
+        let reloader = ConfigReloader(path: config, scheduler: scheduler, logger: logger)
         let group = ServiceGroup(
-            configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(services: [reloader, app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 }

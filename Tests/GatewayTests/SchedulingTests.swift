@@ -18,6 +18,11 @@ import Testing
             }
             #expect(statuses == Array(repeating: 200, count: 20))
             #expect(await f.scheduler.spawnCount == 1)
+            // What llama-server really allocated is recorded next to the projection.
+            let info = try #require(await f.scheduler.instances().first)
+            #expect(info.planSource == "llama-fit-params")
+            #expect(info.projectedMiB != nil)
+            #expect((info.allocatedMiB["CPU KV"] ?? 0) > 0, "\(info.allocatedMiB)")
         }
     }
 

@@ -93,3 +93,41 @@ def test_tls_serves_https_and_refuses_plain_http():
             urllib.request.urlopen(c.base + "/health", context=ssl.create_default_context(), timeout=5)
     finally:
         stop_corral(c)
+
+
+def test_routes_json_reload_on_change_and_sighup_keeps_in_flight_requests():
+    import subprocess
+
+    from conftest import CORRAL
+
+    c = start_corral()
+    try:
+        out: dict = {}
+        t = threading.Thread(target=stream_chat, args=(c.base, 1500, out))
+        t.start()
+        deadline = time.time() + 20
+        while "first" not in out and time.time() < deadline:
+            time.sleep(0.01)
+        subprocess.run([CORRAL, "models", "make-test", "--out", c.directory, "--name", "added"], check=True, capture_output=True)
+        path = f"{c.directory}/routes.json"
+        config = json.load(open(path))
+        config["models"].append({"name": "added", "path": f"{c.directory}/added.gguf", "contextSize": 1024})
+        json.dump(config, open(path, "w"))
+        ids = []
+        deadline = time.time() + 10
+        while "added" not in ids and time.time() < deadline:
+            time.sleep(0.1)
+            ids = [m["id"] for m in c.get("/v1/models")["data"]]
+        assert "added" in ids, "file change not picked up"
+        assert c.post("/v1/chat/completions", {"model": "added", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})["model"] == "added"
+        # An invalid file is refused on SIGHUP; the previous catalog keeps serving.
+        open(path, "w").write('{"listen": {"prot": 1}}')
+        c.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert c.proc.poll() is None
+        assert "added" in [m["id"] for m in c.get("/v1/models")["data"]]
+        assert "configuration reload failed" in c.log() and "listen.prot" in c.log()
+        t.join(timeout=60)
+        assert "error" not in out and out["events"][-1] == "data: [DONE]"
+    finally:
+        stop_corral(c)

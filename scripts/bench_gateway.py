@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Side-by-side latency benchmark: Corral vs straight to llama-server vs llama.cpp router mode.
+
+All three serve the same tiny generated model on loopback in one run; requests are interleaved
+(direct, corral, router, direct, ...) so drift hits all three alike.
+
+Measures
+  warm non-streaming  max_tokens=1 chat: p50/p99 latency, and what each proxy adds over direct
+  warm streaming      time to first token (first content event)
+  cold start          first request to first token from unloaded (Corral: admin unload;
+                      router: /models/unload; direct: spawn llama-server + wait /health + request)
+  swap                alternate two models with one slot (Corral maxLoadedModels=1; router --models-max 1)
+Usage: bench_gateway.py --corral .build-release/release/corral [--n 300]
+"""
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+
+LLAMA_BIN = os.path.expanduser(os.environ.get("CORRAL_LLAMA_CACHE", "~/.cache/corral/llama.cpp") + "/11434.0.0/bin")
+BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(port: int, path: str = "/health", timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", path)
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise RuntimeError(f"port {port} not ready")
+
+
+class Client:
+    """One keep-alive connection, like a real client."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def chat(self, model: str | None, stream: bool = False, max_tokens: int = 1) -> tuple[float, float]:
+        body = dict(BODY, max_tokens=max_tokens, stream=stream)
+        if model:
+            body["model"] = model
+        data = json.dumps(body)
+        if stream:  # servers may close after an event stream: a fresh connection for every system
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        t0 = time.perf_counter()
+        self.conn.request("POST", "/v1/chat/completions", body=data, headers={"content-type": "application/json"})
+        r = self.conn.getresponse()
+        first = None
+        if stream:
+            while True:
+                line = r.readline()
+                if not line:
+                    break
+                if first is None and b'"content":"' in line:
+                    first = time.perf_counter() - t0
+                if line.startswith(b"data: [DONE]"):
+                    break
+            r.read()
+        else:
+            r.read()
+        total = time.perf_counter() - t0
+        if r.status != 200:
+            raise RuntimeError(f"status {r.status} from port {self.port}")
+        return total, first if first is not None else total
+
+    def post(self, path: str, body: dict) -> int:
+        self.conn.request("POST", path, body=json.dumps(body), headers={"content-type": "application/json"})
+        r = self.conn.getresponse()
+        r.read()
+        return r.status
+
+
+def pct(values: list[float], p: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+def ms(x: float) -> str:
+    return f"{x * 1000:.2f} ms"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corral", default=".build-release/release/corral")
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--cold", type=int, default=10)
+    args = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="corral-bench-")
+    os.makedirs(f"{d}/models")
+    for name in ("tiny", "tiny2"):
+        subprocess.run([args.corral, "models", "make-test", "--out", f"{d}/models", "--name", name], check=True, capture_output=True)
+    procs = []
+    common = ["-c", "2048", "-np", "4", "--no-webui"]
+
+    def spawn(cmd, log):
+        p = subprocess.Popen(cmd, stdout=open(f"{d}/{log}", "w"), stderr=subprocess.STDOUT)
+        procs.append(p)
+        return p
+
+    try:
+        direct_port, corral_port, router_port = free_port(), free_port(), free_port()
+        spawn([f"{LLAMA_BIN}/llama-server", "-m", f"{d}/models/tiny.gguf", "--port", str(direct_port), *common], "direct.log")
+        config = {
+            "listen": {"host": "127.0.0.1", "port": corral_port}, "dataDirectory": f"{d}/data",
+            "scheduler": {"maxLoadedModels": 1, "defaultTTL": -1},
+            "models": [{"name": n, "path": f"{d}/models/{n}.gguf", "contextSize": 2048, "parallel": 4} for n in ("tiny", "tiny2")],
+        }
+        json.dump(config, open(f"{d}/routes.json", "w"))
+        spawn([args.corral, "serve", "--config", f"{d}/routes.json", "--log-level", "warning"], "corral.log")
+        spawn([f"{LLAMA_BIN}/llama-server", "--models-dir", f"{d}/models", "--models-max", "1", "--port", str(router_port), *common], "router.log")
+        for p in (direct_port, corral_port, router_port):
+            wait_http(p)
+        clients = {"direct": Client(direct_port), "corral": Client(corral_port), "router": Client(router_port)}
+        models = {"direct": None, "corral": "tiny", "router": "tiny"}
+        for name, c in clients.items():  # load and warm
+            for _ in range(20):
+                c.chat(models[name])
+
+        lat = {k: [] for k in clients}
+        ttft = {k: [] for k in clients}
+        for _ in range(args.n):
+            for name, c in clients.items():
+                lat[name].append(c.chat(models[name])[0])
+        for _ in range(max(50, args.n // 3)):
+            for name, c in clients.items():
+                ttft[name].append(c.chat(models[name], stream=True, max_tokens=4)[1])
+
+        # Cold start: unloaded -> first token.
+        cold = {k: [] for k in clients}
+        admin = Client(corral_port)
+        for _ in range(args.cold):
+            admin.post("/admin/models/tiny/unload", {})
+            cold["corral"].append(Client(corral_port).chat("tiny", stream=True)[1])
+            Client(router_port).post("/models/unload", {"model": "tiny"})
+            time.sleep(0.3)  # the router unloads asynchronously
+            cold["router"].append(Client(router_port).chat("tiny", stream=True)[1])
+            port = free_port()
+            t0 = time.perf_counter()
+            p = subprocess.Popen([f"{LLAMA_BIN}/llama-server", "-m", f"{d}/models/tiny.gguf", "--port", str(port), *common],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_http(port)
+            _, first = Client(port).chat(None, stream=True)
+            cold["direct"].append(time.perf_counter() - t0 - (0) if first else 0)
+            p.send_signal(signal.SIGTERM)
+            p.wait()
+
+        # Swap: alternate two models with one loaded at a time.
+        swap = {"corral": [], "router": []}
+        for i in range(args.cold * 2):
+            m = "tiny2" if i % 2 == 0 else "tiny"
+            swap["corral"].append(Client(corral_port).chat(m)[0])
+            swap["router"].append(Client(router_port).chat(m)[0])
+            time.sleep(0.05)
+
+        d50 = pct(lat["direct"], 50)
+        print(f"warm non-streaming chat, max_tokens=1, n={args.n} each (interleaved)")
+        for k in clients:
+            print(f"  {k:7s} p50 {ms(pct(lat[k], 50))}  p99 {ms(pct(lat[k], 99))}")
+        added = {k: pct(lat[k], 50) - d50 for k in ("corral", "router")}
+        print(f"  added p50 over direct: corral {ms(added['corral'])}, router {ms(added['router'])}"
+              f"  -> corral/router = {added['corral'] / added['router']:.2f}" if added["router"] > 0 else "")
+        print(f"  added p99 over direct: corral {ms(pct(lat['corral'], 99) - pct(lat['direct'], 99))}, router {ms(pct(lat['router'], 99) - pct(lat['direct'], 99))}")
+        print("warm streaming time to first token")
+        for k in clients:
+            print(f"  {k:7s} p50 {ms(pct(ttft[k], 50))}  p99 {ms(pct(ttft[k], 99))}")
+        print(f"cold start, unloaded -> first token, n={args.cold}")
+        for k in clients:
+            print(f"  {k:7s} p50 {ms(pct(cold[k], 50))}  max {ms(max(cold[k]))}")
+        print(f"  corral - direct spawn: {ms(pct(cold['corral'], 50) - pct(cold['direct'], 50))} (p50)")
+        print(f"swap (alternating two models, one loaded), n={len(swap['corral'])}")
+        for k in swap:
+            print(f"  {k:7s} p50 {ms(pct(swap[k], 50))}  max {ms(max(swap[k]))}")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
