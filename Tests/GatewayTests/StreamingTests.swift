@@ -144,8 +144,16 @@ func longChat(_ model: String, tokens: Int = 6000) -> [String: Any] {
                 _ = try await reader.next()
                 #expect(await f.scheduler.instances().first?.inFlight == 1)
             }
-            // Dropping the response cancels the stream; the slot must come back.
+            // Dropping the response cancels the stream; the slot must come back, and llama-server
+            // must stop generating (its own /slots shows no slot processing).
             #expect(await eventually(10) { await f.scheduler.instances().first?.inFlight == 0 })
+            let idle = await eventually(10) {
+                guard let reply = try? await send(port, "/slots?model=alpha", method: .GET),
+                    let slots = try? JSONSerialization.jsonObject(with: Data(reply.body.utf8)) as? [[String: Any]]
+                else { return false }
+                return slots.allSatisfy { ($0["is_processing"] as? Bool) == false }
+            }
+            #expect(idle)
             let status1 = try await send(port, "/v1/chat/completions", json: chat("alpha")).status
             #expect(status1 == 200)
         }

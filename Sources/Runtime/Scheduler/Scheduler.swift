@@ -183,6 +183,8 @@ public actor Scheduler {
                 } catch let error as SchedulerError {
                     if case .loading = slots[id]?.phase { slots[id]!.phase = .unloaded }
                     slots[id]?.lastError = error.description
+                    // A process that dies while loading counts like a crash.
+                    if case .loadFailed(_, let why) = error { recordCrash(id, why) }
                     notifyFleetChanged()
                     throw error
                 } catch {
@@ -356,14 +358,11 @@ public actor Scheduler {
     private func instanceExited(_ id: String, generation: Int, termination: Termination) {
         guard var slot = slots[id], slot.generation == generation, case .ready(let instance) = slot.phase else { return }
         // Not stopped by us: a crash.
-        let now = ContinuousClock.now
-        slot.crashes = slot.crashes.filter { now - $0 < limits.crashWindow } + [now]
         let lastLines = instance.recentLog(10).joined(separator: "\n")
-        slot.lastError = "llama-server \(termination)"
         logger.error("llama-server exited unexpectedly", metadata: ["model": "\(id)", "termination": "\(termination)", "log": "\(lastLines)"])
-        if slot.crashes.count >= limits.maxCrashes {
-            slot.failure = "\(slot.crashes.count) crashes within \(limits.crashWindow); last: \(termination)"
-        }
+        slots[id] = slot
+        recordCrash(id, "llama-server \(termination)")
+        slot = slots[id]!
         slot.phase = .unloaded
         slot.inFlight = 0
         slot.generation += 1
@@ -372,6 +371,19 @@ public actor Scheduler {
         slots[id] = slot
         for w in waiters { w.continuation.resume(throwing: SchedulerError.instanceCrashed(id)) }
         notifyFleetChanged()
+    }
+
+    /// Counts a crash (or a failed load); enough of them within the window mark the model failed
+    /// until an operator unloads it (which clears the mark).
+    private func recordCrash(_ id: String, _ reason: String) {
+        let now = ContinuousClock.now
+        var slot = slots[id, default: Slot()]
+        slot.crashes = slot.crashes.filter { now - $0 < limits.crashWindow } + [now]
+        slot.lastError = reason
+        if slot.crashes.count >= limits.maxCrashes {
+            slot.failure = "\(slot.crashes.count) failures within \(limits.crashWindow); last: \(reason)"
+        }
+        slots[id] = slot
     }
 
     // MARK: Idle TTL

@@ -1,0 +1,89 @@
+import Foundation
+import GGUF
+import Gateway
+import Logging
+import NIOCore
+import NIOHTTP1
+import Runtime
+import Store
+import Testing
+
+/// Admin basics, failure marking and the persistent fit-plan cache.
+@Suite(.serialized) struct OperationsTests {
+    @Test func repeatedLoadFailuresMarkTheModelFailed() async throws {
+        guard var f = try Fixture.make(models: ["alpha"]) else { return }
+        // A header llama-server accepts for reading but whose tensor data is cut off.
+        let broken = f.directory + "/broken.gguf"
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: f.directory + "/alpha.gguf"))
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: broken))
+        var config = f.config
+        config.models.append(.init(name: "broken", path: broken))
+        var limits = Scheduler.Limits(from: config.scheduler, hostTotalMiB: HostMemory.read().totalMiB)
+        limits.fit = false
+        let scheduler = Scheduler(catalog: ModelCatalog.build(from: config), limits: limits, tools: f.tools, client: sharedClient, logger: Logger(label: "test"))
+        f = Fixture(directory: f.directory, scheduler: scheduler, config: config, tools: f.tools)
+        try await f.run { port in
+            var codes: [String] = []
+            for _ in 0..<4 {
+                let reply = try await send(port, "/v1/chat/completions", json: chat("broken"))
+                #expect(reply.status == 503)
+                codes.append((reply.json?["error"] as? [String: Any])?["code"] as? String ?? "")
+            }
+            #expect(codes == ["model_load_failed", "model_load_failed", "model_load_failed", "model_failed"])
+            let info = await scheduler.instances().first { $0.model == "broken" }
+            #expect(info?.state == "failed")
+            #expect(info?.lastError?.contains("failures") == true)
+            // The healthy model is unaffected; an operator unload clears the mark.
+            let healthy = try await send(port, "/v1/chat/completions", json: chat("alpha"))
+            #expect(healthy.status == 200)
+            _ = try await send(port, "/admin/models/broken/unload")
+            #expect(await scheduler.instances().first { $0.model == "broken" }?.state == "unloaded")
+        }
+    }
+
+    @Test func adminLoadPinUnloadAndLog() async throws {
+        guard let f = try Fixture.make(models: ["alpha", "beta"], configure: { $0.maxLoadedModels = 1 }) else { return }
+        try await f.run { port in
+            #expect(try await send(port, "/admin/models/alpha/load").status == 200)
+            #expect(try await send(port, "/admin/models/alpha/pin").status == 200)
+            let instances = try await send(port, "/admin/instances", method: .GET)
+            let alpha = (try JSONSerialization.jsonObject(with: Data(instances.body.utf8)) as? [[String: Any]])?.first
+            #expect(alpha?["state"] as? String == "loaded")
+            #expect(alpha?["pinned"] as? Bool == true)
+            #expect((alpha?["arguments"] as? [String])?.contains("--alias") == true)
+            // beta cannot evict pinned alpha.
+            #expect(try await send(port, "/v1/chat/completions", json: chat("beta")).status == 503)
+            let log = try await send(port, "/admin/models/alpha/log?lines=50", method: .GET)
+            #expect(((log.json?["lines"] as? [String]) ?? []).contains { $0.contains("listening on") })
+            #expect(try await send(port, "/admin/models/alpha/unpin").status == 200)
+            #expect(try await send(port, "/v1/chat/completions", json: chat("beta")).status == 200)
+            #expect(try await send(port, "/admin/models/beta/unload").status == 200)
+            #expect(await f.scheduler.instances().allSatisfy { $0.state == "unloaded" })
+            #expect(try await send(port, "/admin/models/ghost/load").status == 404)
+            #expect(try await send(port, "/admin/models/alpha/explode").status == 404)
+        }
+    }
+
+    @Test func fitPlansAreCachedInSQLiteAndInvalidatedByFileChanges() async throws {
+        let dir = NSTemporaryDirectory() + "corral-fitcache-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try TestModel.write(shape: TestModelShape(), to: dir + "/m.gguf")
+        var config = CorralConfig()
+        config.models = [.init(name: "m", path: dir + "/m.gguf")]
+        let spec = try #require(ModelCatalog.build(from: config).resolve("m"))
+        let store = try Store.open(path: dir + "/corral.sqlite")
+        let cache = StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b1")
+        let plan = FitPlan(arguments: ["-c", "2048", "-ngl", "-1"], projection: [.init(device: "Host", modelMiB: 1, contextMiB: 2, computeMiB: 3)], source: .fitParams)
+        await cache.save(plan, for: spec, arguments: ["-np", "4"])
+        #expect(await cache.plan(for: spec, arguments: ["-np", "4"]) == plan)
+        #expect(await cache.plan(for: spec, arguments: ["-np", "2"]) == nil)
+        #expect(await StoreFitPlanCache(store: store, hardwareFingerprint: "hw2", llamaBuild: "b1").plan(for: spec, arguments: ["-np", "4"]) == nil)
+        #expect(await StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b2").plan(for: spec, arguments: ["-np", "4"]) == nil)
+        // Survives reopening the database.
+        let reopened = StoreFitPlanCache(store: try Store.open(path: dir + "/corral.sqlite"), hardwareFingerprint: "hw1", llamaBuild: "b1")
+        #expect(await reopened.plan(for: spec, arguments: ["-np", "4"]) == plan)
+        // Touching the model file changes its identity.
+        try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(60)], ofItemAtPath: dir + "/m.gguf")
+        #expect(await reopened.plan(for: spec, arguments: ["-np", "4"]) == nil)
+    }
+}
