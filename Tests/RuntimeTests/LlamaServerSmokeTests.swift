@@ -22,8 +22,8 @@ import Testing
         return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
     }
 
-    @Test(arguments: [false, true])
-    func generatedModelServesChatAndEmbeddings(embedding: Bool) async throws {
+    @Test(arguments: [(false, TestModelShape.WeightType.f32), (false, .f16), (false, .q8_0), (true, .f32)])
+    func generatedModelServesChatAndEmbeddings(embedding: Bool, type: TestModelShape.WeightType) async throws {
         let tools = LlamaTools.discover()
         guard let server = tools.server else {
             #expect(!Self.isCI, "llama-server missing under CI")
@@ -34,6 +34,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         var shape = TestModelShape()
         shape.embedding = embedding
+        shape.weightType = type
         try TestModel.write(shape: shape, to: dir + "/m.gguf")
 
         let port = Int.random(in: 20000..<60000)
