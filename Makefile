@@ -44,7 +44,7 @@ models/demo.gguf:
 	$(BIN) models make-test --out models --name demo
 
 swift-test:
-	swift test --skip-build --no-parallel 2>&1 | tee .build/swift-test.log; exit $${PIPESTATUS[0]}
+	CORRAL_PYTHON=$(abspath $(PY)) swift test --skip-build --no-parallel 2>&1 | tee .build/swift-test.log; exit $${PIPESTATUS[0]}
 
 python-test:
 	CORRAL_BIN=$(BIN) $(PY) -m pytest -q tests/python

@@ -47,7 +47,8 @@ import Testing
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
                 .appendingPathComponent("../../scripts/gguf_dump.py").standardized.path
-            process.arguments = ["python3", script, tree + "/gguf-py"] + models
+            let python = ProcessInfo.processInfo.environment["CORRAL_PYTHON"] ?? "python3"
+            process.arguments = [python, script, tree + "/gguf-py"] + models
             let pipe = Pipe()
             process.standardOutput = pipe
             try process.run()

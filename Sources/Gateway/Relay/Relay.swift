@@ -172,6 +172,32 @@ public struct Relay: Sendable {
         headers[HTTPField.Name("x-request-id")!] = requestID
         let status = HTTPResponse.Status(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase)
         let upstreamBody = response.body
+
+        // Small complete bodies (non-streamed answers, embeddings, tokenize) are read whole and
+        // sent in one write: fewer event-loop hops than streaming chunk by chunk, and the lease
+        // is released as soon as upstream is done.
+        if !isSSE, let length = response.headers.first(name: "content-length").flatMap(Int.init), length <= 8 << 20 {
+            let collected: ByteBuffer
+            do {
+                collected = try await upstreamBody.collect(upTo: length)
+            } catch {
+                await holder.release()
+                record(RequestRecord(
+                    requestID: requestID, route: route, model: lease.modelID, status: 502, errorKind: "upstream_crashed",
+                    queueMs: ms(lease.queueDuration), loadMs: ms(lease.loadDuration), timeToFirstByteMs: nil,
+                    totalMs: ms(ContinuousClock.now - started), clientDisconnected: false))
+                throw OpenAIError(.badGateway, "model '\(lease.modelID)' stopped while answering", type: "server_error",
+                                  code: "upstream_crashed", retryAfter: 1)
+            }
+            let firstByte = ContinuousClock.now
+            await holder.release()
+            let object = try? JSONSerialization.jsonObject(with: Data(collected.readableBytesView)) as? [String: Any]
+            record(usageRecord(
+                requestID: requestID, route: route, lease: lease, status: Int(status.code), upstreamFailed: false,
+                started: started, firstByte: firstByte, usage: object?["usage"] as? [String: Any],
+                timings: object?["timings"] as? [String: Any], disconnected: false))
+            return Response(status: status, headers: headers, body: .init(byteBuffer: collected))
+        }
         let recorder = self
         return Response(
             status: status, headers: headers,
@@ -215,22 +241,32 @@ public struct Relay: Sendable {
                     usage = object["usage"] as? [String: Any]
                     timings = object["timings"] as? [String: Any]
                 }
-                recorder.record(RequestRecord(
-                    requestID: requestID, route: route, model: lease.modelID,
-                    status: upstreamFailed ? 502 : Int(status.code),
-                    errorKind: upstreamFailed ? "upstream_crashed" : nil,
-                    queueMs: ms(lease.queueDuration), loadMs: ms(lease.loadDuration),
-                    timeToFirstByteMs: firstByte.map { ms($0 - started) }, totalMs: ms(ContinuousClock.now - started),
-                    promptTokens: usage?["prompt_tokens"] as? Int,
-                    cachedTokens: (usage?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int,
-                    completionTokens: usage?["completion_tokens"] as? Int,
-                    promptTokensPerSecond: timings?["prompt_per_second"] as? Double,
-                    generationTokensPerSecond: timings?["predicted_per_second"] as? Double,
-                    clientDisconnected: disconnected))
+                recorder.record(recorder.usageRecord(
+                    requestID: requestID, route: route, lease: lease, status: Int(status.code), upstreamFailed: upstreamFailed,
+                    started: started, firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected))
             })
     }
 
     func record(_ r: RequestRecord) { recorder?(r) }
+
+    /// The record of a request that reached upstream, with llama-server's usage and timings.
+    func usageRecord(
+        requestID: String, route: String, lease: Lease, status: Int, upstreamFailed: Bool, started: ContinuousClock.Instant,
+        firstByte: ContinuousClock.Instant?, usage: [String: Any]?, timings: [String: Any]?, disconnected: Bool
+    ) -> RequestRecord {
+        RequestRecord(
+            requestID: requestID, route: route, model: lease.modelID,
+            status: upstreamFailed ? 502 : status,
+            errorKind: upstreamFailed ? "upstream_crashed" : nil,
+            queueMs: ms(lease.queueDuration), loadMs: ms(lease.loadDuration),
+            timeToFirstByteMs: firstByte.map { ms($0 - started) }, totalMs: ms(ContinuousClock.now - started),
+            promptTokens: usage?["prompt_tokens"] as? Int,
+            cachedTokens: (usage?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int,
+            completionTokens: usage?["completion_tokens"] as? Int,
+            promptTokensPerSecond: timings?["prompt_per_second"] as? Double,
+            generationTokensPerSecond: timings?["predicted_per_second"] as? Double,
+            clientDisconnected: disconnected)
+    }
 }
 
 func ms(_ d: Duration) -> Double {
