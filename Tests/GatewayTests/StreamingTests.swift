@@ -127,10 +127,12 @@ func longChat(_ model: String, tokens: Int = 6000) -> [String: Any] {
             var last = ""
             while let event = try await reader.next() { last = event }
             #expect(last.contains("\"error\"") && last.contains("upstream_crashed"), "last event: \(last.prefix(200))")
+            #expect(await eventually(5) { await f.scheduler.instances().first?.lastError?.contains("signal 9") == true })
             let next = try await send(port, "/v1/chat/completions", json: chat("alpha"))
             #expect(next.status == 200)
             let info = await f.scheduler.instances().first
             #expect(info?.crashes == 1)
+            #expect(info?.lastCrashLog.isEmpty == false)
             #expect(info?.pid != pid)
         }
     }

@@ -35,6 +35,8 @@ public struct InstanceInfo: Sendable, Codable {
     public var expiresInSeconds: Double?
     public var crashes: Int
     public var lastError: String?
+    /// The last log lines of the most recent crash.
+    public var lastCrashLog: [String]
 }
 
 /// Owns the fleet of llama-server processes: loads on first use (single-flight), hands out
@@ -86,6 +88,8 @@ public actor Scheduler {
         var crashes: [ContinuousClock.Instant] = []
         var failure: String?
         var lastError: String?
+        /// The last log lines of the instance that crashed most recently.
+        var lastCrashLog: [String] = []
         var pinnedAtRuntime = false
         var idleDeadline: ContinuousClock.Instant?
     }
@@ -359,6 +363,7 @@ public actor Scheduler {
         guard var slot = slots[id], slot.generation == generation, case .ready(let instance) = slot.phase else { return }
         // Not stopped by us: a crash.
         let lastLines = instance.recentLog(10).joined(separator: "\n")
+        slot.lastCrashLog = instance.recentLog(20)
         logger.error("llama-server exited unexpectedly", metadata: ["model": "\(id)", "termination": "\(termination)", "log": "\(lastLines)"])
         slots[id] = slot
         recordCrash(id, "llama-server \(termination)")
@@ -447,7 +452,8 @@ public actor Scheduler {
             var info = InstanceInfo(
                 model: id, state: "unloaded", arguments: [], inFlight: slot.inFlight, queued: slot.waiters.count,
                 pinned: isPinned(id), projectedMiB: slot.projection.isEmpty ? nil : slot.projection.values.reduce(0, +),
-                allocatedMiB: [:], crashes: slot.crashes.count, lastError: slot.failure ?? slot.lastError)
+                allocatedMiB: [:], crashes: slot.crashes.count, lastError: slot.failure ?? slot.lastError,
+                lastCrashLog: slot.lastCrashLog)
             switch slot.phase {
             case .unloaded: info.state = slot.failure == nil ? "unloaded" : "failed"
             case .loading: info.state = "loading"
