@@ -111,8 +111,8 @@ func longChat(_ model: String, tokens: Int = 6000) -> [String: Any] {
             #expect(rejected.headers.first(name: "retry-after") != nil)
             #expect((rejected.json?["error"] as? [String: Any])?["code"] as? String == "queue_full")
             while try await reader.next() != nil {}
-            let status2 = try await queued.value.status
-            #expect(status2 == 200)
+            let queuedReply = try await queued.value
+            #expect(queuedReply.status == 200, "\(queuedReply.body.prefix(300))")
         }
     }
 

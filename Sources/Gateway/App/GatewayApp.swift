@@ -33,6 +33,9 @@ public struct GatewayDependencies: Sendable {
             timeout: .init(connect: .seconds(5), read: .minutes(10)),
             decompression: .disabled)
         configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 256
+        // llama-server closes keep-alive connections after 5 s idle; closing ours first avoids
+        // sending a request on a connection the server is closing.
+        configuration.connectionPool.idleTimeout = .seconds(3)
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
     }
 }

@@ -145,7 +145,14 @@ public struct Relay: Sendable {
 
         let response: HTTPClientResponse
         do {
-            response = try await client.execute(upstream, timeout: .minutes(10), logger: logger)
+            do {
+                response = try await client.execute(upstream, timeout: .minutes(10), logger: logger)
+            } catch where !lease.isRemote && Self.isStaleConnection(error) {
+                // A pooled keep-alive connection the child closed just as we used it: the request
+                // never reached llama-server, so sending it once more (if it still runs) is safe.
+                guard await scheduler.instance(for: lease.modelID) != nil else { throw error }
+                response = try await client.execute(upstream, timeout: .minutes(10), logger: logger)
+            }
         } catch {
             await holder.release()
             let crashed = await scheduler.instance(for: lease.modelID) == nil
@@ -248,6 +255,14 @@ public struct Relay: Sendable {
     }
 
     func record(_ r: RequestRecord) { recorder?(r) }
+
+    /// Errors that mean the connection died before any response arrived.
+    static func isStaleConnection(_ error: any Error) -> Bool {
+        if let e = error as? HTTPClientError {
+            return e == .remoteConnectionClosed
+        }
+        return "\(error)".contains("connectionReset") || "\(error)".contains("ECONNRESET")
+    }
 
     /// The record of a request that reached upstream, with llama-server's usage and timings.
     func usageRecord(

@@ -40,7 +40,13 @@ public final class ChildProcess: Sendable {
     }
 
     /// Starts `executable` with `arguments`; `environment` nil inherits Corral's.
-    public init(executable: String, arguments: [String], environment: [String: String]? = nil) throws(SpawnError) {
+    /// - Parameter onLine: when given, receives every output line on the reader thread (nil at
+    ///   end of output) instead of ``lines``, which then stays empty. Long-lived children use it:
+    ///   no task switch per line.
+    public init(
+        executable: String, arguments: [String], environment: [String: String]? = nil,
+        onLine: (@Sendable (String?) -> Void)? = nil
+    ) throws(SpawnError) {
         var fds: [Int32] = [0, 0]
         let pipeError = corral_pipe_cloexec(&fds)
         guard pipeError == 0 else { throw SpawnError(executable: executable, errno: pipeError) }
@@ -63,7 +69,14 @@ public final class ChildProcess: Sendable {
         self.state = Mutex(State())
         let readFD = fds[0]
         let thread = Thread { [self] in
-            Self.pump(fd: readFD, into: continuation)
+            if let onLine {
+                continuation.finish()
+                Self.pump(fd: readFD, into: onLine)
+                onLine(nil)
+            } else {
+                Self.pump(fd: readFD) { continuation.yield($0) }
+                continuation.finish()
+            }
             let status = corral_wait(pid)
             let termination: Termination =
                 corral_signaled(status) != 0 ? .signaled(corral_term_signal(status)) : .exited(corral_exit_code(status))
@@ -79,7 +92,7 @@ public final class ChildProcess: Sendable {
     }
 
     /// Reads lines until EOF. Lines longer than 64 KiB are cut.
-    private static func pump(fd: Int32, into continuation: AsyncStream<String>.Continuation) {
+    private static func pump(fd: Int32, into emit: (String) -> Void) {
         var buffer = [UInt8](repeating: 0, count: 65536)
         var line: [UInt8] = []
         while true {
@@ -88,16 +101,15 @@ public final class ChildProcess: Sendable {
             if n <= 0 { break }
             for byte in buffer[0..<n] {
                 if byte == 10 {
-                    continuation.yield(String(decoding: line, as: UTF8.self))
+                    emit(String(decoding: line, as: UTF8.self))
                     line.removeAll(keepingCapacity: true)
                 } else if line.count < 65536 {
                     line.append(byte)
                 }
             }
         }
-        if !line.isEmpty { continuation.yield(String(decoding: line, as: UTF8.self)) }
+        if !line.isEmpty { emit(String(decoding: line, as: UTF8.self)) }
         close(fd)
-        continuation.finish()
     }
 
     /// The termination, once the child has exited and been reaped.

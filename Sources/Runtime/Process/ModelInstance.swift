@@ -4,6 +4,75 @@ import NIOCore
 import NIOHTTP1
 import Synchronization
 
+/// The recent output of one llama-server, fed line by line on its reader thread.
+///
+/// Until the server is listening, lines are also scanned for the `buffer size` allocation
+/// lines and the `listening on` readiness line; after that a line costs one ring-buffer store.
+public final class InstanceLog: Sendable {
+    private let state = Mutex(State())
+
+    struct State {
+        var ring = [String](repeating: "", count: InstanceLog.capacity)
+        var next = 0
+        var count = 0
+        var listening = false
+        var ended = false
+        var listeningWaiter: CheckedContinuation<Void, Never>?
+        /// MiB per device and buffer kind, from llama-server's own "buffer size" log lines.
+        var allocated: [String: Double] = [:]
+    }
+
+    /// How many lines each instance keeps.
+    public static let capacity = 300
+
+    public init() {}
+
+    /// Feeds one line (nil at end of output).
+    public func record(_ line: String?) {
+        let waiter: CheckedContinuation<Void, Never>? = state.withLock { s in
+            guard let line else {
+                s.ended = true
+                defer { s.listeningWaiter = nil }
+                return s.listeningWaiter
+            }
+            s.ring[s.next] = line
+            s.next = (s.next + 1) % Self.capacity
+            s.count = min(s.count + 1, Self.capacity)
+            guard !s.listening else { return nil }
+            if let (key, mib) = ModelInstance.parseBufferLine(line) { s.allocated[key, default: 0] += mib }
+            if line.contains("listening on http") {
+                s.listening = true
+                defer { s.listeningWaiter = nil }
+                return s.listeningWaiter
+            }
+            return nil
+        }
+        waiter?.resume()
+    }
+
+    /// The last `count` lines, oldest first.
+    public func recent(_ count: Int = capacity) -> [String] {
+        state.withLock { s in
+            let n = min(count, s.count)
+            return (0..<n).map { s.ring[(s.next - n + $0 + Self.capacity) % Self.capacity] }
+        }
+    }
+
+    var allocated: [String: Double] { state.withLock { $0.allocated } }
+
+    /// Waits until the server says it is listening, or its output ends.
+    func waitUntilListening() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.listening || s.ended { return true }
+                s.listeningWaiter = c
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+}
+
 /// One running llama-server for one model: its process, port, plan and recent log.
 public final class ModelInstance: Sendable {
     public let modelID: String
@@ -12,59 +81,28 @@ public final class ModelInstance: Sendable {
     public let arguments: [String]
     public let plan: FitPlan
     public let startedAt: Date
-    private let log: Mutex<LogState>
-
-    struct LogState {
-        var lines: [String] = []
-        var listening = false
-        var listeningWaiter: CheckedContinuation<Void, Never>?
-        /// MiB per device and buffer kind, from llama-server's own "buffer size" log lines.
-        var allocated: [String: Double] = [:]
-    }
+    let log: InstanceLog
 
     /// How many log lines each instance keeps.
-    public static let logCapacity = 300
+    public static let logCapacity = InstanceLog.capacity
 
     public var baseURL: String { "http://127.0.0.1:\(port)" }
 
-    init(modelID: String, process: ChildProcess, port: Int, arguments: [String], plan: FitPlan) {
+    init(modelID: String, process: ChildProcess, log: InstanceLog, port: Int, arguments: [String], plan: FitPlan) {
         self.modelID = modelID
         self.process = process
         self.port = port
         self.arguments = arguments
         self.plan = plan
         self.startedAt = Date()
-        self.log = Mutex(LogState())
-        Task { [self] in
-            for await line in process.lines { self.record(line) }
-            // Output closed: the process is gone; wake a readiness waiter.
-            self.log.withLock { s in
-                s.listeningWaiter?.resume()
-                s.listeningWaiter = nil
-            }
-        }
-    }
-
-    private func record(_ line: String) {
-        log.withLock { s in
-            s.lines.append(line)
-            if s.lines.count > Self.logCapacity { s.lines.removeFirst(s.lines.count - Self.logCapacity) }
-            if let (key, mib) = Self.parseBufferLine(line) { s.allocated[key, default: 0] += mib }
-            if !s.listening && line.contains("listening on http") {
-                s.listening = true
-                s.listeningWaiter?.resume()
-                s.listeningWaiter = nil
-            }
-        }
+        self.log = log
     }
 
     /// The last log lines, oldest first.
-    public func recentLog(_ count: Int = logCapacity) -> [String] {
-        log.withLock { Array($0.lines.suffix(count)) }
-    }
+    public func recentLog(_ count: Int = logCapacity) -> [String] { log.recent(count) }
 
     /// What llama-server reported allocating, in MiB, by `DEVICE kind` (e.g. `CPU KV`).
-    public var allocatedMiB: [String: Double] { log.withLock { $0.allocated } }
+    public var allocatedMiB: [String: Double] { log.allocated }
 
     /// Parses `NAME model|KV|compute|output|RS buffer size = 12.34 MiB`.
     static func parseBufferLine(_ line: String) -> (String, Double)? {
@@ -82,14 +120,7 @@ public final class ModelInstance: Sendable {
     func waitUntilReady(client: HTTPClient, timeout: Duration) async throws(SchedulerError) {
         let deadline = ContinuousClock.now + timeout
         // The log line arrives once the HTTP socket is bound; until then connections are refused.
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let resumeNow = log.withLock { s -> Bool in
-                if s.listening || process.termination != nil { return true }
-                s.listeningWaiter = c
-                return false
-            }
-            if resumeNow { c.resume() }
-        }
+        await log.waitUntilListening()
         while ContinuousClock.now < deadline {
             if let t = process.termination {
                 throw .loadFailed(modelID, "llama-server \(t): " + recentLog(8).joined(separator: " | "))

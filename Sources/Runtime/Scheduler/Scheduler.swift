@@ -14,7 +14,8 @@ public struct Lease: Sendable {
     /// Time spent loading the model for this request (zero when it was ready).
     public let loadDuration: Duration
     let generation: Int
-    let isRemote: Bool
+    /// Whether the model is served by a remote upstream (not a local llama-server).
+    public let isRemote: Bool
 }
 
 /// A read-only view of one model's state, for admin routes and tests.
@@ -260,14 +261,15 @@ public actor Scheduler {
         let arguments = ["-m", path, "--host", "127.0.0.1", "--port", String(port), "--alias", spec.id, "--no-webui", "--metrics", "--slots", "--props", "-lv", "4"]
             + base + (plan.arguments.isEmpty ? contextArgs : plan.arguments) + spec.pinnedArgs
         let child: ChildProcess
+        let log = InstanceLog()
         do {
-            child = try ChildProcess(executable: server, arguments: arguments)
+            child = try ChildProcess(executable: server, arguments: arguments, onLine: { log.record($0) })
         } catch {
             throw SchedulerError.loadFailed(spec.id, error.description)
         }
         spawnCount += 1
         logger.info("starting llama-server", metadata: ["model": "\(spec.id)", "pid": "\(child.pid)", "port": "\(port)"])
-        let instance = ModelInstance(modelID: spec.id, process: child, port: port, arguments: arguments, plan: plan)
+        let instance = ModelInstance(modelID: spec.id, process: child, log: log, port: port, arguments: arguments, plan: plan)
         do {
             try await instance.waitUntilReady(client: client, timeout: limits.loadTimeout)
         } catch {
