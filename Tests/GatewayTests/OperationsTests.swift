@@ -41,6 +41,33 @@ import Testing
         }
     }
 
+    @Test func aServerThatNeverBecomesReadyTimesOutAndIsStopped() async throws {
+        guard var f = try Fixture.make(models: ["alpha"]) else { return }
+        // A stand-in llama-server that starts, prints nothing useful and hangs.
+        let script = f.directory + "/hang.sh"
+        try "#!/bin/sh\necho loading forever\nexec sleep 600\n".write(toFile: script, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script)
+        var limits = Scheduler.Limits(from: f.config.scheduler, hostTotalMiB: HostMemory.read().totalMiB)
+        limits.loadTimeout = .milliseconds(500)
+        limits.fit = false
+        limits.stopGrace = .milliseconds(500)
+        let tools = LlamaTools(server: .init(path: script, origin: .config))
+        let scheduler = Scheduler(catalog: ModelCatalog.build(from: f.config), limits: limits, tools: tools, client: sharedClient, logger: Logger(label: "test"))
+        f = Fixture(directory: f.directory, scheduler: scheduler, config: f.config, tools: tools)
+        try await f.run { port in
+            let reply = try await send(port, "/v1/chat/completions", json: chat("alpha"))
+            #expect(reply.status == 503)
+            let message = (reply.json?["error"] as? [String: Any])?["message"] as? String ?? ""
+            #expect(message.contains("not ready within"), "\(message)")
+            #expect(await scheduler.spawnCount == 1)
+            // Children belong to the thread that forked them: look at every thread of this process.
+            let threads = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
+            let leftovers = threads.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/children", encoding: .utf8) }
+                .joined().trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(leftovers.isEmpty, "children left: \(leftovers)")
+        }
+    }
+
     @Test func adminLoadPinUnloadAndLog() async throws {
         guard let f = try Fixture.make(models: ["alpha", "beta"], configure: { $0.maxLoadedModels = 1 }) else { return }
         try await f.run { port in

@@ -17,6 +17,7 @@ public final class InstanceLog: Sendable {
         var count = 0
         var listening = false
         var ended = false
+        var gaveUp = false
         var listeningWaiter: CheckedContinuation<Void, Never>?
         /// MiB per device and buffer kind, from llama-server's own "buffer size" log lines.
         var allocated: [String: Double] = [:]
@@ -60,11 +61,21 @@ public final class InstanceLog: Sendable {
 
     var allocated: [String: Double] { state.withLock { $0.allocated } }
 
-    /// Waits until the server says it is listening, or its output ends.
+    /// Ends a pending ``waitUntilListening()`` (and any later one): the load timed out.
+    func giveUpWaiting() {
+        let waiter = state.withLock { s in
+            s.gaveUp = true
+            defer { s.listeningWaiter = nil }
+            return s.listeningWaiter
+        }
+        waiter?.resume()
+    }
+
+    /// Waits until the server says it is listening, its output ends, or ``giveUpWaiting()``.
     func waitUntilListening() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let now = state.withLock { s -> Bool in
-                if s.listening || s.ended { return true }
+                if s.listening || s.ended || s.gaveUp { return true }
                 s.listeningWaiter = c
                 return false
             }
@@ -120,7 +131,13 @@ public final class ModelInstance: Sendable {
     func waitUntilReady(client: HTTPClient, timeout: Duration) async throws(SchedulerError) {
         let deadline = ContinuousClock.now + timeout
         // The log line arrives once the HTTP socket is bound; until then connections are refused.
+        let log = self.log
+        let timer = Task {
+            try await Task.sleep(for: timeout)
+            log.giveUpWaiting()
+        }
         await log.waitUntilListening()
+        timer.cancel()
         while ContinuousClock.now < deadline {
             if let t = process.termination {
                 throw .loadFailed(modelID, "llama-server \(t): " + recentLog(8).joined(separator: " | "))

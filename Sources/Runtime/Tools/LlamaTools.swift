@@ -10,6 +10,11 @@ public struct LlamaTools: Sendable, Equatable {
     public struct Tool: Sendable, Equatable {
         public var path: String
         public var origin: Origin
+
+        public init(path: String, origin: Origin) {
+            self.path = path
+            self.origin = origin
+        }
     }
 
     public var server: Tool?
