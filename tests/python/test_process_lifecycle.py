@@ -88,6 +88,16 @@ def test_tls_serves_https_and_refuses_plain_http():
             assert [m["id"] for m in json.load(r)["data"]] == ["chat", "embed"]
         with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
             urllib.request.urlopen(f"http://127.0.0.1:{c.port}/health", timeout=5).read()
+        # HTTP/2 is negotiated by ALPN for clients that offer it, streaming included.
+        import subprocess as sp
+        cert = c.ssl_context.get_ca_certs() and f"{c.directory}/server.crt"
+        out = sp.run(["curl", "-sS", "--http2", "--cacert", cert, "-w", "\n%{http_version}", c.base + "/v1/chat/completions",
+                      "-d", json.dumps({"model": "chat", "stream": True, "max_tokens": 3, "messages": [{"role": "user", "content": "x"}]})],
+                     capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        body, version = out.stdout.rsplit("\n", 1)
+        assert version == "2"
+        assert "data: [DONE]" in body
         # An untrusted client must not accept the self-signed certificate silently.
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(c.base + "/health", context=ssl.create_default_context(), timeout=5)

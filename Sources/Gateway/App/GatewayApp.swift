@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import Hummingbird
 import HummingbirdCore
+import HummingbirdHTTP2
 import HummingbirdTLS
 import Logging
 import NIOCore
@@ -83,15 +84,16 @@ public struct FleetService: Service {
     }
 }
 
-/// The complete application: router plus the fleet service, listening per config (HTTPS when
-/// `tls` names a certificate and key).
+/// The complete application: router plus the fleet service, listening per config (HTTPS with
+/// HTTP/2 and HTTP/1.1 when `tls` names a certificate and key).
 public func buildApplication(_ deps: GatewayDependencies) throws -> some ApplicationProtocol {
     GatewayLimits.maxBodyBytes = deps.config.maxBodyBytes
     var server: HTTPServerBuilder = .http1()
     if let tls = deps.config.tls {
         let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
         let key = try NIOSSLPrivateKey(file: tls.key, format: .pem)
-        server = try .tls(.http1(), tlsConfiguration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
+        // HTTP/1.1 and HTTP/2, chosen per connection by ALPN.
+        server = try .http2Upgrade(tlsConfiguration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
     }
     var app = Application(
         router: buildRouter(deps),
