@@ -68,6 +68,24 @@ import Testing
         }
     }
 
+    @Test(.timeLimit(.minutes(1))) func shutdownStopsAHangingLoad() async throws {
+        guard let f = try Fixture.make(models: ["alpha"]) else { return }
+        let script = f.directory + "/hang.sh"
+        try "#!/bin/sh\nexec sleep 600\n".write(toFile: script, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script)
+        var limits = Scheduler.Limits(from: f.config.scheduler, hostTotalMiB: HostMemory.read().totalMiB)
+        limits.loadTimeout = .seconds(600)
+        limits.fit = false
+        let scheduler = Scheduler(catalog: ModelCatalog.build(from: f.config), limits: limits,
+                                  tools: LlamaTools(server: .init(path: script, origin: .config)), client: sharedClient, logger: Logger(label: "test"))
+        let request = Task { try await scheduler.acquire("alpha") }
+        #expect(await eventually(10) { await scheduler.spawnCount == 1 })
+        // Without stopping the loading child, shutdown would wait out the 600 s load timeout
+        // and the test's time limit would fail it.
+        await scheduler.shutdown()
+        await #expect(throws: SchedulerError.self) { try await request.value }
+    }
+
     @Test func adminLoadPinUnloadAndLog() async throws {
         guard let f = try Fixture.make(models: ["alpha", "beta"], configure: { $0.maxLoadedModels = 1 }) else { return }
         try await f.run { port in

@@ -105,6 +105,8 @@ public actor Scheduler {
     var fleetWaiters: [CheckedContinuation<Void, Never>] = []
     var nextWaiterID = 0
     var isShuttingDown = false
+    /// Children started but not ready yet, so shutdown can stop a load that hangs.
+    var loadingChildren: [String: ChildProcess] = [:]
     /// Number of llama-server processes started, for tests and metrics.
     public private(set) var spawnCount = 0
     /// Cached plans by model id (the persistent cache lives in Store).
@@ -268,6 +270,9 @@ public actor Scheduler {
             throw SchedulerError.loadFailed(spec.id, error.description)
         }
         spawnCount += 1
+        loadingChildren[spec.id] = child
+        defer { loadingChildren[spec.id] = nil }
+        if isShuttingDown { child.signalGroup(SIGTERM) }
         logger.info("starting llama-server", metadata: ["model": "\(spec.id)", "pid": "\(child.pid)", "port": "\(port)"])
         let instance = ModelInstance(modelID: spec.id, process: child, log: log, port: port, arguments: arguments, plan: plan)
         do {
@@ -482,6 +487,8 @@ public actor Scheduler {
     public func shutdown() async {
         isShuttingDown = true
         notifyFleetChanged()
+        // Loads still in progress end now: their process exits, so readiness fails at once.
+        for child in loadingChildren.values { child.signalGroup(SIGTERM) }
         for id in slots.keys {
             if case .loading(let t) = slots[id]?.phase { _ = try? await t.value }
         }
