@@ -41,18 +41,23 @@ import Testing
         }
     }
 
-    @Test func aServerThatNeverBecomesReadyTimesOutAndIsStopped() async throws {
-        guard var f = try Fixture.make(models: ["alpha"]) else { return }
-        // A stand-in llama-server that starts, prints nothing useful and hangs.
+    /// A scheduler whose "llama-server" starts, prints nothing useful and hangs.
+    static func hangingScheduler(_ f: Fixture, loadTimeout: Duration) throws -> (Scheduler, LlamaTools) {
         let script = f.directory + "/hang.sh"
         try "#!/bin/sh\necho loading forever\nexec sleep 600\n".write(toFile: script, atomically: true, encoding: .utf8)
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script)
         var limits = Scheduler.Limits(from: f.config.scheduler, hostTotalMiB: HostMemory.read().totalMiB)
-        limits.loadTimeout = .milliseconds(500)
+        limits.loadTimeout = loadTimeout
         limits.fit = false
         limits.stopGrace = .milliseconds(500)
         let tools = LlamaTools(server: .init(path: script, origin: .config))
         let scheduler = Scheduler(catalog: ModelCatalog.build(from: f.config), limits: limits, tools: tools, client: sharedClient, logger: Logger(label: "test"))
+        return (scheduler, tools)
+    }
+
+    @Test func aServerThatNeverBecomesReadyTimesOutAndIsStopped() async throws {
+        guard var f = try Fixture.make(models: ["alpha"]) else { return }
+        let (scheduler, tools) = try Self.hangingScheduler(f, loadTimeout: .milliseconds(500))
         f = Fixture(directory: f.directory, scheduler: scheduler, config: f.config, tools: tools)
         try await f.run { port in
             let reply = try await send(port, "/v1/chat/completions", json: chat("alpha"))
@@ -70,14 +75,7 @@ import Testing
 
     @Test(.timeLimit(.minutes(1))) func shutdownStopsAHangingLoad() async throws {
         guard let f = try Fixture.make(models: ["alpha"]) else { return }
-        let script = f.directory + "/hang.sh"
-        try "#!/bin/sh\nexec sleep 600\n".write(toFile: script, atomically: true, encoding: .utf8)
-        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script)
-        var limits = Scheduler.Limits(from: f.config.scheduler, hostTotalMiB: HostMemory.read().totalMiB)
-        limits.loadTimeout = .seconds(600)
-        limits.fit = false
-        let scheduler = Scheduler(catalog: ModelCatalog.build(from: f.config), limits: limits,
-                                  tools: LlamaTools(server: .init(path: script, origin: .config)), client: sharedClient, logger: Logger(label: "test"))
+        let (scheduler, _) = try Self.hangingScheduler(f, loadTimeout: .seconds(600))
         let request = Task { try await scheduler.acquire("alpha") }
         #expect(await eventually(10) { await scheduler.spawnCount == 1 })
         // Without stopping the loading child, shutdown would wait out the 600 s load timeout
