@@ -56,10 +56,11 @@ public struct Relay: Sendable {
         self.logger = logger
     }
 
-    /// Headers that belong to one hop and are not forwarded.
+    /// Headers that belong to one hop and are not forwarded. `accept-encoding` is dropped so an
+    /// upstream answers uncompressed: Corral reads events and usage as they pass.
     static let hopByHop: [String] = [
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-        "transfer-encoding", "upgrade", "host", "authorization", "x-api-key", "content-length",
+        "transfer-encoding", "upgrade", "host", "authorization", "x-api-key", "content-length", "accept-encoding",
     ]
 
     /// Reads and parses a JSON body, mapping size and syntax problems to OpenAI errors.
@@ -90,7 +91,7 @@ public struct Relay: Sendable {
         for key in ["max_tokens", "max_completion_tokens", "n_predict"] {
             if let v = body[key], !(v is NSNull) {
                 guard let n = v as? NSNumber, !isJSONBool(n), n.doubleValue == n.doubleValue.rounded(), n.doubleValue >= -1 else {
-                    throw OpenAIError.badRequest("'\(key)' must be a non-negative integer", param: key)
+                    throw OpenAIError.badRequest("'\(key)' must be an integer, -1 or more", param: key)
                 }
             }
         }
