@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := .build/debug/corral
 SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-build python3-venv
 
-.PHONY: serve test system llama build build-tests venv demo-model format swift-test python-test bench-gguf bench-gateway clean
+.PHONY: serve test system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway clean
 
 ## serve: install what is missing, build, make a demo model if none, and run on routes.json
 serve: system llama build demo-model
@@ -53,11 +53,16 @@ format:
 	swift format format --parallel --in-place --recursive Sources Tests Package.swift
 
 ## benchmarks (not part of `make test`; results go to BENCHMARKS.md)
-bench-gguf: build venv
-	$(PY) scripts/bench_gguf.py --corral $(BIN)
+RELEASE_BIN := .build-release/release/corral
 
-bench-gateway: build venv
-	$(PY) scripts/bench_gateway.py --corral $(BIN)
+release:
+	swift build -c release --scratch-path .build-release --product corral
+
+bench-gguf: llama release venv
+	$(PY) scripts/bench_gguf.py --corral $(RELEASE_BIN)
+
+bench-gateway: llama release venv
+	$(PY) scripts/bench_gateway.py --corral $(RELEASE_BIN)
 
 clean:
-	rm -rf .build $(VENV) data models
+	rm -rf .build .build-release $(VENV) data models
