@@ -83,7 +83,7 @@ struct Fixture {
 
 /// One client for all tests (Corral's upstream client and the tests' own).
 let sharedClient: HTTPClient = {
-    var configuration = HTTPClient.Configuration(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(5), read: .seconds(60)), decompression: .disabled)
+    var configuration = HTTPClient.Configuration(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(5), read: .seconds(180)), decompression: .disabled)
     configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 64
     configuration.connectionPool.idleTimeout = .seconds(3)
     return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
@@ -107,7 +107,7 @@ func send(_ port: Int, _ path: String, method: HTTPMethod = .POST, json: Any? = 
     } else if let raw {
         request.body = .bytes(ByteBuffer(string: raw))
     }
-    let response = try await sharedClient.execute(request, timeout: .seconds(60))
+    let response = try await sharedClient.execute(request, timeout: .seconds(180))  // a hang guard, not a timing check
     let body = try await response.body.collect(upTo: 64 << 20)
     return Reply(status: Int(response.status.code), headers: response.headers, body: String(buffer: body))
 }

@@ -31,7 +31,7 @@ func openStream(_ port: Int, _ body: [String: Any]) async throws -> (Int, HTTPCl
     request.method = .POST
     request.headers.add(name: "content-type", value: "application/json")
     request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
-    let response = try await sharedClient.execute(request, timeout: .seconds(60))
+    let response = try await sharedClient.execute(request, timeout: .seconds(180))  // a hang guard, not a timing check
     return (Int(response.status.code), response)
 }
 

@@ -198,12 +198,17 @@ public struct Relay: Sendable {
                                   code: "upstream_crashed", retryAfter: 1)
             }
             let firstByte = ContinuousClock.now
-            await holder.release()
-            let object = try? JSONSerialization.jsonObject(with: Data(collected.readableBytesView)) as? [String: Any]
-            record(usageRecord(
-                requestID: requestID, route: route, lease: lease, status: Int(status.code), upstreamFailed: false,
-                started: started, firstByte: firstByte, usage: object?["usage"] as? [String: Any],
-                timings: object?["timings"] as? [String: Any], disconnected: false))
+            // Releasing the slot and accounting happen off the response path: the client does not
+            // wait for the scheduler hop or for its body to be parsed for usage.
+            let relay = self
+            Task {
+                await holder.release()
+                let object = try? JSONSerialization.jsonObject(with: Data(collected.readableBytesView)) as? [String: Any]
+                relay.record(relay.usageRecord(
+                    requestID: requestID, route: route, lease: lease, status: Int(status.code), upstreamFailed: false,
+                    started: started, firstByte: firstByte, usage: object?["usage"] as? [String: Any],
+                    timings: object?["timings"] as? [String: Any], disconnected: false))
+            }
             return Response(status: status, headers: headers, body: .init(byteBuffer: collected))
         }
         let recorder = self
