@@ -31,7 +31,7 @@ struct Fixture {
 
     /// Models named `names` (all the same tiny shape, different seeds) and a scheduler with `limits`.
     static func make(
-        models names: [String] = ["alpha"], embedding: [String] = [], pinned: [String] = [], parallel: Int = 2,
+        models names: [String] = ["alpha"], embedding: [String] = [], pinned: [String] = [], parallel: Int = 2, contextSize: Int = 1024,
         ttl: Duration? = nil, upstreams: [CorralConfig.Upstream] = [], configure: (inout Scheduler.Limits) -> Void = { _ in }
     ) throws -> Fixture? {
         guard let tools = requireTools() else { return nil }
@@ -47,7 +47,7 @@ struct Fixture {
             let path = "\(dir)/\(name).gguf"
             try TestModel.write(shape: shape, to: path)
             var model = CorralConfig.Model(name: name, path: path)
-            model.contextSize = 1024
+            model.contextSize = contextSize
             model.parallel = parallel
             model.pinned = pinned.contains(name)
             model.ttl = ttl

@@ -41,18 +41,9 @@ func longChat(_ model: String, tokens: Int = 6000) -> [String: Any] {
 }
 
 @Suite(.serialized) struct StreamingTests {
+    /// One slot per model and a context large enough for long streams.
     static func bigContextFixture(_ names: [String], configure: (inout Scheduler.Limits) -> Void = { _ in }) throws -> Fixture? {
-        guard var f = try Fixture.make(models: names, parallel: 1, configure: configure) else { return nil }
-        _ = f
-        // Re-plan with a context large enough for long streams.
-        var config = f.config
-        for i in config.models.indices { config.models[i].contextSize = 8192 }
-        var limits = Scheduler.Limits(from: config.scheduler, hostTotalMiB: HostMemory.read().totalMiB)
-        limits.stopGrace = .seconds(2)
-        configure(&limits)
-        let scheduler = Scheduler(catalog: ModelCatalog.build(from: config), limits: limits, tools: f.tools, client: sharedClient, logger: .init(label: "test"))
-        f = Fixture(directory: f.directory, scheduler: scheduler, config: config, tools: f.tools)
-        return f
+        try Fixture.make(models: names, parallel: 1, contextSize: 8192, configure: configure)
     }
 
     @Test func streamUsageChunkIsHiddenUnlessAskedFor() async throws {
