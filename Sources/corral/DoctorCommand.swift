@@ -18,10 +18,13 @@ struct DoctorCommand: AsyncParsableCommand {
             print((ok ? "ok    " : "MISS  ") + line + (ok ? "" : "\n      fix: " + fix))
             if !ok { problems += 1 }
         }
-        for (name, tool) in [("llama-server", tools.server), ("llama-fit-params", tools.fitParams), ("llama-bench", tools.bench)] {
+        let found: [(name: String, configKey: String, tool: LlamaTools.Tool?)] = [
+            ("llama-server", "server", tools.server), ("llama-fit-params", "fitParams", tools.fitParams), ("llama-bench", "bench", tools.bench),
+        ]
+        for (name, configKey, tool) in found {
             report(
                 tool != nil, "\(name): " + (tool.map { "\($0.path) (from \($0.origin.rawValue))" } ?? "not found"),
-                fix: "run `make llama` (scripts/install-llama.sh) or set llama.\(name == "llama-server" ? "server" : name == "llama-bench" ? "bench" : "fitParams") in routes.json")
+                fix: "run `make llama` (scripts/install-llama.sh) or set llama.\(configKey) in routes.json")
         }
         if let build = await tools.serverBuild() { print("      build: \(build)") }
         for package in ["libcurl4-openssl-dev", "libsqlite3-dev", "libssl-dev", "cmake"] {

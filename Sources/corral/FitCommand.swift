@@ -21,9 +21,7 @@ struct FitCommand: AsyncParsableCommand {
         }
         let tools = LlamaTools.discover(configured: cfg.llama.toolPaths)
         let planner = FitPlanner(fitParamsPath: tools.fitParams?.path, marginMiB: cfg.scheduler.memoryMarginMiB)
-        var base = ["-np", String(spec.parallel)]
-        if let c = spec.contextSize { base += ["-c", String(c)] }
-        let plan = await planner.plan(model: spec, baseArguments: base + spec.pinnedArgs)
+        let plan = await planner.plan(model: spec, baseArguments: spec.fitInputArguments)
         let data = try JSONEncoder().encode(plan)
         print(String(decoding: data, as: UTF8.self))
     }

@@ -24,6 +24,17 @@ def stream_chat(base: str, max_tokens: int, out: dict):
     out["events"] = events
 
 
+def start_stream(base: str, max_tokens: int = 1500) -> tuple[threading.Thread, dict]:
+    """Starts a long streamed chat in a thread and returns once its first event arrived."""
+    out: dict = {}
+    t = threading.Thread(target=stream_chat, args=(base, max_tokens, out))
+    t.start()
+    deadline = time.time() + 20
+    while "first" not in out and time.time() < deadline:
+        time.sleep(0.01)
+    return t, out
+
+
 def wait_gone(pid: int, seconds: float) -> bool:
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -41,12 +52,7 @@ def wait_gone(pid: int, seconds: float) -> bool:
 def test_sigterm_drains_in_flight_stream_then_stops_children():
     c = start_corral()
     try:
-        out: dict = {}
-        t = threading.Thread(target=stream_chat, args=(c.base, 1500, out))
-        t.start()
-        deadline = time.time() + 20
-        while "first" not in out and time.time() < deadline:
-            time.sleep(0.01)
+        t, out = start_stream(c.base)
         children = c.children()
         assert children, "a llama-server should be running"
         c.proc.send_signal(signal.SIGTERM)
@@ -112,12 +118,7 @@ def test_routes_json_reload_on_change_and_sighup_keeps_in_flight_requests():
 
     c = start_corral()
     try:
-        out: dict = {}
-        t = threading.Thread(target=stream_chat, args=(c.base, 1500, out))
-        t.start()
-        deadline = time.time() + 20
-        while "first" not in out and time.time() < deadline:
-            time.sleep(0.01)
+        t, out = start_stream(c.base)
         subprocess.run([CORRAL, "models", "make-test", "--out", c.directory, "--name", "added"], check=True, capture_output=True)
         path = f"{c.directory}/routes.json"
         config = json.load(open(path))

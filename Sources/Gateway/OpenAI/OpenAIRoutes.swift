@@ -40,7 +40,7 @@ struct OpenAIRoutes: Sendable {
                     throw OpenAIError.badRequest("add ?model=NAME to choose the model", param: "model")
                 }
                 return try await relay.forward(
-                    route: path, method: .GET, upstreamPath: path, modelName: model, body: nil, streaming: false,
+                    route: path, method: .GET, upstreamPath: path, modelName: model, body: nil,
                     hideUsage: false, request: request)
             }
         }

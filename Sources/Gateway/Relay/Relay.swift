@@ -6,14 +6,14 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import Runtime
+import Synchronization
 
 /// Releases a lease exactly once: when the response body finishes, or when the response is
 /// dropped without its body ever being written (client gone before the head was sent).
-final class LeaseHolder: @unchecked Sendable {  // `released` is guarded by `lock`
+final class LeaseHolder: Sendable {
     let lease: Lease
     let scheduler: Scheduler
-    private let lock = NSLock()
-    private var released = false
+    private let released = Mutex(false)
 
     init(_ lease: Lease, _ scheduler: Scheduler) {
         self.lease = lease
@@ -25,12 +25,12 @@ final class LeaseHolder: @unchecked Sendable {  // `released` is guarded by `loc
         await scheduler.release(lease)
     }
 
+    /// True for the one caller that gets to release.
     private func take() -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        if released { return false }
-        released = true
-        return true
+        released.withLock { done in
+            defer { done = true }
+            return !done
+        }
     }
 
     deinit {
@@ -111,13 +111,13 @@ public struct Relay: Sendable {
         }
         return try await forward(
             route: route, method: .POST, upstreamPath: upstreamPath, modelName: modelName, body: outgoing,
-            streaming: streaming, hideUsage: hideUsage, request: request)
+            hideUsage: hideUsage, request: request)
     }
 
     /// Forwards any request for `modelName` to its instance.
     public func forward(
         route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?,
-        streaming: Bool, hideUsage: Bool, request: Request
+        hideUsage: Bool, request: Request
     ) async throws -> Response {
         let started = ContinuousClock.now
         let requestID = UUID().uuidString.lowercased()
@@ -158,10 +158,7 @@ public struct Relay: Sendable {
             await holder.release()
             let crashed = await scheduler.instance(for: lease.modelID) == nil
             logger.warning("upstream request failed", metadata: ["model": "\(lease.modelID)", "error": "\(error)"])
-            record(RequestRecord(
-                requestID: requestID, route: route, model: lease.modelID, status: 502, errorKind: "upstream_unreachable",
-                queueMs: ms(lease.queueDuration), loadMs: ms(lease.loadDuration), timeToFirstByteMs: nil,
-                totalMs: ms(ContinuousClock.now - started), clientDisconnected: false))
+            record(leaseRecord(requestID: requestID, route: route, lease: lease, status: 502, errorKind: "upstream_unreachable", started: started))
             throw OpenAIError(.badGateway, crashed ? "model '\(lease.modelID)' stopped while handling the request" : "upstream request failed: \(error)",
                               type: "server_error", code: "upstream_error", retryAfter: 1)
         }
@@ -170,7 +167,7 @@ public struct Relay: Sendable {
         for (name, value) in response.headers where !Self.hopByHop.contains(name.lowercased()) {
             if let fieldName = HTTPField.Name(name) { headers.append(HTTPField(name: fieldName, value: value)) }
         }
-        let isSSE = response.headers.first(name: "content-type")?.contains("text/event-stream") == true
+        let isSSE = response.headers.first(name: "content-type")?.lowercased().hasPrefix("text/event-stream") == true
         if isSSE {
             headers[HTTPField.Name("X-Accel-Buffering")!] = "no"
             headers[.cacheControl] = "no-cache"
@@ -190,10 +187,7 @@ public struct Relay: Sendable {
                 collected = try await upstreamBody.collect(upTo: length)
             } catch {
                 await holder.release()
-                record(RequestRecord(
-                    requestID: requestID, route: route, model: lease.modelID, status: 502, errorKind: "upstream_crashed",
-                    queueMs: ms(lease.queueDuration), loadMs: ms(lease.loadDuration), timeToFirstByteMs: nil,
-                    totalMs: ms(ContinuousClock.now - started), clientDisconnected: false))
+                record(leaseRecord(requestID: requestID, route: route, lease: lease, status: 502, errorKind: "upstream_crashed", started: started))
                 throw OpenAIError(.badGateway, "model '\(lease.modelID)' stopped while answering", type: "server_error",
                                   code: "upstream_crashed", retryAfter: 1)
             }
@@ -204,10 +198,9 @@ public struct Relay: Sendable {
             Task {
                 await holder.release()
                 let object = try? JSONSerialization.jsonObject(with: Data(collected.readableBytesView)) as? [String: Any]
-                relay.record(relay.usageRecord(
-                    requestID: requestID, route: route, lease: lease, status: Int(status.code), upstreamFailed: false,
-                    started: started, firstByte: firstByte, usage: object?["usage"] as? [String: Any],
-                    timings: object?["timings"] as? [String: Any], disconnected: false))
+                relay.record(relay.leaseRecord(
+                    requestID: requestID, route: route, lease: lease, status: Int(status.code), started: started,
+                    firstByte: firstByte, usage: object?["usage"] as? [String: Any], timings: object?["timings"] as? [String: Any]))
             }
             return Response(status: status, headers: headers, body: .init(byteBuffer: collected))
         }
@@ -254,9 +247,10 @@ public struct Relay: Sendable {
                     usage = object["usage"] as? [String: Any]
                     timings = object["timings"] as? [String: Any]
                 }
-                recorder.record(recorder.usageRecord(
-                    requestID: requestID, route: route, lease: lease, status: Int(status.code), upstreamFailed: upstreamFailed,
-                    started: started, firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected))
+                recorder.record(recorder.leaseRecord(
+                    requestID: requestID, route: route, lease: lease, status: upstreamFailed ? 502 : Int(status.code),
+                    errorKind: upstreamFailed ? "upstream_crashed" : nil, started: started, firstByte: firstByte,
+                    usage: usage, timings: timings, disconnected: disconnected))
             })
     }
 
@@ -270,15 +264,13 @@ public struct Relay: Sendable {
         return "\(error)".contains("connectionReset") || "\(error)".contains("ECONNRESET")
     }
 
-    /// The record of a request that reached upstream, with llama-server's usage and timings.
-    func usageRecord(
-        requestID: String, route: String, lease: Lease, status: Int, upstreamFailed: Bool, started: ContinuousClock.Instant,
-        firstByte: ContinuousClock.Instant?, usage: [String: Any]?, timings: [String: Any]?, disconnected: Bool
+    /// The record of a request that held a lease, with llama-server's usage and timings when known.
+    func leaseRecord(
+        requestID: String, route: String, lease: Lease, status: Int, errorKind: String? = nil, started: ContinuousClock.Instant,
+        firstByte: ContinuousClock.Instant? = nil, usage: [String: Any]? = nil, timings: [String: Any]? = nil, disconnected: Bool = false
     ) -> RequestRecord {
         RequestRecord(
-            requestID: requestID, route: route, model: lease.modelID,
-            status: upstreamFailed ? 502 : status,
-            errorKind: upstreamFailed ? "upstream_crashed" : nil,
+            requestID: requestID, route: route, model: lease.modelID, status: status, errorKind: errorKind,
             queueMs: ms(lease.queueDuration), loadMs: ms(lease.loadDuration),
             timeToFirstByteMs: firstByte.map { ms($0 - started) }, totalMs: ms(ContinuousClock.now - started),
             promptTokens: usage?["prompt_tokens"] as? Int,

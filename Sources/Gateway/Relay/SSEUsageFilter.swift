@@ -50,11 +50,27 @@ struct SSEUsageFilter {
         return nil
     }
 
+    static let usageKey = Array("\"usage\"".utf8)
+    static let timingsKey = Array("\"timings\"".utf8)
+
+    /// Whether `needle` occurs in `bytes` (a plain byte search; events are short).
+    static func contains(_ bytes: ByteBufferView, _ needle: [UInt8]) -> Bool {
+        guard bytes.count >= needle.count, let first = needle.first else { return false }
+        var i = bytes.startIndex
+        let last = bytes.endIndex - needle.count
+        while i <= last {
+            if bytes[i] == first && bytes[i..<(i + needle.count)].elementsEqual(needle) { return true }
+            i += 1
+        }
+        return false
+    }
+
     /// Records usage from an event; false when the event must not be forwarded.
     private mutating func inspect(_ event: ByteBuffer) -> Bool {
-        // Only events that mention usage or timings are parsed; the rest pass untouched.
+        // Only events that mention usage or timings are decoded and parsed; the rest pass untouched.
+        let bytes = event.readableBytesView
+        guard Self.contains(bytes, Self.usageKey) || Self.contains(bytes, Self.timingsKey) else { return true }
         let text = String(buffer: event)
-        guard text.contains("\"usage\"") || text.contains("\"timings\"") else { return true }
         for line in text.split(separator: "\n") where line.hasPrefix("data:") {
             let payload = line.dropFirst(5).trimmingCharacters(in: .whitespaces)
             guard let obj = try? JSONSerialization.jsonObject(with: Data(payload.utf8)) as? [String: Any] else { continue }

@@ -27,6 +27,17 @@ public struct ModelSpec: Sendable, Equatable {
         if case .local(let p) = backend { return p }
         return nil
     }
+
+    /// llama-server arguments Corral always sets for this model: slots and embedding mode.
+    public var defaultArguments: [String] {
+        ["-np", String(parallel)] + (embeddings ? ["--embeddings", "--pooling", "mean"] : [])
+    }
+
+    /// `-c` when the model has a configured context size.
+    public var contextArguments: [String] { contextSize.map { ["-c", String($0)] } ?? [] }
+
+    /// What llama-fit-params is asked to complete: defaults, context, then pinned arguments.
+    public var fitInputArguments: [String] { defaultArguments + contextArguments + pinnedArgs }
 }
 
 /// Every model Corral may serve, and the only way a request's model name becomes a file.

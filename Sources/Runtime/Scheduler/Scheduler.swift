@@ -80,7 +80,7 @@ public actor Scheduler {
     struct Slot {
         var phase: Phase = .unloaded
         var inFlight = 0
-        var waiters: [(id: Int, continuation: CheckedContinuation<Void, any Error>)] = []
+        var waiters: [CheckedContinuation<Void, any Error>] = []
         var lastUsed = ContinuousClock.now
         var projection: [String: Int] = [:]
         var ttlOverride: Duration?
@@ -103,7 +103,6 @@ public actor Scheduler {
     let logger: Logger
     var slots: [String: Slot] = [:]
     var fleetWaiters: [CheckedContinuation<Void, Never>] = []
-    var nextWaiterID = 0
     var isShuttingDown = false
     /// Children started but not ready yet, so shutdown can stop a load that hangs.
     var loadingChildren: [String: ChildProcess] = [:]
@@ -157,11 +156,9 @@ public actor Scheduler {
                 guard slot.waiters.count < limits.queueDepth else {
                     throw .queueFull(id, retryAfter: 1)
                 }
-                nextWaiterID += 1
-                let waiterID = nextWaiterID
                 do {
                     try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-                        slots[id]!.waiters.append((waiterID, c))
+                        slots[id]!.waiters.append(c)
                     }
                 } catch let error as SchedulerError {
                     throw error
@@ -217,7 +214,7 @@ public actor Scheduler {
         if !slot.waiters.isEmpty, case .ready = slot.phase {
             let next = slot.waiters.removeFirst()
             slots[lease.modelID] = slot
-            next.continuation.resume()
+            next.resume()
             return
         }
         slot.inFlight = max(0, slot.inFlight - 1)
@@ -250,10 +247,9 @@ public actor Scheduler {
 
         // Precedence: pinned args > fit result > defaults (llama.cpp keeps the last value of a flag,
         // and llama-fit-params only fills in what its input left unset).
-        var base = ["-np", String(spec.parallel)]
-        if spec.embeddings { base += ["--embeddings", "--pooling", "mean"] }
-        let contextArgs = spec.contextSize.map { ["-c", String($0)] } ?? []
-        let plan = await plan(for: spec, base: base + contextArgs + spec.pinnedArgs)
+        let base = spec.defaultArguments
+        let contextArgs = spec.contextArguments
+        let plan = await plan(for: spec, base: spec.fitInputArguments)
         var projection: [String: Int] = [:]
         for d in plan.projection { projection[d.device == "CPU" ? "Host" : d.device, default: 0] += d.totalMiB }
         slots[spec.id, default: Slot()].projection = projection
@@ -362,7 +358,7 @@ public actor Scheduler {
         slots[id]!.generation += 1
         let waiters = slots[id]!.waiters
         slots[id]!.waiters = []
-        for w in waiters { w.continuation.resume(throwing: SchedulerError.instanceCrashed(id)) }
+        for w in waiters { w.resume(throwing: SchedulerError.instanceCrashed(id)) }
         notifyFleetChanged()
     }
 
@@ -381,7 +377,7 @@ public actor Scheduler {
         let waiters = slot.waiters
         slot.waiters = []
         slots[id] = slot
-        for w in waiters { w.continuation.resume(throwing: SchedulerError.instanceCrashed(id)) }
+        for w in waiters { w.resume(throwing: SchedulerError.instanceCrashed(id)) }
         notifyFleetChanged()
     }
 
