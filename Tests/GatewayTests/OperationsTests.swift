@@ -84,6 +84,23 @@ import Testing
         await #expect(throws: SchedulerError.self) { try await request.value }
     }
 
+    @Test func fitParamsGetsTheConfiguredMemoryMargin() async throws {
+        guard let f = try Fixture.make(models: ["alpha"]) else { return }
+        // A stand-in llama-fit-params that records its arguments and plans nothing special.
+        let record = f.directory + "/fit-args"
+        let fit = f.directory + "/fit.sh"
+        try "#!/bin/sh\necho \"$@\" >> \(record)\necho '-c 1024 -ngl -1'\n".write(toFile: fit, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: fit)
+        var limits = Scheduler.Limits(from: f.config.scheduler, hostTotalMiB: HostMemory.read().totalMiB)
+        limits.memoryMarginMiB = 777
+        let tools = LlamaTools(server: f.tools.server, fitParams: .init(path: fit, origin: .config))
+        let scheduler = Scheduler(catalog: ModelCatalog.build(from: f.config), limits: limits, tools: tools, client: sharedClient, logger: Logger(label: "test"))
+        try await scheduler.load("alpha")
+        await scheduler.shutdown()
+        let args = try String(contentsOfFile: record, encoding: .utf8)
+        #expect(args.contains("--fit-target 777"), "\(args)")
+    }
+
     @Test func adminLoadPinUnloadAndLog() async throws {
         guard let f = try Fixture.make(models: ["alpha", "beta"], configure: { $0.maxLoadedModels = 1 }) else { return }
         try await f.run { port in

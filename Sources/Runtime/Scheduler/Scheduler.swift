@@ -49,6 +49,8 @@ public actor Scheduler {
         public var maxLoadedModels: Int
         /// Budget per device name (`Host` for RAM), MiB.
         public var memoryBudgetMiB: [String: Int]
+        /// Free memory llama-fit-params must leave per device (`--fit-target`).
+        public var memoryMarginMiB: Int
         public var defaultTTL: Duration
         public var queueDepth: Int
         public var loadTimeout: Duration
@@ -63,6 +65,7 @@ public actor Scheduler {
             var budget = ["Host": config.memoryBudgetMiB ?? max(0, hostTotalMiB - config.memoryMarginMiB)]
             for d in devices { budget[d.name] = max(0, d.totalMiB - config.memoryMarginMiB) }
             memoryBudgetMiB = budget
+            memoryMarginMiB = config.memoryMarginMiB
             defaultTTL = config.defaultTTL
             queueDepth = config.queueDepth
             loadTimeout = config.loadTimeout
@@ -118,7 +121,7 @@ public actor Scheduler {
         self.catalog = catalog
         self.limits = limits
         self.tools = tools
-        self.planner = FitPlanner(fitParamsPath: limits.fit ? tools.fitParams?.path : nil, marginMiB: 0)
+        self.planner = FitPlanner(fitParamsPath: limits.fit ? tools.fitParams?.path : nil, marginMiB: limits.memoryMarginMiB)
         self.client = client
         self.logger = logger
         self.planCache = planCache
