@@ -32,7 +32,55 @@ public struct Store: Sendable {
                 t.column("createdAt", .datetime).notNull()
             }
         }
+        m.registerMigration("v2-digests-and-aliases") { db in
+            try db.create(table: "file_digest") { t in
+                t.primaryKey("path", .text)
+                t.column("size", .integer).notNull()
+                t.column("modified", .double).notNull()
+                t.column("digest", .text).notNull()
+            }
+            try db.create(table: "model_alias") { t in
+                t.primaryKey("alias", .text)
+                t.column("target", .text).notNull()
+                t.column("createdAt", .datetime).notNull()
+            }
+        }
         return m
+    }
+
+    /// Remembered file digests: path, size, modification time and SHA-256 hex.
+    public func fileDigests() async throws -> [(path: String, size: Int64, modified: Double, digest: String)] {
+        try await writer.read { db in
+            try Row.fetchAll(db, sql: "SELECT path, size, modified, digest FROM file_digest").map {
+                ($0["path"], $0["size"], $0["modified"], $0["digest"])
+            }
+        }
+    }
+
+    /// Saves the digest of a file (one row per path).
+    public func saveFileDigest(path: String, size: Int64, modified: Double, digest: String) async throws {
+        try await writer.write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO file_digest (path, size, modified, digest) VALUES (?, ?, ?, ?)",
+                arguments: [path, size, modified, digest])
+        }
+    }
+
+    /// Aliases created at runtime (Ollama's `/api/copy`), alias → target model.
+    public func modelAliases() async throws -> [String: String] {
+        try await writer.read { db in
+            Dictionary(uniqueKeysWithValues: try Row.fetchAll(db, sql: "SELECT alias, target FROM model_alias").map { ($0["alias"], $0["target"]) })
+        }
+    }
+
+    public func saveModelAlias(_ alias: String, target: String) async throws {
+        try await writer.write { db in
+            try db.execute(sql: "INSERT OR REPLACE INTO model_alias (alias, target, createdAt) VALUES (?, ?, ?)", arguments: [alias, target, Date()])
+        }
+    }
+
+    public func deleteModelAlias(_ alias: String) async throws {
+        try await writer.write { db in try db.execute(sql: "DELETE FROM model_alias WHERE alias = ?", arguments: [alias]) }
     }
 
     /// A cached fit plan (JSON) by its full identity key.

@@ -52,7 +52,20 @@ struct ServeCommand: AsyncParsableCommand {
         let scheduler = Scheduler(
             catalog: catalog, limits: limits, tools: tools, client: client, logger: logger,
             planCache: StoreFitPlanCache(store: store, hardwareFingerprint: HostMemory.fingerprint(devices: devices), llamaBuild: build))
-        let deps = GatewayDependencies(config: cfg, scheduler: scheduler, client: client, logger: logger)
+        for (alias, target) in (try? await store.modelAliases()) ?? [:] {
+            do { _ = try await scheduler.addRuntimeAlias(alias, for: target) } catch {
+                logger.warning("dropping alias whose model is gone", metadata: ["alias": "\(alias)", "target": "\(target)"])
+                try? await store.deleteModelAlias(alias)
+            }
+        }
+        var known: [FileIdentity: String] = [:]
+        for row in (try? await store.fileDigests()) ?? [] {
+            known[FileIdentity(path: row.path, size: UInt64(row.size), modified: row.modified)] = row.digest
+        }
+        let digests = FileDigests(preloaded: known) { identity, digest in
+            try? await store.saveFileDigest(path: identity.path, size: Int64(identity.size), modified: identity.modified, digest: digest)
+        }
+        let deps = GatewayDependencies(config: cfg, scheduler: scheduler, client: client, logger: logger, store: store, digests: digests)
         let app = try buildApplication(deps)
         let reloader = ConfigReloader(path: config, scheduler: scheduler, logger: logger)
         let group = ServiceGroup(

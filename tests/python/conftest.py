@@ -66,7 +66,7 @@ def start_corral(extra_models=(), scheduler=None, tls=False) -> Corral:
             pytest.fail("llama-server missing under CI")
         pytest.skip("llama.cpp tools not built")
     d = tempfile.mkdtemp(prefix="corral-py-")
-    subprocess.run([CORRAL, "models", "make-test", "--out", d, "--name", "chat"], check=True, capture_output=True)
+    subprocess.run([CORRAL, "models", "make-test", "--out", d, "--name", "chat", "--shape", "fim=true"], check=True, capture_output=True)
     subprocess.run([CORRAL, "models", "make-test", "--out", d, "--name", "embed", "--shape", "embedding=true"], check=True, capture_output=True)
     models = [
         {"name": "chat", "path": f"{d}/chat.gguf", "aliases": ["chat-alias"], "contextSize": 2048, "parallel": 2},

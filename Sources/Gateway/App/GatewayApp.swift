@@ -9,6 +9,7 @@ import NIOCore
 import NIOSSL
 import Runtime
 import ServiceLifecycle
+import Store
 
 /// Everything the HTTP application needs, built once at start-up.
 public struct GatewayDependencies: Sendable {
@@ -17,13 +18,22 @@ public struct GatewayDependencies: Sendable {
     public var client: HTTPClient
     public var recorder: RequestRecorder?
     public var logger: Logger
+    /// Database for aliases and digests (nil in tests that do not need it).
+    public var store: Store?
+    /// Model file digests for Ollama's `digest` fields.
+    public var digests: FileDigests
 
-    public init(config: CorralConfig, scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder? = nil, logger: Logger) {
+    public init(
+        config: CorralConfig, scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder? = nil, logger: Logger,
+        store: Store? = nil, digests: FileDigests = FileDigests()
+    ) {
         self.config = config
         self.scheduler = scheduler
         self.client = client
         self.recorder = recorder
         self.logger = logger
+        self.store = store
+        self.digests = digests
     }
 
     /// The dedicated upstream client: no redirects, no decompression, generous read timeout
@@ -48,19 +58,29 @@ public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestCon
     router.get("/health") { _, _ in jsonResponse(["status": "ok"]) }
     let relay = Relay(scheduler: deps.scheduler, client: deps.client, recorder: deps.recorder, logger: deps.logger)
     OpenAIRoutes(relay: relay, scheduler: deps.scheduler).register(on: router)
+    OllamaRoutes(
+        relay: relay, scheduler: deps.scheduler, digests: deps.digests, store: deps.store,
+        allowFileDeletion: deps.config.allowModelFileDeletion
+    ).register(on: router)
     AdminRoutes(scheduler: deps.scheduler).register(on: router)
     return router
 }
 
-/// Turns Hummingbird's own errors (404 route, 413 body) into OpenAI-shaped ones.
+/// Gives every error the shape of the API it was asked through: Ollama's `{"error":"…"}` under
+/// `/api/`, OpenAI's `{"error":{…}}` elsewhere (Hummingbird's own 404 and 413 included).
 struct ErrorShapeMiddleware: RouterMiddleware {
     typealias Context = GatewayRequestContext
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let ollama = request.uri.path.hasPrefix("/api/")
         do {
             return try await next(request, context)
+        } catch let error as OllamaError {
+            throw error
         } catch let error as OpenAIError {
+            if ollama { throw OllamaError(error) }
             throw error
         } catch let error as HTTPError {
+            if ollama { throw OllamaError(error.status, error.body ?? error.status.reasonPhrase.lowercased()) }
             let code = error.status.code == 404 ? "not_found" : error.status.code == 413 ? "request_too_large" : nil
             throw OpenAIError(error.status, error.body ?? error.status.reasonPhrase, code: code)
         }

@@ -51,6 +51,8 @@ public struct OpenAIError: HTTPResponseError, Sendable {
             self.init(.serviceUnavailable, error.description, type: "server_error", code: "llama_server_missing")
         case .shuttingDown:
             self.init(.serviceUnavailable, error.description, type: "server_error", code: "shutting_down", retryAfter: 5)
+        case .nameTaken:
+            self.init(.conflict, error.description, code: "name_taken")
         }
     }
 

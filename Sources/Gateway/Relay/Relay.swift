@@ -41,6 +41,16 @@ final class LeaseHolder: Sendable {
     }
 }
 
+/// A request sent to an instance, holding its lease until ``Relay/finish`` releases it.
+struct UpstreamExchange: Sendable {
+    let requestID: String
+    let route: String
+    let lease: Lease
+    let holder: LeaseHolder
+    let started: ContinuousClock.Instant
+    let response: HTTPClientResponse
+}
+
 /// Sends a request to the instance serving its model and streams the answer back without
 /// buffering, observing time to first byte and the final usage on the way.
 public struct Relay: Sendable {
@@ -119,11 +129,23 @@ public struct Relay: Sendable {
         route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?,
         hideUsage: Bool, request: Request
     ) async throws -> Response {
+        let exchange = try await open(
+            route: route, method: method, upstreamPath: upstreamPath, modelName: modelName, body: body, headers: request.headers)
+        return try await relayResponse(exchange, hideUsage: hideUsage)
+    }
+
+    /// Leases an instance for `modelName` and sends it the request; the caller reads the answer
+    /// and must end with ``finish(_:status:errorKind:firstByte:usage:timings:disconnected:)``.
+    /// Failures before an answer arrives are recorded here and thrown as OpenAI errors.
+    func open(
+        route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?, headers: HTTPFields,
+        keepAlive: Duration? = nil, minimumContext: Int? = nil
+    ) async throws(OpenAIError) -> UpstreamExchange {
         let started = ContinuousClock.now
         let requestID = UUID().uuidString.lowercased()
         let lease: Lease
         do {
-            lease = try await scheduler.acquire(modelName)
+            lease = try await scheduler.acquire(modelName, keepAlive: keepAlive, minimumContext: minimumContext)
         } catch {
             record(RequestRecord(
                 requestID: requestID, route: route, model: modelName, status: Int(OpenAIError(error).status.code),
@@ -135,7 +157,7 @@ public struct Relay: Sendable {
 
         var upstream = HTTPClientRequest(url: lease.baseURL + upstreamPath)
         upstream.method = method
-        for field in request.headers where !Self.hopByHop.contains(field.name.canonicalName) {
+        for field in headers where !Self.hopByHop.contains(field.name.canonicalName) {
             upstream.headers.add(name: field.name.rawName, value: field.value)
         }
         if let key = lease.apiKey { upstream.headers.add(name: "authorization", value: "Bearer \(key)") }
@@ -144,8 +166,8 @@ public struct Relay: Sendable {
             upstream.body = .bytes(body)
         }
 
-        let response: HTTPClientResponse
         do {
+            let response: HTTPClientResponse
             do {
                 response = try await client.execute(upstream, timeout: .minutes(10), logger: logger)
             } catch where !lease.isRemote && Self.isStaleConnection(error) {
@@ -154,6 +176,7 @@ public struct Relay: Sendable {
                 guard await scheduler.instance(for: lease.modelID) != nil else { throw error }
                 response = try await client.execute(upstream, timeout: .minutes(10), logger: logger)
             }
+            return UpstreamExchange(requestID: requestID, route: route, lease: lease, holder: holder, started: started, response: response)
         } catch {
             await holder.release()
             let crashed = await scheduler.instance(for: lease.modelID) == nil
@@ -162,7 +185,24 @@ public struct Relay: Sendable {
             throw OpenAIError(.badGateway, crashed ? "model '\(lease.modelID)' stopped while handling the request" : "upstream request failed: \(error)",
                               type: "server_error", code: "upstream_error", retryAfter: 1)
         }
+    }
 
+    /// Releases the exchange's slot and records the request.
+    func finish(
+        _ exchange: UpstreamExchange, status: Int, errorKind: String? = nil, firstByte: ContinuousClock.Instant? = nil,
+        usage: [String: Any]? = nil, timings: [String: Any]? = nil, disconnected: Bool = false
+    ) async {
+        await exchange.holder.release()
+        record(leaseRecord(
+            requestID: exchange.requestID, route: exchange.route, lease: exchange.lease, status: status, errorKind: errorKind,
+            started: exchange.started, firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected))
+    }
+
+    /// The OpenAI-route response: the upstream's status, headers and body, streamed through.
+    func relayResponse(_ exchange: UpstreamExchange, hideUsage: Bool) async throws -> Response {
+        let (response, lease, holder, requestID, route, started) = (
+            exchange.response, exchange.lease, exchange.holder, exchange.requestID, exchange.route, exchange.started
+        )
         var headers = HTTPFields()
         for (name, value) in response.headers where !Self.hopByHop.contains(name.lowercased()) {
             if let fieldName = HTTPField.Name(name) { headers.append(HTTPField(name: fieldName, value: value)) }

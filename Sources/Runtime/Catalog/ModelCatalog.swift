@@ -22,6 +22,10 @@ public struct ModelSpec: Sendable, Equatable {
     public var source: String
     public var facts: ModelFacts?
     public var fileSize: UInt64?
+    /// SHA-256 of the file when its source already knows it (Ollama's store).
+    public var knownDigest: String?
+    /// The configured source folder the file was found in (nil for explicit and remote models).
+    public var sourceDirectory: String?
 
     public var path: String? {
         if case .local(let p) = backend { return p }
@@ -67,18 +71,19 @@ public struct ModelCatalog: Sendable {
                     source: "config", facts: facts, fileSize: fileSize(m.path)))
         }
         for source in config.sources {
-            for path in scan(source.directory, recursive: source.recursive) {
+            for found in SourceScanner.scan(source) {
+                let path = found.path
                 if catalog.models.contains(where: { $0.path == path }) { continue }
                 do {
                     let facts = try ModelFacts.read(path: path)
-                    let file = URL(fileURLWithPath: path).lastPathComponent
-                    let stem = SplitFiles.splitInfo(file)?.stem ?? String(file.dropLast(5))
-                    catalog.add(
-                        ModelSpec(
-                            id: normalize(stem), backend: .local(path: path), aliases: [], pinnedArgs: [],
-                            contextSize: nil, ttl: nil, parallel: defaultParallel, pinned: false,
-                            embeddings: facts.capabilities.contains(.embedding), source: source.directory,
-                            facts: facts, fileSize: fileSize(path)))
+                    var spec = ModelSpec(
+                        id: normalize(found.name), backend: .local(path: path), aliases: [], pinnedArgs: [],
+                        contextSize: nil, ttl: nil, parallel: defaultParallel, pinned: false,
+                        embeddings: facts.capabilities.contains(.embedding), source: source.kind == .gguf ? source.directory : "\(source.kind.rawValue):\(source.directory)",
+                        facts: facts, fileSize: fileSize(path))
+                    spec.knownDigest = found.digest
+                    spec.sourceDirectory = source.directory
+                    catalog.add(spec)
                 } catch {
                     catalog.problems.append((path, "\(error)"))
                 }
@@ -112,6 +117,24 @@ public struct ModelCatalog: Sendable {
         models[i].aliases.append(a)
         index[a] = i
         return true
+    }
+
+    /// Removes a model and its aliases.
+    public mutating func remove(_ id: String) {
+        let kept = models.filter { $0.id != id }
+        guard kept.count != models.count else { return }
+        let problems = self.problems
+        self = ModelCatalog()
+        self.problems = problems
+        for m in kept { add(m) }
+    }
+
+    /// Removes an alias (never a model's own name).
+    public mutating func removeAlias(_ alias: String) {
+        let a = Self.normalize(alias)
+        guard let i = index[a], models[i].id != a else { return }
+        index[a] = nil
+        models[i].aliases.removeAll { $0 == a }
     }
 
     /// The model a request's name refers to, if any.

@@ -31,13 +31,39 @@ public struct CorralConfig: Sendable {
         /// Whether to run llama-fit-params before the first spawn of a model.
         public var fit = true
     }
-    /// A folder scanned for GGUF files.
+    /// A place models are discovered in.
     public struct Source: Sendable {
+        /// How the folder is laid out.
+        public enum Kind: String, Sendable, CaseIterable {
+            /// Any folder of GGUF files (split files grouped); names are file stems.
+            case gguf
+            /// Ollama's store (`manifests/` → `blobs/`); names are Ollama's `name:tag`.
+            case ollama
+            /// The Hugging Face hub cache (`models--ORG--REPO/snapshots/REV/*.gguf`).
+            case huggingface
+            /// LM Studio's models folder (`PUBLISHER/REPO/*.gguf`).
+            case lmstudio
+
+            /// Where each kind lives by default.
+            public var defaultDirectory: String? {
+                let home = FileManager.default.homeDirectoryForCurrentUser.path
+                switch self {
+                case .gguf: return nil
+                case .ollama: return ProcessInfo.processInfo.environment["OLLAMA_MODELS"] ?? home + "/.ollama/models"
+                case .huggingface:
+                    let env = ProcessInfo.processInfo.environment
+                    return env["HF_HUB_CACHE"] ?? (env["HF_HOME"].map { $0 + "/hub" } ?? home + "/.cache/huggingface/hub")
+                case .lmstudio: return home + "/.lmstudio/models"
+                }
+            }
+        }
+        public var kind: Kind = .gguf
         public var directory: String
         public var recursive = true
-        public init(directory: String, recursive: Bool = true) {
+        public init(directory: String, recursive: Bool = true, kind: Kind = .gguf) {
             self.directory = directory
             self.recursive = recursive
+            self.kind = kind
         }
     }
     /// A model named explicitly.
@@ -82,6 +108,8 @@ public struct CorralConfig: Sendable {
     public var sources: [Source] = []
     public var models: [Model] = []
     public var upstreams: [Upstream] = []
+    /// Whether Ollama's `/api/delete` may delete a model file (inside a configured source only).
+    public var allowModelFileDeletion = false
     /// Largest accepted request body.
     public var maxBodyBytes = 32 << 20
     /// Folder relative paths were resolved against.
@@ -104,7 +132,10 @@ public struct CorralConfig: Sendable {
         var root = try JSONObjectReader(json, path: "")
         var c = CorralConfig()
         c.baseDirectory = baseDirectory
-        func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : baseDirectory + "/" + p }
+        func resolve(_ p: String) -> String {
+            if p == "~" || p.hasPrefix("~/") { return FileManager.default.homeDirectoryForCurrentUser.path + p.dropFirst() }
+            return p.hasPrefix("/") ? p : baseDirectory + "/" + p
+        }
 
         _ = root.raw("$schema")
         if var l = try root.object("listen") {
@@ -138,8 +169,17 @@ public struct CorralConfig: Sendable {
             try s.finish()
         }
         for var s in try root.objects("sources") {
-            guard let dir = try s.string("directory") else { throw ConfigError(key: s.name("directory"), problem: "is required") }
-            c.sources.append(Source(directory: resolve(dir), recursive: try s.bool("recursive") ?? true))
+            var kind = Source.Kind.gguf
+            if let k = try s.string("kind") {
+                guard let parsed = Source.Kind(rawValue: k) else {
+                    throw ConfigError(key: s.name("kind"), problem: "must be one of \(Source.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                kind = parsed
+            }
+            guard let dir = try s.string("directory").map(resolve) ?? kind.defaultDirectory else {
+                throw ConfigError(key: s.name("directory"), problem: "is required")
+            }
+            c.sources.append(Source(directory: dir, recursive: try s.bool("recursive") ?? true, kind: kind))
             try s.finish()
         }
         for var m in try root.objects("models") {
@@ -165,6 +205,10 @@ public struct CorralConfig: Sendable {
             }
             c.upstreams.append(Upstream(name: name, baseURL: url, models: try u.strings("models") ?? [], apiKeyEnv: try u.string("apiKeyEnv")))
             try u.finish()
+        }
+        if var o = try root.object("ollama") {
+            c.allowModelFileDeletion = try o.bool("allowDelete") ?? false
+            try o.finish()
         }
         try root.finish()
         return c

@@ -21,6 +21,8 @@ public final class InstanceLog: Sendable {
         var listeningWaiter: CheckedContinuation<Void, Never>?
         /// MiB per device and buffer kind, from llama-server's own "buffer size" log lines.
         var allocated: [String: Double] = [:]
+        /// `n_ctx` as llama-server reported it.
+        var contextSize: Int?
     }
 
     /// How many lines each instance keeps.
@@ -41,6 +43,7 @@ public final class InstanceLog: Sendable {
             s.count = min(s.count + 1, Self.capacity)
             guard !s.listening else { return nil }
             if let (key, mib) = ModelInstance.parseBufferLine(line) { s.allocated[key, default: 0] += mib }
+            if s.contextSize == nil, let n = ModelInstance.parseContextLine(line) { s.contextSize = n }
             if line.contains("listening on http") {
                 s.listening = true
                 defer { s.listeningWaiter = nil }
@@ -60,6 +63,7 @@ public final class InstanceLog: Sendable {
     }
 
     var allocated: [String: Double] { state.withLock { $0.allocated } }
+    var contextSize: Int? { state.withLock { $0.contextSize } }
 
     /// Ends a pending ``waitUntilListening()`` (and any later one): the load timed out.
     func giveUpWaiting() {
@@ -114,6 +118,23 @@ public final class ModelInstance: Sendable {
 
     /// What llama-server reported allocating, in MiB, by `DEVICE kind` (e.g. `CPU KV`).
     public var allocatedMiB: [String: Double] { log.allocated }
+
+    /// The context llama-server runs with: its `n_ctx = N` log line, else the last `-c` argument.
+    public var contextSize: Int? {
+        if let n = log.contextSize { return n }
+        var value: Int?
+        for (i, a) in arguments.enumerated() where (a == "-c" || a == "--ctx-size") && i + 1 < arguments.count {
+            value = Int(arguments[i + 1])
+        }
+        return value.flatMap { $0 > 0 ? $0 : nil }
+    }
+
+    /// Parses `llama_context: n_ctx         = 4096`.
+    static func parseContextLine(_ line: String) -> Int? {
+        guard let r = line.range(of: "llama_context: n_ctx ") ?? line.range(of: "llama_context: n_ctx=") else { return nil }
+        let rest = line[r.upperBound...].drop { $0 == " " || $0 == "=" }
+        return Int(rest.prefix { $0.isNumber })
+    }
 
     /// Parses `NAME model|KV|compute|output|RS buffer size = 12.34 MiB`.
     static func parseBufferLine(_ line: String) -> (String, Double)? {

@@ -35,6 +35,8 @@ public struct InstanceInfo: Sendable, Codable {
     public var planNote: String?
     public var expiresInSeconds: Double?
     public var crashes: Int
+    /// The context the running instance has (llama-server's `n_ctx`).
+    public var contextSize: Int?
     public var lastError: String?
     /// The last log lines of the most recent crash.
     public var lastCrashLog: [String]
@@ -96,6 +98,8 @@ public actor Scheduler {
         var lastCrashLog: [String] = []
         var pinnedAtRuntime = false
         var idleDeadline: ContinuousClock.Instant?
+        /// A larger context than configured, asked for by a request; used from the next load on.
+        var contextOverride: Int?
     }
 
     public private(set) var catalog: ModelCatalog
@@ -127,13 +131,44 @@ public actor Scheduler {
         self.planCache = planCache
     }
 
-    public func replaceCatalog(_ catalog: ModelCatalog) { self.catalog = catalog }
+    /// Aliases created at runtime (Ollama's `/api/copy`), alias → model id; kept across reloads.
+    public private(set) var runtimeAliases: [String: String] = [:]
+
+    /// Swaps the catalog (configuration reload); runtime aliases are applied to the new one.
+    public func replaceCatalog(_ catalog: ModelCatalog) {
+        self.catalog = catalog
+        for (alias, target) in runtimeAliases.sorted(by: { $0.key < $1.key }) { _ = self.catalog.addAlias(alias, for: target) }
+    }
+
+    /// Adds a runtime alias; returns the model id it points at.
+    public func addRuntimeAlias(_ alias: String, for modelName: String) throws(SchedulerError) -> String {
+        guard let spec = catalog.resolve(modelName) else { throw .unknownModel(modelName) }
+        let name = ModelCatalog.normalize(alias)
+        if let existing = catalog.resolve(name) {
+            guard existing.id == spec.id else { throw .nameTaken(name) }
+            return spec.id
+        }
+        _ = catalog.addAlias(name, for: spec.id)
+        runtimeAliases[name] = spec.id
+        return spec.id
+    }
+
+    /// Removes a runtime alias; false when `alias` is not one.
+    public func removeRuntimeAlias(_ alias: String) -> Bool {
+        let name = ModelCatalog.normalize(alias)
+        guard runtimeAliases.removeValue(forKey: name) != nil else { return false }
+        catalog.removeAlias(name)
+        return true
+    }
 
     // MARK: Leases
 
     /// Waits for a slot on `modelName`, loading the model if needed.
     /// - Parameter keepAlive: overrides the idle TTL from now on (negative = never unload, zero = unload after use).
-    public func acquire(_ modelName: String, keepAlive: Duration? = nil) async throws(SchedulerError) -> Lease {
+    /// - Parameter minimumContext: the context the request needs (Ollama's `num_ctx`). A running
+    ///   instance with at least this much serves it; a smaller idle one is restarted with it; a
+    ///   smaller busy one serves it (never interrupting others) and the next load uses it.
+    public func acquire(_ modelName: String, keepAlive: Duration? = nil, minimumContext: Int? = nil) async throws(SchedulerError) -> Lease {
         guard !isShuttingDown else { throw .shuttingDown }
         guard let spec = catalog.resolve(modelName) else { throw .unknownModel(modelName) }
         if case .remote(let baseURL, let keyEnv) = spec.backend {
@@ -142,6 +177,9 @@ public actor Scheduler {
         }
         let id = spec.id
         if let keepAlive { slots[id, default: Slot()].ttlOverride = keepAlive }
+        if let minimumContext, minimumContext > (slots[id]?.contextOverride ?? 0), minimumContext > (spec.contextSize ?? 0) {
+            slots[id, default: Slot()].contextOverride = minimumContext
+        }
         let start = ContinuousClock.now
         var loadDuration = Duration.zero
         while true {
@@ -149,6 +187,11 @@ public actor Scheduler {
             let slot = slots[id, default: Slot()]
             switch slot.phase {
             case .ready(let instance):
+                if let needed = minimumContext, let has = instance.contextSize, has < needed, slot.inFlight == 0, slot.waiters.isEmpty {
+                    logger.info("restarting model with a larger context", metadata: ["model": "\(id)", "from": "\(has)", "to": "\(needed)"])
+                    await stop(id)
+                    continue
+                }
                 slots[id]!.idleTimer?.cancel()
                 slots[id]!.idleDeadline = nil
                 if slot.inFlight < spec.parallel && slot.waiters.isEmpty {
@@ -229,14 +272,15 @@ public actor Scheduler {
     // MARK: Loading and eviction
 
     private func plan(for spec: ModelSpec, base: [String]) async -> FitPlan {
-        if let p = plans[spec.id] { return p }
+        let key = ([spec.id] + base).joined(separator: "\u{0}")
+        if let p = plans[key] { return p }
         if let cached = await planCache?.plan(for: spec, arguments: base) {
-            plans[spec.id] = cached
+            plans[key] = cached
             return cached
         }
         let p = await planner.plan(model: spec, baseArguments: base)
         if p.source == .estimator { logger.warning("fit planning fell back to the header estimator", metadata: ["model": "\(spec.id)", "reason": "\(p.note ?? "")"]) }
-        plans[spec.id] = p
+        plans[key] = p
         if p.source == .fitParams { await planCache?.save(p, for: spec, arguments: base) }
         return p
     }
@@ -250,6 +294,8 @@ public actor Scheduler {
 
         // Precedence: pinned args > fit result > defaults (llama.cpp keeps the last value of a flag,
         // and llama-fit-params only fills in what its input left unset).
+        var spec = spec
+        if let larger = slots[spec.id]?.contextOverride, larger > (spec.contextSize ?? 0) { spec.contextSize = larger }
         let base = spec.defaultArguments
         let contextArgs = spec.contextArguments
         let plan = await plan(for: spec, base: spec.fitInputArguments)
@@ -284,10 +330,10 @@ public actor Scheduler {
         slots[spec.id]!.phase = .ready(instance)
         slots[spec.id]!.lastUsed = .now
         slots[spec.id]!.lastError = nil
-        let generation = slots[spec.id]!.generation
+        let (id, generation) = (spec.id, slots[spec.id]!.generation)
         Task { [weak self] in
             let termination = await child.wait()
-            await self?.instanceExited(spec.id, generation: generation, termination: termination)
+            await self?.instanceExited(id, generation: generation, termination: termination)
         }
         return instance
     }
@@ -439,6 +485,14 @@ public actor Scheduler {
         slots[spec.id]?.crashes = []
     }
 
+    /// Stops a model and removes it from the catalog (its file was deleted).
+    public func removeModel(_ id: String) async {
+        await stop(id)
+        catalog.remove(id)
+        runtimeAliases = runtimeAliases.filter { $0.value != id }
+        slots[id] = nil
+    }
+
     /// Pins or unpins a model at runtime (pinned models are never evicted or idle-unloaded).
     public func setPinned(_ modelName: String, _ pinned: Bool) throws(SchedulerError) {
         guard let spec = catalog.resolve(modelName) else { throw .unknownModel(modelName) }
@@ -471,6 +525,7 @@ public actor Scheduler {
                 info.arguments = i.arguments
                 info.uptimeSeconds = Date().timeIntervalSince(i.startedAt)
                 info.allocatedMiB = i.allocatedMiB
+                info.contextSize = i.contextSize
                 info.planSource = i.plan.source.rawValue
                 info.planNote = i.plan.note
                 if let d = slot.idleDeadline {

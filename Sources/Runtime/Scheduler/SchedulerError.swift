@@ -15,6 +15,8 @@ public enum SchedulerError: Error, Sendable, Equatable, CustomStringConvertible 
     case noCapacity(String, String)
     case noLlamaServer
     case shuttingDown
+    /// A new name (alias) is already used by another model.
+    case nameTaken(String)
 
     public var description: String {
         switch self {
@@ -28,6 +30,7 @@ public enum SchedulerError: Error, Sendable, Equatable, CustomStringConvertible 
         case .noCapacity(let m, let why): "cannot load model '\(m)': \(why)"
         case .noLlamaServer: "llama-server not found: run `make llama` or set llama.server in routes.json"
         case .shuttingDown: "Corral is shutting down"
+        case .nameTaken(let n): "the name '\(n)' is already used by another model"
         }
     }
 }

@@ -1,0 +1,496 @@
+import AsyncHTTPClient
+import Foundation
+import GGUF
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import NIOHTTP1
+import Runtime
+import Store
+
+/// Ollama's API on the same scheduler: listing and showing models, chat and generate (NDJSON
+/// streams with Ollama's nanosecond metrics), embeddings, aliases, load and unload.
+struct OllamaRoutes: Sendable {
+    let relay: Relay
+    let scheduler: Scheduler
+    let digests: FileDigests
+    let store: Store?
+    let allowFileDeletion: Bool
+
+    /// The Ollama version Corral answers with: new enough for every client that checks.
+    static let compatibleVersion = "0.12.6"
+
+    func register(on router: Router<GatewayRequestContext>) {
+        router.get("/") { _, _ in Self.text("Ollama is running") }
+        router.head("/") { _, _ in Self.text("") }
+        router.get("/api/version") { _, _ in jsonResponse(["version": Self.compatibleVersion]) }
+        router.get("/api/tags") { _, _ in jsonResponse(["models": await tags()]) }
+        router.head("/api/tags") { _, _ in Response(status: .ok) }
+        router.post("/api/show") { request, context in try await show(try await Self.body(request, context)) }
+        router.get("/api/ps") { _, _ in jsonResponse(["models": await runningModels()]) }
+        router.post("/api/chat") { request, context in
+            let body = try await Self.body(request, context)
+            return try await generate(body, shape: .chat, request: request)
+        }
+        router.post("/api/generate") { request, context in
+            let body = try await Self.body(request, context)
+            return try await generate(body, shape: .generate, request: request)
+        }
+        router.post("/api/embed") { request, context in try await embed(try await Self.body(request, context), request: request, legacy: false) }
+        router.post("/api/embeddings") { request, context in
+            try await embed(try await Self.body(request, context), request: request, legacy: true)
+        }
+        router.post("/api/copy") { request, context in try await copy(try await Self.body(request, context)) }
+        router.delete("/api/delete") { request, context in try await delete(try await Self.body(request, context)) }
+        router.post("/api/pull") { request, context in try await pull(try await Self.body(request, context)) }
+        router.post("/api/push") { _, _ -> Response in
+            throw OllamaError(.notImplemented, "pushing models is not supported: Corral serves local GGUF files and configured upstreams")
+        }
+        router.post("/api/create") { _, _ -> Response in
+            throw OllamaError(.notImplemented, "creating models is not supported yet: add the GGUF file to a source folder or to models in routes.json")
+        }
+    }
+
+    // MARK: Bodies and names
+
+    static func text(_ s: String) -> Response {
+        Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: s)))
+    }
+
+    /// Reads the JSON object body, with Ollama-shaped errors.
+    static func body(_ request: Request, _ context: GatewayRequestContext) async throws -> [String: Any] {
+        do {
+            return try await Relay.readJSON(request, context: context).1
+        } catch let error as OpenAIError {
+            throw OllamaError(error.status, error.message)
+        }
+    }
+
+    /// The `model` (or legacy `name`) field.
+    static func modelName(_ body: [String: Any]) throws(OllamaError) -> String {
+        let value = body["model"] ?? body["name"]
+        guard let name = value as? String, !name.trimmingCharacters(in: .whitespaces).isEmpty else {
+            throw .badRequest("model is required")
+        }
+        return name
+    }
+
+    func resolve(_ name: String) async throws(OllamaError) -> ModelSpec {
+        guard let spec = await scheduler.catalog.resolve(name) else { throw .modelNotFound(name) }
+        return spec
+    }
+
+    /// The model's digest: from its source, else computed in the background (empty until done).
+    func digest(_ spec: ModelSpec) async -> String {
+        if let known = spec.knownDigest { return known }
+        guard let path = spec.path else { return "" }
+        return await digests.digest(path: path) ?? ""
+    }
+
+    // MARK: Listing
+
+    func tags() async -> [[String: Any]] {
+        let catalog = await scheduler.catalog
+        let runtimeAliases = await scheduler.runtimeAliases
+        var entries: [[String: Any]] = []
+        for spec in catalog.models {
+            entries.append(await tagEntry(spec, name: spec.id))
+            for (alias, target) in runtimeAliases.sorted(by: { $0.key < $1.key }) where target == spec.id {
+                entries.append(await tagEntry(spec, name: alias))
+            }
+        }
+        return entries
+    }
+
+    func tagEntry(_ spec: ModelSpec, name: String) async -> [String: Any] {
+        let tagged = OllamaValues.taggedName(name)
+        return [
+            "name": tagged, "model": tagged, "modified_at": OllamaValues.modifiedAt(spec), "size": spec.fileSize ?? 0,
+            "digest": await digest(spec), "details": OllamaValues.details(spec),
+        ]
+    }
+
+    func runningModels() async -> [[String: Any]] {
+        var out: [[String: Any]] = []
+        for info in await scheduler.instances() where info.state == "loaded" {
+            guard let spec = await scheduler.catalog.resolve(info.model) else { continue }
+            let total = info.allocatedMiB.values.reduce(0, +)
+            let vram = info.allocatedMiB.filter { !$0.key.hasPrefix("CPU") && !$0.key.hasPrefix("Host") }.values.reduce(0, +)
+            let size = total > 0 ? UInt64(total * 1_048_576) : spec.fileSize ?? 0
+            let expires = info.expiresInSeconds.map { Date().addingTimeInterval($0) } ?? Date(timeIntervalSince1970: 253_402_300_799)  // no expiry: 9999-12-31
+            let tagged = OllamaValues.taggedName(info.model)
+            out.append([
+                "name": tagged, "model": tagged, "size": size, "size_vram": UInt64(vram * 1_048_576), "digest": await digest(spec),
+                "details": OllamaValues.details(spec), "expires_at": OllamaValues.timestamp(expires),
+                "context_length": info.contextSize ?? spec.contextSize ?? spec.facts?.contextLength ?? 0,
+            ])
+        }
+        return out
+    }
+
+    func show(_ body: [String: Any]) async throws -> Response {
+        let name = try Self.modelName(body)
+        let spec = try await resolve(name)
+        var info: [String: Any] = [:]
+        var template = spec.facts?.chatTemplate ?? "{{ .Prompt }}"
+        if let path = spec.path, let file = try? GGUFFile.read(path: path, options: GGUFReadOptions(keepArraysUpTo: 0, readTensors: false)) {
+            for (key, value) in file.metadata { info[key] = Self.jsonValue(value) }
+        }
+        let capabilities = spec.facts?.capabilities ?? (spec.path == nil ? [.completion] : [])
+        if capabilities.contains(.insert) {
+            // Clients (Continue) detect fill-in-the-middle support by `.Suffix` in the template;
+            // llama-server's /infill inserts the model's real FIM tokens.
+            template = "{{- if .Suffix }}<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>{{- else }}" + template + "{{- end }}"
+        }
+        var parameters: [String] = []
+        if let ctx = spec.contextSize ?? spec.facts?.contextLength { parameters.append("num_ctx".padding(toLength: 31, withPad: " ", startingAt: 0) + String(ctx)) }
+        var response: [String: Any] = [
+            "modelfile": "# Served by Corral\nFROM \(OllamaValues.taggedName(spec.id))\n",
+            "parameters": parameters.joined(separator: "\n"),
+            "template": template, "details": OllamaValues.details(spec), "model_info": info,
+            "capabilities": capabilities.names, "modified_at": OllamaValues.modifiedAt(spec),
+        ]
+        if let license = spec.facts?.license { response["license"] = license }
+        return jsonResponse(response)
+    }
+
+    /// GGUF metadata as JSON; arrays not kept by the reader become null (as Ollama's non-verbose show).
+    static func jsonValue(_ value: GGUFValue) -> Any {
+        switch value {
+        case .array(let a): return a.values.map { $0.map(jsonValue) } ?? NSNull()
+        default:
+            if let s = value.string { return s }
+            if let b = value.bool { return b }
+            if let i = value.int { return i }
+            if let d = value.double { return d.isFinite ? d : NSNull() }
+            return NSNull()
+        }
+    }
+
+    // MARK: Generation
+
+    func generate(_ body: [String: Any], shape: OllamaResponseBuilder.Shape, request: Request) async throws -> Response {
+        let name = try Self.modelName(body)
+        let spec = try await resolve(name)
+        let arrival = ContinuousClock.now
+        let stream = OllamaRequests.wantsStream(body)
+        // An empty prompt (or no messages) loads the model; with keep_alive 0 it unloads it.
+        let isEmpty: Bool
+        switch shape {
+        case .chat:
+            if let m = body["messages"], !(m is NSNull), !(m is [Any]) { throw OllamaError.badRequest("messages must be a list") }
+            isEmpty = (body["messages"] as? [Any] ?? []).isEmpty
+        case .generate:
+            let prompt = try OllamaRequests.optionalString(body, "prompt") ?? ""
+            let suffix = try OllamaRequests.optionalString(body, "suffix") ?? ""
+            isEmpty = prompt.isEmpty && suffix.isEmpty && (body["images"] as? [Any] ?? []).isEmpty
+        }
+        if isEmpty { return try await loadOrUnload(body, spec: spec, name: name, shape: shape, arrival: arrival) }
+        let plan = shape == .chat ? try OllamaRequests.chat(body, model: spec.id) : try OllamaRequests.generate(body, model: spec.id)
+        let route = shape == .chat ? "/api/chat" : "/api/generate"
+        let exchange: UpstreamExchange
+        do {
+            exchange = try await relay.open(
+                route: route, method: .POST, upstreamPath: plan.path, modelName: spec.id, body: ByteBuffer(bytes: JSON.data(plan.body)),
+                headers: request.headers, keepAlive: plan.keepAlive, minimumContext: plan.minimumContext)
+        } catch {
+            throw OllamaError(error)
+        }
+        let status = Int(exchange.response.status.code)
+        guard status == 200 else {
+            // llama-server refused (bad parameters, prompt too long …): its message, Ollama's shape.
+            let bytes = try? await exchange.response.body.collect(upTo: 1 << 20)
+            await relay.finish(exchange, status: status, errorKind: "upstream_\(status)")
+            throw OllamaError(HTTPResponse.Status(code: status), Self.upstreamMessage(bytes) ?? "model '\(name)' answered \(status)")
+        }
+        let load = exchange.lease.queueDuration + exchange.lease.loadDuration
+        let relay = self.relay
+        if !stream {
+            var builder = OllamaResponseBuilder(shape: shape, kind: plan.kind, model: name)
+            var events = SSEEvents()
+            var firstByte: ContinuousClock.Instant?
+            do {
+                for try await chunk in exchange.response.body {
+                    if firstByte == nil { firstByte = .now }
+                    for payload in events.feed(chunk) { _ = builder.feed(payload) }
+                }
+            } catch {
+                await relay.finish(exchange, status: 502, errorKind: "upstream_crashed", firstByte: firstByte)
+                throw OllamaError(.badGateway, "model '\(name)' stopped while answering")
+            }
+            for payload in events.finish() { _ = builder.feed(payload) }
+            if let message = builder.upstreamError {
+                await relay.finish(exchange, status: 500, errorKind: "upstream_error", firstByte: firstByte)
+                throw OllamaError(.internalServerError, message)
+            }
+            let answer = builder.final(whole: true, total: .now - arrival, load: load)
+            await relay.finish(exchange, status: 200, firstByte: firstByte, usage: builder.usage, timings: builder.timings)
+            return jsonResponse(answer)
+        }
+        let headers: HTTPFields = [.contentType: "application/x-ndjson", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no"]
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody { [kind = plan.kind] writer in
+                var builder = OllamaResponseBuilder(shape: shape, kind: kind, model: name)
+                var events = SSEEvents()
+                var firstByte: ContinuousClock.Instant?
+                var disconnected = false
+                var failure: String?
+                func send(_ objects: [[String: Any]]) async -> Bool {
+                    guard !objects.isEmpty else { return true }
+                    var out = ByteBuffer()
+                    for o in objects { out.writeString(JSON.encode(o) + "\n") }
+                    do { try await writer.write(out) } catch { return false }
+                    return true
+                }
+                do {
+                    outer: for try await chunk in exchange.response.body {
+                        if firstByte == nil { firstByte = .now }
+                        for payload in events.feed(chunk) {
+                            let objects = builder.feed(payload)
+                            if !(await send(objects)) {
+                                disconnected = true
+                                break outer
+                            }
+                        }
+                    }
+                } catch {
+                    failure = "model '\(name)' stopped while answering"
+                }
+                if !disconnected {
+                    for payload in events.finish() {
+                        let objects = builder.feed(payload)
+                        _ = await send(objects)
+                    }
+                    if let message = failure ?? builder.upstreamError {
+                        // After the stream started, an error is one more line (status stays 200).
+                        _ = try? await writer.write(ByteBuffer(string: OllamaError(.internalServerError, message).line))
+                    } else {
+                        var tail: [[String: Any]] = []
+                        if let calls = builder.toolCallChunk() { tail.append(calls) }
+                        tail.append(builder.final(whole: false, total: .now - arrival, load: load))
+                        disconnected = !(await send(tail))
+                    }
+                    if !disconnected { try? await writer.finish(nil) }
+                }
+                await relay.finish(
+                    exchange, status: failure != nil ? 502 : 200, errorKind: failure != nil ? "upstream_crashed" : builder.upstreamError.map { _ in "upstream_error" },
+                    firstByte: firstByte, usage: builder.usage, timings: builder.timings, disconnected: disconnected)
+            })
+    }
+
+    /// The message in an upstream error body (`{"error":{"message":…}}` or `{"error":"…"}`).
+    static func upstreamMessage(_ bytes: ByteBuffer?) -> String? {
+        guard let bytes, let object = try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)) as? [String: Any] else { return nil }
+        if let e = object["error"] as? [String: Any] { return e["message"] as? String }
+        return object["error"] as? String
+    }
+
+    /// Empty prompt: load the model (`done_reason: load`), or unload it with `keep_alive: 0`.
+    func loadOrUnload(_ body: [String: Any], spec: ModelSpec, name: String, shape: OllamaResponseBuilder.Shape, arrival: ContinuousClock.Instant) async throws -> Response {
+        let keepAlive = try OllamaValues.keepAlive(body["keep_alive"])
+        var reason = "load"
+        do {
+            if keepAlive == .zero {
+                try await scheduler.unload(spec.id)
+                reason = "unload"
+            } else {
+                let lease = try await scheduler.acquire(spec.id, keepAlive: keepAlive, minimumContext: try OllamaRequests.options(body["options"]).minimumContext)
+                await scheduler.release(lease)
+            }
+        } catch let error as SchedulerError {
+            throw OllamaError(OpenAIError(error))
+        }
+        var answer: [String: Any] = ["model": name, "created_at": OllamaValues.timestamp(), "done": true, "done_reason": reason]
+        if shape == .chat { answer["message"] = ["role": "assistant", "content": ""] } else { answer["response"] = "" }
+        if reason == "load" { answer["total_duration"] = OllamaValues.nanoseconds(.now - arrival); answer["load_duration"] = OllamaValues.nanoseconds(.now - arrival) }
+        return jsonResponse(answer)
+    }
+
+    // MARK: Embeddings
+
+    func embed(_ body: [String: Any], request: Request, legacy: Bool) async throws -> Response {
+        let name = try Self.modelName(body)
+        let spec = try await resolve(name)
+        let arrival = ContinuousClock.now
+        var inputs: [String]
+        if legacy {
+            inputs = [try OllamaRequests.optionalString(body, "prompt") ?? ""]
+        } else {
+            switch body["input"] {
+            case let s as String: inputs = [s]
+            case let list as [Any]:
+                guard list.allSatisfy({ $0 is String }) else { throw OllamaError.badRequest("input must be a string or a list of strings") }
+                inputs = list as! [String]
+            case nil, is NSNull: inputs = []
+            default: throw OllamaError.badRequest("input must be a string or a list of strings")
+            }
+        }
+        var dimensions: Int?
+        if let d = body["dimensions"], !(d is NSNull) {
+            guard let n = d as? NSNumber, !isJSONBool(n), let i = Int(exactly: n.doubleValue), i > 0 else {
+                throw OllamaError.badRequest("dimensions must be a positive integer")
+            }
+            dimensions = i
+        }
+        if let t = body["truncate"], !(t is NSNull), !isJSONBool(t) { throw OllamaError.badRequest("truncate must be a boolean") }
+        let truncate = (body["truncate"] as? Bool) ?? true
+        let keepAlive = try OllamaValues.keepAlive(body["keep_alive"])
+        _ = try OllamaRequests.options(body["options"])
+        if inputs.isEmpty {
+            // Like an empty prompt: load the model and answer with no vectors.
+            _ = try await loadOrUnload(body, spec: spec, name: name, shape: .generate, arrival: arrival)
+            return jsonResponse(["model": name, "embeddings": [[Double]]()])
+        }
+        var upstreamInput: Any = inputs
+        var result = try await embedUpstream(spec: spec, input: upstreamInput, keepAlive: keepAlive, request: request)
+        if case .tooLong(let limit, let message) = result {
+            guard truncate else { throw OllamaError(.badRequest, "the input length exceeds the context length: \(message)") }
+            upstreamInput = try await truncatedTokens(spec: spec, inputs: inputs, limit: limit, request: request)
+            result = try await embedUpstream(spec: spec, input: upstreamInput, keepAlive: keepAlive, request: request)
+        }
+        guard case .vectors(var vectors, let promptTokens, let load) = result else {
+            throw OllamaError(.badRequest, "the input length exceeds the context length")
+        }
+        if legacy { return jsonResponse(["embedding": vectors.first ?? []]) }
+        vectors = vectors.map { v in Self.normalized(dimensions.map { Array(v.prefix($0)) } ?? v) }
+        return jsonResponse([
+            "model": name, "embeddings": vectors, "total_duration": OllamaValues.nanoseconds(.now - arrival),
+            "load_duration": OllamaValues.nanoseconds(load), "prompt_eval_count": promptTokens,
+        ])
+    }
+
+    enum EmbedResult {
+        case vectors([[Double]], promptTokens: Int, load: Duration)
+        /// The input does not fit in one batch; `limit` tokens would.
+        case tooLong(limit: Int, message: String)
+    }
+
+    func embedUpstream(spec: ModelSpec, input: Any, keepAlive: Duration?, request: Request) async throws -> EmbedResult {
+        let exchange: UpstreamExchange
+        do {
+            exchange = try await relay.open(
+                route: "/api/embed", method: .POST, upstreamPath: "/v1/embeddings", modelName: spec.id,
+                body: ByteBuffer(bytes: JSON.data(["model": spec.id, "input": input, "encoding_format": "float"])), headers: request.headers,
+                keepAlive: keepAlive)
+        } catch {
+            throw OllamaError(error)
+        }
+        let status = Int(exchange.response.status.code)
+        let bytes: ByteBuffer
+        do {
+            bytes = try await exchange.response.body.collect(upTo: 256 << 20)
+        } catch {
+            await relay.finish(exchange, status: 502, errorKind: "upstream_crashed")
+            throw OllamaError(.badGateway, "model '\(spec.id)' stopped while answering")
+        }
+        let object = try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)) as? [String: Any]
+        guard status == 200, let data = object?["data"] as? [[String: Any]] else {
+            await relay.finish(exchange, status: status, errorKind: "upstream_\(status)")
+            let message = Self.upstreamMessage(bytes) ?? "embedding failed with status \(status)"
+            if message.contains("too large") || message.contains("exceeds") {
+                // "… (current batch size: 512)": the most tokens one input may have.
+                let limit = message.range(of: "batch size: ").flatMap { Int(message[$0.upperBound...].prefix { $0.isNumber }) } ?? 512
+                return .tooLong(limit: limit, message: message)
+            }
+            throw OllamaError(HTTPResponse.Status(code: status == 200 ? 502 : status), message)
+        }
+        let usage = object?["usage"] as? [String: Any]
+        await relay.finish(exchange, status: 200, usage: usage)
+        let sorted = data.sorted { ($0["index"] as? Int ?? 0) < ($1["index"] as? Int ?? 0) }
+        let vectors = sorted.map { ($0["embedding"] as? [Any] ?? []).compactMap { ($0 as? NSNumber)?.doubleValue } }
+        return .vectors(vectors, promptTokens: usage?["prompt_tokens"] as? Int ?? 0, load: exchange.lease.queueDuration + exchange.lease.loadDuration)
+    }
+
+    /// Each input as at most `limit` tokens (Ollama's `truncate: true`), via the model's tokenizer.
+    func truncatedTokens(spec: ModelSpec, inputs: [String], limit: Int, request: Request) async throws -> [[Int]] {
+        var out: [[Int]] = []
+        for text in inputs {
+            let exchange: UpstreamExchange
+            do {
+                exchange = try await relay.open(
+                    route: "/api/embed", method: .POST, upstreamPath: "/tokenize", modelName: spec.id,
+                    body: ByteBuffer(bytes: JSON.data(["content": text, "add_special": true])), headers: request.headers)
+            } catch {
+                throw OllamaError(error)
+            }
+            let bytes = try? await exchange.response.body.collect(upTo: 64 << 20)
+            await relay.finish(exchange, status: Int(exchange.response.status.code))
+            guard let bytes, let object = try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)) as? [String: Any],
+                let tokens = object["tokens"] as? [Int]
+            else { throw OllamaError(.badGateway, "could not tokenize the input to truncate it") }
+            out.append(Array(tokens.prefix(max(1, limit))))
+        }
+        return out
+    }
+
+    static func normalized(_ v: [Double]) -> [Double] {
+        let norm = v.reduce(0) { $0 + $1 * $1 }.squareRoot()
+        return norm > 0 ? v.map { $0 / norm } : v
+    }
+
+    // MARK: Copy, delete, pull
+
+    func copy(_ body: [String: Any]) async throws -> Response {
+        guard let source = body["source"] as? String, !source.isEmpty, let destination = body["destination"] as? String, !destination.isEmpty else {
+            throw OllamaError.badRequest("source and destination are required")
+        }
+        let target: String
+        do {
+            target = try await scheduler.addRuntimeAlias(destination, for: source)
+        } catch {
+            if case .unknownModel = error { throw OllamaError.modelNotFound(source) }
+            throw OllamaError(.conflict, error.description)
+        }
+        try? await store?.saveModelAlias(ModelCatalog.normalize(destination), target: target)
+        return Response(status: .ok)
+    }
+
+    func delete(_ body: [String: Any]) async throws -> Response {
+        let name = try Self.modelName(body)
+        if await scheduler.removeRuntimeAlias(name) {
+            try? await store?.deleteModelAlias(ModelCatalog.normalize(name))
+            return Response(status: .ok)
+        }
+        let spec = try await resolve(name)
+        guard spec.id == ModelCatalog.normalize(name) else {
+            throw OllamaError(.forbidden, "'\(name)' is an alias defined in routes.json; remove it there")
+        }
+        guard allowFileDeletion else {
+            throw OllamaError(.forbidden, "deleting model files is disabled; set \"ollama\": {\"allowDelete\": true} in routes.json to allow it")
+        }
+        guard let path = spec.path, let directory = spec.sourceDirectory, spec.source == directory,
+            Self.isInside(path, directory: directory)
+        else {
+            throw OllamaError(.forbidden, "only GGUF files found in a configured source folder can be deleted; '\(name)' is \(spec.source == "config" ? "listed in routes.json" : "in \(spec.source)")")
+        }
+        do { try await scheduler.unload(spec.id) } catch {}
+        for part in SplitFiles.parts(of: path) {
+            do { try FileManager.default.removeItem(atPath: part) } catch {
+                throw OllamaError(.internalServerError, "could not delete \(URL(fileURLWithPath: part).lastPathComponent): \(error.localizedDescription)")
+            }
+        }
+        await scheduler.removeModel(spec.id)
+        return Response(status: .ok)
+    }
+
+    /// Whether `path` (symlinks resolved) lies inside `directory`.
+    static func isInside(_ path: String, directory: String) -> Bool {
+        let file = URL(fileURLWithPath: path).resolvingSymlinksInPath().standardizedFileURL.path
+        let dir = URL(fileURLWithPath: directory).resolvingSymlinksInPath().standardizedFileURL.path
+        return file.hasPrefix(dir.hasSuffix("/") ? dir : dir + "/")
+    }
+
+    func pull(_ body: [String: Any]) async throws -> Response {
+        let name = try Self.modelName(body)
+        guard await scheduler.catalog.resolve(name) != nil else {
+            throw OllamaError(.notImplemented, "pulling models is not supported yet; Corral serves GGUF files from its configured sources (folders, the Ollama store, the Hugging Face cache, LM Studio) and upstreams — put '\(name)' in one of them")
+        }
+        // Already here: report success the way Ollama does for an up-to-date model.
+        if OllamaRequests.wantsStream(body) {
+            return Response(status: .ok, headers: [.contentType: "application/x-ndjson"],
+                            body: .init(byteBuffer: ByteBuffer(string: JSON.encode(["status": "success"]) + "\n")))
+        }
+        return jsonResponse(["status": "success"])
+    }
+}

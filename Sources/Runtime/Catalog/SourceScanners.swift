@@ -1,0 +1,105 @@
+import Foundation
+import GGUF
+
+/// A model file found in a source, with the name it is served under.
+public struct DiscoveredModel: Sendable, Equatable {
+    public var name: String
+    public var path: String
+    /// SHA-256 of the file when the source already knows it (Ollama blobs are named by it).
+    public var digest: String?
+}
+
+/// Finds GGUF models in each kind of source. Only names come from the folder layout; a request's
+/// model name is later matched against these names and never turned into a path.
+enum SourceScanner {
+    static func scan(_ source: CorralConfig.Source) -> [DiscoveredModel] {
+        switch source.kind {
+        case .gguf: return ggufFolder(source.directory, recursive: source.recursive)
+        case .ollama: return ollamaStore(source.directory)
+        case .huggingface: return huggingFaceCache(source.directory)
+        case .lmstudio: return lmStudio(source.directory)
+        }
+    }
+
+    /// Any folder: names are file stems (split models by their stem, without `-00001-of-0000N`).
+    static func ggufFolder(_ directory: String, recursive: Bool) -> [DiscoveredModel] {
+        ModelCatalog.scan(directory, recursive: recursive).map { path in
+            let file = URL(fileURLWithPath: path).lastPathComponent
+            let stem = SplitFiles.splitInfo(file)?.stem ?? String(file.dropLast(5))
+            return DiscoveredModel(name: stem, path: path)
+        }
+    }
+
+    /// Ollama's store: `manifests/REGISTRY/NAMESPACE/MODEL/TAG` JSON files whose
+    /// `application/vnd.ollama.image.model` layer names a blob `blobs/sha256-HEX`.
+    /// `registry.ollama.ai/library/llama3/latest` is served as `llama3:latest`, other namespaces
+    /// as `NAMESPACE/MODEL:TAG`, other registries with the registry in front (as Ollama lists them).
+    static func ollamaStore(_ directory: String) -> [DiscoveredModel] {
+        let manifests = directory + "/manifests"
+        guard let files = FileManager.default.enumerator(atPath: manifests)?.allObjects as? [String] else { return [] }
+        var found: [DiscoveredModel] = []
+        for relative in files.sorted() {
+            let parts = relative.split(separator: "/").map(String.init)
+            guard parts.count == 4 else { continue }
+            let (registry, namespace, model, tag) = (parts[0], parts[1], parts[2], parts[3])
+            guard let data = FileManager.default.contents(atPath: manifests + "/" + relative),
+                let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                let layers = json["layers"] as? [[String: Any]],
+                let layer = layers.first(where: { ($0["mediaType"] as? String) == "application/vnd.ollama.image.model" }),
+                let digest = layer["digest"] as? String, digest.hasPrefix("sha256:")
+            else { continue }
+            let hex = String(digest.dropFirst(7))
+            // The digest becomes a file name: only plain hex is accepted.
+            guard hex.count == 64, hex.allSatisfy(\.isHexDigit) else { continue }
+            let blob = directory + "/blobs/sha256-" + hex
+            guard FileManager.default.fileExists(atPath: blob) else { continue }
+            var name = "\(model):\(tag)"
+            if namespace != "library" || registry != "registry.ollama.ai" { name = "\(namespace)/" + name }
+            if registry != "registry.ollama.ai" { name = "\(registry)/" + name }
+            found.append(DiscoveredModel(name: name, path: blob, digest: hex.lowercased()))
+        }
+        return found
+    }
+
+    /// The Hugging Face hub cache: `models--ORG--REPO/snapshots/REVISION/FILE.gguf`, served as
+    /// `hf.co/ORG/REPO:STEM` (or `hf.co/ORG/REPO` when the repository holds one model).
+    static func huggingFaceCache(_ directory: String) -> [DiscoveredModel] {
+        let fm = FileManager.default
+        guard let repos = try? fm.contentsOfDirectory(atPath: directory) else { return [] }
+        var found: [DiscoveredModel] = []
+        for repo in repos.sorted() where repo.hasPrefix("models--") {
+            let names = repo.dropFirst(8).components(separatedBy: "--")
+            guard names.count >= 2 else { continue }
+            let snapshots = directory + "/" + repo + "/snapshots"
+            // Newest snapshot only: older revisions of the same file would be duplicates.
+            let revisions = ((try? fm.contentsOfDirectory(atPath: snapshots)) ?? []).map { snapshots + "/" + $0 }
+            guard let newest = revisions.max(by: { modified($0) < modified($1) }) else { continue }
+            let files = ggufFolder(newest, recursive: true)
+            for f in files {
+                let name = "hf.co/" + names.joined(separator: "/") + (files.count > 1 ? ":" + f.name : "")
+                found.append(DiscoveredModel(name: name, path: f.path))
+            }
+        }
+        return found
+    }
+
+    /// LM Studio: `PUBLISHER/REPO/FILE.gguf`, served as `PUBLISHER/REPO` (`:STEM` when the
+    /// repository holds several models).
+    static func lmStudio(_ directory: String) -> [DiscoveredModel] {
+        let fm = FileManager.default
+        var found: [DiscoveredModel] = []
+        for publisher in ((try? fm.contentsOfDirectory(atPath: directory)) ?? []).sorted() {
+            for repo in ((try? fm.contentsOfDirectory(atPath: directory + "/" + publisher)) ?? []).sorted() {
+                let files = ggufFolder(directory + "/" + publisher + "/" + repo, recursive: true)
+                for f in files {
+                    found.append(DiscoveredModel(name: "\(publisher)/\(repo)" + (files.count > 1 ? ":" + f.name : ""), path: f.path))
+                }
+            }
+        }
+        return found
+    }
+
+    static func modified(_ path: String) -> Date {
+        ((try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date) ?? .distantPast
+    }
+}
