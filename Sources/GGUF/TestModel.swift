@@ -17,12 +17,14 @@ public struct TestModelShape: Sendable, Equatable {
     public var embedding = false
     /// Adds fill-in-the-middle tokens so the model reports the `insert` capability.
     public var fim = false
+    /// A Hermes-style (Qwen 2.5) template with tools and `<tool_call>`, so llama-server parses tool calls.
+    public var tools = false
     public var name = "corral-test"
     public var seed: UInt64 = 42
 
     public init() {}
 
-    /// Parses `key=value,…` (keys: embd, layers, heads, kv, ff, vocab, ctx, type, embedding, fim, name, seed).
+    /// Parses `key=value,…` (keys: embd, layers, heads, kv, ff, vocab, ctx, type, embedding, fim, tools, name, seed).
     public init(spec: String) throws(TestModelError) {
         self.init()
         for part in spec.split(separator: ",") where !part.isEmpty {
@@ -45,6 +47,7 @@ public struct TestModelShape: Sendable, Equatable {
             case "name": name = v
             case "embedding": embedding = v == "true" || v == "1"
             case "fim": fim = v == "true" || v == "1"
+            case "tools": tools = v == "true" || v == "1"
             case "type":
                 guard let t = WeightType(rawValue: v) else { throw TestModelError("type must be f32, f16 or q8_0") }
                 weightType = t
@@ -83,6 +86,45 @@ public enum TestModel {
     public static let chatTemplate =
         "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 
+    /// Qwen 2.5's tool-calling template, shortened: tools in the system turn, calls as
+    /// `<tool_call>{"name":…,"arguments":…}</tool_call>`, results as `<tool_response>`.
+    public static let toolsChatTemplate = """
+        {%- if tools %}<|im_start|>system
+        {% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}
+
+        {% endif %}# Tools
+
+        You are provided with function signatures within <tools></tools> XML tags:
+        <tools>{% for tool in tools %}
+        {{ tool | tojson }}{% endfor %}
+        </tools>
+
+        For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+        <tool_call>
+        {"name": <function-name>, "arguments": <args-json-object>}
+        </tool_call><|im_end|>
+        {% elif messages[0]['role'] == 'system' %}<|im_start|>system
+        {{ messages[0]['content'] }}<|im_end|>
+        {% endif %}
+        {%- for message in messages %}
+        {%- if message.role == "user" or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}<|im_start|>{{ message.role }}
+        {{ message.content }}<|im_end|>
+        {% elif message.role == "assistant" %}<|im_start|>assistant
+        {% if message.content %}{{ message.content }}{% endif %}
+        {%- for tool_call in message.tool_calls %}{% if tool_call.function is defined %}{% set tool_call = tool_call.function %}{% endif %}
+        <tool_call>
+        {"name": "{{ tool_call.name }}", "arguments": {{ tool_call.arguments | tojson }}}
+        </tool_call>{% endfor %}<|im_end|>
+        {% elif message.role == "tool" %}<|im_start|>user
+        <tool_response>
+        {{ message.content }}
+        </tool_response><|im_end|>
+        {% endif %}
+        {%- endfor %}
+        {%- if add_generation_prompt %}<|im_start|>assistant
+        {% endif %}
+        """
+
     static let words = [
         "the", "a", "model", "llama", "corral", "hello", "world", "gate", "way", "token", "fast", "slow",
         "is", "and", "to", "of", "in", "it", "you", "that", "he", "was", "for", "on", "are", "with",
@@ -114,6 +156,11 @@ public enum TestModel {
     /// The writer for a model of this shape. `withData: false` leaves tensor data out (sparse).
     public static func writer(shape: TestModelShape, withData: Bool = true) -> GGUFWriter {
         var vocab = fixedVocabulary(fim: shape.fim)
+        // Tool models: `<tool_call>` is one user-defined token that always wins the first choice
+        // (see the output rows below), so llama-server's lazy tool-call grammar is triggered at
+        // once and constrains the rest into a valid call — a random model that calls tools.
+        let toolCallToken = vocab.count
+        if shape.tools { vocab += [("<tool_call>\n{", 4), ("</tool_call>", 4)] }
         var n = 0
         while vocab.count < shape.vocabularySize {
             vocab.append(("\u{2581}t\(n)", 1))
@@ -154,7 +201,7 @@ public enum TestModel {
             w.set("tokenizer.ggml.fim_suf_token_id", .uint32(base + 1))
             w.set("tokenizer.ggml.fim_mid_token_id", .uint32(base + 2))
         }
-        w.set("tokenizer.chat_template", .string(chatTemplate))
+        w.set("tokenizer.chat_template", .string(shape.tools ? toolsChatTemplate : chatTemplate))
 
         var rng = SplitMix64(seed: shape.seed)
         let weightType: GGMLType = switch shape.weightType {
@@ -183,9 +230,17 @@ public enum TestModel {
         for (i, (_, type)) in vocab.enumerated() where type == 3 { silent.insert(i) }
         for b in 0..<256 where b < 0x20 || b > 0x7E { silent.insert(3 + b) }
 
-        w.tensors.append(matrix("token_embd.weight", nEmbd, nVocab))
+        var embeddings = matrix("token_embd.weight", nEmbd, nVocab)
+        var output = matrix("output.weight", nEmbd, nVocab, zeroRows: silent)
+        if shape.tools, withData, weightType == .f32 {
+            // Every token embedding gets a large constant first component, which survives the
+            // layers; the `<tool_call>` output row reads it, so that token always scores highest.
+            embeddings.data = patchF32(embeddings.data!, rows: Int(nVocab), cols: Int(nEmbd)) { row, _ in 30 }
+            output.data = patchF32(output.data!, rows: Int(nVocab), cols: Int(nEmbd)) { row, v in row == toolCallToken ? 10 : v }
+        }
+        w.tensors.append(embeddings)
         w.tensors.append(norm("output_norm.weight"))
-        w.tensors.append(matrix("output.weight", nEmbd, nVocab, zeroRows: silent))
+        w.tensors.append(output)
         for l in 0..<shape.layers {
             let p = "blk.\(l)."
             w.tensors.append(norm(p + "attn_norm.weight"))
@@ -199,6 +254,18 @@ public enum TestModel {
             w.tensors.append(matrix(p + "ffn_down.weight", nFF, nEmbd, scale: 0.2))
         }
         return w
+    }
+
+    /// Replaces column 0 of each row of an f32 matrix with `value(row, old)`.
+    static func patchF32(_ data: [UInt8], rows: Int, cols: Int, _ value: (Int, Float) -> Float) -> [UInt8] {
+        var out = data
+        for r in 0..<rows {
+            let at = r * cols * 4
+            let old = Float(bitPattern: UInt32(out[at]) | UInt32(out[at + 1]) << 8 | UInt32(out[at + 2]) << 16 | UInt32(out[at + 3]) << 24)
+            let bits = value(r, old).bitPattern
+            for i in 0..<4 { out[at + i] = UInt8(truncatingIfNeeded: bits >> (8 * UInt32(i))) }
+        }
+        return out
     }
 
     /// Writes a model of `shape` to `path`. `sparse` leaves the tensor data as a hole.

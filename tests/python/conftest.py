@@ -56,7 +56,16 @@ def make_certificate(directory: str) -> tuple[str, str]:
     return cert, key
 
 
-def start_corral(extra_models=(), scheduler=None, tls=False) -> Corral:
+def make_model(directory: str, name: str, shape: str = "") -> str:
+    """Generates a tiny GGUF model with `corral models make-test`; returns its path."""
+    args = [CORRAL, "models", "make-test", "--out", directory, "--name", name]
+    if shape:
+        args += ["--shape", shape]
+    subprocess.run(args, check=True, capture_output=True)
+    return f"{directory}/{name}.gguf"
+
+
+def start_corral(extra_models=(), scheduler=None, tls=False, extra_config=None, directory=None) -> Corral:
     if not os.path.exists(CORRAL):
         pytest.fail(f"corral binary not found at {CORRAL}: run `swift build` first")
     if shutil.which("llama-server") is None and not os.path.exists(
@@ -65,7 +74,7 @@ def start_corral(extra_models=(), scheduler=None, tls=False) -> Corral:
         if os.environ.get("CI") == "true":
             pytest.fail("llama-server missing under CI")
         pytest.skip("llama.cpp tools not built")
-    d = tempfile.mkdtemp(prefix="corral-py-")
+    d = directory or tempfile.mkdtemp(prefix="corral-py-")
     subprocess.run([CORRAL, "models", "make-test", "--out", d, "--name", "chat", "--shape", "fim=true"], check=True, capture_output=True)
     subprocess.run([CORRAL, "models", "make-test", "--out", d, "--name", "embed", "--shape", "embedding=true"], check=True, capture_output=True)
     models = [
@@ -76,6 +85,7 @@ def start_corral(extra_models=(), scheduler=None, tls=False) -> Corral:
     config = {"listen": {"host": "127.0.0.1", "port": port}, "dataDirectory": f"{d}/data", "models": models}
     if scheduler:
         config["scheduler"] = scheduler
+    config.update(extra_config or {})
     scheme, context = "http", None
     if tls:
         import ssl

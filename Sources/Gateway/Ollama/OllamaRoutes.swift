@@ -95,6 +95,7 @@ struct OllamaRoutes: Sendable {
         var entries: [[String: Any]] = []
         for spec in catalog.models {
             entries.append(await tagEntry(spec, name: spec.id))
+            for alias in spec.listedAliases { entries.append(await tagEntry(spec, name: alias)) }
             for (alias, target) in runtimeAliases.sorted(by: { $0.key < $1.key }) where target == spec.id {
                 entries.append(await tagEntry(spec, name: alias))
             }

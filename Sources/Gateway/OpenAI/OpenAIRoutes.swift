@@ -46,7 +46,15 @@ struct OpenAIRoutes: Sendable {
         }
         router.get("/v1/models") { _, _ in
             let catalog = await scheduler.catalog
-            let data = catalog.models.map(Self.modelObject)
+            var data: [[String: Any]] = []
+            for spec in catalog.models {
+                data.append(Self.modelObject(spec))
+                for alias in spec.listedAliases {
+                    var object = Self.modelObject(spec)
+                    object["id"] = alias
+                    data.append(object)
+                }
+            }
             return jsonResponse(["object": "list", "data": data])
         }
         // Model ids may contain ':' and '/'.

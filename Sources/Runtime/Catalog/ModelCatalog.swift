@@ -26,6 +26,9 @@ public struct ModelSpec: Sendable, Equatable {
     public var knownDigest: String?
     /// The configured source folder the file was found in (nil for explicit and remote models).
     public var sourceDirectory: String?
+    /// Other names a source gives the same file (Ollama manifests sharing a blob); listed like
+    /// models, unlike configured aliases.
+    public var listedAliases: [String] = []
 
     public var path: String? {
         if case .local(let p) = backend { return p }
@@ -73,7 +76,12 @@ public struct ModelCatalog: Sendable {
         for source in config.sources {
             for found in SourceScanner.scan(source) {
                 let path = found.path
-                if catalog.models.contains(where: { $0.path == path }) { continue }
+                if let existing = catalog.models.firstIndex(where: { $0.path == path }) {
+                    // The same file under another name: one model, both names.
+                    let name = normalize(found.name)
+                    if catalog.addAlias(name, for: catalog.models[existing].id) { catalog.models[existing].listedAliases.append(name) }
+                    continue
+                }
                 do {
                     let facts = try ModelFacts.read(path: path)
                     var spec = ModelSpec(

@@ -104,5 +104,5 @@ public func parseDuration(_ value: Any) -> Duration? {
 
 /// Whether a number from JSONSerialization was a JSON `true`/`false`.
 public func isJSONBool(_ value: Any) -> Bool {
-    String(describing: type(of: value)).contains("Boolean")
+    type(of: value) == Bool.self || String(describing: type(of: value)).contains("Boolean")
 }
