@@ -54,11 +54,17 @@ let package = Package(
             dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
+        // Teams, API keys, policies and admission (reservations against limits).
+        .target(
+            name: "Access",
+            dependencies: ["Store", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
         // The HTTP application: OpenAI, llama.cpp-native and admin routes, relay.
         .target(
             name: "Gateway",
             dependencies: [
-                "Runtime", "Store", "GGUF",
+                "Runtime", "Store", "GGUF", "Access",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -77,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "corral",
             dependencies: [
-                "Gateway", "Runtime", "Store", "GGUF",
+                "Gateway", "Runtime", "Store", "GGUF", "Access",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -92,7 +98,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Runtime", "GGUF", "Store",
+                "Gateway", "Runtime", "GGUF", "Store", "Access",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -45,6 +45,7 @@ public struct Store: Sendable {
                 t.column("createdAt", .datetime).notNull()
             }
         }
+        registerAccessMigrations(&m)
         return m
     }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Access
 import Gateway
 import Hummingbird
 import Logging
@@ -23,6 +24,9 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel = "info"
+
+    @Flag(help: "Serve without API keys while no team exists, even beyond loopback.")
+    var allowOpen = false
 
     func run() async throws {
         var logger = Logger(label: "corral")
@@ -65,11 +69,36 @@ struct ServeCommand: AsyncParsableCommand {
         let digests = FileDigests(preloaded: known) { identity, digest in
             try? await store.saveFileDigest(path: identity.path, size: Int64(identity.size), modified: identity.modified, digest: digest)
         }
-        let deps = GatewayDependencies(config: cfg, scheduler: scheduler, client: client, logger: logger, store: store, digests: digests)
+        let access = AccessControl(store: store)
+        try await access.load()
+        let tokenPath = cfg.dataDirectory + "/admin-token"
+        if !access.hasAdminToken, let existing = AdminTokenFile.read(from: tokenPath), !existing.isEmpty {
+            // A database recreated next to an existing token file: keep the operator's token.
+            try await access.setAdminToken(existing)
+        }
+        if let token = try await access.createAdminTokenIfNeeded() {
+            let path = tokenPath
+            try AdminTokenFile.write(token, to: path)
+            // Shown once (on stdout, never through the logger); also kept in a 0600 file.
+            print("corral: admin token (shown once; also written to \(path)):\n  \(token)")
+        }
+        if access.isOpen {
+            if !cfg.listensOnLoopbackOnly && !(cfg.allowOpen || allowOpen) {
+                FileHandle.standardError.write(Data("corral: refusing to serve without API keys on \(cfg.listen.host): create a team and a key (corral teams create …), or set auth.allowOpen in routes.json\n".utf8))
+                throw ExitCode(2)
+            }
+            logger.warning("open mode: no team exists, so every request is allowed whatever key it carries; create a team to require keys")
+        }
+        let ledger = UsageLedger(store: store, logger: logger)
+        GatewayMetrics.ledgerPending = { ledger.pendingCount }
+        let deps = GatewayDependencies(
+            config: cfg, scheduler: scheduler, client: client, recorder: { ledger.record($0) }, logger: logger, store: store,
+            digests: digests, access: access)
         let app = try buildApplication(deps)
         let reloader = ConfigReloader(path: config, scheduler: scheduler, logger: logger)
+        // Shut down in reverse: the HTTP server drains first, then the ledger writes what is left.
         let group = ServiceGroup(
-            configuration: .init(services: [reloader, app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(services: [reloader, ledger, app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 }

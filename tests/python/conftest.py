@@ -30,13 +30,26 @@ class Corral:
         self.directory, self.port, self.proc, self.log_path = directory, port, proc, log_path
         self.base = f"http://127.0.0.1:{port}"
 
+    @property
+    def admin_token(self) -> str:
+        with open(f"{self.directory}/data/admin-token") as f:
+            return f.read().strip()
+
+    def headers(self, path: str) -> dict:
+        """The admin token for operator routes (/admin, Corral's own /metrics)."""
+        if path.startswith("/admin") or path.startswith("/metrics"):
+            return {"authorization": f"Bearer {self.admin_token}"}
+        return {}
+
     def get(self, path: str):
-        with urllib.request.urlopen(self.base + path, timeout=10) as r:
+        req = urllib.request.Request(self.base + path, headers=self.headers(path))
+        with urllib.request.urlopen(req, timeout=10, context=getattr(self, "ssl_context", None)) as r:
             return json.load(r)
 
     def post(self, path: str, body: dict):
-        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
+        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json", **self.headers(path)})
+        with urllib.request.urlopen(req, timeout=30, context=getattr(self, "ssl_context", None)) as r:
             return json.load(r)
 
     def children(self) -> list[int]:

@@ -1,14 +1,20 @@
 import Foundation
 import Hummingbird
 import Runtime
+import Access
+import Store
 
 /// Operating the fleet: instances, load/unload/pin, and an instance's recent log.
-/// (Admin-token protection comes with the Teams issue; until then Corral binds to loopback.)
+/// Every route needs the admin token when accounts are configured (`AuthMiddleware`).
 struct AdminRoutes: Sendable {
     let scheduler: Scheduler
+    let access: AccessControl?
+    let store: Store?
+    let metrics: GatewayMetrics
 
     func register(on router: Router<GatewayRequestContext>) {
         let admin = router.group("admin")
+        if let access { AccountRoutes(access: access, store: store).register(on: admin) }
         admin.get("instances") { _, _ in
             let infos = await scheduler.instances()
             let data = try JSONEncoder().encode(infos)

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import Access
 import Hummingbird
 import HummingbirdCore
 import HummingbirdHTTP2
@@ -22,11 +23,17 @@ public struct GatewayDependencies: Sendable {
     public var store: Store?
     /// Model file digests for Ollama's `digest` fields.
     public var digests: FileDigests
+    /// Teams, keys and limits; nil serves everyone without accounts (tests of other concerns).
+    public var access: AccessControl?
+    /// Corral's own Prometheus metrics.
+    public var metrics: GatewayMetrics
 
     public init(
         config: CorralConfig, scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder? = nil, logger: Logger,
-        store: Store? = nil, digests: FileDigests = FileDigests()
+        store: Store? = nil, digests: FileDigests = FileDigests(), access: AccessControl? = nil, metrics: GatewayMetrics = GatewayMetrics()
     ) {
+        self.access = access
+        self.metrics = metrics
         self.config = config
         self.scheduler = scheduler
         self.client = client
@@ -55,14 +62,22 @@ public struct GatewayDependencies: Sendable {
 public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestContext> {
     let router = Router(context: GatewayRequestContext.self)
     router.add(middleware: ErrorShapeMiddleware())
+    if let access = deps.access { router.add(middleware: AuthMiddleware(access: access)) }
     router.get("/health") { _, _ in jsonResponse(["status": "ok"]) }
-    let relay = Relay(scheduler: deps.scheduler, client: deps.client, recorder: deps.recorder, logger: deps.logger)
-    OpenAIRoutes(relay: relay, scheduler: deps.scheduler).register(on: router)
+    let metrics = deps.metrics
+    let upstreamRecorder = deps.recorder
+    let relay = Relay(
+        scheduler: deps.scheduler, client: deps.client,
+        recorder: { record in
+            metrics.observe(record)
+            upstreamRecorder?(record)
+        }, logger: deps.logger, access: deps.access)
+    OpenAIRoutes(relay: relay, scheduler: deps.scheduler, access: deps.access, metrics: metrics).register(on: router)
     OllamaRoutes(
         relay: relay, scheduler: deps.scheduler, digests: deps.digests, store: deps.store,
-        allowFileDeletion: deps.config.allowModelFileDeletion
+        allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access
     ).register(on: router)
-    AdminRoutes(scheduler: deps.scheduler).register(on: router)
+    AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.store, metrics: metrics).register(on: router)
     return router
 }
 

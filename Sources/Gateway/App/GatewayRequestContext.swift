@@ -1,3 +1,4 @@
+import Access
 import Hummingbird
 
 /// Per-request context: Hummingbird's core storage plus Corral's request limits.
@@ -5,6 +6,8 @@ public struct GatewayRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     /// Largest body `request.decode`/`collect` accepts (set from `routes.json` maxBodyBytes).
     public var maxUploadSize: Int { GatewayLimits.maxBodyBytes }
+    /// Who sent the request (set by the authentication middleware; anonymous without accounts).
+    public var caller: Caller = .anonymous
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)

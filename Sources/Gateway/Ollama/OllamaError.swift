@@ -8,6 +8,7 @@ public struct OllamaError: HTTPResponseError, Sendable {
     public var status: HTTPResponse.Status
     public var message: String
     public var retryAfter: Int?
+    public var extraHeaders: [String: String] = [:]
 
     public init(_ status: HTTPResponse.Status, _ message: String, retryAfter: Int? = nil) {
         self.status = status
@@ -27,6 +28,7 @@ public struct OllamaError: HTTPResponseError, Sendable {
         } else {
             self.init(error.status, error.message, retryAfter: error.retryAfter)
         }
+        extraHeaders = error.extraHeaders
     }
 
     /// One NDJSON line: how an error is reported after a stream has started.
@@ -35,6 +37,7 @@ public struct OllamaError: HTTPResponseError, Sendable {
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var headers: HTTPFields = [.contentType: "application/json; charset=utf-8"]
         if let retryAfter { headers[.retryAfter] = String(retryAfter) }
+        for (name, value) in extraHeaders { if let field = HTTPField.Name(name) { headers[field] = value } }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: JSON.encode(["error": message]))))
     }
 }

@@ -7,6 +7,7 @@ import NIOCore
 import NIOHTTP1
 import Runtime
 import Store
+import Access
 
 /// Ollama's API on the same scheduler: listing and showing models, chat and generate (NDJSON
 /// streams with Ollama's nanosecond metrics), embeddings, aliases, load and unload.
@@ -16,6 +17,7 @@ struct OllamaRoutes: Sendable {
     let digests: FileDigests
     let store: Store?
     let allowFileDeletion: Bool
+    let access: AccessControl?
 
     /// The Ollama version Corral answers with: new enough for every client that checks.
     static let compatibleVersion = "0.12.6"
@@ -24,21 +26,23 @@ struct OllamaRoutes: Sendable {
         router.get("/") { _, _ in Self.text("Ollama is running") }
         router.head("/") { _, _ in Self.text("") }
         router.get("/api/version") { _, _ in jsonResponse(["version": Self.compatibleVersion]) }
-        router.get("/api/tags") { _, _ in jsonResponse(["models": await tags()]) }
+        router.get("/api/tags") { _, context in jsonResponse(["models": await tags(for: context.caller)]) }
         router.head("/api/tags") { _, _ in Response(status: .ok) }
-        router.post("/api/show") { request, context in try await show(try await Self.body(request, context)) }
+        router.post("/api/show") { request, context in try await show(try await Self.body(request, context), caller: context.caller) }
         router.get("/api/ps") { _, _ in jsonResponse(["models": await runningModels()]) }
         router.post("/api/chat") { request, context in
             let body = try await Self.body(request, context)
-            return try await generate(body, shape: .chat, request: request)
+            return try await generate(body, shape: .chat, request: request, caller: context.caller)
         }
         router.post("/api/generate") { request, context in
             let body = try await Self.body(request, context)
-            return try await generate(body, shape: .generate, request: request)
+            return try await generate(body, shape: .generate, request: request, caller: context.caller)
         }
-        router.post("/api/embed") { request, context in try await embed(try await Self.body(request, context), request: request, legacy: false) }
+        router.post("/api/embed") { request, context in
+            try await embed(try await Self.body(request, context), request: request, caller: context.caller, legacy: false)
+        }
         router.post("/api/embeddings") { request, context in
-            try await embed(try await Self.body(request, context), request: request, legacy: true)
+            try await embed(try await Self.body(request, context), request: request, caller: context.caller, legacy: true)
         }
         router.post("/api/copy") { request, context in try await copy(try await Self.body(request, context)) }
         router.delete("/api/delete") { request, context in try await delete(try await Self.body(request, context)) }
@@ -89,11 +93,11 @@ struct OllamaRoutes: Sendable {
 
     // MARK: Listing
 
-    func tags() async -> [[String: Any]] {
+    func tags(for caller: Caller) async -> [[String: Any]] {
         let catalog = await scheduler.catalog
         let runtimeAliases = await scheduler.runtimeAliases
         var entries: [[String: Any]] = []
-        for spec in catalog.models {
+        for spec in catalog.models where access?.allows(caller, model: [spec.id] + spec.aliases) ?? true {
             entries.append(await tagEntry(spec, name: spec.id))
             for alias in spec.listedAliases { entries.append(await tagEntry(spec, name: alias)) }
             for (alias, target) in runtimeAliases.sorted(by: { $0.key < $1.key }) where target == spec.id {
@@ -129,9 +133,12 @@ struct OllamaRoutes: Sendable {
         return out
     }
 
-    func show(_ body: [String: Any]) async throws -> Response {
+    func show(_ body: [String: Any], caller: Caller) async throws -> Response {
         let name = try Self.modelName(body)
         let spec = try await resolve(name)
+        guard access?.allows(caller, model: [spec.id, name] + spec.aliases) ?? true else {
+            throw OllamaError(.forbidden, "your team may not use model '\(name)'")
+        }
         var info: [String: Any] = [:]
         var template = spec.facts?.chatTemplate ?? "{{ .Prompt }}"
         if let path = spec.path, let file = try? GGUFFile.read(path: path, options: GGUFReadOptions(keepArraysUpTo: 0, readTensors: false)) {
@@ -170,7 +177,7 @@ struct OllamaRoutes: Sendable {
 
     // MARK: Generation
 
-    func generate(_ body: [String: Any], shape: OllamaResponseBuilder.Shape, request: Request) async throws -> Response {
+    func generate(_ body: [String: Any], shape: OllamaResponseBuilder.Shape, request: Request, caller: Caller) async throws -> Response {
         let name = try Self.modelName(body)
         let spec = try await resolve(name)
         let arrival = ContinuousClock.now
@@ -193,7 +200,8 @@ struct OllamaRoutes: Sendable {
         do {
             exchange = try await relay.open(
                 route: route, method: .POST, upstreamPath: plan.path, modelName: spec.id, body: ByteBuffer(bytes: JSON.data(plan.body)),
-                headers: request.headers, keepAlive: plan.keepAlive, minimumContext: plan.minimumContext)
+                headers: request.headers, caller: caller, tokens: TokenEstimate(plan.body), keepAlive: plan.keepAlive,
+                minimumContext: plan.minimumContext)
         } catch {
             throw OllamaError(error)
         }
@@ -310,7 +318,7 @@ struct OllamaRoutes: Sendable {
 
     // MARK: Embeddings
 
-    func embed(_ body: [String: Any], request: Request, legacy: Bool) async throws -> Response {
+    func embed(_ body: [String: Any], request: Request, caller: Caller, legacy: Bool) async throws -> Response {
         let name = try Self.modelName(body)
         let spec = try await resolve(name)
         let arrival = ContinuousClock.now
@@ -344,11 +352,11 @@ struct OllamaRoutes: Sendable {
             return jsonResponse(["model": name, "embeddings": [[Double]]()])
         }
         var upstreamInput: Any = inputs
-        var result = try await embedUpstream(spec: spec, input: upstreamInput, keepAlive: keepAlive, request: request)
+        var result = try await embedUpstream(spec: spec, input: upstreamInput, keepAlive: keepAlive, request: request, caller: caller)
         if case .tooLong(let limit, let message) = result {
             guard truncate else { throw OllamaError(.badRequest, "the input length exceeds the context length: \(message)") }
             upstreamInput = try await truncatedTokens(spec: spec, inputs: inputs, limit: limit, request: request)
-            result = try await embedUpstream(spec: spec, input: upstreamInput, keepAlive: keepAlive, request: request)
+            result = try await embedUpstream(spec: spec, input: upstreamInput, keepAlive: keepAlive, request: request, caller: caller)
         }
         guard case .vectors(var vectors, let promptTokens, let load) = result else {
             throw OllamaError(.badRequest, "the input length exceeds the context length")
@@ -367,13 +375,13 @@ struct OllamaRoutes: Sendable {
         case tooLong(limit: Int, message: String)
     }
 
-    func embedUpstream(spec: ModelSpec, input: Any, keepAlive: Duration?, request: Request) async throws -> EmbedResult {
+    func embedUpstream(spec: ModelSpec, input: Any, keepAlive: Duration?, request: Request, caller: Caller) async throws -> EmbedResult {
         let exchange: UpstreamExchange
         do {
             exchange = try await relay.open(
                 route: "/api/embed", method: .POST, upstreamPath: "/v1/embeddings", modelName: spec.id,
                 body: ByteBuffer(bytes: JSON.data(["model": spec.id, "input": input, "encoding_format": "float"])), headers: request.headers,
-                keepAlive: keepAlive)
+                caller: caller, tokens: TokenEstimate(["input": input]), keepAlive: keepAlive)
         } catch {
             throw OllamaError(error)
         }
@@ -411,7 +419,8 @@ struct OllamaRoutes: Sendable {
             do {
                 exchange = try await relay.open(
                     route: "/api/embed", method: .POST, upstreamPath: "/tokenize", modelName: spec.id,
-                    body: ByteBuffer(bytes: JSON.data(["content": text, "add_special": true])), headers: request.headers)
+                    body: ByteBuffer(bytes: JSON.data(["content": text, "add_special": true])), headers: request.headers,
+                    caller: .anonymous, tokens: TokenEstimate(prompt: 0, output: 0))
             } catch {
                 throw OllamaError(error)
             }

@@ -2,6 +2,7 @@ import Hummingbird
 import HTTPTypes
 import NIOCore
 import Runtime
+import Access
 
 /// An error in OpenAI's shape: `{"error":{"message","type","param","code"}}` with the right
 /// status, `Retry-After` where retrying helps and `x-should-retry: false` where it cannot.
@@ -12,6 +13,8 @@ public struct OpenAIError: HTTPResponseError, Sendable {
     public var code: String?
     public var param: String?
     public var retryAfter: Int?
+    /// More headers to send (e.g. `x-ratelimit-*`).
+    public var extraHeaders: [String: String] = [:]
 
     public init(_ status: HTTPResponse.Status, _ message: String, type: String = "invalid_request_error",
                 code: String? = nil, param: String? = nil, retryAfter: Int? = nil) {
@@ -56,6 +59,20 @@ public struct OpenAIError: HTTPResponseError, Sendable {
         }
     }
 
+    /// Maps an access refusal: 401, 403, 429 with `Retry-After` and `x-ratelimit-*`, 400.
+    public init(_ error: AccessError) {
+        switch error {
+        case .unauthenticated(let m): self.init(.unauthorized, m, code: "invalid_api_key")
+        case .forbidden(let m): self.init(.forbidden, m, code: "model_not_allowed")
+        case .limited(let m, let after, let headers):
+            self.init(.tooManyRequests, m, type: "rate_limit_exceeded", code: "rate_limit_exceeded", retryAfter: after)
+            extraHeaders = headers
+        case .invalid(let m): self.init(.badRequest, m, code: "invalid_request")
+        case .notFound(let m): self.init(.notFound, m, code: "not_found")
+        case .conflict(let m): self.init(.conflict, m, code: "conflict")
+        }
+    }
+
     /// Permanent failures that retrying the same request cannot fix.
     var isPermanent: Bool { retryAfter == nil && status.code != 502 && status.code != 429 }
 
@@ -70,6 +87,7 @@ public struct OpenAIError: HTTPResponseError, Sendable {
         var headers: HTTPFields = [.contentType: "application/json"]
         if let retryAfter { headers[.retryAfter] = String(retryAfter) }
         if isPermanent { headers[HTTPField.Name("x-should-retry")!] = "false" }
+        for (name, value) in extraHeaders { if let field = HTTPField.Name(name) { headers[field] = value } }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: jsonBody)))
     }
 }

@@ -1,3 +1,4 @@
+import Access
 import Foundation
 import GGUF
 import HTTPTypes
@@ -10,6 +11,8 @@ import Runtime
 struct OpenAIRoutes: Sendable {
     let relay: Relay
     let scheduler: Scheduler
+    let access: AccessControl?
+    let metrics: GatewayMetrics
 
     func register(on router: Router<GatewayRequestContext>) {
         // OpenAI routes: bodies pass through; streaming chat/completions get usage injected.
@@ -35,19 +38,25 @@ struct OpenAIRoutes: Sendable {
         }
         // llama.cpp-native GET routes take the model as a query parameter.
         for path in ["/props", "/slots", "/metrics"] {
-            router.get(RouterPath(path)) { request, _ in
+            router.get(RouterPath(path)) { request, context in
+                if path == "/metrics" && request.uri.queryParameters.get("model") == nil {
+                    // Corral's own metrics; a model's llama-server metrics with ?model=NAME.
+                    let text = metrics.render(instances: await scheduler.instances(), ledgerPending: GatewayMetrics.ledgerPending?())
+                    return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                                    body: .init(byteBuffer: ByteBuffer(string: text)))
+                }
                 guard let model = request.uri.queryParameters.get("model"), !model.isEmpty else {
                     throw OpenAIError.badRequest("add ?model=NAME to choose the model", param: "model")
                 }
                 return try await relay.forward(
                     route: path, method: .GET, upstreamPath: path, modelName: model, body: nil,
-                    hideUsage: false, request: request)
+                    hideUsage: false, request: request, context: context)
             }
         }
-        router.get("/v1/models") { _, _ in
+        router.get("/v1/models") { _, context in
             let catalog = await scheduler.catalog
             var data: [[String: Any]] = []
-            for spec in catalog.models {
+            for spec in catalog.models where access?.allows(context.caller, model: [spec.id] + spec.aliases) ?? true {
                 data.append(Self.modelObject(spec))
                 for alias in spec.listedAliases {
                     var object = Self.modelObject(spec)
@@ -61,6 +70,9 @@ struct OpenAIRoutes: Sendable {
         router.get("/v1/models/**") { _, context in
             let id = context.parameters.getCatchAll().joined(separator: "/")
             guard let spec = await scheduler.catalog.resolve(String(id)) else { throw OpenAIError.modelNotFound(String(id)) }
+            guard access?.allows(context.caller, model: [spec.id, String(id)] + spec.aliases) ?? true else {
+                throw OpenAIError(AccessError.forbidden("your team may not use model '\(id)'"))
+            }
             return jsonResponse(Self.modelObject(spec))
         }
     }

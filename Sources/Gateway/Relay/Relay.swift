@@ -7,6 +7,8 @@ import NIOCore
 import NIOHTTP1
 import Runtime
 import Synchronization
+import Access
+import GGUF
 
 /// Releases a lease exactly once: when the response body finishes, or when the response is
 /// dropped without its body ever being written (client gone before the head was sent).
@@ -49,6 +51,11 @@ struct UpstreamExchange: Sendable {
     let holder: LeaseHolder
     let started: ContinuousClock.Instant
     let response: HTTPClientResponse
+    let caller: Caller
+    /// Tokens held against the caller's limits until ``Relay/finish`` reconciles them.
+    let reservation: Reservation?
+    /// When the request was handed to the upstream client.
+    let sentAt: ContinuousClock.Instant
 }
 
 /// Sends a request to the instance serving its model and streams the answer back without
@@ -58,12 +65,15 @@ public struct Relay: Sendable {
     let client: HTTPClient
     let recorder: RequestRecorder?
     let logger: Logger
+    /// Limits and permissions (nil: no accounts at all, as in most tests).
+    let access: AccessControl?
 
-    public init(scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder?, logger: Logger) {
+    public init(scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder?, logger: Logger, access: AccessControl? = nil) {
         self.scheduler = scheduler
         self.client = client
         self.recorder = recorder
         self.logger = logger
+        self.access = access
     }
 
     /// Headers that belong to one hop and are not forwarded. `accept-encoding` is dropped so an
@@ -119,18 +129,20 @@ public struct Relay: Sendable {
                 hideUsage = true
             }
         }
-        return try await forward(
-            route: route, method: .POST, upstreamPath: upstreamPath, modelName: modelName, body: outgoing,
-            hideUsage: hideUsage, request: request)
+        let exchange = try await open(
+            route: route, method: .POST, upstreamPath: upstreamPath, modelName: modelName, body: outgoing, headers: request.headers,
+            caller: context.caller, tokens: TokenEstimate(body))
+        return try await relayResponse(exchange, hideUsage: hideUsage)
     }
 
     /// Forwards any request for `modelName` to its instance.
     public func forward(
         route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?,
-        hideUsage: Bool, request: Request
+        hideUsage: Bool, request: Request, context: GatewayRequestContext
     ) async throws -> Response {
         let exchange = try await open(
-            route: route, method: method, upstreamPath: upstreamPath, modelName: modelName, body: body, headers: request.headers)
+            route: route, method: method, upstreamPath: upstreamPath, modelName: modelName, body: body, headers: request.headers,
+            caller: context.caller, tokens: TokenEstimate(prompt: 0, output: 0))
         return try await relayResponse(exchange, hideUsage: hideUsage)
     }
 
@@ -139,19 +151,38 @@ public struct Relay: Sendable {
     /// Failures before an answer arrives are recorded here and thrown as OpenAI errors.
     func open(
         route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?, headers: HTTPFields,
-        keepAlive: Duration? = nil, minimumContext: Int? = nil
+        caller: Caller, tokens: TokenEstimate, keepAlive: Duration? = nil, minimumContext: Int? = nil
     ) async throws(OpenAIError) -> UpstreamExchange {
         let started = ContinuousClock.now
         let requestID = UUID().uuidString.lowercased()
+        func refused(_ error: OpenAIError, kind: String) -> OpenAIError {
+            var r = RequestRecord(
+                requestID: requestID, route: route, model: modelName, status: Int(error.status.code), errorKind: kind,
+                queueMs: ms(ContinuousClock.now - started), loadMs: 0, timeToFirstByteMs: nil,
+                totalMs: ms(ContinuousClock.now - started), clientDisconnected: false)
+            r.team = caller.teamID
+            r.keyPrefix = caller.keyPrefix
+            record(r)
+            return error
+        }
+        var reservation: Reservation?
+        if let access {
+            guard let spec = await scheduler.catalog.resolve(modelName) else {
+                throw refused(.modelNotFound(modelName), kind: "model_not_found")
+            }
+            let context = spec.contextSize ?? spec.facts?.contextLength ?? 4096
+            do {
+                reservation = try access.admit(caller, model: [spec.id, modelName] + spec.aliases, tokens: tokens.reservation(context: context))
+            } catch {
+                throw refused(OpenAIError(error), kind: error.kind)
+            }
+        }
         let lease: Lease
         do {
             lease = try await scheduler.acquire(modelName, keepAlive: keepAlive, minimumContext: minimumContext)
         } catch {
-            record(RequestRecord(
-                requestID: requestID, route: route, model: modelName, status: Int(OpenAIError(error).status.code),
-                errorKind: "\(error)", queueMs: ms(ContinuousClock.now - started), loadMs: 0, timeToFirstByteMs: nil,
-                totalMs: ms(ContinuousClock.now - started), clientDisconnected: false))
-            throw OpenAIError(error)
+            if let reservation { access?.reconcile(reservation, actualTokens: 0) }
+            throw refused(OpenAIError(error), kind: "\(error)")
         }
         let holder = LeaseHolder(lease, scheduler)
 
@@ -166,6 +197,7 @@ public struct Relay: Sendable {
             upstream.body = .bytes(body)
         }
 
+        let sentAt = ContinuousClock.now
         do {
             let response: HTTPClientResponse
             do {
@@ -176,12 +208,18 @@ public struct Relay: Sendable {
                 guard await scheduler.instance(for: lease.modelID) != nil else { throw error }
                 response = try await client.execute(upstream, timeout: .minutes(10), logger: logger)
             }
-            return UpstreamExchange(requestID: requestID, route: route, lease: lease, holder: holder, started: started, response: response)
+            return UpstreamExchange(
+                requestID: requestID, route: route, lease: lease, holder: holder, started: started, response: response, caller: caller,
+                reservation: reservation, sentAt: sentAt)
         } catch {
             await holder.release()
+            if let reservation { access?.reconcile(reservation, actualTokens: 0) }
             let crashed = await scheduler.instance(for: lease.modelID) == nil
             logger.warning("upstream request failed", metadata: ["model": "\(lease.modelID)", "error": "\(error)"])
-            record(leaseRecord(requestID: requestID, route: route, lease: lease, status: 502, errorKind: "upstream_unreachable", started: started))
+            var r = leaseRecord(requestID: requestID, route: route, lease: lease, status: 502, errorKind: "upstream_unreachable", started: started)
+            r.team = caller.teamID
+            r.keyPrefix = caller.keyPrefix
+            record(r)
             throw OpenAIError(.badGateway, crashed ? "model '\(lease.modelID)' stopped while handling the request" : "upstream request failed: \(error)",
                               type: "server_error", code: "upstream_error", retryAfter: 1)
         }
@@ -193,9 +231,32 @@ public struct Relay: Sendable {
         usage: [String: Any]? = nil, timings: [String: Any]? = nil, disconnected: Bool = false
     ) async {
         await exchange.holder.release()
-        record(leaseRecord(
+        settle(exchange, status: status, errorKind: errorKind, firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected)
+    }
+
+    /// Reconciles the reservation with the real usage and records the request (the slot is
+    /// already released).
+    func settle(
+        _ exchange: UpstreamExchange, status: Int, errorKind: String? = nil, firstByte: ContinuousClock.Instant? = nil,
+        usage: [String: Any]? = nil, timings: [String: Any]? = nil, disconnected: Bool = false, streamedEvents: Int? = nil
+    ) {
+        var r = leaseRecord(
             requestID: exchange.requestID, route: exchange.route, lease: exchange.lease, status: status, errorKind: errorKind,
-            started: exchange.started, firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected))
+            started: exchange.started, firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected)
+        r.team = exchange.caller.teamID
+        r.keyPrefix = exchange.caller.keyPrefix
+        r.gatewayOverheadMs = max(0, ms(exchange.sentAt - exchange.started) - r.queueMs - r.loadMs)
+        r.timePerOutputTokenMs = timings?["predicted_per_token_ms"] as? Double
+        if let reservation = exchange.reservation {
+            // Known usage wins; a stream cut short is charged its prompt estimate plus one token
+            // per event it delivered; otherwise the reservation stands.
+            var actual: Int? = nil
+            if let p = r.promptTokens { actual = p + (r.completionTokens ?? 0) }
+            else if status >= 400 && firstByte == nil { actual = 0 }
+            else if let n = streamedEvents, disconnected { actual = min(reservation.tokens, n + 1) }
+            access?.reconcile(reservation, actualTokens: actual)
+        }
+        record(r)
     }
 
     /// The OpenAI-route response: the upstream's status, headers and body, streamed through.
@@ -215,6 +276,9 @@ public struct Relay: Sendable {
             headers[.contentLength] = length
         }
         headers[HTTPField.Name("x-request-id")!] = requestID
+        for (name, value) in exchange.reservation?.headers ?? [:] {
+            if let field = HTTPField.Name(name) { headers[field] = value }
+        }
         let status = HTTPResponse.Status(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase)
         let upstreamBody = response.body
 
@@ -227,7 +291,7 @@ public struct Relay: Sendable {
                 collected = try await upstreamBody.collect(upTo: length)
             } catch {
                 await holder.release()
-                record(leaseRecord(requestID: requestID, route: route, lease: lease, status: 502, errorKind: "upstream_crashed", started: started))
+                settle(exchange, status: 502, errorKind: "upstream_crashed")
                 throw OpenAIError(.badGateway, "model '\(lease.modelID)' stopped while answering", type: "server_error",
                                   code: "upstream_crashed", retryAfter: 1)
             }
@@ -238,9 +302,9 @@ public struct Relay: Sendable {
             Task {
                 await holder.release()
                 let object = try? JSONSerialization.jsonObject(with: Data(collected.readableBytesView)) as? [String: Any]
-                relay.record(relay.leaseRecord(
-                    requestID: requestID, route: route, lease: lease, status: Int(status.code), started: started,
-                    firstByte: firstByte, usage: object?["usage"] as? [String: Any], timings: object?["timings"] as? [String: Any]))
+                relay.settle(
+                    exchange, status: Int(status.code), firstByte: firstByte, usage: object?["usage"] as? [String: Any],
+                    timings: object?["timings"] as? [String: Any])
             }
             return Response(status: status, headers: headers, body: .init(byteBuffer: collected))
         }
@@ -287,10 +351,9 @@ public struct Relay: Sendable {
                     usage = object["usage"] as? [String: Any]
                     timings = object["timings"] as? [String: Any]
                 }
-                recorder.record(recorder.leaseRecord(
-                    requestID: requestID, route: route, lease: lease, status: upstreamFailed ? 502 : Int(status.code),
-                    errorKind: upstreamFailed ? "upstream_crashed" : nil, started: started, firstByte: firstByte,
-                    usage: usage, timings: timings, disconnected: disconnected))
+                recorder.settle(
+                    exchange, status: upstreamFailed ? 502 : Int(status.code), errorKind: upstreamFailed ? "upstream_crashed" : nil,
+                    firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected, streamedEvents: filter.events)
             })
     }
 

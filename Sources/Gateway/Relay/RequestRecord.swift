@@ -1,6 +1,6 @@
 import Foundation
 
-/// What Corral measured about one proxied request (the usage ledger's row, later).
+/// What Corral measured about one proxied request: the usage ledger's row and the metrics' input.
 public struct RequestRecord: Sendable {
     public var requestID: String
     public var route: String
@@ -18,6 +18,14 @@ public struct RequestRecord: Sendable {
     public var promptTokensPerSecond: Double?
     public var generationTokensPerSecond: Double?
     public var clientDisconnected: Bool
+    /// The caller's team id and key prefix (nil in open mode).
+    public var team: String?
+    public var keyPrefix: String?
+    /// Time Corral itself spent before the request went upstream, queue and load excluded.
+    public var gatewayOverheadMs: Double?
+    /// llama-server's time per generated token.
+    public var timePerOutputTokenMs: Double?
+    public var date = Date()
 }
 
 /// Receives a record for every proxied request.

@@ -11,6 +11,8 @@ struct SSEUsageFilter {
     private var pending = ByteBuffer()
     private(set) var usage: [String: Any]?
     private(set) var timings: [String: Any]?
+    /// Complete events seen (about one per generated token), for charging a stream cut short.
+    private(set) var events = 0
 
     init(hideUsageChunk: Bool) { self.hideUsageChunk = hideUsageChunk }
 
@@ -20,6 +22,7 @@ struct SSEUsageFilter {
         var out = ByteBuffer()
         while let end = eventEnd() {
             let event = pending.readSlice(length: end)!
+            events += 1
             if inspect(event) { out.writeImmutableBuffer(event) }
         }
         return out

@@ -108,12 +108,20 @@ public struct CorralConfig: Sendable {
     public var sources: [Source] = []
     public var models: [Model] = []
     public var upstreams: [Upstream] = []
+    /// Serve without API keys even when listening beyond loopback (no team configured).
+    public var allowOpen = false
     /// Whether Ollama's `/api/delete` may delete a model file (inside a configured source only).
     public var allowModelFileDeletion = false
     /// Largest accepted request body.
     public var maxBodyBytes = 32 << 20
     /// Folder relative paths were resolved against.
     public var baseDirectory = "."
+
+    /// Whether `listen.host` is a loopback address (open mode is only automatic there).
+    public var listensOnLoopbackOnly: Bool {
+        let h = listen.host.lowercased()
+        return h == "localhost" || h == "::1" || h.hasPrefix("127.")
+    }
 
     public init() {}
 
@@ -205,6 +213,10 @@ public struct CorralConfig: Sendable {
             }
             c.upstreams.append(Upstream(name: name, baseURL: url, models: try u.strings("models") ?? [], apiKeyEnv: try u.string("apiKeyEnv")))
             try u.finish()
+        }
+        if var a = try root.object("auth") {
+            c.allowOpen = try a.bool("allowOpen") ?? false
+            try a.finish()
         }
         if var o = try root.object("ollama") {
             c.allowModelFileDeletion = try o.bool("allowDelete") ?? false

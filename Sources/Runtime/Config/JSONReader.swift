@@ -94,7 +94,7 @@ public func parseDuration(_ value: Any) -> Duration? {
     }
     guard var s = value as? String else { return nil }
     s = s.trimmingCharacters(in: .whitespaces)
-    let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+    let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)]
     for (unit, scale) in units where s.hasSuffix(unit) {
         if let v = Double(s.dropLast(unit.count)) { return .milliseconds(Int64(v * scale * 1000)) }
     }

@@ -1,0 +1,425 @@
+import Foundation
+import Store
+import Synchronization
+
+/// Who is asking: a team's key, or anyone (open mode).
+public struct Caller: Sendable, Equatable {
+    public var teamID: String?
+    public var teamName: String?
+    public var keyPrefix: String?
+
+    public init(teamID: String? = nil, teamName: String? = nil, keyPrefix: String? = nil) {
+        self.teamID = teamID
+        self.teamName = teamName
+        self.keyPrefix = keyPrefix
+    }
+
+    /// Open mode: no team exists, so no limits apply.
+    public static let anonymous = Caller()
+}
+
+/// Tokens held for one admitted request until it ends.
+public struct Reservation: Sendable {
+    let id: UInt64
+    let teamID: String
+    let keyPrefix: String
+    public let tokens: Int
+    let day: Int
+    let month: Int
+    /// `x-ratelimit-*` headers describing the caller's remaining allowance after admission.
+    public let headers: [String: String]
+}
+
+/// Teams, keys and their limits: authentication, model permissions and admission with
+/// reservations. Everything is held in memory (loaded from SQLite at start, written through on
+/// every change), so a revocation or limit change applies to the very next request.
+///
+/// Admission is one critical section: the checks and the reservation of `prompt + max_tokens`
+/// happen together, so parallel requests can never overshoot a limit; at the end the reservation
+/// is replaced by the real usage.
+public final class AccessControl: Sendable {
+    struct Subject {
+        var inFlight = 0
+        var requests: [Double] = []
+        var tokens: [(id: UInt64, at: Double, n: Int)] = []
+        var day = -1
+        var dayUsed = 0
+        var month = -1
+        var monthUsed = 0
+        var reserved: [UInt64: Int] = [:]
+    }
+
+    struct State {
+        var teams: [String: TeamRecord] = [:]
+        var keys: [String: KeyRecord] = [:]
+        var adminHash: String?
+        var teamUsage: [String: Subject] = [:]
+        var keyUsage: [String: Subject] = [:]
+        var nextID: UInt64 = 0
+    }
+
+    private let state: Mutex<State>
+    let store: Store?
+    /// The clock (tests move it).
+    let now: @Sendable () -> Date
+    static let utc: Calendar = {
+        var c = Calendar(identifier: .gregorian)
+        c.timeZone = TimeZone(identifier: "UTC")!
+        return c
+    }()
+
+    public init(store: Store?, now: @escaping @Sendable () -> Date = { Date() }) {
+        self.store = store
+        self.now = now
+        self.state = Mutex(State())
+    }
+
+    /// Loads teams, keys, the admin token hash and this day's and month's usage from the store.
+    public func load() async throws {
+        guard let store else { return }
+        let teams = try await store.teams()
+        let keys = try await store.keys()
+        let admin = try await store.adminTokenHash()
+        let t = now()
+        let month = try await store.tokensUsed(since: Self.startOfMonth(t))
+        let day = try await store.tokensUsed(since: Self.startOfDay(t))
+        let (dayIndex, monthIndex) = Self.periods(t)
+        state.withLock { s in
+            s.teams = Dictionary(uniqueKeysWithValues: teams.map { ($0.id, $0) })
+            s.keys = Dictionary(uniqueKeysWithValues: keys.map { ($0.prefix, $0) })
+            s.adminHash = admin
+            for (id, n) in month.teams { s.teamUsage[id, default: Subject()].month = monthIndex; s.teamUsage[id]!.monthUsed = n }
+            for (p, n) in month.keys { s.keyUsage[p, default: Subject()].month = monthIndex; s.keyUsage[p]!.monthUsed = n }
+            for (id, n) in day.teams { s.teamUsage[id, default: Subject()].day = dayIndex; s.teamUsage[id]!.dayUsed = n }
+            for (p, n) in day.keys { s.keyUsage[p, default: Subject()].day = dayIndex; s.keyUsage[p]!.dayUsed = n }
+        }
+    }
+
+    /// Open mode: no team exists yet.
+    public var isOpen: Bool { state.withLock { $0.teams.isEmpty } }
+
+    // MARK: Admin token
+
+    /// Creates the admin token when none exists; returns it (to be shown once) or nil.
+    public func createAdminTokenIfNeeded() async throws -> String? {
+        guard state.withLock({ $0.adminHash == nil }) else { return nil }
+        let token = Secrets.newAdminToken()
+        let hash = Secrets.sha256(token)
+        try await store?.saveAdminTokenHash(hash)
+        state.withLock { $0.adminHash = hash }
+        return token
+    }
+
+    /// Sets the admin token directly (tests and operators who manage it themselves).
+    public func setAdminToken(_ token: String) async throws {
+        let hash = Secrets.sha256(token)
+        try await store?.saveAdminTokenHash(hash)
+        state.withLock { $0.adminHash = hash }
+    }
+
+    /// Whether an admin token exists.
+    public var hasAdminToken: Bool { state.withLock { $0.adminHash != nil } }
+
+    /// Whether `token` is the admin token (constant-time).
+    public func isAdmin(_ token: String?) -> Bool {
+        guard let token, !token.isEmpty else { return false }
+        let hash = Secrets.sha256(token)
+        return state.withLock { s in s.adminHash.map { Secrets.constantTimeEqual($0, hash) } ?? false }
+    }
+
+    // MARK: Authentication
+
+    /// The key from `Authorization: Bearer …` or `x-api-key`.
+    public static func presentedKey(authorization: String?, apiKey: String?) -> String? {
+        if let auth = authorization?.trimmingCharacters(in: .whitespaces), auth.lowercased().hasPrefix("bearer") {
+            let token = auth.dropFirst(6).trimmingCharacters(in: .whitespaces)
+            if !token.isEmpty { return token }
+        }
+        if let key = apiKey?.trimmingCharacters(in: .whitespaces), !key.isEmpty { return key }
+        return nil
+    }
+
+    /// Who presents `key`; in open mode everyone is anonymous whatever key they carry.
+    public func authenticate(_ key: String?) throws(AccessError) -> Caller {
+        let date = now()
+        let result: Result<Caller, AccessError> = state.withLock { s in
+            if s.teams.isEmpty { return .success(.anonymous) }
+            guard let key else {
+                return .failure(.unauthenticated("missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'"))
+            }
+            guard let prefix = Secrets.prefix(of: key), let record = s.keys[prefix],
+                Secrets.constantTimeEqual(Secrets.sha256(key), record.hash)
+            else { return .failure(.unauthenticated("invalid API key")) }
+            if record.revokedAt != nil { return .failure(.unauthenticated("API key \(prefix) has been revoked")) }
+            if let e = record.expiresAt, e <= date { return .failure(.unauthenticated("API key \(prefix) expired")) }
+            guard let team = s.teams[record.teamID] else { return .failure(.unauthenticated("invalid API key")) }
+            if team.disabled { return .failure(.forbidden("team '\(team.name)' is disabled")) }
+            return .success(Caller(teamID: team.id, teamName: team.name, keyPrefix: prefix))
+        }
+        return try result.get()
+    }
+
+    /// Whether the caller may use a model known by `names` (id and aliases).
+    public func allows(_ caller: Caller, model names: [String]) -> Bool {
+        guard let teamID = caller.teamID else { return true }
+        return state.withLock { s in
+            guard let team = s.teams[teamID] else { return false }
+            let keyPolicy = caller.keyPrefix.flatMap { s.keys[$0] }.map { Policy.decode($0.policy) } ?? Policy()
+            return Policy.decode(team.policy).allows(names) && keyPolicy.allows(names)
+        }
+    }
+
+    // MARK: Admission
+
+    /// Admits a request needing up to `tokens` (prompt + max output) for a model known by
+    /// `names`, reserving them; nil for anonymous callers (open mode has no limits).
+    public func admit(_ caller: Caller, model names: [String], tokens: Int) throws(AccessError) -> Reservation? {
+        guard let teamID = caller.teamID, let prefix = caller.keyPrefix else { return nil }
+        let date = now()
+        let t = date.timeIntervalSince1970
+        let (day, month) = Self.periods(date)
+        let result: Result<Reservation, AccessError> = state.withLock { s in
+            guard let team = s.teams[teamID], let key = s.keys[prefix] else { return .failure(.unauthenticated("invalid API key")) }
+            let teamPolicy = Policy.decode(team.policy)
+            let keyPolicy = Policy.decode(key.policy)
+            guard teamPolicy.allows(names), keyPolicy.allows(names) else {
+                return .failure(.forbidden("team '\(team.name)' may not use model '\(names.first ?? "")'"))
+            }
+            var teamSubject = Self.rolled(s.teamUsage[teamID] ?? Subject(), at: t, day: day, month: month)
+            var keySubject = Self.rolled(s.keyUsage[prefix] ?? Subject(), at: t, day: day, month: month)
+            for (subject, policy, who) in [(teamSubject, teamPolicy, "team '\(team.name)'"), (keySubject, keyPolicy, "key \(prefix)")] {
+                if let refusal = Self.check(subject, policy, tokens: tokens, at: date, who: who) {
+                    s.teamUsage[teamID] = teamSubject
+                    s.keyUsage[prefix] = keySubject
+                    return .failure(refusal)
+                }
+            }
+            s.nextID += 1
+            let id = s.nextID
+            for i in 0..<2 {
+                var sub = i == 0 ? teamSubject : keySubject
+                sub.inFlight += 1
+                sub.requests.append(t)
+                sub.tokens.append((id, t, tokens))
+                sub.reserved[id] = tokens
+                if i == 0 { teamSubject = sub } else { keySubject = sub }
+            }
+            s.teamUsage[teamID] = teamSubject
+            s.keyUsage[prefix] = keySubject
+            let headers = Self.rateHeaders([(teamSubject, teamPolicy), (keySubject, keyPolicy)], at: t)
+            return .success(Reservation(id: id, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, headers: headers))
+        }
+        return try result.get()
+    }
+
+    /// Ends a request: the reservation is replaced by what it really used (the reservation
+    /// itself when unknown).
+    public func reconcile(_ reservation: Reservation, actualTokens: Int?) {
+        let used = max(0, actualTokens ?? reservation.tokens)
+        let date = now()
+        let (day, month) = Self.periods(date)
+        state.withLock { s in
+            func settle(_ sub: inout Subject) {
+                sub = Self.rolled(sub, at: date.timeIntervalSince1970, day: day, month: month)
+                sub.inFlight = max(0, sub.inFlight - 1)
+                sub.reserved[reservation.id] = nil
+                if let i = sub.tokens.firstIndex(where: { $0.id == reservation.id }) { sub.tokens[i].n = used }
+                if reservation.day == sub.day { sub.dayUsed += used }
+                if reservation.month == sub.month { sub.monthUsed += used }
+            }
+            if var t = s.teamUsage[reservation.teamID] { settle(&t); s.teamUsage[reservation.teamID] = t }
+            if var k = s.keyUsage[reservation.keyPrefix] { settle(&k); s.keyUsage[reservation.keyPrefix] = k }
+        }
+    }
+
+    /// Drops window entries older than a minute and resets counters at period boundaries.
+    static func rolled(_ subject: Subject, at t: Double, day: Int, month: Int) -> Subject {
+        var s = subject
+        s.requests.removeAll { $0 <= t - 60 }
+        s.tokens.removeAll { $0.at <= t - 60 }
+        if s.day != day { s.day = day; s.dayUsed = 0 }
+        if s.month != month { s.month = month; s.monthUsed = 0 }
+        return s
+    }
+
+    /// Why `subject` may not take `tokens` more now, if it may not.
+    static func check(_ s: Subject, _ p: Policy, tokens: Int, at date: Date, who: String) -> AccessError? {
+        let t = date.timeIntervalSince1970
+        let reserved = s.reserved.values.reduce(0, +)
+        func limited(_ what: String, _ after: Double) -> AccessError {
+            .limited("\(who) reached its \(what)", retryAfter: max(1, Int(after.rounded(.up))), headers: rateHeaders([(s, p)], at: t))
+        }
+        if let max = p.maxParallel, s.inFlight >= max { return limited("limit of \(max) parallel requests", 1) }
+        if let rpm = p.requestsPerMinute, s.requests.count >= rpm {
+            let oldest = s.requests[s.requests.count - rpm]
+            return limited("limit of \(rpm) requests per minute", oldest + 60 - t)
+        }
+        if let tpm = p.tokensPerMinute {
+            if tokens > tpm { return .invalid("this request may use \(tokens) tokens (prompt + max_tokens), more than \(who)'s limit of \(tpm) per minute; lower max_tokens") }
+            let used = s.tokens.reduce(0) { $0 + $1.n }
+            if used + tokens > tpm {
+                // Wait until enough of the window has expired.
+                var freed = 0
+                var after = 60.0
+                for e in s.tokens {
+                    freed += e.n
+                    if used - freed + tokens <= tpm { after = e.at + 60 - t; break }
+                }
+                return limited("limit of \(tpm) tokens per minute", after)
+            }
+        }
+        if let perDay = p.tokensPerDay {
+            if tokens > perDay { return .invalid("this request may use \(tokens) tokens, more than \(who)'s daily budget of \(perDay)") }
+            if s.dayUsed + reserved + tokens > perDay {
+                return limited("daily budget of \(perDay) tokens", startOfDay(date).addingTimeInterval(86_400).timeIntervalSince(date))
+            }
+        }
+        if let perMonth = p.tokensPerMonth {
+            if tokens > perMonth { return .invalid("this request may use \(tokens) tokens, more than \(who)'s monthly budget of \(perMonth)") }
+            if s.monthUsed + reserved + tokens > perMonth {
+                let next = utc.date(byAdding: .month, value: 1, to: startOfMonth(date)) ?? date.addingTimeInterval(86_400)
+                return limited("monthly budget of \(perMonth) tokens", next.timeIntervalSince(date))
+            }
+        }
+        return nil
+    }
+
+    /// OpenAI's `x-ratelimit-*` headers: the smallest remaining allowance across the subjects.
+    static func rateHeaders(_ subjects: [(Subject, Policy)], at t: Double) -> [String: String] {
+        var headers: [String: String] = [:]
+        var best: (limit: Int, remaining: Int, reset: Double)?
+        var bestTokens: (limit: Int, remaining: Int, reset: Double)?
+        for (s, p) in subjects {
+            if let rpm = p.requestsPerMinute {
+                let remaining = max(0, rpm - s.requests.count)
+                let reset = s.requests.first.map { $0 + 60 - t } ?? 0
+                if best == nil || remaining < best!.remaining { best = (rpm, remaining, reset) }
+            }
+            if let tpm = p.tokensPerMinute {
+                let remaining = max(0, tpm - s.tokens.reduce(0) { $0 + $1.n })
+                let reset = s.tokens.first.map { $0.at + 60 - t } ?? 0
+                if bestTokens == nil || remaining < bestTokens!.remaining { bestTokens = (tpm, remaining, reset) }
+            }
+        }
+        if let b = best {
+            headers["x-ratelimit-limit-requests"] = String(b.limit)
+            headers["x-ratelimit-remaining-requests"] = String(b.remaining)
+            headers["x-ratelimit-reset-requests"] = String(format: "%.0fs", max(0, b.reset).rounded(.up))
+        }
+        if let b = bestTokens {
+            headers["x-ratelimit-limit-tokens"] = String(b.limit)
+            headers["x-ratelimit-remaining-tokens"] = String(b.remaining)
+            headers["x-ratelimit-reset-tokens"] = String(format: "%.0fs", max(0, b.reset).rounded(.up))
+        }
+        return headers
+    }
+
+    static func startOfDay(_ d: Date) -> Date { utc.startOfDay(for: d) }
+    static func startOfMonth(_ d: Date) -> Date { utc.date(from: utc.dateComponents([.year, .month], from: d)) ?? d }
+    /// Day and month indexes in UTC: budgets reset exactly at 00:00 UTC and on the 1st.
+    static func periods(_ d: Date) -> (day: Int, month: Int) {
+        let c = utc.dateComponents([.year, .month], from: d)
+        return (Int(startOfDay(d).timeIntervalSince1970 / 86_400), c.year! * 12 + c.month!)
+    }
+
+    // MARK: Teams and keys (admin)
+
+    public func teams() -> [TeamRecord] { state.withLock { Array($0.teams.values) }.sorted { $0.createdAt < $1.createdAt } }
+    public func keys(team: String? = nil) -> [KeyRecord] {
+        state.withLock { s in Array(s.keys.values).filter { team == nil || $0.teamID == team } }.sorted { $0.createdAt < $1.createdAt }
+    }
+
+    /// A team by id or name.
+    public func team(_ idOrName: String) -> TeamRecord? {
+        state.withLock { s in s.teams[idOrName] ?? s.teams.values.first { $0.name == idOrName } }
+    }
+
+    /// Tokens used today and this month (reservations included) by a team.
+    public func usage(team id: String) -> (day: Int, month: Int, inFlight: Int) {
+        let (day, month) = Self.periods(now())
+        return state.withLock { s in
+            guard let sub = s.teamUsage[id] else { return (0, 0, 0) }
+            let reserved = sub.reserved.values.reduce(0, +)
+            return ((sub.day == day ? sub.dayUsed : 0) + reserved, (sub.month == month ? sub.monthUsed : 0) + reserved, sub.inFlight)
+        }
+    }
+
+    public func createTeam(name: String, policy: Policy) async throws(AccessError) -> TeamRecord {
+        let trimmed = name.trimmingCharacters(in: .whitespaces)
+        guard !trimmed.isEmpty, trimmed.count <= 100 else { throw .invalid("name must be 1 to 100 characters") }
+        guard team(trimmed) == nil else { throw .conflict("a team named '\(trimmed)' exists") }
+        let record = TeamRecord(id: "team-" + Secrets.random(bytes: 6).lowercased(), name: trimmed, disabled: false, policy: policy.json, createdAt: now())
+        try await persist { try await $0.save(record) }
+        state.withLock { $0.teams[record.id] = record }
+        return record
+    }
+
+    public func updateTeam(_ idOrName: String, name: String? = nil, policy: Policy? = nil, disabled: Bool? = nil) async throws(AccessError) -> TeamRecord {
+        guard var record = team(idOrName) else { throw .notFound("no team '\(idOrName)'") }
+        if let name {
+            if let other = team(name), other.id != record.id { throw .conflict("a team named '\(name)' exists") }
+            record.name = name
+        }
+        if let policy { record.policy = policy.json }
+        if let disabled { record.disabled = disabled }
+        let updated = record
+        try await persist { try await $0.save(updated) }
+        state.withLock { $0.teams[updated.id] = updated }
+        return updated
+    }
+
+    public func deleteTeam(_ idOrName: String) async throws(AccessError) {
+        guard let record = team(idOrName) else { throw .notFound("no team '\(idOrName)'") }
+        try await persist { try await $0.deleteTeam(id: record.id) }
+        state.withLock { s in
+            s.teams[record.id] = nil
+            s.keys = s.keys.filter { $0.value.teamID != record.id }
+        }
+    }
+
+    /// Creates a key; the returned key string is the only time it exists outside the caller.
+    public func createKey(team idOrName: String, name: String, expiresAt: Date?, policy: Policy) async throws(AccessError) -> (key: String, record: KeyRecord) {
+        guard let team = team(idOrName) else { throw .notFound("no team '\(idOrName)'") }
+        let (key, prefix) = Secrets.newKey()
+        let record = KeyRecord(prefix: prefix, teamID: team.id, name: name, hash: Secrets.sha256(key), policy: policy.json,
+                               createdAt: now(), expiresAt: expiresAt, revokedAt: nil)
+        try await persist { try await $0.save(record) }
+        state.withLock { $0.keys[prefix] = record }
+        return (key, record)
+    }
+
+    public func key(_ prefix: String) -> KeyRecord? { state.withLock { $0.keys[prefix] } }
+
+    public func updateKey(_ prefix: String, policy: Policy?, expiresAt: Date??) async throws(AccessError) -> KeyRecord {
+        guard var record = key(prefix) else { throw .notFound("no key '\(prefix)'") }
+        if let policy { record.policy = policy.json }
+        if let expiresAt { record.expiresAt = expiresAt }
+        let updated = record
+        try await persist { try await $0.save(updated) }
+        state.withLock { $0.keys[prefix] = updated }
+        return updated
+    }
+
+    public func revokeKey(_ prefix: String) async throws(AccessError) -> KeyRecord {
+        guard var record = key(prefix) else { throw .notFound("no key '\(prefix)'") }
+        if record.revokedAt == nil { record.revokedAt = now() }
+        let revoked = record
+        try await persist { try await $0.save(revoked) }
+        state.withLock { $0.keys[prefix] = revoked }
+        return revoked
+    }
+
+    /// Revokes a key and issues a new one with the same team, name, policy and expiry.
+    public func rotateKey(_ prefix: String) async throws(AccessError) -> (key: String, record: KeyRecord) {
+        guard let old = key(prefix) else { throw .notFound("no key '\(prefix)'") }
+        guard old.revokedAt == nil else { throw .conflict("key '\(prefix)' is revoked") }
+        let fresh = try await createKey(team: old.teamID, name: old.name, expiresAt: old.expiresAt, policy: Policy.decode(old.policy))
+        _ = try await revokeKey(prefix)
+        return fresh
+    }
+
+    private func persist(_ write: (Store) async throws -> Void) async throws(AccessError) {
+        guard let store else { return }
+        do { try await write(store) } catch { throw .invalid("could not save: \(error)") }
+    }
+}

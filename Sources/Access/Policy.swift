@@ -1,0 +1,119 @@
+import Foundation
+
+/// Limits for a team or a key. Nil means unlimited; a key's limits apply on top of its team's,
+/// so the effective limit is the smaller one.
+public struct Policy: Codable, Sendable, Equatable {
+    /// Model names, aliases or globs (`*`, `?`), case-insensitive; nil allows every model.
+    public var models: [String]?
+    public var requestsPerMinute: Int?
+    public var tokensPerMinute: Int?
+    public var maxParallel: Int?
+    /// Tokens (prompt + completion) per UTC calendar day and month.
+    public var tokensPerDay: Int?
+    public var tokensPerMonth: Int?
+
+    public init(models: [String]? = nil, requestsPerMinute: Int? = nil, tokensPerMinute: Int? = nil, maxParallel: Int? = nil,
+                tokensPerDay: Int? = nil, tokensPerMonth: Int? = nil) {
+        self.models = models
+        self.requestsPerMinute = requestsPerMinute
+        self.tokensPerMinute = tokensPerMinute
+        self.maxParallel = maxParallel
+        self.tokensPerDay = tokensPerDay
+        self.tokensPerMonth = tokensPerMonth
+    }
+
+    /// Whether a model known by `names` (its id and aliases) is allowed.
+    public func allows(_ names: [String]) -> Bool {
+        guard let models else { return true }
+        return models.contains { pattern in names.contains { Self.glob(pattern.lowercased(), $0.lowercased()) } }
+    }
+
+    /// `*` matches any run of characters, `?` one character; everything else literally.
+    static func glob(_ pattern: String, _ text: String) -> Bool {
+        let p = Array(pattern), t = Array(text)
+        var (pi, ti, star, mark) = (0, 0, -1, 0)
+        while ti < t.count {
+            if pi < p.count && (p[pi] == "?" || p[pi] == t[ti]) {
+                pi += 1; ti += 1
+            } else if pi < p.count && p[pi] == "*" {
+                star = pi; mark = ti; pi += 1
+            } else if star >= 0 {
+                pi = star + 1; mark += 1; ti = mark
+            } else {
+                return false
+            }
+        }
+        while pi < p.count && p[pi] == "*" { pi += 1 }
+        return pi == p.count
+    }
+
+    /// Reads and checks a policy from a JSON object (admin API bodies); names the bad field.
+    public static func parse(_ object: [String: Any], base: Policy = Policy()) throws(AccessError) -> Policy {
+        var p = base
+        func count(_ key: String) throws(AccessError) -> Int?? {
+            guard object.keys.contains(key) else { return .none }
+            if object[key] is NSNull { return .some(nil) }
+            guard let n = object[key] as? NSNumber, type(of: object[key]!) != Bool.self,
+                !String(describing: type(of: object[key]!)).contains("Boolean"), let i = Int(exactly: n.doubleValue), i >= 0
+            else { throw .invalid("\(key) must be a non-negative integer or null") }
+            return .some(i)
+        }
+        if let v = try count("requestsPerMinute") { p.requestsPerMinute = v }
+        if let v = try count("tokensPerMinute") { p.tokensPerMinute = v }
+        if let v = try count("maxParallel") { p.maxParallel = v }
+        if let v = try count("tokensPerDay") { p.tokensPerDay = v }
+        if let v = try count("tokensPerMonth") { p.tokensPerMonth = v }
+        if object.keys.contains("models") {
+            if object["models"] is NSNull {
+                p.models = nil
+            } else if let list = object["models"] as? [Any], list.allSatisfy({ $0 is String }) {
+                p.models = list as? [String]
+            } else {
+                throw .invalid("models must be a list of names or globs, or null")
+            }
+        }
+        return p
+    }
+
+    public var json: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self)
+    }
+
+    public static func decode(_ json: String) -> Policy { (try? JSONDecoder().decode(Policy.self, from: Data(json.utf8))) ?? Policy() }
+}
+
+/// Why access was refused, with the status each maps to.
+public enum AccessError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// 401: no key, unknown key, revoked or expired key.
+    case unauthenticated(String)
+    /// 403: model not allowed, team disabled.
+    case forbidden(String)
+    /// 429: a limit is reached; retry after the given seconds.
+    case limited(String, retryAfter: Int, headers: [String: String])
+    /// 400: the request alone exceeds a limit, or bad admin input.
+    case invalid(String)
+    /// 404 in the admin API.
+    case notFound(String)
+    /// 409 in the admin API.
+    case conflict(String)
+
+    public var description: String {
+        switch self {
+        case .unauthenticated(let m), .forbidden(let m), .invalid(let m), .notFound(let m), .conflict(let m): m
+        case .limited(let m, _, _): m
+        }
+    }
+
+    public var status: Int {
+        switch self {
+        case .unauthenticated: 401
+        case .forbidden: 403
+        case .limited: 429
+        case .invalid: 400
+        case .notFound: 404
+        case .conflict: 409
+        }
+    }
+}

@@ -1,0 +1,220 @@
+import Access
+import Foundation
+import Hummingbird
+import Runtime
+import Store
+
+/// Teams, keys, usage and stats under `/admin` (the admin token is checked by `AuthMiddleware`).
+struct AccountRoutes: Sendable {
+    let access: AccessControl
+    let store: Store?
+
+    func register(on admin: RouterGroup<GatewayRequestContext>) {
+        admin.get("teams") { _, _ in jsonResponse(["teams": access.teams().map(teamObject)]) }
+        admin.post("teams") { request, context in
+            let body = try await Relay.readJSON(request, context: context).1
+            guard let name = body["name"] as? String else { throw OpenAIError.badRequest("name is required", param: "name") }
+            let team = try await mapped { try await access.createTeam(name: name, policy: try Policy.parse(body)) }
+            return jsonResponse(teamObject(team), status: .created)
+        }
+        admin.get("teams/:team") { _, context in
+            let id = try context.parameters.require("team")
+            guard let team = access.team(id) else { throw OpenAIError(.notFound, "no team '\(id)'", code: "not_found") }
+            var object = teamObject(team)
+            object["keys"] = access.keys(team: team.id).map(keyObject)
+            return jsonResponse(object)
+        }
+        admin.patch("teams/:team") { request, context in
+            let id = try context.parameters.require("team")
+            let body = try await Relay.readJSON(request, context: context).1
+            guard let current = access.team(id) else { throw OpenAIError(.notFound, "no team '\(id)'", code: "not_found") }
+            if let d = body["disabled"], !(d is Bool) { throw OpenAIError.badRequest("disabled must be a boolean", param: "disabled") }
+            let team = try await mapped {
+                try await access.updateTeam(
+                    id, name: body["name"] as? String, policy: try Policy.parse(body, base: Policy.decode(current.policy)),
+                    disabled: body["disabled"] as? Bool)
+            }
+            return jsonResponse(teamObject(team))
+        }
+        admin.delete("teams/:team") { _, context in
+            let id = try context.parameters.require("team")
+            try await mapped { try await access.deleteTeam(id) }
+            return Response(status: .noContent)
+        }
+        admin.post("teams/:team/keys") { request, context in
+            let id = try context.parameters.require("team")
+            let body = (try? await Relay.readJSON(request, context: context).1) ?? [:]
+            let expiresAt = try Self.expiry(body)
+            let (key, record) = try await mapped {
+                try await access.createKey(team: id, name: body["name"] as? String ?? "", expiresAt: expiresAt ?? nil, policy: try Policy.parse(body))
+            }
+            var object = keyObject(record)
+            object["key"] = key  // the only time the key is shown
+            return jsonResponse(object, status: .created)
+        }
+        admin.get("keys") { request, _ in
+            let team = request.uri.queryParameters.get("team").flatMap { access.team($0)?.id ?? $0 }
+            return jsonResponse(["keys": access.keys(team: team).map(keyObject)])
+        }
+        admin.patch("keys/:prefix") { request, context in
+            let prefix = try context.parameters.require("prefix")
+            let body = try await Relay.readJSON(request, context: context).1
+            guard let current = access.key(prefix) else { throw OpenAIError(.notFound, "no key '\(prefix)'", code: "not_found") }
+            let expiresAt = try Self.expiry(body)
+            let record = try await mapped {
+                try await access.updateKey(prefix, policy: try Policy.parse(body, base: Policy.decode(current.policy)), expiresAt: expiresAt)
+            }
+            return jsonResponse(keyObject(record))
+        }
+        admin.post("keys/:prefix/rotate") { _, context in
+            let prefix = try context.parameters.require("prefix")
+            let (key, record) = try await mapped { try await access.rotateKey(prefix) }
+            var object = keyObject(record)
+            object["key"] = key
+            return jsonResponse(object, status: .created)
+        }
+        for method in ["revoke", ""] {
+            let handler: @Sendable (Request, GatewayRequestContext) async throws -> Response = { _, context in
+                let prefix = try context.parameters.require("prefix")
+                let record = try await mapped { try await access.revokeKey(prefix) }
+                return jsonResponse(keyObject(record))
+            }
+            if method.isEmpty { admin.delete("keys/:prefix", use: handler) } else { admin.post("keys/:prefix/revoke", use: handler) }
+        }
+        admin.get("usage") { request, _ in try await usage(request) }
+        admin.get("usage/requests") { request, _ in try await requests(request) }
+        admin.get("stats") { request, _ in try await stats(request) }
+    }
+
+    /// Runs an access operation, turning its refusals into OpenAI-shaped errors.
+    func mapped<T>(_ body: () async throws -> T) async throws -> T {
+        do { return try await body() } catch let error as AccessError { throw OpenAIError(error) }
+    }
+
+    /// `expiresAt` (RFC 3339 or null) or `expiresIn` (a duration) from a body; nil when absent.
+    static func expiry(_ body: [String: Any]) throws -> Date?? {
+        if let s = body["expiresIn"] {
+            guard let d = parseDuration(s), d > .zero else { throw OpenAIError.badRequest("expiresIn must be a duration like \"30d\", \"12h\" or seconds", param: "expiresIn") }
+            return .some(Date().addingTimeInterval(Double(d.components.seconds)))
+        }
+        guard body.keys.contains("expiresAt") else { return .none }
+        if body["expiresAt"] is NSNull { return .some(nil) }
+        guard let s = body["expiresAt"] as? String, let date = parseDate(s) else {
+            throw OpenAIError.badRequest("expiresAt must be an RFC 3339 time or null", param: "expiresAt")
+        }
+        return .some(date)
+    }
+
+    func teamObject(_ t: TeamRecord) -> [String: Any] {
+        let usage = access.usage(team: t.id)
+        return [
+            "id": t.id, "name": t.name, "disabled": t.disabled, "createdAt": iso(t.createdAt), "limits": policyObject(Policy.decode(t.policy)),
+            "usage": ["tokensToday": usage.day, "tokensThisMonth": usage.month, "inFlight": usage.inFlight],
+        ]
+    }
+
+    func keyObject(_ k: KeyRecord) -> [String: Any] {
+        let state = k.revokedAt != nil ? "revoked" : (k.expiresAt.map { $0 <= Date() } ?? false) ? "expired" : "active"
+        var o: [String: Any] = [
+            "prefix": k.prefix, "team": k.teamID, "name": k.name, "createdAt": iso(k.createdAt), "state": state,
+            "limits": policyObject(Policy.decode(k.policy)),
+        ]
+        o["expiresAt"] = k.expiresAt.map(iso) ?? NSNull()
+        o["revokedAt"] = k.revokedAt.map(iso) ?? NSNull()
+        return o
+    }
+
+    func policyObject(_ p: Policy) -> [String: Any] {
+        [
+            "models": p.models ?? NSNull(), "requestsPerMinute": p.requestsPerMinute ?? NSNull(), "tokensPerMinute": p.tokensPerMinute ?? NSNull(),
+            "maxParallel": p.maxParallel ?? NSNull(), "tokensPerDay": p.tokensPerDay ?? NSNull(), "tokensPerMonth": p.tokensPerMonth ?? NSNull(),
+        ]
+    }
+
+    // MARK: Usage and stats (from the ledger)
+
+    /// `from`/`to` query parameters (RFC 3339), defaulting to the last `defaultSpan` seconds.
+    static func range(_ request: Request, defaultSpan: TimeInterval) throws -> (Date, Date) {
+        let q = request.uri.queryParameters
+        let to = try q.get("to").map { s in guard let d = parseDate(s) else { throw OpenAIError.badRequest("to must be an RFC 3339 time", param: "to") }; return d } ?? Date().addingTimeInterval(1)
+        let from = try q.get("from").map { s in guard let d = parseDate(s) else { throw OpenAIError.badRequest("from must be an RFC 3339 time", param: "from") }; return d } ?? to.addingTimeInterval(-defaultSpan)
+        return (from, to)
+    }
+
+    func usage(_ request: Request) async throws -> Response {
+        guard let store else { throw OpenAIError(.serviceUnavailable, "no database", code: "no_store") }
+        let (from, to) = try Self.range(request, defaultSpan: 7 * 86_400)
+        let q = request.uri.queryParameters
+        let group = ["team": "team", "key": "keyPrefix", "model": "model"][q.get("group") ?? "team"]
+        let bucket = ["day": "%Y-%m-%d", "hour": "%Y-%m-%dT%H:00"][q.get("bucket") ?? "day"]
+        guard let group, let bucket else { throw OpenAIError.badRequest("group must be team, key or model; bucket day or hour") }
+        let rows = try await store.usageSummary(from: from, to: to, group: group, bucketFormat: bucket)
+        let data: [[String: Any]] = rows.map { b in
+            [
+                q.get("group") ?? "team": b.group ?? NSNull(), "bucket": b.bucket, "requests": b.requests, "errors": b.errors,
+                "promptTokens": b.promptTokens, "completionTokens": b.completionTokens, "cachedTokens": b.cachedTokens,
+                "averageTotalMs": b.averageTotalMs,
+            ]
+        }
+        return jsonResponse(["from": iso(from), "to": iso(to), "group": q.get("group") ?? "team", "bucket": q.get("bucket") ?? "day", "data": data])
+    }
+
+    func requests(_ request: Request) async throws -> Response {
+        guard let store else { throw OpenAIError(.serviceUnavailable, "no database", code: "no_store") }
+        let (from, to) = try Self.range(request, defaultSpan: 86_400)
+        let q = request.uri.queryParameters
+        let limit = min(10_000, max(1, Int(q.get("limit") ?? "") ?? 200))
+        let rows = try await store.usageRows(from: from, to: to, team: q.get("team"), model: q.get("model"), limit: limit)
+        let data = try JSONSerialization.jsonObject(with: JSONEncoder.iso.encode(rows))
+        return jsonResponse(["data": data])
+    }
+
+    func stats(_ request: Request) async throws -> Response {
+        guard let store else { throw OpenAIError(.serviceUnavailable, "no database", code: "no_store") }
+        let window = parseDuration(request.uri.queryParameters.get("window") ?? "1h") ?? .seconds(3600)
+        let to = Date().addingTimeInterval(1)
+        let from = to.addingTimeInterval(-Double(window.components.seconds))
+        let rows = try await store.usageRows(from: from, to: to, limit: 1_000_000)
+        var models: [String: [LedgerRow]] = [:]
+        for r in rows { models[r.model, default: []].append(r) }
+        let data: [[String: Any]] = models.keys.sorted().map { model in
+            let rs = models[model]!
+            func pct(_ values: [Double]) -> [String: Any] {
+                let v = values.sorted()
+                guard !v.isEmpty else { return ["p50": NSNull(), "p95": NSNull(), "p99": NSNull()] }
+                func p(_ q: Double) -> Double { v[min(v.count - 1, Int((q * Double(v.count - 1)).rounded()))] }
+                return ["p50": p(0.5), "p95": p(0.95), "p99": p(0.99)]
+            }
+            return [
+                "model": model, "requests": rs.count, "errors": rs.filter { $0.status >= 400 }.count,
+                "promptTokens": rs.compactMap(\.promptTokens).reduce(0, +), "completionTokens": rs.compactMap(\.completionTokens).reduce(0, +),
+                "latencyMs": pct(rs.map(\.totalMs)), "timeToFirstTokenMs": pct(rs.compactMap(\.ttftMs)),
+                "generationTokensPerSecond": pct(rs.compactMap(\.generationTPS)), "promptTokensPerSecond": pct(rs.compactMap(\.promptTPS)),
+            ]
+        }
+        return jsonResponse(["window": "\(window)", "from": iso(from), "to": iso(to), "models": data])
+    }
+}
+
+/// Parses RFC 3339 with or without fractional seconds.
+func parseDate(_ s: String) -> Date? {
+    let f = ISO8601DateFormatter()
+    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    if let d = f.date(from: s) { return d }
+    f.formatOptions = [.withInternetDateTime]
+    return f.date(from: s)
+}
+
+func iso(_ d: Date) -> String {
+    let f = ISO8601DateFormatter()
+    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    return f.string(from: d)
+}
+
+extension JSONEncoder {
+    static var iso: JSONEncoder {
+        let e = JSONEncoder()
+        e.dateEncodingStrategy = .iso8601
+        return e
+    }
+}

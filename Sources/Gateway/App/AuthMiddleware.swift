@@ -1,0 +1,42 @@
+import Access
+import Foundation
+import HTTPTypes
+import Hummingbird
+
+/// Authenticates every request before routing: `/admin/*` needs the admin token; model routes
+/// need a team key (any key in open mode); `/health`, `/` and `/api/version` are public.
+/// The admin token is never a team key and a team key never opens `/admin`.
+struct AuthMiddleware: RouterMiddleware {
+    typealias Context = GatewayRequestContext
+    let access: AccessControl
+
+    static let publicPaths: Set<String> = ["/health", "/", "/api/version"]
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let path = request.uri.path
+        if Self.publicPaths.contains(path) { return try await next(request, context) }
+        let key = AccessControl.presentedKey(
+            authorization: request.headers[.authorization], apiKey: request.headers[HTTPField.Name("x-api-key")!])
+        // Corral's own /metrics (no ?model=) is an operator route, like /admin.
+        let ownMetrics = path == "/metrics" && request.uri.queryParameters.get("model") == nil
+        if path == "/admin" || path.hasPrefix("/admin/") || ownMetrics {
+            guard access.isAdmin(key) else {
+                throw OpenAIError(.unauthorized, key == nil ? "admin routes need the admin token (Authorization: Bearer TOKEN)" : "invalid admin token",
+                                  code: "invalid_admin_token")
+            }
+            return try await next(request, context)
+        }
+        var context = context
+        context.caller = try caller(for: key)
+        return try await next(request, context)
+    }
+
+    /// The caller presenting `key`; refusals become OpenAI errors, which the error middleware
+    /// reshapes for Ollama routes.
+    func caller(for key: String?) throws(OpenAIError) -> Caller {
+        switch Result(catching: { () throws(AccessError) -> Caller in try access.authenticate(key) }) {
+        case .success(let caller): return caller
+        case .failure(let error): throw OpenAIError(error)
+        }
+    }
+}

@@ -1,0 +1,132 @@
+import Foundation
+import Runtime
+import Synchronization
+
+/// Corral's own metrics in Prometheus text format: counters and histograms fed by every
+/// request's record, and fleet gauges read from the scheduler at scrape time.
+public final class GatewayMetrics: Sendable {
+    /// Buckets in seconds, from sub-millisecond gateway overhead to multi-minute generations.
+    static let latencyBuckets: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
+    static let tokenTimeBuckets: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1]
+
+    struct Histogram {
+        var buckets: [Int]
+        var sum = 0.0
+        var count = 0
+        init(_ n: Int) { buckets = Array(repeating: 0, count: n) }
+    }
+
+    /// One metric family: name, help, type, and series by rendered label set.
+    struct Family {
+        let help: String
+        let type: String
+        var counters: [String: Double] = [:]
+        var histograms: [String: Histogram] = [:]
+        let bounds: [Double]
+    }
+
+    private let families: Mutex<[String: Family]>
+    /// Reads the ledger's backlog for the `corral_ledger_pending_rows` gauge (set at start-up).
+    nonisolated(unsafe) public static var ledgerPending: (@Sendable () -> Int)?
+
+    public init() {
+        var f: [String: Family] = [:]
+        func add(_ name: String, _ type: String, _ help: String, _ bounds: [Double] = []) {
+            f[name] = Family(help: help, type: type, bounds: bounds)
+        }
+        add("corral_requests_total", "counter", "Requests proxied to a model, by model, team, route and status.")
+        add("corral_prompt_tokens_total", "counter", "Prompt tokens processed, by model and team.")
+        add("corral_completion_tokens_total", "counter", "Tokens generated, by model and team.")
+        add("corral_client_disconnects_total", "counter", "Requests whose client went away before the answer ended.")
+        add("corral_request_duration_seconds", "histogram", "Arrival at Corral to the end of the answer.", Self.latencyBuckets)
+        add("corral_time_to_first_token_seconds", "histogram", "Arrival at Corral to the first byte from the model.", Self.latencyBuckets)
+        add("corral_time_per_output_token_seconds", "histogram", "llama-server's time per generated token.", Self.tokenTimeBuckets)
+        add("corral_queue_seconds", "histogram", "Time waiting for a free slot, loading excluded.", Self.latencyBuckets)
+        add("corral_load_seconds", "histogram", "Time spent loading the model for the request (0 when ready).", Self.latencyBuckets)
+        add("corral_gateway_overhead_seconds", "histogram", "Time Corral spent before forwarding, queue and load excluded.", Self.latencyBuckets)
+        families = Mutex(f)
+    }
+
+    /// Escapes a label value for the text format.
+    static func escape(_ v: String) -> String {
+        v.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
+    }
+
+    static func labels(_ pairs: [(String, String)]) -> String {
+        pairs.map { "\($0.0)=\"\(escape($0.1))\"" }.joined(separator: ",")
+    }
+
+    /// Adds one request's numbers.
+    public func observe(_ r: RequestRecord) {
+        let team = r.team ?? ""
+        let byModelTeam = Self.labels([("model", r.model), ("team", team)])
+        let byModel = Self.labels([("model", r.model)])
+        families.withLock { f in
+            func count(_ name: String, _ labels: String, _ by: Double = 1) { f[name]!.counters[labels, default: 0] += by }
+            func observe(_ name: String, _ labels: String, _ seconds: Double?) {
+                guard let seconds, seconds.isFinite, seconds >= 0 else { return }
+                let bounds = f[name]!.bounds
+                var h = f[name]!.histograms[labels] ?? Histogram(bounds.count)
+                for (i, b) in bounds.enumerated() where seconds <= b { h.buckets[i] += 1 }
+                h.sum += seconds
+                h.count += 1
+                f[name]!.histograms[labels] = h
+            }
+            count("corral_requests_total", Self.labels([("model", r.model), ("team", team), ("route", r.route), ("status", String(r.status))]))
+            if let p = r.promptTokens { count("corral_prompt_tokens_total", byModelTeam, Double(p)) }
+            if let c = r.completionTokens { count("corral_completion_tokens_total", byModelTeam, Double(c)) }
+            if r.clientDisconnected { count("corral_client_disconnects_total", byModelTeam) }
+            observe("corral_request_duration_seconds", byModelTeam, r.totalMs / 1000)
+            observe("corral_time_to_first_token_seconds", byModelTeam, r.timeToFirstByteMs.map { $0 / 1000 })
+            observe("corral_time_per_output_token_seconds", byModel, r.timePerOutputTokenMs.map { $0 / 1000 })
+            observe("corral_queue_seconds", byModel, r.queueMs / 1000)
+            observe("corral_load_seconds", byModel, r.loadMs / 1000)
+            observe("corral_gateway_overhead_seconds", byModel, r.gatewayOverheadMs.map { $0 / 1000 })
+        }
+    }
+
+    /// The exposition text, with fleet gauges from `instances`.
+    public func render(instances: [InstanceInfo], ledgerPending: Int? = nil) -> String {
+        var out = ""
+        let snapshot = families.withLock { $0 }
+        for name in snapshot.keys.sorted() {
+            let family = snapshot[name]!
+            out += "# HELP \(name) \(family.help)\n# TYPE \(name) \(family.type)\n"
+            if family.type == "counter" {
+                for (labels, value) in family.counters.sorted(by: { $0.key < $1.key }) { out += "\(name){\(labels)} \(Self.number(value))\n" }
+            } else {
+                for (labels, h) in family.histograms.sorted(by: { $0.key < $1.key }) {
+                    for (i, bound) in family.bounds.enumerated() {
+                        out += "\(name)_bucket{\(labels),le=\"\(Self.number(bound))\"} \(h.buckets[i])\n"
+                    }
+                    out += "\(name)_bucket{\(labels),le=\"+Inf\"} \(h.count)\n"
+                    out += "\(name)_sum{\(labels)} \(Self.number(h.sum))\n\(name)_count{\(labels)} \(h.count)\n"
+                }
+            }
+        }
+        let loaded = instances.filter { $0.state == "loaded" }
+        out += "# HELP corral_loaded_models Models with a running llama-server.\n# TYPE corral_loaded_models gauge\ncorral_loaded_models \(loaded.count)\n"
+        out += "# HELP corral_instance_in_flight Requests running on a model.\n# TYPE corral_instance_in_flight gauge\n"
+        for i in instances { out += "corral_instance_in_flight{\(Self.labels([("model", i.model)]))} \(i.inFlight)\n" }
+        out += "# HELP corral_instance_queued Requests waiting for a slot of a model.\n# TYPE corral_instance_queued gauge\n"
+        for i in instances { out += "corral_instance_queued{\(Self.labels([("model", i.model)]))} \(i.queued)\n" }
+        out += "# HELP corral_instance_memory_bytes Memory llama-server reported allocating, by device and buffer kind.\n# TYPE corral_instance_memory_bytes gauge\n"
+        for i in loaded {
+            for (key, mib) in i.allocatedMiB.sorted(by: { $0.key < $1.key }) {
+                let parts = key.split(separator: " ", maxSplits: 1).map(String.init)
+                out += "corral_instance_memory_bytes{\(Self.labels([("model", i.model), ("device", parts.first ?? key), ("kind", parts.count > 1 ? parts[1] : "")]))} \(Int(mib * 1_048_576))\n"
+            }
+        }
+        out += "# HELP corral_instance_projected_memory_bytes Memory the fit plan projected for a model.\n# TYPE corral_instance_projected_memory_bytes gauge\n"
+        for i in loaded { if let p = i.projectedMiB { out += "corral_instance_projected_memory_bytes{\(Self.labels([("model", i.model)]))} \(p * 1_048_576)\n" } }
+        if let ledgerPending {
+            out += "# HELP corral_ledger_pending_rows Usage rows waiting to be written to SQLite.\n# TYPE corral_ledger_pending_rows gauge\ncorral_ledger_pending_rows \(ledgerPending)\n"
+        }
+        return out
+    }
+
+    static func number(_ v: Double) -> String {
+        if v == v.rounded() && abs(v) < 1e15 { return String(Int64(v)) }
+        return String(v)
+    }
+}
