@@ -80,7 +80,7 @@ struct ServeCommand: AsyncParsableCommand {
             let path = tokenPath
             try AdminTokenFile.write(token, to: path)
             // Shown once (on stdout, never through the logger); also kept in a 0600 file.
-            print("corral: admin token (shown once; also written to \(path)):\n  \(token)")
+            FileHandle.standardOutput.write(Data("corral: admin token (shown once; also written to \(path)):\n  \(token)\n".utf8))
         }
         if access.isOpen {
             if !cfg.listensOnLoopbackOnly && !(cfg.allowOpen || allowOpen) {

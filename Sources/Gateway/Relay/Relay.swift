@@ -172,7 +172,8 @@ public struct Relay: Sendable {
             }
             let context = spec.contextSize ?? spec.facts?.contextLength ?? 4096
             do {
-                reservation = try access.admit(caller, model: [spec.id, modelName] + spec.aliases, tokens: tokens.reservation(context: context))
+                let needed = tokens.reservation(context: context, templateBytes: TokenEstimate.literalBytes(ofTemplate: spec.facts?.chatTemplate))
+                reservation = try access.admit(caller, model: [spec.id, modelName] + spec.aliases, tokens: needed)
             } catch {
                 throw refused(OpenAIError(error), kind: error.kind)
             }

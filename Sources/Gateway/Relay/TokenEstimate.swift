@@ -4,9 +4,11 @@ import Foundation
 /// An upper bound on the tokens a request may use, reserved against the caller's limits at
 /// admission and replaced by the real usage at the end.
 ///
-/// The prompt bound is the UTF-8 byte count of every text field plus a per-message allowance
-/// for template tokens: with byte-fallback tokenizers a token is never shorter than a byte, so
-/// the bound holds for any text without asking the model's tokenizer (no extra round trip).
+/// The prompt bound is the UTF-8 byte count of every text field, plus a per-message allowance
+/// for role markers, plus the literal text of the model's chat template (what a template can add
+/// around the messages): with byte-fallback tokenizers a token is never shorter than a byte, so
+/// the bound holds even when the markers are plain text, without asking the model's tokenizer
+/// (no extra round trip). Real usage replaces it when the request ends.
 public struct TokenEstimate: Sendable, Equatable {
     public var prompt: Int
     /// The output limit the request sets; nil means "up to the context".
@@ -18,7 +20,7 @@ public struct TokenEstimate: Sendable, Equatable {
     }
 
     /// Template tokens allowed per message (role markers, separators).
-    static let perMessage = 8
+    static let perMessage = 32
 
     /// The estimate for an OpenAI-shaped (or llama.cpp-native) request body.
     public init(_ body: [String: Any]) {
@@ -46,8 +48,36 @@ public struct TokenEstimate: Sendable, Equatable {
         output = embeddingLike ? 0 : limit
     }
 
-    /// Tokens to reserve: prompt plus output, the output capped by the context.
-    func reservation(context: Int) -> Int { prompt + min(output ?? context, context) }
+    /// Tokens to reserve: prompt (plus the template's own text) and output, capped by the context.
+    func reservation(context: Int, templateBytes: Int = 0) -> Int {
+        prompt + (prompt > 16 ? templateBytes : 0) + min(output ?? context, context)
+    }
+
+    /// Bytes of literal text in a Jinja chat template (outside `{{ }}`, `{% %}` and `{# #}`),
+    /// capped: what rendering can add around the messages at most once each.
+    public static func literalBytes(ofTemplate template: String?) -> Int {
+        guard let template else { return 0 }
+        var count = 0
+        var rest = Substring(template)
+        while let open = rest.range(of: "{") {
+            count += rest[..<open.lowerBound].utf8.count
+            let after = rest[open.upperBound...]
+            guard let kind = after.first, kind == "{" || kind == "%" || kind == "#" else {
+                count += 1
+                rest = after
+                continue
+            }
+            let close = kind == "{" ? "}}" : String(kind) + "}"
+            guard let end = after.range(of: close) else { break }
+            // Quoted strings inside tags are emitted text too ('<|im_start|>' + role …).
+            for part in after[..<end.lowerBound].split(separator: "'", omittingEmptySubsequences: false).enumerated() where part.offset % 2 == 1 {
+                count += part.element.utf8.count
+            }
+            rest = after[end.upperBound...]
+        }
+        count += rest.utf8.count
+        return min(count, 4096)
+    }
 }
 
 extension AccessError {
