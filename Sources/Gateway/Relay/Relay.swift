@@ -361,10 +361,13 @@ public struct Relay: Sendable {
     func record(_ r: RequestRecord) { recorder?(r) }
 
     /// Errors that mean the connection died before any response arrived.
+    /// A pooled connection that was closed under us (by llama-server's keep-alive timeout, or
+    /// after an earlier request on it was cancelled by a client that went away).
     static func isStaleConnection(_ error: any Error) -> Bool {
         if let e = error as? HTTPClientError {
             return e == .remoteConnectionClosed
         }
+        if let e = error as? ChannelError, e == .ioOnClosedChannel || e == .alreadyClosed { return true }
         return "\(error)".contains("connectionReset") || "\(error)".contains("ECONNRESET")
     }
 

@@ -1,0 +1,109 @@
+"""The usage ledger and metrics: 200 mixed requests (streamed, not, failed, refused, cut short)
+leave exactly one row each with the token counts the clients received, none lost after a
+graceful stop; /metrics passes `promtool check metrics`."""
+import concurrent.futures
+import json
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from conftest import CORRAL, start_corral
+
+
+def cut_short(c, key: str):
+    """Starts a long streamed answer and hangs up after the first event."""
+    body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400, "stream": True}).encode()
+    s = socket.create_connection(("127.0.0.1", c.port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer "
+              + key.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    data = b""
+    while b"data:" not in data:
+        data += s.recv(4096)
+    s.close()
+    return {"kind": "disconnected"}
+
+
+def test_ledger_rows_match_what_clients_received(tmp_path):
+    if shutil.which("promtool") is None:
+        pytest.fail("promtool missing: `make test` installs the prometheus package")
+    c = start_corral()
+    try:
+        h = {"authorization": f"Bearer {c.admin_token}"}
+        httpx.post(c.base + "/admin/teams", json={"name": "ledger", "requestsPerMinute": 1000}, headers=h).raise_for_status()
+        key = httpx.post(c.base + "/admin/teams/ledger/keys", json={}, headers=h).json()["key"]
+        auth = {"authorization": f"Bearer {key}"}
+        rng = random.Random(7)
+
+        def one(i):
+            kind = rng.choice(["openai", "openai-stream", "ollama", "ollama-stream", "embed", "unknown-model", "bad-key", "cut"])
+            n = 1 + i % 6
+            if kind == "openai":
+                r = httpx.post(c.base + "/v1/chat/completions", headers=auth, timeout=60,
+                               json={"model": "chat", "messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": n})
+                u = r.json()["usage"]
+                return {"kind": kind, "status": 200, "prompt": u["prompt_tokens"], "completion": u["completion_tokens"]}
+            if kind == "openai-stream":
+                usage = None
+                with httpx.stream("POST", c.base + "/v1/chat/completions", headers=auth, timeout=60,
+                                  json={"model": "chat", "messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": n,
+                                        "stream": True, "stream_options": {"include_usage": True}}) as r:
+                    lines = list(r.iter_lines())
+                    assert r.status_code == 200, (r.status_code, lines)
+                    for line in lines:
+                        if line.startswith("data: {") and '"usage"' in line:
+                            usage = json.loads(line[6:]).get("usage") or usage
+                return {"kind": kind, "status": 200, "prompt": usage["prompt_tokens"], "completion": usage["completion_tokens"]}
+            if kind in ("ollama", "ollama-stream"):
+                stream = kind == "ollama-stream"
+                body = {"model": "chat", "messages": [{"role": "user", "content": f"q{i}"}], "stream": stream, "options": {"num_predict": n}}
+                with httpx.stream("POST", c.base + "/api/chat", headers=auth, json=body, timeout=60) as r:
+                    last = [json.loads(l) for l in r.iter_lines() if l.strip()][-1]
+                return {"kind": kind, "status": 200, "prompt": last["prompt_eval_count"], "completion": last["eval_count"]}
+            if kind == "embed":
+                r = httpx.post(c.base + "/v1/embeddings", headers=auth, timeout=60, json={"model": "embed", "input": f"text {i}"})
+                return {"kind": kind, "status": 200, "prompt": r.json()["usage"]["prompt_tokens"], "completion": None}
+            if kind == "unknown-model":
+                r = httpx.post(c.base + "/v1/chat/completions", headers=auth, timeout=60,
+                               json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+                return {"kind": kind, "status": r.status_code}
+            if kind == "bad-key":
+                r = httpx.post(c.base + "/v1/chat/completions", headers={"authorization": "Bearer nope"}, timeout=60, json={"model": "chat", "messages": []})
+                return {"kind": kind, "status": r.status_code}
+            return cut_short(c, key)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(200)))
+
+        # A scrape while traffic has just happened: valid exposition.
+        text = httpx.get(c.base + "/metrics", headers=h).text
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert 'corral_requests_total{model="chat"' in text
+        assert "corral_time_to_first_token_seconds_bucket" in text
+
+        c.proc.send_signal(signal.SIGTERM)
+        c.proc.wait(timeout=30)
+        db = sqlite3.connect(f"{c.directory}/data/corral.sqlite")
+        rows = db.execute("SELECT route, model, status, promptTokens, completionTokens, clientDisconnected, keyPrefix FROM usage ORDER BY ts").fetchall()
+        counted = [r for r in results if r["kind"] != "bad-key"]  # 401s are refused before any model is named
+        print(f"\n{len(results)} requests: " + ", ".join(f"{k}={sum(1 for r in results if r['kind'] == k)}" for k in sorted({r['kind'] for r in results})))
+        assert len(rows) == len(counted)
+        assert all(r[6] is not None and r[6].startswith("ck-") for r in rows)
+        ok_rows = sorted((r[3], r[4]) for r in rows if r[2] == 200 and not r[5])
+        ok_results = sorted((r["prompt"], r["completion"]) for r in counted if r.get("status") == 200)
+        assert ok_rows == ok_results
+        assert sum(1 for r in rows if r[2] == 404) == sum(1 for r in counted if r["kind"] == "unknown-model")
+        assert sum(1 for r in rows if r[5]) == sum(1 for r in counted if r["kind"] == "disconnected")
+        # No prompt text in the database.
+        assert b"q17" not in open(f"{c.directory}/data/corral.sqlite", "rb").read()
+    finally:
+        if c.proc.poll() is None:
+            c.proc.kill()
+        shutil.rmtree(c.directory, ignore_errors=True)
