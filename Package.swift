@@ -90,6 +90,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"], swiftSettings: swiftSettings),
+        .testTarget(name: "AccessTests", dependencies: ["Access", "Store"], swiftSettings: swiftSettings),
         .testTarget(
             name: "RuntimeTests",
             dependencies: ["Runtime", "GGUF", "Store", .product(name: "Logging", package: "swift-log")],
