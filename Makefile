@@ -5,15 +5,17 @@ VENV := .venv-test
 PY := $(VENV)/bin/python
 BIN := .build/debug/corral
 SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-build python3-venv
+# Only the test suite needs these: promtool (package prometheus) checks /metrics.
+TEST_PACKAGES := prometheus
 
-.PHONY: serve test system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway clean
+.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-auth clean
 
 ## serve: install what is missing, build, make a demo model if none, and run on routes.json
 serve: system llama build demo-model
 	$(BIN) serve --config routes.json
 
 ## test: the whole suite (Swift unit + integration against real llama-server, then Python clients)
-test: system llama build-tests venv
+test: test-system llama build-tests venv
 	$(MAKE) swift-test python-test
 
 system:
@@ -21,8 +23,11 @@ system:
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+test-system:
+	@$(MAKE) --no-print-directory system SYSTEM_PACKAGES="$(SYSTEM_PACKAGES) $(TEST_PACKAGES)"
 
 llama:
 	scripts/install-llama.sh
@@ -63,6 +68,9 @@ bench-gguf: llama release venv
 
 bench-gateway: llama release venv
 	$(PY) scripts/bench_gateway.py --corral $(RELEASE_BIN)
+
+bench-auth: llama release venv
+	$(PY) scripts/bench_auth.py --corral $(RELEASE_BIN)
 
 clean:
 	rm -rf .build .build-release $(VENV) data models

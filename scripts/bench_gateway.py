@@ -84,8 +84,11 @@ class Client:
             raise RuntimeError(f"status {r.status} from port {self.port}")
         return total, first if first is not None else total
 
-    def post(self, path: str, body: dict) -> int:
-        self.conn.request("POST", path, body=json.dumps(body), headers={"content-type": "application/json"})
+    def post(self, path: str, body: dict, token: str | None = None) -> int:
+        headers = {"content-type": "application/json"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        self.conn.request("POST", path, body=json.dumps(body), headers=headers)
         r = self.conn.getresponse()
         r.read()
         return r.status
@@ -150,7 +153,7 @@ def main() -> None:
         cold = {k: [] for k in clients}
         admin = Client(corral_port)
         for _ in range(args.cold):
-            admin.post("/admin/models/tiny/unload", {})
+            admin.post("/admin/models/tiny/unload", {}, token=open(f"{d}/data/admin-token").read().strip())
             cold["corral"].append(Client(corral_port).chat("tiny", stream=True)[1])
             Client(router_port).post("/models/unload", {"model": "tiny"})
             time.sleep(0.3)  # the router unloads asynchronously

@@ -28,6 +28,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "Serve without API keys while no team exists, even beyond loopback.")
     var allowOpen = false
 
+    /// Benchmarks only: no authentication, admission or usage ledger at all.
+    @Flag(help: .hidden)
+    var benchmarkWithoutAccounts = false
+
     func run() async throws {
         var logger = Logger(label: "corral")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
@@ -47,6 +51,26 @@ struct ServeCommand: AsyncParsableCommand {
         let build = await tools.serverBuild() ?? "unknown"
         try FileManager.default.createDirectory(atPath: cfg.dataDirectory, withIntermediateDirectories: true)
         let store = try Store.open(path: cfg.dataDirectory + "/corral.sqlite")
+        let access = AccessControl(store: store)
+        try await access.load()
+        let tokenPath = cfg.dataDirectory + "/admin-token"
+        if !access.hasAdminToken, let existing = AdminTokenFile.read(from: tokenPath), !existing.isEmpty {
+            // A database recreated next to an existing token file: keep the operator's token.
+            try await access.setAdminToken(existing)
+        }
+        if let token = try await access.createAdminTokenIfNeeded() {
+            let path = tokenPath
+            try AdminTokenFile.write(token, to: path)
+            // Shown once (on stdout, never through the logger); also kept in a 0600 file.
+            FileHandle.standardOutput.write(Data("corral: admin token (shown once; also written to \(path)):\n  \(token)\n".utf8))
+        }
+        if access.isOpen {
+            if !cfg.listensOnLoopbackOnly && !(cfg.allowOpen || allowOpen) {
+                FileHandle.standardError.write(Data("corral: refusing to serve without API keys on \(cfg.listen.host): no team exists yet. Start it on 127.0.0.1 first and create a team and a key (corral teams create …, corral keys create …), or set auth.allowOpen in routes.json / pass --allow-open\n".utf8))
+                throw ExitCode(2)
+            }
+            logger.warning("open mode: no team exists, so every request is allowed whatever key it carries; create a team to require keys")
+        }
         let catalog = ModelCatalog.build(from: cfg)
         for problem in catalog.problems { logger.warning("skipping model file", metadata: ["path": "\(problem.path)", "error": "\(problem.error)"]) }
         logger.info("models", metadata: ["count": "\(catalog.models.count)", "names": "\(catalog.models.map(\.id).joined(separator: ", "))"])
@@ -69,31 +93,16 @@ struct ServeCommand: AsyncParsableCommand {
         let digests = FileDigests(preloaded: known) { identity, digest in
             try? await store.saveFileDigest(path: identity.path, size: Int64(identity.size), modified: identity.modified, digest: digest)
         }
-        let access = AccessControl(store: store)
-        try await access.load()
-        let tokenPath = cfg.dataDirectory + "/admin-token"
-        if !access.hasAdminToken, let existing = AdminTokenFile.read(from: tokenPath), !existing.isEmpty {
-            // A database recreated next to an existing token file: keep the operator's token.
-            try await access.setAdminToken(existing)
-        }
-        if let token = try await access.createAdminTokenIfNeeded() {
-            let path = tokenPath
-            try AdminTokenFile.write(token, to: path)
-            // Shown once (on stdout, never through the logger); also kept in a 0600 file.
-            FileHandle.standardOutput.write(Data("corral: admin token (shown once; also written to \(path)):\n  \(token)\n".utf8))
-        }
-        if access.isOpen {
-            if !cfg.listensOnLoopbackOnly && !(cfg.allowOpen || allowOpen) {
-                FileHandle.standardError.write(Data("corral: refusing to serve without API keys on \(cfg.listen.host): create a team and a key (corral teams create …), or set auth.allowOpen in routes.json\n".utf8))
-                throw ExitCode(2)
-            }
-            logger.warning("open mode: no team exists, so every request is allowed whatever key it carries; create a team to require keys")
-        }
         let ledger = UsageLedger(store: store, logger: logger)
         GatewayMetrics.ledgerPending = { ledger.pendingCount }
-        let deps = GatewayDependencies(
+        var deps = GatewayDependencies(
             config: cfg, scheduler: scheduler, client: client, recorder: { ledger.record($0) }, logger: logger, store: store,
             digests: digests, access: access)
+        if benchmarkWithoutAccounts {
+            logger.warning("--benchmark-without-accounts: no authentication, limits or usage ledger")
+            deps.access = nil
+            deps.recorder = nil
+        }
         let app = try buildApplication(deps)
         let reloader = ConfigReloader(path: config, scheduler: scheduler, logger: logger)
         // Shut down in reverse: the HTTP server drains first, then the ledger writes what is left.

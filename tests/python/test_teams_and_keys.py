@@ -202,3 +202,17 @@ def test_admin_api_validates_input(corral):
     # A team key never opens the admin API.
     team_key = cli(corral, "keys", "create", "alpha")["key"]
     assert httpx.get(corral.base + "/admin/teams", headers={"authorization": f"Bearer {team_key}"}).status_code == 401
+
+
+def test_no_key_ever_reaches_the_log(corral, teams):
+    log = corral.log()
+    assert teams["key_a"] not in log and teams["key_b"] not in log
+    assert teams["key_a"].split("-")[-1] not in log
+
+
+def test_refuses_to_run_open_beyond_loopback(tmp_path):
+    config = {"listen": {"host": "0.0.0.0", "port": 0}, "dataDirectory": str(tmp_path / "data")}
+    (tmp_path / "routes.json").write_text(json.dumps(config))
+    out = subprocess.run([CORRAL, "serve", "--config", str(tmp_path / "routes.json")], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "refusing to serve without API keys" in out.stderr

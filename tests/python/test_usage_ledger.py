@@ -88,6 +88,18 @@ def test_ledger_rows_match_what_clients_received(tmp_path):
         assert 'corral_requests_total{model="chat"' in text
         assert "corral_time_to_first_token_seconds_bucket" in text
 
+        # The admin views read the same ledger (give the 200 ms batch a moment to land).
+        time.sleep(0.5)
+        usage = httpx.get(c.base + "/admin/usage?group=model&bucket=hour", headers=h).json()["data"]
+        completion_sum = sum(r["completion"] or 0 for r in results if r.get("status") == 200)
+        assert sum(u["completionTokens"] for u in usage) == completion_sum
+        assert sum(u["requests"] for u in usage) == sum(1 for r in results if r["kind"] != "bad-key")
+        stats = {m["model"]: m for m in httpx.get(c.base + "/admin/stats?window=1h", headers=h).json()["models"]}
+        assert stats["chat"]["latencyMs"]["p50"] <= stats["chat"]["latencyMs"]["p99"]
+        assert stats["chat"]["timeToFirstTokenMs"]["p50"] is not None
+        recent = httpx.get(c.base + "/admin/usage/requests?limit=5", headers=h).json()["data"]
+        assert len(recent) == 5 and recent[0]["ts"] >= recent[-1]["ts"]
+
         c.proc.send_signal(signal.SIGTERM)
         c.proc.wait(timeout=30)
         db = sqlite3.connect(f"{c.directory}/data/corral.sqlite")
