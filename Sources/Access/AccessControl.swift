@@ -56,6 +56,20 @@ public final class AccessControl: Sendable {
         var teamUsage: [String: Subject] = [:]
         var keyUsage: [String: Subject] = [:]
         var nextID: UInt64 = 0
+        /// Decoded policies, kept next to the records (decoding JSON per request would cost more
+        /// than the rest of admission).
+        var teamPolicies: [String: Policy] = [:]
+        var keyPolicies: [String: Policy] = [:]
+
+        mutating func put(_ team: TeamRecord) {
+            teams[team.id] = team
+            teamPolicies[team.id] = Policy.decode(team.policy)
+        }
+
+        mutating func put(_ key: KeyRecord) {
+            keys[key.prefix] = key
+            keyPolicies[key.prefix] = Policy.decode(key.policy)
+        }
     }
 
     private let state: Mutex<State>
@@ -85,8 +99,8 @@ public final class AccessControl: Sendable {
         let day = try await store.tokensUsed(since: Self.startOfDay(t))
         let (dayIndex, monthIndex) = Self.periods(t)
         state.withLock { s in
-            s.teams = Dictionary(uniqueKeysWithValues: teams.map { ($0.id, $0) })
-            s.keys = Dictionary(uniqueKeysWithValues: keys.map { ($0.prefix, $0) })
+            for t in teams { s.put(t) }
+            for k in keys { s.put(k) }
             s.adminHash = admin
             for (id, n) in month.teams { s.teamUsage[id, default: Subject()].month = monthIndex; s.teamUsage[id]!.monthUsed = n }
             for (p, n) in month.keys { s.keyUsage[p, default: Subject()].month = monthIndex; s.keyUsage[p]!.monthUsed = n }
@@ -163,9 +177,9 @@ public final class AccessControl: Sendable {
     public func allows(_ caller: Caller, model names: [String]) -> Bool {
         guard let teamID = caller.teamID else { return true }
         return state.withLock { s in
-            guard let team = s.teams[teamID] else { return false }
-            let keyPolicy = caller.keyPrefix.flatMap { s.keys[$0] }.map { Policy.decode($0.policy) } ?? Policy()
-            return Policy.decode(team.policy).allows(names) && keyPolicy.allows(names)
+            guard let teamPolicy = s.teamPolicies[teamID] else { return false }
+            let keyPolicy = caller.keyPrefix.flatMap { s.keyPolicies[$0] } ?? Policy()
+            return teamPolicy.allows(names) && keyPolicy.allows(names)
         }
     }
 
@@ -179,9 +193,9 @@ public final class AccessControl: Sendable {
         let t = date.timeIntervalSince1970
         let (day, month) = Self.periods(date)
         let result: Result<Reservation, AccessError> = state.withLock { s in
-            guard let team = s.teams[teamID], let key = s.keys[prefix] else { return .failure(.unauthenticated("invalid API key")) }
-            let teamPolicy = Policy.decode(team.policy)
-            let keyPolicy = Policy.decode(key.policy)
+            guard let team = s.teams[teamID], let teamPolicy = s.teamPolicies[teamID], let keyPolicy = s.keyPolicies[prefix] else {
+                return .failure(.unauthenticated("invalid API key"))
+            }
             guard teamPolicy.allows(names), keyPolicy.allows(names) else {
                 return .failure(.forbidden("team '\(team.name)' may not use model '\(names.first ?? "")'"))
             }
@@ -350,7 +364,7 @@ public final class AccessControl: Sendable {
         guard team(trimmed) == nil else { throw .conflict("a team named '\(trimmed)' exists") }
         let record = TeamRecord(id: "team-" + Secrets.random(bytes: 6).lowercased(), name: trimmed, disabled: false, policy: policy.json, createdAt: now())
         try await persist { try await $0.save(record) }
-        state.withLock { $0.teams[record.id] = record }
+        state.withLock { $0.put(record) }
         return record
     }
 
@@ -364,7 +378,7 @@ public final class AccessControl: Sendable {
         if let disabled { record.disabled = disabled }
         let updated = record
         try await persist { try await $0.save(updated) }
-        state.withLock { $0.teams[updated.id] = updated }
+        state.withLock { $0.put(updated) }
         return updated
     }
 
@@ -373,7 +387,11 @@ public final class AccessControl: Sendable {
         try await persist { try await $0.deleteTeam(id: record.id) }
         state.withLock { s in
             s.teams[record.id] = nil
-            s.keys = s.keys.filter { $0.value.teamID != record.id }
+            s.teamPolicies[record.id] = nil
+            for (prefix, key) in s.keys where key.teamID == record.id {
+                s.keys[prefix] = nil
+                s.keyPolicies[prefix] = nil
+            }
         }
     }
 
@@ -384,7 +402,7 @@ public final class AccessControl: Sendable {
         let record = KeyRecord(prefix: prefix, teamID: team.id, name: name, hash: Secrets.sha256(key), policy: policy.json,
                                createdAt: now(), expiresAt: expiresAt, revokedAt: nil)
         try await persist { try await $0.save(record) }
-        state.withLock { $0.keys[prefix] = record }
+        state.withLock { $0.put(record) }
         return (key, record)
     }
 
@@ -396,7 +414,7 @@ public final class AccessControl: Sendable {
         if let expiresAt { record.expiresAt = expiresAt }
         let updated = record
         try await persist { try await $0.save(updated) }
-        state.withLock { $0.keys[prefix] = updated }
+        state.withLock { $0.put(updated) }
         return updated
     }
 
@@ -405,7 +423,7 @@ public final class AccessControl: Sendable {
         if record.revokedAt == nil { record.revokedAt = now() }
         let revoked = record
         try await persist { try await $0.save(revoked) }
-        state.withLock { $0.keys[prefix] = revoked }
+        state.withLock { $0.put(revoked) }
         return revoked
     }
 

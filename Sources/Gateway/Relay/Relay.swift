@@ -54,6 +54,8 @@ struct UpstreamExchange: Sendable {
     let caller: Caller
     /// Tokens held against the caller's limits until ``Relay/finish`` reconciles them.
     let reservation: Reservation?
+    /// The prompt part of the reservation (what an abandoned stream is charged besides its events).
+    let promptBound: Int
     /// When the request was handed to the upstream client.
     let sentAt: ContinuousClock.Instant
 }
@@ -166,13 +168,16 @@ public struct Relay: Sendable {
             return error
         }
         var reservation: Reservation?
+        var promptBound = 0
         if let access {
             guard let spec = await scheduler.catalog.resolve(modelName) else {
                 throw refused(.modelNotFound(modelName), kind: "model_not_found")
             }
             let context = spec.contextSize ?? spec.facts?.contextLength ?? 4096
             do {
-                let needed = tokens.reservation(context: context, templateBytes: TokenEstimate.literalBytes(ofTemplate: spec.facts?.chatTemplate))
+                let templateBytes = TokenEstimate.literalBytes(ofTemplate: spec.facts?.chatTemplate)
+                let needed = tokens.reservation(context: context, templateBytes: templateBytes)
+                promptBound = tokens.reservation(context: 0, templateBytes: templateBytes)
                 reservation = try access.admit(caller, model: [spec.id, modelName] + spec.aliases, tokens: needed)
             } catch {
                 throw refused(OpenAIError(error), kind: error.kind)
@@ -211,7 +216,7 @@ public struct Relay: Sendable {
             }
             return UpstreamExchange(
                 requestID: requestID, route: route, lease: lease, holder: holder, started: started, response: response, caller: caller,
-                reservation: reservation, sentAt: sentAt)
+                reservation: reservation, promptBound: promptBound, sentAt: sentAt)
         } catch {
             await holder.release()
             if let reservation { access?.reconcile(reservation, actualTokens: 0) }
@@ -249,12 +254,12 @@ public struct Relay: Sendable {
         r.gatewayOverheadMs = max(0, ms(exchange.sentAt - exchange.started) - r.queueMs - r.loadMs)
         r.timePerOutputTokenMs = timings?["predicted_per_token_ms"] as? Double
         if let reservation = exchange.reservation {
-            // Known usage wins; a stream cut short is charged its prompt estimate plus one token
-            // per event it delivered; otherwise the reservation stands.
+            // Known usage wins; a stream cut short is charged its prompt bound plus one token per
+            // event it delivered; an error answer costs nothing; otherwise the reservation stands.
             var actual: Int? = nil
             if let p = r.promptTokens { actual = p + (r.completionTokens ?? 0) }
-            else if status >= 400 && firstByte == nil { actual = 0 }
-            else if let n = streamedEvents, disconnected { actual = min(reservation.tokens, n + 1) }
+            else if let n = streamedEvents, n > 0, disconnected || status >= 500 { actual = min(reservation.tokens, exchange.promptBound + n) }
+            else if status >= 400 { actual = 0 }
             access?.reconcile(reservation, actualTokens: actual)
         }
         record(r)

@@ -1,5 +1,6 @@
 import Access
 import Foundation
+import Synchronization
 
 /// An upper bound on the tokens a request may use, reserved against the caller's limits at
 /// admission and replaced by the real usage at the end.
@@ -57,6 +58,19 @@ public struct TokenEstimate: Sendable, Equatable {
     /// capped: what rendering can add around the messages at most once each.
     public static func literalBytes(ofTemplate template: String?) -> Int {
         guard let template else { return 0 }
+        if let known = literalBytesCache.withLock({ $0[template] }) { return known }
+        let count = countLiteralBytes(template)
+        literalBytesCache.withLock { cache in
+            if cache.count > 256 { cache.removeAll() }
+            cache[template] = count
+        }
+        return count
+    }
+
+    /// Templates seen so far and their literal byte counts (a handful per process).
+    static let literalBytesCache = Mutex<[String: Int]>([:])
+
+    static func countLiteralBytes(_ template: String) -> Int {
         var count = 0
         var rest = Substring(template)
         while let open = rest.range(of: "{") {
