@@ -51,6 +51,11 @@ public struct ModelFacts: Sendable, Equatable {
     public var expertCount: Int?
     public var expertUsedCount: Int?
     public var slidingWindow: Int?
+    /// Weight bytes of each repeating layer (`blk.N.*`), of the output layer (`output*`) and of
+    /// everything else (token embeddings: always on the host).
+    public var layerBytes: [UInt64] = []
+    public var outputBytes: UInt64 = 0
+    public var inputBytes: UInt64 = 0
     public var poolingType: Int?
     public var capabilities: Capabilities
     public var splitCount: Int
@@ -74,6 +79,17 @@ public struct ModelFacts: Sendable, Equatable {
         parameterCount = tensors.reduce(0) { $0 + $1.elementCount }
         tensorBytes = tensors.reduce(0) { $0 + $1.byteCount }
         bitsPerWeight = parameterCount == 0 ? 0 : Double(tensorBytes) * 8 / Double(parameterCount)
+        var bytesByLayer: [Int: UInt64] = [:]
+        for t in tensors {
+            if t.name.hasPrefix("blk."), let n = Int(t.name.dropFirst(4).prefix { $0.isNumber }) {
+                bytesByLayer[n, default: 0] += t.byteCount
+            } else if t.name.hasPrefix("output") {
+                outputBytes += t.byteCount
+            } else {
+                inputBytes += t.byteCount
+            }
+        }
+        layerBytes = (0..<(bytesByLayer.keys.max().map { $0 + 1 } ?? 0)).map { bytesByLayer[$0] ?? 0 }
         fileType = file["general.file_type"]?.int.map { UInt32(truncatingIfNeeded: $0) }
         quantization = fileType.flatMap(FileTypeLabel.label(for:)) ?? ModelFacts.dominantType(tensors) ?? "unknown"
 

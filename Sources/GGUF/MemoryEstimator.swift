@@ -1,0 +1,141 @@
+/// Memory a model needs under given llama-server settings, from its GGUF header alone.
+///
+/// Follows llama.cpp's own accounting (checked against `llama-fit-params --fit-print on` by
+/// `EstimatorAccuracyTests`): weights are the exact tensor bytes by placement, the KV cache is
+/// exact per layer for the padded context, the compute buffer uses llama.cpp's graph-size
+/// formulas for one ubatch (within 15 %).
+public enum MemoryEstimator {
+    /// A KV cache element type.
+    public enum CacheType: String, Sendable, CaseIterable, Codable {
+        case f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0
+
+        var ggml: GGMLType {
+            switch self {
+            case .f32: .f32
+            case .f16: .f16
+            case .bf16: GGMLType.all[30]!
+            case .q8_0: .q8_0
+            case .q5_1: GGMLType.all[7]!
+            case .q5_0: GGMLType.all[6]!
+            case .q4_1: GGMLType.all[3]!
+            case .q4_0: GGMLType.all[2]!
+            }
+        }
+    }
+
+    /// llama-server settings that change memory.
+    public struct Settings: Sendable, Equatable, Codable {
+        /// `-c`; 0 means the trained context.
+        public var contextSize = 0
+        /// `-np`.
+        public var parallel = 1
+        /// `-kvu`: one KV pool shared by all slots (llama-server's default with automatic slots).
+        public var unifiedKV = true
+        public var cacheTypeK: CacheType = .f16
+        public var cacheTypeV: CacheType = .f16
+        public var flashAttention = true
+        /// `-ub`.
+        public var ubatch = 512
+        /// `-ngl`; nil offloads every layer when a GPU exists.
+        public var gpuLayers: Int?
+
+        public init() {}
+    }
+
+    /// Bytes on one device.
+    public struct Device: Sendable, Equatable, Codable {
+        public var name: String
+        public var weights: UInt64
+        public var kv: UInt64
+        public var compute: UInt64
+        public var output: UInt64
+        /// The fixed runtime overhead of a GPU backend (0 on the host).
+        public var overhead: UInt64
+        public var total: UInt64 { weights + kv + compute + output + overhead }
+    }
+
+    public struct Estimate: Sendable, Equatable, Codable {
+        /// The context actually allocated (padded to 256).
+        public var contextSize: Int
+        public var gpuLayers: Int
+        /// KV bytes one more token of context costs.
+        public var kvBytesPerToken: UInt64
+        public var devices: [Device]
+        public var total: UInt64 { devices.reduce(0) { $0 + $1.total } }
+    }
+
+    /// The fixed overhead llama.cpp reports per CUDA/ROCm device.
+    public static let gpuOverhead: UInt64 = 457 << 20
+
+    static func pad(_ n: Int, _ to: Int) -> Int { (n + to - 1) / to * to }
+
+    /// The estimate for `facts` with `settings`; `gpu` names the accelerator layers go to (nil: CPU only).
+    public static func estimate(_ facts: ModelFacts, _ settings: Settings, gpu: String? = nil) -> Estimate {
+        let layers = facts.blockCount ?? facts.layerBytes.count
+        let trained = facts.contextLength ?? 4096
+        let requested = settings.contextSize > 0 ? settings.contextSize : trained
+        let parallel = max(1, settings.parallel)
+        let context = settings.unifiedKV ? pad(requested, 256) : pad(requested / parallel, 256) * parallel
+        let ngl = gpu == nil ? 0 : min(settings.gpuLayers ?? (layers + 1), layers + 1)
+        let firstOnGPU = max(layers + 1 - ngl, 0)
+
+        // KV per token, split by where each layer lives.
+        let kl = facts.keyLength ?? 0
+        let vl = facts.valueLength ?? 0
+        var kvHost: UInt64 = 0
+        var kvGPU: UInt64 = 0
+        for l in 0..<layers {
+            let heads = l < facts.headCountKV.count ? facts.headCountKV[l] : (facts.headCountKV.first ?? 0)
+            let perToken = row(settings.cacheTypeK, kl * heads) + row(settings.cacheTypeV, vl * heads)
+            if l >= firstOnGPU { kvGPU += perToken } else { kvHost += perToken }
+        }
+        var weightsHost = facts.inputBytes
+        var weightsGPU: UInt64 = 0
+        for (l, bytes) in facts.layerBytes.enumerated() {
+            if gpu != nil && l >= firstOnGPU { weightsGPU += bytes } else { weightsHost += bytes }
+        }
+        if gpu != nil && ngl > layers { weightsGPU += facts.outputBytes } else { weightsHost += facts.outputBytes }
+
+        // One ubatch's graph, on the GPU when any layer is there.
+        let ub = UInt64(max(1, settings.ubatch))
+        let vocab = UInt64(facts.vocabularySize ?? 32000)
+        let ff = UInt64(facts.feedForwardLength ?? 0)
+        let embd = UInt64(facts.embeddingLength ?? 0)
+        let heads = UInt64(facts.headCount.first ?? 1)
+        let kvLen = UInt64(context)
+        let compute: UInt64 = settings.flashAttention
+            ? 4 * ub * (vocab + 2 * ff) + 2 * ub * kvLen
+            : max(4 * ub * (1 + 4 * embd + kvLen * (1 + heads)), 4 * ub * (embd + vocab))
+        let output = 4 * vocab * UInt64(parallel)
+        let onGPU = gpu != nil && ngl > 0
+        var devices = [Device(name: "Host", weights: weightsHost, kv: kvHost * UInt64(context), compute: onGPU ? 0 : compute,
+                              output: output, overhead: 0)]
+        if let gpu {
+            devices.append(Device(name: gpu, weights: weightsGPU, kv: kvGPU * UInt64(context), compute: onGPU ? compute : 0,
+                                  output: 0, overhead: gpuOverhead))
+        }
+        return Estimate(contextSize: context, gpuLayers: ngl, kvBytesPerToken: kvHost + kvGPU, devices: devices)
+    }
+
+    /// Bytes of `elements` values of a cache type.
+    static func row(_ type: CacheType, _ elements: Int) -> UInt64 { type.ggml.bytes(forElements: UInt64(max(0, elements))) }
+
+    /// The largest context (a multiple of 256, at most `limit`) whose estimate fits `available`
+    /// bytes per device (`Host` and the GPU name); 0 when not even 256 tokens fit.
+    public static func largestContext(_ facts: ModelFacts, _ settings: Settings, gpu: String? = nil, available: [String: UInt64],
+                                      limit: Int = 1 << 20) -> Int {
+        func fits(_ ctx: Int) -> Bool {
+            var s = settings
+            s.contextSize = ctx
+            return estimate(facts, s, gpu: gpu).devices.allSatisfy { $0.total <= available[$0.name] ?? 0 }
+        }
+        guard fits(256) else { return 0 }
+        var (low, high) = (256, max(256, limit / 256 * 256))
+        if fits(high) { return high }
+        while high - low > 256 {
+            let mid = (low + high) / 2 / 256 * 256
+            if fits(mid) { low = mid } else { high = mid }
+        }
+        return low
+    }
+}
