@@ -240,6 +240,16 @@ extension Store {
         }
     }
 
+    /// Requests and tokens per model over the whole ledger.
+    public func usageTotalsByModel() async throws -> [String: (requests: Int, promptTokens: Int, completionTokens: Int)] {
+        try await writer.read { db in
+            var out: [String: (Int, Int, Int)] = [:]
+            let sql = "SELECT model, COUNT(*) AS n, SUM(COALESCE(promptTokens,0)) AS p, SUM(COALESCE(completionTokens,0)) AS c FROM usage GROUP BY model"
+            for row in try Row.fetchAll(db, sql: sql) { out[row["model"]] = (row["n"], row["p"], row["c"]) }
+            return out
+        }
+    }
+
     /// Number of ledger rows (tests).
     public func usageCount() async throws -> Int {
         try await writer.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM usage") ?? 0 }

@@ -46,6 +46,7 @@ public struct Store: Sendable {
             }
         }
         registerAccessMigrations(&m)
+        registerDocumentMigrations(&m)
         return m
     }
 

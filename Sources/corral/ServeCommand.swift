@@ -71,7 +71,8 @@ struct ServeCommand: AsyncParsableCommand {
             }
             logger.warning("open mode: no team exists, so every request is allowed whatever key it carries; create a team to require keys")
         }
-        let catalog = ModelCatalog.build(from: cfg)
+        let factsCache = FactsCache()
+        let catalog = ModelCatalog.build(from: cfg, cache: factsCache)
         for problem in catalog.problems { logger.warning("skipping model file", metadata: ["path": "\(problem.path)", "error": "\(problem.error)"]) }
         logger.info("models", metadata: ["count": "\(catalog.models.count)", "names": "\(catalog.models.map(\.id).joined(separator: ", "))"])
 
@@ -80,6 +81,7 @@ struct ServeCommand: AsyncParsableCommand {
         let scheduler = Scheduler(
             catalog: catalog, limits: limits, tools: tools, client: client, logger: logger,
             planCache: StoreFitPlanCache(store: store, hardwareFingerprint: HostMemory.fingerprint(devices: devices), llamaBuild: build))
+        await applyStoredRuntimeProfiles(store: store, scheduler: scheduler)
         for (alias, target) in (try? await store.modelAliases()) ?? [:] {
             do { _ = try await scheduler.addRuntimeAlias(alias, for: target) } catch {
                 logger.warning("dropping alias whose model is gone", metadata: ["alias": "\(alias)", "target": "\(target)"])
@@ -98,13 +100,16 @@ struct ServeCommand: AsyncParsableCommand {
         var deps = GatewayDependencies(
             config: cfg, scheduler: scheduler, client: client, recorder: { ledger.record($0) }, logger: logger, store: store,
             digests: digests, access: access)
+        deps.tools = tools
+        deps.configPath = config
+        deps.factsCache = factsCache
         if benchmarkWithoutAccounts {
             logger.warning("--benchmark-without-accounts: no authentication, limits or usage ledger")
             deps.access = nil
             deps.recorder = nil
         }
         let app = try buildApplication(deps)
-        let reloader = ConfigReloader(path: config, scheduler: scheduler, logger: logger)
+        let reloader = ConfigReloader(path: config, scheduler: scheduler, logger: logger, cache: factsCache)
         // Shut down in reverse: the HTTP server drains first, then the ledger writes what is left.
         let group = ServiceGroup(
             configuration: .init(services: [reloader, ledger, app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

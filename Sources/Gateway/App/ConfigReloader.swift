@@ -14,8 +14,10 @@ public struct ConfigReloader: Service {
     let scheduler: Scheduler
     let logger: Logger
     let pollInterval: Duration
+    let cache: FactsCache?
 
-    public init(path: String, scheduler: Scheduler, logger: Logger, pollInterval: Duration = .seconds(2)) {
+    public init(path: String, scheduler: Scheduler, logger: Logger, pollInterval: Duration = .seconds(2), cache: FactsCache? = nil) {
+        self.cache = cache
         self.path = path
         self.scheduler = scheduler
         self.logger = logger
@@ -31,7 +33,7 @@ public struct ConfigReloader: Service {
     public func reload(reason: String) async -> Bool {
         do {
             let config = try CorralConfig.load(path: path)
-            let catalog = ModelCatalog.build(from: config)
+            let catalog = ModelCatalog.build(from: config, cache: cache)
             await scheduler.replaceCatalog(catalog)
             logger.info("configuration reloaded", metadata: ["reason": "\(reason)", "models": "\(catalog.models.count)"])
             return true

@@ -27,6 +27,12 @@ public struct GatewayDependencies: Sendable {
     public var access: AccessControl?
     /// Corral's own Prometheus metrics.
     public var metrics: GatewayMetrics
+    /// llama.cpp tools (hardware probing, exact projections); discovered when nil.
+    public var tools: LlamaTools?
+    /// The `routes.json` the catalog came from (the library's rescan rereads it).
+    public var configPath: String?
+    /// GGUF facts by file identity, shared by reloads and rescans.
+    public var factsCache = FactsCache()
 
     public init(
         config: CorralConfig, scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder? = nil, logger: Logger,
@@ -77,7 +83,36 @@ public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestCon
         relay: relay, scheduler: deps.scheduler, digests: deps.digests, store: deps.store,
         allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access
     ).register(on: router)
-    AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.store, metrics: metrics).register(on: router)
+    let tools = deps.tools ?? LlamaTools.discover(configured: deps.config.llama.toolPaths)
+    let benchmarkService = BenchmarkService(relay: relay, scheduler: deps.scheduler, store: deps.store)
+    let (scheduler, configPath, fallbackConfig, cache) = (deps.scheduler, deps.configPath, deps.config, deps.factsCache)
+    let library = LibraryRoutes(
+        scheduler: deps.scheduler, store: deps.store, hardware: HardwareCache(tools: tools), marginMiB: deps.config.scheduler.memoryMarginMiB,
+        tools: tools,
+        rescan: {
+            let started = ContinuousClock.now
+            let config = try configPath.map { try CorralConfig.load(path: $0) } ?? fallbackConfig
+            _ = cache.takeCounts()
+            let catalog = ModelCatalog.build(from: config, cache: cache)
+            await scheduler.replaceCatalog(catalog)
+            let counts = cache.takeCounts()
+            return [
+                "models": catalog.models.count, "filesRead": counts.read, "filesReused": counts.reused,
+                "problems": catalog.problems.map { ["path": $0.path, "error": $0.error] }, "ms": ms(ContinuousClock.now - started),
+            ]
+        },
+        benchmarks: { model in
+            await benchmarkService.list(model: model).prefix(5).compactMap { run in
+                (try? JSONSerialization.jsonObject(with: JSONEncoder.iso.encode(run))) as? [String: Any]
+            }
+        })
+    AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.store, metrics: metrics, library: library).register(on: router)
+    BenchmarkRoutes(service: benchmarkService, scheduler: deps.scheduler).register(on: router.group("admin"))
+    let tuning = TuningService(
+        scheduler: deps.scheduler, store: deps.store, tools: tools, client: deps.client, hardware: library.hardware,
+        marginMiB: deps.config.scheduler.memoryMarginMiB)
+    Task { await tuning.reportInterrupted() }
+    TuningRoutes(service: tuning, scheduler: deps.scheduler).register(on: router.group("admin"))
     return router
 }
 

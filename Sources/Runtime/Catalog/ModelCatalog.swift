@@ -60,11 +60,16 @@ public struct ModelCatalog: Sendable {
     public init() {}
 
     /// Builds the catalog from explicit models, scanned sources and upstreams (in that precedence).
-    public static func build(from config: CorralConfig) -> ModelCatalog {
+    /// - Parameter cache: reuses facts of files that did not change since the last build.
+    public static func build(from config: CorralConfig, cache: FactsCache? = nil) -> ModelCatalog {
+        func read(_ path: String) throws(GGUFError) -> ModelFacts {
+            if let cache { return try cache.facts(path: path) }
+            return try ModelFacts.read(path: path)
+        }
         var catalog = ModelCatalog()
         let defaultParallel = 4
         for m in config.models {
-            let facts = try? ModelFacts.read(path: m.path)
+            let facts = try? read(m.path)
             if facts == nil { catalog.problems.append((m.path, "cannot read GGUF header")) }
             catalog.add(
                 ModelSpec(
@@ -83,7 +88,7 @@ public struct ModelCatalog: Sendable {
                     continue
                 }
                 do {
-                    let facts = try ModelFacts.read(path: path)
+                    let facts = try read(path)
                     var spec = ModelSpec(
                         id: normalize(found.name), backend: .local(path: path), aliases: [], pinnedArgs: [],
                         contextSize: nil, ttl: nil, parallel: defaultParallel, pinned: false,

@@ -147,6 +147,30 @@ public final class ModelInstance: Sendable {
         return ("\(device) \(kind)", value)
     }
 
+    /// Starts a llama-server outside the scheduler (a tuning trial) and waits until it serves.
+    /// The caller stops it with `process.stop(grace:)`.
+    public static func launch(
+        modelID: String, serverPath: String, arguments: [String], client: HTTPClient, timeout: Duration
+    ) async throws(SchedulerError) -> ModelInstance {
+        guard let port = freeLoopbackPort() else { throw .loadFailed(modelID, "no free port") }
+        let all = arguments + ["--host", "127.0.0.1", "--port", String(port), "--no-webui", "-lv", "4"]
+        let log = InstanceLog()
+        let child: ChildProcess
+        do { child = try ChildProcess(executable: serverPath, arguments: all, onLine: { log.record($0) }) } catch {
+            throw .loadFailed(modelID, error.description)
+        }
+        let instance = ModelInstance(
+            modelID: modelID, process: child, log: log, port: port, arguments: all,
+            plan: FitPlan(arguments: [], projection: [], source: .estimator, note: "tuning trial"))
+        do {
+            try await instance.waitUntilReady(client: client, timeout: timeout)
+        } catch {
+            _ = await child.stop(grace: .seconds(1))
+            throw error
+        }
+        return instance
+    }
+
     /// Waits until `/health` answers 200: first for the "listening" log line, then polling every
     /// few milliseconds (a tiny model is ready ~0.2 s after start; one-second polling would triple that).
     func waitUntilReady(client: HTTPClient, timeout: Duration) async throws(SchedulerError) {

@@ -37,6 +37,8 @@ public struct InstanceInfo: Sendable, Codable {
     public var crashes: Int
     /// The context the running instance has (llama-server's `n_ctx`).
     public var contextSize: Int?
+    /// When a request last used the model.
+    public var lastUsed: Date?
     public var lastError: String?
     /// The last log lines of the most recent crash.
     public var lastCrashLog: [String]
@@ -129,6 +131,16 @@ public actor Scheduler {
         self.client = client
         self.logger = logger
         self.planCache = planCache
+    }
+
+    /// Tuned llama-server arguments per model id (a tuning session's applied winner), used from
+    /// the model's next spawn on.
+    public private(set) var runtimeArguments: [String: [String]] = [:]
+
+    /// Sets (or with nil clears) a model's runtime arguments.
+    public func setRuntimeArguments(_ modelName: String, _ arguments: [String]?) throws(SchedulerError) {
+        guard let spec = catalog.resolve(modelName) else { throw .unknownModel(modelName) }
+        runtimeArguments[spec.id] = arguments
     }
 
     /// Aliases created at runtime (Ollama's `/api/copy`), alias → model id; kept across reloads.
@@ -305,8 +317,9 @@ public actor Scheduler {
         try await makeRoom(for: spec.id, projection: projection)
 
         guard let port = freeLoopbackPort() else { throw SchedulerError.loadFailed(spec.id, "no free port") }
+        // Precedence (llama.cpp keeps a flag's last value): pinned > runtime profile > fit > defaults.
         let arguments = ["-m", path, "--host", "127.0.0.1", "--port", String(port), "--alias", spec.id, "--no-webui", "--metrics", "--slots", "--props", "-lv", "4"]
-            + base + (plan.arguments.isEmpty ? contextArgs : plan.arguments) + spec.pinnedArgs
+            + base + (plan.arguments.isEmpty ? contextArgs : plan.arguments) + (runtimeArguments[spec.id] ?? []) + spec.pinnedArgs
         let child: ChildProcess
         let log = InstanceLog()
         do {
@@ -514,6 +527,8 @@ public actor Scheduler {
                 pinned: isPinned(id), projectedMiB: slot.projection.isEmpty ? nil : slot.projection.values.reduce(0, +),
                 allocatedMiB: [:], crashes: slot.crashes.count, lastError: slot.failure ?? slot.lastError,
                 lastCrashLog: slot.lastCrashLog)
+            let idle = ContinuousClock.now - slot.lastUsed
+            info.lastUsed = Date().addingTimeInterval(-(Double(idle.components.seconds) + Double(idle.components.attoseconds) / 1e18))
             switch slot.phase {
             case .unloaded: info.state = slot.failure == nil ? "unloaded" : "failed"
             case .loading: info.state = "loading"

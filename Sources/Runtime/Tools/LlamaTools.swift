@@ -64,6 +64,14 @@ public struct LlamaTools: Sendable, Equatable {
             bench: find("llama-bench", configKey: "bench", envKey: "CORRAL_LLAMA_BENCH"))
     }
 
+    /// An executable named `name` on `PATH`, if any.
+    public static func which(_ name: String) -> String? {
+        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") where isExecutable("\(dir)/\(name)") {
+            return "\(dir)/\(name)"
+        }
+        return nil
+    }
+
     static func isExecutable(_ path: String) -> Bool {
         var isDir: ObjCBool = false
         return FileManager.default.fileExists(atPath: path, isDirectory: &isDir) && !isDir.boolValue

@@ -1,0 +1,92 @@
+import Foundation
+import GGUF
+import Runtime
+
+/// Whether and how a model fits this machine, from the header estimator.
+struct Compatibility {
+    enum Verdict: String { case fitsGPU = "fits_gpu", partialOffload = "partial_offload", cpuOnly = "cpu_only", doesNotFit = "does_not_fit" }
+
+    let hardware: HardwareInfo
+    /// Free memory kept per device (the scheduler's margin).
+    let marginMiB: Int
+
+    /// The first accelerator and the bytes each device may use.
+    var gpu: Device? { hardware.devices.first }
+    var available: [String: UInt64] {
+        var a: [String: UInt64] = ["Host": UInt64(max(0, hardware.ramTotalMiB - marginMiB)) << 20]
+        if let gpu { a[gpu.name] = UInt64(max(0, gpu.freeMiB - marginMiB)) << 20 }
+        return a
+    }
+
+    func fits(_ e: MemoryEstimator.Estimate) -> Bool { e.devices.allSatisfy { $0.total <= available[$0.name] ?? 0 } }
+
+    /// The verdict and the estimate it rests on: every layer on the GPU, else the most layers
+    /// that fit, else CPU only.
+    func assess(_ facts: ModelFacts, _ settings: MemoryEstimator.Settings) -> (verdict: Verdict, estimate: MemoryEstimator.Estimate) {
+        let layers = facts.blockCount ?? facts.layerBytes.count
+        var s = settings
+        if let gpu {
+            s.gpuLayers = settings.gpuLayers ?? (layers + 1)
+            let full = MemoryEstimator.estimate(facts, s, gpu: gpu.name)
+            if fits(full) { return (s.gpuLayers! > layers ? .fitsGPU : .partialOffload, full) }
+            if settings.gpuLayers == nil {
+                for ngl in stride(from: layers, through: 1, by: -1) {
+                    s.gpuLayers = ngl
+                    let partial = MemoryEstimator.estimate(facts, s, gpu: gpu.name)
+                    if fits(partial) { return (.partialOffload, partial) }
+                }
+            }
+        }
+        s.gpuLayers = 0
+        let cpu = MemoryEstimator.estimate(facts, s, gpu: nil)
+        return (fits(cpu) ? .cpuOnly : .doesNotFit, cpu)
+    }
+
+    /// What would make a model fit (or fit with more context), each with the MiB it saves.
+    func suggestions(_ facts: ModelFacts, _ settings: MemoryEstimator.Settings, current: MemoryEstimator.Estimate) -> [[String: Any]] {
+        var out: [[String: Any]] = []
+        func saving(_ change: (inout MemoryEstimator.Settings) -> Void, _ what: String) {
+            var s = settings
+            s.gpuLayers = current.gpuLayers
+            change(&s)
+            let e = MemoryEstimator.estimate(facts, s, gpu: current.gpuLayers > 0 ? gpu?.name : nil)
+            let saved = Int((Int64(current.total) - Int64(e.total)) / 1_048_576)
+            if saved > 0 { out.append(["change": what, "savesMiB": saved]) }
+        }
+        if settings.cacheTypeK == .f16 || settings.cacheTypeV == .f16 {
+            saving({ $0.cacheTypeK = .q8_0; $0.cacheTypeV = .q8_0; $0.flashAttention = true }, "q8_0 KV cache (-ctk q8_0 -ctv q8_0, needs flash attention)")
+        }
+        if !settings.flashAttention { saving({ $0.flashAttention = true }, "flash attention (-fa on)") }
+        if !settings.unifiedKV && settings.parallel > 1 { saving({ $0.parallel = 1 }, "one parallel slot (-np 1)") }
+        if settings.ubatch > 256 { saving({ $0.ubatch = 256 }, "smaller ubatch (-ub 256)") }
+        return out
+    }
+
+    /// Memory per device over context sizes and GPU layer counts, for plotting.
+    func table(_ facts: ModelFacts, _ settings: MemoryEstimator.Settings) -> [[String: Any]] {
+        let trained = facts.contextLength ?? 4096
+        var contexts = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072].filter { $0 <= max(trained, 2048) }
+        if !contexts.contains(trained) { contexts.append(trained) }
+        let layers = facts.blockCount ?? facts.layerBytes.count
+        let layerCounts = gpu == nil ? [0] : Array(Set([0, layers / 4, layers / 2, 3 * layers / 4, layers, layers + 1])).sorted()
+        var rows: [[String: Any]] = []
+        for ngl in layerCounts {
+            for ctx in contexts.sorted() {
+                var s = settings
+                s.contextSize = ctx
+                s.gpuLayers = ngl
+                let e = MemoryEstimator.estimate(facts, s, gpu: ngl > 0 ? gpu?.name : nil)
+                var row: [String: Any] = ["context": ctx, "gpuLayers": ngl, "fits": fits(e)]
+                for d in e.devices { row[d.name + "MiB"] = Int(d.total / 1_048_576) }
+                rows.append(row)
+            }
+        }
+        return rows
+    }
+
+    static func deviceObject(_ d: MemoryEstimator.Device) -> [String: Any] {
+        let mib = { (b: UInt64) in Int((b + 524_288) / 1_048_576) }
+        return ["device": d.name, "weightsMiB": mib(d.weights), "kvMiB": mib(d.kv), "computeMiB": mib(d.compute), "outputMiB": mib(d.output),
+                "overheadMiB": mib(d.overhead), "totalMiB": mib(d.total)]
+    }
+}

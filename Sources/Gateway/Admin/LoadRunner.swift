@@ -1,0 +1,143 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+/// What a benchmark measured, in the units operators read.
+struct LoadResult: Sendable, Codable, Equatable {
+    struct Percentiles: Sendable, Codable, Equatable {
+        var p50: Double?
+        var p95: Double?
+
+        init(_ values: [Double]) {
+            let v = values.sorted()
+            func p(_ q: Double) -> Double? { v.isEmpty ? nil : v[min(v.count - 1, Int((q * Double(v.count - 1)).rounded()))] }
+            p50 = p(0.5)
+            p95 = p(0.95)
+        }
+    }
+
+    var requests: Int
+    var errors: Int
+    var wallSeconds: Double
+    var timeToFirstTokenMs: Percentiles
+    var interTokenLatencyMs: Percentiles
+    var generationTokensPerSecond: Percentiles
+    var promptTokensPerSecond: Percentiles
+    /// Generated tokens per second of wall time, all requests together.
+    var throughputTokensPerSecond: Double
+    var promptTokens: Int
+    var completionTokens: Int
+    var firstError: String?
+}
+
+/// Sends streamed chat requests at a fixed concurrency and measures each from the client side
+/// (first content event, gaps between events) and from llama-server's `timings`.
+struct LoadRunner: Sendable {
+    /// Sends one request body; returns the streamed answer and a closure to call when done.
+    typealias Send = @Sendable (ByteBuffer) async throws -> (response: HTTPClientResponse, done: @Sendable (Int, [String: Any]?, [String: Any]?) async -> Void)
+
+    var requests: Int
+    var concurrency: Int
+    var promptWords: Int
+    var maxTokens: Int
+
+    /// A prompt of about `promptWords` words (each a token or two), different per request so
+    /// the prompt cache does not hide prompt processing.
+    func prompt(_ i: Int) -> String {
+        let words = ["the", "model", "gateway", "runs", "fast", "and", "slow", "tokens", "flow", "through", "every", "layer"]
+        return "Request \(i): " + (0..<max(1, promptWords)).map { words[($0 * 7 + i) % words.count] }.joined(separator: " ")
+    }
+
+    func run(model: String, send: @escaping Send, progress: @escaping @Sendable (Int, Int) async -> Void = { _, _ in }) async -> LoadResult {
+        struct One: Sendable {
+            var ok: Bool
+            var error: String?
+            var ttft: Double?
+            var gaps: [Double]
+            var genTPS: Double?
+            var promptTPS: Double?
+            var prompt: Int
+            var completion: Int
+        }
+        let started = ContinuousClock.now
+        let next = NextIndex()
+        var all: [One] = []
+        await withTaskGroup(of: [One].self) { group in
+            for _ in 0..<max(1, min(concurrency, requests)) {
+                group.addTask {
+                    var mine: [One] = []
+                    while let i = await next.take(below: requests) {
+                        let body: [String: Any] = [
+                            "model": model, "messages": [["role": "user", "content": prompt(i)]], "max_tokens": maxTokens, "stream": true,
+                            "stream_options": ["include_usage": true], "cache_prompt": false,
+                        ]
+                        let t0 = ContinuousClock.now
+                        var one = One(ok: false, gaps: [], prompt: 0, completion: 0)
+                        do {
+                            let (response, done) = try await send(ByteBuffer(bytes: JSON.data(body)))
+                            var events = SSEEvents()
+                            var last: ContinuousClock.Instant?
+                            var usage: [String: Any]?
+                            var timings: [String: Any]?
+                            for try await chunk in response.body {
+                                for payload in events.feed(chunk) where payload != "[DONE]" {
+                                    guard let e = try? JSONSerialization.jsonObject(with: Data(payload.utf8)) as? [String: Any] else { continue }
+                                    if let u = e["usage"] as? [String: Any] { usage = u }
+                                    if let t = e["timings"] as? [String: Any] { timings = t }
+                                    if let err = e["error"] { one.error = "\(err)" }
+                                    let delta = ((e["choices"] as? [Any])?.first as? [String: Any])?["delta"] as? [String: Any]
+                                    if let text = delta?["content"] as? String, !text.isEmpty {
+                                        let now = ContinuousClock.now
+                                        if let last { one.gaps.append(seconds(now - last) * 1000) } else { one.ttft = seconds(now - t0) * 1000 }
+                                        last = now
+                                    }
+                                }
+                            }
+                            let status = Int(response.status.code)
+                            await done(status, usage, timings)
+                            one.ok = status == 200 && one.error == nil
+                            if status != 200 && one.error == nil { one.error = "status \(status)" }
+                            one.genTPS = timings?["predicted_per_second"] as? Double
+                            one.promptTPS = timings?["prompt_per_second"] as? Double
+                            one.prompt = usage?["prompt_tokens"] as? Int ?? 0
+                            one.completion = usage?["completion_tokens"] as? Int ?? 0
+                        } catch {
+                            one.error = "\(error)"
+                        }
+                        mine.append(one)
+                        await progress(await next.finished(), requests)
+                    }
+                    return mine
+                }
+            }
+            for await part in group { all += part }
+        }
+        let wall = seconds(ContinuousClock.now - started)
+        let ok = all.filter(\.ok)
+        let completion = ok.reduce(0) { $0 + $1.completion }
+        return LoadResult(
+            requests: all.count, errors: all.count - ok.count, wallSeconds: wall,
+            timeToFirstTokenMs: .init(ok.compactMap(\.ttft)), interTokenLatencyMs: .init(ok.flatMap(\.gaps)),
+            generationTokensPerSecond: .init(ok.compactMap(\.genTPS)), promptTokensPerSecond: .init(ok.compactMap(\.promptTPS)),
+            throughputTokensPerSecond: wall > 0 ? Double(completion) / wall : 0, promptTokens: ok.reduce(0) { $0 + $1.prompt },
+            completionTokens: completion, firstError: all.first { $0.error != nil }?.error)
+    }
+}
+
+/// Hands out request indexes to the workers and counts finished ones.
+actor NextIndex {
+    var next = 0
+    var done = 0
+    func take(below limit: Int) -> Int? {
+        guard next < limit else { return nil }
+        defer { next += 1 }
+        return next
+    }
+    func finished() -> Int {
+        done += 1
+        return done
+    }
+}
+
+func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
