@@ -23,9 +23,13 @@ def cut_short(c, key: str):
     s = socket.create_connection(("127.0.0.1", c.port))
     s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer "
               + key.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    s.settimeout(60)
     data = b""
     while b"data:" not in data:
-        data += s.recv(4096)
+        chunk = s.recv(4096)
+        assert chunk, f"connection closed before the stream started: {data[:300]!r}"
+        data += chunk
+        assert not data.startswith(b"HTTP/1.1") or b" 200 " in data.split(b"\r\n", 1)[0], f"not a stream: {data[:300]!r}"
     s.close()
     return {"kind": "disconnected"}
 

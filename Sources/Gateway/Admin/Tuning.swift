@@ -369,6 +369,13 @@ struct TuningRoutes: Sendable {
             } catch {
                 throw OpenAIError.badRequest("space must map contextSize, ubatch, threads, parallel, gpuLayers to integer lists, flashAttention to booleans and cacheType to f16/q8_0/… names", param: "space")
             }
+            let ranges: [(String, [Int]?, ClosedRange<Int>)] = [
+                ("contextSize", space.contextSize, 1...(1 << 24)), ("ubatch", space.ubatch, 1...65_536), ("threads", space.threads, 1...1024),
+                ("parallel", space.parallel, 1...256), ("gpuLayers", space.gpuLayers, 0...10_000),
+            ]
+            for (name, values, range) in ranges where !(values ?? []).allSatisfy(range.contains) {
+                throw OpenAIError.badRequest("space.\(name) values must be from \(range.lowerBound) to \(range.upperBound)", param: "space")
+            }
             func int(_ key: String, _ fallback: Int, _ range: ClosedRange<Int>) throws -> Int {
                 guard let v = body[key], !(v is NSNull) else { return fallback }
                 guard let n = v as? NSNumber, !isJSONBool(n), let i = Int(exactly: n.doubleValue), range.contains(i) else {

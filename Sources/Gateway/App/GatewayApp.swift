@@ -78,10 +78,12 @@ public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestCon
             metrics.observe(record)
             upstreamRecorder?(record)
         }, logger: deps.logger, access: deps.access)
-    OpenAIRoutes(relay: relay, scheduler: deps.scheduler, access: deps.access, metrics: metrics).register(on: router)
+    let profiles = SamplingProfiles(config: deps.config.profiles, store: deps.store)
+    Task { await profiles.load() }
+    OpenAIRoutes(relay: relay, scheduler: deps.scheduler, access: deps.access, metrics: metrics, profiles: profiles).register(on: router)
     OllamaRoutes(
         relay: relay, scheduler: deps.scheduler, digests: deps.digests, store: deps.store,
-        allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access
+        allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access, profiles: profiles
     ).register(on: router)
     let tools = deps.tools ?? LlamaTools.discover(configured: deps.config.llama.toolPaths)
     let benchmarkService = BenchmarkService(relay: relay, scheduler: deps.scheduler, store: deps.store)
@@ -113,6 +115,7 @@ public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestCon
         marginMiB: deps.config.scheduler.memoryMarginMiB)
     Task { await tuning.reportInterrupted() }
     TuningRoutes(service: tuning, scheduler: deps.scheduler).register(on: router.group("admin"))
+    ProfileRoutes(profiles: profiles).register(on: router.group("admin"))
     return router
 }
 

@@ -18,6 +18,7 @@ struct OllamaRoutes: Sendable {
     let store: Store?
     let allowFileDeletion: Bool
     let access: AccessControl?
+    let profiles: SamplingProfiles
 
     /// The Ollama version Corral answers with: new enough for every client that checks.
     static let compatibleVersion = "0.12.6"
@@ -178,7 +179,7 @@ struct OllamaRoutes: Sendable {
     // MARK: Generation
 
     func generate(_ body: [String: Any], shape: OllamaResponseBuilder.Shape, request: Request, caller: Caller) async throws -> Response {
-        let name = try Self.modelName(body)
+        let (name, profile) = profiles.split(try Self.modelName(body))
         let spec = try await resolve(name)
         let arrival = ContinuousClock.now
         let stream = OllamaRequests.wantsStream(body)
@@ -194,7 +195,9 @@ struct OllamaRoutes: Sendable {
             isEmpty = prompt.isEmpty && suffix.isEmpty && (body["images"] as? [Any] ?? []).isEmpty
         }
         if isEmpty { return try await loadOrUnload(body, spec: spec, name: name, shape: shape, arrival: arrival) }
-        let plan = shape == .chat ? try OllamaRequests.chat(body, model: spec.id) : try OllamaRequests.generate(body, model: spec.id)
+        var plan = shape == .chat ? try OllamaRequests.chat(body, model: spec.id) : try OllamaRequests.generate(body, model: spec.id)
+        if let p = body["profile"] { plan.body["profile"] = p }
+        do { try profiles.apply(to: &plan.body, named: profile, modelDefault: spec.profile) } catch { throw OllamaError(error) }
         let route = shape == .chat ? "/api/chat" : "/api/generate"
         let exchange: UpstreamExchange
         do {

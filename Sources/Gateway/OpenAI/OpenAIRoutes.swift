@@ -13,6 +13,7 @@ struct OpenAIRoutes: Sendable {
     let scheduler: Scheduler
     let access: AccessControl?
     let metrics: GatewayMetrics
+    let profiles: SamplingProfiles
 
     func register(on router: Router<GatewayRequestContext>) {
         // OpenAI routes: bodies pass through; streaming chat/completions get usage injected.
@@ -24,7 +25,16 @@ struct OpenAIRoutes: Sendable {
             ("/apply-template", false),
         ] {
             router.post(RouterPath(path)) { request, context in
-                let (buffer, body) = try await Relay.readJSON(request, context: context)
+                var (buffer, body) = try await Relay.readJSON(request, context: context)
+                if ["/v1/chat/completions", "/v1/completions", "/completion", "/v1/responses"].contains(path), let named = body["model"] as? String {
+                    // Sampling profile: `"profile"`, `model@profile`, or the model's default.
+                    let (model, profile) = profiles.split(named)
+                    if profile != nil { body["model"] = model }
+                    let modelDefault = await scheduler.catalog.resolve(model)?.profile
+                    if try profiles.apply(to: &body, named: profile, modelDefault: modelDefault) || profile != nil {
+                        buffer = ByteBuffer(bytes: JSON.data(body))
+                    }
+                }
                 if path == "/v1/chat/completions" {
                     guard body["messages"] is [Any] else { throw OpenAIError.badRequest("'messages' must be an array", param: "messages") }
                 }

@@ -206,13 +206,18 @@ public struct Relay: Sendable {
         let sentAt = ContinuousClock.now
         do {
             let response: HTTPClientResponse
-            do {
-                response = try await client.execute(upstream, timeout: .minutes(10), logger: logger)
-            } catch where !lease.isRemote && Self.isStaleConnection(error) {
-                // A pooled keep-alive connection the child closed just as we used it: the request
-                // never reached llama-server, so sending it once more (if it still runs) is safe.
-                guard await scheduler.instance(for: lease.modelID) != nil else { throw error }
-                response = try await client.execute(upstream, timeout: .minutes(10), logger: logger)
+            var attempt = 1
+            while true {
+                do {
+                    response = try await client.execute(upstream, timeout: .minutes(10), logger: logger)
+                    break
+                } catch where !lease.isRemote && Self.isStaleConnection(error) && attempt < 3 {
+                    // A pooled connection closed under us (keep-alive timeout, or one whose earlier
+                    // request a departed client cancelled): the request did not get an answer, and
+                    // the instance still runs, so it is sent again on a fresh connection.
+                    guard await scheduler.instance(for: lease.modelID) != nil else { throw error }
+                    attempt += 1
+                }
             }
             return UpstreamExchange(
                 requestID: requestID, route: route, lease: lease, holder: holder, started: started, response: response, caller: caller,

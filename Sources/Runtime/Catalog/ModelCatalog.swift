@@ -29,6 +29,8 @@ public struct ModelSpec: Sendable, Equatable {
     /// Other names a source gives the same file (Ollama manifests sharing a blob); listed like
     /// models, unlike configured aliases.
     public var listedAliases: [String] = []
+    /// The sampling profile requests get unless they name another.
+    public var profile: String?
 
     public var path: String? {
         if case .local(let p) = backend { return p }
@@ -71,12 +73,13 @@ public struct ModelCatalog: Sendable {
         for m in config.models {
             let facts = try? read(m.path)
             if facts == nil { catalog.problems.append((m.path, "cannot read GGUF header")) }
-            catalog.add(
-                ModelSpec(
+            var spec = ModelSpec(
                     id: normalize(m.name), backend: .local(path: m.path), aliases: m.aliases.map(normalize),
                     pinnedArgs: m.args, contextSize: m.contextSize, ttl: m.ttl, parallel: m.parallel ?? defaultParallel,
                     pinned: m.pinned, embeddings: m.embeddings || facts?.capabilities.contains(.embedding) == true,
-                    source: "config", facts: facts, fileSize: fileSize(m.path)))
+                    source: "config", facts: facts, fileSize: fileSize(m.path))
+            spec.profile = m.profile
+            catalog.add(spec)
         }
         for source in config.sources {
             for found in SourceScanner.scan(source) {

@@ -78,6 +78,8 @@ public struct CorralConfig: Sendable {
         public var parallel: Int?
         public var pinned = false
         public var embeddings = false
+        /// The sampling profile requests get unless they name another.
+        public var profile: String?
 
         public init(name: String, path: String) {
             self.name = name
@@ -108,6 +110,8 @@ public struct CorralConfig: Sendable {
     public var sources: [Source] = []
     public var models: [Model] = []
     public var upstreams: [Upstream] = []
+    /// Named sampling presets: profile name → request fields (JSON objects as parsed).
+    public var profiles: [String: [String: SendableJSON]] = [:]
     /// Serve without API keys even when listening beyond loopback (no team configured).
     public var allowOpen = false
     /// Whether Ollama's `/api/delete` may delete a model file (inside a configured source only).
@@ -201,6 +205,7 @@ public struct CorralConfig: Sendable {
             model.parallel = try m.int("parallel", min: 1, max: 256)
             model.pinned = try m.bool("pinned") ?? false
             model.embeddings = try m.bool("embeddings") ?? false
+            model.profile = try m.string("profile")
             try m.finish()
             c.models.append(model)
         }
@@ -213,6 +218,16 @@ public struct CorralConfig: Sendable {
             }
             c.upstreams.append(Upstream(name: name, baseURL: url, models: try u.strings("models") ?? [], apiKeyEnv: try u.string("apiKeyEnv")))
             try u.finish()
+        }
+        if let raw = root.raw("profiles") {
+            guard let object = raw as? [String: Any] else { throw ConfigError(key: "profiles", problem: "must be an object of named presets") }
+            for (name, fields) in object {
+                guard let f = fields as? [String: Any] else { throw ConfigError(key: "profiles.\(name)", problem: "must be an object of request fields") }
+                do { c.profiles[name] = try SamplingFields.validate(f) } catch { throw ConfigError(key: "profiles.\(name).\(error.field)", problem: error.problem) }
+            }
+        }
+        for m in c.models where m.profile != nil && c.profiles[m.profile!] == nil && SamplingFields.builtIn[m.profile!] == nil {
+            throw ConfigError(key: "models[\(m.name)].profile", problem: "no profile named '\(m.profile!)'")
         }
         if var a = try root.object("auth") {
             c.allowOpen = try a.bool("allowOpen") ?? false

@@ -89,16 +89,19 @@ struct JSONObjectReader {
 
 /// Parses a duration given as seconds or as text with a unit; nil when malformed.
 public func parseDuration(_ value: Any) -> Duration? {
-    if let n = value as? NSNumber, !isJSONBool(n) {
-        return .milliseconds(Int64(n.doubleValue * 1000))
+    // Beyond ±30 000 years a duration means nothing, and converting it would overflow.
+    func bounded(_ seconds: Double) -> Duration? {
+        guard seconds.isFinite, abs(seconds) < 1e12 else { return nil }
+        return .milliseconds(Int64(seconds * 1000))
     }
+    if let n = value as? NSNumber, !isJSONBool(n) { return bounded(n.doubleValue) }
     guard var s = value as? String else { return nil }
     s = s.trimmingCharacters(in: .whitespaces)
     let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)]
     for (unit, scale) in units where s.hasSuffix(unit) {
-        if let v = Double(s.dropLast(unit.count)) { return .milliseconds(Int64(v * scale * 1000)) }
+        if let v = Double(s.dropLast(unit.count)) { return bounded(v * scale) }
     }
-    if let v = Double(s) { return .milliseconds(Int64(v * 1000)) }
+    if let v = Double(s) { return bounded(v) }
     return nil
 }
 
