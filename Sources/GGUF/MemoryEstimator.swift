@@ -64,6 +64,17 @@ public enum MemoryEstimator {
         public var total: UInt64 { devices.reduce(0) { MemoryEstimator.add($0, $1.total) } }
     }
 
+    /// Why llama.cpp would refuse these cache settings for this model, if it would: quantized
+    /// caches need head sizes divisible by their block, and a quantized V cache needs flash attention.
+    public static func cacheProblem(_ facts: ModelFacts, _ settings: Settings) -> String? {
+        for (name, type, size) in [("K", settings.cacheTypeK, facts.keyLength ?? 0), ("V", settings.cacheTypeV, facts.valueLength ?? 0)] {
+            let block = Int(type.ggml.blockSize)
+            if block > 1 && size % block != 0 { return "a \(type.rawValue) \(name) cache needs a head size divisible by \(block); this model's is \(size)" }
+        }
+        if ![.f16, .f32, .bf16].contains(settings.cacheTypeV) && !settings.flashAttention { return "a quantized V cache needs flash attention" }
+        return nil
+    }
+
     /// The fixed overhead llama.cpp reports per CUDA/ROCm device.
     public static let gpuOverhead: UInt64 = 457 << 20
 

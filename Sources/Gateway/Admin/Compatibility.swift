@@ -53,7 +53,9 @@ struct Compatibility {
             let saved = Int((Int64(current.total) - Int64(e.total)) / 1_048_576)
             if saved > 0 { out.append(["change": what, "savesMiB": saved]) }
         }
-        if settings.cacheTypeK == .f16 || settings.cacheTypeV == .f16 {
+        var quantized = settings
+        (quantized.cacheTypeK, quantized.cacheTypeV, quantized.flashAttention) = (.q8_0, .q8_0, true)
+        if (settings.cacheTypeK == .f16 || settings.cacheTypeV == .f16) && MemoryEstimator.cacheProblem(facts, quantized) == nil {
             saving({ $0.cacheTypeK = .q8_0; $0.cacheTypeV = .q8_0; $0.flashAttention = true }, "q8_0 KV cache (-ctk q8_0 -ctv q8_0, needs flash attention)")
         }
         if !settings.flashAttention { saving({ $0.flashAttention = true }, "flash attention (-fa on)") }

@@ -209,9 +209,7 @@ struct LibraryRoutes: Sendable {
             guard fa == "on" || fa == "off" else { throw OpenAIError.badRequest("fa must be on or off", param: "fa") }
             s.flashAttention = fa == "on"
         }
-        if s.cacheTypeV != .f16 && s.cacheTypeV != .f32 && s.cacheTypeV != .bf16 && !s.flashAttention {
-            throw OpenAIError.badRequest("a quantized V cache needs flash attention (fa=on)", param: "kv")
-        }
+        if let problem = MemoryEstimator.cacheProblem(facts, s) { throw OpenAIError.badRequest(problem, param: "kv") }
         let c = Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
         let (verdict, estimate) = c.assess(facts, s)
         var answer: [String: Any] = [

@@ -165,9 +165,9 @@ actor TuningService {
             if let min = request.minContext, estimate.contextSize < min {
                 t.status = "pruned"
                 t.reason = "context \(estimate.contextSize) is below the required \(min)"
-            } else if s.cacheTypeV != .f16 && s.cacheTypeV != .f32 && s.cacheTypeV != .bf16 && !s.flashAttention {
+            } else if let problem = MemoryEstimator.cacheProblem(facts, s) {
                 t.status = "pruned"
-                t.reason = "a quantized V cache needs flash attention"
+                t.reason = problem
             } else if verdict == .doesNotFit {
                 t.status = "pruned"
                 t.reason = "estimator: needs \(t.estimatedMiB!) MiB, \(compatibility.available["Host"].map { $0 >> 20 } ?? 0) MiB available"
@@ -370,7 +370,7 @@ struct TuningRoutes: Sendable {
                 throw OpenAIError.badRequest("space must map contextSize, ubatch, threads, parallel, gpuLayers to integer lists, flashAttention to booleans and cacheType to f16/q8_0/… names", param: "space")
             }
             let ranges: [(String, [Int]?, ClosedRange<Int>)] = [
-                ("contextSize", space.contextSize, 1...(1 << 24)), ("ubatch", space.ubatch, 1...65_536), ("threads", space.threads, 1...1024),
+                ("contextSize", space.contextSize, 1...(1 << 28)), ("ubatch", space.ubatch, 1...65_536), ("threads", space.threads, 1...1024),
                 ("parallel", space.parallel, 1...256), ("gpuLayers", space.gpuLayers, 0...10_000),
             ]
             for (name, values, range) in ranges where !(values ?? []).allSatisfy(range.contains) {

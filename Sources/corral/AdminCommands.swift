@@ -1,0 +1,176 @@
+import ArgumentParser
+import Foundation
+
+/// CLI twins of the admin library, hardware, compatibility, recommendation, profile, benchmark
+/// and tuning routes: each prints the route's JSON answer.
+struct LibraryCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "library", abstract: "The model library and what fits this machine (talks to the running gateway).",
+        subcommands: [List.self, Show.self, Compare.self, Scan.self, Hardware.self, Compatibility.self, Recommend.self])
+
+    struct List: AsyncParsableCommand {
+        @OptionGroup var connection: AdminConnection
+        @Option(help: "Text to search for.") var q: String?
+        @Option(help: "Capability: completion, embedding, tools, thinking, insert, vision.") var capability: String?
+        @Option(help: "Only models that fit (true) or not (false).") var fits: String?
+        @Option(help: "Sort by name, size, params, lastUsed or context.") var sort: String?
+        @Flag(help: "Descending order.") var desc = false
+        func run() async throws {
+            var query: [String] = []
+            if let q { query.append("q=\(escapedQuery(q))") }
+            if let capability { query.append("capability=\(escapedQuery(capability))") }
+            if let fits { query.append("fits=\(escapedQuery(fits))") }
+            if let sort { query.append("sort=\(escapedQuery(sort))") }
+            if desc { query.append("order=desc") }
+            connection.print(try await connection.call("GET", "/admin/models" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))))
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        @OptionGroup var connection: AdminConnection
+        @Argument(help: "Model id or alias.") var model: String
+        func run() async throws { connection.print(try await connection.call("GET", "/admin/models/\(model)")) }
+    }
+
+    struct Compare: AsyncParsableCommand {
+        @OptionGroup var connection: AdminConnection
+        @Argument(help: "Two or more model ids.") var models: [String]
+        func run() async throws { connection.print(try await connection.call("GET", "/admin/models/compare?ids=\(escapedQuery(models.joined(separator: ",")))")) }
+    }
+
+    struct Scan: AsyncParsableCommand {
+        @OptionGroup var connection: AdminConnection
+        func run() async throws { connection.print(try await connection.call("POST", "/admin/models/scan")) }
+    }
+
+    struct Hardware: AsyncParsableCommand {
+        @OptionGroup var connection: AdminConnection
+        @Flag(help: "Probe again instead of the cached answer.") var refresh = false
+        func run() async throws { connection.print(try await connection.call("GET", "/admin/hardware" + (refresh ? "?refresh=true" : ""))) }
+    }
+
+    struct Compatibility: AsyncParsableCommand {
+        @OptionGroup var connection: AdminConnection
+        @Argument(help: "Model id or alias.") var model: String
+        @Option(help: "Context size.") var ctx: Int?
+        @Option(help: "KV cache type (f16, q8_0, …).") var kv: String?
+        @Option(help: "Parallel slots.") var parallel: Int?
+        @Option(help: "GPU layers.") var ngl: Int?
+        @Flag(help: "Add llama-fit-params' own projection.") var exact = false
+        func run() async throws {
+            var query: [String] = []
+            if let ctx { query.append("ctx=\(ctx)") }
+            if let kv { query.append("kv=\(escapedQuery(kv))") }
+            if let parallel { query.append("parallel=\(parallel)") }
+            if let ngl { query.append("ngl=\(ngl)") }
+            if exact { query.append("exact=true") }
+            connection.print(try await connection.call("GET", "/admin/models/\(model)/compatibility" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))))
+        }
+    }
+
+    struct Recommend: AsyncParsableCommand {
+        @OptionGroup var connection: AdminConnection
+        @Option(help: "chat, code, embedding or vision.") var task = "chat"
+        @Option(help: "Smallest context the model must support.") var minCtx: Int?
+        func run() async throws {
+            connection.print(try await connection.call("GET", "/admin/recommendations?task=\(escapedQuery(task))" + (minCtx.map { "&min_ctx=\($0)" } ?? "")))
+        }
+    }
+}
+
+struct ProfilesCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "profiles", abstract: "Sampling profiles (talks to the running gateway).", subcommands: [List.self, Set.self, Delete.self])
+
+    struct List: AsyncParsableCommand {
+        @OptionGroup var connection: AdminConnection
+        func run() async throws { connection.print(try await connection.call("GET", "/admin/profiles")) }
+    }
+
+    struct Set: AsyncParsableCommand {
+        @OptionGroup var connection: AdminConnection
+        @Argument(help: "Profile name.") var name: String
+        @Argument(help: "Fields as key=value (temperature=0.2 top_p=0.9 stop=END).") var fields: [String]
+        func run() async throws {
+            var body: [String: Any] = [:]
+            for pair in fields {
+                let kv = pair.split(separator: "=", maxSplits: 1).map(String.init)
+                guard kv.count == 2 else { throw ValidationError("expected key=value, got \(pair)") }
+                body[kv[0]] = kv[0] == "stop" ? [kv[1]] : (Double(kv[1]) as Any? ?? kv[1])
+            }
+            connection.print(try await connection.call("PUT", "/admin/profiles/\(escaped(name))", body: body))
+        }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        @OptionGroup var connection: AdminConnection
+        @Argument(help: "Profile name.") var name: String
+        func run() async throws { _ = try await connection.call("DELETE", "/admin/profiles/\(escaped(name))"); print("deleted \(name)") }
+    }
+}
+
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench", abstract: "Benchmark a model through the serving path and wait for the result.")
+
+    @OptionGroup var connection: AdminConnection
+    @Argument(help: "Model id or alias.") var model: String
+    @Option(help: "Requests.") var requests = 20
+    @Option(help: "Concurrency.") var concurrency = 1
+    @Option(help: "Prompt length in words.") var promptWords = 32
+    @Option(help: "Tokens to generate per request.") var maxTokens = 64
+
+    func run() async throws {
+        let started = try await connection.call("POST", "/admin/benchmarks", body: [
+            "model": model, "requests": requests, "concurrency": concurrency, "promptWords": promptWords, "maxTokens": maxTokens,
+        ])
+        guard let id = (started as? [String: Any])?["id"] as? String else { throw ValidationError("unexpected answer: \(started)") }
+        while true {
+            let run = try await connection.call("GET", "/admin/benchmarks/\(id)") as? [String: Any] ?? [:]
+            if run["status"] as? String != "running" {
+                connection.print(run)
+                return
+            }
+            try await Task.sleep(for: .milliseconds(500))
+        }
+    }
+}
+
+struct TuneCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tune", abstract: "Tune a model's llama-server settings on this machine, wait, and optionally apply the winner.")
+
+    @OptionGroup var connection: AdminConnection
+    @Argument(help: "Model id or alias.") var model: String
+    @Option(help: "max_generation_tps, min_ttft, max_throughput_at_concurrency, min_memory or balanced.") var objective = "max_generation_tps"
+    @Option(help: "grid, random or halving.") var strategy = "halving"
+    @Option(help: "Context sizes, comma-separated.") var ctx: String?
+    @Option(help: "Ubatch sizes, comma-separated.") var ubatch: String?
+    @Option(help: "Thread counts, comma-separated.") var threads: String?
+    @Option(help: "KV cache types, comma-separated.") var kv: String?
+    @Option(help: "Flash attention values: on,off.") var fa: String?
+    @Flag(help: "Apply the winner as the model's runtime profile.") var apply = false
+
+    func run() async throws {
+        func ints(_ s: String?) -> [Int]? { s.map { $0.split(separator: ",").compactMap { Int($0) } } }
+        var space: [String: Any] = [:]
+        space["contextSize"] = ints(ctx)
+        space["ubatch"] = ints(ubatch)
+        space["threads"] = ints(threads)
+        space["cacheType"] = kv.map { $0.split(separator: ",").map(String.init) }
+        space["flashAttention"] = fa.map { $0.split(separator: ",").map { $0 == "on" } }
+        let started = try await connection.call("POST", "/admin/tuning", body: ["model": model, "objective": objective, "strategy": strategy, "space": space])
+        guard let id = (started as? [String: Any])?["id"] as? String else { throw ValidationError("unexpected answer: \(started)") }
+        while true {
+            let session = try await connection.call("GET", "/admin/tuning/\(id)") as? [String: Any] ?? [:]
+            if session["status"] as? String != "running" {
+                connection.print(session)
+                if apply && session["status"] as? String == "done" { connection.print(try await connection.call("POST", "/admin/tuning/\(id)/apply")) }
+                return
+            }
+            try await Task.sleep(for: .seconds(1))
+        }
+    }
+}
+
+func escapedQuery(_ s: String) -> String { s.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+"))) ?? s }

@@ -1,0 +1,178 @@
+"""The operator routes for choosing and tuning models, and their CLI twins, against a real
+llama-server: library (filters, sort, compare, incremental scan), hardware, compatibility (with
+llama-fit-params' own projection), recommendations, sampling profiles, benchmarks (poll and SSE)
+and a successive-halving tuning session whose applied winner the next spawn uses."""
+import json
+import os
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from conftest import CORRAL, make_model, start_corral, stop_corral
+
+
+@pytest.fixture(scope="module")
+def corral():
+    c = start_corral()
+    c.h = {"authorization": f"Bearer {c.admin_token}"}
+    yield c
+    stop_corral(c)
+
+
+def get(c, path, status=200):
+    r = httpx.get(c.base + path, headers=c.h, timeout=60)
+    assert r.status_code == status, (path, r.status_code, r.text[:300])
+    return r.json()
+
+
+def cli(c, *args):
+    out = subprocess.run([CORRAL, *args, "--url", c.base, "--token", c.admin_token], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_hardware_describes_this_machine(corral):
+    hw = get(corral, "/admin/hardware")
+    assert hw["logicalCores"] == os.cpu_count()
+    assert hw["ramTotalMiB"] > 0 and 0 < hw["ramAvailableMiB"] <= hw["ramTotalMiB"]
+    assert hw["backend"] in ("CPU", "CUDA", "ROCm", "Metal", "Vulkan", "SYCL")
+    assert hw["llamaBuild"].startswith("version:")
+    assert cli(corral, "library", "hardware")["cpuModel"] == hw["cpuModel"]
+
+
+def test_library_lists_filters_sorts_and_compares(corral):
+    models = get(corral, "/admin/models")["models"]
+    assert [m["id"] for m in models] == ["chat", "embed"]
+    chat = models[0]
+    assert chat["architecture"] == "llama" and chat["quantization"] == "F32" and chat["sizeBytes"] == os.path.getsize(f"{corral.directory}/chat.gguf")
+    assert chat["fit"]["verdict"] == "cpu_only" and chat["fit"]["largestContext"] >= 2048
+    assert "insert" in chat["capabilities"] and chat["aliases"] == ["chat-alias"]
+    assert [m["id"] for m in get(corral, "/admin/models?capability=embedding")["models"]] == ["embed"]
+    assert [m["id"] for m in get(corral, "/admin/models?q=CHA")["models"]] == ["chat"]
+    assert get(corral, "/admin/models?fits=false")["count"] == 0
+    assert get(corral, "/admin/models?minSize=1GiB")["count"] == 0
+    assert [m["id"] for m in get(corral, "/admin/models?sort=size&order=desc")["models"]] == \
+        sorted(["chat", "embed"], key=lambda i: -os.path.getsize(f"{corral.directory}/{i}.gguf"))
+    get(corral, "/admin/models?sort=colour", 400)
+    get(corral, "/admin/models?minParams=lots", 400)
+    both = get(corral, "/admin/models/compare?ids=chat,embed")
+    assert [m["id"] for m in both["models"]] == ["chat", "embed"] and "capabilities" in both["differing"]
+    get(corral, "/admin/models/compare?ids=chat", 400)
+    get(corral, "/admin/models/compare?ids=chat,nope", 404)
+    assert get(corral, "/admin/models/chat-alias")["id"] == "chat"
+    get(corral, "/admin/models/nope", 404)
+    assert cli(corral, "library", "list", "--capability", "embedding")["count"] == 1
+
+
+def test_scan_is_incremental_and_finds_new_files(corral, tmp_path):
+    first = httpx.post(corral.base + "/admin/models/scan", headers=corral.h).json()
+    assert first["filesRead"] == 0 and first["filesReused"] == 2
+    os.utime(f"{corral.directory}/chat.gguf")  # touched: read again
+    again = cli(corral, "library", "scan")
+    assert again["filesRead"] == 1 and again["filesReused"] == 1
+
+
+def test_compatibility_matches_llama_fit_params(corral):
+    c = get(corral, "/admin/models/chat/compatibility?ctx=2048&kv=f32&exact=true")
+    assert c["verdict"] == "cpu_only" and c["settings"]["kv"] == "f32"
+    host = next(d for d in c["estimate"] if d["device"] == "Host")
+    exact = next(d for d in c["exact"]["projection"] if d["device"] == "Host")
+    assert abs(host["kvMiB"] - exact["contextMiB"]) <= 1 and abs(host["weightsMiB"] - exact["modelMiB"]) <= 1
+    assert c["largestContext"] >= 2048
+    assert {row["context"] for row in c["table"]} >= {512, 2048}
+    get(corral, "/admin/models/chat/compatibility?kv=q9_9", 400)
+    get(corral, "/admin/models/chat/compatibility?kv=f16&fa=off", 200)
+    # The tiny model's head size (16) is not a multiple of q8_0's block (32): llama.cpp would refuse.
+    assert "divisible" in httpx.get(corral.base + "/admin/models/chat/compatibility?kv=q8_0", headers=corral.h).json()["error"]["message"]
+    get(corral, "/admin/models/chat/compatibility?ctx=-1", 400)
+    get(corral, "/admin/models/nope/compatibility", 404)
+    assert cli(corral, "library", "compatibility", "chat", "--ctx", "1024")["settings"]["ctx"] == 1024
+
+
+def test_recommendations_rank_what_fits_with_reasons(corral):
+    chat = get(corral, "/admin/recommendations?task=chat")["recommendations"]
+    assert [r["model"] for r in chat] == ["chat"] and "cpu only" in chat[0]["reason"]
+    assert [r["model"] for r in get(corral, "/admin/recommendations?task=embedding")["recommendations"]] == ["embed"]
+    assert "fill-in-the-middle" in get(corral, "/admin/recommendations?task=code")["recommendations"][0]["reason"]
+    assert get(corral, "/admin/recommendations?task=chat&min_ctx=100000")["recommendations"] == []
+    get(corral, "/admin/recommendations?task=poetry", 400)
+
+
+def test_sampling_profiles_fill_in_what_the_request_leaves_out(corral):
+    names = {p["name"]: p for p in get(corral, "/admin/profiles")["profiles"]}
+    assert {"precise", "balanced", "creative", "code"} <= set(names)
+    r = httpx.put(corral.base + "/admin/profiles/short", headers=corral.h, json={"max_tokens": 3, "temperature": 0})
+    assert r.status_code == 200
+    # model@profile and "profile" both apply it; explicit fields win.
+    body = {"model": "chat@short", "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(corral.base + "/v1/chat/completions", json=body).json()["usage"]["completion_tokens"] == 3
+    body = {"model": "chat", "profile": "short", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(corral.base + "/v1/chat/completions", json=body).json()["usage"]["completion_tokens"] == 5
+    ollama = httpx.post(corral.base + "/api/generate", json={"model": "chat@short", "prompt": "hi", "stream": False}).json()
+    assert ollama["eval_count"] == 3
+    bad = httpx.post(corral.base + "/v1/chat/completions", json={"model": "chat", "profile": "nope", "messages": []})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "profile"
+    assert httpx.put(corral.base + "/admin/profiles/bad", headers=corral.h, json={"temperature": "hot"}).status_code == 400
+    assert httpx.put(corral.base + "/admin/profiles/bad", headers=corral.h, json={"colour": 1}).status_code == 400
+    assert httpx.delete(corral.base + "/admin/profiles/precise", headers=corral.h).status_code == 409
+    assert httpx.delete(corral.base + "/admin/profiles/short", headers=corral.h).status_code == 204
+    get(corral, "/admin/profiles/short", 404)
+
+
+def test_benchmark_runs_through_the_serving_path(corral):
+    r = httpx.post(corral.base + "/admin/benchmarks", headers=corral.h, json={"model": "chat", "requests": 6, "concurrency": 2, "maxTokens": 8})
+    assert r.status_code == 202, r.text
+    run = r.json()
+    seen = []
+    with httpx.stream("GET", corral.base + f"/admin/benchmarks/{run['id']}/events", headers=corral.h, timeout=120) as events:
+        assert events.headers["content-type"].startswith("text/event-stream")
+        for line in events.iter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+    assert seen[-1]["status"] == "done" and seen[-1]["completed"] == 6
+    assert [s["completed"] for s in seen] == sorted(s["completed"] for s in seen)
+    done = get(corral, f"/admin/benchmarks/{run['id']}")
+    result = done["result"]
+    assert result["requests"] == 6 and result["errors"] == 0 and result["completionTokens"] == 48
+    assert result["timeToFirstTokenMs"]["p50"] > 0 and result["generationTokensPerSecond"]["p50"] > 0
+    assert done["memoryMiB"]
+    assert get(corral, "/admin/models/chat")["benchmarks"][0]["id"] == run["id"]
+    for bad in ({"model": "nope"}, {"model": "chat", "requests": 0}, {"model": "embed"}, {}):
+        assert httpx.post(corral.base + "/admin/benchmarks", headers=corral.h, json=bad).status_code in (400, 404)
+    get(corral, "/admin/benchmarks/bench-nothing", 404)
+    cli_run = cli(corral, "bench", "chat", "--requests", "2", "--max-tokens", "4")
+    assert cli_run["status"] == "done" and cli_run["result"]["completionTokens"] == 8
+
+
+def test_tuning_prunes_halves_and_applies(corral):
+    space = {"contextSize": [512, 1024, 100000000], "ubatch": [128, 256], "flashAttention": [True]}
+    r = httpx.post(corral.base + "/admin/tuning", headers=corral.h,
+                   json={"model": "chat", "strategy": "halving", "objective": "max_generation_tps", "space": space, "requests": 3, "maxTokens": 8})
+    assert r.status_code == 202
+    sid = r.json()["id"]
+    deadline = time.time() + 120
+    while (session := get(corral, f"/admin/tuning/{sid}"))["status"] == "running":
+        assert time.time() < deadline
+        time.sleep(0.3)
+    assert session["status"] == "done", session
+    trials = session["trials"]
+    assert len(trials) == 6
+    pruned = [t for t in trials if t["status"] == "pruned"]
+    assert len(pruned) == 2 and all("estimator" in t["reason"] for t in pruned)
+    assert sorted(t["status"] for t in trials if t["status"] != "pruned") == ["done", "eliminated", "eliminated", "eliminated"]
+    assert max(t["round"] for t in trials) == 1  # a second, longer round for the survivors
+    best = trials[session["best"]]
+    applied = httpx.post(corral.base + f"/admin/tuning/{sid}/apply", headers=corral.h).json()
+    assert applied["arguments"] == best["arguments"]
+    httpx.post(corral.base + "/admin/models/chat/unload", headers=corral.h)
+    httpx.post(corral.base + "/admin/models/chat/load", headers=corral.h)
+    args = next(i["arguments"] for i in get(corral, "/admin/instances") if i["model"] == "chat")
+    joined = " ".join(args)
+    assert " ".join(best["arguments"]) in joined
+    for bad in ({"model": "chat", "objective": "fastest"}, {"model": "chat", "space": {"ubatch": "big"}},
+                {"model": "chat", "space": {"contextSize": [0]}}, {"model": "nope"}):
+        assert httpx.post(corral.base + "/admin/tuning", headers=corral.h, json=bad).status_code in (400, 404)
+    assert httpx.post(corral.base + "/admin/tuning/tune-nothing/apply", headers=corral.h).status_code == 404
+    assert any(s["id"] == sid for s in get(corral, "/admin/tuning")["sessions"])
