@@ -4,6 +4,7 @@ llama-fit-params' own projection), recommendations, sampling profiles, benchmark
 and a successive-halving tuning session whose applied winner the next spawn uses."""
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -176,3 +177,42 @@ def test_tuning_prunes_halves_and_applies(corral):
         assert httpx.post(corral.base + "/admin/tuning", headers=corral.h, json=bad).status_code in (400, 404)
     assert httpx.post(corral.base + "/admin/tuning/tune-nothing/apply", headers=corral.h).status_code == 404
     assert any(s["id"] == sid for s in get(corral, "/admin/tuning")["sessions"])
+
+
+def wait_session(c, sid, until=lambda s: s["status"] != "running", timeout=120):
+    deadline = time.time() + timeout
+    while not until(session := get(c, f"/admin/tuning/{sid}")):
+        assert time.time() < deadline, session
+        time.sleep(0.2)
+    return session
+
+
+def test_grid_random_and_sessions_interrupted_by_a_restart():
+    c = start_corral()
+    c.h = {"authorization": f"Bearer {c.admin_token}"}
+    try:
+        def start(body):
+            r = httpx.post(c.base + "/admin/tuning", headers=c.h, json={"model": "chat", "requests": 1, "maxTokens": 2, **body})
+            assert r.status_code == 202, r.text
+            return r.json()["id"]
+
+        grid = wait_session(c, start({"strategy": "grid", "space": {"ubatch": [64, 128]}}))
+        assert grid["status"] == "done" and [t["status"] for t in grid["trials"]] == ["done", "done"]
+        assert grid["trials"][grid["best"]]["score"] == max(t["score"] for t in grid["trials"])
+        rand = wait_session(c, start({"strategy": "random", "space": {"ubatch": [32, 64, 128, 256]}, "maxCandidates": 2, "seed": 7}))
+        assert len(rand["trials"]) == 2 and rand["status"] == "done"
+        assert len({t["candidate"]["ubatch"] for t in rand["trials"]}) == 2
+
+        long = start({"strategy": "grid", "space": {"ubatch": list(range(16, 400, 16))}, "requests": 4, "maxTokens": 32})
+        wait_session(c, long, until=lambda s: any(t["status"] == "done" for t in s["trials"]))
+        c.proc.send_signal(signal.SIGTERM)
+        c.proc.wait(timeout=30)
+        c = start_corral(directory=c.directory)
+        c.h = {"authorization": f"Bearer {c.admin_token}"}
+        time.sleep(0.5)
+        after = get(c, f"/admin/tuning/{long}")
+        assert after["status"] == "interrupted" and "stopped" in after["error"]
+        assert any(t["status"] == "done" for t in after["trials"])
+        assert not any(t["status"] in ("running", "pending") for t in after["trials"])
+    finally:
+        stop_corral(c)

@@ -81,10 +81,12 @@ public struct ModelCatalog: Sendable {
             spec.profile = m.profile
             catalog.add(spec)
         }
+        var indexByPath: [String: Int] = [:]
+        for (i, m) in catalog.models.enumerated() { if let p = m.path { indexByPath[p] = i } }
         for source in config.sources {
             for found in SourceScanner.scan(source) {
                 let path = found.path
-                if let existing = catalog.models.firstIndex(where: { $0.path == path }) {
+                if let existing = indexByPath[path] {
                     // The same file under another name: one model, both names.
                     let name = normalize(found.name)
                     if catalog.addAlias(name, for: catalog.models[existing].id) { catalog.models[existing].listedAliases.append(name) }
@@ -99,7 +101,9 @@ public struct ModelCatalog: Sendable {
                         facts: facts, fileSize: fileSize(path))
                     spec.knownDigest = found.digest
                     spec.sourceDirectory = source.directory
+                    let before = catalog.models.count
                     catalog.add(spec)
+                    if catalog.models.count > before { indexByPath[path] = before }
                 } catch {
                     catalog.problems.append((path, "\(error)"))
                 }
