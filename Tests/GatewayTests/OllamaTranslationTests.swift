@@ -5,6 +5,7 @@ import Runtime
 import Testing
 
 @testable import Gateway
+@testable import Runtime
 
 /// The pure parts of the Ollama API: value formats and request/response translation.
 struct OllamaTranslationTests {
@@ -40,9 +41,9 @@ struct OllamaTranslationTests {
     }
 
     @Test func optionsAreTypedMappedAndUnknownOnesIgnored() throws {
-        let (sampling, ctx) = try OllamaRequests.options([
+        let (sampling, load) = try OllamaRequests.options([
             "num_predict": 7, "temperature": 0.2, "top_k": 5, "stop": "END", "num_ctx": 4096, "tfs_z": 1.0,
-            "made_up_option": "whatever", "num_keep": 4, "use_mmap": true,
+            "made_up_option": "whatever", "num_keep": 4, "use_mmap": false, "num_thread": 2, "num_gpu": 0, "num_batch": 128,
         ])
         #expect(sampling["max_tokens"] as? Int == 7)
         #expect(sampling["temperature"] as? Double == 0.2)
@@ -50,7 +51,9 @@ struct OllamaTranslationTests {
         #expect(sampling["stop"] as? [String] == ["END"])
         #expect(sampling["n_keep"] as? Int == 4)
         #expect(sampling["made_up_option"] == nil && sampling["tfs_z"] == nil)
-        #expect(ctx == 4096)
+        #expect(load == LoadOptions(minimumContext: 4096, gpuLayers: 0, threads: 2, batch: 128, useMmap: false))
+        #expect(try OllamaRequests.options(["temperature": 1]).load == nil)
+        #expect(try OllamaRequests.options(["num_gpu": -1]).load == nil)
         #expect(try OllamaRequests.options(["num_predict": -1]).sampling["max_tokens"] == nil)
         for bad: [String: Any] in [["temperature": "hot"], ["num_ctx": 1.5], ["top_k": true], ["stop": [1]], ["use_mmap": 1], ["num_ctx": 0]] {
             #expect(throws: OllamaError.self, "\(bad)") { try OllamaRequests.options(bad) }
@@ -78,7 +81,7 @@ struct OllamaTranslationTests {
         let call = try #require((messages[1]["tool_calls"] as? [[String: Any]])?.first)
         #expect((call["function"] as? [String: Any])?["arguments"] as? String == #"{"a":1}"#)
         #expect(messages[2]["tool_call_id"] as? String == call["id"] as? String)
-        #expect(plan.minimumContext == nil)
+        #expect(plan.load == nil)
     }
 
     @Test func generateChoosesInfillRawOrChat() throws {

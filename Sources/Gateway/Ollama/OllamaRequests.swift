@@ -16,7 +16,7 @@ struct UpstreamPlan {
     var path: String
     var body: [String: Any]
     var keepAlive: Duration?
-    var minimumContext: Int?
+    var load: LoadOptions?
 }
 
 /// Translates Ollama requests into llama-server requests. Pure functions over parsed JSON, so
@@ -40,21 +40,27 @@ enum OllamaRequests {
     ]
     static let boolOptions: Set<String> = ["use_mmap", "use_mlock", "numa", "low_vram", "f16_kv", "vocab_only", "penalize_newline"]
 
-    /// Checks `options` types and returns (sampling fields for llama-server, minimum context).
+    /// Checks `options` types and returns (sampling fields for llama-server, load-time options).
     /// Unknown options are ignored (clients still send removed ones); wrong types are a 400.
-    static func options(_ value: Any?) throws(OllamaError) -> (sampling: [String: Any], minimumContext: Int?) {
+    static func options(_ value: Any?) throws(OllamaError) -> (sampling: [String: Any], load: LoadOptions?) {
         guard let value, !(value is NSNull) else { return ([:], nil) }
         guard let options = value as? [String: Any] else { throw .badRequest("options must be an object") }
         var sampling: [String: Any] = [:]
-        var minimumContext: Int?
+        var load = LoadOptions()
         for (key, v) in options where !(v is NSNull) {
             if integerOptions.contains(key) {
                 guard let n = v as? NSNumber, !isJSONBool(n), let i = Int(exactly: n.doubleValue) else {
                     throw .badRequest("option \"\(key)\" must be an integer")
                 }
-                if key == "num_ctx" {
+                switch key {
+                case "num_ctx":
                     guard i > 0 else { throw .badRequest("option \"num_ctx\" must be positive") }
-                    minimumContext = i
+                    load.minimumContext = i
+                case "num_gpu": load.gpuLayers = i < 0 ? nil : min(i, 10_000)  // -1: let fitting decide
+                case "num_thread": if i > 0 { load.threads = min(i, 1024) }
+                case "num_batch": if i > 0 { load.batch = min(i, 65_536) }
+                case "main_gpu": if i >= 0 { load.mainGPU = min(i, 64) }
+                default: break
                 }
                 if key == "num_predict" && i < 0 { continue }  // -1 / -2: no limit
                 if let upstream = samplingOptions[key] { sampling[upstream] = i }
@@ -63,6 +69,7 @@ enum OllamaRequests {
                 if let upstream = samplingOptions[key] { sampling[upstream] = n.doubleValue }
             } else if boolOptions.contains(key) {
                 guard isJSONBool(v) else { throw .badRequest("option \"\(key)\" must be a boolean") }
+                if key == "use_mmap" { load.useMmap = v as? Bool }
             } else if key == "stop" {
                 if let s = v as? String {
                     sampling["stop"] = [s]
@@ -73,12 +80,12 @@ enum OllamaRequests {
                 }
             }
         }
-        return (sampling, minimumContext)
+        return (sampling, load == LoadOptions() ? nil : load)
     }
 
     /// Fields every generation request shares: options, format, keep-alive.
-    static func common(_ body: [String: Any]) throws(OllamaError) -> (fields: [String: Any], keepAlive: Duration?, minimumContext: Int?) {
-        let (sampling, minimumContext) = try options(body["options"])
+    static func common(_ body: [String: Any]) throws(OllamaError) -> (fields: [String: Any], keepAlive: Duration?, load: LoadOptions?) {
+        let (sampling, load) = try options(body["options"])
         var fields = sampling
         fields["cache_prompt"] = true
         if let format = body["format"], !(format is NSNull) {
@@ -92,7 +99,7 @@ enum OllamaRequests {
             }
         }
         if let stream = body["stream"], !(stream is NSNull), !isJSONBool(stream) { throw .badRequest("stream must be a boolean") }
-        return (fields, try OllamaValues.keepAlive(body["keep_alive"]), minimumContext)
+        return (fields, try OllamaValues.keepAlive(body["keep_alive"]), load)
     }
 
     /// Whether the client wants a stream (Ollama's default is yes).
@@ -100,7 +107,7 @@ enum OllamaRequests {
 
     /// `/api/chat` → `/v1/chat/completions`.
     static func chat(_ body: [String: Any], model: String) throws(OllamaError) -> UpstreamPlan {
-        let (fields, keepAlive, minimumContext) = try common(body)
+        let (fields, keepAlive, load) = try common(body)
         guard let messages = body["messages"] as? [Any] else { throw .badRequest("messages must be a list") }
         var out = fields
         out["model"] = model
@@ -114,12 +121,12 @@ enum OllamaRequests {
         // Not in Ollama's API, but users ask for it (ollama/ollama#8421): honoured when sent.
         if let choice = body["tool_choice"], !(choice is NSNull) { out["tool_choice"] = choice }
         try applyThink(body["think"], to: &out)
-        return UpstreamPlan(kind: .chat, path: "/v1/chat/completions", body: out, keepAlive: keepAlive, minimumContext: minimumContext)
+        return UpstreamPlan(kind: .chat, path: "/v1/chat/completions", body: out, keepAlive: keepAlive, load: load)
     }
 
     /// `/api/generate` → `/infill` (with `suffix`), `/v1/completions` (`raw`) or a one-turn chat.
     static func generate(_ body: [String: Any], model: String) throws(OllamaError) -> UpstreamPlan {
-        let (fields, keepAlive, minimumContext) = try common(body)
+        let (fields, keepAlive, load) = try common(body)
         let prompt = try optionalString(body, "prompt") ?? ""
         let system = try optionalString(body, "system")
         var out = fields
@@ -131,12 +138,12 @@ enum OllamaRequests {
             out["prompt"] = ""
             if let n = out.removeValue(forKey: "max_tokens") { out["n_predict"] = n }
             out.removeValue(forKey: "response_format")
-            return UpstreamPlan(kind: .infill, path: "/infill", body: out, keepAlive: keepAlive, minimumContext: minimumContext)
+            return UpstreamPlan(kind: .infill, path: "/infill", body: out, keepAlive: keepAlive, load: load)
         }
         if (body["raw"] as? Bool) == true {
             out["prompt"] = (system.map { $0 + "\n" } ?? "") + prompt
             out["stream_options"] = ["include_usage": true]
-            return UpstreamPlan(kind: .completion, path: "/v1/completions", body: out, keepAlive: keepAlive, minimumContext: minimumContext)
+            return UpstreamPlan(kind: .completion, path: "/v1/completions", body: out, keepAlive: keepAlive, load: load)
         }
         var messages: [[String: Any]] = []
         if let system, !system.isEmpty { messages.append(["role": "system", "content": system]) }
@@ -144,7 +151,7 @@ enum OllamaRequests {
         out["messages"] = messages
         out["stream_options"] = ["include_usage": true]
         try applyThink(body["think"], to: &out)
-        return UpstreamPlan(kind: .chat, path: "/v1/chat/completions", body: out, keepAlive: keepAlive, minimumContext: minimumContext)
+        return UpstreamPlan(kind: .chat, path: "/v1/chat/completions", body: out, keepAlive: keepAlive, load: load)
     }
 
     static func optionalString(_ body: [String: Any], _ key: String) throws(OllamaError) -> String? {

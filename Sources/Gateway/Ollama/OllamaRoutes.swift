@@ -204,7 +204,7 @@ struct OllamaRoutes: Sendable {
             exchange = try await relay.open(
                 route: route, method: .POST, upstreamPath: plan.path, modelName: spec.id, body: ByteBuffer(bytes: JSON.data(plan.body)),
                 headers: request.headers, caller: caller, tokens: TokenEstimate(plan.body), keepAlive: plan.keepAlive,
-                minimumContext: plan.minimumContext)
+                load: plan.load)
         } catch {
             throw OllamaError(error)
         }
@@ -307,7 +307,7 @@ struct OllamaRoutes: Sendable {
                 try await scheduler.unload(spec.id)
                 reason = "unload"
             } else {
-                let lease = try await scheduler.acquire(spec.id, keepAlive: keepAlive, minimumContext: try OllamaRequests.options(body["options"]).minimumContext)
+                let lease = try await scheduler.acquire(spec.id, keepAlive: keepAlive, load: try OllamaRequests.options(body["options"]).load)
                 await scheduler.release(lease)
             }
         } catch let error as SchedulerError {

@@ -153,7 +153,7 @@ public struct Relay: Sendable {
     /// Failures before an answer arrives are recorded here and thrown as OpenAI errors.
     func open(
         route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?, headers: HTTPFields,
-        caller: Caller, tokens: TokenEstimate, keepAlive: Duration? = nil, minimumContext: Int? = nil
+        caller: Caller, tokens: TokenEstimate, keepAlive: Duration? = nil, load: LoadOptions? = nil
     ) async throws(OpenAIError) -> UpstreamExchange {
         let started = ContinuousClock.now
         let requestID = UUID().uuidString.lowercased()
@@ -185,7 +185,7 @@ public struct Relay: Sendable {
         }
         let lease: Lease
         do {
-            lease = try await scheduler.acquire(modelName, keepAlive: keepAlive, minimumContext: minimumContext)
+            lease = try await scheduler.acquire(modelName, keepAlive: keepAlive, load: load)
         } catch {
             if let reservation { access?.reconcile(reservation, actualTokens: 0) }
             throw refused(OpenAIError(error), kind: "\(error)")

@@ -102,6 +102,10 @@ public actor Scheduler {
         var idleDeadline: ContinuousClock.Instant?
         /// A larger context than configured, asked for by a request; used from the next load on.
         var contextOverride: Int?
+        /// Load-time options the last request that set any asked for; used from the next load on.
+        var loadOptions = LoadOptions()
+        /// The load-time options the running instance was started with.
+        var instanceOptions = LoadOptions()
     }
 
     public private(set) var catalog: ModelCatalog
@@ -177,10 +181,11 @@ public actor Scheduler {
 
     /// Waits for a slot on `modelName`, loading the model if needed.
     /// - Parameter keepAlive: overrides the idle TTL from now on (negative = never unload, zero = unload after use).
-    /// - Parameter minimumContext: the context the request needs (Ollama's `num_ctx`). A running
-    ///   instance with at least this much serves it; a smaller idle one is restarted with it; a
-    ///   smaller busy one serves it (never interrupting others) and the next load uses it.
-    public func acquire(_ modelName: String, keepAlive: Duration? = nil, minimumContext: Int? = nil) async throws(SchedulerError) -> Lease {
+    /// - Parameter load: what the request asks of the instance (see ``LoadOptions``): a running
+    ///   instance that satisfies it serves the request; an idle one that does not is restarted
+    ///   with it; a busy one serves it (never interrupting others) and the next load uses it.
+    public func acquire(_ modelName: String, keepAlive: Duration? = nil, load: LoadOptions? = nil) async throws(SchedulerError) -> Lease {
+        let minimumContext = load?.minimumContext
         guard !isShuttingDown else { throw .shuttingDown }
         guard let spec = catalog.resolve(modelName) else { throw .unknownModel(modelName) }
         if case .remote(let baseURL, let keyEnv) = spec.backend {
@@ -192,6 +197,9 @@ public actor Scheduler {
         if let minimumContext, minimumContext > (slots[id]?.contextOverride ?? 0), minimumContext > (spec.contextSize ?? 0) {
             slots[id, default: Slot()].contextOverride = minimumContext
         }
+        // The instance a restart would start: the request's exact options, for this and later loads.
+        let wanted = load.map { $0.exact }
+        if let wanted, load?.hasExact == true { slots[id, default: Slot()].loadOptions = wanted }
         let start = ContinuousClock.now
         var loadDuration = Duration.zero
         while true {
@@ -201,6 +209,11 @@ public actor Scheduler {
             case .ready(let instance):
                 if let needed = minimumContext, let has = instance.contextSize, has < needed, slot.inFlight == 0, slot.waiters.isEmpty {
                     logger.info("restarting model with a larger context", metadata: ["model": "\(id)", "from": "\(has)", "to": "\(needed)"])
+                    await stop(id)
+                    continue
+                }
+                if let load, load.hasExact, !load.isSatisfied(by: slot.instanceOptions), slot.inFlight == 0, slot.waiters.isEmpty {
+                    logger.info("restarting model with the requested load options", metadata: ["model": "\(id)", "options": "\(load.arguments.joined(separator: " "))"])
                     await stop(id)
                     continue
                 }
@@ -319,7 +332,9 @@ public actor Scheduler {
         guard let port = freeLoopbackPort() else { throw SchedulerError.loadFailed(spec.id, "no free port") }
         // Precedence (llama.cpp keeps a flag's last value): pinned > runtime profile > fit > defaults.
         let arguments = ["-m", path, "--host", "127.0.0.1", "--port", String(port), "--alias", spec.id, "--no-webui", "--metrics", "--slots", "--props", "-lv", "4"]
-            + base + (plan.arguments.isEmpty ? contextArgs : plan.arguments) + (runtimeArguments[spec.id] ?? []) + spec.pinnedArgs
+            + base + (plan.arguments.isEmpty ? contextArgs : plan.arguments) + (runtimeArguments[spec.id] ?? [])
+            + (slots[spec.id]?.loadOptions.arguments ?? []) + spec.pinnedArgs
+        slots[spec.id, default: Slot()].instanceOptions = slots[spec.id]?.loadOptions ?? LoadOptions()
         let child: ChildProcess
         let log = InstanceLog()
         do {
