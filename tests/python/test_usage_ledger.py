@@ -21,7 +21,7 @@ def cut_short(c, key: str):
     """Starts a long streamed answer and hangs up after the first event."""
     body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400, "stream": True}).encode()
     s = socket.create_connection(("127.0.0.1", c.port))
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer "
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAuthorization: Bearer "
               + key.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     s.settimeout(60)
     data = b""

@@ -68,6 +68,8 @@ public struct GatewayDependencies: Sendable {
 public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestContext> {
     let router = Router(context: GatewayRequestContext.self)
     router.add(middleware: ErrorShapeMiddleware())
+    router.add(middleware: CORSMiddleware(extraOrigins: Set(deps.config.corsOrigins)))
+    if deps.config.listensOnLoopbackOnly { router.add(middleware: HostGuardMiddleware(allowed: Set(deps.config.allowedHosts))) }
     if let access = deps.access { router.add(middleware: AuthMiddleware(access: access)) }
     router.get("/health") { _, _ in jsonResponse(["status": "ok"]) }
     let metrics = deps.metrics

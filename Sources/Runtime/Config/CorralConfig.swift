@@ -112,6 +112,10 @@ public struct CorralConfig: Sendable {
     public var upstreams: [Upstream] = []
     /// Named sampling presets: profile name → request fields (JSON objects as parsed).
     public var profiles: [String: [String: SendableJSON]] = [:]
+    /// Host names accepted besides local ones when listening on loopback (DNS-rebinding guard).
+    public var allowedHosts: [String] = []
+    /// Browser origins given CORS headers besides local ones (`*` allows any).
+    public var corsOrigins: [String] = []
     /// Serve without API keys even when listening beyond loopback (no team configured).
     public var allowOpen = false
     /// Whether Ollama's `/api/delete` may delete a model file (inside a configured source only).
@@ -228,6 +232,11 @@ public struct CorralConfig: Sendable {
         }
         for m in c.models where m.profile != nil && c.profiles[m.profile!] == nil && SamplingFields.builtIn[m.profile!] == nil {
             throw ConfigError(key: "models[\(m.name)].profile", problem: "no profile named '\(m.profile!)'")
+        }
+        if var sec = try root.object("security") {
+            c.allowedHosts = (try sec.strings("allowedHosts") ?? []).map { $0.lowercased() }
+            c.corsOrigins = (try sec.strings("corsOrigins") ?? []).map { $0.lowercased() }
+            try sec.finish()
         }
         if var a = try root.object("auth") {
             c.allowOpen = try a.bool("allowOpen") ?? false
