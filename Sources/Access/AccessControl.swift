@@ -82,9 +82,14 @@ public final class AccessControl: Sendable {
         return c
     }()
 
-    public init(store: Store?, now: @escaping @Sendable () -> Date = { Date() }) {
+    /// Whether having no team means open mode (loopback, or `auth.allowOpen`); otherwise a
+    /// gateway whose last team was deleted refuses every model request.
+    let openWithoutTeams: Bool
+
+    public init(store: Store?, openWithoutTeams: Bool = true, now: @escaping @Sendable () -> Date = { Date() }) {
         self.store = store
         self.now = now
+        self.openWithoutTeams = openWithoutTeams
         self.state = Mutex(State())
     }
 
@@ -157,7 +162,9 @@ public final class AccessControl: Sendable {
     public func authenticate(_ key: String?) throws(AccessError) -> Caller {
         let date = now()
         let result: Result<Caller, AccessError> = state.withLock { s in
-            if s.teams.isEmpty { return .success(.anonymous) }
+            if s.teams.isEmpty {
+                return openWithoutTeams ? .success(.anonymous) : .failure(.unauthenticated("no team exists and open mode is off: create a team and a key"))
+            }
             guard let key else {
                 return .failure(.unauthenticated("missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'"))
             }
@@ -265,6 +272,7 @@ public final class AccessControl: Sendable {
         }
         if let max = p.maxParallel, s.inFlight >= max { return limited("limit of \(max) parallel requests", 1) }
         if let rpm = p.requestsPerMinute, s.requests.count >= rpm {
+            guard rpm > 0 else { return limited("limit of 0 requests per minute", 60) }
             let oldest = s.requests[s.requests.count - rpm]
             return limited("limit of \(rpm) requests per minute", oldest + 60 - t)
         }

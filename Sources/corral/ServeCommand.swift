@@ -51,7 +51,7 @@ struct ServeCommand: AsyncParsableCommand {
         let build = await tools.serverBuild() ?? "unknown"
         try FileManager.default.createDirectory(atPath: cfg.dataDirectory, withIntermediateDirectories: true)
         let store = try Store.open(path: cfg.dataDirectory + "/corral.sqlite")
-        let access = AccessControl(store: store)
+        let access = AccessControl(store: store, openWithoutTeams: cfg.listensOnLoopbackOnly || cfg.allowOpen || allowOpen)
         try await access.load()
         let tokenPath = cfg.dataDirectory + "/admin-token"
         if !access.hasAdminToken, let existing = AdminTokenFile.read(from: tokenPath), !existing.isEmpty {

@@ -52,6 +52,20 @@ struct AccessControlTests {
         #expect(throws: AccessError.self) { try access.authenticate("sk-anything") }
     }
 
+    @Test func zeroLimitsRefuseInsteadOfCrashing() async throws {
+        let (access, caller, _) = try await make(Policy(requestsPerMinute: 0))
+        guard case .limited(_, let after, _) = refusal({ () throws(AccessError) in try access.admit(caller, model: ["m"], tokens: 1) }) else {
+            Issue.record("a zero limit admitted a request")
+            return
+        }
+        #expect(after == 60)
+    }
+
+    @Test func withoutOpenModeNoTeamMeansNoAccess() async throws {
+        let access = AccessControl(store: try Store.inMemory(), openWithoutTeams: false)
+        #expect(throws: AccessError.self) { try access.authenticate("anything") }
+    }
+
     @Test func revocationExpiryAndDisablingApplyAtOnce() async throws {
         let clock = TestClock(Date())
         let access = AccessControl(store: try Store.inMemory(), now: { clock.now })

@@ -35,6 +35,6 @@ def test_exact_options_restart_an_idle_instance_and_minimums_do_not(corral):
     assert pid3 == pid1
     pid4, args4 = chat(corral, num_thread=2, use_mmap=False)
     assert pid4 != pid1 and flag(args4, "-t") == ["2"] and flag(args4, "-lm") == ["none"]
-    pid5, args5 = chat(corral, num_ctx=4096)  # a larger minimum context restarts it with -c 4096
-    assert pid5 != pid4 and flag(args5, "-c") == ["4096"]
+    pid5, args5 = chat(corral, num_ctx=100000000)  # capped at the trained context (2048): nothing to do
+    assert pid5 == pid4 and flag(args5, "-c") == ["2048"]
     assert httpx.post(corral.base + "/api/chat", json={"model": "chat", "messages": [], "options": {"num_thread": "two"}}).status_code == 400

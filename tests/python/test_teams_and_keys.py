@@ -204,6 +204,19 @@ def test_admin_api_validates_input(corral):
     assert httpx.get(corral.base + "/admin/teams", headers={"authorization": f"Bearer {team_key}"}).status_code == 401
 
 
+def test_team_keys_never_reach_operator_routes_or_the_shared_library(corral, teams):
+    key = {"authorization": f"Bearer {teams['key_a']}"}
+    # The router ignores repeated slashes; the guard must too.
+    for path in ("//admin/teams", "/admin//teams", "/ADMIN/teams", "//metrics", "/slots?model=chat"):
+        assert httpx.get(corral.base + path, headers=key).status_code == 401, path
+    copy = httpx.post(corral.base + "/api/copy", headers=key, json={"source": "embed", "destination": "chat-x"})
+    assert copy.status_code == 403
+    assert httpx.request("DELETE", corral.base + "/api/delete", headers=key, json={"model": "chat"}).status_code == 403
+    # Loading or unloading a model the team may not use is refused too.
+    beta = {"authorization": f"Bearer {teams['key_b']}"}
+    assert httpx.post(corral.base + "/api/generate", headers=beta, json={"model": "chat", "keep_alive": 0}).status_code == 403
+
+
 def test_no_key_ever_reaches_the_log(corral, teams):
     log = corral.log()
     assert teams["key_a"] not in log and teams["key_b"] not in log

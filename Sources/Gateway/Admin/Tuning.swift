@@ -275,6 +275,8 @@ actor TuningService {
                 let m = (mem.min() ?? 1) / mem[k]
                 s.trials[i].score = (g + t + m) / 3
             }
+            // A trial without a measure (no text streamed, say) ranks last rather than breaking JSON.
+            if let score = s.trials[i].score, !score.isFinite { s.trials[i].score = nil }
         }
         sessions[id] = s
     }
@@ -375,6 +377,11 @@ struct TuningRoutes: Sendable {
             ]
             for (name, values, range) in ranges where !(values ?? []).allSatisfy(range.contains) {
                 throw OpenAIError.badRequest("space.\(name) values must be from \(range.lowerBound) to \(range.upperBound)", param: "space")
+            }
+            let combinations = [space.contextSize?.count, space.ubatch?.count, space.flashAttention?.count, space.cacheType?.count,
+                                space.threads?.count, space.parallel?.count, space.gpuLayers?.count].reduce(1) { $0 * max(1, min($1 ?? 1, 1000)) }
+            guard combinations <= 4096 else {
+                throw OpenAIError.badRequest("the space has \(combinations) combinations; at most 4096 (use strategy random with fewer values)", param: "space")
             }
             func int(_ key: String, _ fallback: Int, _ range: ClosedRange<Int>) throws -> Int {
                 guard let v = body[key], !(v is NSNull) else { return fallback }

@@ -13,13 +13,17 @@ struct AuthMiddleware: RouterMiddleware {
     static let publicPaths: Set<String> = ["/health", "/", "/api/version"]
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        let path = request.uri.path
+        // The router ignores empty and repeated slashes (`//admin/teams` reaches `/admin/teams`),
+        // so decisions are made on the path's components, not its text.
+        let components = request.uri.path.split(separator: "/").map { $0.lowercased() }
+        let path = "/" + components.joined(separator: "/")
         if Self.publicPaths.contains(path) { return try await next(request, context) }
         let key = AccessControl.presentedKey(
             authorization: request.headers[.authorization], apiKey: request.headers[HTTPField.Name("x-api-key")!])
-        // Corral's own /metrics (no ?model=) is an operator route, like /admin.
+        // Corral's own /metrics (no ?model=) and llama-server's /slots (prompts of in-flight
+        // requests) are operator routes, like /admin.
         let ownMetrics = path == "/metrics" && request.uri.queryParameters.get("model") == nil
-        if path == "/admin" || path.hasPrefix("/admin/") || ownMetrics {
+        if components.first == "admin" || ownMetrics || path == "/slots" {
             guard access.isAdmin(key) else {
                 throw OpenAIError(.unauthorized, key == nil ? "admin routes need the admin token (Authorization: Bearer TOKEN)" : "invalid admin token",
                                   code: "invalid_admin_token")

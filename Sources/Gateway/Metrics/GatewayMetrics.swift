@@ -58,6 +58,9 @@ public final class GatewayMetrics: Sendable {
 
     /// Adds one request's numbers.
     public func observe(_ r: RequestRecord) {
+        var r = r
+        // Names nobody serves are one series, not one per invented name.
+        if r.status == 404 { r.model = "_unknown" }
         let team = r.team ?? ""
         let byModelTeam = Self.labels([("model", r.model), ("team", team)])
         let byModel = Self.labels([("model", r.model)])

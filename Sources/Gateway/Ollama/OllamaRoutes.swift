@@ -45,8 +45,14 @@ struct OllamaRoutes: Sendable {
         router.post("/api/embeddings") { request, context in
             try await embed(try await Self.body(request, context), request: request, caller: context.caller, legacy: true)
         }
-        router.post("/api/copy") { request, context in try await copy(try await Self.body(request, context)) }
-        router.delete("/api/delete") { request, context in try await delete(try await Self.body(request, context)) }
+        router.post("/api/copy") { request, context in
+            try Self.requireOpenMode(context.caller, "copying models")
+            return try await copy(try await Self.body(request, context))
+        }
+        router.delete("/api/delete") { request, context in
+            try Self.requireOpenMode(context.caller, "deleting models")
+            return try await delete(try await Self.body(request, context))
+        }
         router.post("/api/pull") { request, context in try await pull(try await Self.body(request, context)) }
         router.post("/api/push") { _, _ -> Response in
             throw OllamaError(.notImplemented, "pushing models is not supported: Corral serves local GGUF files and configured upstreams")
@@ -57,6 +63,12 @@ struct OllamaRoutes: Sendable {
     }
 
     // MARK: Bodies and names
+
+    /// Changing the shared model library is not for team keys: an alias would carry a model past
+    /// a team's allowed list, and deleting files affects everyone.
+    static func requireOpenMode(_ caller: Caller, _ what: String) throws(OllamaError) {
+        guard caller.teamID == nil else { throw OllamaError(.forbidden, "\(what) changes the shared model library and is not available to team keys") }
+    }
 
     static func text(_ s: String) -> Response {
         Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: s)))
@@ -194,7 +206,12 @@ struct OllamaRoutes: Sendable {
             let suffix = try OllamaRequests.optionalString(body, "suffix") ?? ""
             isEmpty = prompt.isEmpty && suffix.isEmpty && (body["images"] as? [Any] ?? []).isEmpty
         }
-        if isEmpty { return try await loadOrUnload(body, spec: spec, name: name, shape: shape, arrival: arrival) }
+        if isEmpty {
+            guard access?.allows(caller, model: [spec.id, name] + spec.aliases) ?? true else {
+                throw OllamaError(.forbidden, "your team may not use model '\(name)'")
+            }
+            return try await loadOrUnload(body, spec: spec, name: name, shape: shape, arrival: arrival)
+        }
         var plan = shape == .chat ? try OllamaRequests.chat(body, model: spec.id) : try OllamaRequests.generate(body, model: spec.id)
         if let p = body["profile"] { plan.body["profile"] = p }
         do { try profiles.apply(to: &plan.body, named: profile, modelDefault: spec.profile) } catch { throw OllamaError(error) }
@@ -245,6 +262,7 @@ struct OllamaRoutes: Sendable {
             body: ResponseBody { [kind = plan.kind] writer in
                 var builder = OllamaResponseBuilder(shape: shape, kind: kind, model: name)
                 var events = SSEEvents()
+                var delivered = 0
                 var firstByte: ContinuousClock.Instant?
                 var disconnected = false
                 var failure: String?
@@ -260,6 +278,7 @@ struct OllamaRoutes: Sendable {
                         if firstByte == nil { firstByte = .now }
                         for payload in events.feed(chunk) {
                             let objects = builder.feed(payload)
+                            delivered += objects.count
                             if !(await send(objects)) {
                                 disconnected = true
                                 break outer
@@ -287,7 +306,7 @@ struct OllamaRoutes: Sendable {
                 }
                 await relay.finish(
                     exchange, status: failure != nil ? 502 : 200, errorKind: failure != nil ? "upstream_crashed" : builder.upstreamError.map { _ in "upstream_error" },
-                    firstByte: firstByte, usage: builder.usage, timings: builder.timings, disconnected: disconnected)
+                    firstByte: firstByte, usage: builder.usage, timings: builder.timings, disconnected: disconnected, streamedEvents: delivered)
             })
     }
 
@@ -350,6 +369,9 @@ struct OllamaRoutes: Sendable {
         let keepAlive = try OllamaValues.keepAlive(body["keep_alive"])
         _ = try OllamaRequests.options(body["options"])
         if inputs.isEmpty {
+            guard access?.allows(caller, model: [spec.id, name] + spec.aliases) ?? true else {
+                throw OllamaError(.forbidden, "your team may not use model '\(name)'")
+            }
             // Like an empty prompt: load the model and answer with no vectors.
             _ = try await loadOrUnload(body, spec: spec, name: name, shape: .generate, arrival: arrival)
             return jsonResponse(["model": name, "embeddings": [[Double]]()])

@@ -11,32 +11,48 @@ import Access
 import GGUF
 
 /// Releases a lease exactly once: when the response body finishes, or when the response is
-/// dropped without its body ever being written (client gone before the head was sent).
+/// dropped without its body ever being written (client gone before the head was sent). Holds the
+/// request's token reservation too, so a dropped response still reconciles it (charging the
+/// prompt bound) instead of leaving the team's in-flight count and budget held forever.
 final class LeaseHolder: Sendable {
     let lease: Lease
     let scheduler: Scheduler
+    let access: AccessControl?
+    let reservation: Reservation?
+    let promptBound: Int
     private let released = Mutex(false)
+    private let reconciled = Mutex(false)
 
-    init(_ lease: Lease, _ scheduler: Scheduler) {
+    init(_ lease: Lease, _ scheduler: Scheduler, access: AccessControl? = nil, reservation: Reservation? = nil, promptBound: Int = 0) {
         self.lease = lease
         self.scheduler = scheduler
+        self.access = access
+        self.reservation = reservation
+        self.promptBound = promptBound
     }
 
     func release() async {
-        guard take() else { return }
+        guard take(released) else { return }
         await scheduler.release(lease)
     }
 
-    /// True for the one caller that gets to release.
-    private func take() -> Bool {
-        released.withLock { done in
+    /// Replaces the reservation by what the request used (once; later calls do nothing).
+    func reconcile(actualTokens: Int?) {
+        guard let reservation, take(reconciled) else { return }
+        access?.reconcile(reservation, actualTokens: actualTokens)
+    }
+
+    /// True for the one caller that gets to act.
+    private func take(_ flag: borrowing Mutex<Bool>) -> Bool {
+        flag.withLock { done in
             defer { done = true }
             return !done
         }
     }
 
     deinit {
-        if take() {
+        if let reservation, take(reconciled) { access?.reconcile(reservation, actualTokens: promptBound) }
+        if take(released) {
             let (scheduler, lease) = (scheduler, lease)
             Task { await scheduler.release(lease) }
         }
@@ -190,7 +206,7 @@ public struct Relay: Sendable {
             if let reservation { access?.reconcile(reservation, actualTokens: 0) }
             throw refused(OpenAIError(error), kind: "\(error)")
         }
-        let holder = LeaseHolder(lease, scheduler)
+        let holder = LeaseHolder(lease, scheduler, access: access, reservation: reservation, promptBound: promptBound)
 
         var upstream = HTTPClientRequest(url: lease.baseURL + upstreamPath)
         upstream.method = method
@@ -224,7 +240,7 @@ public struct Relay: Sendable {
                 reservation: reservation, promptBound: promptBound, sentAt: sentAt)
         } catch {
             await holder.release()
-            if let reservation { access?.reconcile(reservation, actualTokens: 0) }
+            holder.reconcile(actualTokens: 0)
             let crashed = await scheduler.instance(for: lease.modelID) == nil
             logger.warning("upstream request failed", metadata: ["model": "\(lease.modelID)", "error": "\(error)"])
             var r = leaseRecord(requestID: requestID, route: route, lease: lease, status: 502, errorKind: "upstream_unreachable", started: started)
@@ -239,10 +255,11 @@ public struct Relay: Sendable {
     /// Releases the exchange's slot and records the request.
     func finish(
         _ exchange: UpstreamExchange, status: Int, errorKind: String? = nil, firstByte: ContinuousClock.Instant? = nil,
-        usage: [String: Any]? = nil, timings: [String: Any]? = nil, disconnected: Bool = false
+        usage: [String: Any]? = nil, timings: [String: Any]? = nil, disconnected: Bool = false, streamedEvents: Int? = nil
     ) async {
         await exchange.holder.release()
-        settle(exchange, status: status, errorKind: errorKind, firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected)
+        settle(exchange, status: status, errorKind: errorKind, firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected,
+               streamedEvents: streamedEvents)
     }
 
     /// Reconciles the reservation with the real usage and records the request (the slot is
@@ -265,7 +282,7 @@ public struct Relay: Sendable {
             if let p = r.promptTokens { actual = p + (r.completionTokens ?? 0) }
             else if let n = streamedEvents, n > 0, disconnected || status >= 500 { actual = min(reservation.tokens, exchange.promptBound + n) }
             else if status >= 400 { actual = 0 }
-            access?.reconcile(reservation, actualTokens: actual)
+            exchange.holder.reconcile(actualTokens: actual)
         }
         record(r)
     }

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import GGUF
 import Logging
 
 /// A granted right to send one request to a model.
@@ -185,7 +186,8 @@ public actor Scheduler {
     ///   instance that satisfies it serves the request; an idle one that does not is restarted
     ///   with it; a busy one serves it (never interrupting others) and the next load uses it.
     public func acquire(_ modelName: String, keepAlive: Duration? = nil, load: LoadOptions? = nil) async throws(SchedulerError) -> Lease {
-        let minimumContext = load?.minimumContext
+        // A request may not make a model's context larger than it was trained for.
+        let minimumContext = load?.minimumContext.map { min($0, catalog.resolve(modelName)?.facts?.contextLength ?? (1 << 20)) }
         guard !isShuttingDown else { throw .shuttingDown }
         guard let spec = catalog.resolve(modelName) else { throw .unknownModel(modelName) }
         if case .remote(let baseURL, let keyEnv) = spec.backend {
