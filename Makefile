@@ -5,10 +5,11 @@ VENV := .venv-test
 PY := $(VENV)/bin/python
 BIN := .build/debug/corral
 SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-build python3-venv
-# Only the test suite needs these: promtool (package prometheus) checks /metrics.
-TEST_PACKAGES := prometheus
+# Only the test suite needs these: promtool (package prometheus) checks /metrics; the dashboard
+# test drives headless Chromium through chromedriver.
+TEST_PACKAGES := prometheus chromium chromium-driver
 
-.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-auth clean
+.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-auth soak fuzz clean
 
 ## serve: install what is missing, build, make a demo model if none, and run on routes.json
 serve: system llama build demo-model
@@ -71,6 +72,17 @@ bench-gateway: llama release venv
 
 bench-auth: llama release venv
 	$(PY) scripts/bench_auth.py --corral $(RELEASE_BIN)
+
+## fuzz: the GGUF reader and the OpenAI <-> Ollama translators, far longer than `make test` runs them
+FUZZ_ITERATIONS ?= 300000
+FUZZ_SEED ?= $(shell date +%s)
+fuzz: build-tests
+	CORRAL_FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) CORRAL_FUZZ_SEED=$(FUZZ_SEED) swift test --skip-build --filter 'mutatedHeaders|TranslatorFuzzTests'
+
+## soak: ten minutes of mixed traffic against a release build; the report goes to BENCHMARKS.md
+SOAK_SECONDS ?= 600
+soak: llama release venv
+	$(PY) scripts/soak.py --corral $(RELEASE_BIN) --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf .build .build-release $(VENV) data models

@@ -78,6 +78,8 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
+            // The dashboard's HTML, CSS and JavaScript, served from memory under /ui.
+            resources: [.copy("Dashboard/ui")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

@@ -115,6 +115,11 @@ paths = {
     "/admin/usage/requests": {"get": op("Ledger rows, newest first", [
         q("from", {"type": "string", "format": "date-time"}), q("to", {"type": "string", "format": "date-time"}), q("team", {"type": "string"}),
         q("model", {"type": "string"}), q("limit", {"type": "integer", "minimum": 1, "maximum": 10000})], errors=("400",))},
+    "/admin/events": {"get": op("Live overview as server-sent events (the dashboard's): every 2 s a `snapshot` event with the instances, the last "
+                                "minute's request rate, latency and time-to-first-token p50/p95, tokens/s and errors, and the last hour's "
+                                "10-second history points not sent yet on this connection (all of them first)",
+                                [q("once", {"type": "boolean"}, "send one snapshot and end the stream")], ok_schema={"type": "string"},
+                                content="text/event-stream", errors=())},
     "/admin/stats": {"get": op("Per-model latency, time to first token and tokens/s percentiles over a window", [q("window", {"type": "string"}, "e.g. 1h, 30m")], errors=())},
 }
 

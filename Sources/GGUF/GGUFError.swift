@@ -58,7 +58,8 @@ public struct GGUFError: Error, Sendable, Equatable, CustomStringConvertible {
         return "\(place)\(message) at byte \(offset)"
     }
 
-    var message: String {
+    /// What is wrong, without the path and offset.
+    public var message: String {
         switch kind {
         case .badMagic: "not a GGUF file (bad magic)"
         case .bigEndian: "big-endian GGUF is not supported"

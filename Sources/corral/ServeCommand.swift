@@ -46,10 +46,20 @@ struct ServeCommand: AsyncParsableCommand {
         if let host { cfg.listen.host = host }
 
         let tools = LlamaTools.discover(configured: cfg.llama.toolPaths)
-        if tools.server == nil { logger.warning("llama-server not found; models cannot be loaded (run `make llama`)") }
+        if tools.server == nil {
+            if let configured = cfg.llama.server {
+                logger.warning("llama.server in routes.json is missing or not executable; local models cannot be loaded", metadata: ["path": "\(configured)"])
+            } else {
+                logger.warning("llama-server not found; local models cannot be loaded (run `make llama`)")
+            }
+        }
         let devices = await tools.devices()
         let build = await tools.serverBuild() ?? "unknown"
-        try FileManager.default.createDirectory(atPath: cfg.dataDirectory, withIntermediateDirectories: true)
+        // Teams, keys and the ledger live here: refuse to start rather than serve without them.
+        if let problem = Self.writeProblem(directory: cfg.dataDirectory) {
+            FileHandle.standardError.write(Data("corral: the data directory \(cfg.dataDirectory) is not writable (\(problem)); fix it or set dataDirectory in \(config)\n".utf8))
+            throw ExitCode(2)
+        }
         let store = try Store.open(path: cfg.dataDirectory + "/corral.sqlite")
         let access = AccessControl(store: store, openWithoutTeams: cfg.listensOnLoopbackOnly || cfg.allowOpen || allowOpen)
         try await access.load()
@@ -76,7 +86,7 @@ struct ServeCommand: AsyncParsableCommand {
         for problem in catalog.problems { logger.warning("skipping model file", metadata: ["path": "\(problem.path)", "error": "\(problem.error)"]) }
         logger.info("models", metadata: ["count": "\(catalog.models.count)", "names": "\(catalog.models.map(\.id).joined(separator: ", "))"])
 
-        let client = GatewayDependencies.makeHTTPClient()
+        let client = GatewayDependencies.makeHTTPClient(readTimeout: cfg.scheduler.readTimeout)
         let limits = Scheduler.Limits(from: cfg.scheduler, hostTotalMiB: HostMemory.read().totalMiB, devices: devices)
         let scheduler = Scheduler(
             catalog: catalog, limits: limits, tools: tools, client: client, logger: logger,
@@ -113,6 +123,24 @@ struct ServeCommand: AsyncParsableCommand {
         // Shut down in reverse: the HTTP server drains first, then the ledger writes what is left.
         let group = ServiceGroup(
             configuration: .init(services: [reloader, ledger, app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        do {
+            try await group.run()
+        } catch where "\(error)".contains("Address already in use") {
+            FileHandle.standardError.write(Data("corral: cannot listen on \(cfg.listen.host):\(cfg.listen.port): the address is already in use (another Corral or Ollama?); set listen.port or pass --port\n".utf8))
+            throw ExitCode(2)
+        }
+    }
+
+    /// Why `directory` cannot be created or written, if it cannot.
+    static func writeProblem(directory: String) -> String? {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let probe = directory + "/.write-test-\(getpid())"
+            guard FileManager.default.createFile(atPath: probe, contents: Data("x".utf8)) else { return String(cString: strerror(errno)) }
+            try FileManager.default.removeItem(atPath: probe)
+            return nil
+        } catch {
+            return error.localizedDescription
+        }
     }
 }

@@ -78,7 +78,7 @@ def make_model(directory: str, name: str, shape: str = "") -> str:
     return f"{directory}/{name}.gguf"
 
 
-def start_corral(extra_models=(), scheduler=None, tls=False, extra_config=None, directory=None) -> Corral:
+def start_corral(extra_models=(), scheduler=None, tls=False, extra_config=None, directory=None, serve_args=()) -> Corral:
     if not os.path.exists(CORRAL):
         pytest.fail(f"corral binary not found at {CORRAL}: run `swift build` first")
     if shutil.which("llama-server") is None and not os.path.exists(
@@ -98,7 +98,9 @@ def start_corral(extra_models=(), scheduler=None, tls=False, extra_config=None, 
     config = {"listen": {"host": "127.0.0.1", "port": port}, "dataDirectory": f"{d}/data", "models": models}
     if scheduler:
         config["scheduler"] = scheduler
-    config.update(extra_config or {})
+    for key, value in (extra_config or {}).items():
+        # Objects merge with what is set above (e.g. listen.idleTimeout next to host and port).
+        config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
     scheme, context = "http", None
     if tls:
         import ssl
@@ -109,7 +111,7 @@ def start_corral(extra_models=(), scheduler=None, tls=False, extra_config=None, 
         json.dump(config, f)
     log_path = f"{d}/corral.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([CORRAL, "serve", "--config", f"{d}/routes.json"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([CORRAL, "serve", "--config", f"{d}/routes.json", *serve_args], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 30
     while time.time() < deadline:
         try:

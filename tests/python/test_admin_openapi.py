@@ -35,14 +35,15 @@ REQUEST_TIMEOUT_S = 10
 #   - POST .../benchmarks: runs a benchmark against a loaded model (slow, saturates the 2 test models);
 #   - .../load, .../unload: spawn or kill llama-server instances (slow, and unloading breaks the fixture);
 #   - .../scan: walks the model directories on disk and may re-register models;
-#   - DELETE anything: removes teams, keys, models... that later examples (and other operations) depend on.
+#   - DELETE anything: removes teams, keys, models... that later examples (and other operations) depend on;
+#   - GET /admin/events: the dashboard's live stream, endless unless ?once=true (tests/python/test_dashboard.py reads it).
 # Everything else, reads and harmless writes (create a team, pin a model, patch a key), is fuzzed.
 EXCLUDED_SUBSTRINGS = ("/tuning", "/unload", "/load", "/scan")
 
 
 def excluded(method: str, path: str) -> bool:
     method = method.lower()
-    if method == "delete":
+    if method == "delete" or path == "/admin/events":
         return True
     if any(s in path for s in EXCLUDED_SUBSTRINGS):
         return True

@@ -143,7 +143,7 @@ actor TuningService {
         guard let facts = spec.facts, spec.path != nil else { throw OpenAIError.badRequest("'\(spec.id)' is not a local GGUF model", param: "model") }
         var all = Self.candidates(request.space, limit: 10_000)
         if request.strategy == "random" {
-            var rng = SeededGenerator(seed: request.seed)
+            var rng = SplitMix64(seed: request.seed)
             all.shuffle(using: &rng)
         }
         all = Array(all.prefix(request.maxCandidates))
@@ -332,19 +332,6 @@ struct RuntimeProfile: Sendable, Codable {
     var arguments: [String]
     var session: String
     var appliedAt: Date
-}
-
-/// A deterministic generator for the random strategy (SplitMix64).
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// `/admin/tuning`: start, list, follow and apply sessions.

@@ -4,7 +4,7 @@ import HTTPTypes
 import Hummingbird
 
 /// Authenticates every request before routing: `/admin/*` needs the admin token; model routes
-/// need a team key (any key in open mode); `/health`, `/` and `/api/version` are public.
+/// need a team key (any key in open mode); `/health`, `/`, `/api/version` and the dashboard's files under `/ui` are public.
 /// The admin token is never a team key and a team key never opens `/admin`.
 struct AuthMiddleware: RouterMiddleware {
     typealias Context = GatewayRequestContext
@@ -17,7 +17,8 @@ struct AuthMiddleware: RouterMiddleware {
         // so decisions are made on the path's components, not its text.
         let components = request.uri.path.split(separator: "/").map { $0.lowercased() }
         let path = "/" + components.joined(separator: "/")
-        if Self.publicPaths.contains(path) { return try await next(request, context) }
+        // The dashboard's files are public; the data it shows comes from /admin with the token.
+        if Self.publicPaths.contains(path) || components.first == "ui" { return try await next(request, context) }
         let key = AccessControl.presentedKey(
             authorization: request.headers[.authorization], apiKey: request.headers[HTTPField.Name("x-api-key")!])
         // Corral's own /metrics (no ?model=) and llama-server's /slots (prompts of in-flight

@@ -49,12 +49,13 @@ public struct GatewayDependencies: Sendable {
         self.digests = digests
     }
 
-    /// The dedicated upstream client: no redirects, no decompression, generous read timeout
-    /// (a long prompt can pause before the first token), a pool wide enough for every slot.
-    public static func makeHTTPClient() -> HTTPClient {
+    /// The dedicated upstream client: no redirects, no decompression, a read timeout
+    /// (`scheduler.readTimeout`: generous, a long prompt pauses before the first token), a pool
+    /// wide enough for every slot.
+    public static func makeHTTPClient(readTimeout: Duration = .seconds(600)) -> HTTPClient {
         var configuration = HTTPClient.Configuration(
             redirectConfiguration: .disallow,
-            timeout: .init(connect: .seconds(5), read: .minutes(10)),
+            timeout: .init(connect: .seconds(5), read: TimeAmount(readTimeout)),
             decompression: .disabled)
         configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 256
         // llama-server closes keep-alive connections after 5 s idle; closing ours first avoids
@@ -118,6 +119,7 @@ public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestCon
     Task { await tuning.reportInterrupted() }
     TuningRoutes(service: tuning, scheduler: deps.scheduler).register(on: router.group("admin"))
     ProfileRoutes(profiles: profiles).register(on: router.group("admin"))
+    DashboardRoutes(deps: deps, metrics: metrics).register(on: router)
     return router
 }
 
@@ -163,12 +165,18 @@ public struct FleetService: Service {
 /// HTTP/2 and HTTP/1.1 when `tls` names a certificate and key).
 public func buildApplication(_ deps: GatewayDependencies) throws -> some ApplicationProtocol {
     GatewayLimits.maxBodyBytes = deps.config.maxBodyBytes
-    var server: HTTPServerBuilder = .http1()
+    // A connection with no request in progress is closed after the idle timeout; a request head
+    // that never completes counts as idle, so slow clients cannot hold connections forever.
+    let idle = deps.config.listen.idleTimeout
+    let http1 = HTTP1Channel.Configuration(idleTimeout: TimeAmount(idle))
+    var server: HTTPServerBuilder = .http1(configuration: http1)
     if let tls = deps.config.tls {
         let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
         let key = try NIOSSLPrivateKey(file: tls.key, format: .pem)
         // HTTP/1.1 and HTTP/2, chosen per connection by ALPN.
-        server = try .http2Upgrade(tlsConfiguration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
+        server = try .http2Upgrade(
+            tlsConfiguration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)),
+            configuration: .init(idleTimeout: idle, streamConfiguration: http1))
     }
     var app = Application(
         router: buildRouter(deps),
@@ -178,3 +186,4 @@ public func buildApplication(_ deps: GatewayDependencies) throws -> some Applica
     app.addServices(FleetService(scheduler: deps.scheduler, client: deps.client))
     return app
 }
+

@@ -25,7 +25,20 @@ public final class GatewayMetrics: Sendable {
         let bounds: [Double]
     }
 
+    /// Sums over every request since start, whatever its labels: what the dashboard's live
+    /// rates and windowed percentiles are differences of.
+    public struct Totals: Sendable, Equatable {
+        public var requests = 0
+        /// Requests answered with a status of 400 or more.
+        public var errors = 0
+        public var completionTokens = 0
+        /// Cumulative counts per bound of `latencyBuckets`, then the count of every observation.
+        public var duration = [Int](repeating: 0, count: GatewayMetrics.latencyBuckets.count + 1)
+        public var timeToFirstToken = [Int](repeating: 0, count: GatewayMetrics.latencyBuckets.count + 1)
+    }
+
     private let families: Mutex<[String: Family]>
+    private let runningTotals = Mutex(Totals())
     /// Reads the ledger's backlog for the `corral_ledger_pending_rows` gauge (set at start-up).
     nonisolated(unsafe) public static var ledgerPending: (@Sendable () -> Int)?
 
@@ -86,7 +99,22 @@ public final class GatewayMetrics: Sendable {
             observe("corral_load_seconds", byModel, r.loadMs / 1000)
             observe("corral_gateway_overhead_seconds", byModel, r.gatewayOverheadMs.map { $0 / 1000 })
         }
+        runningTotals.withLock { t in
+            func add(_ counts: inout [Int], _ ms: Double?) {
+                guard let ms, ms.isFinite, ms >= 0 else { return }
+                for (i, b) in Self.latencyBuckets.enumerated() where ms / 1000 <= b { counts[i] += 1 }
+                counts[counts.count - 1] += 1
+            }
+            t.requests += 1
+            if r.status >= 400 { t.errors += 1 }
+            t.completionTokens += r.completionTokens ?? 0
+            add(&t.duration, r.totalMs)
+            add(&t.timeToFirstToken, r.timeToFirstByteMs)
+        }
     }
+
+    /// The running sums now.
+    public func totals() -> Totals { runningTotals.withLock { $0 } }
 
     /// The exposition text, with fleet gauges from `instances`.
     public func render(instances: [InstanceInfo], ledgerPending: Int? = nil) -> String {

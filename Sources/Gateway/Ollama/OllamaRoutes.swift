@@ -194,6 +194,7 @@ struct OllamaRoutes: Sendable {
         let (name, profile) = profiles.split(try Self.modelName(body))
         let spec = try await resolve(name)
         let arrival = ContinuousClock.now
+        if let s = body["stream"], !(s is NSNull), !isJSONBool(s) { throw OllamaError.badRequest("stream must be a boolean") }
         let stream = OllamaRequests.wantsStream(body)
         // An empty prompt (or no messages) loads the model; with keep_alive 0 it unloads it.
         let isEmpty: Bool
@@ -244,8 +245,9 @@ struct OllamaRoutes: Sendable {
                     for payload in events.feed(chunk) { _ = builder.feed(payload) }
                 }
             } catch {
-                await relay.finish(exchange, status: 502, errorKind: "upstream_crashed", firstByte: firstByte)
-                throw OllamaError(.badGateway, "model '\(name)' stopped while answering")
+                let failure = await relay.bodyFailure(error, lease: exchange.lease)
+                await relay.finish(exchange, status: failure.status, errorKind: failure.kind, firstByte: firstByte)
+                throw OllamaError(HTTPResponse.Status(code: failure.status), failure.message)
             }
             for payload in events.finish() { _ = builder.feed(payload) }
             if let message = builder.upstreamError {
@@ -265,7 +267,7 @@ struct OllamaRoutes: Sendable {
                 var delivered = 0
                 var firstByte: ContinuousClock.Instant?
                 var disconnected = false
-                var failure: String?
+                var failure: (status: Int, kind: String, message: String)?
                 func send(_ objects: [[String: Any]]) async -> Bool {
                     guard !objects.isEmpty else { return true }
                     var out = ByteBuffer()
@@ -286,14 +288,14 @@ struct OllamaRoutes: Sendable {
                         }
                     }
                 } catch {
-                    failure = "model '\(name)' stopped while answering"
+                    failure = await relay.bodyFailure(error, lease: exchange.lease)
                 }
                 if !disconnected {
                     for payload in events.finish() {
                         let objects = builder.feed(payload)
                         _ = await send(objects)
                     }
-                    if let message = failure ?? builder.upstreamError {
+                    if let message = failure?.message ?? builder.upstreamError {
                         // After the stream started, an error is one more line (status stays 200).
                         _ = try? await writer.write(ByteBuffer(string: OllamaError(.internalServerError, message).line))
                     } else {
@@ -305,7 +307,7 @@ struct OllamaRoutes: Sendable {
                     if !disconnected { try? await writer.finish(nil) }
                 }
                 await relay.finish(
-                    exchange, status: failure != nil ? 502 : 200, errorKind: failure != nil ? "upstream_crashed" : builder.upstreamError.map { _ in "upstream_error" },
+                    exchange, status: failure?.status ?? 200, errorKind: failure?.kind ?? builder.upstreamError.map { _ in "upstream_error" },
                     firstByte: firstByte, usage: builder.usage, timings: builder.timings, disconnected: disconnected, streamedEvents: delivered)
             })
     }
@@ -415,8 +417,9 @@ struct OllamaRoutes: Sendable {
         do {
             bytes = try await exchange.response.body.collect(upTo: 256 << 20)
         } catch {
-            await relay.finish(exchange, status: 502, errorKind: "upstream_crashed")
-            throw OllamaError(.badGateway, "model '\(spec.id)' stopped while answering")
+            let failure = await relay.bodyFailure(error, lease: exchange.lease)
+            await relay.finish(exchange, status: failure.status, errorKind: failure.kind)
+            throw OllamaError(HTTPResponse.Status(code: failure.status), failure.message)
         }
         let object = try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)) as? [String: Any]
         guard status == 200, let data = object?["data"] as? [[String: Any]] else {

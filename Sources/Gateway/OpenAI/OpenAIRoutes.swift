@@ -36,7 +36,11 @@ struct OpenAIRoutes: Sendable {
                     }
                 }
                 if path == "/v1/chat/completions" {
-                    guard body["messages"] is [Any] else { throw OpenAIError.badRequest("'messages' must be an array", param: "messages") }
+                    guard let messages = body["messages"] as? [Any] else { throw OpenAIError.badRequest("'messages' must be an array", param: "messages") }
+                    // llama-server answers 500 for a message without a role; it is the client's mistake.
+                    if let bad = messages.firstIndex(where: { (($0 as? [String: Any])?["role"] as? String) == nil }) {
+                        throw OpenAIError.badRequest("messages[\(bad)] must be an object with a string 'role'", param: "messages[\(bad)].role")
+                    }
                 }
                 if path == "/v1/embeddings" && body["input"] == nil {
                     throw OpenAIError.badRequest("missing required field 'input'", param: "input")

@@ -225,7 +225,9 @@ public struct Relay: Sendable {
             var attempt = 1
             while true {
                 do {
-                    response = try await client.execute(upstream, timeout: .minutes(10), logger: logger)
+                    // Silence is bounded by the client's read timeout (scheduler.readTimeout); this
+                    // deadline only caps a request's whole life.
+                    response = try await client.execute(upstream, timeout: .hours(24), logger: logger)
                     break
                 } catch where !lease.isRemote && Self.isStaleConnection(error) && attempt < 3 {
                     // A pooled connection closed under us (keep-alive timeout, or one whose earlier
@@ -241,6 +243,14 @@ public struct Relay: Sendable {
         } catch {
             await holder.release()
             holder.reconcile(actualTokens: 0)
+            if Self.isReadTimeout(error) {
+                await scheduler.reportUnresponsive(lease, reason: "no answer within the read timeout")
+                var r = leaseRecord(requestID: requestID, route: route, lease: lease, status: 504, errorKind: "upstream_timeout", started: started)
+                r.team = caller.teamID
+                r.keyPrefix = caller.keyPrefix
+                record(r)
+                throw OpenAIError(.gatewayTimeout, Self.timeoutMessage(lease.modelID), type: "server_error", code: "upstream_timeout", retryAfter: 1)
+            }
             let crashed = await scheduler.instance(for: lease.modelID) == nil
             logger.warning("upstream request failed", metadata: ["model": "\(lease.modelID)", "error": "\(error)"])
             var r = leaseRecord(requestID: requestID, route: route, lease: lease, status: 502, errorKind: "upstream_unreachable", started: started)
@@ -319,6 +329,11 @@ public struct Relay: Sendable {
                 collected = try await upstreamBody.collect(upTo: length)
             } catch {
                 await holder.release()
+                if Self.isReadTimeout(error) {
+                    await scheduler.reportUnresponsive(lease, reason: "no bytes within the read timeout")
+                    settle(exchange, status: 504, errorKind: "upstream_timeout")
+                    throw OpenAIError(.gatewayTimeout, Self.timeoutMessage(lease.modelID), type: "server_error", code: "upstream_timeout", retryAfter: 1)
+                }
                 settle(exchange, status: 502, errorKind: "upstream_crashed")
                 throw OpenAIError(.badGateway, "model '\(lease.modelID)' stopped while answering", type: "server_error",
                                   code: "upstream_crashed", retryAfter: 1)
@@ -345,6 +360,7 @@ public struct Relay: Sendable {
                 var firstByte: ContinuousClock.Instant?
                 var disconnected = false
                 var upstreamFailed = false
+                var timedOut = false
                 do {
                     for try await chunk in upstreamBody {
                         if firstByte == nil { firstByte = .now }
@@ -360,14 +376,18 @@ public struct Relay: Sendable {
                     }
                 } catch {
                     upstreamFailed = true
+                    timedOut = Self.isReadTimeout(error)
+                    if timedOut { await recorder.scheduler.reportUnresponsive(lease, reason: "no bytes mid-stream within the read timeout") }
                 }
                 if !disconnected {
                     if isSSE {
                         let rest = filter.finish()
                         if rest.readableBytes > 0 { try? await writer.write(rest) }
                         if upstreamFailed {
-                            let event = "data: " + OpenAIError(.badGateway, "model '\(lease.modelID)' stopped mid-stream", type: "server_error", code: "upstream_crashed").jsonBody + "\n\n"
-                            try? await writer.write(ByteBuffer(string: event))
+                            let error = timedOut
+                                ? OpenAIError(.gatewayTimeout, Self.timeoutMessage(lease.modelID), type: "server_error", code: "upstream_timeout")
+                                : OpenAIError(.badGateway, "model '\(lease.modelID)' stopped mid-stream", type: "server_error", code: "upstream_crashed")
+                            try? await writer.write(ByteBuffer(string: "data: " + error.jsonBody + "\n\n"))
                         }
                     }
                     try? await writer.finish(nil)
@@ -380,12 +400,32 @@ public struct Relay: Sendable {
                     timings = object["timings"] as? [String: Any]
                 }
                 recorder.settle(
-                    exchange, status: upstreamFailed ? 502 : Int(status.code), errorKind: upstreamFailed ? "upstream_crashed" : nil,
+                    exchange, status: timedOut ? 504 : upstreamFailed ? 502 : Int(status.code),
+                    errorKind: timedOut ? "upstream_timeout" : upstreamFailed ? "upstream_crashed" : nil,
                     firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected, streamedEvents: filter.events)
             })
     }
 
     func record(_ r: RequestRecord) { recorder?(r) }
+
+    /// Classifies a failure while reading an upstream body: the instance died (502), or it went
+    /// silent past the read timeout (504), in which case it is stopped.
+    func bodyFailure(_ error: any Error, lease: Lease) async -> (status: Int, kind: String, message: String) {
+        if Self.isReadTimeout(error) {
+            await scheduler.reportUnresponsive(lease, reason: "no bytes within the read timeout")
+            return (504, "upstream_timeout", Self.timeoutMessage(lease.modelID))
+        }
+        return (502, "upstream_crashed", "model '\(lease.modelID)' stopped while answering")
+    }
+
+    /// The upstream sent nothing within the client's read timeout (`scheduler.readTimeout`).
+    static func isReadTimeout(_ error: any Error) -> Bool {
+        (error as? HTTPClientError) == .readTimeout
+    }
+
+    static func timeoutMessage(_ model: String) -> String {
+        "model '\(model)' stopped answering (nothing within the read timeout); its llama-server was stopped and the next request starts a new one"
+    }
 
     /// Errors that mean the connection died before any response arrived.
     /// A pooled connection that was closed under us (by llama-server's keep-alive timeout, or

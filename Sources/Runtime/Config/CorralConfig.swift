@@ -2,7 +2,13 @@ import Foundation
 
 /// Everything `routes.json` configures. Relative paths are resolved against the file's folder.
 public struct CorralConfig: Sendable {
-    public struct Listen: Sendable { public var host = "127.0.0.1"; public var port = 11434 }
+    public struct Listen: Sendable {
+        public var host = "127.0.0.1"
+        public var port = 11434
+        /// A client connection that sends and receives nothing for this long, with no request in
+        /// progress, is closed (half-sent requests from slow or stalled clients included).
+        public var idleTimeout: Duration = .seconds(60)
+    }
     public struct TLS: Sendable { public var certificate: String; public var key: String }
     public struct Llama: Sendable {
         public var server: String?
@@ -28,6 +34,9 @@ public struct CorralConfig: Sendable {
         /// Requests waiting per model beyond its parallel slots.
         public var queueDepth = 64
         public var loadTimeout: Duration = .seconds(120)
+        /// Longest silence from a llama-server while a request waits for its answer or its next
+        /// bytes; past it the request fails (504) and the unresponsive instance is stopped.
+        public var readTimeout: Duration = .seconds(600)
         /// Whether to run llama-fit-params before the first spawn of a model.
         public var fit = true
     }
@@ -157,6 +166,7 @@ public struct CorralConfig: Sendable {
         if var l = try root.object("listen") {
             c.listen.host = try l.string("host") ?? c.listen.host
             c.listen.port = try l.int("port", min: 0, max: 65535) ?? c.listen.port
+            c.listen.idleTimeout = try l.duration("idleTimeout") ?? c.listen.idleTimeout
             try l.finish()
         }
         if var t = try root.object("tls") {
@@ -181,6 +191,7 @@ public struct CorralConfig: Sendable {
             c.scheduler.defaultTTL = try s.duration("defaultTTL") ?? c.scheduler.defaultTTL
             c.scheduler.queueDepth = try s.int("queueDepth", min: 0) ?? c.scheduler.queueDepth
             c.scheduler.loadTimeout = try s.duration("loadTimeout") ?? c.scheduler.loadTimeout
+            c.scheduler.readTimeout = try s.duration("readTimeout") ?? c.scheduler.readTimeout
             c.scheduler.fit = try s.bool("fit") ?? true
             try s.finish()
         }

@@ -315,6 +315,12 @@ public actor Scheduler {
     private func load(_ spec: ModelSpec) async throws -> ModelInstance {
         guard let server = tools.server?.path else { throw SchedulerError.noLlamaServer }
         guard let path = spec.path else { throw SchedulerError.unknownModel(spec.id) }
+        // The file may have been deleted or truncated since the catalog read it: check its header
+        // and tensor extents again rather than let llama-server find out (or crash on it later).
+        do { _ = try ModelFacts.read(path: path) } catch {
+            logger.error("model file is unusable", metadata: ["model": "\(spec.id)", "error": "\(error)"])
+            throw SchedulerError.loadFailed(spec.id, "the model file is missing or damaged (\(error.message))")
+        }
         // Back off after a crash: 250 ms, 500 ms, 1 s …
         let recent = slots[spec.id]?.crashes.count ?? 0
         if recent > 0 { try? await Task.sleep(for: .milliseconds(250 << min(recent - 1, 4))) }
@@ -420,13 +426,26 @@ public actor Scheduler {
         for w in waiters { w.resume() }
     }
 
-    /// Stops a model's process (SIGTERM, then SIGKILL) and waits until it has been reaped.
-    private func stop(_ id: String) async {
+    /// Reports that the instance behind `lease` stopped answering (no bytes within the read
+    /// timeout): counted like a crash and killed at once, so the next request starts a fresh one.
+    /// Later reports for the same instance do nothing.
+    public func reportUnresponsive(_ lease: Lease, reason: String) async {
+        guard !lease.isRemote, let slot = slots[lease.modelID], slot.generation == lease.generation,
+              case .ready(let instance) = slot.phase else { return }
+        logger.error("llama-server stopped answering; killing it", metadata: ["model": "\(lease.modelID)", "pid": "\(instance.process.pid)", "reason": "\(reason)"])
+        slots[lease.modelID]!.lastCrashLog = instance.recentLog(20)
+        recordCrash(lease.modelID, reason)
+        await stop(lease.modelID, grace: .zero)
+    }
+
+    /// Stops a model's process (SIGTERM, then SIGKILL after `grace`, by default the configured
+    /// one) and waits until it has been reaped.
+    private func stop(_ id: String, grace: Duration? = nil) async {
         guard case .ready(let instance) = slots[id]?.phase else {
             if case .stopping(let t) = slots[id]?.phase { await t.value }
             return
         }
-        let grace = limits.stopGrace
+        let grace = grace ?? limits.stopGrace
         let task = Task { _ = await instance.process.stop(grace: grace) }
         slots[id]!.phase = .stopping(task)
         slots[id]!.idleTimer?.cancel()

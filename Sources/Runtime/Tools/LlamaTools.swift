@@ -45,7 +45,9 @@ public struct LlamaTools: Sendable, Equatable {
         environment: [String: String] = ProcessInfo.processInfo.environment
     ) -> LlamaTools {
         func find(_ name: String, configKey: String, envKey: String) -> Tool? {
-            if let p = configured[configKey], isExecutable(p) { return Tool(path: p, origin: .config) }
+            // A path set in routes.json is the operator's choice: if it is unusable, nothing
+            // else is silently used in its place.
+            if let p = configured[configKey] { return isExecutable(p) ? Tool(path: p, origin: .config) : nil }
             if let p = environment[envKey], isExecutable(p) { return Tool(path: p, origin: .environment) }
             if let dir = environment["CORRAL_LLAMA_BIN"], isExecutable(dir + "/" + name) {
                 return Tool(path: dir + "/" + name, origin: .environment)
