@@ -105,9 +105,10 @@ def test_a_hung_llama_server_times_out_cleanly_and_is_replaced():
 
 def test_a_model_file_deleted_or_truncated_is_refused_without_spawning():
     d = tempfile.mkdtemp(prefix="corral-faults-")
-    for name in ("gone", "cut", "later"):
+    names = ("gone", "cut", "later", "shrunk")
+    for name in names:
         make_model(d, name)
-    models = [{"name": n, "path": f"{d}/{n}.gguf", "contextSize": 512} for n in ("gone", "cut", "later")]
+    models = [{"name": n, "path": f"{d}/{n}.gguf", "contextSize": 512} for n in names]
     c = start_corral(extra_models=models, directory=d)
     try:
         # Before load: deleted, truncated.
@@ -132,7 +133,23 @@ def test_a_model_file_deleted_or_truncated_is_refused_without_spawning():
         before = llama_server_pids()
         openai_error(httpx.post(c.base + "/v1/chat/completions", json={**CHAT, "model": "later"}, timeout=30), 503)
         assert llama_server_pids() == before
+
+        # Truncated under a running instance: its mapped weights vanish. It may crash (SIGBUS) or
+        # answer from what it still holds; either way Corral answers, and once the instance is
+        # gone the damaged file is refused without a spawn.
+        assert httpx.post(c.base + "/v1/chat/completions", json={**CHAT, "model": "shrunk"}, timeout=30).status_code == 200
+        pid = instance(c, "shrunk")["pid"]
+        with open(f"{d}/shrunk.gguf", "r+b") as f:
+            f.truncate(4096)
+        r = httpx.post(c.base + "/v1/chat/completions", json={**CHAT, "model": "shrunk"}, timeout=30)
+        assert r.status_code == 200 or openai_error(r, 502)["code"] in ("upstream_crashed", "upstream_error")
+        httpx.post(c.base + "/admin/models/shrunk/unload", headers=c.headers("/admin"))
+        assert wait_gone(pid, 10)
+        before = llama_server_pids()
+        assert "missing or damaged" in openai_error(httpx.post(c.base + "/v1/chat/completions", json={**CHAT, "model": "shrunk"}, timeout=30), 503)["message"]
+        assert llama_server_pids() == before
         assert httpx.post(c.base + "/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
+        assert c.proc.poll() is None
     finally:
         stop_corral(c)
 
