@@ -12,7 +12,8 @@ import Testing
 @Suite(.serialized) struct OperationsTests {
     @Test func repeatedLoadFailuresMarkTheModelFailed() async throws {
         guard var f = try Fixture.make(models: ["alpha"]) else { return }
-        // A header llama-server accepts for reading but whose tensor data is cut off.
+        // A file whose tensor data is cut off: refused before any spawn (a llama-server that
+        // exits while loading is covered by test_faults.py).
         let broken = f.directory + "/broken.gguf"
         let bytes = try Data(contentsOf: URL(fileURLWithPath: f.directory + "/alpha.gguf"))
         try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: broken))

@@ -40,6 +40,25 @@ import Testing
         }
     }
 
+    /// Sixty concurrent first requests across three models with room for two. Three loads once
+    /// waited for each other forever (a load still waiting for room counted as occupying it);
+    /// evictions also overlap with requests for the model being stopped, which once spun on the
+    /// scheduler actor (found by the soak).
+    @Test(.timeLimit(.minutes(2))) func concurrentSwapsNeverWedgeTheScheduler() async throws {
+        guard let f = try Fixture.make(models: ["alpha", "beta", "gamma"], parallel: 2, configure: { $0.maxLoadedModels = 2 }) else { return }
+        try await f.run { port in
+            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for i in 0..<60 {
+                    group.addTask { try await send(port, "/v1/chat/completions", json: chat(["alpha", "beta", "gamma"][i % 3], maxTokens: 2)).status }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(statuses == Array(repeating: 200, count: 60))
+            #expect(await f.scheduler.spawnCount >= 3)
+            #expect(await f.scheduler.instances().filter { $0.state == "loaded" }.count <= 2)
+        }
+    }
+
     @Test func pinnedModelsAreNeverEvicted() async throws {
         guard let f = try Fixture.make(models: ["alpha", "beta", "gamma"], pinned: ["alpha"], configure: { $0.maxLoadedModels = 2 }) else { return }
         try await f.run { port in

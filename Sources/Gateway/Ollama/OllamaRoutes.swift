@@ -97,6 +97,16 @@ struct OllamaRoutes: Sendable {
         return spec
     }
 
+    /// `resolve` for requests that would use the model: an unknown name gets its ledger row.
+    func resolve(_ name: String, route: String, caller: Caller) async throws(OllamaError) -> ModelSpec {
+        do {
+            return try await resolve(name)
+        } catch {
+            relay.recordRefusal(route: route, model: name, status: Int(error.status.code), kind: "model_not_found", caller: caller)
+            throw error
+        }
+    }
+
     /// The model's digest: from its source, else computed in the background (empty until done).
     func digest(_ spec: ModelSpec) async -> String {
         if let known = spec.knownDigest { return known }
@@ -192,7 +202,7 @@ struct OllamaRoutes: Sendable {
 
     func generate(_ body: [String: Any], shape: OllamaResponseBuilder.Shape, request: Request, caller: Caller) async throws -> Response {
         let (name, profile) = profiles.split(try Self.modelName(body))
-        let spec = try await resolve(name)
+        let spec = try await resolve(name, route: shape == .chat ? "/api/chat" : "/api/generate", caller: caller)
         let arrival = ContinuousClock.now
         if let s = body["stream"], !(s is NSNull), !isJSONBool(s) { throw OllamaError.badRequest("stream must be a boolean") }
         let stream = OllamaRequests.wantsStream(body)
@@ -344,7 +354,7 @@ struct OllamaRoutes: Sendable {
 
     func embed(_ body: [String: Any], request: Request, caller: Caller, legacy: Bool) async throws -> Response {
         let name = try Self.modelName(body)
-        let spec = try await resolve(name)
+        let spec = try await resolve(name, route: legacy ? "/api/embeddings" : "/api/embed", caller: caller)
         let arrival = ContinuousClock.now
         var inputs: [String]
         if legacy {

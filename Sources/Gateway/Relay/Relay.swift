@@ -174,13 +174,7 @@ public struct Relay: Sendable {
         let started = ContinuousClock.now
         let requestID = UUID().uuidString.lowercased()
         func refused(_ error: OpenAIError, kind: String) -> OpenAIError {
-            var r = RequestRecord(
-                requestID: requestID, route: route, model: modelName, status: Int(error.status.code), errorKind: kind,
-                queueMs: ms(ContinuousClock.now - started), loadMs: 0, timeToFirstByteMs: nil,
-                totalMs: ms(ContinuousClock.now - started), clientDisconnected: false)
-            r.team = caller.teamID
-            r.keyPrefix = caller.keyPrefix
-            record(r)
+            recordRefusal(requestID: requestID, route: route, model: modelName, status: Int(error.status.code), kind: kind, caller: caller, started: started)
             return error
         }
         var reservation: Reservation?
@@ -262,18 +256,18 @@ public struct Relay: Sendable {
         }
     }
 
-    /// Releases the exchange's slot and records the request.
+    /// Records the request, then releases the exchange's slot (recording first: a row must not
+    /// depend on the scheduler answering).
     func finish(
         _ exchange: UpstreamExchange, status: Int, errorKind: String? = nil, firstByte: ContinuousClock.Instant? = nil,
         usage: [String: Any]? = nil, timings: [String: Any]? = nil, disconnected: Bool = false, streamedEvents: Int? = nil
     ) async {
-        await exchange.holder.release()
         settle(exchange, status: status, errorKind: errorKind, firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected,
                streamedEvents: streamedEvents)
+        await exchange.holder.release()
     }
 
-    /// Reconciles the reservation with the real usage and records the request (the slot is
-    /// already released).
+    /// Reconciles the reservation with the real usage and records the request.
     func settle(
         _ exchange: UpstreamExchange, status: Int, errorKind: String? = nil, firstByte: ContinuousClock.Instant? = nil,
         usage: [String: Any]? = nil, timings: [String: Any]? = nil, disconnected: Bool = false, streamedEvents: Int? = nil
@@ -328,13 +322,14 @@ public struct Relay: Sendable {
             do {
                 collected = try await upstreamBody.collect(upTo: length)
             } catch {
-                await holder.release()
                 if Self.isReadTimeout(error) {
-                    await scheduler.reportUnresponsive(lease, reason: "no bytes within the read timeout")
                     settle(exchange, status: 504, errorKind: "upstream_timeout")
+                    await holder.release()
+                    await scheduler.reportUnresponsive(lease, reason: "no bytes within the read timeout")
                     throw OpenAIError(.gatewayTimeout, Self.timeoutMessage(lease.modelID), type: "server_error", code: "upstream_timeout", retryAfter: 1)
                 }
                 settle(exchange, status: 502, errorKind: "upstream_crashed")
+                await holder.release()
                 throw OpenAIError(.badGateway, "model '\(lease.modelID)' stopped while answering", type: "server_error",
                                   code: "upstream_crashed", retryAfter: 1)
             }
@@ -343,11 +338,11 @@ public struct Relay: Sendable {
             // wait for the scheduler hop or for its body to be parsed for usage.
             let relay = self
             Task {
-                await holder.release()
                 let object = try? JSONSerialization.jsonObject(with: Data(collected.readableBytesView)) as? [String: Any]
                 relay.settle(
-                    exchange, status: Int(status.code), firstByte: firstByte, usage: object?["usage"] as? [String: Any],
-                    timings: object?["timings"] as? [String: Any])
+                    exchange, status: Int(status.code), errorKind: Self.upstreamErrorKind(status), firstByte: firstByte,
+                    usage: object?["usage"] as? [String: Any], timings: object?["timings"] as? [String: Any])
+                await holder.release()
             }
             return Response(status: status, headers: headers, body: .init(byteBuffer: collected))
         }
@@ -392,7 +387,6 @@ public struct Relay: Sendable {
                     }
                     try? await writer.finish(nil)
                 }
-                await holder.release()
                 var usage = filter.usage
                 var timings = filter.timings
                 if !isSSE, let object = try? JSONSerialization.jsonObject(with: Data(collected.readableBytesView)) as? [String: Any] {
@@ -401,12 +395,28 @@ public struct Relay: Sendable {
                 }
                 recorder.settle(
                     exchange, status: timedOut ? 504 : upstreamFailed ? 502 : Int(status.code),
-                    errorKind: timedOut ? "upstream_timeout" : upstreamFailed ? "upstream_crashed" : nil,
+                    errorKind: timedOut ? "upstream_timeout" : upstreamFailed ? "upstream_crashed" : Self.upstreamErrorKind(status),
                     firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected, streamedEvents: filter.events)
+                await holder.release()
             })
     }
 
     func record(_ r: RequestRecord) { recorder?(r) }
+
+    /// Records a request refused before it reached an instance (unknown model, limits, load
+    /// failures), so the ledger has a row for every request that named a model.
+    func recordRefusal(
+        requestID: String = UUID().uuidString.lowercased(), route: String, model: String, status: Int, kind: String, caller: Caller,
+        started: ContinuousClock.Instant = .now
+    ) {
+        var r = RequestRecord(
+            requestID: requestID, route: route, model: model, status: status, errorKind: kind,
+            queueMs: ms(ContinuousClock.now - started), loadMs: 0, timeToFirstByteMs: nil,
+            totalMs: ms(ContinuousClock.now - started), clientDisconnected: false)
+        r.team = caller.teamID
+        r.keyPrefix = caller.keyPrefix
+        record(r)
+    }
 
     /// Classifies a failure while reading an upstream body: the instance died (502), or it went
     /// silent past the read timeout (504), in which case it is stopped.
@@ -416,6 +426,11 @@ public struct Relay: Sendable {
             return (504, "upstream_timeout", Self.timeoutMessage(lease.modelID))
         }
         return (502, "upstream_crashed", "model '\(lease.modelID)' stopped while answering")
+    }
+
+    /// The ledger's error kind for an upstream answer (`upstream_400` …), nil for success.
+    static func upstreamErrorKind(_ status: HTTPResponse.Status) -> String? {
+        status.code >= 400 ? "upstream_\(status.code)" : nil
     }
 
     /// The upstream sent nothing within the client's read timeout (`scheduler.readTimeout`).

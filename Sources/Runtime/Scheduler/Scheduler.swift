@@ -107,6 +107,9 @@ public actor Scheduler {
         var loadOptions = LoadOptions()
         /// The load-time options the running instance was started with.
         var instanceOptions = LoadOptions()
+        /// A load in progress has been given room (count and memory) by `makeRoom`; until then
+        /// it occupies nothing, so loads waiting for room never wait for each other.
+        var roomReserved = false
     }
 
     public private(set) var catalog: ModelCatalog
@@ -249,7 +252,7 @@ public actor Scheduler {
                 }
                 loadDuration += ContinuousClock.now - loadStart
             case .stopping(let task):
-                await task.value
+                await awaitStop(id, task)
             case .unloaded:
                 if let failure = slot.failure { throw .modelFailed(id, failure) }
                 let loadStart = ContinuousClock.now
@@ -335,7 +338,9 @@ public actor Scheduler {
         var projection: [String: Int] = [:]
         for d in plan.projection { projection[d.device == "CPU" ? "Host" : d.device, default: 0] += d.totalMiB }
         slots[spec.id, default: Slot()].projection = projection
+        slots[spec.id]!.roomReserved = false
         try await makeRoom(for: spec.id, projection: projection)
+        slots[spec.id]!.roomReserved = true
 
         guard let port = freeLoopbackPort() else { throw SchedulerError.loadFailed(spec.id, "no free port") }
         // Precedence (llama.cpp keeps a flag's last value): pinned > runtime profile > fit > defaults.
@@ -388,7 +393,8 @@ public actor Scheduler {
                 guard key != id else { return false }
                 switch slot.phase {
                 case .unloaded: return false
-                default: return true
+                case .loading: return slot.roomReserved
+                case .ready, .stopping: return true
                 }
             }
             var used: [String: Int] = [:]
@@ -442,7 +448,7 @@ public actor Scheduler {
     /// one) and waits until it has been reaped.
     private func stop(_ id: String, grace: Duration? = nil) async {
         guard case .ready(let instance) = slots[id]?.phase else {
-            if case .stopping(let t) = slots[id]?.phase { await t.value }
+            if case .stopping(let t) = slots[id]?.phase { await awaitStop(id, t) }
             return
         }
         let grace = grace ?? limits.stopGrace
@@ -450,7 +456,16 @@ public actor Scheduler {
         slots[id]!.phase = .stopping(task)
         slots[id]!.idleTimer?.cancel()
         slots[id]!.idleDeadline = nil
+        await awaitStop(id, task)
+    }
+
+    /// Waits for a stop task, then moves the model to `.unloaded` and fails its waiters, unless
+    /// whoever else awaited the same task did so first. Every party that awaits a stop settles it
+    /// itself: awaiting a finished task does not suspend, so a caller that looped until the phase
+    /// changed would hold the actor and never let the stopper back on (a livelock the soak found).
+    private func awaitStop(_ id: String, _ task: Task<Void, Never>) async {
         await task.value
+        guard case .stopping(let current) = slots[id]?.phase, current == task else { return }
         slots[id]!.phase = .unloaded
         slots[id]!.inFlight = 0
         slots[id]!.generation += 1
