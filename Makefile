@@ -82,7 +82,7 @@ fuzz: build-tests
 ## soak: ten minutes of mixed traffic against a release build; the report goes to BENCHMARKS.md
 SOAK_SECONDS ?= 600
 soak: llama release venv
-	$(PY) scripts/soak.py --corral $(RELEASE_BIN) --seconds $(SOAK_SECONDS)
+	$(PY) scripts/soak.py --corral $(RELEASE_BIN) --seconds $(SOAK_SECONDS) --benchmarks BENCHMARKS.md
 
 clean:
 	rm -rf .build .build-release $(VENV) data models
