@@ -26,13 +26,15 @@ public struct GatewayDependencies: Sendable {
     /// Teams, keys and limits; nil serves everyone without accounts (tests of other concerns).
     public var access: AccessControl?
     /// Corral's own Prometheus metrics.
-    public var metrics: GatewayMetrics
+    public let metrics: GatewayMetrics
     /// llama.cpp tools (hardware probing, exact projections); discovered when nil.
     public var tools: LlamaTools?
     /// The `routes.json` the catalog came from (the library's rescan rereads it).
     public var configPath: String?
     /// GGUF facts by file identity, shared by reloads and rescans.
     public var factsCache = FactsCache()
+    /// The dashboard's sampler of `metrics` (run as a service by ``buildApplication(_:)``).
+    let liveStats: LiveStats
 
     public init(
         config: CorralConfig, scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder? = nil, logger: Logger,
@@ -40,6 +42,7 @@ public struct GatewayDependencies: Sendable {
     ) {
         self.access = access
         self.metrics = metrics
+        self.liveStats = LiveStats(metrics: metrics)
         self.config = config
         self.scheduler = scheduler
         self.client = client
@@ -119,7 +122,7 @@ public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestCon
     Task { await tuning.reportInterrupted() }
     TuningRoutes(service: tuning, scheduler: deps.scheduler).register(on: router.group("admin"))
     ProfileRoutes(profiles: profiles).register(on: router.group("admin"))
-    DashboardRoutes(deps: deps, metrics: metrics).register(on: router)
+    DashboardRoutes(deps: deps).register(on: router)
     return router
 }
 
@@ -183,7 +186,7 @@ public func buildApplication(_ deps: GatewayDependencies) throws -> some Applica
         server: server,
         configuration: .init(address: .hostname(deps.config.listen.host, port: deps.config.listen.port), serverName: "corral"),
         logger: deps.logger)
-    app.addServices(FleetService(scheduler: deps.scheduler, client: deps.client))
+    app.addServices(FleetService(scheduler: deps.scheduler, client: deps.client), deps.liveStats)
     return app
 }
 

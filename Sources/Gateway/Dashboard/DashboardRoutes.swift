@@ -10,7 +10,6 @@ import ServiceLifecycle
 /// live overview as server-sent events.
 struct DashboardRoutes: Sendable {
     let deps: GatewayDependencies
-    let metrics: GatewayMetrics
 
     /// One `/admin/events` message: the fleet, the last minute's numbers, and the history points
     /// this connection has not had yet (all of them in the first message).
@@ -36,8 +35,7 @@ struct DashboardRoutes: Sendable {
             return response
         }
 
-        let stats = LiveStats(metrics: metrics)
-        LiveStats.run(stats)
+        let stats = deps.liveStats
         let scheduler = deps.scheduler
         router.group("admin").get("events") { request, _ in
             let once = request.uri.queryParameters.get("once") == "true"

@@ -1,10 +1,11 @@
 import Foundation
+import ServiceLifecycle
 import Synchronization
 
 /// Rates and latency percentiles for the dashboard, from differences of `GatewayMetrics.Totals`
 /// sampled every `interval`: the last minute now, and one point per `pointTicks` ticks for the
-/// last hour, so a page opened later still has history to draw.
-final class LiveStats: Sendable {
+/// last hour, so a page opened later still has history to draw. A `Service` of the application.
+public final class LiveStats: Service, Sendable {
     /// Numbers over one span of time; percentiles are nil when nothing finished in it.
     struct Window: Sendable, Encodable, Equatable {
         /// The span's end, in milliseconds since 1970.
@@ -122,15 +123,11 @@ final class LiveStats: Sendable {
         return lower + (bounds[i] - lower) * (rank - Double(below)) / Double(inBucket)
     }
 
-    /// Ticks every `interval` until the sampler is gone (its owner, the router, was released).
-    static func run(_ stats: LiveStats) {
-        let interval = stats.interval
-        Task { [weak stats] in
-            while stats != nil {
-                try? await Task.sleep(for: interval)
-                guard let stats else { return }
-                stats.tick()
-            }
+    /// Ticks every `interval` until Corral shuts down.
+    public func run() async throws {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.interval) }
+            tick()
         }
     }
 }

@@ -93,7 +93,7 @@ struct OllamaRoutes: Sendable {
     }
 
     func resolve(_ name: String) async throws(OllamaError) -> ModelSpec {
-        guard let spec = await scheduler.catalog.resolve(name) else { throw .modelNotFound(name) }
+        guard let spec = scheduler.currentCatalog.resolve(name) else { throw .modelNotFound(name) }
         return spec
     }
 

@@ -30,7 +30,7 @@ struct OpenAIRoutes: Sendable {
                     // Sampling profile: `"profile"`, `model@profile`, or the model's default.
                     let (model, profile) = profiles.split(named)
                     if profile != nil { body["model"] = model }
-                    let modelDefault = await scheduler.catalog.resolve(model)?.profile
+                    let modelDefault = scheduler.currentCatalog.resolve(model)?.profile
                     if try profiles.apply(to: &body, named: profile, modelDefault: modelDefault) || profile != nil {
                         buffer = ByteBuffer(bytes: JSON.data(body))
                     }

@@ -180,7 +180,7 @@ public struct Relay: Sendable {
         var reservation: Reservation?
         var promptBound = 0
         if let access {
-            guard let spec = await scheduler.catalog.resolve(modelName) else {
+            guard let spec = scheduler.currentCatalog.resolve(modelName) else {
                 throw refused(.modelNotFound(modelName), kind: "model_not_found")
             }
             let context = spec.contextSize ?? spec.facts?.contextLength ?? 4096

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import GGUF
 import Logging
+import Synchronization
 
 /// A granted right to send one request to a model.
 public struct Lease: Sendable {
@@ -112,7 +113,12 @@ public actor Scheduler {
         var roomReserved = false
     }
 
-    public private(set) var catalog: ModelCatalog
+    public private(set) var catalog: ModelCatalog {
+        didSet { published.withLock { $0 = catalog } }
+    }
+    /// A copy of `catalog` readable without a hop onto the actor (name lookups on the request
+    /// path); replaced whenever the catalog changes.
+    private nonisolated let published: Mutex<ModelCatalog>
     let limits: Limits
     let tools: LlamaTools
     let planner: FitPlanner
@@ -133,6 +139,7 @@ public actor Scheduler {
     public init(catalog: ModelCatalog, limits: Limits, tools: LlamaTools, client: HTTPClient, logger: Logger,
                 planCache: (any FitPlanCache)? = nil) {
         self.catalog = catalog
+        self.published = Mutex(catalog)
         self.limits = limits
         self.tools = tools
         self.planner = FitPlanner(fitParamsPath: limits.fit ? tools.fitParams?.path : nil, marginMiB: limits.memoryMarginMiB)
@@ -153,6 +160,9 @@ public actor Scheduler {
 
     /// Aliases created at runtime (Ollama's `/api/copy`), alias → model id; kept across reloads.
     public private(set) var runtimeAliases: [String: String] = [:]
+
+    /// The current catalog without waiting for the actor (it may be a moment behind a reload).
+    public nonisolated var currentCatalog: ModelCatalog { published.withLock { $0 } }
 
     /// Swaps the catalog (configuration reload); runtime aliases are applied to the new one.
     public func replaceCatalog(_ catalog: ModelCatalog) {
