@@ -88,6 +88,7 @@ let package = Package(
                 "Gateway", "Runtime", "Store", "GGUF", "Access",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -4,6 +4,7 @@ import Access
 import Gateway
 import Hummingbird
 import Logging
+import NIOCore
 import Runtime
 import ServiceLifecycle
 import Store
@@ -125,7 +126,7 @@ struct ServeCommand: AsyncParsableCommand {
             configuration: .init(services: [reloader, ledger, app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {
             try await group.run()
-        } catch where "\(error)".contains("Address already in use") {
+        } catch let error as IOError where error.errnoCode == EADDRINUSE {
             FileHandle.standardError.write(Data("corral: cannot listen on \(cfg.listen.host):\(cfg.listen.port): the address is already in use (another Corral or Ollama?); set listen.port or pass --port\n".utf8))
             throw ExitCode(2)
         }

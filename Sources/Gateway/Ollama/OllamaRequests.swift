@@ -98,12 +98,14 @@ enum OllamaRequests {
                 throw .badRequest("format must be \"json\" or a JSON schema object")
             }
         }
-        if let stream = body["stream"], !(stream is NSNull), !isJSONBool(stream) { throw .badRequest("stream must be a boolean") }
         return (fields, try OllamaValues.keepAlive(body["keep_alive"]), load)
     }
 
-    /// Whether the client wants a stream (Ollama's default is yes).
-    static func wantsStream(_ body: [String: Any]) -> Bool { (body["stream"] as? Bool) ?? true }
+    /// Whether the client wants a stream (Ollama's default is yes); anything but a boolean is a 400.
+    static func wantsStream(_ body: [String: Any]) throws(OllamaError) -> Bool {
+        if let stream = body["stream"], !(stream is NSNull), !isJSONBool(stream) { throw .badRequest("stream must be a boolean") }
+        return (body["stream"] as? Bool) ?? true
+    }
 
     /// `/api/chat` → `/v1/chat/completions`.
     static func chat(_ body: [String: Any], model: String) throws(OllamaError) -> UpstreamPlan {

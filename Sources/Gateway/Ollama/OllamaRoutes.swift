@@ -204,8 +204,7 @@ struct OllamaRoutes: Sendable {
         let (name, profile) = profiles.split(try Self.modelName(body))
         let spec = try await resolve(name, route: shape == .chat ? "/api/chat" : "/api/generate", caller: caller)
         let arrival = ContinuousClock.now
-        if let s = body["stream"], !(s is NSNull), !isJSONBool(s) { throw OllamaError.badRequest("stream must be a boolean") }
-        let stream = OllamaRequests.wantsStream(body)
+        let stream = try OllamaRequests.wantsStream(body)
         // An empty prompt (or no messages) loads the model; with keep_alive 0 it unloads it.
         let isEmpty: Bool
         switch shape {
@@ -277,7 +276,7 @@ struct OllamaRoutes: Sendable {
                 var delivered = 0
                 var firstByte: ContinuousClock.Instant?
                 var disconnected = false
-                var failure: (status: Int, kind: String, message: String)?
+                var failure: UpstreamFailure?
                 func send(_ objects: [[String: Any]]) async -> Bool {
                     guard !objects.isEmpty else { return true }
                     var out = ByteBuffer()
@@ -535,7 +534,7 @@ struct OllamaRoutes: Sendable {
             throw OllamaError(.notImplemented, "pulling models is not supported yet; Corral serves GGUF files from its configured sources (folders, the Ollama store, the Hugging Face cache, LM Studio) and upstreams — put '\(name)' in one of them")
         }
         // Already here: report success the way Ollama does for an up-to-date model.
-        if OllamaRequests.wantsStream(body) {
+        if try OllamaRequests.wantsStream(body) {
             return Response(status: .ok, headers: [.contentType: "application/x-ndjson"],
                             body: .init(byteBuffer: ByteBuffer(string: JSON.encode(["status": "success"]) + "\n")))
         }

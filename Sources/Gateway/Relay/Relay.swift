@@ -76,6 +76,18 @@ struct UpstreamExchange: Sendable {
     let sentAt: ContinuousClock.Instant
 }
 
+/// Why reading an upstream answer failed, as the ledger and both APIs report it.
+struct UpstreamFailure: Sendable {
+    let status: Int
+    /// The ledger's error kind and the OpenAI error code.
+    let kind: String
+    let message: String
+
+    var openAIError: OpenAIError {
+        OpenAIError(HTTPResponse.Status(code: status), message, type: "server_error", code: kind, retryAfter: 1)
+    }
+}
+
 /// Sends a request to the instance serving its model and streams the answer back without
 /// buffering, observing time to first byte and the final usage on the way.
 public struct Relay: Sendable {
@@ -237,20 +249,20 @@ public struct Relay: Sendable {
         } catch {
             await holder.release()
             holder.reconcile(actualTokens: 0)
-            if Self.isReadTimeout(error) {
-                await scheduler.reportUnresponsive(lease, reason: "no answer within the read timeout")
-                var r = leaseRecord(requestID: requestID, route: route, lease: lease, status: 504, errorKind: "upstream_timeout", started: started)
+            func recordFailure(status: Int, kind: String) {
+                var r = leaseRecord(requestID: requestID, route: route, lease: lease, status: status, errorKind: kind, started: started)
                 r.team = caller.teamID
                 r.keyPrefix = caller.keyPrefix
                 record(r)
-                throw OpenAIError(.gatewayTimeout, Self.timeoutMessage(lease.modelID), type: "server_error", code: "upstream_timeout", retryAfter: 1)
+            }
+            if Self.isReadTimeout(error) {
+                let failure = await bodyFailure(error, lease: lease)
+                recordFailure(status: failure.status, kind: failure.kind)
+                throw failure.openAIError
             }
             let crashed = await scheduler.instance(for: lease.modelID) == nil
             logger.warning("upstream request failed", metadata: ["model": "\(lease.modelID)", "error": "\(error)"])
-            var r = leaseRecord(requestID: requestID, route: route, lease: lease, status: 502, errorKind: "upstream_unreachable", started: started)
-            r.team = caller.teamID
-            r.keyPrefix = caller.keyPrefix
-            record(r)
+            recordFailure(status: 502, kind: "upstream_unreachable")
             throw OpenAIError(.badGateway, crashed ? "model '\(lease.modelID)' stopped while handling the request" : "upstream request failed: \(error)",
                               type: "server_error", code: "upstream_error", retryAfter: 1)
         }
@@ -322,16 +334,10 @@ public struct Relay: Sendable {
             do {
                 collected = try await upstreamBody.collect(upTo: length)
             } catch {
-                if Self.isReadTimeout(error) {
-                    settle(exchange, status: 504, errorKind: "upstream_timeout")
-                    await holder.release()
-                    await scheduler.reportUnresponsive(lease, reason: "no bytes within the read timeout")
-                    throw OpenAIError(.gatewayTimeout, Self.timeoutMessage(lease.modelID), type: "server_error", code: "upstream_timeout", retryAfter: 1)
-                }
-                settle(exchange, status: 502, errorKind: "upstream_crashed")
+                let failure = await bodyFailure(error, lease: lease)
+                settle(exchange, status: failure.status, errorKind: failure.kind)
                 await holder.release()
-                throw OpenAIError(.badGateway, "model '\(lease.modelID)' stopped while answering", type: "server_error",
-                                  code: "upstream_crashed", retryAfter: 1)
+                throw failure.openAIError
             }
             let firstByte = ContinuousClock.now
             // Releasing the slot and accounting happen off the response path: the client does not
@@ -354,8 +360,7 @@ public struct Relay: Sendable {
                 var collected = ByteBuffer()  // non-streamed bodies, for their usage (capped)
                 var firstByte: ContinuousClock.Instant?
                 var disconnected = false
-                var upstreamFailed = false
-                var timedOut = false
+                var failure: UpstreamFailure?
                 do {
                     for try await chunk in upstreamBody {
                         if firstByte == nil { firstByte = .now }
@@ -370,19 +375,14 @@ public struct Relay: Sendable {
                         }
                     }
                 } catch {
-                    upstreamFailed = true
-                    timedOut = Self.isReadTimeout(error)
-                    if timedOut { await recorder.scheduler.reportUnresponsive(lease, reason: "no bytes mid-stream within the read timeout") }
+                    failure = await recorder.bodyFailure(error, lease: lease)
                 }
                 if !disconnected {
                     if isSSE {
                         let rest = filter.finish()
                         if rest.readableBytes > 0 { try? await writer.write(rest) }
-                        if upstreamFailed {
-                            let error = timedOut
-                                ? OpenAIError(.gatewayTimeout, Self.timeoutMessage(lease.modelID), type: "server_error", code: "upstream_timeout")
-                                : OpenAIError(.badGateway, "model '\(lease.modelID)' stopped mid-stream", type: "server_error", code: "upstream_crashed")
-                            try? await writer.write(ByteBuffer(string: "data: " + error.jsonBody + "\n\n"))
+                        if let failure {
+                            try? await writer.write(ByteBuffer(string: "data: " + failure.openAIError.jsonBody + "\n\n"))
                         }
                     }
                     try? await writer.finish(nil)
@@ -394,8 +394,7 @@ public struct Relay: Sendable {
                     timings = object["timings"] as? [String: Any]
                 }
                 recorder.settle(
-                    exchange, status: timedOut ? 504 : upstreamFailed ? 502 : Int(status.code),
-                    errorKind: timedOut ? "upstream_timeout" : upstreamFailed ? "upstream_crashed" : Self.upstreamErrorKind(status),
+                    exchange, status: failure?.status ?? Int(status.code), errorKind: failure?.kind ?? Self.upstreamErrorKind(status),
                     firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected, streamedEvents: filter.events)
                 await holder.release()
             })
@@ -418,14 +417,16 @@ public struct Relay: Sendable {
         record(r)
     }
 
-    /// Classifies a failure while reading an upstream body: the instance died (502), or it went
+    /// Classifies a failure while reading an upstream answer: the instance died (502), or it went
     /// silent past the read timeout (504), in which case it is stopped.
-    func bodyFailure(_ error: any Error, lease: Lease) async -> (status: Int, kind: String, message: String) {
+    func bodyFailure(_ error: any Error, lease: Lease) async -> UpstreamFailure {
         if Self.isReadTimeout(error) {
             await scheduler.reportUnresponsive(lease, reason: "no bytes within the read timeout")
-            return (504, "upstream_timeout", Self.timeoutMessage(lease.modelID))
+            return UpstreamFailure(
+                status: 504, kind: "upstream_timeout",
+                message: "model '\(lease.modelID)' stopped answering (nothing within the read timeout); its llama-server was stopped and the next request starts a new one")
         }
-        return (502, "upstream_crashed", "model '\(lease.modelID)' stopped while answering")
+        return UpstreamFailure(status: 502, kind: "upstream_crashed", message: "model '\(lease.modelID)' stopped while answering")
     }
 
     /// The ledger's error kind for an upstream answer (`upstream_400` …), nil for success.
@@ -436,10 +437,6 @@ public struct Relay: Sendable {
     /// The upstream sent nothing within the client's read timeout (`scheduler.readTimeout`).
     static func isReadTimeout(_ error: any Error) -> Bool {
         (error as? HTTPClientError) == .readTimeout
-    }
-
-    static func timeoutMessage(_ model: String) -> String {
-        "model '\(model)' stopped answering (nothing within the read timeout); its llama-server was stopped and the next request starts a new one"
     }
 
     /// Errors that mean the connection died before any response arrived.
