@@ -20,6 +20,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_gone(pid: int, seconds: float) -> bool:
+    """Whether process `pid` exits (or is a zombie) within `seconds`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            if state in ("Z", "X"):
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def llama_server_pids() -> set[int]:
     out = subprocess.run(["pgrep", "-f", "llama-server"], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}

@@ -19,8 +19,7 @@ import time
 import httpx
 import pytest
 
-from conftest import CORRAL, free_port, llama_server_pids, make_model, start_corral, stop_corral
-from test_process_lifecycle import wait_gone
+from conftest import CORRAL, free_port, llama_server_pids, make_model, start_corral, stop_corral, wait_gone
 
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 

@@ -6,7 +6,7 @@ import threading
 import time
 import urllib.request
 
-from conftest import start_corral, stop_corral
+from conftest import start_corral, stop_corral, wait_gone
 
 
 def stream_chat(base: str, max_tokens: int, out: dict):
@@ -33,20 +33,6 @@ def start_stream(base: str, max_tokens: int = 1500) -> tuple[threading.Thread, d
     while "first" not in out and time.time() < deadline:
         time.sleep(0.01)
     return t, out
-
-
-def wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-            if state in ("Z", "X"):
-                return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_sigterm_drains_in_flight_stream_then_stops_children():
