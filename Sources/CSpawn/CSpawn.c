@@ -138,4 +138,12 @@ int corral_exit_code(int status) { return WEXITSTATUS(status); }
 int corral_signaled(int status) { return WIFSIGNALED(status); }
 int corral_term_signal(int status) { return WTERMSIG(status); }
 
-int corral_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC) == 0 ? 0 : errno; }
+int corral_pipe_cloexec(int fds[2]) {
+    if (pipe2(fds, O_CLOEXEC) != 0) return errno;
+#ifdef F_SETPIPE_SZ
+    // Room for a burst of log lines while the reader batches its reads (best effort: the
+    // default 64 KiB stays if the system limit is lower).
+    (void)fcntl(fds[0], F_SETPIPE_SZ, 1 << 20);
+#endif
+    return 0;
+}

@@ -1,5 +1,6 @@
 import Foundation
 import Runtime
+import Synchronization
 import Testing
 
 @Suite struct ChildProcessTests {
@@ -9,6 +10,26 @@ import Testing
         for await line in child.lines { lines.append(line) }
         #expect(lines.sorted() == ["one", "two"])
         #expect(await child.wait() == .exited(3))
+    }
+
+    /// A ready llama-server's output is read in batches; lines must still arrive whole, in order,
+    /// split correctly across reads, with an over-long line cut to 64 KiB.
+    @Test func batchedOutputKeepsEveryLineInOrder() async throws {
+        let lines = Mutex<[String]>([])
+        let ended = Mutex(false)
+        let script = "for i in $(seq 1 400); do echo line-$i; [ $((i % 50)) -eq 0 ] && sleep 0.01; done; "
+            + "head -c 70000 /dev/zero | tr '\\0' x; echo; echo last"
+        let child = try ChildProcess(executable: "/bin/sh", arguments: ["-c", script]) { line in
+            if let line { lines.withLock { $0.append(line) } } else { ended.withLock { $0 = true } }
+        }
+        child.coalesceOutput(every: .milliseconds(15))
+        #expect(await child.wait() == .exited(0))
+        #expect(ended.withLock { $0 })
+        let got = lines.withLock { $0 }
+        #expect(Array(got.prefix(400)) == (1...400).map { "line-\($0)" })
+        #expect(got.count == 402)
+        #expect(got.dropFirst(400).first == String(repeating: "x", count: 65536))
+        #expect(got.last == "last")
     }
 
     @Test func missingExecutableIsATypedError() {

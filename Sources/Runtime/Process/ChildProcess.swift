@@ -33,6 +33,8 @@ public final class ChildProcess: Sendable {
     /// Output lines (stdout and stderr merged), finished when the child closes its output.
     public let lines: AsyncStream<String>
     private let state: Mutex<State>
+    /// Microseconds the reader waits after each read (0: none); see ``coalesceOutput(every:)``.
+    private let readPause = Atomic<Int>(0)
 
     private struct State {
         var termination: Termination?
@@ -71,10 +73,10 @@ public final class ChildProcess: Sendable {
         let thread = Thread { [self] in
             if let onLine {
                 continuation.finish()
-                Self.pump(fd: readFD, into: onLine)
+                Self.pump(fd: readFD, pause: readPause, into: onLine)
                 onLine(nil)
             } else {
-                Self.pump(fd: readFD) { continuation.yield($0) }
+                Self.pump(fd: readFD, pause: readPause) { continuation.yield($0) }
                 continuation.finish()
             }
             let status = corral_wait(pid)
@@ -91,22 +93,45 @@ public final class ChildProcess: Sendable {
         thread.start()
     }
 
+    /// From now on, the reader waits `interval` after each read that did not fill its buffer, so
+    /// a chatty child's lines (llama-server writes each log line on its own) arrive in batches:
+    /// one wake-up per interval instead of one per line, on a machine where every wake-up takes
+    /// CPU from the requests being served. Lines and the end of output arrive up to `interval`
+    /// late, so only for a child nobody waits on line by line (a model server once ready).
+    public func coalesceOutput(every interval: Duration) {
+        let (seconds, attoseconds) = interval.components
+        readPause.store(Int(seconds) * 1_000_000 + Int(attoseconds / 1_000_000_000_000), ordering: .relaxed)
+    }
+
+    private static let readSize = 65536
+
     /// Reads lines until EOF. Lines longer than 64 KiB are cut.
-    private static func pump(fd: Int32, into emit: (String) -> Void) {
-        var buffer = [UInt8](repeating: 0, count: 65536)
+    private static func pump(fd: Int32, pause: borrowing Atomic<Int>, into emit: (String) -> Void) {
+        var buffer = [UInt8](repeating: 0, count: readSize)
         var line: [UInt8] = []
         while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, 65536) }
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, readSize) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
-            for byte in buffer[0..<n] {
-                if byte == 10 {
-                    emit(String(decoding: line, as: UTF8.self))
-                    line.removeAll(keepingCapacity: true)
-                } else if line.count < 65536 {
-                    line.append(byte)
+            buffer.withUnsafeBufferPointer { bytes in
+                var start = 0
+                while start < n {
+                    guard let newline = bytes[start..<n].firstIndex(of: 10) else {
+                        line.append(contentsOf: bytes[start..<min(n, start + max(0, readSize - line.count))])
+                        break
+                    }
+                    if line.isEmpty {
+                        emit(String(decoding: bytes[start..<newline], as: UTF8.self))
+                    } else {
+                        line.append(contentsOf: bytes[start..<min(newline, start + max(0, readSize - line.count))])
+                        emit(String(decoding: line, as: UTF8.self))
+                        line.removeAll(keepingCapacity: true)
+                    }
+                    start = newline + 1
                 }
             }
+            let micros = pause.load(ordering: .relaxed)
+            if micros > 0 && n < readSize { usleep(UInt32(micros)) }
         }
         if !line.isEmpty { emit(String(decoding: line, as: UTF8.self)) }
         close(fd)

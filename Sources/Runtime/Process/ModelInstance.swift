@@ -173,6 +173,10 @@ public final class ModelInstance: Sendable {
 
     /// Waits until `/health` answers 200: first for the "listening" log line, then polling every
     /// few milliseconds (a tiny model is ready ~0.2 s after start; one-second polling would triple that).
+    /// How long a ready instance's log reader waits between reads (see
+    /// ``ChildProcess/coalesceOutput(every:)``).
+    static let logBatchInterval = Duration.milliseconds(20)
+
     func waitUntilReady(client: HTTPClient, timeout: Duration) async throws(SchedulerError) {
         let deadline = ContinuousClock.now + timeout
         // The log line arrives once the HTTP socket is bound; until then connections are refused.
@@ -191,7 +195,11 @@ public final class ModelInstance: Sendable {
             request.method = .GET
             if let response = try? await client.execute(request, timeout: .milliseconds(500)) {
                 _ = try? await response.body.collect(upTo: 1 << 16)
-                if response.status.code == 200 { return }
+                if response.status.code == 200 {
+                    // From here on its log is only kept, not waited on: read it in batches.
+                    process.coalesceOutput(every: Self.logBatchInterval)
+                    return
+                }
             }
             try? await Task.sleep(for: .milliseconds(4))
         }

@@ -1,0 +1,64 @@
+import HummingbirdCore
+import Logging
+import NIOCore
+
+/// Runs Swift tasks on one NIO event loop.
+///
+/// Hummingbird handles each connection in a task on Swift's global pool while the connection's
+/// bytes (and the upstream client's) move on NIO event loops, so every suspension point on the
+/// request path (reading the body, awaiting an actor, the upstream answer) crosses threads twice.
+/// On a small machine each crossing is a wake-up of a parked thread, and those wake-ups were most
+/// of Corral's added latency. With this executor as the connection task's preference the whole
+/// request runs on the loop that owns its socket: continuations resumed by the loop run on it,
+/// and default actors (the scheduler) run their code on the caller's preferred executor too.
+final class EventLoopExecutor: TaskExecutor {
+    let eventLoop: any EventLoop
+
+    init(_ eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        eventLoop.execute {
+            job.runSynchronously(on: self.asUnownedTaskExecutor())
+        }
+    }
+}
+
+/// One ``EventLoopExecutor`` per loop of a group, made once.
+struct EventLoopExecutors: Sendable {
+    private let byLoop: [ObjectIdentifier: EventLoopExecutor]
+
+    init(group: any EventLoopGroup) {
+        var byLoop: [ObjectIdentifier: EventLoopExecutor] = [:]
+        for loop in group.makeIterator() { byLoop[ObjectIdentifier(loop)] = EventLoopExecutor(loop) }
+        self.byLoop = byLoop
+    }
+
+    /// The executor of `loop`, if it belongs to the group.
+    func executor(for loop: any EventLoop) -> EventLoopExecutor? {
+        byLoop[ObjectIdentifier(loop)]
+    }
+}
+
+/// A server child channel whose connection task prefers the connection's own event loop (see
+/// ``EventLoopExecutor``). Set-up and handling are otherwise the wrapped channel's.
+struct EventLoopPinnedChannel<Base: ServerChildChannel>: ServerChildChannel {
+    typealias Value = Base.Value
+    let base: Base
+    let executors: EventLoopExecutors
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        base.setup(channel: channel, logger: logger)
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        guard let executor = executors.executor(for: value.channel.eventLoop) else {
+            return await base.handle(value: value, logger: logger)
+        }
+        await withTaskExecutorPreference(executor) {
+            await base.handle(value: value, logger: logger)
+        }
+    }
+}
