@@ -7,6 +7,7 @@ import HummingbirdHTTP2
 import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOPosix
 import NIOSSL
 import Runtime
 import ServiceLifecycle
@@ -64,6 +65,9 @@ public struct GatewayDependencies: Sendable {
         // llama-server closes keep-alive connections after 5 s idle; closing ours first avoids
         // sending a request on a connection the server is closing.
         configuration.connectionPool.idleTimeout = .seconds(3)
+        // No spans: with no tracer bootstrapped they are no-ops that still cost attribute work
+        // on every request.
+        configuration.tracing.tracer = nil
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
     }
 }
@@ -79,7 +83,7 @@ public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestCon
     let metrics = deps.metrics
     let upstreamRecorder = deps.recorder
     let relay = Relay(
-        scheduler: deps.scheduler, client: deps.client,
+        scheduler: deps.scheduler, client: deps.client, local: LocalUpstreamClient(readTimeout: deps.config.scheduler.readTimeout),
         recorder: { record in
             metrics.observe(record)
             upstreamRecorder?(record)
@@ -172,19 +176,30 @@ public func buildApplication(_ deps: GatewayDependencies) throws -> some Applica
     // that never completes counts as idle, so slow clients cannot hold connections forever.
     let idle = deps.config.listen.idleTimeout
     let http1 = HTTP1Channel.Configuration(idleTimeout: TimeAmount(idle))
-    var server: HTTPServerBuilder = .http1(configuration: http1)
+    // Each connection's task runs on its socket's event loop (see EventLoopExecutor); the upstream
+    // client shares the group, so its connections' answers arrive on the same threads.
+    let group = MultiThreadedEventLoopGroup.singleton
+    let executors = EventLoopExecutors(group: group)
+    var server = HTTPServerBuilder { responder in
+        EventLoopPinnedChannel(base: HTTP1Channel(responder: responder, configuration: http1), executors: executors)
+    }
     if let tls = deps.config.tls {
         let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
         let key = try NIOSSLPrivateKey(file: tls.key, format: .pem)
+        let tlsConfiguration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
         // HTTP/1.1 and HTTP/2, chosen per connection by ALPN.
-        server = try .http2Upgrade(
-            tlsConfiguration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)),
-            configuration: .init(idleTimeout: idle, streamConfiguration: http1))
+        server = HTTPServerBuilder { responder in
+            EventLoopPinnedChannel(
+                base: try HTTP2UpgradeChannel(
+                    tlsConfiguration: tlsConfiguration, configuration: .init(idleTimeout: idle, streamConfiguration: http1), responder: responder),
+                executors: executors)
+        }
     }
     var app = Application(
         router: buildRouter(deps),
         server: server,
         configuration: .init(address: .hostname(deps.config.listen.host, port: deps.config.listen.port), serverName: "corral"),
+        eventLoopGroupProvider: .shared(group),
         logger: deps.logger)
     app.addServices(FleetService(scheduler: deps.scheduler, client: deps.client), deps.liveStats)
     return app

@@ -15,11 +15,116 @@ enum JSON {
         (try? JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes])) ?? Data("{}".utf8)
     }
 
+    /// The members called `names` of a JSON object's top level, each parsed on its own; the
+    /// other members are skipped over without being built. For reading `usage` and `timings`
+    /// from an answer whose generated text the gateway does not need. Nil when `bytes` is not an
+    /// object (or is cut short).
+    static func members(_ names: Set<String>, of bytes: UnsafeRawBufferPointer) -> [String: Any]? {
+        var scanner = Scanner(bytes: bytes)
+        var found: [String: Any] = [:]
+        scanner.skipSpace()
+        guard scanner.take(UInt8(ascii: "{")) else { return nil }
+        scanner.skipSpace()
+        if scanner.take(UInt8(ascii: "}")) { return found }
+        while true {
+            scanner.skipSpace()
+            guard let keyRange = scanner.string() else { return nil }
+            scanner.skipSpace()
+            guard scanner.take(UInt8(ascii: ":")) else { return nil }
+            scanner.skipSpace()
+            let start = scanner.position
+            guard scanner.skipValue() else { return nil }
+            // Keys with escapes are never the ones asked for; they are compared raw.
+            let key = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[keyRange]), as: UTF8.self)
+            if names.contains(key),
+               let value = try? JSONSerialization.jsonObject(
+                   with: Data(UnsafeRawBufferPointer(rebasing: bytes[start..<scanner.position])), options: [.fragmentsAllowed]) {
+                found[key] = value
+            }
+            scanner.skipSpace()
+            if scanner.take(UInt8(ascii: ",")) { continue }
+            return scanner.take(UInt8(ascii: "}")) ? found : nil
+        }
+    }
+
+    /// A cursor over JSON text that can skip whole values.
+    private struct Scanner {
+        let bytes: UnsafeRawBufferPointer
+        var position = 0
+
+        init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+        static func isSpace(_ byte: UInt8) -> Bool {
+            byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09
+        }
+
+        mutating func skipSpace() {
+            while position < bytes.count, Self.isSpace(bytes[position]) { position += 1 }
+        }
+
+        mutating func take(_ byte: UInt8) -> Bool {
+            guard position < bytes.count, bytes[position] == byte else { return false }
+            position += 1
+            return true
+        }
+
+        /// Skips a string; returns the range of its contents (between the quotes).
+        mutating func string() -> Range<Int>? {
+            guard take(UInt8(ascii: "\"")) else { return nil }
+            let start = position
+            while position < bytes.count {
+                switch bytes[position] {
+                case UInt8(ascii: "\\"): position += 2
+                case UInt8(ascii: "\""):
+                    position += 1
+                    return start..<(position - 1)
+                default: position += 1
+                }
+            }
+            return nil
+        }
+
+        /// Skips one value of any kind, nested ones included.
+        mutating func skipValue() -> Bool {
+            guard position < bytes.count else { return false }
+            switch bytes[position] {
+            case UInt8(ascii: "\""): return string() != nil
+            case UInt8(ascii: "{"), UInt8(ascii: "["):
+                var depth = 0
+                while position < bytes.count {
+                    switch bytes[position] {
+                    case UInt8(ascii: "\""):
+                        guard string() != nil else { return false }
+                        continue
+                    case UInt8(ascii: "{"), UInt8(ascii: "["): depth += 1
+                    case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                        depth -= 1
+                        if depth == 0 {
+                            position += 1
+                            return true
+                        }
+                    default: break
+                    }
+                    position += 1
+                }
+                return false
+            default:  // number, true, false, null
+                let start = position
+                while position < bytes.count {
+                    let byte = bytes[position]
+                    if Self.isSpace(byte) || byte == UInt8(ascii: ",") || byte == UInt8(ascii: "}") || byte == UInt8(ascii: "]") { break }
+                    position += 1
+                }
+                return position > start
+            }
+        }
+    }
+
     /// Parses a request body that must be a JSON object.
-    static func object(_ bytes: [UInt8]) throws(OpenAIError) -> [String: Any] {
+    static func object(_ bytes: Data) throws(OpenAIError) -> [String: Any] {
         guard !bytes.isEmpty else { throw .badRequest("request body is empty; expected a JSON object") }
         let value: Any
-        do { value = try JSONSerialization.jsonObject(with: Data(bytes)) } catch {
+        do { value = try JSONSerialization.jsonObject(with: bytes) } catch {
             throw .badRequest("request body is not valid JSON")
         }
         guard let object = value as? [String: Any] else { throw .badRequest("request body must be a JSON object") }

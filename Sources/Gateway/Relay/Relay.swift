@@ -92,15 +92,21 @@ struct UpstreamFailure: Sendable {
 /// buffering, observing time to first byte and the final usage on the way.
 public struct Relay: Sendable {
     let scheduler: Scheduler
+    /// For remote upstreams.
     let client: HTTPClient
+    /// For the llama-servers Corral runs.
+    let local: LocalUpstreamClient
     let recorder: RequestRecorder?
     let logger: Logger
     /// Limits and permissions (nil: no accounts at all, as in most tests).
     let access: AccessControl?
 
-    public init(scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder?, logger: Logger, access: AccessControl? = nil) {
+    public init(
+        scheduler: Scheduler, client: HTTPClient, local: LocalUpstreamClient, recorder: RequestRecorder?, logger: Logger, access: AccessControl? = nil
+    ) {
         self.scheduler = scheduler
         self.client = client
+        self.local = local
         self.recorder = recorder
         self.logger = logger
         self.access = access
@@ -121,7 +127,7 @@ public struct Relay: Sendable {
         } catch {
             throw OpenAIError(.contentTooLarge, "request body exceeds \(context.maxUploadSize) bytes", code: "request_too_large")
         }
-        let object = try JSON.object(Array(buffer.readableBytesView))
+        let object = try JSON.object(Data(buffer.readableBytesView))
         return (buffer, object)
     }
 
@@ -214,34 +220,28 @@ public struct Relay: Sendable {
         }
         let holder = LeaseHolder(lease, scheduler, access: access, reservation: reservation, promptBound: promptBound)
 
-        var upstream = HTTPClientRequest(url: lease.baseURL + upstreamPath)
-        upstream.method = method
+        var upstreamHeaders = HTTPHeaders()
         for field in headers where !Self.hopByHop.contains(field.name.canonicalName) {
-            upstream.headers.add(name: field.name.rawName, value: field.value)
+            upstreamHeaders.add(name: field.name.rawName, value: field.value)
         }
-        if let key = lease.apiKey { upstream.headers.add(name: "authorization", value: "Bearer \(key)") }
-        if let body {
-            upstream.headers.replaceOrAdd(name: "content-type", value: "application/json")
-            upstream.body = .bytes(body)
-        }
+        if let key = lease.apiKey { upstreamHeaders.add(name: "authorization", value: "Bearer \(key)") }
+        if body != nil { upstreamHeaders.replaceOrAdd(name: "content-type", value: "application/json") }
 
         let sentAt = ContinuousClock.now
         do {
             let response: HTTPClientResponse
-            var attempt = 1
-            while true {
-                do {
-                    // Silence is bounded by the client's read timeout (scheduler.readTimeout); this
-                    // deadline only caps a request's whole life.
-                    response = try await client.execute(upstream, timeout: .hours(24), logger: logger)
-                    break
-                } catch where !lease.isRemote && Self.isStaleConnection(error) && attempt < 3 {
-                    // A pooled connection closed under us (keep-alive timeout, or one whose earlier
-                    // request a departed client cancelled): the request did not get an answer, and
-                    // the instance still runs, so it is sent again on a fresh connection.
-                    guard await scheduler.instance(for: lease.modelID) != nil else { throw error }
-                    attempt += 1
-                }
+            if !lease.isRemote, let port = lease.localPort {
+                // Silence is bounded by the client's read timeout (scheduler.readTimeout); a
+                // kept-alive connection found closed is replaced inside the client.
+                response = try await local.execute(port: port, method: method, path: upstreamPath, headers: upstreamHeaders, body: body)
+            } else {
+                var upstream = HTTPClientRequest(url: lease.baseURL + upstreamPath)
+                upstream.method = method
+                upstream.headers = upstreamHeaders
+                if let body { upstream.body = .bytes(body) }
+                // This deadline only caps a request's whole life. AHC's own logging (debug and
+                // trace only) is left off: failures are logged below.
+                response = try await client.execute(upstream, timeout: .hours(24))
             }
             return UpstreamExchange(
                 requestID: requestID, route: route, lease: lease, holder: holder, started: started, response: response, caller: caller,
@@ -305,9 +305,7 @@ public struct Relay: Sendable {
 
     /// The OpenAI-route response: the upstream's status, headers and body, streamed through.
     func relayResponse(_ exchange: UpstreamExchange, hideUsage: Bool) async throws -> Response {
-        let (response, lease, holder, requestID, route, started) = (
-            exchange.response, exchange.lease, exchange.holder, exchange.requestID, exchange.route, exchange.started
-        )
+        let (response, lease, holder, requestID) = (exchange.response, exchange.lease, exchange.holder, exchange.requestID)
         var headers = HTTPFields()
         for (name, value) in response.headers where !Self.hopByHop.contains(name.lowercased()) {
             if let fieldName = HTTPField.Name(name) { headers.append(HTTPField(name: fieldName, value: value)) }
@@ -344,7 +342,7 @@ public struct Relay: Sendable {
             // wait for the scheduler hop or for its body to be parsed for usage.
             let relay = self
             Task {
-                let object = try? JSONSerialization.jsonObject(with: Data(collected.readableBytesView)) as? [String: Any]
+                let object = collected.withUnsafeReadableBytes { JSON.members(["usage", "timings"], of: $0) }
                 relay.settle(
                     exchange, status: Int(status.code), errorKind: Self.upstreamErrorKind(status), firstByte: firstByte,
                     usage: object?["usage"] as? [String: Any], timings: object?["timings"] as? [String: Any])
@@ -437,17 +435,6 @@ public struct Relay: Sendable {
     /// The upstream sent nothing within the client's read timeout (`scheduler.readTimeout`).
     static func isReadTimeout(_ error: any Error) -> Bool {
         (error as? HTTPClientError) == .readTimeout
-    }
-
-    /// Errors that mean the connection died before any response arrived.
-    /// A pooled connection that was closed under us (by llama-server's keep-alive timeout, or
-    /// after an earlier request on it was cancelled by a client that went away).
-    static func isStaleConnection(_ error: any Error) -> Bool {
-        if let e = error as? HTTPClientError {
-            return e == .remoteConnectionClosed
-        }
-        if let e = error as? ChannelError, e == .ioOnClosedChannel || e == .alreadyClosed { return true }
-        return "\(error)".contains("connectionReset") || "\(error)".contains("ECONNRESET")
     }
 
     /// The record of a request that held a lease, with llama-server's usage and timings when known.

@@ -159,7 +159,16 @@ public struct ModelCatalog: Sendable {
 
     /// The model a request's name refers to, if any.
     public func resolve(_ name: String) -> ModelSpec? {
-        index[Self.normalize(name)].map { models[$0] }
+        // Almost every request names a model exactly as listed; that needs no Foundation work.
+        if Self.isNormalized(name), let i = index[name] { return models[i] }
+        return index[Self.normalize(name)].map { models[$0] }
+    }
+
+    /// True when ``normalize(_:)`` would return `name` unchanged (checked on its bytes).
+    static func isNormalized(_ name: String) -> Bool {
+        let bytes = name.utf8
+        guard let first = bytes.first, let last = bytes.last, first > 0x20, last > 0x20, !name.hasSuffix(":latest") else { return false }
+        return !bytes.contains { $0 >= 0x80 || (0x41...0x5A).contains($0) }
     }
 
     /// Lowercased, trimmed, without a trailing `:latest`.

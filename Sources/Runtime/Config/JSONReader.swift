@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A configuration problem, naming the key.
 public struct ConfigError: Error, Sendable, CustomStringConvertible, Equatable {
@@ -107,5 +108,16 @@ public func parseDuration(_ value: Any) -> Duration? {
 
 /// Whether a number from JSONSerialization was a JSON `true`/`false`.
 public func isJSONBool(_ value: Any) -> Bool {
-    type(of: value) == Bool.self || String(describing: type(of: value)).contains("Boolean")
+    let type = type(of: value)
+    if type == Bool.self { return true }
+    // Foundation's booleans are an NSNumber subclass named …Boolean; the name is looked at once
+    // per type, not on every request.
+    let id = ObjectIdentifier(type)
+    if let known = booleanTypes.withLock({ $0[id] }) { return known }
+    let isBoolean = String(describing: type).contains("Boolean")
+    booleanTypes.withLock { $0[id] = isBoolean }
+    return isBoolean
 }
+
+/// Types ``isJSONBool(_:)`` has seen, and whether each is Foundation's boolean.
+private let booleanTypes = Mutex<[ObjectIdentifier: Bool]>([:])

@@ -18,6 +18,12 @@ public struct Lease: Sendable {
     let generation: Int
     /// Whether the model is served by a remote upstream (not a local llama-server).
     public let isRemote: Bool
+
+    /// The loopback port of the local llama-server (nil for a remote upstream).
+    public var localPort: Int? {
+        guard !isRemote, let colon = baseURL.utf8.lastIndex(of: UInt8(ascii: ":")) else { return nil }
+        return Int(baseURL[baseURL.index(after: colon)...])
+    }
 }
 
 /// A read-only view of one model's state, for admin routes and tests.
