@@ -5,7 +5,9 @@ All three serve the same tiny generated model on loopback in one run; requests a
 (direct, corral, router, direct, ...) so drift hits all three alike.
 
 Measures
-  warm non-streaming  max_tokens=1 chat: p50/p99 latency, and what each proxy adds over direct
+  warm non-streaming  max_tokens=1 chat: p50/p99 latency, and what each proxy adds over direct,
+                      interleaved and again in blocks (one system at a time); Corral's CPU time
+                      per request
   warm streaming      time to first token (first content event)
   cold start          first request to first token from unloaded (Corral: admin unload;
                       router: /models/unload; direct: spawn llama-server + wait /health + request)
@@ -94,6 +96,12 @@ class Client:
         return r.status
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float:
     v = sorted(values)
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
@@ -108,6 +116,7 @@ def main() -> None:
     ap.add_argument("--corral", default=".build-release/release/corral")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--cold", type=int, default=10)
+    ap.add_argument("--blocks", type=int, default=3, help="rounds of the blocked measurement")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="corral-bench-")
     os.makedirs(f"{d}/models")
@@ -145,6 +154,22 @@ def main() -> None:
         for _ in range(args.n):
             for name, c in clients.items():
                 lat[name].append(c.chat(models[name])[0])
+        # The same requests in blocks: one system at a time, so the other servers' threads are
+        # idle. Interleaving spreads drift evenly but lets each system's request land while the
+        # previous system's llama-server threads still spin, which inflates everyone's numbers
+        # (the router's, with two processes, the most).
+        blocks = {k: [] for k in clients}
+        corral_cpu = 0.0
+        corral_pid = procs[1].pid
+        for _ in range(args.blocks):
+            for name, c in clients.items():
+                for _ in range(5):
+                    c.chat(models[name])
+                before = cpu_seconds(corral_pid)
+                for _ in range(args.n // args.blocks):
+                    blocks[name].append(c.chat(models[name])[0])
+                if name == "corral":
+                    corral_cpu += cpu_seconds(corral_pid) - before
         for _ in range(max(50, args.n // 3)):
             for name, c in clients.items():
                 ttft[name].append(c.chat(models[name], stream=True, max_tokens=4)[1])
@@ -184,6 +209,14 @@ def main() -> None:
         print(f"  added p50 over direct: corral {ms(added['corral'])}, router {ms(added['router'])}"
               f"  -> corral/router = {added['corral'] / added['router']:.2f}" if added["router"] > 0 else "")
         print(f"  added p99 over direct: corral {ms(pct(lat['corral'], 99) - pct(lat['direct'], 99))}, router {ms(pct(lat['router'], 99) - pct(lat['direct'], 99))}")
+        print(f"the same in blocks (one system at a time, {args.blocks} rounds of {args.n // args.blocks})")
+        for k in clients:
+            print(f"  {k:7s} p50 {ms(pct(blocks[k], 50))}  p99 {ms(pct(blocks[k], 99))}")
+        bd50 = pct(blocks["direct"], 50)
+        badded = {k: pct(blocks[k], 50) - bd50 for k in ("corral", "router")}
+        print(f"  added p50 over direct: corral {ms(badded['corral'])}, router {ms(badded['router'])}"
+              + (f"  -> corral/router = {badded['corral'] / badded['router']:.2f}" if badded["router"] > 0 else ""))
+        print(f"  Corral's own CPU time per request (its process, all threads): {ms(corral_cpu / len(blocks['corral']))}")
         print("warm streaming time to first token")
         for k in clients:
             print(f"  {k:7s} p50 {ms(pct(ttft[k], 50))}  p99 {ms(pct(ttft[k], 99))}")
