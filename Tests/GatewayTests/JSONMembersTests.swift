@@ -34,30 +34,54 @@ struct JSONMembersTests {
         #expect(members(["usage"], " {\"other\":[1,{\"usage\":2}]} ")?.isEmpty == true)
     }
 
-    /// Random objects: every member found agrees with JSONSerialization's parse of the whole.
+    /// Random answers: each wanted member found holds the numbers a full parse holds, nested
+    /// objects included, and nothing else.
     @Test func agreesWithAFullParse() throws {
         var rng = SplitMix64(seed: 7)
-        func value(_ depth: Int) -> Any {
-            switch rng.next() % (depth > 3 ? 4 : 6) {
+        func junk(_ depth: Int) -> Any {
+            switch rng.next() % (depth > 2 ? 4 : 6) {
             case 0: return Int(rng.next() % 2000) - 1000
             case 1: return ["a", "b\"q\"", "c\\d", "}{][,:", "é ✓", ""][Int(rng.next() % 6)]
             case 2: return rng.next() % 2 == 0
             case 3: return NSNull()
-            case 4: return (0..<Int(rng.next() % 4)).map { _ in value(depth + 1) }
-            default: return Dictionary(uniqueKeysWithValues: (0..<Int(rng.next() % 4)).map { ("k\($0)", value(depth + 1)) })
+            case 4: return (0..<Int(rng.next() % 4)).map { _ in junk(depth + 1) }
+            default: return Dictionary(uniqueKeysWithValues: (0..<Int(rng.next() % 4)).map { ("j\($0)", junk(depth + 1)) })
             }
         }
-        for _ in 0..<500 {
-            let object = Dictionary(uniqueKeysWithValues: (0..<Int(rng.next() % 6)).map { ("k\($0)", value(0)) })
-            let data = try JSONSerialization.data(withJSONObject: object)
-            let full = try #require(JSONSerialization.jsonObject(with: data) as? [String: Any])
-            let found = try #require(data.withUnsafeBytes { JSON.members(Set(full.keys), of: $0) })
-            // Compared as canonical text: Foundation's booleans differ in type between a whole
-            // parse and a fragment parse, never in value.
-            func canonical(_ object: [String: Any]) throws -> String {
-                String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
+        /// A usage-like object: numbers, nested objects and some junk.
+        func numbers(_ depth: Int) -> [String: Any] {
+            Dictionary(uniqueKeysWithValues: (0..<Int(rng.next() % 5)).map { i -> (String, Any) in
+                switch rng.next() % 5 {
+                case 0: return ("n\(i)", Int(rng.next() % 100_000))
+                case 1: return ("n\(i)", Double(rng.next() % 10_000) / 64 - 50)
+                case 2 where depth < 2: return ("n\(i)", numbers(depth + 1))
+                default: return ("n\(i)", junk(2))
+                }
+            })
+        }
+        /// What `members` must keep of an object: its numbers and nested objects, recursively.
+        func kept(_ object: [String: Any]) -> [String: Any] {
+            object.compactMapValues { value -> Any? in
+                if value is Bool { return nil }
+                if value is Int || value is Double { return value }
+                return (value as? [String: Any]).map(kept)
             }
-            #expect(try canonical(found) == canonical(full), "\(String(decoding: data, as: UTF8.self))")
+        }
+        func canonical(_ object: Any) throws -> String {
+            String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
+        }
+        for _ in 0..<500 {
+            var answer = Dictionary(uniqueKeysWithValues: (0..<Int(rng.next() % 5)).map { ("k\($0)", junk(0)) })
+            var expected: [String: Any] = [:]
+            for name in ["usage", "timings"] where rng.next() % 3 != 0 {
+                let object = numbers(0)
+                answer[name] = object
+                expected[name] = kept(object)
+            }
+            if rng.next() % 4 == 0 { answer["usage"] = junk(3) as? [Any] ?? 7; expected["usage"] = nil }
+            let data = try JSONSerialization.data(withJSONObject: answer)
+            let found = try #require(data.withUnsafeBytes { JSON.members(["usage", "timings"], of: $0) })
+            #expect(try canonical(found) == canonical(expected), "\(String(decoding: data, as: UTF8.self))")
         }
     }
 }

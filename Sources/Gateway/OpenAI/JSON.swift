@@ -15,36 +15,22 @@ enum JSON {
         (try? JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes])) ?? Data("{}".utf8)
     }
 
-    /// The members called `names` of a JSON object's top level, each parsed on its own; the
-    /// other members are skipped over without being built. For reading `usage` and `timings`
-    /// from an answer whose generated text the gateway does not need. Nil when `bytes` is not an
-    /// object (or is cut short).
+    /// The numbers of the members called `names` of a JSON object's top level, for reading
+    /// `usage` and `timings` from an answer whose generated text the gateway does not need: each
+    /// such member that is an object becomes its numeric members (nested objects kept the same
+    /// way, other kinds of value left out), and everything else is skipped over without being
+    /// built. Numbers are `NSNumber`s, as JSONSerialization gives them. Nil when `bytes` is not
+    /// an object (or is cut short).
     static func members(_ names: Set<String>, of bytes: UnsafeRawBufferPointer) -> [String: Any]? {
         var scanner = Scanner(bytes: bytes)
         var found: [String: Any] = [:]
-        scanner.skipSpace()
-        guard scanner.take(UInt8(ascii: "{")) else { return nil }
-        scanner.skipSpace()
-        if scanner.take(UInt8(ascii: "}")) { return found }
-        while true {
-            scanner.skipSpace()
-            guard let keyRange = scanner.string() else { return nil }
-            scanner.skipSpace()
-            guard scanner.take(UInt8(ascii: ":")) else { return nil }
-            scanner.skipSpace()
-            let start = scanner.position
-            guard scanner.skipValue() else { return nil }
-            // Keys with escapes are never the ones asked for; they are compared raw.
-            let key = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[keyRange]), as: UTF8.self)
-            if names.contains(key),
-               let value = try? JSONSerialization.jsonObject(
-                   with: Data(UnsafeRawBufferPointer(rebasing: bytes[start..<scanner.position])), options: [.fragmentsAllowed]) {
-                found[key] = value
-            }
-            scanner.skipSpace()
-            if scanner.take(UInt8(ascii: ",")) { continue }
-            return scanner.take(UInt8(ascii: "}")) ? found : nil
+        let complete = scanner.object { key, scanner in
+            guard names.contains(key), scanner.peek == UInt8(ascii: "{") else { return scanner.skipValue() }
+            guard let numbers = scanner.numbers() else { return false }
+            found[key] = numbers
+            return true
         }
+        return complete ? found : nil
     }
 
     /// A cursor over JSON text that can skip whole values.
@@ -60,6 +46,55 @@ enum JSON {
 
         mutating func skipSpace() {
             while position < bytes.count, Self.isSpace(bytes[position]) { position += 1 }
+        }
+
+        var peek: UInt8? { position < bytes.count ? bytes[position] : nil }
+
+        /// Reads an object, calling `member` with each key (escapes left as they are) and the
+        /// scanner at its value, which `member` must consume; false when the text is not an object.
+        mutating func object(_ member: (String, inout Scanner) -> Bool) -> Bool {
+            skipSpace()
+            guard take(UInt8(ascii: "{")) else { return false }
+            skipSpace()
+            if take(UInt8(ascii: "}")) { return true }
+            while true {
+                skipSpace()
+                guard let key = string() else { return false }
+                skipSpace()
+                guard take(UInt8(ascii: ":")) else { return false }
+                skipSpace()
+                guard member(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[key]), as: UTF8.self), &self) else { return false }
+                skipSpace()
+                if take(UInt8(ascii: ",")) { continue }
+                return take(UInt8(ascii: "}"))
+            }
+        }
+
+        /// Reads an object keeping only its numbers and nested objects (see ``JSON/members(_:of:)``).
+        mutating func numbers() -> [String: Any]? {
+            var found: [String: Any] = [:]
+            let complete = object { key, scanner in
+                switch scanner.peek ?? 0 {
+                case UInt8(ascii: "{"):
+                    guard let nested = scanner.numbers() else { return false }
+                    found[key] = nested
+                case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+                    let start = scanner.position
+                    guard scanner.skipValue() else { return false }
+                    let text = String(decoding: UnsafeRawBufferPointer(rebasing: scanner.bytes[start..<scanner.position]), as: UTF8.self)
+                    if let integer = Int(text) {
+                        found[key] = NSNumber(value: integer)
+                    } else if let real = Double(text) {
+                        found[key] = NSNumber(value: real)
+                    } else {
+                        return false
+                    }
+                default:
+                    return scanner.skipValue()
+                }
+                return true
+            }
+            return complete ? found : nil
         }
 
         mutating func take(_ byte: UInt8) -> Bool {

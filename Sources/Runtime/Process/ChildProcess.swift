@@ -104,6 +104,7 @@ public final class ChildProcess: Sendable {
     }
 
     private static let readSize = 65536
+    private static let pauseStep = 5000
 
     /// Reads lines until EOF. Lines longer than 64 KiB are cut.
     private static func pump(fd: Int32, pause: borrowing Atomic<Int>, into emit: (String) -> Void) {
@@ -130,8 +131,14 @@ public final class ChildProcess: Sendable {
                     start = newline + 1
                 }
             }
-            let micros = pause.load(ordering: .relaxed)
-            if micros > 0 && n < readSize { usleep(UInt32(micros)) }
+            // Paused in steps, so a stop (which ends the pause) sees the end of output promptly.
+            if n < readSize {
+                var paused = 0
+                while paused < pause.load(ordering: .relaxed) {
+                    usleep(UInt32(pauseStep))
+                    paused += pauseStep
+                }
+            }
         }
         if !line.isEmpty { emit(String(decoding: line, as: UTF8.self)) }
         close(fd)
@@ -152,8 +159,10 @@ public final class ChildProcess: Sendable {
         }
     }
 
-    /// Sends `signal` to the child's whole process group.
+    /// Sends `signal` to the child's whole process group (and reads its output eagerly again:
+    /// whoever signals usually waits for the end).
     public func signalGroup(_ signal: Int32) {
+        readPause.store(0, ordering: .relaxed)
         if termination == nil { _ = corral_kill_group(pid, signal) }
     }
 
