@@ -14,6 +14,11 @@ import NIOCore
 final class EventLoopExecutor: TaskExecutor {
     let eventLoop: any EventLoop
 
+    /// The executor of the connection the current task serves (nil outside a connection).
+    /// Unstructured tasks do not inherit an executor preference; work a request starts in one
+    /// (settling a finished answer) can ask for its loop with `Task(executorPreference:)`.
+    @TaskLocal static var current: EventLoopExecutor?
+
     init(_ eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
     }
@@ -58,7 +63,9 @@ struct EventLoopPinnedChannel<Base: ServerChildChannel>: ServerChildChannel {
             return await base.handle(value: value, logger: logger)
         }
         await withTaskExecutorPreference(executor) {
-            await base.handle(value: value, logger: logger)
+            await EventLoopExecutor.$current.withValue(executor) {
+                await base.handle(value: value, logger: logger)
+            }
         }
     }
 }

@@ -12,8 +12,9 @@ import NIOPosix
 /// connections on that same loop without locking. Remote upstreams keep using AsyncHTTPClient.
 ///
 /// Errors are AsyncHTTPClient's, so the relay classifies them one way for both clients:
-/// `.readTimeout` when the server sends nothing for `readTimeout`, `.remoteConnectionClosed` when
-/// the connection ends before the answer does.
+/// `.readTimeout` when the server sends nothing for `readTimeout` (checked once a second, or four
+/// times per timeout when it is shorter), `.remoteConnectionClosed` when the connection ends
+/// before the answer does.
 ///
 /// An answer with a `content-length` of at most 8 MiB (every non-streamed answer) is gathered on
 /// the event loop and handed over whole; other answers (event streams) are handed over at their
@@ -32,7 +33,7 @@ public final class LocalUpstreamClient: Sendable {
         self.group = group
         self.readTimeout = TimeAmount(readTimeout)
         var pools: [ObjectIdentifier: IdlePool] = [:]
-        for loop in group.makeIterator() { pools[ObjectIdentifier(loop)] = IdlePool(loop: loop) }
+        for loop in group.makeIterator() { pools[ObjectIdentifier(loop)] = IdlePool(loop: loop, readTimeout: self.readTimeout) }
         self.pools = pools
     }
 
@@ -48,9 +49,8 @@ public final class LocalUpstreamClient: Sendable {
         headers.replaceOrAdd(name: "content-length", value: String(body?.readableBytes ?? 0))
         let head = HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)
         let exchange = Exchange(promise: loop.makePromise())
-        let readTimeout = self.readTimeout
         let start: @Sendable () -> Void = {
-            pool.send(head, body: body, port: port, exchange: exchange, readTimeout: readTimeout)
+            pool.send(head, body: body, port: port, exchange: exchange)
         }
         if loop.inEventLoop { start() } else { loop.execute(start) }
         return try await withTaskCancellationHandler {
@@ -78,31 +78,45 @@ final class Exchange: @unchecked Sendable {
     }
 }
 
-/// The idle connections of one event loop, by port; touched only on that loop.
+/// The connections of one event loop, idle ones by port; touched only on that loop.
+///
+/// One repeating check per loop (while it has connections) enforces the read timeout of answers
+/// in progress and closes connections idle too long, instead of a timer per request.
 final class IdlePool: @unchecked Sendable {
     let loop: any EventLoop
-    private var idle: [Int: [(channel: any Channel, handler: UpstreamHandler)]] = [:]
+    let readTimeout: TimeAmount
+    private var idle: [Int: [UpstreamHandler]] = [:]
+    private var live: [ObjectIdentifier: UpstreamHandler] = [:]
+    private var sweeper: RepeatedTask?
 
-    init(loop: any EventLoop) { self.loop = loop }
+    init(loop: any EventLoop, readTimeout: TimeAmount) {
+        self.loop = loop
+        self.readTimeout = readTimeout
+    }
 
-    func send(_ head: HTTPRequestHead, body: ByteBuffer?, port: Int, exchange: Exchange, readTimeout: TimeAmount) {
+    func send(_ head: HTTPRequestHead, body: ByteBuffer?, port: Int, exchange: Exchange) {
         guard !exchange.cancelled else { return }
-        while let (channel, handler) = idle[port]?.popLast() {
-            guard channel.isActive else { continue }
-            handler.start(head, body: body, exchange: exchange, readTimeout: readTimeout) { [self] in
+        while let handler = idle[port]?.popLast() {
+            guard handler.isActive else { continue }
+            handler.start(head, body: body, exchange: exchange) { [self] in
                 // The server had closed it (llama-server's keep-alive timeout, or an earlier
                 // request's client went away): the request got no answer, so once more on a
                 // fresh connection.
-                connect(head, body: body, port: port, exchange: exchange, readTimeout: readTimeout)
+                connect(head, body: body, port: port, exchange: exchange)
             }
             return
         }
-        connect(head, body: body, port: port, exchange: exchange, readTimeout: readTimeout)
+        connect(head, body: body, port: port, exchange: exchange)
     }
 
-    private func connect(_ head: HTTPRequestHead, body: ByteBuffer?, port: Int, exchange: Exchange, readTimeout: TimeAmount) {
+    private func connect(_ head: HTTPRequestHead, body: ByteBuffer?, port: Int, exchange: Exchange) {
         guard !exchange.cancelled else { return }
         let handler = UpstreamHandler(port: port, pool: self)
+        live[ObjectIdentifier(handler)] = handler
+        if sweeper == nil {
+            let interval = min(TimeAmount.seconds(1), .nanoseconds(readTimeout.nanoseconds / 4))
+            sweeper = loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in self?.sweep() }
+        }
         ClientBootstrap(group: loop)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(5))
@@ -113,25 +127,35 @@ final class IdlePool: @unchecked Sendable {
                 }
             }
             .connect(host: "127.0.0.1", port: port)
-            .whenComplete { result in
+            .whenComplete { [self] result in
                 switch result {
                 case .success:
-                    handler.start(head, body: body, exchange: exchange, readTimeout: readTimeout, retry: nil)
+                    handler.start(head, body: body, exchange: exchange, retry: nil)
                 case .failure(let error):
+                    forget(handler)
                     exchange.promise.fail(error)
                 }
             }
     }
 
-    /// Keeps a connection whose answer has ended, closing it if it stays idle too long.
-    func put(_ channel: any Channel, _ handler: UpstreamHandler) {
-        idle[handler.port, default: []].append((channel, handler))
-        let generation = handler.generation
-        loop.scheduleTask(in: LocalUpstreamClient.idleTimeout) { [self] in
-            guard handler.generation == generation, let i = idle[handler.port]?.firstIndex(where: { $0.handler === handler }) else { return }
-            idle[handler.port]!.remove(at: i)
-            channel.close(promise: nil)
+    /// Keeps a connection whose answer has ended.
+    func put(_ handler: UpstreamHandler) {
+        idle[handler.port, default: []].append(handler)
+    }
+
+    /// Drops a connection that has closed.
+    func forget(_ handler: UpstreamHandler) {
+        live[ObjectIdentifier(handler)] = nil
+        idle[handler.port]?.removeAll { $0 === handler }
+        if live.isEmpty {
+            sweeper?.cancel()
+            sweeper = nil
         }
+    }
+
+    private func sweep() {
+        let now = NIODeadline.now()
+        for handler in live.values { handler.check(now: now, readTimeout: readTimeout, idleTimeout: LocalUpstreamClient.idleTimeout) }
     }
 }
 
@@ -142,9 +166,7 @@ final class UpstreamHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias OutboundOut = HTTPClientRequestPart
 
     let port: Int
-    unowned let pool: IdlePool
-    /// Bumped for every request, so an old idle timer cannot close a reused connection.
-    private(set) var generation = 0
+    private weak var pool: IdlePool?
     private var context: ChannelHandlerContext?
     private var exchange: Exchange?
     private var responseHead: HTTPResponseHead?
@@ -152,32 +174,34 @@ final class UpstreamHandler: ChannelInboundHandler, @unchecked Sendable {
     private var sawBytes = false
     private var retry: (() -> Void)?
     private var lastRead = NIODeadline.now()
-    private var timeout: Scheduled<Void>?
+    /// When the connection went back to the pool (nil while it serves a request).
+    private var idleSince: NIODeadline?
 
     init(port: Int, pool: IdlePool) {
         self.port = port
         self.pool = pool
     }
 
+    var isActive: Bool { context?.channel.isActive ?? false }
+
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     /// Writes the request; `retry` (for a reused connection) runs instead of failing when the
     /// connection turns out closed before any answer.
-    func start(_ head: HTTPRequestHead, body: ByteBuffer?, exchange: Exchange, readTimeout: TimeAmount, retry: (() -> Void)?) {
+    func start(_ head: HTTPRequestHead, body: ByteBuffer?, exchange: Exchange, retry: (() -> Void)?) {
         guard let context else {
             if let retry { retry() } else { exchange.promise.fail(HTTPClientError.remoteConnectionClosed) }
             return
         }
-        generation += 1
         self.exchange = exchange
         self.retry = retry
         responseHead = nil
         gathered = nil
         sawBytes = false
+        idleSince = nil
         exchange.channel = context.channel
         lastRead = .now()
-        armTimeout(readTimeout, on: context.eventLoop)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         if let body, body.readableBytes > 0 { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
@@ -217,9 +241,11 @@ final class UpstreamHandler: ChannelInboundHandler, @unchecked Sendable {
             } else {
                 exchange.stream?.finish()
             }
-            endExchange()
-            if head.isKeepAlive && !exchange.cancelled {
-                pool.put(context.channel, self)
+            self.exchange = nil
+            retry = nil
+            if head.isKeepAlive && !exchange.cancelled, let pool {
+                idleSince = .now()
+                pool.put(self)
             } else {
                 context.close(promise: nil)
             }
@@ -227,48 +253,40 @@ final class UpstreamHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        fail(HTTPClientError.remoteConnectionClosed, allowRetry: true)
+        fail(HTTPClientError.remoteConnectionClosed)
+        pool?.forget(self)
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // The decoder reports an answer cut off by the server closing as a parse error.
-        fail(error is HTTPParserError ? HTTPClientError.remoteConnectionClosed : error, allowRetry: true)
+        fail(error is HTTPParserError ? HTTPClientError.remoteConnectionClosed : error)
         context.close(promise: nil)
     }
 
-    private func fail(_ error: any Error, allowRetry: Bool) {
+    /// The pool's periodic check: an answer silent for `readTimeout` fails, a connection idle for
+    /// `idleTimeout` closes.
+    func check(now: NIODeadline, readTimeout: TimeAmount, idleTimeout: TimeAmount) {
+        if exchange != nil, now - lastRead >= readTimeout {
+            fail(HTTPClientError.readTimeout, allowRetry: false)
+            context?.close(promise: nil)
+        } else if let idleSince, now - idleSince >= idleTimeout {
+            self.idleSince = nil
+            context?.close(promise: nil)
+        }
+    }
+
+    private func fail(_ error: any Error, allowRetry: Bool = true) {
         guard let exchange else { return }
         let retry = self.retry
-        endExchange()
+        self.exchange = nil
+        self.retry = nil
         if allowRetry, !sawBytes, let retry {
             retry()
         } else if let stream = exchange.stream {
             stream.finish(throwing: error)
         } else {
             exchange.promise.fail(error)
-        }
-    }
-
-    private func endExchange() {
-        exchange = nil
-        retry = nil
-        timeout?.cancel()
-        timeout = nil
-    }
-
-    /// Fails the exchange when nothing has been read for `readTimeout` (checked against the last
-    /// read, so a steady stream costs one timer per timeout period, not one per chunk).
-    private func armTimeout(_ readTimeout: TimeAmount, on loop: any EventLoop) {
-        let generation = self.generation
-        timeout = loop.scheduleTask(deadline: lastRead + readTimeout) { [weak self] in
-            guard let self, self.generation == generation, self.exchange != nil else { return }
-            if NIODeadline.now() - self.lastRead >= readTimeout {
-                self.fail(HTTPClientError.readTimeout, allowRetry: false)
-                self.context?.close(promise: nil)
-            } else {
-                self.armTimeout(readTimeout, on: loop)
-            }
         }
     }
 }

@@ -190,7 +190,7 @@ public struct Relay: Sendable {
         caller: Caller, tokens: TokenEstimate, keepAlive: Duration? = nil, load: LoadOptions? = nil
     ) async throws(OpenAIError) -> UpstreamExchange {
         let started = ContinuousClock.now
-        let requestID = UUID().uuidString.lowercased()
+        let requestID = RequestIDs.next()
         func refused(_ error: OpenAIError, kind: String) -> OpenAIError {
             recordRefusal(requestID: requestID, route: route, model: modelName, status: Int(error.status.code), kind: kind, caller: caller, started: started)
             return error
@@ -339,9 +339,11 @@ public struct Relay: Sendable {
             }
             let firstByte = ContinuousClock.now
             // Releasing the slot and accounting happen off the response path: the client does not
-            // wait for the scheduler hop or for its body to be parsed for usage.
+            // wait for the scheduler hop or for its body to be parsed for usage. They run on the
+            // connection's event loop once the response has been written, which costs less than
+            // waking a thread of the global pool for them.
             let relay = self
-            Task {
+            Task(executorPreference: EventLoopExecutor.current ?? globalConcurrentExecutor) {
                 let object = collected.withUnsafeReadableBytes { JSON.members(["usage", "timings"], of: $0) }
                 relay.settle(
                     exchange, status: Int(status.code), errorKind: Self.upstreamErrorKind(status), firstByte: firstByte,
@@ -403,7 +405,7 @@ public struct Relay: Sendable {
     /// Records a request refused before it reached an instance (unknown model, limits, load
     /// failures), so the ledger has a row for every request that named a model.
     func recordRefusal(
-        requestID: String = UUID().uuidString.lowercased(), route: String, model: String, status: Int, kind: String, caller: Caller,
+        requestID: String = RequestIDs.next(), route: String, model: String, status: Int, kind: String, caller: Caller,
         started: ContinuousClock.Instant = .now
     ) {
         var r = RequestRecord(

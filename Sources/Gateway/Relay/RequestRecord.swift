@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// What Corral measured about one proxied request: the usage ledger's row and the metrics' input.
 public struct RequestRecord: Sendable {
@@ -30,3 +31,38 @@ public struct RequestRecord: Sendable {
 
 /// Receives a record for every proxied request.
 public typealias RequestRecorder = @Sendable (RequestRecord) -> Void
+
+/// Request IDs in UUID form (`8-4-4-4-12` lowercase hex), unique within the process.
+///
+/// Foundation's `UUID()` opens and reads `/dev/urandom` on every call on Linux (three file
+/// system calls per request). These IDs identify a request in logs, the ledger and
+/// `x-request-id`; they need to be unique, not secret: a random start, then a counter passed
+/// through SplitMix64's bijective mix so consecutive IDs look unrelated.
+enum RequestIDs {
+    private static let counter = Atomic<UInt64>(UInt64.random(in: .min ... .max))
+    private static let high = UInt64.random(in: .min ... .max)
+
+    static func next() -> String {
+        let n = counter.add(1, ordering: .relaxed).newValue
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8](repeating: UInt8(ascii: "-"), count: 36)
+        var i = 0
+        // The first half alone is unique (the mix is a bijection); the second adds spread.
+        for word in [mix(n), mix(n &+ high)] {
+            for shift in stride(from: 60, through: 0, by: -4) {
+                if i == 8 || i == 13 || i == 18 || i == 23 { i += 1 }
+                out[i] = digits[Int((word >> UInt64(shift)) & 0xF)]
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// SplitMix64's finaliser: a bijection on 64-bit values.
+    private static func mix(_ x: UInt64) -> UInt64 {
+        var z = x &+ 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
