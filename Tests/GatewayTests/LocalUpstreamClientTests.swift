@@ -126,6 +126,19 @@ import Testing
         await upstream.close()
     }
 
+    @Test func cancellingAWaitingRequestClosesItsConnection() async throws {
+        // The first request is never answered; the second (on a new connection) is.
+        let upstream = try await FakeUpstream { connection, _ in connection == 0 ? .silent : .ok("second") }
+        let client = LocalUpstreamClient(readTimeout: .seconds(30))
+        let waiting = Task { try await get(client, upstream.port) }
+        try await Task.sleep(for: .milliseconds(100))
+        waiting.cancel()
+        await #expect(throws: CancellationError.self) { try await waiting.value }
+        #expect(try await get(client, upstream.port) == (.ok, "second"))
+        #expect(upstream.connections == 2)
+        await upstream.close()
+    }
+
     @Test func silenceIsAReadTimeoutAndRefusedConnectionsFail() async throws {
         let upstream = try await FakeUpstream { _, _ in .silent }
         let client = LocalUpstreamClient(readTimeout: .milliseconds(200))

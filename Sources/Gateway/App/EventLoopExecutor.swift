@@ -7,8 +7,8 @@ import NIOCore
 /// Hummingbird handles each connection in a task on Swift's global pool while the connection's
 /// bytes (and the upstream client's) move on NIO event loops, so every suspension point on the
 /// request path (reading the body, awaiting an actor, the upstream answer) crosses threads twice.
-/// On a small machine each crossing is a wake-up of a parked thread, and those wake-ups were most
-/// of Corral's added latency. With this executor as the connection task's preference the whole
+/// Each crossing wakes a parked thread, which on a small machine takes CPU from the requests
+/// themselves (about 50 context switches per proxied chat request before). With this executor as the connection task's preference the whole
 /// request runs on the loop that owns its socket: continuations resumed by the loop run on it,
 /// and default actors (the scheduler) run their code on the caller's preferred executor too.
 final class EventLoopExecutor: TaskExecutor {

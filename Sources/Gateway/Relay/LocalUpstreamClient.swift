@@ -66,12 +66,15 @@ final class Exchange: @unchecked Sendable {
     let promise: EventLoopPromise<HTTPClientResponse>
     var channel: (any Channel)?
     var cancelled = false
+    /// Set once the answer has ended (or failed): its connection may already serve another.
+    var ended = false
     /// Set once the head has been handed over with a streaming body.
     var stream: AsyncThrowingStream<ByteBuffer, any Error>.Continuation?
 
     init(promise: EventLoopPromise<HTTPClientResponse>) { self.promise = promise }
 
     func cancel() {
+        guard !ended else { return }
         cancelled = true
         promise.fail(CancellationError())
         channel?.close(promise: nil)
@@ -133,6 +136,7 @@ final class IdlePool: @unchecked Sendable {
                     handler.start(head, body: body, exchange: exchange, retry: nil)
                 case .failure(let error):
                     forget(handler)
+                    exchange.ended = true
                     exchange.promise.fail(error)
                 }
             }
@@ -194,6 +198,10 @@ final class UpstreamHandler: ChannelInboundHandler, @unchecked Sendable {
             if let retry { retry() } else { exchange.promise.fail(HTTPClientError.remoteConnectionClosed) }
             return
         }
+        guard !exchange.cancelled else {  // cancelled while connecting
+            context.close(promise: nil)
+            return
+        }
         self.exchange = exchange
         self.retry = retry
         responseHead = nil
@@ -241,6 +249,7 @@ final class UpstreamHandler: ChannelInboundHandler, @unchecked Sendable {
             } else {
                 exchange.stream?.finish()
             }
+            exchange.ended = true
             self.exchange = nil
             retry = nil
             if head.isKeepAlive && !exchange.cancelled, let pool {
@@ -282,10 +291,13 @@ final class UpstreamHandler: ChannelInboundHandler, @unchecked Sendable {
         self.exchange = nil
         self.retry = nil
         if allowRetry, !sawBytes, let retry {
+            // The retry starts the same exchange on another connection.
             retry()
         } else if let stream = exchange.stream {
+            exchange.ended = true
             stream.finish(throwing: error)
         } else {
+            exchange.ended = true
             exchange.promise.fail(error)
         }
     }
