@@ -79,7 +79,8 @@ public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestCon
     router.add(middleware: CORSMiddleware(extraOrigins: Set(deps.config.corsOrigins)))
     if deps.config.listensOnLoopbackOnly { router.add(middleware: HostGuardMiddleware(allowed: Set(deps.config.allowedHosts))) }
     if let access = deps.access { router.add(middleware: AuthMiddleware(access: access)) }
-    router.get("/health") { _, _ in jsonResponse(["status": "ok"]) }
+    let healthy = ByteBuffer(string: #"{"status":"ok"}"#)
+    router.get("/health") { _, _ in Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: healthy)) }
     let metrics = deps.metrics
     let upstreamRecorder = deps.recorder
     let relay = Relay(

@@ -11,6 +11,11 @@ enum JSON {
         return String(decoding: data, as: UTF8.self)
     }
 
+    /// JSON's whitespace.
+    static func isSpace(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09
+    }
+
     static func data(_ object: Any) -> Data {
         (try? JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes])) ?? Data("{}".utf8)
     }
@@ -40,12 +45,9 @@ enum JSON {
 
         init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
-        static func isSpace(_ byte: UInt8) -> Bool {
-            byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09
-        }
 
         mutating func skipSpace() {
-            while position < bytes.count, Self.isSpace(bytes[position]) { position += 1 }
+            while position < bytes.count, JSON.isSpace(bytes[position]) { position += 1 }
         }
 
         var peek: UInt8? { position < bytes.count ? bytes[position] : nil }
@@ -147,7 +149,7 @@ enum JSON {
                 let start = position
                 while position < bytes.count {
                     let byte = bytes[position]
-                    if Self.isSpace(byte) || byte == UInt8(ascii: ",") || byte == UInt8(ascii: "}") || byte == UInt8(ascii: "]") { break }
+                    if JSON.isSpace(byte) || byte == UInt8(ascii: ",") || byte == UInt8(ascii: "}") || byte == UInt8(ascii: "]") { break }
                     position += 1
                 }
                 return position > start

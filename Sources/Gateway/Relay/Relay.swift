@@ -157,11 +157,15 @@ public struct Relay: Sendable {
         if injectUsage && streaming {
             let options = body["stream_options"] as? [String: Any] ?? [:]
             if (options["include_usage"] as? Bool) != true {
-                var modified = body
-                var o = options
-                o["include_usage"] = true
-                modified["stream_options"] = o
-                outgoing = ByteBuffer(bytes: JSON.data(modified))
+                if body["stream_options"] == nil, let spliced = Self.askingForUsage(buffer) {
+                    outgoing = spliced
+                } else {
+                    var modified = body
+                    var o = options
+                    o["include_usage"] = true
+                    modified["stream_options"] = o
+                    outgoing = ByteBuffer(bytes: JSON.data(modified))
+                }
                 hideUsage = true
             }
         }
@@ -169,6 +173,22 @@ public struct Relay: Sendable {
             route: route, method: .POST, upstreamPath: upstreamPath, modelName: modelName, body: outgoing, headers: request.headers,
             caller: context.caller, tokens: TokenEstimate(body))
         return try await relayResponse(exchange, hideUsage: hideUsage)
+    }
+
+    /// `body` (a JSON object without `stream_options`) with `"stream_options":{"include_usage":true}`
+    /// inserted as its first member: the client's bytes are kept as they are instead of being
+    /// parsed and written again. Nil when the text does not start with a non-empty object.
+    static func askingForUsage(_ body: ByteBuffer) -> ByteBuffer? {
+        let bytes = body.readableBytesView
+        guard let open = bytes.firstIndex(where: { !JSON.isSpace($0) }), bytes[open] == UInt8(ascii: "{"),
+              let next = bytes[(open + 1)...].firstIndex(where: { !JSON.isSpace($0) }), bytes[next] != UInt8(ascii: "}")
+        else { return nil }
+        var out = ByteBuffer()
+        out.reserveCapacity(body.readableBytes + 40)
+        out.writeBytes(bytes[..<(open + 1)])
+        out.writeString(#""stream_options":{"include_usage":true},"#)
+        out.writeBytes(bytes[(open + 1)...])
+        return out
     }
 
     /// Forwards any request for `modelName` to its instance.
