@@ -286,13 +286,15 @@ def test_sigterm_under_load_drains_every_request_and_loses_no_rows():
         send_chats(c, 1)
         results: list = []
 
+        # Long enough (up to 900 tokens, the slot holds 1024) that the two running requests are
+        # still going when the last of the eight arrives, however slowly the threads start.
         def stream(i):
-            body = {**CHAT, "max_tokens": 300, "stream": True, "messages": [{"role": "user", "content": f"s{i}"}]}
+            body = {**CHAT, "max_tokens": 900, "stream": True, "messages": [{"role": "user", "content": f"s{i}"}]}
             with httpx.stream("POST", c.base + "/v1/chat/completions", json=body, timeout=120) as r:
                 results.append((r.status_code, [line for line in r.iter_lines() if line.startswith("data:")][-1]))
 
         def plain(i):
-            r = httpx.post(c.base + "/api/chat", json={**CHAT, "max_tokens": 200, "stream": False, "messages": [{"role": "user", "content": f"p{i}"}]}, timeout=120)
+            r = httpx.post(c.base + "/api/chat", json={**CHAT, "max_tokens": 900, "stream": False, "messages": [{"role": "user", "content": f"p{i}"}]}, timeout=120)
             results.append((r.status_code, r.json().get("done")))
 
         threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)] + [threading.Thread(target=plain, args=(i,)) for i in range(4)]

@@ -52,18 +52,21 @@ struct SSEUsageFilter {
         return false
     }
 
+    static let emptyChoices = Array("\"choices\":[]".utf8)
+
     /// Records usage from an event; false when the event must not be forwarded.
     private mutating func inspect(_ event: ByteBuffer) -> Bool {
-        // Only events that mention usage or timings are decoded and parsed; the rest pass untouched.
+        // Only events that mention usage or timings are read, and only those members' numbers
+        // (`JSON.members`); the rest pass untouched.
         let bytes = event.readableBytesView
         guard Self.contains(bytes, Self.usageKey) || Self.contains(bytes, Self.timingsKey) else { return true }
-        let text = String(buffer: event)
-        for line in text.split(separator: "\n") where line.hasPrefix("data:") {
-            let payload = line.dropFirst(5).trimmingCharacters(in: .whitespaces)
-            guard let obj = try? JSONSerialization.jsonObject(with: Data(payload.utf8)) as? [String: Any] else { continue }
-            if let u = obj["usage"] as? [String: Any] { usage = u }
-            if let t = obj["timings"] as? [String: Any] { timings = t }
-            if hideUsageChunk, let choices = obj["choices"] as? [Any], choices.isEmpty, obj["usage"] != nil { return false }
+        for payload in SSEEvents.dataLines(event) {
+            guard let found = Array(payload.utf8).withUnsafeBytes({ JSON.members(["usage", "timings"], of: $0) }) else { continue }
+            if let u = found["usage"] as? [String: Any] { usage = u }
+            if let t = found["timings"] as? [String: Any] { timings = t }
+            // The usage-only chunk llama-server sends last: `"choices":[]` (compact, so never
+            // inside a string, where its quotes would be escaped).
+            if hideUsageChunk, found["usage"] != nil, Self.contains(bytes, Self.emptyChoices) { return false }
         }
         return true
     }
