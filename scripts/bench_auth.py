@@ -20,6 +20,8 @@ import tempfile
 import threading
 import time
 
+from corral_http import call
+
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
 
@@ -48,17 +50,6 @@ def start(corral: str, d: str, name: str, extra: list[str]) -> tuple[subprocess.
         except OSError:
             time.sleep(0.02)
     raise RuntimeError("corral did not start")
-
-
-def call(port: int, method: str, path: str, body=None, token=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = {"content-type": "application/json"}
-    if token:
-        headers["authorization"] = f"Bearer {token}"
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
-    r = c.getresponse()
-    data = r.read()
-    return r.status, json.loads(data) if data else None
 
 
 def run_load(port: int, key: str | None, n: int, concurrency: int) -> tuple[float, list[float]]:

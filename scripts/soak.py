@@ -38,6 +38,8 @@ import tempfile
 import threading
 import time
 
+from corral_http import call
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 CHAT_MODELS = ["soak-a", "soak-b"]
@@ -96,19 +98,6 @@ def start(corral: str, d: str, config: dict, port: int) -> subprocess.Popen:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("corral did not start")
-
-
-def call(port: int, method: str, path: str, body=None, token=None, timeout: float = 60):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    headers = {"content-type": "application/json"}
-    if token:
-        headers["authorization"] = f"Bearer {token}"
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    ctype = r.getheader("content-type") or ""
-    return r.status, (json.loads(data) if data and "json" in ctype else data.decode(errors="replace"))
 
 
 def run_tool(args: list[str], retries: int = 20) -> None:

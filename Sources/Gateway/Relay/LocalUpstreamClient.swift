@@ -23,7 +23,6 @@ import NIOPosix
 public final class LocalUpstreamClient: Sendable {
     private let pools: [ObjectIdentifier: IdlePool]
     private let group: any EventLoopGroup
-    let readTimeout: TimeAmount
     /// Idle connections are closed before llama-server's own keep-alive timeout (5 s) would.
     static let idleTimeout = TimeAmount.seconds(3)
     /// The largest answer with a known length that is gathered before being handed over.
@@ -31,9 +30,8 @@ public final class LocalUpstreamClient: Sendable {
 
     public init(group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, readTimeout: Duration = .seconds(600)) {
         self.group = group
-        self.readTimeout = TimeAmount(readTimeout)
         var pools: [ObjectIdentifier: IdlePool] = [:]
-        for loop in group.makeIterator() { pools[ObjectIdentifier(loop)] = IdlePool(loop: loop, readTimeout: self.readTimeout) }
+        for loop in group.makeIterator() { pools[ObjectIdentifier(loop)] = IdlePool(loop: loop, readTimeout: TimeAmount(readTimeout)) }
         self.pools = pools
     }
 

@@ -18,12 +18,8 @@ public struct Lease: Sendable {
     let generation: Int
     /// Whether the model is served by a remote upstream (not a local llama-server).
     public let isRemote: Bool
-
     /// The loopback port of the local llama-server (nil for a remote upstream).
-    public var localPort: Int? {
-        guard !isRemote, let colon = baseURL.utf8.lastIndex(of: UInt8(ascii: ":")) else { return nil }
-        return Int(baseURL[baseURL.index(after: colon)...])
-    }
+    public var localPort: Int? = nil
 }
 
 /// A read-only view of one model's state, for admin routes and tests.
@@ -296,7 +292,7 @@ public actor Scheduler {
     private func lease(_ id: String, _ instance: ModelInstance, start: ContinuousClock.Instant, load: Duration) -> Lease {
         let total = ContinuousClock.now - start
         return Lease(modelID: id, baseURL: instance.baseURL, apiKey: nil, queueDuration: total - load, loadDuration: load,
-                     generation: slots[id]!.generation, isRemote: false)
+                     generation: slots[id]!.generation, isRemote: false, localPort: instance.port)
     }
 
     /// Returns a lease's slot: to the next queued request, or to the idle pool.
