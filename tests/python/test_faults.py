@@ -286,10 +286,10 @@ def test_sigterm_under_load_drains_every_request_and_loses_no_rows():
         send_chats(c, 1)
         results: list = []
 
-        # Long enough (up to 900 tokens, the slot holds 1024) that the two running requests are
-        # still going when the last of the eight arrives, however slowly the threads start.
+        # The streams generate 900 tokens whatever the model samples (ignore_eos) and are sent
+        # first, so the two slots stay busy until all eight requests have arrived.
         def stream(i):
-            body = {**CHAT, "max_tokens": 900, "stream": True, "messages": [{"role": "user", "content": f"s{i}"}]}
+            body = {**CHAT, "max_tokens": 900, "ignore_eos": True, "stream": True, "messages": [{"role": "user", "content": f"s{i}"}]}
             with httpx.stream("POST", c.base + "/v1/chat/completions", json=body, timeout=120) as r:
                 results.append((r.status_code, [line for line in r.iter_lines() if line.startswith("data:")][-1]))
 
@@ -298,7 +298,10 @@ def test_sigterm_under_load_drains_every_request_and_loses_no_rows():
             results.append((r.status_code, r.json().get("done")))
 
         threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)] + [threading.Thread(target=plain, args=(i,)) for i in range(4)]
-        for t in threads:
+        for t in threads[:4]:
+            t.start()
+        wait_until(lambda: instance(c, "chat")["inFlight"] + instance(c, "chat")["queued"] == 4, what="four streams in flight")
+        for t in threads[4:]:
             t.start()
         # Every request is in flight or queued (two slots) before the signal.
         wait_until(lambda: instance(c, "chat")["inFlight"] + instance(c, "chat")["queued"] == 8, what="eight requests in flight")

@@ -119,12 +119,12 @@ def test_tool_call_round_trip_ollama(corral_with_sources, stream):
     messages = [{"role": "user", "content": "What is the weather in Oslo?"}]
     if stream:
         calls, final = [], None
-        for part in client.chat(model="tools", messages=messages, tools=[WEATHER_TOOL], options={"num_predict": 60}, stream=True):
+        for part in client.chat(model="tools", messages=messages, tools=[WEATHER_TOOL], options={"num_predict": 60, "seed": 7}, stream=True):
             calls += part.message.tool_calls or []
             final = part
         assert final.done
     else:
-        r = client.chat(model="tools", messages=messages, tools=[WEATHER_TOOL], options={"num_predict": 60}, stream=False)
+        r = client.chat(model="tools", messages=messages, tools=[WEATHER_TOOL], options={"num_predict": 60, "seed": 7}, stream=False)
         calls = r.message.tool_calls or []
     assert calls
     call = calls[0]

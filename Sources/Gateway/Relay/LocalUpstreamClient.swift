@@ -112,43 +112,13 @@ final class IdlePool: @unchecked Sendable {
 
     private func connect(_ head: HTTPRequestHead, body: ByteBuffer?, port: Int, exchange: Exchange) {
         guard !exchange.cancelled else { return }
-        let (handler, connected) = open(port)
-        connected.whenComplete { [self] result in
-            switch result {
-            case .success:
-                handler.start(head, body: body, exchange: exchange, retry: nil)
-            case .failure(let error):
-                forget(handler, replace: false)
-                exchange.ended = true
-                exchange.promise.fail(error)
-            }
-        }
-    }
-
-    /// Opens a connection in the background for the next request to `port`: llama-server closes
-    /// a connection after every event stream, and a stream's first token should not wait for a
-    /// TCP handshake.
-    private func prewarm(_ port: Int) {
-        let (handler, connected) = open(port)
-        connected.whenComplete { [self] result in
-            switch result {
-            case .success:
-                handler.becameIdle()
-                put(handler)
-            case .failure:
-                forget(handler, replace: false)
-            }
-        }
-    }
-
-    private func open(_ port: Int) -> (UpstreamHandler, EventLoopFuture<any Channel>) {
         let handler = UpstreamHandler(port: port, pool: self)
         live[ObjectIdentifier(handler)] = handler
         if sweeper == nil {
             let interval = min(TimeAmount.seconds(1), .nanoseconds(readTimeout.nanoseconds / 4))
             sweeper = loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in self?.sweep() }
         }
-        let connected = ClientBootstrap(group: loop)
+        ClientBootstrap(group: loop)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(5))
             .channelInitializer { channel in
@@ -158,7 +128,16 @@ final class IdlePool: @unchecked Sendable {
                 }
             }
             .connect(host: "127.0.0.1", port: port)
-        return (handler, connected)
+            .whenComplete { [self] result in
+                switch result {
+                case .success:
+                    handler.start(head, body: body, exchange: exchange, retry: nil)
+                case .failure(let error):
+                    forget(handler)
+                    exchange.ended = true
+                    exchange.promise.fail(error)
+                }
+            }
     }
 
     /// Keeps a connection whose answer has ended.
@@ -166,14 +145,11 @@ final class IdlePool: @unchecked Sendable {
         idle[handler.port, default: []].append(handler)
     }
 
-    /// Drops a connection that has closed; `replace` when the server closed it just after an
-    /// answer, so the next request to that port finds one open (see ``prewarm(_:)``).
-    func forget(_ handler: UpstreamHandler, replace: Bool) {
+    /// Drops a connection that has closed.
+    func forget(_ handler: UpstreamHandler) {
         live[ObjectIdentifier(handler)] = nil
         idle[handler.port]?.removeAll { $0 === handler }
-        if replace, idle[handler.port]?.isEmpty ?? true {
-            prewarm(handler.port)
-        } else if live.isEmpty {
+        if live.isEmpty {
             sweeper?.cancel()
             sweeper = nil
         }
@@ -202,9 +178,6 @@ final class UpstreamHandler: ChannelInboundHandler, @unchecked Sendable {
     private var lastRead = NIODeadline.now()
     /// When the connection went back to the pool (nil while it serves a request).
     private var idleSince: NIODeadline?
-    /// Whether an answer has ended on this connection (a pre-opened one that the server closes
-    /// unused is not replaced again).
-    private var servedAnswer = false
 
     init(port: Int, pool: IdlePool) {
         self.port = port
@@ -277,7 +250,6 @@ final class UpstreamHandler: ChannelInboundHandler, @unchecked Sendable {
             exchange.ended = true
             self.exchange = nil
             retry = nil
-            servedAnswer = true
             if head.isKeepAlive && !exchange.cancelled, let pool {
                 idleSince = .now()
                 pool.put(self)
@@ -288,16 +260,10 @@ final class UpstreamHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        // Closed by the server within a second of an answer ending (not by Corral's idle check,
-        // which clears `idleSince` first): llama-server does so after every event stream.
-        let closedAfterAnswer = exchange == nil && idleSince.map { NIODeadline.now() - $0 < .seconds(1) } == true
         fail(HTTPClientError.remoteConnectionClosed)
-        pool?.forget(self, replace: closedAfterAnswer && servedAnswer)
+        pool?.forget(self)
         context.fireChannelInactive()
     }
-
-    /// Marks a fresh connection as idle in the pool.
-    func becameIdle() { idleSince = .now() }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // The decoder reports an answer cut off by the server closing as a parse error.
