@@ -68,7 +68,8 @@ bench-gguf: llama release venv
 	$(PY) scripts/bench_gguf.py --corral $(RELEASE_BIN)
 
 bench-gateway: llama release venv
-	$(PY) scripts/bench_gateway.py --corral $(RELEASE_BIN)
+	swift build -c release --package-path benchmarks/nio-floor
+	$(PY) scripts/bench_gateway.py --corral $(RELEASE_BIN) --floor benchmarks/nio-floor/.build/release/nio-floor
 
 bench-auth: llama release venv
 	$(PY) scripts/bench_auth.py --corral $(RELEASE_BIN)

@@ -12,7 +12,10 @@ Measures
   cold start          first request to first token from unloaded (Corral: admin unload;
                       router: /models/unload; direct: spawn llama-server + wait /health + request)
   swap                alternate two models with one slot (Corral maxLoadedModels=1; router --models-max 1)
-Usage: bench_gateway.py --corral .build-release/release/corral [--n 300]
+  floor (with --floor) a bare SwiftNIO HTTP/1.1 proxy in front of the direct llama-server
+                      (benchmarks/nio-floor): what any gateway on Corral's stack pays per request
+                      before doing any work of its own; measured in the blocks only
+Usage: bench_gateway.py --corral .build-release/release/corral [--n 300] [--floor benchmarks/nio-floor/.build/release/nio-floor]
 """
 import argparse
 import http.client
@@ -117,6 +120,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--cold", type=int, default=10)
     ap.add_argument("--blocks", type=int, default=3, help="rounds of the blocked measurement")
+    ap.add_argument("--floor", help="nio-floor binary: a bare NIO proxy measured in the blocks for reference")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="corral-bench-")
     os.makedirs(f"{d}/models")
@@ -144,7 +148,13 @@ def main() -> None:
         for p in (direct_port, corral_port, router_port):
             wait_http(p)
         clients = {"direct": Client(direct_port), "corral": Client(corral_port), "router": Client(router_port)}
-        models = {"direct": None, "corral": "tiny", "router": "tiny"}
+        models = {"direct": None, "corral": "tiny", "router": "tiny", "floor": None}
+        floor = None
+        if args.floor:
+            floor_port = free_port()
+            spawn([args.floor, str(floor_port), str(direct_port)], "floor.log")
+            wait_http(floor_port)
+            floor = Client(floor_port)
         for name, c in clients.items():  # load and warm
             for _ in range(20):
                 c.chat(models[name])
@@ -158,11 +168,12 @@ def main() -> None:
         # idle. Interleaving spreads drift evenly but lets each system's request land while the
         # previous system's llama-server threads still spin, which inflates everyone's numbers
         # (the router's, with two processes, the most).
-        blocks = {k: [] for k in clients}
+        blocked = dict(clients, floor=floor) if floor else clients
+        blocks = {k: [] for k in blocked}
         corral_cpu = 0.0
         corral_pid = procs[1].pid
         for _ in range(args.blocks):
-            for name, c in clients.items():
+            for name, c in blocked.items():
                 for _ in range(5):
                     c.chat(models[name])
                 before = cpu_seconds(corral_pid)
@@ -210,9 +221,11 @@ def main() -> None:
               f"  -> corral/router = {added['corral'] / added['router']:.2f}" if added["router"] > 0 else "")
         print(f"  added p99 over direct: corral {ms(pct(lat['corral'], 99) - pct(lat['direct'], 99))}, router {ms(pct(lat['router'], 99) - pct(lat['direct'], 99))}")
         print(f"the same in blocks (one system at a time, {args.blocks} rounds of {args.n // args.blocks})")
-        for k in clients:
+        for k in blocks:
             print(f"  {k:7s} p50 {ms(pct(blocks[k], 50))}  p99 {ms(pct(blocks[k], 99))}")
         bd50 = pct(blocks["direct"], 50)
+        if floor:
+            print(f"  a bare NIO proxy (floor) adds {ms(pct(blocks['floor'], 50) - bd50)}")
         badded = {k: pct(blocks[k], 50) - bd50 for k in ("corral", "router")}
         print(f"  added p50 over direct: corral {ms(badded['corral'])}, router {ms(badded['router'])}"
               + (f"  -> corral/router = {badded['corral'] / badded['router']:.2f}" if badded["router"] > 0 else ""))

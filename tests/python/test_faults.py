@@ -286,27 +286,41 @@ def test_sigterm_under_load_drains_every_request_and_loses_no_rows():
         send_chats(c, 1)
         results: list = []
 
-        # The streams generate 900 tokens whatever the model samples (ignore_eos) and are sent
-        # first, so the two slots stay busy until all eight requests have arrived.
+        # The model's llama-server is stopped (SIGSTOP) while the requests arrive, so all eight
+        # are in flight or queued when Corral gets SIGTERM however fast the model generates (a
+        # 900-token stream takes a third of a second, and on a loaded machine the first ones
+        # could end before the last requests were counted). It continues right after the signal.
+        streams_go, plain_go = threading.Event(), threading.Event()
+        stream_clients = [httpx.Client(timeout=120) for _ in range(4)]
+        plain_clients = [httpx.Client(timeout=120) for _ in range(4)]
+
         def stream(i):
             body = {**CHAT, "max_tokens": 900, "ignore_eos": True, "stream": True, "messages": [{"role": "user", "content": f"s{i}"}]}
-            with httpx.stream("POST", c.base + "/v1/chat/completions", json=body, timeout=120) as r:
+            streams_go.wait()
+            with stream_clients[i].stream("POST", c.base + "/v1/chat/completions", json=body) as r:
                 results.append((r.status_code, [line for line in r.iter_lines() if line.startswith("data:")][-1]))
 
         def plain(i):
-            r = httpx.post(c.base + "/api/chat", json={**CHAT, "max_tokens": 900, "stream": False, "messages": [{"role": "user", "content": f"p{i}"}]}, timeout=120)
+            plain_go.wait()
+            r = plain_clients[i].post(c.base + "/api/chat", json={**CHAT, "max_tokens": 900, "stream": False, "messages": [{"role": "user", "content": f"p{i}"}]})
             results.append((r.status_code, r.json().get("done")))
 
         threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)] + [threading.Thread(target=plain, args=(i,)) for i in range(4)]
-        for t in threads[:4]:
+        for t in threads:
             t.start()
-        wait_until(lambda: instance(c, "chat")["inFlight"] + instance(c, "chat")["queued"] == 4, what="four streams in flight")
-        for t in threads[4:]:
-            t.start()
-        # Every request is in flight or queued (two slots) before the signal.
-        wait_until(lambda: instance(c, "chat")["inFlight"] + instance(c, "chat")["queued"] == 8, what="eight requests in flight")
         children = c.children()
-        c.proc.send_signal(signal.SIGTERM)
+        for pid in children:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            streams_go.set()
+            wait_until(lambda: instance(c, "chat")["inFlight"] + instance(c, "chat")["queued"] == 4, what="four streams in flight")
+            plain_go.set()
+            # Every request is in flight or queued (two slots) before the signal.
+            wait_until(lambda: instance(c, "chat")["inFlight"] + instance(c, "chat")["queued"] == 8, what="eight requests in flight")
+            c.proc.send_signal(signal.SIGTERM)
+        finally:
+            for pid in children:
+                os.kill(pid, signal.SIGCONT)
         time.sleep(0.3)
         with pytest.raises(httpx.TransportError):
             httpx.get(c.base + "/health", timeout=2)  # no new connections while draining

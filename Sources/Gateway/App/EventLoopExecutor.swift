@@ -53,9 +53,21 @@ struct EventLoopPinnedChannel<Base: ServerChildChannel>: ServerChildChannel {
     typealias Value = Base.Value
     let base: Base
     let executors: EventLoopExecutors
+    /// Answers the hottest requests in front of Hummingbird (plain HTTP/1 connections only).
+    var fastLane: FastLane? = nil
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        base.setup(channel: channel, logger: logger)
+        let future = base.setup(channel: channel, logger: logger)
+        guard let fastLane else { return future }
+        return future.flatMapThrowing { value in
+            let pipeline = channel.pipeline.syncOperations
+            // After the connection state handler, so idle timeouts and graceful shutdown count
+            // the lane's requests; an HTTP/2 connection has none at this point and is left alone.
+            if let state = try? pipeline.handler(type: HTTPConnectionStateHandler.self) {
+                try pipeline.addHandler(FastLaneHandler(lane: fastLane), position: .after(state))
+            }
+            return value
+        }
     }
 
     func handle(value: Value, logger: Logger) async {

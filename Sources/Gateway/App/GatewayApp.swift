@@ -74,6 +74,11 @@ public struct GatewayDependencies: Sendable {
 
 /// Builds Corral's router.
 public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestContext> {
+    buildRouterAndRoutes(deps).router
+}
+
+/// The router and the OpenAI routes it serves (which the fast lane shares).
+func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<GatewayRequestContext>, openAI: OpenAIRoutes) {
     let router = Router(context: GatewayRequestContext.self)
     router.add(middleware: ErrorShapeMiddleware())
     router.add(middleware: CORSMiddleware(extraOrigins: Set(deps.config.corsOrigins)))
@@ -91,7 +96,8 @@ public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestCon
         }, logger: deps.logger, access: deps.access)
     let profiles = SamplingProfiles(config: deps.config.profiles, store: deps.store)
     Task { await profiles.load() }
-    OpenAIRoutes(relay: relay, scheduler: deps.scheduler, access: deps.access, metrics: metrics, profiles: profiles).register(on: router)
+    let openAI = OpenAIRoutes(relay: relay, scheduler: deps.scheduler, access: deps.access, metrics: metrics, profiles: profiles)
+    openAI.register(on: router)
     OllamaRoutes(
         relay: relay, scheduler: deps.scheduler, digests: deps.digests, store: deps.store,
         allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access, profiles: profiles
@@ -128,7 +134,7 @@ public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestCon
     TuningRoutes(service: tuning, scheduler: deps.scheduler).register(on: router.group("admin"))
     ProfileRoutes(profiles: profiles).register(on: router.group("admin"))
     DashboardRoutes(deps: deps).register(on: router)
-    return router
+    return (router, openAI)
 }
 
 /// Gives every error the shape of the API it was asked through: Ollama's `{"error":"…"}` under
@@ -181,8 +187,14 @@ public func buildApplication(_ deps: GatewayDependencies) throws -> some Applica
     // client shares the group, so its connections' answers arrive on the same threads.
     let group = MultiThreadedEventLoopGroup.singleton
     let executors = EventLoopExecutors(group: group)
+    let (router, openAI) = buildRouterAndRoutes(deps)
+    let fastLane = FastLane.isEnabled
+        ? FastLane(
+            routes: openAI, access: deps.access, allowedHosts: deps.config.listensOnLoopbackOnly ? Set(deps.config.allowedHosts) : nil,
+            maxBodyBytes: deps.config.maxBodyBytes, executors: executors)
+        : nil
     var server = HTTPServerBuilder { responder in
-        EventLoopPinnedChannel(base: HTTP1Channel(responder: responder, configuration: http1), executors: executors)
+        EventLoopPinnedChannel(base: HTTP1Channel(responder: responder, configuration: http1), executors: executors, fastLane: fastLane)
     }
     if let tls = deps.config.tls {
         let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
@@ -197,7 +209,7 @@ public func buildApplication(_ deps: GatewayDependencies) throws -> some Applica
         }
     }
     var app = Application(
-        router: buildRouter(deps),
+        router: router,
         server: server,
         configuration: .init(address: .hostname(deps.config.listen.host, port: deps.config.listen.port), serverName: "corral"),
         eventLoopGroupProvider: .shared(group),

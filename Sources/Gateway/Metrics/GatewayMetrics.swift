@@ -38,6 +38,8 @@ public final class GatewayMetrics: Sendable {
     }
 
     private let families: Mutex<[String: Family]>
+    /// Requests answered by the fast lane (the rest of the proxied ones went through the router).
+    let fastLaneRequests = Atomic<Int>(0)
     private let runningTotals = Mutex(Totals())
     /// Reads the ledger's backlog for the `corral_ledger_pending_rows` gauge (set at start-up).
     nonisolated(unsafe) public static var ledgerPending: (@Sendable () -> Int)?
@@ -136,6 +138,8 @@ public final class GatewayMetrics: Sendable {
                 }
             }
         }
+        out += "# HELP corral_fast_lane_requests_total Requests answered by the fast lane in front of the router.\n# TYPE corral_fast_lane_requests_total counter\n"
+        out += "corral_fast_lane_requests_total \(fastLaneRequests.load(ordering: .relaxed))\n"
         let loaded = instances.filter { $0.state == "loaded" }
         out += "# HELP corral_loaded_models Models with a running llama-server.\n# TYPE corral_loaded_models gauge\ncorral_loaded_models \(loaded.count)\n"
         out += "# HELP corral_instance_in_flight Requests running on a model.\n# TYPE corral_instance_in_flight gauge\n"

@@ -83,11 +83,16 @@ public struct OpenAIError: HTTPResponseError, Sendable {
         return JSON.encode(["error": error])
     }
 
-    public func response(from request: Request, context: some RequestContext) throws -> Response {
+    /// The response's header fields: content type, `Retry-After`, `x-should-retry`, extras.
+    var headerFields: HTTPFields {
         var headers: HTTPFields = [.contentType: "application/json"]
         if let retryAfter { headers[.retryAfter] = String(retryAfter) }
         if isPermanent { headers[HTTPField.Name("x-should-retry")!] = "false" }
         for (name, value) in extraHeaders { if let field = HTTPField.Name(name) { headers[field] = value } }
-        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: jsonBody)))
+        return headers
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        Response(status: status, headers: headerFields, body: .init(byteBuffer: ByteBuffer(string: jsonBody)))
     }
 }

@@ -25,28 +25,10 @@ struct OpenAIRoutes: Sendable {
             ("/apply-template", false),
         ] {
             router.post(RouterPath(path)) { request, context in
-                var (buffer, body) = try await Relay.readJSON(request, context: context)
-                if ["/v1/chat/completions", "/v1/completions", "/completion", "/v1/responses"].contains(path), let named = body["model"] as? String {
-                    // Sampling profile: `"profile"`, `model@profile`, or the model's default.
-                    let (model, profile) = profiles.split(named)
-                    if profile != nil { body["model"] = model }
-                    let modelDefault = scheduler.currentCatalog.resolve(model)?.profile
-                    if try profiles.apply(to: &body, named: profile, modelDefault: modelDefault) || profile != nil {
-                        buffer = ByteBuffer(bytes: JSON.data(body))
-                    }
-                }
-                if path == "/v1/chat/completions" {
-                    guard let messages = body["messages"] as? [Any] else { throw OpenAIError.badRequest("'messages' must be an array", param: "messages") }
-                    // llama-server answers 500 for a message without a role; it is the client's mistake.
-                    if let bad = messages.firstIndex(where: { (($0 as? [String: Any])?["role"] as? String) == nil }) {
-                        throw OpenAIError.badRequest("messages[\(bad)] must be an object with a string 'role'", param: "messages[\(bad)].role")
-                    }
-                }
-                if path == "/v1/embeddings" && body["input"] == nil {
-                    throw OpenAIError.badRequest("missing required field 'input'", param: "input")
-                }
+                let (buffer, body) = try await Relay.readJSON(request, context: context)
+                let (outgoing, checked) = try prepare(path: path, buffer: buffer, body: body)
                 return try await relay.forwardJSON(
-                    route: path, upstreamPath: path, buffer: buffer, body: body, injectUsage: injectUsage,
+                    route: path, upstreamPath: path, buffer: outgoing, body: checked, injectUsage: injectUsage,
                     request: request, context: context)
             }
         }
@@ -90,6 +72,35 @@ struct OpenAIRoutes: Sendable {
             return jsonResponse(Self.modelObject(spec))
         }
     }
+
+    /// Applies the sampling profile a request names (or its model's default) and checks the
+    /// route's required fields; returns the bytes to send and the body they hold. Shared by the
+    /// router and the fast lane, so both refuse and rewrite requests alike.
+    func prepare(path: String, buffer: ByteBuffer, body: [String: Any]) throws -> (ByteBuffer, [String: Any]) {
+        var (buffer, body) = (buffer, body)
+        if Self.profiledPaths.contains(path), let named = body["model"] as? String {
+            // Sampling profile: `"profile"`, `model@profile`, or the model's default.
+            let (model, profile) = profiles.split(named)
+            if profile != nil { body["model"] = model }
+            let modelDefault = scheduler.currentCatalog.resolve(model)?.profile
+            if try profiles.apply(to: &body, named: profile, modelDefault: modelDefault) || profile != nil {
+                buffer = ByteBuffer(bytes: JSON.data(body))
+            }
+        }
+        if path == "/v1/chat/completions" {
+            guard let messages = body["messages"] as? [Any] else { throw OpenAIError.badRequest("'messages' must be an array", param: "messages") }
+            // llama-server answers 500 for a message without a role; it is the client's mistake.
+            if let bad = messages.firstIndex(where: { (($0 as? [String: Any])?["role"] as? String) == nil }) {
+                throw OpenAIError.badRequest("messages[\(bad)] must be an object with a string 'role'", param: "messages[\(bad)].role")
+            }
+        }
+        if path == "/v1/embeddings" && body["input"] == nil {
+            throw OpenAIError.badRequest("missing required field 'input'", param: "input")
+        }
+        return (buffer, body)
+    }
+
+    static let profiledPaths: Set<String> = ["/v1/chat/completions", "/v1/completions", "/completion", "/v1/responses"]
 
     static func modelObject(_ spec: ModelSpec) -> [String: Any] {
         var meta: [String: Any] = ["source": spec.source, "aliases": spec.aliases]

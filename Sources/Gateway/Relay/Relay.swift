@@ -131,12 +131,20 @@ public struct Relay: Sendable {
         return (buffer, object)
     }
 
-    /// Forwards a JSON POST for the model named in its body.
-    /// - Parameter injectUsage: for OpenAI streaming routes, ask upstream for the usage chunk.
-    public func forwardJSON(
-        route: String, upstreamPath: String, buffer: ByteBuffer, body: [String: Any],
-        injectUsage: Bool, request: Request, context: GatewayRequestContext
-    ) async throws -> Response {
+    /// A JSON POST whose common fields have been checked, ready to send.
+    struct CheckedPost {
+        let modelName: String
+        let streaming: Bool
+        /// The bytes to send upstream (the client's, with `include_usage` added when needed).
+        let outgoing: ByteBuffer
+        /// Whether to hide the usage chunk the client did not ask for.
+        let hideUsage: Bool
+        let tokens: TokenEstimate
+    }
+
+    /// Checks a JSON POST's `model`, `stream` and token-limit fields and, for OpenAI streaming
+    /// routes (`injectUsage`), asks upstream for the usage chunk.
+    static func check(buffer: ByteBuffer, body: [String: Any], injectUsage: Bool) throws(OpenAIError) -> CheckedPost {
         guard let model = body["model"] else { throw OpenAIError.badRequest("missing required field 'model'", param: "model") }
         guard let modelName = model as? String, !modelName.isEmpty else {
             throw OpenAIError.badRequest("'model' must be a non-empty string", param: "model")
@@ -169,10 +177,20 @@ public struct Relay: Sendable {
                 hideUsage = true
             }
         }
+        return CheckedPost(modelName: modelName, streaming: streaming, outgoing: outgoing, hideUsage: hideUsage, tokens: TokenEstimate(body))
+    }
+
+    /// Forwards a JSON POST for the model named in its body.
+    /// - Parameter injectUsage: for OpenAI streaming routes, ask upstream for the usage chunk.
+    public func forwardJSON(
+        route: String, upstreamPath: String, buffer: ByteBuffer, body: [String: Any],
+        injectUsage: Bool, request: Request, context: GatewayRequestContext
+    ) async throws -> Response {
+        let post = try Self.check(buffer: buffer, body: body, injectUsage: injectUsage)
         let exchange = try await open(
-            route: route, method: .POST, upstreamPath: upstreamPath, modelName: modelName, body: outgoing, headers: request.headers,
-            caller: context.caller, tokens: TokenEstimate(body))
-        return try await relayResponse(exchange, hideUsage: hideUsage)
+            route: route, method: .POST, upstreamPath: upstreamPath, modelName: post.modelName, body: post.outgoing, headers: request.headers,
+            caller: context.caller, tokens: post.tokens)
+        return try await relayResponse(exchange, hideUsage: post.hideUsage)
     }
 
     /// `body` (a JSON object without `stream_options`) with `"stream_options":{"include_usage":true}`
@@ -325,23 +343,8 @@ public struct Relay: Sendable {
 
     /// The OpenAI-route response: the upstream's status, headers and body, streamed through.
     func relayResponse(_ exchange: UpstreamExchange, hideUsage: Bool) async throws -> Response {
-        let (response, lease, holder, requestID) = (exchange.response, exchange.lease, exchange.holder, exchange.requestID)
-        var headers = HTTPFields()
-        for (name, value) in response.headers where !Self.hopByHop.contains(name.lowercased()) {
-            if let fieldName = HTTPField.Name(name) { headers.append(HTTPField(name: fieldName, value: value)) }
-        }
-        let isSSE = response.headers.first(name: "content-type")?.lowercased().hasPrefix("text/event-stream") == true
-        if isSSE {
-            headers[HTTPField.Name("X-Accel-Buffering")!] = "no"
-            headers[.cacheControl] = "no-cache"
-        } else if let length = response.headers.first(name: "content-length") {
-            headers[.contentLength] = length
-        }
-        headers[HTTPField.Name("x-request-id")!] = requestID
-        for (name, value) in exchange.reservation?.headers ?? [:] {
-            if let field = HTTPField.Name(name) { headers[field] = value }
-        }
-        let status = HTTPResponse.Status(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase)
+        let (response, lease, holder) = (exchange.response, exchange.lease, exchange.holder)
+        let (status, headers, isSSE) = Self.responseHead(exchange)
         let upstreamBody = response.body
 
         // Small complete bodies (non-streamed answers, embeddings, tokenize) are read whole and
@@ -418,6 +421,29 @@ public struct Relay: Sendable {
                     firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected, streamedEvents: filter.events)
                 await holder.release()
             })
+    }
+
+    /// The client's response status and headers for an upstream answer: the upstream's minus
+    /// hop-by-hop fields, no buffering for event streams, the request ID and rate-limit headers.
+    static func responseHead(_ exchange: UpstreamExchange) -> (HTTPResponse.Status, HTTPFields, isSSE: Bool) {
+        let response = exchange.response
+        var headers = HTTPFields()
+        for (name, value) in response.headers where !Self.hopByHop.contains(name.lowercased()) {
+            if let fieldName = HTTPField.Name(name) { headers.append(HTTPField(name: fieldName, value: value)) }
+        }
+        let isSSE = response.headers.first(name: "content-type")?.lowercased().hasPrefix("text/event-stream") == true
+        if isSSE {
+            headers[HTTPField.Name("X-Accel-Buffering")!] = "no"
+            headers[.cacheControl] = "no-cache"
+        } else if let length = response.headers.first(name: "content-length") {
+            headers[.contentLength] = length
+        }
+        headers[HTTPField.Name("x-request-id")!] = exchange.requestID
+        for (name, value) in exchange.reservation?.headers ?? [:] {
+            if let field = HTTPField.Name(name) { headers[field] = value }
+        }
+        let status = HTTPResponse.Status(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase)
+        return (status, headers, isSSE)
     }
 
     func record(_ r: RequestRecord) { recorder?(r) }
