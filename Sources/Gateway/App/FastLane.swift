@@ -108,25 +108,14 @@ struct FastLane: Sendable {
             return
         }
         let (status, headers, _) = Relay.responseHead(exchange)
-        let body = exchange.response.body
-        if let length = exchange.response.headers.first(name: "content-length").flatMap(Int.init), length <= LocalUpstreamClient.gatherLimit {
-            let collected: ByteBuffer
+        if let length = exchange.gatheredLength {
             do {
-                collected = try await body.collect(upTo: length)
+                let (collected, firstByte) = try await relay.collectWhole(exchange, length: length)
+                _ = await write(.whole(HTTPResponse(status: status, headerFields: headers), collected))
+                await relay.settleAnswer(exchange, status: status, body: collected, firstByte: firstByte)
             } catch {
-                let failure = await relay.bodyFailure(error, lease: exchange.lease)
-                relay.settle(exchange, status: failure.status, errorKind: failure.kind)
-                await exchange.holder.release()
-                await Self.writeError(failure.openAIError, write)
-                return
+                await Self.writeError(error, write)
             }
-            let firstByte = ContinuousClock.now
-            _ = await write(.whole(HTTPResponse(status: status, headerFields: headers), collected))
-            let object = collected.withUnsafeReadableBytes { JSON.members(["usage", "timings"], of: $0) }
-            relay.settle(
-                exchange, status: Int(status.code), errorKind: Relay.upstreamErrorKind(status), firstByte: firstByte,
-                usage: object?["usage"] as? [String: Any], timings: object?["timings"] as? [String: Any])
-            await exchange.holder.release()
             return
         }
         // A long answer (many embeddings): passed on chunk by chunk.
@@ -136,7 +125,7 @@ struct FastLane: Sendable {
         var failure: UpstreamFailure?
         if !disconnected {
             do {
-                for try await chunk in body {
+                for try await chunk in exchange.response.body {
                     if firstByte == nil { firstByte = .now }
                     if collected.readableBytes < 4 << 20 { collected.writeImmutableBuffer(chunk) }
                     guard await write(.body(chunk)) else { disconnected = true; break }
@@ -147,12 +136,7 @@ struct FastLane: Sendable {
         }
         // A failure after the head has gone out can only end the response early.
         _ = await write(.end)
-        let object = collected.withUnsafeReadableBytes { JSON.members(["usage", "timings"], of: $0) }
-        relay.settle(
-            exchange, status: failure?.status ?? Int(status.code), errorKind: failure?.kind ?? Relay.upstreamErrorKind(status),
-            firstByte: firstByte, usage: object?["usage"] as? [String: Any], timings: object?["timings"] as? [String: Any],
-            disconnected: disconnected)
-        await exchange.holder.release()
+        await relay.settleAnswer(exchange, status: status, body: collected, firstByte: firstByte, failure: failure, disconnected: disconnected)
     }
 
     private static func writeError(_ error: any Error, _ write: @Sendable (Output) async -> Bool) async {

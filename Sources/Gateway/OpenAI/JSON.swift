@@ -45,7 +45,6 @@ enum JSON {
 
         init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
-
         mutating func skipSpace() {
             while position < bytes.count, JSON.isSpace(bytes[position]) { position += 1 }
         }

@@ -74,6 +74,13 @@ struct UpstreamExchange: Sendable {
     let promptBound: Int
     /// When the request was handed to the upstream client.
     let sentAt: ContinuousClock.Instant
+
+    /// The length of an answer the local client gathered whole before handing it over (a
+    /// `content-length` up to ``LocalUpstreamClient/gatherLimit``); nil for one that streams.
+    var gatheredLength: Int? {
+        guard let length = response.headers.first(name: "content-length").flatMap(Int.init), length <= LocalUpstreamClient.gatherLimit else { return nil }
+        return length
+    }
 }
 
 /// Why reading an upstream answer failed, as the ledger and both APIs report it.
@@ -350,28 +357,15 @@ public struct Relay: Sendable {
         // Small complete bodies (non-streamed answers, embeddings, tokenize) are read whole and
         // sent in one write: fewer event-loop hops than streaming chunk by chunk, and the lease
         // is released as soon as upstream is done.
-        if !isSSE, let length = response.headers.first(name: "content-length").flatMap(Int.init), length <= 8 << 20 {
-            let collected: ByteBuffer
-            do {
-                collected = try await upstreamBody.collect(upTo: length)
-            } catch {
-                let failure = await bodyFailure(error, lease: lease)
-                settle(exchange, status: failure.status, errorKind: failure.kind)
-                await holder.release()
-                throw failure.openAIError
-            }
-            let firstByte = ContinuousClock.now
+        if !isSSE, let length = exchange.gatheredLength {
+            let (collected, firstByte) = try await collectWhole(exchange, length: length)
             // Releasing the slot and accounting happen off the response path: the client does not
             // wait for the scheduler hop or for its body to be parsed for usage. They run on the
             // connection's event loop once the response has been written, which costs less than
             // waking a thread of the global pool for them.
             let relay = self
             Task(executorPreference: EventLoopExecutor.current ?? globalConcurrentExecutor) {
-                let object = collected.withUnsafeReadableBytes { JSON.members(["usage", "timings"], of: $0) }
-                relay.settle(
-                    exchange, status: Int(status.code), errorKind: Self.upstreamErrorKind(status), firstByte: firstByte,
-                    usage: object?["usage"] as? [String: Any], timings: object?["timings"] as? [String: Any])
-                await holder.release()
+                await relay.settleAnswer(exchange, status: status, body: collected, firstByte: firstByte)
             }
             return Response(status: status, headers: headers, body: .init(byteBuffer: collected))
         }
@@ -410,17 +404,43 @@ public struct Relay: Sendable {
                     }
                     try? await writer.finish(nil)
                 }
-                var usage = filter.usage
-                var timings = filter.timings
-                if !isSSE, let object = try? JSONSerialization.jsonObject(with: Data(collected.readableBytesView)) as? [String: Any] {
-                    usage = object["usage"] as? [String: Any]
-                    timings = object["timings"] as? [String: Any]
+                guard isSSE else {
+                    await recorder.settleAnswer(
+                        exchange, status: status, body: collected, firstByte: firstByte, failure: failure, disconnected: disconnected)
+                    return
                 }
                 recorder.settle(
                     exchange, status: failure?.status ?? Int(status.code), errorKind: failure?.kind ?? Self.upstreamErrorKind(status),
-                    firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected, streamedEvents: filter.events)
+                    firstByte: firstByte, usage: filter.usage, timings: filter.timings, disconnected: disconnected, streamedEvents: filter.events)
                 await holder.release()
             })
+    }
+
+    /// Reads an answer the local client gathered whole (see ``UpstreamExchange/gatheredLength``).
+    /// On a failure the request is settled and its slot released, and the error to send is thrown.
+    func collectWhole(_ exchange: UpstreamExchange, length: Int) async throws(OpenAIError) -> (ByteBuffer, firstByte: ContinuousClock.Instant) {
+        do {
+            return (try await exchange.response.body.collect(upTo: length), .now)
+        } catch {
+            let failure = await bodyFailure(error, lease: exchange.lease)
+            settle(exchange, status: failure.status, errorKind: failure.kind)
+            await exchange.holder.release()
+            throw failure.openAIError
+        }
+    }
+
+    /// Settles an answer that is not an event stream, with the usage and timings its body holds
+    /// (`body` may be the first 4 MiB of a long one), then releases its slot.
+    func settleAnswer(
+        _ exchange: UpstreamExchange, status: HTTPResponse.Status, body: ByteBuffer, firstByte: ContinuousClock.Instant?,
+        failure: UpstreamFailure? = nil, disconnected: Bool = false
+    ) async {
+        let object = body.withUnsafeReadableBytes { JSON.members(["usage", "timings"], of: $0) }
+        settle(
+            exchange, status: failure?.status ?? Int(status.code), errorKind: failure?.kind ?? Self.upstreamErrorKind(status),
+            firstByte: firstByte, usage: object?["usage"] as? [String: Any], timings: object?["timings"] as? [String: Any],
+            disconnected: disconnected)
+        await exchange.holder.release()
     }
 
     /// The client's response status and headers for an upstream answer: the upstream's minus

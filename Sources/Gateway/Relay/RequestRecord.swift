@@ -41,10 +41,10 @@ public typealias RequestRecorder = @Sendable (RequestRecord) -> Void
 enum RequestIDs {
     private static let counter = Atomic<UInt64>(UInt64.random(in: .min ... .max))
     private static let high = UInt64.random(in: .min ... .max)
+    private static let digits = Array("0123456789abcdef".utf8)
 
     static func next() -> String {
         let n = counter.add(1, ordering: .relaxed).newValue
-        let digits = Array("0123456789abcdef".utf8)
         var out = [UInt8](repeating: UInt8(ascii: "-"), count: 36)
         var i = 0
         // The first half alone is unique (the mix is a bijection); the second adds spread.
