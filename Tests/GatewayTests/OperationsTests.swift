@@ -125,14 +125,19 @@ import Testing
         }
     }
 
-    @Test func fitPlansAreCachedInSQLiteAndInvalidatedByFileChanges() async throws {
+    /// A directory with a test model `m`, its spec and a fresh store.
+    private func fitCacheFixture() throws -> (dir: String, spec: ModelSpec, store: Store) {
         let dir = NSTemporaryDirectory() + "corral-fitcache-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try TestModel.write(shape: TestModelShape(), to: dir + "/m.gguf")
         var config = CorralConfig()
         config.models = [.init(name: "m", path: dir + "/m.gguf")]
         let spec = try #require(ModelCatalog.build(from: config).resolve("m"))
-        let store = try Store.open(path: dir + "/corral.sqlite")
+        return (dir, spec, try Store.open(path: dir + "/corral.sqlite"))
+    }
+
+    @Test func fitPlansAreCachedInSQLiteAndInvalidatedByFileChanges() async throws {
+        let (dir, spec, store) = try fitCacheFixture()
         let cache = StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b1")
         let plan = FitPlan(arguments: ["-c", "2048", "-ngl", "-1"], projection: [.init(device: "Host", modelMiB: 1, contextMiB: 2, computeMiB: 3)], source: .fitParams)
         await cache.save(plan, for: spec, arguments: ["-np", "4"])
@@ -146,5 +151,19 @@ import Testing
         // Touching the model file changes its identity.
         try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(60)], ofItemAtPath: dir + "/m.gguf")
         #expect(await reopened.plan(for: spec, arguments: ["-np", "4"]) == nil)
+    }
+
+    @Test func learnedAllocationsAreKeptLikePlans() async throws {
+        let (dir, spec, store) = try fitCacheFixture()
+        let cache = StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b1")
+        let learned = LearnedAllocations(allocatedMiB: ["CPU KV": 4.5, "CPU compute": 1.25], contextSize: 2048, learnedAt: Date(timeIntervalSince1970: 1_800_000_000))
+        await cache.save(learned, for: spec, arguments: ["-m", "m", "-c", "2048"])
+        #expect(await cache.allocations(for: spec, arguments: ["-m", "m", "-c", "2048"]) == learned)
+        #expect(await cache.allocations(for: spec, arguments: ["-m", "m", "-c", "4096"]) == nil)
+        #expect(await StoreFitPlanCache(store: store, hardwareFingerprint: "hw2", llamaBuild: "b1").allocations(for: spec, arguments: ["-m", "m", "-c", "2048"]) == nil)
+        let reopened = StoreFitPlanCache(store: try Store.open(path: dir + "/corral.sqlite"), hardwareFingerprint: "hw1", llamaBuild: "b1")
+        #expect(await reopened.allocations(for: spec, arguments: ["-m", "m", "-c", "2048"]) == learned)
+        try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(60)], ofItemAtPath: dir + "/m.gguf")
+        #expect(await reopened.allocations(for: spec, arguments: ["-m", "m", "-c", "2048"]) == nil)
     }
 }

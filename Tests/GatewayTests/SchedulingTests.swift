@@ -26,6 +26,30 @@ import Testing
         }
     }
 
+    /// llama-server prints its allocations only at `-lv 4`, which also costs every request ~20
+    /// log lines: the first load learns them, a reload with the same arguments runs at `-lv 3`
+    /// and reports what was learned.
+    @Test func reloadsRunQuietWithTheAllocationsTheFirstLoadReported() async throws {
+        guard let f = try Fixture.make(models: ["alpha"]) else { return }
+        try await f.run { port in
+            #expect(try await send(port, "/v1/chat/completions", json: chat("alpha")).status == 200)
+            let first = try #require(await f.scheduler.instances().first)
+            #expect(first.arguments.contains("-lv") && first.arguments[first.arguments.firstIndex(of: "-lv")! + 1] == "4")
+            #expect(first.allocationSource == "log")
+            #expect((first.allocatedMiB["CPU KV"] ?? 0) > 0, "\(first.allocatedMiB)")
+            try await f.scheduler.unload("alpha")
+            #expect(try await send(port, "/v1/chat/completions", json: chat("alpha")).status == 200)
+            let second = try #require(await f.scheduler.instances().first)
+            #expect(second.arguments[second.arguments.firstIndex(of: "-lv")! + 1] == "3")
+            #expect(second.allocationSource == "learned")
+            #expect(second.allocatedMiB == first.allocatedMiB)
+            #expect(second.contextSize == first.contextSize)
+            // The quiet server really printed no allocation lines of its own.
+            let log = try #require(await f.scheduler.instance(for: "alpha")).recentLog()
+            #expect(!log.isEmpty && !log.contains { $0.contains(" buffer size") })
+        }
+    }
+
     @Test func maxLoadedOneSwapsModels() async throws {
         guard let f = try Fixture.make(models: ["alpha", "beta"], configure: { $0.maxLoadedModels = 1 }) else { return }
         try await f.run { port in

@@ -1,12 +1,14 @@
-"""Corral's own process: SIGTERM drains in-flight streams; kill -9 leaves no llama-server."""
+"""Corral's own process: SIGTERM drains in-flight streams; kill -9 leaves no llama-server; what a
+first load learned about allocations survives a restart."""
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
 
-from conftest import start_corral, stop_corral, wait_gone
+from conftest import CORRAL, start_corral, stop_corral, wait_gone
 
 
 def stream_chat(base: str, max_tokens: int, out: dict):
@@ -126,5 +128,38 @@ def test_routes_json_reload_on_change_and_sighup_keeps_in_flight_requests():
         assert "configuration reload failed" in c.log() and "listen.prot" in c.log()
         t.join(timeout=60)
         assert "error" not in out and out["events"][-1] == "data: [DONE]"
+    finally:
+        stop_corral(c)
+
+
+def test_allocations_learned_at_the_first_load_survive_a_restart():
+    """The first load runs llama-server at -lv 4 to read its allocation lines; after a restart
+    on the same data directory the model loads at -lv 3 and reports the stored allocations."""
+    c = start_corral()
+    try:
+        chat = {"model": "chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+        c.post("/v1/chat/completions", chat)
+        first = next(i for i in c.get("/admin/instances") if i["model"] == "chat")
+        assert first["arguments"][first["arguments"].index("-lv") + 1] == "4"
+        assert first["allocationSource"] == "log" and first["allocatedMiB"].get("CPU KV", 0) > 0
+        c.proc.send_signal(signal.SIGTERM)
+        assert c.proc.wait(timeout=30) == 0
+        # The same configuration and files, a new process.
+        log = open(c.log_path, "a")
+        c.proc = subprocess.Popen([CORRAL, "serve", "--config", f"{c.directory}/routes.json"], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(c.base + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        c.post("/v1/chat/completions", chat)
+        second = next(i for i in c.get("/admin/instances") if i["model"] == "chat")
+        assert second["arguments"][second["arguments"].index("-lv") + 1] == "3"
+        assert second["allocationSource"] == "learned"
+        assert second["allocatedMiB"] == first["allocatedMiB"]
+        lines = c.get("/admin/models/chat/log?lines=300")
+        assert "buffer size" not in json.dumps(lines)
     finally:
         stop_corral(c)

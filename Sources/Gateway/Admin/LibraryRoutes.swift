@@ -81,7 +81,7 @@ struct LibraryRoutes: Sendable {
         }
         if let info, info.state == "loaded" {
             o["running"] = ["pid": info.pid ?? 0, "arguments": info.arguments, "projectedMiB": info.projectedMiB ?? NSNull(),
-                            "allocatedMiB": info.allocatedMiB, "planSource": info.planSource ?? NSNull(), "contextSize": info.contextSize ?? NSNull()]
+                            "allocatedMiB": info.allocatedMiB, "allocationSource": info.allocationSource ?? NSNull(), "planSource": info.planSource ?? NSNull(), "contextSize": info.contextSize ?? NSNull()]
         }
         let u = usage[spec.id]
         o["usage"] = ["requests": u?.requests ?? 0, "promptTokens": u?.promptTokens ?? 0, "completionTokens": u?.completionTokens ?? 0]

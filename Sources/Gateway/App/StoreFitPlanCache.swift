@@ -2,8 +2,9 @@ import Foundation
 import Runtime
 import Store
 
-/// Fit plans kept in SQLite, keyed by everything that changes the answer: the file (path, size,
-/// mtime), the hardware, the arguments and the llama.cpp build. Any change is a new key.
+/// Fit plans, and what loads with them allocated, kept in SQLite, keyed by everything that
+/// changes the answer: the file (path, size, mtime), the hardware, the arguments and the
+/// llama.cpp build. Any change is a new key.
 public struct StoreFitPlanCache: FitPlanCache {
     let store: Store
     let hardwareFingerprint: String
@@ -32,5 +33,17 @@ public struct StoreFitPlanCache: FitPlanCache {
     public func save(_ plan: FitPlan, for spec: ModelSpec, arguments: [String]) async {
         guard let key = key(spec, arguments), let data = try? JSONEncoder().encode(plan) else { return }
         try? await store.saveFitPlan(key: key, model: spec.id, plan: data)
+    }
+
+    /// Allocations are documents of kind `allocations`, under the same kind of key as plans
+    /// (with the launch arguments in place of the fit arguments).
+    public func allocations(for spec: ModelSpec, arguments: [String]) async -> LearnedAllocations? {
+        guard let key = key(spec, arguments), let data = try? await store.document(kind: "allocations", id: key) else { return nil }
+        return try? JSONDecoder().decode(LearnedAllocations.self, from: data)
+    }
+
+    public func save(_ allocations: LearnedAllocations, for spec: ModelSpec, arguments: [String]) async {
+        guard let key = key(spec, arguments), let data = try? JSONEncoder().encode(allocations) else { return }
+        try? await store.putDocument(kind: "allocations", id: key, model: spec.id, body: data)
     }
 }

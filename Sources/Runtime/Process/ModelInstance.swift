@@ -25,10 +25,16 @@ public final class InstanceLog: Sendable {
         var contextSize: Int?
     }
 
+    /// What an earlier load with the same arguments reported, for a server started at `-lv 3`
+    /// (which prints no allocation lines).
+    let learned: LearnedAllocations?
+
     /// How many lines each instance keeps.
     public static let capacity = 300
 
-    public init() {}
+    public init(learned: LearnedAllocations? = nil) {
+        self.learned = learned
+    }
 
     /// Feeds one line (nil at end of output).
     public func record(_ line: String?) {
@@ -62,8 +68,24 @@ public final class InstanceLog: Sendable {
         }
     }
 
-    var allocated: [String: Double] { state.withLock { $0.allocated } }
-    var contextSize: Int? { state.withLock { $0.contextSize } }
+    /// This server's own allocation lines, else what an earlier load reported.
+    var allocated: [String: Double] {
+        let own = state.withLock { $0.allocated }
+        return own.isEmpty ? learned?.allocatedMiB ?? [:] : own
+    }
+    var contextSize: Int? { state.withLock { $0.contextSize } ?? learned?.contextSize }
+
+    /// What this server's own log reported allocating, nil when it printed no allocation lines.
+    var observedAllocations: LearnedAllocations? {
+        state.withLock { s in s.allocated.isEmpty ? nil : LearnedAllocations(allocatedMiB: s.allocated, contextSize: s.contextSize) }
+    }
+
+    /// `log` when the allocations come from this server's own log, `learned` when from an
+    /// earlier load with the same arguments, nil when neither reported any.
+    var allocationSource: String? {
+        if state.withLock({ !$0.allocated.isEmpty }) { return "log" }
+        return learned == nil ? nil : "learned"
+    }
 
     /// Ends a pending ``waitUntilListening()`` (and any later one): the load timed out.
     func giveUpWaiting() {
@@ -116,8 +138,12 @@ public final class ModelInstance: Sendable {
     /// The last log lines, oldest first.
     public func recentLog(_ count: Int = logCapacity) -> [String] { log.recent(count) }
 
-    /// What llama-server reported allocating, in MiB, by `DEVICE kind` (e.g. `CPU KV`).
+    /// What llama-server reported allocating, in MiB, by `DEVICE kind` (e.g. `CPU KV`): this
+    /// process's log, or an earlier load's with the same arguments (see ``LearnedAllocations``).
     public var allocatedMiB: [String: Double] { log.allocated }
+
+    /// Where ``allocatedMiB`` comes from: `log` (this process) or `learned` (an earlier load).
+    public var allocationSource: String? { log.allocationSource }
 
     /// The context llama-server runs with: its `n_ctx = N` log line, else the last `-c` argument.
     public var contextSize: Int? {

@@ -35,6 +35,9 @@ public struct InstanceInfo: Sendable, Codable {
     public var pinned: Bool
     public var projectedMiB: Int?
     public var allocatedMiB: [String: Double]
+    /// `log`: from this instance's own log lines; `learned`: from an earlier load with the same
+    /// file, arguments, hardware and llama.cpp build (this one runs at `-lv 3`, which prints none).
+    public var allocationSource: String?
     public var planSource: String?
     public var planNote: String?
     public var expiresInSeconds: Double?
@@ -135,6 +138,8 @@ public actor Scheduler {
     public private(set) var spawnCount = 0
     /// Cached plans by model id (the persistent cache lives in Store).
     var plans: [String: FitPlan] = [:]
+    /// What loads allocated, by file stamp and launch identity (see ``LearnedAllocations``).
+    var learned: [[String]: LearnedAllocations] = [:]
     /// Looks up and saves plans across restarts; set by the app.
     var planCache: (any FitPlanCache)?
 
@@ -356,12 +361,16 @@ public actor Scheduler {
 
         guard let port = freeLoopbackPort() else { throw SchedulerError.loadFailed(spec.id, "no free port") }
         // Precedence (llama.cpp keeps a flag's last value): pinned > runtime profile > fit > defaults.
-        let arguments = ["-m", path, "--host", "127.0.0.1", "--port", String(port), "--alias", spec.id, "--no-webui", "--metrics", "--slots", "--props", "-lv", "4"]
-            + base + (plan.arguments.isEmpty ? contextArgs : plan.arguments) + (runtimeArguments[spec.id] ?? [])
+        let settings = base + (plan.arguments.isEmpty ? contextArgs : plan.arguments) + (runtimeArguments[spec.id] ?? [])
             + (slots[spec.id]?.loadOptions.arguments ?? []) + spec.pinnedArgs
+        // Everything that decides what llama-server allocates (not its port or log level).
+        let identity = ["-m", path, "--alias", spec.id] + settings
+        let learned = await learnedAllocations(spec, identity: identity)
+        let arguments = ["-m", path, "--host", "127.0.0.1", "--port", String(port), "--alias", spec.id, "--no-webui", "--metrics", "--slots", "--props",
+                         "-lv", learned == nil ? "4" : "3"] + settings
         slots[spec.id, default: Slot()].instanceOptions = slots[spec.id]?.loadOptions ?? LoadOptions()
         let child: ChildProcess
-        let log = InstanceLog()
+        let log = InstanceLog(learned: learned)
         do {
             child = try ChildProcess(executable: server, arguments: arguments, onLine: { log.record($0) })
         } catch {
@@ -379,6 +388,9 @@ public actor Scheduler {
             await child.stop(grace: .seconds(1))
             throw error
         }
+        if learned == nil, let allocations = log.observedAllocations {
+            learnAllocations(allocations, spec, identity: identity)
+        }
         slots[spec.id]!.generation += 1
         slots[spec.id]!.phase = .ready(instance)
         slots[spec.id]!.lastUsed = .now
@@ -389,6 +401,27 @@ public actor Scheduler {
             await self?.instanceExited(id, generation: generation, termination: termination)
         }
         return instance
+    }
+
+    /// What an earlier load with the same file and arguments allocated: from memory, else from
+    /// the persistent cache (which also keys on hardware and llama.cpp build).
+    private func learnedAllocations(_ spec: ModelSpec, identity: [String]) async -> LearnedAllocations? {
+        let key = Self.fileStamp(spec) + identity
+        if let known = learned[key] { return known }
+        guard let cached = await planCache?.allocations(for: spec, arguments: identity) else { return nil }
+        learned[key] = cached
+        return cached
+    }
+
+    private func learnAllocations(_ allocations: LearnedAllocations, _ spec: ModelSpec, identity: [String]) {
+        learned[Self.fileStamp(spec) + identity] = allocations
+        if let planCache { Task { await planCache.save(allocations, for: spec, arguments: identity) } }
+    }
+
+    /// The model file's size and modification time: a replaced file is learned again.
+    private static func fileStamp(_ spec: ModelSpec) -> [String] {
+        guard let path = spec.path, let a = try? FileManager.default.attributesOfItem(atPath: path) else { return [] }
+        return ["\((a[.size] as? UInt64) ?? 0)", "\((a[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)"]
     }
 
     /// Evicts LRU idle unpinned models until `id` fits by count and by memory on every device;
@@ -603,6 +636,7 @@ public actor Scheduler {
                 info.arguments = i.arguments
                 info.uptimeSeconds = Date().timeIntervalSince(i.startedAt)
                 info.allocatedMiB = i.allocatedMiB
+                info.allocationSource = i.allocationSource
                 info.contextSize = i.contextSize
                 info.planSource = i.plan.source.rawValue
                 info.planNote = i.plan.note
@@ -630,9 +664,35 @@ public actor Scheduler {
     }
 }
 
-/// Persistent storage for fit plans (implemented by Store), keyed by file identity, hardware,
-/// arguments and llama.cpp build.
+/// Persistent storage for fit plans and for what loads with them allocated (implemented by
+/// Store), keyed by file identity, hardware, arguments and llama.cpp build.
 public protocol FitPlanCache: Sendable {
     func plan(for spec: ModelSpec, arguments: [String]) async -> FitPlan?
     func save(_ plan: FitPlan, for spec: ModelSpec, arguments: [String]) async
+    /// What an earlier llama-server with exactly these launch arguments allocated.
+    func allocations(for spec: ModelSpec, arguments: [String]) async -> LearnedAllocations?
+    func save(_ allocations: LearnedAllocations, for spec: ModelSpec, arguments: [String]) async
+}
+
+extension FitPlanCache {
+    public func allocations(for spec: ModelSpec, arguments: [String]) async -> LearnedAllocations? { nil }
+    public func save(_ allocations: LearnedAllocations, for spec: ModelSpec, arguments: [String]) async {}
+}
+
+/// What a llama-server reported allocating while it loaded (its `buffer size` and `n_ctx` log
+/// lines). llama-server prints those lines only at `-lv 4`, which also costs every request about
+/// 20 more log lines; so the first load of a model with given arguments runs at `-lv 4` and
+/// records this, and later loads with the same file, arguments, hardware and build run at
+/// `-lv 3` and report the recorded values.
+public struct LearnedAllocations: Sendable, Codable, Equatable {
+    /// MiB per `DEVICE kind` (e.g. `CPU KV`).
+    public var allocatedMiB: [String: Double]
+    public var contextSize: Int?
+    public var learnedAt: Date
+
+    public init(allocatedMiB: [String: Double], contextSize: Int?, learnedAt: Date = Date()) {
+        self.allocatedMiB = allocatedMiB
+        self.contextSize = contextSize
+        self.learnedAt = learnedAt
+    }
 }
