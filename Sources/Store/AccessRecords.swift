@@ -188,10 +188,24 @@ extension Store {
     // MARK: Ledger
 
     /// Appends ledger rows in one transaction (a row already present is kept as it was).
+    ///
+    /// One cached statement with positional arguments: GRDB's `Encodable` insert builds a
+    /// dictionary per row through a keyed encoder, which was most of the ledger thread's time.
+    /// Dates bind as GRDB stores them everywhere else, so reads through `LedgerRow` see the same.
     public func appendUsage(_ rows: [LedgerRow]) async throws {
         guard !rows.isEmpty else { return }
         try await writer.write { db in
-            for row in rows { try row.insert(db, onConflict: .ignore) }
+            let insert = try db.cachedStatement(sql: """
+                INSERT OR IGNORE INTO usage (requestID, ts, team, keyPrefix, model, route, status, errorKind, promptTokens, cachedTokens,
+                completionTokens, queueMs, loadMs, ttftMs, totalMs, promptTPS, generationTPS, clientDisconnected)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """)
+            for r in rows {
+                try insert.execute(arguments: [
+                    r.requestID, r.ts, r.team, r.keyPrefix, r.model, r.route, r.status, r.errorKind, r.promptTokens, r.cachedTokens,
+                    r.completionTokens, r.queueMs, r.loadMs, r.ttftMs, r.totalMs, r.promptTPS, r.generationTPS, r.clientDisconnected,
+                ])
+            }
         }
     }
 

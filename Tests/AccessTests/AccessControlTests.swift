@@ -97,6 +97,27 @@ struct AccessControlTests {
         #expect(second.team("a").map { Policy.decode($0.policy).requestsPerMinute } == 5)
     }
 
+    /// The ledger's positional insert writes every column where `LedgerRow` reads it back,
+    /// nil fields as NULL, and keeps the first row of a request ID it sees twice.
+    @Test func ledgerRowsRoundTripThroughTheInsertStatement() async throws {
+        let store = try Store.inMemory()
+        let ts = Date(timeIntervalSince1970: 1_800_000_000.125)  // GRDB keeps milliseconds
+        let full = LedgerRow(
+            requestID: "req-1", ts: ts, team: "t1", keyPrefix: "ck-abc", model: "chat", route: "/v1/chat/completions", status: 200,
+            errorKind: nil, promptTokens: 12, cachedTokens: 3, completionTokens: 7, queueMs: 0.5, loadMs: 120.25, ttftMs: 9.75,
+            totalMs: 30.5, promptTPS: 800.5, generationTPS: 42.25, clientDisconnected: true)
+        let sparse = LedgerRow(
+            requestID: "req-2", ts: ts.addingTimeInterval(1), team: nil, keyPrefix: nil, model: "gone", route: "/v1/embeddings", status: 502,
+            errorKind: "upstream_unreachable", promptTokens: nil, cachedTokens: nil, completionTokens: nil, queueMs: 0, loadMs: 0, ttftMs: nil,
+            totalMs: 1, promptTPS: nil, generationTPS: nil, clientDisconnected: false)
+        try await store.appendUsage([full, sparse])
+        var again = full
+        again.status = 500
+        try await store.appendUsage([again])
+        let rows = try await store.usageRows(from: ts.addingTimeInterval(-1), to: ts.addingTimeInterval(10))
+        #expect(rows == [sparse, full])
+    }
+
     @Test func modelGlobsAndTheSmallerOfTeamAndKey() async throws {
         let (access, caller, _) = try await make(Policy(models: ["chat*", "Embed"]), key: Policy(models: ["chat-*", "embed"]))
         #expect(access.allows(caller, model: ["chat-small"]))

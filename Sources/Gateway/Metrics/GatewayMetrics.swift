@@ -14,6 +14,12 @@ public final class GatewayMetrics: Sendable {
         var sum = 0.0
         var count = 0
         init(_ n: Int) { buckets = Array(repeating: 0, count: n) }
+
+        mutating func record(_ value: Double, bounds: [Double]) {
+            for (i, b) in bounds.enumerated() where value <= b { buckets[i] += 1 }
+            sum += value
+            count += 1
+        }
     }
 
     /// One metric family: name, help, type, and series by rendered label set.
@@ -85,11 +91,8 @@ public final class GatewayMetrics: Sendable {
             func observe(_ name: String, _ labels: String, _ seconds: Double?) {
                 guard let seconds, seconds.isFinite, seconds >= 0 else { return }
                 let bounds = f[name]!.bounds
-                var h = f[name]!.histograms[labels] ?? Histogram(bounds.count)
-                for (i, b) in bounds.enumerated() where seconds <= b { h.buckets[i] += 1 }
-                h.sum += seconds
-                h.count += 1
-                f[name]!.histograms[labels] = h
+                // In place: copying the series out and back would copy its buckets every time.
+                f[name]!.histograms[labels, default: Histogram(bounds.count)].record(seconds, bounds: bounds)
             }
             count("corral_requests_total", Self.labels([("model", r.model), ("team", team), ("route", r.route), ("status", String(r.status))]))
             if let p = r.promptTokens { count("corral_prompt_tokens_total", byModelTeam, Double(p)) }
