@@ -139,7 +139,7 @@ public actor Scheduler {
     /// Cached plans by model id (the persistent cache lives in Store).
     var plans: [String: FitPlan] = [:]
     /// What loads allocated, by file stamp and launch identity (see ``LearnedAllocations``).
-    var learned: [[String]: LearnedAllocations] = [:]
+    var learnedByLaunch: [[String]: LearnedAllocations] = [:]
     /// Looks up and saves plans across restarts; set by the app.
     var planCache: (any FitPlanCache)?
 
@@ -407,14 +407,14 @@ public actor Scheduler {
     /// the persistent cache (which also keys on hardware and llama.cpp build).
     private func learnedAllocations(_ spec: ModelSpec, identity: [String]) async -> LearnedAllocations? {
         let key = Self.fileStamp(spec) + identity
-        if let known = learned[key] { return known }
+        if let known = learnedByLaunch[key] { return known }
         guard let cached = await planCache?.allocations(for: spec, arguments: identity) else { return nil }
-        learned[key] = cached
+        learnedByLaunch[key] = cached
         return cached
     }
 
     private func learnAllocations(_ allocations: LearnedAllocations, _ spec: ModelSpec, identity: [String]) {
-        learned[Self.fileStamp(spec) + identity] = allocations
+        learnedByLaunch[Self.fileStamp(spec) + identity] = allocations
         if let planCache { Task { await planCache.save(allocations, for: spec, arguments: identity) } }
     }
 

@@ -69,7 +69,7 @@ final class ProxyHandler: ChannelInboundHandler {
                     try ch.pipeline.syncOperations.addHandler(UpstreamHandler(downstream: loopBound.value, onClose: { self.upstream = nil }))
                 }
             }
-            .connect(host: "127.0.0.1", port: upstreamPort)
+            .connect(to: try! SocketAddress(ipAddress: "127.0.0.1", port: upstreamPort))  // no resolver hop
             .whenComplete { result in
                 let context = loopBound.value
                 switch result {
