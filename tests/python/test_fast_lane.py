@@ -1,5 +1,5 @@
-"""The fast lane: non-streamed OpenAI requests on a kept-alive HTTP/1 connection are answered by a
-channel handler in front of the router. These tests hold it to the router's behaviour: same
+"""The fast lane: OpenAI chat, completion and embedding requests (streamed or not) on a plain HTTP/1
+connection are answered by a channel handler in front of the router. These tests hold it to the router's behaviour: same
 answers and headers, same ledger rows, requests on one connection answered in order whatever
 path each takes, refusals in the API's shape, and `CORRAL_FAST_LANE=0` to switch it off."""
 import http.client
@@ -83,13 +83,45 @@ def test_a_kept_alive_request_takes_the_lane_and_answers_like_the_router(corral)
     assert len(json.loads(fast[2][2])["data"]) == 2
 
 
+def sse_events(raw: bytes) -> list[str]:
+    return [e for e in raw.decode().split("\n\n") if e.startswith("data: ")]
+
+
+def streamed_text(raw: bytes) -> str:
+    return "".join(json.loads(e[6:])["choices"][0]["delta"].get("content") or ""
+                   for e in sse_events(raw) if e != "data: [DONE]" and json.loads(e[6:])["choices"])
+
+
+def test_a_stream_takes_the_lane_and_streams_like_the_router(corral):
+    body = dict(CHAT, stream=True, max_tokens=6, temperature=0, ignore_eos=True)
+    before = fast_lane_count(corral)
+    lane = post(http.client.HTTPConnection("127.0.0.1", corral.port, timeout=30), "/v1/chat/completions", body)
+    assert fast_lane_count(corral) == before + 1
+    routed = post(http.client.HTTPConnection("127.0.0.1", corral.port, timeout=30), "/v1/chat/completions", body, {"connection": "close"})
+    assert fast_lane_count(corral) == before + 1
+    for status, headers, raw in (lane, routed):
+        assert status == 200 and headers["content-type"].startswith("text/event-stream")
+        assert headers["x-accel-buffering"] == "no" and headers["cache-control"] == "no-cache"
+        events = sse_events(raw)
+        assert events[-1] == "data: [DONE]"
+        # Corral asked upstream for usage; the client did not, so that chunk is hidden.
+        assert not any('"choices":[]' in e for e in events)
+    assert streamed_text(lane[2]) and streamed_text(lane[2]) == streamed_text(routed[2])
+    # A client that asks for usage gets it on the lane too.
+    asked = post(http.client.HTTPConnection("127.0.0.1", corral.port, timeout=30), "/v1/chat/completions",
+                 dict(body, stream_options={"include_usage": True}))
+    usage = [json.loads(e[6:])["usage"] for e in sse_events(asked[2]) if '"choices":[]' in e]
+    assert len(usage) == 1 and usage[0]["completion_tokens"] == 6
+    assert fast_lane_count(corral) == before + 2
+
+
 def test_requests_pipelined_on_one_connection_are_answered_in_order(corral):
     """Lane and router requests interleaved in one write: each answer comes back in its place."""
     requests = [
         ("POST", "/v1/chat/completions", CHAT),                                       # lane
         ("GET", "/v1/models", None),                                                  # router
         ("POST", "/v1/embeddings", {"model": "embed", "input": "x"}),                 # lane (after a router request)
-        ("POST", "/v1/chat/completions", dict(CHAT, stream=True)),                    # router: a stream
+        ("POST", "/v1/chat/completions", dict(CHAT, stream=True)),                    # a stream (router: one is owed)
         ("POST", "/v1/completions", {"model": "chat", "prompt": "p", "max_tokens": 1}),  # lane
         ("POST", "/v1/chat/completions", dict(CHAT, model="nope")),                   # refused: router
         ("POST", "/v1/chat/completions", CHAT),                                       # lane

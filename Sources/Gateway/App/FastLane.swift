@@ -9,17 +9,19 @@ import NIOHTTPTypes
 import Runtime
 import Synchronization
 
-/// The fast lane: non-streamed OpenAI requests for a local model, answered by a channel handler
-/// in front of Hummingbird.
+/// The fast lane: OpenAI chat, completion and embedding requests for a local model, streamed or
+/// not, answered by a channel handler in front of Hummingbird.
 ///
 /// Such a request is most of a gateway's traffic and its overhead is what clients feel. Through
 /// the router it crosses NIO's async bridge twice, gets a request context, a middleware chain and
-/// a response writer, and settles in a second task. Here the handler collects the body on the
+/// a response writer, and settles in a second task; the first request of a new connection also
+/// waits for Hummingbird's connection task to start. Here the handler collects the body on the
 /// event loop, makes every check the router would (host guard, key, body, profile, fields) with
 /// the same functions, and runs one task on the connection's loop for what must wait (admission,
-/// the scheduler, the upstream answer). The answer goes out in one write.
+/// the scheduler, the upstream answer). A whole answer goes out in one write; an event stream
+/// goes through the router's own loop, ``Relay/passBody(_:status:isSSE:hideUsage:write:end:)``.
 ///
-/// Anything else — streams, browsers (an `Origin`), remote models, chunked or oversized bodies,
+/// Anything else — browsers (an `Origin`), remote models, chunked or oversized bodies,
 /// `Connection: close`, and every request that a check refuses — is handed to Hummingbird
 /// untouched, so errors and rarer features have one implementation. Set `CORRAL_FAST_LANE=0`
 /// to send everything through the router.
@@ -76,7 +78,6 @@ struct FastLane: Sendable {
         guard let body = try? JSON.object(Data(buffer.readableBytesView)),
               let (outgoing, checked) = try? routes.prepare(path: path, buffer: buffer, body: body),
               let post = try? Relay.check(buffer: outgoing, body: checked, injectUsage: Self.paths[path] ?? false),
-              !post.streaming,
               let spec = routes.scheduler.currentCatalog.resolve(post.modelName), case .local = spec.backend
         else { return nil }
         return Ticket(path: path, headers: head.headerFields, caller: caller, post: post)
@@ -95,7 +96,7 @@ struct FastLane: Sendable {
 
     /// Sends the request upstream and hands each part of the answer to `write` (on the
     /// connection's loop); settles the request (ledger, usage, slot) after the answer is out.
-    /// Mirrors ``Relay/relayResponse(_:hideUsage:)`` for a response that is not an event stream.
+    /// Mirrors ``Relay/relayResponse(_:hideUsage:)``.
     func answer(_ ticket: Ticket, write: @escaping @Sendable (Output) async -> Bool) async {
         let relay = self.relay
         let exchange: UpstreamExchange
@@ -107,8 +108,8 @@ struct FastLane: Sendable {
             await Self.writeError(error, write)
             return
         }
-        let (status, headers, _) = Relay.responseHead(exchange)
-        if let length = exchange.gatheredLength {
+        let (status, headers, isSSE) = Relay.responseHead(exchange)
+        if !isSSE, let length = exchange.gatheredLength {
             do {
                 let (collected, firstByte) = try await relay.collectWhole(exchange, length: length)
                 _ = await write(.whole(HTTPResponse(status: status, headerFields: headers), collected))
@@ -118,25 +119,19 @@ struct FastLane: Sendable {
             }
             return
         }
-        // A long answer (many embeddings): passed on chunk by chunk.
-        var collected = ByteBuffer()
-        var firstByte: ContinuousClock.Instant?
-        var disconnected = !(await write(.head(HTTPResponse(status: status, headerFields: headers))))
-        var failure: UpstreamFailure?
-        if !disconnected {
-            do {
-                for try await chunk in exchange.response.body {
-                    if firstByte == nil { firstByte = .now }
-                    if collected.readableBytes < 4 << 20 { collected.writeImmutableBuffer(chunk) }
-                    guard await write(.body(chunk)) else { disconnected = true; break }
-                }
-            } catch {
-                failure = await relay.bodyFailure(error, lease: exchange.lease)
-            }
-        }
-        // A failure after the head has gone out can only end the response early.
-        _ = await write(.end)
-        await relay.settleAnswer(exchange, status: status, body: collected, firstByte: firstByte, failure: failure, disconnected: disconnected)
+        // An event stream, or a long answer (many embeddings): passed on chunk by chunk, each
+        // flushed as it comes. A client already gone fails the first chunk's write.
+        _ = await write(.head(HTTPResponse(status: status, headerFields: headers)))
+        var ended = false
+        await relay.passBody(
+            exchange, status: status, isSSE: isSSE, hideUsage: ticket.post.hideUsage,
+            write: { await write(.body($0)) },
+            end: {
+                ended = true
+                _ = await write(.end)
+            })
+        // The handler must see the end of the lane's answer even when the client left mid-way.
+        if !ended { _ = await write(.end) }
     }
 
     private static func writeError(_ error: any Error, _ write: @Sendable (Output) async -> Bool) async {

@@ -350,9 +350,7 @@ public struct Relay: Sendable {
 
     /// The OpenAI-route response: the upstream's status, headers and body, streamed through.
     func relayResponse(_ exchange: UpstreamExchange, hideUsage: Bool) async throws -> Response {
-        let (response, lease, holder) = (exchange.response, exchange.lease, exchange.holder)
         let (status, headers, isSSE) = Self.responseHead(exchange)
-        let upstreamBody = response.body
 
         // Small complete bodies (non-streamed answers, embeddings, tokenize) are read whole and
         // sent in one write: fewer event-loop hops than streaming chunk by chunk, and the lease
@@ -369,51 +367,67 @@ public struct Relay: Sendable {
             }
             return Response(status: status, headers: headers, body: .init(byteBuffer: collected))
         }
-        let recorder = self
+        let relay = self
         return Response(
             status: status, headers: headers,
             body: ResponseBody { writer in
-                var filter = SSEUsageFilter(hideUsageChunk: hideUsage && isSSE)
-                var collected = ByteBuffer()  // non-streamed bodies, for their usage (capped)
-                var firstByte: ContinuousClock.Instant?
-                var disconnected = false
-                var failure: UpstreamFailure?
-                do {
-                    for try await chunk in upstreamBody {
-                        if firstByte == nil { firstByte = .now }
-                        if isSSE {
-                            let out = filter.feed(chunk)
-                            if out.readableBytes > 0 {
-                                do { try await writer.write(out) } catch { disconnected = true; break }
-                            }
-                        } else {
-                            if collected.readableBytes < 4 << 20 { collected.writeImmutableBuffer(chunk) }
-                            do { try await writer.write(chunk) } catch { disconnected = true; break }
-                        }
-                    }
-                } catch {
-                    failure = await recorder.bodyFailure(error, lease: lease)
-                }
-                if !disconnected {
-                    if isSSE {
-                        let rest = filter.finish()
-                        if rest.readableBytes > 0 { try? await writer.write(rest) }
-                        if let failure {
-                            try? await writer.write(ByteBuffer(string: "data: " + failure.openAIError.jsonBody + "\n\n"))
-                        }
-                    }
-                    try? await writer.finish(nil)
-                }
-                guard isSSE else {
-                    await recorder.settleAnswer(
-                        exchange, status: status, body: collected, firstByte: firstByte, failure: failure, disconnected: disconnected)
-                    return
-                }
-                recorder.settle(
-                    exchange, status: failure?.status ?? Int(status.code), errorKind: failure?.kind ?? Self.upstreamErrorKind(status),
-                    firstByte: firstByte, usage: filter.usage, timings: filter.timings, disconnected: disconnected, streamedEvents: filter.events)
-                await holder.release()
+                await relay.passBody(
+                    exchange, status: status, isSSE: isSSE, hideUsage: hideUsage,
+                    write: { chunk in
+                        do { try await writer.write(chunk) } catch { return false }
+                        return true
+                    },
+                    end: { try? await writer.finish(nil) })
             })
+    }
+
+    /// Passes an answer's body on as it arrives (an event stream through the usage filter, which
+    /// hides the usage chunk the client did not ask for and reads usage and timings), ends the
+    /// response, then settles the request and releases its slot. A failure mid-stream becomes an
+    /// error event. `write` returns false once the client is gone (which stops reading upstream,
+    /// and so cancels it); `end` is called only while the client is still there.
+    func passBody(
+        _ exchange: UpstreamExchange, status: HTTPResponse.Status, isSSE: Bool, hideUsage: Bool,
+        write: (ByteBuffer) async -> Bool, end: () async -> Void
+    ) async {
+        var filter = SSEUsageFilter(hideUsageChunk: hideUsage && isSSE)
+        var collected = ByteBuffer()  // non-streamed bodies, for their usage (capped)
+        var firstByte: ContinuousClock.Instant?
+        var disconnected = false
+        var failure: UpstreamFailure?
+        do {
+            for try await chunk in exchange.response.body {
+                if firstByte == nil { firstByte = .now }
+                var out = chunk
+                if isSSE {
+                    out = filter.feed(chunk)
+                } else if collected.readableBytes < 4 << 20 {
+                    collected.writeImmutableBuffer(chunk)
+                }
+                if out.readableBytes > 0, !(await write(out)) {
+                    disconnected = true
+                    break
+                }
+            }
+        } catch {
+            failure = await bodyFailure(error, lease: exchange.lease)
+        }
+        if !disconnected {
+            if isSSE {
+                let rest = filter.finish()
+                if rest.readableBytes > 0 { _ = await write(rest) }
+                if let failure { _ = await write(ByteBuffer(string: "data: " + failure.openAIError.jsonBody + "\n\n")) }
+            }
+            await end()
+        }
+        guard isSSE else {
+            await settleAnswer(exchange, status: status, body: collected, firstByte: firstByte, failure: failure, disconnected: disconnected)
+            return
+        }
+        settle(
+            exchange, status: failure?.status ?? Int(status.code), errorKind: failure?.kind ?? Self.upstreamErrorKind(status),
+            firstByte: firstByte, usage: filter.usage, timings: filter.timings, disconnected: disconnected, streamedEvents: filter.events)
+        await exchange.holder.release()
     }
 
     /// Reads an answer the local client gathered whole (see ``UpstreamExchange/gatheredLength``).
