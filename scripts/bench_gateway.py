@@ -2,13 +2,14 @@
 """Side-by-side latency benchmark: Corral vs straight to llama-server vs llama.cpp router mode.
 
 All three serve the same tiny generated model on loopback in one run; requests are interleaved
-(direct, corral, router, direct, ...) so drift hits all three alike.
+(each round in a shuffled order, seeded) so drift and the previous request's spinning threads hit
+all three alike.
 
 Measures
   warm non-streaming  max_tokens=1 chat: p50/p99 latency, and what each proxy adds over direct,
                       interleaved and again in blocks (one system at a time); Corral's CPU time
                       per request
-  warm streaming      time to first token (first content event)
+  warm streaming      time to first token (first content event), interleaved and in blocks
   cold start          first request to first token from unloaded (Corral: admin unload;
                       router: /models/unload; direct: spawn llama-server + wait /health + request)
   swap                alternate two models with one slot (Corral maxLoadedModels=1; router --models-max 1)
@@ -21,6 +22,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -175,9 +177,21 @@ def main() -> None:
 
         lat = {k: [] for k in clients}
         ttft = {k: [] for k in clients}
+        # Each round's order is shuffled (seeded): a request that lands right after another
+        # system's competes with that system's llama-server threads, which still spin for a while
+        # (worth 0.7-1.5 ms to a stream on two cores), so a fixed order charged that to whoever
+        # came second, and a rotating one still put one system after direct twice in three.
+        names = list(clients)
+        shuffler = random.Random(11434)
+
+        def round_order() -> list[str]:
+            order = names[:]
+            shuffler.shuffle(order)
+            return order
+
         for _ in range(args.n):
-            for name, c in clients.items():
-                lat[name].append(c.chat(models[name])[0])
+            for name in round_order():
+                lat[name].append(clients[name].chat(models[name])[0])
         # The same requests in blocks: one system at a time, so the other servers' threads are
         # idle. Interleaving spreads drift evenly but lets each system's request land while the
         # previous system's llama-server threads still spin, which inflates everyone's numbers
@@ -195,9 +209,17 @@ def main() -> None:
                     blocks[name].append(c.chat(models[name])[0])
                 if name == "corral":
                     corral_cpu += cpu_seconds(corral_pid) - before
-        for _ in range(max(50, args.n // 3)):
-            for name, c in clients.items():
-                ttft[name].append(c.chat(models[name], stream=True, max_tokens=4)[1])
+        streams = max(50, args.n // 3)
+        for _ in range(streams):
+            for name in round_order():
+                ttft[name].append(clients[name].chat(models[name], stream=True, max_tokens=4)[1])
+        ttft_blocks = {k: [] for k in clients}
+        for _ in range(args.blocks):
+            for name in names:
+                for _ in range(3):
+                    clients[name].chat(models[name], stream=True, max_tokens=4)
+                for _ in range(streams // args.blocks):
+                    ttft_blocks[name].append(clients[name].chat(models[name], stream=True, max_tokens=4)[1])
 
         # Cold start: unloaded -> first token.
         cold = {k: [] for k in clients}
@@ -244,9 +266,12 @@ def main() -> None:
         print(f"  added p50 over direct: corral {ms(badded['corral'])}, router {ms(badded['router'])}"
               + (f"  -> corral/router = {badded['corral'] / badded['router']:.2f}" if badded["router"] > 0 else ""))
         print(f"  Corral's own CPU time per request (its process, all threads): {ms(corral_cpu / len(blocks['corral']))}")
-        print("warm streaming time to first token")
+        print("warm streaming time to first token (a new connection each, interleaved)")
         for k in clients:
             print(f"  {k:7s} p50 {ms(pct(ttft[k], 50))}  p99 {ms(pct(ttft[k], 99))}")
+        print(f"the same in blocks ({args.blocks} rounds of {streams // args.blocks})")
+        for k in clients:
+            print(f"  {k:7s} p50 {ms(pct(ttft_blocks[k], 50))}  p99 {ms(pct(ttft_blocks[k], 99))}")
         print(f"cold start, unloaded -> first token, n={args.cold}")
         for k in clients:
             print(f"  {k:7s} p50 {ms(pct(cold[k], 50))}  max {ms(max(cold[k]))}")
