@@ -22,6 +22,7 @@ try:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:  # checked in the browser fixture, so CI fails instead of skipping
@@ -72,7 +73,10 @@ def no_console_errors(request):
 
 
 def wait(driver, condition, what):
-    return WebDriverWait(driver, WAIT_S).until(condition, message=f"timed out waiting for {what}")
+    # A page re-renders while a condition reads it (the rotated key replaces the key field): an
+    # element found a moment ago may be detached by the time it is read, so try again.
+    return WebDriverWait(driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,)).until(
+        condition, message=f"timed out waiting for {what}")
 
 
 def text_of(driver, css):
