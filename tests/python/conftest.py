@@ -125,22 +125,35 @@ def start_corral(extra_models=(), scheduler=None, tls=False, extra_config=None, 
     with open(f"{d}/routes.json", "w") as f:
         json.dump(config, f)
     log_path = f"{d}/corral.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([CORRAL, "serve", "--config", f"{d}/routes.json", *serve_args], stdout=log, stderr=subprocess.STDOUT)
+    base = f"{scheme}://127.0.0.1:{port}"
+    c = Corral(d, port, serve(d, base, context, serve_args, log_path, "w"), log_path)
+    c.base = base
+    c.ssl_context = context
+    return c
+
+
+def serve(directory: str, base: str, context, serve_args, log_path: str, log_mode: str) -> subprocess.Popen:
+    """Runs `corral serve` on `directory/routes.json` and returns once `/health` answers."""
+    log = open(log_path, log_mode)
+    proc = subprocess.Popen([CORRAL, "serve", "--config", f"{directory}/routes.json", *serve_args], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
-            urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health", timeout=1, context=context)
-            c = Corral(d, port, proc, log_path)
-            c.base = f"{scheme}://127.0.0.1:{port}"
-            c.ssl_context = context
-            return c
+            urllib.request.urlopen(f"{base}/health", timeout=1, context=context)
+            return proc
         except OSError:
             if proc.poll() is not None:
                 break
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("corral did not start:\n" + open(log_path).read())
+
+
+def restart_corral(c: Corral):
+    """Stops `c` with SIGTERM (it must exit 0) and serves the same directory again."""
+    c.proc.send_signal(signal.SIGTERM)
+    assert c.proc.wait(timeout=30) == 0
+    c.proc = serve(c.directory, c.base, getattr(c, "ssl_context", None), (), c.log_path, "a")
 
 
 def stop_corral(c: Corral):

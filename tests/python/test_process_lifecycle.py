@@ -3,12 +3,11 @@ first load learned about allocations survives a restart."""
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 import urllib.request
 
-from conftest import CORRAL, start_corral, stop_corral, wait_gone
+from conftest import restart_corral, start_corral, stop_corral, wait_gone
 
 
 def stream_chat(base: str, max_tokens: int, out: dict):
@@ -142,18 +141,7 @@ def test_allocations_learned_at_the_first_load_survive_a_restart():
         first = next(i for i in c.get("/admin/instances") if i["model"] == "chat")
         assert first["arguments"][first["arguments"].index("-lv") + 1] == "4"
         assert first["allocationSource"] == "log" and first["allocatedMiB"].get("CPU KV", 0) > 0
-        c.proc.send_signal(signal.SIGTERM)
-        assert c.proc.wait(timeout=30) == 0
-        # The same configuration and files, a new process.
-        log = open(c.log_path, "a")
-        c.proc = subprocess.Popen([CORRAL, "serve", "--config", f"{c.directory}/routes.json"], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(c.base + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
+        restart_corral(c)  # the same configuration and files, a new process
         c.post("/v1/chat/completions", chat)
         second = next(i for i in c.get("/admin/instances") if i["model"] == "chat")
         assert second["arguments"][second["arguments"].index("-lv") + 1] == "3"

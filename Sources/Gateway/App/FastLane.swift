@@ -122,14 +122,9 @@ struct FastLane: Sendable {
         // An event stream, or a long answer (many embeddings): passed on chunk by chunk, each
         // flushed as it comes. A client already gone fails the first chunk's write.
         _ = await write(.head(HTTPResponse(status: status, headerFields: headers)))
-        var ended = false
-        await relay.passBody(
+        let ended = await relay.passBody(
             exchange, status: status, isSSE: isSSE, hideUsage: ticket.post.hideUsage,
-            write: { await write(.body($0)) },
-            end: {
-                ended = true
-                _ = await write(.end)
-            })
+            write: { await write(.body($0)) }, end: { _ = await write(.end) })
         // The handler must see the end of the lane's answer even when the client left mid-way.
         if !ended { _ = await write(.end) }
     }

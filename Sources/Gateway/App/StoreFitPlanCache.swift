@@ -17,11 +17,8 @@ public struct StoreFitPlanCache: FitPlanCache {
     }
 
     func key(_ spec: ModelSpec, _ arguments: [String]) -> String? {
-        guard let path = spec.path,
-            let attributes = try? FileManager.default.attributesOfItem(atPath: path),
-            let size = attributes[.size] as? UInt64, let mtime = attributes[.modificationDate] as? Date
-        else { return nil }
-        return [path, String(size), String(mtime.timeIntervalSince1970), hardwareFingerprint, arguments.joined(separator: "\u{1f}"), llamaBuild]
+        guard let file = spec.path.flatMap(FileIdentity.of) else { return nil }
+        return [file.path, String(file.size), String(file.modified), hardwareFingerprint, arguments.joined(separator: "\u{1f}"), llamaBuild]
             .joined(separator: "\u{1e}")
     }
 

@@ -385,11 +385,13 @@ public struct Relay: Sendable {
     /// hides the usage chunk the client did not ask for and reads usage and timings), ends the
     /// response, then settles the request and releases its slot. A failure mid-stream becomes an
     /// error event. `write` returns false once the client is gone (which stops reading upstream,
-    /// and so cancels it); `end` is called only while the client is still there.
+    /// and so cancels it); `end` is called only while the client is still there. Returns whether
+    /// it was called.
+    @discardableResult
     func passBody(
         _ exchange: UpstreamExchange, status: HTTPResponse.Status, isSSE: Bool, hideUsage: Bool,
         write: (ByteBuffer) async -> Bool, end: () async -> Void
-    ) async {
+    ) async -> Bool {
         var filter = SSEUsageFilter(hideUsageChunk: hideUsage && isSSE)
         var collected = ByteBuffer()  // non-streamed bodies, for their usage (capped)
         var firstByte: ContinuousClock.Instant?
@@ -422,12 +424,13 @@ public struct Relay: Sendable {
         }
         guard isSSE else {
             await settleAnswer(exchange, status: status, body: collected, firstByte: firstByte, failure: failure, disconnected: disconnected)
-            return
+            return !disconnected
         }
         settle(
             exchange, status: failure?.status ?? Int(status.code), errorKind: failure?.kind ?? Self.upstreamErrorKind(status),
             firstByte: firstByte, usage: filter.usage, timings: filter.timings, disconnected: disconnected, streamedEvents: filter.events)
         await exchange.holder.release()
+        return !disconnected
     }
 
     /// Reads an answer the local client gathered whole (see ``UpstreamExchange/gatheredLength``).

@@ -138,8 +138,19 @@ public actor Scheduler {
     public private(set) var spawnCount = 0
     /// Cached plans by model id (the persistent cache lives in Store).
     var plans: [String: FitPlan] = [:]
-    /// What loads allocated, by file stamp and launch identity (see ``LearnedAllocations``).
-    var learnedByLaunch: [[String]: LearnedAllocations] = [:]
+    /// What loads allocated, by model file and launch arguments (see ``LearnedAllocations``).
+    private var learnedByLaunch: [LaunchKey: LearnedAllocations] = [:]
+
+    /// A model file as it is now (a replaced file is learned again) and the launch arguments.
+    private struct LaunchKey: Hashable {
+        let file: FileIdentity?
+        let arguments: [String]
+
+        init(_ spec: ModelSpec, _ arguments: [String]) {
+            file = spec.path.flatMap(FileIdentity.of)
+            self.arguments = arguments
+        }
+    }
     /// Looks up and saves plans across restarts; set by the app.
     var planCache: (any FitPlanCache)?
 
@@ -406,7 +417,7 @@ public actor Scheduler {
     /// What an earlier load with the same file and arguments allocated: from memory, else from
     /// the persistent cache (which also keys on hardware and llama.cpp build).
     private func learnedAllocations(_ spec: ModelSpec, identity: [String]) async -> LearnedAllocations? {
-        let key = Self.fileStamp(spec) + identity
+        let key = LaunchKey(spec, identity)
         if let known = learnedByLaunch[key] { return known }
         guard let cached = await planCache?.allocations(for: spec, arguments: identity) else { return nil }
         learnedByLaunch[key] = cached
@@ -414,14 +425,8 @@ public actor Scheduler {
     }
 
     private func learnAllocations(_ allocations: LearnedAllocations, _ spec: ModelSpec, identity: [String]) {
-        learnedByLaunch[Self.fileStamp(spec) + identity] = allocations
+        learnedByLaunch[LaunchKey(spec, identity)] = allocations
         if let planCache { Task { await planCache.save(allocations, for: spec, arguments: identity) } }
-    }
-
-    /// The model file's size and modification time: a replaced file is learned again.
-    private static func fileStamp(_ spec: ModelSpec) -> [String] {
-        guard let path = spec.path, let a = try? FileManager.default.attributesOfItem(atPath: path) else { return [] }
-        return ["\((a[.size] as? UInt64) ?? 0)", "\((a[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)"]
     }
 
     /// Evicts LRU idle unpinned models until `id` fits by count and by memory on every device;
