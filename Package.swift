@@ -60,11 +60,40 @@ let package = Package(
             dependencies: ["Store", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
-        // The HTTP application: OpenAI, llama.cpp-native and admin routes, relay.
+        // The durable job engine: typed states, event logs, cancel/pause/resume, restart rules,
+        // memory claims through the scheduler. No HTTP.
+        .target(
+            name: "Jobs",
+            dependencies: [
+                "Store", "Runtime",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The model library: catalog queries, compatibility, recommendations, sampling profiles.
+        .target(
+            name: "Library",
+            dependencies: ["GGUF", "Runtime", "Store"],
+            swiftSettings: swiftSettings
+        ),
+        // Work on models as jobs: benchmarks and tuning (evaluations and fine-tuning come here).
+        .target(
+            name: "Lab",
+            dependencies: [
+                "Jobs", "Library", "Runtime", "GGUF", "Store",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The HTTP application: OpenAI, Ollama, llama.cpp-native and admin routes, relay, error
+        // shapes, metrics, dashboard. The only module that imports Hummingbird.
         .target(
             name: "Gateway",
             dependencies: [
-                "Runtime", "Store", "GGUF", "Access",
+                "Runtime", "Store", "GGUF", "Access", "Jobs", "Library", "Lab",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -86,7 +115,7 @@ let package = Package(
         .executableTarget(
             name: "corral",
             dependencies: [
-                "Gateway", "Runtime", "Store", "GGUF", "Access",
+                "Gateway", "Runtime", "Store", "GGUF", "Access", "Jobs", "Library", "Lab",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -101,9 +130,18 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "JobsTests",
+            dependencies: [
+                "Jobs", "Store", "Runtime", "GGUF",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Runtime", "GGUF", "Store", "Access",
+                "Gateway", "Runtime", "GGUF", "Store", "Access", "Jobs", "Library", "Lab",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -47,6 +47,7 @@ public struct Store: Sendable {
         }
         registerAccessMigrations(&m)
         registerDocumentMigrations(&m)
+        registerJobMigrations(&m)
         return m
     }
 

@@ -8,6 +8,8 @@ import NIOCore
 import Runtime
 import ServiceLifecycle
 import Store
+import Lab
+import Library
 import UnixSignals
 
 /// `corral serve`: run the gateway.
@@ -92,7 +94,7 @@ struct ServeCommand: AsyncParsableCommand {
         let scheduler = Scheduler(
             catalog: catalog, limits: limits, tools: tools, client: client, logger: logger,
             planCache: StoreFitPlanCache(store: store, hardwareFingerprint: HostMemory.fingerprint(devices: devices), llamaBuild: build))
-        await applyStoredRuntimeProfiles(store: store, scheduler: scheduler)
+        try await Lab.restoreRuntimeProfiles(store: store, scheduler: scheduler)
         for (alias, target) in (try? await store.modelAliases()) ?? [:] {
             do { _ = try await scheduler.addRuntimeAlias(alias, for: target) } catch {
                 logger.warning("dropping alias whose model is gone", metadata: ["alias": "\(alias)", "target": "\(target)"])

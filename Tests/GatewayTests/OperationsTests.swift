@@ -1,6 +1,7 @@
 import Foundation
 import GGUF
 import Gateway
+import Library
 import Logging
 import NIOCore
 import NIOHTTP1

@@ -9,22 +9,31 @@ struct AccountRoutes: Sendable {
     let access: AccessControl
     let store: Store?
 
-    func register(on admin: RouterGroup<GatewayRequestContext>) {
-        admin.get("teams") { _, _ in jsonResponse(["teams": access.teams().map(teamObject)]) }
-        admin.post("teams") { request, context in
+    /// The limit fields teams and keys share.
+    static let limits: [String: JSONSchema] = [
+        "models": .nullableStrings, "requestsPerMinute": .nullableCount, "tokensPerMinute": .nullableCount, "maxParallel": .nullableCount,
+        "tokensPerDay": .nullableCount, "tokensPerMonth": .nullableCount,
+    ]
+
+    func register(on admin: AdminAPIGroup) {
+        let team = ["team": "team id or name"], prefix = ["prefix": "visible key prefix"]
+        let keyBody = JSONSchema.object(Self.limits.merging(["name": .string, "expiresIn": .string, "expiresAt": .nullableDateTime]) { a, _ in a })
+        admin.get("teams", .init("Teams with today's and this month's tokens", errors: [])) { _, _ in jsonResponse(["teams": access.teams().map(teamObject)]) }
+        admin.post("teams", .init("Create a team", body: .object(Self.limits.merging(["name": .string]) { a, _ in a }, required: ["name"]), status: 201, errors: [400, 409])) { request, context in
             let body = try await Relay.readJSON(request, context: context).1
             guard let name = body["name"] as? String else { throw OpenAIError.badRequest("name is required", param: "name") }
             let team = try await mapped { try await access.createTeam(name: name, policy: try Policy.parse(body)) }
             return jsonResponse(teamObject(team), status: .created)
         }
-        admin.get("teams/:team") { _, context in
+        admin.get("teams/{team}", .init("A team and its keys", path: team)) { _, context in
             let id = try context.parameters.require("team")
             guard let team = access.team(id) else { throw OpenAIError(.notFound, "no team '\(id)'", code: "not_found") }
             var object = teamObject(team)
             object["keys"] = access.keys(team: team.id).map(keyObject)
             return jsonResponse(object)
         }
-        admin.patch("teams/:team") { request, context in
+        admin.patch("teams/{team}", .init("Rename, change limits, disable or enable", path: team,
+                                          body: .object(Self.limits.merging(["name": .string, "disabled": .boolean]) { a, _ in a }), errors: [400, 404, 409])) { request, context in
             let id = try context.parameters.require("team")
             let body = try await Relay.readJSON(request, context: context).1
             guard let current = access.team(id) else { throw OpenAIError(.notFound, "no team '\(id)'", code: "not_found") }
@@ -36,12 +45,12 @@ struct AccountRoutes: Sendable {
             }
             return jsonResponse(teamObject(team))
         }
-        admin.delete("teams/:team") { _, context in
+        admin.delete("teams/{team}", .init("Delete a team and its keys", path: team, status: 204, errors: [404])) { _, context in
             let id = try context.parameters.require("team")
             try await mapped { try await access.deleteTeam(id) }
             return Response(status: .noContent)
         }
-        admin.post("teams/:team/keys") { request, context in
+        admin.post("teams/{team}/keys", .init("Create a key (the key is in this answer only)", path: team, body: keyBody, status: 201)) { request, context in
             let id = try context.parameters.require("team")
             let body = (try? await Relay.readJSON(request, context: context).1) ?? [:]
             let expiresAt = try Self.expiry(body)
@@ -52,11 +61,12 @@ struct AccountRoutes: Sendable {
             object["key"] = key  // the only time the key is shown
             return jsonResponse(object, status: .created)
         }
-        admin.get("keys") { request, _ in
+        admin.get("keys", .init("Keys (never the key itself)", query: [.init("team", .string)], errors: [])) { request, _ in
             let team = request.uri.queryParameters.get("team").flatMap { access.team($0)?.id ?? $0 }
             return jsonResponse(["keys": access.keys(team: team).map(keyObject)])
         }
-        admin.patch("keys/:prefix") { request, context in
+        admin.patch("keys/{prefix}", .init("Change a key's limits or expiry", path: prefix,
+                                           body: .object(Self.limits.merging(["expiresIn": .string, "expiresAt": .nullableDateTime]) { a, _ in a }))) { request, context in
             let prefix = try context.parameters.require("prefix")
             let body = try await Relay.readJSON(request, context: context).1
             guard let current = access.key(prefix) else { throw OpenAIError(.notFound, "no key '\(prefix)'", code: "not_found") }
@@ -66,7 +76,7 @@ struct AccountRoutes: Sendable {
             }
             return jsonResponse(keyObject(record))
         }
-        admin.post("keys/:prefix/rotate") { _, context in
+        admin.post("keys/{prefix}/rotate", .init("Revoke a key and issue a new one with the same settings", path: prefix, status: 201, errors: [404, 409])) { _, context in
             let prefix = try context.parameters.require("prefix")
             let (key, record) = try await mapped { try await access.rotateKey(prefix) }
             var object = keyObject(record)
@@ -79,11 +89,22 @@ struct AccountRoutes: Sendable {
                 let record = try await mapped { try await access.revokeKey(prefix) }
                 return jsonResponse(keyObject(record))
             }
-            if method.isEmpty { admin.delete("keys/:prefix", use: handler) } else { admin.post("keys/:prefix/revoke", use: handler) }
+            if method.isEmpty {
+                admin.delete("keys/{prefix}", .init("Revoke a key", path: prefix), use: handler)
+            } else {
+                admin.post("keys/{prefix}/revoke", .init("Revoke a key", path: prefix), use: handler)
+            }
         }
-        admin.get("usage") { request, _ in try await usage(request) }
-        admin.get("usage/requests") { request, _ in try await requests(request) }
-        admin.get("stats") { request, _ in try await stats(request) }
+        admin.get("usage", .init("Ledger sums by team, key or model and day or hour", query: [
+            .init("group", .enumeration(["team", "key", "model"])), .init("bucket", .enumeration(["day", "hour"])),
+            .init("from", .dateTime), .init("to", .dateTime),
+        ], errors: [400])) { request, _ in try await usage(request) }
+        admin.get("usage/requests", .init("Ledger rows, newest first", query: [
+            .init("from", .dateTime), .init("to", .dateTime), .init("team", .string), .init("model", .string),
+            .init("limit", .integer(minimum: 1, maximum: 10_000)),
+        ], errors: [400])) { request, _ in try await requests(request) }
+        admin.get("stats", .init("Per-model latency, time to first token and tokens/s percentiles over a window",
+                                 query: [.init("window", .string, "e.g. 1h, 30m")], errors: [])) { request, _ in try await stats(request) }
     }
 
     /// Runs an access operation, turning its refusals into OpenAI-shaped errors.

@@ -1,33 +1,43 @@
 import Access
 import Foundation
+import GGUF
 import Hummingbird
+import Jobs
+import NIOCore
 import Runtime
 import Store
 
 /// Everything under `/admin` (the admin token is checked by `AuthMiddleware`): the fleet
 /// (instances, load/unload/pin, logs), the model library, hardware, compatibility,
-/// recommendations, teams and keys, usage and stats.
+/// recommendations, teams and keys, usage and stats, jobs. Every route is registered through
+/// ``AdminAPIGroup`` with its description, and `/admin/openapi.json` is built from them.
 struct AdminRoutes: Sendable {
     let scheduler: Scheduler
     let access: AccessControl?
     let store: Store?
-    let metrics: GatewayMetrics
     let library: LibraryRoutes
 
-    func register(on router: Router<GatewayRequestContext>) {
-        let admin = router.group("admin")
+    func register(on admin: AdminAPIGroup) {
         if let access { AccountRoutes(access: access, store: store).register(on: admin) }
         library.register(on: admin)
-        admin.get("openapi.json") { _, _ in
-            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: .init(string: AdminOpenAPI.document)))
+        let table = admin.table
+        admin.get("openapi.json", .init("This document", errors: [])) { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: try JobCoding.encoder.encode(table.document()))))
         }
-        admin.get("instances") { _, _ in
-            let infos = await scheduler.instances()
-            let data = try JSONEncoder.iso.encode(infos)
+        admin.get("instances", .init("Every touched model: state, pid, args, memory, in-flight, queue", response: .array(.object), errors: [])) { _, _ in
+            let data = try JSONEncoder.iso.encode(await scheduler.instances())
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: .init(bytes: data)))
         }
+        admin.get("memory/claims", .init("Memory held by jobs outside the fleet (MiB per device, by job), counted against the fleet's budget", errors: [])) { _, _ in
+            jsonResponse(["claims": await scheduler.claimedMemory])
+        }
+        let model = ["id": "model id or alias (ids containing '/' are written as is)"]
         // Model ids may contain '/', so these routes take the rest of the path and look at its end.
-        admin.post("models/**") { _, context in
+        admin.on(.post, route: "models/**", serving: [("models/scan", .init("Rescan sources and routes.json (unchanged files are not reread)", errors: [400]))]
+            + ["load", "unload", "pin", "unpin"].map { action in
+                ("models/{id}/\(action)", AdminOperation("\(action.prefix(1).uppercased() + action.dropFirst()) a model", path: model, errors: [400, 404, 503, 507]))
+            }
+        ) { _, context in
             var parts = context.parameters.getCatchAll().map(String.init)
             if parts == ["scan"] { return jsonResponse(try await library.rescan()) }
             guard parts.count >= 2, let action = parts.popLast() else { throw OpenAIError(.notFound, "unknown admin route", code: "not_found") }
@@ -45,7 +55,17 @@ struct AdminRoutes: Sendable {
             }
             return jsonResponse(["model": model, "action": action, "ok": true])
         }
-        admin.get("models/**") { request, context in
+        admin.on(.get, route: "models/**", serving: [
+            ("models/compare", .init("Models side by side", query: [.init("ids", .string, "comma-separated ids, at least two", required: true)])),
+            ("models/{id}", .init("One model: GGUF facts, state, usage, fit, benchmarks", path: model)),
+            ("models/{id}/compatibility", .init(
+                "Estimator per device, verdict, largest context, suggestions, table; exact=true adds llama-fit-params", path: model, query: [
+                    .init("ctx", .integer(minimum: 0, maximum: 4_194_304)), .init("kv", .enumeration(MemoryEstimator.CacheType.allCases.map(\.rawValue))),
+                    .init("parallel", .integer(minimum: 1, maximum: 256)), .init("ubatch", .integer(minimum: 1, maximum: 65536)),
+                    .init("ngl", .integer(minimum: 0)), .init("fa", .enumeration(["on", "off"])), .init("exact", .boolean),
+                ])),
+            ("models/{id}/log", .init("The last log lines of a loaded model", path: model, query: [.init("lines", .integer(minimum: 1))])),
+        ]) { request, context in
             var parts = context.parameters.getCatchAll().map(String.init)
             if parts == ["compare"] { return try await library.compare(request) }
             switch parts.last {

@@ -5,8 +5,12 @@ import Hummingbird
 import HummingbirdCore
 import HummingbirdHTTP2
 import HummingbirdTLS
+import Jobs
+import Lab
+import Library
 import Logging
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import Runtime
@@ -36,6 +40,8 @@ public struct GatewayDependencies: Sendable {
     public var factsCache = FactsCache()
     /// The dashboard's sampler of `metrics` (run as a service by ``buildApplication(_:)``).
     let liveStats: LiveStats
+    /// The job engine every kind of long-running work runs on (benchmarks, tuning, …).
+    public let jobs: JobEngine
 
     public init(
         config: CorralConfig, scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder? = nil, logger: Logger,
@@ -51,6 +57,36 @@ public struct GatewayDependencies: Sendable {
         self.logger = logger
         self.store = store
         self.digests = digests
+        self.jobs = Self.makeJobEngine(scheduler: scheduler, client: client, store: store, logger: logger, metrics: metrics, recorder: recorder,
+                                       config: config, access: access)
+    }
+
+    /// The job engine with every kind Corral runs: benchmarks go through the serving path (a
+    /// relay of their own, recording to the same ledger and metrics), tuning trials run
+    /// llama-servers outside the fleet under memory claims. Jobs live in `store` (an in-memory
+    /// database when there is none, as in tests of other concerns).
+    static func makeJobEngine(scheduler: Scheduler, client: HTTPClient, store: Store?, logger: Logger, metrics: GatewayMetrics,
+                              recorder: RequestRecorder?, config: CorralConfig, access: AccessControl?) -> JobEngine {
+        let relay = Relay(
+            scheduler: scheduler, client: client, local: LocalUpstreamClient(readTimeout: config.scheduler.readTimeout),
+            recorder: { record in
+                metrics.observe(record)
+                recorder?(record)
+            }, logger: logger, access: access)
+        let benchmark = BenchmarkJob(
+            send: { model, body in
+                let exchange = try await relay.open(
+                    route: "/admin/benchmarks", method: .POST, upstreamPath: "/v1/chat/completions", modelName: model, body: body,
+                    headers: [:], caller: .anonymous, tokens: TokenEstimate(prompt: 0, output: 0))
+                return (exchange.response, { status, usage, timings in await relay.finish(exchange, status: status, usage: usage, timings: timings) })
+            },
+            allocated: { model in await scheduler.instance(for: model)?.allocatedMiB })
+        let tools = LlamaTools.discover(configured: config.llama.toolPaths)
+        // An in-memory SQLite database cannot fail to open short of the process being out of memory.
+        let jobStore: any JobStore = store ?? (try! Store.inMemory())
+        return JobEngine(
+            store: jobStore, claims: scheduler, logger: logger, kinds: [benchmark, TuningJob(tools: tools, client: client)],
+            onPersistenceFailure: { _ in metrics.jobStoreWriteFailed() })
     }
 
     /// The dedicated upstream client: no redirects, no decompression, a read timeout
@@ -103,11 +139,25 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
         allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access, profiles: profiles
     ).register(on: router)
     let tools = deps.tools ?? LlamaTools.discover(configured: deps.config.llama.toolPaths)
-    let benchmarkService = BenchmarkService(relay: relay, scheduler: deps.scheduler, store: deps.store)
     let (scheduler, configPath, fallbackConfig, cache) = (deps.scheduler, deps.configPath, deps.config, deps.factsCache)
+    let lab = Lab(engine: deps.jobs, scheduler: deps.scheduler, store: deps.store)
+    Task {
+        do {
+            try await lab.loadRuntimeProfiles()
+            try await deps.jobs.recover()
+        } catch {
+            deps.logger.error("jobs could not be recovered", metadata: ["error": "\(error)"])
+        }
+    }
+    let hardware = HardwareCache(tools: tools)
     let library = LibraryRoutes(
-        scheduler: deps.scheduler, store: deps.store, hardware: HardwareCache(tools: tools), marginMiB: deps.config.scheduler.memoryMarginMiB,
-        tools: tools,
+        library: ModelLibrary(
+            scheduler: deps.scheduler, store: deps.store, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, tools: tools,
+            benchmarks: { model in
+                ((try? await lab.benchmarks(model: model, limit: 5)) ?? []).compactMap { run in
+                    (try? JSONSerialization.jsonObject(with: JSONEncoder.iso.encode(run))) as? [String: Any]
+                }
+            }),
         rescan: {
             let started = ContinuousClock.now
             let config = try configPath.map { try CorralConfig.load(path: $0) } ?? fallbackConfig
@@ -119,21 +169,13 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
                 "models": catalog.models.count, "filesRead": counts.read, "filesReused": counts.reused,
                 "problems": catalog.problems.map { ["path": $0.path, "error": $0.error] }, "ms": ms(ContinuousClock.now - started),
             ]
-        },
-        benchmarks: { model in
-            await benchmarkService.list(model: model).prefix(5).compactMap { run in
-                (try? JSONSerialization.jsonObject(with: JSONEncoder.iso.encode(run))) as? [String: Any]
-            }
         })
-    AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.store, metrics: metrics, library: library).register(on: router)
-    BenchmarkRoutes(service: benchmarkService, scheduler: deps.scheduler).register(on: router.group("admin"))
-    let tuning = TuningService(
-        scheduler: deps.scheduler, store: deps.store, tools: tools, client: deps.client, hardware: library.hardware,
-        marginMiB: deps.config.scheduler.memoryMarginMiB)
-    Task { await tuning.reportInterrupted() }
-    TuningRoutes(service: tuning, scheduler: deps.scheduler).register(on: router.group("admin"))
-    ProfileRoutes(profiles: profiles).register(on: router.group("admin"))
-    DashboardRoutes(deps: deps).register(on: router)
+    let admin = AdminAPIGroup(group: router.group("admin"), table: AdminAPITable())
+    AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.store, library: library).register(on: admin)
+    JobRoutes(engine: deps.jobs).register(on: admin)
+    LabRoutes(lab: lab, scheduler: deps.scheduler, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB).register(on: admin)
+    ProfileRoutes(profiles: profiles).register(on: admin)
+    DashboardRoutes(deps: deps).register(on: router, admin: admin)
     return (router, openAI)
 }
 
@@ -214,7 +256,8 @@ public func buildApplication(_ deps: GatewayDependencies) throws -> some Applica
         configuration: .init(address: .hostname(deps.config.listen.host, port: deps.config.listen.port), serverName: "corral"),
         eventLoopGroupProvider: .shared(group),
         logger: deps.logger)
-    app.addServices(FleetService(scheduler: deps.scheduler, client: deps.client), deps.liveStats)
+    // Shut down in reverse order: jobs stop (and stay resumable) before the fleet stops.
+    app.addServices(FleetService(scheduler: deps.scheduler, client: deps.client), deps.liveStats, JobsService(engine: deps.jobs))
     return app
 }
 

@@ -20,7 +20,7 @@ struct DashboardRoutes: Sendable {
         var points: [LiveStats.Window]
     }
 
-    func register(on router: Router<GatewayRequestContext>) {
+    func register(on router: Router<GatewayRequestContext>, admin: AdminAPIGroup) {
         let files = StaticFiles(directory: Bundle.module.resourceURL!.appendingPathComponent("ui"))
         let index: @Sendable (Request, GatewayRequestContext) async throws -> Response = { request, _ in
             guard let response = files.response("index.html", request: request) else { throw HTTPError(.notFound) }
@@ -37,7 +37,12 @@ struct DashboardRoutes: Sendable {
 
         let stats = deps.liveStats
         let scheduler = deps.scheduler
-        router.group("admin").get("events") { request, _ in
+        admin.get("events", .events(
+            "Live overview as server-sent events (the dashboard's): every 2 s a `snapshot` event with the instances, the last minute's request rate, "
+                + "latency and time-to-first-token p50/p95, tokens/s and errors, and the last hour's 10-second history points not sent yet on this "
+                + "connection (all of them first)",
+            query: [.init("once", .boolean, "send one snapshot and end the stream")], errors: [])
+        ) { request, _ in
             let once = request.uri.queryParameters.get("once") == "true"
             return Response(
                 status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no"],

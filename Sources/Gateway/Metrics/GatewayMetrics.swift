@@ -46,6 +46,8 @@ public final class GatewayMetrics: Sendable {
     private let families: Mutex<[String: Family]>
     /// Requests answered by the fast lane (the rest of the proxied ones went through the router).
     let fastLaneRequests = Atomic<Int>(0)
+    /// Writes of the job store that failed (each failed its job, or was logged when none ran).
+    let jobPersistenceFailures = Atomic<Int>(0)
     private let runningTotals = Mutex(Totals())
     /// Reads the ledger's backlog for the `corral_ledger_pending_rows` gauge (set at start-up).
     nonisolated(unsafe) public static var ledgerPending: (@Sendable () -> Int)?
@@ -119,6 +121,9 @@ public final class GatewayMetrics: Sendable {
         }
     }
 
+    /// Counts a failed write of the job store.
+    public func jobStoreWriteFailed() { jobPersistenceFailures.add(1, ordering: .relaxed) }
+
     /// The running sums now.
     public func totals() -> Totals { runningTotals.withLock { $0 } }
 
@@ -143,6 +148,8 @@ public final class GatewayMetrics: Sendable {
         }
         out += "# HELP corral_fast_lane_requests_total Requests answered by the fast lane in front of the router.\n# TYPE corral_fast_lane_requests_total counter\n"
         out += "corral_fast_lane_requests_total \(fastLaneRequests.load(ordering: .relaxed))\n"
+        out += "# HELP corral_job_store_failures_total Job store writes that failed (the job failed with the reason).\n# TYPE corral_job_store_failures_total counter\n"
+        out += "corral_job_store_failures_total \(jobPersistenceFailures.load(ordering: .relaxed))\n"
         let loaded = instances.filter { $0.state == "loaded" }
         out += "# HELP corral_loaded_models Models with a running llama-server.\n# TYPE corral_loaded_models gauge\ncorral_loaded_models \(loaded.count)\n"
         out += "# HELP corral_instance_in_flight Requests running on a model.\n# TYPE corral_instance_in_flight gauge\n"

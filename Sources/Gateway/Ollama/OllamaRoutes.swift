@@ -3,6 +3,7 @@ import Foundation
 import GGUF
 import HTTPTypes
 import Hummingbird
+import Library
 import NIOCore
 import NIOHTTP1
 import Runtime
@@ -224,7 +225,7 @@ struct OllamaRoutes: Sendable {
         }
         var plan = shape == .chat ? try OllamaRequests.chat(body, model: spec.id) : try OllamaRequests.generate(body, model: spec.id)
         if let p = body["profile"] { plan.body["profile"] = p }
-        do { try profiles.apply(to: &plan.body, named: profile, modelDefault: spec.profile) } catch { throw OllamaError(error) }
+        do { try profiles.apply(to: &plan.body, named: profile, modelDefault: spec.profile) } catch { throw OllamaError(OpenAIError(error)) }
         let route = shape == .chat ? "/api/chat" : "/api/generate"
         let exchange: UpstreamExchange
         do {

@@ -1,4 +1,5 @@
 import Foundation
+import Library
 import GGUF
 import Runtime
 
@@ -82,14 +83,7 @@ enum OllamaValues {
     }
 
     /// `7.2B`, `135M`, `1.2K` — how Ollama prints parameter counts.
-    static func parameterSize(_ count: UInt64) -> String {
-        let n = Double(count)
-        for (scale, suffix) in [(1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")] where n >= scale {
-            let v = n / scale
-            return (v >= 100 ? String(format: "%.0f", v) : String(format: "%.1f", v).replacingOccurrences(of: ".0", with: "")) + suffix
-        }
-        return String(count)
-    }
+    static func parameterSize(_ count: UInt64) -> String { ModelLibrary.parameterSize(count) }
 
     /// The file's modification time as Ollama's `modified_at`.
     static func modifiedAt(_ spec: ModelSpec) -> String {

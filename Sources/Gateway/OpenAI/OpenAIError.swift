@@ -1,4 +1,5 @@
 import Hummingbird
+import Library
 import HTTPTypes
 import NIOCore
 import Runtime
@@ -60,6 +61,14 @@ public struct OpenAIError: HTTPResponseError, Sendable {
     }
 
     /// Maps an access refusal: 401, 403, 429 with `Retry-After` and `x-ratelimit-*`, 400.
+    /// The library's refusals (a bad query or profile, an unknown model).
+    public init(_ error: LibraryError) {
+        switch error {
+        case .badRequest(let message, let param): self = .badRequest(message, param: param)
+        case .modelNotFound(let model): self = .modelNotFound(model)
+        }
+    }
+
     public init(_ error: AccessError) {
         switch error {
         case .unauthenticated(let m): self.init(.unauthorized, m, code: "invalid_api_key")

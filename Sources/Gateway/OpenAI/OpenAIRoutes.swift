@@ -3,6 +3,7 @@ import Foundation
 import GGUF
 import HTTPTypes
 import Hummingbird
+import Library
 import NIOCore
 import NIOHTTP1
 import Runtime
@@ -83,7 +84,9 @@ struct OpenAIRoutes: Sendable {
             let (model, profile) = profiles.split(named)
             if profile != nil { body["model"] = model }
             let modelDefault = scheduler.currentCatalog.resolve(model)?.profile
-            if try profiles.apply(to: &body, named: profile, modelDefault: modelDefault) || profile != nil {
+            let applied: Bool
+            do { applied = try profiles.apply(to: &body, named: profile, modelDefault: modelDefault) } catch { throw OpenAIError(error) }
+            if applied || profile != nil {
                 buffer = ByteBuffer(bytes: JSON.data(body))
             }
         }

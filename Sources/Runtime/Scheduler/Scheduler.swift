@@ -429,9 +429,44 @@ public actor Scheduler {
         if let planCache { Task { await planCache.save(allocations, for: spec, arguments: identity) } }
     }
 
-    /// Evicts LRU idle unpinned models until `id` fits by count and by memory on every device;
-    /// waits for busy models to go idle when nothing can be evicted yet.
-    private func makeRoom(for id: String, projection: [String: Int]) async throws {
+    // MARK: Memory claimed by jobs
+
+    /// MiB per device held by jobs outside the fleet (tuning trials, trainers), by owner.
+    private var memoryClaims: [String: [String: Int]] = [:]
+
+    /// Claims memory for work outside the fleet, under the same budget as the fleet: evicts
+    /// idle models for it, waits for busy ones when `wait`, and throws `insufficientMemory` when
+    /// the claim exceeds the budget even with nothing loaded (or `noCapacity` when it cannot be
+    /// had without waiting, or pinned models hold the rest). Several claims of one owner add up.
+    public func claimMemory(owner: String, mib: [String: Int], wait: Bool) async throws(SchedulerError) {
+        let need = mib.filter { $0.value > 0 }
+        guard !need.isEmpty else { return }
+        var total = memoryClaims[owner] ?? [:]
+        for (d, m) in need { total[d, default: 0] += m }
+        do {
+            try await makeRoom(for: owner, projection: total, claim: true, wait: wait)
+        } catch let error as SchedulerError {
+            throw error
+        } catch {
+            throw .noCapacity(owner, "\(error)")
+        }
+        memoryClaims[owner] = total
+    }
+
+    /// Gives back all memory `owner` claimed; models waiting for room try again.
+    public func releaseMemoryClaims(owner: String) {
+        guard memoryClaims.removeValue(forKey: owner) != nil else { return }
+        notifyFleetChanged()
+    }
+
+    /// Memory claimed by jobs, by owner (for /admin/instances and tests).
+    public var claimedMemory: [String: [String: Int]] { memoryClaims }
+
+    /// Evicts LRU idle unpinned models until `id` fits by count and by memory on every device
+    /// (memory claimed by jobs counts as used); waits for busy models to go idle when nothing
+    /// can be evicted yet. For a claim (`claim`), the model count does not apply and `wait`
+    /// false throws instead of waiting.
+    private func makeRoom(for id: String, projection: [String: Int], claim: Bool = false, wait: Bool = true) async throws {
         while true {
             if isShuttingDown { throw SchedulerError.shuttingDown }
             // Too big even alone?
@@ -449,10 +484,20 @@ public actor Scheduler {
             }
             var used: [String: Int] = [:]
             for (_, slot) in others { for (d, m) in slot.projection { used[d, default: 0] += m } }
+            var claimed: [String: Int] = [:]
+            for (owner, c) in memoryClaims where owner != id { for (d, m) in c { claimed[d, default: 0] += m } }
             let overMemory = projection.contains { d, need in
-                used[d, default: 0] + need > (limits.memoryBudgetMiB[d] ?? limits.memoryBudgetMiB["Host"] ?? 0)
+                used[d, default: 0] + claimed[d, default: 0] + need > (limits.memoryBudgetMiB[d] ?? limits.memoryBudgetMiB["Host"] ?? 0)
             }
-            if others.count < limits.maxLoadedModels && !overMemory { return }
+            if (claim || others.count < limits.maxLoadedModels) && !overMemory { return }
+            // Even with every model unloaded, what jobs hold leaves too little: say so rather than wait.
+            let overClaims = projection.contains { d, need in
+                claimed[d, default: 0] + need > (limits.memoryBudgetMiB[d] ?? limits.memoryBudgetMiB["Host"] ?? 0)
+            }
+            if overClaims && !(claim && wait) {
+                let held = claimed.sorted { $0.key < $1.key }.map { "\($0.value) MiB on \($0.key)" }.joined(separator: ", ")
+                throw SchedulerError.noCapacity(id, "running jobs hold \(held) of the memory budget")
+            }
 
             // Least recently used idle, unpinned, ready model.
             let victim = others.filter { key, slot in
@@ -464,9 +509,12 @@ public actor Scheduler {
                 await stop(victim.key)
                 continue
             }
-            // Waiting only helps if some loaded model can become evictable.
-            if others.keys.allSatisfy({ isPinned($0) }) {
+            // Waiting only helps if some loaded model can become evictable (or a job's claim ends).
+            if others.keys.allSatisfy({ isPinned($0) }) && !overClaims {
                 throw SchedulerError.noCapacity(id, "every loaded model is pinned")
+            }
+            if claim && !wait {
+                throw SchedulerError.noCapacity(id, "busy models hold the memory; try again when they are idle")
             }
             await withCheckedContinuation { fleetWaiters.append($0) }
         }

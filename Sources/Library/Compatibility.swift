@@ -3,26 +3,31 @@ import GGUF
 import Runtime
 
 /// Whether and how a model fits this machine, from the header estimator.
-struct Compatibility {
-    enum Verdict: String { case fitsGPU = "fits_gpu", partialOffload = "partial_offload", cpuOnly = "cpu_only", doesNotFit = "does_not_fit" }
+public struct Compatibility: Sendable {
+    public enum Verdict: String, Sendable { case fitsGPU = "fits_gpu", partialOffload = "partial_offload", cpuOnly = "cpu_only", doesNotFit = "does_not_fit" }
 
-    let hardware: HardwareInfo
+    public let hardware: HardwareInfo
     /// Free memory kept per device (the scheduler's margin).
-    let marginMiB: Int
+    public let marginMiB: Int
+
+    public init(hardware: HardwareInfo, marginMiB: Int) {
+        self.hardware = hardware
+        self.marginMiB = marginMiB
+    }
 
     /// The first accelerator and the bytes each device may use.
-    var gpu: Device? { hardware.devices.first }
-    var available: [String: UInt64] {
+    public var gpu: Device? { hardware.devices.first }
+    public var available: [String: UInt64] {
         var a: [String: UInt64] = ["Host": UInt64(max(0, hardware.ramTotalMiB - marginMiB)) << 20]
         if let gpu { a[gpu.name] = UInt64(max(0, gpu.freeMiB - marginMiB)) << 20 }
         return a
     }
 
-    func fits(_ e: MemoryEstimator.Estimate) -> Bool { e.devices.allSatisfy { $0.total <= available[$0.name] ?? 0 } }
+    public func fits(_ e: MemoryEstimator.Estimate) -> Bool { e.devices.allSatisfy { $0.total <= available[$0.name] ?? 0 } }
 
     /// The verdict and the estimate it rests on: every layer on the GPU, else the most layers
     /// that fit, else CPU only.
-    func assess(_ facts: ModelFacts, _ settings: MemoryEstimator.Settings) -> (verdict: Verdict, estimate: MemoryEstimator.Estimate) {
+    public func assess(_ facts: ModelFacts, _ settings: MemoryEstimator.Settings) -> (verdict: Verdict, estimate: MemoryEstimator.Estimate) {
         let layers = facts.blockCount ?? facts.layerBytes.count
         var s = settings
         if let gpu {
@@ -43,7 +48,7 @@ struct Compatibility {
     }
 
     /// What would make a model fit (or fit with more context), each with the MiB it saves.
-    func suggestions(_ facts: ModelFacts, _ settings: MemoryEstimator.Settings, current: MemoryEstimator.Estimate) -> [[String: Any]] {
+    public func suggestions(_ facts: ModelFacts, _ settings: MemoryEstimator.Settings, current: MemoryEstimator.Estimate) -> [[String: Any]] {
         var out: [[String: Any]] = []
         func saving(_ change: (inout MemoryEstimator.Settings) -> Void, _ what: String) {
             var s = settings
@@ -65,7 +70,7 @@ struct Compatibility {
     }
 
     /// Memory per device over context sizes and GPU layer counts, for plotting.
-    func table(_ facts: ModelFacts, _ settings: MemoryEstimator.Settings) -> [[String: Any]] {
+    public func table(_ facts: ModelFacts, _ settings: MemoryEstimator.Settings) -> [[String: Any]] {
         let trained = facts.contextLength ?? 4096
         var contexts = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072].filter { $0 <= max(trained, 2048) }
         if !contexts.contains(trained) { contexts.append(trained) }
@@ -86,7 +91,7 @@ struct Compatibility {
         return rows
     }
 
-    static func deviceObject(_ d: MemoryEstimator.Device) -> [String: Any] {
+    public static func deviceObject(_ d: MemoryEstimator.Device) -> [String: Any] {
         let mib = { (b: UInt64) in Int((b + 524_288) / 1_048_576) }
         return ["device": d.name, "weightsMiB": mib(d.weights), "kvMiB": mib(d.kv), "computeMiB": mib(d.compute), "outputMiB": mib(d.output),
                 "overheadMiB": mib(d.overhead), "totalMiB": mib(d.total)]

@@ -2,14 +2,15 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOHTTP1
+import Runtime
 
 /// What a benchmark measured, in the units operators read.
-struct LoadResult: Sendable, Codable, Equatable {
-    struct Percentiles: Sendable, Codable, Equatable {
-        var p50: Double?
-        var p95: Double?
+public struct LoadResult: Sendable, Codable, Equatable {
+    public struct Percentiles: Sendable, Codable, Equatable {
+        public var p50: Double?
+        public var p95: Double?
 
-        init(_ values: [Double]) {
+        public init(_ values: [Double]) {
             let v = values.sorted()
             func p(_ q: Double) -> Double? { v.isEmpty ? nil : v[min(v.count - 1, Int((q * Double(v.count - 1)).rounded()))] }
             p50 = p(0.5)
@@ -17,30 +18,34 @@ struct LoadResult: Sendable, Codable, Equatable {
         }
     }
 
-    var requests: Int
-    var errors: Int
-    var wallSeconds: Double
-    var timeToFirstTokenMs: Percentiles
-    var interTokenLatencyMs: Percentiles
-    var generationTokensPerSecond: Percentiles
-    var promptTokensPerSecond: Percentiles
+    public var requests: Int
+    public var errors: Int
+    public var wallSeconds: Double
+    public var timeToFirstTokenMs: Percentiles
+    public var interTokenLatencyMs: Percentiles
+    public var generationTokensPerSecond: Percentiles
+    public var promptTokensPerSecond: Percentiles
     /// Generated tokens per second of wall time, all requests together.
-    var throughputTokensPerSecond: Double
-    var promptTokens: Int
-    var completionTokens: Int
-    var firstError: String?
+    public var throughputTokensPerSecond: Double
+    public var promptTokens: Int
+    public var completionTokens: Int
+    public var firstError: String?
 }
 
 /// Sends streamed chat requests at a fixed concurrency and measures each from the client side
 /// (first content event, gaps between events) and from llama-server's `timings`.
-struct LoadRunner: Sendable {
+public struct LoadRunner: Sendable {
     /// Sends one request body; returns the streamed answer and a closure to call when done.
-    typealias Send = @Sendable (ByteBuffer) async throws -> (response: HTTPClientResponse, done: @Sendable (Int, [String: Any]?, [String: Any]?) async -> Void)
+    public typealias Send = @Sendable (ByteBuffer) async throws -> (response: HTTPClientResponse, done: @Sendable (Int, [String: Any]?, [String: Any]?) async -> Void)
 
-    var requests: Int
-    var concurrency: Int
-    var promptWords: Int
-    var maxTokens: Int
+    public var requests: Int
+    public var concurrency: Int
+    public var promptWords: Int
+    public var maxTokens: Int
+
+    public init(requests: Int, concurrency: Int, promptWords: Int, maxTokens: Int) {
+        (self.requests, self.concurrency, self.promptWords, self.maxTokens) = (requests, concurrency, promptWords, maxTokens)
+    }
 
     /// A prompt of about `promptWords` words (each a token or two), different per request so
     /// the prompt cache does not hide prompt processing.
@@ -49,7 +54,10 @@ struct LoadRunner: Sendable {
         return "Request \(i): " + (0..<max(1, promptWords)).map { words[($0 * 7 + i) % words.count] }.joined(separator: " ")
     }
 
-    func run(model: String, send: @escaping Send, progress: @escaping @Sendable (Int, Int) async -> Void = { _, _ in }) async -> LoadResult {
+    /// Runs the load. `beforeEach` runs before every request (a job's pause point): when it
+    /// throws, that worker stops sending.
+    public func run(model: String, send: @escaping Send, progress: @escaping @Sendable (Int, Int) async -> Void = { _, _ in },
+                    beforeEach: @escaping @Sendable () async throws -> Void = {}) async -> LoadResult {
         struct One: Sendable {
             var ok: Bool
             var error: String?
@@ -67,7 +75,7 @@ struct LoadRunner: Sendable {
             for _ in 0..<max(1, min(concurrency, requests)) {
                 group.addTask {
                     var mine: [One] = []
-                    while let i = await next.take(below: requests) {
+                    while (try? await beforeEach()) != nil, let i = await next.take(below: requests) {
                         let body: [String: Any] = [
                             "model": model, "messages": [["role": "user", "content": prompt(i)]], "max_tokens": maxTokens, "stream": true,
                             "stream_options": ["include_usage": true], "cache_prompt": false,
@@ -75,7 +83,7 @@ struct LoadRunner: Sendable {
                         let t0 = ContinuousClock.now
                         var one = One(ok: false, gaps: [], prompt: 0, completion: 0)
                         do {
-                            let (response, done) = try await send(ByteBuffer(bytes: JSON.data(body)))
+                            let (response, done) = try await send(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
                             var events = SSEEvents()
                             var last: ContinuousClock.Instant?
                             var usage: [String: Any]?

@@ -1,0 +1,157 @@
+import Foundation
+import GGUF
+import Hummingbird
+import Jobs
+import Lab
+import Library
+import NIOCore
+import Runtime
+
+/// `/admin/benchmarks` and `/admin/tuning`: decoding, the lab call, encoding. Both are views of
+/// jobs (`/admin/jobs/{id}` shows the same work).
+struct LabRoutes: Sendable {
+    let lab: Lab
+    let scheduler: Scheduler
+    let hardware: HardwareCache
+    let marginMiB: Int
+
+    func register(on admin: AdminAPIGroup) {
+        registerBenchmarks(on: admin)
+        registerTuning(on: admin)
+    }
+
+    /// An integer member of a JSON body, `fallback` when absent, 400 when out of `range`.
+    static func int(_ body: [String: Any], _ key: String, _ fallback: Int, _ range: ClosedRange<Int>) throws -> Int {
+        guard let v = body[key], !(v is NSNull) else { return fallback }
+        guard let n = v as? NSNumber, !isJSONBool(n), let i = Int(exactly: n.doubleValue), range.contains(i) else {
+            throw OpenAIError.badRequest("\(key) must be an integer from \(range.lowerBound) to \(range.upperBound)", param: key)
+        }
+        return i
+    }
+
+    // MARK: Benchmarks
+
+    func registerBenchmarks(on admin: AdminAPIGroup) {
+        let run = ["id": "run id"]
+        admin.post("benchmarks", .init("Start a benchmark through the serving path (a job of kind benchmark)", body: .object([
+            "model": .string, "requests": .integer(minimum: 1, maximum: 10_000), "concurrency": .integer(minimum: 1, maximum: 256),
+            "promptWords": .integer(minimum: 1), "maxTokens": .integer(minimum: 1, maximum: 32_768),
+        ], required: ["model"]), status: 202)) { request, context in
+            let body = try await Relay.readJSON(request, context: context).1
+            guard let model = body["model"] as? String, !model.isEmpty else { throw OpenAIError.badRequest("model is required", param: "model") }
+            guard let spec = await scheduler.catalog.resolve(model) else { throw OpenAIError.modelNotFound(model) }
+            guard spec.facts?.capabilities.contains(.embedding) != true else {
+                throw OpenAIError.badRequest("'\(model)' is an embedding model; benchmarks generate text", param: "model")
+            }
+            let parameters = BenchmarkParameters(
+                requests: try Self.int(body, "requests", 20, 1...10_000), concurrency: try Self.int(body, "concurrency", 1, 1...256),
+                promptWords: try Self.int(body, "promptWords", 32, 1...100_000), maxTokens: try Self.int(body, "maxTokens", 64, 1...32_768))
+            let started = try await mapped { try await lab.startBenchmark(BenchmarkSpec(model: spec.id, parameters: parameters)) }
+            return try jsonEncodable(started, status: .accepted)
+        }
+        admin.get("benchmarks", .init("Benchmark runs, newest first", query: [.init("model", .string)], errors: [])) { request, _ in
+            try jsonEncodable(["benchmarks": try await mapped { try await lab.benchmarks(model: request.uri.queryParameters.get("model")) }])
+        }
+        admin.get("benchmarks/{id}", .init("One run: progress and result", path: run)) { _, context in
+            let id = try context.parameters.require("id")
+            guard let found = try await mapped({ try await lab.benchmark(id) }) else { throw OpenAIError(.notFound, "no benchmark '\(id)'", code: "not_found") }
+            return try jsonEncodable(found)
+        }
+        admin.get("benchmarks/{id}/events", .events("The run now, then after every change, as server-sent events until it ends", path: run)) { request, context in
+            let id = try context.parameters.require("id")
+            guard let current = try await mapped({ try await lab.benchmark(id) }) else { throw OpenAIError(.notFound, "no benchmark '\(id)'", code: "not_found") }
+            let resumeAfter = try JobRoutes.lastEventID(request)
+            let job = try await mapped { try await lab.engine.get(id) }
+            let events = try await mapped { try await lab.engine.events(id, after: resumeAfter > 0 ? resumeAfter : job?.lastEventID ?? 0) }
+            return JobRoutes.eventStream { writer in
+                if resumeAfter == 0 { try await writer.write(JobRoutes.sse(id: job?.lastEventID, event: nil, data: try JSONEncoder.iso.encode(current))) }
+                for await event in events {
+                    guard let run = try await lab.benchmark(id) else { break }
+                    try await writer.write(JobRoutes.sse(id: event.id, event: nil, data: try JSONEncoder.iso.encode(run)))
+                }
+            }
+        }
+    }
+
+    // MARK: Tuning
+
+    func registerTuning(on admin: AdminAPIGroup) {
+        let session = ["id": "session id"]
+        let ints = JSONSchema.array(.integer(minimum: 1))
+        let space = JSONSchema.object([
+            "contextSize": ints, "ubatch": ints, "threads": ints, "parallel": ints, "gpuLayers": .array(.integer(minimum: 0)),
+            "flashAttention": .array(.boolean), "cacheType": .array(.enumeration(MemoryEstimator.CacheType.allCases.map(\.rawValue))),
+        ])
+        admin.post("tuning", .init("Start a tuning session (a job of kind tuning)", body: .object([
+            "model": .string, "objective": .enumeration(TuningJob.objectives), "strategy": .enumeration(TuningJob.strategies), "space": space,
+            "minContext": .integer(minimum: 1), "requests": .integer(minimum: 1), "concurrency": .integer(minimum: 1), "maxTokens": .integer(minimum: 1),
+            "promptWords": .integer(minimum: 1), "maxCandidates": .integer(minimum: 1), "seed": .integer(minimum: 0),
+        ], required: ["model"]), status: 202)) { request, context in
+            let body = try await Relay.readJSON(request, context: context).1
+            guard let model = body["model"] as? String, !model.isEmpty else { throw OpenAIError.badRequest("model is required", param: "model") }
+            guard let spec = await scheduler.catalog.resolve(model) else { throw OpenAIError.modelNotFound(model) }
+            let tuning = try Self.tuningRequest(body)
+            let compatibility = Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
+            let started = try await mapped { try await lab.startTuning(try TuningJob.plan(spec, tuning, compatibility: compatibility)) }
+            return try jsonEncodable(started, status: .accepted)
+        }
+        admin.get("tuning", .init("Tuning sessions, newest first", query: [.init("model", .string)], errors: [])) { request, _ in
+            try jsonEncodable(["sessions": try await mapped { try await lab.tuningSessions(model: request.uri.queryParameters.get("model")) }])
+        }
+        admin.get("tuning/{id}", .init("One session with its trials", path: session)) { _, context in
+            let id = try context.parameters.require("id")
+            guard let found = try await mapped({ try await lab.tuningSession(id) }) else { throw OpenAIError(.notFound, "no tuning session '\(id)'", code: "not_found") }
+            return try jsonEncodable(found)
+        }
+        admin.get("tuning/{id}/events", .events("The session's job events (trial started, measured, eliminated; state changes) as server-sent events; replays from Last-Event-ID", path: session)) { request, context in
+            let id = try context.parameters.require("id")
+            guard try await mapped({ try await lab.tuningSession(id) }) != nil else { throw OpenAIError(.notFound, "no tuning session '\(id)'", code: "not_found") }
+            let events = try await mapped { try await lab.engine.events(id, after: try JobRoutes.lastEventID(request)) }
+            return JobRoutes.eventStream { writer in
+                for await event in events {
+                    try await writer.write(JobRoutes.sse(id: event.id, event: event.type, data: try JobCoding.encoder.encode(event)))
+                }
+            }
+        }
+        // The winner becomes the model's runtime profile, used from its next spawn (unload to apply now).
+        admin.post("tuning/{id}/apply", .init("Use the winner as the model's runtime profile from its next spawn", path: session, errors: [404, 409])) { _, context in
+            try jsonEncodable(try await mapped { try await lab.apply(try context.parameters.require("id")) })
+        }
+    }
+
+    /// The tuning request in a POST body, validated.
+    static func tuningRequest(_ body: [String: Any]) throws -> TuningSession.Request {
+        let objective = body["objective"] as? String ?? "max_generation_tps"
+        guard TuningJob.objectives.contains(objective) else {
+            throw OpenAIError.badRequest("objective must be one of \(TuningJob.objectives.joined(separator: ", "))", param: "objective")
+        }
+        let strategy = body["strategy"] as? String ?? "halving"
+        guard TuningJob.strategies.contains(strategy) else {
+            throw OpenAIError.badRequest("strategy must be one of \(TuningJob.strategies.joined(separator: ", "))", param: "strategy")
+        }
+        let space: TuningSession.Space
+        do {
+            space = try JSONDecoder().decode(TuningSession.Space.self, from: JSONSerialization.data(withJSONObject: body["space"] ?? [String: Any]()))
+        } catch {
+            throw OpenAIError.badRequest("space must map contextSize, ubatch, threads, parallel, gpuLayers to integer lists, flashAttention to booleans and cacheType to f16/q8_0/… names", param: "space")
+        }
+        let ranges: [(String, [Int]?, ClosedRange<Int>)] = [
+            ("contextSize", space.contextSize, 1...(1 << 28)), ("ubatch", space.ubatch, 1...65_536), ("threads", space.threads, 1...1024),
+            ("parallel", space.parallel, 1...256), ("gpuLayers", space.gpuLayers, 0...10_000),
+        ]
+        for (name, values, range) in ranges where !(values ?? []).allSatisfy(range.contains) {
+            throw OpenAIError.badRequest("space.\(name) values must be from \(range.lowerBound) to \(range.upperBound)", param: "space")
+        }
+        let combinations = [space.contextSize?.count, space.ubatch?.count, space.flashAttention?.count, space.cacheType?.count,
+                            space.threads?.count, space.parallel?.count, space.gpuLayers?.count].reduce(1) { $0 * max(1, min($1 ?? 1, 1000)) }
+        guard combinations <= 4096 else {
+            throw OpenAIError.badRequest("the space has \(combinations) combinations; at most 4096 (use strategy random with fewer values)", param: "space")
+        }
+        return TuningSession.Request(
+            objective: objective, strategy: strategy, space: space,
+            minContext: body["minContext"] == nil ? nil : try int(body, "minContext", 0, 1...(1 << 24)),
+            requests: try int(body, "requests", 4, 1...1000), concurrency: try int(body, "concurrency", 1, 1...256),
+            maxTokens: try int(body, "maxTokens", 16, 1...4096), promptWords: try int(body, "promptWords", 32, 1...100_000),
+            maxCandidates: try int(body, "maxCandidates", 24, 1...512), seed: UInt64(try int(body, "seed", 42, 0...Int.max)))
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+import Jobs
+import Runtime
+import Store
+
+/// Benchmarks and tuning sessions as jobs on the engine, and the views `/admin/benchmarks` and
+/// `/admin/tuning` show of them. The HTTP layer decodes, calls this, and encodes.
+public struct Lab: Sendable {
+    public let engine: JobEngine
+    let scheduler: Scheduler
+    let profiles: RuntimeProfiles
+
+    /// The lab on `engine`, which must run ``BenchmarkJob`` and ``TuningJob``.
+    public init(engine: JobEngine, scheduler: Scheduler, store: Store?) {
+        self.engine = engine
+        self.scheduler = scheduler
+        self.profiles = RuntimeProfiles(store: store)
+    }
+
+    // MARK: Benchmarks
+
+    public func startBenchmark(_ spec: BenchmarkSpec) async throws -> BenchmarkRun {
+        try BenchmarkRun(try await engine.submit(BenchmarkJob.self, spec))
+    }
+
+    /// A benchmark by id (nil when there is none, or the id is another kind's job).
+    public func benchmark(_ id: String) async throws -> BenchmarkRun? {
+        guard let job = try await engine.get(id), job.kind == BenchmarkJob.name else { return nil }
+        return try BenchmarkRun(job)
+    }
+
+    /// Benchmarks newest first (running ones included), optionally of one model.
+    public func benchmarks(model: String?, limit: Int = 100) async throws -> [BenchmarkRun] {
+        try await engine.list(kind: BenchmarkJob.name, model: model, limit: limit).jobs.map(BenchmarkRun.init)
+    }
+
+    // MARK: Tuning
+
+    public func startTuning(_ spec: TuningSpec) async throws -> TuningSession {
+        try TuningSession(try await engine.submit(TuningJob.self, spec), appliedAt: nil)
+    }
+
+    public func tuningSession(_ id: String) async throws -> TuningSession? {
+        guard let job = try await engine.get(id), job.kind == TuningJob.name else { return nil }
+        return try TuningSession(job, appliedAt: await profiles.appliedAt(session: id))
+    }
+
+    public func tuningSessions(model: String?, limit: Int = 100) async throws -> [TuningSession] {
+        var sessions: [TuningSession] = []
+        for job in try await engine.list(kind: TuningJob.name, model: model, limit: limit).jobs {
+            sessions.append(try TuningSession(job, appliedAt: await profiles.appliedAt(session: job.id)))
+        }
+        return sessions
+    }
+
+    /// Stores a finished session's winner as the model's runtime profile, used from its next
+    /// spawn on (unload the model to apply it now).
+    public func apply(_ id: String) async throws -> RuntimeProfile {
+        guard let session = try await tuningSession(id) else { throw LabError.notFound("no tuning session '\(id)'") }
+        guard session.state == .succeeded, let best = session.best else {
+            throw LabError.conflict("session '\(id)' has no result to apply (status \(session.status))", code: "not_finished")
+        }
+        let arguments = session.trials[best].arguments
+        try await scheduler.setRuntimeArguments(session.model, arguments)
+        let profile = RuntimeProfile(model: session.model, arguments: arguments, session: id, appliedAt: Date())
+        try await profiles.save(profile)
+        return profile
+    }
+
+    /// Gives the scheduler the tuned arguments applied before a restart (call before serving).
+    public static func restoreRuntimeProfiles(store: Store, scheduler: Scheduler) async throws {
+        for profile in try await RuntimeProfiles(store: store).load() {
+            // A model gone from the catalog keeps its profile in the store for its return.
+            try? await scheduler.setRuntimeArguments(profile.model, profile.arguments)
+        }
+    }
+
+    /// Loads the applied profiles, so sessions show when their winner was applied.
+    public func loadRuntimeProfiles() async throws { _ = try await profiles.load() }
+}
+
+/// Tuned runtime arguments per model, kept in the store.
+actor RuntimeProfiles {
+    let store: Store?
+    var byModel: [String: RuntimeProfile] = [:]
+
+    init(store: Store?) { self.store = store }
+
+    func load() async throws -> [RuntimeProfile] {
+        let profiles = try (try await store?.documents(kind: "runtime-profile", limit: 10_000) ?? []).map {
+            try JobCoding.decoder.decode(RuntimeProfile.self, from: $0)
+        }
+        for p in profiles { byModel[p.model] = p }
+        return profiles
+    }
+
+    func save(_ profile: RuntimeProfile) async throws {
+        try await store?.putDocument(kind: "runtime-profile", id: profile.model, model: profile.model, body: JobCoding.encoder.encode(profile))
+        byModel[profile.model] = profile
+    }
+
+    /// When the session's winner became its model's profile (nil unless it still is).
+    func appliedAt(session: String) -> Date? {
+        byModel.values.first { $0.session == session }?.appliedAt
+    }
+}

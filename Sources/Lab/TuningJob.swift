@@ -1,0 +1,345 @@
+import AsyncHTTPClient
+import Foundation
+import GGUF
+import Jobs
+import Library
+import NIOCore
+import NIOHTTP1
+import Runtime
+
+/// Why a lab request was refused.
+public enum LabError: Error, Sendable, Equatable {
+    case badRequest(String, param: String)
+    case notFound(String)
+    /// The request conflicts with the job's state (`code` says how).
+    case conflict(String, code: String)
+}
+
+/// A tuning session: which llama-server settings make a model fastest (or smallest) here.
+public struct TuningSession: Sendable, Codable {
+    /// The values to try; every combination is a candidate.
+    public struct Space: Sendable, Codable, Equatable {
+        public var contextSize: [Int]?
+        public var ubatch: [Int]?
+        public var flashAttention: [Bool]?
+        public var cacheType: [MemoryEstimator.CacheType]?
+        public var threads: [Int]?
+        public var parallel: [Int]?
+        public var gpuLayers: [Int]?
+
+        /// Every combination (at most `limit`), in a stable order.
+        public func candidates(limit: Int) -> [Candidate] {
+            var out = [Candidate()]
+            func expand<T>(_ values: [T]?, _ set: (inout Candidate, T) -> Void) {
+                guard let values, !values.isEmpty else { return }
+                out = out.flatMap { c in values.map { v in var n = c; set(&n, v); return n } }
+            }
+            expand(contextSize) { $0.contextSize = $1 }
+            expand(ubatch) { $0.ubatch = $1 }
+            expand(flashAttention) { $0.flashAttention = $1 }
+            expand(cacheType) { $0.cacheType = $1 }
+            expand(threads) { $0.threads = $1 }
+            expand(parallel) { $0.parallel = $1 }
+            expand(gpuLayers) { $0.gpuLayers = $1 }
+            return Array(out.prefix(limit))
+        }
+    }
+
+    public struct Request: Sendable, Codable, Equatable {
+        public var objective: String
+        public var strategy: String
+        public var space: Space
+        public var minContext: Int?
+        /// Requests in a first-round trial (halving doubles it each round).
+        public var requests: Int
+        public var concurrency: Int
+        public var maxTokens: Int
+        public var promptWords: Int
+        public var maxCandidates: Int
+        public var seed: UInt64
+
+        public init(objective: String, strategy: String, space: Space, minContext: Int?, requests: Int, concurrency: Int, maxTokens: Int,
+                    promptWords: Int, maxCandidates: Int, seed: UInt64) {
+            (self.objective, self.strategy, self.space, self.minContext) = (objective, strategy, space, minContext)
+            (self.requests, self.concurrency, self.maxTokens, self.promptWords, self.maxCandidates, self.seed) =
+                (requests, concurrency, maxTokens, promptWords, maxCandidates, seed)
+        }
+    }
+
+    public struct Candidate: Sendable, Codable, Equatable {
+        public var contextSize: Int?
+        public var ubatch: Int?
+        public var flashAttention: Bool?
+        public var cacheType: MemoryEstimator.CacheType?
+        public var threads: Int?
+        public var parallel: Int?
+        public var gpuLayers: Int?
+
+        /// llama-server flags for these settings.
+        public var arguments: [String] {
+            var a: [String] = []
+            if let contextSize { a += ["-c", String(contextSize)] }
+            if let ubatch { a += ["-ub", String(ubatch), "-b", String(max(ubatch, 2048))] }
+            if let flashAttention { a += ["-fa", flashAttention ? "on" : "off"] }
+            if let cacheType { a += ["-ctk", cacheType.rawValue, "-ctv", cacheType.rawValue] }
+            if let threads { a += ["-t", String(threads)] }
+            if let parallel { a += ["-np", String(parallel)] }
+            if let gpuLayers { a += ["-ngl", String(gpuLayers)] }
+            return a
+        }
+    }
+
+    public struct Trial: Sendable, Codable {
+        public var index: Int
+        public var candidate: Candidate
+        public var arguments: [String]
+        /// pending, pruned, running, done, failed, eliminated (lost a halving round), interrupted.
+        public var status: String
+        public var reason: String?
+        public var round: Int
+        public var result: LoadResult?
+        public var memoryMiB: Double?
+        public var estimatedMiB: Int?
+        /// The estimate per device, claimed from the scheduler while the trial runs.
+        public var estimatedDeviceMiB: [String: Int]?
+        public var score: Double?
+    }
+
+    public var id: String
+    public var model: String
+    public var createdAt: Date
+    /// queued, running, paused, done, failed, cancelled, interrupted.
+    public var status: String
+    public var state: JobState
+    public var request: Request
+    public var trials: [Trial]
+    public var best: Int?
+    public var appliedAt: Date?
+    public var error: String?
+}
+
+/// A tuning job's spec: the model, its file, the request, and the trials planned at submission
+/// (candidates with the estimator's verdict).
+public struct TuningSpec: Sendable, Codable {
+    public var model: String
+    public var path: String
+    public var request: TuningSession.Request
+    public var trials: [TuningSession.Trial]
+}
+
+/// What a tuning job keeps as it runs (its detail) and ends with (its result).
+public struct TuningProgress: Sendable, Codable {
+    public var trials: [TuningSession.Trial]
+    public var best: Int?
+}
+
+/// Plans and runs tuning sessions: enumerate candidates, prune what the estimator says cannot
+/// fit (or breaks a constraint), run each remaining candidate as a real llama-server with a
+/// short load, and keep the best by the objective, with successive halving (cheap trials first,
+/// longer ones for the survivors). Each trial claims its estimated memory from the scheduler
+/// while it runs. Pausable between trials; a restart interrupts it with its finished trials kept.
+public struct TuningJob: JobKind {
+    public static let name = "tuning"
+    public static let idPrefix = "tune"
+    public static let objectives = ["max_generation_tps", "min_ttft", "max_throughput_at_concurrency", "min_memory", "balanced"]
+    public static let strategies = ["grid", "random", "halving"]
+
+    let tools: LlamaTools
+    let client: HTTPClient
+
+    public init(tools: LlamaTools, client: HTTPClient) {
+        self.tools = tools
+        self.client = client
+    }
+
+    public var policy: JobPolicy { JobPolicy(maxConcurrent: 1, pausable: true, restart: .interrupt, keepFinished: 200) }
+
+    public func model(of spec: TuningSpec) -> String? { spec.model }
+
+    /// The trials of a session: the candidates (shuffled for `random`, at most `maxCandidates`),
+    /// each pruned when the estimator says it cannot fit or it breaks `minContext`.
+    public static func plan(_ spec: ModelSpec, _ request: TuningSession.Request, compatibility: Compatibility) throws(LabError) -> TuningSpec {
+        guard let facts = spec.facts, let path = spec.path else { throw .badRequest("'\(spec.id)' is not a local GGUF model", param: "model") }
+        var all = request.space.candidates(limit: 10_000)
+        if request.strategy == "random" {
+            var rng = SplitMix64(seed: request.seed)
+            all.shuffle(using: &rng)
+        }
+        all = Array(all.prefix(request.maxCandidates))
+        guard !all.isEmpty else { throw .badRequest("the search space is empty", param: "space") }
+        var trials: [TuningSession.Trial] = []
+        for (i, c) in all.enumerated() {
+            var t = TuningSession.Trial(index: i, candidate: c, arguments: c.arguments, status: "pending", round: 0)
+            var s = MemoryEstimator.Settings()
+            s.contextSize = c.contextSize ?? spec.contextSize ?? min(facts.contextLength ?? 4096, 8192)
+            s.parallel = c.parallel ?? spec.parallel
+            s.ubatch = c.ubatch ?? 512
+            s.flashAttention = c.flashAttention ?? true
+            s.cacheTypeK = c.cacheType ?? .f16
+            s.cacheTypeV = c.cacheType ?? .f16
+            s.gpuLayers = c.gpuLayers
+            let (verdict, estimate) = compatibility.assess(facts, s)
+            t.estimatedMiB = Int(estimate.total / 1_048_576)
+            t.estimatedDeviceMiB = Dictionary(estimate.devices.map { ($0.name, Int(($0.total + 1_048_575) / 1_048_576)) }, uniquingKeysWith: +)
+            if let min = request.minContext, estimate.contextSize < min {
+                t.status = "pruned"
+                t.reason = "context \(estimate.contextSize) is below the required \(min)"
+            } else if let problem = MemoryEstimator.cacheProblem(facts, s) {
+                t.status = "pruned"
+                t.reason = problem
+            } else if verdict == .doesNotFit {
+                t.status = "pruned"
+                t.reason = "estimator: needs \(t.estimatedMiB!) MiB, \(compatibility.available["Host"].map { $0 >> 20 } ?? 0) MiB available"
+            }
+            trials.append(t)
+        }
+        return TuningSpec(model: spec.id, path: path, request: request, trials: trials)
+    }
+
+    public func run(_ spec: TuningSpec, context: JobContext) async throws -> TuningProgress {
+        guard let serverPath = tools.server?.path else { throw JobError("no_llama_server", "llama-server not found") }
+        var state = TuningProgress(trials: spec.trials, best: nil)
+        try await context.detail(state)
+        let request = spec.request
+        var alive = state.trials.filter { $0.status == "pending" }.map(\.index)
+        var round = 0
+        var finished = 0
+        while !alive.isEmpty {
+            // Halving: every survivor runs with twice the previous round's work; others run once.
+            let scale = request.strategy == "halving" ? 1 << round : 1
+            for index in alive {
+                try await context.pausePoint()
+                state.trials[index].status = "running"
+                state.trials[index].round = round
+                try await context.detail(state)
+                state.trials[index] = try await runTrial(state.trials[index], spec: spec, serverPath: serverPath, scale: scale, context: context)
+                finished += 1
+                try await context.event("trial", state.trials[index])
+                try await context.progress(Double(finished), message: "round \(round + 1): trial \(index) \(state.trials[index].status)")
+                try await context.detail(state)
+            }
+            Self.score(&state.trials, alive, objective: request.objective)
+            let ranked = alive.filter { state.trials[$0].status == "done" }
+                .sorted { (state.trials[$0].score ?? -.infinity) > (state.trials[$1].score ?? -.infinity) }
+            guard request.strategy == "halving", ranked.count > 1 else {
+                state.best = ranked.first
+                break
+            }
+            let keep = Array(ranked.prefix((ranked.count + 1) / 2))
+            for index in ranked where !keep.contains(index) {
+                state.trials[index].status = "eliminated"
+                state.trials[index].reason = "lost round \(round + 1)"
+            }
+            alive = keep
+            round += 1
+            try await context.detail(state)
+            if keep.count == 1 {
+                state.best = keep.first
+                break
+            }
+        }
+        try await context.detail(state)
+        guard state.best != nil else { throw JobError("failed", "no candidate completed") }
+        return state
+    }
+
+    /// One candidate as a real llama-server outside the fleet, with its estimated memory claimed
+    /// from the scheduler while it runs.
+    private func runTrial(_ trial: TuningSession.Trial, spec: TuningSpec, serverPath: String, scale: Int, context: JobContext) async throws
+        -> TuningSession.Trial
+    {
+        var trial = trial
+        let request = spec.request
+        try await context.claimMemory(trial.estimatedDeviceMiB ?? [:])
+        let instance: ModelInstance
+        do {
+            instance = try await ModelInstance.launch(modelID: spec.model, serverPath: serverPath, arguments: ["-m", spec.path] + trial.arguments,
+                                                      client: client, timeout: .seconds(120))
+        } catch {
+            await context.releaseMemory()
+            try Task.checkCancellation()
+            trial.status = "failed"
+            trial.reason = "\(error)"
+            return trial
+        }
+        let runner = LoadRunner(requests: request.requests * scale, concurrency: request.concurrency, promptWords: request.promptWords,
+                                maxTokens: request.maxTokens * scale)
+        let client = self.client
+        let base = instance.baseURL
+        let result = await runner.run(
+            model: spec.model,
+            send: { body in
+                var r = HTTPClientRequest(url: base + "/v1/chat/completions")
+                r.method = .POST
+                r.headers.add(name: "content-type", value: "application/json")
+                r.body = .bytes(body)
+                return (try await client.execute(r, timeout: .minutes(5)), { _, _, _ in })
+            }, beforeEach: { try Task.checkCancellation() })
+        trial.memoryMiB = instance.allocatedMiB.values.reduce(0, +)
+        _ = await instance.process.stop(grace: .seconds(2))
+        await context.releaseMemory()
+        try Task.checkCancellation()
+        trial.result = result
+        trial.status = result.errors == result.requests ? "failed" : "done"
+        if trial.status == "failed" { trial.reason = result.firstError }
+        return trial
+    }
+
+    /// Scores the finished trials of a round by the objective (higher is better).
+    static func score(_ trials: inout [TuningSession.Trial], _ indexes: [Int], objective: String) {
+        let done = indexes.filter { trials[$0].status == "done" }
+        let gen = done.map { trials[$0].result?.generationTokensPerSecond.p50 ?? 0 }
+        let ttft = done.map { trials[$0].result?.timeToFirstTokenMs.p50 ?? .infinity }
+        let mem = done.map { max(trials[$0].memoryMiB ?? Double(trials[$0].estimatedMiB ?? 0), 0.001) }
+        for (k, i) in done.enumerated() {
+            let r = trials[i].result
+            switch objective {
+            case "max_generation_tps": trials[i].score = gen[k]
+            case "min_ttft": trials[i].score = -ttft[k]
+            case "max_throughput_at_concurrency": trials[i].score = r?.throughputTokensPerSecond ?? 0
+            case "min_memory": trials[i].score = -mem[k]
+            default:
+                // Each measure relative to the round's best, averaged.
+                let g = gen[k] / max(gen.max() ?? 1, 0.001)
+                let t = (ttft.min() ?? 1) / max(ttft[k], 0.001)
+                let m = (mem.min() ?? 1) / mem[k]
+                trials[i].score = (g + t + m) / 3
+            }
+            // A trial without a measure (no text streamed, say) ranks last rather than breaking JSON.
+            if let score = trials[i].score, !score.isFinite { trials[i].score = nil }
+        }
+    }
+
+    public func interrupted(detail: JobJSON?) -> (detail: JobJSON?, reason: String) {
+        var kept = detail
+        if var state = try? detail?.decode(TuningProgress.self) {
+            for i in state.trials.indices where state.trials[i].status == "running" || state.trials[i].status == "pending" {
+                state.trials[i].status = "interrupted"
+            }
+            kept = try? JobJSON(encoding: state)
+        }
+        return (kept, "Corral stopped during the session; finished trials are kept, start a new session to continue")
+    }
+}
+
+extension TuningSession {
+    /// The session as `/admin/tuning` shows it, from its job.
+    public init(_ job: JobRecord, appliedAt: Date?) throws {
+        let spec = try job.spec.decode(TuningSpec.self)
+        let progress = try (job.result ?? job.detail).map { try $0.decode(TuningProgress.self) }
+        var trials = progress?.trials ?? spec.trials
+        if job.state == .cancelled || job.state == .failed {
+            for i in trials.indices where trials[i].status == "running" || trials[i].status == "pending" { trials[i].status = job.state.rawValue }
+        }
+        self.init(id: job.id, model: spec.model, createdAt: job.createdAt, status: job.state.legacyStatus, state: job.state, request: spec.request,
+                  trials: trials, best: progress?.best, appliedAt: appliedAt, error: job.error?.message)
+    }
+}
+
+/// Tuned arguments stored for a model.
+public struct RuntimeProfile: Sendable, Codable {
+    public var model: String
+    public var arguments: [String]
+    public var session: String
+    public var appliedAt: Date
+}

@@ -1,0 +1,90 @@
+import Foundation
+import Runtime
+import Store
+import Synchronization
+
+/// Named sampling presets: Corral's built-ins, then `routes.json`, then the admin API (each
+/// overriding the one before). A request names one with `"profile"` or `model@profile`, or gets
+/// its model's default; fields the request sets itself always win.
+public final class SamplingProfiles: Sendable {
+    public struct Entry: Sendable {
+        public var fields: [String: SendableJSON]
+        /// builtin, config or admin.
+        public var source: String
+    }
+
+    private let entries: Mutex<[String: Entry]>
+    let store: Store?
+
+    public init(config: [String: [String: SendableJSON]], store: Store?) {
+        var e: [String: Entry] = [:]
+        for (name, fields) in SamplingFields.builtIn { e[name] = Entry(fields: fields, source: "builtin") }
+        for (name, fields) in config { e[name] = Entry(fields: fields, source: "config") }
+        entries = Mutex(e)
+        self.store = store
+    }
+
+    /// Adds the profiles saved through the admin API.
+    public func load() async {
+        for data in (try? await store?.documents(kind: "sampling-profile", limit: 10_000)) ?? [] {
+            guard let saved = try? JSONDecoder().decode(Saved.self, from: data) else { continue }
+            entries.withLock { $0[saved.name] = Entry(fields: saved.fields, source: "admin") }
+        }
+    }
+
+    struct Saved: Codable {
+        var name: String
+        var fields: [String: SendableJSON]
+    }
+
+    public func all() -> [String: Entry] { entries.withLock { $0 } }
+    public func get(_ name: String) -> Entry? { entries.withLock { $0[name] } }
+
+    public func put(_ name: String, fields: [String: SendableJSON]) async throws {
+        let data = try JSONEncoder().encode(Saved(name: name, fields: fields))
+        try await store?.putDocument(kind: "sampling-profile", id: name, model: nil, body: data)
+        entries.withLock { $0[name] = Entry(fields: fields, source: "admin") }
+    }
+
+    /// Removes an admin-defined profile (built-in and configured ones stay).
+    public func delete(_ name: String) async throws -> Bool {
+        guard entries.withLock({ $0[name]?.source }) == "admin" else { return false }
+        _ = try await store?.deleteDocument(kind: "sampling-profile", id: name)
+        entries.withLock { $0[name] = nil }
+        return true
+    }
+
+    /// Splits `model@profile` when the part after `@` names a profile.
+    public func split(_ model: String) -> (model: String, profile: String?) {
+        guard let at = model.lastIndex(of: "@") else { return (model, nil) }
+        let name = String(model[model.index(after: at)...])
+        guard get(name) != nil else { return (model, nil) }
+        return (String(model[..<at]), name)
+    }
+
+    /// Fills in the fields of the named (or default) profile that `body` does not set itself,
+    /// and removes the `profile` field. Unknown names are a 400. Returns whether `body` changed.
+    @discardableResult
+    public func apply(to body: inout [String: Any], named: String?, modelDefault: String?) throws(LibraryError) -> Bool {
+        var name = named
+        var changed = false
+        if let p = body.removeValue(forKey: "profile") {
+            changed = true
+            if !(p is NSNull) {
+                guard let s = p as? String else { throw LibraryError.badRequest("profile must be a string", param: "profile") }
+                name = s
+            }
+        }
+        guard let chosen = name ?? modelDefault else { return changed }
+        guard let entry = get(chosen) else {
+            throw LibraryError.badRequest("no sampling profile named '\(chosen)' (known: \(all().keys.sorted().joined(separator: ", ")))", param: "profile")
+        }
+        let limits = ["max_tokens", "max_completion_tokens", "n_predict"]
+        for (key, value) in entry.fields where body[key] == nil {
+            if key == "max_tokens" && limits.contains(where: { body[$0] != nil }) { continue }
+            body[key] = value.any
+            changed = true
+        }
+        return changed
+    }
+}
