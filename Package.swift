@@ -117,8 +117,10 @@ let package = Package(
             dependencies: [
                 "Gateway", "Runtime", "Store", "GGUF", "Access", "Jobs", "Library", "Lab",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

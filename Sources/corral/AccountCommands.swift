@@ -17,8 +17,8 @@ struct AdminConnection: ParsableArguments {
     @Option(help: "Admin token (default: $CORRAL_ADMIN_TOKEN, else DATA_DIR/admin-token).")
     var token: String?
 
-    /// Sends one admin request; prints the JSON answer or fails with the gateway's message.
-    func call(_ method: String, _ path: String, body: [String: Any]? = nil) async throws -> Any {
+    /// The gateway's base URL and the admin token, from the options, the environment or routes.json.
+    func endpoint() throws -> (base: String, token: String) {
         let cfg = try? CorralConfig.load(path: config)
         let base = url ?? cfg.map { c in
             let host = c.listen.host == "0.0.0.0" ? "127.0.0.1" : c.listen.host
@@ -27,6 +27,12 @@ struct AdminConnection: ParsableArguments {
         let admin = token ?? ProcessInfo.processInfo.environment["CORRAL_ADMIN_TOKEN"]
             ?? cfg.flatMap { AdminTokenFile.read(from: $0.dataDirectory + "/admin-token") }
         guard let admin else { throw ValidationError("no admin token: pass --token, set CORRAL_ADMIN_TOKEN, or run where DATA_DIR/admin-token is readable") }
+        return (base, admin)
+    }
+
+    /// Sends one admin request; prints the JSON answer or fails with the gateway's message.
+    func call(_ method: String, _ path: String, body: [String: Any]? = nil) async throws -> Any {
+        let (base, admin) = try endpoint()
         guard let endpoint = URL(string: base + path) else { throw ValidationError("bad URL \(base + path)") }
         var request = URLRequest(url: endpoint)
         request.httpMethod = method

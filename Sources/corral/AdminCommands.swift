@@ -125,14 +125,8 @@ struct BenchCommand: AsyncParsableCommand {
             "model": model, "requests": requests, "concurrency": concurrency, "promptWords": promptWords, "maxTokens": maxTokens,
         ])
         guard let id = (started as? [String: Any])?["id"] as? String else { throw ValidationError("unexpected answer: \(started)") }
-        while true {
-            let run = try await connection.call("GET", "/admin/benchmarks/\(id)") as? [String: Any] ?? [:]
-            if run["status"] as? String != "running" {
-                connection.print(run)
-                return
-            }
-            try await Task.sleep(for: .milliseconds(500))
-        }
+        _ = try await connection.follow(id)
+        connection.print(try await connection.call("GET", "/admin/benchmarks/\(id)"))
     }
 }
 
@@ -161,15 +155,10 @@ struct TuneCommand: AsyncParsableCommand {
         space["flashAttention"] = fa.map { $0.split(separator: ",").map { $0 == "on" } }
         let started = try await connection.call("POST", "/admin/tuning", body: ["model": model, "objective": objective, "strategy": strategy, "space": space])
         guard let id = (started as? [String: Any])?["id"] as? String else { throw ValidationError("unexpected answer: \(started)") }
-        while true {
-            let session = try await connection.call("GET", "/admin/tuning/\(id)") as? [String: Any] ?? [:]
-            if session["status"] as? String != "running" {
-                connection.print(session)
-                if apply && session["status"] as? String == "done" { connection.print(try await connection.call("POST", "/admin/tuning/\(id)/apply")) }
-                return
-            }
-            try await Task.sleep(for: .seconds(1))
-        }
+        _ = try await connection.follow(id)
+        let session = try await connection.call("GET", "/admin/tuning/\(id)") as? [String: Any] ?? [:]
+        connection.print(session)
+        if apply && session["status"] as? String == "done" { connection.print(try await connection.call("POST", "/admin/tuning/\(id)/apply")) }
     }
 }
 

@@ -113,8 +113,9 @@ public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestCon
     buildRouterAndRoutes(deps).router
 }
 
-/// The router and the OpenAI routes it serves (which the fast lane shares).
-func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<GatewayRequestContext>, openAI: OpenAIRoutes) {
+/// The router, the OpenAI routes it serves (which the fast lane shares) and the description of
+/// its admin routes.
+func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<GatewayRequestContext>, openAI: OpenAIRoutes, admin: AdminAPITable) {
     let router = Router(context: GatewayRequestContext.self)
     router.add(middleware: ErrorShapeMiddleware())
     router.add(middleware: CORSMiddleware(extraOrigins: Set(deps.config.corsOrigins)))
@@ -176,7 +177,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     LabRoutes(lab: lab, scheduler: deps.scheduler, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB).register(on: admin)
     ProfileRoutes(profiles: profiles).register(on: admin)
     DashboardRoutes(deps: deps).register(on: router, admin: admin)
-    return (router, openAI)
+    return (router, openAI, admin.table)
 }
 
 /// Gives every error the shape of the API it was asked through: Ollama's `{"error":"…"}` under
@@ -229,7 +230,7 @@ public func buildApplication(_ deps: GatewayDependencies) throws -> some Applica
     // client shares the group, so its connections' answers arrive on the same threads.
     let group = MultiThreadedEventLoopGroup.singleton
     let executors = EventLoopExecutors(group: group)
-    let (router, openAI) = buildRouterAndRoutes(deps)
+    let (router, openAI, _) = buildRouterAndRoutes(deps)
     let fastLane = FastLane.isEnabled
         ? FastLane(
             routes: openAI, access: deps.access, allowedHosts: deps.config.listensOnLoopbackOnly ? Set(deps.config.allowedHosts) : nil,
