@@ -351,7 +351,9 @@ public actor JobEngine {
     private func ran(_ id: String, _ outcome: Result<JobJSON, any Error>) async {
         guard let job = live[id], !job.record.state.isFinal else { return }
         if isShuttingDown {
-            // Left as it is in the store: the next start applies the kind's restart rule.
+            // Left unfinished in the store (with its latest progress, which is saved only now and
+            // then while it runs): the next start applies the kind's restart rule.
+            await save(id)
             await claims?.releaseClaims(owner: "job:\(id)")
             return
         }
