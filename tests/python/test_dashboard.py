@@ -2,7 +2,7 @@
 
 Signs in with the keyboard (a wrong token first), moves through the navigation with Tab and Enter,
 watches a model load after a chat request, creates a team and a key (rotates and revokes it), runs
-a benchmark from the model page, and screenshots every page at 1280x800 and 390x844 into
+a benchmark from the model page, pauses, resumes and cancels a job on the Jobs page and follows its event log, and screenshots every page at 1280x800 and 390x844 into
 artifacts/dashboard/. After every test the browser log must hold no SEVERE entry.
 
 Needs Debian's `chromium` and `chromium-driver`; without them the test skips, under CI=true it fails.
@@ -258,6 +258,57 @@ def test_requests_and_logs_pages(corral, browser):
     wait(browser, lambda d: len(d.find_element(By.CSS_SELECTOR, "pre.log").text) > 0, "the log tail")
     assert "pid" in text_of(browser, "#page p.notice")
     screenshot(browser, "logs")
+
+
+def test_model_page_tuning_follows_its_event_stream(corral, browser):
+    go(browser, "#/models/chat", "chat")
+    browser.find_element(By.ID, "t-strategy").send_keys("grid")
+    box = browser.find_element(By.ID, "t-requests")
+    box.clear()
+    box.send_keys("1")
+    browser.find_element(By.XPATH, "//button[text()='Start tuning']").click()
+    wait(browser, lambda d: "done, 2 of 2 trials finished" in text_of(d, "#page section p.notice"), "the tuning session to finish")
+    assert "★ best" in text_of(browser, "#page table")
+    browser.find_element(By.XPATH, "//button[text()='Apply the winner']").click()
+    wait(browser, lambda d: "runtime profile" in text_of(d, "#page section p.notice"), "the winner applied")
+
+
+def click(driver, css, what):
+    """Clicks the element once it is there (the jobs page redraws its rows every 2 s)."""
+    def attempt(d):
+        d.find_element(By.CSS_SELECTOR, css).click()
+        return True
+    wait(driver, attempt, what)
+
+
+def test_jobs_page_pauses_resumes_and_cancels_a_running_benchmark(corral, browser):
+    job = corral.post("/admin/benchmarks", {"model": "chat", "requests": 10000, "maxTokens": 8})["id"]
+    go(browser, "#/jobs", "Jobs")
+    row = f"#page tr:has(a[href='#/jobs/{job}'])"
+    wait(browser, lambda d: "running" in text_of(d, row), "the benchmark running in the jobs table")
+    assert "benchmark" in text_of(browser, row) and "chat" in text_of(browser, row)
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f"{row} progress"), "its progress bar")
+    screenshot(browser, "jobs")
+    click(browser, f"button[aria-label='Pause {job}']", "the Pause button")
+    wait(browser, lambda d: "paused" in text_of(d, row), "the job paused")
+    click(browser, f"button[aria-label='Resume {job}']", "the Resume button")
+    wait(browser, lambda d: "running" in text_of(d, row), "the job running again")
+
+    browser.find_element(By.ID, "j-state").send_keys("succeeded")  # selects the option by typing
+    browser.find_element(By.XPATH, "//button[text()='Apply']").click()
+    wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, row), "the running job filtered out")
+    browser.find_element(By.ID, "j-state").send_keys("any")
+    browser.find_element(By.XPATH, "//button[text()='Apply']").click()
+
+    click(browser, f"{row} a", "the job's link")
+    wait(browser, lambda d: f"Job {job}" in text_of(d, "#page h1"), "the job page")
+    wait(browser, lambda d: "progress" in text_of(d, "#job-events"), "progress events in the log")
+    click(browser, f"button[aria-label='Cancel {job}']", "the Cancel button")
+    wait(browser, lambda d: "cancelled" in text_of(d, "#page dl.facts") and "cancelled" in text_of(d, "#page p.notice"), "the job cancelled")
+    ids = [int(e.get_attribute("data-id")) for e in browser.find_elements(By.CSS_SELECTOR, "#job-events tbody tr")]
+    assert ids == sorted(set(ids)) and len(ids) >= 6, ids  # queued, running, progress…, paused, running, cancelling, cancelled
+    assert corral.get(f"/admin/jobs/{job}")["lastEventID"] == ids[-1]
+    screenshot(browser, "job-detail")
 
 
 def test_overview_history_after_the_traffic(corral, browser):

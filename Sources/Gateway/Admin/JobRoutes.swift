@@ -47,14 +47,7 @@ struct JobRoutes: Sendable {
             "The job's event log as server-sent events, each with its `id:`; replays from `Last-Event-ID` (or `after`), then follows until the job ends",
             path: id, query: [.init("after", .integer(minimum: 0), "replay the events after this id (as the Last-Event-ID header does)")])
         ) { request, context in
-            let jobID = try context.parameters.require("id")
-            let after = try Self.lastEventID(request)
-            let events = try await mapped { try await engine.events(jobID, after: after) }
-            return Self.eventStream { writer in
-                for await event in events {
-                    try await writer.write(Self.sse(id: event.id, event: event.type, data: try JobCoding.encoder.encode(event)))
-                }
-            }
+            try await Self.events(of: try context.parameters.require("id"), in: engine, request: request)
         }
         for (action, summary) in [("cancel", "Cancel a job (cooperatively, then forced after the kind's grace period)"),
                                   ("pause", "Pause a running job at its next pause point (kinds that support it)"),
@@ -69,6 +62,18 @@ struct JobRoutes: Sendable {
                     }
                 }
                 return try jsonEncodable(job)
+            }
+        }
+    }
+
+    /// A job's event log as server-sent events (`id:`, `event:` its type, `data:` the event),
+    /// from after the request's `Last-Event-ID` (or `?after=`) until the job ends.
+    static func events(of id: String, in engine: JobEngine, request: Request) async throws -> Response {
+        let after = try lastEventID(request)
+        let events = try await mapped { try await engine.events(id, after: after) }
+        return eventStream { writer in
+            for await event in events {
+                try await writer.write(sse(id: event.id, event: event.type, data: try JobCoding.encoder.encode(event)))
             }
         }
     }

@@ -106,12 +106,7 @@ struct LabRoutes: Sendable {
         admin.get("tuning/{id}/events", .events("The session's job events (trial started, measured, eliminated; state changes) as server-sent events; replays from Last-Event-ID", path: session)) { request, context in
             let id = try context.parameters.require("id")
             guard try await mapped({ try await lab.tuningSession(id) }) != nil else { throw OpenAIError(.notFound, "no tuning session '\(id)'", code: "not_found") }
-            let events = try await mapped { try await lab.engine.events(id, after: try JobRoutes.lastEventID(request)) }
-            return JobRoutes.eventStream { writer in
-                for await event in events {
-                    try await writer.write(JobRoutes.sse(id: event.id, event: event.type, data: try JobCoding.encoder.encode(event)))
-                }
-            }
+            return try await JobRoutes.events(of: id, in: lab.engine, request: request)
         }
         // The winner becomes the model's runtime profile, used from its next spawn (unload to apply now).
         admin.post("tuning/{id}/apply", .init("Use the winner as the model's runtime profile from its next spawn", path: session, errors: [404, 409])) { _, context in

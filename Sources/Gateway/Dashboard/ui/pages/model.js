@@ -1,5 +1,5 @@
 // One model: GGUF facts, fit and the compatibility plot, fleet buttons, benchmarks (started here
-// and followed over SSE) and tuning sessions (trials appear as they finish).
+// and followed over SSE) and tuning sessions (followed over their job's SSE: trials appear as they finish).
 
 import { api, isAbort, modelPath, stream } from '../api.js';
 import { lineChart } from '../chart.js';
@@ -165,18 +165,28 @@ export async function modelDetail(root, [id], signal) {
   });
 
   /** Polls a session until it ends, redrawing the trials as each finishes. */
+  /** Draws the session now and after each of its job events (trials as they finish) until it ends. */
   async function follow(sessionId) {
-    for (;;) {
-      const session = await api(`/admin/tuning/${encodeURIComponent(sessionId)}`, { signal });
+    const sessionPath = `/admin/tuning/${encodeURIComponent(sessionId)}`;
+    const draw = async () => {
+      const session = await api(sessionPath, { signal });
       const finished = session.trials.filter((t) => !['pending', 'running'].includes(t.status)).length;
       notice(tuningStatus, `Tuning ${session.id}: ${session.status}, ${finished} of ${session.trials.length} trials finished${session.error ? `: ${session.error}` : ''}`,
-        session.status === 'failed' ? 'error' : session.status === 'running' ? 'info' : 'ok');
+        session.status === 'failed' ? 'error' : ['running', 'queued', 'paused'].includes(session.status) ? 'info' : 'ok');
       const apply = session.status === 'done' && session.best !== null && session.best !== undefined
         ? h('button', { type: 'button', onclick: () => applyWinner(session.id) }, 'Apply the winner') : null;
       tuningArea.replaceChildren(trialsTable(session), apply ?? '');
-      if (session.status !== 'running') return;
-      await delay(1000, signal);
-    }
+      return session;
+    };
+    const first = await draw();
+    if (!['running', 'queued', 'paused'].includes(first.status)) return;
+    const { lastEventID } = await api(`/admin/jobs/${encodeURIComponent(sessionId)}`, { signal });
+    let drawing = null;
+    await stream(`${sessionPath}/events?after=${lastEventID}`, (name) => {
+      if (name !== 'progress' && !drawing) drawing = draw().finally(() => { drawing = null; });
+    }, signal);
+    await drawing;
+    await draw();
   }
 
   async function applyWinner(sessionId) {
