@@ -3,6 +3,23 @@ import Foundation
 
 /// CLI twins of the admin library, hardware, compatibility, recommendation, profile, benchmark
 /// and tuning routes: each prints the route's JSON answer.
+/// `corral default-model [NAME] [--clear]`: show or choose the model requests without one go to.
+struct DefaultModelCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "default-model", abstract: "Show or choose the model that requests naming none are served by (talks to the running gateway).")
+    @OptionGroup var connection: AdminConnection
+    @Argument(help: "The model to make the default; none: show the current one.") var model: String?
+    @Flag(help: "Go back to routes.json's defaultModel (or the only model).") var clear = false
+    func run() async throws {
+        guard model == nil || !clear else { throw ValidationError("give a model or --clear, not both") }
+        if model == nil && !clear {
+            connection.print(try await connection.call("GET", "/admin/default-model"))
+        } else {
+            connection.print(try await connection.call("PUT", "/admin/default-model", body: ["model": model ?? NSNull()]))
+        }
+    }
+}
+
 struct LibraryCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "library", abstract: "The model library and what fits this machine (talks to the running gateway).",

@@ -95,6 +95,12 @@ struct ServeCommand: AsyncParsableCommand {
             catalog: catalog, limits: limits, tools: tools, client: client, logger: logger,
             planCache: StoreFitPlanCache(store: store, hardwareFingerprint: HostMemory.fingerprint(devices: devices), llamaBuild: build))
         try await Lab.restoreRuntimeProfiles(store: store, scheduler: scheduler)
+        if let saved = try await store.document(kind: "setting", id: "defaultModel"),
+           let name = (try? JSONSerialization.jsonObject(with: saved) as? [String: Any])?["model"] as? String {
+            do { try await scheduler.setDefaultModel(name) } catch {
+                logger.warning("the default model chosen by the admin is gone; using routes.json's", metadata: ["model": "\(name)"])
+            }
+        }
         for (alias, target) in (try? await store.modelAliases()) ?? [:] {
             do { _ = try await scheduler.addRuntimeAlias(alias, for: target) } catch {
                 logger.warning("dropping alias whose model is gone", metadata: ["alias": "\(alias)", "target": "\(target)"])

@@ -171,3 +171,12 @@ def corral():
     c = start_corral()
     yield c
     stop_corral(c)
+
+
+@pytest.fixture(scope="module")
+def admin_corral():
+    """A Corral for the module whose `h` holds the admin token's headers."""
+    c = start_corral()
+    c.h = {"authorization": f"Bearer {c.admin_token}"}
+    yield c
+    stop_corral(c)

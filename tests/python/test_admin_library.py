@@ -15,11 +15,8 @@ from conftest import CORRAL, make_model, start_corral, stop_corral
 
 
 @pytest.fixture(scope="module")
-def corral():
-    c = start_corral()
-    c.h = {"authorization": f"Bearer {c.admin_token}"}
-    yield c
-    stop_corral(c)
+def corral(admin_corral):
+    return admin_corral
 
 
 def get(c, path, status=200):

@@ -155,7 +155,7 @@ final class AdminAPITable: Sendable {
 }
 
 /// The `/admin` route group: each route is registered together with its description.
-struct AdminAPIGroup: Sendable {
+struct AdminAPIGroup {
     let group: RouterGroup<GatewayRequestContext>
     let table: AdminAPITable
     /// `/admin`, as routes are described.

@@ -28,6 +28,26 @@ struct AdminRoutes: Sendable {
             let data = try JSONEncoder.iso.encode(await scheduler.instances())
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: .init(bytes: data)))
         }
+        admin.get("default-model", .init("The model requests that name none are served by: the admin's choice, else routes.json's defaultModel, else the only model", errors: [])) { _, _ in
+            jsonResponse(["model": scheduler.currentCatalog.defaultModel.map { $0 as Any } ?? NSNull()])
+        }
+        admin.put("default-model", .init("Choose the default model, kept across restarts (model null: back to routes.json's)",
+                                         body: .object(["model": .string], required: ["model"]), errors: [400, 404])) { request, context in
+            let body = try await Relay.readJSON(request, context: context).1
+            let name: String?
+            switch body["model"] {
+            case let s as String where !s.isEmpty: name = s
+            case is NSNull: name = nil
+            default: throw OpenAIError.badRequest("model must be a model name, or null for routes.json's default", param: "model")
+            }
+            let now: String?
+            do { now = try await scheduler.setDefaultModel(name) } catch let error as SchedulerError { throw OpenAIError(error) }
+            if let store {
+                if let name { try await store.putDocument(kind: "setting", id: "defaultModel", model: nil, body: Data(JSON.encode(["model": name]).utf8)) }
+                else { _ = try await store.deleteDocument(kind: "setting", id: "defaultModel") }
+            }
+            return jsonResponse(["model": now.map { $0 as Any } ?? NSNull()])
+        }
         admin.get("memory/claims", .init("Memory held by jobs outside the fleet (MiB per device, by job), counted against the fleet's budget", errors: [])) { _, _ in
             jsonResponse(["claims": await scheduler.claimedMemory])
         }

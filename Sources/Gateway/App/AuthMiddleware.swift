@@ -21,12 +21,15 @@ struct AuthMiddleware: RouterMiddleware {
         if Self.publicPaths.contains(path) || components.first == "ui" { return try await next(request, context) }
         let key = AccessControl.presentedKey(
             authorization: request.headers[.authorization], apiKey: request.headers[HTTPField.Name("x-api-key")!])
-        // Corral's own /metrics (no ?model=) and llama-server's /slots (prompts of in-flight
-        // requests) are operator routes, like /admin.
+        // Corral's own /metrics (no ?model=), llama-server's /slots (prompts of in-flight
+        // requests) and its POST /props and /lora-adapters (they change the server for everyone)
+        // are operator routes, like /admin.
         let ownMetrics = path == "/metrics" && request.uri.queryParameters.get("model") == nil
-        if components.first == "admin" || ownMetrics || path == "/slots" {
+        let serverSettings = request.method == .post && (path == "/props" || path == "/lora-adapters")
+        if components.first == "admin" || ownMetrics || path == "/slots" || serverSettings {
             guard access.isAdmin(key) else {
-                throw OpenAIError(.unauthorized, key == nil ? "admin routes need the admin token (Authorization: Bearer TOKEN)" : "invalid admin token",
+                let what = serverSettings ? "\(path) changes llama-server's settings for every caller, so it" : "this operator route"
+                throw OpenAIError(.unauthorized, key == nil ? "\(what) needs the admin token (Authorization: Bearer TOKEN)" : "invalid admin token: \(what) needs the admin token",
                                   code: "invalid_admin_token")
             }
             return try await next(request, context)

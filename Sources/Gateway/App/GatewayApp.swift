@@ -135,6 +135,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     Task { await profiles.load() }
     let openAI = OpenAIRoutes(relay: relay, scheduler: deps.scheduler, access: deps.access, metrics: metrics, profiles: profiles)
     openAI.register(on: router)
+    AnthropicRoutes(relay: relay, scheduler: deps.scheduler).register(on: router)
     OllamaRoutes(
         relay: relay, scheduler: deps.scheduler, digests: deps.digests, store: deps.store,
         allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access, profiles: profiles
@@ -181,20 +182,27 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
 }
 
 /// Gives every error the shape of the API it was asked through: Ollama's `{"error":"…"}` under
-/// `/api/`, OpenAI's `{"error":{…}}` elsewhere (Hummingbird's own 404 and 413 included).
+/// `/api/`, Anthropic's `{"type":"error","error":{…}}` under `/v1/messages`, OpenAI's
+/// `{"error":{…}}` elsewhere (Hummingbird's own 404 and 413 included).
 struct ErrorShapeMiddleware: RouterMiddleware {
     typealias Context = GatewayRequestContext
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        let ollama = request.uri.path.hasPrefix("/api/")
+        let path = request.uri.path
+        let ollama = path.hasPrefix("/api/")
+        let anthropic = path == AnthropicRoutes.messages || path.hasPrefix(AnthropicRoutes.messages + "/")
         do {
             return try await next(request, context)
         } catch let error as OllamaError {
             throw error
+        } catch let error as AnthropicError {
+            throw error
         } catch let error as OpenAIError {
             if ollama { throw OllamaError(error) }
+            if anthropic { throw AnthropicError(error) }
             throw error
         } catch let error as HTTPError {
             if ollama { throw OllamaError(error.status, error.body ?? error.status.reasonPhrase.lowercased()) }
+            if anthropic { throw AnthropicError(error.status, error.body ?? error.status.reasonPhrase) }
             let code = error.status.code == 404 ? "not_found" : error.status.code == 413 ? "request_too_large" : nil
             throw OpenAIError(error.status, error.body ?? error.status.reasonPhrase, code: code)
         }

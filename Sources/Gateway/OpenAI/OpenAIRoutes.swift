@@ -8,7 +8,8 @@ import NIOCore
 import NIOHTTP1
 import Runtime
 
-/// OpenAI-compatible and llama.cpp-native routes, all routed by the request's model name.
+/// OpenAI-compatible and llama.cpp-native routes (every route llama-server serves, at the same
+/// paths), all routed by the request's model name, or the default model when it names none.
 struct OpenAIRoutes: Sendable {
     let relay: Relay
     let scheduler: Scheduler
@@ -16,25 +17,33 @@ struct OpenAIRoutes: Sendable {
     let metrics: GatewayMetrics
     let profiles: SamplingProfiles
 
+    /// Every JSON POST route llama-server serves, and whether Corral asks it for the usage chunk
+    /// of a stream (the OpenAI chat and completion routes, which only send it when asked).
+    static let postRoutes: [(path: String, injectUsage: Bool)] = [
+        ("/v1/chat/completions", true), ("/chat/completions", true), ("/v1/completions", true),
+        ("/completion", false), ("/completions", false), ("/infill", false),
+        ("/v1/responses", false), ("/responses", false),
+        ("/v1/chat/completions/input_tokens", false), ("/chat/completions/input_tokens", false),
+        ("/v1/responses/input_tokens", false), ("/responses/input_tokens", false),
+        ("/v1/embeddings", false), ("/embeddings", false), ("/embedding", false),
+        ("/v1/rerank", false), ("/v1/reranking", false), ("/rerank", false), ("/reranking", false),
+        ("/tokenize", false), ("/detokenize", false), ("/apply-template", false),
+    ]
+
     func register(on router: Router<GatewayRequestContext>) {
-        // OpenAI routes: bodies pass through; streaming chat/completions get usage injected.
-        for (path, injectUsage) in [
-            ("/v1/chat/completions", true), ("/v1/completions", true), ("/v1/embeddings", false),
-            ("/v1/responses", false), ("/v1/rerank", false),
-            // llama.cpp-native routes, routed by the `model` field.
-            ("/completion", false), ("/infill", false), ("/tokenize", false), ("/detokenize", false),
-            ("/apply-template", false),
-        ] {
+        // Bodies pass through; streaming chat/completions get usage injected.
+        for (path, injectUsage) in Self.postRoutes {
             router.post(RouterPath(path)) { request, context in
-                let (buffer, body) = try await Relay.readJSON(request, context: context)
+                let (raw, unnamed) = try await Relay.readJSON(request, context: context)
+                let (buffer, body) = Relay.withDefaultModel(raw, unnamed, catalog: scheduler.currentCatalog)
                 let (outgoing, checked) = try prepare(path: path, buffer: buffer, body: body)
                 return try await relay.forwardJSON(
                     route: path, upstreamPath: path, buffer: outgoing, body: checked, injectUsage: injectUsage,
                     request: request, context: context)
             }
         }
-        // llama.cpp-native GET routes take the model as a query parameter.
-        for path in ["/props", "/slots", "/metrics"] {
+        // llama.cpp-native GET routes take the model as a query parameter (or the default model).
+        for path in ["/props", "/slots", "/metrics", "/lora-adapters"] {
             router.get(RouterPath(path)) { request, context in
                 if path == "/metrics" && request.uri.queryParameters.get("model") == nil {
                     // Corral's own metrics; a model's llama-server metrics with ?model=NAME.
@@ -42,26 +51,35 @@ struct OpenAIRoutes: Sendable {
                     return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                                     body: .init(byteBuffer: ByteBuffer(string: text)))
                 }
-                guard let model = request.uri.queryParameters.get("model"), !model.isEmpty else {
-                    throw OpenAIError.badRequest("add ?model=NAME to choose the model", param: "model")
-                }
                 return try await relay.forward(
-                    route: path, method: .GET, upstreamPath: path, modelName: model, body: nil,
+                    route: path, method: .GET, upstreamPath: path, modelName: try Self.queryModel(request, catalog: scheduler.currentCatalog), body: nil,
                     hideUsage: false, request: request, context: context)
             }
         }
-        router.get("/v1/models") { _, context in
-            let catalog = await scheduler.catalog
-            var data: [[String: Any]] = []
-            for spec in catalog.models where access?.allows(context.caller, model: [spec.id] + spec.aliases) ?? true {
-                data.append(Self.modelObject(spec))
-                for alias in spec.listedAliases {
-                    var object = Self.modelObject(spec)
-                    object["id"] = alias
-                    data.append(object)
-                }
+        // llama-server's operator POSTs (change its defaults, hot-swap LoRA scales); admin token
+        // only (`AuthMiddleware`), routed like the GETs.
+        for path in ["/props", "/lora-adapters"] {
+            router.post(RouterPath(path)) { request, context in
+                let body = try await request.body.collect(upTo: context.maxUploadSize)
+                return try await relay.forward(
+                    route: path, method: .POST, upstreamPath: path, modelName: try Self.queryModel(request, catalog: scheduler.currentCatalog), body: body,
+                    hideUsage: false, request: request, context: context)
             }
-            return jsonResponse(["object": "list", "data": data])
+        }
+        for path in ["/v1/models", "/models"] {
+            router.get(RouterPath(path)) { _, context in
+                let catalog = await scheduler.catalog
+                var data: [[String: Any]] = []
+                for spec in catalog.models where access?.allows(context.caller, model: [spec.id] + spec.aliases) ?? true {
+                    data.append(Self.modelObject(spec, isDefault: spec.id == catalog.defaultModel))
+                    for alias in spec.listedAliases {
+                        var object = Self.modelObject(spec)
+                        object["id"] = alias
+                        data.append(object)
+                    }
+                }
+                return jsonResponse(["object": "list", "data": data])
+            }
         }
         // Model ids may contain ':' and '/'.
         router.get("/v1/models/**") { _, context in
@@ -90,7 +108,7 @@ struct OpenAIRoutes: Sendable {
                 buffer = ByteBuffer(bytes: JSON.data(body))
             }
         }
-        if path == "/v1/chat/completions" {
+        if path == "/v1/chat/completions" || path == "/chat/completions" {
             guard let messages = body["messages"] as? [Any] else { throw OpenAIError.badRequest("'messages' must be an array", param: "messages") }
             // llama-server answers 500 for a message without a role; it is the client's mistake.
             if let bad = messages.firstIndex(where: { (($0 as? [String: Any])?["role"] as? String) == nil }) {
@@ -103,10 +121,23 @@ struct OpenAIRoutes: Sendable {
         return (buffer, body)
     }
 
-    static let profiledPaths: Set<String> = ["/v1/chat/completions", "/v1/completions", "/completion", "/v1/responses"]
+    static let profiledPaths: Set<String> = [
+        "/v1/chat/completions", "/chat/completions", "/v1/completions", "/completion", "/completions", "/v1/responses", "/responses",
+    ]
 
-    static func modelObject(_ spec: ModelSpec) -> [String: Any] {
+    /// The model a GET names with `?model=`, else the default model.
+    static func queryModel(_ request: Request, catalog: ModelCatalog) throws(OpenAIError) -> String {
+        if let model = request.uri.queryParameters.get("model"), !model.isEmpty { return String(model) }
+        guard let model = catalog.defaultModel else {
+            throw OpenAIError.badRequest("add ?model=NAME to choose the model (there is no default model)", param: "model")
+        }
+        return model
+    }
+
+    /// An OpenAI model object; `meta.default` marks the model requests without one go to.
+    static func modelObject(_ spec: ModelSpec, isDefault: Bool = false) -> [String: Any] {
         var meta: [String: Any] = ["source": spec.source, "aliases": spec.aliases]
+        if isDefault { meta["default"] = true }
         if let f = spec.facts {
             meta["architecture"] = f.architecture
             meta["parameters"] = f.parameterCount

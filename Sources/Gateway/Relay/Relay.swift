@@ -95,6 +95,16 @@ struct UpstreamFailure: Sendable {
     }
 }
 
+/// Which API's shape errors take once an answer is under way: an upstream's error body and a
+/// failure in the middle of a stream. (Refusals before that are thrown and shaped by
+/// `ErrorShapeMiddleware`.)
+public enum ErrorShape: Sendable {
+    /// Passed through as the upstream wrote it; a failure mid-stream is an OpenAI error event.
+    case openAI
+    /// Anthropic's `{"type":"error","error":{…}}`; mid-stream an `event: error`.
+    case anthropic
+}
+
 /// Sends a request to the instance serving its model and streams the answer back without
 /// buffering, observing time to first byte and the final usage on the way.
 public struct Relay: Sendable {
@@ -138,6 +148,15 @@ public struct Relay: Sendable {
         return (buffer, object)
     }
 
+    /// A body that names no model, with the default model named in it (the bytes are rewritten
+    /// only then); unchanged when it names one or when there is no default.
+    static func withDefaultModel(_ buffer: ByteBuffer, _ body: [String: Any], catalog: ModelCatalog) -> (ByteBuffer, [String: Any]) {
+        guard body["model"] == nil || body["model"] is NSNull, let name = catalog.defaultModel else { return (buffer, body) }
+        var named = body
+        named["model"] = name
+        return (ByteBuffer(bytes: JSON.data(named)), named)
+    }
+
     /// A JSON POST whose common fields have been checked, ready to send.
     struct CheckedPost {
         let modelName: String
@@ -152,7 +171,7 @@ public struct Relay: Sendable {
     /// Checks a JSON POST's `model`, `stream` and token-limit fields and, for OpenAI streaming
     /// routes (`injectUsage`), asks upstream for the usage chunk.
     static func check(buffer: ByteBuffer, body: [String: Any], injectUsage: Bool) throws(OpenAIError) -> CheckedPost {
-        guard let model = body["model"] else { throw OpenAIError.badRequest("missing required field 'model'", param: "model") }
+        guard let model = body["model"] else { throw OpenAIError.badRequest("missing required field 'model' (there is no default model)", param: "model") }
         guard let modelName = model as? String, !modelName.isEmpty else {
             throw OpenAIError.badRequest("'model' must be a non-empty string", param: "model")
         }
@@ -191,13 +210,13 @@ public struct Relay: Sendable {
     /// - Parameter injectUsage: for OpenAI streaming routes, ask upstream for the usage chunk.
     public func forwardJSON(
         route: String, upstreamPath: String, buffer: ByteBuffer, body: [String: Any],
-        injectUsage: Bool, request: Request, context: GatewayRequestContext
+        injectUsage: Bool, errorShape: ErrorShape = .openAI, request: Request, context: GatewayRequestContext
     ) async throws -> Response {
         let post = try Self.check(buffer: buffer, body: body, injectUsage: injectUsage)
         let exchange = try await open(
             route: route, method: .POST, upstreamPath: upstreamPath, modelName: post.modelName, body: post.outgoing, headers: request.headers,
             caller: context.caller, tokens: post.tokens)
-        return try await relayResponse(exchange, hideUsage: post.hideUsage)
+        return try await relayResponse(exchange, hideUsage: post.hideUsage, errorShape: errorShape)
     }
 
     /// `body` (a JSON object without `stream_options`) with `"stream_options":{"include_usage":true}`
@@ -219,12 +238,12 @@ public struct Relay: Sendable {
     /// Forwards any request for `modelName` to its instance.
     public func forward(
         route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?,
-        hideUsage: Bool, request: Request, context: GatewayRequestContext
+        hideUsage: Bool, errorShape: ErrorShape = .openAI, request: Request, context: GatewayRequestContext
     ) async throws -> Response {
         let exchange = try await open(
             route: route, method: method, upstreamPath: upstreamPath, modelName: modelName, body: body, headers: request.headers,
             caller: context.caller, tokens: TokenEstimate(prompt: 0, output: 0))
-        return try await relayResponse(exchange, hideUsage: hideUsage)
+        return try await relayResponse(exchange, hideUsage: hideUsage, errorShape: errorShape)
     }
 
     /// Leases an instance for `modelName` and sends it the request; the caller reads the answer
@@ -349,8 +368,9 @@ public struct Relay: Sendable {
     }
 
     /// The OpenAI-route response: the upstream's status, headers and body, streamed through.
-    func relayResponse(_ exchange: UpstreamExchange, hideUsage: Bool) async throws -> Response {
-        let (status, headers, isSSE) = Self.responseHead(exchange)
+    func relayResponse(_ exchange: UpstreamExchange, hideUsage: Bool, errorShape: ErrorShape = .openAI) async throws -> Response {
+        let (status, head, isSSE) = Self.responseHead(exchange)
+        var headers = head
 
         // Small complete bodies (non-streamed answers, embeddings, tokenize) are read whole and
         // sent in one write: fewer event-loop hops than streaming chunk by chunk, and the lease
@@ -365,6 +385,13 @@ public struct Relay: Sendable {
             Task(executorPreference: EventLoopExecutor.current ?? globalConcurrentExecutor) {
                 await relay.settleAnswer(exchange, status: status, body: collected, firstByte: firstByte)
             }
+            if errorShape == .anthropic && status.code >= 400 {
+                let error = AnthropicError.reshaping(status: status.code, body: collected)
+                let body = ByteBuffer(string: error.body)
+                headers[.contentType] = "application/json"
+                headers[.contentLength] = String(body.readableBytes)
+                return Response(status: status, headers: headers, body: .init(byteBuffer: body))
+            }
             return Response(status: status, headers: headers, body: .init(byteBuffer: collected))
         }
         let relay = self
@@ -372,7 +399,7 @@ public struct Relay: Sendable {
             status: status, headers: headers,
             body: ResponseBody { writer in
                 await relay.passBody(
-                    exchange, status: status, isSSE: isSSE, hideUsage: hideUsage,
+                    exchange, status: status, isSSE: isSSE, hideUsage: hideUsage, errorShape: errorShape,
                     write: { chunk in
                         do { try await writer.write(chunk) } catch { return false }
                         return true
@@ -389,7 +416,7 @@ public struct Relay: Sendable {
     /// it was called.
     @discardableResult
     func passBody(
-        _ exchange: UpstreamExchange, status: HTTPResponse.Status, isSSE: Bool, hideUsage: Bool,
+        _ exchange: UpstreamExchange, status: HTTPResponse.Status, isSSE: Bool, hideUsage: Bool, errorShape: ErrorShape = .openAI,
         write: (ByteBuffer) async -> Bool, end: () async -> Void
     ) async -> Bool {
         var filter = SSEUsageFilter(hideUsageChunk: hideUsage && isSSE)
@@ -418,7 +445,13 @@ public struct Relay: Sendable {
             if isSSE {
                 let rest = filter.finish()
                 if rest.readableBytes > 0 { _ = await write(rest) }
-                if let failure { _ = await write(ByteBuffer(string: "data: " + failure.openAIError.jsonBody + "\n\n")) }
+                if let failure {
+                    let event = switch errorShape {
+                    case .openAI: "data: " + failure.openAIError.jsonBody + "\n\n"
+                    case .anthropic: AnthropicError(failure.openAIError).event
+                    }
+                    _ = await write(ByteBuffer(string: event))
+                }
             }
             await end()
         }
@@ -531,12 +564,22 @@ public struct Relay: Sendable {
             requestID: requestID, route: route, model: lease.modelID, status: status, errorKind: errorKind,
             queueMs: ms(lease.queueDuration), loadMs: ms(lease.loadDuration),
             timeToFirstByteMs: firstByte.map { ms($0 - started) }, totalMs: ms(ContinuousClock.now - started),
-            promptTokens: usage?["prompt_tokens"] as? Int,
-            cachedTokens: (usage?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int,
-            completionTokens: usage?["completion_tokens"] as? Int,
+            promptTokens: usage.flatMap(Self.promptTokens),
+            cachedTokens: (usage?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int ?? usage?["cache_read_input_tokens"] as? Int,
+            completionTokens: usage?["completion_tokens"] as? Int ?? usage?["output_tokens"] as? Int,
             promptTokensPerSecond: timings?["prompt_per_second"] as? Double,
             generationTokensPerSecond: timings?["predicted_per_second"] as? Double,
             clientDisconnected: disconnected)
+    }
+}
+
+extension Relay {
+    /// The prompt tokens of an OpenAI `usage` (`prompt_tokens`, cached ones included) or an
+    /// Anthropic one (`input_tokens` plus `cache_read_input_tokens`, which it counts apart).
+    static func promptTokens(_ usage: [String: Any]) -> Int? {
+        if let openAI = usage["prompt_tokens"] as? Int { return openAI }
+        guard let input = usage["input_tokens"] as? Int else { return nil }
+        return input + (usage["cache_read_input_tokens"] as? Int ?? 0) + (usage["cache_creation_input_tokens"] as? Int ?? 0)
     }
 }
 

@@ -62,8 +62,12 @@ struct SSEUsageFilter {
         let bytes = event.readableBytesView
         guard Self.contains(bytes, Self.usageKey) || Self.contains(bytes, Self.timingsKey) else { return true }
         for payload in SSEEvents.dataLines(event) {
-            guard let found = Array(payload.utf8).withUnsafeBytes({ JSON.members(["usage", "timings"], of: $0) }) else { continue }
-            if let u = found["usage"] as? [String: Any] { usage = u }
+            guard let found = Array(payload.utf8).withUnsafeBytes({ JSON.members(["usage", "timings", "message"], of: $0) }) else { continue }
+            // OpenAI sends usage once; Anthropic's stream splits it: the input in `message_start`'s
+            // `message.usage`, the output in `message_delta`'s `usage`. Merged, both are kept.
+            if let u = found["usage"] as? [String: Any] ?? (found["message"] as? [String: Any])?["usage"] as? [String: Any] {
+                usage = (usage ?? [:]).merging(u) { _, new in new }
+            }
             if let t = found["timings"] as? [String: Any] { timings = t }
             // The usage-only chunk llama-server sends last: `"choices":[]` (compact, so never
             // inside a string, where its quotes would be escaped).

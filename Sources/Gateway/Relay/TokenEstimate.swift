@@ -23,7 +23,8 @@ public struct TokenEstimate: Sendable, Equatable {
     /// Template tokens allowed per message (role markers, separators).
     static let perMessage = 32
 
-    /// The estimate for an OpenAI-shaped (or llama.cpp-native) request body.
+    /// The estimate for an OpenAI-shaped, Anthropic-shaped (`system`, content blocks) or
+    /// llama.cpp-native request body.
     public init(_ body: [String: Any]) {
         var bytes = 0
         var messages = 0
@@ -41,7 +42,7 @@ public struct TokenEstimate: Sendable, Equatable {
             messages = list.count
             text(list)
         }
-        for key in ["prompt", "input", "input_prefix", "input_suffix", "content", "query", "documents"] { text(body[key]) }
+        for key in ["prompt", "input", "input_prefix", "input_suffix", "content", "query", "documents", "system"] { text(body[key]) }
         if let tools = body["tools"] { bytes += JSON.data(tools).count }
         prompt = bytes + messages * Self.perMessage + 16
         let limit = ["max_tokens", "max_completion_tokens", "n_predict", "max_output_tokens"].lazy.compactMap { body[$0] as? Int }.first { $0 >= 0 }

@@ -58,6 +58,13 @@ public struct ModelCatalog: Sendable {
     private var index: [String: Int] = [:]
     /// Files that could not be read, with the reason.
     public private(set) var problems: [(path: String, error: String)] = []
+    /// The id of the model a request that names none is served by: `defaultModel` from
+    /// routes.json (or the admin's choice), else the only model when there is exactly one.
+    public var defaultModel: String? {
+        get { chosenDefault ?? (models.count == 1 ? models[0].id : nil) }
+        set { chosenDefault = newValue.flatMap { resolve($0)?.id } }
+    }
+    private var chosenDefault: String?
 
     public init() {}
 
@@ -117,6 +124,10 @@ public struct ModelCatalog: Sendable {
                         pinnedArgs: [], contextSize: nil, ttl: nil, parallel: 64, pinned: false, embeddings: false,
                         source: u.name, facts: nil, fileSize: nil))
             }
+        }
+        if let name = config.defaultModel {
+            catalog.defaultModel = name
+            if catalog.chosenDefault == nil { catalog.problems.append(("defaultModel", "no model named '\(name)'")) }
         }
         return catalog
     }

@@ -118,6 +118,8 @@ public struct CorralConfig: Sendable {
     public var scheduler = Scheduler()
     public var sources: [Source] = []
     public var models: [Model] = []
+    /// The model a request that names none is served by (nil: the only model, when there is one).
+    public var defaultModel: String?
     public var upstreams: [Upstream] = []
     /// Named sampling presets: profile name → request fields (JSON objects as parsed).
     public var profiles: [String: [String: SendableJSON]] = [:]
@@ -178,6 +180,8 @@ public struct CorralConfig: Sendable {
         }
         c.dataDirectory = resolve(try root.string("dataDirectory") ?? "data")
         c.maxBodyBytes = try root.int("maxBodyBytes", min: 1024) ?? c.maxBodyBytes
+        c.defaultModel = try root.string("defaultModel")
+        if c.defaultModel?.isEmpty == true { throw ConfigError(key: "defaultModel", problem: "must name a model") }
         if var l = try root.object("llama") {
             c.llama.server = try l.string("server").map(resolve)
             c.llama.fitParams = try l.string("fitParams").map(resolve)

@@ -158,6 +158,7 @@ public actor Scheduler {
                 planCache: (any FitPlanCache)? = nil) {
         self.catalog = catalog
         self.published = Mutex(catalog)
+        self.configuredDefault = catalog.defaultModel
         self.limits = limits
         self.tools = tools
         self.planner = FitPlanner(fitParamsPath: limits.fit ? tools.fitParams?.path : nil, marginMiB: limits.memoryMarginMiB)
@@ -184,8 +185,31 @@ public actor Scheduler {
 
     /// Swaps the catalog (configuration reload); runtime aliases are applied to the new one.
     public func replaceCatalog(_ catalog: ModelCatalog) {
+        var catalog = catalog
+        configuredDefault = catalog.defaultModel
+        for (alias, target) in runtimeAliases.sorted(by: { $0.key < $1.key }) { _ = catalog.addAlias(alias, for: target) }
+        if let chosen = runtimeDefault, catalog.resolve(chosen) != nil { catalog.defaultModel = chosen }
         self.catalog = catalog
-        for (alias, target) in runtimeAliases.sorted(by: { $0.key < $1.key }) { _ = self.catalog.addAlias(alias, for: target) }
+    }
+
+    /// The admin's choice of default model, kept over catalog reloads (nil: routes.json's).
+    private var runtimeDefault: String?
+    /// The default the catalog was built with (routes.json's, or the only model).
+    private var configuredDefault: String?
+
+    /// Makes `name` the model requests without one are served by (nil: back to routes.json's
+    /// `defaultModel`, or the only model). Returns the default now in force.
+    @discardableResult
+    public func setDefaultModel(_ name: String?) throws(SchedulerError) -> String? {
+        if let name {
+            guard let spec = catalog.resolve(name) else { throw .unknownModel(name) }
+            runtimeDefault = spec.id
+            catalog.defaultModel = spec.id
+        } else {
+            runtimeDefault = nil
+            catalog.defaultModel = configuredDefault
+        }
+        return catalog.defaultModel
     }
 
     /// Adds a runtime alias; returns the model id it points at.
