@@ -354,7 +354,8 @@ struct OllamaRoutes: Sendable {
 
     func embed(_ body: [String: Any], request: Request, caller: Caller, legacy: Bool) async throws -> Response {
         let name = try Self.modelName(body)
-        let spec = try await resolve(name, route: legacy ? "/api/embeddings" : "/api/embed", caller: caller)
+        // A model whose instance cannot embed answers through its companion in embedding mode.
+        let spec = try await resolve(name, route: legacy ? "/api/embeddings" : "/api/embed", caller: caller).forEmbeddings
         let arrival = ContinuousClock.now
         var inputs: [String]
         if legacy {

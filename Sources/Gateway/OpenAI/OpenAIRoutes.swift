@@ -118,8 +118,16 @@ struct OpenAIRoutes: Sendable {
         if path == "/v1/embeddings" && body["input"] == nil {
             throw OpenAIError.badRequest("missing required field 'input'", param: "input")
         }
+        if Self.embeddingPaths.contains(path), let named = body["model"] as? String,
+           let spec = scheduler.currentCatalog.resolve(named), let companion = spec.embeddingCompanion {
+            // The model's own instance cannot embed: its companion in embedding mode answers.
+            body["model"] = companion.id
+            buffer = ByteBuffer(bytes: JSON.data(body))
+        }
         return (buffer, body)
     }
+
+    static let embeddingPaths: Set<String> = ["/v1/embeddings", "/embeddings", "/embedding"]
 
     static let profiledPaths: Set<String> = [
         "/v1/chat/completions", "/chat/completions", "/v1/completions", "/completion", "/completions", "/v1/responses", "/responses",

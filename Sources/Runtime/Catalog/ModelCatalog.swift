@@ -37,6 +37,29 @@ public struct ModelSpec: Sendable, Equatable {
         return nil
     }
 
+    /// What ends the id of a model's embedding companion (see ``embeddingCompanion``).
+    public static let embeddingsSuffix = "#embeddings"
+
+    /// For a local model whose instance does not run in embedding mode: the same file served by
+    /// a second instance in embedding mode, with its own slot, memory and idle TTL in the
+    /// scheduler (`chat#embeddings`), so every model answers embedding requests as Ollama's do.
+    /// It is not listed; ``ModelCatalog/resolve(_:)`` finds it by its id. Nil for models that
+    /// embed already and for remote ones.
+    public var embeddingCompanion: ModelSpec? {
+        guard !embeddings, case .local = backend else { return nil }
+        var companion = self
+        companion.id = id + Self.embeddingsSuffix
+        companion.aliases = [id] + aliases  // so team model lists naming the model allow it
+        companion.listedAliases = []
+        companion.embeddings = true
+        companion.pinned = false
+        companion.profile = nil
+        return companion
+    }
+
+    /// The model that answers an embedding request for this one: itself, or its companion.
+    public var forEmbeddings: ModelSpec { embeddingCompanion ?? self }
+
     /// llama-server arguments Corral always sets for this model: slots and embedding mode.
     public var defaultArguments: [String] {
         ["-np", String(parallel)] + (embeddings ? ["--embeddings", "--pooling", "mean"] : [])
@@ -172,7 +195,11 @@ public struct ModelCatalog: Sendable {
     public func resolve(_ name: String) -> ModelSpec? {
         // Almost every request names a model exactly as listed; that needs no Foundation work.
         if Self.isNormalized(name), let i = index[name] { return models[i] }
-        return index[Self.normalize(name)].map { models[$0] }
+        if let i = index[Self.normalize(name)] { return models[i] }
+        if name.hasSuffix(ModelSpec.embeddingsSuffix) {
+            return resolve(String(name.dropLast(ModelSpec.embeddingsSuffix.count)))?.embeddingCompanion
+        }
+        return nil
     }
 
     /// True when ``normalize(_:)`` would return `name` unchanged (checked on its bytes).
