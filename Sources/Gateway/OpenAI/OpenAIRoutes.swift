@@ -146,6 +146,7 @@ struct OpenAIRoutes: Sendable {
     static func modelObject(_ spec: ModelSpec, isDefault: Bool = false) -> [String: Any] {
         var meta: [String: Any] = ["source": spec.source, "aliases": spec.aliases]
         if isDefault { meta["default"] = true }
+        if !spec.fallbacks.isEmpty { meta["fallbacks"] = spec.fallbacks }
         if let f = spec.facts {
             meta["architecture"] = f.architecture
             meta["parameters"] = f.parameterCount

@@ -277,7 +277,7 @@ public struct Relay: Sendable {
         }
         let lease: Lease
         do {
-            lease = try await scheduler.acquire(modelName, keepAlive: keepAlive, load: load)
+            lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller)
         } catch {
             if let reservation { access?.reconcile(reservation, actualTokens: 0) }
             throw refused(OpenAIError(error), kind: "\(error)")
@@ -329,6 +329,29 @@ public struct Relay: Sendable {
             recordFailure(status: 502, kind: "upstream_unreachable")
             throw OpenAIError(.badGateway, crashed ? "model '\(lease.modelID)' stopped while handling the request" : "upstream request failed: \(error)",
                               type: "server_error", code: "upstream_error", retryAfter: 1)
+        }
+    }
+
+    /// A lease on `modelName`'s instance or, when it cannot be loaded or its queue is full, on the
+    /// first of its `fallbacks` that can answer and that the caller may use. The lease names the
+    /// model that answers (its ledger row and the answer's `model` say so). The first model's
+    /// error is thrown when no fallback can answer either.
+    func acquire(_ modelName: String, keepAlive: Duration?, load: LoadOptions?, caller: Caller) async throws(SchedulerError) -> Lease {
+        do {
+            return try await scheduler.acquire(modelName, keepAlive: keepAlive, load: load)
+        } catch where error.allowsFallback {
+            let fallbacks = scheduler.currentCatalog.resolve(modelName)?.fallbacks ?? []
+            for name in fallbacks {
+                guard let spec = scheduler.currentCatalog.resolve(name), access?.allows(caller, model: [spec.id, name] + spec.aliases) ?? true else { continue }
+                do {
+                    let lease = try await scheduler.acquire(name, keepAlive: keepAlive, load: load)
+                    logger.info("served by a fallback", metadata: ["model": "\(modelName)", "fallback": "\(lease.modelID)", "reason": "\(error)"])
+                    return lease
+                } catch let next where next.allowsFallback || next == .unknownModel(name) {
+                    continue
+                }
+            }
+            throw error
         }
     }
 

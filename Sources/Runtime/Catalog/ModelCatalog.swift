@@ -31,6 +31,9 @@ public struct ModelSpec: Sendable, Equatable {
     public var listedAliases: [String] = []
     /// The sampling profile requests get unless they name another.
     public var profile: String?
+    /// Names of the models that answer instead, in order, when this one cannot be loaded (does
+    /// not fit, fails to start) or its queue is full.
+    public var fallbacks: [String] = []
 
     public var path: String? {
         if case .local(let p) = backend { return p }
@@ -109,6 +112,7 @@ public struct ModelCatalog: Sendable {
                     pinned: m.pinned, embeddings: m.embeddings || facts?.capabilities.contains(.embedding) == true,
                     source: "config", facts: facts, fileSize: fileSize(m.path))
             spec.profile = m.profile
+            spec.fallbacks = m.fallbacks
             catalog.add(spec)
         }
         var indexByPath: [String: Int] = [:]

@@ -89,6 +89,8 @@ public struct CorralConfig: Sendable {
         public var embeddings = false
         /// The sampling profile requests get unless they name another.
         public var profile: String?
+        /// Models that answer instead, in order, when this one cannot be loaded or its queue is full.
+        public var fallbacks: [String] = []
 
         public init(name: String, path: String) {
             self.name = name
@@ -225,6 +227,7 @@ public struct CorralConfig: Sendable {
             model.pinned = try m.bool("pinned") ?? false
             model.embeddings = try m.bool("embeddings") ?? false
             model.profile = try m.string("profile")
+            model.fallbacks = try m.strings("fallbacks") ?? []
             try m.finish()
             c.models.append(model)
         }

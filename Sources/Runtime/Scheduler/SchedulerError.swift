@@ -18,6 +18,15 @@ public enum SchedulerError: Error, Sendable, Equatable, CustomStringConvertible 
     /// A new name (alias) is already used by another model.
     case nameTaken(String)
 
+    /// Whether another model could answer instead (the model cannot be loaded now, or its
+    /// queue is full), so a configured fallback is tried.
+    public var allowsFallback: Bool {
+        switch self {
+        case .queueFull, .insufficientMemory, .loadFailed, .modelFailed, .noCapacity: true
+        case .unknownModel, .instanceCrashed, .noLlamaServer, .shuttingDown, .nameTaken: false
+        }
+    }
+
     public var description: String {
         switch self {
         case .unknownModel(let m): "model '\(m)' not found"
