@@ -142,3 +142,31 @@ def test_without_a_default_a_request_must_name_its_model():
         assert anthropic_shape.status_code == 400 and anthropic_shape.json()["error"]["type"] == "invalid_request_error"
     finally:
         stop_corral(c)
+
+
+def wav_bytes():
+    """A tenth of a second of silence as 16 kHz mono PCM WAV."""
+    import io
+    import wave
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * 1600)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/audio/transcriptions"])
+def test_transcription_uploads_are_routed_by_their_model_field(corral, path):
+    files = {"file": ("a.wav", wav_bytes(), "audio/wav")}
+    straight = httpx.post(f"http://127.0.0.1:{port_of(corral, 'chat')}{path}", data={"model": "chat"}, files=files, timeout=60)
+    through = httpx.post(corral.base + path, data={"model": "chat"}, files=files, timeout=60)
+    # The test model has no audio encoder: llama-server's own refusal comes back unchanged.
+    assert straight.status_code in (400, 500, 501) and "error" in straight.json(), straight.text
+    assert through.status_code == straight.status_code, (through.text, straight.text)
+    assert normalized(through.json()) == normalized(straight.json())
+    unknown = httpx.post(corral.base + path, data={"model": "nope"}, files=files)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    not_multipart = httpx.post(corral.base + path, json={"model": "chat"})
+    assert not_multipart.status_code == 400 and "multipart" in not_multipart.json()["error"]["message"]

@@ -56,6 +56,26 @@ struct OpenAIRoutes: Sendable {
                     hideUsage: false, request: request, context: context)
             }
         }
+        // Audio transcription takes a multipart upload: routed by its `model` field (or the
+        // default model), passed on byte for byte.
+        for path in ["/v1/audio/transcriptions", "/audio/transcriptions"] {
+            router.post(RouterPath(path)) { request, context in
+                let body: ByteBuffer
+                do { body = try await request.body.collect(upTo: context.maxUploadSize) } catch {
+                    throw OpenAIError(.contentTooLarge, "request body exceeds \(context.maxUploadSize) bytes", code: "request_too_large")
+                }
+                guard let contentType = request.headers[.contentType], let boundary = Multipart.boundary(contentType) else {
+                    throw OpenAIError.badRequest("the body must be multipart/form-data with a file and a model", param: "file")
+                }
+                let named = Multipart.field("model", in: body, boundary: boundary).flatMap { $0.isEmpty ? nil : $0 }
+                guard let model = named ?? scheduler.currentCatalog.defaultModel else {
+                    throw OpenAIError.badRequest("missing required field 'model' (there is no default model)", param: "model")
+                }
+                return try await relay.forward(
+                    route: path, method: .POST, upstreamPath: path, modelName: model, body: body, hideUsage: false, contentType: contentType,
+                    request: request, context: context)
+            }
+        }
         // llama-server's operator POSTs (change its defaults, hot-swap LoRA scales); admin token
         // only (`AuthMiddleware`), routed like the GETs.
         for path in ["/props", "/lora-adapters"] {

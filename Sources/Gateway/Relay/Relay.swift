@@ -238,11 +238,11 @@ public struct Relay: Sendable {
     /// Forwards any request for `modelName` to its instance.
     public func forward(
         route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?,
-        hideUsage: Bool, errorShape: ErrorShape = .openAI, request: Request, context: GatewayRequestContext
+        hideUsage: Bool, errorShape: ErrorShape = .openAI, contentType: String = "application/json", request: Request, context: GatewayRequestContext
     ) async throws -> Response {
         let exchange = try await open(
             route: route, method: method, upstreamPath: upstreamPath, modelName: modelName, body: body, headers: request.headers,
-            caller: context.caller, tokens: TokenEstimate(prompt: 0, output: 0))
+            caller: context.caller, tokens: TokenEstimate(prompt: 0, output: 0), contentType: contentType)
         return try await relayResponse(exchange, hideUsage: hideUsage, errorShape: errorShape)
     }
 
@@ -251,7 +251,7 @@ public struct Relay: Sendable {
     /// Failures before an answer arrives are recorded here and thrown as OpenAI errors.
     func open(
         route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?, headers: HTTPFields,
-        caller: Caller, tokens: TokenEstimate, keepAlive: Duration? = nil, load: LoadOptions? = nil
+        caller: Caller, tokens: TokenEstimate, keepAlive: Duration? = nil, load: LoadOptions? = nil, contentType: String = "application/json"
     ) async throws(OpenAIError) -> UpstreamExchange {
         let started = ContinuousClock.now
         let requestID = RequestIDs.next()
@@ -289,7 +289,7 @@ public struct Relay: Sendable {
             upstreamHeaders.add(name: field.name.rawName, value: field.value)
         }
         if let key = lease.apiKey { upstreamHeaders.add(name: "authorization", value: "Bearer \(key)") }
-        if body != nil { upstreamHeaders.replaceOrAdd(name: "content-type", value: "application/json") }
+        if body != nil { upstreamHeaders.replaceOrAdd(name: "content-type", value: contentType) }
 
         let sentAt = ContinuousClock.now
         do {
