@@ -78,7 +78,9 @@ struct FastLane: Sendable {
         guard let body = try? JSON.object(Data(buffer.readableBytesView)),
               let (outgoing, checked) = try? routes.prepare(path: path, buffer: buffer, body: body),
               let post = try? Relay.check(buffer: outgoing, body: checked, injectUsage: Self.paths[path] ?? false),
-              let spec = routes.scheduler.currentCatalog.resolve(post.modelName), case .local = spec.backend
+              let spec = routes.scheduler.currentCatalog.resolve(post.modelName), case .local = spec.backend,
+              // A model that must load first is the router's: it keeps a waiting stream alive.
+              routes.scheduler.isReady(spec.id)
         else { return nil }
         return Ticket(path: path, headers: head.headerFields, caller: caller, post: post)
     }

@@ -4,7 +4,7 @@ import Runtime
 /// What an Ollama request becomes upstream: the llama-server route, its body, and what the
 /// scheduler needs to know (keep-alive, minimum context).
 struct UpstreamPlan {
-    enum Kind: Equatable {
+    enum Kind: Equatable, Sendable {
         /// `/v1/chat/completions` (OpenAI chunks, `choices[0].delta`).
         case chat
         /// `/v1/completions` (OpenAI chunks, `choices[0].text`).

@@ -227,14 +227,32 @@ struct OllamaRoutes: Sendable {
         if let p = body["profile"] { plan.body["profile"] = p }
         do { try profiles.apply(to: &plan.body, named: profile, modelDefault: spec.profile) } catch { throw OllamaError(OpenAIError(error)) }
         let route = shape == .chat ? "/api/chat" : "/api/generate"
+        let relay = self.relay
+        let (upstreamPath, upstreamBody, tokens, keepAlive, loadOptions) = (plan.path, ByteBuffer(bytes: JSON.data(plan.body)), TokenEstimate(plan.body), plan.keepAlive, plan.load)
+        let open = { @Sendable [headers = request.headers, id = spec.id] () async throws(OpenAIError) -> UpstreamExchange in
+            try await relay.open(
+                route: route, method: .POST, upstreamPath: upstreamPath, modelName: id, body: upstreamBody,
+                headers: headers, caller: caller, tokens: tokens, keepAlive: keepAlive, load: loadOptions)
+        }
         let exchange: UpstreamExchange
-        do {
-            exchange = try await relay.open(
-                route: route, method: .POST, upstreamPath: plan.path, modelName: spec.id, body: ByteBuffer(bytes: JSON.data(plan.body)),
-                headers: request.headers, caller: caller, tokens: TokenEstimate(plan.body), keepAlive: plan.keepAlive,
-                load: plan.load)
-        } catch {
-            throw OllamaError(error)
+        if stream, relay.pendingLoad(spec.id) != nil {
+            // The model must load first: answered as usual if it is there within the grace,
+            // else the stream opens now and stays alive while it loads.
+            let opening = Outcome<Result<UpstreamExchange, OpenAIError>>()
+            Task {
+                do throws(OpenAIError) { opening.set(.success(try await open())) } catch { opening.set(.failure(error)) }
+            }
+            switch await opening.wait(upTo: Relay.progressGrace) {
+            case .success(let opened)?: exchange = opened
+            case .failure(let error)?: throw OllamaError(error)
+            case nil: return streamWaitingForLoad(opening, name: name, shape: shape, kind: plan.kind, arrival: arrival)
+            }
+        } else {
+            do {
+                exchange = try await open()
+            } catch {
+                throw OllamaError(error)
+            }
         }
         let status = Int(exchange.response.status.code)
         guard status == 200 else {
@@ -244,7 +262,6 @@ struct OllamaRoutes: Sendable {
             throw OllamaError(HTTPResponse.Status(code: status), Self.upstreamMessage(bytes) ?? "model '\(name)' answered \(status)")
         }
         let load = exchange.lease.queueDuration + exchange.lease.loadDuration
-        let relay = self.relay
         if !stream {
             var builder = OllamaResponseBuilder(shape: shape, kind: plan.kind, model: name)
             var events = SSEEvents()
@@ -268,58 +285,107 @@ struct OllamaRoutes: Sendable {
             await relay.finish(exchange, status: 200, firstByte: firstByte, usage: builder.usage, timings: builder.timings)
             return jsonResponse(answer)
         }
-        let headers: HTTPFields = [.contentType: "application/x-ndjson", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no"]
-        return Response(
-            status: .ok, headers: headers,
-            body: ResponseBody { [kind = plan.kind] writer in
-                var builder = OllamaResponseBuilder(shape: shape, kind: kind, model: name)
-                var events = SSEEvents()
-                var delivered = 0
-                var firstByte: ContinuousClock.Instant?
-                var disconnected = false
-                var failure: UpstreamFailure?
-                func send(_ objects: [[String: Any]]) async -> Bool {
-                    guard !objects.isEmpty else { return true }
-                    var out = ByteBuffer()
-                    for o in objects { out.writeString(JSON.encode(o) + "\n") }
-                    do { try await writer.write(out) } catch { return false }
-                    return true
-                }
-                do {
-                    outer: for try await chunk in exchange.response.body {
-                        if firstByte == nil { firstByte = .now }
-                        for payload in events.feed(chunk) {
-                            let objects = builder.feed(payload)
-                            delivered += objects.count
-                            if !(await send(objects)) {
-                                disconnected = true
-                                break outer
-                            }
-                        }
+        return Response(status: .ok, headers: Self.ndjsonHeaders, body: ResponseBody { [kind = plan.kind] writer in
+            await Self.relayStream(exchange, relay: relay, name: name, shape: shape, kind: kind, arrival: arrival, load: load, writer: &writer)
+        })
+    }
+
+    static let ndjsonHeaders: HTTPFields = [.contentType: "application/x-ndjson", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no"]
+
+    /// A streaming generation whose model must load first: the NDJSON stream opens at once and
+    /// carries an empty partial answer every second (what any Ollama client appends as nothing)
+    /// until the instance answers, then the answer; a failure is the stream's error line.
+    func streamWaitingForLoad(
+        _ opening: Outcome<Result<UpstreamExchange, OpenAIError>>, name: String, shape: OllamaResponseBuilder.Shape,
+        kind: UpstreamPlan.Kind, arrival: ContinuousClock.Instant
+    ) -> Response {
+        let relay = self.relay
+        return Response(status: .ok, headers: Self.ndjsonHeaders, body: ResponseBody { writer in
+            var outcome = await opening.wait(upTo: .zero)
+            while outcome == nil {
+                var alive: [String: Any] = ["model": name, "created_at": OllamaValues.timestamp(), "done": false]
+                if shape == .chat { alive["message"] = ["role": "assistant", "content": ""] } else { alive["response"] = "" }
+                do { try await writer.write(ByteBuffer(string: JSON.encode(alive) + "\n")) } catch {
+                    // The client left: release the slot once the instance answers.
+                    if case .success(let exchange) = await opening.wait(upTo: .seconds(86_400 * 365)) {
+                        await relay.finish(exchange, status: 200, disconnected: true)
                     }
-                } catch {
-                    failure = await relay.bodyFailure(error, lease: exchange.lease)
+                    return
                 }
-                if !disconnected {
-                    for payload in events.finish() {
-                        let objects = builder.feed(payload)
-                        _ = await send(objects)
-                    }
-                    if let message = failure?.message ?? builder.upstreamError {
-                        // After the stream started, an error is one more line (status stays 200).
-                        _ = try? await writer.write(ByteBuffer(string: OllamaError(.internalServerError, message).line))
-                    } else {
-                        var tail: [[String: Any]] = []
-                        if let calls = builder.toolCallChunk() { tail.append(calls) }
-                        tail.append(builder.final(whole: false, total: .now - arrival, load: load))
-                        disconnected = !(await send(tail))
-                    }
-                    if !disconnected { try? await writer.finish(nil) }
+                outcome = await opening.wait(upTo: Relay.heartbeatInterval)
+            }
+            switch outcome! {
+            case .failure(let error):
+                _ = try? await writer.write(ByteBuffer(string: OllamaError(error).line))
+                try? await writer.finish(nil)
+            case .success(let exchange):
+                let status = Int(exchange.response.status.code)
+                guard status == 200 else {
+                    let bytes = try? await exchange.response.body.collect(upTo: 1 << 20)
+                    await relay.finish(exchange, status: status, errorKind: "upstream_\(status)")
+                    _ = try? await writer.write(ByteBuffer(string: OllamaError(.internalServerError, Self.upstreamMessage(bytes) ?? "model '\(name)' answered \(status)").line))
+                    try? await writer.finish(nil)
+                    return
                 }
-                await relay.finish(
-                    exchange, status: failure?.status ?? 200, errorKind: failure?.kind ?? builder.upstreamError.map { _ in "upstream_error" },
-                    firstByte: firstByte, usage: builder.usage, timings: builder.timings, disconnected: disconnected, streamedEvents: delivered)
-            })
+                let load = exchange.lease.queueDuration + exchange.lease.loadDuration
+                await Self.relayStream(exchange, relay: relay, name: name, shape: shape, kind: kind, arrival: arrival, load: load, writer: &writer)
+            }
+        })
+    }
+
+    /// Translates llama-server's event stream into Ollama's NDJSON as it arrives, ends the
+    /// response, then settles the request.
+    static func relayStream(
+        _ exchange: UpstreamExchange, relay: Relay, name: String, shape: OllamaResponseBuilder.Shape, kind: UpstreamPlan.Kind,
+        arrival: ContinuousClock.Instant, load: Duration, writer: inout any ResponseBodyWriter
+    ) async {
+        var builder = OllamaResponseBuilder(shape: shape, kind: kind, model: name)
+        var events = SSEEvents()
+        var delivered = 0
+        var firstByte: ContinuousClock.Instant?
+        var disconnected = false
+        var failure: UpstreamFailure?
+        func send(_ objects: [[String: Any]]) async -> Bool {
+            guard !objects.isEmpty else { return true }
+            var out = ByteBuffer()
+            for o in objects { out.writeString(JSON.encode(o) + "\n") }
+            do { try await writer.write(out) } catch { return false }
+            return true
+        }
+        do {
+            outer: for try await chunk in exchange.response.body {
+                if firstByte == nil { firstByte = .now }
+                for payload in events.feed(chunk) {
+                    let objects = builder.feed(payload)
+                    delivered += objects.count
+                    if !(await send(objects)) {
+                        disconnected = true
+                        break outer
+                    }
+                }
+            }
+        } catch {
+            failure = await relay.bodyFailure(error, lease: exchange.lease)
+        }
+        if !disconnected {
+            for payload in events.finish() {
+                let objects = builder.feed(payload)
+                _ = await send(objects)
+            }
+            if let message = failure?.message ?? builder.upstreamError {
+                // After the stream started, an error is one more line (status stays 200).
+                _ = try? await writer.write(ByteBuffer(string: OllamaError(.internalServerError, message).line))
+            } else {
+                var tail: [[String: Any]] = []
+                if let calls = builder.toolCallChunk() { tail.append(calls) }
+                tail.append(builder.final(whole: false, total: .now - arrival, load: load))
+                disconnected = !(await send(tail))
+            }
+            if !disconnected { try? await writer.finish(nil) }
+        }
+        await relay.finish(
+            exchange, status: failure?.status ?? 200, errorKind: failure?.kind ?? builder.upstreamError.map { _ in "upstream_error" },
+            firstByte: firstByte, usage: builder.usage, timings: builder.timings, disconnected: disconnected, streamedEvents: delivered)
     }
 
     /// The message in an upstream error body (`{"error":{"message":…}}` or `{"error":"…"}`).

@@ -34,6 +34,9 @@ public struct ModelSpec: Sendable, Equatable {
     /// Names of the models that answer instead, in order, when this one cannot be loaded (does
     /// not fit, fails to start) or its queue is full.
     public var fallbacks: [String] = []
+    /// Streaming chat requests waiting for this model's load see the progress as
+    /// `reasoning_content` deltas (else as SSE comments).
+    public var progressAsReasoning = false
 
     public var path: String? {
         if case .local(let p) = backend { return p }
@@ -113,6 +116,7 @@ public struct ModelCatalog: Sendable {
                     source: "config", facts: facts, fileSize: fileSize(m.path))
             spec.profile = m.profile
             spec.fallbacks = m.fallbacks
+            spec.progressAsReasoning = m.progressAsReasoning
             catalog.add(spec)
         }
         var indexByPath: [String: Int] = [:]

@@ -91,6 +91,8 @@ public struct CorralConfig: Sendable {
         public var profile: String?
         /// Models that answer instead, in order, when this one cannot be loaded or its queue is full.
         public var fallbacks: [String] = []
+        /// Show load progress to streaming chat requests as `reasoning_content` deltas.
+        public var progressAsReasoning = false
 
         public init(name: String, path: String) {
             self.name = name
@@ -228,6 +230,7 @@ public struct CorralConfig: Sendable {
             model.embeddings = try m.bool("embeddings") ?? false
             model.profile = try m.string("profile")
             model.fallbacks = try m.strings("fallbacks") ?? []
+            model.progressAsReasoning = try m.bool("progressAsReasoning") ?? false
             try m.finish()
             c.models.append(model)
         }

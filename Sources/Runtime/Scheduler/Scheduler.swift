@@ -183,6 +183,38 @@ public actor Scheduler {
     /// The current catalog without waiting for the actor (it may be a moment behind a reload).
     public nonisolated var currentCatalog: ModelCatalog { published.withLock { $0 } }
 
+    /// Which models have a ready instance and which are loading (since when, expected for how
+    /// long), readable without a hop onto the actor: the fast lane leaves requests for a model
+    /// that is not ready to the router, which keeps a waiting stream alive with load progress.
+    private nonisolated let readiness = Mutex(Readiness())
+
+    struct Readiness {
+        var ready: Set<String> = []
+        var loading: [String: (started: ContinuousClock.Instant, expected: Duration)] = [:]
+        /// How long each model's last load took.
+        var lastLoad: [String: Duration] = [:]
+    }
+
+    /// Whether `id` (a model id, not an alias) has a ready instance.
+    public nonisolated func isReady(_ id: String) -> Bool { readiness.withLock { $0.ready.contains(id) } }
+
+    /// How far a load of `id` in progress has come, estimated from the time since it began
+    /// against the model's last load (else half a second plus its file read at 1 GiB/s); never
+    /// above 0.95 until the instance is ready. Nil when it is not loading.
+    public nonisolated func loadProgress(_ id: String) -> Double? {
+        readiness.withLock { state in
+            guard let load = state.loading[id] else { return nil }
+            let fraction = (ContinuousClock.now - load.started) / max(load.expected, .milliseconds(1))
+            return min(0.95, max(0, fraction))
+        }
+    }
+
+    private nonisolated func publishReadiness(_ id: String, ready: Bool) {
+        readiness.withLock { state in
+            if ready { state.ready.insert(id) } else { state.ready.remove(id) }
+        }
+    }
+
     /// Swaps the catalog (configuration reload); runtime aliases are applied to the new one.
     public func replaceCatalog(_ catalog: ModelCatalog) {
         var catalog = catalog
@@ -310,8 +342,14 @@ public actor Scheduler {
                 let loadStart = ContinuousClock.now
                 let task = Task { try await self.load(spec) }
                 slots[id, default: Slot()].phase = .loading(task)
+                readiness.withLock { state in
+                    let guess = Duration.milliseconds(500) + .milliseconds(Int64((spec.fileSize ?? 0) / 1_048_576))
+                    state.loading[id] = (loadStart, state.lastLoad[id] ?? guess)
+                }
+                defer { readiness.withLock { _ = $0.loading.removeValue(forKey: id) } }
                 do {
                     _ = try await task.value
+                    readiness.withLock { $0.lastLoad[id] = ContinuousClock.now - loadStart }
                 } catch let error as SchedulerError {
                     if case .loading = slots[id]?.phase { slots[id]!.phase = .unloaded }
                     slots[id]?.lastError = error.description
@@ -428,6 +466,7 @@ public actor Scheduler {
         }
         slots[spec.id]!.generation += 1
         slots[spec.id]!.phase = .ready(instance)
+        publishReadiness(spec.id, ready: true)
         slots[spec.id]!.lastUsed = .now
         slots[spec.id]!.lastError = nil
         let (id, generation) = (spec.id, slots[spec.id]!.generation)
@@ -576,6 +615,7 @@ public actor Scheduler {
         let grace = grace ?? limits.stopGrace
         let task = Task { _ = await instance.process.stop(grace: grace) }
         slots[id]!.phase = .stopping(task)
+        publishReadiness(id, ready: false)
         slots[id]!.idleTimer?.cancel()
         slots[id]!.idleDeadline = nil
         await awaitStop(id, task)
@@ -607,6 +647,7 @@ public actor Scheduler {
         recordCrash(id, "llama-server \(termination)")
         slot = slots[id]!
         slot.phase = .unloaded
+        publishReadiness(id, ready: false)
         slot.inFlight = 0
         slot.generation += 1
         let waiters = slot.waiters
