@@ -14,7 +14,8 @@ import Testing
     func error(_ reply: Reply) -> [String: Any]? { reply.json?["error"] as? [String: Any] }
 
     @Test func badRequestsAreOpenAIShaped() async throws {
-        guard let f = try Fixture.make(models: ["alpha"]) else { return }
+        // Two models, so there is no default model and a request must name one.
+        guard let f = try Fixture.make(models: ["alpha", "beta"]) else { return }
         try await f.run { port in
             let cases: [(String, Int, String?)] = [
                 ("{not json", 400, nil),
@@ -63,7 +64,8 @@ import Testing
             #expect((list.json?["data"] as? [[String: Any]])?.map { $0["id"] as? String } == ["alpha"])
             #expect(try await send(port, "/v1/models/ALPHA:latest", method: .GET).json?["id"] as? String == "alpha")
             #expect(try await send(port, "/v1/models/org/name:tag", method: .GET).status == 404)
-            #expect(try await send(port, "/props", method: .GET).status == 400)
+            // The only model is the default one: a GET without ?model= goes to it.
+            #expect(try await send(port, "/props", method: .GET).status == 200)
             #expect(try await send(port, "/props?model=alpha", method: .GET).status == 200)
             #expect(try await send(port, "/health", method: .GET).json?["status"] as? String == "ok")
         }
