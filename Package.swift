@@ -60,6 +60,26 @@ let package = Package(
             dependencies: ["Store", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
+        // What each request cost and how it went: the record, request ids, the batched ledger writer.
+        .target(
+            name: "Usage",
+            dependencies: [
+                "Store",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Corral's own measurements: Prometheus counters and histograms fed by request records,
+        // and the dashboard's live sampler (rates and percentiles).
+        .target(
+            name: "Telemetry",
+            dependencies: [
+                "Runtime", "Usage",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The durable job engine: typed states, event logs, cancel/pause/resume, restart rules,
         // memory claims through the scheduler. No HTTP.
         .target(
@@ -93,7 +113,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "Runtime", "Store", "GGUF", "Access", "Jobs", "Library", "Lab",
+                "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Jobs", "Library", "Lab",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -115,7 +135,7 @@ let package = Package(
         .executableTarget(
             name: "corral",
             dependencies: [
-                "Gateway", "Runtime", "Store", "GGUF", "Access", "Jobs", "Library", "Lab",
+                "Gateway", "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Jobs", "Library", "Lab",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
@@ -143,7 +163,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Runtime", "GGUF", "Store", "Access", "Jobs", "Library", "Lab",
+                "Gateway", "Runtime", "GGUF", "Store", "Access", "Usage", "Telemetry", "Jobs", "Library", "Lab",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

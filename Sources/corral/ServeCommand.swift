@@ -1,16 +1,18 @@
+import Access
 import ArgumentParser
 import Foundation
-import Access
 import Gateway
 import Hummingbird
+import Lab
+import Library
 import Logging
 import NIOCore
 import Runtime
 import ServiceLifecycle
 import Store
-import Lab
-import Library
+import Telemetry
 import UnixSignals
+import Usage
 
 /// `corral serve`: run the gateway.
 struct ServeCommand: AsyncParsableCommand {

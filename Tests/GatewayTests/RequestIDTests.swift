@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import Gateway
+import Usage
 
 struct RequestIDTests {
     /// IDs keep the UUID text form clients and the ledger expect, and never repeat.

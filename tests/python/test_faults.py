@@ -102,6 +102,24 @@ def test_a_hung_llama_server_times_out_cleanly_and_is_replaced():
         stop_corral(c)
 
 
+def test_a_request_right_after_a_crash_goes_to_a_fresh_instance():
+    """An instance killed a moment ago may still look ready: its port refuses the connection, the
+    request (not sent yet) goes to a fresh instance instead of failing with 502."""
+    c = start_corral()
+    admin = {"authorization": f"Bearer {c.admin_token}"}
+    try:
+        chat = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        for _ in range(2):  # a third crash within a minute would mark the model failed
+            assert httpx.post(c.base + "/v1/chat/completions", json=chat, timeout=60).status_code == 200
+            pid = next(i["pid"] for i in httpx.get(c.base + "/admin/instances", headers=admin).json() if i["model"] == "chat")
+            os.kill(pid, signal.SIGKILL)
+            answer = httpx.post(c.base + "/v1/chat/completions", json=chat, timeout=60)  # at once
+            assert answer.status_code == 200, answer.text
+            assert wait_gone(pid, 10)
+    finally:
+        stop_corral(c)
+
+
 def test_a_model_file_deleted_or_truncated_is_refused_without_spawning():
     d = tempfile.mkdtemp(prefix="corral-faults-")
     names = ("gone", "cut", "later", "shrunk")

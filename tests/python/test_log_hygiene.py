@@ -50,7 +50,8 @@ def test_a_full_run_logs_no_key_token_or_prompt():
             next(line for line in lines if line.startswith("data:"))
             os.kill(instance["pid"], signal.SIGKILL)
             list(lines)
-        assert httpx.post(c.base + "/v1/chat/completions", headers=auth, json=chat, timeout=60).status_code == 200
+        after_crash = httpx.post(c.base + "/v1/chat/completions", headers=auth, json=chat, timeout=60)
+        assert after_crash.status_code == 200, after_crash.text
         kept = httpx.get(c.base + "/admin/models/chat/log?lines=300", headers=admin).json()["lines"]
         kept += httpx.get(c.base + "/admin/models/embed/log?lines=300", headers=admin).json()["lines"]
         crash = next(i for i in httpx.get(c.base + "/admin/instances", headers=admin).json() if i["model"] == "chat")["lastCrashLog"]

@@ -8,6 +8,7 @@ import NIOHTTP1
 import NIOHTTPTypes
 import Runtime
 import Synchronization
+import Telemetry
 
 /// The fast lane: OpenAI chat, completion and embedding requests for a local model, streamed or
 /// not, answered by a channel handler in front of Hummingbird.
@@ -79,13 +80,15 @@ struct FastLane: Sendable {
               let (outgoing, checked) = try? routes.prepare(path: path, buffer: buffer, body: body),
               let post = try? Relay.check(buffer: outgoing, body: checked, injectUsage: Self.paths[path] ?? false),
               let spec = routes.scheduler.currentCatalog.resolve(post.modelName), case .local = spec.backend,
-              // A model that must load first is the router's: it keeps a waiting stream alive.
-              routes.scheduler.isReady(spec.id)
+              // A request that would hear of a load in progress (a stream, or one that asks with
+              // X-Corral-Progress) is the router's while its model is not ready.
+              routes.scheduler.isReady(spec.id) || !(post.streaming || head.headerFields[Self.progressField] != nil)
         else { return nil }
         return Ticket(path: path, headers: head.headerFields, caller: caller, post: post)
     }
 
     static let apiKeyField = HTTPField.Name("x-api-key")!
+    static let progressField = HTTPField.Name("X-Corral-Progress")!
 
     /// One answer to write: head, and the whole body or its chunks as they come.
     enum Output: Sendable {

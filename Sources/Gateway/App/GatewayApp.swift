@@ -1,6 +1,6 @@
+import Access
 import AsyncHTTPClient
 import Foundation
-import Access
 import Hummingbird
 import HummingbirdCore
 import HummingbirdHTTP2
@@ -16,6 +16,8 @@ import NIOSSL
 import Runtime
 import ServiceLifecycle
 import Store
+import Telemetry
+import Usage
 
 /// Everything the HTTP application needs, built once at start-up.
 public struct GatewayDependencies: Sendable {

@@ -4,6 +4,7 @@ import Hummingbird
 import NIOCore
 import Runtime
 import ServiceLifecycle
+import Telemetry
 
 /// The operator dashboard: static files under `/ui` (public; every data call the page makes
 /// goes to the admin API with the token the operator typed in) and `GET /admin/events`, the

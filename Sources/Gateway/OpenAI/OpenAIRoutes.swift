@@ -7,6 +7,7 @@ import Library
 import NIOCore
 import NIOHTTP1
 import Runtime
+import Telemetry
 
 /// OpenAI-compatible and llama.cpp-native routes (every route llama-server serves, at the same
 /// paths), all routed by the request's model name, or the default model when it names none.

@@ -1,5 +1,7 @@
+import Access
 import AsyncHTTPClient
 import Foundation
+import GGUF
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -7,8 +9,7 @@ import NIOCore
 import NIOHTTP1
 import Runtime
 import Synchronization
-import Access
-import GGUF
+import Usage
 
 /// Releases a lease exactly once: when the response body finishes, or when the response is
 /// dropped without its body ever being written (client gone before the head was sent). Holds the
@@ -279,61 +280,80 @@ public struct Relay: Sendable {
                 throw refused(OpenAIError(error), kind: error.kind)
             }
         }
-        let lease: Lease
+        var lease: Lease
         do {
             lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller)
         } catch {
             if let reservation { access?.reconcile(reservation, actualTokens: 0) }
             throw refused(OpenAIError(error), kind: "\(error)")
         }
-        let holder = LeaseHolder(lease, scheduler, access: access, reservation: reservation, promptBound: promptBound)
+        var retried = false
+        while true {
+            let holder = LeaseHolder(lease, scheduler, access: access, reservation: reservation, promptBound: promptBound)
+            var upstreamHeaders = HTTPHeaders()
+            for field in headers where !Self.hopByHop.contains(field.name.canonicalName) {
+                upstreamHeaders.add(name: field.name.rawName, value: field.value)
+            }
+            if let key = lease.apiKey { upstreamHeaders.add(name: "authorization", value: "Bearer \(key)") }
+            if body != nil { upstreamHeaders.replaceOrAdd(name: "content-type", value: contentType) }
 
-        var upstreamHeaders = HTTPHeaders()
-        for field in headers where !Self.hopByHop.contains(field.name.canonicalName) {
-            upstreamHeaders.add(name: field.name.rawName, value: field.value)
+            let sentAt = ContinuousClock.now
+            do {
+                let response: HTTPClientResponse
+                if !lease.isRemote, let port = lease.localPort {
+                    // Silence is bounded by the client's read timeout (scheduler.readTimeout); a
+                    // kept-alive connection found closed is replaced inside the client.
+                    response = try await local.execute(port: port, method: method, path: upstreamPath, headers: upstreamHeaders, body: body)
+                } else {
+                    var upstream = HTTPClientRequest(url: lease.baseURL + upstreamPath)
+                    upstream.method = method
+                    upstream.headers = upstreamHeaders
+                    if let body { upstream.body = .bytes(body) }
+                    // This deadline only caps a request's whole life. AHC's own logging (debug and
+                    // trace only) is left off: failures are logged below.
+                    response = try await client.execute(upstream, timeout: .hours(24))
+                }
+                return UpstreamExchange(
+                    requestID: requestID, route: route, lease: lease, holder: holder, started: started, response: response, caller: caller,
+                    reservation: reservation, promptBound: promptBound, sentAt: sentAt)
+            } catch where !retried && !lease.isRemote && Self.isRefused(error) {
+                // The instance died before the request reached it and its exit is not noticed
+                // yet (a crash a moment ago): nothing was sent, so stop it and go to a fresh one.
+                retried = true
+                await holder.release()
+                await scheduler.reportUnresponsive(lease, reason: "its port refused a connection")
+                do {
+                    lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller)
+                } catch {
+                    if let reservation { access?.reconcile(reservation, actualTokens: 0) }
+                    throw refused(OpenAIError(error), kind: "\(error)")
+                }
+            } catch {
+                await holder.release()
+                holder.reconcile(actualTokens: 0)
+                func recordFailure(status: Int, kind: String) {
+                    var r = leaseRecord(requestID: requestID, route: route, lease: lease, status: status, errorKind: kind, started: started)
+                    r.team = caller.teamID
+                    r.keyPrefix = caller.keyPrefix
+                    record(r)
+                }
+                if Self.isReadTimeout(error) {
+                    let failure = await bodyFailure(error, lease: lease)
+                    recordFailure(status: failure.status, kind: failure.kind)
+                    throw failure.openAIError
+                }
+                let crashed = await scheduler.instance(for: lease.modelID) == nil
+                logger.warning("upstream request failed", metadata: ["model": "\(lease.modelID)", "error": "\(error)"])
+                recordFailure(status: 502, kind: "upstream_unreachable")
+                throw OpenAIError(.badGateway, crashed ? "model '\(lease.modelID)' stopped while handling the request" : "upstream request failed: \(error)",
+                                  type: "server_error", code: "upstream_error", retryAfter: 1)
+            }
         }
-        if let key = lease.apiKey { upstreamHeaders.add(name: "authorization", value: "Bearer \(key)") }
-        if body != nil { upstreamHeaders.replaceOrAdd(name: "content-type", value: contentType) }
+    }
 
-        let sentAt = ContinuousClock.now
-        do {
-            let response: HTTPClientResponse
-            if !lease.isRemote, let port = lease.localPort {
-                // Silence is bounded by the client's read timeout (scheduler.readTimeout); a
-                // kept-alive connection found closed is replaced inside the client.
-                response = try await local.execute(port: port, method: method, path: upstreamPath, headers: upstreamHeaders, body: body)
-            } else {
-                var upstream = HTTPClientRequest(url: lease.baseURL + upstreamPath)
-                upstream.method = method
-                upstream.headers = upstreamHeaders
-                if let body { upstream.body = .bytes(body) }
-                // This deadline only caps a request's whole life. AHC's own logging (debug and
-                // trace only) is left off: failures are logged below.
-                response = try await client.execute(upstream, timeout: .hours(24))
-            }
-            return UpstreamExchange(
-                requestID: requestID, route: route, lease: lease, holder: holder, started: started, response: response, caller: caller,
-                reservation: reservation, promptBound: promptBound, sentAt: sentAt)
-        } catch {
-            await holder.release()
-            holder.reconcile(actualTokens: 0)
-            func recordFailure(status: Int, kind: String) {
-                var r = leaseRecord(requestID: requestID, route: route, lease: lease, status: status, errorKind: kind, started: started)
-                r.team = caller.teamID
-                r.keyPrefix = caller.keyPrefix
-                record(r)
-            }
-            if Self.isReadTimeout(error) {
-                let failure = await bodyFailure(error, lease: lease)
-                recordFailure(status: failure.status, kind: failure.kind)
-                throw failure.openAIError
-            }
-            let crashed = await scheduler.instance(for: lease.modelID) == nil
-            logger.warning("upstream request failed", metadata: ["model": "\(lease.modelID)", "error": "\(error)"])
-            recordFailure(status: 502, kind: "upstream_unreachable")
-            throw OpenAIError(.badGateway, crashed ? "model '\(lease.modelID)' stopped while handling the request" : "upstream request failed: \(error)",
-                              type: "server_error", code: "upstream_error", retryAfter: 1)
-        }
+    /// A local instance's port refused the connection: the request was not sent.
+    static func isRefused(_ error: any Error) -> Bool {
+        (error as? IOError)?.errnoCode == ECONNREFUSED
     }
 
     /// A lease on `modelName`'s instance or, when it cannot be loaded or its queue is full, on the

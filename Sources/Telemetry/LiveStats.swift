@@ -7,25 +7,25 @@ import Synchronization
 /// last hour, so a page opened later still has history to draw. A `Service` of the application.
 public final class LiveStats: Service, Sendable {
     /// Numbers over one span of time; percentiles are nil when nothing finished in it.
-    struct Window: Sendable, Encodable, Equatable {
+    public struct Window: Sendable, Encodable, Equatable {
         /// The span's end, in milliseconds since 1970.
-        var t: Int64
-        var seconds: Double
-        var requests: Int
-        var errors: Int
-        var requestsPerSecond: Double
-        var tokensPerSecond: Double
-        var latencyP50Ms: Double?
-        var latencyP95Ms: Double?
-        var ttftP50Ms: Double?
-        var ttftP95Ms: Double?
+        public var t: Int64
+        public var seconds: Double
+        public var requests: Int
+        public var errors: Int
+        public var requestsPerSecond: Double
+        public var tokensPerSecond: Double
+        public var latencyP50Ms: Double?
+        public var latencyP95Ms: Double?
+        public var ttftP50Ms: Double?
+        public var ttftP95Ms: Double?
 
         enum CodingKeys: String, CodingKey {
             case t, seconds, requests, errors, requestsPerSecond, tokensPerSecond, latencyP50Ms, latencyP95Ms, ttftP50Ms, ttftP95Ms
         }
 
         /// Percentiles are written as `null` when absent, so every message has every field.
-        func encode(to encoder: any Encoder) throws {
+        public func encode(to encoder: any Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
             try c.encode(t, forKey: .t)
             try c.encode(seconds, forKey: .seconds)
@@ -40,9 +40,9 @@ public final class LiveStats: Service, Sendable {
     }
 
     /// A history point and its sequence number (a client asks for the points after the last it has).
-    struct Point: Sendable {
-        var seq: Int
-        var window: Window
+    public struct Point: Sendable {
+        public var seq: Int
+        public var window: Window
     }
 
     private struct State {
@@ -52,7 +52,7 @@ public final class LiveStats: Service, Sendable {
         var ticks = 0
     }
 
-    let interval: Duration
+    public let interval: Duration
     /// Seconds the live numbers cover.
     let liveSeconds: Int
     /// Ticks per history point, and how many points are kept.
@@ -61,7 +61,7 @@ public final class LiveStats: Service, Sendable {
     private let metrics: GatewayMetrics
     private let state = Mutex(State())
 
-    init(metrics: GatewayMetrics, interval: Duration = .seconds(2), liveSeconds: Int = 60, pointSeconds: Int = 10, historySeconds: Int = 3600) {
+    public init(metrics: GatewayMetrics, interval: Duration = .seconds(2), liveSeconds: Int = 60, pointSeconds: Int = 10, historySeconds: Int = 3600) {
         self.metrics = metrics
         self.interval = interval
         let step = max(1, Int(interval.components.seconds))
@@ -89,7 +89,7 @@ public final class LiveStats: Service, Sendable {
     }
 
     /// The live numbers (over up to `liveSeconds`) and the history points after `seq`.
-    func snapshot(pointsAfter seq: Int) -> (live: Window, points: [Point]) {
+    public func snapshot(pointsAfter seq: Int) -> (live: Window, points: [Point]) {
         state.withLock { s in
             let last = s.samples.last!
             let first = s.samples.first { last.at.timeIntervalSince($0.at) <= Double(liveSeconds) + 0.5 } ?? last

@@ -1,6 +1,7 @@
 import Foundation
 import Runtime
 import Synchronization
+import Usage
 
 /// Corral's own metrics in Prometheus text format: counters and histograms fed by every
 /// request's record, and fleet gauges read from the scheduler at scrape time.
@@ -45,7 +46,7 @@ public final class GatewayMetrics: Sendable {
 
     private let families: Mutex<[String: Family]>
     /// Requests answered by the fast lane (the rest of the proxied ones went through the router).
-    let fastLaneRequests = Atomic<Int>(0)
+    public let fastLaneRequests = Atomic<Int>(0)
     /// Writes of the job store that failed (each failed its job, or was logged when none ran).
     let jobPersistenceFailures = Atomic<Int>(0)
     private let runningTotals = Mutex(Totals())

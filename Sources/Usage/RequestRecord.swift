@@ -27,6 +27,28 @@ public struct RequestRecord: Sendable {
     /// llama-server's time per generated token.
     public var timePerOutputTokenMs: Double?
     public var date = Date()
+
+    public init(
+        requestID: String, route: String, model: String, status: Int, errorKind: String? = nil, queueMs: Double, loadMs: Double,
+        timeToFirstByteMs: Double?, totalMs: Double, promptTokens: Int? = nil, cachedTokens: Int? = nil, completionTokens: Int? = nil,
+        promptTokensPerSecond: Double? = nil, generationTokensPerSecond: Double? = nil, clientDisconnected: Bool
+    ) {
+        self.requestID = requestID
+        self.route = route
+        self.model = model
+        self.status = status
+        self.errorKind = errorKind
+        self.queueMs = queueMs
+        self.loadMs = loadMs
+        self.timeToFirstByteMs = timeToFirstByteMs
+        self.totalMs = totalMs
+        self.promptTokens = promptTokens
+        self.cachedTokens = cachedTokens
+        self.completionTokens = completionTokens
+        self.promptTokensPerSecond = promptTokensPerSecond
+        self.generationTokensPerSecond = generationTokensPerSecond
+        self.clientDisconnected = clientDisconnected
+    }
 }
 
 /// Receives a record for every proxied request.
@@ -38,12 +60,12 @@ public typealias RequestRecorder = @Sendable (RequestRecord) -> Void
 /// system calls per request). These IDs identify a request in logs, the ledger and
 /// `x-request-id`; they need to be unique, not secret: a random start, then a counter passed
 /// through SplitMix64's bijective mix so consecutive IDs look unrelated.
-enum RequestIDs {
+public enum RequestIDs {
     private static let counter = Atomic<UInt64>(UInt64.random(in: .min ... .max))
     private static let high = UInt64.random(in: .min ... .max)
     private static let digits = Array("0123456789abcdef".utf8)
 
-    static func next() -> String {
+    public static func next() -> String {
         let n = counter.add(1, ordering: .relaxed).newValue
         var out = [UInt8](repeating: UInt8(ascii: "-"), count: 36)
         var i = 0

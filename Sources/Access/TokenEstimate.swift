@@ -1,4 +1,3 @@
-import Access
 import Foundation
 import Synchronization
 
@@ -43,7 +42,9 @@ public struct TokenEstimate: Sendable, Equatable {
             text(list)
         }
         for key in ["prompt", "input", "input_prefix", "input_suffix", "content", "query", "documents", "system"] { text(body[key]) }
-        if let tools = body["tools"] { bytes += JSON.data(tools).count }
+        if let tools = body["tools"], JSONSerialization.isValidJSONObject(tools) {
+            bytes += (try? JSONSerialization.data(withJSONObject: tools))?.count ?? 0
+        }
         prompt = bytes + messages * Self.perMessage + 16
         let limit = ["max_tokens", "max_completion_tokens", "n_predict", "max_output_tokens"].lazy.compactMap { body[$0] as? Int }.first { $0 >= 0 }
         let embeddingLike = body["input"] != nil && body["messages"] == nil && body["prompt"] == nil
@@ -51,7 +52,7 @@ public struct TokenEstimate: Sendable, Equatable {
     }
 
     /// Tokens to reserve: prompt (plus the template's own text) and output, capped by the context.
-    func reservation(context: Int, templateBytes: Int = 0) -> Int {
+    public func reservation(context: Int, templateBytes: Int = 0) -> Int {
         prompt + (prompt > 16 ? templateBytes : 0) + min(output ?? context, context)
     }
 
@@ -97,7 +98,7 @@ public struct TokenEstimate: Sendable, Equatable {
 
 extension AccessError {
     /// The ledger's `errorKind` for a refusal.
-    var kind: String {
+    public var kind: String {
         switch self {
         case .unauthenticated: "unauthenticated"
         case .forbidden: "model_not_allowed"
