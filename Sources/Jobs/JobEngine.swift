@@ -183,11 +183,20 @@ public actor JobEngine {
             continuation.onTermination = { _ in Task { await self.unsubscribe(id, token) } }
         }
         let store = self.store
+        let logger = self.logger
         return AsyncStream { out in
             let reader = Task {
                 var last = after
                 while !Task.isCancelled {
-                    guard let page = try? await store.jobEvents(job: id, after: last, limit: 500), !page.isEmpty else { break }
+                    let page: [StoredJobEvent]
+                    do { page = try await store.jobEvents(job: id, after: last, limit: 500) } catch {
+                        // The stored log cannot be read: end the stream rather than skip to live
+                        // events with a gap (a follower reconnects with its last id).
+                        logger.error("job event log could not be read", metadata: ["job": "\(id)", "error": "\(error)"])
+                        out.finish()
+                        return
+                    }
+                    if page.isEmpty { break }
                     for e in page {
                         out.yield(JobEvent(id: e.sequence, job: e.job, at: e.at, type: e.type, data: (try? JobCoding.decoder.decode(JobJSON.self, from: e.data)) ?? .null))
                         last = e.sequence
