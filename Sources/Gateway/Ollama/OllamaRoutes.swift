@@ -307,7 +307,7 @@ struct OllamaRoutes: Sendable {
                 if shape == .chat { alive["message"] = ["role": "assistant", "content": ""] } else { alive["response"] = "" }
                 do { try await writer.write(ByteBuffer(string: JSON.encode(alive) + "\n")) } catch {
                     // The client left: release the slot once the instance answers.
-                    if case .success(let exchange) = await opening.wait(upTo: .seconds(86_400 * 365)) {
+                    if case .success(let exchange) = await opening.value() {
                         await relay.finish(exchange, status: 200, disconnected: true)
                     }
                     return

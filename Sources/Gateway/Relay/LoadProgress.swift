@@ -102,7 +102,7 @@ extension Relay {
             }
             if clientGone {
                 // Release the slot once the instance answers; the row says the client left.
-                if case .success(let exchange) = await opening.wait(upTo: .seconds(86_400 * 365)) {
+                if case .success(let exchange) = await opening.value() {
                     await relay.passBody(exchange, status: .ok, isSSE: true, hideUsage: true, write: { _ in false }, end: {})
                 }
                 return

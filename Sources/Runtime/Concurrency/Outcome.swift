@@ -23,6 +23,13 @@ public final class Outcome<Value: Sendable>: Sendable {
         waiter?.resume(returning: value)
     }
 
+    /// The value, however long it takes to be set.
+    public func value() async -> Value {
+        while true {
+            if let value = await wait(upTo: .seconds(3600)) { return value }
+        }
+    }
+
     /// The value, as soon as it is set, or nil when `limit` passes first.
     public func wait(upTo limit: Duration) async -> Value? {
         await withCheckedContinuation { continuation in
