@@ -80,6 +80,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Uploaded files (the OpenAI Files API) for evaluations and fine-tuning.
+        .target(
+            name: "Files",
+            dependencies: ["Store", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
         // The durable job engine: typed states, event logs, cancel/pause/resume, restart rules,
         // memory claims through the scheduler. No HTTP.
         .target(
@@ -113,7 +119,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Jobs", "Library", "Lab",
+                "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -135,7 +141,7 @@ let package = Package(
         .executableTarget(
             name: "corral",
             dependencies: [
-                "Gateway", "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Jobs", "Library", "Lab",
+                "Gateway", "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
@@ -163,7 +169,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Runtime", "GGUF", "Store", "Access", "Usage", "Telemetry", "Jobs", "Library", "Lab",
+                "Gateway", "Runtime", "GGUF", "Store", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

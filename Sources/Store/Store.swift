@@ -48,6 +48,7 @@ public struct Store: Sendable {
         registerAccessMigrations(&m)
         registerDocumentMigrations(&m)
         registerJobMigrations(&m)
+        registerFileMigrations(&m)
         return m
     }
 

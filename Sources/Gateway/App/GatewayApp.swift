@@ -1,5 +1,6 @@
 import Access
 import AsyncHTTPClient
+import Files
 import Foundation
 import Hummingbird
 import HummingbirdCore
@@ -138,6 +139,14 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     let openAI = OpenAIRoutes(relay: relay, scheduler: deps.scheduler, access: deps.access, metrics: metrics, profiles: profiles)
     openAI.register(on: router)
     AnthropicRoutes(relay: relay, scheduler: deps.scheduler).register(on: router)
+    if let store = deps.store {
+        do {
+            let files = try FileLibrary(store: store, directory: deps.config.dataDirectory + "/files", maxBytes: deps.config.maxFileBytes)
+            FileRoutes(files: files).register(on: router)
+        } catch {
+            deps.logger.error("the Files API is off: its directory cannot be used", metadata: ["error": "\(error)"])
+        }
+    }
     OllamaRoutes(
         relay: relay, scheduler: deps.scheduler, digests: deps.digests, store: deps.store,
         allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access, profiles: profiles

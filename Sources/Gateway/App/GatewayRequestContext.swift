@@ -8,6 +8,9 @@ public struct GatewayRequestContext: RequestContext {
     public var maxUploadSize: Int { GatewayLimits.maxBodyBytes }
     /// Who sent the request (set by the authentication middleware; anonymous without accounts).
     public var caller: Caller = .anonymous
+    /// The request carries the admin token on a route that teams also use (`/v1/files`): it sees
+    /// every team's data there.
+    public var isAdmin = false
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)

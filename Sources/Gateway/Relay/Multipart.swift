@@ -1,9 +1,18 @@
 import Foundation
 import NIOCore
 
-/// Just enough of `multipart/form-data` to route an upload by one of its text fields (the
-/// `model` of an audio transcription); the body itself is passed on untouched.
+/// Enough of `multipart/form-data` to route an upload by one of its text fields (the `model`
+/// of an audio transcription) and to read a file upload (`/v1/files`).
 enum Multipart {
+    /// One part: its form name, its file name when it is a file, and its bytes.
+    struct Part {
+        let name: String
+        let filename: String?
+        let body: ArraySlice<UInt8>
+
+        var text: String { String(decoding: body, as: UTF8.self) }
+    }
+
     /// The boundary a `multipart/form-data; boundary=…` content type declares.
     static func boundary(_ contentType: String) -> String? {
         let parts = contentType.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
@@ -18,22 +27,44 @@ enum Multipart {
 
     /// The text of the form field `name` (a part without a file name), if present.
     static func field(_ name: String, in body: ByteBuffer, boundary: String) -> String? {
-        let bytes = Array(body.readableBytesView)
+        parts(in: Array(body.readableBytesView), boundary: boundary).first { $0.name == name && $0.filename == nil }?.text
+    }
+
+    /// Every part of a body, in order (a part without a `name` is skipped).
+    static func parts(in bytes: [UInt8], boundary: String) -> [Part] {
         let delimiter = Array("--\(boundary)".utf8)
+        let next = Array("\r\n--\(boundary)".utf8)
         let headerEnd = Array("\r\n\r\n".utf8)
+        var found: [Part] = []
         var start = 0
         while let at = find(delimiter, in: bytes, from: start) {
             let partStart = at + delimiter.count
-            guard let headersEnd = find(headerEnd, in: bytes, from: partStart) else { return nil }
-            let headers = String(decoding: bytes[partStart..<headersEnd], as: UTF8.self).lowercased()
+            guard let headersEnd = find(headerEnd, in: bytes, from: partStart) else { break }
+            let headers = String(decoding: bytes[partStart..<headersEnd], as: UTF8.self)
             let contentStart = headersEnd + headerEnd.count
-            let next = find(Array("\r\n--\(boundary)".utf8), in: bytes, from: contentStart) ?? bytes.count
-            if headers.contains("name=\"\(name.lowercased())\""), !headers.contains("filename=") {
-                return String(decoding: bytes[contentStart..<next], as: UTF8.self)
+            let end = find(next, in: bytes, from: contentStart) ?? bytes.count
+            if let disposition = headers.split(separator: "\r\n").first(where: { $0.lowercased().hasPrefix("content-disposition:") }) {
+                let parameters = Self.parameters(String(disposition.dropFirst("content-disposition:".count)))
+                if let name = parameters["name"] {
+                    found.append(Part(name: name, filename: parameters["filename"], body: bytes[contentStart..<end]))
+                }
             }
-            start = next
+            start = end
         }
-        return nil
+        return found
+    }
+
+    /// `form-data; name="file"; filename="a.jsonl"` → `["name": "file", "filename": "a.jsonl"]`.
+    static func parameters(_ disposition: String) -> [String: String] {
+        var out: [String: String] = [:]
+        for item in disposition.split(separator: ";").dropFirst() {
+            let pair = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard pair.count == 2 else { continue }
+            var value = pair[1]
+            if value.hasPrefix("\""), value.hasSuffix("\""), value.count >= 2 { value = String(value.dropFirst().dropLast()) }
+            out[pair[0].lowercased()] = value
+        }
+        return out
     }
 
     private static func find(_ needle: [UInt8], in haystack: [UInt8], from: Int) -> Int? {

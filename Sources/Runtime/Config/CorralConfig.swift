@@ -137,6 +137,8 @@ public struct CorralConfig: Sendable {
     public var allowModelFileDeletion = false
     /// Largest accepted request body.
     public var maxBodyBytes = 32 << 20
+    /// The largest file `/v1/files` accepts (`files.maxBytes`).
+    public var maxFileBytes = 100 << 20
     /// Folder relative paths were resolved against.
     public var baseDirectory = "."
 
@@ -184,6 +186,10 @@ public struct CorralConfig: Sendable {
         }
         c.dataDirectory = resolve(try root.string("dataDirectory") ?? "data")
         c.maxBodyBytes = try root.int("maxBodyBytes", min: 1024) ?? c.maxBodyBytes
+        if var f = try root.object("files") {
+            c.maxFileBytes = try f.int("maxBytes", min: 1) ?? c.maxFileBytes
+            try f.finish()
+        }
         c.defaultModel = try root.string("defaultModel")
         if c.defaultModel?.isEmpty == true { throw ConfigError(key: "defaultModel", problem: "must name a model") }
         if var l = try root.object("llama") {

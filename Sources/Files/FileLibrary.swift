@@ -1,0 +1,142 @@
+import Crypto
+import Foundation
+import Store
+
+/// Why a file operation was refused.
+public enum FileError: Error, Sendable, Equatable, CustomStringConvertible {
+    case badRequest(String, param: String?)
+    case notFound(String)
+    case tooLarge(limit: Int)
+    /// The files directory or the database could not be written or read.
+    case storage(String)
+
+    public var description: String {
+        switch self {
+        case .badRequest(let message, _): message
+        case .notFound(let id): "no file '\(id)'"
+        case .tooLarge(let limit): "the file is larger than the limit of \(limit) bytes (files.maxBytes)"
+        case .storage(let why): "the file store failed: \(why)"
+        }
+    }
+}
+
+/// Uploaded files (the OpenAI Files API, shared by evaluations and fine-tuning): the bytes under
+/// `directory/<id>`, written whole to a temporary name and renamed into place, the row (team,
+/// purpose, name, size, SHA-256) in the store. A file belongs to the team that uploaded it; a
+/// name from a request is metadata only and never becomes a path.
+public struct FileLibrary: Sendable {
+    public let store: Store
+    public let directory: String
+    /// The largest file accepted.
+    public let maxBytes: Int
+
+    /// The purposes accepted, as OpenAI names them.
+    public static let purposes = ["evals", "fine-tune", "batch", "user_data"]
+
+    public init(store: Store, directory: String, maxBytes: Int) throws(FileError) {
+        self.store = store
+        self.directory = directory
+        self.maxBytes = maxBytes
+        do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+            throw .storage("cannot create \(directory): \(error.localizedDescription)")
+        }
+    }
+
+    /// Stores an upload once it is checked: size, purpose and, for `evals` and `fine-tune`, that
+    /// every line is the JSON those runs read (the first bad line is named).
+    public func create(_ contents: Data, filename: String, purpose: String, team: String?) async throws(FileError) -> StoredFile {
+        guard Self.purposes.contains(purpose) else {
+            throw .badRequest("purpose must be one of \(Self.purposes.joined(separator: ", "))", param: "purpose")
+        }
+        guard contents.count <= maxBytes else { throw .tooLarge(limit: maxBytes) }
+        try Self.validate(contents, purpose: purpose)
+        let name = String((filename.split(separator: "/").last.map(String.init) ?? "").prefix(255))
+        let id = "file-" + Self.randomHex(12)
+        let path = directory + "/" + id
+        do { try contents.write(to: URL(fileURLWithPath: path), options: .atomic) } catch {
+            throw .storage("cannot write the file: \(error.localizedDescription)")
+        }
+        let digest = SHA256.hash(data: contents).map { String(format: "%02x", $0) }.joined()
+        let file = StoredFile(id: id, team: team, purpose: purpose, filename: name.isEmpty ? id : name, bytes: contents.count, sha256: digest, createdAt: Date())
+        do { try await store.putFile(file) } catch {
+            try? FileManager.default.removeItem(atPath: path)
+            throw .storage("cannot record the file: \(error)")
+        }
+        return file
+    }
+
+    /// The file `id`, if `scope` may see it.
+    public func file(_ id: String, scope: FileScope) async throws(FileError) -> StoredFile {
+        let found: StoredFile?
+        do { found = try await store.file(id: id, scope: scope) } catch { throw .storage("\(error)") }
+        guard let found else { throw .notFound(id) }
+        return found
+    }
+
+    /// A page of the files `scope` may see, and whether more follow.
+    public func list(scope: FileScope, purpose: String?, after: String?, limit: Int, newestFirst: Bool) async throws(FileError) -> (files: [StoredFile], hasMore: Bool) {
+        do {
+            let page = try await store.files(scope: scope, purpose: purpose, after: after, limit: limit + 1, newestFirst: newestFirst)
+            return (Array(page.prefix(limit)), page.count > limit)
+        } catch {
+            throw .storage("\(error)")
+        }
+    }
+
+    /// A file's bytes, checked against the SHA-256 recorded at upload.
+    public func contents(_ id: String, scope: FileScope) async throws(FileError) -> (StoredFile, Data) {
+        let file = try await file(id, scope: scope)
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: directory + "/" + file.id)) } catch {
+            throw .storage("cannot read \(file.id): \(error.localizedDescription)")
+        }
+        guard SHA256.hash(data: data).map({ String(format: "%02x", $0) }).joined() == file.sha256 else {
+            throw .storage("\(file.id) no longer matches the SHA-256 recorded at upload")
+        }
+        return (file, data)
+    }
+
+    /// Deletes a file `scope` may see: its row, then its bytes.
+    public func delete(_ id: String, scope: FileScope) async throws(FileError) {
+        let deleted: Bool
+        do { deleted = try await store.deleteFile(id: id, scope: scope) } catch { throw .storage("\(error)") }
+        guard deleted else { throw .notFound(id) }
+        let path = directory + "/" + id
+        guard FileManager.default.fileExists(atPath: path) else { return }
+        do { try FileManager.default.removeItem(atPath: path) } catch {
+            throw .storage("the file's record is gone but its bytes could not be removed: \(error.localizedDescription)")
+        }
+    }
+
+    /// Checks that every non-blank line of an `evals` or `fine-tune` upload is what those runs
+    /// read: `{"item": {…}}` for evaluations; `{"messages": […]}` (or `prompt` and `completion`)
+    /// for fine-tuning.
+    static func validate(_ contents: Data, purpose: String) throws(FileError) {
+        guard purpose == "evals" || purpose == "fine-tune" else { return }
+        var lines = 0
+        for (index, line) in contents.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() {
+            let text = line.last == UInt8(ascii: "\r") ? line.dropLast() : line[...]
+            guard text.contains(where: { $0 != 0x20 && $0 != 0x09 }) else { continue }
+            lines += 1
+            let number = index + 1
+            guard let object = (try? JSONSerialization.jsonObject(with: Data(text))) as? [String: Any] else {
+                throw .badRequest("line \(number) is not a JSON object", param: "file")
+            }
+            switch purpose {
+            case "evals":
+                guard object["item"] is [String: Any] else { throw .badRequest("line \(number) has no \"item\" object", param: "file") }
+            default:
+                let chat = object["messages"] is [Any]
+                let completion = object["prompt"] is String && object["completion"] is String
+                guard chat || completion else {
+                    throw .badRequest("line \(number) has neither \"messages\" nor \"prompt\" and \"completion\"", param: "file")
+                }
+            }
+        }
+        guard lines > 0 else { throw .badRequest("the file has no JSON lines", param: "file") }
+    }
+
+    static func randomHex(_ bytes: Int) -> String {
+        (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+    }
+}

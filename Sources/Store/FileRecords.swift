@@ -1,0 +1,107 @@
+import Foundation
+import GRDB
+
+/// One uploaded file's row (the bytes live in the files directory under `id`).
+public struct StoredFile: Sendable, Equatable {
+    public var id: String
+    /// The team that uploaded it (nil: open mode or the admin).
+    public var team: String?
+    public var purpose: String
+    public var filename: String
+    public var bytes: Int
+    public var sha256: String
+    public var createdAt: Date
+
+    public init(id: String, team: String?, purpose: String, filename: String, bytes: Int, sha256: String, createdAt: Date) {
+        (self.id, self.team, self.purpose, self.filename, self.bytes, self.sha256, self.createdAt) = (id, team, purpose, filename, bytes, sha256, createdAt)
+    }
+}
+
+/// Which teams' files a query may see.
+public enum FileScope: Sendable, Equatable {
+    /// Every file (the admin).
+    case all
+    /// One team's files; `nil` is the files uploaded without a team (open mode).
+    case team(String?)
+}
+
+extension Store {
+    static func registerFileMigrations(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v6-files") { db in
+            try db.create(table: "file") { t in
+                t.primaryKey("id", .text)
+                t.column("team", .text)
+                t.column("purpose", .text).notNull()
+                t.column("filename", .text).notNull()
+                t.column("bytes", .integer).notNull()
+                t.column("sha256", .text).notNull()
+                t.column("createdAt", .datetime).notNull()
+            }
+            try db.create(index: "file_by_team", on: "file", columns: ["team", "createdAt"])
+        }
+    }
+
+    public func putFile(_ file: StoredFile) async throws {
+        try await writer.write { db in
+            try db.execute(
+                sql: "INSERT INTO file (id, team, purpose, filename, bytes, sha256, createdAt) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                arguments: [file.id, file.team, file.purpose, file.filename, file.bytes, file.sha256, file.createdAt])
+        }
+    }
+
+    /// The file `id` if `scope` may see it.
+    public func file(id: String, scope: FileScope) async throws -> StoredFile? {
+        try await writer.read { db in
+            var sql = "SELECT * FROM file WHERE id = ?"
+            var arguments: StatementArguments = [id]
+            Self.restrict(&sql, &arguments, scope)
+            return try Row.fetchOne(db, sql: sql, arguments: arguments).map(Self.file)
+        }
+    }
+
+    /// Files `scope` may see, by creation time (`newestFirst` or oldest first), optionally of one
+    /// purpose, after the file `after` (the paging cursor).
+    public func files(scope: FileScope, purpose: String?, after: String?, limit: Int, newestFirst: Bool) async throws -> [StoredFile] {
+        try await writer.read { db in
+            var sql = "SELECT * FROM file WHERE 1 = 1"
+            var arguments: StatementArguments = []
+            Self.restrict(&sql, &arguments, scope)
+            if let purpose { sql += " AND purpose = ?"; arguments += [purpose] }
+            let direction = newestFirst ? "DESC" : "ASC"
+            if let after {
+                sql += " AND (createdAt, id) \(newestFirst ? "<" : ">") (SELECT createdAt, id FROM file WHERE id = ?)"
+                arguments += [after]
+            }
+            sql += " ORDER BY createdAt \(direction), id \(direction) LIMIT ?"
+            arguments += [limit]
+            return try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.file)
+        }
+    }
+
+    /// Deletes the row of file `id` if `scope` may see it; whether it did.
+    public func deleteFile(id: String, scope: FileScope) async throws -> Bool {
+        try await writer.write { db in
+            var sql = "DELETE FROM file WHERE id = ?"
+            var arguments: StatementArguments = [id]
+            Self.restrict(&sql, &arguments, scope)
+            try db.execute(sql: sql, arguments: arguments)
+            return db.changesCount > 0
+        }
+    }
+
+    private static func restrict(_ sql: inout String, _ arguments: inout StatementArguments, _ scope: FileScope) {
+        switch scope {
+        case .all: break
+        case .team(let team?):
+            sql += " AND team = ?"
+            arguments += [team]
+        case .team(nil):
+            sql += " AND team IS NULL"
+        }
+    }
+
+    private static func file(_ row: Row) -> StoredFile {
+        StoredFile(id: row["id"], team: row["team"], purpose: row["purpose"], filename: row["filename"], bytes: row["bytes"],
+                   sha256: row["sha256"], createdAt: row["createdAt"])
+    }
+}
