@@ -123,12 +123,13 @@ def test_a_load_that_fails_after_the_stream_opened_is_an_error_event(corral):
     assert row["model"] == "failing" and row["status"] == 503
 
 
-def test_a_client_that_leaves_while_waiting_frees_its_slot(corral):
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+def test_a_client_that_leaves_while_waiting_frees_its_slot(corral, path):
     unload_all(corral)
-    body = {"model": "chat", "messages": CHAT, "max_tokens": 4, "stream": True}
-    with httpx.stream("POST", corral.base + "/v1/chat/completions", json=body, timeout=60) as r:
+    body = {"model": "chat", "messages": CHAT, "max_tokens": 400, "stream": True, "options": {"num_predict": 400}}
+    with httpx.stream("POST", corral.base + path, json=body, timeout=60) as r:
         for line in r.iter_lines():
-            if line.startswith(": loading"):
+            if line.startswith(": loading") or '"content":""' in line:
                 break  # and hang up
     deadline = time.time() + 20
     while True:

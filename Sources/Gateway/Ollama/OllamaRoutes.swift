@@ -306,9 +306,10 @@ struct OllamaRoutes: Sendable {
                 var alive: [String: Any] = ["model": name, "created_at": OllamaValues.timestamp(), "done": false]
                 if shape == .chat { alive["message"] = ["role": "assistant", "content": ""] } else { alive["response"] = "" }
                 do { try await writer.write(ByteBuffer(string: JSON.encode(alive) + "\n")) } catch {
-                    // The client left: release the slot once the instance answers.
+                    // The client left: once the instance answers, stop reading it (which cancels
+                    // the generation) and settle the request as disconnected.
                     if case .success(let exchange) = await opening.value() {
-                        await relay.finish(exchange, status: 200, disconnected: true)
+                        await relay.passBody(exchange, status: .ok, isSSE: true, hideUsage: true, write: { _ in false }, end: {})
                     }
                     return
                 }
