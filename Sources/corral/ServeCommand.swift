@@ -97,6 +97,13 @@ struct ServeCommand: AsyncParsableCommand {
             catalog: catalog, limits: limits, tools: tools, client: client, logger: logger,
             planCache: StoreFitPlanCache(store: store, hardwareFingerprint: HostMemory.fingerprint(devices: devices), llamaBuild: build))
         try await Lab.restoreRuntimeProfiles(store: store, scheduler: scheduler)
+        do {
+            let legacy = try await LegacyRuns.importAll(store: store)
+            if legacy.imported > 0 { logger.info("benchmark runs and tuning sessions of an older build are jobs now", metadata: ["count": "\(legacy.imported)"]) }
+            for what in legacy.unreadable { logger.warning("a run saved by an older build could not be read; it stays in the database", metadata: ["what": "\(what)"]) }
+        } catch {
+            logger.error("runs saved by an older build could not be imported; they stay in the database", metadata: ["error": "\(error)"])
+        }
         if let saved = try await store.document(kind: "setting", id: "defaultModel"),
            let name = (try? JSONSerialization.jsonObject(with: saved) as? [String: Any])?["model"] as? String {
             do { try await scheduler.setDefaultModel(name) } catch {

@@ -3,6 +3,8 @@ is a job, listed and paged in one place; its event log streams as SSE with ids a
 Last-Event-ID after a disconnect; cancel, pause and resume act on the running work; a restart
 marks a running benchmark interrupted; bad input gets OpenAI-shaped errors."""
 import json
+import signal
+import sqlite3
 import subprocess
 import time
 
@@ -218,5 +220,53 @@ def test_a_restart_interrupts_a_running_benchmark_and_keeps_its_log():
         events = read_events(c, job_id)
         assert events[0][2] == {"state": "queued"} and events[-1][2]["state"] == "interrupted"
         assert get(c, f"/admin/benchmarks/{job_id}")["status"] == "interrupted"
+    finally:
+        stop_corral(c)
+
+
+def test_runs_saved_by_an_older_build_become_jobs():
+    """Before the job engine, benchmark runs and tuning sessions were documents; at start they
+    become finished jobs (once), so their history stays."""
+    c = start_corral()
+    c.h = {"authorization": f"Bearer {c.admin_token}"}
+    try:
+        bench = wait_job(c, benchmark(c))
+        tune = post(c, "/admin/tuning", {"model": "chat", "strategy": "grid", "space": {"ubatch": [64]}, "requests": 1, "maxTokens": 2}, 202)["id"]
+        wait_job(c, tune)
+        # What the old build saved had the shape of today's views.
+        old_bench = {**get(c, f"/admin/benchmarks/{bench['id']}"), "id": "bench-0ld0ld01"}
+        old_bench.pop("state")
+        cut_off = {**old_bench, "id": "bench-0ld0ld02", "status": "running", "result": None, "completed": 1}
+        old_tune = {**get(c, f"/admin/tuning/{tune}"), "id": "tune-0ld0ld01"}
+        old_tune.pop("state")
+        c.proc.send_signal(signal.SIGTERM)
+        assert c.proc.wait(timeout=30) == 0
+        db = sqlite3.connect(f"{c.directory}/data/corral.sqlite")
+        for kind, doc in (("benchmark", old_bench), ("benchmark", cut_off), ("tuning", old_tune)):
+            db.execute("INSERT INTO document (kind, id, model, createdAt, body) VALUES (?, ?, ?, ?, ?)",
+                       (kind, doc["id"], "chat", "2026-11-01 10:00:00.000", json.dumps(doc).encode()))
+        db.commit()
+        db.close()
+        headers = c.h
+        c = start_corral(directory=c.directory)  # the same data directory, served again
+        c.h = headers
+        deadline = time.time() + 30
+        while True:
+            try:
+                imported = get(c, "/admin/jobs/bench-0ld0ld01")
+                break
+            except (httpx.TransportError, AssertionError):
+                assert time.time() < deadline
+                time.sleep(0.2)
+        assert imported["state"] == "succeeded" and imported["kind"] == "benchmark"
+        view = get(c, "/admin/benchmarks/bench-0ld0ld01")
+        assert view["status"] == "done" and view["result"] == old_bench["result"] and view["parameters"] == old_bench["parameters"]
+        assert get(c, "/admin/jobs/bench-0ld0ld02")["state"] == "interrupted"
+        session = get(c, "/admin/tuning/tune-0ld0ld01")
+        assert session["status"] == "done" and session["trials"] == old_tune["trials"] and session["best"] == old_tune["best"]
+        db = sqlite3.connect(f"{c.directory}/data/corral.sqlite")
+        assert db.execute("SELECT COUNT(*) FROM document WHERE kind IN ('benchmark', 'tuning')").fetchone()[0] == 0
+        db.close()
+        assert "bench-0ld0ld01" in [r["id"] for r in get(c, "/admin/benchmarks?model=chat")["benchmarks"]]
     finally:
         stop_corral(c)
