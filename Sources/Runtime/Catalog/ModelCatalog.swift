@@ -60,6 +60,7 @@ public struct ModelSpec: Sendable, Equatable {
         companion.embeddings = true
         companion.pinned = false
         companion.profile = nil
+        companion.fallbacks = []  // the model's fallbacks answer chat, not embeddings
         return companion
     }
 
