@@ -1,0 +1,82 @@
+import Foundation
+import Lab
+import Testing
+
+/// The evaluation graders on fixed strings, and the templates they read.
+@Suite struct GraderTests {
+    let context: [String: Any] = [
+        "item": ["question": "Capital of France?", "answer": "Paris", "n": 3, "tags": ["geo", "eu"]],
+        "sample": ["output_text": "The capital is Paris."],
+    ]
+
+    func grader(_ object: [String: Any]) throws -> Grader { try Grader(object, index: 0) }
+
+    @Test func templatesRenderItemAndSampleAndNameWhatIsMissing() throws {
+        #expect(try EvalTemplate.render("Q: {{item.question}} ({{ item.n }}, {{item.tags.1}})", context) == "Q: Capital of France? (3, eu)")
+        #expect(try EvalTemplate.render("{{item.tags}}", context) == #"["geo","eu"]"#)
+        #expect(EvalTemplate.references("{{item.a}} and {{sample.output_text}}") == ["item.a", "sample.output_text"])
+        #expect(throws: GraderError("the template names 'item.city', which the item does not have")) {
+            try EvalTemplate.render("{{item.city}}", context)
+        }
+    }
+
+    @Test func stringCheckOperations() throws {
+        let cases: [(String, String, Bool)] = [
+            ("eq", "{{item.answer}}", false), ("ne", "{{item.answer}}", true), ("like", "{{item.answer}}", true),
+            ("like", "paris", false), ("ilike", "paris", true), ("eq", "The capital is Paris.", true),
+        ]
+        for (operation, reference, passes) in cases {
+            let g = try grader(["type": "string_check", "name": "s", "input": "{{sample.output_text}}", "reference": reference, "operation": operation])
+            let grade = try g.grade(context)
+            #expect(grade.passed == passes, "\(operation) \(reference)")
+            #expect(grade.score == (passes ? 1 : 0))
+        }
+    }
+
+    @Test func textSimilarityMetrics() {
+        #expect(abs(TextSimilarity.fuzzyRatio("kitten", "sitting") - 8.0 / 13) < 1e-9)  // rapidfuzz ratio 61.54
+        #expect(TextSimilarity.fuzzyRatio("same", "same") == 1)
+        #expect(abs(TextSimilarity.rouge1(candidate: "the cat sat", reference: "the cat sat on the mat") - 2.0 / 3) < 1e-9)
+        #expect(abs(TextSimilarity.rougeL(candidate: "the cat on mat", reference: "the cat sat on the mat") - 0.8) < 1e-9)
+        #expect(abs(TextSimilarity.bleu(candidate: "the cat sat on the mat", reference: "the cat sat on the mat") - 1) < 1e-9)
+        #expect(TextSimilarity.bleu(candidate: "dog", reference: "the cat sat on the mat") == 0)
+        let partial = TextSimilarity.bleu(candidate: "the cat sat on a mat", reference: "the cat sat on the mat")
+        #expect(partial > 0.3 && partial < 1)
+        #expect(TextSimilarity.rougeL(candidate: "", reference: "x") == 0)
+    }
+
+    @Test func textSimilarityGraderUsesItsThreshold() throws {
+        let g = try grader(["type": "text_similarity", "name": "t", "input": "{{sample.output_text}}", "reference": "the capital is paris",
+                            "evaluation_metric": "rouge_1", "pass_threshold": 0.9])
+        let grade = try g.grade(context)
+        #expect(grade.score == 1 && grade.passed)  // words, lowercased, punctuation dropped
+        let strict = try grader(["type": "text_similarity", "name": "t", "input": "{{sample.output_text}}", "reference": "Paris",
+                                 "evaluation_metric": "fuzzy_match", "pass_threshold": 0.5])
+        #expect(try strict.grade(context).passed == false)
+    }
+
+    @Test func regexAndJSONSchema() throws {
+        let regex = try grader(["type": "regex", "name": "r", "input": "{{sample.output_text}}", "pattern": "\\bParis\\b"])
+        #expect(try regex.grade(context).passed)
+        let schema: [String: Any] = ["type": "object", "required": ["answer"], "properties": ["answer": ["type": "string", "enum": ["Paris", "Lyon"]]]]
+        let json = try grader(["type": "json_schema", "name": "j", "input": "{{sample.output_text}}", "schema": schema])
+        #expect(try json.grade(["sample": ["output_text": #"{"answer": "Paris"}"#]]).passed)
+        #expect(try json.grade(["sample": ["output_text": #"{"answer": "Rome"}"#]]).passed == false)
+        #expect(try json.grade(["sample": ["output_text": "not json"]]).passed == false)
+    }
+
+    @Test func badCriteriaAreRefusedWithTheirPlace() {
+        #expect(throws: GraderError("testing_criteria[0].type 'python' is not supported; use string_check, text_similarity, regex or json_schema")) {
+            try grader(["type": "python", "input": "x"])
+        }
+        #expect(throws: GraderError("testing_criteria[0].operation must be one of eq, ne, like, ilike")) {
+            try grader(["type": "string_check", "input": "x", "reference": "y", "operation": "similar"])
+        }
+        #expect(throws: GraderError("testing_criteria[0].pass_threshold must be a number from 0 to 1")) {
+            try grader(["type": "text_similarity", "input": "x", "reference": "y", "evaluation_metric": "bleu"])
+        }
+        #expect(throws: GraderError("testing_criteria[0].pattern must be a valid regular expression")) {
+            try grader(["type": "regex", "input": "x", "pattern": "("])
+        }
+    }
+}
