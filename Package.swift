@@ -107,7 +107,7 @@ let package = Package(
         .target(
             name: "Lab",
             dependencies: [
-                "Jobs", "Library", "Runtime", "GGUF", "Store",
+                "Jobs", "Library", "Runtime", "GGUF", "Store", "Files",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -291,6 +291,16 @@ public actor JobEngine {
         throw JobEngineError.wrongState(id: id, state: record.state, action: "change")
     }
 
+    /// Deletes a finished job and its event log; a job still queued, running or paused must be
+    /// cancelled first.
+    public func delete(_ id: String) async throws {
+        if let job = live[id] { throw JobEngineError.wrongState(id: id, state: job.record.state, action: "be deleted") }
+        unsaved[id] = nil
+        let deleted: Bool
+        do { deleted = try await uncancelled { try await self.store.deleteJob(id: id) } } catch { throw JobEngineError.persistence("\(error)") }
+        guard deleted else { throw JobEngineError.notFound(id) }
+    }
+
     /// Waits until the job is final and returns its record.
     public func finished(_ id: String) async throws -> JobRecord {
         for await _ in try await events(id, after: Int64.max - 1) {}

@@ -11,6 +11,7 @@ public protocol JobStore: Sendable {
     func lastJobEventSequence() async throws -> Int64
     func jobEvents(job: String, after sequence: Int64, limit: Int) async throws -> [StoredJobEvent]
     func pruneJobs(kind: String, finishedStates: [String], keep: Int, olderThan: Date?) async throws -> Int
+    func deleteJob(id: String) async throws -> Bool
 }
 
 extension Store: JobStore {}

@@ -17,11 +17,11 @@ public struct StoredFile: Sendable, Equatable {
     }
 }
 
-/// Which teams' files a query may see.
+/// Which teams' rows (files, evaluations) a query may see.
 public enum FileScope: Sendable, Equatable {
-    /// Every file (the admin).
+    /// Every team's (the admin).
     case all
-    /// One team's files; `nil` is the files uploaded without a team (open mode).
+    /// One team's; `nil` is what was made without a team (open mode).
     case team(String?)
 }
 
@@ -54,7 +54,7 @@ extension Store {
         try await writer.read { db in
             var sql = "SELECT * FROM file WHERE id = ?"
             var arguments: StatementArguments = [id]
-            Self.restrict(&sql, &arguments, scope)
+            Self.restrictTeam(&sql, &arguments, scope)
             return try Row.fetchOne(db, sql: sql, arguments: arguments).map(Self.file)
         }
     }
@@ -65,7 +65,7 @@ extension Store {
         try await writer.read { db in
             var sql = "SELECT * FROM file WHERE 1 = 1"
             var arguments: StatementArguments = []
-            Self.restrict(&sql, &arguments, scope)
+            Self.restrictTeam(&sql, &arguments, scope)
             if let purpose { sql += " AND purpose = ?"; arguments += [purpose] }
             let direction = newestFirst ? "DESC" : "ASC"
             if let after {
@@ -83,20 +83,9 @@ extension Store {
         try await writer.write { db in
             var sql = "DELETE FROM file WHERE id = ?"
             var arguments: StatementArguments = [id]
-            Self.restrict(&sql, &arguments, scope)
+            Self.restrictTeam(&sql, &arguments, scope)
             try db.execute(sql: sql, arguments: arguments)
             return db.changesCount > 0
-        }
-    }
-
-    private static func restrict(_ sql: inout String, _ arguments: inout StatementArguments, _ scope: FileScope) {
-        switch scope {
-        case .all: break
-        case .team(let team?):
-            sql += " AND team = ?"
-            arguments += [team]
-        case .team(nil):
-            sql += " AND team IS NULL"
         }
     }
 

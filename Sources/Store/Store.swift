@@ -49,6 +49,7 @@ public struct Store: Sendable {
         registerDocumentMigrations(&m)
         registerJobMigrations(&m)
         registerFileMigrations(&m)
+        registerEvalMigrations(&m)
         return m
     }
 

@@ -88,6 +88,11 @@ final class FlakyStore: JobStore {
         try check()
         return try await base.pruneJobs(kind: kind, finishedStates: finishedStates, keep: keep, olderThan: olderThan)
     }
+
+    func deleteJob(id: String) async throws -> Bool {
+        try check()
+        return try await base.deleteJob(id: id)
+    }
 }
 
 func temporaryStore() throws -> (Store, String) {

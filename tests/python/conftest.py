@@ -9,6 +9,7 @@ import tempfile
 import time
 import urllib.request
 
+import httpx
 import pytest
 
 CORRAL = os.path.abspath(os.environ.get("CORRAL_BIN", ".build/debug/corral"))
@@ -180,3 +181,13 @@ def admin_corral():
     c.h = {"authorization": f"Bearer {c.admin_token}"}
     yield c
     stop_corral(c)
+
+
+def team_keys(c: Corral, *names: str) -> dict:
+    """Creates one team per name, each with a key: {name: (team id, key)}."""
+    admin = {"authorization": f"Bearer {c.admin_token}"}
+    made = {}
+    for name in names:
+        team = httpx.post(c.base + "/admin/teams", headers=admin, json={"name": name}).json()
+        made[name] = (team["id"], httpx.post(c.base + f"/admin/teams/{team['id']}/keys", headers=admin, json={}).json()["key"])
+    return made

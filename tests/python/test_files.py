@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import restart_corral, start_corral, stop_corral
+from conftest import restart_corral, start_corral, stop_corral, team_keys
 
 ITEMS = b"".join(json.dumps({"item": {"question": f"q{i}", "answer": f"a{i}"}}).encode() + b"\n" for i in range(3))
 
@@ -102,10 +102,7 @@ def test_a_team_sees_only_its_files_and_the_admin_sees_all():
     c = start_corral()
     admin = {"authorization": f"Bearer {c.admin_token}"}
     try:
-        keys = {}
-        for team in ("red", "blue"):
-            t = httpx.post(c.base + "/admin/teams", headers=admin, json={"name": team}).json()
-            keys[team] = httpx.post(c.base + f"/admin/teams/{t['id']}/keys", headers=admin, json={}).json()["key"]
+        keys = {name: key for name, (_, key) in team_keys(c, "red", "blue").items()}
         red = sdk(c, keys["red"]).files.create(file=("r.jsonl", ITEMS), purpose="evals")
         blue = sdk(c, keys["blue"]).files.create(file=("b.txt", b"blue"), purpose="user_data")
         assert [f.id for f in sdk(c, keys["red"]).files.list()] == [red.id]

@@ -35,8 +35,9 @@ struct AuthMiddleware: RouterMiddleware {
             return try await next(request, context)
         }
         var context = context
-        // The admin token also opens the team routes whose data it may see whole (`/v1/files`).
-        if components.starts(with: ["v1", "files"]), access.isAdmin(key) {
+        // The admin token also opens the team routes whose data it may see whole (`/v1/files`,
+        // `/v1/evals`).
+        if components.starts(with: ["v1", "files"]) || components.starts(with: ["v1", "evals"]), access.isAdmin(key) {
             context.isAdmin = true
             return try await next(request, context)
         }

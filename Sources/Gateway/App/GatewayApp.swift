@@ -84,11 +84,32 @@ public struct GatewayDependencies: Sendable {
                 return (exchange.response, { status, usage, timings in await relay.finish(exchange, status: status, usage: usage, timings: timings) })
             },
             allocated: { model in await scheduler.instance(for: model)?.allocatedMiB })
+        // Evaluation requests go through the same serving path under the key that started the
+        // run (admitted against its limits, recorded with route /v1/evals).
+        let evalRun = EvalRunJob(store: store, complete: { model, body, team, keyPrefix in
+            let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:]
+            let exchange = try await relay.open(
+                route: "/v1/evals", method: .POST, upstreamPath: "/v1/chat/completions", modelName: model, body: ByteBuffer(bytes: body),
+                headers: [:], caller: Caller(teamID: team, keyPrefix: keyPrefix), tokens: TokenEstimate(object))
+            var answer = ByteBuffer()
+            let status = Int(exchange.response.status.code)
+            do {
+                for try await chunk in exchange.response.body { answer.writeImmutableBuffer(chunk) }
+            } catch {
+                let failure = await relay.bodyFailure(error, lease: exchange.lease)
+                await relay.finish(exchange, status: failure.status, errorKind: failure.kind)
+                throw failure.openAIError
+            }
+            let usage = answer.withUnsafeReadableBytes { JSON.members(["usage", "timings"], of: $0) }
+            await relay.finish(exchange, status: status, errorKind: Relay.upstreamErrorKind(exchange.response.status.code == 200 ? .ok : .init(code: status)),
+                               usage: usage?["usage"] as? [String: Any], timings: usage?["timings"] as? [String: Any])
+            return (status, Data(answer.readableBytesView))
+        })
         let tools = LlamaTools.discover(configured: config.llama.toolPaths)
         // An in-memory SQLite database cannot fail to open short of the process being out of memory.
         let jobStore: any JobStore = store ?? (try! Store.inMemory())
         return JobEngine(
-            store: jobStore, claims: scheduler, logger: logger, kinds: [benchmark, TuningJob(tools: tools, client: client)],
+            store: jobStore, claims: scheduler, logger: logger, kinds: [benchmark, TuningJob(tools: tools, client: client), evalRun],
             onPersistenceFailure: { _ in metrics.jobStoreWriteFailed() })
     }
 
@@ -143,6 +164,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
         do {
             let files = try FileLibrary(store: store, directory: deps.config.dataDirectory + "/files", maxBytes: deps.config.maxFileBytes)
             FileRoutes(files: files).register(on: router)
+            EvalRoutes(evaluations: Evaluations(store: store, engine: deps.jobs, files: files)).register(on: router)
         } catch {
             deps.logger.error("the Files API is off: its directory cannot be used", metadata: ["error": "\(error)"])
         }

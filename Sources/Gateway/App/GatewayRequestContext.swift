@@ -8,7 +8,7 @@ public struct GatewayRequestContext: RequestContext {
     public var maxUploadSize: Int { GatewayLimits.maxBodyBytes }
     /// Who sent the request (set by the authentication middleware; anonymous without accounts).
     public var caller: Caller = .anonymous
-    /// The request carries the admin token on a route that teams also use (`/v1/files`): it sees
+    /// The request carries the admin token on a route that teams also use (`/v1/files`, `/v1/evals`): it sees
     /// every team's data there.
     public var isAdmin = false
 

@@ -1,0 +1,126 @@
+import Foundation
+import GRDB
+
+/// Evaluations (their definition as JSON, owned by a team) and the output items of their runs
+/// (one row per item graded; runs themselves are jobs).
+extension Store {
+    static func registerEvalMigrations(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v7-evals") { db in
+            try db.create(table: "eval") { t in
+                t.primaryKey("id", .text)
+                t.column("team", .text)
+                t.column("createdAt", .datetime).notNull()
+                t.column("body", .blob).notNull()
+            }
+            try db.create(table: "eval_output_item") { t in
+                t.primaryKey("id", .text)
+                t.column("run", .text).notNull()
+                t.column("idx", .integer).notNull()
+                t.column("status", .text).notNull()
+                t.column("body", .blob).notNull()
+            }
+            try db.create(index: "eval_output_item_by_run", on: "eval_output_item", columns: ["run", "idx"], unique: true)
+        }
+    }
+
+    /// Inserts or replaces an evaluation.
+    public func putEval(id: String, team: String?, createdAt: Date, body: Data) async throws {
+        try await writer.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO eval (id, team, createdAt, body) VALUES (?, ?, ?, ?)
+                    ON CONFLICT(id) DO UPDATE SET body = excluded.body
+                    """, arguments: [id, team, createdAt, body])
+        }
+    }
+
+    /// An evaluation's body if `scope` may see it.
+    public func eval(id: String, scope: FileScope) async throws -> Data? {
+        try await writer.read { db in
+            var sql = "SELECT body FROM eval WHERE id = ?"
+            var arguments: StatementArguments = [id]
+            Self.restrictTeam(&sql, &arguments, scope)
+            return try Data.fetchOne(db, sql: sql, arguments: arguments)
+        }
+    }
+
+    /// Evaluations `scope` may see by creation time, after the evaluation `after`.
+    public func evals(scope: FileScope, after: String?, limit: Int, newestFirst: Bool) async throws -> [Data] {
+        try await writer.read { db in
+            var sql = "SELECT body FROM eval WHERE 1 = 1"
+            var arguments: StatementArguments = []
+            Self.restrictTeam(&sql, &arguments, scope)
+            let direction = newestFirst ? "DESC" : "ASC"
+            if let after {
+                sql += " AND (createdAt, id) \(newestFirst ? "<" : ">") (SELECT createdAt, id FROM eval WHERE id = ?)"
+                arguments += [after]
+            }
+            sql += " ORDER BY createdAt \(direction), id \(direction) LIMIT ?"
+            arguments += [limit]
+            return try Data.fetchAll(db, sql: sql, arguments: arguments)
+        }
+    }
+
+    public func deleteEval(id: String, scope: FileScope) async throws -> Bool {
+        try await writer.write { db in
+            var sql = "DELETE FROM eval WHERE id = ?"
+            var arguments: StatementArguments = [id]
+            Self.restrictTeam(&sql, &arguments, scope)
+            try db.execute(sql: sql, arguments: arguments)
+            return db.changesCount > 0
+        }
+    }
+
+    /// Stores one graded item of a run (replacing it when a resumed run grades it again).
+    public func putEvalOutputItem(id: String, run: String, index: Int, status: String, body: Data) async throws {
+        try await writer.write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO eval_output_item (id, run, idx, status, body) VALUES (?, ?, ?, ?, ?)",
+                arguments: [id, run, index, status, body])
+        }
+    }
+
+    /// A run's output items in item order (or reversed), optionally of one status, after the
+    /// item `after`.
+    public func evalOutputItems(run: String, status: String?, after: String?, limit: Int, descending: Bool) async throws -> [Data] {
+        try await writer.read { db in
+            var sql = "SELECT body FROM eval_output_item WHERE run = ?"
+            var arguments: StatementArguments = [run]
+            if let status { sql += " AND status = ?"; arguments += [status] }
+            if let after {
+                sql += " AND idx \(descending ? "<" : ">") (SELECT idx FROM eval_output_item WHERE id = ?)"
+                arguments += [after]
+            }
+            sql += " ORDER BY idx \(descending ? "DESC" : "ASC") LIMIT ?"
+            arguments += [limit]
+            return try Data.fetchAll(db, sql: sql, arguments: arguments)
+        }
+    }
+
+    public func evalOutputItem(id: String, run: String) async throws -> Data? {
+        try await writer.read { db in try Data.fetchOne(db, sql: "SELECT body FROM eval_output_item WHERE id = ? AND run = ?", arguments: [id, run]) }
+    }
+
+    public func deleteEvalOutputItems(run: String) async throws {
+        try await writer.write { db in try db.execute(sql: "DELETE FROM eval_output_item WHERE run = ?", arguments: [run]) }
+    }
+
+    /// Deletes a job row (and, by the cascade, its events).
+    public func deleteJob(id: String) async throws -> Bool {
+        try await writer.write { db in
+            try db.execute(sql: "DELETE FROM job WHERE id = ?", arguments: [id])
+            return db.changesCount > 0
+        }
+    }
+
+    static func restrictTeam(_ sql: inout String, _ arguments: inout StatementArguments, _ scope: FileScope) {
+        switch scope {
+        case .all: break
+        case .team(let team?):
+            sql += " AND team = ?"
+            arguments += [team]
+        case .team(nil):
+            sql += " AND team IS NULL"
+        }
+    }
+}

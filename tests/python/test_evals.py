@@ -1,0 +1,199 @@
+"""The OpenAI Evals API through Corral with the openai SDK against a real llama-server (tiny
+model, temperature 0, a seed): create an evaluation, run it on inline items and on an uploaded
+file, poll, list output items, cancel, delete; a run interrupted by a restart resumes its
+remaining items; bad input gets 400s in OpenAI's shape; a team cannot see another team's runs."""
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from conftest import restart_corral, start_corral, stop_corral, team_keys
+
+QUESTIONS = [{"item": {"question": f"Question {i}?", "answer": f"answer {i}"}} for i in range(3)]
+SELF = {"type": "string_check", "name": "self", "input": "{{sample.output_text}}", "reference": "{{sample.output_text}}", "operation": "eq"}
+ANSWER = {"type": "string_check", "name": "answer", "input": "{{sample.output_text}}", "reference": "{{item.answer}}", "operation": "eq"}
+TEMPLATE = {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]}
+SAMPLING = {"temperature": 0, "max_completion_tokens": 4, "seed": 7}
+
+
+@pytest.fixture(scope="module")
+def corral(admin_corral):
+    return admin_corral
+
+
+def sdk(c, key="x"):
+    return OpenAI(base_url=c.base + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def new_eval(client, criteria=(SELF, ANSWER)):
+    return client.evals.create(
+        name="capitals", testing_criteria=list(criteria),
+        data_source_config={"type": "custom", "item_schema": {"type": "object", "properties": {"question": {"type": "string"}}},
+                            "include_sample_schema": True})
+
+
+def completions(items, **extra):
+    return {"type": "completions", "model": "chat", "input_messages": TEMPLATE, "sampling_params": SAMPLING,
+            "source": {"type": "file_content", "content": items}, **extra}
+
+
+def wait_run(client, eval_id, run_id, until=("completed", "failed", "canceled"), seconds=180):
+    deadline = time.time() + seconds
+    while True:
+        run = client.evals.runs.retrieve(run_id, eval_id=eval_id)
+        if run.status in until:
+            return run
+        assert time.time() < deadline, run
+        time.sleep(0.2)
+
+
+def test_an_evaluation_runs_grades_and_keeps_every_output_item(corral):
+    client = sdk(corral)
+    evaluation = new_eval(client)
+    assert evaluation.id.startswith("eval_") and evaluation.name == "capitals"
+    assert evaluation.data_source_config.schema_["required"] == ["item", "sample"]
+    assert [c.name for c in client.evals.retrieve(evaluation.id).testing_criteria] == ["self", "answer"]
+    assert client.evals.update(evaluation.id, name="capitals v2").name == "capitals v2"
+    assert evaluation.id in [e.id for e in client.evals.list()]
+
+    run = client.evals.runs.create(evaluation.id, name="first", data_source=completions(QUESTIONS))
+    assert run.object == "eval.run" and run.status in ("queued", "in_progress", "completed")
+    done = wait_run(client, evaluation.id, run.id)
+    assert done.status == "completed", done
+    assert done.result_counts.total == 3 and done.result_counts.failed == 3 and done.result_counts.passed == 0
+    by_name = {r.testing_criteria: r for r in done.per_testing_criteria_results}
+    assert (by_name["self"].passed, by_name["answer"].failed) == (3, 3)
+    usage = done.per_model_usage[0]
+    assert usage.run_model_name == "chat" and usage.invocation_count == 3 and usage.completion_tokens == 12
+
+    items = list(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id))
+    assert [i.datasource_item_id for i in items] == [0, 1, 2]
+    first = items[0]
+    assert first.status == "fail" and first.datasource_item == QUESTIONS[0]["item"]
+    assert [(r.name, r.passed) for r in first.results] == [("self", True), ("answer", False)]
+    assert first.sample.input[0].content == "Question 0?" and first.sample.usage.completion_tokens == 4
+    # The sample is what the model answers any client: the same request sent as a chat completion.
+    direct = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Question 0?"}], max_tokens=4, temperature=0, seed=7)
+    assert first.sample.output[0].content == direct.choices[0].message.content
+    again = client.evals.runs.output_items.retrieve(first.id, eval_id=evaluation.id, run_id=run.id)
+    assert again.id == first.id
+    assert [i.datasource_item_id for i in client.evals.runs.output_items.list(run.id, eval_id=evaluation.id, status="pass")] == []
+    # The requests went through the serving path: ledger rows with the evaluation's route.
+    time.sleep(0.5)
+    rows = httpx.get(corral.base + "/admin/usage/requests?limit=50", headers=corral.h).json()["data"]
+    assert sum(1 for r in rows if r["route"] == "/v1/evals") >= 3
+
+
+def test_a_jsonl_file_of_samples_is_graded_exactly(corral):
+    client = sdk(corral)
+    lines = [{"item": {"answer": "Paris"}, "sample": {"output_text": text}} for text in ("Paris", "paris", "The capital is Paris")]
+    uploaded = client.files.create(file=("samples.jsonl", "\n".join(json.dumps(l) for l in lines).encode()), purpose="evals")
+    evaluation = new_eval(client, criteria=[
+        {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}", "operation": "eq"},
+        {"type": "string_check", "name": "mentions", "input": "{{sample.output_text}}", "reference": "{{item.answer}}", "operation": "ilike"},
+        {"type": "text_similarity", "name": "close", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
+         "evaluation_metric": "fuzzy_match", "pass_threshold": 0.8},
+    ])
+    run = client.evals.runs.create(evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_id", "id": uploaded.id}})
+    done = wait_run(client, evaluation.id, run.id)
+    results = {r.testing_criteria: (r.passed, r.failed) for r in done.per_testing_criteria_results}
+    assert results == {"exact": (1, 2), "mentions": (3, 0), "close": (2, 1)}  # "paris" is 0.8 like "Paris"
+    assert done.result_counts.passed == 1 and done.per_model_usage == []
+
+
+def test_bad_input_gets_a_400_that_says_why(corral):
+    client = sdk(corral)
+    with pytest.raises(openai.BadRequestError) as unknown:
+        new_eval(client, criteria=[{"type": "python", "name": "p", "source": "def grade(): pass"}])
+    assert "not supported" in unknown.value.message and unknown.value.body["param"] == "testing_criteria"
+    evaluation = new_eval(client)
+    missing = [{"item": {"question": "q", "answer": "a"}}, {"item": {"prompt": "no question here", "answer": "a"}}]
+    with pytest.raises(openai.BadRequestError) as template:
+        client.evals.runs.create(evaluation.id, data_source=completions(missing))
+    assert "item 1 has no 'item.question'" in template.value.message
+    notes = client.files.create(file=("n.txt", b"notes"), purpose="user_data")
+    with pytest.raises(openai.BadRequestError) as purpose:
+        client.evals.runs.create(evaluation.id, data_source={**completions([]), "source": {"type": "file_id", "id": notes.id}})
+    assert "not 'evals'" in purpose.value.message
+    with pytest.raises(openai.BadRequestError):
+        client.evals.runs.create(evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": QUESTIONS}})
+    with pytest.raises(openai.NotFoundError):
+        client.evals.runs.create("eval_nope", data_source=completions(QUESTIONS))
+    with pytest.raises(openai.NotFoundError):
+        client.evals.runs.retrieve("evalrun-nope", eval_id=evaluation.id)
+
+
+def test_cancel_and_delete(corral):
+    client = sdk(corral)
+    evaluation = new_eval(client)
+    many = [{"item": {"question": f"Q{i}", "answer": "a"}} for i in range(300)]
+    run = client.evals.runs.create(evaluation.id, data_source=completions(many, sampling_params={**SAMPLING, "max_completion_tokens": 16}))
+    wait_run(client, evaluation.id, run.id, until=("in_progress",))
+    canceled = client.evals.runs.cancel(run.id, eval_id=evaluation.id)
+    assert canceled.status == "canceled"
+    kept = list(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id))
+    assert len(kept) < 300
+    assert client.evals.runs.delete(run.id, eval_id=evaluation.id).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        client.evals.runs.retrieve(run.id, eval_id=evaluation.id)
+    assert client.evals.delete(evaluation.id).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        client.evals.retrieve(evaluation.id)
+
+
+def test_a_run_interrupted_by_a_restart_resumes_its_remaining_items():
+    c = start_corral()
+    c.h = {"authorization": f"Bearer {c.admin_token}"}
+    try:
+        client = sdk(c)
+        evaluation = new_eval(client)
+        items = [{"item": {"question": f"Q{i}", "answer": "a"}} for i in range(80)]
+        run = client.evals.runs.create(evaluation.id, data_source=completions(items, sampling_params={**SAMPLING, "max_completion_tokens": 16}))
+        deadline = time.time() + 120
+        while len(list(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id, limit=100))) < 5:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        restart_corral(c)
+        deadline = time.time() + 30
+        while True:
+            try:
+                done = wait_run(sdk(c), evaluation.id, run.id)
+                break
+            except openai.APIConnectionError:
+                assert time.time() < deadline
+                time.sleep(0.2)
+        assert done.status == "completed" and done.result_counts.total == 80
+        ids = [i.datasource_item_id for i in sdk(c).evals.runs.output_items.list(run.id, eval_id=evaluation.id, limit=100)]
+        assert sorted(ids) == list(range(80))
+        job = httpx.get(c.base + f"/admin/jobs/{run.id}", headers=c.h).json()
+        assert job["kind"] == "eval_run" and job["restarts"] == 1
+        assert done.per_model_usage[0].invocation_count >= 80  # items answered before the stop may be asked again
+    finally:
+        stop_corral(c)
+
+
+def test_a_team_sees_only_its_evaluations():
+    c = start_corral()
+    admin = {"authorization": f"Bearer {c.admin_token}"}
+    try:
+        teams = team_keys(c, "red", "blue")
+        keys = {name: key for name, (_, key) in teams.items()}
+        red = new_eval(sdk(c, keys["red"]))
+        run = sdk(c, keys["red"]).evals.runs.create(red.id, data_source=completions(QUESTIONS[:1]))
+        with pytest.raises(openai.NotFoundError):
+            sdk(c, keys["blue"]).evals.retrieve(red.id)
+        with pytest.raises(openai.NotFoundError):
+            sdk(c, keys["blue"]).evals.runs.retrieve(run.id, eval_id=red.id)
+        assert [e.id for e in sdk(c, keys["blue"]).evals.list()] == []
+        assert [e.id for e in sdk(c, c.admin_token).evals.list()] == [red.id]
+        done = wait_run(sdk(c, keys["red"]), red.id, run.id)
+        assert done.status == "completed"
+        time.sleep(0.5)
+        rows = httpx.get(c.base + "/admin/usage/requests?limit=20", headers=admin).json()["data"]
+        assert any(r["route"] == "/v1/evals" and r["team"] == teams["red"][0] for r in rows)
+    finally:
+        stop_corral(c)
+
