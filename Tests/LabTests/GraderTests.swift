@@ -66,7 +66,7 @@ import Testing
     }
 
     @Test func badCriteriaAreRefusedWithTheirPlace() {
-        #expect(throws: GraderError("testing_criteria[0].type 'python' is not supported; use string_check, text_similarity, regex or json_schema")) {
+        #expect(throws: GraderError("testing_criteria[0].type 'python' is not supported; use string_check, text_similarity, label_model, score_model, regex or json_schema")) {
             try grader(["type": "python", "input": "x"])
         }
         #expect(throws: GraderError("testing_criteria[0].operation must be one of eq, ne, like, ilike")) {
@@ -78,5 +78,52 @@ import Testing
         #expect(throws: GraderError("testing_criteria[0].pattern must be a valid regular expression")) {
             try grader(["type": "regex", "input": "x", "pattern": "("])
         }
+    }
+}
+
+/// The model-judged criteria: their checks, the constrained request, and reading the answer.
+@Suite struct JudgedGraderTests {
+    let label: [String: Any] = [
+        "type": "label_model", "name": "tone", "model": "judge", "labels": ["good", "bad"], "passing_labels": ["good"],
+        "input": [["role": "user", "content": "Rate '{{sample.output_text}}' for {{item.question}}"]],
+    ]
+
+    @Test func aLabelJudgeIsAskedForOneOfItsLabels() throws {
+        let g = try Grader(label, index: 0)
+        #expect(g.type.isJudged && g.model == "judge")
+        let request = try g.judgeRequest(["item": ["question": "q1"], "sample": ["output_text": "hi"]])
+        let messages = request["messages"] as? [[String: String]]
+        #expect(messages?.first?["content"] == "Rate 'hi' for q1")
+        let format = request["response_format"] as? [String: Any]
+        let schema = (format?["json_schema"] as? [String: Any])?["schema"] as? [String: Any]
+        let labelSchema = (schema?["properties"] as? [String: Any])?["label"] as? [String: Any]
+        #expect(labelSchema?["enum"] as? [String] == ["good", "bad"])
+        #expect(g.judged(#"{"label": "good"}"#) == (1, true))
+        #expect(g.judged(#"{"label": "bad"}"#) == (0, false))
+        #expect(g.judged("nonsense") == (0, false))
+        #expect(g.templates.contains("Rate '{{sample.output_text}}' for {{item.question}}"))
+    }
+
+    @Test func aScoreJudgeIsClampedToItsRangeAndThreshold() throws {
+        var score = label
+        score["type"] = "score_model"
+        score["range"] = [0, 10]
+        score["pass_threshold"] = 7
+        let g = try Grader(score, index: 1)
+        #expect(g.judged(#"{"score": 8}"#) == (8, true))
+        #expect(g.judged(#"{"score": 42}"#) == (10, true))
+        #expect(g.judged(#"{"score": 3.5}"#) == (3.5, false))
+    }
+
+    @Test func judgedCriteriaAreChecked() {
+        var noModel = label
+        noModel["model"] = nil
+        #expect(throws: GraderError("testing_criteria[0].model is required for label_model")) { try Grader(noModel, index: 0) }
+        var badPassing = label
+        badPassing["passing_labels"] = ["great"]
+        #expect(throws: GraderError("testing_criteria[0].passing_labels must be a non-empty subset of labels")) { try Grader(badPassing, index: 0) }
+        var textInput = label
+        textInput["input"] = "not a list"
+        #expect(throws: GraderError("testing_criteria[0].input must be a non-empty list of messages")) { try Grader(textInput, index: 0) }
     }
 }

@@ -3,6 +3,7 @@ model, temperature 0, a seed): create an evaluation, run it on inline items and 
 file, poll, list output items, cancel, delete; a run interrupted by a restart resumes its
 remaining items; bad input gets 400s in OpenAI's shape; a team cannot see another team's runs."""
 import json
+import tempfile
 import time
 
 import httpx
@@ -107,7 +108,7 @@ def test_a_jsonl_file_of_samples_is_graded_exactly(corral):
 def test_bad_input_gets_a_400_that_says_why(corral):
     client = sdk(corral)
     with pytest.raises(openai.BadRequestError) as unknown:
-        new_eval(client, criteria=[{"type": "python", "name": "p", "source": "def grade(): pass"}])
+        new_eval(client, criteria=[{"type": "python", "name": "p", "source": "def grade(): pass", "input": "x"}])
     assert "not supported" in unknown.value.message and unknown.value.body["param"] == "testing_criteria"
     evaluation = new_eval(client)
     missing = [{"item": {"question": "q", "answer": "a"}}, {"item": {"prompt": "no question here", "answer": "a"}}]
@@ -197,3 +198,35 @@ def test_a_team_sees_only_its_evaluations():
     finally:
         stop_corral(c)
 
+
+
+def test_label_and_score_criteria_are_judged_by_a_second_local_model():
+    d = tempfile.mkdtemp(prefix="corral-py-")
+    c = start_corral(directory=d, extra_models=[{"name": "judge", "path": f"{d}/chat.gguf", "contextSize": 1024}])
+    c.h = {"authorization": f"Bearer {c.admin_token}"}
+    try:
+        client = sdk(c)
+        ask = [{"role": "user", "content": "Is '{{sample.output_text}}' a good answer to '{{item.question}}'?"}]
+        evaluation = client.evals.create(
+            name="judged", data_source_config={"type": "custom", "item_schema": {"type": "object"}, "include_sample_schema": True},
+            testing_criteria=[
+                {"type": "label_model", "name": "verdict", "model": "judge", "input": ask, "labels": ["good", "bad"], "passing_labels": ["good"]},
+                {"type": "score_model", "name": "score", "model": "judge", "input": ask, "range": [0, 10], "pass_threshold": 5},
+            ])
+        run = client.evals.runs.create(evaluation.id, data_source=completions(QUESTIONS))
+        done = wait_run(client, evaluation.id, run.id)
+        assert done.status == "completed" and done.result_counts.errored == 0, done
+        for r in done.per_testing_criteria_results:
+            assert r.passed + r.failed == 3
+        usage = {u.run_model_name: u.invocation_count for u in done.per_model_usage}
+        assert usage == {"chat": 3, "judge": 6}  # two judged criteria per item
+        items = list(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id))
+        verdicts = [r for i in items for r in i.results if r.name == "verdict"]
+        assert len(verdicts) == 3 and all(v.score in (0, 1) and v.passed == (v.score == 1) for v in verdicts)
+        scores = [r.score for i in items for r in i.results if r.name == "score"]
+        assert all(0 <= s <= 10 for s in scores)
+        time.sleep(0.5)
+        rows = httpx.get(c.base + "/admin/usage/requests?limit=50", headers=c.h).json()["data"]
+        assert sum(1 for r in rows if r["model"] == "judge" and r["route"] == "/v1/evals") == 6
+    finally:
+        stop_corral(c)

@@ -53,7 +53,18 @@ public struct EvalRunState: Sendable, Codable, Equatable {
     public var failed = 0
     public var errored = 0
     public var criteria: [Criterion] = []
-    public var usage = Usage()
+    /// Usage by model: the model under evaluation and any judges.
+    public var usage: [String: Usage] = [:]
+
+    mutating func add(_ usage: [String: Any]?, model: String) {
+        guard let usage else { return }
+        var u = self.usage[model] ?? Usage()
+        u.invocations += 1
+        u.promptTokens += usage["prompt_tokens"] as? Int ?? 0
+        u.completionTokens += usage["completion_tokens"] as? Int ?? 0
+        u.cachedTokens += (usage["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int ?? 0
+        self.usage[model] = u
+    }
 }
 
 /// An evaluation run as a job: for each item, render the template, ask the model through the
@@ -94,7 +105,16 @@ public struct EvalRunJob: JobKind {
                 var passed = false
                 var score = 0.0
                 if output.error == nil {
-                    do { (score, passed) = try grader.grade(["item": item, "sample": output.sample]) } catch {
+                    let context: [String: Any] = ["item": item, "sample": output.sample]
+                    do {
+                        if grader.type.isJudged {
+                            let judged = try await judge(grader, context, spec: spec)
+                            (score, passed) = judged.grade
+                            state.add(judged.usage, model: grader.model ?? "")
+                        } else {
+                            (score, passed) = try grader.grade(context)
+                        }
+                    } catch let error as GraderError {
                         output.error = ("grader_error", error.message)
                         allPassed = false
                     }
@@ -109,18 +129,33 @@ public struct EvalRunJob: JobKind {
             case "fail": state.failed += 1
             default: state.errored += 1
             }
-            if let usage = output.usage {
-                state.usage.invocations += 1
-                state.usage.promptTokens += usage["prompt_tokens"] as? Int ?? 0
-                state.usage.completionTokens += usage["completion_tokens"] as? Int ?? 0
-                state.usage.cachedTokens += (usage["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int ?? 0
-            }
+            if let model = spec.model { state.add(output.usage, model: model) }
             try await save(index: index, item: item, output: output, results: results, status: status, spec: spec, run: context.id)
             state.next = index + 1
             try await context.checkpoint(state)
             try await context.progress(Double(state.next), of: Double(spec.items.count), unit: "items")
         }
         return state
+    }
+
+    /// Asks a `label_model` or `score_model` criterion's judge (through the serving path, under
+    /// the run's key) and grades its answer; a failed request is a grader error.
+    func judge(_ grader: Grader, _ context: [String: Any], spec: EvalRunSpec) async throws -> (grade: (Double, Bool), usage: [String: Any]?) {
+        let request = try grader.judgeRequest(context)
+        let answer: (status: Int, body: Data)
+        do {
+            answer = try await complete(grader.model ?? "", try JSONSerialization.data(withJSONObject: request), spec.team, spec.keyPrefix)
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            throw GraderError("the judge '\(grader.model ?? "")' could not be asked: \(error)")
+        }
+        let object = (try? JSONSerialization.jsonObject(with: answer.body)) as? [String: Any]
+        guard answer.status == 200, let choice = (object?["choices"] as? [[String: Any]])?.first else {
+            throw GraderError("the judge '\(grader.model ?? "")' answered \(answer.status)")
+        }
+        let text = (choice["message"] as? [String: Any])?["content"] as? String ?? ""
+        return (grader.judged(text), object?["usage"] as? [String: Any])
     }
 
     /// What the model made of one item (or the sample the item came with).

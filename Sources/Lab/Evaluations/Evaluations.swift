@@ -144,7 +144,7 @@ public struct Evaluations: Sendable {
     /// Every `{{item.…}}` of the template and the criteria exists in every item; a `jsonl`
     /// source's items carry samples.
     static func check(_ spec: EvalRunSpec) throws(EvalError) {
-        let templates = spec.template.map(\.content) + spec.criteria.flatMap { [$0.input, $0.reference ?? ""] }
+        let templates = spec.template.map(\.content) + spec.criteria.flatMap(\.templates)
         let itemReferences = Set(templates.flatMap(EvalTemplate.references).filter { $0.hasPrefix("item.") })
         for (i, entry) in spec.items.enumerated() {
             let object = entry.any as? [String: Any] ?? [:]
@@ -287,6 +287,11 @@ public struct Evaluations: Sendable {
             if let t = g.passThreshold { c["pass_threshold"] = t }
             if let p = g.pattern { c["pattern"] = p }
             if let s = g.schema { c["schema"] = s.any }
+            if let m = g.model { c["model"] = m }
+            if let messages = g.messages { c["input"] = messages.map { ["role": $0.role, "content": $0.content] } }
+            if let l = g.labels { c["labels"] = l }
+            if let p = g.passingLabels { c["passing_labels"] = p }
+            if let r = g.range { c["range"] = r }
             return c
         }
         return ["id": e.id, "object": "eval", "name": e.name, "created_at": Int(e.createdAt.timeIntervalSince1970), "metadata": e.metadata,
@@ -296,11 +301,12 @@ public struct Evaluations: Sendable {
     /// The SDK's `RunCreateResponse` (and retrieve, list, cancel).
     public static func runObject(_ job: JobRecord, _ spec: EvalRunSpec) -> [String: Any] {
         let state = (try? (job.result ?? job.checkpoint)?.decode(EvalRunState.self)) ?? EvalRunState(criteria: spec.criteria.map { .init(name: $0.name) })
-        let usage: [[String: Any]] = spec.model == nil ? [] : [[
-            "model_name": spec.model!, "invocation_count": state.usage.invocations, "prompt_tokens": state.usage.promptTokens,
-            "completion_tokens": state.usage.completionTokens, "total_tokens": state.usage.promptTokens + state.usage.completionTokens,
-            "cached_tokens": state.usage.cachedTokens,
-        ]]
+        let usage: [[String: Any]] = state.usage.sorted { $0.key < $1.key }.map { model, u in
+            [
+                "model_name": model, "invocation_count": u.invocations, "prompt_tokens": u.promptTokens, "completion_tokens": u.completionTokens,
+                "total_tokens": u.promptTokens + u.completionTokens, "cached_tokens": u.cachedTokens,
+            ]
+        }
         return [
             "id": job.id, "object": "eval.run", "eval_id": spec.evalID, "name": spec.name, "model": spec.model ?? "",
             "status": status(job.state), "created_at": Int(job.createdAt.timeIntervalSince1970), "metadata": spec.metadata,

@@ -64,11 +64,15 @@ public enum EvalTemplate {
 }
 
 /// One testing criterion of an evaluation, checked when the evaluation is created and applied to
-/// each item and sample: OpenAI's `string_check` and `text_similarity`, and Corral's `regex` and
-/// `json_schema`.
+/// each item and sample: OpenAI's `string_check`, `text_similarity`, `label_model` and
+/// `score_model` (judged by a model Corral serves), and Corral's `regex` and `json_schema`.
 public struct Grader: Sendable, Codable, Equatable {
     public enum Kind: String, Sendable, Codable {
         case stringCheck = "string_check", textSimilarity = "text_similarity", regex, jsonSchema = "json_schema"
+        case labelModel = "label_model", scoreModel = "score_model"
+
+        /// Whether a model judges the sample (the grade needs a request).
+        public var isJudged: Bool { self == .labelModel || self == .scoreModel }
     }
     public var type: Kind
     public var name: String
@@ -85,6 +89,14 @@ public struct Grader: Sendable, Codable, Equatable {
     public var pattern: String?
     /// `json_schema`: the schema the input, parsed as JSON, must satisfy.
     public var schema: JSONValue?
+    /// `label_model`, `score_model`: the judge, and the messages it is sent (templates).
+    public var model: String?
+    public var messages: [EvalTemplateMessage]?
+    /// `label_model`: the labels the judge chooses from, and those that pass.
+    public var labels: [String]?
+    public var passingLabels: [String]?
+    /// `score_model`: the score's range (default 0 to 1).
+    public var range: [Double]?
 
     public static let operations = ["eq", "ne", "like", "ilike"]
     public static let metrics = ["fuzzy_match", "bleu", "rouge_1", "rouge_l"]
@@ -94,12 +106,27 @@ public struct Grader: Sendable, Codable, Equatable {
         let at = "testing_criteria[\(index)]"
         guard let typeName = object["type"] as? String else { throw GraderError("\(at).type is required") }
         guard let type = Kind(rawValue: typeName) else {
-            throw GraderError("\(at).type '\(typeName)' is not supported; use string_check, text_similarity, regex or json_schema")
+            throw GraderError("\(at).type '\(typeName)' is not supported; use string_check, text_similarity, label_model, score_model, regex or json_schema")
         }
-        guard let input = object["input"] as? String else { throw GraderError("\(at).input must be a template string") }
         self.type = type
         self.name = object["name"] as? String ?? "\(typeName)-\(index)"
-        self.input = input
+        if type.isJudged {
+            guard let model = object["model"] as? String, !model.isEmpty else { throw GraderError("\(at).model is required for \(typeName)") }
+            guard let list = object["input"] as? [Any], !list.isEmpty else { throw GraderError("\(at).input must be a non-empty list of messages") }
+            self.model = model
+            self.messages = try list.enumerated().map { (i, m) throws(GraderError) in
+                guard let m = m as? [String: Any], let role = m["role"] as? String else { throw GraderError("\(at).input[\(i)] needs a role and content") }
+                switch m["content"] {
+                case let text as String: return EvalTemplateMessage(role: role, content: text)
+                case let c as [String: Any] where c["text"] is String: return EvalTemplateMessage(role: role, content: c["text"] as! String)
+                default: throw GraderError("\(at).input[\(i)].content must be text")
+                }
+            }
+            self.input = ""
+        } else {
+            guard let input = object["input"] as? String else { throw GraderError("\(at).input must be a template string") }
+            self.input = input
+        }
         reference = object["reference"] as? String
         operation = object["operation"] as? String
         evaluationMetric = object["evaluation_metric"] as? String
@@ -120,11 +147,59 @@ public struct Grader: Sendable, Codable, Equatable {
         case .jsonSchema:
             guard let raw = object["schema"] as? [String: Any], let value = JSONValue(raw) else { throw GraderError("\(at).schema must be a JSON schema object") }
             schema = value
+        case .labelModel:
+            guard let labels = object["labels"] as? [String], !labels.isEmpty else { throw GraderError("\(at).labels must be a non-empty list of strings") }
+            guard let passing = object["passing_labels"] as? [String], !passing.isEmpty, Set(passing).isSubset(of: labels) else {
+                throw GraderError("\(at).passing_labels must be a non-empty subset of labels")
+            }
+            self.labels = labels
+            self.passingLabels = passing
+        case .scoreModel:
+            let range = (object["range"] as? [NSNumber])?.map(\.doubleValue) ?? [0, 1]
+            guard range.count == 2, range[0] < range[1] else { throw GraderError("\(at).range must be [low, high] with low < high") }
+            self.range = range
+            if let t = passThreshold, !(range[0]...range[1]).contains(t) { throw GraderError("\(at).pass_threshold must lie within range") }
         }
+    }
+
+    /// Every template the criterion reads (to check items against before a run).
+    public var templates: [String] { [input, reference ?? ""] + (messages ?? []).map(\.content) }
+
+    /// The chat request that asks the judge of a `label_model` or `score_model` criterion, its
+    /// answer constrained to `{"label": one of labels}` or `{"score": a number}` (so even a small
+    /// judge answers in form).
+    public func judgeRequest(_ context: [String: Any]) throws(GraderError) -> [String: Any] {
+        var messages: [[String: String]] = []
+        for m in self.messages ?? [] { messages.append(["role": m.role, "content": try EvalTemplate.render(m.content, context)]) }
+        let schema: [String: Any] = type == .labelModel
+            ? ["type": "object", "properties": ["label": ["type": "string", "enum": labels ?? []]], "required": ["label"]]
+            : ["type": "object", "properties": ["score": ["type": "number"]], "required": ["score"]]
+        messages.append(["role": "system", "content": type == .labelModel
+            ? "Answer with JSON: {\"label\": one of \((labels ?? []).joined(separator: ", "))}."
+            : "Answer with JSON: {\"score\": a number from \(range?[0] ?? 0) to \(range?[1] ?? 1)}."])
+        return [
+            "model": model ?? "", "messages": messages, "stream": false, "temperature": 0, "max_tokens": 64,
+            "response_format": ["type": "json_schema", "json_schema": ["name": "grade", "schema": schema]],
+        ]
+    }
+
+    /// The grade from the judge's answer text.
+    public func judged(_ answer: String) -> (score: Double, passed: Bool) {
+        let object = (try? JSONSerialization.jsonObject(with: Data(answer.utf8))) as? [String: Any]
+        if type == .labelModel {
+            guard let label = object?["label"] as? String else { return (0, false) }
+            let passed = passingLabels?.contains(label) == true
+            return (passed ? 1 : 0, passed)
+        }
+        guard let raw = (object?["score"] as? NSNumber)?.doubleValue else { return (0, false) }
+        let low = range?[0] ?? 0, high = range?[1] ?? 1
+        let score = min(max(raw, low), high)
+        return (score, score >= (passThreshold ?? (low + high) / 2))
     }
 
     /// The grade of one item and sample: a score from 0 to 1 and whether it passes.
     public func grade(_ context: [String: Any]) throws(GraderError) -> (score: Double, passed: Bool) {
+        guard !type.isJudged else { throw GraderError("\(name) is judged by a model: ask it with judgeRequest") }
         let text = try EvalTemplate.render(input, context)
         switch type {
         case .stringCheck:
@@ -154,12 +229,14 @@ public struct Grader: Sendable, Codable, Equatable {
                   let value = JSONValue(parsed), let schema else { return (0, false) }
             let valid = JSONSchemaCheck.validates(value, schema)
             return (valid ? 1 : 0, valid)
+        case .labelModel, .scoreModel:
+            return (0, false)
         }
     }
 
     enum CodingKeys: String, CodingKey {
-        case type, name, input, reference, operation, pattern, schema
-        case evaluationMetric = "evaluation_metric", passThreshold = "pass_threshold"
+        case type, name, input, reference, operation, pattern, schema, model, messages, labels, range
+        case evaluationMetric = "evaluation_metric", passThreshold = "pass_threshold", passingLabels = "passing_labels"
     }
 }
 
