@@ -121,6 +121,9 @@ def test_bad_input_gets_a_400_that_says_why(corral):
     assert "not 'evals'" in purpose.value.message
     with pytest.raises(openai.BadRequestError):
         client.evals.runs.create(evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": QUESTIONS}})
+    with pytest.raises(openai.BadRequestError) as concurrency:
+        client.evals.runs.create(evaluation.id, data_source=completions(QUESTIONS), extra_body={"concurrency": 0})
+    assert concurrency.value.body["param"] == "concurrency"
     with pytest.raises(openai.NotFoundError):
         client.evals.runs.create("eval_nope", data_source=completions(QUESTIONS))
     with pytest.raises(openai.NotFoundError):

@@ -26,10 +26,17 @@ public struct EvalRunSpec: Sendable, Codable {
     public var keyPrefix: String?
     /// Nil for a `jsonl` source: its items carry their samples and are only graded.
     public var model: String?
+    /// The items, when they are not kept apart in the store (see `itemsDocument`).
     public var items: [JSONValue]
+    /// The store document (kind `eval-items`) holding the items, so that the job record, saved
+    /// at every checkpoint, stays small.
+    public var itemsDocument: String?
+    public var itemCount: Int
     public var template: [EvalTemplateMessage]
     public var sampling: EvalSampling
     public var criteria: [Grader]
+    /// Items asked at once (Corral's `concurrency` on the run request).
+    public var concurrency: Int
     /// The `data_source` as the request gave it (echoed by the run object).
     public var dataSource: JSONValue
     public var metadata: [String: String]
@@ -48,13 +55,31 @@ public struct EvalRunState: Sendable, Codable, Equatable {
         public var completionTokens = 0
         public var cachedTokens = 0
     }
+    /// The first item not done yet.
     public var next = 0
+    /// Items after `next` that are done (they finish out of order when several run at once).
+    public var done: Set<Int> = []
     public var passed = 0
     public var failed = 0
     public var errored = 0
     public var criteria: [Criterion] = []
     /// Usage by model: the model under evaluation and any judges.
     public var usage: [String: Usage] = [:]
+
+    /// Counts an item's outcome and moves `next` past every item done.
+    mutating func record(_ outcome: EvalRunJob.ItemOutcome, index: Int) {
+        switch outcome.status {
+        case "pass": passed += 1
+        case "fail": failed += 1
+        default: errored += 1
+        }
+        for (k, verdict) in outcome.passed.enumerated() where k < criteria.count {
+            if verdict { criteria[k].passed += 1 } else { criteria[k].failed += 1 }
+        }
+        for (model, usage) in outcome.usage { add(usage?.any as? [String: Any], model: model) }
+        done.insert(index)
+        while done.remove(next) != nil { next += 1 }
+    }
 
     mutating func add(_ usage: [String: Any]?, model: String) {
         guard let usage else { return }
@@ -92,50 +117,85 @@ public struct EvalRunJob: JobKind {
     public func model(of spec: EvalRunSpec) -> String? { spec.model }
 
     public func run(_ spec: EvalRunSpec, context: JobContext) async throws -> EvalRunState {
+        var spec = spec
+        if let document = spec.itemsDocument, let store {
+            guard let data = try await store.document(kind: "eval-items", id: document) else { throw JobError("items_missing", "the run's items are gone from the store") }
+            spec.items = try JobCoding.decoder.decode([JSONValue].self, from: data)
+        }
         var state = (try? context.resumeFrom?.decode(EvalRunState.self)) ?? EvalRunState(criteria: spec.criteria.map { .init(name: $0.name) })
         try await context.progress(Double(state.next), of: Double(spec.items.count), unit: "items")
-        for index in state.next..<spec.items.count {
-            try await context.pausePoint()
-            let entry = spec.items[index].any as? [String: Any] ?? [:]
-            let item = entry["item"] as? [String: Any] ?? [:]
-            var output = try await sample(for: item, given: entry["sample"], spec: spec)
-            var results: [[String: Any]] = []
-            var allPassed = output.error == nil
-            for (k, grader) in spec.criteria.enumerated() {
-                var passed = false
-                var score = 0.0
-                if output.error == nil {
-                    let context: [String: Any] = ["item": item, "sample": output.sample]
-                    do {
-                        if grader.type.isJudged {
-                            let judged = try await judge(grader, context, spec: spec)
-                            (score, passed) = judged.grade
-                            state.add(judged.usage, model: grader.model ?? "")
-                        } else {
-                            (score, passed) = try grader.grade(context)
-                        }
-                    } catch let error as GraderError {
-                        output.error = ("grader_error", error.message)
-                        allPassed = false
-                    }
+        // Items are asked `concurrency` at a time; the checkpoint keeps the first item not done
+        // and those after it that are, so a restart asks each remaining item once.
+        var remaining = (state.next..<spec.items.count).filter { !state.done.contains($0) }.makeIterator()
+        let run = context.id
+        let itemsSpec = spec
+        // The checkpoint is saved at most every quarter second (and at the end): a restart asks
+        // again the few items done since, and their output items are replaced, not doubled.
+        var lastCheckpoint = ContinuousClock.now
+        try await withThrowingTaskGroup(of: (Int, ItemOutcome).self) { group in
+            func startNext() -> Bool {
+                guard let index = remaining.next() else { return false }
+                group.addTask { (index, try await self.process(index, spec: itemsSpec, run: run)) }
+                return true
+            }
+            for _ in 0..<max(1, spec.concurrency) where !startNext() { break }
+            while let (index, outcome) = try await group.next() {
+                state.record(outcome, index: index)
+                if ContinuousClock.now - lastCheckpoint >= .milliseconds(250) {
+                    try await context.checkpoint(state)
+                    lastCheckpoint = .now
                 }
-                if passed { state.criteria[k].passed += 1 } else { state.criteria[k].failed += 1 }
-                allPassed = allPassed && passed
-                results.append(["name": grader.name, "type": grader.type.rawValue, "passed": passed, "score": score])
+                try await context.progress(Double(state.next + state.done.count), of: Double(spec.items.count), unit: "items")
+                try await context.pausePoint()
+                _ = startNext()
             }
-            let status = output.error != nil ? "error" : allPassed ? "pass" : "fail"
-            switch status {
-            case "pass": state.passed += 1
-            case "fail": state.failed += 1
-            default: state.errored += 1
-            }
-            if let model = spec.model { state.add(output.usage, model: model) }
-            try await save(index: index, item: item, output: output, results: results, status: status, spec: spec, run: context.id)
-            state.next = index + 1
-            try await context.checkpoint(state)
-            try await context.progress(Double(state.next), of: Double(spec.items.count), unit: "items")
         }
+        try await context.checkpoint(state)
         return state
+    }
+
+    /// What one item came to: its status, each criterion's verdict, and the usage of each model asked.
+    struct ItemOutcome: Sendable {
+        var status: String
+        var passed: [Bool]
+        var usage: [(model: String, usage: JSONValue?)]
+    }
+
+    /// Asks the model about one item (or takes its sample), grades it with every criterion and
+    /// stores the output item.
+    func process(_ index: Int, spec: EvalRunSpec, run: String) async throws -> ItemOutcome {
+        let entry = spec.items[index].any as? [String: Any] ?? [:]
+        let item = entry["item"] as? [String: Any] ?? [:]
+        var output = try await sample(for: item, given: entry["sample"], spec: spec)
+        var outcome = ItemOutcome(status: "", passed: [], usage: [])
+        if let model = spec.model { outcome.usage.append((model, output.usage.flatMap(JSONValue.init))) }
+        var results: [[String: Any]] = []
+        var allPassed = output.error == nil
+        for grader in spec.criteria {
+            var passed = false
+            var score = 0.0
+            if output.error == nil {
+                let context: [String: Any] = ["item": item, "sample": output.sample]
+                do {
+                    if grader.type.isJudged {
+                        let judged = try await judge(grader, context, spec: spec)
+                        (score, passed) = judged.grade
+                        outcome.usage.append((grader.model ?? "", judged.usage.flatMap(JSONValue.init)))
+                    } else {
+                        (score, passed) = try grader.grade(context)
+                    }
+                } catch let error as GraderError {
+                    output.error = ("grader_error", error.message)
+                    allPassed = false
+                }
+            }
+            outcome.passed.append(passed)
+            allPassed = allPassed && passed
+            results.append(["name": grader.name, "type": grader.type.rawValue, "passed": passed, "score": score])
+        }
+        outcome.status = output.error != nil ? "error" : allPassed ? "pass" : "fail"
+        try await save(index: index, item: item, output: output, results: results, status: outcome.status, spec: spec, run: run)
+        return outcome
     }
 
     /// Asks a `label_model` or `score_model` criterion's judge (through the serving path, under

@@ -111,8 +111,10 @@ public struct Evaluations: Sendable {
         }
         let items = try await items(source["source"], scope: scope)
         var spec = EvalRunSpec(
-            evalID: evalID, name: body["name"] as? String ?? "", team: team, keyPrefix: keyPrefix, model: nil, items: items, template: [], sampling: EvalSampling(),
-            criteria: definition.testingCriteria, dataSource: JSONValue(source) ?? .null, metadata: try Self.metadata(body["metadata"]))
+            evalID: evalID, name: body["name"] as? String ?? "", team: team, keyPrefix: keyPrefix, model: nil, items: items, itemsDocument: nil,
+            itemCount: items.count, template: [], sampling: EvalSampling(),
+            criteria: definition.testingCriteria, concurrency: try Self.concurrency(body["concurrency"]), dataSource: JSONValue(source) ?? .null,
+            metadata: try Self.metadata(body["metadata"]))
         if type == "completions" {
             guard let model = source["model"] as? String, !model.isEmpty else { throw .badRequest("data_source.model is required", param: "data_source.model") }
             spec.model = model
@@ -138,7 +140,16 @@ public struct Evaluations: Sendable {
                 maxCompletionTokens: sampling["max_completion_tokens"] as? Int, seed: sampling["seed"] as? Int)
         }
         try Self.check(spec)
-        do { return try await engine.submit(EvalRunJob.self, spec) } catch { throw .storage("\(error)") }
+        do {
+            // The items go to the store once; the job record, saved at every checkpoint, names them.
+            let document = "items-" + Self.randomHex(12)
+            try await store.putDocument(kind: "eval-items", id: document, model: spec.model, body: try JobCoding.encoder.encode(spec.items))
+            spec.itemsDocument = document
+            spec.items = []
+            return try await engine.submit(EvalRunJob.self, spec)
+        } catch {
+            throw .storage("\(error)")
+        }
     }
 
     /// Every `{{item.…}}` of the template and the criteria exists in every item; a `jsonl`
@@ -237,6 +248,7 @@ public struct Evaluations: Sendable {
         do {
             try await engine.delete(runID)
             try await store.deleteEvalOutputItems(run: runID)
+            if let document = (try? job.spec.decode(EvalRunSpec.self))?.itemsDocument { _ = try await store.deleteDocument(kind: "eval-items", id: document) }
         } catch { throw .storage("\(error)") }
     }
 
@@ -312,7 +324,7 @@ public struct Evaluations: Sendable {
             "status": status(job.state), "created_at": Int(job.createdAt.timeIntervalSince1970), "metadata": spec.metadata,
             "data_source": spec.dataSource.any, "report_url": "",
             "error": ["code": job.error?.code ?? "", "message": job.error?.message ?? ""],
-            "result_counts": ["total": spec.items.count, "passed": state.passed, "failed": state.failed, "errored": state.errored],
+            "result_counts": ["total": spec.itemCount, "passed": state.passed, "failed": state.failed, "errored": state.errored],
             "per_testing_criteria_results": state.criteria.map { ["testing_criteria": $0.name, "passed": $0.passed, "failed": $0.failed] },
             "per_model_usage": usage,
         ]
@@ -326,6 +338,13 @@ public struct Evaluations: Sendable {
         } catch {
             throw .storage("\(error)")
         }
+    }
+
+    /// Items asked at once: Corral's `concurrency` on the run request, 1–64, 4 by default.
+    static func concurrency(_ raw: Any?) throws(EvalError) -> Int {
+        guard let raw, !(raw is NSNull) else { return 4 }
+        guard let n = raw as? Int, (1...64).contains(n) else { throw .badRequest("concurrency must be an integer from 1 to 64", param: "concurrency") }
+        return n
     }
 
     static func metadata(_ raw: Any?) throws(EvalError) -> [String: String] {
