@@ -127,3 +127,14 @@ import Testing
         #expect(throws: GraderError("testing_criteria[0].input must be a non-empty list of messages")) { try Grader(textInput, index: 0) }
     }
 }
+
+/// McNemar's exact test on the discordant pairs of two runs.
+@Suite struct McNemarTests {
+    @Test func pValues() {
+        #expect(McNemar.pValue(onlyA: 0, onlyB: 0) == 1)
+        #expect(abs(McNemar.pValue(onlyA: 5, onlyB: 0) - 0.0625) < 1e-12)  // 2 × 0.5⁵
+        #expect(abs(McNemar.pValue(onlyA: 0, onlyB: 10) - 2.0 / 1024) < 1e-12)
+        #expect(McNemar.pValue(onlyA: 3, onlyB: 3) == 1)
+        #expect(abs(McNemar.pValue(onlyA: 1, onlyB: 4) - 0.375) < 1e-12)  // 2 × (1 + 5) / 32
+    }
+}

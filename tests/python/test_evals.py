@@ -233,3 +233,32 @@ def test_label_and_score_criteria_are_judged_by_a_second_local_model():
         assert sum(1 for r in rows if r["model"] == "judge" and r["route"] == "/v1/evals") == 6
     finally:
         stop_corral(c)
+
+
+def test_compare_two_runs_and_follow_the_console(corral):
+    client = sdk(corral)
+    evaluation = new_eval(client, criteria=[
+        {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}", "operation": "eq"}])
+    answers = [f"a{i}" for i in range(8)]
+
+    def graded(outputs):
+        content = [{"item": {"answer": a}, "sample": {"output_text": o}} for a, o in zip(answers, outputs)]
+        run = client.evals.runs.create(evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": content}})
+        return wait_run(client, evaluation.id, run.id).id
+
+    first = graded(answers[:2] + ["x"] * 6)  # passes items 0-1
+    second = graded(answers)  # passes all 8
+    compared = httpx.get(corral.base + f"/admin/evaluations/compare?runs={first},{second}", headers=corral.h).json()
+    assert [r["pass_rate"] for r in compared["runs"]] == [0.25, 1.0]
+    pair = compared["pairs"][0]
+    assert (pair["both_pass"], pair["only_a_passes"], pair["only_b_passes"], pair["neither"]) == (2, 0, 6, 0)
+    assert pair["pass_rate_difference"] == 0.75 and abs(pair["mcnemar_p"] - 2 / 64) < 1e-9
+    assert [i["runs"][0]["status"] for i in compared["items"]] == ["pass"] * 2 + ["fail"] * 6
+    assert httpx.get(corral.base + f"/admin/evaluations/compare?runs={first}", headers=corral.h).status_code == 400
+    assert httpx.get(corral.base + f"/admin/evaluations/compare?runs={first},evalrun-nope", headers=corral.h).status_code == 404
+
+    with httpx.stream("GET", corral.base + f"/admin/evaluations/runs/{second}/events", headers=corral.h, timeout=60) as r:
+        lines = list(r.iter_lines())
+    items = [json.loads(l[6:])["data"] for l, prev in zip(lines[1:], lines) if l.startswith("data: ") and prev == "event: item"]
+    assert sorted(i["index"] for i in items) == list(range(8)) and all(i["status"] == "pass" for i in items)
+    assert httpx.get(corral.base + "/admin/evaluations/runs/evalrun-nope/events", headers=corral.h).status_code == 404

@@ -160,15 +160,17 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     let openAI = OpenAIRoutes(relay: relay, scheduler: deps.scheduler, access: deps.access, metrics: metrics, profiles: profiles)
     openAI.register(on: router)
     AnthropicRoutes(relay: relay, scheduler: deps.scheduler).register(on: router)
+    var evaluations: Evaluations?
     if let store = deps.store {
         do {
             let files = try FileLibrary(store: store, directory: deps.config.dataDirectory + "/files", maxBytes: deps.config.maxFileBytes)
             FileRoutes(files: files).register(on: router)
-            EvalRoutes(evaluations: Evaluations(store: store, engine: deps.jobs, files: files)).register(on: router)
+            evaluations = Evaluations(store: store, engine: deps.jobs, files: files)
         } catch {
-            deps.logger.error("the Files API is off: its directory cannot be used", metadata: ["error": "\(error)"])
+            deps.logger.error("the Files and Evals APIs are off: the files directory cannot be used", metadata: ["error": "\(error)"])
         }
     }
+    if let evaluations { EvalRoutes(evaluations: evaluations).register(on: router) }
     OllamaRoutes(
         relay: relay, scheduler: deps.scheduler, digests: deps.digests, store: deps.store,
         allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access, profiles: profiles
@@ -210,6 +212,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     JobRoutes(engine: deps.jobs).register(on: admin)
     LabRoutes(lab: lab, scheduler: deps.scheduler, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB).register(on: admin)
     ProfileRoutes(profiles: profiles).register(on: admin)
+    if let evaluations { EvaluationRoutes(evaluations: evaluations).register(on: admin) }
     DashboardRoutes(deps: deps).register(on: router, admin: admin)
     return (router, openAI, admin.table)
 }

@@ -141,6 +141,7 @@ public struct EvalRunJob: JobKind {
             for _ in 0..<max(1, spec.concurrency) where !startNext() { break }
             while let (index, outcome) = try await group.next() {
                 state.record(outcome, index: index)
+                try await context.event("item", outcome.summary)
                 if ContinuousClock.now - lastCheckpoint >= .milliseconds(250) {
                     try await context.checkpoint(state)
                     lastCheckpoint = .now
@@ -159,6 +160,8 @@ public struct EvalRunJob: JobKind {
         var status: String
         var passed: [Bool]
         var usage: [(model: String, usage: JSONValue?)]
+        /// The item as the live console shows it: prompt, answer, grades.
+        var summary: JSONValue = .null
     }
 
     /// Asks the model about one item (or takes its sample), grades it with every criterion and
@@ -195,6 +198,13 @@ public struct EvalRunJob: JobKind {
         }
         outcome.status = output.error != nil ? "error" : allPassed ? "pass" : "fail"
         try await save(index: index, item: item, output: output, results: results, status: outcome.status, spec: spec, run: run)
+        var summary: [String: Any] = [
+            "index": index, "status": outcome.status, "input": output.input, "results": results,
+            "output": EvalTemplate.text(output.sample["output_text"] ?? ""),
+        ]
+        if let error = output.error { summary["error"] = ["code": error.code, "message": error.message] }
+        if let ms = output.totalMs { summary["total_ms"] = ms }
+        outcome.summary = JSONValue(summary) ?? .null
         return outcome
     }
 
@@ -224,6 +234,10 @@ public struct EvalRunJob: JobKind {
         var input: [[String: String]] = []
         var finishReason = ""
         var usage: [String: Any]?
+        /// Time to the answer and llama-server's prompt and generation speed for it.
+        var totalMs: Double?
+        var promptPerSecond: Double?
+        var generationPerSecond: Double?
         var error: (code: String, message: String)?
     }
 
@@ -242,8 +256,11 @@ public struct EvalRunJob: JobKind {
         if let m = spec.sampling.maxCompletionTokens { body["max_tokens"] = m }
         if let s = spec.sampling.seed { body["seed"] = s }
         let answer: (status: Int, body: Data)
+        let asked = ContinuousClock.now
         do {
             answer = try await complete(model, try JSONSerialization.data(withJSONObject: body), spec.team, spec.keyPrefix)
+            let elapsed = ContinuousClock.now - asked
+            output.totalMs = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
         } catch is CancellationError {
             throw CancellationError()
         } catch {
@@ -261,6 +278,9 @@ public struct EvalRunJob: JobKind {
         if let json = try? JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed]) { output.sample["output_json"] = json }
         output.finishReason = choice["finish_reason"] as? String ?? ""
         output.usage = object?["usage"] as? [String: Any]
+        let timings = object?["timings"] as? [String: Any]
+        output.promptPerSecond = timings?["prompt_per_second"] as? Double
+        output.generationPerSecond = timings?["predicted_per_second"] as? Double
         return output
     }
 
@@ -281,6 +301,11 @@ public struct EvalRunJob: JobKind {
             "max_completion_tokens": spec.sampling.maxCompletionTokens ?? 0,
             "error": ["code": output.error?.code ?? "", "message": output.error?.message ?? ""],
         ]
+        // Corral's extension: how fast this item was answered.
+        if let ms = output.totalMs {
+            sample["timings"] = ["total_ms": ms, "prompt_tokens_per_second": output.promptPerSecond.map { $0 as Any } ?? NSNull(),
+                                 "generation_tokens_per_second": output.generationPerSecond.map { $0 as Any } ?? NSNull()] as [String: Any]
+        }
         if spec.model == nil { sample["output"] = [["role": "assistant", "content": EvalTemplate.text(output.sample["output_text"] ?? "")]] }
         let object: [String: Any] = [
             "id": id, "object": "eval.run.output_item", "created_at": Int(Date().timeIntervalSince1970), "eval_id": spec.evalID, "run_id": run,
