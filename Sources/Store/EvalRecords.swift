@@ -71,12 +71,21 @@ extension Store {
         }
     }
 
-    /// Stores one graded item of a run (replacing it when a resumed run grades it again).
-    public func putEvalOutputItem(id: String, run: String, index: Int, status: String, body: Data) async throws {
+    /// One graded item of a run, as stored.
+    public struct EvalOutputRow: Sendable {
+        public var id: String
+        public var index: Int
+        public var status: String
+        public var body: Data
+        public init(id: String, index: Int, status: String, body: Data) { (self.id, self.index, self.status, self.body) = (id, index, status, body) }
+    }
+
+    /// Stores graded items of a run in one transaction (replacing those a resumed run grades again).
+    public func putEvalOutputItems(_ rows: [EvalOutputRow], run: String) async throws {
+        guard !rows.isEmpty else { return }
         try await writer.write { db in
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO eval_output_item (id, run, idx, status, body) VALUES (?, ?, ?, ?, ?)",
-                arguments: [id, run, index, status, body])
+            let statement = try db.cachedStatement(sql: "INSERT OR REPLACE INTO eval_output_item (id, run, idx, status, body) VALUES (?, ?, ?, ?, ?)")
+            for row in rows { try statement.execute(arguments: [row.id, run, row.index, row.status, row.body]) }
         }
     }
 

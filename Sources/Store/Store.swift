@@ -10,6 +10,10 @@ public struct Store: Sendable {
     public static func open(path: String) throws -> Store {
         var config = Configuration()
         config.busyMode = .timeout(5)
+        // WAL with synchronous=NORMAL: a commit survives the process dying (kill -9 included)
+        // and costs no fsync; only an OS crash or power loss can take the last commits back.
+        // FULL (SQLite's default) fsynced every job event and output item.
+        config.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
         let pool = try DatabasePool(path: path, configuration: config)
         try migrator.migrate(pool)
         return Store(writer: pool)

@@ -129,9 +129,12 @@ public struct EvalRunJob: JobKind {
         var remaining = (state.next..<spec.items.count).filter { !state.done.contains($0) }.makeIterator()
         let run = context.id
         let itemsSpec = spec
-        // The checkpoint is saved at most every quarter second (and at the end): a restart asks
-        // again the few items done since, and their output items are replaced, not doubled.
+        // Output items are written in batches, and the checkpoint after them, at most every
+        // quarter second (and at the end): a restart asks again the few items done since, and
+        // their output items are replaced, not doubled.
         var lastCheckpoint = ContinuousClock.now
+        var unwritten: [Store.EvalOutputRow] = []
+        do {
         try await withThrowingTaskGroup(of: (Int, ItemOutcome).self) { group in
             func startNext() -> Bool {
                 guard let index = remaining.next() else { return false }
@@ -140,17 +143,29 @@ public struct EvalRunJob: JobKind {
             }
             for _ in 0..<max(1, spec.concurrency) where !startNext() { break }
             while let (index, outcome) = try await group.next() {
+                // The next item goes out first; its request overlaps this one's bookkeeping.
+                try await context.pausePoint()
+                _ = startNext()
+                if let row = outcome.row { unwritten.append(Store.EvalOutputRow(id: row.id, index: index, status: outcome.status, body: row.body)) }
                 state.record(outcome, index: index)
                 try await context.event("item", outcome.summary)
                 if ContinuousClock.now - lastCheckpoint >= .milliseconds(250) {
+                    try await store?.putEvalOutputItems(unwritten, run: run)
+                    unwritten = []
                     try await context.checkpoint(state)
                     lastCheckpoint = .now
                 }
                 try await context.progress(Double(state.next + state.done.count), of: Double(spec.items.count), unit: "items")
-                try await context.pausePoint()
-                _ = startNext()
             }
         }
+        } catch {
+            // Cancelled or failed: keep the items already graded (the write must not inherit
+            // the cancellation, which the database would refuse).
+            let rows = unwritten
+            if let store { try? await Task { try await store.putEvalOutputItems(rows, run: run) }.value }
+            throw error
+        }
+        try await store?.putEvalOutputItems(unwritten, run: run)
         try await context.checkpoint(state)
         return state
     }
@@ -162,6 +177,8 @@ public struct EvalRunJob: JobKind {
         var usage: [(model: String, usage: JSONValue?)]
         /// The item as the live console shows it: prompt, answer, grades.
         var summary: JSONValue = .null
+        /// The output item to store (its id and JSON).
+        var row: (id: String, body: Data)?
     }
 
     /// Asks the model about one item (or takes its sample), grades it with every criterion and
@@ -197,7 +214,7 @@ public struct EvalRunJob: JobKind {
             results.append(["name": grader.name, "type": grader.type.rawValue, "passed": passed, "score": score])
         }
         outcome.status = output.error != nil ? "error" : allPassed ? "pass" : "fail"
-        try await save(index: index, item: item, output: output, results: results, status: outcome.status, spec: spec, run: run)
+        outcome.row = try outputItem(index: index, item: item, output: output, results: results, status: outcome.status, spec: spec, run: run)
         var summary: [String: Any] = [
             "index": index, "status": outcome.status, "input": output.input, "results": results,
             "output": EvalTemplate.text(output.sample["output_text"] ?? ""),
@@ -284,9 +301,8 @@ public struct EvalRunJob: JobKind {
         return output
     }
 
-    /// Stores an output item in the shape of the SDK's `OutputItemListResponse`.
-    func save(index: Int, item: [String: Any], output: Output, results: [[String: Any]], status: String, spec: EvalRunSpec, run: String) async throws {
-        guard let store else { return }
+    /// An output item in the shape of the SDK's `OutputItemListResponse`.
+    func outputItem(index: Int, item: [String: Any], output: Output, results: [[String: Any]], status: String, spec: EvalRunSpec, run: String) throws -> (id: String, body: Data) {
         let id = "outputitem-\(run.dropFirst(EvalRunJob.idPrefix.count + 1))-\(index)"
         let usage = output.usage ?? [:]
         var sample: [String: Any] = [
@@ -311,7 +327,7 @@ public struct EvalRunJob: JobKind {
             "id": id, "object": "eval.run.output_item", "created_at": Int(Date().timeIntervalSince1970), "eval_id": spec.evalID, "run_id": run,
             "datasource_item_id": index, "datasource_item": item, "status": status, "results": results, "sample": sample,
         ]
-        try await store.putEvalOutputItem(id: id, run: run, index: index, status: status, body: try JSONSerialization.data(withJSONObject: object))
+        return (id, try JSONSerialization.data(withJSONObject: object))
     }
 }
 
