@@ -135,29 +135,29 @@ public struct EvalRunJob: JobKind {
         var lastCheckpoint = ContinuousClock.now
         var unwritten: [Store.EvalOutputRow] = []
         do {
-        try await withThrowingTaskGroup(of: (Int, ItemOutcome).self) { group in
-            func startNext() -> Bool {
-                guard let index = remaining.next() else { return false }
-                group.addTask { (index, try await self.process(index, spec: itemsSpec, run: run)) }
-                return true
-            }
-            for _ in 0..<max(1, spec.concurrency) where !startNext() { break }
-            while let (index, outcome) = try await group.next() {
-                // The next item goes out first; its request overlaps this one's bookkeeping.
-                try await context.pausePoint()
-                _ = startNext()
-                if let row = outcome.row { unwritten.append(Store.EvalOutputRow(id: row.id, index: index, status: outcome.status, body: row.body)) }
-                state.record(outcome, index: index)
-                try await context.event("item", outcome.summary)
-                if ContinuousClock.now - lastCheckpoint >= .milliseconds(250) {
-                    try await store?.putEvalOutputItems(unwritten, run: run)
-                    unwritten = []
-                    try await context.checkpoint(state)
-                    lastCheckpoint = .now
+            try await withThrowingTaskGroup(of: (Int, ItemOutcome).self) { group in
+                func startNext() -> Bool {
+                    guard let index = remaining.next() else { return false }
+                    group.addTask { (index, try await self.process(index, spec: itemsSpec, run: run)) }
+                    return true
                 }
-                try await context.progress(Double(state.next + state.done.count), of: Double(spec.items.count), unit: "items")
+                for _ in 0..<max(1, spec.concurrency) where !startNext() { break }
+                while let (index, outcome) = try await group.next() {
+                    if let row = outcome.row { unwritten.append(Store.EvalOutputRow(id: row.id, index: index, status: outcome.status, body: row.body)) }
+                    state.record(outcome, index: index)
+                    // The next item goes out now; its request overlaps this one's bookkeeping.
+                    try await context.pausePoint()
+                    _ = startNext()
+                    try await context.event("item", outcome.summary)
+                    if ContinuousClock.now - lastCheckpoint >= .milliseconds(250) {
+                        try await store?.putEvalOutputItems(unwritten, run: run)
+                        unwritten = []
+                        try await context.checkpoint(state)
+                        lastCheckpoint = .now
+                    }
+                    try await context.progress(Double(state.next + state.done.count), of: Double(spec.items.count), unit: "items")
+                }
             }
-        }
         } catch {
             // Cancelled or failed: keep the items already graded (the write must not inherit
             // the cancellation, which the database would refuse).
