@@ -137,4 +137,14 @@ import Testing
         #expect(McNemar.pValue(onlyA: 3, onlyB: 3) == 1)
         #expect(abs(McNemar.pValue(onlyA: 1, onlyB: 4) - 0.375) < 1e-12)  // 2 × (1 + 5) / 32
     }
+
+    @Test func wilsonIntervals() throws {
+        #expect(Wilson.interval(successes: 0, trials: 0) == nil)
+        let half = try #require(Wilson.interval(successes: 5, trials: 10))
+        #expect(abs(half.low - 0.2366) < 1e-4 && abs(half.high - 0.7634) < 1e-4)
+        let all = try #require(Wilson.interval(successes: 10, trials: 10))
+        #expect(abs(all.low - 0.7225) < 1e-4 && abs(all.high - 1) < 1e-9)
+        let none = try #require(Wilson.interval(successes: 0, trials: 10))
+        #expect(none.low == 0 && abs(none.high - 0.2775) < 1e-4)
+    }
 }

@@ -262,3 +262,47 @@ def test_compare_two_runs_and_follow_the_console(corral):
     items = [json.loads(l[6:])["data"] for l, prev in zip(lines[1:], lines) if l.startswith("data: ") and prev == "event: item"]
     assert sorted(i["index"] for i in items) == list(range(8)) and all(i["status"] == "pass" for i in items)
     assert httpx.get(corral.base + "/admin/evaluations/runs/evalrun-nope/events", headers=corral.h).status_code == 404
+
+
+def test_repetitions_give_each_item_a_pass_rate_and_interval(corral):
+    client = sdk(corral)
+    evaluation = new_eval(client, criteria=[
+        {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}", "operation": "eq"}])
+    content = [{"item": {"answer": "a"}, "sample": {"output_text": "a"}}, {"item": {"answer": "a"}, "sample": {"output_text": "b"}}]
+    run = client.evals.runs.create(evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": content}},
+                                   extra_body={"repetitions": 3})
+    done = wait_run(client, evaluation.id, run.id).to_dict()
+    assert done["result_counts"]["total"] == 6 and done["result_counts"]["passed"] == 3
+    extension = done["corral"]
+    assert extension["repetitions"] == 3 and extension["pass_rate"] == 0.5
+    low, high = extension["pass_rate_interval"]
+    assert 0.18 < low < 0.19 and 0.81 < high < 0.82  # Wilson, 3 of 6
+    assert [(i["index"], i["passes"], i["pass_rate"]) for i in extension["items"]] == [(0, 3, 1.0), (1, 0, 0.0)]
+    items = httpx.get(corral.base + f"/v1/evals/{evaluation.id}/runs/{run.id}/output_items?limit=100").json()["data"]
+    assert sorted((i["datasource_item_id"], i["repetition"]) for i in items) == [(d, r) for d in (0, 1) for r in range(3)]
+    with pytest.raises(openai.BadRequestError):
+        client.evals.runs.create(evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": content}},
+                                 extra_body={"repetitions": 0})
+
+
+def test_a_prompt_sequence_sends_each_turn_after_the_answer_before(corral):
+    client = sdk(corral)
+    evaluation = new_eval(client, criteria=[SELF])
+    items = [{"item": {"first": "Hello?", "second": "And then?"}}]
+    source = {**completions(items), "input_messages": {"type": "sequence", "turns": ["{{item.first}}", "{{item.second}}"],
+                                                       "template": [{"role": "system", "content": "Be brief."}]}}
+    run = client.evals.runs.create(evaluation.id, data_source=source)
+    done = wait_run(client, evaluation.id, run.id)
+    assert done.status == "completed" and done.per_model_usage[0].invocation_count == 2  # one request per turn
+    item = list(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id))[0].to_dict()
+    first_answer, last_answer = item["sample"]["turns"]
+    conversation = item["sample"]["input"]
+    assert [m["role"] for m in conversation] == ["system", "user", "assistant", "user"]
+    assert conversation[2]["content"] == first_answer and item["sample"]["output"][0]["content"] == last_answer
+    # The same conversation, asked directly, gives the same answers.
+    direct_first = client.chat.completions.create(model="chat", messages=conversation[:2], max_tokens=4, temperature=0, seed=7)
+    assert direct_first.choices[0].message.content == first_answer
+    direct_last = client.chat.completions.create(model="chat", messages=conversation, max_tokens=4, temperature=0, seed=7)
+    assert direct_last.choices[0].message.content == last_answer
+    with pytest.raises(openai.BadRequestError):
+        client.evals.runs.create(evaluation.id, data_source={**source, "input_messages": {"type": "sequence", "turns": []}})

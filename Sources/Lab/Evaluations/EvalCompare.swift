@@ -21,6 +21,20 @@ public enum McNemar {
     }
 }
 
+/// Wilson's score interval for a proportion: better than p ± 1.96·√(p(1−p)/n) for small n and
+/// for rates near 0 or 1.
+public enum Wilson {
+    /// The 95 % interval for `successes` of `trials` (nil for no trials).
+    public static func interval(successes: Int, trials: Int, z: Double = 1.959964) -> (low: Double, high: Double)? {
+        guard trials > 0 else { return nil }
+        let n = Double(trials), p = Double(successes) / n
+        let denominator = 1 + z * z / n
+        let center = (p + z * z / (2 * n)) / denominator
+        let half = z * ((p * (1 - p) / n + z * z / (4 * n * n)).squareRoot()) / denominator
+        return (max(0, center - half), min(1, center + half))
+    }
+}
+
 extension Evaluations {
     /// Runs side by side (`GET /admin/evaluations/compare`): per run its pass rate and speed, per
     /// item each run's status and answer, and for each pair of runs the pass-rate difference with
@@ -35,10 +49,19 @@ extension Evaluations {
             guard let job, job.kind == EvalRunJob.name, let spec = try? job.spec.decode(EvalRunSpec.self) else { throw .notFound("no run '\(id)'") }
             let rows: [Data]
             do { rows = try await store.evalOutputItems(run: id, status: nil, after: nil, limit: 1_000_000, descending: false) } catch { throw .storage("\(error)") }
+            // An item asked several times (repetitions) counts as passing when most of its
+            // repetitions passed; the first repetition's answer is shown.
             var byIndex: [Int: [String: Any]] = [:]
+            var tally: [Int: (passes: Int, runs: Int)] = [:]
             for row in rows {
                 guard let item = (try? JSONSerialization.jsonObject(with: row)) as? [String: Any], let index = item["datasource_item_id"] as? Int else { continue }
-                byIndex[index] = item
+                if byIndex[index] == nil { byIndex[index] = item }
+                tally[index, default: (0, 0)].runs += 1
+                if item["status"] as? String == "pass" { tally[index, default: (0, 0)].passes += 1 }
+            }
+            for (index, t) in tally where t.runs > 1 {
+                byIndex[index]?["status"] = 2 * t.passes > t.runs ? "pass" : "fail"
+                byIndex[index]?["pass_rate"] = Double(t.passes) / Double(t.runs)
             }
             outcomes.append(byIndex)
             let passed = byIndex.values.filter { $0["status"] as? String == "pass" }.count

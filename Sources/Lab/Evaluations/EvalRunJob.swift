@@ -32,7 +32,15 @@ public struct EvalRunSpec: Sendable, Codable {
     /// at every checkpoint, stays small.
     public var itemsDocument: String?
     public var itemCount: Int
+    /// How many times each item is asked (Corral's `repetitions`; the seed, when given, grows by
+    /// one per repetition).
+    public var repetitions: Int = 1
+    /// Items × repetitions: what a run asks in all.
+    public var unitCount: Int { itemCount * max(1, repetitions) }
     public var template: [EvalTemplateMessage]
+    /// A prompt sequence (Corral's `input_messages` of type `sequence`): user turns sent one
+    /// after another, each after the model's answer to the previous one.
+    public var turns: [String] = []
     public var sampling: EvalSampling
     public var criteria: [Grader]
     /// Items asked at once (Corral's `concurrency` on the run request).
@@ -65,6 +73,8 @@ public struct EvalRunState: Sendable, Codable, Equatable {
     public var criteria: [Criterion] = []
     /// Usage by model: the model under evaluation and any judges.
     public var usage: [String: Usage] = [:]
+    /// Per item, how many of its repetitions passed (kept when an item is asked more than once).
+    public var itemPasses: [Int: Int] = [:]
 
     /// Counts an item's outcome and moves `next` past every item done.
     mutating func record(_ outcome: EvalRunJob.ItemOutcome, index: Int) {
@@ -76,15 +86,16 @@ public struct EvalRunState: Sendable, Codable, Equatable {
         for (k, verdict) in outcome.passed.enumerated() where k < criteria.count {
             if verdict { criteria[k].passed += 1 } else { criteria[k].failed += 1 }
         }
-        for (model, usage) in outcome.usage { add(usage?.any as? [String: Any], model: model) }
+        for (model, usage, requests) in outcome.usage { add(usage?.any as? [String: Any], model: model, requests: requests) }
+        if outcome.status == "pass" { itemPasses[outcome.item, default: 0] += 1 }
         done.insert(index)
         while done.remove(next) != nil { next += 1 }
     }
 
-    mutating func add(_ usage: [String: Any]?, model: String) {
+    mutating func add(_ usage: [String: Any]?, model: String, requests: Int = 1) {
         guard let usage else { return }
         var u = self.usage[model] ?? Usage()
-        u.invocations += 1
+        u.invocations += requests
         u.promptTokens += usage["prompt_tokens"] as? Int ?? 0
         u.completionTokens += usage["completion_tokens"] as? Int ?? 0
         u.cachedTokens += (usage["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int ?? 0
@@ -123,10 +134,11 @@ public struct EvalRunJob: JobKind {
             spec.items = try JobCoding.decoder.decode([JSONValue].self, from: data)
         }
         var state = (try? context.resumeFrom?.decode(EvalRunState.self)) ?? EvalRunState(criteria: spec.criteria.map { .init(name: $0.name) })
-        try await context.progress(Double(state.next), of: Double(spec.items.count), unit: "items")
-        // Items are asked `concurrency` at a time; the checkpoint keeps the first item not done
+        let units = spec.items.count * max(1, spec.repetitions)
+        try await context.progress(Double(state.next), of: Double(units), unit: "items")
+        // Items (each as often as `repetitions` says: unit u is item u / repetitions) are asked `concurrency` at a time; the checkpoint keeps the first item not done
         // and those after it that are, so a restart asks each remaining item once.
-        var remaining = (state.next..<spec.items.count).filter { !state.done.contains($0) }.makeIterator()
+        var remaining = (state.next..<units).filter { !state.done.contains($0) }.makeIterator()
         let run = context.id
         let itemsSpec = spec
         // Output items are written in batches, and the checkpoint after them, at most every
@@ -155,7 +167,7 @@ public struct EvalRunJob: JobKind {
                         try await context.checkpoint(state)
                         lastCheckpoint = .now
                     }
-                    try await context.progress(Double(state.next + state.done.count), of: Double(spec.items.count), unit: "items")
+                    try await context.progress(Double(state.next + state.done.count), of: Double(units), unit: "items")
                 }
             }
         } catch {
@@ -172,9 +184,11 @@ public struct EvalRunJob: JobKind {
 
     /// What one item came to: its status, each criterion's verdict, and the usage of each model asked.
     struct ItemOutcome: Sendable {
+        /// The item asked (a unit's item when items are repeated).
+        var item: Int
         var status: String
         var passed: [Bool]
-        var usage: [(model: String, usage: JSONValue?)]
+        var usage: [(model: String, usage: JSONValue?, requests: Int)]
         /// The item as the live console shows it: prompt, answer, grades.
         var summary: JSONValue = .null
         /// The output item to store (its id and JSON).
@@ -183,12 +197,16 @@ public struct EvalRunJob: JobKind {
 
     /// Asks the model about one item (or takes its sample), grades it with every criterion and
     /// stores the output item.
-    func process(_ index: Int, spec: EvalRunSpec, run: String) async throws -> ItemOutcome {
+    func process(_ unit: Int, spec: EvalRunSpec, run: String) async throws -> ItemOutcome {
+        let repetitions = max(1, spec.repetitions)
+        let (index, repetition) = (unit / repetitions, unit % repetitions)
+        var spec = spec
+        if let seed = spec.sampling.seed { spec.sampling.seed = seed + repetition }
         let entry = spec.items[index].any as? [String: Any] ?? [:]
         let item = entry["item"] as? [String: Any] ?? [:]
         var output = try await sample(for: item, given: entry["sample"], spec: spec)
-        var outcome = ItemOutcome(status: "", passed: [], usage: [])
-        if let model = spec.model { outcome.usage.append((model, output.usage.flatMap(JSONValue.init))) }
+        var outcome = ItemOutcome(item: index, status: "", passed: [], usage: [])
+        if let model = spec.model { outcome.usage.append((model, output.usage.flatMap(JSONValue.init), output.requests)) }
         var results: [[String: Any]] = []
         var allPassed = output.error == nil
         for grader in spec.criteria {
@@ -200,7 +218,7 @@ public struct EvalRunJob: JobKind {
                     if grader.type.isJudged {
                         let judged = try await judge(grader, context, spec: spec)
                         (score, passed) = judged.grade
-                        outcome.usage.append((grader.model ?? "", judged.usage.flatMap(JSONValue.init)))
+                        outcome.usage.append((grader.model ?? "", judged.usage.flatMap(JSONValue.init), 1))
                     } else {
                         (score, passed) = try grader.grade(context)
                     }
@@ -214,9 +232,9 @@ public struct EvalRunJob: JobKind {
             results.append(["name": grader.name, "type": grader.type.rawValue, "passed": passed, "score": score])
         }
         outcome.status = output.error != nil ? "error" : allPassed ? "pass" : "fail"
-        outcome.row = try outputItem(index: index, item: item, output: output, results: results, status: outcome.status, spec: spec, run: run)
+        outcome.row = try outputItem(unit: unit, index: index, repetition: repetition, item: item, output: output, results: results, status: outcome.status, spec: spec, run: run)
         var summary: [String: Any] = [
-            "index": index, "status": outcome.status, "input": output.input, "results": results,
+            "index": index, "repetition": repetition, "status": outcome.status, "input": output.input, "results": results,
             "output": EvalTemplate.text(output.sample["output_text"] ?? ""),
         ]
         if let error = output.error { summary["error"] = ["code": error.code, "message": error.message] }
@@ -251,6 +269,8 @@ public struct EvalRunJob: JobKind {
         var input: [[String: String]] = []
         var finishReason = ""
         var usage: [String: Any]?
+        /// Requests made for it (one per turn of a prompt sequence).
+        var requests = 0
         /// Time to the answer and llama-server's prompt and generation speed for it.
         var totalMs: Double?
         var promptPerSecond: Double?
@@ -261,49 +281,70 @@ public struct EvalRunJob: JobKind {
     func sample(for item: [String: Any], given: Any?, spec: EvalRunSpec) async throws -> Output {
         guard let model = spec.model else { return Output(sample: given as? [String: Any] ?? [:]) }
         var output = Output(sample: [:])
+        var turns: [String] = []
         do {
             output.input = try spec.template.map { ["role": $0.role, "content": try EvalTemplate.render($0.content, ["item": item])] }
+            turns = try spec.turns.map { try EvalTemplate.render($0, ["item": item]) }
         } catch {
             output.error = ("template_error", (error as? GraderError)?.message ?? "\(error)")
             return output
         }
-        var body: [String: Any] = ["model": model, "messages": output.input, "stream": false]
-        if let t = spec.sampling.temperature { body["temperature"] = t }
-        if let p = spec.sampling.topP { body["top_p"] = p }
-        if let m = spec.sampling.maxCompletionTokens { body["max_tokens"] = m }
-        if let s = spec.sampling.seed { body["seed"] = s }
-        let answer: (status: Int, body: Data)
-        let asked = ContinuousClock.now
-        do {
-            answer = try await complete(model, try JSONSerialization.data(withJSONObject: body), spec.team, spec.keyPrefix)
-            let elapsed = ContinuousClock.now - asked
-            output.totalMs = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
-        } catch is CancellationError {
-            throw CancellationError()
-        } catch {
-            output.error = ("request_failed", "\(error)")
-            return output
+        // A prompt sequence sends each user turn after the model's answer to the one before; the
+        // sample is the last answer, and every answer is in `sample.turns`.
+        var conversation = output.input
+        var answers: [String] = []
+        var usage: [String: Int] = [:]
+        var totalMs = 0.0
+        for turn in turns.isEmpty ? [nil] : turns.map(Optional.some) {
+            if let turn { conversation.append(["role": "user", "content": turn]) }
+            var body: [String: Any] = ["model": model, "messages": conversation, "stream": false]
+            if let t = spec.sampling.temperature { body["temperature"] = t }
+            if let p = spec.sampling.topP { body["top_p"] = p }
+            if let m = spec.sampling.maxCompletionTokens { body["max_tokens"] = m }
+            if let s = spec.sampling.seed { body["seed"] = s }
+            let answer: (status: Int, body: Data)
+            let asked = ContinuousClock.now
+            do {
+                answer = try await complete(model, try JSONSerialization.data(withJSONObject: body), spec.team, spec.keyPrefix)
+                let elapsed = ContinuousClock.now - asked
+                totalMs += Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch {
+                output.error = ("request_failed", "\(error)")
+                return output
+            }
+            let object = (try? JSONSerialization.jsonObject(with: answer.body)) as? [String: Any]
+            guard answer.status == 200, let choice = (object?["choices"] as? [[String: Any]])?.first else {
+                let message = ((object?["error"] as? [String: Any])?["message"] as? String) ?? String(decoding: answer.body.prefix(300), as: UTF8.self)
+                output.error = ("model_error", "the model answered \(answer.status): \(message)")
+                return output
+            }
+            let text = (choice["message"] as? [String: Any])?["content"] as? String ?? ""
+            answers.append(text)
+            output.requests += 1
+            conversation.append(["role": "assistant", "content": text])
+            output.finishReason = choice["finish_reason"] as? String ?? ""
+            for key in ["prompt_tokens", "completion_tokens", "total_tokens"] { usage[key, default: 0] += (object?["usage"] as? [String: Any])?[key] as? Int ?? 0 }
+            let timings = object?["timings"] as? [String: Any]
+            output.promptPerSecond = timings?["prompt_per_second"] as? Double
+            output.generationPerSecond = timings?["predicted_per_second"] as? Double
         }
-        let object = (try? JSONSerialization.jsonObject(with: answer.body)) as? [String: Any]
-        guard answer.status == 200, let choice = (object?["choices"] as? [[String: Any]])?.first else {
-            let message = ((object?["error"] as? [String: Any])?["message"] as? String) ?? String(decoding: answer.body.prefix(300), as: UTF8.self)
-            output.error = ("model_error", "the model answered \(answer.status): \(message)")
-            return output
-        }
-        let text = (choice["message"] as? [String: Any])?["content"] as? String ?? ""
+        let text = answers.last ?? ""
         output.sample = ["output_text": text]
+        if answers.count > 1 { output.sample["turns"] = answers }
         if let json = try? JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed]) { output.sample["output_json"] = json }
-        output.finishReason = choice["finish_reason"] as? String ?? ""
-        output.usage = object?["usage"] as? [String: Any]
-        let timings = object?["timings"] as? [String: Any]
-        output.promptPerSecond = timings?["prompt_per_second"] as? Double
-        output.generationPerSecond = timings?["predicted_per_second"] as? Double
+        output.usage = usage
+        output.totalMs = totalMs
+        if !turns.isEmpty { output.input = Array(conversation.dropLast()) }
         return output
     }
 
     /// An output item in the shape of the SDK's `OutputItemListResponse`.
-    func outputItem(index: Int, item: [String: Any], output: Output, results: [[String: Any]], status: String, spec: EvalRunSpec, run: String) throws -> (id: String, body: Data) {
-        let id = "outputitem-\(run.dropFirst(EvalRunJob.idPrefix.count + 1))-\(index)"
+    func outputItem(
+        unit: Int, index: Int, repetition: Int, item: [String: Any], output: Output, results: [[String: Any]], status: String, spec: EvalRunSpec, run: String
+    ) throws -> (id: String, body: Data) {
+        let id = "outputitem-\(run.dropFirst(EvalRunJob.idPrefix.count + 1))-\(unit)"
         let usage = output.usage ?? [:]
         var sample: [String: Any] = [
             "input": output.input, "output": output.error == nil ? [["role": "assistant", "content": output.sample["output_text"] ?? ""]] : [],
@@ -323,9 +364,11 @@ public struct EvalRunJob: JobKind {
                                  "generation_tokens_per_second": output.generationPerSecond.map { $0 as Any } ?? NSNull()] as [String: Any]
         }
         if spec.model == nil { sample["output"] = [["role": "assistant", "content": EvalTemplate.text(output.sample["output_text"] ?? "")]] }
+        if let turns = output.sample["turns"] { sample["turns"] = turns }
         let object: [String: Any] = [
             "id": id, "object": "eval.run.output_item", "created_at": Int(Date().timeIntervalSince1970), "eval_id": spec.evalID, "run_id": run,
             "datasource_item_id": index, "datasource_item": item, "status": status, "results": results, "sample": sample,
+            "repetition": repetition,
         ]
         return (id, try JSONSerialization.data(withJSONObject: object))
     }

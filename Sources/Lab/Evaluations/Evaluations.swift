@@ -113,14 +113,26 @@ public struct Evaluations: Sendable {
         var spec = EvalRunSpec(
             evalID: evalID, name: body["name"] as? String ?? "", team: team, keyPrefix: keyPrefix, model: nil, items: items, itemsDocument: nil,
             itemCount: items.count, template: [], sampling: EvalSampling(),
-            criteria: definition.testingCriteria, concurrency: try Self.concurrency(body["concurrency"]), dataSource: JSONValue(source) ?? .null,
+            criteria: definition.testingCriteria, concurrency: try Self.bounded(body["concurrency"], "concurrency", default: 4, 1...64), dataSource: JSONValue(source) ?? .null,
             metadata: try Self.metadata(body["metadata"]))
         if type == "completions" {
             guard let model = source["model"] as? String, !model.isEmpty else { throw .badRequest("data_source.model is required", param: "data_source.model") }
             spec.model = model
-            guard let messages = source["input_messages"] as? [String: Any], messages["type"] as? String == "template",
-                  let template = messages["template"] as? [Any], !template.isEmpty else {
-                throw .badRequest("data_source.input_messages must be a non-empty template", param: "data_source.input_messages")
+            guard let messages = source["input_messages"] as? [String: Any] else {
+                throw .badRequest("data_source.input_messages is required", param: "data_source.input_messages")
+            }
+            let template = messages["template"] as? [Any] ?? []
+            if messages["type"] as? String == "sequence" {
+                // Corral's prompt sequences: `turns` (user turns, templates), after an optional
+                // `template` (a system message, say).
+                guard let turns = messages["turns"] as? [String], !turns.isEmpty else {
+                    throw .badRequest("data_source.input_messages.turns must be a non-empty list of templates", param: "data_source.input_messages")
+                }
+                spec.turns = turns
+            } else {
+                guard messages["type"] as? String == "template", !template.isEmpty else {
+                    throw .badRequest("data_source.input_messages must be a non-empty template (or Corral's sequence)", param: "data_source.input_messages")
+                }
             }
             spec.template = try template.enumerated().map { (i, m) throws(EvalError) in
                 guard let m = m as? [String: Any], let role = m["role"] as? String else {
@@ -139,6 +151,7 @@ public struct Evaluations: Sendable {
                 temperature: (sampling["temperature"] as? NSNumber)?.doubleValue, topP: (sampling["top_p"] as? NSNumber)?.doubleValue,
                 maxCompletionTokens: sampling["max_completion_tokens"] as? Int, seed: sampling["seed"] as? Int)
         }
+        spec.repetitions = try Self.bounded(body["repetitions"], "repetitions", default: 1, 1...100)
         try Self.check(spec)
         do {
             // The items go to the store once; the job record, saved at every checkpoint, names them.
@@ -155,7 +168,7 @@ public struct Evaluations: Sendable {
     /// Every `{{item.…}}` of the template and the criteria exists in every item; a `jsonl`
     /// source's items carry samples.
     static func check(_ spec: EvalRunSpec) throws(EvalError) {
-        let templates = spec.template.map(\.content) + spec.criteria.flatMap(\.templates)
+        let templates = spec.template.map(\.content) + spec.turns + spec.criteria.flatMap(\.templates)
         let itemReferences = Set(templates.flatMap(EvalTemplate.references).filter { $0.hasPrefix("item.") })
         for (i, entry) in spec.items.enumerated() {
             let object = entry.any as? [String: Any] ?? [:]
@@ -324,10 +337,31 @@ public struct Evaluations: Sendable {
             "status": status(job.state), "created_at": Int(job.createdAt.timeIntervalSince1970), "metadata": spec.metadata,
             "data_source": spec.dataSource.any, "report_url": "",
             "error": ["code": job.error?.code ?? "", "message": job.error?.message ?? ""],
-            "result_counts": ["total": spec.itemCount, "passed": state.passed, "failed": state.failed, "errored": state.errored],
+            "result_counts": ["total": spec.unitCount, "passed": state.passed, "failed": state.failed, "errored": state.errored],
             "per_testing_criteria_results": state.criteria.map { ["testing_criteria": $0.name, "passed": $0.passed, "failed": $0.failed] },
             "per_model_usage": usage,
+            "corral": corralExtension(state, spec),
         ]
+    }
+
+    /// What Corral adds to a run object: concurrency and repetitions, the pass rate with its
+    /// Wilson 95 % interval, and with repetitions each item's pass rate and interval.
+    static func corralExtension(_ state: EvalRunState, _ spec: EvalRunSpec) -> [String: Any] {
+        let graded = state.passed + state.failed + state.errored
+        var out: [String: Any] = ["concurrency": spec.concurrency, "repetitions": max(1, spec.repetitions)]
+        if let overall = Wilson.interval(successes: state.passed, trials: graded) {
+            out["pass_rate"] = Double(state.passed) / Double(graded)
+            out["pass_rate_interval"] = [overall.low, overall.high]
+        }
+        if spec.repetitions > 1, state.next == spec.unitCount {
+            out["items"] = (0..<spec.itemCount).map { index -> [String: Any] in
+                let passes = state.itemPasses[index] ?? 0
+                let interval = Wilson.interval(successes: passes, trials: spec.repetitions)!
+                return ["index": index, "passes": passes, "runs": spec.repetitions, "pass_rate": Double(passes) / Double(spec.repetitions),
+                        "interval": [interval.low, interval.high]]
+            }
+        }
+        return out
     }
 
     // MARK: Helpers
@@ -340,10 +374,13 @@ public struct Evaluations: Sendable {
         }
     }
 
-    /// Items asked at once: Corral's `concurrency` on the run request, 1–64, 4 by default.
-    static func concurrency(_ raw: Any?) throws(EvalError) -> Int {
-        guard let raw, !(raw is NSNull) else { return 4 }
-        guard let n = raw as? Int, (1...64).contains(n) else { throw .badRequest("concurrency must be an integer from 1 to 64", param: "concurrency") }
+    /// One of Corral's integer fields on a run request (`concurrency` 1–64, default 4;
+    /// `repetitions` 1–100, default 1).
+    static func bounded(_ raw: Any?, _ name: String, default value: Int, _ range: ClosedRange<Int>) throws(EvalError) -> Int {
+        guard let raw, !(raw is NSNull) else { return value }
+        guard let n = raw as? Int, range.contains(n) else {
+            throw .badRequest("\(name) must be an integer from \(range.lowerBound) to \(range.upperBound)", param: name)
+        }
         return n
     }
 
