@@ -3,6 +3,7 @@ model, temperature 0, a seed): create an evaluation, run it on inline items and 
 file, poll, list output items, cancel, delete; a run interrupted by a restart resumes its
 remaining items; bad input gets 400s in OpenAI's shape; a team cannot see another team's runs."""
 import json
+import os
 import tempfile
 import time
 
@@ -69,6 +70,9 @@ def test_an_evaluation_runs_grades_and_keeps_every_output_item(corral):
     assert (by_name["self"].passed, by_name["answer"].failed) == (3, 3)
     usage = done.per_model_usage[0]
     assert usage.run_model_name == "chat" and usage.invocation_count == 3 and usage.completion_tokens == 12
+    environment = done.to_dict()["corral"]["environment"]  # where it answered: the instance's arguments, this machine
+    instance = next(i for i in httpx.get(corral.base + "/admin/instances", headers=corral.h).json() if i["model"] == "chat")
+    assert environment["arguments"] == instance["arguments"] and environment["hardware"]["logicalCores"] == os.cpu_count()
 
     items = list(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id))
     assert [i.datasource_item_id for i in items] == [0, 1, 2]

@@ -85,7 +85,9 @@ public struct GatewayDependencies: Sendable {
             },
             allocated: { model in await scheduler.instance(for: model)?.allocatedMiB })
         // Evaluation requests go through the same serving path under the key that started the
-        // run (admitted against its limits, recorded with route /v1/evals).
+        // run (admitted against its limits, recorded with route /v1/evals); a run records the
+        // arguments of the instance that answered and the machine.
+        let hardware = HardwareCache(tools: LlamaTools.discover(configured: config.llama.toolPaths))
         let evalRun = EvalRunJob(store: store, complete: { model, body, team, keyPrefix in
             let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:]
             let exchange = try await relay.open(
@@ -104,6 +106,9 @@ public struct GatewayDependencies: Sendable {
             await relay.finish(exchange, status: status, errorKind: Relay.upstreamErrorKind(exchange.response.status.code == 200 ? .ok : .init(code: status)),
                                usage: usage?["usage"] as? [String: Any], timings: usage?["timings"] as? [String: Any])
             return (status, Data(answer.readableBytesView))
+        }, environment: { model in
+            guard let instance = await scheduler.instance(for: model) else { return nil }
+            return EvalEnvironment(arguments: instance.arguments, hardware: await hardware.get())
         })
         let tools = LlamaTools.discover(configured: config.llama.toolPaths)
         // An in-memory SQLite database cannot fail to open short of the process being out of memory.

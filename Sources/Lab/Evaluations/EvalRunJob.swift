@@ -1,6 +1,18 @@
 import Foundation
 import Jobs
+import Runtime
 import Store
+
+/// Where a run's model answered: the llama-server arguments of its instance, and the machine.
+public struct EvalEnvironment: Sendable, Codable, Equatable {
+    public var arguments: [String]
+    public var hardware: HardwareInfo
+
+    public init(arguments: [String], hardware: HardwareInfo) {
+        self.arguments = arguments
+        self.hardware = hardware
+    }
+}
 
 /// One message of a run's `input_messages` template.
 public struct EvalTemplateMessage: Sendable, Codable, Equatable {
@@ -75,6 +87,8 @@ public struct EvalRunState: Sendable, Codable, Equatable {
     public var usage: [String: Usage] = [:]
     /// Per item, how many of its repetitions passed (kept when an item is asked more than once).
     public var itemPasses: [Int: Int] = [:]
+    /// The instance that answered and the machine, read once the first item is answered.
+    public var environment: EvalEnvironment?
 
     /// Counts an item's outcome and moves `next` past every item done.
     mutating func record(_ outcome: EvalRunJob.ItemOutcome, index: Int) {
@@ -117,10 +131,13 @@ public struct EvalRunJob: JobKind {
 
     let complete: Complete
     let store: Store?
+    /// Where a model answered: its instance's llama-server arguments and this machine.
+    let environment: @Sendable (_ model: String) async -> EvalEnvironment?
 
-    public init(store: Store?, complete: @escaping Complete) {
+    public init(store: Store?, complete: @escaping Complete, environment: @escaping @Sendable (String) async -> EvalEnvironment? = { _ in nil }) {
         self.store = store
         self.complete = complete
+        self.environment = environment
     }
 
     public var policy: JobPolicy { JobPolicy(maxConcurrent: 2, pausable: true, restart: .resume, keepFinished: 1000) }
@@ -157,6 +174,7 @@ public struct EvalRunJob: JobKind {
                 while let (index, outcome) = try await group.next() {
                     if let row = outcome.row { unwritten.append(Store.EvalOutputRow(id: row.id, index: index, status: outcome.status, body: row.body)) }
                     state.record(outcome, index: index)
+                    if state.environment == nil, let model = spec.model { state.environment = await environment(model) }
                     // The next item goes out now; its request overlaps this one's bookkeeping.
                     try await context.pausePoint()
                     _ = startNext()

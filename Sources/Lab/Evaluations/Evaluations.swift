@@ -349,6 +349,10 @@ public struct Evaluations: Sendable {
     static func corralExtension(_ state: EvalRunState, _ spec: EvalRunSpec) -> [String: Any] {
         let graded = state.passed + state.failed + state.errored
         var out: [String: Any] = ["concurrency": spec.concurrency, "repetitions": max(1, spec.repetitions)]
+        if let environment = state.environment, let data = try? JobCoding.encoder.encode(environment),
+           let object = try? JSONSerialization.jsonObject(with: data) {
+            out["environment"] = object
+        }
         if let overall = Wilson.interval(successes: state.passed, trials: graded) {
             out["pass_rate"] = Double(state.passed) / Double(graded)
             out["pass_rate_interval"] = [overall.low, overall.high]
