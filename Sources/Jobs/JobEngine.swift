@@ -103,7 +103,14 @@ public actor JobEngine {
             unfinished = try await store.jobs(kind: nil, states: [JobState.queued, .running, .paused].map(\.rawValue), model: nil, after: nil, limit: 100_000)
         } catch { throw JobEngineError.persistence("\(error)") }
         for stored in unfinished.reversed() {
-            guard var record = try? JobCoding.decoder.decode(JobRecord.self, from: stored.body), live[record.id] == nil else { continue }
+            guard live[stored.id] == nil else { continue }
+            var record: JobRecord
+            do { record = try JobCoding.decoder.decode(JobRecord.self, from: stored.body) } catch {
+                // Left as it is (it will show as unreadable in lists); the rest recover.
+                logger.error("a stored job cannot be read and is not recovered", metadata: ["job": "\(stored.id)", "error": "\(error)"])
+                onPersistenceFailure(stored.id)
+                continue
+            }
             let kind = kinds[record.kind]
             if let kind, kind.policy.restart == .resume {
                 record.state = record.state.next(on: .requeue) ?? .queued
@@ -166,7 +173,12 @@ public actor JobEngine {
             rows = try await store.jobs(kind: kind, states: states?.map(\.rawValue), model: model, after: after, limit: limit + 1)
         } catch { throw JobEngineError.persistence("\(error)") }
         // The stored row may lag this process's copy by a write; show the newer one.
-        let jobs = rows.prefix(limit).compactMap { row in live[row.id]?.record ?? unsaved[row.id] ?? (try? JobCoding.decoder.decode(JobRecord.self, from: row.body)) }
+        let jobs = try rows.prefix(limit).map { row in
+            if let newer = live[row.id]?.record ?? unsaved[row.id] { return newer }
+            do { return try JobCoding.decoder.decode(JobRecord.self, from: row.body) } catch {
+                throw JobEngineError.persistence("job \(row.id) cannot be read: \(error)")
+            }
+        }
         return JobPage(jobs: jobs, next: rows.count > limit ? jobs.last?.id : nil)
     }
 
@@ -198,7 +210,12 @@ public actor JobEngine {
                     }
                     if page.isEmpty { break }
                     for e in page {
-                        out.yield(JobEvent(id: e.sequence, job: e.job, at: e.at, type: e.type, data: (try? JobCoding.decoder.decode(JobJSON.self, from: e.data)) ?? .null))
+                        guard let data = try? JobCoding.decoder.decode(JobJSON.self, from: e.data) else {
+                            logger.error("a stored job event cannot be read", metadata: ["job": "\(id)", "event": "\(e.sequence)"])
+                            out.finish()
+                            return
+                        }
+                        out.yield(JobEvent(id: e.sequence, job: e.job, at: e.at, type: e.type, data: data))
                         last = e.sequence
                     }
                 }

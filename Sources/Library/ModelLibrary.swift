@@ -22,6 +22,8 @@ public actor HardwareCache {
 public enum LibraryError: Error, Sendable, Equatable {
     case badRequest(String, param: String)
     case modelNotFound(String)
+    /// The store could not be read (usage totals, benchmark history): the answer would be wrong.
+    case storage(String)
 }
 
 /// The model library: entries with facts, state, usage, fit and benchmarks; filters and sorting;
@@ -34,10 +36,10 @@ public struct ModelLibrary: Sendable {
     public let marginMiB: Int
     public let tools: LlamaTools
     /// The newest benchmark results of a model (from the benchmark jobs), newest first.
-    public let benchmarks: @Sendable (String) async -> [[String: Any]]
+    public let benchmarks: @Sendable (String) async throws -> [[String: Any]]
 
     public init(scheduler: Scheduler, store: Store?, hardware: HardwareCache, marginMiB: Int, tools: LlamaTools,
-                benchmarks: @escaping @Sendable (String) async -> [[String: Any]]) {
+                benchmarks: @escaping @Sendable (String) async throws -> [[String: Any]]) {
         self.scheduler = scheduler
         self.store = store
         self.hardware = hardware
@@ -50,7 +52,7 @@ public struct ModelLibrary: Sendable {
 
     /// One library entry: facts, file, state, usage, fit and benchmarks.
     public func entry(_ spec: ModelSpec, instances: [String: InstanceInfo], usage: [String: (requests: Int, promptTokens: Int, completionTokens: Int)],
-               compatibility: Compatibility, detailed: Bool = false) async -> [String: Any] {
+               compatibility: Compatibility, detailed: Bool = false) async throws(LibraryError) -> [String: Any] {
         var o: [String: Any] = ["id": spec.id, "aliases": spec.aliases + spec.listedAliases, "source": spec.source, "pinned": spec.pinned]
         o["sizeBytes"] = spec.fileSize ?? 0
         o["remote"] = spec.path == nil
@@ -91,23 +93,29 @@ public struct ModelLibrary: Sendable {
         }
         let u = usage[spec.id]
         o["usage"] = ["requests": u?.requests ?? 0, "promptTokens": u?.promptTokens ?? 0, "completionTokens": u?.completionTokens ?? 0]
-        o["benchmarks"] = await benchmarks(spec.id)
+        o["benchmarks"] = try await latestBenchmarks(spec.id)
         return o
     }
 
-    public func context() async -> (ModelCatalog, [String: InstanceInfo], [String: (requests: Int, promptTokens: Int, completionTokens: Int)], Compatibility) {
+    /// A model's latest benchmark runs; a store that cannot be read is an error, not "none".
+    func latestBenchmarks(_ id: String) async throws(LibraryError) -> [[String: Any]] {
+        do { return try await benchmarks(id) } catch { throw .storage("the benchmark history could not be read: \(error)") }
+    }
+
+    public func context() async throws(LibraryError) -> (ModelCatalog, [String: InstanceInfo], [String: (requests: Int, promptTokens: Int, completionTokens: Int)], Compatibility) {
         let catalog = await scheduler.catalog
         let instances = Dictionary(await scheduler.instances().map { ($0.model, $0) }, uniquingKeysWith: { a, _ in a })
-        let usage = (try? await store?.usageTotalsByModel()) ?? [:]
+        let usage: [String: (requests: Int, promptTokens: Int, completionTokens: Int)]
+        do { usage = try await store?.usageTotalsByModel() ?? [:] } catch { throw .storage("the usage totals could not be read: \(error)") }
         return (catalog, instances, usage, Compatibility(hardware: await hardware.get(), marginMiB: marginMiB))
     }
 
     // MARK: List, detail, compare
 
     public func list(query q: [String: String]) async throws(LibraryError) -> [String: Any] {
-        let (catalog, instances, usage, compatibility) = await context()
+        let (catalog, instances, usage, compatibility) = try await context()
         var entries: [[String: Any]] = []
-        for spec in catalog.models { entries.append(await entry(spec, instances: instances, usage: usage, compatibility: compatibility)) }
+        for spec in catalog.models { entries.append(try await entry(spec, instances: instances, usage: usage, compatibility: compatibility)) }
         if let text = q["q"]?.lowercased(), !text.isEmpty {
             entries = entries.filter { e in
                 ([e["id"], e["name"], e["architecture"], e["quantization"]] + ((e["aliases"] as? [String]) ?? []))
@@ -164,19 +172,19 @@ public struct ModelLibrary: Sendable {
     }
 
     public func detail(_ id: String) async throws(LibraryError) -> [String: Any] {
-        let (catalog, instances, usage, compatibility) = await context()
+        let (catalog, instances, usage, compatibility) = try await context()
         guard let spec = catalog.resolve(id) else { throw LibraryError.modelNotFound(id) }
-        return await entry(spec, instances: instances, usage: usage, compatibility: compatibility, detailed: true)
+        return try await entry(spec, instances: instances, usage: usage, compatibility: compatibility, detailed: true)
     }
 
     public func compare(ids raw: String?) async throws(LibraryError) -> [String: Any] {
         let ids = (raw ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         guard ids.count >= 2 else { throw LibraryError.badRequest("ids needs at least two comma-separated model ids", param: "ids") }
-        let (catalog, instances, usage, compatibility) = await context()
+        let (catalog, instances, usage, compatibility) = try await context()
         var models: [[String: Any]] = []
         for id in ids {
             guard let spec = catalog.resolve(id) else { throw LibraryError.modelNotFound(id) }
-            models.append(await entry(spec, instances: instances, usage: usage, compatibility: compatibility))
+            models.append(try await entry(spec, instances: instances, usage: usage, compatibility: compatibility))
         }
         // The fields whose values differ, for a side-by-side view to highlight.
         let fields = ["architecture", "parameters", "quantization", "bitsPerWeight", "contextLength", "layers", "embeddingLength", "heads", "kvHeads",
@@ -257,7 +265,7 @@ public struct ModelLibrary: Sendable {
             guard let v = Int(raw), v > 0 else { throw LibraryError.badRequest("min_ctx must be a positive integer", param: "min_ctx") }
             minContext = v
         }
-        let (catalog, _, _, compatibility) = await context()
+        let (catalog, _, _, compatibility) = try await context()
         var ranked: [(score: Double, object: [String: Any])] = []
         for spec in catalog.models {
             guard let f = spec.facts else { continue }
@@ -279,7 +287,7 @@ public struct ModelLibrary: Sendable {
             guard verdict != .doesNotFit else { continue }
             // Quality proxies: more parameters, then more bits per weight (up to 8); speed where measured.
             let quality = log10(Double(max(f.parameterCount, 1))) + min(f.bitsPerWeight, 8) / 8
-            let measured = await benchmarks(spec.id).compactMap { ($0["generationTokensPerSecond"] as? [String: Any])?["p50"] as? Double }.max()
+            let measured = try await latestBenchmarks(spec.id).compactMap { ($0["generationTokensPerSecond"] as? [String: Any])?["p50"] as? Double }.max()
             let speed = measured.map { log10(max($0, 1)) / 2 } ?? 0
             let placement = verdict == .fitsGPU ? 0.5 : verdict == .partialOffload ? 0.25 : 0
             let score = quality + speed + placement

@@ -24,10 +24,18 @@ public final class SamplingProfiles: Sendable {
         self.store = store
     }
 
-    /// Adds the profiles saved through the admin API.
-    public func load() async {
-        for data in (try? await store?.documents(kind: "sampling-profile", limit: 10_000)) ?? [] {
-            guard let saved = try? JSONDecoder().decode(Saved.self, from: data) else { continue }
+    /// Adds the profiles saved through the admin API. A store that cannot be read, or a saved
+    /// profile that cannot be decoded, is an error (the caller reports it), never an empty list.
+    public func load() async throws(LibraryError) {
+        let documents: [Data]
+        do { documents = try await store?.documents(kind: "sampling-profile", limit: 10_000) ?? [] } catch {
+            throw .storage("the saved sampling profiles could not be read: \(error)")
+        }
+        for data in documents {
+            let saved: Saved
+            do { saved = try JSONDecoder().decode(Saved.self, from: data) } catch {
+                throw .storage("a saved sampling profile could not be decoded: \(error)")
+            }
             entries.withLock { $0[saved.name] = Entry(fields: saved.fields, source: "admin") }
         }
     }

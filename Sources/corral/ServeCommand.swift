@@ -104,10 +104,13 @@ struct ServeCommand: AsyncParsableCommand {
         } catch {
             logger.error("runs saved by an older build could not be imported; they stay in the database", metadata: ["error": "\(error)"])
         }
-        if let saved = try await store.document(kind: "setting", id: "defaultModel"),
-           let name = (try? JSONSerialization.jsonObject(with: saved) as? [String: Any])?["model"] as? String {
-            do { try await scheduler.setDefaultModel(name) } catch {
-                logger.warning("the default model chosen by the admin is gone; using routes.json's", metadata: ["model": "\(name)"])
+        if let saved = try await store.document(kind: "setting", id: "defaultModel") {
+            if let name = (try? JSONSerialization.jsonObject(with: saved) as? [String: Any])?["model"] as? String {
+                do { try await scheduler.setDefaultModel(name) } catch {
+                    logger.warning("the default model chosen by the admin is gone; using routes.json's", metadata: ["model": "\(name)"])
+                }
+            } else {
+                logger.error("the saved default model cannot be read; using routes.json's until it is set again (corral default-model)")
             }
         }
         for (alias, target) in (try? await store.modelAliases()) ?? [:] {

@@ -275,6 +275,14 @@ func eventually(_ what: String, _ condition: () async throws -> Bool) async thro
         #expect(try await jobs.list(model: "m5").jobs.map(\.id) == [ids[4]])
     }
 
+    @Test func aStoredJobThatCannotBeReadIsAnErrorNotAGap() async throws {
+        let (store, _) = try temporaryStore()
+        try await store.putJob(StoredJob(id: "count-broken", kind: "counting", state: "succeeded", model: nil, createdAt: Date(), body: Data("{".utf8)))
+        let jobs = engine(store)
+        await #expect(throws: JobEngineError.self) { _ = try await jobs.list(kind: "counting") }
+        await #expect(throws: (any Error).self) { _ = try await jobs.get("count-broken") }
+    }
+
     @Test func stateMachineAllowsOnlyItsMoves() {
         #expect(JobState.queued.next(on: .start) == .running)
         #expect(JobState.running.next(on: .pause) == .paused)

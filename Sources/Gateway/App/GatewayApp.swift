@@ -161,7 +161,12 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
             upstreamRecorder?(record)
         }, logger: deps.logger, access: deps.access)
     let profiles = SamplingProfiles(config: deps.config.profiles, store: deps.store)
-    Task { await profiles.load() }
+    Task {
+        do { try await profiles.load() } catch {
+            // Serving goes on with the built-in and routes.json profiles; the saved ones are missing.
+            deps.logger.error("sampling profiles saved through the admin API are not in use", metadata: ["error": "\(error)"])
+        }
+    }
     let openAI = OpenAIRoutes(relay: relay, scheduler: deps.scheduler, access: deps.access, metrics: metrics, profiles: profiles)
     openAI.register(on: router)
     AnthropicRoutes(relay: relay, scheduler: deps.scheduler).register(on: router)
@@ -196,8 +201,8 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
         library: ModelLibrary(
             scheduler: deps.scheduler, store: deps.store, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, tools: tools,
             benchmarks: { model in
-                ((try? await lab.benchmarks(model: model, limit: 5)) ?? []).compactMap { run in
-                    (try? JSONSerialization.jsonObject(with: JSONEncoder.iso.encode(run))) as? [String: Any]
+                try await lab.benchmarks(model: model, limit: 5).map { run in
+                    try JSONSerialization.jsonObject(with: JSONEncoder.iso.encode(run)) as? [String: Any] ?? [:]
                 }
             }),
         rescan: {

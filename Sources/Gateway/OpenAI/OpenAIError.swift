@@ -66,6 +66,7 @@ public struct OpenAIError: HTTPResponseError, Sendable {
         switch error {
         case .badRequest(let message, let param): self = .badRequest(message, param: param)
         case .modelNotFound(let model): self = .modelNotFound(model)
+        case .storage(let message): self.init(.internalServerError, message, type: "server_error", code: "library_store")
         }
     }
 

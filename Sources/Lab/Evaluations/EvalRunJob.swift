@@ -150,7 +150,11 @@ public struct EvalRunJob: JobKind {
             guard let data = try await store.document(kind: "eval-items", id: document) else { throw JobError("items_missing", "the run's items are gone from the store") }
             spec.items = try JobCoding.decoder.decode([JSONValue].self, from: data)
         }
-        var state = (try? context.resumeFrom?.decode(EvalRunState.self)) ?? EvalRunState(criteria: spec.criteria.map { .init(name: $0.name) })
+        var state = EvalRunState(criteria: spec.criteria.map { .init(name: $0.name) })
+        if let checkpoint = context.resumeFrom {
+            // A checkpoint that cannot be read must not restart the counts from zero.
+            do { state = try checkpoint.decode(EvalRunState.self) } catch { throw JobError("checkpoint", "the run's checkpoint cannot be read: \(error)") }
+        }
         let units = spec.items.count * max(1, spec.repetitions)
         try await context.progress(Double(state.next), of: Double(units), unit: "items")
         // Items (each as often as `repetitions` says: unit u is item u / repetitions) are asked `concurrency` at a time; the checkpoint keeps the first item not done
@@ -190,9 +194,14 @@ public struct EvalRunJob: JobKind {
             }
         } catch {
             // Cancelled or failed: keep the items already graded (the write must not inherit
-            // the cancellation, which the database would refuse).
+            // the cancellation, which the database would refuse). If they cannot be written,
+            // that is the job's failure.
             let rows = unwritten
-            if let store { try? await Task { try await store.putEvalOutputItems(rows, run: run) }.value }
+            if let store {
+                do { try await Task { try await store.putEvalOutputItems(rows, run: run) }.value } catch let write {
+                    throw JobError("persistence", "graded items could not be saved: \(write)")
+                }
+            }
             throw error
         }
         try await store?.putEvalOutputItems(unwritten, run: run)

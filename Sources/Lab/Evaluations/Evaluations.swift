@@ -64,18 +64,16 @@ public struct Evaluations: Sendable {
     public func eval(_ id: String, scope: FileScope) async throws(EvalError) -> EvalDefinition {
         let data: Data?
         do { data = try await store.eval(id: id, scope: scope) } catch { throw .storage("\(error)") }
-        guard let data, let definition = try? JobCoding.decoder.decode(EvalDefinition.self, from: data) else { throw .notFound("no evaluation '\(id)'") }
-        return definition
+        guard let data else { throw .notFound("no evaluation '\(id)'") }
+        return try Self.decode(EvalDefinition.self, data, what: "evaluation \(id)")
     }
 
     public func list(scope: FileScope, after: String?, limit: Int, newestFirst: Bool) async throws(EvalError) -> (evals: [EvalDefinition], hasMore: Bool) {
-        do {
-            let page = try await store.evals(scope: scope, after: after, limit: limit + 1, newestFirst: newestFirst)
-            let evals = page.prefix(limit).compactMap { try? JobCoding.decoder.decode(EvalDefinition.self, from: $0) }
-            return (evals, page.count > limit)
-        } catch {
-            throw .storage("\(error)")
-        }
+        let page: [Data]
+        do { page = try await store.evals(scope: scope, after: after, limit: limit + 1, newestFirst: newestFirst) } catch { throw .storage("\(error)") }
+        var evals: [EvalDefinition] = []
+        for data in page.prefix(limit) { evals.append(try Self.decode(EvalDefinition.self, data, what: "an evaluation")) }
+        return (evals, page.count > limit)
     }
 
     /// `POST /v1/evals/{id}`: a new name and/or metadata.
@@ -267,21 +265,19 @@ public struct Evaluations: Sendable {
 
     public func outputItems(_ runID: String, evalID: String, scope: FileScope, status: String?, after: String?, limit: Int, descending: Bool) async throws(EvalError) -> (items: [[String: Any]], hasMore: Bool) {
         _ = try await run(runID, evalID: evalID, scope: scope)
-        do {
-            let page = try await store.evalOutputItems(run: runID, status: status, after: after, limit: limit + 1, descending: descending)
-            let items = page.prefix(limit).compactMap { (try? JSONSerialization.jsonObject(with: $0)) as? [String: Any] }
-            return (items, page.count > limit)
-        } catch {
-            throw .storage("\(error)")
-        }
+        let page: [Data]
+        do { page = try await store.evalOutputItems(run: runID, status: status, after: after, limit: limit + 1, descending: descending) } catch { throw .storage("\(error)") }
+        var items: [[String: Any]] = []
+        for data in page.prefix(limit) { items.append(try Self.object(data, what: "an output item of \(runID)")) }
+        return (items, page.count > limit)
     }
 
     public func outputItem(_ itemID: String, runID: String, evalID: String, scope: FileScope) async throws(EvalError) -> [String: Any] {
         _ = try await run(runID, evalID: evalID, scope: scope)
         let data: Data?
         do { data = try await store.evalOutputItem(id: itemID, run: runID) } catch { throw .storage("\(error)") }
-        guard let data, let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { throw .notFound("no output item '\(itemID)'") }
-        return object
+        guard let data else { throw .notFound("no output item '\(itemID)'") }
+        return try Self.object(data, what: "output item \(itemID)")
     }
 
     // MARK: Shapes
@@ -386,6 +382,16 @@ public struct Evaluations: Sendable {
             throw .badRequest("\(name) must be an integer from \(range.lowerBound) to \(range.upperBound)", param: name)
         }
         return n
+    }
+
+    /// A stored row decoded; one that cannot be is a storage error naming it, never skipped.
+    static func decode<T: Decodable>(_ type: T.Type, _ data: Data, what: String) throws(EvalError) -> T {
+        do { return try JobCoding.decoder.decode(T.self, from: data) } catch { throw .storage("\(what) cannot be read: \(error)") }
+    }
+
+    static func object(_ data: Data, what: String) throws(EvalError) -> [String: Any] {
+        guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { throw .storage("\(what) cannot be read") }
+        return object
     }
 
     static func metadata(_ raw: Any?) throws(EvalError) -> [String: String] {
