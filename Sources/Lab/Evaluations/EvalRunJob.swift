@@ -39,7 +39,7 @@ public struct EvalRunSpec: Sendable, Codable {
     /// Nil for a `jsonl` source: its items carry their samples and are only graded.
     public var model: String?
     /// The items, when they are not kept apart in the store (see `itemsDocument`).
-    public var items: [JSONValue]
+    public var items: [JobJSON]
     /// The store document (kind `eval-items`) holding the items, so that the job record, saved
     /// at every checkpoint, stays small.
     public var itemsDocument: String?
@@ -58,7 +58,7 @@ public struct EvalRunSpec: Sendable, Codable {
     /// Items asked at once (Corral's `concurrency` on the run request).
     public var concurrency: Int
     /// The `data_source` as the request gave it (echoed by the run object).
-    public var dataSource: JSONValue
+    public var dataSource: JobJSON
     public var metadata: [String: String]
 }
 
@@ -148,7 +148,7 @@ public struct EvalRunJob: JobKind {
         var spec = spec
         if let document = spec.itemsDocument, let store {
             guard let data = try await store.document(kind: "eval-items", id: document) else { throw JobError("items_missing", "the run's items are gone from the store") }
-            spec.items = try JobCoding.decoder.decode([JSONValue].self, from: data)
+            spec.items = try JobCoding.decoder.decode([JobJSON].self, from: data)
         }
         var state = EvalRunState(criteria: spec.criteria.map { .init(name: $0.name) })
         if let checkpoint = context.resumeFrom {
@@ -215,9 +215,9 @@ public struct EvalRunJob: JobKind {
         var item: Int
         var status: String
         var passed: [Bool]
-        var usage: [(model: String, usage: JSONValue?, requests: Int)]
+        var usage: [(model: String, usage: JobJSON?, requests: Int)]
         /// The item as the live console shows it: prompt, answer, grades.
-        var summary: JSONValue = .null
+        var summary: JobJSON = .null
         /// The output item to store (its id and JSON).
         var row: (id: String, body: Data)?
     }
@@ -233,7 +233,7 @@ public struct EvalRunJob: JobKind {
         let item = entry["item"] as? [String: Any] ?? [:]
         var output = try await sample(for: item, given: entry["sample"], spec: spec)
         var outcome = ItemOutcome(item: index, status: "", passed: [], usage: [])
-        if let model = spec.model { outcome.usage.append((model, output.usage.flatMap(JSONValue.init), output.requests)) }
+        if let model = spec.model { outcome.usage.append((model, output.usage.flatMap(JobJSON.init), output.requests)) }
         var results: [[String: Any]] = []
         var allPassed = output.error == nil
         for grader in spec.criteria {
@@ -245,7 +245,7 @@ public struct EvalRunJob: JobKind {
                     if grader.type.isJudged {
                         let judged = try await judge(grader, context, spec: spec)
                         (score, passed) = judged.grade
-                        outcome.usage.append((grader.model ?? "", judged.usage.flatMap(JSONValue.init), 1))
+                        outcome.usage.append((grader.model ?? "", judged.usage.flatMap(JobJSON.init), 1))
                     } else {
                         (score, passed) = try grader.grade(context)
                     }
@@ -266,7 +266,7 @@ public struct EvalRunJob: JobKind {
         ]
         if let error = output.error { summary["error"] = ["code": error.code, "message": error.message] }
         if let ms = output.totalMs { summary["total_ms"] = ms }
-        outcome.summary = JSONValue(summary) ?? .null
+        outcome.summary = JobJSON(summary) ?? .null
         return outcome
     }
 
@@ -398,19 +398,5 @@ public struct EvalRunJob: JobKind {
             "repetition": repetition,
         ]
         return (id, try JSONSerialization.data(withJSONObject: object))
-    }
-}
-
-extension JSONValue {
-    /// The value as Foundation's JSON objects.
-    public var any: Any {
-        switch self {
-        case .null: NSNull()
-        case .bool(let b): b
-        case .number(let n): n == n.rounded() && abs(n) < 1e15 ? Int(n) as Any : n
-        case .string(let s): s
-        case .array(let a): a.map(\.any)
-        case .object(let o): o.mapValues(\.any)
-        }
     }
 }

@@ -18,7 +18,7 @@ public struct EvalDefinition: Sendable, Codable {
     public var createdAt: Date
     public var team: String?
     public var metadata: [String: String]
-    public var itemSchema: JSONValue
+    public var itemSchema: JobJSON
     public var includeSampleSchema: Bool
     public var testingCriteria: [Grader]
 }
@@ -52,7 +52,7 @@ public struct Evaluations: Sendable {
             guard let object = c as? [String: Any] else { throw .badRequest("testing_criteria[\(i)] must be an object", param: "testing_criteria") }
             do { graders.append(try Grader(object, index: i)) } catch { throw .badRequest(error.message, param: "testing_criteria") }
         }
-        let schema = (config["item_schema"]).flatMap(JSONValue.init) ?? .object(["type": .string("object")])
+        let schema = (config["item_schema"]).flatMap(JobJSON.init) ?? .object(["type": .string("object")])
         let definition = EvalDefinition(
             id: "eval_" + Self.randomHex(12), name: body["name"] as? String ?? "", createdAt: Date(), team: team,
             metadata: try Self.metadata(body["metadata"]), itemSchema: schema, includeSampleSchema: config["include_sample_schema"] as? Bool ?? false,
@@ -111,7 +111,7 @@ public struct Evaluations: Sendable {
         var spec = EvalRunSpec(
             evalID: evalID, name: body["name"] as? String ?? "", team: team, keyPrefix: keyPrefix, model: nil, items: items, itemsDocument: nil,
             itemCount: items.count, template: [], sampling: EvalSampling(),
-            criteria: definition.testingCriteria, concurrency: try Self.bounded(body["concurrency"], "concurrency", default: 4, 1...64), dataSource: JSONValue(source) ?? .null,
+            criteria: definition.testingCriteria, concurrency: try Self.bounded(body["concurrency"], "concurrency", default: 4, 1...64), dataSource: JobJSON(source) ?? .null,
             metadata: try Self.metadata(body["metadata"]))
         if type == "completions" {
             guard let model = source["model"] as? String, !model.isEmpty else { throw .badRequest("data_source.model is required", param: "data_source.model") }
@@ -180,7 +180,7 @@ public struct Evaluations: Sendable {
     }
 
     /// The items of a source: `file_content` (inline) or `file_id` (an uploaded `evals` file).
-    func items(_ raw: Any?, scope: FileScope) async throws(EvalError) -> [JSONValue] {
+    func items(_ raw: Any?, scope: FileScope) async throws(EvalError) -> [JobJSON] {
         guard let source = raw as? [String: Any] else { throw .badRequest("data_source.source is required", param: "data_source.source") }
         var entries: [Any] = []
         switch source["type"] as? String {
@@ -202,9 +202,9 @@ public struct Evaluations: Sendable {
         default:
             throw .badRequest("data_source.source.type must be 'file_content' or 'file_id'", param: "data_source.source.type")
         }
-        var items: [JSONValue] = []
+        var items: [JobJSON] = []
         for (i, entry) in entries.enumerated() {
-            guard let object = entry as? [String: Any], object["item"] is [String: Any], let value = JSONValue(object) else {
+            guard let object = entry as? [String: Any], object["item"] is [String: Any], let value = JobJSON(object) else {
                 throw .badRequest("item \(i) must be an object with an 'item' object", param: "data_source.source")
             }
             items.append(value)

@@ -1,5 +1,5 @@
 import Foundation
-import Runtime
+import Jobs
 
 /// Why a grader or a template cannot be used (a 400 for the request that named it).
 public struct GraderError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -88,7 +88,7 @@ public struct Grader: Sendable, Codable, Equatable {
     /// `regex`: the pattern the input must contain a match of.
     public var pattern: String?
     /// `json_schema`: the schema the input, parsed as JSON, must satisfy.
-    public var schema: JSONValue?
+    public var schema: JobJSON?
     /// `label_model`, `score_model`: the judge, and the messages it is sent (templates).
     public var model: String?
     public var messages: [EvalTemplateMessage]?
@@ -145,7 +145,7 @@ public struct Grader: Sendable, Codable, Equatable {
         case .regex:
             guard let pattern, (try? NSRegularExpression(pattern: pattern)) != nil else { throw GraderError("\(at).pattern must be a valid regular expression") }
         case .jsonSchema:
-            guard let raw = object["schema"] as? [String: Any], let value = JSONValue(raw) else { throw GraderError("\(at).schema must be a JSON schema object") }
+            guard let raw = object["schema"] as? [String: Any], let value = JobJSON(raw) else { throw GraderError("\(at).schema must be a JSON schema object") }
             schema = value
         case .labelModel:
             guard let labels = object["labels"] as? [String], !labels.isEmpty else { throw GraderError("\(at).labels must be a non-empty list of strings") }
@@ -226,7 +226,7 @@ public struct Grader: Sendable, Codable, Equatable {
             return (matched ? 1 : 0, matched)
         case .jsonSchema:
             guard let data = text.data(using: .utf8), let parsed = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]),
-                  let value = JSONValue(parsed), let schema else { return (0, false) }
+                  let value = JobJSON(parsed), let schema else { return (0, false) }
             let valid = JSONSchemaCheck.validates(value, schema)
             return (valid ? 1 : 0, valid)
         case .labelModel, .scoreModel:
@@ -314,55 +314,10 @@ public enum TextSimilarity {
     }
 }
 
-/// A JSON value that is Sendable and Codable (a grader's schema).
-public indirect enum JSONValue: Sendable, Codable, Equatable {
-    case null, bool(Bool), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
-
-    public init?(_ any: Any) {
-        switch any {
-        case is NSNull: self = .null
-        case let n as NSNumber:
-            self = isJSONBool(n) ? .bool(n.boolValue) : .number(n.doubleValue)
-        case let s as String: self = .string(s)
-        case let a as [Any]:
-            var items: [JSONValue] = []
-            for x in a { guard let v = JSONValue(x) else { return nil }; items.append(v) }
-            self = .array(items)
-        case let o as [String: Any]:
-            var members: [String: JSONValue] = [:]
-            for (k, x) in o { guard let v = JSONValue(x) else { return nil }; members[k] = v }
-            self = .object(members)
-        default: return nil
-        }
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        if c.decodeNil() { self = .null }
-        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
-        else if let n = try? c.decode(Double.self) { self = .number(n) }
-        else if let s = try? c.decode(String.self) { self = .string(s) }
-        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
-        else { self = .object(try c.decode([String: JSONValue].self)) }
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        switch self {
-        case .null: try c.encodeNil()
-        case .bool(let b): try c.encode(b)
-        case .number(let n): try c.encode(n)
-        case .string(let s): try c.encode(s)
-        case .array(let a): try c.encode(a)
-        case .object(let o): try c.encode(o)
-        }
-    }
-}
-
 /// The part of JSON Schema an answer format needs: `type`, `properties`, `required`, `items`,
 /// `enum`, `minimum`/`maximum`, `minLength`/`maxLength`.
 enum JSONSchemaCheck {
-    static func validates(_ value: JSONValue, _ schema: JSONValue) -> Bool {
+    static func validates(_ value: JobJSON, _ schema: JobJSON) -> Bool {
         guard case .object(let s) = schema else { return true }
         if case .array(let allowed)? = s["enum"], !allowed.contains(value) { return false }
         if case .string(let type)? = s["type"], !matches(value, type) { return false }
@@ -388,7 +343,7 @@ enum JSONSchemaCheck {
         return true
     }
 
-    static func matches(_ value: JSONValue, _ type: String) -> Bool {
+    static func matches(_ value: JobJSON, _ type: String) -> Bool {
         switch (type, value) {
         case ("object", .object), ("array", .array), ("string", .string), ("boolean", .bool), ("null", .null), ("number", .number): true
         case ("integer", .number(let n)): n == n.rounded()
