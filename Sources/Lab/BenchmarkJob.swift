@@ -58,7 +58,7 @@ public struct BenchmarkJob: JobKind {
 
     public func run(_ spec: BenchmarkSpec, context: JobContext) async throws -> BenchmarkOutcome {
         let p = spec.parameters
-        let runner = LoadRunner(requests: p.requests, concurrency: p.concurrency, promptWords: p.promptWords, maxTokens: p.maxTokens)
+        let runner = LoadRunner(p)
         let send = self.send
         try await context.progress(0, of: Double(p.requests), unit: "requests")
         let result = await runner.run(

@@ -38,20 +38,16 @@ public struct LoadRunner: Sendable {
     /// Sends one request body; returns the streamed answer and a closure to call when done.
     public typealias Send = @Sendable (ByteBuffer) async throws -> (response: HTTPClientResponse, done: @Sendable (Int, [String: Any]?, [String: Any]?) async -> Void)
 
-    public var requests: Int
-    public var concurrency: Int
-    public var promptWords: Int
-    public var maxTokens: Int
+    /// How many requests, how many at once, and how long each prompt and answer.
+    public var load: BenchmarkParameters
 
-    public init(requests: Int, concurrency: Int, promptWords: Int, maxTokens: Int) {
-        (self.requests, self.concurrency, self.promptWords, self.maxTokens) = (requests, concurrency, promptWords, maxTokens)
-    }
+    public init(_ load: BenchmarkParameters) { self.load = load }
 
-    /// A prompt of about `promptWords` words (each a token or two), different per request so
+    /// A prompt of about `load.promptWords` words (each a token or two), different per request so
     /// the prompt cache does not hide prompt processing.
     func prompt(_ i: Int) -> String {
         let words = ["the", "model", "gateway", "runs", "fast", "and", "slow", "tokens", "flow", "through", "every", "layer"]
-        return "Request \(i): " + (0..<max(1, promptWords)).map { words[($0 * 7 + i) % words.count] }.joined(separator: " ")
+        return "Request \(i): " + (0..<max(1, load.promptWords)).map { words[($0 * 7 + i) % words.count] }.joined(separator: " ")
     }
 
     /// Runs the load. `beforeEach` runs before every request (a job's pause point): when it
@@ -72,12 +68,12 @@ public struct LoadRunner: Sendable {
         let next = NextIndex()
         var all: [One] = []
         await withTaskGroup(of: [One].self) { group in
-            for _ in 0..<max(1, min(concurrency, requests)) {
+            for _ in 0..<max(1, min(load.concurrency, load.requests)) {
                 group.addTask {
                     var mine: [One] = []
-                    while (try? await beforeEach()) != nil, let i = await next.take(below: requests) {
+                    while (try? await beforeEach()) != nil, let i = await next.take(below: load.requests) {
                         let body: [String: Any] = [
-                            "model": model, "messages": [["role": "user", "content": prompt(i)]], "max_tokens": maxTokens, "stream": true,
+                            "model": model, "messages": [["role": "user", "content": prompt(i)]], "max_tokens": load.maxTokens, "stream": true,
                             "stream_options": ["include_usage": true], "cache_prompt": false,
                         ]
                         let t0 = ContinuousClock.now
@@ -114,7 +110,7 @@ public struct LoadRunner: Sendable {
                             one.error = "\(error)"
                         }
                         mine.append(one)
-                        await progress(await next.finished(), requests)
+                        await progress(await next.finished(), load.requests)
                     }
                     return mine
                 }

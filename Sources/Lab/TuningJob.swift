@@ -262,8 +262,8 @@ public struct TuningJob: JobKind {
             trial.reason = "\(error)"
             return trial
         }
-        let runner = LoadRunner(requests: request.requests * scale, concurrency: request.concurrency, promptWords: request.promptWords,
-                                maxTokens: request.maxTokens * scale)
+        let runner = LoadRunner(BenchmarkParameters(
+            requests: request.requests * scale, concurrency: request.concurrency, promptWords: request.promptWords, maxTokens: request.maxTokens * scale))
         let client = self.client
         let base = instance.baseURL
         let result = await runner.run(
