@@ -66,7 +66,7 @@ public struct FileLibrary: Sendable {
     }
 
     /// The file `id`, if `scope` may see it.
-    public func file(_ id: String, scope: FileScope) async throws(FileError) -> StoredFile {
+    public func file(_ id: String, scope: TeamScope) async throws(FileError) -> StoredFile {
         let found: StoredFile?
         do { found = try await store.file(id: id, scope: scope) } catch { throw .storage("\(error)") }
         guard let found else { throw .notFound(id) }
@@ -74,7 +74,7 @@ public struct FileLibrary: Sendable {
     }
 
     /// A page of the files `scope` may see, and whether more follow.
-    public func list(scope: FileScope, purpose: String?, after: String?, limit: Int, newestFirst: Bool) async throws(FileError) -> (files: [StoredFile], hasMore: Bool) {
+    public func list(scope: TeamScope, purpose: String?, after: String?, limit: Int, newestFirst: Bool) async throws(FileError) -> (files: [StoredFile], hasMore: Bool) {
         do {
             let page = try await store.files(scope: scope, purpose: purpose, after: after, limit: limit + 1, newestFirst: newestFirst)
             return (Array(page.prefix(limit)), page.count > limit)
@@ -84,7 +84,7 @@ public struct FileLibrary: Sendable {
     }
 
     /// A file's bytes, checked against the SHA-256 recorded at upload.
-    public func contents(_ id: String, scope: FileScope) async throws(FileError) -> (StoredFile, Data) {
+    public func contents(_ id: String, scope: TeamScope) async throws(FileError) -> (StoredFile, Data) {
         let file = try await file(id, scope: scope)
         let data: Data
         do { data = try Data(contentsOf: URL(fileURLWithPath: directory + "/" + file.id)) } catch {
@@ -97,7 +97,7 @@ public struct FileLibrary: Sendable {
     }
 
     /// Deletes a file `scope` may see: its row, then its bytes.
-    public func delete(_ id: String, scope: FileScope) async throws(FileError) {
+    public func delete(_ id: String, scope: TeamScope) async throws(FileError) {
         let deleted: Bool
         do { deleted = try await store.deleteFile(id: id, scope: scope) } catch { throw .storage("\(error)") }
         guard deleted else { throw .notFound(id) }

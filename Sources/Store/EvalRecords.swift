@@ -35,40 +35,19 @@ extension Store {
     }
 
     /// An evaluation's body if `scope` may see it.
-    public func eval(id: String, scope: FileScope) async throws -> Data? {
-        try await writer.read { db in
-            var sql = "SELECT body FROM eval WHERE id = ?"
-            var arguments: StatementArguments = [id]
-            Self.restrictTeam(&sql, &arguments, scope)
-            return try Data.fetchOne(db, sql: sql, arguments: arguments)
-        }
+    public func eval(id: String, scope: TeamScope) async throws -> Data? {
+        try await writer.read { db in try teamOwnedRow(db, "eval", id: id, scope: scope)?["body"] }
     }
 
     /// Evaluations `scope` may see by creation time, after the evaluation `after`.
-    public func evals(scope: FileScope, after: String?, limit: Int, newestFirst: Bool) async throws -> [Data] {
+    public func evals(scope: TeamScope, after: String?, limit: Int, newestFirst: Bool) async throws -> [Data] {
         try await writer.read { db in
-            var sql = "SELECT body FROM eval WHERE 1 = 1"
-            var arguments: StatementArguments = []
-            Self.restrictTeam(&sql, &arguments, scope)
-            let direction = newestFirst ? "DESC" : "ASC"
-            if let after {
-                sql += " AND (createdAt, id) \(newestFirst ? "<" : ">") (SELECT createdAt, id FROM eval WHERE id = ?)"
-                arguments += [after]
-            }
-            sql += " ORDER BY createdAt \(direction), id \(direction) LIMIT ?"
-            arguments += [limit]
-            return try Data.fetchAll(db, sql: sql, arguments: arguments)
+            try teamOwnedPage(db, "eval", scope: scope, after: after, limit: limit, newestFirst: newestFirst).map { $0["body"] }
         }
     }
 
-    public func deleteEval(id: String, scope: FileScope) async throws -> Bool {
-        try await writer.write { db in
-            var sql = "DELETE FROM eval WHERE id = ?"
-            var arguments: StatementArguments = [id]
-            Self.restrictTeam(&sql, &arguments, scope)
-            try db.execute(sql: sql, arguments: arguments)
-            return db.changesCount > 0
-        }
+    public func deleteEval(id: String, scope: TeamScope) async throws -> Bool {
+        try await writer.write { db in try deleteTeamOwned(db, "eval", id: id, scope: scope) }
     }
 
     /// One graded item of a run, as stored.
@@ -119,17 +98,6 @@ extension Store {
         try await writer.write { db in
             try db.execute(sql: "DELETE FROM job WHERE id = ?", arguments: [id])
             return db.changesCount > 0
-        }
-    }
-
-    static func restrictTeam(_ sql: inout String, _ arguments: inout StatementArguments, _ scope: FileScope) {
-        switch scope {
-        case .all: break
-        case .team(let team?):
-            sql += " AND team = ?"
-            arguments += [team]
-        case .team(nil):
-            sql += " AND team IS NULL"
         }
     }
 }

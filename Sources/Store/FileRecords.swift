@@ -17,14 +17,6 @@ public struct StoredFile: Sendable, Equatable {
     }
 }
 
-/// Which teams' rows (files, evaluations) a query may see.
-public enum FileScope: Sendable, Equatable {
-    /// Every team's (the admin).
-    case all
-    /// One team's; `nil` is what was made without a team (open mode).
-    case team(String?)
-}
-
 extension Store {
     static func registerFileMigrations(_ m: inout DatabaseMigrator) {
         m.registerMigration("v6-files") { db in
@@ -50,43 +42,22 @@ extension Store {
     }
 
     /// The file `id` if `scope` may see it.
-    public func file(id: String, scope: FileScope) async throws -> StoredFile? {
-        try await writer.read { db in
-            var sql = "SELECT * FROM file WHERE id = ?"
-            var arguments: StatementArguments = [id]
-            Self.restrictTeam(&sql, &arguments, scope)
-            return try Row.fetchOne(db, sql: sql, arguments: arguments).map(Self.file)
-        }
+    public func file(id: String, scope: TeamScope) async throws -> StoredFile? {
+        try await writer.read { db in try teamOwnedRow(db, "file", id: id, scope: scope).map(Self.file) }
     }
 
     /// Files `scope` may see, by creation time (`newestFirst` or oldest first), optionally of one
     /// purpose, after the file `after` (the paging cursor).
-    public func files(scope: FileScope, purpose: String?, after: String?, limit: Int, newestFirst: Bool) async throws -> [StoredFile] {
+    public func files(scope: TeamScope, purpose: String?, after: String?, limit: Int, newestFirst: Bool) async throws -> [StoredFile] {
         try await writer.read { db in
-            var sql = "SELECT * FROM file WHERE 1 = 1"
-            var arguments: StatementArguments = []
-            Self.restrictTeam(&sql, &arguments, scope)
-            if let purpose { sql += " AND purpose = ?"; arguments += [purpose] }
-            let direction = newestFirst ? "DESC" : "ASC"
-            if let after {
-                sql += " AND (createdAt, id) \(newestFirst ? "<" : ">") (SELECT createdAt, id FROM file WHERE id = ?)"
-                arguments += [after]
-            }
-            sql += " ORDER BY createdAt \(direction), id \(direction) LIMIT ?"
-            arguments += [limit]
-            return try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.file)
+            try teamOwnedPage(db, "file", scope: scope, filters: purpose.map { [("purpose", $0)] } ?? [], after: after, limit: limit, newestFirst: newestFirst)
+                .map(Self.file)
         }
     }
 
     /// Deletes the row of file `id` if `scope` may see it; whether it did.
-    public func deleteFile(id: String, scope: FileScope) async throws -> Bool {
-        try await writer.write { db in
-            var sql = "DELETE FROM file WHERE id = ?"
-            var arguments: StatementArguments = [id]
-            Self.restrictTeam(&sql, &arguments, scope)
-            try db.execute(sql: sql, arguments: arguments)
-            return db.changesCount > 0
-        }
+    public func deleteFile(id: String, scope: TeamScope) async throws -> Bool {
+        try await writer.write { db in try deleteTeamOwned(db, "file", id: id, scope: scope) }
     }
 
     private static func file(_ row: Row) -> StoredFile {

@@ -67,7 +67,7 @@ struct FileRoutes: Sendable {
         }
     }
 
-    static func scope(_ context: GatewayRequestContext) -> FileScope {
+    static func scope(_ context: GatewayRequestContext) -> TeamScope {
         context.isAdmin ? .all : .team(context.caller.teamID)
     }
 

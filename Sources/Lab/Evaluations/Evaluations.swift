@@ -61,14 +61,14 @@ public struct Evaluations: Sendable {
         return definition
     }
 
-    public func eval(_ id: String, scope: FileScope) async throws(EvalError) -> EvalDefinition {
+    public func eval(_ id: String, scope: TeamScope) async throws(EvalError) -> EvalDefinition {
         let data: Data?
         do { data = try await store.eval(id: id, scope: scope) } catch { throw .storage("\(error)") }
         guard let data else { throw .notFound("no evaluation '\(id)'") }
         return try Self.decode(EvalDefinition.self, data, what: "evaluation \(id)")
     }
 
-    public func list(scope: FileScope, after: String?, limit: Int, newestFirst: Bool) async throws(EvalError) -> (evals: [EvalDefinition], hasMore: Bool) {
+    public func list(scope: TeamScope, after: String?, limit: Int, newestFirst: Bool) async throws(EvalError) -> (evals: [EvalDefinition], hasMore: Bool) {
         let page: [Data]
         do { page = try await store.evals(scope: scope, after: after, limit: limit + 1, newestFirst: newestFirst) } catch { throw .storage("\(error)") }
         var evals: [EvalDefinition] = []
@@ -77,7 +77,7 @@ public struct Evaluations: Sendable {
     }
 
     /// `POST /v1/evals/{id}`: a new name and/or metadata.
-    public func update(_ id: String, _ body: [String: Any], scope: FileScope) async throws(EvalError) -> EvalDefinition {
+    public func update(_ id: String, _ body: [String: Any], scope: TeamScope) async throws(EvalError) -> EvalDefinition {
         var definition = try await eval(id, scope: scope)
         if let name = body["name"] { guard let name = name as? String else { throw .badRequest("name must be a string", param: "name") }; definition.name = name }
         if body["metadata"] != nil { definition.metadata = try Self.metadata(body["metadata"]) }
@@ -86,7 +86,7 @@ public struct Evaluations: Sendable {
     }
 
     /// Deletes an evaluation, its runs (running ones are cancelled first) and their output items.
-    public func delete(_ id: String, scope: FileScope) async throws(EvalError) {
+    public func delete(_ id: String, scope: TeamScope) async throws(EvalError) {
         _ = try await eval(id, scope: scope)
         for run in try await allRuns(of: id) {
             try await deleteRun(run.id, evalID: id, scope: scope)
@@ -99,7 +99,7 @@ public struct Evaluations: Sendable {
     /// Starts a run from a `POST /v1/evals/{id}/runs` body: its items, and for a `completions`
     /// source the model, template and sampling; every template and criterion is checked against
     /// every item first, so a run never fails on a field an item lacks.
-    public func startRun(_ evalID: String, _ body: [String: Any], scope: FileScope, team: String?, keyPrefix: String?) async throws(EvalError) -> JobRecord {
+    public func startRun(_ evalID: String, _ body: [String: Any], scope: TeamScope, team: String?, keyPrefix: String?) async throws(EvalError) -> JobRecord {
         let definition = try await eval(evalID, scope: scope)
         guard let source = body["data_source"] as? [String: Any], let type = source["type"] as? String else {
             throw .badRequest("data_source with a type is required", param: "data_source")
@@ -180,7 +180,7 @@ public struct Evaluations: Sendable {
     }
 
     /// The items of a source: `file_content` (inline) or `file_id` (an uploaded `evals` file).
-    func items(_ raw: Any?, scope: FileScope) async throws(EvalError) -> [JobJSON] {
+    func items(_ raw: Any?, scope: TeamScope) async throws(EvalError) -> [JobJSON] {
         guard let source = raw as? [String: Any] else { throw .badRequest("data_source.source is required", param: "data_source.source") }
         var entries: [Any] = []
         switch source["type"] as? String {
@@ -214,7 +214,7 @@ public struct Evaluations: Sendable {
     }
 
     /// The run `runID` of evaluation `evalID`, if `scope` may see the evaluation.
-    public func run(_ runID: String, evalID: String, scope: FileScope) async throws(EvalError) -> (JobRecord, EvalRunSpec) {
+    public func run(_ runID: String, evalID: String, scope: TeamScope) async throws(EvalError) -> (JobRecord, EvalRunSpec) {
         _ = try await eval(evalID, scope: scope)
         let job: JobRecord?
         do { job = try await engine.get(runID) } catch { throw .storage("\(error)") }
@@ -237,7 +237,7 @@ public struct Evaluations: Sendable {
         return runs
     }
 
-    public func runs(_ evalID: String, scope: FileScope, status: String?, after: String?, limit: Int, newestFirst: Bool) async throws(EvalError) -> (runs: [JobRecord], hasMore: Bool) {
+    public func runs(_ evalID: String, scope: TeamScope, status: String?, after: String?, limit: Int, newestFirst: Bool) async throws(EvalError) -> (runs: [JobRecord], hasMore: Bool) {
         _ = try await eval(evalID, scope: scope)
         var all = try await allRuns(of: evalID)
         if !newestFirst { all.reverse() }
@@ -246,14 +246,14 @@ public struct Evaluations: Sendable {
         return (Array(all.prefix(limit)), all.count > limit)
     }
 
-    public func cancelRun(_ runID: String, evalID: String, scope: FileScope) async throws(EvalError) -> JobRecord {
+    public func cancelRun(_ runID: String, evalID: String, scope: TeamScope) async throws(EvalError) -> JobRecord {
         let (job, _) = try await run(runID, evalID: evalID, scope: scope)
         guard !job.state.isFinal else { return job }
         do { _ = try await engine.cancel(runID) } catch { throw .conflict("\(error)") }
         do { return try await engine.finished(runID) } catch { throw .storage("\(error)") }
     }
 
-    public func deleteRun(_ runID: String, evalID: String, scope: FileScope) async throws(EvalError) {
+    public func deleteRun(_ runID: String, evalID: String, scope: TeamScope) async throws(EvalError) {
         let (job, _) = try await run(runID, evalID: evalID, scope: scope)
         if !job.state.isFinal { _ = try await cancelRun(runID, evalID: evalID, scope: scope) }
         do {
@@ -263,7 +263,7 @@ public struct Evaluations: Sendable {
         } catch { throw .storage("\(error)") }
     }
 
-    public func outputItems(_ runID: String, evalID: String, scope: FileScope, status: String?, after: String?, limit: Int, descending: Bool) async throws(EvalError) -> (items: [[String: Any]], hasMore: Bool) {
+    public func outputItems(_ runID: String, evalID: String, scope: TeamScope, status: String?, after: String?, limit: Int, descending: Bool) async throws(EvalError) -> (items: [[String: Any]], hasMore: Bool) {
         _ = try await run(runID, evalID: evalID, scope: scope)
         let page: [Data]
         do { page = try await store.evalOutputItems(run: runID, status: status, after: after, limit: limit + 1, descending: descending) } catch { throw .storage("\(error)") }
@@ -272,7 +272,7 @@ public struct Evaluations: Sendable {
         return (items, page.count > limit)
     }
 
-    public func outputItem(_ itemID: String, runID: String, evalID: String, scope: FileScope) async throws(EvalError) -> [String: Any] {
+    public func outputItem(_ itemID: String, runID: String, evalID: String, scope: TeamScope) async throws(EvalError) -> [String: Any] {
         _ = try await run(runID, evalID: evalID, scope: scope)
         let data: Data?
         do { data = try await store.evalOutputItem(id: itemID, run: runID) } catch { throw .storage("\(error)") }
