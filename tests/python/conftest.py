@@ -191,3 +191,24 @@ def team_keys(c: Corral, *names: str) -> dict:
         team = httpx.post(c.base + "/admin/teams", headers=admin, json={"name": name}).json()
         made[name] = (team["id"], httpx.post(c.base + f"/admin/teams/{team['id']}/keys", headers=admin, json={}).json()["key"])
     return made
+
+
+def admin_get(c: Corral, path: str, status: int = 200, headers=None):
+    """GET an admin route with the admin token (`c.h`), asserting the status; its JSON."""
+    r = httpx.get(c.base + path, headers={**c.h, **(headers or {})}, timeout=60)
+    assert r.status_code == status, (path, r.status_code, r.text[:300])
+    return r.json()
+
+
+def admin_post(c: Corral, path: str, body=None, status: int = 200):
+    """POST to an admin route with the admin token (`c.h`), asserting the status; its JSON."""
+    r = httpx.post(c.base + path, headers=c.h, json=body, timeout=60)
+    assert r.status_code == status, (path, r.status_code, r.text[:300])
+    return r.json()
+
+
+def admin_cli(c: Corral, *args):
+    """Runs a `corral` admin command against `c`; its JSON output."""
+    out = subprocess.run([CORRAL, *args, "--url", c.base, "--token", c.admin_token], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)

@@ -5,30 +5,17 @@ and a successive-halving tuning session whose applied winner the next spawn uses
 import json
 import os
 import signal
-import subprocess
 import time
 
 import httpx
 import pytest
 
-from conftest import CORRAL, make_model, start_corral, stop_corral
+from conftest import admin_cli as cli, admin_get as get, make_model, start_corral, stop_corral
 
 
 @pytest.fixture(scope="module")
 def corral(admin_corral):
     return admin_corral
-
-
-def get(c, path, status=200):
-    r = httpx.get(c.base + path, headers=c.h, timeout=60)
-    assert r.status_code == status, (path, r.status_code, r.text[:300])
-    return r.json()
-
-
-def cli(c, *args):
-    out = subprocess.run([CORRAL, *args, "--url", c.base, "--token", c.admin_token], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def test_hardware_describes_this_machine(corral):

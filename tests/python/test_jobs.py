@@ -5,36 +5,17 @@ marks a running benchmark interrupted; bad input gets OpenAI-shaped errors."""
 import json
 import signal
 import sqlite3
-import subprocess
 import time
 
 import httpx
 import pytest
 
-from conftest import CORRAL, restart_corral, start_corral, stop_corral
+from conftest import admin_cli as cli, admin_get as get, admin_post as post, restart_corral, start_corral, stop_corral
 
 
 @pytest.fixture(scope="module")
 def corral(admin_corral):
     return admin_corral
-
-
-def get(c, path, status=200, headers=None):
-    r = httpx.get(c.base + path, headers={**c.h, **(headers or {})}, timeout=60)
-    assert r.status_code == status, (path, r.status_code, r.text[:300])
-    return r.json()
-
-
-def post(c, path, body=None, status=200):
-    r = httpx.post(c.base + path, headers=c.h, json=body, timeout=60)
-    assert r.status_code == status, (path, r.status_code, r.text[:300])
-    return r.json()
-
-
-def cli(c, *args):
-    out = subprocess.run([CORRAL, *args, "--url", c.base, "--token", c.admin_token], capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def benchmark(c, **parameters):
