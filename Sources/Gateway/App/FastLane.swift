@@ -82,13 +82,12 @@ struct FastLane: Sendable {
               let spec = routes.scheduler.currentCatalog.resolve(post.modelName), case .local = spec.backend,
               // A request that would hear of a load in progress (a stream, or one that asks with
               // X-Corral-Progress) is the router's while its model is not ready.
-              routes.scheduler.isReady(spec.id) || !(post.streaming || head.headerFields[Self.progressField] != nil)
+              !Relay.hearsOfLoads(streaming: post.streaming, head.headerFields) || routes.scheduler.isReady(spec.id)
         else { return nil }
         return Ticket(path: path, headers: head.headerFields, caller: caller, post: post)
     }
 
     static let apiKeyField = HTTPField.Name("x-api-key")!
-    static let progressField = HTTPField.Name("X-Corral-Progress")!
 
     /// One answer to write: head, and the whole body or its chunks as they come.
     enum Output: Sendable {

@@ -238,10 +238,7 @@ struct OllamaRoutes: Sendable {
         if stream, relay.pendingLoad(spec.id) != nil {
             // The model must load first: answered as usual if it is there within the grace,
             // else the stream opens now and stays alive while it loads.
-            let opening = Outcome<Result<UpstreamExchange, OpenAIError>>()
-            Task {
-                do throws(OpenAIError) { opening.set(.success(try await open())) } catch { opening.set(.failure(error)) }
-            }
+            let opening = Relay.opening(open)
             switch await opening.wait(upTo: Relay.progressGrace) {
             case .success(let opened)?: exchange = opened
             case .failure(let error)?: throw OllamaError(error)
@@ -306,11 +303,7 @@ struct OllamaRoutes: Sendable {
                 var alive: [String: Any] = ["model": name, "created_at": OllamaValues.timestamp(), "done": false]
                 if shape == .chat { alive["message"] = ["role": "assistant", "content": ""] } else { alive["response"] = "" }
                 do { try await writer.write(ByteBuffer(string: JSON.encode(alive) + "\n")) } catch {
-                    // The client left: once the instance answers, stop reading it (which cancels
-                    // the generation) and settle the request as disconnected.
-                    if case .success(let exchange) = await opening.value() {
-                        await relay.passBody(exchange, status: .ok, isSSE: true, hideUsage: true, write: { _ in false }, end: {})
-                    }
+                    await relay.abandon(opening)
                     return
                 }
                 outcome = await opening.wait(upTo: Relay.heartbeatInterval)

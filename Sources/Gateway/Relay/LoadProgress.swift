@@ -25,23 +25,31 @@ extension Relay {
     /// Time between heartbeats while the request waits.
     static let heartbeatInterval: Duration = .seconds(1)
 
-    /// The model id a request for `modelName` would wait on to load (a local model without a
-    /// ready instance), nil when it would not wait for a load.
-    func pendingLoad(_ modelName: String) -> String? {
-        guard let spec = scheduler.currentCatalog.resolve(modelName), case .local = spec.backend, !scheduler.isReady(spec.id) else { return nil }
-        return spec.id
+    /// The header a non-streaming request asks for load progress with.
+    static let progressHeader = HTTPField.Name("X-Corral-Progress")!
+
+    /// Whether a request would hear of a load it waits for: streams always; a non-streaming
+    /// request only when it asks with `X-Corral-Progress: true`. (Checked before any lookup, so
+    /// other requests pay nothing.)
+    static func hearsOfLoads(streaming: Bool, _ headers: HTTPFields) -> Bool {
+        if streaming { return true }
+        let asked = headers[progressHeader]?.lowercased()
+        return asked == "true" || asked == "1"
     }
 
-    /// How a request that waits for a load hears of it: streams always (comments, or reasoning
-    /// deltas for chat on a model configured so); a non-streaming request only when it asks with
-    /// `X-Corral-Progress: true`.
-    func progressStyle(_ post: CheckedPost, route: String, request: Request) -> ProgressStyle? {
-        if post.streaming {
-            let chat = route == "/v1/chat/completions" || route == "/chat/completions"
-            return chat && scheduler.currentCatalog.resolve(post.modelName)?.progressAsReasoning == true ? .reasoning : .comments
-        }
-        let asked = request.headers[HTTPField.Name("X-Corral-Progress")!]?.lowercased()
-        return asked == "true" || asked == "1" ? .wrappedAnswer : nil
+    /// The model a request for `modelName` would wait on to load (a local model without a ready
+    /// instance), nil when it would not wait for a load.
+    func pendingLoad(_ modelName: String) -> ModelSpec? {
+        guard let spec = scheduler.currentCatalog.resolve(modelName), case .local = spec.backend, !scheduler.isReady(spec.id) else { return nil }
+        return spec
+    }
+
+    /// How a request that waits for `spec`'s load hears of it: comments on a stream (reasoning
+    /// deltas for chat on a model configured so), the wrapped answer otherwise.
+    static func progressStyle(streaming: Bool, spec: ModelSpec, route: String) -> ProgressStyle {
+        guard streaming else { return .wrappedAnswer }
+        let chat = route == "/v1/chat/completions" || route == "/chat/completions"
+        return chat && spec.progressAsReasoning ? .reasoning : .comments
     }
 
     /// One heartbeat: where the load of `model` stands.
@@ -72,15 +80,10 @@ extension Relay {
         let caller = context.caller
         let headers = request.headers
         let relay = self
-        let opening = Outcome<Result<UpstreamExchange, OpenAIError>>()
-        Task {
-            do throws(OpenAIError) {
-                opening.set(.success(try await relay.open(
-                    route: route, method: .POST, upstreamPath: upstreamPath, modelName: post.modelName, body: post.outgoing, headers: headers,
-                    caller: caller, tokens: post.tokens)))
-            } catch {
-                opening.set(.failure(error))
-            }
+        let opening = Self.opening { () async throws(OpenAIError) -> UpstreamExchange in
+            try await relay.open(
+                route: route, method: .POST, upstreamPath: upstreamPath, modelName: post.modelName, body: post.outgoing, headers: headers,
+                caller: caller, tokens: post.tokens)
         }
         if let quick = await opening.wait(upTo: Self.progressGrace) {
             switch quick {
@@ -101,10 +104,7 @@ extension Relay {
                 outcome = await opening.wait(upTo: Self.heartbeatInterval)
             }
             if clientGone {
-                // Release the slot once the instance answers; the row says the client left.
-                if case .success(let exchange) = await opening.value() {
-                    await relay.passBody(exchange, status: .ok, isSSE: true, hideUsage: true, write: { _ in false }, end: {})
-                }
+                await relay.abandon(opening)
                 return
             }
             switch outcome! {
@@ -126,6 +126,24 @@ extension Relay {
             }
             try? await writer.finish(nil)
         })
+    }
+
+    /// Opens an exchange in the background (it may wait for a load); the caller waits on the
+    /// outcome a heartbeat at a time.
+    static func opening(_ open: @escaping @Sendable () async throws(OpenAIError) -> UpstreamExchange) -> Outcome<Result<UpstreamExchange, OpenAIError>> {
+        let outcome = Outcome<Result<UpstreamExchange, OpenAIError>>()
+        Task {
+            do throws(OpenAIError) { outcome.set(.success(try await open())) } catch { outcome.set(.failure(error)) }
+        }
+        return outcome
+    }
+
+    /// The client left while its exchange was opening: once the instance answers, stop reading
+    /// it (which cancels the generation) and settle the request as disconnected.
+    func abandon(_ opening: Outcome<Result<UpstreamExchange, OpenAIError>>) async {
+        if case .success(let exchange) = await opening.value() {
+            await passBody(exchange, status: .ok, isSSE: true, hideUsage: true, write: { _ in false }, end: {})
+        }
     }
 
     /// An answer that is not an event stream, sent after heartbeats: `event: result` with the

@@ -214,9 +214,10 @@ public struct Relay: Sendable {
         injectUsage: Bool, errorShape: ErrorShape = .openAI, request: Request, context: GatewayRequestContext
     ) async throws -> Response {
         let post = try Self.check(buffer: buffer, body: body, injectUsage: injectUsage)
-        if let waitingOn = pendingLoad(post.modelName), let style = progressStyle(post, route: route, request: request) {
+        if Self.hearsOfLoads(streaming: post.streaming, request.headers), let spec = pendingLoad(post.modelName) {
             return try await forwardWaitingForLoad(
-                post, model: waitingOn, route: route, upstreamPath: upstreamPath, style: style, errorShape: errorShape, request: request, context: context)
+                post, model: spec.id, route: route, upstreamPath: upstreamPath, style: Self.progressStyle(streaming: post.streaming, spec: spec, route: route),
+                errorShape: errorShape, request: request, context: context)
         }
         let exchange = try await open(
             route: route, method: .POST, upstreamPath: upstreamPath, modelName: post.modelName, body: post.outgoing, headers: request.headers,
