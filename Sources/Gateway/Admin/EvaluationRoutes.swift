@@ -14,7 +14,7 @@ struct EvaluationRoutes: Sendable {
             query: [.init("runs", .string, "2 to 5 run ids, comma-separated", required: true)], errors: [400, 404])
         ) { request, _ in
             let ids = (request.uri.queryParameters.get("runs") ?? "").split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-            return jsonResponse(try await EvalRoutes.mapped { try await evaluations.compare(ids) })
+            return jsonResponse(try await mapped { try await evaluations.compare(ids) })
         }
         admin.get("evaluations/runs/{id}/events", .events(
             "A run's live console as server-sent events: state and progress, and an `item` event per graded item (prompt, answer, grades, time); replays from Last-Event-ID",

@@ -1,3 +1,4 @@
+import Files
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -107,7 +108,8 @@ struct JobRoutes: Sendable {
     }
 }
 
-/// Runs an engine or lab call, turning its refusals into OpenAI-shaped errors.
+/// Runs a domain call (jobs, lab, library, scheduler, files, evaluations), turning its refusals
+/// into OpenAI-shaped errors.
 func mapped<T>(_ body: () async throws -> T) async throws -> T {
     do {
         return try await body()
@@ -129,5 +131,19 @@ func mapped<T>(_ body: () async throws -> T) async throws -> T {
         throw OpenAIError(error)
     } catch let error as SchedulerError {
         throw OpenAIError(error)
+    } catch let error as FileError {
+        switch error {
+        case .badRequest(let message, let param): throw OpenAIError.badRequest(message, param: param)
+        case .notFound: throw OpenAIError(.notFound, error.description, code: "not_found")
+        case .tooLarge: throw OpenAIError(.contentTooLarge, error.description, code: "file_too_large")
+        case .storage: throw OpenAIError(.internalServerError, error.description, type: "server_error", code: "file_store")
+        }
+    } catch let error as EvalError {
+        switch error {
+        case .badRequest(let message, let param): throw OpenAIError.badRequest(message, param: param)
+        case .notFound(let message): throw OpenAIError(.notFound, message, code: "not_found")
+        case .conflict(let message): throw OpenAIError(.conflict, message, code: "conflict")
+        case .storage(let message): throw OpenAIError(.internalServerError, message, type: "server_error", code: "eval_store")
+        }
     }
 }

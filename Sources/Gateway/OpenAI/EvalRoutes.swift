@@ -15,25 +15,25 @@ struct EvalRoutes: Sendable {
         router.post("/v1/evals") { request, context in
             let body = try await Relay.readJSON(request, context: context).1
             let team = context.isAdmin ? nil : context.caller.teamID
-            return jsonResponse(Evaluations.object(try await Self.mapped { try await evaluations.create(body, team: team) }))
+            return jsonResponse(Evaluations.object(try await mapped { try await evaluations.create(body, team: team) }))
         }
         router.get("/v1/evals") { request, context in
             let (after, limit, newestFirst) = try Self.paging(request, defaultOrder: "asc")
-            let page = try await Self.mapped { try await evaluations.list(scope: FileRoutes.scope(context), after: after, limit: limit, newestFirst: newestFirst) }
+            let page = try await mapped { try await evaluations.list(scope: FileRoutes.scope(context), after: after, limit: limit, newestFirst: newestFirst) }
             return Self.list(page.evals.map(Evaluations.object), hasMore: page.hasMore)
         }
         router.get("/v1/evals/:eval") { _, context in
             let id = try context.parameters.require("eval")
-            return jsonResponse(Evaluations.object(try await Self.mapped { try await evaluations.eval(id, scope: FileRoutes.scope(context)) }))
+            return jsonResponse(Evaluations.object(try await mapped { try await evaluations.eval(id, scope: FileRoutes.scope(context)) }))
         }
         router.post("/v1/evals/:eval") { request, context in
             let id = try context.parameters.require("eval")
             let body = try await Relay.readJSON(request, context: context).1
-            return jsonResponse(Evaluations.object(try await Self.mapped { try await evaluations.update(id, body, scope: FileRoutes.scope(context)) }))
+            return jsonResponse(Evaluations.object(try await mapped { try await evaluations.update(id, body, scope: FileRoutes.scope(context)) }))
         }
         router.delete("/v1/evals/:eval") { _, context in
             let id = try context.parameters.require("eval")
-            try await Self.mapped { try await evaluations.delete(id, scope: FileRoutes.scope(context)) }
+            try await mapped { try await evaluations.delete(id, scope: FileRoutes.scope(context)) }
             return jsonResponse(["object": "eval.deleted", "deleted": true, "eval_id": id] as [String: Any])
         }
 
@@ -41,17 +41,17 @@ struct EvalRoutes: Sendable {
             let id = try context.parameters.require("eval")
             let body = try await Relay.readJSON(request, context: context).1
             let team = context.isAdmin ? nil : context.caller.teamID
-            let job = try await Self.mapped {
+            let job = try await mapped {
                 try await evaluations.startRun(id, body, scope: FileRoutes.scope(context), team: team, keyPrefix: context.caller.keyPrefix)
             }
-            let (current, spec) = try await Self.mapped { try await evaluations.run(job.id, evalID: id, scope: FileRoutes.scope(context)) }
+            let (current, spec) = try await mapped { try await evaluations.run(job.id, evalID: id, scope: FileRoutes.scope(context)) }
             return jsonResponse(Evaluations.runObject(current, spec))
         }
         router.get("/v1/evals/:eval/runs") { request, context in
             let id = try context.parameters.require("eval")
             let (after, limit, newestFirst) = try Self.paging(request, defaultOrder: "asc")
             let status = request.uri.queryParameters.get("status").map { String($0) }
-            let page = try await Self.mapped {
+            let page = try await mapped {
                 try await evaluations.runs(id, scope: FileRoutes.scope(context), status: status, after: after, limit: limit, newestFirst: newestFirst)
             }
             var objects: [[String: Any]] = []
@@ -60,32 +60,32 @@ struct EvalRoutes: Sendable {
         }
         router.get("/v1/evals/:eval/runs/:run") { _, context in
             let (id, run) = (try context.parameters.require("eval"), try context.parameters.require("run"))
-            let (job, spec) = try await Self.mapped { try await evaluations.run(run, evalID: id, scope: FileRoutes.scope(context)) }
+            let (job, spec) = try await mapped { try await evaluations.run(run, evalID: id, scope: FileRoutes.scope(context)) }
             return jsonResponse(Evaluations.runObject(job, spec))
         }
         router.post("/v1/evals/:eval/runs/:run") { _, context in
             let (id, run) = (try context.parameters.require("eval"), try context.parameters.require("run"))
-            let job = try await Self.mapped { try await evaluations.cancelRun(run, evalID: id, scope: FileRoutes.scope(context)) }
+            let job = try await mapped { try await evaluations.cancelRun(run, evalID: id, scope: FileRoutes.scope(context)) }
             let spec = try job.spec.decode(EvalRunSpec.self)
             return jsonResponse(Evaluations.runObject(job, spec))
         }
         router.delete("/v1/evals/:eval/runs/:run") { _, context in
             let (id, run) = (try context.parameters.require("eval"), try context.parameters.require("run"))
-            try await Self.mapped { try await evaluations.deleteRun(run, evalID: id, scope: FileRoutes.scope(context)) }
+            try await mapped { try await evaluations.deleteRun(run, evalID: id, scope: FileRoutes.scope(context)) }
             return jsonResponse(["object": "eval.run.deleted", "deleted": true, "run_id": run] as [String: Any])
         }
         router.get("/v1/evals/:eval/runs/:run/output_items") { request, context in
             let (id, run) = (try context.parameters.require("eval"), try context.parameters.require("run"))
             let (after, limit, newestFirst) = try Self.paging(request, defaultOrder: "asc")
             let status = request.uri.queryParameters.get("status").map { String($0) }
-            let page = try await Self.mapped {
+            let page = try await mapped {
                 try await evaluations.outputItems(run, evalID: id, scope: FileRoutes.scope(context), status: status, after: after, limit: limit, descending: newestFirst)
             }
             return Self.list(page.items, hasMore: page.hasMore)
         }
         router.get("/v1/evals/:eval/runs/:run/output_items/:item") { _, context in
             let (id, run, item) = (try context.parameters.require("eval"), try context.parameters.require("run"), try context.parameters.require("item"))
-            return jsonResponse(try await Self.mapped { try await evaluations.outputItem(item, runID: run, evalID: id, scope: FileRoutes.scope(context)) })
+            return jsonResponse(try await mapped { try await evaluations.outputItem(item, runID: run, evalID: id, scope: FileRoutes.scope(context)) })
         }
     }
 
@@ -107,19 +107,5 @@ struct EvalRoutes: Sendable {
             "object": "list", "data": data, "has_more": hasMore,
             "first_id": data.first?["id"] ?? NSNull(), "last_id": data.last?["id"] ?? NSNull(),
         ] as [String: Any])
-    }
-
-    /// Runs an evaluation call, turning its refusals into OpenAI errors.
-    static func mapped<T>(_ body: () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch let error as EvalError {
-            switch error {
-            case .badRequest(let message, let param): throw OpenAIError.badRequest(message, param: param)
-            case .notFound(let message): throw OpenAIError(.notFound, message, code: "not_found")
-            case .conflict(let message): throw OpenAIError(.conflict, message, code: "conflict")
-            case .storage(let message): throw OpenAIError(.internalServerError, message, type: "server_error", code: "eval_store")
-            }
-        }
     }
 }

@@ -29,7 +29,7 @@ struct FileRoutes: Sendable {
                 throw OpenAIError.badRequest("missing required field 'purpose'", param: "purpose")
             }
             let team = context.isAdmin ? nil : context.caller.teamID
-            let stored = try await Self.mapped { try await files.create(Data(file.body), filename: file.filename ?? "", purpose: purpose, team: team) }
+            let stored = try await mapped { try await files.create(Data(file.body), filename: file.filename ?? "", purpose: purpose, team: team) }
             return jsonResponse(Self.object(stored))
         }
         router.get("/v1/files") { request, context in
@@ -42,7 +42,7 @@ struct FileRoutes: Sendable {
             let order = q.get("order").map { String($0) } ?? "desc"
             guard order == "asc" || order == "desc" else { throw OpenAIError.badRequest("order must be asc or desc", param: "order") }
             let purpose = q.get("purpose").map { String($0) }
-            let page = try await Self.mapped {
+            let page = try await mapped {
                 try await files.list(scope: Self.scope(context), purpose: purpose, after: q.get("after").map { String($0) }, limit: limit, newestFirst: order == "desc")
             }
             let data = page.files.map(Self.object)
@@ -53,16 +53,16 @@ struct FileRoutes: Sendable {
         }
         router.get("/v1/files/:id") { _, context in
             let id = try context.parameters.require("id")
-            return jsonResponse(Self.object(try await Self.mapped { try await files.file(id, scope: Self.scope(context)) }))
+            return jsonResponse(Self.object(try await mapped { try await files.file(id, scope: Self.scope(context)) }))
         }
         router.get("/v1/files/:id/content") { _, context in
             let id = try context.parameters.require("id")
-            let (_, data) = try await Self.mapped { try await files.contents(id, scope: Self.scope(context)) }
+            let (_, data) = try await mapped { try await files.contents(id, scope: Self.scope(context)) }
             return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
         }
         router.delete("/v1/files/:id") { _, context in
             let id = try context.parameters.require("id")
-            try await Self.mapped { try await files.delete(id, scope: Self.scope(context)) }
+            try await mapped { try await files.delete(id, scope: Self.scope(context)) }
             return jsonResponse(["id": id, "object": "file", "deleted": true] as [String: Any])
         }
     }
@@ -77,19 +77,5 @@ struct FileRoutes: Sendable {
             "id": file.id, "object": "file", "bytes": file.bytes, "created_at": Int(file.createdAt.timeIntervalSince1970),
             "filename": file.filename, "purpose": file.purpose, "status": "processed", "sha256": file.sha256,
         ]
-    }
-
-    /// Runs a file call, turning its refusals into OpenAI errors.
-    static func mapped<T>(_ body: () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch let error as FileError {
-            switch error {
-            case .badRequest(let message, let param): throw OpenAIError.badRequest(message, param: param)
-            case .notFound: throw OpenAIError(.notFound, error.description, code: "not_found")
-            case .tooLarge: throw OpenAIError(.contentTooLarge, error.description, code: "file_too_large")
-            case .storage: throw OpenAIError(.internalServerError, error.description, type: "server_error", code: "file_store")
-            }
-        }
     }
 }
