@@ -103,12 +103,13 @@ let package = Package(
             dependencies: ["GGUF", "Runtime", "Store"],
             swiftSettings: swiftSettings
         ),
-        // Work on models as jobs: benchmarks and tuning (evaluations and fine-tuning come here).
+        // Work on models as jobs: benchmarks, perplexity, tuning and evaluations (fine-tuning comes here).
         .target(
             name: "Lab",
             dependencies: [
                 "Jobs", "Library", "Runtime", "GGUF", "Store", "Files",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],

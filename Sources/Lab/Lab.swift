@@ -1,5 +1,7 @@
+import Crypto
 import Foundation
 import Jobs
+import Library
 import Runtime
 import Store
 
@@ -9,12 +11,15 @@ public struct Lab: Sendable {
     public let engine: JobEngine
     let scheduler: Scheduler
     let profiles: RuntimeProfiles
+    /// Where the texts of perplexity runs are kept, by SHA-256.
+    let textDirectory: String
 
-    /// The lab on `engine`, which must run ``BenchmarkJob`` and ``TuningJob``.
-    public init(engine: JobEngine, scheduler: Scheduler, store: Store?) {
+    /// The lab on `engine`, which must run ``BenchmarkJob``, ``PerplexityJob`` and ``TuningJob``.
+    public init(engine: JobEngine, scheduler: Scheduler, store: Store?, textDirectory: String) {
         self.engine = engine
         self.scheduler = scheduler
         self.profiles = RuntimeProfiles(store: store)
+        self.textDirectory = textDirectory
     }
 
     // MARK: Benchmarks
@@ -32,6 +37,37 @@ public struct Lab: Sendable {
     /// Benchmarks newest first (running ones included), optionally of one model.
     public func benchmarks(model: String?, limit: Int = 100) async throws -> [BenchmarkRun] {
         try await engine.list(kind: BenchmarkJob.name, model: model, limit: limit).jobs.map(BenchmarkRun.init)
+    }
+
+    // MARK: Perplexity
+
+    /// Starts a perplexity run of `model` on `text` (`source`: a file id or `inline`), with the
+    /// model's settings; the text is kept by its SHA-256 for the run (and a rerun after a restart).
+    public func startPerplexity(_ model: ModelSpec, text: Data, source: String, contextSize: Int, chunks: Int?,
+                                compatibility: Compatibility) async throws -> PerplexityRun {
+        guard !text.isEmpty else { throw LabError.badRequest("the text is empty", param: "text") }
+        let sha256 = SHA256.hash(data: text).map { String(format: "%02x", $0) }.joined()
+        let path = textDirectory + "/" + sha256 + ".txt"
+        do {
+            try FileManager.default.createDirectory(atPath: textDirectory, withIntermediateDirectories: true)
+            if !FileManager.default.fileExists(atPath: path) { try text.write(to: URL(fileURLWithPath: path), options: .atomic) }
+        } catch {
+            throw LabError.storage("the text cannot be kept in \(textDirectory): \(error.localizedDescription)")
+        }
+        let spec = try PerplexityJob.plan(model, runtimeArguments: await scheduler.runtimeArguments[model.id] ?? [],
+                                          text: (path, sha256, source), contextSize: contextSize, chunks: chunks, compatibility: compatibility)
+        return try PerplexityRun(try await engine.submit(PerplexityJob.self, spec))
+    }
+
+    /// A perplexity run by id (nil when there is none, or the id is another kind's job).
+    public func perplexityRun(_ id: String) async throws -> PerplexityRun? {
+        guard let job = try await engine.get(id), job.kind == PerplexityJob.name else { return nil }
+        return try PerplexityRun(job)
+    }
+
+    /// Perplexity runs newest first, optionally of one model.
+    public func perplexityRuns(model: String?, limit: Int = 100) async throws -> [PerplexityRun] {
+        try await engine.list(kind: PerplexityJob.name, model: model, limit: limit).jobs.map(PerplexityRun.init)
     }
 
     // MARK: Tuning

@@ -13,6 +13,8 @@ public enum LabError: Error, Sendable, Equatable {
     case notFound(String)
     /// The request conflicts with the job's state (`code` says how).
     case conflict(String, code: String)
+    /// What the lab keeps on disk or in the store could not be written or read.
+    case storage(String)
 }
 
 /// A tuning session: which llama-server settings make a model fastest (or smallest) here.

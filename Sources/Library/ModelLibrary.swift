@@ -35,11 +35,12 @@ public struct ModelLibrary: Sendable {
     public let hardware: HardwareCache
     public let marginMiB: Int
     public let tools: LlamaTools
-    /// The newest benchmark results of a model (from the benchmark jobs), newest first.
-    public let benchmarks: @Sendable (String) async throws -> [[String: Any]]
+    /// The newest benchmark results of a model (from the benchmark jobs), newest first: speed
+    /// runs, and perplexity runs that finished (the quality figure next to the speed ones).
+    public let benchmarks: @Sendable (String) async throws -> (speed: [[String: Any]], perplexity: [[String: Any]])
 
     public init(scheduler: Scheduler, store: Store?, hardware: HardwareCache, marginMiB: Int, tools: LlamaTools,
-                benchmarks: @escaping @Sendable (String) async throws -> [[String: Any]]) {
+                benchmarks: @escaping @Sendable (String) async throws -> (speed: [[String: Any]], perplexity: [[String: Any]])) {
         self.scheduler = scheduler
         self.store = store
         self.hardware = hardware
@@ -93,12 +94,14 @@ public struct ModelLibrary: Sendable {
         }
         let u = usage[spec.id]
         o["usage"] = ["requests": u?.requests ?? 0, "promptTokens": u?.promptTokens ?? 0, "completionTokens": u?.completionTokens ?? 0]
-        o["benchmarks"] = try await latestBenchmarks(spec.id)
+        let latest = try await latestBenchmarks(spec.id)
+        o["benchmarks"] = latest.speed
+        o["perplexity"] = latest.perplexity
         return o
     }
 
     /// A model's latest benchmark runs; a store that cannot be read is an error, not "none".
-    func latestBenchmarks(_ id: String) async throws(LibraryError) -> [[String: Any]] {
+    func latestBenchmarks(_ id: String) async throws(LibraryError) -> (speed: [[String: Any]], perplexity: [[String: Any]]) {
         do { return try await benchmarks(id) } catch { throw .storage("the benchmark history could not be read: \(error)") }
     }
 
@@ -287,7 +290,9 @@ public struct ModelLibrary: Sendable {
             guard verdict != .doesNotFit else { continue }
             // Quality proxies: more parameters, then more bits per weight (up to 8); speed where measured.
             let quality = log10(Double(max(f.parameterCount, 1))) + min(f.bitsPerWeight, 8) / 8
-            let measured = try await latestBenchmarks(spec.id).compactMap { ($0["generationTokensPerSecond"] as? [String: Any])?["p50"] as? Double }.max()
+            let measured = try await latestBenchmarks(spec.id).speed.compactMap {
+                (($0["result"] as? [String: Any])?["generationTokensPerSecond"] as? [String: Any])?["p50"] as? Double
+            }.max()
             let speed = measured.map { log10(max($0, 1)) / 2 } ?? 0
             let placement = verdict == .fitsGPU ? 0.5 : verdict == .partialOffload ? 0.25 : 0
             let score = quality + speed + placement

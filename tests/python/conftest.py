@@ -94,6 +94,13 @@ def make_model(directory: str, name: str, shape: str = "") -> str:
     return f"{directory}/{name}.gguf"
 
 
+def llama_tool(name: str) -> str:
+    """A llama.cpp tool where Corral finds it: the build cache, else PATH."""
+    root = os.environ.get("CORRAL_LLAMA_CACHE", os.path.expanduser("~/.cache/corral/llama.cpp"))
+    cached = os.path.join(root, os.environ.get("LLAMA_CPP_VERSION", "11434.0.0"), "bin", name)
+    return cached if os.path.exists(cached) else (shutil.which(name) or pytest.fail(f"{name} not found"))
+
+
 def start_corral(extra_models=(), scheduler=None, tls=False, extra_config=None, directory=None, serve_args=()) -> Corral:
     if not os.path.exists(CORRAL):
         pytest.fail(f"corral binary not found at {CORRAL}: run `swift build` first")

@@ -5,12 +5,13 @@ and a successive-halving tuning session whose applied winner the next spawn uses
 import json
 import os
 import signal
+import subprocess
 import time
 
 import httpx
 import pytest
 
-from conftest import admin_cli as cli, admin_get as get, make_model, start_corral, stop_corral
+from conftest import admin_cli as cli, admin_get as get, llama_tool, make_model, start_corral, stop_corral
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,71 @@ def test_benchmark_runs_through_the_serving_path(corral):
     get(corral, "/admin/benchmarks/bench-nothing", 404)
     cli_run = cli(corral, "bench", "chat", "--requests", "2", "--max-tokens", "4")
     assert cli_run["status"] == "done" and cli_run["result"]["completionTokens"] == 8
+
+
+def perplexity_text(words=2500, seed=1):
+    import random
+    rng = random.Random(seed)
+    vocabulary = "the quick brown fox jumps over a lazy dog while birds sing in tall green trees".split()
+    return " ".join(rng.choice(vocabulary) for _ in range(words))
+
+
+def finished_perplexity(c, run_id, seconds=120):
+    """Follows a perplexity run's job events (the stream ends with the job); the run as
+    /admin/benchmarks shows it, and the event types seen."""
+    types = []
+    with httpx.stream("GET", c.base + f"/admin/benchmarks/{run_id}/events", headers=c.h, timeout=seconds) as events:
+        assert events.headers["content-type"].startswith("text/event-stream")
+        types = [line[7:] for line in events.iter_lines() if line.startswith("event: ")]
+    run = get(c, f"/admin/benchmarks/{run_id}")
+    assert run["state"] in ("succeeded", "failed", "cancelled") and "state" in types, (run, types)
+    return run
+
+
+def test_perplexity_is_measured_by_llama_perplexity_and_kept_on_the_model(corral):
+    text = perplexity_text()
+    r = httpx.post(corral.base + "/admin/benchmarks", headers=corral.h,
+                   json={"model": "chat", "kind": "perplexity", "text": text, "contextSize": 64, "chunks": 4})
+    assert r.status_code == 202, r.text
+    started = r.json()
+    assert started["kind"] == "perplexity" and started["text"]["source"] == "inline" and started["contextSize"] == 64
+    done = finished_perplexity(corral, started["id"])
+    assert done["status"] == "done", done
+    result = done["result"]
+    assert result["chunks"] == 4 and result["contextSize"] == 64 and result["perplexity"] > 1 and result["error"] > 0
+    assert done["completed"] == 4 and done["total"] == 4
+    # The same figure as the tool run by hand on the same file and settings: nothing invented.
+    tool = llama_tool("llama-perplexity")
+    with open(os.path.join(corral.directory, "ppl.txt"), "w") as f:
+        f.write(text)
+    out = subprocess.run([tool, "-m", f"{corral.directory}/chat.gguf", "-f", f.name, "-c", "64", "--chunks", "4", *done["arguments"]],
+                         capture_output=True, text=True, timeout=120)
+    final = next(line for line in out.stderr.splitlines() + out.stdout.splitlines() if "Final estimate" in line)
+    assert f"PPL = {result['perplexity']:.4f}" in final
+    assert get(corral, f"/admin/jobs/{started['id']}")["kind"] == "perplexity"
+    assert get(corral, "/admin/benchmarks?model=chat")["perplexity"][0]["id"] == started["id"]
+    entry = get(corral, "/admin/models/chat")
+    assert entry["perplexity"][0]["result"]["perplexity"] == result["perplexity"]
+
+    # An uploaded file gives the same text, so the same figure.
+    uploaded = httpx.post(corral.base + "/v1/files", headers=corral.h, files={"file": ("ppl.txt", text.encode())},
+                          data={"purpose": "user_data"}).json()
+    again = httpx.post(corral.base + "/admin/benchmarks", headers=corral.h,
+                       json={"model": "chat", "kind": "perplexity", "file_id": uploaded["id"], "contextSize": 64, "chunks": 4}).json()
+    assert again["text"] == {"source": uploaded["id"], "sha256": started["text"]["sha256"]}
+    assert finished_perplexity(corral, again["id"])["result"]["perplexity"] == result["perplexity"]
+
+    # Too short a text fails with the tool's own reason; bad requests are 400/404 in OpenAI's shape.
+    short = httpx.post(corral.base + "/admin/benchmarks", headers=corral.h,
+                       json={"model": "chat", "kind": "perplexity", "text": "too short", "contextSize": 64}).json()
+    failed = finished_perplexity(corral, short["id"])
+    assert failed["status"] == "failed" and "tokens" in failed["error"], failed
+    for bad, status in (({"model": "chat", "kind": "perplexity"}, 400), ({"model": "chat", "kind": "perplexity", "text": "x", "file_id": "file-1"}, 400),
+                        ({"model": "chat", "kind": "perplexity", "file_id": "file-nothing"}, 404), ({"model": "chat", "kind": "nope"}, 400),
+                        ({"model": "chat", "kind": "perplexity", "text": "", "contextSize": 64}, 400),
+                        ({"model": "chat", "kind": "perplexity", "text": text, "contextSize": 8}, 400)):
+        r = httpx.post(corral.base + "/admin/benchmarks", headers=corral.h, json=bad)
+        assert r.status_code == status and r.json()["error"]["message"], (bad, r.text)
 
 
 def test_tuning_prunes_halves_and_applies(corral):

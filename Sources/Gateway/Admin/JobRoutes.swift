@@ -126,6 +126,7 @@ func mapped<T>(_ body: () async throws -> T) async throws -> T {
         case .badRequest(let message, let param): throw OpenAIError.badRequest(message, param: param)
         case .notFound(let message): throw OpenAIError(.notFound, message, code: "not_found")
         case .conflict(let message, let code): throw OpenAIError(.conflict, message, code: code)
+        case .storage(let message): throw OpenAIError(.internalServerError, message, type: "server_error", code: "lab_store")
         }
     } catch let error as LibraryError {
         throw OpenAIError(error)

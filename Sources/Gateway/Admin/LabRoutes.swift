@@ -1,3 +1,4 @@
+import Files
 import Foundation
 import GGUF
 import Hummingbird
@@ -6,6 +7,7 @@ import Lab
 import Library
 import NIOCore
 import Runtime
+import Store
 
 /// `/admin/benchmarks` and `/admin/tuning`: decoding, the lab call, encoding. Both are views of
 /// jobs (`/admin/jobs/{id}` shows the same work).
@@ -14,6 +16,8 @@ struct LabRoutes: Sendable {
     let scheduler: Scheduler
     let hardware: HardwareCache
     let marginMiB: Int
+    /// Uploaded files, for a perplexity text given by `file_id` (nil without a store).
+    let files: FileLibrary?
 
     func register(on admin: AdminAPIGroup) {
         registerBenchmarks(on: admin)
@@ -33,9 +37,10 @@ struct LabRoutes: Sendable {
 
     func registerBenchmarks(on admin: AdminAPIGroup) {
         let run = ["id": "run id"]
-        admin.post("benchmarks", .init("Start a benchmark through the serving path (a job of kind benchmark)", body: .object([
-            "model": .string, "requests": .integer(minimum: 1, maximum: 10_000), "concurrency": .integer(minimum: 1, maximum: 256),
-            "promptWords": .integer(minimum: 1), "maxTokens": .integer(minimum: 1, maximum: 32_768),
+        admin.post("benchmarks", .init("Start a benchmark (a job): `kind` speed (the default: N streamed requests through the serving path) or perplexity (llama-perplexity on a text, inline or by file id, with the model's settings)", body: .object([
+            "model": .string, "kind": .enumeration(["speed", "perplexity"]), "requests": .integer(minimum: 1, maximum: 10_000),
+            "concurrency": .integer(minimum: 1, maximum: 256), "promptWords": .integer(minimum: 1), "maxTokens": .integer(minimum: 1, maximum: 32_768),
+            "text": .string, "file_id": .string, "contextSize": .integer(minimum: 16, maximum: 131_072), "chunks": .integer(minimum: 1),
         ], required: ["model"]), status: 202)) { request, context in
             let body = try await Relay.readJSON(request, context: context).1
             guard let model = body["model"] as? String, !model.isEmpty else { throw OpenAIError.badRequest("model is required", param: "model") }
@@ -43,22 +48,32 @@ struct LabRoutes: Sendable {
             guard spec.facts?.capabilities.contains(.embedding) != true else {
                 throw OpenAIError.badRequest("'\(model)' is an embedding model; benchmarks generate text", param: "model")
             }
+            switch body["kind"] as? String ?? "speed" {
+            case "speed": break
+            case "perplexity": return try await startPerplexity(spec, body)
+            default: throw OpenAIError.badRequest("kind must be speed or perplexity", param: "kind")
+            }
             let parameters = BenchmarkParameters(
                 requests: try Self.int(body, "requests", 20, 1...10_000), concurrency: try Self.int(body, "concurrency", 1, 1...256),
                 promptWords: try Self.int(body, "promptWords", 32, 1...100_000), maxTokens: try Self.int(body, "maxTokens", 64, 1...32_768))
             let started = try await mapped { try await lab.startBenchmark(BenchmarkSpec(model: spec.id, parameters: parameters)) }
             return try jsonEncodable(started, status: .accepted)
         }
-        admin.get("benchmarks", .init("Benchmark runs, newest first", query: [.init("model", .string)], errors: [])) { request, _ in
-            try jsonEncodable(["benchmarks": try await mapped { try await lab.benchmarks(model: request.uri.queryParameters.get("model")) }])
+        admin.get("benchmarks", .init("Benchmark runs, newest first: speed runs in `benchmarks`, perplexity runs in `perplexity`", query: [.init("model", .string)], errors: [])) { request, _ in
+            let model = request.uri.queryParameters.get("model")
+            return try jsonEncodable(BenchmarkLists(
+                benchmarks: try await mapped { try await lab.benchmarks(model: model) },
+                perplexity: try await mapped { try await lab.perplexityRuns(model: model) }))
         }
-        admin.get("benchmarks/{id}", .init("One run: progress and result", path: run)) { _, context in
+        admin.get("benchmarks/{id}", .init("One run (speed or perplexity): progress and result", path: run)) { _, context in
             let id = try context.parameters.require("id")
-            guard let found = try await mapped({ try await lab.benchmark(id) }) else { throw OpenAIError(.notFound, "no benchmark '\(id)'", code: "not_found") }
-            return try jsonEncodable(found)
+            if let found = try await mapped({ try await lab.benchmark(id) }) { return try jsonEncodable(found) }
+            if let found = try await mapped({ try await lab.perplexityRun(id) }) { return try jsonEncodable(found) }
+            throw OpenAIError(.notFound, "no benchmark '\(id)'", code: "not_found")
         }
         admin.get("benchmarks/{id}/events", .events("The run now, then after every change, as server-sent events until it ends", path: run)) { request, context in
             let id = try context.parameters.require("id")
+            if try await mapped({ try await lab.perplexityRun(id) }) != nil { return try await JobRoutes.events(of: id, in: lab.engine, request: request) }
             guard let current = try await mapped({ try await lab.benchmark(id) }) else { throw OpenAIError(.notFound, "no benchmark '\(id)'", code: "not_found") }
             let resumeAfter = try JobRoutes.lastEventID(request)
             let job = try await mapped { try await lab.engine.get(id) }
@@ -71,6 +86,35 @@ struct LabRoutes: Sendable {
                 }
             }
         }
+    }
+
+    /// A perplexity run: the text inline (`text`) or an uploaded file (`file_id`), chunks of
+    /// `contextSize` tokens (512 by default, the size published figures use).
+    func startPerplexity(_ spec: ModelSpec, _ body: [String: Any]) async throws -> Response {
+        let text: Data
+        let source: String
+        switch (body["text"], body["file_id"]) {
+        case (let inline as String, nil):
+            (text, source) = (Data(inline.utf8), "inline")
+        case (nil, let id as String):
+            guard let files else { throw OpenAIError.badRequest("files need the store, which is off", param: "file_id") }
+            (text, source) = (try await mapped { try await files.contents(id, scope: .all).1 }, id)
+        default:
+            throw OpenAIError.badRequest("give the text as `text` or as an uploaded file's `file_id` (one of them)", param: "text")
+        }
+        let contextSize = try Self.int(body, "contextSize", 512, 16...131_072)
+        let chunks = body["chunks"] == nil ? nil : try Self.int(body, "chunks", 1, 1...1_000_000)
+        let compatibility = Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
+        let started = try await mapped {
+            try await lab.startPerplexity(spec, text: text, source: source, contextSize: contextSize, chunks: chunks, compatibility: compatibility)
+        }
+        return try jsonEncodable(started, status: .accepted)
+    }
+
+    /// `GET /admin/benchmarks`: both kinds, each newest first.
+    struct BenchmarkLists: Encodable {
+        var benchmarks: [BenchmarkRun]
+        var perplexity: [PerplexityRun]
     }
 
     // MARK: Tuning

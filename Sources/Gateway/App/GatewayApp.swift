@@ -114,7 +114,7 @@ public struct GatewayDependencies: Sendable {
         // An in-memory SQLite database cannot fail to open short of the process being out of memory.
         let jobStore: any JobStore = store ?? (try! Store.inMemory())
         return JobEngine(
-            store: jobStore, claims: scheduler, logger: logger, kinds: [benchmark, TuningJob(tools: tools, client: client), evalRun],
+            store: jobStore, claims: scheduler, logger: logger, kinds: [benchmark, TuningJob(tools: tools, client: client), PerplexityJob(tools: tools), evalRun],
             onPersistenceFailure: { _ in metrics.jobStoreWriteFailed() })
     }
 
@@ -171,11 +171,13 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     openAI.register(on: router)
     AnthropicRoutes(relay: relay, scheduler: deps.scheduler).register(on: router)
     var evaluations: Evaluations?
+    var files: FileLibrary?
     if let store = deps.store {
         do {
-            let files = try FileLibrary(store: store, directory: deps.config.dataDirectory + "/files", maxBytes: deps.config.maxFileBytes)
-            FileRoutes(files: files).register(on: router)
-            evaluations = Evaluations(store: store, engine: deps.jobs, files: files)
+            let library = try FileLibrary(store: store, directory: deps.config.dataDirectory + "/files", maxBytes: deps.config.maxFileBytes)
+            FileRoutes(files: library).register(on: router)
+            evaluations = Evaluations(store: store, engine: deps.jobs, files: library)
+            files = library
         } catch {
             deps.logger.error("the Files and Evals APIs are off: the files directory cannot be used", metadata: ["error": "\(error)"])
         }
@@ -187,7 +189,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     ).register(on: router)
     let tools = deps.tools ?? LlamaTools.discover(configured: deps.config.llama.toolPaths)
     let (scheduler, configPath, fallbackConfig, cache) = (deps.scheduler, deps.configPath, deps.config, deps.factsCache)
-    let lab = Lab(engine: deps.jobs, scheduler: deps.scheduler, store: deps.store)
+    let lab = Lab(engine: deps.jobs, scheduler: deps.scheduler, store: deps.store, textDirectory: deps.config.dataDirectory + "/perplexity")
     Task {
         do {
             try await lab.loadRuntimeProfiles()
@@ -201,9 +203,12 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
         library: ModelLibrary(
             scheduler: deps.scheduler, store: deps.store, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, tools: tools,
             benchmarks: { model in
-                try await lab.benchmarks(model: model, limit: 5).map { run in
+                func object(_ run: some Encodable) throws -> [String: Any] {
                     try JSONSerialization.jsonObject(with: JSONEncoder.iso.encode(run)) as? [String: Any] ?? [:]
                 }
+                let speed = try await lab.benchmarks(model: model, limit: 5).map(object)
+                let perplexity = try await lab.perplexityRuns(model: model, limit: 20).filter { $0.state == .succeeded }.prefix(5).map(object)
+                return (speed, Array(perplexity))
             }),
         rescan: {
             let started = ContinuousClock.now
@@ -220,7 +225,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     let admin = AdminAPIGroup(group: router.group("admin"), table: AdminAPITable())
     AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.store, library: library).register(on: admin)
     JobRoutes(engine: deps.jobs).register(on: admin)
-    LabRoutes(lab: lab, scheduler: deps.scheduler, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB).register(on: admin)
+    LabRoutes(lab: lab, scheduler: deps.scheduler, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, files: files).register(on: admin)
     ProfileRoutes(profiles: profiles).register(on: admin)
     if let evaluations { EvaluationRoutes(evaluations: evaluations).register(on: admin) }
     DashboardRoutes(deps: deps).register(on: router, admin: admin)

@@ -14,12 +14,16 @@ public struct CorralConfig: Sendable {
         public var server: String?
         public var fitParams: String?
         public var bench: String?
+        public var perplexity: String?
+        public var finetune: String?
         /// Keys as `LlamaTools.discover(configured:)` expects them.
         public var toolPaths: [String: String] {
             var p: [String: String] = [:]
             p["server"] = server
             p["fitParams"] = fitParams
             p["bench"] = bench
+            p["perplexity"] = perplexity
+            p["finetune"] = finetune
             return p
         }
     }
@@ -196,6 +200,8 @@ public struct CorralConfig: Sendable {
             c.llama.server = try l.string("server").map(resolve)
             c.llama.fitParams = try l.string("fitParams").map(resolve)
             c.llama.bench = try l.string("bench").map(resolve)
+            c.llama.perplexity = try l.string("perplexity").map(resolve)
+            c.llama.finetune = try l.string("finetune").map(resolve)
             try l.finish()
         }
         if var s = try root.object("scheduler") {

@@ -20,12 +20,18 @@ public struct LlamaTools: Sendable, Equatable {
     public var server: Tool?
     public var fitParams: Tool?
     public var bench: Tool?
+    /// `llama-perplexity`: perplexity of a model on a text (a quality figure next to speed).
+    public var perplexity: Tool?
+    /// `llama-finetune`: llama.cpp's trainer (fine-tuning jobs).
+    public var finetune: Tool?
 
     /// No tools (a gateway that only proxies remote upstreams).
-    public init(server: Tool? = nil, fitParams: Tool? = nil, bench: Tool? = nil) {
+    public init(server: Tool? = nil, fitParams: Tool? = nil, bench: Tool? = nil, perplexity: Tool? = nil, finetune: Tool? = nil) {
         self.server = server
         self.fitParams = fitParams
         self.bench = bench
+        self.perplexity = perplexity
+        self.finetune = finetune
     }
 
     /// The llama.cpp version the install script builds.
@@ -39,7 +45,7 @@ public struct LlamaTools: Sendable, Equatable {
     }
 
     /// Finds the tools: explicit config paths, then `CORRAL_LLAMA_SERVER` / `CORRAL_LLAMA_FIT_PARAMS` /
-    /// `CORRAL_LLAMA_BENCH`, then `CORRAL_LLAMA_BIN` (a folder), then the build cache, then `PATH`.
+    /// `CORRAL_LLAMA_BENCH` / `CORRAL_LLAMA_PERPLEXITY` / `CORRAL_LLAMA_FINETUNE`, then `CORRAL_LLAMA_BIN` (a folder), then the build cache, then `PATH`.
     public static func discover(
         configured: [String: String] = [:],
         environment: [String: String] = ProcessInfo.processInfo.environment
@@ -63,7 +69,9 @@ public struct LlamaTools: Sendable, Equatable {
         return LlamaTools(
             server: find("llama-server", configKey: "server", envKey: "CORRAL_LLAMA_SERVER"),
             fitParams: find("llama-fit-params", configKey: "fitParams", envKey: "CORRAL_LLAMA_FIT_PARAMS"),
-            bench: find("llama-bench", configKey: "bench", envKey: "CORRAL_LLAMA_BENCH"))
+            bench: find("llama-bench", configKey: "bench", envKey: "CORRAL_LLAMA_BENCH"),
+            perplexity: find("llama-perplexity", configKey: "perplexity", envKey: "CORRAL_LLAMA_PERPLEXITY"),
+            finetune: find("llama-finetune", configKey: "finetune", envKey: "CORRAL_LLAMA_FINETUNE"))
     }
 
     /// An executable named `name` on `PATH`, if any.
