@@ -50,6 +50,35 @@ import Testing
         }
     }
 
+    /// Evaluation runs queue behind clients: when a slot frees, a waiting interactive request
+    /// gets it before background requests that were queued earlier.
+    @Test func aFreedSlotGoesToAWaitingClientBeforeBackgroundWork() async throws {
+        guard let f = try Fixture.make(models: ["alpha"], parallel: 1) else { return }
+        let scheduler = f.scheduler
+        let held = try await scheduler.acquire("alpha")
+        let order = Order()
+        func queued() async -> Int { await scheduler.instances().first?.queued ?? 0 }
+        var waiting: [Task<Void, any Error>] = []
+        for (name, priority) in [("background 1", RequestPriority.background), ("background 2", .background), ("client", .interactive)] {
+            let before = await queued()
+            waiting.append(Task {
+                let lease = try await scheduler.acquire("alpha", priority: priority)
+                await order.append(name)
+                await scheduler.release(lease)
+            })
+            #expect(await eventually { await queued() == before + 1 })
+        }
+        await scheduler.release(held)
+        for task in waiting { try await task.value }
+        #expect(await order.names == ["client", "background 1", "background 2"])
+        await scheduler.shutdown()
+    }
+
+    actor Order {
+        var names: [String] = []
+        func append(_ name: String) { names.append(name) }
+    }
+
     @Test func maxLoadedOneSwapsModels() async throws {
         guard let f = try Fixture.make(models: ["alpha", "beta"], configure: { $0.maxLoadedModels = 1 }) else { return }
         try await f.run { port in

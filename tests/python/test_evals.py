@@ -310,3 +310,39 @@ def test_a_prompt_sequence_sends_each_turn_after_the_answer_before(corral):
     assert direct_last.choices[0].message.content == last_answer
     with pytest.raises(openai.BadRequestError):
         client.evals.runs.create(evaluation.id, data_source={**source, "input_messages": {"type": "sequence", "turns": []}})
+
+
+def test_the_console_streams_each_prompt_and_its_answer_tokens_live(corral):
+    client = sdk(corral)
+    evaluation = new_eval(client, criteria=[SELF])
+    items = [{"item": {"question": f"Tell me about the number {i}.", "answer": ""}} for i in range(6)]
+    run = client.evals.runs.create(evaluation.id, data_source=completions(items, sampling_params={**SAMPLING, "max_completion_tokens": 16}),
+                                   extra_body={"concurrency": 1})
+    # Hold the run between items while the console connects; what follows the resume is seen whole.
+    httpx.post(corral.base + f"/admin/jobs/{run.id}/pause", headers=corral.h).raise_for_status()
+    events = []
+    with httpx.stream("GET", corral.base + f"/admin/evaluations/runs/{run.id}/events", headers=corral.h, timeout=120) as stream:
+        httpx.post(corral.base + f"/admin/jobs/{run.id}/resume", headers=corral.h).raise_for_status()
+        event = {}
+        for line in stream.iter_lines():
+            if line == "":
+                events.append(event)
+                event = {}
+            else:
+                field, _, value = line.partition(": ")
+                event[field] = value
+    assert wait_run(client, evaluation.id, run.id).status == "completed"
+    prompts = [json.loads(e["data"]) for e in events if e.get("event") == "prompt"]
+    tokens = [json.loads(e["data"]) for e in events if e.get("event") == "token"]
+    graded = {d["index"]: d for d in (json.loads(e["data"])["data"] for e in events if e.get("event") == "item")}
+    assert prompts and tokens and all("id" not in e for e in events if e.get("event") in ("prompt", "token"))  # live only: no replay id
+    watched = [p["index"] for p in prompts]
+    assert watched == sorted(watched) and watched[-1] == 5  # one at a time, in order
+    for index in watched:
+        prompt = next(p for p in prompts if p["index"] == index)
+        assert prompt["input"] == [{"role": "user", "content": f"Tell me about the number {index}."}]
+        answer = "".join(t["text"] for t in tokens if t["index"] == index)
+        assert answer and answer == graded[index]["output"]
+        assert 0 < graded[index]["ttft_ms"] <= graded[index]["total_ms"]
+    first = next(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id).__iter__())
+    assert 0 < first.sample.to_dict()["timings"]["time_to_first_token_ms"] <= first.sample.to_dict()["timings"]["total_ms"]

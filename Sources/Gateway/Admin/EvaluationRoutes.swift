@@ -1,12 +1,15 @@
 import Foundation
 import Hummingbird
+import NIOCore
 import Jobs
 import Lab
 
 /// `/admin/evaluations`: runs side by side (`compare`, with McNemar's test) and a run's live
-/// console (its job events: an `item` event per graded item with prompt, answer and grades).
+/// console (its job events — an `item` event per graded item with prompt, answer and grades —
+/// with the live `prompt` and `token` events of the requests in flight woven in).
 struct EvaluationRoutes: Sendable {
     let evaluations: Evaluations
+    let console: EvalConsole
 
     func register(on admin: AdminAPIGroup) {
         admin.get("evaluations/compare", .init(
@@ -17,14 +20,40 @@ struct EvaluationRoutes: Sendable {
             return jsonResponse(try await mapped { try await evaluations.compare(ids) })
         }
         admin.get("evaluations/runs/{id}/events", .events(
-            "A run's live console as server-sent events: state and progress, and an `item` event per graded item (prompt, answer, grades, time); replays from Last-Event-ID",
+            "A run's live console as server-sent events: state and progress, a `prompt` event as each request goes out and a `token` event per streamed piece of its answer (live only, no id), and an `item` event per graded item (prompt, answer, grades, time to first token, total time); the durable events replay from Last-Event-ID",
             path: ["id": "run id"])
         ) { request, context in
             let id = try context.parameters.require("id")
             guard let job = try await mapped({ try await evaluations.engine.get(id) }), job.kind == EvalRunJob.name else {
                 throw OpenAIError(.notFound, "no evaluation run '\(id)'", code: "not_found")
             }
-            return try await JobRoutes.events(of: id, in: evaluations.engine, request: request)
+            // Watch the live events before replaying the log, so nothing falls between them.
+            let live = console.watch(id)
+            let durable: AsyncStream<JobEvent>
+            do { durable = try await mapped { try await evaluations.engine.events(id, after: try JobRoutes.lastEventID(request)) } } catch {
+                live.cancel()
+                throw error
+            }
+            let (merged, output) = AsyncStream<ByteBuffer>.makeStream()
+            let logged = Task {
+                for await event in durable {
+                    guard let data = try? JobCoding.encoder.encode(event) else { continue }
+                    output.yield(JobRoutes.sse(id: event.id, event: event.type, data: data))
+                }
+                output.finish()  // the job ended: so does the console
+            }
+            let streamed = Task {
+                for await event in live.events { output.yield(JobRoutes.sse(id: nil, event: event.type, data: event.data)) }
+            }
+            output.onTermination = { _ in
+                logged.cancel()
+                streamed.cancel()
+                live.cancel()
+            }
+            return JobRoutes.eventStream { writer in
+                for await event in merged { try await writer.write(event) }
+                live.cancel()
+            }
         }
     }
 }

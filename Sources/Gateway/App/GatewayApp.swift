@@ -45,6 +45,8 @@ public struct GatewayDependencies: Sendable {
     let liveStats: LiveStats
     /// The job engine every kind of long-running work runs on (benchmarks, tuning, …).
     public let jobs: JobEngine
+    /// Evaluation runs' live prompts and answer tokens, for their console.
+    public let evalConsole = EvalConsole()
 
     public init(
         config: CorralConfig, scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder? = nil, logger: Logger,
@@ -61,7 +63,7 @@ public struct GatewayDependencies: Sendable {
         self.store = store
         self.digests = digests
         self.jobs = Self.makeJobEngine(scheduler: scheduler, client: client, store: store, logger: logger, metrics: metrics, recorder: recorder,
-                                       config: config, access: access)
+                                       config: config, access: access, evalConsole: evalConsole)
     }
 
     /// The job engine with every kind Corral runs: benchmarks go through the serving path (a
@@ -69,7 +71,7 @@ public struct GatewayDependencies: Sendable {
     /// llama-servers outside the fleet under memory claims. Jobs live in `store` (an in-memory
     /// database when there is none, as in tests of other concerns).
     static func makeJobEngine(scheduler: Scheduler, client: HTTPClient, store: Store?, logger: Logger, metrics: GatewayMetrics,
-                              recorder: RequestRecorder?, config: CorralConfig, access: AccessControl?) -> JobEngine {
+                              recorder: RequestRecorder?, config: CorralConfig, access: AccessControl?, evalConsole: EvalConsole) -> JobEngine {
         let relay = Relay(
             scheduler: scheduler, client: client, local: LocalUpstreamClient(readTimeout: config.scheduler.readTimeout),
             recorder: { record in
@@ -85,16 +87,26 @@ public struct GatewayDependencies: Sendable {
             },
             allocated: { model in await scheduler.instance(for: model)?.allocatedMiB })
         // Evaluation requests go through the same serving path under the key that started the
-        // run (admitted against its limits, recorded with route /v1/evals); a run records the
-        // arguments of the instance that answered and the machine.
+        // run (admitted against its limits, recorded with route /v1/evals), behind client
+        // requests in a model's queue; a run records the arguments of the instance that
+        // answered and the machine.
         let hardware = HardwareCache(tools: LlamaTools.discover(configured: config.llama.toolPaths))
-        let evalRun = EvalRunJob(store: store, complete: { model, body, team, keyPrefix in
+        let evalRun = EvalRunJob(store: store, console: evalConsole, complete: { model, body, team, keyPrefix, onChunk in
             let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:]
             let exchange = try await relay.open(
                 route: "/v1/evals", method: .POST, upstreamPath: "/v1/chat/completions", modelName: model, body: ByteBuffer(bytes: body),
-                headers: [:], caller: Caller(teamID: team, keyPrefix: keyPrefix), tokens: TokenEstimate(object))
-            var answer = ByteBuffer()
+                headers: [:], caller: Caller(teamID: team, keyPrefix: keyPrefix), tokens: TokenEstimate(object), priority: .background)
             let status = Int(exchange.response.status.code)
+            if let onChunk, status == 200, exchange.response.headers.first(name: "content-type")?.hasPrefix("text/event-stream") == true {
+                // The client's own streaming path: usage and timings read from the stream, the
+                // first byte timed, a failure mid-stream delivered as an error event.
+                await relay.passBody(exchange, status: .ok, isSSE: true, hideUsage: false, write: { chunk in
+                    onChunk(chunk)
+                    return true
+                }, end: {})
+                return (status, Data())
+            }
+            var answer = ByteBuffer()
             do {
                 for try await chunk in exchange.response.body { answer.writeImmutableBuffer(chunk) }
             } catch {
@@ -227,7 +239,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     JobRoutes(engine: deps.jobs).register(on: admin)
     LabRoutes(lab: lab, scheduler: deps.scheduler, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, files: files).register(on: admin)
     ProfileRoutes(profiles: profiles).register(on: admin)
-    if let evaluations { EvaluationRoutes(evaluations: evaluations).register(on: admin) }
+    if let evaluations { EvaluationRoutes(evaluations: evaluations, console: deps.evalConsole).register(on: admin) }
     DashboardRoutes(deps: deps).register(on: router, admin: admin)
     return (router, openAI, admin.table)
 }

@@ -257,7 +257,8 @@ public struct Relay: Sendable {
     /// Failures before an answer arrives are recorded here and thrown as OpenAI errors.
     func open(
         route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?, headers: HTTPFields,
-        caller: Caller, tokens: TokenEstimate, keepAlive: Duration? = nil, load: LoadOptions? = nil, contentType: String = "application/json"
+        caller: Caller, tokens: TokenEstimate, keepAlive: Duration? = nil, load: LoadOptions? = nil, contentType: String = "application/json",
+        priority: RequestPriority = .interactive
     ) async throws(OpenAIError) -> UpstreamExchange {
         let started = ContinuousClock.now
         let requestID = RequestIDs.next()
@@ -283,7 +284,7 @@ public struct Relay: Sendable {
         }
         var lease: Lease
         do {
-            lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller)
+            lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority)
         } catch {
             if let reservation { access?.reconcile(reservation, actualTokens: 0) }
             throw refused(OpenAIError(error), kind: "\(error)")
@@ -324,7 +325,7 @@ public struct Relay: Sendable {
                 await holder.release()
                 await scheduler.reportUnresponsive(lease, reason: "its port refused a connection")
                 do {
-                    lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller)
+                    lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority)
                 } catch {
                     if let reservation { access?.reconcile(reservation, actualTokens: 0) }
                     throw refused(OpenAIError(error), kind: "\(error)")
@@ -361,15 +362,16 @@ public struct Relay: Sendable {
     /// first of its `fallbacks` that can answer and that the caller may use. The lease names the
     /// model that answers (its ledger row and the answer's `model` say so). The first model's
     /// error is thrown when no fallback can answer either.
-    func acquire(_ modelName: String, keepAlive: Duration?, load: LoadOptions?, caller: Caller) async throws(SchedulerError) -> Lease {
+    func acquire(_ modelName: String, keepAlive: Duration?, load: LoadOptions?, caller: Caller,
+                 priority: RequestPriority = .interactive) async throws(SchedulerError) -> Lease {
         do {
-            return try await scheduler.acquire(modelName, keepAlive: keepAlive, load: load)
+            return try await scheduler.acquire(modelName, keepAlive: keepAlive, load: load, priority: priority)
         } catch where error.allowsFallback {
             let fallbacks = scheduler.currentCatalog.resolve(modelName)?.fallbacks ?? []
             for name in fallbacks {
                 guard let spec = scheduler.currentCatalog.resolve(name), access?.allows(caller, model: [spec.id, name] + spec.aliases) ?? true else { continue }
                 do {
-                    let lease = try await scheduler.acquire(name, keepAlive: keepAlive, load: load)
+                    let lease = try await scheduler.acquire(name, keepAlive: keepAlive, load: load, priority: priority)
                     logger.info("served by a fallback", metadata: ["model": "\(modelName)", "fallback": "\(lease.modelID)", "reason": "\(error)"])
                     return lease
                 } catch let next where next.allowsFallback || next == .unknownModel(name) {

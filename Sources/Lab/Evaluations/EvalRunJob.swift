@@ -1,7 +1,9 @@
 import Foundation
 import Jobs
+import NIOCore
 import Runtime
 import Store
+import Synchronization
 
 /// Where a run's model answered: the llama-server arguments of its instance, and the machine.
 public struct EvalEnvironment: Sendable, Codable, Equatable {
@@ -126,16 +128,22 @@ public struct EvalRunJob: JobKind {
     public static let idPrefix = "evalrun"
 
     /// Sends one chat completion (a JSON body) for `model` on behalf of a team's key; returns
-    /// the status and the answer's body.
-    public typealias Complete = @Sendable (_ model: String, _ body: Data, _ team: String?, _ keyPrefix: String?) async throws -> (status: Int, body: Data)
+    /// the status and the answer's body. With `onChunk`, a streamed answer's bytes go to it as
+    /// they arrive and the body returned is empty (an error answer is returned whole).
+    public typealias Complete = @Sendable (_ model: String, _ body: Data, _ team: String?, _ keyPrefix: String?,
+                                           _ onChunk: (@Sendable (ByteBuffer) -> Void)?) async throws -> (status: Int, body: Data)
 
     let complete: Complete
     let store: Store?
     /// Where a model answered: its instance's llama-server arguments and this machine.
     let environment: @Sendable (_ model: String) async -> EvalEnvironment?
+    /// Prompts and answer tokens for whoever watches a run live.
+    public let console: EvalConsole
 
-    public init(store: Store?, complete: @escaping Complete, environment: @escaping @Sendable (String) async -> EvalEnvironment? = { _ in nil }) {
+    public init(store: Store?, console: EvalConsole = EvalConsole(), complete: @escaping Complete,
+                environment: @escaping @Sendable (String) async -> EvalEnvironment? = { _ in nil }) {
         self.store = store
+        self.console = console
         self.complete = complete
         self.environment = environment
     }
@@ -231,7 +239,7 @@ public struct EvalRunJob: JobKind {
         if let seed = spec.sampling.seed { spec.sampling.seed = seed + repetition }
         let entry = spec.items[index].any as? [String: Any] ?? [:]
         let item = entry["item"] as? [String: Any] ?? [:]
-        var output = try await sample(for: item, given: entry["sample"], spec: spec)
+        var output = try await sample(for: item, given: entry["sample"], spec: spec, live: (run, index, repetition))
         var outcome = ItemOutcome(item: index, status: "", passed: [], usage: [])
         if let model = spec.model { outcome.usage.append((model, output.usage.flatMap(JobJSON.init), output.requests)) }
         var results: [[String: Any]] = []
@@ -266,6 +274,7 @@ public struct EvalRunJob: JobKind {
         ]
         if let error = output.error { summary["error"] = ["code": error.code, "message": error.message] }
         if let ms = output.totalMs { summary["total_ms"] = ms }
+        if let ms = output.firstTokenMs { summary["ttft_ms"] = ms }
         outcome.summary = JobJSON(summary) ?? .null
         return outcome
     }
@@ -276,7 +285,7 @@ public struct EvalRunJob: JobKind {
         let request = try grader.judgeRequest(context)
         let answer: (status: Int, body: Data)
         do {
-            answer = try await complete(grader.model ?? "", try JSONSerialization.data(withJSONObject: request), spec.team, spec.keyPrefix)
+            answer = try await complete(grader.model ?? "", try JSONSerialization.data(withJSONObject: request), spec.team, spec.keyPrefix, nil)
         } catch is CancellationError {
             throw CancellationError()
         } catch {
@@ -298,14 +307,18 @@ public struct EvalRunJob: JobKind {
         var usage: [String: Any]?
         /// Requests made for it (one per turn of a prompt sequence).
         var requests = 0
-        /// Time to the answer and llama-server's prompt and generation speed for it.
+        /// Time to the answer, to its first token (of the first turn), and llama-server's prompt
+        /// and generation speed for it.
         var totalMs: Double?
+        var firstTokenMs: Double?
         var promptPerSecond: Double?
         var generationPerSecond: Double?
         var error: (code: String, message: String)?
     }
 
-    func sample(for item: [String: Any], given: Any?, spec: EvalRunSpec) async throws -> Output {
+    /// The model's answer to one item, streamed (so the first token is timed and the console
+    /// can show the tokens as they come); `live` names the run, item and repetition for it.
+    func sample(for item: [String: Any], given: Any?, spec: EvalRunSpec, live: (run: String, index: Int, repetition: Int)) async throws -> Output {
         guard let model = spec.model else { return Output(sample: given as? [String: Any] ?? [:]) }
         var output = Output(sample: [:])
         var turns: [String] = []
@@ -322,40 +335,51 @@ public struct EvalRunJob: JobKind {
         var answers: [String] = []
         var usage: [String: Int] = [:]
         var totalMs = 0.0
-        for turn in turns.isEmpty ? [nil] : turns.map(Optional.some) {
+        let console = self.console
+        for (turnIndex, turn) in (turns.isEmpty ? [nil] : turns.map(Optional.some)).enumerated() {
             if let turn { conversation.append(["role": "user", "content": turn]) }
-            var body: [String: Any] = ["model": model, "messages": conversation, "stream": false]
+            var body: [String: Any] = ["model": model, "messages": conversation, "stream": true, "stream_options": ["include_usage": true]]
             if let t = spec.sampling.temperature { body["temperature"] = t }
             if let p = spec.sampling.topP { body["top_p"] = p }
             if let m = spec.sampling.maxCompletionTokens { body["max_tokens"] = m }
             if let s = spec.sampling.seed { body["seed"] = s }
+            console.publish(live.run, "prompt", ["index": live.index, "repetition": live.repetition, "turn": turnIndex, "input": conversation])
+            let streamed = Mutex(StreamedAnswer())
             let answer: (status: Int, body: Data)
             let asked = ContinuousClock.now
             do {
-                answer = try await complete(model, try JSONSerialization.data(withJSONObject: body), spec.team, spec.keyPrefix)
-                let elapsed = ContinuousClock.now - asked
-                totalMs += Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+                answer = try await complete(model, try JSONSerialization.data(withJSONObject: body), spec.team, spec.keyPrefix) { chunk in
+                    let deltas = streamed.withLock { $0.feed(chunk) }
+                    for delta in deltas where console.isWatched(live.run) {
+                        console.publish(live.run, "token", ["index": live.index, "repetition": live.repetition, "turn": turnIndex, "text": delta])
+                    }
+                }
+                totalMs += 1000 * seconds(ContinuousClock.now - asked)
             } catch is CancellationError {
                 throw CancellationError()
             } catch {
                 output.error = ("request_failed", "\(error)")
                 return output
             }
-            let object = (try? JSONSerialization.jsonObject(with: answer.body)) as? [String: Any]
-            guard answer.status == 200, let choice = (object?["choices"] as? [[String: Any]])?.first else {
+            let got = streamed.withLock { $0 }
+            guard answer.status == 200 else {
+                let object = (try? JSONSerialization.jsonObject(with: answer.body)) as? [String: Any]
                 let message = ((object?["error"] as? [String: Any])?["message"] as? String) ?? String(decoding: answer.body.prefix(300), as: UTF8.self)
                 output.error = ("model_error", "the model answered \(answer.status): \(message)")
                 return output
             }
-            let text = (choice["message"] as? [String: Any])?["content"] as? String ?? ""
-            answers.append(text)
+            if let failure = got.error {
+                output.error = ("model_error", "the answer broke off: \(failure)")
+                return output
+            }
+            if turnIndex == 0, let first = got.firstToken { output.firstTokenMs = 1000 * seconds(first - asked) }
+            answers.append(got.text)
             output.requests += 1
-            conversation.append(["role": "assistant", "content": text])
-            output.finishReason = choice["finish_reason"] as? String ?? ""
-            for key in ["prompt_tokens", "completion_tokens", "total_tokens"] { usage[key, default: 0] += (object?["usage"] as? [String: Any])?[key] as? Int ?? 0 }
-            let timings = object?["timings"] as? [String: Any]
-            output.promptPerSecond = timings?["prompt_per_second"] as? Double
-            output.generationPerSecond = timings?["predicted_per_second"] as? Double
+            conversation.append(["role": "assistant", "content": got.text])
+            output.finishReason = got.finishReason
+            for key in ["prompt_tokens", "completion_tokens", "total_tokens"] { usage[key, default: 0] += got.usage?[key] as? Int ?? 0 }
+            output.promptPerSecond = got.timings?["prompt_per_second"] as? Double
+            output.generationPerSecond = got.timings?["predicted_per_second"] as? Double
         }
         let text = answers.last ?? ""
         output.sample = ["output_text": text]
@@ -387,7 +411,8 @@ public struct EvalRunJob: JobKind {
         ]
         // Corral's extension: how fast this item was answered.
         if let ms = output.totalMs {
-            sample["timings"] = ["total_ms": ms, "prompt_tokens_per_second": output.promptPerSecond.map { $0 as Any } ?? NSNull(),
+            sample["timings"] = ["total_ms": ms, "time_to_first_token_ms": output.firstTokenMs.map { $0 as Any } ?? NSNull(),
+                                 "prompt_tokens_per_second": output.promptPerSecond.map { $0 as Any } ?? NSNull(),
                                  "generation_tokens_per_second": output.generationPerSecond.map { $0 as Any } ?? NSNull()] as [String: Any]
         }
         if spec.model == nil { sample["output"] = [["role": "assistant", "content": EvalTemplate.text(output.sample["output_text"] ?? "")]] }

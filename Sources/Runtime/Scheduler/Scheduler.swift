@@ -5,6 +5,13 @@ import Logging
 import Synchronization
 
 /// A granted right to send one request to a model.
+/// Whose turn comes first when a model's slots are all busy: a client's request before
+/// background work (evaluation runs), so a long run never makes users wait behind its queue.
+public enum RequestPriority: Sendable, Equatable {
+    case interactive
+    case background
+}
+
 public struct Lease: Sendable {
     public let modelID: String
     /// Where to send the request (`http://127.0.0.1:PORT` or a remote base URL).
@@ -91,10 +98,16 @@ public actor Scheduler {
         case stopping(Task<Void, Never>)
     }
 
+    struct Waiter {
+        var continuation: CheckedContinuation<Void, any Error>
+        var priority: RequestPriority
+    }
+
     struct Slot {
         var phase: Phase = .unloaded
         var inFlight = 0
-        var waiters: [CheckedContinuation<Void, any Error>] = []
+        /// Requests waiting for a free slot, each with its priority (interactive ones are served first).
+        var waiters: [Waiter] = []
         var lastUsed = ContinuousClock.now
         var projection: [String: Int] = [:]
         var ttlOverride: Duration?
@@ -272,7 +285,8 @@ public actor Scheduler {
     /// - Parameter load: what the request asks of the instance (see ``LoadOptions``): a running
     ///   instance that satisfies it serves the request; an idle one that does not is restarted
     ///   with it; a busy one serves it (never interrupting others) and the next load uses it.
-    public func acquire(_ modelName: String, keepAlive: Duration? = nil, load: LoadOptions? = nil) async throws(SchedulerError) -> Lease {
+    public func acquire(_ modelName: String, keepAlive: Duration? = nil, load: LoadOptions? = nil,
+                        priority: RequestPriority = .interactive) async throws(SchedulerError) -> Lease {
         // A request may not make a model's context larger than it was trained for.
         let minimumContext = load?.minimumContext.map { min($0, catalog.resolve(modelName)?.facts?.contextLength ?? (1 << 20)) }
         guard !isShuttingDown else { throw .shuttingDown }
@@ -318,7 +332,7 @@ public actor Scheduler {
                 }
                 do {
                     try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-                        slots[id]!.waiters.append(c)
+                        slots[id]!.waiters.append(Waiter(continuation: c, priority: priority))
                     }
                 } catch let error as SchedulerError {
                     throw error
@@ -378,9 +392,10 @@ public actor Scheduler {
         guard !lease.isRemote, var slot = slots[lease.modelID], slot.generation == lease.generation else { return }
         slot.lastUsed = .now
         if !slot.waiters.isEmpty, case .ready = slot.phase {
-            let next = slot.waiters.removeFirst()
+            // The oldest interactive request first; background work (evaluations) only when none waits.
+            let next = slot.waiters.remove(at: slot.waiters.firstIndex { $0.priority == .interactive } ?? 0)
             slots[lease.modelID] = slot
-            next.resume()
+            next.continuation.resume()
             return
         }
         slot.inFlight = max(0, slot.inFlight - 1)
@@ -633,7 +648,7 @@ public actor Scheduler {
         slots[id]!.generation += 1
         let waiters = slots[id]!.waiters
         slots[id]!.waiters = []
-        for w in waiters { w.resume(throwing: SchedulerError.instanceCrashed(id)) }
+        for w in waiters { w.continuation.resume(throwing: SchedulerError.instanceCrashed(id)) }
         notifyFleetChanged()
     }
 
@@ -653,7 +668,7 @@ public actor Scheduler {
         let waiters = slot.waiters
         slot.waiters = []
         slots[id] = slot
-        for w in waiters { w.resume(throwing: SchedulerError.instanceCrashed(id)) }
+        for w in waiters { w.continuation.resume(throwing: SchedulerError.instanceCrashed(id)) }
         notifyFleetChanged()
     }
 
