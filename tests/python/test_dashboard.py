@@ -10,6 +10,7 @@ Needs Debian's `chromium` and `chromium-driver`; without them the test skips, un
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -309,6 +310,70 @@ def test_jobs_page_pauses_resumes_and_cancels_a_running_benchmark(corral, browse
     assert ids == sorted(set(ids)) and len(ids) >= 6, ids  # queued, running, progress…, paused, running, cancelling, cancelled
     assert corral.get(f"/admin/jobs/{job}")["lastEventID"] == ids[-1]
     screenshot(browser, "job-detail")
+
+
+def test_evaluations_page_watches_a_run_live_and_compares_runs(corral, browser):
+    admin = {"authorization": f"Bearer {corral.admin_token}"}  # the Evals API with the admin token (teams exist by now)
+
+    def call(method, path, body=None):
+        req = urllib.request.Request(corral.base + path, method=method, headers={"content-type": "application/json", **admin},
+                                     data=None if body is None else json.dumps(body).encode())
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
+    evaluation = call("POST", "/v1/evals", {
+        "name": "dashboard", "data_source_config": {"type": "custom", "item_schema": {"type": "object"}, "include_sample_schema": True},
+        "testing_criteria": [{"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}", "operation": "eq"}]})
+    runs_path = f"/v1/evals/{evaluation['id']}/runs"
+
+    def finished(run_id):
+        for _ in range(600):
+            run = call("GET", f"{runs_path}/{run_id}")
+            if run["status"] in ("completed", "failed", "canceled"):
+                return run
+            time.sleep(0.1)
+        raise AssertionError(run)
+
+    answers = [f"a{i}" for i in range(8)]
+    graded = []
+    for outputs in (answers[:2] + ["x"] * 6, answers):
+        content = [{"item": {"answer": a}, "sample": {"output_text": o}} for a, o in zip(answers, outputs)]
+        graded.append(call("POST", runs_path, {"data_source": {"type": "jsonl", "source": {"type": "file_content", "content": content}}})["id"])
+        assert finished(graded[-1])["status"] == "completed"
+
+    # A run of the chat model held between items while its page opens: after the resume, every
+    # request shows up in the console with its prompt and streamed answer.
+    items = [{"item": {"question": f"Say something about {i}.", "answer": ""}} for i in range(5)]
+    live = call("POST", runs_path, {"concurrency": 1, "data_source": {
+        "type": "completions", "model": "chat", "sampling_params": {"temperature": 0, "max_completion_tokens": 12, "seed": 3},
+        "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
+        "source": {"type": "file_content", "content": items}}})["id"]
+    call("POST", f"/admin/jobs/{live}/pause")
+    go(browser, f"#/evaluations/{live}", "Evaluation run")
+    wait(browser, lambda d: "in_progress" in text_of(d, "#page dl.facts"), "the paused run's facts")
+    time.sleep(0.5)  # the console's stream is open by now
+    call("POST", f"/admin/jobs/{live}/resume")
+    wait(browser, lambda d: "completed" in text_of(d, "#page p.notice"), "the run to finish on its page")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#eval-results tbody tr")
+    assert len(rows) == 5
+    stored = {i["datasource_item_id"]: i["sample"]["output"][0]["content"] for i in call("GET", f"{runs_path}/{live}/output_items")["data"]}
+    lines = browser.find_elements(By.CSS_SELECTOR, "#eval-console li")
+    assert lines and int(lines[-1].get_attribute("data-item")) == 4
+    last = lines[-1]
+    assert last.find_element(By.CSS_SELECTOR, ".prompt").text == "Say something about 4."
+    assert last.find_element(By.CSS_SELECTOR, ".answer").text.strip() == stored[4].strip() and stored[4].strip()
+    assert "to first token" in last.find_element(By.CSS_SELECTOR, ".grades").text
+    screenshot(browser, "evaluation-run")
+
+    go(browser, "#/evaluations", "Evaluations")
+    for run_id in graded:
+        click(browser, f"input[aria-label='Compare {run_id}']", f"the compare box of {run_id}")
+    browser.find_element(By.XPATH, "//button[text()='Compare selected runs']").click()
+    wait(browser, lambda d: "Comparison" in text_of(d, "#compare h2"), "the comparison")
+    assert "25.0 %" in text_of(browser, "#compare") and "100.0 %" in text_of(browser, "#compare")
+    assert "+75 pt" in text_of(browser, "#compare"), text_of(browser, "#compare")
+    assert live in text_of(browser, "#page table")
+    screenshot(browser, "evaluations")
 
 
 def test_overview_history_after_the_traffic(corral, browser):

@@ -66,13 +66,15 @@ extension Evaluations {
             outcomes.append(byIndex)
             let passed = byIndex.values.filter { $0["status"] as? String == "pass" }.count
             let timings = byIndex.values.compactMap { (($0["sample"] as? [String: Any])?["timings"] as? [String: Any]) }
-            let totals = timings.compactMap { $0["total_ms"] as? Double }
-            let speeds = timings.compactMap { $0["generation_tokens_per_second"] as? Double }
+            func mean(_ key: String) -> Any {
+                let values = timings.compactMap { $0[key] as? Double }
+                return values.isEmpty ? NSNull() : values.reduce(0, +) / Double(values.count)
+            }
             summaries.append([
                 "id": id, "eval_id": spec.evalID, "model": spec.model ?? "", "status": Self.status(job.state), "items": byIndex.count,
                 "pass_rate": byIndex.isEmpty ? 0 : Double(passed) / Double(byIndex.count),
-                "mean_total_ms": totals.isEmpty ? NSNull() : totals.reduce(0, +) / Double(totals.count) as Any,
-                "mean_generation_tokens_per_second": speeds.isEmpty ? NSNull() : speeds.reduce(0, +) / Double(speeds.count) as Any,
+                "mean_total_ms": mean("total_ms"), "mean_ttft_ms": mean("time_to_first_token_ms"),
+                "mean_generation_tokens_per_second": mean("generation_tokens_per_second"),
             ])
         }
         let indices = Set(outcomes.flatMap(\.keys)).sorted()
@@ -84,7 +86,9 @@ extension Evaluations {
                     guard let item = o[index] else { return ["status": "missing"] }
                     let sample = item["sample"] as? [String: Any]
                     let answer = (sample?["output"] as? [[String: Any]])?.first?["content"] ?? ""
-                    return ["status": item["status"] ?? "", "output": answer, "total_ms": (sample?["timings"] as? [String: Any])?["total_ms"] ?? NSNull()]
+                    let timings = sample?["timings"] as? [String: Any]
+                    return ["status": item["status"] ?? "", "output": answer, "total_ms": timings?["total_ms"] ?? NSNull(),
+                            "ttft_ms": timings?["time_to_first_token_ms"] ?? NSNull()]
                 },
             ]
         }
@@ -107,9 +111,19 @@ extension Evaluations {
                     "only_b_passes": counts.onlyB, "neither": counts.neither,
                     "pass_rate_difference": paired == 0 ? 0 : Double(counts.onlyB - counts.onlyA) / Double(paired),
                     "mcnemar_p": McNemar.pValue(onlyA: counts.onlyA, onlyB: counts.onlyB),
+                    // Speed, b minus a (null where either run has no timing).
+                    "total_ms_delta": Self.delta(summaries[a]["mean_total_ms"], summaries[b]["mean_total_ms"]),
+                    "ttft_ms_delta": Self.delta(summaries[a]["mean_ttft_ms"], summaries[b]["mean_ttft_ms"]),
+                    "generation_tokens_per_second_delta": Self.delta(
+                        summaries[a]["mean_generation_tokens_per_second"], summaries[b]["mean_generation_tokens_per_second"]),
                 ])
             }
         }
         return ["runs": summaries, "items": items, "pairs": pairs]
+    }
+
+    static func delta(_ a: Any?, _ b: Any?) -> Any {
+        guard let a = a as? Double, let b = b as? Double else { return NSNull() }
+        return b - a
     }
 }

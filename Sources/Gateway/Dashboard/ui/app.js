@@ -1,6 +1,6 @@
 // The dashboard shell: sign-in, hash routing between pages, and the navigation's state.
 // Each page module exports render(root, args, signal); the signal aborts when the page is left.
-// `#/models/{id}` and `#/jobs/{id}` pass the id as the first arg.
+// `#/models/{id}`, `#/jobs/{id}` and `#/evaluations/{run}` pass the id as the first arg.
 
 import { api, isAbort, session } from './api.js';
 import { notice } from './dom.js';
@@ -11,8 +11,9 @@ import { teams } from './pages/teams.js';
 import { requests } from './pages/requests.js';
 import { logs } from './pages/logs.js';
 import { jobs } from './pages/jobs.js';
+import { evaluations } from './pages/evaluations.js';
 
-const pages = { overview, models, teams, requests, jobs, logs };
+const pages = { overview, models, teams, requests, jobs, evaluations, logs };
 const $ = (id) => document.getElementById(id);
 let leave = null;
 
