@@ -48,6 +48,8 @@ public actor JobEngine {
         var cancelRequested = false
         var pauseWaiters: [CheckedContinuation<Void, Never>] = []
         var lastProgressEvent: ContinuousClock.Instant?
+        /// When progress alone last caused the record to be written.
+        var lastProgressSave: ContinuousClock.Instant?
     }
 
     let store: any JobStore
@@ -551,6 +553,11 @@ public actor JobEngine {
         guard due || progress.total == progress.completed else { return }
         live[id]!.lastProgressEvent = now
         await emit(id, "progress", try JobJSON(encoding: progress))
+        // Readers get the live record (and the event log has every progress event); the stored
+        // row, which only a restart reads, is brought up to date at most once a second.
+        let saveDue = live[id]!.lastProgressSave.map { now - $0 >= .seconds(1) } ?? true
+        guard saveDue || progress.total == progress.completed else { return }
+        live[id]!.lastProgressSave = now
         guard await save(id) else { throw JobEngineError.persistence("the job could not be saved") }
     }
 

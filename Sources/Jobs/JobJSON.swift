@@ -42,6 +42,11 @@ public enum JobJSON: Sendable, Equatable, Codable {
 
     /// Any `Encodable` value as JSON (dates as RFC 3339, like every record Corral stores).
     public init(encoding value: some Encodable) throws {
+        // Already a JSON value (an event built by hand, say): no round trip through bytes.
+        if let json = value as? JobJSON {
+            self = json
+            return
+        }
         self = try JobCoding.decoder.decode(JobJSON.self, from: JobCoding.encoder.encode(value))
     }
 

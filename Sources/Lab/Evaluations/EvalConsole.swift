@@ -46,6 +46,8 @@ public final class EvalConsole: Sendable {
 
 /// A streamed chat completion put back together: the text, finish reason, usage and timings
 /// llama-server sends, the time of the first token, and an error event if the stream carried one.
+/// While the stream runs only its bytes are kept (and, for a watched console, its deltas read);
+/// the events are parsed once it ended, off the path of the next request.
 struct StreamedAnswer {
     var text = ""
     var finishReason = ""
@@ -53,29 +55,73 @@ struct StreamedAnswer {
     var timings: [String: Any]?
     var error: String?
     var firstToken: ContinuousClock.Instant?
-    private var pending = ByteBuffer()
+    private var bytes = ByteBuffer()
+    /// How far the console has read the stream.
+    private var consoleOffset = 0
+    /// How far the first-token search has looked.
+    private var searched = 0
 
-    /// Feeds bytes of the stream; returns the text deltas of the events completed by them.
-    mutating func feed(_ chunk: ByteBuffer) -> [String] {
-        pending.writeImmutableBuffer(chunk)
+    static let contentKey = Array(#""content":""#.utf8)
+
+    /// Feeds bytes of the stream; with `live`, returns the text deltas of the events they complete.
+    mutating func feed(_ chunk: ByteBuffer, live: Bool) -> [String] {
+        bytes.writeImmutableBuffer(chunk)
+        if firstToken == nil { findFirstToken() }
+        guard live else { return [] }
+        var events = bytes.getSlice(at: consoleOffset, length: bytes.writerIndex - consoleOffset) ?? ByteBuffer()
         var deltas: [String] = []
-        while let end = SSEEvents.eventEnd(pending) {
-            let event = pending.readSlice(length: end)!
-            for payload in SSEEvents.dataLines(event) where payload != "[DONE]" {
-                guard let object = (try? JSONSerialization.jsonObject(with: Data(payload.utf8))) as? [String: Any] else { continue }
+        while let end = SSEEvents.eventEnd(events) {
+            let event = events.readSlice(length: end)!
+            consoleOffset += end
+            for object in Self.objects(in: event) {
+                if let delta = Self.delta(object) { deltas.append(delta) }
+            }
+        }
+        return deltas
+    }
+
+    /// Reads the whole stream once it ended.
+    mutating func finish() {
+        var events = bytes
+        while let end = SSEEvents.eventEnd(events) ?? (events.readableBytes > 0 ? events.readableBytes : nil) {
+            let event = events.readSlice(length: end)!
+            for object in Self.objects(in: event) {
                 if let error = object["error"] as? [String: Any] { self.error = error["message"] as? String ?? "the stream failed" }
                 if let usage = object["usage"] as? [String: Any] { self.usage = usage }
                 if let timings = object["timings"] as? [String: Any] { self.timings = timings }
-                guard let choice = (object["choices"] as? [[String: Any]])?.first else { continue }
-                if let reason = choice["finish_reason"] as? String { finishReason = reason }
-                if let delta = (choice["delta"] as? [String: Any])?["content"] as? String, !delta.isEmpty {
-                    if firstToken == nil { firstToken = .now }
-                    text += delta
-                    deltas.append(delta)
-                }
+                if let reason = ((object["choices"] as? [[String: Any]])?.first)?["finish_reason"] as? String { finishReason = reason }
+                if let delta = Self.delta(object) { text += delta }
             }
         }
-        pending.discardReadBytes()
-        return deltas
+    }
+
+    /// The first event with a non-empty `content` string marks the first token (a byte search:
+    /// llama-server's JSON is compact, and the role-only first event has `"content":null`).
+    private mutating func findFirstToken() {
+        let view = bytes.readableBytesView
+        let key = Self.contentKey
+        var i = view.startIndex + max(0, searched - key.count)
+        let last = view.endIndex - key.count - 1
+        while i <= last {
+            if view[i] == key[0], view[i..<(i + key.count)].elementsEqual(key), view[i + key.count] != UInt8(ascii: "\"") {
+                firstToken = .now
+                return
+            }
+            i += 1
+        }
+        searched = view.count
+    }
+
+    static func objects(in event: ByteBuffer) -> [[String: Any]] {
+        SSEEvents.dataLines(event).compactMap { payload in
+            payload == "[DONE]" ? nil : (try? JSONSerialization.jsonObject(with: Data(payload.utf8))) as? [String: Any]
+        }
+    }
+
+    static func delta(_ object: [String: Any]) -> String? {
+        guard let choice = (object["choices"] as? [[String: Any]])?.first,
+            let delta = (choice["delta"] as? [String: Any])?["content"] as? String, !delta.isEmpty
+        else { return nil }
+        return delta
     }
 }

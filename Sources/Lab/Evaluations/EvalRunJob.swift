@@ -176,28 +176,34 @@ public struct EvalRunJob: JobKind {
         var lastCheckpoint = ContinuousClock.now
         var unwritten: [Store.EvalOutputRow] = []
         do {
-            try await withThrowingTaskGroup(of: (Int, ItemOutcome).self) { group in
+            // `concurrency` bounds the requests to the model: a unit's grading, storing and
+            // bookkeeping run while the next unit is already being asked.
+            try await withThrowingTaskGroup(of: Step.self) { group in
                 func startNext() -> Bool {
-                    guard let index = remaining.next() else { return false }
-                    group.addTask { (index, try await self.process(index, spec: itemsSpec, run: run)) }
+                    guard let unit = remaining.next() else { return false }
+                    group.addTask { .asked(unit, try await self.ask(unit, spec: itemsSpec, run: run)) }
                     return true
                 }
                 for _ in 0..<max(1, spec.concurrency) where !startNext() { break }
-                while let (index, outcome) = try await group.next() {
-                    if let row = outcome.row { unwritten.append(Store.EvalOutputRow(id: row.id, index: index, status: outcome.status, body: row.body)) }
-                    state.record(outcome, index: index)
-                    if state.environment == nil, let model = spec.model { state.environment = await environment(model) }
-                    // The next item goes out now; its request overlaps this one's bookkeeping.
-                    try await context.pausePoint()
-                    _ = startNext()
-                    try await context.event("item", outcome.summary)
-                    if ContinuousClock.now - lastCheckpoint >= .milliseconds(250) {
-                        try await store?.putEvalOutputItems(unwritten, run: run)
-                        unwritten = []
-                        try await context.checkpoint(state)
-                        lastCheckpoint = .now
+                while let step = try await group.next() {
+                    switch step {
+                    case .asked(let unit, let asked):
+                        group.addTask { .graded(unit, try await self.grade(asked, unit: unit, run: run)) }
+                        try await context.pausePoint()
+                        _ = startNext()
+                    case .graded(let index, let outcome):
+                        if let row = outcome.row { unwritten.append(Store.EvalOutputRow(id: row.id, index: index, status: outcome.status, body: row.body)) }
+                        state.record(outcome, index: index)
+                        if state.environment == nil, let model = spec.model { state.environment = await environment(model) }
+                        try await context.event("item", outcome.summary)
+                        if ContinuousClock.now - lastCheckpoint >= .milliseconds(250) {
+                            try await store?.putEvalOutputItems(unwritten, run: run)
+                            unwritten = []
+                            try await context.checkpoint(state)
+                            lastCheckpoint = .now
+                        }
+                        try await context.progress(Double(state.next + state.done.count), of: Double(units), unit: "items")
                     }
-                    try await context.progress(Double(state.next + state.done.count), of: Double(units), unit: "items")
                 }
             }
         } catch {
@@ -217,6 +223,12 @@ public struct EvalRunJob: JobKind {
         return state
     }
 
+    /// A unit of a run moving through its task group: answered, then graded.
+    enum Step: Sendable {
+        case asked(Int, Asked)
+        case graded(Int, ItemOutcome)
+    }
+
     /// What one item came to: its status, each criterion's verdict, and the usage of each model asked.
     struct ItemOutcome: Sendable {
         /// The item asked (a unit's item when items are repeated).
@@ -230,16 +242,34 @@ public struct EvalRunJob: JobKind {
         var row: (id: String, body: Data)?
     }
 
-    /// Asks the model about one item (or takes its sample), grades it with every criterion and
-    /// stores the output item.
-    func process(_ unit: Int, spec: EvalRunSpec, run: String) async throws -> ItemOutcome {
+    /// One unit's answer, between asking and grading: built by the task that asked, then read
+    /// only by the task that grades (hence unchecked).
+    struct Asked: @unchecked Sendable {
+        var index: Int
+        var repetition: Int
+        var item: [String: Any]
+        var output: Output
+        /// The run's spec with this repetition's seed.
+        var spec: EvalRunSpec
+    }
+
+    /// Asks the model about one unit (or takes the sample its item came with).
+    func ask(_ unit: Int, spec: EvalRunSpec, run: String) async throws -> Asked {
         let repetitions = max(1, spec.repetitions)
         let (index, repetition) = (unit / repetitions, unit % repetitions)
         var spec = spec
         if let seed = spec.sampling.seed { spec.sampling.seed = seed + repetition }
         let entry = spec.items[index].any as? [String: Any] ?? [:]
         let item = entry["item"] as? [String: Any] ?? [:]
-        var output = try await sample(for: item, given: entry["sample"], spec: spec, live: (run, index, repetition))
+        let output = try await sample(for: item, given: entry["sample"], spec: spec, live: (run, index, repetition))
+        return Asked(index: index, repetition: repetition, item: item, output: output, spec: spec)
+    }
+
+    /// Grades an answer with every criterion (judges asked through the serving path) and builds
+    /// its output item and console summary.
+    func grade(_ asked: Asked, unit: Int, run: String) async throws -> ItemOutcome {
+        let (index, repetition, item, spec) = (asked.index, asked.repetition, asked.item, asked.spec)
+        var output = asked.output
         var outcome = ItemOutcome(item: index, status: "", passed: [], usage: [])
         if let model = spec.model { outcome.usage.append((model, output.usage.flatMap(JobJSON.init), output.requests)) }
         var results: [[String: Any]] = []
@@ -349,7 +379,7 @@ public struct EvalRunJob: JobKind {
             let asked = ContinuousClock.now
             do {
                 answer = try await complete(model, try JSONSerialization.data(withJSONObject: body), spec.team, spec.keyPrefix) { chunk in
-                    let deltas = streamed.withLock { $0.feed(chunk) }
+                    let deltas = streamed.withLock { $0.feed(chunk, live: console.isWatched(live.run)) }
                     for delta in deltas where console.isWatched(live.run) {
                         console.publish(live.run, "token", ["index": live.index, "repetition": live.repetition, "turn": turnIndex, "text": delta])
                     }
@@ -361,7 +391,10 @@ public struct EvalRunJob: JobKind {
                 output.error = ("request_failed", "\(error)")
                 return output
             }
-            let got = streamed.withLock { $0 }
+            let got = streamed.withLock { answer in
+                answer.finish()
+                return answer
+            }
             guard answer.status == 200 else {
                 let object = (try? JSONSerialization.jsonObject(with: answer.body)) as? [String: Any]
                 let message = ((object?["error"] as? [String: Any])?["message"] as? String) ?? String(decoding: answer.body.prefix(300), as: UTF8.self)
