@@ -115,12 +115,25 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Getting models: pulls from Ollama registries and the Hugging Face hub (resumable,
+        // verified downloads as jobs) and a fit verdict from a remote GGUF's header.
+        .target(
+            name: "Acquisition",
+            dependencies: [
+                "Jobs", "GGUF", "Runtime",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The HTTP application: OpenAI, Ollama, llama.cpp-native and admin routes, relay, error
         // shapes, metrics, dashboard. The only module that imports Hummingbird.
         .target(
             name: "Gateway",
             dependencies: [
-                "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab",
+                "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab", "Acquisition",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -153,6 +166,7 @@ let package = Package(
         ),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"], swiftSettings: swiftSettings),
         .testTarget(name: "LabTests", dependencies: ["Lab"], swiftSettings: swiftSettings),
+        .testTarget(name: "AcquisitionTests", dependencies: ["Acquisition"], swiftSettings: swiftSettings),
         .testTarget(name: "AccessTests", dependencies: ["Access", "Store"], swiftSettings: swiftSettings),
         .testTarget(
             name: "RuntimeTests",

@@ -17,7 +17,10 @@ struct ByteReader: ~Copyable {
     private var bufferCount = 0
     private var position = 0  // index into buffer
 
-    init(path: String, bufferSize: Int = 1 << 20) throws(GGUFError) {
+    /// - Parameter declaredSize: the size of the whole file when `path` holds only its first
+    ///   bytes (a header fetched from a remote file): bounds are checked against it, and a read
+    ///   past the bytes present is `.truncated`.
+    init(path: String, bufferSize: Int = 1 << 20, declaredSize: UInt64? = nil) throws(GGUFError) {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw GGUFError(.io(String(cString: strerror(errno))), offset: 0, path: path) }
         var info = stat()
@@ -26,7 +29,7 @@ struct ByteReader: ~Copyable {
             throw GGUFError(.io("cannot stat file"), offset: 0, path: path)
         }
         self.fd = fd
-        self.fileSize = UInt64(info.st_size)
+        self.fileSize = declaredSize ?? UInt64(info.st_size)
         self.path = path
         self.buffer = [UInt8](repeating: 0, count: bufferSize)
     }

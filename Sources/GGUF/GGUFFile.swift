@@ -44,9 +44,11 @@ public struct GGUFFile: Sendable {
         metadata.first { $0.key == key }?.value
     }
 
-    /// Reads the header of the file at `path`; never reads tensor data.
-    public static func read(path: String, options: GGUFReadOptions = .default) throws(GGUFError) -> GGUFFile {
-        var reader = try ByteReader(path: path)
+    /// Reads the header of the file at `path`; never reads tensor data. With `declaredSize`,
+    /// `path` holds only the first bytes of a file that size (a prefix fetched from a remote
+    /// file): a header that does not fit in them is `.truncated`.
+    public static func read(path: String, options: GGUFReadOptions = .default, declaredSize: UInt64? = nil) throws(GGUFError) -> GGUFFile {
+        var reader = try ByteReader(path: path, declaredSize: declaredSize)
         return try parse(&reader, options: options)
     }
 

@@ -203,14 +203,28 @@ public struct ModelLibrary: Sendable {
         guard let facts = spec.facts, let path = spec.path else {
             throw LibraryError.badRequest("'\(id)' is served by a remote upstream: nothing to estimate", param: "id")
         }
+        var (answer, settings, estimate) = try await assess(facts, name: spec.id, contextSize: spec.contextSize, parallel: spec.parallel, query: q)
+        if q["exact"] == "true" { answer["exact"] = await exact(path: path, spec: spec, settings: settings, estimate: estimate) }
+        return answer
+    }
+
+    /// The verdict, largest context and suggestions for a model's facts (a remote file's header
+    /// read before any download, say) with the query's settings, as for a catalog model.
+    public func compatibility(_ facts: ModelFacts, name: String, query q: [String: String]) async throws(LibraryError) -> [String: Any] {
+        try await assess(facts, name: name, contextSize: nil, parallel: 1, query: q).answer
+    }
+
+    func assess(_ facts: ModelFacts, name: String, contextSize: Int?, parallel: Int, query q: [String: String]) async throws(LibraryError)
+        -> (answer: [String: Any], settings: MemoryEstimator.Settings, estimate: MemoryEstimator.Estimate)
+    {
         func int(_ key: String, min: Int, max: Int) throws(LibraryError) -> Int? {
             guard let raw = q[key] else { return nil }
             guard let v = Int(raw), v >= min, v <= max else { throw LibraryError.badRequest("\(key) must be an integer from \(min) to \(max)", param: key) }
             return v
         }
         var s = MemoryEstimator.Settings()
-        s.contextSize = try int("ctx", min: 0, max: 1 << 22) ?? spec.contextSize ?? min(facts.contextLength ?? 4096, 8192)
-        s.parallel = try int("parallel", min: 1, max: 256) ?? spec.parallel
+        s.contextSize = try int("ctx", min: 0, max: 1 << 22) ?? contextSize ?? min(facts.contextLength ?? 4096, 8192)
+        s.parallel = try int("parallel", min: 1, max: 256) ?? parallel
         s.ubatch = try int("ubatch", min: 1, max: 65536) ?? 512
         s.gpuLayers = try int("ngl", min: 0, max: 10_000)
         if let kv = q["kv"] {
@@ -227,8 +241,8 @@ public struct ModelLibrary: Sendable {
         if let problem = MemoryEstimator.cacheProblem(facts, s) { throw LibraryError.badRequest(problem, param: "kv") }
         let c = Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
         let (verdict, estimate) = c.assess(facts, s)
-        var answer: [String: Any] = [
-            "model": spec.id,
+        let answer: [String: Any] = [
+            "model": name,
             "settings": ["ctx": estimate.contextSize, "parallel": s.parallel, "ubatch": s.ubatch, "kv": s.cacheTypeK.rawValue,
                          "fa": s.flashAttention ? "on" : "off", "ngl": estimate.gpuLayers],
             "verdict": verdict.rawValue, "gpuLayers": estimate.gpuLayers, "kvBytesPerToken": estimate.kvBytesPerToken,
@@ -238,8 +252,7 @@ public struct ModelLibrary: Sendable {
                                                              limit: max(facts.contextLength ?? 4096, s.contextSize)),
             "suggestions": c.suggestions(facts, s, current: estimate), "table": c.table(facts, s),
         ]
-        if q["exact"] == "true" { answer["exact"] = await exact(path: path, spec: spec, settings: s, estimate: estimate) }
-        return answer
+        return (answer, s, estimate)
     }
 
     /// llama.cpp's own projection for the same settings, next to the estimator's.

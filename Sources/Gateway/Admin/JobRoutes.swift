@@ -1,3 +1,4 @@
+import Acquisition
 import Files
 import Foundation
 import HTTPTypes
@@ -138,6 +139,14 @@ func mapped<T>(_ body: () async throws -> T) async throws -> T {
         case .notFound: throw OpenAIError(.notFound, error.description, code: "not_found")
         case .tooLarge: throw OpenAIError(.contentTooLarge, error.description, code: "file_too_large")
         case .storage: throw OpenAIError(.internalServerError, error.description, type: "server_error", code: "file_store")
+        }
+    } catch let error as AcquisitionError {
+        switch error {
+        case .badName, .insecure: throw OpenAIError.badRequest(error.description, param: "model")
+        case .notFound: throw OpenAIError(.notFound, error.description, code: "not_found")
+        case .digestMismatch, .upstream: throw OpenAIError(.badGateway, error.description, type: "server_error", code: "upstream")
+        case .insufficientSpace: throw OpenAIError(.init(code: 507, reasonPhrase: "Insufficient Storage"), error.description, type: "server_error", code: "insufficient_space")
+        case .storage: throw OpenAIError(.internalServerError, error.description, type: "server_error", code: "storage")
         }
     } catch let error as EvalError {
         switch error {

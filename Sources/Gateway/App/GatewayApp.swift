@@ -1,4 +1,5 @@
 import Access
+import Acquisition
 import AsyncHTTPClient
 import Files
 import Foundation
@@ -38,9 +39,13 @@ public struct GatewayDependencies: Sendable {
     /// llama.cpp tools (hardware probing, exact projections); discovered when nil.
     public var tools: LlamaTools?
     /// The `routes.json` the catalog came from (the library's rescan rereads it).
-    public var configPath: String?
+    public var configPath: String? { didSet { refreshCatalog.use(path: configPath, cache: factsCache) } }
     /// GGUF facts by file identity, shared by reloads and rescans.
-    public var factsCache = FactsCache()
+    public var factsCache = FactsCache() { didSet { refreshCatalog.use(path: configPath, cache: factsCache) } }
+    /// Rebuilds the catalog from the configuration and its sources (rescans, finished pulls).
+    public let refreshCatalog: CatalogRefresh
+    /// Pulls from registries and the hub, as jobs.
+    public let downloads: Downloads
     /// The dashboard's sampler of `metrics` (run as a service by ``buildApplication(_:)``).
     let liveStats: LiveStats
     /// The job engine every kind of long-running work runs on (benchmarks, tuning, …).
@@ -62,8 +67,16 @@ public struct GatewayDependencies: Sendable {
         self.logger = logger
         self.store = store
         self.digests = digests
+        let refresh = CatalogRefresh(scheduler: scheduler, fallback: config, cache: FactsCache())
+        self.refreshCatalog = refresh
+        let sources = ModelSources(client: client, directory: config.downloads)
+        let download = DownloadJob(sources: sources, maxConcurrent: config.maxConcurrentDownloads, registered: {
+            do { try await refresh() } catch { logger.error("the catalog could not be rebuilt after a pull", metadata: ["error": "\(error)"]) }
+        })
         self.jobs = Self.makeJobEngine(scheduler: scheduler, client: client, store: store, logger: logger, metrics: metrics, recorder: recorder,
-                                       config: config, access: access, evalConsole: evalConsole)
+                                       config: config, access: access, evalConsole: evalConsole, extraKinds: [download])
+        self.downloads = Downloads(engine: jobs, sources: sources)
+        refresh.use(path: nil, cache: factsCache)
     }
 
     /// The job engine with every kind Corral runs: benchmarks go through the serving path (a
@@ -71,7 +84,8 @@ public struct GatewayDependencies: Sendable {
     /// llama-servers outside the fleet under memory claims. Jobs live in `store` (an in-memory
     /// database when there is none, as in tests of other concerns).
     static func makeJobEngine(scheduler: Scheduler, client: HTTPClient, store: Store?, logger: Logger, metrics: GatewayMetrics,
-                              recorder: RequestRecorder?, config: CorralConfig, access: AccessControl?, evalConsole: EvalConsole) -> JobEngine {
+                              recorder: RequestRecorder?, config: CorralConfig, access: AccessControl?, evalConsole: EvalConsole,
+                              extraKinds: [any JobKind] = []) -> JobEngine {
         let relay = Relay(
             scheduler: scheduler, client: client, local: LocalUpstreamClient(readTimeout: config.scheduler.readTimeout),
             recorder: { record in
@@ -126,7 +140,7 @@ public struct GatewayDependencies: Sendable {
         // An in-memory SQLite database cannot fail to open short of the process being out of memory.
         let jobStore: any JobStore = store ?? (try! Store.inMemory())
         return JobEngine(
-            store: jobStore, claims: scheduler, logger: logger, kinds: [benchmark, TuningJob(tools: tools, client: client), PerplexityJob(tools: tools), evalRun],
+            store: jobStore, claims: scheduler, logger: logger, kinds: [benchmark, TuningJob(tools: tools, client: client), PerplexityJob(tools: tools), evalRun] + extraKinds,
             onPersistenceFailure: { _ in metrics.jobStoreWriteFailed() })
     }
 
@@ -197,10 +211,9 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     if let evaluations { EvalRoutes(evaluations: evaluations).register(on: router) }
     OllamaRoutes(
         relay: relay, scheduler: deps.scheduler, digests: deps.digests, store: deps.store,
-        allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access, profiles: profiles
+        allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access, profiles: profiles, downloads: deps.downloads
     ).register(on: router)
     let tools = deps.tools ?? LlamaTools.discover(configured: deps.config.llama.toolPaths)
-    let (scheduler, configPath, fallbackConfig, cache) = (deps.scheduler, deps.configPath, deps.config, deps.factsCache)
     let lab = Lab(engine: deps.jobs, scheduler: deps.scheduler, store: deps.store, textDirectory: deps.config.dataDirectory + "/perplexity")
     Task {
         do {
@@ -224,10 +237,9 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
             }),
         rescan: {
             let started = ContinuousClock.now
-            let config = try configPath.map { try CorralConfig.load(path: $0) } ?? fallbackConfig
+            let cache = deps.refreshCatalog.cache
             _ = cache.takeCounts()
-            let catalog = ModelCatalog.build(from: config, cache: cache)
-            await scheduler.replaceCatalog(catalog)
+            let catalog = try await deps.refreshCatalog()
             let counts = cache.takeCounts()
             return [
                 "models": catalog.models.count, "filesRead": counts.read, "filesReused": counts.reused,
@@ -237,6 +249,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     let admin = AdminAPIGroup(group: router.group("admin"), table: AdminAPITable())
     AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.store, library: library).register(on: admin)
     JobRoutes(engine: deps.jobs).register(on: admin)
+    DownloadRoutes(downloads: deps.downloads, library: library.library).register(on: admin)
     LabRoutes(lab: lab, scheduler: deps.scheduler, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, files: files).register(on: admin)
     ProfileRoutes(profiles: profiles).register(on: admin)
     if let evaluations { EvaluationRoutes(evaluations: evaluations, console: deps.evalConsole).register(on: admin) }

@@ -1,8 +1,10 @@
+import Acquisition
 import AsyncHTTPClient
 import Foundation
 import GGUF
 import HTTPTypes
 import Hummingbird
+import Jobs
 import Library
 import NIOCore
 import NIOHTTP1
@@ -20,6 +22,7 @@ struct OllamaRoutes: Sendable {
     let allowFileDeletion: Bool
     let access: AccessControl?
     let profiles: SamplingProfiles
+    let downloads: Downloads
 
     /// The Ollama version Corral answers with: new enough for every client that checks.
     static let compatibleVersion = "0.12.6"
@@ -54,7 +57,10 @@ struct OllamaRoutes: Sendable {
             try Self.requireOpenMode(context.caller, "deleting models")
             return try await delete(try await Self.body(request, context))
         }
-        router.post("/api/pull") { request, context in try await pull(try await Self.body(request, context)) }
+        router.post("/api/pull") { request, context in
+            try Self.requireOpenMode(context.caller, "pulling models")
+            return try await pull(try await Self.body(request, context))
+        }
         router.post("/api/push") { _, _ -> Response in
             throw OllamaError(.notImplemented, "pushing models is not supported: Corral serves local GGUF files and configured upstreams")
         }
@@ -590,16 +596,53 @@ struct OllamaRoutes: Sendable {
         return file.hasPrefix(dir.hasSuffix("/") ? dir : dir + "/")
     }
 
+    /// Ollama's pull: a model already in the catalog is reported at once; anything else becomes
+    /// a download job (joined when the same model is already being pulled), followed as Ollama's
+    /// NDJSON progress lines (`pulling manifest`, `pulling DIGEST` with totals, `verifying sha256
+    /// digest`, `writing manifest`, `success`; an `{"error": …}` line on failure).
     func pull(_ body: [String: Any]) async throws -> Response {
         let name = try Self.modelName(body)
-        guard await scheduler.catalog.resolve(name) != nil else {
-            throw OllamaError(.notImplemented, "pulling models is not supported yet; Corral serves GGUF files from its configured sources (folders, the Ollama store, the Hugging Face cache, LM Studio) and upstreams — put '\(name)' in one of them")
+        let stream = try OllamaRequests.wantsStream(body)
+        if await scheduler.catalog.resolve(name) != nil {
+            if stream {
+                return Response(status: .ok, headers: Self.ndjsonHeaders, body: .init(byteBuffer: ByteBuffer(string: JSON.encode(["status": "success"]) + "\n")))
+            }
+            return jsonResponse(["status": "success"])
         }
-        // Already here: report success the way Ollama does for an up-to-date model.
-        if try OllamaRequests.wantsStream(body) {
-            return Response(status: .ok, headers: [.contentType: "application/x-ndjson"],
-                            body: .init(byteBuffer: ByteBuffer(string: JSON.encode(["status": "success"]) + "\n")))
+        let insecure = body["insecure"] as? Bool ?? false
+        let job: JobRecord
+        do { job = try await downloads.start(name, insecure: insecure).job } catch let error as AcquisitionError {
+            throw OllamaError(.badRequest, error.description)
         }
-        return jsonResponse(["status": "success"])
+        let engine = downloads.engine
+        guard stream else {
+            let done = try await engine.finished(job.id)
+            if done.state == .succeeded { return jsonResponse(["status": "success"]) }
+            throw Self.pullError(done)
+        }
+        let events = try await engine.events(job.id)
+        return Response(status: .ok, headers: Self.ndjsonHeaders, body: ResponseBody { writer in
+            for await event in events where event.type == "pull" {
+                guard let line = try? JobCoding.encoder.encode(event.data) else { continue }
+                try await writer.write(ByteBuffer(bytes: Array(line) + [UInt8(ascii: "\n")]))
+            }
+            // The log ended with the job: a failure is the stream's last line.
+            if let done = try? await engine.get(job.id), done.state != .succeeded {
+                try await writer.write(ByteBuffer(string: Self.pullError(done).line))
+            }
+            try await writer.finish(nil)
+        })
+    }
+
+    /// A failed, cancelled or interrupted pull in Ollama's error shape.
+    static func pullError(_ job: JobRecord) -> OllamaError {
+        let message = job.error?.message ?? "the download was \(job.state.rawValue)"
+        switch job.error?.code {
+        case "not_found": return OllamaError(.notFound, message)
+        case "bad_name", "insecure": return OllamaError(.badRequest, message)
+        case "insufficient_space": return OllamaError(.init(code: 507, reasonPhrase: "Insufficient Storage"), message)
+        case "upstream", "digest_mismatch": return OllamaError(.badGateway, message)
+        default: return OllamaError(.internalServerError, message)
+        }
     }
 }

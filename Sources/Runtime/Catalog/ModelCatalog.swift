@@ -122,7 +122,7 @@ public struct ModelCatalog: Sendable {
         }
         var indexByPath: [String: Int] = [:]
         for (i, m) in catalog.models.enumerated() { if let p = m.path { indexByPath[p] = i } }
-        for source in config.sources {
+        for source in config.allSources {
             for found in SourceScanner.scan(source) {
                 let path = found.path
                 if let existing = indexByPath[path] {

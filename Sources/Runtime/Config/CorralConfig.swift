@@ -125,6 +125,16 @@ public struct CorralConfig: Sendable {
     public var llama = Llama()
     public var scheduler = Scheduler()
     public var sources: [Source] = []
+    /// Pulled models: where they are stored (nil: `<dataDirectory>/models`) and how many
+    /// downloads run at once.
+    public var downloadsDirectory: String?
+    public var maxConcurrentDownloads = 2
+    /// Where pulls are stored: Ollama's layout, the hub's cache under `huggingface/`.
+    public var downloads: String { downloadsDirectory ?? dataDirectory + "/models" }
+    /// The configured sources and the two the downloads folder is served through.
+    public var allSources: [Source] {
+        sources + [Source(directory: downloads, recursive: true, kind: .ollama), Source(directory: downloads + "/huggingface", recursive: true, kind: .huggingface)]
+    }
     public var models: [Model] = []
     /// The model a request that names none is served by (nil: the only model, when there is one).
     public var defaultModel: String?
@@ -214,6 +224,11 @@ public struct CorralConfig: Sendable {
             c.scheduler.readTimeout = try s.duration("readTimeout") ?? c.scheduler.readTimeout
             c.scheduler.fit = try s.bool("fit") ?? true
             try s.finish()
+        }
+        if var d = try root.object("downloads") {
+            c.downloadsDirectory = try d.string("directory").map(resolve)
+            c.maxConcurrentDownloads = try d.int("maxConcurrent", min: 1) ?? c.maxConcurrentDownloads
+            try d.finish()
         }
         for var s in try root.objects("sources") {
             var kind = Source.Kind.gguf

@@ -1,0 +1,86 @@
+import Acquisition
+import Foundation
+import GGUF
+import Hummingbird
+import Jobs
+import Library
+
+/// `/admin/downloads` (pulls as jobs: start, list, follow, pause, resume, cancel) and
+/// `/admin/library/remote/compatibility` (a fit verdict from a remote file's header, before any
+/// download). Decoding, the domain call, encoding.
+struct DownloadRoutes: Sendable {
+    let downloads: Downloads
+    let library: ModelLibrary
+
+    func register(on admin: AdminAPIGroup) {
+        let id = ["id": "download id"]
+        admin.post("downloads", .init(
+            "Pull a model (Ollama's [host/][namespace/]model[:tag], or hf.co/org/repo[:quant]); a pull of a model already being pulled joins it",
+            body: .object(["model": .string, "insecure": .boolean], required: ["model"]), status: 202, errors: [400])
+        ) { request, context in
+            let body = try await Relay.readJSON(request, context: context).1
+            guard let model = body["model"] as? String, !model.isEmpty else { throw OpenAIError.badRequest("model is required", param: "model") }
+            let started = try await mapped { try await downloads.start(model, insecure: body["insecure"] as? Bool ?? false) }
+            guard let view = try await mapped({ try await downloads.download(started.job.id) }) else { throw OpenAIError(.notFound, "the download vanished", code: "not_found") }
+            return try jsonEncodable(view, status: .accepted)
+        }
+        admin.get("downloads", .init("Downloads, newest first (kept across restarts)", errors: [])) { _, _ in
+            try jsonEncodable(["downloads": try await mapped { try await downloads.list() }])
+        }
+        admin.get("downloads/{id}", .init("One download: state, bytes done and total, rate, time left, files, error", path: id)) { _, context in
+            let downloadID = try context.parameters.require("id")
+            guard let view = try await mapped({ try await downloads.download(downloadID) }) else {
+                throw OpenAIError(.notFound, "no download '\(downloadID)'", code: "not_found")
+            }
+            return try jsonEncodable(view)
+        }
+        admin.get("downloads/{id}/events", .events(
+            "The download's job events as server-sent events (`pull` events are Ollama's progress lines); replays from Last-Event-ID", path: id)
+        ) { request, context in
+            let downloadID = try context.parameters.require("id")
+            guard try await mapped({ try await downloads.download(downloadID) }) != nil else {
+                throw OpenAIError(.notFound, "no download '\(downloadID)'", code: "not_found")
+            }
+            return try await JobRoutes.events(of: downloadID, in: downloads.engine, request: request)
+        }
+        for action in ["pause", "resume"] {
+            admin.post("downloads/{id}/\(action)", .init(action == "pause" ? "Pause a download between chunks" : "Go on with a paused download",
+                                                          path: id, errors: [404, 409])) { _, context in
+                let downloadID = try context.parameters.require("id")
+                guard try await mapped({ try await downloads.download(downloadID) }) != nil else {
+                    throw OpenAIError(.notFound, "no download '\(downloadID)'", code: "not_found")
+                }
+                _ = try await mapped { action == "pause" ? try await downloads.engine.pause(downloadID) : try await downloads.engine.resume(downloadID) }
+                return try jsonEncodable(try await mapped { try await downloads.download(downloadID) })
+            }
+        }
+        admin.delete("downloads/{id}", .init("Cancel a download and delete its partial files", path: id, errors: [404])) { _, context in
+            let downloadID = try context.parameters.require("id")
+            guard let view = try await mapped({ try await downloads.cancel(downloadID) }) else {
+                throw OpenAIError(.notFound, "no download '\(downloadID)'", code: "not_found")
+            }
+            return try jsonEncodable(view)
+        }
+        admin.get("library/remote/compatibility", .init(
+            "A fit verdict for a model not downloaded yet, from its GGUF header read with Range requests: the same answer as /admin/models/{id}/compatibility, plus what reading the header cost",
+            query: [
+                .init("model", .string, "an Ollama or hf.co name", required: true), .init("insecure", .boolean),
+                .init("ctx", .integer(minimum: 0, maximum: 4_194_304)), .init("kv", .enumeration(MemoryEstimator.CacheType.allCases.map(\.rawValue))),
+                .init("parallel", .integer(minimum: 1, maximum: 256)), .init("ubatch", .integer(minimum: 1, maximum: 65536)),
+                .init("ngl", .integer(minimum: 0)), .init("fa", .enumeration(["on", "off"])),
+            ], errors: [400, 404, 502])
+        ) { request, _ in
+            let q = request.query
+            guard let name = q["model"], !name.isEmpty else { throw OpenAIError.badRequest("model is required", param: "model") }
+            let (facts, cost) = try await mapped {
+                try await RemoteHeader(sources: downloads.sources).facts(try ModelReference(name), insecure: q["insecure"] == "true")
+            }
+            var answer = try await mapped { try await library.compatibility(facts, name: name, query: q) }
+            answer["header"] = ["bytesFetched": cost.bytesFetched, "fileBytes": cost.fileBytes, "requests": cost.requests,
+                                "fraction": cost.fileBytes > 0 ? Double(cost.bytesFetched) / Double(cost.fileBytes) : 0]
+            answer["facts"] = ["architecture": facts.architecture ?? "", "parameters": facts.parameterCount, "quantization": facts.quantization,
+                               "contextLength": facts.contextLength ?? 0, "sizeBytes": cost.fileBytes]
+            return jsonResponse(answer)
+        }
+    }
+}
