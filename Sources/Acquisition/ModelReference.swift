@@ -51,8 +51,13 @@ public enum ModelReference: Sendable, Equatable, Hashable, Codable, CustomString
         !s.isEmpty && s.count <= 128 && s != "." && s != ".." && s.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }
     }
 
+    /// `NAME[:PORT]`: letters, digits, dots and dashes, and a numeric port.
     static func isHost(_ s: String) -> Bool {
-        !s.isEmpty && s.count <= 253 && s.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || ".-:".contains($0)) } && !s.hasPrefix(".")
+        let parts = s.split(separator: ":", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), let name = parts.first, !name.isEmpty, name.count <= 253, !name.hasPrefix("."),
+            name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-".contains($0)) })
+        else { return false }
+        return parts.count == 1 || (1...5).contains(parts[1].count) && parts[1].allSatisfy(\.isNumber)
     }
 
     /// The name the pulled model is served under: Ollama's short form for the default registry's

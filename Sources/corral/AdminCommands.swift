@@ -180,3 +180,37 @@ struct TuneCommand: AsyncParsableCommand {
 }
 
 func escapedQuery(_ s: String) -> String { s.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+"))) ?? s }
+
+/// `corral pull NAME`: a download through the running gateway, with a progress bar (bytes,
+/// rate, time left). Ctrl-C pauses it (the partial files stay); running the command again
+/// resumes it.
+struct PullCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pull", abstract: "Pull a model from an Ollama registry or hf.co (Ctrl-C pauses; run again to resume).")
+
+    @OptionGroup var connection: AdminConnection
+    @Argument(help: "[host/][namespace/]model[:tag], or hf.co/org/repo[:quant].") var model: String
+    @Flag(help: "Allow plain http to the registry.") var insecure = false
+
+    func run() async throws {
+        let started = try await connection.call("POST", "/admin/downloads", body: ["model": model, "insecure": insecure]) as? [String: Any] ?? [:]
+        guard let id = started["id"] as? String else { throw ValidationError("unexpected answer: \(started)") }
+        if started["state"] as? String == "paused" { _ = try await connection.call("POST", "/admin/downloads/\(escaped(id))/resume") }
+        // Ctrl-C: pause the download on the gateway, then leave.
+        signal(SIGINT, SIG_IGN)
+        let interrupt = DispatchSource.makeSignalSource(signal: SIGINT)
+        let connection = self.connection
+        interrupt.setEventHandler {
+            Task {
+                _ = try? await connection.call("POST", "/admin/downloads/\(escaped(id))/pause")
+                FileHandle.standardError.write(Data("\npaused \(id): run the same command again to resume\n".utf8))
+                Foundation.exit(130)
+            }
+        }
+        interrupt.resume()
+        _ = try await connection.follow(id)
+        let done = try await connection.call("GET", "/admin/downloads/\(escaped(id))")
+        connection.print(done)
+        if (done as? [String: Any])?["state"] as? String != "completed" { throw ExitCode(1) }
+    }
+}

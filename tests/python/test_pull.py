@@ -17,7 +17,7 @@ import ollama
 import pytest
 from openai import OpenAI
 
-from conftest import CORRAL, serve, start_corral, stop_corral, team_keys
+from conftest import CORRAL, admin_cli, serve, start_corral, stop_corral, team_keys
 from fake_registry import FakeServer
 
 TOKEN = "hf_secret_token"
@@ -270,6 +270,13 @@ def test_a_fit_verdict_for_a_7_gib_model_reads_only_its_header(corral, hub):
     assert header["fraction"] < 0.001, header
     assert httpx.get(corral.base + "/admin/library/remote/compatibility", headers=corral.h,
                      params={"model": "hf.co/org/missing-GGUF"}, timeout=60).status_code == 404
+
+
+def test_the_cli_pulls_and_waits(corral, registry, gguf):
+    registry.add_model("library", "cli", "latest", gguf)
+    done = admin_cli(corral, "pull", f"{registry.host}/library/cli", "--insecure")
+    assert done["state"] == "completed" and done["name"] == f"{registry.host}/library/cli:latest"
+    assert done["completedBytes"] == done["totalBytes"] and done["files"][0]["completed"] == done["files"][0]["total"]
 
 
 def test_a_team_key_cannot_pull(corral, registry):
