@@ -99,7 +99,8 @@ def served_models(c):
 
 
 def test_ollama_python_pulls_with_progress_resumes_a_dropped_blob_and_then_chats(corral, registry, gguf):
-    digest = registry.add_model("library", "tiny", "latest", gguf, params={"temperature": 0.2}, system="Be brief.")
+    digest = registry.add_model("library", "tiny", "latest", gguf, params={"temperature": 0, "num_predict": 3},
+                                system="Be brief, answer in one short sentence.")
     registry.faults[digest] = ["drop:100000"]
     name = f"{registry.host}/library/tiny:latest"
     client = ollama.Client(host=corral.base)
@@ -122,6 +123,13 @@ def test_ollama_python_pulls_with_progress_resumes_a_dropped_blob_and_then_chats
     assert name in [m.model for m in client.list().models]
     reply = client.chat(model=name, messages=[{"role": "user", "content": "hi"}], options={"num_predict": 4, "temperature": 0})
     assert reply.message.content
+    # The model's params layer is its default sampling (num_predict 3 unless a request says
+    # otherwise), its system layer the system message of a chat that has none.
+    openai = OpenAI(base_url=corral.base + "/v1", api_key="x", max_retries=0)
+    plain = openai.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
+    assert plain.usage.completion_tokens <= 3
+    own_system = openai.chat.completions.create(model=name, messages=[{"role": "system", "content": ""}, {"role": "user", "content": "hi"}])
+    assert plain.usage.prompt_tokens > own_system.usage.prompt_tokens + 5
     # Pulling it again is an up-to-date model: success at once, no download.
     before = len(registry.log)
     assert [line.status for line in client.pull(name, insecure=True, stream=True)] == ["success"]

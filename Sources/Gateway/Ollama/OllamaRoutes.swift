@@ -232,6 +232,7 @@ struct OllamaRoutes: Sendable {
         var plan = shape == .chat ? try OllamaRequests.chat(body, model: spec.id) : try OllamaRequests.generate(body, model: spec.id)
         if let p = body["profile"] { plan.body["profile"] = p }
         do { try profiles.apply(to: &plan.body, named: profile, modelDefault: spec.profile) } catch { throw OllamaError(OpenAIError(error)) }
+        OllamaModelDefaults.apply(spec, to: &plan.body)
         let route = shape == .chat ? "/api/chat" : "/api/generate"
         let relay = self.relay
         let (upstreamPath, upstreamBody, tokens, keepAlive, loadOptions) = (plan.path, ByteBuffer(bytes: JSON.data(plan.body)), TokenEstimate(plan.body), plan.keepAlive, plan.load)

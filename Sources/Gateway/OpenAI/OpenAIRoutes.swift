@@ -122,9 +122,10 @@ struct OpenAIRoutes: Sendable {
             // Sampling profile: `"profile"`, `model@profile`, or the model's default.
             let (model, profile) = profiles.split(named)
             if profile != nil { body["model"] = model }
-            let modelDefault = scheduler.currentCatalog.resolve(model)?.profile
-            let applied: Bool
-            do { applied = try profiles.apply(to: &body, named: profile, modelDefault: modelDefault) } catch { throw OpenAIError(error) }
+            let spec = scheduler.currentCatalog.resolve(model)
+            var applied: Bool
+            do { applied = try profiles.apply(to: &body, named: profile, modelDefault: spec?.profile) } catch { throw OpenAIError(error) }
+            if let spec, OllamaModelDefaults.apply(spec, to: &body) { applied = true }
             if applied || profile != nil {
                 buffer = ByteBuffer(bytes: JSON.data(body))
             }

@@ -31,6 +31,11 @@ public struct ModelSpec: Sendable, Equatable {
     public var listedAliases: [String] = []
     /// The sampling profile requests get unless they name another.
     public var profile: String?
+    /// An Ollama model's own parameters (its `params` layer, in Ollama's option names): what a
+    /// request and its profile leave unset.
+    public var ollamaParameters: [String: SendableJSON]?
+    /// An Ollama model's `system` layer: the system message of a chat that has none.
+    public var systemPrompt: String?
     /// Names of the models that answer instead, in order, when this one cannot be loaded (does
     /// not fit, fails to start) or its queue is full.
     public var fallbacks: [String] = []
@@ -60,6 +65,8 @@ public struct ModelSpec: Sendable, Equatable {
         companion.embeddings = true
         companion.pinned = false
         companion.profile = nil
+        companion.ollamaParameters = nil
+        companion.systemPrompt = nil
         companion.fallbacks = []  // the model's fallbacks answer chat, not embeddings
         return companion
     }
@@ -139,6 +146,8 @@ public struct ModelCatalog: Sendable {
                         embeddings: facts.capabilities.contains(.embedding), source: source.kind == .gguf ? source.directory : "\(source.kind.rawValue):\(source.directory)",
                         facts: facts, fileSize: fileSize(path))
                     spec.knownDigest = found.digest
+                    spec.ollamaParameters = found.parameters
+                    spec.systemPrompt = found.system
                     spec.sourceDirectory = source.directory
                     let before = catalog.models.count
                     catalog.add(spec)

@@ -7,6 +7,10 @@ public struct DiscoveredModel: Sendable, Equatable {
     public var path: String
     /// SHA-256 of the file when the source already knows it (Ollama blobs are named by it).
     public var digest: String?
+    /// Ollama's `params` layer (option names as Ollama spells them).
+    public var parameters: [String: SendableJSON]?
+    /// Ollama's `system` layer.
+    public var system: String?
 }
 
 /// Finds GGUF models in each kind of source. Only names come from the folder layout; a request's
@@ -56,9 +60,28 @@ enum SourceScanner {
             var name = "\(model):\(tag)"
             if namespace != "library" || registry != "registry.ollama.ai" { name = "\(namespace)/" + name }
             if registry != "registry.ollama.ai" { name = "\(registry)/" + name }
-            found.append(DiscoveredModel(name: name, path: blob, digest: hex.lowercased()))
+            var discovered = DiscoveredModel(name: name, path: blob, digest: hex.lowercased())
+            if let params = layerContents(layers, "application/vnd.ollama.image.params", directory),
+                let object = try? JSONSerialization.jsonObject(with: params) as? [String: Any]
+            {
+                discovered.parameters = object.compactMapValues(SendableJSON.init(parameter:))
+            }
+            if let system = layerContents(layers, "application/vnd.ollama.image.system", directory) {
+                discovered.system = String(decoding: system, as: UTF8.self)
+            }
+            found.append(discovered)
         }
         return found
+    }
+
+    /// A small layer's bytes (params, system: at most 64 KiB), when its blob is there.
+    static func layerContents(_ layers: [[String: Any]], _ mediaType: String, _ directory: String) -> Data? {
+        guard let layer = layers.first(where: { ($0["mediaType"] as? String) == mediaType }), let digest = layer["digest"] as? String,
+            digest.hasPrefix("sha256:"), digest.dropFirst(7).count == 64, digest.dropFirst(7).allSatisfy(\.isHexDigit)
+        else { return nil }
+        let path = directory + "/blobs/sha256-" + digest.dropFirst(7)
+        guard let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size <= 64 << 10 else { return nil }
+        return FileManager.default.contents(atPath: path)
     }
 
     /// The Hugging Face hub cache: `models--ORG--REPO/snapshots/REVISION/FILE.gguf`, served as

@@ -6,6 +6,18 @@ public enum SendableJSON: Sendable, Equatable, Codable {
     case strings([String])
     case bool(Bool)
 
+    /// An Ollama parameter's value: a number, a boolean, a string (a one-element list) or a
+    /// list of strings; nil for anything else.
+    public init?(parameter value: Any) {
+        switch value {
+        case let n as NSNumber where isJSONBool(n): self = .bool(n.boolValue)
+        case let n as NSNumber: self = .number(n.doubleValue)
+        case let s as String: self = .strings([s])
+        case let list as [String]: self = .strings(list)
+        default: return nil
+        }
+    }
+
     public var any: Any {
         switch self {
         case .number(let d): d == d.rounded() && abs(d) < 1e15 ? Int(d) as Any : d
