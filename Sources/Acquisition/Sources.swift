@@ -143,6 +143,67 @@ public struct ModelSources: Sendable {
         return PullPlan(files: files, hubRepository: folder, hubCommit: commit, modelFile: files.first?.target)
     }
 
+    /// A repository the hub's search found: its GGUF files with quant and size, and categories
+    /// from its tags.
+    public struct HubRepository: Sendable, Codable, Equatable {
+        public struct File: Sendable, Codable, Equatable {
+            public var name: String
+            public var quant: String?
+            public var sizeBytes: Int64?
+        }
+        public var id: String
+        public var name: String
+        public var categories: [String]
+        public var downloads: Int?
+        public var files: [File]
+    }
+
+    /// Searches the hub (`/api/models?search=&filter=gguf`) and lists each repository's GGUF files.
+    public func searchHub(_ query: String, limit: Int) async throws -> [HubRepository] {
+        let q = query.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? ""
+        let insecure = hubEndpoint.hasPrefix("http://")
+        let (status, body) = try await get("\(hubEndpoint)/api/models?search=\(q)&filter=gguf&limit=\(limit)", headers: hubHeaders, insecure: insecure)
+        guard status == 200, let found = (try? JSONSerialization.jsonObject(with: body)) as? [[String: Any]] else {
+            throw AcquisitionError.upstream("the hub's search answered \(status)")
+        }
+        var repositories: [HubRepository] = []
+        for entry in found.prefix(limit) {
+            guard let id = entry["id"] as? String ?? entry["modelId"] as? String, (try? ModelReference("hf.co/" + id)) != nil else { continue }
+            let (infoStatus, infoBody) = try await get("\(hubEndpoint)/api/models/\(id)/revision/main?blobs=true", headers: hubHeaders, insecure: insecure)
+            guard infoStatus == 200, let info = (try? JSONSerialization.jsonObject(with: infoBody)) as? [String: Any] else { continue }
+            let files = (info["siblings"] as? [[String: Any]] ?? []).compactMap { s -> HubRepository.File? in
+                guard let name = s["rfilename"] as? String, name.lowercased().hasSuffix(".gguf"), !name.lowercased().contains("mmproj") else { return nil }
+                let size = ((s["lfs"] as? [String: Any])?["size"] as? NSNumber ?? s["size"] as? NSNumber)?.int64Value
+                return .init(name: name, quant: Self.quant(of: name), sizeBytes: size)
+            }
+            guard !files.isEmpty else { continue }
+            let tags = (entry["tags"] as? [String] ?? []) + (info["tags"] as? [String] ?? []) + [entry["pipeline_tag"] as? String ?? ""]
+            repositories.append(HubRepository(id: id, name: "hf.co/" + id, categories: Self.categories(tags: tags, id: id),
+                                              downloads: entry["downloads"] as? Int, files: files))
+        }
+        return repositories
+    }
+
+    /// The quant a file name carries (`Q4_K_M`, `Q8_0`, `IQ3_XS`, `F16`, `BF16`, …).
+    static func quant(of name: String) -> String? {
+        let stem = (name as NSString).lastPathComponent.dropLast(5)
+        let words = stem.split(whereSeparator: { $0 == "-" || $0 == "." }).map { $0.uppercased() }
+        return words.last { w in
+            ["F16", "F32", "BF16"].contains(w) || ((w.hasPrefix("Q") || w.hasPrefix("IQ")) && w.dropFirst(w.hasPrefix("IQ") ? 2 : 1).first?.isNumber == true)
+        }
+    }
+
+    /// chat, code, embedding, vision from the hub's tags (and the name for code models).
+    static func categories(tags: [String], id: String) -> [String] {
+        let t = Set(tags.map { $0.lowercased() })
+        var found: [String] = []
+        if !t.isDisjoint(with: ["text-generation", "conversational", "chat"]) { found.append("chat") }
+        if t.contains("code") || id.lowercased().contains("coder") || id.lowercased().contains("code") { found.append("code") }
+        if !t.isDisjoint(with: ["feature-extraction", "sentence-similarity", "embedding", "embeddings"]) { found.append("embedding") }
+        if !t.isDisjoint(with: ["image-text-to-text", "vision", "multimodal"]) { found.append("vision") }
+        return found
+    }
+
     /// Registers what was verified: Ollama's manifest, or the hub's snapshot links and `refs/main`.
     public func register(_ plan: PullPlan) throws(AcquisitionError) {
         let fm = FileManager.default

@@ -82,10 +82,10 @@ class FakeServer:
         self.manifests[(namespace, model, tag)] = json.dumps(manifest).encode()
         return layers[0].digest
 
-    def add_repo(self, repo: str, files: dict, commit: str = "0123456789abcdef0123456789abcdef01234567"):
+    def add_repo(self, repo: str, files: dict, commit: str = "0123456789abcdef0123456789abcdef01234567", tags=("gguf",)):
         """`files`: name → bytes, or → a path (a large sparse file, read by range; its listed
         SHA-256 is made up, as it is never downloaded whole)."""
-        self.repos[repo] = {"commit": commit, "files": files}
+        self.repos[repo] = {"commit": commit, "files": files, "tags": list(tags)}
 
     def requests_for(self, fragment: str) -> list[dict]:
         return [r for r in self.log if fragment in r["path"]]
@@ -120,6 +120,12 @@ class FakeServer:
             if blob is None:
                 return self.reply(h, 404, b"")
             return self.send_file(h, parts[4], blob.data, etag=f'"{blob.digest}"')
+        if parts == ["api", "models"]:
+            from urllib.parse import parse_qs, urlparse
+            query = parse_qs(urlparse(h.path).query)
+            words = query.get("search", [""])[0].lower()
+            found = [{"id": repo, "tags": info.get("tags", ["gguf"]), "downloads": 7} for repo, info in self.repos.items() if words in repo.lower()]
+            return self.reply(h, 200, json.dumps(found).encode())
         if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "revision":
             repo = self.repos.get(f"{parts[2]}/{parts[3]}")
             if repo is None:

@@ -160,6 +160,19 @@ def test_retry_after_an_ignored_range_and_a_redirect_still_give_a_verified_model
     assert "event: pull" in events and '"status":"success"' in events
 
 
+def test_a_short_body_resumes_and_a_416_starts_over(corral, registry, gguf):
+    digest = registry.add_model("library", "short", "latest", gguf)
+    registry.faults[digest] = ["short:30000", "416"]
+    d = download(corral, f"{registry.host}/library/short", insecure=True)
+    done = wait_download(corral, d["id"])
+    assert done["state"] == "completed", done
+    ranges = [r["range"] for r in registry.requests_for(digest)]
+    # Cut short → asked for the rest; the range refused (416, not at the end) → the whole file again.
+    assert ranges[0] is None and ranges[1].startswith("bytes=") and ranges[2] is None and len(ranges) == 3, ranges
+    with open(os.path.join(corral.downloads, "blobs", "sha256-" + digest[7:]), "rb") as f:
+        assert f.read() == gguf
+
+
 def test_a_flipped_byte_deletes_the_file_and_registers_nothing(corral, registry, gguf):
     digest = registry.add_model("library", "flipped", "latest", gguf)
     registry.faults[digest] = ["flip"]
@@ -278,6 +291,16 @@ def test_a_fit_verdict_for_a_7_gib_model_reads_only_its_header(corral, hub):
     assert header["fraction"] < 0.001, header
     assert httpx.get(corral.base + "/admin/library/remote/compatibility", headers=corral.h,
                      params={"model": "hf.co/org/missing-GGUF"}, timeout=60).status_code == 404
+
+    # Search: the repository with its files, quants and sizes, categories and a verdict.
+    hub.repos["org/big-GGUF"]["tags"] = ["gguf", "text-generation", "code"]
+    found = httpx.get(corral.base + "/admin/library/remote", headers=corral.h, params={"q": "big", "fit": "true"}, timeout=60).json()["models"]
+    assert [m["name"] for m in found] == ["hf.co/org/big-GGUF"]
+    big = found[0]
+    assert big["files"] == [{"name": "big-Q8_0.gguf", "quant": "Q8_0", "sizeBytes": os.path.getsize(path)}]
+    assert big["categories"] == ["chat", "code"] and big["defaultQuant"] == "Q8_0"
+    assert big["fit"]["verdict"] == answer["verdict"] and big["fit"]["model"] == "hf.co/org/big-GGUF:Q8_0"
+    assert httpx.get(corral.base + "/admin/library/remote", headers=corral.h, params={"q": "x", "source": "ollama"}).status_code == 400
 
 
 def test_the_cli_pulls_and_waits(corral, registry, gguf):

@@ -61,6 +61,40 @@ struct DownloadRoutes: Sendable {
             }
             return try jsonEncodable(view)
         }
+        admin.get("library/remote", .init(
+            "Search the Hugging Face hub for GGUF models: each repository's files with quant and size, its categories (chat, code, embedding, vision), and with fit=true the verdict of its default quant from the file's header",
+            query: [
+                .init("q", .string, "search words", required: true), .init("source", .enumeration(["huggingface", "ollama"])),
+                .init("fit", .boolean, "add each repository's fit verdict (reads one header per repository)"), .init("limit", .integer(minimum: 1, maximum: 50)),
+            ], errors: [400, 502])
+        ) { request, _ in
+            let q = request.query
+            guard let words = q["q"], !words.isEmpty else { throw OpenAIError.badRequest("q is required", param: "q") }
+            guard (q["source"] ?? "huggingface") == "huggingface" else {
+                throw OpenAIError.badRequest("Ollama registries have no search API: pull an Ollama model by its name", param: "source")
+            }
+            let limit = min(max(Int(q["limit"] ?? "") ?? 10, 1), 50)
+            let found = try await mapped { try await downloads.sources.searchHub(words, limit: limit) }
+            var results: [[String: Any]] = []
+            for repository in found {
+                var object = (try? JSONSerialization.jsonObject(with: JSONEncoder().encode(repository))) as? [String: Any] ?? [:]
+                let quant = repository.files.first { $0.quant == "Q4_K_M" }?.quant ?? repository.files.first?.quant
+                object["defaultQuant"] = quant ?? NSNull()
+                if q["fit"] == "true" {
+                    let name = repository.name + (quant.map { ":" + $0 } ?? "")
+                    do {
+                        let (facts, _) = try await RemoteHeader(sources: downloads.sources).facts(try ModelReference(name), insecure: false)
+                        let verdict = try await library.compatibility(facts, name: name, query: [:])
+                        object["fit"] = ["model": name, "verdict": verdict["verdict"] ?? "", "largestContext": verdict["largestContext"] ?? 0,
+                                         "estimatedTotalMiB": verdict["estimatedTotalMiB"] ?? 0]
+                    } catch {
+                        object["fit"] = ["model": name, "error": "\(error)"]
+                    }
+                }
+                results.append(object)
+            }
+            return jsonResponse(["models": results])
+        }
         admin.get("library/remote/compatibility", .init(
             "A fit verdict for a model not downloaded yet, from its GGUF header read with Range requests: the same answer as /admin/models/{id}/compatibility, plus what reading the header cost",
             query: [
