@@ -19,6 +19,7 @@ from openai import OpenAI
 
 from conftest import CORRAL, admin_cli, serve, start_corral, stop_corral, team_keys
 from fake_registry import FakeServer
+from test_dashboard import browser, no_console_errors  # noqa: F401 (fixtures)
 
 TOKEN = "hf_secret_token"
 
@@ -308,6 +309,40 @@ def test_the_cli_pulls_and_waits(corral, registry, gguf):
     done = admin_cli(corral, "pull", f"{registry.host}/library/cli", "--insecure")
     assert done["state"] == "completed" and done["name"] == f"{registry.host}/library/cli:latest"
     assert done["completedBytes"] == done["totalBytes"] and done["files"][0]["completed"] == done["files"][0]["total"]
+
+
+def test_the_get_models_page_searches_with_verdicts_and_controls_downloads(corral, registry, hub, gguf, browser):
+    from selenium.webdriver.common.by import By
+    from test_dashboard import click, go, screenshot, text_of, wait
+
+    browser.get(corral.base + "/ui")
+    browser.execute_script("sessionStorage.setItem('corral.adminToken', arguments[0])", corral.admin_token)
+    go(browser, "#/downloads", "Get models")
+    browser.find_element(By.ID, "r-q").send_keys("tiny")
+    browser.find_element(By.XPATH, "//button[text()='Search']").click()
+    wait(browser, lambda d: "hf.co/org/tiny-GGUF" in text_of(d, "#remote-results"), "the hub's results")
+    row = text_of(browser, "#remote-results tbody tr")
+    assert "Q8_0" in row and ("CPU only" in row or "fits GPU" in row), row
+    click(browser, "button[aria-label='Download hf.co/org/tiny-GGUF:Q8_0']", "the download button")
+    wait(browser, lambda d: "completed" in text_of(d, "#downloads tbody tr:first-child"), "the hub model pulled")
+
+    digest = registry.add_model("library", "paced", "latest", gguf)
+    registry.faults[digest] = ["slow:30000"]
+    name = f"{registry.host}/library/paced"
+    browser.find_element(By.ID, "p-model").send_keys(name)
+    browser.find_element(By.ID, "p-insecure").click()
+    browser.find_element(By.XPATH, "//button[text()='Pull']").click()
+    first = "#downloads tbody tr:first-child"
+    wait(browser, lambda d: "running" in text_of(d, first) and d.find_elements(By.CSS_SELECTOR, f"{first} progress"), "a running download with its bar")
+    screenshot(browser, "downloads")
+    click(browser, f"button[aria-label='Pause {name}:latest']", "Pause")
+    wait(browser, lambda d: "paused" in text_of(d, first), "the download paused")
+    click(browser, f"button[aria-label='Resume {name}:latest']", "Resume")
+    wait(browser, lambda d: "running" in text_of(d, first), "the download running again")
+    click(browser, f"button[aria-label='Cancel {name}:latest']", "Cancel")
+    wait(browser, lambda d: "cancelled" in text_of(d, first), "the download cancelled")
+    assert not os.path.exists(os.path.join(corral.downloads, "blobs", "sha256-" + digest[7:] + ".partial"))
+    registry.faults[digest] = []
 
 
 def test_a_team_key_cannot_pull(corral, registry):

@@ -12,8 +12,9 @@ import { requests } from './pages/requests.js';
 import { logs } from './pages/logs.js';
 import { jobs } from './pages/jobs.js';
 import { evaluations } from './pages/evaluations.js';
+import { downloads } from './pages/downloads.js';
 
-const pages = { overview, models, teams, requests, jobs, evaluations, logs };
+const pages = { overview, models, downloads, teams, requests, jobs, evaluations, logs };
 const $ = (id) => document.getElementById(id);
 let leave = null;
 

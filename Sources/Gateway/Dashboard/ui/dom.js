@@ -69,7 +69,7 @@ export const fmt = {
   int: (v) => (dash(v) ? '—' : Math.round(v).toLocaleString('en-US')),
   ms: (v) => (dash(v) ? '—' : v >= 1000 ? `${(v / 1000).toFixed(2)} s` : `${v.toFixed(v < 10 && v > 0 ? 1 : 0)} ms`),
   mib: (v) => (dash(v) ? '—' : v >= 1024 ? `${(v / 1024).toFixed(1)} GiB` : `${Math.round(v)} MiB`),
-  bytes: (v) => (dash(v) ? '—' : fmt.mib(v / 1048576)),
+  bytes: (v) => (dash(v) ? '—' : v < 1048576 ? `${Math.round(v / 1024)} KiB` : fmt.mib(v / 1048576)),
   seconds: (s) => {
     if (dash(s)) return '—';
     if (s < 0) return 'never';
