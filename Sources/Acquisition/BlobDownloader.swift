@@ -279,7 +279,7 @@ public struct BlobDownloader: Sendable {
         }
     }
 
-    static func hashPrefix(_ path: String, length: Int64, into hasher: inout SHA256) throws(AcquisitionError) -> Int64 {
+    public static func hashPrefix(_ path: String, length: Int64, into hasher: inout SHA256) throws(AcquisitionError) -> Int64 {
         guard let handle = FileHandle(forReadingAtPath: path) else { throw .storage("cannot read \(path)") }
         defer { try? handle.close() }
         var read: Int64 = 0

@@ -170,7 +170,8 @@ struct OllamaTranslationTests {
                 ("/api/show", #"{"model":"nope"}"#, 404),
                 ("/api/copy", #"{"source":"nope","destination":"x"}"#, 404),
                 ("/api/copy", #"{"source":"alpha"}"#, 400),
-                ("/api/pull", #"{"model":"llama3"}"#, 501),
+                ("/api/pull", #"{"model":"../../etc/passwd"}"#, 400),
+                ("/api/create", #"{"model":"x","files":{"a.gguf":"sha256:nothex"}}"#, 400),
                 ("/api/push", #"{"model":"alpha"}"#, 501),
                 ("/api/nothing", "{}", 404),
             ]

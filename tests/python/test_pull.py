@@ -311,6 +311,35 @@ def test_the_cli_pulls_and_waits(corral, registry, gguf):
     assert done["completedBytes"] == done["totalBytes"] and done["files"][0]["completed"] == done["files"][0]["total"]
 
 
+def test_ollama_python_uploads_a_blob_and_creates_and_derives_models(corral, gguf):
+    client = ollama.Client(host=corral.base)
+    path = os.path.join(corral.directory, "upload.gguf")
+    with open(path, "wb") as f:
+        f.write(gguf)
+    digest = client.create_blob(path)
+    assert digest == "sha256:" + hashlib.sha256(gguf).hexdigest()
+    assert httpx.head(corral.base + f"/api/blobs/{digest}").status_code == 200
+    assert httpx.head(corral.base + "/api/blobs/sha256:" + "0" * 64).status_code == 404
+    wrong = httpx.post(corral.base + "/api/blobs/sha256:" + "1" * 64, content=b"not those bytes")
+    assert wrong.status_code == 400 and "does not match" in wrong.json()["error"]
+
+    made = client.create(model="made:v1", files={"made.gguf": digest}, system="You are terse.", parameters={"num_predict": 2}, stream=False)
+    assert made.status == "success"
+    assert "made:v1" in [m.model for m in client.list().models]
+    reply = client.chat(model="made:v1", messages=[{"role": "user", "content": "hello there"}])
+    assert reply.eval_count <= 2
+    statuses = [r.status for r in client.create(model="derived", from_="made:v1", system="Another voice.", stream=True)]
+    assert statuses[-2:] == ["writing manifest", "success"]
+    copy = client.create(model="chat-copy", from_="chat", parameters={"num_predict": 1}, stream=False)
+    assert copy.status == "success"
+    names = [m.model for m in client.list().models]
+    assert "derived:latest" in names and "chat-copy:latest" in names
+    assert client.chat(model="chat-copy", messages=[{"role": "user", "content": "hi"}]).eval_count <= 1
+    missing = httpx.post(corral.base + "/api/create", json={"model": "nope", "files": {"x.gguf": "sha256:" + "2" * 64}})
+    assert missing.status_code == 400 and "upload it first" in missing.json()["error"]
+    assert httpx.post(corral.base + "/api/create", json={"model": "nope", "from": "no-such-model"}).status_code == 404
+
+
 def test_the_get_models_page_searches_with_verdicts_and_controls_downloads(corral, registry, hub, gguf, browser):
     from selenium.webdriver.common.by import By
     from test_dashboard import click, go, screenshot, text_of, wait

@@ -211,7 +211,8 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     if let evaluations { EvalRoutes(evaluations: evaluations).register(on: router) }
     OllamaRoutes(
         relay: relay, scheduler: deps.scheduler, digests: deps.digests, store: deps.store,
-        allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access, profiles: profiles, downloads: deps.downloads
+        allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access, profiles: profiles, downloads: deps.downloads,
+        creator: ModelCreator(directory: deps.config.downloads), refreshCatalog: deps.refreshCatalog
     ).register(on: router)
     let tools = deps.tools ?? LlamaTools.discover(configured: deps.config.llama.toolPaths)
     let lab = Lab(engine: deps.jobs, scheduler: deps.scheduler, store: deps.store, textDirectory: deps.config.dataDirectory + "/perplexity")

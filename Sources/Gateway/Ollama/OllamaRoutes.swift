@@ -1,5 +1,6 @@
 import Acquisition
 import AsyncHTTPClient
+import Crypto
 import Foundation
 import GGUF
 import HTTPTypes
@@ -23,6 +24,9 @@ struct OllamaRoutes: Sendable {
     let access: AccessControl?
     let profiles: SamplingProfiles
     let downloads: Downloads
+    /// `/api/blobs` and `/api/create` write to the downloads folder; the catalog is rebuilt after.
+    let creator: ModelCreator
+    let refreshCatalog: CatalogRefresh
 
     /// The Ollama version Corral answers with: new enough for every client that checks.
     static let compatibleVersion = "0.12.6"
@@ -64,8 +68,19 @@ struct OllamaRoutes: Sendable {
         router.post("/api/push") { _, _ -> Response in
             throw OllamaError(.notImplemented, "pushing models is not supported: Corral serves local GGUF files and configured upstreams")
         }
-        router.post("/api/create") { _, _ -> Response in
-            throw OllamaError(.notImplemented, "creating models is not supported yet: add the GGUF file to a source folder or to models in routes.json")
+        router.head("/api/blobs/{digest}") { _, context in
+            Response(status: creator.hasBlob(try context.parameters.require("digest")) ? .ok : .notFound)
+        }
+        router.post("/api/blobs/{digest}") { request, context in
+            try Self.requireOpenMode(context.caller, "uploading model files")
+            do { try await creator.storeBlob(try context.parameters.require("digest"), body: request.body) } catch let error as AcquisitionError {
+                throw OllamaError(.badRequest, error.description)
+            }
+            return Response(status: .created)
+        }
+        router.post("/api/create") { request, context in
+            try Self.requireOpenMode(context.caller, "creating models")
+            return try await create(try await Self.body(request, context))
         }
     }
 
@@ -633,6 +648,67 @@ struct OllamaRoutes: Sendable {
             }
             try await writer.finish(nil)
         })
+    }
+
+    /// Ollama's create: a model from an uploaded GGUF blob (`files`) or derived from a model
+    /// Corral has (`from`), with its own `system`, `template`, `parameters` and `messages`.
+    func create(_ body: [String: Any]) async throws -> Response {
+        guard let name = (body["model"] ?? body["name"]) as? String, !name.isEmpty else { throw OllamaError.badRequest("model is required") }
+        var request = ModelCreator.Request(name: name)
+        request.system = body["system"] as? String
+        request.template = body["template"] as? String
+        request.parameters = body["parameters"] as? [String: Any]
+        request.messages = body["messages"] as? [[String: Any]]
+        if body["quantize"] != nil || body["adapters"] != nil {
+            throw OllamaError(.notImplemented, "quantize and adapters are not supported: create from a GGUF that is already quantized")
+        }
+        if let files = body["files"] {
+            guard let files = files as? [String: String], let gguf = files.first(where: { $0.key.lowercased().hasSuffix(".gguf") }) else {
+                throw OllamaError.badRequest("files maps file names to blob digests and needs a .gguf file")
+            }
+            guard let hex = ModelCreator.hex(of: gguf.value), creator.hasBlob(gguf.value) else {
+                throw OllamaError.badRequest("blob \(gguf.value) is not here: upload it first with POST /api/blobs/\(gguf.value)")
+            }
+            request.modelBlob = (hex, creator.blobPath(hex))
+        }
+        if let from = body["from"] as? String, request.modelBlob == nil {
+            if let manifest = creator.manifest(of: from) {
+                request.fromManifest = manifest
+            } else {
+                guard let spec = await scheduler.catalog.resolve(from), let path = spec.path else { throw OllamaError.modelNotFound(from) }
+                request.modelBlob = try await Self.blob(for: path, known: spec.knownDigest, creator: creator)
+                request.parameters = request.parameters ?? spec.ollamaParameters?.mapValues(\.any)
+                request.system = request.system ?? spec.systemPrompt
+            }
+        }
+        let created: (name: String, lines: [String])
+        do { created = try creator.create(request) } catch let error as AcquisitionError {
+            throw OllamaError(.badRequest, error.description)
+        }
+        try await refreshCatalog()
+        if try OllamaRequests.wantsStream(body) {
+            let lines = created.lines.map { JSON.encode(["status": $0]) + "\n" }.joined()
+            return Response(status: .ok, headers: Self.ndjsonHeaders, body: .init(byteBuffer: ByteBuffer(string: lines)))
+        }
+        return jsonResponse(["status": "success"])
+    }
+
+    /// A local GGUF as a blob of the downloads folder: linked (copied across file systems) under
+    /// its SHA-256, computed unless the source knows it.
+    static func blob(for path: String, known: String?, creator: ModelCreator) async throws -> (hex: String, path: String) {
+        let hex: String
+        if let known, known.count == 64 { hex = known } else {
+            var hasher = SHA256()
+            let size = Int64((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int ?? 0)
+            _ = try BlobDownloader.hashPrefix(path, length: size, into: &hasher)
+            hex = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        }
+        let target = creator.blobPath(hex)
+        if !FileManager.default.fileExists(atPath: target) {
+            try FileManager.default.createDirectory(atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            if link(path, target) != 0 { try FileManager.default.copyItem(atPath: path, toPath: target) }
+        }
+        return (hex, target)
     }
 
     /// A failed, cancelled or interrupted pull in Ollama's error shape.
