@@ -191,6 +191,16 @@ def test_a_flipped_byte_deletes_the_file_and_registers_nothing(corral, registry,
     assert failed["state"] == "failed" and failed["error"]["code"] == "digest_mismatch"
 
 
+def test_free_disk_space_is_checked_before_the_first_byte(corral, registry, gguf):
+    digest = registry.add_model("library", "huge", "latest", gguf)
+    manifest = json.loads(registry.manifests[("library", "huge", "latest")])
+    manifest["layers"][0]["size"] = 1 << 55  # 32 PiB: more than any disk here
+    registry.manifests[("library", "huge", "latest")] = json.dumps(manifest).encode()
+    r = httpx.post(corral.base + "/api/pull", json={"model": f"{registry.host}/library/huge", "insecure": True, "stream": False}, timeout=60)
+    assert r.status_code == 507 and "not enough disk space" in r.json()["error"] and "MiB are free" in r.json()["error"]
+    assert not registry.requests_for(digest), "no byte was asked for"
+
+
 def test_a_missing_tag_and_bad_names_are_clear_errors(corral, registry):
     r = httpx.post(corral.base + "/api/pull", json={"model": f"{registry.host}/library/tiny:nope", "insecure": True, "stream": False}, timeout=60)
     assert r.status_code == 404 and "not found" in r.json()["error"]
