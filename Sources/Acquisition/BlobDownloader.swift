@@ -50,7 +50,7 @@ public struct BlobDownloader: Sendable {
     public func fetch(
         _ target: BlobTarget,
         insecure: Bool,
-        progress: @Sendable (Int64) async -> Void,
+        progress: @Sendable (Int64) async throws -> Void,
         checkpoint: @Sendable () async throws -> Void
     ) async throws {
         let fm = FileManager.default
@@ -70,7 +70,7 @@ public struct BlobDownloader: Sendable {
         // The hash of what is already there (a resumed download), then of each new byte as it comes.
         var hasher = SHA256()
         if offset > 0 { offset = try Self.hashPrefix(target.partialPath, length: offset, into: &hasher) }
-        await progress(offset)
+        try await progress(offset)
         var attemptsWithoutProgress = 0
         var validator = try? String(contentsOfFile: target.validatorPath, encoding: .utf8)
         while true {
@@ -101,7 +101,7 @@ public struct BlobDownloader: Sendable {
             case 416:
                 // The range starts at or past the end: complete if the size says so, else start over.
                 if let size = target.size, offset == size { return try finish(target, hasher: hasher, length: offset) }
-                try? Data().write(to: URL(fileURLWithPath: target.partialPath))
+                // Start over: the partial file is cut back to nothing when it is opened again.
                 (offset, hasher, validator) = (0, SHA256(), nil)
                 attemptsWithoutProgress += 1
                 guard attemptsWithoutProgress < maxAttempts else { throw AcquisitionError.upstream("\(target.url) answered 416 to every range") }
@@ -132,7 +132,9 @@ public struct BlobDownloader: Sendable {
             }
             if let v = response.headers.first(name: "etag") ?? response.headers.first(name: "last-modified"), v != validator {
                 validator = v
-                try? v.write(toFile: target.validatorPath, atomically: true, encoding: .utf8)
+                do { try v.write(toFile: target.validatorPath, atomically: true, encoding: .utf8) } catch {
+                    throw AcquisitionError.storage("cannot write \(target.validatorPath): \(error.localizedDescription)")
+                }
             }
             let fd = open(target.partialPath, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
             guard fd >= 0 else { throw AcquisitionError.storage("cannot open \(target.partialPath): \(String(cString: strerror(errno)))") }
@@ -168,7 +170,7 @@ public struct BlobDownloader: Sendable {
                             try Self.write(pending, to: fd, path: target.partialPath)
                             pending.clear()
                             reported = (offset, .now)
-                            await progress(offset)
+                            try await progress(offset)
                             try await checkpoint()
                         }
                     }
@@ -179,7 +181,7 @@ public struct BlobDownloader: Sendable {
                 }
                 try Self.write(pending, to: fd, path: target.partialPath)
                 pending.clear()
-                await progress(offset)
+                try await progress(offset)
             } catch let error as AcquisitionError {
                 throw error
             } catch is CancellationError {

@@ -75,7 +75,7 @@ public struct DownloadJob: JobKind {
             let line = Line(status: Self.status(file.label), digest: file.target.sha256.map { "sha256:" + $0 } ?? file.label, total: file.target.size)
             do {
                 try await downloader.fetch(file.target, insecure: insecure, progress: { done in
-                    await state.report(file: i, done: done, line: line)
+                    try await state.report(file: i, done: done, line: line)
                 }, checkpoint: { try await context.pausePoint() })
             } catch let error as AcquisitionError {
                 throw Self.jobError(error)
@@ -99,7 +99,7 @@ public struct DownloadJob: JobKind {
 
     static func jobError(_ error: AcquisitionError) -> JobError {
         switch error {
-        case .badName: JobError("bad_name", error.description)
+        case .badName, .invalid: JobError("bad_name", error.description)
         case .notFound: JobError("not_found", error.description)
         case .digestMismatch: JobError("digest_mismatch", error.description)
         case .insufficientSpace: JobError("insufficient_space", error.description)
@@ -122,7 +122,7 @@ public struct DownloadJob: JobKind {
     actor PullState {
         let context: JobContext
         private(set) var progress: DownloadProgress
-        let meter = RateMeter()
+        var meter = RateMeter()
         var lastLine: ContinuousClock.Instant?
         var lastDetail = ContinuousClock.now
 
@@ -130,37 +130,37 @@ public struct DownloadJob: JobKind {
             (self.context, self.progress) = (context, progress)
         }
 
-        func report(file: Int, done: Int64, line: Line) async {
+        func report(file: Int, done: Int64, line: Line) async throws {
             progress.files[file].completed = done
             progress.completedBytes = progress.files.reduce(0) { $0 + $1.completed }
-            await meter.note(progress.completedBytes)
+            meter.note(progress.completedBytes)
             let now = ContinuousClock.now
             if lastLine == nil || now - lastLine! >= .milliseconds(200) {
                 lastLine = now
                 var line = line
                 line.completed = done
-                try? await context.event("pull", line)
-                try? await context.progress(Double(progress.completedBytes), of: Double(progress.totalBytes), unit: "bytes", message: line.status)
+                try await context.event("pull", line)
+                try await context.progress(Double(progress.completedBytes), of: Double(progress.totalBytes), unit: "bytes", message: line.status)
             }
             if now - lastDetail >= .seconds(1) {
                 lastDetail = now
-                await updateRate()
-                try? await context.detail(progress)
+                updateRate()
+                try await context.detail(progress)
             }
         }
 
         func finish(file: Int, size: Int64, line: Line) async throws {
             progress.files[file].completed = size
             progress.completedBytes = progress.files.reduce(0) { $0 + $1.completed }
-            await updateRate()
+            updateRate()
             var line = line
             (line.total, line.completed) = (size, size)
             try await context.event("pull", line)
             try await context.detail(progress)
         }
 
-        func updateRate() async {
-            progress.bytesPerSecond = await meter.rate
+        func updateRate() {
+            progress.bytesPerSecond = meter.rate
             if let rate = progress.bytesPerSecond, rate > 0 {
                 progress.etaSeconds = Double(max(0, progress.totalBytes - progress.completedBytes)) / rate
             }
@@ -168,10 +168,10 @@ public struct DownloadJob: JobKind {
     }
 
     /// Bytes per second over the last few seconds.
-    actor RateMeter {
+    struct RateMeter {
         var samples: [(ContinuousClock.Instant, Int64)] = []
 
-        func note(_ bytes: Int64) {
+        mutating func note(_ bytes: Int64) {
             let now = ContinuousClock.now
             samples.append((now, bytes))
             samples.removeAll { now - $0.0 > .seconds(5) }

@@ -90,7 +90,7 @@ public struct ModelCreator: Sendable {
         var layers = (request.fromManifest?["layers"] as? [[String: Any]]) ?? []
         if let blob = request.modelBlob {
             guard (try? GGUFFile.read(path: blob.path)) != nil else {
-                throw AcquisitionError.badName(request.name, "the model file sha256:\(blob.hex) is not a GGUF file")
+                throw AcquisitionError.invalid("the model file sha256:\(blob.hex) is not a GGUF file")
             }
             lines.append("parsing GGUF")
             layers.removeAll { $0["mediaType"] as? String == "application/vnd.ollama.image.model" }
@@ -98,17 +98,21 @@ public struct ModelCreator: Sendable {
             lines.append("using existing layer sha256:\(blob.hex)")
         }
         guard layers.contains(where: { $0["mediaType"] as? String == "application/vnd.ollama.image.model" }) else {
-            throw AcquisitionError.badName(request.name, "give the model's GGUF in `files` or a model to derive from in `from`")
+            throw AcquisitionError.invalid("give the model's GGUF in `files` or a model to derive from in `from`")
         }
         var extra: [(String, Data)] = []
         if let system = request.system { extra.append(("application/vnd.ollama.image.system", Data(system.utf8))) }
         if let template = request.template { extra.append(("application/vnd.ollama.image.template", Data(template.utf8))) }
         if let parameters = request.parameters {
-            do { extra.append(("application/vnd.ollama.image.params", try JSONSerialization.data(withJSONObject: parameters, options: [.sortedKeys]))) } catch {
-                throw AcquisitionError.badName(request.name, "parameters must be a JSON object")
+            guard JSONSerialization.isValidJSONObject(parameters), let data = try? JSONSerialization.data(withJSONObject: parameters, options: [.sortedKeys]) else {
+                throw AcquisitionError.invalid("parameters must be a JSON object")
             }
+            extra.append(("application/vnd.ollama.image.params", data))
         }
-        if let messages = request.messages, let data = try? JSONSerialization.data(withJSONObject: messages, options: [.sortedKeys]) {
+        if let messages = request.messages {
+            guard JSONSerialization.isValidJSONObject(messages), let data = try? JSONSerialization.data(withJSONObject: messages, options: [.sortedKeys]) else {
+                throw AcquisitionError.invalid("messages must be a list of JSON objects")
+            }
             extra.append(("application/vnd.ollama.image.messages", data))
         }
         for (mediaType, data) in extra {

@@ -78,6 +78,8 @@ public enum ModelReference: Sendable, Equatable, Hashable, Codable, CustomString
 /// Why a pull could not be done, as the API says it.
 public enum AcquisitionError: Error, Sendable, Equatable, CustomStringConvertible {
     case badName(String, String)
+    /// A request Corral cannot act on (a create without a model file, bad parameters).
+    case invalid(String)
     /// The registry or hub has no such model, tag or file (404).
     case notFound(String)
     /// The server answered with something Corral cannot use.
@@ -92,6 +94,7 @@ public enum AcquisitionError: Error, Sendable, Equatable, CustomStringConvertibl
     public var description: String {
         switch self {
         case .badName(let name, let why): "'\(name)' is not a model name Corral can pull: \(why)"
+        case .invalid(let why): why
         case .notFound(let what): what
         case .upstream(let what): what
         case .digestMismatch(let file, let expected, let actual):

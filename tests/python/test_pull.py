@@ -142,19 +142,19 @@ def test_retry_after_an_ignored_range_and_a_redirect_still_give_a_verified_model
     params_digest = [d for d, b in registry.blobs.items() if b.media_type.endswith("params") and b'"top_k"' in b.data][0]
     cdn.blobs = registry.blobs
     registry.redirect_to = cdn
-    registry.faults[digest] = ["503", "drop:60000", "ignore-range"]
+    registry.faults[digest] = ["429", "503", "drop:60000", "ignore-range"]
     registry.faults[params_digest] = ["redirect"]
     started = time.time()
     d = download(corral, f"{registry.host}/team/retry:v1", insecure=True)
     done = wait_download(corral, d["id"])
     assert done["state"] == "completed", done
     assert done["name"] == f"{registry.host}/team/retry:v1" and done["completedBytes"] == done["totalBytes"] > len(gguf)
-    assert time.time() - started >= 1  # Retry-After: 1 was honoured
+    assert time.time() - started >= 2  # Retry-After: 1 was honoured, twice
     requests = registry.requests_for(digest)
-    # 503 → retried; dropped at 60000 → asked from there; the range ignored (200) → started over and completed.
+    # 429 and 503 → retried; dropped at 60000 → asked from there; the range ignored (200) → started over and completed.
     ranges = [r["range"] for r in requests]
-    assert ranges[:2] == [None, None] and 0 < int(ranges[2][6:-1]) <= 60_000 and len(ranges) == 3, ranges
-    assert requests[2]["if_range"] == f'"{digest}"'
+    assert ranges[:3] == [None, None, None] and 0 < int(ranges[3][6:-1]) <= 60_000 and len(ranges) == 4, ranges
+    assert requests[3]["if_range"] == f'"{digest}"'
     assert cdn.requests_for(params_digest), "the redirected blob was fetched from the other host"
     assert f"{registry.host}/team/retry:v1" in served_models(corral)
     events = httpx.get(corral.base + f"/admin/downloads/{d['id']}/events", headers=corral.h, timeout=10).text

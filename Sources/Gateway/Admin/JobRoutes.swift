@@ -142,7 +142,7 @@ func mapped<T>(_ body: () async throws -> T) async throws -> T {
         }
     } catch let error as AcquisitionError {
         switch error {
-        case .badName, .insecure: throw OpenAIError.badRequest(error.description, param: "model")
+        case .badName, .insecure, .invalid: throw OpenAIError.badRequest(error.description, param: "model")
         case .notFound: throw OpenAIError(.notFound, error.description, code: "not_found")
         case .digestMismatch, .upstream: throw OpenAIError(.badGateway, error.description, type: "server_error", code: "upstream")
         case .insufficientSpace: throw OpenAIError(.init(code: 507, reasonPhrase: "Insufficient Storage"), error.description, type: "server_error", code: "insufficient_space")
