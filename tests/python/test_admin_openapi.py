@@ -36,9 +36,12 @@ REQUEST_TIMEOUT_S = 10
 #   - .../load, .../unload: spawn or kill llama-server instances (slow, and unloading breaks the fixture);
 #   - .../scan: walks the model directories on disk and may re-register models;
 #   - DELETE anything: removes teams, keys, models... that later examples (and other operations) depend on;
-#   - GET /admin/events: the dashboard's live stream, endless unless ?once=true (tests/python/test_dashboard.py reads it).
+#   - GET /admin/events: the dashboard's live stream, endless unless ?once=true (tests/python/test_dashboard.py reads it);
+#   - /downloads and /library/remote: they reach Ollama registries and the Hugging Face hub over the network (none
+#     here; a resolver that cannot answer takes seconds per name); tests/python/test_pull.py covers them against
+#     fake servers on loopback.
 # Everything else, reads and harmless writes (create a team, pin a model, patch a key), is fuzzed.
-EXCLUDED_SUBSTRINGS = ("/tuning", "/unload", "/load", "/scan")
+EXCLUDED_SUBSTRINGS = ("/tuning", "/unload", "/load", "/scan", "/downloads", "/library/remote")
 
 
 def excluded(method: str, path: str) -> bool:
