@@ -143,71 +143,44 @@ public struct BlobDownloader: Sendable {
                 throw AcquisitionError.storage("cannot write \(target.partialPath): \(String(cString: strerror(errno)))")
             }
             let before = offset
-            // The bytes are hashed and written 4 MiB at a time by a task of their own while the
-            // next ones arrive (two cores instead of one), and progress, pause and cancel are
-            // looked at every 4 MiB or 100 ms: per-chunk hashing, syscalls and task switches in
-            // the receiving loop cost a third of the throughput on loopback.
-            var batch: [ByteBuffer] = []
-            var batchBytes = 0
-            var writing: Task<SHA256, any Error>?
-            let path = target.partialPath
-            /// Waits for the batch being written and takes its hash state.
-            func settle() async throws {
-                if let task = writing {
-                    writing = nil
-                    hasher = try await task.value
-                }
-            }
-            /// Hands the gathered chunks to a writer task, once the previous one is done.
-            func handOver() async throws {
-                try await settle()
-                guard batchBytes > 0 else { return }
-                let (chunks, state) = (batch, hasher)
-                (batch, batchBytes) = ([], 0)
-                writing = Task {
-                    var state = state
-                    for chunk in chunks {
-                        chunk.withUnsafeReadableBytes { state.update(bufferPointer: $0) }
-                        try Self.write(chunk, to: fd, path: path)
-                    }
-                    return state
-                }
-            }
+            // Chunks are written 1 MiB at a time, and progress, pause and cancel are looked at
+            // every 4 MiB or 100 ms: per-chunk syscalls and task switches would cost a third of
+            // the throughput on loopback.
+            var pending = ByteBuffer()
             var reported = (bytes: offset, at: ContinuousClock.now)
             do {
+                defer { close(fd) }
                 do {
                     for try await chunk in response.body {
+                        chunk.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
                         offset += Int64(chunk.readableBytes)
                         if let size = target.size, offset > size {
                             throw AcquisitionError.upstream("\(request.url) sent more than its \(size) bytes")
                         }
-                        batch.append(chunk)
-                        batchBytes += chunk.readableBytes
-                        if batchBytes >= 4 << 20 { try await handOver() }
+                        if pending.readableBytes == 0 && chunk.readableBytes >= 1 << 20 {
+                            try Self.write(chunk, to: fd, path: target.partialPath)
+                        } else {
+                            pending.writeImmutableBuffer(chunk)
+                            if pending.readableBytes >= 1 << 20 {
+                                try Self.write(pending, to: fd, path: target.partialPath)
+                                pending.clear()
+                            }
+                        }
                         if offset - reported.bytes >= 4 << 20 || ContinuousClock.now - reported.at >= .milliseconds(100) {
-                            // A slow link still reaches the disk every 100 ms (what a restart resumes from).
-                            try await handOver()
+                            try Self.write(pending, to: fd, path: target.partialPath)
+                            pending.clear()
                             reported = (offset, .now)
                             try await progress(offset)
                             try await checkpoint()
                         }
                     }
-                    try await handOver()
-                    try await settle()
                 } catch {
-                    // Keep what arrived before the break (a write error wins over the break),
-                    // then go on from it.
-                    do {
-                        try await handOver()
-                        try await settle()
-                    } catch let writeError {
-                        close(fd)
-                        throw writeError
-                    }
-                    close(fd)
+                    // Keep what arrived before the break (it is hashed already), then go on from it.
+                    try Self.write(pending, to: fd, path: target.partialPath)
                     throw error
                 }
-                close(fd)
+                try Self.write(pending, to: fd, path: target.partialPath)
+                pending.clear()
                 try await progress(offset)
             } catch let error as AcquisitionError {
                 throw error
