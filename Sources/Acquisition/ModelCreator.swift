@@ -75,6 +75,8 @@ public struct ModelCreator: Sendable {
         public var template: String?
         public var parameters: [String: Any]?
         public var messages: [[String: Any]]?
+        /// LoRA adapters (uploaded blobs), replacing the derived model's.
+        public var adapters: [(hex: String, path: String)]?
 
         public init(name: String) { self.name = name }
     }
@@ -99,6 +101,16 @@ public struct ModelCreator: Sendable {
         }
         guard layers.contains(where: { $0["mediaType"] as? String == "application/vnd.ollama.image.model" }) else {
             throw AcquisitionError.invalid("give the model's GGUF in `files` or a model to derive from in `from`")
+        }
+        if let adapters = request.adapters {
+            layers.removeAll { $0["mediaType"] as? String == "application/vnd.ollama.image.adapter" }
+            for adapter in adapters {
+                guard let file = try? GGUFFile.read(path: adapter.path), file["general.type"]?.string == "adapter" else {
+                    throw AcquisitionError.invalid("the adapter sha256:\(adapter.hex) is not a GGUF adapter (general.type adapter)")
+                }
+                layers.append(layer(hex: adapter.hex, path: adapter.path, mediaType: "application/vnd.ollama.image.adapter"))
+                lines.append("using adapter layer sha256:\(adapter.hex)")
+            }
         }
         var extra: [(String, Data)] = []
         if let system = request.system { extra.append(("application/vnd.ollama.image.system", Data(system.utf8))) }

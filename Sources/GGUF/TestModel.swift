@@ -268,6 +268,29 @@ public enum TestModel {
         return out
     }
 
+    /// A LoRA adapter for a model of `shape` (llama.cpp's GGUF adapter format: `general.type`
+    /// `adapter`, `adapter.type` `lora`): rank-`rank` pairs `lora_a` [n_embd, rank] and `lora_b`
+    /// [rank, n_embd] on every layer's `attn_q`, for tests of adapters (`--lora`).
+    public static func loraWriter(shape: TestModelShape, rank: Int = 4) -> GGUFWriter {
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        w.set("general.type", .string("adapter"))
+        w.set("general.name", .string(shape.name))
+        w.set("adapter.type", .string("lora"))
+        w.set("adapter.lora.alpha", .float32(Float(rank)))
+        var rng = SplitMix64(seed: shape.seed)
+        let (nEmbd, r) = (UInt64(shape.embeddingLength), UInt64(rank))
+        func matrix(_ name: String, _ cols: UInt64, _ rows: UInt64) -> GGUFWriter.Tensor {
+            let values = (0..<Int(cols * rows)).map { _ in rng.nextFloat(0.1) }
+            return .init(name: name, dimensions: [cols, rows], type: .f32, data: encode(values, as: .f32))
+        }
+        for l in 0..<shape.layers {
+            w.tensors.append(matrix("blk.\(l).attn_q.weight.lora_a", nEmbd, r))
+            w.tensors.append(matrix("blk.\(l).attn_q.weight.lora_b", r, nEmbd))
+        }
+        return w
+    }
+
     /// Writes a model of `shape` to `path`. `sparse` leaves the tensor data as a hole.
     public static func write(shape: TestModelShape, to path: String, sparse: Bool = false) throws(GGUFError) {
         try writer(shape: shape, withData: !sparse).write(to: path, sparse: sparse)

@@ -25,12 +25,19 @@ struct ModelsCommand: AsyncParsableCommand {
         @Flag(help: "Write only the header and leave tensor data as a sparse hole.")
         var sparse = false
 
+        @Flag(help: "Write a LoRA adapter for a model of this shape instead of a model.")
+        var lora = false
+
         func run() async throws {
             var shape = try TestModelShape(spec: self.shape)
             if !self.shape.contains("name=") { shape.name = name }
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let path = out + "/" + name + ".gguf"
-            try TestModel.write(shape: shape, to: path, sparse: sparse)
+            if lora {
+                try TestModel.loraWriter(shape: shape).write(to: path, sparse: false)
+            } else {
+                try TestModel.write(shape: shape, to: path, sparse: sparse)
+            }
             print(path)
         }
     }

@@ -345,6 +345,18 @@ def test_ollama_python_uploads_a_blob_and_creates_and_derives_models(corral, ggu
     names = [m.model for m in client.list().models]
     assert "derived:latest" in names and "chat-copy:latest" in names
     assert client.chat(model="chat-copy", messages=[{"role": "user", "content": "hi"}]).eval_count <= 1
+    # A LoRA adapter rides along: llama-server gets it with --lora.
+    subprocess.run([CORRAL, "models", "make-test", "--out", corral.directory, "--name", "adapter", "--lora"], check=True, capture_output=True)
+    adapter = client.create_blob(os.path.join(corral.directory, "adapter.gguf"))
+    assert client.create(model="tuned", from_="made:v1", adapters={"adapter.gguf": adapter}, stream=False).status == "success"
+    assert client.chat(model="tuned", messages=[{"role": "user", "content": "hi"}]).eval_count <= 2  # made:v1's params kept
+    instances = httpx.get(corral.base + "/admin/instances", headers=corral.h).json()
+    instance = next((i for i in instances if i["model"] == "tuned"), None)
+    assert instance, [(i["model"], i["state"]) for i in instances]
+    lora = instance["arguments"].index("--lora")
+    assert instance["arguments"][lora + 1].endswith("sha256-" + adapter[7:])
+    not_adapter = httpx.post(corral.base + "/api/create", json={"model": "bad-adapter", "from": "made:v1", "adapters": {"x.gguf": digest}})
+    assert not_adapter.status_code == 400 and "not a GGUF adapter" in not_adapter.json()["error"]
     missing = httpx.post(corral.base + "/api/create", json={"model": "nope", "files": {"x.gguf": "sha256:" + "2" * 64}})
     assert missing.status_code == 400 and "upload it first" in missing.json()["error"]
     assert httpx.post(corral.base + "/api/create", json={"model": "nope", "from": "no-such-model"}).status_code == 404

@@ -659,8 +659,17 @@ struct OllamaRoutes: Sendable {
         request.template = body["template"] as? String
         request.parameters = body["parameters"] as? [String: Any]
         request.messages = body["messages"] as? [[String: Any]]
-        if body["quantize"] != nil || body["adapters"] != nil {
-            throw OllamaError(.notImplemented, "quantize and adapters are not supported: create from a GGUF that is already quantized")
+        if body["quantize"] != nil {
+            throw OllamaError(.notImplemented, "quantize is not supported: create from a GGUF that is already quantized")
+        }
+        if let adapters = body["adapters"] {
+            guard let adapters = adapters as? [String: String] else { throw OllamaError.badRequest("adapters maps file names to blob digests") }
+            request.adapters = try adapters.sorted { $0.key < $1.key }.map { name, digest throws(OllamaError) in
+                guard let hex = ModelCreator.hex(of: digest), creator.hasBlob(digest) else {
+                    throw OllamaError.badRequest("blob \(digest) (\(name)) is not here: upload it first with POST /api/blobs/\(digest)")
+                }
+                return (hex, creator.blobPath(hex))
+            }
         }
         if let files = body["files"] {
             guard let files = files as? [String: String], let gguf = files.first(where: { $0.key.lowercased().hasSuffix(".gguf") }) else {

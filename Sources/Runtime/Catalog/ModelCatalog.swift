@@ -107,6 +107,11 @@ public struct ModelCatalog: Sendable {
 
     /// Builds the catalog from explicit models, scanned sources and upstreams (in that precedence).
     /// - Parameter cache: reuses facts of files that did not change since the last build.
+    /// The LoRA files in llama-server arguments (`--lora PATH`).
+    static func adapters(in arguments: [String]) -> [String] {
+        zip(arguments, arguments.dropFirst()).filter { $0.0 == "--lora" }.map(\.1)
+    }
+
     public static func build(from config: CorralConfig, cache: FactsCache? = nil) -> ModelCatalog {
         func read(_ path: String) throws(GGUFError) -> ModelFacts {
             if let cache { return try cache.facts(path: path) }
@@ -132,8 +137,12 @@ public struct ModelCatalog: Sendable {
         for source in config.allSources {
             for found in SourceScanner.scan(source) {
                 let path = found.path
-                if let existing = indexByPath[path] {
-                    // The same file under another name: one model, both names.
+                if let existing = indexByPath[path], catalog.models[existing].ollamaParameters == found.parameters,
+                    catalog.models[existing].systemPrompt == found.system, Self.adapters(in: catalog.models[existing].pinnedArgs) == found.adapters
+                {
+                    // The same file under another name (and nothing of its own: an Ollama model
+                    // with other parameters, system prompt or adapters is a model of its own):
+                    // one model, both names.
                     let name = normalize(found.name)
                     if catalog.addAlias(name, for: catalog.models[existing].id) { catalog.models[existing].listedAliases.append(name) }
                     continue
@@ -148,6 +157,8 @@ public struct ModelCatalog: Sendable {
                     spec.knownDigest = found.digest
                     spec.ollamaParameters = found.parameters
                     spec.systemPrompt = found.system
+                    // An Ollama model's adapters: llama-server applies each with `--lora`.
+                    spec.pinnedArgs += found.adapters.flatMap { ["--lora", $0] }
                     spec.sourceDirectory = source.directory
                     let before = catalog.models.count
                     catalog.add(spec)

@@ -11,6 +11,8 @@ public struct DiscoveredModel: Sendable, Equatable {
     public var parameters: [String: SendableJSON]?
     /// Ollama's `system` layer.
     public var system: String?
+    /// Ollama's `adapter` layers: LoRA files applied with `--lora`.
+    public var adapters: [String] = []
 }
 
 /// Finds GGUF models in each kind of source. Only names come from the folder layout; a request's
@@ -65,6 +67,13 @@ enum SourceScanner {
                 let object = try? JSONSerialization.jsonObject(with: params) as? [String: Any]
             {
                 discovered.parameters = object.compactMapValues(SendableJSON.init(parameter:))
+            }
+            discovered.adapters = layers.filter { ($0["mediaType"] as? String) == "application/vnd.ollama.image.adapter" }.compactMap { layer in
+                guard let digest = layer["digest"] as? String, digest.hasPrefix("sha256:"), digest.dropFirst(7).count == 64,
+                    digest.dropFirst(7).allSatisfy(\.isHexDigit)
+                else { return nil }
+                let path = directory + "/blobs/sha256-" + digest.dropFirst(7)
+                return FileManager.default.fileExists(atPath: path) ? path : nil
             }
             if let system = layerContents(layers, "application/vnd.ollama.image.system", directory) {
                 discovered.system = String(decoding: system, as: UTF8.self)
