@@ -232,6 +232,27 @@ def test_two_pulls_share_one_download_and_cancel_deletes_the_partial_file(corral
     registry.faults[digest] = []
 
 
+def test_two_ollama_clients_pulling_the_same_model_share_one_download_and_both_see_it(corral, registry, gguf):
+    from concurrent.futures import ThreadPoolExecutor
+
+    digest = registry.add_model("library", "shared", "latest", gguf)
+    registry.faults[digest] = ["slow:200000"]
+    name = f"{registry.host}/library/shared:latest"
+
+    def pull():
+        return list(ollama.Client(host=corral.base).pull(name, insecure=True, stream=True))
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.submit(pull), pool.submit(pull)
+        time.sleep(0.3)
+        first, second = first.result(timeout=60), second.result(timeout=60)
+    for lines in (first, second):
+        progress = [line for line in lines if line.digest == digest and line.completed]
+        assert lines[-1].status == "success" and progress and progress[-1].completed == len(gguf)
+    assert len([r for r in registry.requests_for(digest) if r["range"] is None]) == 1, "one download, not two"
+    registry.faults[digest] = []
+
+
 def test_a_download_interrupted_by_a_crash_resumes_from_its_offset_after_restart(corral, registry, gguf):
     digest = registry.add_model("library", "crash", "latest", gguf)
     registry.faults[digest] = ["slow:60000"]
