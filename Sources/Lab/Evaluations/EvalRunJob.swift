@@ -177,21 +177,29 @@ public struct EvalRunJob: JobKind {
         var unwritten: [Store.EvalOutputRow] = []
         do {
             // `concurrency` bounds the requests to the model: a unit's grading, storing and
-            // bookkeeping run while the next unit is already being asked.
+            // bookkeeping run while the next unit is already being asked. Units being graded
+            // (judges asked) count too, up to `concurrency` more, so a slow judge holds the run
+            // back instead of piling requests into its queue.
+            let limit = max(1, spec.concurrency)
+            var (asking, grading) = (0, 0)
             try await withThrowingTaskGroup(of: Step.self) { group in
-                func startNext() -> Bool {
-                    guard let unit = remaining.next() else { return false }
-                    group.addTask { .asked(unit, try await self.ask(unit, spec: itemsSpec, run: run)) }
-                    return true
+                func topUp() {
+                    while asking < limit, asking + grading < 2 * limit, let unit = remaining.next() {
+                        asking += 1
+                        group.addTask { .asked(unit, try await self.ask(unit, spec: itemsSpec, run: run)) }
+                    }
                 }
-                for _ in 0..<max(1, spec.concurrency) where !startNext() { break }
+                topUp()
                 while let step = try await group.next() {
                     switch step {
                     case .asked(let unit, let asked):
+                        (asking, grading) = (asking - 1, grading + 1)
                         group.addTask { .graded(unit, try await self.grade(asked, unit: unit, run: run)) }
                         try await context.pausePoint()
-                        _ = startNext()
+                        topUp()
                     case .graded(let index, let outcome):
+                        grading -= 1
+                        topUp()
                         if let row = outcome.row { unwritten.append(Store.EvalOutputRow(id: row.id, index: index, status: outcome.status, body: row.body)) }
                         state.record(outcome, index: index)
                         if state.environment == nil, let model = spec.model { state.environment = await environment(model) }
