@@ -70,7 +70,7 @@ public struct RemoteHeader: Sendable {
                 let limit = end - have
                 for try await chunk in response.body {
                     let take = Int(min(Int64(chunk.readableBytes), limit - received))
-                    if take > 0 { handle.write(Data(chunk.readableBytesView.prefix(take))) }
+                    if take > 0 { try handle.write(contentsOf: Data(chunk.readableBytesView.prefix(take))) }
                     received += Int64(take)
                     if received >= limit { break }
                 }

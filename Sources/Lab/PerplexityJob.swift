@@ -106,12 +106,18 @@ public struct PerplexityJob: JobKind {
             throw JobError("spawn_failed", "\(error)")
         }
         var parser = PerplexityOutput()
+        var progressFailure: (any Error)?
         await withTaskCancellationHandler {
             for await line in child.lines {
                 let before = parser.chunksDone
                 parser.read(line)
-                if parser.chunksDone != before || (parser.chunks != nil && before == 0) {
-                    try? await context.progress(Double(parser.chunksDone), of: parser.chunks.map(Double.init), unit: "chunks")
+                if progressFailure == nil, parser.chunksDone != before || (parser.chunks != nil && before == 0) {
+                    // A progress write that fails ends the job once the tool is done (it is not
+                    // left running on its own).
+                    do { try await context.progress(Double(parser.chunksDone), of: parser.chunks.map(Double.init), unit: "chunks") } catch {
+                        progressFailure = error
+                        child.signalGroup(SIGTERM)
+                    }
                 }
             }
         } onCancel: {
@@ -120,9 +126,11 @@ public struct PerplexityJob: JobKind {
         let termination = await child.wait()
         await context.releaseMemory()
         try Task.checkCancellation()
+        if let progressFailure { throw progressFailure }
         guard let result = parser.result else {
-            // The tool's log is written by a background thread and its last lines can be lost
-            // at exit; a clean exit before it started computing is the too-short-text case.
+            // The tool's log is written by a background thread whose last lines can be lost at
+            // exit (the install script patches that; a tool built elsewhere may still lose them):
+            // a clean exit before it started computing is the too-short-text case.
             let tooShort = "the text is too short: llama-perplexity needs at least \(2 * spec.contextSize) tokens for chunks of \(spec.contextSize)"
             let why = parser.errors.last ?? (parser.chunks == nil && termination == .exited(0) ? tooShort : "llama-perplexity ended (\(termination)) without an estimate")
             throw JobError("perplexity_failed", why)
