@@ -46,8 +46,19 @@ public struct BlobDownloader: Sendable {
     public init(client: HTTPClient) { self.client = client }
 
     /// Downloads `target` (if not already in place); `progress` hears the bytes on disk so far.
-    /// On a digest mismatch the partial file is deleted and the error names both digests.
+    /// On a digest mismatch the partial file is deleted and the error names both digests. Two
+    /// downloads of the same file (two models sharing a layer) take turns: the second finds the
+    /// file in place.
     public func fetch(
+        _ target: BlobTarget, insecure: Bool, progress: @Sendable (Int64) async throws -> Void, checkpoint: @Sendable () async throws -> Void
+    ) async throws {
+        try await BlobLocks.shared.holding(target.path) {
+            try await fetchAlone(target, insecure: insecure, progress: progress, checkpoint: checkpoint)
+        }
+    }
+
+    /// ``fetch(_:insecure:progress:checkpoint:)`` with the file's turn already taken.
+    func fetchAlone(
         _ target: BlobTarget,
         insecure: Bool,
         progress: @Sendable (Int64) async throws -> Void,
@@ -307,5 +318,25 @@ public struct BlobDownloader: Sendable {
     static func rangeStart(_ header: String) -> Int64? {
         guard let range = header.split(separator: " ").last?.split(separator: "-").first else { return nil }
         return Int64(range)
+    }
+}
+
+/// The files being downloaded in this process: one download per path at a time.
+actor BlobLocks {
+    static let shared = BlobLocks()
+    var held: Set<String> = []
+    var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
+
+    func holding<T: Sendable>(_ path: String, _ body: @Sendable () async throws -> T) async throws -> T {
+        while held.contains(path) { await withCheckedContinuation { waiting[path, default: []].append($0) } }
+        held.insert(path)
+        defer {
+            held.remove(path)
+            if var queue = waiting[path], !queue.isEmpty {
+                queue.removeFirst().resume()
+                waiting[path] = queue.isEmpty ? nil : queue
+            }
+        }
+        return try await body()
     }
 }
