@@ -8,7 +8,7 @@ import { delay, field, fmt, h, notice, statusRegion, table } from '../dom.js';
 
 const STATES = ['queued', 'running', 'paused', 'succeeded', 'failed', 'cancelled', 'interrupted'];
 const FINAL = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
-const KINDS = ['benchmark', 'perplexity', 'tuning', 'eval_run'];
+const KINDS = ['benchmark', 'perplexity', 'tuning', 'eval_run', 'download'];
 const jobPath = (id) => `/admin/jobs/${encodeURIComponent(id)}`;
 
 /** A job's state as a coloured badge. */
