@@ -201,6 +201,46 @@ def test_free_disk_space_is_checked_before_the_first_byte(corral, registry, gguf
     assert not registry.requests_for(digest), "no byte was asked for"
 
 
+def test_a_disk_that_fills_up_mid_download_fails_the_pull_clearly(registry, gguf, tmp_path):
+    """Needs a small file system: a 1 MiB tmpfs (root with CAP_SYS_ADMIN; skipped otherwise)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root with CAP_SYS_ADMIN")
+    c = start_corral(extra_config={"downloads": {"directory": str(mount)}})
+    try:
+        digest = registry.add_model("library", "full", "latest", gguf)
+        registry.faults[digest] = ["slow:100000"]
+        d = httpx.post(c.base + "/admin/downloads", headers={"authorization": f"Bearer {c.admin_token}"},
+                       json={"model": f"{registry.host}/library/full", "insecure": True}).json()
+        partial = mount / "blobs" / ("sha256-" + digest[7:] + ".partial")
+        deadline = time.time() + 30
+        while not (partial.exists() and partial.stat().st_size > 0):
+            assert time.time() < deadline
+            time.sleep(0.02)
+        # Something else takes the rest of the disk while the pull is under way.
+        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass  # full
+        finally:
+            os.close(fd)
+        admin = {"authorization": f"Bearer {c.admin_token}"}
+        deadline = time.time() + 30
+        while (done := httpx.get(c.base + f"/admin/downloads/{d['id']}", headers=admin).json())["state"] not in ("failed", "completed"):
+            assert time.time() < deadline, done
+            time.sleep(0.1)
+        assert done["state"] == "failed" and "the disk is full" in done["error"]["message"], done
+        assert httpx.get(c.base + "/health").status_code == 200
+        assert f"{registry.host}/library/full:latest" not in served_models(c)
+        registry.faults[digest] = []
+    finally:
+        stop_corral(c)
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
 def test_a_missing_tag_and_bad_names_are_clear_errors(corral, registry):
     r = httpx.post(corral.base + "/api/pull", json={"model": f"{registry.host}/library/tiny:nope", "insecure": True, "stream": False}, timeout=60)
     assert r.status_code == 404 and "not found" in r.json()["error"]
