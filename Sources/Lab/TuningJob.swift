@@ -144,7 +144,10 @@ public struct TuningJob: JobKind {
     public static let name = "tuning"
     public static let idPrefix = "tune"
     public static let objectives = ["max_generation_tps", "min_ttft", "max_throughput_at_concurrency", "min_memory", "balanced"]
-    public static let strategies = ["grid", "random", "halving"]
+    public static let strategies = ["grid", "random", "halving", "tpe", "hyperband", "evolutionary"]
+    /// Strategies that choose each next trial from the ones measured so far (`maxCandidates`
+    /// trials at most, among the planned candidates).
+    static let adaptive: Set<String> = ["tpe", "hyperband", "evolutionary"]
 
     let tools: LlamaTools
     let client: HTTPClient
@@ -167,7 +170,8 @@ public struct TuningJob: JobKind {
             var rng = SplitMix64(seed: request.seed)
             all.shuffle(using: &rng)
         }
-        all = Array(all.prefix(request.maxCandidates))
+        // Adaptive strategies choose among every candidate; `maxCandidates` is their trial budget.
+        if !adaptive.contains(request.strategy) { all = Array(all.prefix(request.maxCandidates)) }
         guard !all.isEmpty else { throw .badRequest("the search space is empty", param: "space") }
         var trials: [TuningSession.Trial] = []
         for (i, c) in all.enumerated() {
@@ -200,6 +204,7 @@ public struct TuningJob: JobKind {
 
     public func run(_ spec: TuningSpec, context: JobContext) async throws -> TuningProgress {
         guard let serverPath = tools.server?.path else { throw JobError("no_llama_server", "llama-server not found") }
+        if Self.adaptive.contains(spec.request.strategy) { return try await runAdaptive(spec, serverPath: serverPath, context: context) }
         var state = TuningProgress(trials: spec.trials, best: nil)
         try await context.detail(state)
         let request = spec.request
@@ -214,7 +219,8 @@ public struct TuningJob: JobKind {
                 state.trials[index].status = "running"
                 state.trials[index].round = round
                 try await context.detail(state)
-                state.trials[index] = try await runTrial(state.trials[index], spec: spec, serverPath: serverPath, scale: scale, context: context)
+                state.trials[index] = try await runTrial(state.trials[index], spec: spec, serverPath: serverPath,
+                                                         requests: request.requests * scale, maxTokens: request.maxTokens * scale, context: context)
                 finished += 1
                 try await context.event("trial", state.trials[index])
                 try await context.progress(Double(finished), message: "round \(round + 1): trial \(index) \(state.trials[index].status)")
@@ -247,7 +253,7 @@ public struct TuningJob: JobKind {
 
     /// One candidate as a real llama-server outside the fleet, with its estimated memory claimed
     /// from the scheduler while it runs.
-    private func runTrial(_ trial: TuningSession.Trial, spec: TuningSpec, serverPath: String, scale: Int, context: JobContext) async throws
+    private func runTrial(_ trial: TuningSession.Trial, spec: TuningSpec, serverPath: String, requests: Int, maxTokens: Int, context: JobContext) async throws
         -> TuningSession.Trial
     {
         var trial = trial
@@ -265,7 +271,7 @@ public struct TuningJob: JobKind {
             return trial
         }
         let runner = LoadRunner(BenchmarkParameters(
-            requests: request.requests * scale, concurrency: request.concurrency, promptWords: request.promptWords, maxTokens: request.maxTokens * scale))
+            requests: requests, concurrency: request.concurrency, promptWords: request.promptWords, maxTokens: maxTokens))
         let client = self.client
         let base = instance.baseURL
         let result = await runner.run(
@@ -285,6 +291,105 @@ public struct TuningJob: JobKind {
         trial.status = result.errors == result.requests ? "failed" : "done"
         if trial.status == "failed" { trial.reason = result.firstError }
         return trial
+    }
+
+    /// TPE, Hyperband or evolutionary search over the planned candidates: each dimension of the
+    /// space is a categorical dimension of its listed values; a suggestion the estimator pruned
+    /// scores nothing, one already measured at that budget is not run again; Hyperband's budget
+    /// fraction scales the trial's requests and output length (full budget: the request's).
+    private func runAdaptive(_ spec: TuningSpec, serverPath: String, context: JobContext) async throws -> TuningProgress {
+        let request = spec.request
+        var state = TuningProgress(trials: spec.trials, best: nil)
+        try await context.detail(state)
+        let dimensions = Self.searchDimensions(request.space)
+        let space = SearchSpace(dimensions.map { .categorical($0.name, $0.values) })
+        var strategy: any SearchStrategy = switch request.strategy {
+        case "tpe": TPESearch(space: space, seed: request.seed)
+        case "hyperband": HyperbandSearch(space: space, seed: request.seed, maxBudget: 9)
+        default: EvolutionarySearch(space: space, seed: request.seed, populationSize: min(8, max(2, request.maxCandidates / 3)))
+        }
+        var measuredAt: [Int: Double] = [:]
+        var (trialsRun, suggestions) = (0, 0)
+        while trialsRun < request.maxCandidates, suggestions < request.maxCandidates * 20, let suggestion = strategy.suggest() {
+            suggestions += 1
+            let wanted = Dictionary(uniqueKeysWithValues: dimensions.map { ($0.name, suggestion.point[$0.name]?.description ?? "") })
+            guard let index = state.trials.firstIndex(where: { Self.values(of: $0.candidate, dimensions) == wanted }),
+                state.trials[index].status != "pruned"
+            else {
+                strategy.report(suggestion, score: nil)
+                continue
+            }
+            if let budget = measuredAt[index], budget >= suggestion.budget {
+                strategy.report(suggestion, score: Self.absoluteScore(state.trials[index], objective: request.objective))
+                continue
+            }
+            try await context.pausePoint()
+            state.trials[index].status = "running"
+            try await context.detail(state)
+            let fraction = suggestion.budget
+            state.trials[index] = try await runTrial(
+                state.trials[index], spec: spec, serverPath: serverPath, requests: max(1, Int((Double(request.requests) * fraction).rounded(.up))),
+                maxTokens: max(1, Int((Double(request.maxTokens) * fraction).rounded(.up))), context: context)
+            state.trials[index].score = Self.absoluteScore(state.trials[index], objective: request.objective)
+            measuredAt[index] = fraction
+            trialsRun += 1
+            strategy.report(suggestion, score: state.trials[index].score)
+            try await context.event("trial", state.trials[index])
+            try await context.progress(Double(trialsRun), of: Double(request.maxCandidates),
+                                       message: "\(request.strategy): trial \(index) \(state.trials[index].status)")
+            try await context.detail(state)
+        }
+        for i in state.trials.indices where state.trials[i].status == "pending" {
+            state.trials[i].status = "skipped"
+            state.trials[i].reason = "the \(request.strategy) search did not choose it within \(request.maxCandidates) trials"
+        }
+        // The best at the full budget (Hyperband's cheaper rungs are only for choosing).
+        let full = state.trials.indices.filter { state.trials[$0].score != nil && (measuredAt[$0] ?? 0) >= 1 }
+        let pool = full.isEmpty ? state.trials.indices.filter { state.trials[$0].score != nil } : full
+        state.best = pool.max { state.trials[$0].score! < state.trials[$1].score! }
+        try await context.detail(state)
+        guard state.best != nil else { throw JobError("failed", "no candidate completed") }
+        return state
+    }
+
+    /// Each dimension of the space with its values as text (the search space's categories).
+    static func searchDimensions(_ space: TuningSession.Space) -> [(name: String, values: [String])] {
+        var dims: [(String, [String])] = []
+        func add<T>(_ name: String, _ values: [T]?) { if let values, !values.isEmpty { dims.append((name, values.map { "\($0)" })) } }
+        add("contextSize", space.contextSize)
+        add("ubatch", space.ubatch)
+        add("flashAttention", space.flashAttention)
+        add("cacheType", space.cacheType?.map(\.rawValue))
+        add("threads", space.threads)
+        add("parallel", space.parallel)
+        add("gpuLayers", space.gpuLayers)
+        return dims
+    }
+
+    /// A candidate's value per dimension, as text.
+    static func values(of c: TuningSession.Candidate, _ dimensions: [(name: String, values: [String])]) -> [String: String] {
+        let all: [String: String?] = [
+            "contextSize": c.contextSize.map { "\($0)" }, "ubatch": c.ubatch.map { "\($0)" }, "flashAttention": c.flashAttention.map { "\($0)" },
+            "cacheType": c.cacheType?.rawValue, "threads": c.threads.map { "\($0)" }, "parallel": c.parallel.map { "\($0)" },
+            "gpuLayers": c.gpuLayers.map { "\($0)" },
+        ]
+        return Dictionary(uniqueKeysWithValues: dimensions.map { ($0.name, (all[$0.name] ?? nil) ?? "") })
+    }
+
+    /// A measured trial's score on its own (higher is better); the balanced objective weighs
+    /// generation speed against time to first token and memory on log scales.
+    static func absoluteScore(_ t: TuningSession.Trial, objective: String) -> Double? {
+        guard t.status == "done", let r = t.result else { return nil }
+        let memory = max(t.memoryMiB ?? Double(t.estimatedMiB ?? 1), 0.001)
+        let (generation, ttft) = (r.generationTokensPerSecond.p50, r.timeToFirstTokenMs.p50)
+        let score: Double? = switch objective {
+        case "max_generation_tps": generation
+        case "min_ttft": ttft.map { -$0 }
+        case "max_throughput_at_concurrency": r.throughputTokensPerSecond
+        case "min_memory": -memory
+        default: generation.flatMap { g in ttft.map { Foundation.log(max(g, 1e-9)) - Foundation.log(max($0, 1e-9)) - Foundation.log(memory) } }
+        }
+        return score.flatMap { $0.isFinite ? $0 : nil }
     }
 
     /// Scores the finished trials of a round by the objective (higher is better).

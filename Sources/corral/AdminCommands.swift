@@ -154,7 +154,7 @@ struct TuneCommand: AsyncParsableCommand {
     @OptionGroup var connection: AdminConnection
     @Argument(help: "Model id or alias.") var model: String
     @Option(help: "max_generation_tps, min_ttft, max_throughput_at_concurrency, min_memory or balanced.") var objective = "max_generation_tps"
-    @Option(help: "grid, random or halving.") var strategy = "halving"
+    @Option(help: "grid, random, halving, tpe, hyperband or evolutionary.") var strategy = "halving"
     @Option(help: "Context sizes, comma-separated.") var ctx: String?
     @Option(help: "Ubatch sizes, comma-separated.") var ubatch: String?
     @Option(help: "Thread counts, comma-separated.") var threads: String?

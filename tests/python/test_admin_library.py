@@ -197,6 +197,26 @@ def test_perplexity_is_measured_by_llama_perplexity_and_kept_on_the_model(corral
         assert r.status_code == status and r.json()["error"]["message"], (bad, r.text)
 
 
+@pytest.mark.parametrize("strategy", ["tpe", "hyperband", "evolutionary"])
+def test_adaptive_tuning_strategies_choose_their_trials_within_the_budget(corral, strategy):
+    space = {"ubatch": [64, 128, 256], "contextSize": [512, 1024, 100000000]}
+    session = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={
+        "model": "chat", "strategy": strategy, "objective": "max_generation_tps", "space": space, "requests": 2, "maxTokens": 4,
+        "maxCandidates": 3, "seed": 7}).json()
+    deadline = time.time() + 120
+    while (session := get(corral, f"/admin/tuning/{session['id']}"))["status"] in ("queued", "running"):
+        assert time.time() < deadline
+        time.sleep(0.3)
+    assert session["status"] == "done", session
+    trials = session["trials"]
+    measured = [t for t in trials if t["status"] == "done"]
+    assert 1 <= len(measured) <= 3 and all(t["score"] is not None for t in measured)
+    assert all(t["status"] in ("done", "pruned", "skipped", "failed") for t in trials)
+    assert len([t for t in trials if t["status"] == "pruned"]) == 3  # the 100M context never fits
+    best = trials[session["best"]]
+    assert best["status"] == "done" and best["score"] == max(t["score"] for t in measured)
+
+
 def test_tuning_prunes_halves_and_applies(corral):
     space = {"contextSize": [512, 1024, 100000000], "ubatch": [128, 256], "flashAttention": [True]}
     r = httpx.post(corral.base + "/admin/tuning", headers=corral.h,
