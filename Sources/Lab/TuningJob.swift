@@ -59,12 +59,38 @@ public struct TuningSession: Sendable, Codable {
         public var promptWords: Int
         public var maxCandidates: Int
         public var seed: UInt64
+        /// Limits a trial must keep to count at all (one that breaks one is `infeasible`, not
+        /// merely scored low).
+        public var constraints: Constraints?
 
         public init(objective: String, strategy: String, space: Space, minContext: Int?, requests: Int, concurrency: Int, maxTokens: Int,
-                    promptWords: Int, maxCandidates: Int, seed: UInt64) {
-            (self.objective, self.strategy, self.space, self.minContext) = (objective, strategy, space, minContext)
+                    promptWords: Int, maxCandidates: Int, seed: UInt64, constraints: Constraints? = nil) {
+            (self.objective, self.strategy, self.space, self.minContext, self.constraints) = (objective, strategy, space, minContext, constraints)
             (self.requests, self.concurrency, self.maxTokens, self.promptWords, self.maxCandidates, self.seed) =
                 (requests, concurrency, maxTokens, promptWords, maxCandidates, seed)
+        }
+    }
+
+    /// `ttftP95Ms ≤ X`, `memoryMiB ≤ Y`, `generationTPS ≥ Z` (any of them).
+    public struct Constraints: Sendable, Codable, Equatable {
+        public var ttftP95Ms: Double?
+        public var memoryMiB: Double?
+        public var generationTPS: Double?
+
+        public init(ttftP95Ms: Double? = nil, memoryMiB: Double? = nil, generationTPS: Double? = nil) {
+            (self.ttftP95Ms, self.memoryMiB, self.generationTPS) = (ttftP95Ms, memoryMiB, generationTPS)
+        }
+
+        /// What a measured trial breaks, in words (nil when it keeps every limit).
+        func broken(by result: LoadResult, memoryMiB measured: Double?) -> String? {
+            var broken: [String] = []
+            if let limit = ttftP95Ms, let v = result.timeToFirstTokenMs.p95, v > limit { broken.append(String(format: "time to first token p95 %.1f ms > %.1f", v, limit)) }
+            if let limit = memoryMiB, let v = measured, v > limit { broken.append(String(format: "memory %.0f MiB > %.0f", v, limit)) }
+            if let limit = generationTPS {
+                let v = result.generationTokensPerSecond.p50 ?? 0
+                if v < limit { broken.append(String(format: "generation %.1f tokens/s < %.1f", v, limit)) }
+            }
+            return broken.isEmpty ? nil : broken.joined(separator: "; ")
         }
     }
 
@@ -95,7 +121,8 @@ public struct TuningSession: Sendable, Codable {
         public var index: Int
         public var candidate: Candidate
         public var arguments: [String]
-        /// pending, pruned, running, done, failed, eliminated (lost a halving round), interrupted.
+        /// pending, pruned, running, done, failed, infeasible (measured, broke a constraint),
+        /// eliminated (lost a halving round), skipped (an adaptive search did not choose it), interrupted.
         public var status: String
         public var reason: String?
         public var round: Int
@@ -247,8 +274,15 @@ public struct TuningJob: JobKind {
             }
         }
         try await context.detail(state)
-        guard state.best != nil else { throw JobError("failed", "no candidate completed") }
+        guard state.best != nil else { throw Self.noBest(state) }
         return state
+    }
+
+    /// Why a session has no winner: nothing completed, or nothing kept the constraints.
+    static func noBest(_ state: TuningProgress) -> JobError {
+        state.trials.contains { $0.status == "infeasible" }
+            ? JobError("infeasible", "no candidate kept the constraints (\(state.trials.filter { $0.status == "infeasible" }.count) measured and broke them)")
+            : JobError("failed", "no candidate completed")
     }
 
     /// One candidate as a real llama-server outside the fleet, with its estimated memory claimed
@@ -290,6 +324,10 @@ public struct TuningJob: JobKind {
         trial.result = result
         trial.status = result.errors == result.requests ? "failed" : "done"
         if trial.status == "failed" { trial.reason = result.firstError }
+        if trial.status == "done", let why = request.constraints?.broken(by: result, memoryMiB: trial.memoryMiB) {
+            trial.status = "infeasible"
+            trial.reason = why
+        }
         return trial
     }
 
@@ -348,7 +386,7 @@ public struct TuningJob: JobKind {
         let pool = full.isEmpty ? state.trials.indices.filter { state.trials[$0].score != nil } : full
         state.best = pool.max { state.trials[$0].score! < state.trials[$1].score! }
         try await context.detail(state)
-        guard state.best != nil else { throw JobError("failed", "no candidate completed") }
+        guard state.best != nil else { throw Self.noBest(state) }
         return state
     }
 

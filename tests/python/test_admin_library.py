@@ -217,6 +217,28 @@ def test_adaptive_tuning_strategies_choose_their_trials_within_the_budget(corral
     assert best["status"] == "done" and best["score"] == max(t["score"] for t in measured)
 
 
+def test_tuning_constraints_make_trials_infeasible_not_merely_worse(corral):
+    def session(constraints, strategy="grid"):
+        started = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={
+            "model": "chat", "strategy": strategy, "space": {"ubatch": [128, 256]}, "requests": 2, "maxTokens": 4, "constraints": constraints})
+        assert started.status_code == 202, started.text
+        deadline = time.time() + 120
+        while (found := get(corral, f"/admin/tuning/{started.json()['id']}"))["status"] in ("queued", "running"):
+            assert time.time() < deadline
+            time.sleep(0.3)
+        return found
+
+    impossible = session({"generationTPS": 1e9})
+    assert impossible["status"] == "failed" and "constraints" in impossible["error"], impossible
+    assert [t["status"] for t in impossible["trials"]] == ["infeasible", "infeasible"]
+    assert all("tokens/s <" in t["reason"] for t in impossible["trials"])
+    kept = session({"ttftP95Ms": 1e9, "memoryMiB": 1e9}, strategy="tpe")
+    assert kept["status"] == "done" and kept["trials"][kept["best"]]["status"] == "done"
+    for bad in ({"nope": 1}, {"memoryMiB": -1}, {"ttftP95Ms": "fast"}, [1]):
+        r = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={"model": "chat", "space": {"ubatch": [128]}, "constraints": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "constraints", (bad, r.text)
+
+
 def test_tuning_prunes_halves_and_applies(corral):
     space = {"contextSize": [512, 1024, 100000000], "ubatch": [128, 256], "flashAttention": [True]}
     r = httpx.post(corral.base + "/admin/tuning", headers=corral.h,

@@ -130,6 +130,7 @@ struct LabRoutes: Sendable {
             "model": .string, "objective": .enumeration(TuningJob.objectives), "strategy": .enumeration(TuningJob.strategies), "space": space,
             "minContext": .integer(minimum: 1), "requests": .integer(minimum: 1), "concurrency": .integer(minimum: 1), "maxTokens": .integer(minimum: 1),
             "promptWords": .integer(minimum: 1), "maxCandidates": .integer(minimum: 1), "seed": .integer(minimum: 0),
+            "constraints": .object(["ttftP95Ms": .number, "memoryMiB": .number, "generationTPS": .number]),
         ], required: ["model"]), status: 202)) { request, context in
             let body = try await Relay.readJSON(request, context: context).1
             guard let model = body["model"] as? String, !model.isEmpty else { throw OpenAIError.badRequest("model is required", param: "model") }
@@ -186,11 +187,29 @@ struct LabRoutes: Sendable {
         guard combinations <= 4096 else {
             throw OpenAIError.badRequest("the space has \(combinations) combinations; at most 4096 (use strategy random with fewer values)", param: "space")
         }
+        var constraints: TuningSession.Constraints?
+        if let raw = body["constraints"], !(raw is NSNull) {
+            guard let object = raw as? [String: Any] else { throw OpenAIError.badRequest("constraints must be an object", param: "constraints") }
+            var c = TuningSession.Constraints()
+            for (key, value) in object {
+                guard let n = value as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite, n.doubleValue >= 0 else {
+                    throw OpenAIError.badRequest("constraints.\(key) must be a non-negative number", param: "constraints")
+                }
+                switch key {
+                case "ttftP95Ms": c.ttftP95Ms = n.doubleValue
+                case "memoryMiB": c.memoryMiB = n.doubleValue
+                case "generationTPS": c.generationTPS = n.doubleValue
+                default: throw OpenAIError.badRequest("constraints are ttftP95Ms, memoryMiB and generationTPS; not \(key)", param: "constraints")
+                }
+            }
+            constraints = c
+        }
         return TuningSession.Request(
             objective: objective, strategy: strategy, space: space,
             minContext: body["minContext"] == nil ? nil : try int(body, "minContext", 0, 1...(1 << 24)),
             requests: try int(body, "requests", 4, 1...1000), concurrency: try int(body, "concurrency", 1, 1...256),
             maxTokens: try int(body, "maxTokens", 16, 1...4096), promptWords: try int(body, "promptWords", 32, 1...100_000),
-            maxCandidates: try int(body, "maxCandidates", 24, 1...512), seed: UInt64(try int(body, "seed", 42, 0...Int.max)))
+            maxCandidates: try int(body, "maxCandidates", 24, 1...512), seed: UInt64(try int(body, "seed", 42, 0...Int.max)),
+            constraints: constraints)
     }
 }
