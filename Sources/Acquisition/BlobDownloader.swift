@@ -3,6 +3,7 @@ import Crypto
 import Foundation
 import NIOCore
 import NIOHTTP1
+import Runtime
 
 #if canImport(Glibc)
     import Glibc
@@ -52,7 +53,7 @@ public struct BlobDownloader: Sendable {
     public func fetch(
         _ target: BlobTarget, insecure: Bool, progress: @Sendable (Int64) async throws -> Void, checkpoint: @Sendable () async throws -> Void
     ) async throws {
-        try await BlobLocks.shared.holding(target.path) {
+        try await Turns.files.holding(target.path) {
             try await fetchAlone(target, insecure: insecure, progress: progress, checkpoint: checkpoint)
         }
     }
@@ -220,7 +221,7 @@ public struct BlobDownloader: Sendable {
 
     /// Checks the digest and size, then renames the file into place; a mismatch deletes it.
     func finish(_ target: BlobTarget, hasher: SHA256, length: Int64) throws(AcquisitionError) {
-        let actual = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        let actual = hasher.finalize().hex
         let file = (target.path as NSString).lastPathComponent
         if let expected = target.sha256, expected.lowercased() != actual {
             Self.removePartial(target)
@@ -292,7 +293,7 @@ public struct BlobDownloader: Sendable {
         }
     }
 
-    public static func hashPrefix(_ path: String, length: Int64, into hasher: inout SHA256) throws(AcquisitionError) -> Int64 {
+    static func hashPrefix(_ path: String, length: Int64, into hasher: inout SHA256) throws(AcquisitionError) -> Int64 {
         guard let handle = FileHandle(forReadingAtPath: path) else { throw .storage("cannot read \(path)") }
         defer { try? handle.close() }
         var read: Int64 = 0
@@ -321,20 +322,22 @@ public struct BlobDownloader: Sendable {
     }
 }
 
-/// The files being downloaded in this process: one download per path at a time.
-actor BlobLocks {
-    static let shared = BlobLocks()
+/// One body at a time per key (its awaits included): a file being downloaded, a model whose pull
+/// is being started.
+actor Turns {
+    /// The files being downloaded in this process.
+    static let files = Turns()
     var held: Set<String> = []
     var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
 
-    func holding<T: Sendable>(_ path: String, _ body: @Sendable () async throws -> T) async throws -> T {
-        while held.contains(path) { await withCheckedContinuation { waiting[path, default: []].append($0) } }
-        held.insert(path)
+    func holding<T: Sendable>(_ key: String, _ body: @Sendable () async throws -> T) async throws -> T {
+        while held.contains(key) { await withCheckedContinuation { waiting[key, default: []].append($0) } }
+        held.insert(key)
         defer {
-            held.remove(path)
-            if var queue = waiting[path], !queue.isEmpty {
+            held.remove(key)
+            if var queue = waiting[key], !queue.isEmpty {
                 queue.removeFirst().resume()
-                waiting[path] = queue.isEmpty ? nil : queue
+                waiting[key] = queue.isEmpty ? nil : queue
             }
         }
         return try await body()

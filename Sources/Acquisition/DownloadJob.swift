@@ -1,5 +1,6 @@
 import Foundation
 import Jobs
+import Runtime
 
 /// A pull's spec: the reference (as normalised text) and whether plain http is allowed.
 public struct DownloadSpec: Sendable, Codable, Equatable {
@@ -89,7 +90,7 @@ public struct DownloadJob: JobKind {
         try await context.event("pull", Line(status: "success"))
         let elapsed = ContinuousClock.now - started
         return DownloadResult(name: reference.description, files: plan.files.map(\.target.path), bytes: await state.progress.completedBytes,
-                              seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+                              seconds: elapsed.inSeconds)
     }
 
     /// Ollama's progress label: `pulling` and the digest's first 12 hex digits (or the file name).
@@ -180,7 +181,7 @@ public struct DownloadJob: JobKind {
         var rate: Double? {
             guard let first = samples.first, let last = samples.last, last.0 > first.0 else { return nil }
             let d = last.0 - first.0
-            return Double(last.1 - first.1) / (Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+            return Double(last.1 - first.1) / d.inSeconds
         }
     }
 }

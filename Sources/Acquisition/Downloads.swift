@@ -42,8 +42,8 @@ public struct DownloadView: Sendable, Codable {
 public struct Downloads: Sendable {
     public let engine: JobEngine
     public let sources: ModelSources
-    /// Starts one at a time, so two pulls of the same model asked at once find each other.
-    let starts = StartGate()
+    /// Starts of the same model one at a time, so two pulls asked at once find each other.
+    let starts = Turns()
 
     public init(engine: JobEngine, sources: ModelSources) {
         self.engine = engine
@@ -55,26 +55,10 @@ public struct Downloads: Sendable {
         let reference = try ModelReference(name)
         let model = reference.description
         let engine = self.engine
-        return try await starts.run {
+        return try await starts.holding(model) {
             let active = try await engine.list(kind: DownloadJob.name, states: [.queued, .running, .paused], model: model, limit: 50).jobs
             if let running = active.first { return (running, true) }
             return (try await engine.submit(DownloadJob.self, DownloadSpec(model: model, insecure: insecure)), false)
-        }
-    }
-
-    /// Runs one body at a time (its awaits included).
-    actor StartGate {
-        var busy = false
-        var waiting: [CheckedContinuation<Void, Never>] = []
-
-        func run<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
-            while busy { await withCheckedContinuation { waiting.append($0) } }
-            busy = true
-            defer {
-                busy = false
-                if !waiting.isEmpty { waiting.removeFirst().resume() }
-            }
-            return try await body()
         }
     }
 

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import GGUF
 import NIOCore
+import Runtime
 
 #if canImport(Glibc)
 import Glibc
@@ -51,7 +52,7 @@ public struct ModelCreator: Sendable {
             unlink(temporary)
             throw error
         }
-        let actual = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        let actual = hasher.finalize().hex
         guard actual == hex else {
             unlink(temporary)
             throw AcquisitionError.digestMismatch(file: "the uploaded blob", expected: hex, actual: actual)
@@ -60,6 +61,20 @@ public struct ModelCreator: Sendable {
             unlink(temporary)
             throw AcquisitionError.storage("cannot store the blob: \(String(cString: strerror(errno)))")
         }
+    }
+
+    /// A model file Corral already has, as a blob of the downloads folder: linked under its
+    /// SHA-256 (copied when the link cannot cross file systems).
+    public func adopt(_ path: String, hex: String) throws(AcquisitionError) -> (hex: String, path: String) {
+        let target = blobPath(hex)
+        guard !FileManager.default.fileExists(atPath: target) else { return (hex, target) }
+        do {
+            try FileManager.default.createDirectory(atPath: directory + "/blobs", withIntermediateDirectories: true)
+            if link(path, target) != 0 { try FileManager.default.copyItem(atPath: path, toPath: target) }
+        } catch {
+            throw .storage("cannot add \((path as NSString).lastPathComponent) to the blobs: \(error.localizedDescription)")
+        }
+        return (hex, target)
     }
 
     /// What `/api/create` asks for.
@@ -128,7 +143,7 @@ public struct ModelCreator: Sendable {
             extra.append(("application/vnd.ollama.image.messages", data))
         }
         for (mediaType, data) in extra {
-            let hex = SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+            let hex = SHA256.hash(data: data).hex
             let path = blobPath(hex)
             do {
                 try FileManager.default.createDirectory(atPath: directory + "/blobs", withIntermediateDirectories: true)
@@ -141,7 +156,7 @@ public struct ModelCreator: Sendable {
             lines.append("creating \(mediaType.split(separator: ".").last ?? "") layer")
         }
         let config = Data(#"{"model_format":"gguf"}"#.utf8)
-        let configHex = SHA256.hash(data: config).map { String(format: "%02x", $0) }.joined()
+        let configHex = SHA256.hash(data: config).hex
         let manifest: [String: Any] = [
             "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
             "config": ["mediaType": "application/vnd.docker.container.image.v1+json", "digest": "sha256:" + configHex, "size": config.count],

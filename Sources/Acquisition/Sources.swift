@@ -108,11 +108,7 @@ public struct ModelSources: Sendable {
         guard let commit = info["sha"] as? String, commit.count >= 7, commit.allSatisfy(\.isHexDigit) else {
             throw AcquisitionError.upstream("the hub gave no commit for hf.co/\(repository)")
         }
-        let siblings = (info["siblings"] as? [[String: Any]] ?? []).compactMap { s -> (name: String, size: Int64?, sha: String?)? in
-            guard let name = s["rfilename"] as? String, name.lowercased().hasSuffix(".gguf") else { return nil }
-            let lfs = s["lfs"] as? [String: Any]
-            return (name, (lfs?["size"] as? NSNumber ?? s["size"] as? NSNumber)?.int64Value, lfs?["sha256"] as? String)
-        }
+        let siblings = Self.ggufFiles(info)
         let models = siblings.filter { !$0.name.lowercased().contains("mmproj") }
         guard !models.isEmpty else { throw AcquisitionError.notFound("hf.co/\(repository) has no GGUF file") }
         let wanted = (quant ?? "Q4_K_M").lowercased()
@@ -171,10 +167,8 @@ public struct ModelSources: Sendable {
             guard let id = entry["id"] as? String ?? entry["modelId"] as? String, (try? ModelReference("hf.co/" + id)) != nil else { continue }
             let (infoStatus, infoBody) = try await get("\(hubEndpoint)/api/models/\(id)/revision/main?blobs=true", headers: hubHeaders, insecure: insecure)
             guard infoStatus == 200, let info = (try? JSONSerialization.jsonObject(with: infoBody)) as? [String: Any] else { continue }
-            let files = (info["siblings"] as? [[String: Any]] ?? []).compactMap { s -> HubRepository.File? in
-                guard let name = s["rfilename"] as? String, name.lowercased().hasSuffix(".gguf"), !name.lowercased().contains("mmproj") else { return nil }
-                let size = ((s["lfs"] as? [String: Any])?["size"] as? NSNumber ?? s["size"] as? NSNumber)?.int64Value
-                return .init(name: name, quant: Self.quant(of: name), sizeBytes: size)
+            let files = Self.ggufFiles(info).filter { !$0.name.lowercased().contains("mmproj") }.map {
+                HubRepository.File(name: $0.name, quant: Self.quant(of: $0.name), sizeBytes: $0.size)
             }
             guard !files.isEmpty else { continue }
             let tags = (entry["tags"] as? [String] ?? []) + (info["tags"] as? [String] ?? []) + [entry["pipeline_tag"] as? String ?? ""]
@@ -182,6 +176,16 @@ public struct ModelSources: Sendable {
                                               downloads: entry["downloads"] as? Int, files: files))
         }
         return repositories
+    }
+
+    /// A repository's GGUF files from the hub's model info (`siblings` with `blobs=true`): name,
+    /// size and SHA-256 (from their `lfs` member).
+    static func ggufFiles(_ info: [String: Any]) -> [(name: String, size: Int64?, sha: String?)] {
+        (info["siblings"] as? [[String: Any]] ?? []).compactMap { s in
+            guard let name = s["rfilename"] as? String, name.lowercased().hasSuffix(".gguf") else { return nil }
+            let lfs = s["lfs"] as? [String: Any]
+            return (name, (lfs?["size"] as? NSNumber ?? s["size"] as? NSNumber)?.int64Value, lfs?["sha256"] as? String)
+        }
     }
 
     /// The quant a file name carries (`Q4_K_M`, `Q8_0`, `IQ3_XS`, `F16`, `BF16`, …).

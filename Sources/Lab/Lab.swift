@@ -46,7 +46,7 @@ public struct Lab: Sendable {
     public func startPerplexity(_ model: ModelSpec, text: Data, source: String, contextSize: Int, chunks: Int?,
                                 compatibility: Compatibility) async throws -> PerplexityRun {
         guard !text.isEmpty else { throw LabError.badRequest("the text is empty", param: "text") }
-        let sha256 = SHA256.hash(data: text).map { String(format: "%02x", $0) }.joined()
+        let sha256 = SHA256.hash(data: text).hex
         let path = textDirectory + "/" + sha256 + ".txt"
         do {
             try FileManager.default.createDirectory(atPath: textDirectory, withIntermediateDirectories: true)

@@ -137,24 +137,23 @@ struct ProgressBar {
         let total = (progress["total"] as? NSNumber)?.doubleValue
         let unit = progress["unit"] as? String ?? ""
         var line: String
-        if let total, total > 0, unit == "bytes" {
-            // Downloads: MiB, the rate since the first draw, and the time left at that rate.
-            let now = Date()
-            if start == nil { start = (now, done) }
+        if let total, total > 0 {
             let fraction = min(1, done / total)
             let filled = Int(fraction * 30)
             line = "[" + String(repeating: "#", count: filled) + String(repeating: "-", count: 30 - filled) + "] "
-            line += String(format: "%3.0f%%  %.1f/%.1f MiB", fraction * 100, done / 1_048_576, total / 1_048_576)
-            if let start, now.timeIntervalSince(start.at) > 0.5 {
-                let rate = (done - start.bytes) / now.timeIntervalSince(start.at)
-                line += String(format: "  %.1f MiB/s", rate / 1_048_576)
-                if rate > 0 { line += String(format: "  ETA %.0f s", (total - done) / rate) }
+            if unit == "bytes" {
+                // Downloads: MiB, the rate since the first draw, and the time left at that rate.
+                let now = Date()
+                if start == nil { start = (now, done) }
+                line += String(format: "%3.0f%%  %.1f/%.1f MiB", fraction * 100, done / 1_048_576, total / 1_048_576)
+                if let start, now.timeIntervalSince(start.at) > 0.5 {
+                    let rate = (done - start.bytes) / now.timeIntervalSince(start.at)
+                    line += String(format: "  %.1f MiB/s", rate / 1_048_576)
+                    if rate > 0 { line += String(format: "  ETA %.0f s", (total - done) / rate) }
+                }
+            } else {
+                line += String(format: "%3.0f%%  %.0f/%.0f %@", fraction * 100, done, total, unit)
             }
-        } else if let total, total > 0 {
-            let fraction = min(1, done / total)
-            let filled = Int(fraction * 30)
-            line = "[" + String(repeating: "#", count: filled) + String(repeating: "-", count: 30 - filled) + "] "
-            line += String(format: "%3.0f%%  %.0f/%.0f %@", fraction * 100, done, total, unit)
         } else {
             line = String(format: "%.0f %@", done, unit)
         }

@@ -1,6 +1,5 @@
 import Acquisition
 import AsyncHTTPClient
-import Crypto
 import Foundation
 import GGUF
 import HTTPTypes
@@ -685,7 +684,9 @@ struct OllamaRoutes: Sendable {
                 request.fromManifest = manifest
             } else {
                 guard let spec = await scheduler.catalog.resolve(from), let path = spec.path else { throw OllamaError.modelNotFound(from) }
-                request.modelBlob = try await Self.blob(for: path, known: spec.knownDigest, creator: creator)
+                do { request.modelBlob = try creator.adopt(path, hex: try await digest(of: path, known: spec.knownDigest)) } catch let error as AcquisitionError {
+                    throw OllamaError(.internalServerError, error.description)
+                }
                 request.parameters = request.parameters ?? spec.ollamaParameters?.mapValues(\.any)
                 request.system = request.system ?? spec.systemPrompt
             }
@@ -702,22 +703,13 @@ struct OllamaRoutes: Sendable {
         return jsonResponse(["status": "success"])
     }
 
-    /// A local GGUF as a blob of the downloads folder: linked (copied across file systems) under
-    /// its SHA-256, computed unless the source knows it.
-    static func blob(for path: String, known: String?, creator: ModelCreator) async throws -> (hex: String, path: String) {
-        let hex: String
-        if let known, known.count == 64 { hex = known } else {
-            var hasher = SHA256()
-            let size = Int64((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int ?? 0)
-            _ = try BlobDownloader.hashPrefix(path, length: size, into: &hasher)
-            hex = hasher.finalize().map { String(format: "%02x", $0) }.joined()
-        }
-        let target = creator.blobPath(hex)
-        if !FileManager.default.fileExists(atPath: target) {
-            try FileManager.default.createDirectory(atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-            if link(path, target) != 0 { try FileManager.default.copyItem(atPath: path, toPath: target) }
-        }
-        return (hex, target)
+    /// A model file's SHA-256: the source's, the digest cache's, or read now (and remembered).
+    func digest(of path: String, known: String?) async throws -> String {
+        if let known, ModelCreator.hex(of: "sha256:" + known) != nil { return known }
+        if let cached = await digests.digest(path: path) { return cached }
+        guard let computed = FileDigests.sha256(path: path) else { throw OllamaError(.internalServerError, "cannot read \((path as NSString).lastPathComponent)") }
+        await digests.remember(path: path, digest: computed)
+        return computed
     }
 
     /// A failed, cancelled or interrupted pull in Ollama's error shape.

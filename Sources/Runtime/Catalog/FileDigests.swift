@@ -95,6 +95,11 @@ public actor FileDigests {
             guard let data, !data.isEmpty else { break }  // nil or empty: end of file
             hasher.update(data: data)
         }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return hasher.finalize().hex
     }
+}
+
+extension SHA256.Digest {
+    /// The digest as lower-case hex, as file names and APIs spell it.
+    public var hex: String { map { String(format: "%02x", $0) }.joined() }
 }

@@ -757,7 +757,7 @@ public actor Scheduler {
                 allocatedMiB: [:], crashes: slot.crashes.count, lastError: slot.failure ?? slot.lastError,
                 lastCrashLog: slot.lastCrashLog)
             let idle = ContinuousClock.now - slot.lastUsed
-            info.lastUsed = Date().addingTimeInterval(-(Double(idle.components.seconds) + Double(idle.components.attoseconds) / 1e18))
+            info.lastUsed = Date().addingTimeInterval(-idle.inSeconds)
             switch slot.phase {
             case .unloaded: info.state = slot.failure == nil ? "unloaded" : "failed"
             case .loading: info.state = "loading"
@@ -775,7 +775,7 @@ public actor Scheduler {
                 info.planNote = i.plan.note
                 if let d = slot.idleDeadline {
                     let left = d - .now
-                    info.expiresInSeconds = Double(left.components.seconds) + Double(left.components.attoseconds) / 1e18
+                    info.expiresInSeconds = left.inSeconds
                 }
             }
             return info
