@@ -42,14 +42,24 @@ public struct FileLibrary: Sendable {
         }
     }
 
-    /// Stores an upload once it is checked: size, purpose and, for `evals` and `fine-tune`, that
-    /// every line is the JSON those runs read (the first bad line is named).
+    /// Stores an upload once it is checked: size, purpose and what ``validate(_:purpose:filename:)``
+    /// checks for `evals` and `fine-tune` files (the first bad line is named).
     public func create(_ contents: Data, filename: String, purpose: String, team: String?) async throws(FileError) -> StoredFile {
         guard Self.purposes.contains(purpose) else {
             throw .badRequest("purpose must be one of \(Self.purposes.joined(separator: ", "))", param: "purpose")
         }
         guard contents.count <= maxBytes else { throw .tooLarge(limit: maxBytes) }
-        try Self.validate(contents, purpose: purpose)
+        try Self.validate(contents, purpose: purpose, filename: filename)
+        return try await keep(contents, filename: filename, purpose: purpose, team: team)
+    }
+
+    /// Keeps a file Corral made itself (a fine-tuning job's metrics, purpose
+    /// `fine-tune-results`), which no upload may claim.
+    public func createResult(_ contents: Data, filename: String, purpose: String, team: String?) async throws(FileError) -> StoredFile {
+        try await keep(contents, filename: filename, purpose: purpose, team: team)
+    }
+
+    private func keep(_ contents: Data, filename: String, purpose: String, team: String?) async throws(FileError) -> StoredFile {
         let name = String((filename.split(separator: "/").last.map(String.init) ?? "").prefix(255))
         let id = "file-" + Self.randomHex(12)
         let path = directory + "/" + id
@@ -108,30 +118,25 @@ public struct FileLibrary: Sendable {
         }
     }
 
-    /// Checks that every non-blank line of an `evals` or `fine-tune` upload is what those runs
-    /// read: `{"item": {…}}` for evaluations; `{"messages": […]}` (or `prompt` and `completion`)
-    /// for fine-tuning.
-    static func validate(_ contents: Data, purpose: String) throws(FileError) {
-        guard purpose == "evals" || purpose == "fine-tune" else { return }
+    /// Checks an upload before it is kept: every non-blank line of an `evals` file must be
+    /// `{"item": {…}}`; a `fine-tune` file must be UTF-8 text, and one JSON object per line when
+    /// it is JSONL (the first bad line is named). The shapes of fine-tuning examples, in every
+    /// format, are checked when a job validates its files (``TrainingData``).
+    static func validate(_ contents: Data, purpose: String, filename: String) throws(FileError) {
+        if purpose == "fine-tune" {
+            do { try TrainingData.checkUpload(contents, filename: filename) } catch {
+                throw .badRequest(error.line.map { "line \($0): \(error.message)" } ?? error.message, param: "file")
+            }
+            return
+        }
+        guard purpose == "evals" else { return }
         var lines = 0
-        for (index, line) in contents.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() {
-            let text = line.last == UInt8(ascii: "\r") ? line.dropLast() : line[...]
-            guard text.contains(where: { $0 != 0x20 && $0 != 0x09 }) else { continue }
+        for (number, text) in TrainingData.lines(contents) {
             lines += 1
-            let number = index + 1
             guard let object = (try? JSONSerialization.jsonObject(with: Data(text))) as? [String: Any] else {
                 throw .badRequest("line \(number) is not a JSON object", param: "file")
             }
-            switch purpose {
-            case "evals":
-                guard object["item"] is [String: Any] else { throw .badRequest("line \(number) has no \"item\" object", param: "file") }
-            default:
-                let chat = object["messages"] is [Any]
-                let completion = object["prompt"] is String && object["completion"] is String
-                guard chat || completion else {
-                    throw .badRequest("line \(number) has neither \"messages\" nor \"prompt\" and \"completion\"", param: "file")
-                }
-            }
+            guard object["item"] is [String: Any] else { throw .badRequest("line \(number) has no \"item\" object", param: "file") }
         }
         guard lines > 0 else { throw .badRequest("the file has no JSON lines", param: "file") }
     }

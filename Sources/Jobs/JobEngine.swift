@@ -570,7 +570,9 @@ public actor JobEngine {
         guard await save(id) else { throw JobEngineError.persistence("the job could not be saved") }
     }
 
-    func note(_ id: String, _ type: String, _ data: JobJSON) async throws {
+    /// Appends an event of the kind's own to a job that is not final (a route's note about a
+    /// control action, say); throws when the job is final or unknown.
+    public func note(_ id: String, _ type: String, _ data: JobJSON) async throws {
         try check(id)
         await emit(id, type, data)
     }

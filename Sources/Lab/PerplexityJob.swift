@@ -96,13 +96,33 @@ public struct PerplexityJob: JobKind {
     public func run(_ spec: PerplexitySpec, context: JobContext) async throws -> PerplexityOutcome {
         guard let tool = tools.perplexity?.path else { throw JobError("no_llama_perplexity", "llama-perplexity not found (run `make llama`)") }
         guard FileManager.default.fileExists(atPath: spec.textPath) else { throw JobError("text_missing", "the text \(spec.textSHA256) is gone") }
-        var arguments = ["-m", spec.path, "-f", spec.textPath, "-c", String(spec.contextSize)] + spec.arguments
-        if let chunks = spec.chunks { arguments += ["--chunks", String(chunks)] }
         try await context.claimMemory(spec.estimatedDeviceMiB)
+        let outcome: PerplexityOutcome
+        do {
+            outcome = try await Self.measure(
+                tool: tool, model: spec.path, textPath: spec.textPath, contextSize: spec.contextSize, chunks: spec.chunks, arguments: spec.arguments
+            ) { done, total in
+                try await context.progress(Double(done), of: total.map(Double.init), unit: "chunks")
+            }
+        } catch {
+            await context.releaseMemory()
+            throw error
+        }
+        await context.releaseMemory()
+        try await context.detail(outcome)
+        return outcome
+    }
+
+    /// Runs `llama-perplexity` on `model` and `textPath` and returns its final estimate, calling
+    /// `progress` (chunks done, of how many) as chunks finish; a `progress` that throws stops
+    /// the tool and the error is rethrown once it ended. Cancelling stops the tool.
+    public static func measure(tool: String, model: String, textPath: String, contextSize: Int, chunks: Int?, arguments: [String],
+                               progress: @Sendable (Int, Int?) async throws -> Void) async throws -> PerplexityOutcome {
+        var arguments = ["-m", model, "-f", textPath, "-c", String(contextSize)] + arguments
+        if let chunks { arguments += ["--chunks", String(chunks)] }
         let started = ContinuousClock.now
         let child: ChildProcess
         do { child = try ChildProcess(executable: tool, arguments: arguments) } catch {
-            await context.releaseMemory()
             throw JobError("spawn_failed", "\(error)")
         }
         var parser = PerplexityOutput()
@@ -114,7 +134,7 @@ public struct PerplexityJob: JobKind {
                 if progressFailure == nil, parser.chunksDone != before || (parser.chunks != nil && before == 0) {
                     // A progress write that fails ends the job once the tool is done (it is not
                     // left running on its own).
-                    do { try await context.progress(Double(parser.chunksDone), of: parser.chunks.map(Double.init), unit: "chunks") } catch {
+                    do { try await progress(parser.chunksDone, parser.chunks) } catch {
                         progressFailure = error
                         child.signalGroup(SIGTERM)
                     }
@@ -124,22 +144,19 @@ public struct PerplexityJob: JobKind {
             child.signalGroup(SIGTERM)
         }
         let termination = await child.wait()
-        await context.releaseMemory()
         try Task.checkCancellation()
         if let progressFailure { throw progressFailure }
         guard let result = parser.result else {
             // The tool's log is written by a background thread whose last lines can be lost at
             // exit (the install script patches that; a tool built elsewhere may still lose them):
             // a clean exit before it started computing is the too-short-text case.
-            let tooShort = "the text is too short: llama-perplexity needs at least \(2 * spec.contextSize) tokens for chunks of \(spec.contextSize)"
+            let tooShort = "the text is too short: llama-perplexity needs at least \(2 * contextSize) tokens for chunks of \(contextSize)"
             let why = parser.errors.last ?? (parser.chunks == nil && termination == .exited(0) ? tooShort : "llama-perplexity ended (\(termination)) without an estimate")
             throw JobError("perplexity_failed", why)
         }
-        let outcome = PerplexityOutcome(
-            perplexity: result.perplexity, error: result.error, chunks: parser.chunks ?? parser.chunksDone, contextSize: spec.contextSize,
+        return PerplexityOutcome(
+            perplexity: result.perplexity, error: result.error, chunks: parser.chunks ?? parser.chunksDone, contextSize: contextSize,
             seconds: seconds(ContinuousClock.now - started))
-        try await context.detail(outcome)
-        return outcome
     }
 }
 

@@ -1,6 +1,6 @@
 """The OpenAI Files API (shared by evaluations and fine-tuning) with the openai SDK: upload,
 retrieve, list with paging, content, delete; JSONL checked on upload for `evals` and `fine-tune`
-with the first bad line named; the size limit; files kept across a restart; a team sees only its
+with the first bad line named (fine-tuning text and CSV accepted); the size limit; files kept across a restart; a team sees only its
 own files and the admin token sees all."""
 import hashlib
 import json
@@ -64,9 +64,12 @@ def test_jsonl_is_checked_on_upload_and_limits_hold(corral):
     assert "line 1" in no_item.value.message and "item" in no_item.value.message
     tuning = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n{"prompt": "a", "completion": "b"}\n'
     assert client.files.create(file=("train.jsonl", tuning), purpose="fine-tune").bytes == len(tuning)
-    with pytest.raises(openai.BadRequestError) as not_chat:
-        client.files.create(file=("train.jsonl", b'{"text": "x"}\n'), purpose="fine-tune")
-    assert "line 1" in not_chat.value.message
+    # Fine-tuning data may be JSONL, CSV or plain text; a JSONL upload must be JSON objects (the
+    # shapes of its examples are checked when a job validates it, see test_finetune.py).
+    assert client.files.create(file=("notes.txt", b"plain text to train on\n"), purpose="fine-tune").purpose == "fine-tune"
+    with pytest.raises(openai.BadRequestError) as not_json:
+        client.files.create(file=("train.jsonl", b'{"text": "x"}\nnot json\n'), purpose="fine-tune")
+    assert "line 2" in not_json.value.message
     with pytest.raises(openai.BadRequestError) as empty:
         client.files.create(file=("e.jsonl", b"\n\n"), purpose="evals")
     assert "no JSON lines" in empty.value.message

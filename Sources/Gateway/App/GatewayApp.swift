@@ -52,6 +52,8 @@ public struct GatewayDependencies: Sendable {
     public let jobs: JobEngine
     /// Evaluation runs' live prompts and answer tokens, for their console.
     public let evalConsole = EvalConsole()
+    /// Uploaded files (the OpenAI Files API): nil without a store, or when its folder cannot be used.
+    public let files: FileLibrary?
 
     public init(
         config: CorralConfig, scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder? = nil, logger: Logger,
@@ -73,8 +75,15 @@ public struct GatewayDependencies: Sendable {
         let download = DownloadJob(sources: sources, maxConcurrent: config.maxConcurrentDownloads, registered: {
             do { try await refresh() } catch { logger.error("the catalog could not be rebuilt after a pull", metadata: ["error": "\(error)"]) }
         })
+        var files: FileLibrary?
+        if let store {
+            do { files = try FileLibrary(store: store, directory: config.dataDirectory + "/files", maxBytes: config.maxFileBytes) } catch {
+                logger.error("the Files, Evals and fine-tuning APIs are off: the files directory cannot be used", metadata: ["error": "\(error)"])
+            }
+        }
+        self.files = files
         self.jobs = Self.makeJobEngine(scheduler: scheduler, client: client, store: store, logger: logger, metrics: metrics, recorder: recorder,
-                                       config: config, access: access, evalConsole: evalConsole, extraKinds: [download])
+                                       config: config, access: access, evalConsole: evalConsole, files: files, refresh: refresh, extraKinds: [download])
         self.downloads = Downloads(engine: jobs, sources: sources)
         refresh.use(path: nil, cache: factsCache)
     }
@@ -85,7 +94,7 @@ public struct GatewayDependencies: Sendable {
     /// database when there is none, as in tests of other concerns).
     static func makeJobEngine(scheduler: Scheduler, client: HTTPClient, store: Store?, logger: Logger, metrics: GatewayMetrics,
                               recorder: RequestRecorder?, config: CorralConfig, access: AccessControl?, evalConsole: EvalConsole,
-                              extraKinds: [any JobKind] = []) -> JobEngine {
+                              files: FileLibrary? = nil, refresh: CatalogRefresh? = nil, extraKinds: [any JobKind] = []) -> JobEngine {
         let relay = Relay(
             scheduler: scheduler, client: client, local: LocalUpstreamClient(readTimeout: config.scheduler.readTimeout),
             recorder: { record in
@@ -120,14 +129,7 @@ public struct GatewayDependencies: Sendable {
                 }, end: {})
                 return (status, Data())
             }
-            var answer = ByteBuffer()
-            do {
-                for try await chunk in exchange.response.body { answer.writeImmutableBuffer(chunk) }
-            } catch {
-                let failure = await relay.bodyFailure(error, lease: exchange.lease)
-                await relay.finish(exchange, status: failure.status, errorKind: failure.kind)
-                throw failure.openAIError
-            }
+            let answer = try await relay.collect(exchange)
             let usage = answer.withUnsafeReadableBytes { JSON.members(["usage", "timings"], of: $0) }
             await relay.finish(exchange, status: status, errorKind: Relay.upstreamErrorKind(exchange.response.status.code == 200 ? .ok : .init(code: status)),
                                usage: usage?["usage"] as? [String: Any], timings: usage?["timings"] as? [String: Any])
@@ -137,10 +139,44 @@ public struct GatewayDependencies: Sendable {
             return EvalEnvironment(arguments: instance.arguments, hardware: await hardware.get())
         })
         let tools = LlamaTools.discover(configured: config.llama.toolPaths)
+        // A fine-tuning job renders chat data with its base model's template and counts tokens
+        // with its tokenizer: llama-server's own routes, through the serving path under the
+        // job's key (recorded with route /v1/fine_tuning/jobs), behind client requests.
+        let fineTune = FineTuneJob(
+            tools: tools, files: files, turns: TrainerTurns(limit: config.fineTuningMaxConcurrent),
+            baseModel: { model, keyPrefix in
+                @Sendable func post(_ path: String, _ object: [String: Any]) async throws -> [String: Any] {
+                    let body = try JSONSerialization.data(withJSONObject: object)
+                    let exchange = try await relay.open(
+                        route: "/v1/fine_tuning/jobs", method: .POST, upstreamPath: path, modelName: model, body: ByteBuffer(bytes: body),
+                        headers: [:], caller: Caller(teamID: nil, keyPrefix: keyPrefix), tokens: TokenEstimate(prompt: 0, output: 0), priority: .background)
+                    let status = Int(exchange.response.status.code)
+                    let answer = try await relay.collect(exchange)
+                    await relay.finish(exchange, status: status, errorKind: Relay.upstreamErrorKind(.init(code: status)))
+                    let json = (try? JSONSerialization.jsonObject(with: Data(answer.readableBytesView))) as? [String: Any]
+                    guard status == 200, let json else {
+                        throw JobError("base_model_failed", "\(path) answered \(status): \(String(decoding: answer.readableBytesView.prefix(300), as: UTF8.self))")
+                    }
+                    return json
+                }
+                return FineTuneBaseModel(
+                    render: { messages in
+                        let answer = try await post("/apply-template", ["messages": messages.map { ["role": $0.role, "content": $0.content] }])
+                        guard let prompt = answer["prompt"] as? String else { throw JobError("base_model_failed", "/apply-template gave no prompt") }
+                        return prompt
+                    },
+                    countTokens: { text in
+                        let answer = try await post("/tokenize", ["content": text, "add_special": true])
+                        guard let tokens = answer["tokens"] as? [Any] else { throw JobError("base_model_failed", "/tokenize gave no tokens") }
+                        return tokens.count
+                    })
+            },
+            refreshCatalog: { if let refresh { try await refresh() } })
         // An in-memory SQLite database cannot fail to open short of the process being out of memory.
         let jobStore: any JobStore = store ?? (try! Store.inMemory())
         return JobEngine(
-            store: jobStore, claims: scheduler, logger: logger, kinds: [benchmark, TuningJob(tools: tools, client: client), PerplexityJob(tools: tools), evalRun] + extraKinds,
+            store: jobStore, claims: scheduler, logger: logger,
+            kinds: [benchmark, TuningJob(tools: tools, client: client), PerplexityJob(tools: tools), evalRun, fineTune] + extraKinds,
             onPersistenceFailure: { _ in metrics.jobStoreWriteFailed() })
     }
 
@@ -197,16 +233,17 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     openAI.register(on: router)
     AnthropicRoutes(relay: relay, scheduler: deps.scheduler).register(on: router)
     var evaluations: Evaluations?
-    var files: FileLibrary?
-    if let store = deps.store {
-        do {
-            let library = try FileLibrary(store: store, directory: deps.config.dataDirectory + "/files", maxBytes: deps.config.maxFileBytes)
-            FileRoutes(files: library).register(on: router)
-            evaluations = Evaluations(store: store, engine: deps.jobs, files: library)
-            files = library
-        } catch {
-            deps.logger.error("the Files and Evals APIs are off: the files directory cannot be used", metadata: ["error": "\(error)"])
-        }
+    let files = deps.files
+    if let store = deps.store, let files {
+        FileRoutes(files: files).register(on: router)
+        evaluations = Evaluations(store: store, engine: deps.jobs, files: files)
+        let hardware = HardwareCache(tools: deps.tools ?? LlamaTools.discover(configured: deps.config.llama.toolPaths))
+        let scheduler = deps.scheduler, margin = deps.config.scheduler.memoryMarginMiB
+        let fineTuning = FineTuning(
+            engine: deps.jobs, files: files, store: store, directory: deps.config.fineTuningDirectory, catalog: { scheduler.currentCatalog },
+            runtimeArguments: { await scheduler.runtimeArguments[$0] ?? [] },
+            compatibility: { Compatibility(hardware: await hardware.get(), marginMiB: margin) })
+        FineTuningRoutes(fineTuning: fineTuning).register(on: router)
     }
     if let evaluations { EvalRoutes(evaluations: evaluations).register(on: router) }
     OllamaRoutes(

@@ -583,6 +583,20 @@ public struct Relay: Sendable {
         record(r)
     }
 
+    /// Reads a whole (non-streamed) answer; a failure while reading is recorded, the exchange
+    /// finished, and thrown as the OpenAI error. On success the caller still finishes it.
+    func collect(_ exchange: UpstreamExchange) async throws -> ByteBuffer {
+        var answer = ByteBuffer()
+        do {
+            for try await chunk in exchange.response.body { answer.writeImmutableBuffer(chunk) }
+        } catch {
+            let failure = await bodyFailure(error, lease: exchange.lease)
+            await finish(exchange, status: failure.status, errorKind: failure.kind)
+            throw failure.openAIError
+        }
+        return answer
+    }
+
     /// Classifies a failure while reading an upstream answer: the instance died (502), or it went
     /// silent past the read timeout (504), in which case it is stopped.
     func bodyFailure(_ error: any Error, lease: Lease) async -> UpstreamFailure {

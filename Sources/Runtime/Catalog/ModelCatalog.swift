@@ -159,6 +159,8 @@ public struct ModelCatalog: Sendable {
                     spec.systemPrompt = found.system
                     // An Ollama model's adapters: llama-server applies each with `--lora`.
                     spec.pinnedArgs += found.adapters.flatMap { ["--lora", $0] }
+                    spec.pinnedArgs += found.arguments
+                    spec.contextSize = found.contextSize
                     spec.sourceDirectory = source.directory
                     let before = catalog.models.count
                     catalog.add(spec)

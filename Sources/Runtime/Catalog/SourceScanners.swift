@@ -13,6 +13,10 @@ public struct DiscoveredModel: Sendable, Equatable {
     public var system: String?
     /// Ollama's `adapter` layers: LoRA files applied with `--lora`.
     public var adapters: [String] = []
+    /// The context a fine-tuned model is served with (its base's: the trainer records its own).
+    public var contextSize: Int?
+    /// llama-server arguments the source gives the model (a fine-tuned model's chat template).
+    public var arguments: [String] = []
 }
 
 /// Finds GGUF models in each kind of source. Only names come from the folder layout; a request's
@@ -24,7 +28,35 @@ enum SourceScanner {
         case .ollama: return ollamaStore(source.directory)
         case .huggingface: return huggingFaceCache(source.directory)
         case .lmstudio: return lmStudio(source.directory)
+        case .finetuned: return fineTuned(source.directory)
         }
+    }
+
+    /// Fine-tuning jobs' folders: each `JOB/models.json` lists `{"name", "file", "contextSize",
+    /// "chatTemplateFile"}`; only plain file names inside the job's folder are accepted.
+    static func fineTuned(_ directory: String) -> [DiscoveredModel] {
+        let fm = FileManager.default
+        var found: [DiscoveredModel] = []
+        for job in ((try? fm.contentsOfDirectory(atPath: directory)) ?? []).sorted() {
+            let folder = directory + "/" + job
+            guard let data = fm.contents(atPath: folder + "/models.json"),
+                let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                let models = json["models"] as? [[String: Any]]
+            else { continue }
+            func plain(_ name: String) -> Bool { !name.isEmpty && !name.contains("/") && name != "." && name != ".." }
+            for entry in models {
+                guard let name = entry["name"] as? String, let file = entry["file"] as? String, plain(file),
+                    fm.fileExists(atPath: folder + "/" + file)
+                else { continue }
+                var model = DiscoveredModel(name: name, path: folder + "/" + file)
+                model.contextSize = entry["contextSize"] as? Int
+                if let template = entry["chatTemplateFile"] as? String, plain(template), fm.fileExists(atPath: folder + "/" + template) {
+                    model.arguments = ["--chat-template-file", folder + "/" + template]
+                }
+                found.append(model)
+            }
+        }
+        return found
     }
 
     /// Any folder: names are file stems (split models by their stem, without `-00001-of-0000N`).

@@ -56,6 +56,8 @@ public struct CorralConfig: Sendable {
             case huggingface
             /// LM Studio's models folder (`PUBLISHER/REPO/*.gguf`).
             case lmstudio
+            /// Fine-tuning jobs' folders (`JOB/models.json` naming each `ft:…` model's file).
+            case finetuned = "fine-tuned"
 
             /// Where each kind lives by default.
             public var defaultDirectory: String? {
@@ -67,6 +69,7 @@ public struct CorralConfig: Sendable {
                     let env = ProcessInfo.processInfo.environment
                     return env["HF_HUB_CACHE"] ?? (env["HF_HOME"].map { $0 + "/hub" } ?? home + "/.cache/huggingface/hub")
                 case .lmstudio: return home + "/.lmstudio/models"
+                case .finetuned: return nil
                 }
             }
         }
@@ -129,12 +132,18 @@ public struct CorralConfig: Sendable {
     /// downloads run at once.
     public var downloadsDirectory: String?
     public var maxConcurrentDownloads = 2
+    /// Fine-tuning jobs training at once (`fineTuning.maxConcurrent`); the rest wait `queued`.
+    public var fineTuningMaxConcurrent = 1
     /// Where pulls are stored: Ollama's layout, the hub's cache under `huggingface/`.
     public var downloads: String { downloadsDirectory ?? dataDirectory + "/models" }
-    /// The configured sources and the two the downloads folder is served through.
+    /// The configured sources, the two the downloads folder is served through, and the
+    /// fine-tuning jobs' folder.
     public var allSources: [Source] {
-        sources + [Source(directory: downloads, recursive: true, kind: .ollama), Source(directory: downloads + "/huggingface", recursive: true, kind: .huggingface)]
+        sources + [Source(directory: downloads, recursive: true, kind: .ollama), Source(directory: downloads + "/huggingface", recursive: true, kind: .huggingface),
+                   Source(directory: fineTuningDirectory, recursive: false, kind: .finetuned)]
     }
+    /// Where fine-tuning jobs keep their data, checkpoints and results.
+    public var fineTuningDirectory: String { dataDirectory + "/fine-tuning" }
     public var models: [Model] = []
     /// The model a request that names none is served by (nil: the only model, when there is one).
     public var defaultModel: String?
@@ -229,6 +238,10 @@ public struct CorralConfig: Sendable {
             c.downloadsDirectory = try d.string("directory").map(resolve)
             c.maxConcurrentDownloads = try d.int("maxConcurrent", min: 1) ?? c.maxConcurrentDownloads
             try d.finish()
+        }
+        if var f = try root.object("fineTuning") {
+            c.fineTuningMaxConcurrent = try f.int("maxConcurrent", min: 1) ?? c.fineTuningMaxConcurrent
+            try f.finish()
         }
         for var s in try root.objects("sources") {
             var kind = Source.Kind.gguf

@@ -42,11 +42,13 @@ public final class ChildProcess: Sendable {
     }
 
     /// Starts `executable` with `arguments`; `environment` nil inherits Corral's.
+    /// - Parameter carriageReturnEndsLines: a `\r` ends a line too (progress bars that redraw
+    ///   one line, like llama-finetune's).
     /// - Parameter onLine: when given, receives every output line on the reader thread (nil at
     ///   end of output) instead of ``lines``, which then stays empty. Long-lived children use it:
     ///   no task switch per line.
     public init(
-        executable: String, arguments: [String], environment: [String: String]? = nil,
+        executable: String, arguments: [String], environment: [String: String]? = nil, carriageReturnEndsLines: Bool = false,
         onLine: (@Sendable (String?) -> Void)? = nil
     ) throws(SpawnError) {
         var fds: [Int32] = [0, 0]
@@ -73,10 +75,10 @@ public final class ChildProcess: Sendable {
         let thread = Thread { [self] in
             if let onLine {
                 continuation.finish()
-                Self.pump(fd: readFD, pause: readPause, into: onLine)
+                Self.pump(fd: readFD, pause: readPause, carriageReturn: carriageReturnEndsLines, into: onLine)
                 onLine(nil)
             } else {
-                Self.pump(fd: readFD, pause: readPause) { continuation.yield($0) }
+                Self.pump(fd: readFD, pause: readPause, carriageReturn: carriageReturnEndsLines) { continuation.yield($0) }
                 continuation.finish()
             }
             let status = corral_wait(pid)
@@ -107,7 +109,7 @@ public final class ChildProcess: Sendable {
     private static let pauseStep = 5000
 
     /// Reads lines until EOF. Lines longer than 64 KiB are cut.
-    private static func pump(fd: Int32, pause: borrowing Atomic<Int>, into emit: (String) -> Void) {
+    private static func pump(fd: Int32, pause: borrowing Atomic<Int>, carriageReturn: Bool, into emit: (String) -> Void) {
         var buffer = [UInt8](repeating: 0, count: readSize)
         var line: [UInt8] = []
         while true {
@@ -117,7 +119,8 @@ public final class ChildProcess: Sendable {
             buffer.withUnsafeBufferPointer { bytes in
                 var start = 0
                 while start < n {
-                    guard let newline = bytes[start..<n].firstIndex(of: 10) else {
+                    let end = carriageReturn ? bytes[start..<n].firstIndex { $0 == 10 || $0 == 13 } : bytes[start..<n].firstIndex(of: 10)
+                    guard let newline = end else {
                         line.append(contentsOf: bytes[start..<min(n, start + max(0, readSize - line.count))])
                         break
                     }
