@@ -32,14 +32,19 @@ struct AdminConnection: ParsableArguments {
 
     /// Sends one admin request; prints the JSON answer or fails with the gateway's message.
     func call(_ method: String, _ path: String, body: [String: Any]? = nil) async throws -> Any {
+        try await call(method, path, raw: try body.map { try JSONSerialization.data(withJSONObject: $0) }, contentType: "application/json")
+    }
+
+    /// A request with `raw` as its body (a multipart upload, say); the answer's JSON.
+    func call(_ method: String, _ path: String, raw: Data?, contentType: String) async throws -> Any {
         let (base, admin) = try endpoint()
         guard let endpoint = URL(string: base + path) else { throw ValidationError("bad URL \(base + path)") }
         var request = URLRequest(url: endpoint)
         request.httpMethod = method
         request.setValue("Bearer \(admin)", forHTTPHeaderField: "authorization")
-        if let body {
-            request.httpBody = try JSONSerialization.data(withJSONObject: body)
-            request.setValue("application/json", forHTTPHeaderField: "content-type")
+        if let raw {
+            request.httpBody = raw
+            request.setValue(contentType, forHTTPHeaderField: "content-type")
         }
         let (data, response) = try await URLSession.shared.data(for: request)
         let status = (response as? HTTPURLResponse)?.statusCode ?? 0

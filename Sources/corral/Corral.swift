@@ -6,7 +6,7 @@ struct Corral: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "corral",
         abstract: "A gateway that runs local llama.cpp models behind the OpenAI and Ollama APIs.",
-        subcommands: [ServeCommand.self, InspectCommand.self, ModelsCommand.self, DoctorCommand.self, FitCommand.self, TeamsCommand.self, KeysCommand.self, LibraryCommand.self, ProfilesCommand.self, BenchCommand.self, TuneCommand.self, JobsCommand.self, DefaultModelCommand.self, PullCommand.self],
+        subcommands: [ServeCommand.self, InspectCommand.self, ModelsCommand.self, DoctorCommand.self, FitCommand.self, TeamsCommand.self, KeysCommand.self, LibraryCommand.self, ProfilesCommand.self, BenchCommand.self, TuneCommand.self, FineTuneCommand.self, JobsCommand.self, DefaultModelCommand.self, PullCommand.self],
         defaultSubcommand: ServeCommand.self
     )
 }

@@ -20,7 +20,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import make_model, serve, start_corral, stop_corral, team_keys
+from conftest import CORRAL, make_model, serve, start_corral, stop_corral, team_keys
 
 SENTENCES = [
     ("What colour is the sky?", "The sky is blue."),
@@ -352,3 +352,23 @@ def test_a_team_sees_only_its_own_jobs(corral):
     assert job.id not in [j.id for j in b.fine_tuning.jobs.list()]
     assert job.id in [j.id for j in a.fine_tuning.jobs.list()]
     assert wait_job(a, job.id).status == "succeeded"
+
+
+def test_the_cli_uploads_trains_follows_and_shows_a_job(corral, tmp_path):
+    data = tmp_path / "notes.txt"
+    data.write_bytes(("The quick brown fox jumps over the lazy dog. " * 40 + "\n\n").encode() * 6)
+    cli = [CORRAL, "finetune"]
+    common = ["--url", corral.base, "--token", corral.admin_token]
+    out = subprocess.run(cli + ["create", "--model", "chat", "--training-file", str(data), "--preset", "efficient", "--epochs", "2",
+                                "--suffix", "cli"] + common, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    job = json.loads(out.stdout)
+    assert job["status"] == "succeeded" and job["fine_tuned_model"].startswith("ft:chat:cli:") and job["epochs_done"] == 2
+    shown = json.loads(subprocess.run(cli + ["show", job["id"]] + common, capture_output=True, text=True, timeout=60).stdout)
+    assert [c["epoch"] for c in shown["checkpoints"]] == [2, 1]
+    assert job["id"] in subprocess.run(cli + ["list"] + common, capture_output=True, text=True, timeout=60).stdout
+    lines = subprocess.run(cli + ["events", job["id"]] + common, capture_output=True, text=True, timeout=60).stdout.splitlines()
+    assert lines[0].endswith(f"info Created fine-tuning job: {job['id']}") and lines[-1].endswith("The job has successfully completed")
+    # A file the gateway refuses is reported, with a failing exit status.
+    bad = subprocess.run(cli + ["create", "--model", "quantized", "--training-file", str(data)] + common, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "F32" in bad.stderr

@@ -233,17 +233,18 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     openAI.register(on: router)
     AnthropicRoutes(relay: relay, scheduler: deps.scheduler).register(on: router)
     var evaluations: Evaluations?
+    var fineTuning: FineTuning?
     let files = deps.files
     if let store = deps.store, let files {
         FileRoutes(files: files).register(on: router)
         evaluations = Evaluations(store: store, engine: deps.jobs, files: files)
         let hardware = HardwareCache(tools: deps.tools ?? LlamaTools.discover(configured: deps.config.llama.toolPaths))
         let scheduler = deps.scheduler, margin = deps.config.scheduler.memoryMarginMiB
-        let fineTuning = FineTuning(
+        fineTuning = FineTuning(
             engine: deps.jobs, files: files, store: store, directory: deps.config.fineTuningDirectory, catalog: { scheduler.currentCatalog },
             runtimeArguments: { await scheduler.runtimeArguments[$0] ?? [] },
             compatibility: { Compatibility(hardware: await hardware.get(), marginMiB: margin) })
-        FineTuningRoutes(fineTuning: fineTuning).register(on: router)
+        FineTuningRoutes(fineTuning: fineTuning!).register(on: router)
     }
     if let evaluations { EvalRoutes(evaluations: evaluations).register(on: router) }
     OllamaRoutes(
@@ -291,6 +292,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     LabRoutes(lab: lab, scheduler: deps.scheduler, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, files: files).register(on: admin)
     ProfileRoutes(profiles: profiles).register(on: admin)
     if let evaluations { EvaluationRoutes(evaluations: evaluations, console: deps.evalConsole).register(on: admin) }
+    if let fineTuning { FineTuningAdminRoutes(fineTuning: fineTuning).register(on: admin) }
     DashboardRoutes(deps: deps).register(on: router, admin: admin)
     return (router, openAI, admin.table)
 }

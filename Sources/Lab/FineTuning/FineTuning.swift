@@ -281,16 +281,7 @@ public struct FineTuning: Sendable {
     /// The job's events newest first, as OpenAI lists them (`after`: an event id).
     public func events(_ id: String, scope: TeamScope, after: String?, limit: Int) async throws(FineTuningError) -> (events: [[String: Any]], hasMore: Bool) {
         _ = try await job(id, scope: scope)
-        var stored: [StoredJobEvent] = []
-        do {
-            var last: Int64 = 0
-            while true {
-                let page = try await store.jobEvents(job: id, after: last, limit: 1000)
-                stored += page
-                guard let end = page.last, page.count == 1000 else { break }
-                last = end.sequence
-            }
-        } catch { throw .storage("\(error)") }
+        let stored = try await storedEvents(id)
         var events: [[String: Any]] = []
         for e in stored.reversed() {
             guard let data = try? JSONSerialization.jsonObject(with: e.data, options: [.fragmentsAllowed]), let event = Self.event(id, e, data) else { continue }
@@ -301,6 +292,28 @@ public struct FineTuning: Sendable {
             events.removeFirst(i + 1)
         }
         return (Array(events.prefix(limit)), events.count > limit)
+    }
+
+    /// The job's training curve oldest first: every `metrics` event's data (step, epoch, train
+    /// loss and accuracy, validation loss at epoch ends), for the dashboard's chart.
+    public func series(_ id: String, scope: TeamScope) async throws(FineTuningError) -> [[String: Any]] {
+        _ = try await job(id, scope: scope)
+        return try await storedEvents(id).filter { $0.type == "metrics" }.compactMap { try? JSONSerialization.jsonObject(with: $0.data) as? [String: Any] }
+    }
+
+    /// Every stored event of a job, oldest first.
+    func storedEvents(_ id: String) async throws(FineTuningError) -> [StoredJobEvent] {
+        var stored: [StoredJobEvent] = []
+        do {
+            var last: Int64 = 0
+            while true {
+                let page = try await store.jobEvents(job: id, after: last, limit: 1000)
+                stored += page
+                guard let end = page.last, page.count == 1000 else { break }
+                last = end.sequence
+            }
+        } catch { throw .storage("\(error)") }
+        return stored
     }
 
     /// The job's checkpoints newest first (`after`: a checkpoint id).
