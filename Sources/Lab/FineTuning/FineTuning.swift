@@ -401,7 +401,7 @@ public struct FineTuning: Sendable {
         return [
             "id": "ftckpt-\(job.dropFirst(FineTuneJob.idPrefix.count + 1))-\(c.epoch)", "object": "fine_tuning.job.checkpoint",
             "created_at": Int(c.createdAt.timeIntervalSince1970), "fine_tuned_model_checkpoint": c.fineTunedModelCheckpoint,
-            "fine_tuning_job_id": job, "step_number": c.step, "metrics": metrics, "epoch": c.epoch, "learning_rate": c.learningRate,
+            "fine_tuning_job_id": job, "step_number": c.step, "metrics": metrics, "epoch": c.epoch, "learning_rate": c.learningRate, "seconds": c.seconds,
         ]
     }
 
