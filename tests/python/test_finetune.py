@@ -44,7 +44,11 @@ def chat_lines(n: int) -> bytes:
 def corral():
     d = tempfile.mkdtemp(prefix="corral-ft-")
     quantized = make_model(d, "quantized", "type=q8_0")
-    c = start_corral(extra_models=[{"name": "quantized", "path": quantized}], extra_config={"fineTuning": {"maxConcurrent": 1}}, directory=d)
+    # An F32 model far larger than this machine's memory, written as a sparse file (header only).
+    subprocess.run([CORRAL, "models", "make-test", "--out", d, "--name", "huge", "--sparse",
+                    "--shape", "embd=8192,layers=80,heads=64,kv=8,ff=28672,vocab=32000,type=f32"], check=True, capture_output=True)
+    c = start_corral(extra_models=[{"name": "quantized", "path": quantized}, {"name": "huge", "path": f"{d}/huge.gguf"}],
+                     extra_config={"fineTuning": {"maxConcurrent": 1}}, directory=d)
     yield c
     stop_corral(c)
 
@@ -109,6 +113,9 @@ def test_the_openai_sdk_fine_tunes_a_model_which_is_served_at_once(corral):
     assert metrics and all({"step", "train_loss", "train_mean_token_accuracy"} <= set(e.data) for e in metrics)
     steps = [e.data["step"] for e in metrics]
     assert steps == sorted(steps) and steps[-1] == metrics[-1].data["total_steps"]
+    assert all(e.data["train_loss"] > 0 for e in metrics)
+    epoch_ends = [e.data for e in metrics if "valid_loss" in e.data and e.data["valid_loss"] is not None]
+    assert [e["epoch"] for e in epoch_ends] == [1, 2, 3]
     assert started < len(messages)
 
     # One checkpoint per epoch, newest first, each servable; the training loss went down.
@@ -117,6 +124,8 @@ def test_the_openai_sdk_fine_tunes_a_model_which_is_served_at_once(corral):
     first, last = checkpoints[-1], checkpoints[0]
     assert last.metrics.train_loss < first.metrics.train_loss, (first.metrics, last.metrics)
     assert first.fine_tuned_model_checkpoint == f"{name}:ckpt-step-{first.step_number}"
+    assert [e["valid_loss"] for e in epoch_ends] == [c.metrics.valid_loss for c in reversed(checkpoints)]
+    assert [e["train_loss"] for e in epoch_ends] == [c.metrics.train_loss for c in reversed(checkpoints)]
 
     # Quality on the validation file: perplexity lower after than before.
     quality = extra["quality"]
@@ -224,6 +233,7 @@ def test_bad_requests_get_openai_errors(corral):
     other = client.files.create(file=("e.jsonl", b'{"item": {"q": 1}}\n'), purpose="evals")
     cases = [
         (dict(model="quantized", training_file=train.id), 400, "model", "F32"),
+        (dict(model="huge", training_file=train.id), 400, "model", "does not fit in memory for training"),
         (dict(model="nope", training_file=train.id), 404, None, "nope"),
         (dict(model="chat", training_file="file-missing"), 400, "training_file", "file-missing"),
         (dict(model="chat", training_file=other.id), 400, "training_file", "purpose"),
@@ -248,6 +258,7 @@ def test_bad_requests_get_openai_errors(corral):
         client.fine_tuning.jobs.cancel(done.id)
     with pytest.raises(openai.ConflictError):
         client.fine_tuning.jobs.pause(done.id)
+
 
 
 def long_job(client, epochs=4, repeat=1):

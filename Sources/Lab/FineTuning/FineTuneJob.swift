@@ -404,7 +404,7 @@ public struct FineTuneJob: JobKind {
                 guard ends || now - lastEvent >= .milliseconds(500) else { continue }
                 lastEvent = now
                 do {
-                    try await context.event("metrics", metrics(state: state, epoch: epoch, epochs: h.nEpochs))
+                    try await context.event("metrics", metrics(state: state, train: output.lastTrain, epoch: epoch, epochs: h.nEpochs))
                     let perEpoch = state.stepsPerEpoch ?? progress.batches
                     let done = Double(perEpoch * (epoch - 1) + (progress.phase == "train" ? progress.batch : perEpoch))
                     try await context.progress(done, of: Double(perEpoch * h.nEpochs), unit: "steps")
@@ -456,20 +456,17 @@ public struct FineTuneJob: JobKind {
             learningRate: rate, seconds: (ContinuousClock.now - started).inSeconds)
     }
 
-    func metrics(state: FineTuneState, epoch: Int, epochs: Int) -> FineTuneMetrics {
-        let perEpoch = state.stepsPerEpoch ?? state.current?.batches ?? 0
-        let current = state.current
-        let inTrain = current?.phase == "train"
+    /// A `metrics` event: where the epoch is, its running training loss and accuracy, and in its
+    /// validation phase the validation ones too.
+    func metrics(state: FineTuneState, train: TrainerProgress?, epoch: Int, epochs: Int) -> FineTuneMetrics {
+        let perEpoch = state.stepsPerEpoch ?? train?.batches ?? 0
+        let validating = state.current?.phase == "val"
         return FineTuneMetrics(
-            step: perEpoch * (epoch - 1) + (inTrain ? current?.batch ?? 0 : perEpoch), totalSteps: perEpoch * epochs, epoch: epoch,
-            trainLoss: inTrain ? current?.loss ?? 0 : state.current.map { _ in lastTrainLoss(state) } ?? 0,
-            trainMeanTokenAccuracy: inTrain ? current?.accuracy ?? 0 : lastTrainAccuracy(state),
-            validLoss: inTrain ? nil : current?.loss, validMeanTokenAccuracy: inTrain ? nil : current?.accuracy,
-            etaSeconds: current?.etaSeconds)
+            step: perEpoch * (epoch - 1) + (validating ? perEpoch : train?.batch ?? 0), totalSteps: perEpoch * epochs, epoch: epoch,
+            trainLoss: train?.loss ?? 0, trainMeanTokenAccuracy: train?.accuracy ?? 0,
+            validLoss: validating ? state.current?.loss : nil, validMeanTokenAccuracy: validating ? state.current?.accuracy : nil,
+            etaSeconds: state.current?.etaSeconds)
     }
-
-    private func lastTrainLoss(_ state: FineTuneState) -> Double { state.checkpoints.last?.trainLoss ?? 0 }
-    private func lastTrainAccuracy(_ state: FineTuneState) -> Double { state.checkpoints.last?.trainMeanTokenAccuracy ?? 0 }
 
     /// The trainer's command line for one epoch.
     public static func trainerArguments(input: String, data: String, output: String, hyperparameters h: FineTuneHyperparameters, learningRate: Double,
