@@ -62,10 +62,15 @@ public struct TuningSession: Sendable, Codable {
         /// Limits a trial must keep to count at all (one that breaks one is `infeasible`, not
         /// merely scored low).
         public var constraints: Constraints?
+        /// The session stops starting trials after this long (the trial running finishes).
+        public var maxSeconds: Double?
+        /// The session stops when this many measured trials in a row did not beat the best.
+        public var patience: Int?
 
         public init(objective: String, strategy: String, space: Space, minContext: Int?, requests: Int, concurrency: Int, maxTokens: Int,
-                    promptWords: Int, maxCandidates: Int, seed: UInt64, constraints: Constraints? = nil) {
+                    promptWords: Int, maxCandidates: Int, seed: UInt64, constraints: Constraints? = nil, maxSeconds: Double? = nil, patience: Int? = nil) {
             (self.objective, self.strategy, self.space, self.minContext, self.constraints) = (objective, strategy, space, minContext, constraints)
+            (self.maxSeconds, self.patience) = (maxSeconds, patience)
             (self.requests, self.concurrency, self.maxTokens, self.promptWords, self.maxCandidates, self.seed) =
                 (requests, concurrency, maxTokens, promptWords, maxCandidates, seed)
         }
@@ -143,6 +148,11 @@ public struct TuningSession: Sendable, Codable {
     public var request: Request
     public var trials: [Trial]
     public var best: Int?
+    /// Measured trials no other beats on every measure (generation speed, time to first token,
+    /// memory): the trade-offs to choose from.
+    public var pareto: [Int]?
+    /// Why the session stopped before its trial budget (time, patience), when it did.
+    public var stoppedEarly: String?
     public var appliedAt: Date?
     public var error: String?
 }
@@ -160,6 +170,45 @@ public struct TuningSpec: Sendable, Codable {
 public struct TuningProgress: Sendable, Codable {
     public var trials: [TuningSession.Trial]
     public var best: Int?
+    public var pareto: [Int]? = nil
+    public var stoppedEarly: String? = nil
+}
+
+/// What follows a session as it runs: when its time or patience is spent, and which trial is the
+/// best so far (by the objective's absolute score), announcing each new best.
+struct SessionWatch {
+    let started = ContinuousClock.now
+    let request: TuningSession.Request
+    var bestScore: Double?
+    var sinceImprovement = 0
+
+    init(_ request: TuningSession.Request) { self.request = request }
+
+    /// Records a measured trial; true when it is the best so far.
+    mutating func measured(_ trial: TuningSession.Trial) -> Bool {
+        guard let score = TuningJob.absoluteScore(trial, objective: request.objective) else {
+            sinceImprovement += 1
+            return false
+        }
+        if bestScore.map({ score > $0 }) ?? true {
+            bestScore = score
+            sinceImprovement = 0
+            return true
+        }
+        sinceImprovement += 1
+        return false
+    }
+
+    /// Why no further trial should start (nil: go on).
+    var stop: String? {
+        if let limit = request.maxSeconds, (ContinuousClock.now - started).inSeconds >= limit {
+            return String(format: "maxSeconds: %.0f s spent", limit)
+        }
+        if let patience = request.patience, sinceImprovement >= patience {
+            return "patience: \(patience) measured trials in a row did not beat the best"
+        }
+        return nil
+    }
 }
 
 /// Plans and runs tuning sessions: enumerate candidates, prune what the estimator says cannot
@@ -234,22 +283,31 @@ public struct TuningJob: JobKind {
         if Self.adaptive.contains(spec.request.strategy) { return try await runAdaptive(spec, serverPath: serverPath, context: context) }
         var state = TuningProgress(trials: spec.trials, best: nil)
         try await context.detail(state)
+        try await Self.announcePruned(state, context: context)
         let request = spec.request
+        var watch = SessionWatch(request)
         var alive = state.trials.filter { $0.status == "pending" }.map(\.index)
         var round = 0
         var finished = 0
-        while !alive.isEmpty {
+        rounds: while !alive.isEmpty {
             // Halving: every survivor runs with twice the previous round's work; others run once.
             let scale = request.strategy == "halving" ? 1 << round : 1
             for index in alive {
+                if let why = watch.stop {
+                    state.stoppedEarly = why
+                    alive = alive.filter { state.trials[$0].status == "done" }
+                    break rounds
+                }
                 try await context.pausePoint()
                 state.trials[index].status = "running"
                 state.trials[index].round = round
                 try await context.detail(state)
+                try await context.event("trial_started", state.trials[index])
                 state.trials[index] = try await runTrial(state.trials[index], spec: spec, serverPath: serverPath,
                                                          requests: request.requests * scale, maxTokens: request.maxTokens * scale, context: context)
                 finished += 1
                 try await context.event("trial", state.trials[index])
+                if watch.measured(state.trials[index]) { try await context.event("new_best", state.trials[index]) }
                 try await context.progress(Double(finished), message: "round \(round + 1): trial \(index) \(state.trials[index].status)")
                 try await context.detail(state)
             }
@@ -273,9 +331,36 @@ public struct TuningJob: JobKind {
                 break
             }
         }
+        if state.stoppedEarly != nil {
+            // Stopped mid-round: the best of what was measured.
+            Self.score(&state.trials, alive, objective: request.objective)
+            state.best = alive.max { (state.trials[$0].score ?? -.infinity) < (state.trials[$1].score ?? -.infinity) }
+            for i in state.trials.indices where state.trials[i].status == "pending" {
+                state.trials[i].status = "skipped"
+                state.trials[i].reason = state.stoppedEarly
+            }
+        }
+        state.pareto = Self.paretoFront(state.trials)
         try await context.detail(state)
         guard state.best != nil else { throw Self.noBest(state) }
         return state
+    }
+
+    /// A `pruned` event for each trial the plan ruled out (estimator, minimum context, KV rules).
+    static func announcePruned(_ state: TuningProgress, context: JobContext) async throws {
+        for trial in state.trials where trial.status == "pruned" { try await context.event("pruned", trial) }
+    }
+
+    /// The measured trials no other trial beats on all three of generation speed (higher),
+    /// time to first token and memory (lower) while being better on one: index order.
+    static func paretoFront(_ trials: [TuningSession.Trial]) -> [Int] {
+        let points: [(Int, [Double])] = trials.compactMap { t in
+            guard t.status == "done", let r = t.result, let g = r.generationTokensPerSecond.p50, let f = r.timeToFirstTokenMs.p50 else { return nil }
+            return (t.index, [-g, f, t.memoryMiB ?? Double(t.estimatedMiB ?? 0)])
+        }
+        return points.filter { p in
+            !points.contains { q in q.0 != p.0 && zip(q.1, p.1).allSatisfy { $0 <= $1 } && zip(q.1, p.1).contains { $0 < $1 } }
+        }.map(\.0)
     }
 
     /// Why a session has no winner: nothing completed, or nothing kept the constraints.
@@ -339,6 +424,8 @@ public struct TuningJob: JobKind {
         let request = spec.request
         var state = TuningProgress(trials: spec.trials, best: nil)
         try await context.detail(state)
+        try await Self.announcePruned(state, context: context)
+        var watch = SessionWatch(request)
         let dimensions = Self.searchDimensions(request.space)
         let space = SearchSpace(dimensions.map { .categorical($0.name, $0.values) })
         var strategy: any SearchStrategy = switch request.strategy {
@@ -349,6 +436,10 @@ public struct TuningJob: JobKind {
         var measuredAt: [Int: Double] = [:]
         var (trialsRun, suggestions) = (0, 0)
         while trialsRun < request.maxCandidates, suggestions < request.maxCandidates * 20, let suggestion = strategy.suggest() {
+            if let why = watch.stop {
+                state.stoppedEarly = why
+                break
+            }
             suggestions += 1
             let wanted = Dictionary(uniqueKeysWithValues: dimensions.map { ($0.name, suggestion.point[$0.name]?.description ?? "") })
             guard let index = state.trials.firstIndex(where: { Self.values(of: $0.candidate, dimensions) == wanted }),
@@ -364,6 +455,7 @@ public struct TuningJob: JobKind {
             try await context.pausePoint()
             state.trials[index].status = "running"
             try await context.detail(state)
+            try await context.event("trial_started", state.trials[index])
             let fraction = suggestion.budget
             state.trials[index] = try await runTrial(
                 state.trials[index], spec: spec, serverPath: serverPath, requests: max(1, Int((Double(request.requests) * fraction).rounded(.up))),
@@ -373,14 +465,17 @@ public struct TuningJob: JobKind {
             trialsRun += 1
             strategy.report(suggestion, score: state.trials[index].score)
             try await context.event("trial", state.trials[index])
+            // A new best counts at the full budget only (Hyperband's cheap rungs only choose).
+            if fraction >= 1, watch.measured(state.trials[index]) { try await context.event("new_best", state.trials[index]) }
             try await context.progress(Double(trialsRun), of: Double(request.maxCandidates),
                                        message: "\(request.strategy): trial \(index) \(state.trials[index].status)")
             try await context.detail(state)
         }
         for i in state.trials.indices where state.trials[i].status == "pending" {
             state.trials[i].status = "skipped"
-            state.trials[i].reason = "the \(request.strategy) search did not choose it within \(request.maxCandidates) trials"
+            state.trials[i].reason = state.stoppedEarly ?? "the \(request.strategy) search did not choose it within \(request.maxCandidates) trials"
         }
+        state.pareto = Self.paretoFront(state.trials)
         // The best at the full budget (Hyperband's cheaper rungs are only for choosing).
         let full = state.trials.indices.filter { state.trials[$0].score != nil && (measuredAt[$0] ?? 0) >= 1 }
         let pool = full.isEmpty ? state.trials.indices.filter { state.trials[$0].score != nil } : full
@@ -477,7 +572,8 @@ extension TuningSession {
             for i in trials.indices where trials[i].status == "running" || trials[i].status == "pending" { trials[i].status = job.state.rawValue }
         }
         self.init(id: job.id, model: spec.model, createdAt: job.createdAt, status: job.state.legacyStatus, state: job.state, request: spec.request,
-                  trials: trials, best: progress?.best, appliedAt: appliedAt, error: job.error?.message)
+                  trials: trials, best: progress?.best, pareto: progress?.pareto, stoppedEarly: progress?.stoppedEarly, appliedAt: appliedAt,
+                  error: job.error?.message)
     }
 }
 

@@ -217,6 +217,50 @@ def test_adaptive_tuning_strategies_choose_their_trials_within_the_budget(corral
     assert best["status"] == "done" and best["score"] == max(t["score"] for t in measured)
 
 
+def test_a_tuning_session_reports_its_trials_live_stops_on_patience_and_keeps_its_pareto_front(corral):
+    space = {"ubatch": [32, 64, 128, 256], "contextSize": [512, 100000000]}
+    started = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={
+        "model": "chat", "strategy": "tpe", "objective": "max_generation_tps", "space": space, "requests": 2, "maxTokens": 4,
+        "maxTrials": 4, "patience": 1, "seed": 3}).json()
+    # The event stream ends with the session.
+    seen = []
+    with httpx.stream("GET", f"{corral.base}/admin/tuning/{started['id']}/events", headers=corral.h, timeout=180) as r:
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event in ("pruned", "trial_started", "trial", "new_best"):
+                seen.append((event, json.loads(line[6:])["data"]["index"]))
+    session = get(corral, f"/admin/tuning/{started['id']}")
+    assert session["status"] == "done", session
+    trials = session["trials"]
+    pruned = sorted(i for e, i in seen if e == "pruned")
+    assert pruned == sorted(t["index"] for t in trials if t["status"] == "pruned") and pruned
+    measured = [i for e, i in seen if e == "trial"]
+    assert [i for e, i in seen if e == "trial_started"] == measured and measured
+    # A new best is announced for the first measured trial and for each that beat every earlier one.
+    best_so_far, expected = None, []
+    for i in measured:
+        score = trials[i].get("score")
+        if score is not None and (best_so_far is None or score > best_so_far):
+            best_so_far, expected = score, expected + [i]
+    assert [i for e, i in seen if e == "new_best"] == expected and expected[-1] == session["best"]
+    # Patience 1: the session stopped at the first measured trial that did not beat the best.
+    if len(measured) < 4:
+        assert session["stoppedEarly"].startswith("patience") and (trials[measured[-1]].get("score") or -1e300) <= best_so_far
+        assert all(t["reason"] == session["stoppedEarly"] for t in trials if t["status"] == "skipped")
+    # The Pareto front: measured trials no other one beats on speed, first token and memory at once.
+    def measures(t):
+        r = t["result"]
+        return (-r["generationTokensPerSecond"]["p50"], r["timeToFirstTokenMs"]["p50"], t.get("memoryMiB") or t["estimatedMiB"])
+    done = [t for t in trials if t["status"] == "done"]
+    def dominated(t):
+        return any(all(a <= b for a, b in zip(measures(o), measures(t))) and measures(o) != measures(t) for o in done if o is not t)
+    assert session["pareto"] == [t["index"] for t in done if not dominated(t)] and session["pareto"]
+    r = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={"model": "chat", "space": {"ubatch": [128]}, "maxSeconds": 0})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "maxSeconds"
+
+
 def test_tuning_constraints_make_trials_infeasible_not_merely_worse(corral):
     def session(constraints, strategy="grid"):
         started = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={

@@ -129,7 +129,8 @@ struct LabRoutes: Sendable {
         admin.post("tuning", .init("Start a tuning session (a job of kind tuning)", body: .object([
             "model": .string, "objective": .enumeration(TuningJob.objectives), "strategy": .enumeration(TuningJob.strategies), "space": space,
             "minContext": .integer(minimum: 1), "requests": .integer(minimum: 1), "concurrency": .integer(minimum: 1), "maxTokens": .integer(minimum: 1),
-            "promptWords": .integer(minimum: 1), "maxCandidates": .integer(minimum: 1), "seed": .integer(minimum: 0),
+            "promptWords": .integer(minimum: 1), "maxCandidates": .integer(minimum: 1), "maxTrials": .integer(minimum: 1), "seed": .integer(minimum: 0),
+            "maxSeconds": .number, "patience": .integer(minimum: 1),
             "constraints": .object(["ttftP95Ms": .number, "memoryMiB": .number, "generationTPS": .number]),
         ], required: ["model"]), status: 202)) { request, context in
             let body = try await Relay.readJSON(request, context: context).1
@@ -148,7 +149,7 @@ struct LabRoutes: Sendable {
             guard let found = try await mapped({ try await lab.tuningSession(id) }) else { throw OpenAIError(.notFound, "no tuning session '\(id)'", code: "not_found") }
             return try jsonEncodable(found)
         }
-        admin.get("tuning/{id}/events", .events("The session's job events (trial started, measured, eliminated; state changes) as server-sent events; replays from Last-Event-ID", path: session)) { request, context in
+        admin.get("tuning/{id}/events", .events("The session's job events as server-sent events: `pruned` (each trial the plan ruled out, with the reason), `trial_started`, `trial` (measured), `new_best`, progress and state changes; replays from Last-Event-ID", path: session)) { request, context in
             let id = try context.parameters.require("id")
             guard try await mapped({ try await lab.tuningSession(id) }) != nil else { throw OpenAIError(.notFound, "no tuning session '\(id)'", code: "not_found") }
             return try await JobRoutes.events(of: id, in: lab.engine, request: request)
@@ -157,6 +158,15 @@ struct LabRoutes: Sendable {
         admin.post("tuning/{id}/apply", .init("Use the winner as the model's runtime profile from its next spawn", path: session, errors: [404, 409])) { _, context in
             try jsonEncodable(try await mapped { try await lab.apply(try context.parameters.require("id")) })
         }
+    }
+
+    /// `maxSeconds`: a positive number, or absent.
+    static func seconds(_ raw: Any?) throws -> Double? {
+        guard let raw, !(raw is NSNull) else { return nil }
+        guard let n = raw as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite, n.doubleValue > 0 else {
+            throw OpenAIError.badRequest("maxSeconds must be a positive number", param: "maxSeconds")
+        }
+        return n.doubleValue
     }
 
     /// The tuning request in a POST body, validated.
@@ -209,7 +219,8 @@ struct LabRoutes: Sendable {
             minContext: body["minContext"] == nil ? nil : try int(body, "minContext", 0, 1...(1 << 24)),
             requests: try int(body, "requests", 4, 1...1000), concurrency: try int(body, "concurrency", 1, 1...256),
             maxTokens: try int(body, "maxTokens", 16, 1...4096), promptWords: try int(body, "promptWords", 32, 1...100_000),
-            maxCandidates: try int(body, "maxCandidates", 24, 1...512), seed: UInt64(try int(body, "seed", 42, 0...Int.max)),
-            constraints: constraints)
+            maxCandidates: try int(body, body["maxTrials"] != nil ? "maxTrials" : "maxCandidates", 24, 1...512), seed: UInt64(try int(body, "seed", 42, 0...Int.max)),
+            constraints: constraints, maxSeconds: try seconds(body["maxSeconds"]),
+            patience: body["patience"] == nil ? nil : try int(body, "patience", 0, 1...10_000))
     }
 }
