@@ -66,11 +66,17 @@ public struct TuningSession: Sendable, Codable {
         public var maxSeconds: Double?
         /// The session stops when this many measured trials in a row did not beat the best.
         public var patience: Int?
+        /// Load runs per trial on its llama-server, each measure kept with its 95 % interval.
+        public var repetitions: Int = 1
+        /// The best this many trials are measured again at the end, with `max(3, 2 × repetitions)`
+        /// more runs each, and the winner chosen among them on all their runs (0: none).
+        public var remeasureTop: Int = 0
 
         public init(objective: String, strategy: String, space: Space, minContext: Int?, requests: Int, concurrency: Int, maxTokens: Int,
-                    promptWords: Int, maxCandidates: Int, seed: UInt64, constraints: Constraints? = nil, maxSeconds: Double? = nil, patience: Int? = nil) {
+                    promptWords: Int, maxCandidates: Int, seed: UInt64, constraints: Constraints? = nil, maxSeconds: Double? = nil, patience: Int? = nil,
+                    repetitions: Int = 1, remeasureTop: Int = 0) {
             (self.objective, self.strategy, self.space, self.minContext, self.constraints) = (objective, strategy, space, minContext, constraints)
-            (self.maxSeconds, self.patience) = (maxSeconds, patience)
+            (self.maxSeconds, self.patience, self.repetitions, self.remeasureTop) = (maxSeconds, patience, repetitions, remeasureTop)
             (self.requests, self.concurrency, self.maxTokens, self.promptWords, self.maxCandidates, self.seed) =
                 (requests, concurrency, maxTokens, promptWords, maxCandidates, seed)
         }
@@ -137,6 +143,62 @@ public struct TuningSession: Sendable, Codable {
         /// The estimate per device, claimed from the scheduler while the trial runs.
         public var estimatedDeviceMiB: [String: Int]?
         public var score: Double?
+        /// Each load run's measures and their 95 % intervals, when the session repeats runs.
+        public var measures: Measures?
+        /// Whether the trial was measured again at the end among the best.
+        public var remeasured: Bool?
+
+        /// Median generation speed: the mean over repetitions when there are several.
+        var generationTPS: Double? { measures?.generationTPS.mean ?? result?.generationTokensPerSecond.p50 }
+        var ttftMs: Double? { measures?.ttftMs.mean ?? result?.timeToFirstTokenMs.p50 }
+        var throughputTPS: Double? { measures?.throughputTPS.mean ?? result?.throughputTokensPerSecond }
+    }
+
+    /// One load run of a trial.
+    public struct Repetition: Sendable, Codable, Equatable {
+        public var generationTPS: Double
+        public var ttftMs: Double
+        public var throughputTPS: Double
+    }
+
+    /// A mean with its 95 % confidence interval (Student's t) over `n` repetitions.
+    public struct Interval: Sendable, Codable, Equatable {
+        public var mean: Double
+        public var low: Double
+        public var high: Double
+        public var n: Int
+
+        public init(_ values: [Double]) {
+            let average = values.isEmpty ? 0 : values.reduce(0, +) / Double(values.count)
+            var half = 0.0
+            if values.count > 1 {
+                let sd = (values.map { ($0 - average) * ($0 - average) }.reduce(0, +) / Double(values.count - 1)).squareRoot()
+                half = Self.t975(degreesOfFreedom: values.count - 1) * sd / Double(values.count).squareRoot()
+            }
+            (n, mean, low, high) = (values.count, average, average - half, average + half)
+        }
+
+        /// Student's t quantile at 0.975.
+        static func t975(degreesOfFreedom df: Int) -> Double {
+            let table = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+                         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+            return df >= 1 && df <= table.count ? table[df - 1] : 1.96
+        }
+    }
+
+    /// A trial's repetitions and the interval of each measure.
+    public struct Measures: Sendable, Codable, Equatable {
+        public var repetitions: [Repetition]
+        public var generationTPS: Interval
+        public var ttftMs: Interval
+        public var throughputTPS: Interval
+
+        public init(_ repetitions: [Repetition]) {
+            self.repetitions = repetitions
+            generationTPS = Interval(repetitions.map(\.generationTPS))
+            ttftMs = Interval(repetitions.map(\.ttftMs))
+            throughputTPS = Interval(repetitions.map(\.throughputTPS))
+        }
     }
 
     public var id: String
@@ -340,10 +402,41 @@ public struct TuningJob: JobKind {
                 state.trials[i].reason = state.stoppedEarly
             }
         }
+        try await remeasureTop(&state, spec: spec, serverPath: serverPath, context: context)
         state.pareto = Self.paretoFront(state.trials)
         try await context.detail(state)
         guard state.best != nil else { throw Self.noBest(state) }
         return state
+    }
+
+    /// Measures the best `remeasureTop` trials again with `max(3, 2 × repetitions)` more runs
+    /// each (a `remeasured` event apiece) and makes the best of them on all their runs the
+    /// winner, so a lucky draw does not win.
+    func remeasureTop(_ state: inout TuningProgress, spec: TuningSpec, serverPath: String, context: JobContext) async throws {
+        let request = spec.request
+        guard request.remeasureTop > 0 else { return }
+        let ranked = state.trials.indices.filter { state.trials[$0].status == "done" }
+            .compactMap { i in Self.absoluteScore(state.trials[i], objective: request.objective).map { (i, $0) } }
+            .sorted { $0.1 > $1.1 }.prefix(request.remeasureTop).map(\.0)
+        guard ranked.count > 1 else { return }
+        for index in ranked {
+            try await context.pausePoint()
+            if state.trials[index].measures == nil, let r = state.trials[index].result, let g = r.generationTokensPerSecond.p50, let f = r.timeToFirstTokenMs.p50 {
+                state.trials[index].measures = TuningSession.Measures([.init(generationTPS: g, ttftMs: f, throughputTPS: r.throughputTokensPerSecond)])
+            }
+            let again = try await runTrial(state.trials[index], spec: spec, serverPath: serverPath, requests: request.requests,
+                                           maxTokens: request.maxTokens, context: context, repetitions: max(3, 2 * request.repetitions))
+            guard again.status == "done" else { continue }
+            state.trials[index] = again
+            state.trials[index].remeasured = true
+            state.trials[index].score = Self.absoluteScore(again, objective: request.objective)
+            try await context.event("remeasured", state.trials[index])
+            try await context.detail(state)
+        }
+        let remeasured = ranked.filter { state.trials[$0].remeasured == true }
+        if let best = remeasured.max(by: { (state.trials[$0].score ?? -.infinity) < (state.trials[$1].score ?? -.infinity) }) {
+            state.best = best
+        }
     }
 
     /// A `pruned` event for each trial the plan ruled out (estimator, minimum context, KV rules).
@@ -355,7 +448,7 @@ public struct TuningJob: JobKind {
     /// time to first token and memory (lower) while being better on one: index order.
     static func paretoFront(_ trials: [TuningSession.Trial]) -> [Int] {
         let points: [(Int, [Double])] = trials.compactMap { t in
-            guard t.status == "done", let r = t.result, let g = r.generationTokensPerSecond.p50, let f = r.timeToFirstTokenMs.p50 else { return nil }
+            guard t.status == "done", let g = t.generationTPS, let f = t.ttftMs else { return nil }
             return (t.index, [-g, f, t.memoryMiB ?? Double(t.estimatedMiB ?? 0)])
         }
         return points.filter { p in
@@ -372,8 +465,8 @@ public struct TuningJob: JobKind {
 
     /// One candidate as a real llama-server outside the fleet, with its estimated memory claimed
     /// from the scheduler while it runs.
-    private func runTrial(_ trial: TuningSession.Trial, spec: TuningSpec, serverPath: String, requests: Int, maxTokens: Int, context: JobContext) async throws
-        -> TuningSession.Trial
+    private func runTrial(_ trial: TuningSession.Trial, spec: TuningSpec, serverPath: String, requests: Int, maxTokens: Int, context: JobContext,
+                          repetitions: Int? = nil) async throws -> TuningSession.Trial
     {
         var trial = trial
         let request = spec.request
@@ -393,15 +486,30 @@ public struct TuningJob: JobKind {
             requests: requests, concurrency: request.concurrency, promptWords: request.promptWords, maxTokens: maxTokens))
         let client = self.client
         let base = instance.baseURL
-        let result = await runner.run(
-            model: spec.model,
-            send: { body in
-                var r = HTTPClientRequest(url: base + "/v1/chat/completions")
-                r.method = .POST
-                r.headers.add(name: "content-type", value: "application/json")
-                r.body = .bytes(body)
-                return (try await client.execute(r, timeout: .minutes(5)), { _, _, _ in })
-            }, beforeEach: { try Task.checkCancellation() })
+        let runs = max(1, repetitions ?? request.repetitions)
+        var first: LoadResult?
+        var measured: [TuningSession.Repetition] = []
+        for _ in 0..<runs {
+            let run = await runner.run(
+                model: spec.model,
+                send: { body in
+                    var r = HTTPClientRequest(url: base + "/v1/chat/completions")
+                    r.method = .POST
+                    r.headers.add(name: "content-type", value: "application/json")
+                    r.body = .bytes(body)
+                    return (try await client.execute(r, timeout: .minutes(5)), { _, _, _ in })
+                }, beforeEach: { try Task.checkCancellation() })
+            if first == nil { first = run }
+            if run.errors < run.requests, let g = run.generationTokensPerSecond.p50, let f = run.timeToFirstTokenMs.p50 {
+                measured.append(.init(generationTPS: g, ttftMs: f, throughputTPS: run.throughputTokensPerSecond))
+            }
+            if Task.isCancelled { break }
+        }
+        let result = first!
+        if runs > 1 || repetitions != nil {
+            let earlier = repetitions != nil ? trial.measures?.repetitions ?? [] : []
+            trial.measures = TuningSession.Measures(earlier + measured)
+        }
         trial.memoryMiB = instance.allocatedMiB.values.reduce(0, +)
         _ = await instance.process.stop(grace: .seconds(2))
         await context.releaseMemory()
@@ -475,11 +583,12 @@ public struct TuningJob: JobKind {
             state.trials[i].status = "skipped"
             state.trials[i].reason = state.stoppedEarly ?? "the \(request.strategy) search did not choose it within \(request.maxCandidates) trials"
         }
-        state.pareto = Self.paretoFront(state.trials)
         // The best at the full budget (Hyperband's cheaper rungs are only for choosing).
         let full = state.trials.indices.filter { state.trials[$0].score != nil && (measuredAt[$0] ?? 0) >= 1 }
         let pool = full.isEmpty ? state.trials.indices.filter { state.trials[$0].score != nil } : full
         state.best = pool.max { state.trials[$0].score! < state.trials[$1].score! }
+        try await remeasureTop(&state, spec: spec, serverPath: serverPath, context: context)
+        state.pareto = Self.paretoFront(state.trials)
         try await context.detail(state)
         guard state.best != nil else { throw Self.noBest(state) }
         return state
@@ -514,11 +623,12 @@ public struct TuningJob: JobKind {
     static func absoluteScore(_ t: TuningSession.Trial, objective: String) -> Double? {
         guard t.status == "done", let r = t.result else { return nil }
         let memory = max(t.memoryMiB ?? Double(t.estimatedMiB ?? 1), 0.001)
-        let (generation, ttft) = (r.generationTokensPerSecond.p50, r.timeToFirstTokenMs.p50)
+        _ = r
+        let (generation, ttft) = (t.generationTPS, t.ttftMs)
         let score: Double? = switch objective {
         case "max_generation_tps": generation
         case "min_ttft": ttft.map { -$0 }
-        case "max_throughput_at_concurrency": r.throughputTokensPerSecond
+        case "max_throughput_at_concurrency": t.throughputTPS
         case "min_memory": -memory
         default: generation.flatMap { g in ttft.map { Foundation.log(max(g, 1e-9)) - Foundation.log(max($0, 1e-9)) - Foundation.log(memory) } }
         }
@@ -528,15 +638,14 @@ public struct TuningJob: JobKind {
     /// Scores the finished trials of a round by the objective (higher is better).
     static func score(_ trials: inout [TuningSession.Trial], _ indexes: [Int], objective: String) {
         let done = indexes.filter { trials[$0].status == "done" }
-        let gen = done.map { trials[$0].result?.generationTokensPerSecond.p50 ?? 0 }
-        let ttft = done.map { trials[$0].result?.timeToFirstTokenMs.p50 ?? .infinity }
+        let gen = done.map { trials[$0].generationTPS ?? 0 }
+        let ttft = done.map { trials[$0].ttftMs ?? .infinity }
         let mem = done.map { max(trials[$0].memoryMiB ?? Double(trials[$0].estimatedMiB ?? 0), 0.001) }
         for (k, i) in done.enumerated() {
-            let r = trials[i].result
             switch objective {
             case "max_generation_tps": trials[i].score = gen[k]
             case "min_ttft": trials[i].score = -ttft[k]
-            case "max_throughput_at_concurrency": trials[i].score = r?.throughputTokensPerSecond ?? 0
+            case "max_throughput_at_concurrency": trials[i].score = trials[i].throughputTPS ?? 0
             case "min_memory": trials[i].score = -mem[k]
             default:
                 // Each measure relative to the round's best, averaged.

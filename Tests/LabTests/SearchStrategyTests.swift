@@ -121,3 +121,15 @@ import Testing
         #expect(abs(Foundation.log10(run.best!.suggestion.point["lr"]!.number!) + 3) < 0.5)
     }
 }
+
+/// A tuning measure's 95 % interval: Student's t over the repetitions.
+@Suite struct TuningIntervalTests {
+    @Test func theIntervalIsTheMeanPlusOrMinusTTimesTheStandardError() {
+        let interval = TuningSession.Interval([1, 2, 3])
+        #expect(interval.mean == 2 && interval.n == 3)
+        #expect(abs(interval.high - (2 + 4.303 / 3.0.squareRoot())) < 1e-9 && abs(interval.low - (2 - 4.303 / 3.0.squareRoot())) < 1e-9)
+        let one = TuningSession.Interval([5])
+        #expect(one.low == 5 && one.high == 5)
+        #expect(TuningSession.Interval.t975(degreesOfFreedom: 200) == 1.96)
+    }
+}

@@ -261,6 +261,32 @@ def test_a_tuning_session_reports_its_trials_live_stops_on_patience_and_keeps_it
     assert r.status_code == 400 and r.json()["error"]["param"] == "maxSeconds"
 
 
+def test_tuning_repeats_each_measure_with_an_interval_and_remeasures_the_top_trials(corral):
+    started = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={
+        "model": "chat", "strategy": "grid", "objective": "max_generation_tps", "space": {"ubatch": [64, 128, 256]},
+        "requests": 2, "maxTokens": 4, "repetitions": 2, "remeasureTop": 2})
+    assert started.status_code == 202, started.text
+    deadline = time.time() + 180
+    while (session := get(corral, f"/admin/tuning/{started.json()['id']}"))["status"] in ("queued", "running"):
+        assert time.time() < deadline
+        time.sleep(0.3)
+    assert session["status"] == "done", session
+    done = [t for t in session["trials"] if t["status"] == "done"]
+    assert len(done) == 3
+    for t in done:
+        m = t["measures"]
+        n = len(m["repetitions"])
+        assert n == (2 + 4 if t.get("remeasured") else 2), t
+        g = m["generationTPS"]
+        values = [r["generationTPS"] for r in m["repetitions"]]
+        assert g["n"] == n and abs(g["mean"] - sum(values) / n) < 1e-9 and g["low"] <= g["mean"] <= g["high"]
+        assert t["score"] == pytest.approx(g["mean"])
+    remeasured = [t for t in done if t.get("remeasured")]
+    assert len(remeasured) == 2
+    best = session["trials"][session["best"]]
+    assert best.get("remeasured") and best["score"] == max(t["score"] for t in remeasured)
+
+
 def test_tuning_constraints_make_trials_infeasible_not_merely_worse(corral):
     def session(constraints, strategy="grid"):
         started = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={

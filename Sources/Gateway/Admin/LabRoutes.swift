@@ -130,7 +130,7 @@ struct LabRoutes: Sendable {
             "model": .string, "objective": .enumeration(TuningJob.objectives), "strategy": .enumeration(TuningJob.strategies), "space": space,
             "minContext": .integer(minimum: 1), "requests": .integer(minimum: 1), "concurrency": .integer(minimum: 1), "maxTokens": .integer(minimum: 1),
             "promptWords": .integer(minimum: 1), "maxCandidates": .integer(minimum: 1), "maxTrials": .integer(minimum: 1), "seed": .integer(minimum: 0),
-            "maxSeconds": .number, "patience": .integer(minimum: 1),
+            "maxSeconds": .number, "patience": .integer(minimum: 1), "repetitions": .integer(minimum: 1), "remeasureTop": .integer(minimum: 0),
             "constraints": .object(["ttftP95Ms": .number, "memoryMiB": .number, "generationTPS": .number]),
         ], required: ["model"]), status: 202)) { request, context in
             let body = try await Relay.readJSON(request, context: context).1
@@ -221,6 +221,7 @@ struct LabRoutes: Sendable {
             maxTokens: try int(body, "maxTokens", 16, 1...4096), promptWords: try int(body, "promptWords", 32, 1...100_000),
             maxCandidates: try int(body, body["maxTrials"] != nil ? "maxTrials" : "maxCandidates", 24, 1...512), seed: UInt64(try int(body, "seed", 42, 0...Int.max)),
             constraints: constraints, maxSeconds: try seconds(body["maxSeconds"]),
-            patience: body["patience"] == nil ? nil : try int(body, "patience", 0, 1...10_000))
+            patience: body["patience"] == nil ? nil : try int(body, "patience", 0, 1...10_000),
+            repetitions: try int(body, "repetitions", 1, 1...100), remeasureTop: try int(body, "remeasureTop", 0, 0...20))
     }
 }
