@@ -381,3 +381,69 @@ def test_overview_history_after_the_traffic(corral, browser):
     go(browser, "#/overview", "Overview")
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "figure.chart svg circle"), "history points in the charts")
     screenshot(browser, "overview")
+
+
+def test_fine_tuning_page_shows_a_job_training_live_and_its_result(corral, browser):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=corral.base + "/v1", api_key=corral.admin_token, max_retries=0, timeout=120)
+    text = ("The quick brown fox jumps over the lazy dog. " * 40 + "\n\n") * 25
+    training = client.files.create(file=("t.txt", text.encode()), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="chat", training_file=training.id, hyperparameters={"n_epochs": 2},
+                                         extra_body={"preset": "efficient"})
+    if not browser.current_url.startswith(corral.base + "/ui"):  # run alone (-k): sign the tab in
+        browser.get(corral.base + "/ui")
+        browser.execute_script("sessionStorage.setItem('corral.adminToken', arguments[0])", corral.admin_token)
+    go(browser, f"#/fine-tuning/{job.id}", "Fine-tuning job")
+
+    def long_wait(condition, what, seconds=600):  # two epochs take minutes on a small CPU
+        return WebDriverWait(browser, seconds, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)).until(
+            condition, message=f"timed out waiting for {what}")
+
+    def train_vertices(d):
+        """The vertices of the training-loss line in the chart's SVG."""
+        return d.execute_script("return [...document.querySelectorAll('#ft-chart svg polyline.s0')]"
+                                ".reduce((n, line) => n + line.getAttribute('points').trim().split(/\\s+/).length, 0)")
+
+    # The chart grows while the job trains: a line first, then more steps on it, before the end.
+    first = long_wait(lambda d: train_vertices(d) >= 2 and train_vertices(d), "the training-loss line")
+    long_wait(lambda d: train_vertices(d) > first, "more training steps on the line")
+    assert client.fine_tuning.jobs.retrieve(job.id).status not in ("succeeded", "failed", "cancelled"), "grew only after the end"
+    assert "running" in text_of(browser, "#ft-facts")
+    assert browser.find_elements(By.CSS_SELECTOR, f"button[aria-label='Pause {job.id}']")
+    assert browser.find_elements(By.CSS_SELECTOR, f"button[aria-label='Cancel {job.id}']")
+
+    long_wait(lambda d: "succeeded" in text_of(d, "#ft-facts") and "succeeded" in text_of(d, "#page p.notice"), "the job to succeed on its page")
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    assert done.status == "succeeded" and done.fine_tuned_model
+    wait(browser, lambda d: text_of(d, "#ft-model") == done.fine_tuned_model, "the fine-tuned model's name")
+    assert not browser.find_elements(By.CSS_SELECTOR, f"button[aria-label='Cancel {job.id}']")
+
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+    rows = wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ft-checkpoints tbody tr")) == 2
+                and d.find_elements(By.CSS_SELECTOR, "#ft-checkpoints tbody tr"), "two checkpoint rows")
+    assert [r.find_element(By.CSS_SELECTOR, "code").text for r in rows] == [c.fine_tuned_model_checkpoint for c in checkpoints]
+
+    quality = done.model_extra["quality"]
+    before = f"{quality['perplexity_before']['perplexity']:.2f}"
+    after = f"{quality['perplexity_after']['perplexity']:.2f}"
+    shown = browser.execute_script("return [...document.querySelectorAll('#ft-quality .perplexity')].map((e) => e.textContent)")
+    assert shown == [before, after], (shown, quality)
+
+    # Every training step of the curve is on the line once the job is done, and one validation
+    # dot per epoch end.
+    curve = corral.get(f"/admin/fine-tuning/{job.id}/curve")["points"]
+    assert train_vertices(browser) == len([p for p in curve if p.get("valid_loss") is None]) > first
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#ft-chart svg circle.s1")) == 2
+    log = text_of(browser, "#ft-messages tbody")
+    assert f"New fine-tuned model created: {done.fine_tuned_model}" in log and "The job has successfully completed" in log
+    screenshot(browser, "fine-tuning-job")
+
+    go(browser, "#/fine-tuning", "Fine-tuning")
+    assert browser.find_element(By.CSS_SELECTOR, "#nav a[aria-current=page]").text == "Fine-tuning"
+    row = f"#page tr:has(a[href='#/fine-tuning/{job.id}'])"
+    wait(browser, lambda d: "succeeded" in text_of(d, row), "the job's row")
+    cells = text_of(browser, row)
+    for expected in ("chat", done.fine_tuned_model, "2 / 2", f"{before} → {after}"):
+        assert expected in cells, (expected, cells)
+    screenshot(browser, "fine-tuning")

@@ -363,6 +363,13 @@ def test_a_team_sees_only_its_own_jobs(corral):
     assert job.id not in [j.id for j in b.fine_tuning.jobs.list()]
     assert job.id in [j.id for j in a.fine_tuning.jobs.list()]
     assert wait_job(a, job.id).status == "succeeded"
+    # With teams in place, the admin token still sees (and controls) every team's jobs; a team
+    # key that is no key at all is refused.
+    admin = sdk(corral, corral.admin_token)
+    assert job.id in [j.id for j in admin.fine_tuning.jobs.list(limit=100)]
+    assert admin.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+    with pytest.raises(openai.AuthenticationError):
+        sdk(corral, "not-a-key").fine_tuning.jobs.list()
 
 
 def test_the_cli_uploads_trains_follows_and_shows_a_job(corral, tmp_path):

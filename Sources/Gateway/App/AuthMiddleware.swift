@@ -36,8 +36,8 @@ struct AuthMiddleware: RouterMiddleware {
         }
         var context = context
         // The admin token also opens the team routes whose data it may see whole (`/v1/files`,
-        // `/v1/evals`).
-        if components.starts(with: ["v1", "files"]) || components.starts(with: ["v1", "evals"]), access.isAdmin(key) {
+        // `/v1/evals`, `/v1/fine_tuning`).
+        if components.starts(with: ["v1", "files"]) || components.starts(with: ["v1", "evals"]) || components.starts(with: ["v1", "fine_tuning"]), access.isAdmin(key) {
             context.isAdmin = true
             return try await next(request, context)
         }

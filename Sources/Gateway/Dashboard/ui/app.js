@@ -1,6 +1,6 @@
 // The dashboard shell: sign-in, hash routing between pages, and the navigation's state.
 // Each page module exports render(root, args, signal); the signal aborts when the page is left.
-// `#/models/{id}`, `#/jobs/{id}` and `#/evaluations/{run}` pass the id as the first arg.
+// `#/models/{id}`, `#/jobs/{id}`, `#/evaluations/{run}` and `#/fine-tuning/{job}` pass the id as the first arg.
 
 import { api, isAbort, session } from './api.js';
 import { notice } from './dom.js';
@@ -13,8 +13,9 @@ import { logs } from './pages/logs.js';
 import { jobs } from './pages/jobs.js';
 import { evaluations } from './pages/evaluations.js';
 import { downloads } from './pages/downloads.js';
+import { fineTuning } from './pages/finetuning.js';
 
-const pages = { overview, models, downloads, teams, requests, jobs, evaluations, logs };
+const pages = { overview, models, downloads, teams, requests, jobs, evaluations, 'fine-tuning': fineTuning, logs };
 const $ = (id) => document.getElementById(id);
 let leave = null;
 
