@@ -9,9 +9,11 @@ public struct BenchmarkParameters: Sendable, Codable, Equatable {
     public var concurrency: Int
     public var promptWords: Int
     public var maxTokens: Int
+    /// Sampling fields every request carries (`temperature`, `top_p`, …: a tuning trial's).
+    public var sampling: [String: Double]?
 
-    public init(requests: Int, concurrency: Int, promptWords: Int, maxTokens: Int) {
-        (self.requests, self.concurrency, self.promptWords, self.maxTokens) = (requests, concurrency, promptWords, maxTokens)
+    public init(requests: Int, concurrency: Int, promptWords: Int, maxTokens: Int, sampling: [String: Double]? = nil) {
+        (self.requests, self.concurrency, self.promptWords, self.maxTokens, self.sampling) = (requests, concurrency, promptWords, maxTokens, sampling)
     }
 }
 

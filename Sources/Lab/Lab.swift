@@ -13,13 +13,16 @@ public struct Lab: Sendable {
     let profiles: RuntimeProfiles
     /// Where the texts of perplexity runs are kept, by SHA-256.
     let textDirectory: String
+    /// Where a tuning winner's sampling parameters are kept as a profile.
+    let sampling: SamplingProfiles?
 
     /// The lab on `engine`, which must run ``BenchmarkJob``, ``PerplexityJob`` and ``TuningJob``.
-    public init(engine: JobEngine, scheduler: Scheduler, store: Store?, textDirectory: String) {
+    public init(engine: JobEngine, scheduler: Scheduler, store: Store?, textDirectory: String, sampling: SamplingProfiles? = nil) {
         self.engine = engine
         self.scheduler = scheduler
         self.profiles = RuntimeProfiles(store: store)
         self.textDirectory = textDirectory
+        self.sampling = sampling
     }
 
     // MARK: Benchmarks
@@ -89,17 +92,28 @@ public struct Lab: Sendable {
         return sessions
     }
 
-    /// Stores a finished session's winner as the model's runtime profile, used from its next
-    /// spawn on (unload the model to apply it now).
-    public func apply(_ id: String) async throws -> RuntimeProfile {
+    /// Stores a finished session's winner: its llama-server settings as the model's runtime
+    /// profile, used from its next spawn on (unload the model to apply it now), and its sampling
+    /// parameters as the sampling profile `samplingProfile` (default `tuned-MODEL`), which
+    /// requests use as `MODEL@PROFILE` or with `"profile"`.
+    public func apply(_ id: String, samplingProfile: String? = nil) async throws -> RuntimeProfile {
         guard let session = try await tuningSession(id) else { throw LabError.notFound("no tuning session '\(id)'") }
         guard session.state == .succeeded, let best = session.best else {
             throw LabError.conflict("session '\(id)' has no result to apply (status \(session.status))", code: "not_finished")
         }
-        let arguments = session.trials[best].arguments
-        try await scheduler.setRuntimeArguments(session.model, arguments)
-        let profile = RuntimeProfile(model: session.model, arguments: arguments, session: id, appliedAt: Date())
-        try await profiles.save(profile)
+        let winner = session.trials[best]
+        var profile = RuntimeProfile(model: session.model, arguments: winner.arguments, session: id, appliedAt: Date())
+        if let fields = winner.candidate.sampling, !fields.isEmpty {
+            guard let sampling else { throw LabError.conflict("sampling profiles are not available here", code: "no_profiles") }
+            let name = samplingProfile ?? "tuned-" + String(session.model.map { $0.isASCII && ($0.isLetter || $0.isNumber) ? $0 : "-" })
+            try await sampling.put(name, fields: fields.mapValues { .number($0) })
+            (profile.samplingProfile, profile.sampling) = (name, fields)
+        }
+        // A space of sampling dimensions only leaves the model's runtime profile as it was.
+        if !winner.arguments.isEmpty || winner.candidate.sampling == nil {
+            try await scheduler.setRuntimeArguments(session.model, winner.arguments)
+            try await profiles.save(profile)
+        }
         return profile
     }
 

@@ -72,10 +72,11 @@ public struct LoadRunner: Sendable {
                 group.addTask {
                     var mine: [One] = []
                     while (try? await beforeEach()) != nil, let i = await next.take(below: load.requests) {
-                        let body: [String: Any] = [
+                        var body: [String: Any] = [
                             "model": model, "messages": [["role": "user", "content": prompt(i)]], "max_tokens": load.maxTokens, "stream": true,
                             "stream_options": ["include_usage": true], "cache_prompt": false,
                         ]
+                        for (key, value) in load.sampling ?? [:] { body[key] = key == "top_k" ? Int(value) as Any : value }
                         let t0 = ContinuousClock.now
                         var one = One(ok: false, gaps: [], prompt: 0, completion: 0)
                         do {

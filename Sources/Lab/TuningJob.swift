@@ -28,8 +28,66 @@ public struct TuningSession: Sendable, Codable {
         public var threads: [Int]?
         public var parallel: [Int]?
         public var gpuLayers: [Int]?
+        /// Sampling dimensions: trials that differ only in these share one llama-server.
+        public var temperature: [Double]?
+        public var topP: [Double]?
+        public var topK: [Int]?
+        public var minP: [Double]?
+        public var repeatPenalty: [Double]?
 
-        /// Every combination (at most `limit`), in a stable order.
+        enum CodingKeys: String, CodingKey {
+            case contextSize, ubatch, flashAttention, cacheType, threads, parallel, gpuLayers, temperature
+            case topP = "top_p", topK = "top_k", minP = "min_p", repeatPenalty = "repeat_penalty", numCtx = "num_ctx"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            contextSize = try c.decodeIfPresent([Int].self, forKey: .contextSize)
+            // Ollama's name for the context size.
+            if let numCtx = try c.decodeIfPresent([Int].self, forKey: .numCtx) { contextSize = (contextSize ?? []) + numCtx }
+            ubatch = try c.decodeIfPresent([Int].self, forKey: .ubatch)
+            flashAttention = try c.decodeIfPresent([Bool].self, forKey: .flashAttention)
+            cacheType = try c.decodeIfPresent([MemoryEstimator.CacheType].self, forKey: .cacheType)
+            threads = try c.decodeIfPresent([Int].self, forKey: .threads)
+            parallel = try c.decodeIfPresent([Int].self, forKey: .parallel)
+            gpuLayers = try c.decodeIfPresent([Int].self, forKey: .gpuLayers)
+            temperature = try c.decodeIfPresent([Double].self, forKey: .temperature)
+            topP = try c.decodeIfPresent([Double].self, forKey: .topP)
+            topK = try c.decodeIfPresent([Int].self, forKey: .topK)
+            minP = try c.decodeIfPresent([Double].self, forKey: .minP)
+            repeatPenalty = try c.decodeIfPresent([Double].self, forKey: .repeatPenalty)
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encodeIfPresent(contextSize, forKey: .contextSize)
+            try c.encodeIfPresent(ubatch, forKey: .ubatch)
+            try c.encodeIfPresent(flashAttention, forKey: .flashAttention)
+            try c.encodeIfPresent(cacheType, forKey: .cacheType)
+            try c.encodeIfPresent(threads, forKey: .threads)
+            try c.encodeIfPresent(parallel, forKey: .parallel)
+            try c.encodeIfPresent(gpuLayers, forKey: .gpuLayers)
+            try c.encodeIfPresent(temperature, forKey: .temperature)
+            try c.encodeIfPresent(topP, forKey: .topP)
+            try c.encodeIfPresent(topK, forKey: .topK)
+            try c.encodeIfPresent(minP, forKey: .minP)
+            try c.encodeIfPresent(repeatPenalty, forKey: .repeatPenalty)
+        }
+
+        public init(contextSize: [Int]? = nil, ubatch: [Int]? = nil, flashAttention: [Bool]? = nil, cacheType: [MemoryEstimator.CacheType]? = nil,
+                    threads: [Int]? = nil, parallel: [Int]? = nil, gpuLayers: [Int]? = nil) {
+            (self.contextSize, self.ubatch, self.flashAttention, self.cacheType) = (contextSize, ubatch, flashAttention, cacheType)
+            (self.threads, self.parallel, self.gpuLayers) = (threads, parallel, gpuLayers)
+        }
+
+        /// The sampling dimensions by request field name, with their values.
+        public var samplingDimensions: [(field: String, values: [Double])] {
+            [("temperature", temperature), ("top_p", topP), ("top_k", topK?.map(Double.init)), ("min_p", minP), ("repeat_penalty", repeatPenalty)]
+                .compactMap { name, values in values.flatMap { $0.isEmpty ? nil : (name, $0) } }
+        }
+
+        /// Every combination (at most `limit`), in a stable order (sampling innermost, so
+        /// consecutive candidates share their llama-server settings).
         public func candidates(limit: Int) -> [Candidate] {
             var out = [Candidate()]
             func expand<T>(_ values: [T]?, _ set: (inout Candidate, T) -> Void) {
@@ -43,6 +101,9 @@ public struct TuningSession: Sendable, Codable {
             expand(threads) { $0.threads = $1 }
             expand(parallel) { $0.parallel = $1 }
             expand(gpuLayers) { $0.gpuLayers = $1 }
+            for (field, values) in samplingDimensions {
+                expand(values) { $0.sampling = ($0.sampling ?? [:]).merging([field: $1]) { _, new in new } }
+            }
             return Array(out.prefix(limit))
         }
     }
@@ -113,6 +174,8 @@ public struct TuningSession: Sendable, Codable {
         public var threads: Int?
         public var parallel: Int?
         public var gpuLayers: Int?
+        /// Request sampling fields (`temperature`, `top_p`, `top_k`, `min_p`, `repeat_penalty`).
+        public var sampling: [String: Double]?
 
         /// llama-server flags for these settings.
         public var arguments: [String] {
@@ -147,6 +210,8 @@ public struct TuningSession: Sendable, Codable {
         public var measures: Measures?
         /// Whether the trial was measured again at the end among the best.
         public var remeasured: Bool?
+        /// `launched` (its own llama-server) or `reused` (the previous trial's: only sampling differed).
+        public var server: String?
 
         /// Median generation speed: the mean over repetitions when there are several.
         var generationTPS: Double? { measures?.generationTPS.mean ?? result?.generationTokensPerSecond.p50 }
@@ -234,6 +299,20 @@ public struct TuningProgress: Sendable, Codable {
     public var best: Int?
     public var pareto: [Int]? = nil
     public var stoppedEarly: String? = nil
+}
+
+/// The llama-server of the trial before, kept while the next trials differ only in sampling;
+/// used by one session's task only. Its memory claim is given back when it stops.
+final class TrialServer {
+    var instance: ModelInstance?
+    var arguments: [String]?
+
+    func stop(context: JobContext) async {
+        guard let instance else { return }
+        _ = await instance.process.stop(grace: .seconds(2))
+        (self.instance, arguments) = (nil, nil)
+        await context.releaseMemory()
+    }
 }
 
 /// What follows a session as it runs: when its time or patience is spent, and which trial is the
@@ -342,7 +421,22 @@ public struct TuningJob: JobKind {
 
     public func run(_ spec: TuningSpec, context: JobContext) async throws -> TuningProgress {
         guard let serverPath = tools.server?.path else { throw JobError("no_llama_server", "llama-server not found") }
-        if Self.adaptive.contains(spec.request.strategy) { return try await runAdaptive(spec, serverPath: serverPath, context: context) }
+        let server = TrialServer()
+        do {
+            let outcome = Self.adaptive.contains(spec.request.strategy)
+                ? try await runAdaptive(spec, serverPath: serverPath, context: context, server: server)
+                : try await runRounds(spec, serverPath: serverPath, context: context, server: server)
+            await server.stop(context: context)
+            return outcome
+        } catch {
+            await server.stop(context: context)
+            throw error
+        }
+    }
+
+    /// Grid, random and halving: every pending candidate per round (halving keeps the better
+    /// half for a round with twice the work).
+    private func runRounds(_ spec: TuningSpec, serverPath: String, context: JobContext, server: TrialServer) async throws -> TuningProgress {
         var state = TuningProgress(trials: spec.trials, best: nil)
         try await context.detail(state)
         try await Self.announcePruned(state, context: context)
@@ -366,7 +460,8 @@ public struct TuningJob: JobKind {
                 try await context.detail(state)
                 try await context.event("trial_started", state.trials[index])
                 state.trials[index] = try await runTrial(state.trials[index], spec: spec, serverPath: serverPath,
-                                                         requests: request.requests * scale, maxTokens: request.maxTokens * scale, context: context)
+                                                         requests: request.requests * scale, maxTokens: request.maxTokens * scale, context: context,
+                                                         server: server)
                 finished += 1
                 try await context.event("trial", state.trials[index])
                 if watch.measured(state.trials[index]) { try await context.event("new_best", state.trials[index]) }
@@ -402,7 +497,7 @@ public struct TuningJob: JobKind {
                 state.trials[i].reason = state.stoppedEarly
             }
         }
-        try await remeasureTop(&state, spec: spec, serverPath: serverPath, context: context)
+        try await remeasureTop(&state, spec: spec, serverPath: serverPath, context: context, server: server)
         state.pareto = Self.paretoFront(state.trials)
         try await context.detail(state)
         guard state.best != nil else { throw Self.noBest(state) }
@@ -412,7 +507,7 @@ public struct TuningJob: JobKind {
     /// Measures the best `remeasureTop` trials again with `max(3, 2 × repetitions)` more runs
     /// each (a `remeasured` event apiece) and makes the best of them on all their runs the
     /// winner, so a lucky draw does not win.
-    func remeasureTop(_ state: inout TuningProgress, spec: TuningSpec, serverPath: String, context: JobContext) async throws {
+    func remeasureTop(_ state: inout TuningProgress, spec: TuningSpec, serverPath: String, context: JobContext, server: TrialServer) async throws {
         let request = spec.request
         guard request.remeasureTop > 0 else { return }
         let ranked = state.trials.indices.filter { state.trials[$0].status == "done" }
@@ -425,7 +520,7 @@ public struct TuningJob: JobKind {
                 state.trials[index].measures = TuningSession.Measures([.init(generationTPS: g, ttftMs: f, throughputTPS: r.throughputTokensPerSecond)])
             }
             let again = try await runTrial(state.trials[index], spec: spec, serverPath: serverPath, requests: request.requests,
-                                           maxTokens: request.maxTokens, context: context, repetitions: max(3, 2 * request.repetitions))
+                                           maxTokens: request.maxTokens, context: context, repetitions: max(3, 2 * request.repetitions), server: server)
             guard again.status == "done" else { continue }
             state.trials[index] = again
             state.trials[index].remeasured = true
@@ -466,24 +561,33 @@ public struct TuningJob: JobKind {
     /// One candidate as a real llama-server outside the fleet, with its estimated memory claimed
     /// from the scheduler while it runs.
     private func runTrial(_ trial: TuningSession.Trial, spec: TuningSpec, serverPath: String, requests: Int, maxTokens: Int, context: JobContext,
-                          repetitions: Int? = nil) async throws -> TuningSession.Trial
+                          repetitions: Int? = nil, server: TrialServer) async throws -> TuningSession.Trial
     {
         var trial = trial
         let request = spec.request
-        try await context.claimMemory(trial.estimatedDeviceMiB ?? [:])
         let instance: ModelInstance
-        do {
-            instance = try await ModelInstance.launch(modelID: spec.model, serverPath: serverPath, arguments: ["-m", spec.path] + trial.arguments,
-                                                      client: client, timeout: .seconds(120))
-        } catch {
-            await context.releaseMemory()
-            try Task.checkCancellation()
-            trial.status = "failed"
-            trial.reason = "\(error)"
-            return trial
+        if let running = server.instance, server.arguments == trial.arguments {
+            // Only sampling differs from the trial before: the same llama-server answers.
+            instance = running
+            trial.server = "reused"
+        } else {
+            await server.stop(context: context)
+            try await context.claimMemory(trial.estimatedDeviceMiB ?? [:])
+            do {
+                instance = try await ModelInstance.launch(modelID: spec.model, serverPath: serverPath, arguments: ["-m", spec.path] + trial.arguments,
+                                                          client: client, timeout: .seconds(120))
+            } catch {
+                await context.releaseMemory()
+                try Task.checkCancellation()
+                trial.status = "failed"
+                trial.reason = "\(error)"
+                return trial
+            }
+            (server.instance, server.arguments) = (instance, trial.arguments)
+            trial.server = "launched"
         }
         let runner = LoadRunner(BenchmarkParameters(
-            requests: requests, concurrency: request.concurrency, promptWords: request.promptWords, maxTokens: maxTokens))
+            requests: requests, concurrency: request.concurrency, promptWords: request.promptWords, maxTokens: maxTokens, sampling: trial.candidate.sampling))
         let client = self.client
         let base = instance.baseURL
         let runs = max(1, repetitions ?? request.repetitions)
@@ -511,8 +615,7 @@ public struct TuningJob: JobKind {
             trial.measures = TuningSession.Measures(earlier + measured)
         }
         trial.memoryMiB = instance.allocatedMiB.values.reduce(0, +)
-        _ = await instance.process.stop(grace: .seconds(2))
-        await context.releaseMemory()
+        if Task.isCancelled { await server.stop(context: context) }
         try Task.checkCancellation()
         trial.result = result
         trial.status = result.errors == result.requests ? "failed" : "done"
@@ -528,7 +631,7 @@ public struct TuningJob: JobKind {
     /// space is a categorical dimension of its listed values; a suggestion the estimator pruned
     /// scores nothing, one already measured at that budget is not run again; Hyperband's budget
     /// fraction scales the trial's requests and output length (full budget: the request's).
-    private func runAdaptive(_ spec: TuningSpec, serverPath: String, context: JobContext) async throws -> TuningProgress {
+    private func runAdaptive(_ spec: TuningSpec, serverPath: String, context: JobContext, server: TrialServer) async throws -> TuningProgress {
         let request = spec.request
         var state = TuningProgress(trials: spec.trials, best: nil)
         try await context.detail(state)
@@ -567,7 +670,7 @@ public struct TuningJob: JobKind {
             let fraction = suggestion.budget
             state.trials[index] = try await runTrial(
                 state.trials[index], spec: spec, serverPath: serverPath, requests: max(1, Int((Double(request.requests) * fraction).rounded(.up))),
-                maxTokens: max(1, Int((Double(request.maxTokens) * fraction).rounded(.up))), context: context)
+                maxTokens: max(1, Int((Double(request.maxTokens) * fraction).rounded(.up))), context: context, server: server)
             state.trials[index].score = Self.absoluteScore(state.trials[index], objective: request.objective)
             measuredAt[index] = fraction
             trialsRun += 1
@@ -587,7 +690,7 @@ public struct TuningJob: JobKind {
         let full = state.trials.indices.filter { state.trials[$0].score != nil && (measuredAt[$0] ?? 0) >= 1 }
         let pool = full.isEmpty ? state.trials.indices.filter { state.trials[$0].score != nil } : full
         state.best = pool.max { state.trials[$0].score! < state.trials[$1].score! }
-        try await remeasureTop(&state, spec: spec, serverPath: serverPath, context: context)
+        try await remeasureTop(&state, spec: spec, serverPath: serverPath, context: context, server: server)
         state.pareto = Self.paretoFront(state.trials)
         try await context.detail(state)
         guard state.best != nil else { throw Self.noBest(state) }
@@ -605,6 +708,7 @@ public struct TuningJob: JobKind {
         add("threads", space.threads)
         add("parallel", space.parallel)
         add("gpuLayers", space.gpuLayers)
+        for (field, values) in space.samplingDimensions { add(field, values) }
         return dims
     }
 
@@ -615,15 +719,15 @@ public struct TuningJob: JobKind {
             "cacheType": c.cacheType?.rawValue, "threads": c.threads.map { "\($0)" }, "parallel": c.parallel.map { "\($0)" },
             "gpuLayers": c.gpuLayers.map { "\($0)" },
         ]
-        return Dictionary(uniqueKeysWithValues: dimensions.map { ($0.name, (all[$0.name] ?? nil) ?? "") })
+        let sampling = (c.sampling ?? [:]).mapValues { "\($0)" }
+        return Dictionary(uniqueKeysWithValues: dimensions.map { ($0.name, (all[$0.name] ?? nil) ?? sampling[$0.name] ?? "") })
     }
 
     /// A measured trial's score on its own (higher is better); the balanced objective weighs
     /// generation speed against time to first token and memory on log scales.
     static func absoluteScore(_ t: TuningSession.Trial, objective: String) -> Double? {
-        guard t.status == "done", let r = t.result else { return nil }
+        guard t.status == "done", t.result != nil else { return nil }
         let memory = max(t.memoryMiB ?? Double(t.estimatedMiB ?? 1), 0.001)
-        _ = r
         let (generation, ttft) = (t.generationTPS, t.ttftMs)
         let score: Double? = switch objective {
         case "max_generation_tps": generation
@@ -692,4 +796,11 @@ public struct RuntimeProfile: Sendable, Codable {
     public var arguments: [String]
     public var session: String
     public var appliedAt: Date
+    /// The sampling profile the winner's sampling parameters were saved as, and those parameters.
+    public var samplingProfile: String?
+    public var sampling: [String: Double]?
+
+    public init(model: String, arguments: [String], session: String, appliedAt: Date) {
+        (self.model, self.arguments, self.session, self.appliedAt) = (model, arguments, session, appliedAt)
+    }
 }

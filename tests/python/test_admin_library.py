@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from conftest import admin_cli as cli, admin_get as get, llama_tool, make_model, start_corral, stop_corral
+from conftest import admin_cli as cli, admin_get as get, admin_post, llama_tool, make_model, start_corral, stop_corral
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +285,36 @@ def test_tuning_repeats_each_measure_with_an_interval_and_remeasures_the_top_tri
     assert len(remeasured) == 2
     best = session["trials"][session["best"]]
     assert best.get("remeasured") and best["score"] == max(t["score"] for t in remeasured)
+
+
+def test_a_sampling_session_reuses_one_server_and_its_winner_becomes_a_profile(corral):
+    started = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={
+        "model": "chat", "strategy": "grid", "objective": "max_generation_tps", "requests": 2, "maxTokens": 4,
+        "space": {"ubatch": [128], "temperature": [0.2, 1.3], "top_k": [1, 40]}})
+    assert started.status_code == 202, started.text
+    deadline = time.time() + 120
+    while (session := get(corral, f"/admin/tuning/{started.json()['id']}"))["status"] in ("queued", "running"):
+        assert time.time() < deadline
+        time.sleep(0.3)
+    assert session["status"] == "done", session
+    trials = session["trials"]
+    assert [t["candidate"]["sampling"] for t in trials] == [
+        {"temperature": 0.2, "top_k": 1}, {"temperature": 0.2, "top_k": 40}, {"temperature": 1.3, "top_k": 1}, {"temperature": 1.3, "top_k": 40}]
+    # Only sampling differs between them: one llama-server answered all four.
+    assert [t["server"] for t in trials] == ["launched", "reused", "reused", "reused"]
+    winner = trials[session["best"]]["candidate"]["sampling"]
+    applied = admin_post(corral, f"/admin/tuning/{session['id']}/apply", {"profile": "fast-chat"})
+    assert applied["samplingProfile"] == "fast-chat" and applied["sampling"] == winner
+    profile = get(corral, "/admin/profiles/fast-chat")
+    assert profile["source"] == "admin" and {k: float(v) for k, v in profile["fields"].items()} == winner, profile
+    r = httpx.post(corral.base + f"/admin/tuning/{session['id']}/apply", headers=corral.h, json={"profile": "bad name@x"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "profile"
+    # The next request that names the profile is sampled with it (llama-server's slot shows it).
+    r = httpx.post(corral.base + "/v1/chat/completions", json={"model": "chat@fast-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    slots = httpx.get(corral.base + "/slots?model=chat", headers=corral.h).json()
+    used = [s["params"] for s in slots if s.get("params") and s.get("id_task", -1) >= 0]
+    assert any(abs(p["temperature"] - winner["temperature"]) < 1e-6 and p["top_k"] == winner["top_k"] for p in used), used
 
 
 def test_tuning_constraints_make_trials_infeasible_not_merely_worse(corral):

@@ -155,8 +155,16 @@ struct LabRoutes: Sendable {
             return try await JobRoutes.events(of: id, in: lab.engine, request: request)
         }
         // The winner becomes the model's runtime profile, used from its next spawn (unload to apply now).
-        admin.post("tuning/{id}/apply", .init("Use the winner as the model's runtime profile from its next spawn", path: session, errors: [404, 409])) { _, context in
-            try jsonEncodable(try await mapped { try await lab.apply(try context.parameters.require("id")) })
+        admin.post("tuning/{id}/apply", .init(
+            "Use the winner: its llama-server settings as the model's runtime profile from its next spawn, its sampling parameters as a sampling profile (`profile`, default tuned-MODEL; requests use MODEL@PROFILE)",
+            path: session, body: .object(["profile": .string]), errors: [404, 409])
+        ) { request, context in
+            let body = (try? await Relay.readJSON(request, context: context).1) ?? [:]
+            let name = body["profile"] as? String
+            if let name, !(1...64).contains(name.count) || !name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) {
+                throw OpenAIError.badRequest("profile must be 1 to 64 letters, digits, '-' or '_'", param: "profile")
+            }
+            return try jsonEncodable(try await mapped { try await lab.apply(try context.parameters.require("id"), samplingProfile: name) })
         }
     }
 
@@ -183,7 +191,7 @@ struct LabRoutes: Sendable {
         do {
             space = try JSONDecoder().decode(TuningSession.Space.self, from: JSONSerialization.data(withJSONObject: body["space"] ?? [String: Any]()))
         } catch {
-            throw OpenAIError.badRequest("space must map contextSize, ubatch, threads, parallel, gpuLayers to integer lists, flashAttention to booleans and cacheType to f16/q8_0/… names", param: "space")
+            throw OpenAIError.badRequest("space must map contextSize (or num_ctx), ubatch, threads, parallel, gpuLayers, top_k to integer lists, temperature, top_p, min_p, repeat_penalty to number lists, flashAttention to booleans and cacheType to f16/q8_0/… names", param: "space")
         }
         let ranges: [(String, [Int]?, ClosedRange<Int>)] = [
             ("contextSize", space.contextSize, 1...(1 << 28)), ("ubatch", space.ubatch, 1...65_536), ("threads", space.threads, 1...1024),
@@ -192,8 +200,9 @@ struct LabRoutes: Sendable {
         for (name, values, range) in ranges where !(values ?? []).allSatisfy(range.contains) {
             throw OpenAIError.badRequest("space.\(name) values must be from \(range.lowerBound) to \(range.upperBound)", param: "space")
         }
-        let combinations = [space.contextSize?.count, space.ubatch?.count, space.flashAttention?.count, space.cacheType?.count,
-                            space.threads?.count, space.parallel?.count, space.gpuLayers?.count].reduce(1) { $0 * max(1, min($1 ?? 1, 1000)) }
+        let counts: [Int?] = [space.contextSize?.count, space.ubatch?.count, space.flashAttention?.count, space.cacheType?.count,
+                              space.threads?.count, space.parallel?.count, space.gpuLayers?.count] + space.samplingDimensions.map { $0.values.count }
+        let combinations = counts.reduce(1) { $0 * max(1, min($1 ?? 1, 1000)) }
         guard combinations <= 4096 else {
             throw OpenAIError.badRequest("the space has \(combinations) combinations; at most 4096 (use strategy random with fewer values)", param: "space")
         }

@@ -253,7 +253,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
         creator: ModelCreator(directory: deps.config.downloads), refreshCatalog: deps.refreshCatalog
     ).register(on: router)
     let tools = deps.tools ?? LlamaTools.discover(configured: deps.config.llama.toolPaths)
-    let lab = Lab(engine: deps.jobs, scheduler: deps.scheduler, store: deps.store, textDirectory: deps.config.dataDirectory + "/perplexity")
+    let lab = Lab(engine: deps.jobs, scheduler: deps.scheduler, store: deps.store, textDirectory: deps.config.dataDirectory + "/perplexity", sampling: profiles)
     Task {
         do {
             try await lab.loadRuntimeProfiles()
