@@ -127,6 +127,8 @@ public struct TuningSession: Sendable, Codable {
         public var maxSeconds: Double?
         /// The session stops when this many measured trials in a row did not beat the best.
         public var patience: Int?
+        /// The `weighted` objective's weight per measure (``TuningJob/weightedMeasures``).
+        public var weights: [String: Double]?
         /// Load runs per trial on its llama-server, each measure kept with its 95 % interval.
         public var repetitions: Int = 1
         /// The best this many trials are measured again at the end, with `max(3, 2 × repetitions)`
@@ -135,7 +137,8 @@ public struct TuningSession: Sendable, Codable {
 
         public init(objective: String, strategy: String, space: Space, minContext: Int?, requests: Int, concurrency: Int, maxTokens: Int,
                     promptWords: Int, maxCandidates: Int, seed: UInt64, constraints: Constraints? = nil, maxSeconds: Double? = nil, patience: Int? = nil,
-                    repetitions: Int = 1, remeasureTop: Int = 0) {
+                    repetitions: Int = 1, remeasureTop: Int = 0, weights: [String: Double]? = nil) {
+            self.weights = weights
             (self.objective, self.strategy, self.space, self.minContext, self.constraints) = (objective, strategy, space, minContext, constraints)
             (self.maxSeconds, self.patience, self.repetitions, self.remeasureTop) = (maxSeconds, patience, repetitions, remeasureTop)
             (self.requests, self.concurrency, self.maxTokens, self.promptWords, self.maxCandidates, self.seed) =
@@ -327,7 +330,7 @@ struct SessionWatch {
 
     /// Records a measured trial; true when it is the best so far.
     mutating func measured(_ trial: TuningSession.Trial) -> Bool {
-        guard let score = TuningJob.absoluteScore(trial, objective: request.objective) else {
+        guard let score = TuningJob.absoluteScore(trial, objective: request.objective, weights: request.weights) else {
             sinceImprovement += 1
             return false
         }
@@ -360,7 +363,10 @@ struct SessionWatch {
 public struct TuningJob: JobKind {
     public static let name = "tuning"
     public static let idPrefix = "tune"
-    public static let objectives = ["max_generation_tps", "min_ttft", "max_throughput_at_concurrency", "min_memory", "balanced"]
+    public static let objectives = ["max_generation_tps", "min_ttft", "max_throughput_at_concurrency", "min_memory", "balanced", "weighted"]
+    /// The measures a `weighted` objective weighs (higher generation and throughput, lower first
+    /// token and memory are better).
+    public static let weightedMeasures = ["generationTPS", "ttftMs", "memoryMiB", "throughputTPS"]
     public static let strategies = ["grid", "random", "halving", "tpe", "hyperband", "evolutionary"]
     /// Strategies that choose each next trial from the ones measured so far (`maxCandidates`
     /// trials at most, among the planned candidates).
@@ -468,7 +474,7 @@ public struct TuningJob: JobKind {
                 try await context.progress(Double(finished), message: "round \(round + 1): trial \(index) \(state.trials[index].status)")
                 try await context.detail(state)
             }
-            Self.score(&state.trials, alive, objective: request.objective)
+            Self.score(&state.trials, alive, objective: request.objective, weights: request.weights)
             let ranked = alive.filter { state.trials[$0].status == "done" }
                 .sorted { (state.trials[$0].score ?? -.infinity) > (state.trials[$1].score ?? -.infinity) }
             guard request.strategy == "halving", ranked.count > 1 else {
@@ -490,7 +496,7 @@ public struct TuningJob: JobKind {
         }
         if state.stoppedEarly != nil {
             // Stopped mid-round: the best of what was measured.
-            Self.score(&state.trials, alive, objective: request.objective)
+            Self.score(&state.trials, alive, objective: request.objective, weights: request.weights)
             state.best = alive.max { (state.trials[$0].score ?? -.infinity) < (state.trials[$1].score ?? -.infinity) }
             for i in state.trials.indices where state.trials[i].status == "pending" {
                 state.trials[i].status = "skipped"
@@ -511,7 +517,7 @@ public struct TuningJob: JobKind {
         let request = spec.request
         guard request.remeasureTop > 0 else { return }
         let ranked = state.trials.indices.filter { state.trials[$0].status == "done" }
-            .compactMap { i in Self.absoluteScore(state.trials[i], objective: request.objective).map { (i, $0) } }
+            .compactMap { i in Self.absoluteScore(state.trials[i], objective: request.objective, weights: request.weights).map { (i, $0) } }
             .sorted { $0.1 > $1.1 }.prefix(request.remeasureTop).map(\.0)
         guard ranked.count > 1 else { return }
         for index in ranked {
@@ -524,7 +530,7 @@ public struct TuningJob: JobKind {
             guard again.status == "done" else { continue }
             state.trials[index] = again
             state.trials[index].remeasured = true
-            state.trials[index].score = Self.absoluteScore(again, objective: request.objective)
+            state.trials[index].score = Self.absoluteScore(again, objective: request.objective, weights: request.weights)
             try await context.event("remeasured", state.trials[index])
             try await context.detail(state)
         }
@@ -660,7 +666,7 @@ public struct TuningJob: JobKind {
                 continue
             }
             if let budget = measuredAt[index], budget >= suggestion.budget {
-                strategy.report(suggestion, score: Self.absoluteScore(state.trials[index], objective: request.objective))
+                strategy.report(suggestion, score: Self.absoluteScore(state.trials[index], objective: request.objective, weights: request.weights))
                 continue
             }
             try await context.pausePoint()
@@ -671,7 +677,7 @@ public struct TuningJob: JobKind {
             state.trials[index] = try await runTrial(
                 state.trials[index], spec: spec, serverPath: serverPath, requests: max(1, Int((Double(request.requests) * fraction).rounded(.up))),
                 maxTokens: max(1, Int((Double(request.maxTokens) * fraction).rounded(.up))), context: context, server: server)
-            state.trials[index].score = Self.absoluteScore(state.trials[index], objective: request.objective)
+            state.trials[index].score = Self.absoluteScore(state.trials[index], objective: request.objective, weights: request.weights)
             measuredAt[index] = fraction
             trialsRun += 1
             strategy.report(suggestion, score: state.trials[index].score)
@@ -724,8 +730,10 @@ public struct TuningJob: JobKind {
     }
 
     /// A measured trial's score on its own (higher is better); the balanced objective weighs
-    /// generation speed against time to first token and memory on log scales.
-    static func absoluteScore(_ t: TuningSession.Trial, objective: String) -> Double? {
+    /// generation speed against time to first token and memory on log scales, the weighted one
+    /// each measure's logarithm by its weight (so each is normalised: doubling any measure moves
+    /// the score by its weight × log 2 whatever its unit).
+    static func absoluteScore(_ t: TuningSession.Trial, objective: String, weights: [String: Double]? = nil) -> Double? {
         guard t.status == "done", t.result != nil else { return nil }
         let memory = max(t.memoryMiB ?? Double(t.estimatedMiB ?? 1), 0.001)
         let (generation, ttft) = (t.generationTPS, t.ttftMs)
@@ -734,13 +742,21 @@ public struct TuningJob: JobKind {
         case "min_ttft": ttft.map { -$0 }
         case "max_throughput_at_concurrency": t.throughputTPS
         case "min_memory": -memory
+        case "weighted": weightedScore(t, memory: memory, weights: weights ?? [:])
         default: generation.flatMap { g in ttft.map { Foundation.log(max(g, 1e-9)) - Foundation.log(max($0, 1e-9)) - Foundation.log(memory) } }
         }
         return score.flatMap { $0.isFinite ? $0 : nil }
     }
 
+    /// Σ weight × log(measure), minus for first token and memory.
+    static func weightedScore(_ t: TuningSession.Trial, memory: Double, weights w: [String: Double]) -> Double? {
+        guard let g = t.generationTPS, let f = t.ttftMs, let throughput = t.throughputTPS else { return nil }
+        let good = (w["generationTPS"] ?? 0) * Foundation.log(max(g, 1e-9)) + (w["throughputTPS"] ?? 0) * Foundation.log(max(throughput, 1e-9))
+        return good - (w["ttftMs"] ?? 0) * Foundation.log(max(f, 1e-9)) - (w["memoryMiB"] ?? 0) * Foundation.log(memory)
+    }
+
     /// Scores the finished trials of a round by the objective (higher is better).
-    static func score(_ trials: inout [TuningSession.Trial], _ indexes: [Int], objective: String) {
+    static func score(_ trials: inout [TuningSession.Trial], _ indexes: [Int], objective: String, weights: [String: Double]? = nil) {
         let done = indexes.filter { trials[$0].status == "done" }
         let gen = done.map { trials[$0].generationTPS ?? 0 }
         let ttft = done.map { trials[$0].ttftMs ?? .infinity }
@@ -751,6 +767,7 @@ public struct TuningJob: JobKind {
             case "min_ttft": trials[i].score = -ttft[k]
             case "max_throughput_at_concurrency": trials[i].score = trials[i].throughputTPS ?? 0
             case "min_memory": trials[i].score = -mem[k]
+            case "weighted": trials[i].score = absoluteScore(trials[i], objective: objective, weights: weights)
             default:
                 // Each measure relative to the round's best, averaged.
                 let g = gen[k] / max(gen.max() ?? 1, 0.001)

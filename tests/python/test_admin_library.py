@@ -3,6 +3,7 @@ llama-server: library (filters, sort, compare, incremental scan), hardware, comp
 llama-fit-params' own projection), recommendations, sampling profiles, benchmarks (poll and SSE)
 and a successive-halving tuning session whose applied winner the next spawn uses."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -266,10 +267,7 @@ def test_tuning_repeats_each_measure_with_an_interval_and_remeasures_the_top_tri
         "model": "chat", "strategy": "grid", "objective": "max_generation_tps", "space": {"ubatch": [64, 128, 256]},
         "requests": 2, "maxTokens": 4, "repetitions": 2, "remeasureTop": 2})
     assert started.status_code == 202, started.text
-    deadline = time.time() + 180
-    while (session := get(corral, f"/admin/tuning/{started.json()['id']}"))["status"] in ("queued", "running"):
-        assert time.time() < deadline
-        time.sleep(0.3)
+    session = wait_session(corral, started.json()["id"], until=lambda s: s["status"] not in ("queued", "running"), timeout=180)
     assert session["status"] == "done", session
     done = [t for t in session["trials"] if t["status"] == "done"]
     assert len(done) == 3
@@ -292,10 +290,7 @@ def test_a_sampling_session_reuses_one_server_and_its_winner_becomes_a_profile(c
         "model": "chat", "strategy": "grid", "objective": "max_generation_tps", "requests": 2, "maxTokens": 4,
         "space": {"ubatch": [128], "temperature": [0.2, 1.3], "top_k": [1, 40]}})
     assert started.status_code == 202, started.text
-    deadline = time.time() + 120
-    while (session := get(corral, f"/admin/tuning/{started.json()['id']}"))["status"] in ("queued", "running"):
-        assert time.time() < deadline
-        time.sleep(0.3)
+    session = wait_session(corral, started.json()["id"], until=lambda s: s["status"] not in ("queued", "running"), timeout=120)
     assert session["status"] == "done", session
     trials = session["trials"]
     assert [t["candidate"]["sampling"] for t in trials] == [
@@ -315,6 +310,25 @@ def test_a_sampling_session_reuses_one_server_and_its_winner_becomes_a_profile(c
     slots = httpx.get(corral.base + "/slots?model=chat", headers=corral.h).json()
     used = [s["params"] for s in slots if s.get("params") and s.get("id_task", -1) >= 0]
     assert any(abs(p["temperature"] - winner["temperature"]) < 1e-6 and p["top_k"] == winner["top_k"] for p in used), used
+
+
+def test_a_weighted_objective_scores_each_measure_by_its_weight(corral):
+    started = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={
+        "model": "chat", "strategy": "grid", "objective": "weighted", "weights": {"generationTPS": 2, "ttftMs": 1},
+        "space": {"ubatch": [64, 256]}, "requests": 2, "maxTokens": 4})
+    assert started.status_code == 202, started.text
+    session = wait_session(corral, started.json()["id"], until=lambda s: s["status"] not in ("queued", "running"))
+    assert session["status"] == "done", session
+    done = [t for t in session["trials"] if t["status"] == "done"]
+    for t in done:
+        r = t["result"]
+        expected = 2 * math.log(r["generationTokensPerSecond"]["p50"]) - math.log(r["timeToFirstTokenMs"]["p50"])
+        assert t["score"] == pytest.approx(expected, rel=1e-9)
+    assert session["best"] == max(done, key=lambda t: t["score"])["index"]
+    for body, param in (({"objective": "weighted"}, "weights"), ({"objective": "weighted", "weights": {"speed": 1}}, "weights"),
+                        ({"objective": "weighted", "weights": {"ttftMs": -1}}, "weights")):
+        r = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={"model": "chat", "space": {"ubatch": [128]}, **body})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 
 
 def test_tuning_constraints_make_trials_infeasible_not_merely_worse(corral):

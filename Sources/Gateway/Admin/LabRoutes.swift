@@ -131,6 +131,7 @@ struct LabRoutes: Sendable {
             "minContext": .integer(minimum: 1), "requests": .integer(minimum: 1), "concurrency": .integer(minimum: 1), "maxTokens": .integer(minimum: 1),
             "promptWords": .integer(minimum: 1), "maxCandidates": .integer(minimum: 1), "maxTrials": .integer(minimum: 1), "seed": .integer(minimum: 0),
             "maxSeconds": .number, "patience": .integer(minimum: 1), "repetitions": .integer(minimum: 1), "remeasureTop": .integer(minimum: 0),
+            "weights": .object(["generationTPS": .number, "ttftMs": .number, "memoryMiB": .number, "throughputTPS": .number]),
             "constraints": .object(["ttftP95Ms": .number, "memoryMiB": .number, "generationTPS": .number]),
         ], required: ["model"]), status: 202)) { request, context in
             let body = try await Relay.readJSON(request, context: context).1
@@ -223,6 +224,24 @@ struct LabRoutes: Sendable {
             }
             constraints = c
         }
+        var weights: [String: Double]?
+        if let raw = body["weights"], !(raw is NSNull) {
+            guard let object = raw as? [String: Any], !object.isEmpty else { throw OpenAIError.badRequest("weights must be an object of measure → weight", param: "weights") }
+            var w: [String: Double] = [:]
+            for (key, value) in object {
+                guard TuningJob.weightedMeasures.contains(key) else {
+                    throw OpenAIError.badRequest("weights are \(TuningJob.weightedMeasures.joined(separator: ", ")); not \(key)", param: "weights")
+                }
+                guard let n = value as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite, n.doubleValue >= 0 else {
+                    throw OpenAIError.badRequest("weights.\(key) must be a non-negative number", param: "weights")
+                }
+                w[key] = n.doubleValue
+            }
+            weights = w
+        }
+        if objective == "weighted" && weights == nil {
+            throw OpenAIError.badRequest("the weighted objective needs weights (\(TuningJob.weightedMeasures.joined(separator: ", ")))", param: "weights")
+        }
         return TuningSession.Request(
             objective: objective, strategy: strategy, space: space,
             minContext: body["minContext"] == nil ? nil : try int(body, "minContext", 0, 1...(1 << 24)),
@@ -231,6 +250,6 @@ struct LabRoutes: Sendable {
             maxCandidates: try int(body, body["maxTrials"] != nil ? "maxTrials" : "maxCandidates", 24, 1...512), seed: UInt64(try int(body, "seed", 42, 0...Int.max)),
             constraints: constraints, maxSeconds: try seconds(body["maxSeconds"]),
             patience: body["patience"] == nil ? nil : try int(body, "patience", 0, 1...10_000),
-            repetitions: try int(body, "repetitions", 1, 1...100), remeasureTop: try int(body, "remeasureTop", 0, 0...20))
+            repetitions: try int(body, "repetitions", 1, 1...100), remeasureTop: try int(body, "remeasureTop", 0, 0...20), weights: weights)
     }
 }
