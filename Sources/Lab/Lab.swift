@@ -15,6 +15,7 @@ public struct Lab: Sendable {
     let textDirectory: String
     /// Where a tuning winner's sampling parameters are kept as a profile.
     let sampling: SamplingProfiles?
+    let store: Store?
 
     /// The lab on `engine`, which must run ``BenchmarkJob``, ``PerplexityJob`` and ``TuningJob``.
     public init(engine: JobEngine, scheduler: Scheduler, store: Store?, textDirectory: String, sampling: SamplingProfiles? = nil) {
@@ -23,6 +24,7 @@ public struct Lab: Sendable {
         self.profiles = RuntimeProfiles(store: store)
         self.textDirectory = textDirectory
         self.sampling = sampling
+        self.store = store
     }
 
     // MARK: Benchmarks
@@ -48,6 +50,14 @@ public struct Lab: Sendable {
     /// model's settings; the text is kept by its SHA-256 for the run (and a rerun after a restart).
     public func startPerplexity(_ model: ModelSpec, text: Data, source: String, contextSize: Int, chunks: Int?,
                                 compatibility: Compatibility) async throws -> PerplexityRun {
+        let (path, sha256) = try keep(text)
+        let spec = try PerplexityJob.plan(model, runtimeArguments: await scheduler.runtimeArguments[model.id] ?? [],
+                                          text: (path, sha256, source), contextSize: contextSize, chunks: chunks, compatibility: compatibility)
+        return try PerplexityRun(try await engine.submit(PerplexityJob.self, spec))
+    }
+
+    /// Keeps a text for perplexity under the data directory by its SHA-256: its path and hash.
+    func keep(_ text: Data) throws(LabError) -> (path: String, sha256: String) {
         guard !text.isEmpty else { throw LabError.badRequest("the text is empty", param: "text") }
         let sha256 = SHA256.hash(data: text).hex
         let path = textDirectory + "/" + sha256 + ".txt"
@@ -57,9 +67,44 @@ public struct Lab: Sendable {
         } catch {
             throw LabError.storage("the text cannot be kept in \(textDirectory): \(error.localizedDescription)")
         }
-        let spec = try PerplexityJob.plan(model, runtimeArguments: await scheduler.runtimeArguments[model.id] ?? [],
-                                          text: (path, sha256, source), contextSize: contextSize, chunks: chunks, compatibility: compatibility)
-        return try PerplexityRun(try await engine.submit(PerplexityJob.self, spec))
+        return (path, sha256)
+    }
+
+    /// A tuning session's quality measure from its request: `{"evalRun": ID, "maxItems": N}` (the
+    /// run's items, template, criteria, output length and seed; criteria judged by a model are
+    /// not supported) or `{"text": …, "contextSize": N}` (perplexity of the text).
+    public func tuningQuality(_ object: [String: Any]) async throws -> TuningSession.Quality {
+        var quality = TuningSession.Quality()
+        if let run = object["evalRun"] as? String {
+            guard let job = try await engine.get(run), job.kind == EvalRunJob.name, var spec = try? job.spec.decode(EvalRunSpec.self) else {
+                throw LabError.notFound("no evaluation run '\(run)'")
+            }
+            guard spec.model != nil, !spec.template.isEmpty else {
+                throw LabError.badRequest("evaluation run '\(run)' has no completions template to ask a model with", param: "quality.evalRun")
+            }
+            if let judged = spec.criteria.first(where: { $0.type.isJudged }) {
+                throw LabError.badRequest("criterion '\(judged.name)' is judged by a model, which tuning trials do not ask; use a run whose criteria are checks", param: "quality.evalRun")
+            }
+            if let document = spec.itemsDocument {
+                guard let data = try await store?.document(kind: "eval-items", id: document) else { throw LabError.storage("the run's items are gone from the store") }
+                spec.items = try JobCoding.decoder.decode([JobJSON].self, from: data)
+            }
+            let limit = object["maxItems"] as? Int ?? 50
+            guard (1...1000).contains(limit) else { throw LabError.badRequest("quality.maxItems must be from 1 to 1000", param: "quality.maxItems") }
+            quality.evalRun = run
+            quality.items = Array(spec.items.prefix(limit))
+            (quality.template, quality.criteria) = (spec.template, spec.criteria)
+            (quality.maxTokens, quality.seed) = (spec.sampling.maxCompletionTokens, spec.sampling.seed)
+        } else if let text = object["text"] as? String {
+            let (path, sha256) = try keep(Data(text.utf8))
+            (quality.textPath, quality.textSHA256) = (path, sha256)
+            let context = object["contextSize"] as? Int ?? 128
+            guard (8...1_048_576).contains(context) else { throw LabError.badRequest("quality.contextSize must be from 8 to 1048576", param: "quality.contextSize") }
+            quality.contextSize = context
+        } else {
+            throw LabError.badRequest("quality must name an evaluation run ({\"evalRun\": ID}) or a text ({\"text\": …})", param: "quality")
+        }
+        return quality
     }
 
     /// A perplexity run by id (nil when there is none, or the id is another kind's job).

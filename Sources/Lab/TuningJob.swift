@@ -129,6 +129,8 @@ public struct TuningSession: Sendable, Codable {
         public var patience: Int?
         /// The `weighted` objective's weight per measure (``TuningJob/weightedMeasures``).
         public var weights: [String: Double]?
+        /// What the `quality` objective (and a `quality` weight) measures per trial.
+        public var quality: Quality?
         /// Load runs per trial on its llama-server, each measure kept with its 95 % interval.
         public var repetitions: Int = 1
         /// The best this many trials are measured again at the end, with `max(3, 2 × repetitions)`
@@ -137,13 +139,34 @@ public struct TuningSession: Sendable, Codable {
 
         public init(objective: String, strategy: String, space: Space, minContext: Int?, requests: Int, concurrency: Int, maxTokens: Int,
                     promptWords: Int, maxCandidates: Int, seed: UInt64, constraints: Constraints? = nil, maxSeconds: Double? = nil, patience: Int? = nil,
-                    repetitions: Int = 1, remeasureTop: Int = 0, weights: [String: Double]? = nil) {
-            self.weights = weights
+                    repetitions: Int = 1, remeasureTop: Int = 0, weights: [String: Double]? = nil, quality: Quality? = nil) {
+            (self.weights, self.quality) = (weights, quality)
             (self.objective, self.strategy, self.space, self.minContext, self.constraints) = (objective, strategy, space, minContext, constraints)
             (self.maxSeconds, self.patience, self.repetitions, self.remeasureTop) = (maxSeconds, patience, repetitions, remeasureTop)
             (self.requests, self.concurrency, self.maxTokens, self.promptWords, self.maxCandidates, self.seed) =
                 (requests, concurrency, maxTokens, promptWords, maxCandidates, seed)
         }
+    }
+
+    /// A trial's quality: the pass rate of an evaluation run's items asked of the trial's
+    /// llama-server with the trial's sampling (higher is better), or the perplexity of a text by
+    /// `llama-perplexity` with the trial's llama-server settings (lower is better).
+    public struct Quality: Sendable, Codable, Equatable {
+        /// The evaluation run the items, template, criteria, output length and seed come from.
+        public var evalRun: String?
+        public var items: [JobJSON] = []
+        public var template: [EvalTemplateMessage] = []
+        public var criteria: [Grader] = []
+        public var maxTokens: Int?
+        public var seed: Int?
+        /// The text (kept by its SHA-256) and the tokens per chunk, for perplexity.
+        public var textPath: String?
+        public var textSHA256: String?
+        public var contextSize: Int?
+
+        public init() {}
+
+        public var isPerplexity: Bool { textPath != nil }
     }
 
     /// `ttftP95Ms ≤ X`, `memoryMiB ≤ Y`, `generationTPS ≥ Z` (any of them).
@@ -215,6 +238,10 @@ public struct TuningSession: Sendable, Codable {
         public var remeasured: Bool?
         /// `launched` (its own llama-server) or `reused` (the previous trial's: only sampling differed).
         public var server: String?
+        /// The evaluation pass rate (0–1) or the text's perplexity, with the `quality` objective.
+        public var quality: Double?
+        /// How the quality was measured: `passed of total items`, or `PPL ± error over chunks`.
+        public var qualityDetail: String?
 
         /// Median generation speed: the mean over repetitions when there are several.
         var generationTPS: Double? { measures?.generationTPS.mean ?? result?.generationTokensPerSecond.p50 }
@@ -309,6 +336,9 @@ public struct TuningProgress: Sendable, Codable {
 final class TrialServer {
     var instance: ModelInstance?
     var arguments: [String]?
+    /// Perplexity by the settings llama-perplexity shares with llama-server (sampling does not
+    /// change it, so trials that differ only in sampling measure it once).
+    var perplexity: [[String]: (value: Double, detail: String)] = [:]
 
     func stop(context: JobContext) async {
         guard let instance else { return }
@@ -363,10 +393,10 @@ struct SessionWatch {
 public struct TuningJob: JobKind {
     public static let name = "tuning"
     public static let idPrefix = "tune"
-    public static let objectives = ["max_generation_tps", "min_ttft", "max_throughput_at_concurrency", "min_memory", "balanced", "weighted"]
+    public static let objectives = ["max_generation_tps", "min_ttft", "max_throughput_at_concurrency", "min_memory", "balanced", "weighted", "quality"]
     /// The measures a `weighted` objective weighs (higher generation and throughput, lower first
     /// token and memory are better).
-    public static let weightedMeasures = ["generationTPS", "ttftMs", "memoryMiB", "throughputTPS"]
+    public static let weightedMeasures = ["generationTPS", "ttftMs", "memoryMiB", "throughputTPS", "quality"]
     public static let strategies = ["grid", "random", "halving", "tpe", "hyperband", "evolutionary"]
     /// Strategies that choose each next trial from the ones measured so far (`maxCandidates`
     /// trials at most, among the planned candidates).
@@ -510,6 +540,63 @@ public struct TuningJob: JobKind {
         return state
     }
 
+    /// The share of the quality run's items whose answer from the trial's llama-server (with the
+    /// trial's sampling, the run's output length and seed) passes every criterion.
+    static func passRate(_ quality: TuningSession.Quality, base: String, client: HTTPClient, sampling: [String: Double]?) async -> (passed: Int, total: Int) {
+        var passed = 0
+        for entry in quality.items {
+            let object = entry.any as? [String: Any] ?? [:]
+            let item = object["item"] as? [String: Any] ?? [:]
+            guard let messages = try? quality.template.map({ ["role": $0.role, "content": try EvalTemplate.render($0.content, ["item": item])] }) else { continue }
+            var body: [String: Any] = ["messages": messages, "stream": false]
+            if let m = quality.maxTokens { body["max_tokens"] = m }
+            if let seed = quality.seed { body["seed"] = seed }
+            for (key, value) in sampling ?? [:] { body[key] = key == "top_k" ? Int(value) as Any : value }
+            var r = HTTPClientRequest(url: base + "/v1/chat/completions")
+            r.method = .POST
+            r.headers.add(name: "content-type", value: "application/json")
+            guard let data = try? JSONSerialization.data(withJSONObject: body) else { continue }
+            r.body = .bytes(ByteBuffer(bytes: data))
+            guard let response = try? await client.execute(r, timeout: .minutes(5)), response.status == .ok,
+                let bytes = try? await response.body.collect(upTo: 16 << 20),
+                let answer = (try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView))) as? [String: Any],
+                let text = ((answer["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String
+            else { continue }
+            var sample: [String: Any] = ["output_text": text]
+            if let json = try? JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed]) { sample["output_json"] = json }
+            let context: [String: Any] = ["item": item, "sample": sample]
+            if quality.criteria.allSatisfy({ (try? $0.grade(context).passed) == true }) { passed += 1 }
+        }
+        return (passed, quality.items.count)
+    }
+
+    /// The quality text's perplexity with the trial's llama-server settings: measured once per
+    /// settings, with the trial's server stopped (its memory given back) while the tool runs.
+    func measurePerplexity(_ quality: TuningSession.Quality, trial: inout TuningSession.Trial, spec: TuningSpec, server: TrialServer,
+                           context: JobContext) async throws {
+        let shared = PerplexityJob.sharedArguments(trial.arguments)
+        if server.perplexity[shared] == nil {
+            guard let tool = tools.perplexity?.path, let text = quality.textPath else {
+                trial.qualityDetail = "llama-perplexity not found"
+                return
+            }
+            await server.stop(context: context)
+            try await context.claimMemory(trial.estimatedDeviceMiB ?? [:])
+            do {
+                let outcome = try await PerplexityJob.measure(tool: tool, model: spec.path, textPath: text, contextSize: quality.contextSize ?? 128,
+                                                              chunks: nil, arguments: shared) { _, _ in }
+                server.perplexity[shared] = (outcome.perplexity, String(format: "PPL %.4f ± %.4f over %d chunks", outcome.perplexity, outcome.error, outcome.chunks))
+            } catch is CancellationError {
+                await context.releaseMemory()
+                throw CancellationError()
+            } catch {
+                trial.qualityDetail = "perplexity: \(error)"
+            }
+            await context.releaseMemory()
+        }
+        if let measured = server.perplexity[shared] { (trial.quality, trial.qualityDetail) = (measured.value, measured.detail) }
+    }
+
     /// Measures the best `remeasureTop` trials again with `max(3, 2 × repetitions)` more runs
     /// each (a `remeasured` event apiece) and makes the best of them on all their runs the
     /// winner, so a lucky draw does not win.
@@ -550,7 +637,10 @@ public struct TuningJob: JobKind {
     static func paretoFront(_ trials: [TuningSession.Trial]) -> [Int] {
         let points: [(Int, [Double])] = trials.compactMap { t in
             guard t.status == "done", let g = t.generationTPS, let f = t.ttftMs else { return nil }
-            return (t.index, [-g, f, t.memoryMiB ?? Double(t.estimatedMiB ?? 0)])
+            var measures = [-g, f, t.memoryMiB ?? Double(t.estimatedMiB ?? 0)]
+            // With a quality objective, quality is a fourth measure (a pass rate up, a perplexity down).
+            if let q = t.quality { measures.append(t.qualityDetail?.hasPrefix("PPL") == true ? q : -q) }
+            return (t.index, measures)
         }
         return points.filter { p in
             !points.contains { q in q.0 != p.0 && zip(q.1, p.1).allSatisfy { $0 <= $1 } && zip(q.1, p.1).contains { $0 < $1 } }
@@ -616,6 +706,9 @@ public struct TuningJob: JobKind {
             if Task.isCancelled { break }
         }
         let result = first!
+        if let quality = request.quality, quality.isPerplexity, result.errors < result.requests {
+            try await measurePerplexity(quality, trial: &trial, spec: spec, server: server, context: context)
+        }
         if runs > 1 || repetitions != nil {
             let earlier = repetitions != nil ? trial.measures?.repetitions ?? [] : []
             trial.measures = TuningSession.Measures(earlier + measured)
@@ -623,6 +716,11 @@ public struct TuningJob: JobKind {
         trial.memoryMiB = instance.allocatedMiB.values.reduce(0, +)
         if Task.isCancelled { await server.stop(context: context) }
         try Task.checkCancellation()
+        if let quality = request.quality, !quality.isPerplexity, first.map({ $0.errors < $0.requests }) == true {
+            let (passed, total) = await Self.passRate(quality, base: base, client: client, sampling: trial.candidate.sampling)
+            trial.quality = total > 0 ? Double(passed) / Double(total) : nil
+            trial.qualityDetail = "\(passed) of \(total) items passed"
+        }
         trial.result = result
         trial.status = result.errors == result.requests ? "failed" : "done"
         if trial.status == "failed" { trial.reason = result.firstError }
@@ -743,6 +841,7 @@ public struct TuningJob: JobKind {
         case "max_throughput_at_concurrency": t.throughputTPS
         case "min_memory": -memory
         case "weighted": weightedScore(t, memory: memory, weights: weights ?? [:])
+        case "quality": t.quality.map { t.qualityDetail?.hasPrefix("PPL") == true ? -$0 : $0 }
         default: generation.flatMap { g in ttft.map { Foundation.log(max(g, 1e-9)) - Foundation.log(max($0, 1e-9)) - Foundation.log(memory) } }
         }
         return score.flatMap { $0.isFinite ? $0 : nil }
@@ -751,7 +850,12 @@ public struct TuningJob: JobKind {
     /// Σ weight × log(measure), minus for first token and memory.
     static func weightedScore(_ t: TuningSession.Trial, memory: Double, weights w: [String: Double]) -> Double? {
         guard let g = t.generationTPS, let f = t.ttftMs, let throughput = t.throughputTPS else { return nil }
-        let good = (w["generationTPS"] ?? 0) * Foundation.log(max(g, 1e-9)) + (w["throughputTPS"] ?? 0) * Foundation.log(max(throughput, 1e-9))
+        var good = (w["generationTPS"] ?? 0) * Foundation.log(max(g, 1e-9)) + (w["throughputTPS"] ?? 0) * Foundation.log(max(throughput, 1e-9))
+        if let q = w["quality"], q > 0 {
+            // A pass rate counts up; a perplexity counts down.
+            guard let quality = t.quality else { return nil }
+            good += t.qualityDetail?.hasPrefix("PPL") == true ? -q * Foundation.log(max(quality, 1e-9)) : q * Foundation.log(max(quality, 1e-3))
+        }
         return good - (w["ttftMs"] ?? 0) * Foundation.log(max(f, 1e-9)) - (w["memoryMiB"] ?? 0) * Foundation.log(memory)
     }
 
@@ -767,7 +871,7 @@ public struct TuningJob: JobKind {
             case "min_ttft": trials[i].score = -ttft[k]
             case "max_throughput_at_concurrency": trials[i].score = trials[i].throughputTPS ?? 0
             case "min_memory": trials[i].score = -mem[k]
-            case "weighted": trials[i].score = absoluteScore(trials[i], objective: objective, weights: weights)
+            case "weighted", "quality": trials[i].score = absoluteScore(trials[i], objective: objective, weights: weights)
             default:
                 // Each measure relative to the round's best, averaged.
                 let g = gen[k] / max(gen.max() ?? 1, 0.001)

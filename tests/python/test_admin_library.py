@@ -331,6 +331,70 @@ def test_a_weighted_objective_scores_each_measure_by_its_weight(corral):
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 
 
+def test_a_sampling_session_with_a_quality_objective_from_an_evaluation_picks_answers_that_pass(corral):
+    # The items' reference answers are the model's greedy answers: greedy sampling passes them all.
+    questions = [f"Question number {i}?" for i in range(5)]
+    def answer(q, **sampling):
+        r = httpx.post(corral.base + "/v1/chat/completions", json={"model": "chat", "messages": [{"role": "user", "content": q}],
+                                                                   "max_tokens": 4, "seed": 5, **sampling}, timeout=60)
+        return r.json()["choices"][0]["message"]["content"]
+    items = [{"item": {"question": q, "answer": answer(q, temperature=0)}} for q in questions]
+    evaluation = httpx.post(corral.base + "/v1/evals", headers=corral.h, json={
+        "name": "greedy", "data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
+        "testing_criteria": [{"type": "string_check", "name": "same", "input": "{{sample.output_text}}", "reference": "{{item.answer}}", "operation": "eq"}]}).json()
+    run = httpx.post(corral.base + f"/v1/evals/{evaluation['id']}/runs", headers=corral.h, json={"data_source": {
+        "type": "completions", "model": "chat", "source": {"type": "file_content", "content": items},
+        "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
+        "sampling_params": {"temperature": 0, "max_completion_tokens": 4, "seed": 5}}}).json()
+    started = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={
+        "model": "chat", "strategy": "grid", "objective": "quality", "quality": {"evalRun": run["id"]}, "requests": 1, "maxTokens": 2,
+        "space": {"temperature": [0.0, 1.9], "top_k": [1, 200]}})
+    assert started.status_code == 202, started.text
+    session = wait_session(corral, started.json()["id"], until=lambda s: s["status"] not in ("queued", "running"))
+    assert session["status"] == "done", session
+    trials = {(t["candidate"]["sampling"]["temperature"], t["candidate"]["sampling"]["top_k"]): t for t in session["trials"]}
+    assert all(t["qualityDetail"].endswith("of 5 items passed") for t in trials.values())
+    # Greedy in all but the hot, wide one: those give the reference answers (a trial's own
+    # llama-server may break a near-tie of this random model differently from the serving one, so
+    # not necessarily all of them); the hot, wide one scores below them.
+    greedy = trials[(0.0, 1)]["quality"]
+    assert greedy >= 0.6 and trials[(1.9, 1)]["quality"] == greedy and trials[(0.0, 200)]["quality"] == greedy
+    assert trials[(1.9, 200)]["quality"] < greedy
+    best = session["trials"][session["best"]]
+    assert best["quality"] == greedy and best["score"] == max(t["score"] for t in trials.values())
+    # Applied, the winner's sampling answers the next request named with its profile.
+    applied = admin_post(corral, f"/admin/tuning/{session['id']}/apply", {"profile": "greedy-chat"})
+    assert applied["sampling"] == best["candidate"]["sampling"]
+    assert answer(questions[0], profile="greedy-chat") == items[0]["item"]["answer"]
+    bad = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={"model": "chat", "objective": "quality", "space": {"ubatch": [128]}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "quality"
+    missing = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={
+        "model": "chat", "objective": "quality", "quality": {"evalRun": "evalrun-none"}, "space": {"ubatch": [128]}})
+    assert missing.status_code == 404
+
+
+def test_a_runtime_session_can_optimise_the_perplexity_of_a_text(corral):
+    text = "The quick brown fox jumps over the lazy dog. " * 60
+    started = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={
+        "model": "chat", "strategy": "grid", "objective": "weighted", "weights": {"quality": 1, "generationTPS": 1},
+        "quality": {"text": text, "contextSize": 64}, "space": {"ubatch": [64, 128], "temperature": [0.5, 1.0]},
+        "requests": 1, "maxTokens": 2})
+    assert started.status_code == 202, started.text
+    session = wait_session(corral, started.json()["id"], until=lambda s: s["status"] not in ("queued", "running"))
+    assert session["status"] == "done", session
+    trials = session["trials"]
+    assert all(t["qualityDetail"].startswith("PPL") and t["quality"] > 1 for t in trials), trials
+    # Sampling does not change perplexity: the trials that differ only in sampling share one
+    # measurement per llama-server setting.
+    by_setting = {}
+    for t in trials:
+        by_setting.setdefault(t["candidate"]["ubatch"], set()).add(t["qualityDetail"])
+    assert len(by_setting) == 2 and all(len(v) == 1 for v in by_setting.values())
+    for t in trials:
+        expected = math.log(t["result"]["generationTokensPerSecond"]["p50"]) - math.log(t["quality"])
+        assert t["score"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_tuning_constraints_make_trials_infeasible_not_merely_worse(corral):
     def session(constraints, strategy="grid"):
         started = httpx.post(corral.base + "/admin/tuning", headers=corral.h, json={

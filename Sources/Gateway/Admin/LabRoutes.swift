@@ -131,13 +131,21 @@ struct LabRoutes: Sendable {
             "minContext": .integer(minimum: 1), "requests": .integer(minimum: 1), "concurrency": .integer(minimum: 1), "maxTokens": .integer(minimum: 1),
             "promptWords": .integer(minimum: 1), "maxCandidates": .integer(minimum: 1), "maxTrials": .integer(minimum: 1), "seed": .integer(minimum: 0),
             "maxSeconds": .number, "patience": .integer(minimum: 1), "repetitions": .integer(minimum: 1), "remeasureTop": .integer(minimum: 0),
-            "weights": .object(["generationTPS": .number, "ttftMs": .number, "memoryMiB": .number, "throughputTPS": .number]),
+            "weights": .object(["generationTPS": .number, "ttftMs": .number, "memoryMiB": .number, "throughputTPS": .number, "quality": .number]),
+            "quality": .object(["evalRun": .string, "maxItems": .integer(minimum: 1), "text": .string, "contextSize": .integer(minimum: 8)]),
             "constraints": .object(["ttftP95Ms": .number, "memoryMiB": .number, "generationTPS": .number]),
         ], required: ["model"]), status: 202)) { request, context in
             let body = try await Relay.readJSON(request, context: context).1
             guard let model = body["model"] as? String, !model.isEmpty else { throw OpenAIError.badRequest("model is required", param: "model") }
             guard let spec = await scheduler.catalog.resolve(model) else { throw OpenAIError.modelNotFound(model) }
-            let tuning = try Self.tuningRequest(body)
+            var tuning = try Self.tuningRequest(body)
+            if let raw = body["quality"], !(raw is NSNull) {
+                guard let object = raw as? [String: Any] else { throw OpenAIError.badRequest("quality must be an object", param: "quality") }
+                tuning.quality = try await mapped { try await lab.tuningQuality(object) }
+            }
+            if (tuning.objective == "quality" || (tuning.weights?["quality"] ?? 0) > 0) && tuning.quality == nil {
+                throw OpenAIError.badRequest("the quality objective (or a quality weight) needs quality: {\"evalRun\": ID} or {\"text\": …}", param: "quality")
+            }
             let compatibility = Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
             let started = try await mapped { try await lab.startTuning(try TuningJob.plan(spec, tuning, compatibility: compatibility)) }
             return try jsonEncodable(started, status: .accepted)
