@@ -9,7 +9,7 @@ SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-bu
 # test drives headless Chromium through chromedriver.
 TEST_PACKAGES := prometheus chromium chromium-driver
 
-.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-auth soak fuzz clean
+.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth soak fuzz clean
 
 ## serve: install what is missing, build, make a demo model if none, and run on routes.json
 serve: system llama build demo-model
@@ -75,6 +75,10 @@ bench-pull: llama release venv
 ## bench-finetune: a 3-epoch fine-tuning job through Corral vs the same llama-finetune run by hand
 bench-finetune: llama release venv
 	CORRAL_BIN=$(RELEASE_BIN) $(PY) scripts/bench_finetune.py
+
+## bench-tuning: tpe and hyperband against the exhaustive grid on a 48-candidate space, 5 seeds
+bench-tuning: llama release venv
+	CORRAL_BIN=$(RELEASE_BIN) $(PY) scripts/bench_tuning.py
 
 bench-gguf: llama release venv
 	$(PY) scripts/bench_gguf.py --corral $(RELEASE_BIN)
