@@ -217,34 +217,34 @@ public struct FineTuneJob: JobKind {
         guard let files else { throw JobError("no_files", "the Files API is not configured") }
         let base = baseModel(spec.base, spec.keyPrefix)
         let scope: TeamScope = spec.team.map { .team($0) } ?? .all
-        func examples(of id: String) async throws -> [TrainingExample] {
+        /// A file's examples rendered as text (chat ones with the base model's template).
+        func texts(of id: String) async throws -> [String] {
             let (file, data): (StoredFile, Data)
             do { (file, data) = try await files.contents(id, scope: scope) } catch {
                 throw JobError("invalid_file", "\(id): \(error)")
             }
             let name = "\(file.id) (\(file.filename))"
-            do { return try TrainingData.read(data, format: TrainingFormat.detect(filename: file.filename, contents: data), name: name) } catch let error as TrainingDataError {
+            let examples: [TrainingExample]
+            do { examples = try TrainingData.read(data, format: TrainingFormat.detect(filename: file.filename, contents: data), name: name) } catch {
                 throw JobError("invalid_file", error.description)
             }
-        }
-        func render(_ list: [TrainingExample]) async throws -> [String] {
             var texts: [String] = []
-            for example in list {
+            for example in examples {
                 switch example {
                 case .text(let text, _): texts.append(text)
                 case .chat(let messages, let line):
                     do { texts.append(try await base.render(messages)) } catch {
-                        throw JobError("invalid_file", "line \(line): the base model's chat template could not render it: \(error)")
+                        throw JobError("invalid_file", "\(name) line \(line): the base model's chat template could not render it: \(error)")
                     }
                 }
             }
             return texts
         }
-        var training = try await render(try await examples(of: spec.trainingFile))
+        var training = try await texts(of: spec.trainingFile)
         var validation: [String]
         state.trainingExamples = training.count
         if let id = spec.validationFile {
-            validation = try await render(try await examples(of: id))
+            validation = try await texts(of: id)
             state.validationSource = "validation_file \(id)"
         } else {
             // The last tenth of the training data is held out: by examples when there are enough,
@@ -539,10 +539,6 @@ public struct FineTuneJob: JobKind {
     }
 
     static func format(_ value: Double) -> String { String(format: "%.4f", value) }
-
-    public func interrupted(detail: JobJSON?) -> (detail: JobJSON?, reason: String) {
-        (detail, "Corral stopped during the job")
-    }
 }
 
 /// The trainer's turns: jobs train one at a time (`fineTuning.maxConcurrent`), first come first
