@@ -153,24 +153,65 @@ struct TuneCommand: AsyncParsableCommand {
 
     @OptionGroup var connection: AdminConnection
     @Argument(help: "Model id or alias.") var model: String
-    @Option(help: "max_generation_tps, min_ttft, max_throughput_at_concurrency, min_memory or balanced.") var objective = "max_generation_tps"
+    @Option(help: "max_generation_tps, min_ttft, max_throughput_at_concurrency, min_memory, balanced, weighted or quality.") var objective = "max_generation_tps"
     @Option(help: "grid, random, halving, tpe, hyperband or evolutionary.") var strategy = "halving"
     @Option(help: "Context sizes, comma-separated.") var ctx: String?
     @Option(help: "Ubatch sizes, comma-separated.") var ubatch: String?
     @Option(help: "Thread counts, comma-separated.") var threads: String?
     @Option(help: "KV cache types, comma-separated.") var kv: String?
     @Option(help: "Flash attention values: on,off.") var fa: String?
-    @Flag(help: "Apply the winner as the model's runtime profile.") var apply = false
+    @Option(help: "Temperatures, comma-separated (sampling: trials share a llama-server).") var temperature: String?
+    @Option(help: "top_p values, comma-separated.") var topP: String?
+    @Option(help: "top_k values, comma-separated.") var topK: String?
+    @Option(help: "min_p values, comma-separated.") var minP: String?
+    @Option(help: "repeat_penalty values, comma-separated.") var repeatPenalty: String?
+    @Option(help: "Weights of the weighted objective: generationTPS=1,ttftMs=0.5,memoryMiB=…,throughputTPS=…,quality=….") var weights: String?
+    @Option(help: "Quality: an evaluation run whose items each trial is asked.") var qualityEvalRun: String?
+    @Option(help: "Quality: a text file whose perplexity each trial's settings give.") var qualityText: String?
+    @Option(help: "Trial budget.") var maxTrials: Int?
+    @Option(help: "Start no trial after this many seconds.") var maxSeconds: Double?
+    @Option(help: "Stop after this many measured trials in a row without a new best.") var patience: Int?
+    @Option(help: "Load runs per trial (each measure with its 95 % interval).") var repetitions: Int?
+    @Option(help: "Measure the best N trials again at the end.") var remeasureTop: Int?
+    @Option(help: "Seed.") var seed: Int?
+    @Flag(help: "Apply the winner (runtime profile, and its sampling as a profile).") var apply = false
 
     func run() async throws {
         func ints(_ s: String?) -> [Int]? { s.map { $0.split(separator: ",").compactMap { Int($0) } } }
+        func numbers(_ s: String?) -> [Double]? { s.map { $0.split(separator: ",").compactMap { Double($0) } } }
         var space: [String: Any] = [:]
         space["contextSize"] = ints(ctx)
         space["ubatch"] = ints(ubatch)
         space["threads"] = ints(threads)
         space["cacheType"] = kv.map { $0.split(separator: ",").map(String.init) }
         space["flashAttention"] = fa.map { $0.split(separator: ",").map { $0 == "on" } }
-        let started = try await connection.call("POST", "/admin/tuning", body: ["model": model, "objective": objective, "strategy": strategy, "space": space])
+        space["temperature"] = numbers(temperature)
+        space["top_p"] = numbers(topP)
+        space["top_k"] = ints(topK)
+        space["min_p"] = numbers(minP)
+        space["repeat_penalty"] = numbers(repeatPenalty)
+        var body: [String: Any] = ["model": model, "objective": objective, "strategy": strategy, "space": space]
+        if let weights {
+            var w: [String: Double] = [:]
+            for pair in weights.split(separator: ",") {
+                let kv = pair.split(separator: "=", maxSplits: 1)
+                guard kv.count == 2, let v = Double(kv[1]) else { throw ValidationError("--weights takes NAME=NUMBER pairs, comma-separated") }
+                w[String(kv[0])] = v
+            }
+            body["weights"] = w
+        }
+        if let qualityEvalRun { body["quality"] = ["evalRun": qualityEvalRun] }
+        if let qualityText {
+            guard let text = try? String(contentsOfFile: qualityText, encoding: .utf8) else { throw ValidationError("cannot read \(qualityText)") }
+            body["quality"] = ["text": text]
+        }
+        body["maxTrials"] = maxTrials
+        body["maxSeconds"] = maxSeconds
+        body["patience"] = patience
+        body["repetitions"] = repetitions
+        body["remeasureTop"] = remeasureTop
+        body["seed"] = seed
+        let started = try await connection.call("POST", "/admin/tuning", body: body)
         guard let id = (started as? [String: Any])?["id"] as? String else { throw ValidationError("unexpected answer: \(started)") }
         _ = try await connection.follow(id)
         let session = try await connection.call("GET", "/admin/tuning/\(id)") as? [String: Any] ?? [:]

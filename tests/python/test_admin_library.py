@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from conftest import admin_cli as cli, admin_get as get, admin_post, llama_tool, make_model, start_corral, stop_corral
+from conftest import CORRAL, admin_cli as cli, admin_get as get, admin_post, llama_tool, make_model, start_corral, stop_corral
 
 
 @pytest.fixture(scope="module")
@@ -393,6 +393,22 @@ def test_a_runtime_session_can_optimise_the_perplexity_of_a_text(corral):
     for t in trials:
         expected = math.log(t["result"]["generationTokensPerSecond"]["p50"]) - math.log(t["quality"])
         assert t["score"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_cli_tunes_sampling_with_a_weighted_objective_follows_it_and_applies_the_winner(corral):
+    out = subprocess.run([CORRAL, "tune", "chat", "--strategy", "grid", "--temperature", "0.3,0.8", "--objective", "weighted",
+                          "--weights", "generationTPS=1,ttftMs=1", "--repetitions", "2", "--apply", "--url", corral.base, "--token", corral.admin_token],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    decoder = json.JSONDecoder()
+    session, end = decoder.raw_decode(out.stdout)
+    applied, _ = decoder.raw_decode(out.stdout[end:].lstrip())
+    assert session["status"] == "done" and session["request"]["weights"] == {"generationTPS": 1, "ttftMs": 1}
+    assert [t["candidate"]["sampling"]["temperature"] for t in session["trials"]] == [0.3, 0.8]
+    assert all(len(t["measures"]["repetitions"]) == 2 for t in session["trials"] if t["status"] == "done")
+    assert applied["samplingProfile"] == "tuned-chat" and applied["sampling"] == session["trials"][session["best"]]["candidate"]["sampling"]
+    bad = subprocess.run([CORRAL, "tune", "chat", "--weights", "speed", "--url", corral.base, "--token", corral.admin_token], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "NAME=NUMBER" in bad.stderr
 
 
 def test_tuning_constraints_make_trials_infeasible_not_merely_worse(corral):
