@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--trials", type=int, default=16, help="trial budget of tpe and hyperband")
     ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--repetitions", type=int, default=1, help="load runs per trial, in every session (the score is their mean)")
     ap.add_argument("--shape", default="embd=512,layers=8,heads=8,kv=4,ff=1408,ctx=4096",
                     help="the generated model (larger than the test model, so that speeds are measured above the noise)")
     args = ap.parse_args()
@@ -46,6 +47,7 @@ def main():
             body = {"model": "bench", "strategy": strategy, "objective": "max_generation_tps", "space": SPACE, "requests": args.requests,
                     "maxTokens": args.max_tokens, "seed": seed}
             body["maxTrials"] = budget or 48
+            body["repetitions"] = args.repetitions
             started = time.perf_counter()
             sid = httpx.post(c.base + "/admin/tuning", headers=h, json=body).json()["id"]
             with httpx.stream("GET", f"{c.base}/admin/tuning/{sid}/events?after=99999999999999999", headers=h, timeout=3600) as r:

@@ -734,7 +734,8 @@ public struct TuningJob: JobKind {
     /// TPE, Hyperband or evolutionary search over the planned candidates: each dimension of the
     /// space is a categorical dimension of its listed values; a suggestion the estimator pruned
     /// scores nothing, one already measured at that budget is not run again; Hyperband's budget
-    /// fraction scales the trial's requests and output length (full budget: the request's).
+    /// fraction scales the trial's requests (full budget: the request's), not their length: a
+    /// speed measured over a few tokens is noise.
     private func runAdaptive(_ spec: TuningSpec, serverPath: String, context: JobContext, server: TrialServer) async throws -> TuningProgress {
         let request = spec.request
         var state = TuningProgress(trials: spec.trials, best: nil)
@@ -774,7 +775,7 @@ public struct TuningJob: JobKind {
             let fraction = suggestion.budget
             state.trials[index] = try await runTrial(
                 state.trials[index], spec: spec, serverPath: serverPath, requests: max(1, Int((Double(request.requests) * fraction).rounded(.up))),
-                maxTokens: max(1, Int((Double(request.maxTokens) * fraction).rounded(.up))), context: context, server: server)
+                maxTokens: request.maxTokens, context: context, server: server)
             state.trials[index].score = Self.absoluteScore(state.trials[index], objective: request.objective, weights: request.weights)
             measuredAt[index] = fraction
             trialsRun += 1
