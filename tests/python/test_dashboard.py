@@ -262,6 +262,9 @@ def test_requests_and_logs_pages(corral, browser):
 
 
 def test_model_page_tuning_follows_its_event_stream(corral, browser):
+    if not browser.current_url.startswith(corral.base + "/ui"):  # run alone (-k): sign the tab in
+        browser.get(corral.base + "/ui")
+        browser.execute_script("sessionStorage.setItem('corral.adminToken', arguments[0])", corral.admin_token)
     go(browser, "#/models/chat", "chat")
     browser.find_element(By.ID, "t-strategy").send_keys("grid")
     box = browser.find_element(By.ID, "t-requests")
@@ -447,3 +450,117 @@ def test_fine_tuning_page_shows_a_job_training_live_and_its_result(corral, brows
     for expected in ("chat", done.fine_tuned_model, "2 / 2", f"{before} → {after}"):
         assert expected in cells, (expected, cells)
     screenshot(browser, "fine-tuning")
+
+
+def test_tuning_shows_trials_live_and_the_pareto_front(corral, browser):
+    """A grid session started from the model page's form and held between trials (paused, then let
+    on one trial at a time): the trial table and the scatter plot gain each trial as it finishes
+    while the session still runs, and the first trial is highlighted as the new best when it
+    arrives. At the end the plot has one point per measured trial, the points and rows marked
+    Pareto are the session's `pareto` and the row marked best is its `best`."""
+    from selenium.webdriver.support.ui import Select
+
+    if not browser.current_url.startswith(corral.base + "/ui"):  # run alone (-k): sign the tab in
+        browser.get(corral.base + "/ui")
+        browser.execute_script("sessionStorage.setItem('corral.adminToken', arguments[0])", corral.admin_token)
+    before = {s["id"] for s in corral.get("/admin/tuning?model=chat")["sessions"]}
+    go(browser, "#/models", "Models")  # the model page is drawn afresh even if it was the page before
+    go(browser, "#/models/chat", "chat")
+    wait(browser, lambda d: "Tuning" in text_of(d, "#page h2"), "the tuning section")
+
+    Select(browser.find_element(By.ID, "t-strategy")).select_by_value("grid")
+    for id_, value in (("t-ctx", ""), ("t-threads", ""), ("t-ubatch", "64,128,256"), ("t-requests", "2"), ("t-max", "4")):
+        box = browser.find_element(By.ID, id_)
+        box.clear()
+        box.send_keys(value)
+    browser.find_element(By.XPATH, "//button[text()='Start tuning']").click()
+    # Held at once (a warm trial takes about 0.1 s): paused, it stops before its next trial.
+    deadline, sid = time.time() + WAIT_S, None
+    while sid is None and time.time() < deadline:
+        sid = next((s["id"] for s in corral.get("/admin/tuning?model=chat")["sessions"] if s["id"] not in before), None)
+    assert sid, "no session started from the form"
+    paused = corral.post(f"/admin/jobs/{sid}/pause", {})
+    assert paused["state"] == "paused", paused
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#tuning-view").get_attribute("data-session") == sid, "the new session on the page")
+
+    def session():
+        return corral.get(f"/admin/tuning/{sid}")
+
+    def measure(trial, interval, result):
+        """The server's measure of a trial: the mean over repetitions, else the load's p50."""
+        return ((trial.get("measures") or {}).get(interval) or {}).get("mean", ((trial.get("result") or {}).get(result) or {}).get("p50"))
+
+    def measured(s):
+        return sorted(t["index"] for t in s["trials"] if measure(t, "generationTPS", "generationTokensPerSecond") is not None
+                      and measure(t, "ttftMs", "timeToFirstTokenMs") is not None)
+
+    def settled(at_least):
+        """The session paused between trials (the same twice, 0.3 s apart) with `at_least` trials measured."""
+        deadline, last = time.time() + WAIT_S, None
+        while time.time() < deadline:
+            s = session()
+            now = [t["status"] for t in s["trials"]]
+            if s["status"] == "paused" and "running" not in now and len(measured(s)) >= at_least and now == last:
+                return s
+            last = now if s["status"] == "paused" else None
+            time.sleep(0.3)
+        raise AssertionError(f"the session did not pause between trials: {s}")
+
+    def shown(d):
+        """The page's trial rows (index, status) and its plot's points."""
+        rows = [(int(r.get_attribute("data-index")), r.get_attribute("data-status"))
+                for r in d.find_elements(By.CSS_SELECTOR, "#tuning-trials tbody tr[data-index]")]
+        points = sorted(int(p.get_attribute("data-index")) for p in d.find_elements(By.CSS_SELECTOR, "#tuning-chart svg circle.point"))
+        return rows, points
+
+    s = settled(0)
+    total = len(s["trials"])
+    assert total == 3 and len(measured(s)) < total, s
+    seen_rows, new_best_seen = [], False
+    while True:
+        done_now = measured(s)
+        expected = [(i, "done") for i in done_now]
+        wait(browser, lambda d: shown(d) == (expected, done_now) and "paused" in text_of(d, "#page section p.notice"),
+             f"{len(done_now)} finished trials on the page while the session is paused")
+        seen_rows.append(len(done_now))
+        if done_now and not new_best_seen:
+            # The first measured trial is the first best: highlighted as it arrived, the best so far.
+            row = browser.find_element(By.CSS_SELECTOR, f"#tuning-trials tr[data-index='{done_now[0]}']")
+            assert "new-best" in row.get_attribute("class") and "new best" in row.text and "★ best so far" in row.text, row.text
+            assert "new best: trial" in text_of(browser, "#page section p.notice")
+            new_best_seen = True
+            browser.execute_script("document.getElementById('tuning-view').scrollIntoView()")
+            screenshot(browser, "model-tuning-live")
+        if len(done_now) == total - 1:
+            break
+        corral.post(f"/admin/jobs/{sid}/resume", {})
+        corral.post(f"/admin/jobs/{sid}/pause", {})  # after the trial the resume let start
+        s = settled(len(done_now) + 1)
+    assert new_best_seen and seen_rows == list(range(seen_rows[0], total)), seen_rows
+    corral.post(f"/admin/jobs/{sid}/resume", {})
+    wait(browser, lambda d: f"done, {total} of {total} trials finished" in text_of(d, "#page section p.notice"), "the session to finish")
+
+    s = session()
+    assert s["status"] == "done" and s["best"] is not None and s["pareto"], s
+    rows, points = shown(browser)
+    assert rows == [(t["index"], t["status"]) for t in s["trials"]]
+    assert points == measured(s), (points, s)
+    pareto_points = sorted(int(p.get_attribute("data-index")) for p in browser.find_elements(By.CSS_SELECTOR, "#tuning-chart circle.point.pareto"))
+    pareto_rows = sorted(int(r.get_attribute("data-index")) for r in browser.find_elements(By.CSS_SELECTOR, "#tuning-trials tr.pareto"))
+    assert pareto_points == pareto_rows == sorted(s["pareto"]), (pareto_points, pareto_rows, s["pareto"])
+    best_rows = browser.find_elements(By.CSS_SELECTOR, "#tuning-trials tr.best")
+    assert [int(r.get_attribute("data-index")) for r in best_rows] == [s["best"]]
+    assert "★ best" in best_rows[0].text and "so far" not in best_rows[0].text
+    assert [int(p.get_attribute("data-index")) for p in browser.find_elements(By.CSS_SELECTOR, "#tuning-chart circle.point.best")] == [s["best"]]
+    assert not browser.find_elements(By.CSS_SELECTOR, "#tuning-trials tr.new-best"), "the highlight ends with the session"
+    if len(s["pareto"]) > 1:
+        assert browser.find_elements(By.CSS_SELECTOR, "#tuning-chart polyline.front-line"), "the front's step line"
+    labels = text_of(browser, "#tuning-chart")
+    assert "time to first token p50 (ms)" in labels and "generation (tokens/s)" in labels and "Pareto front" in labels
+    assert browser.find_elements(By.XPATH, "//button[text()='Apply the winner']")
+    browser.execute_script("document.getElementById('tuning-view').scrollIntoView()")
+    screenshot(browser, "model-tuning")
+
+    Select(browser.find_element(By.ID, "t-xaxis")).select_by_value("memory")
+    wait(browser, lambda d: "memory (MiB)" in text_of(d, "#tuning-chart"), "the plot against memory")
+    assert shown(browser)[1] == measured(s)

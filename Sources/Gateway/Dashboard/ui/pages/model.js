@@ -1,9 +1,10 @@
 // One model: GGUF facts, fit and the compatibility plot, fleet buttons, benchmarks (started here
-// and followed over SSE) and tuning sessions (followed over their job's SSE: trials appear as they finish).
+// and followed over SSE) and tuning sessions (followed over their job's SSE: a trial table and a
+// scatter plot of the Pareto front, updated from each event as trials start and finish).
 
 import { api, isAbort, modelPath, stream } from '../api.js';
-import { lineChart } from '../chart.js';
-import { delay, field, fmt, h, notice, statusRegion, table, verdictBadge } from '../dom.js';
+import { lineChart, scatterChart } from '../chart.js';
+import { field, fmt, h, notice, statusRegion, table, verdictBadge } from '../dom.js';
 
 const facts = (m) => [
   ['Architecture', m.architecture], ['Name', m.name], ['Parameters', m.parameterSize], ['Quantization', m.quantization],
@@ -64,17 +65,153 @@ function benchmarksTable(runs) {
   ], runs, 'No benchmark yet.');
 }
 
-function trialsTable(session) {
-  return table(`Tuning ${session.id}: ${session.status}`, [
-    { label: '#', value: (t) => (t.index === session.best ? `${t.index} ★ best` : t.index), num: true },
-    { label: 'Arguments', value: (t) => h('code', {}, t.arguments.join(' ') || '(defaults)') },
-    { label: 'Status', value: (t) => t.status }, { label: 'Round', value: (t) => t.round, num: true },
-    { label: 'Generation tok/s', value: (t) => fmt.num(t.result?.generationTokensPerSecond?.p50), num: true },
-    { label: 'TTFT p50', value: (t) => fmt.ms(t.result?.timeToFirstTokenMs?.p50), num: true },
-    { label: 'Memory', value: (t) => fmt.mib(t.memoryMiB ?? t.estimatedMiB), num: true },
+// Tuning: a session's trials as a table and a scatter plot of its measured trials.
+
+/** Session states in which more events come. */
+const LIVE = ['running', 'queued', 'paused'];
+/** A job state as the session's `status` says it. */
+const legacyStatus = (state) => (state === 'succeeded' ? 'done' : state);
+/** Events whose data is one trial. */
+const TRIAL_EVENTS = new Set(['pruned', 'trial_started', 'trial', 'new_best', 'remeasured']);
+const SETTING_NAMES = {
+  contextSize: 'context', ubatch: 'ubatch', flashAttention: 'flash attention', cacheType: 'KV cache', threads: 'threads',
+  parallel: 'parallel', gpuLayers: 'GPU layers',
+};
+
+/** A candidate's llama-server settings and sampling parameters in words. */
+function settingsText(candidate = {}) {
+  const parts = Object.entries(candidate).filter(([k, v]) => k !== 'sampling' && v !== null && v !== undefined)
+    .map(([k, v]) => `${SETTING_NAMES[k] ?? k} ${v === true ? 'on' : v === false ? 'off' : v}`);
+  for (const [k, v] of Object.entries(candidate.sampling ?? {})) parts.push(`${k} ${v}`);
+  return parts.join(' · ') || 'defaults';
+}
+
+/**
+ * What a trial measured, as the server ranks it: generation speed and time to first token (the
+ * means over its repetitions when it has several, else the load's p50), memory (measured, else estimated).
+ */
+function measuresOf(t) {
+  const value = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+  return {
+    generation: value(t.measures?.generationTPS?.mean ?? t.result?.generationTokensPerSecond?.p50),
+    ttft: value(t.measures?.ttftMs?.mean ?? t.result?.timeToFirstTokenMs?.p50),
+    memory: value(t.memoryMiB ?? t.estimatedMiB),
+  };
+}
+
+/** A trial with a generation speed and a time to first token (done, infeasible, eliminated …). */
+const isMeasured = (t) => measuresOf(t).generation !== null && measuresOf(t).ttft !== null;
+
+/**
+ * The Pareto front of the trials measured so far, by the server's rule (`TuningJob.paretoFront`):
+ * done trials no other beats on generation speed, first token and memory (and quality, when
+ * measured) while being better on one. A finished session's own `pareto` takes its place.
+ */
+function paretoSoFar(trials) {
+  const points = trials.filter((t) => t.status === 'done' && isMeasured(t)).map((t) => {
+    const m = measuresOf(t);
+    const v = [-m.generation, m.ttft, t.memoryMiB ?? t.estimatedMiB ?? 0];
+    if (typeof t.quality === 'number') v.push(t.qualityDetail?.startsWith('PPL') ? t.quality : -t.quality);
+    return [t.index, v];
+  });
+  return points.filter(([i, p]) => !points.some(([j, q]) => j !== i && q.every((x, k) => x <= p[k]) && q.some((x, k) => x < p[k])))
+    .map(([i]) => i);
+}
+
+/** Memory: measured, else the estimate (said so). */
+function memoryText(t) {
+  if (typeof t.memoryMiB === 'number') return fmt.mib(t.memoryMiB);
+  return typeof t.estimatedMiB === 'number' ? `${fmt.mib(t.estimatedMiB)} (estimate)` : '—';
+}
+
+/** Generation tok/s: the mean with its 95 % interval when the trial was repeated, else the p50. */
+function generationText(t) {
+  const interval = t.measures?.generationTPS;
+  if (interval && typeof interval.mean === 'number') {
+    return `${fmt.num(interval.mean)} [${fmt.num(interval.low)}–${fmt.num(interval.high)}]`;
+  }
+  return fmt.num(t.result?.generationTokensPerSecond?.p50);
+}
+
+/** The marks of a session drawn now: its best (so far), its Pareto front (so far), a best just announced. */
+function sessionMarks(session, liveBest, fresh) {
+  const final = !LIVE.includes(session.status);
+  const best = session.best ?? (final ? null : liveBest);
+  const serverFront = Array.isArray(session.pareto);
+  return {
+    best, bestFinal: final && best !== null && best !== undefined, fresh,
+    pareto: serverFront ? session.pareto : paretoSoFar(session.trials), paretoFinal: serverFront,
+  };
+}
+
+/**
+ * The trials that have started (planned ones still to run are counted in the caption): settings,
+ * status with its reason, measures; rows carry `data-index`, `data-status` and the classes `best`,
+ * `pareto` and `new-best` (the best announced last, marked while the session runs on).
+ */
+function trialsTable(session, marks) {
+  const shown = session.trials.filter((t) => t.status !== 'pending');
+  const waiting = session.trials.length - shown.length;
+  const rounds = session.request?.strategy === 'halving' || session.trials.some((t) => t.round > 0);
+  const columns = [
+    { label: '#', value: (t) => [
+      String(t.index),
+      t.index === marks.best ? ` ★ best${marks.bestFinal ? '' : ' so far'}` : null,
+      marks.pareto.includes(t.index) ? [' ', h('span', { class: 'badge', title: 'on the Pareto front' }, 'Pareto')] : null,
+      t.index === marks.fresh ? [' ', h('mark', {}, 'new best')] : null,
+    ] },
+    { label: 'Settings', value: (t) => [settingsText(t.candidate), h('br'), h('code', {}, (t.arguments ?? []).join(' ') || '(defaults)')] },
+    { label: 'Status', value: (t) => [
+      t.status, t.reason ? ` — ${t.reason}` : null, t.remeasured ? ' (re-measured)' : null, t.server === 'reused' ? ' (server reused)' : null,
+    ] },
+    ...(rounds ? [{ label: 'Round', value: (t) => t.round, num: true }] : []),
+    { label: 'Generation tok/s', value: generationText, num: true },
+    { label: 'First token', value: (t) => fmt.ms(measuresOf(t).ttft), num: true },
+    { label: 'Memory', value: memoryText, num: true },
     { label: 'Score', value: (t) => fmt.num(t.score, 3), num: true },
-    { label: 'Note', value: (t) => t.reason ?? '' },
-  ], session.trials, 'No candidates.');
+  ];
+  const caption = `Tuning ${session.id}: ${session.status}`
+    + `${waiting ? `, ${waiting} ${waiting === 1 ? 'trial' : 'trials'} still to run` : ''}`;
+  const rowClass = (t) => [
+    t.index === marks.best ? 'best' : '', marks.pareto.includes(t.index) ? 'pareto' : '', t.index === marks.fresh ? 'new-best' : '',
+  ].filter(Boolean).join(' ') || null;
+  const body = shown.length
+    ? shown.map((t) => h('tr', { 'data-index': t.index, 'data-status': t.status, class: rowClass(t) },
+      columns.map((c) => h('td', { class: c.num ? 'num' : null }, c.value(t) ?? '—'))))
+    : [h('tr', {}, h('td', { colspan: columns.length, class: 'empty' },
+      session.trials.length ? 'No trial has started yet.' : 'No candidates.'))];
+  return h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': caption },
+    h('table', {}, h('caption', {}, caption),
+      h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col', class: c.num ? 'num' : null }, c.label)))),
+      h('tbody', {}, body)));
+}
+
+/**
+ * The measured trials: generation speed against time to first token (or memory), the Pareto front
+ * and the best marked. Points carry `data-index` and the classes `pareto` and `best`.
+ */
+function trialsScatter(session, marks, xAxis) {
+  const byMemory = xAxis === 'memory';
+  const points = session.trials.filter(isMeasured).map((t) => {
+    const m = measuresOf(t);
+    const front = marks.pareto.includes(t.index);
+    return {
+      x: byMemory ? m.memory : m.ttft, y: m.generation, front, highlight: t.index === marks.best,
+      className: ['trial', front ? 'pareto' : '', t.index === marks.best ? 'best' : ''].filter(Boolean).join(' '),
+      data: { index: t.index, status: t.status },
+      label: `Trial ${t.index} (${settingsText(t.candidate)}): ${fmt.num(m.generation)} tok/s, first token ${fmt.ms(m.ttft)}, `
+        + `${fmt.mib(m.memory)}, ${t.status}`,
+    };
+  });
+  return scatterChart({
+    title: `Trials of ${session.id}: generation speed against ${byMemory ? 'memory' : 'time to first token'}`,
+    xLabel: byMemory ? 'memory (MiB)' : 'time to first token p50 (ms)', yLabel: 'generation (tokens/s)',
+    xFormat: (v) => fmt.num(v, v < 10 ? 1 : 0), yFormat: (v) => fmt.num(v, v < 10 ? 1 : 0),
+    points, empty: 'No measured trial yet.',
+    names: {
+      points: 'measured trial', front: marks.paretoFinal ? 'Pareto front' : 'Pareto front so far', highlight: marks.bestFinal ? 'best' : 'best so far',
+    },
+  });
 }
 
 export async function modelDetail(root, [id], signal) {
@@ -98,10 +235,14 @@ export async function modelDetail(root, [id], signal) {
   const tuneForm = h('form', { class: 'inline-form', 'aria-label': 'Tuning' },
     field('Objective', h('select', { id: 't-objective' }, ['max_generation_tps', 'min_ttft', 'max_throughput_at_concurrency', 'min_memory', 'balanced']
       .map((o) => h('option', { value: o }, o.replaceAll('_', ' '))))),
-    field('Strategy', h('select', { id: 't-strategy' }, ['halving', 'grid', 'random'].map((o) => h('option', { value: o }, o)))),
+    field('Strategy', h('select', { id: 't-strategy' }, ['halving', 'grid', 'random', 'tpe', 'hyperband', 'evolutionary']
+      .map((o) => h('option', { value: o }, o)))),
     field('Context sizes', h('input', { id: 't-ctx', value: '512,1024' }), 'comma-separated'),
     field('Threads', h('input', { id: 't-threads', value: '' }), 'comma-separated, empty: default'),
+    field('Micro-batch sizes', h('input', { id: 't-ubatch', value: '' }), 'comma-separated'),
+    field('Temperatures', h('input', { id: 't-temperature', value: '' }), 'comma-separated'),
     field('Requests per trial', numberInput('t-requests', 2, 1, 1000)),
+    field('Max tokens', numberInput('t-max', 16, 1, 4096)),
     h('button', { type: 'submit' }, 'Start tuning'));
 
   body.append(
@@ -164,29 +305,82 @@ export async function modelDetail(root, [id], signal) {
     }
   });
 
-  /** Polls a session until it ends, redrawing the trials as each finishes. */
-  /** Draws the session now and after each of its job events (trials as they finish) until it ends. */
-  async function follow(sessionId) {
+  let following = null; // the AbortController of the session drawn now: a newer session replaces it
+
+  /**
+   * Draws a session, then follows its job's events until it ends: each trial event replaces its
+   * trial, each `detail` event the whole list, `state` the status, `new_best` marks the best so
+   * far. The stream replays the session's events from its start (so the best so far is known for a
+   * session opened halfway), drawn once it reaches the event that was last when the page looked
+   * (`fromStart`, for a session started here: every event is news). The session as the API gives
+   * it is drawn at the end (its best and Pareto front).
+   */
+  async function follow(sessionId, { fromStart = false } = {}) {
+    following?.abort();
+    const mine = new AbortController();
+    following = mine;
+    signal.addEventListener('abort', () => mine.abort(), { once: true });
+    const sig = mine.signal;
     const sessionPath = `/admin/tuning/${encodeURIComponent(sessionId)}`;
-    const draw = async () => {
-      const session = await api(sessionPath, { signal });
+    const view = { session: await api(sessionPath, { signal: sig }), liveBest: null, fresh: null };
+
+    const xAxis = h('select', { id: 't-xaxis' }, h('option', { value: 'ttft' }, 'time to first token'), h('option', { value: 'memory' }, 'memory'));
+    const chartArea = h('div', { id: 'tuning-chart', class: 'charts' });
+    const tableArea = h('div', { id: 'tuning-trials' });
+    const applyArea = h('div');
+    const render = () => {
+      const session = view.session;
+      const marks = sessionMarks(session, view.liveBest, LIVE.includes(session.status) ? view.fresh : null);
       const finished = session.trials.filter((t) => !['pending', 'running'].includes(t.status)).length;
-      notice(tuningStatus, `Tuning ${session.id}: ${session.status}, ${finished} of ${session.trials.length} trials finished${session.error ? `: ${session.error}` : ''}`,
-        session.status === 'failed' ? 'error' : ['running', 'queued', 'paused'].includes(session.status) ? 'info' : 'ok');
-      const apply = session.status === 'done' && session.best !== null && session.best !== undefined
-        ? h('button', { type: 'button', onclick: () => applyWinner(session.id) }, 'Apply the winner') : null;
-      tuningArea.replaceChildren(trialsTable(session), apply ?? '');
-      return session;
+      const announced = marks.fresh !== null && marks.fresh !== undefined
+        ? `; new best: trial ${marks.fresh}, ${generationText(session.trials.find((t) => t.index === marks.fresh) ?? {})} tok/s` : '';
+      notice(tuningStatus, `Tuning ${session.id}: ${session.status}, ${finished} of ${session.trials.length} trials finished`
+        + `${session.stoppedEarly ? ` (stopped early: ${session.stoppedEarly})` : ''}${session.error ? `: ${session.error}` : ''}${announced}`,
+      session.status === 'failed' ? 'error' : LIVE.includes(session.status) ? 'info' : 'ok');
+      chartArea.replaceChildren(trialsScatter(session, marks, xAxis.value));
+      tableArea.replaceChildren(trialsTable(session, marks));
+      applyArea.replaceChildren(session.status === 'done' && marks.bestFinal
+        ? h('button', { type: 'button', onclick: () => applyWinner(session.id) }, 'Apply the winner') : '');
     };
-    const first = await draw();
-    if (!['running', 'queued', 'paused'].includes(first.status)) return;
-    const { lastEventID } = await api(`/admin/jobs/${encodeURIComponent(sessionId)}`, { signal });
-    let drawing = null;
-    await stream(`${sessionPath}/events?after=${lastEventID}`, (name) => {
-      if (name !== 'progress' && !drawing) drawing = draw().finally(() => { drawing = null; });
-    }, signal);
-    await drawing;
-    await draw();
+    xAxis.addEventListener('change', render);
+    tuningArea.replaceChildren(
+      h('div', { class: 'filters', 'data-session': sessionId, id: 'tuning-view' }, field('Scatter plot x axis', xAxis)), chartArea, tableArea, applyArea);
+    render();
+    if (!LIVE.includes(view.session.status)) return;
+
+    let scheduled = false;
+    const schedule = () => {
+      if (scheduled) return;
+      scheduled = true;
+      setTimeout(() => {
+        scheduled = false;
+        if (!sig.aborted) render();
+      }, 0);
+    };
+    const seen = fromStart ? 0 : (await api(`/admin/jobs/${encodeURIComponent(sessionId)}`, { signal: sig })).lastEventID;
+    await stream(`${sessionPath}/events?after=0`, (name, event) => {
+      const data = event?.data;
+      const session = view.session;
+      if (name === 'detail' && Array.isArray(data?.trials)) {
+        Object.assign(session, { trials: data.trials, best: data.best ?? null, pareto: data.pareto ?? null, stoppedEarly: data.stoppedEarly ?? null });
+      } else if (TRIAL_EVENTS.has(name) && Number.isInteger(data?.index)) {
+        const at = session.trials.findIndex((t) => t.index === data.index);
+        if (at >= 0) session.trials[at] = data; else session.trials.push(data);
+        if (name === 'new_best') {
+          view.liveBest = data.index;
+          if (event.id > seen) view.fresh = data.index; // announced only when it happens while the page looks
+        } else if (name === 'trial' && data.index !== view.fresh) {
+          view.fresh = null;
+        }
+      } else if (name === 'state' && typeof data?.state === 'string') {
+        session.status = legacyStatus(data.state);
+      } else {
+        return; // progress, waiting …: nothing the view shows
+      }
+      if (!(event.id < seen)) schedule();
+    }, sig);
+    view.session = await api(sessionPath, { signal: sig });
+    if (!sig.aborted) render();
   }
 
   async function applyWinner(sessionId) {
@@ -202,14 +396,18 @@ export async function modelDetail(root, [id], signal) {
     event.preventDefault();
     const get = (id) => tuneForm.querySelector(`#${id}`).value;
     const space = {};
-    if (list(get('t-ctx')).length) space.contextSize = list(get('t-ctx')).map(Number);
-    if (list(get('t-threads')).length) space.threads = list(get('t-threads')).map(Number);
+    for (const [key, box] of [['contextSize', 't-ctx'], ['threads', 't-threads'], ['ubatch', 't-ubatch'], ['temperature', 't-temperature']]) {
+      if (list(get(box)).length) space[key] = list(get(box)).map(Number);
+    }
     try {
       const session = await api('/admin/tuning', {
         method: 'POST', signal,
-        body: { model: id, objective: get('t-objective'), strategy: get('t-strategy'), space, requests: Number(get('t-requests')) },
+        body: {
+          model: id, objective: get('t-objective'), strategy: get('t-strategy'), space, requests: Number(get('t-requests')),
+          maxTokens: Number(get('t-max')),
+        },
       });
-      await follow(session.id);
+      await follow(session.id, { fromStart: true });
     } catch (error) {
       if (!isAbort(error)) notice(tuningStatus, `Tuning failed: ${error.message}`, 'error');
     }
@@ -218,7 +416,8 @@ export async function modelDetail(root, [id], signal) {
   try {
     const model = await refresh();
     const sessions = await api(`/admin/tuning?model=${encodeURIComponent(model.id)}`, { signal });
-    if (sessions.sessions.length) await follow(sessions.sessions[0].id);
+    // The newest session, unless one started from the form meanwhile.
+    if (sessions.sessions.length && !following) await follow(sessions.sessions[0].id);
   } catch (error) {
     if (!isAbort(error)) notice(status, error.message, 'error');
   }
