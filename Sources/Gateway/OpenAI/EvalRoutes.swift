@@ -91,15 +91,21 @@ struct EvalRoutes: Sendable {
 
     /// `after`, `limit` (1–100, default 20) and `order` (asc or desc).
     static func paging(_ request: Request, defaultOrder: String) throws -> (after: String?, limit: Int, newestFirst: Bool) {
+        let (after, limit) = try cursor(request)
+        let order = request.uri.queryParameters.get("order").map { String($0) } ?? defaultOrder
+        guard order == "asc" || order == "desc" else { throw OpenAIError.badRequest("order must be asc or desc", param: "order") }
+        return (after, limit, order == "desc")
+    }
+
+    /// `after` and `limit` (1–100, default 20): OpenAI's cursor paging.
+    static func cursor(_ request: Request) throws -> (after: String?, limit: Int) {
         let q = request.uri.queryParameters
         var limit = 20
         if let raw = q.get("limit") {
             guard let n = Int(raw), (1...100).contains(n) else { throw OpenAIError.badRequest("limit must be an integer from 1 to 100", param: "limit") }
             limit = n
         }
-        let order = q.get("order").map { String($0) } ?? defaultOrder
-        guard order == "asc" || order == "desc" else { throw OpenAIError.badRequest("order must be asc or desc", param: "order") }
-        return (q.get("after").map { String($0) }, limit, order == "desc")
+        return (q.get("after").map { String($0) }, limit)
     }
 
     static func list(_ data: [[String: Any]], hasMore: Bool) -> Response {

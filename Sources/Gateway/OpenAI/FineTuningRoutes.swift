@@ -20,7 +20,7 @@ struct FineTuningRoutes: Sendable {
             return jsonResponse(FineTuning.object(current, spec))
         }
         router.get("/v1/fine_tuning/jobs") { request, context in
-            let (after, limit) = try Self.paging(request)
+            let (after, limit) = try EvalRoutes.cursor(request)
             var metadata: [String: String] = [:]
             for (rawKey, value) in request.uri.queryParameters {
                 // The SDK sends `metadata[KEY]=VALUE`, the brackets percent-encoded.
@@ -45,27 +45,16 @@ struct FineTuningRoutes: Sendable {
         }
         router.get("/v1/fine_tuning/jobs/:job/events") { request, context in
             let id = try context.parameters.require("job")
-            let (after, limit) = try Self.paging(request)
+            let (after, limit) = try EvalRoutes.cursor(request)
             let page = try await Self.mapped { try await fineTuning.events(id, scope: FileRoutes.scope(context), after: after, limit: limit) }
             return EvalRoutes.list(page.events, hasMore: page.hasMore)
         }
         router.get("/v1/fine_tuning/jobs/:job/checkpoints") { request, context in
             let id = try context.parameters.require("job")
-            let (after, limit) = try Self.paging(request)
+            let (after, limit) = try EvalRoutes.cursor(request)
             let page = try await Self.mapped { try await fineTuning.checkpoints(id, scope: FileRoutes.scope(context), after: after, limit: limit) }
             return EvalRoutes.list(page.checkpoints, hasMore: page.hasMore)
         }
-    }
-
-    /// `after` and `limit` (1–100, default 20).
-    static func paging(_ request: Request) throws -> (after: String?, limit: Int) {
-        let q = request.uri.queryParameters
-        var limit = 20
-        if let raw = q.get("limit") {
-            guard let n = Int(raw), (1...100).contains(n) else { throw OpenAIError.badRequest("limit must be an integer from 1 to 100", param: "limit") }
-            limit = n
-        }
-        return (q.get("after").map { String($0) }, limit)
     }
 
     /// Fine-tuning refusals as OpenAI errors.
