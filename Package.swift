@@ -27,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         // Reading GGUF headers, writing tiny test models, model facts and the memory estimator.
@@ -52,6 +53,18 @@ let package = Package(
         .target(
             name: "Store",
             dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
+        // The shared store on PostgreSQL (one cluster of Corral nodes): the same records as `Store`
+        // behind `AccountStore`, quota reservations with leases, the node registry, change notices.
+        .target(
+            name: "PostgresStore",
+            dependencies: [
+                "Store",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         // Teams, API keys, policies and admission (reservations against limits).
@@ -155,7 +168,7 @@ let package = Package(
         .executableTarget(
             name: "corral",
             dependencies: [
-                "Gateway", "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab",
+                "Gateway", "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab", "PostgresStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),

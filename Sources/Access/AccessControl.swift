@@ -7,11 +7,15 @@ public struct Caller: Sendable, Equatable {
     public var teamID: String?
     public var teamName: String?
     public var keyPrefix: String?
+    /// The cluster node that admitted this request and relayed it here (its reservation and
+    /// ledger row are that node's); nil for a request a client sent here.
+    public var admittedBy: String?
 
-    public init(teamID: String? = nil, teamName: String? = nil, keyPrefix: String? = nil) {
+    public init(teamID: String? = nil, teamName: String? = nil, keyPrefix: String? = nil, admittedBy: String? = nil) {
         self.teamID = teamID
         self.teamName = teamName
         self.keyPrefix = keyPrefix
+        self.admittedBy = admittedBy
     }
 
     /// Open mode: no team exists, so no limits apply.
@@ -26,17 +30,22 @@ public struct Reservation: Sendable {
     public let tokens: Int
     let day: Int
     let month: Int
+    /// The reservation's id in the shared store (a cluster node), nil when held in memory.
+    let shared: String?
     /// `x-ratelimit-*` headers describing the caller's remaining allowance after admission.
     public let headers: [String: String]
 }
 
 /// Teams, keys and their limits: authentication, model permissions and admission with
-/// reservations. Everything is held in memory (loaded from SQLite at start, written through on
-/// every change), so a revocation or limit change applies to the very next request.
+/// reservations. Teams, keys and policies are held in memory (loaded from the store at start,
+/// written through on every change), so a revocation or limit change applies to the very next
+/// request.
 ///
 /// Admission is one critical section: the checks and the reservation of `prompt + max_tokens`
 /// happen together, so parallel requests can never overshoot a limit; at the end the reservation
-/// is replaced by the real usage.
+/// is replaced by the real usage. On one node the section is a lock over in-memory windows; on a
+/// cluster node (``SharedQuota``) it is a transaction in the shared store that locks the team and
+/// the key, so the limits hold across every node.
 public final class AccessControl: Sendable {
     struct Subject {
         var inFlight = 0
@@ -73,7 +82,9 @@ public final class AccessControl: Sendable {
     }
 
     private let state: Mutex<State>
-    let store: Store?
+    let store: (any AccountStore)?
+    /// The cluster's shared quota store, when this node is one of several.
+    let shared: SharedQuota?
     /// The clock (tests move it).
     let now: @Sendable () -> Date
     static let utc: Calendar = {
@@ -86,8 +97,9 @@ public final class AccessControl: Sendable {
     /// gateway whose last team was deleted refuses every model request.
     let openWithoutTeams: Bool
 
-    public init(store: Store?, openWithoutTeams: Bool = true, now: @escaping @Sendable () -> Date = { Date() }) {
+    public init(store: (any AccountStore)?, openWithoutTeams: Bool = true, shared: SharedQuota? = nil, now: @escaping @Sendable () -> Date = { Date() }) {
         self.store = store
+        self.shared = shared
         self.now = now
         self.openWithoutTeams = openWithoutTeams
         self.state = Mutex(State())
@@ -114,6 +126,24 @@ public final class AccessControl: Sendable {
         }
     }
 
+    /// Reads teams, keys and the admin token again (another node changed them). Usage windows
+    /// are kept: on a cluster they live in the shared store anyway.
+    public func reloadAccounts() async throws {
+        guard let store else { return }
+        let teams = try await store.teams()
+        let keys = try await store.keys()
+        let admin = try await store.adminTokenHash()
+        state.withLock { s in
+            s.teams = [:]
+            s.teamPolicies = [:]
+            s.keys = [:]
+            s.keyPolicies = [:]
+            for t in teams { s.put(t) }
+            for k in keys { s.put(k) }
+            s.adminHash = admin
+        }
+    }
+
     /// Open mode: no team exists yet.
     public var isOpen: Bool { state.withLock { $0.teams.isEmpty } }
 
@@ -124,9 +154,10 @@ public final class AccessControl: Sendable {
         guard state.withLock({ $0.adminHash == nil }) else { return nil }
         let token = Secrets.newAdminToken()
         let hash = Secrets.sha256(token)
-        try await store?.saveAdminTokenHash(hash)
-        state.withLock { $0.adminHash = hash }
-        return token
+        // On a cluster another node may have made the token a moment ago: the first one stays.
+        let stored = try await store?.saveAdminTokenHashIfAbsent(hash) ?? hash
+        state.withLock { $0.adminHash = stored }
+        return stored == hash ? token : nil
     }
 
     /// Sets the admin token directly (tests and operators who manage it themselves).
@@ -193,8 +224,21 @@ public final class AccessControl: Sendable {
     // MARK: Admission
 
     /// Admits a request needing up to `tokens` (prompt + max output) for a model known by
-    /// `names`, reserving them; nil for anonymous callers (open mode has no limits).
-    public func admit(_ caller: Caller, model names: [String], tokens: Int) throws(AccessError) -> Reservation? {
+    /// `names`, reserving them; nil for anonymous callers (open mode has no limits). On a cluster
+    /// node the reservation is made in the shared store.
+    /// `requestID` and `route` go with a cluster reservation (the ledger row written for it if
+    /// this node dies before writing its own).
+    public func admit(_ caller: Caller, model names: [String], tokens: Int, requestID: String? = nil, route: String = "") async throws(AccessError) -> Reservation? {
+        guard caller.admittedBy == nil else { return nil }
+        guard let shared else { return try admitLocally(caller, model: names, tokens: tokens) }
+        let request = QuotaRequest(
+            id: requestID ?? shared.node + "-" + Secrets.random(bytes: 9).lowercased(), team: caller.teamID ?? "", key: caller.keyPrefix ?? "",
+            model: names.first ?? "", route: route)
+        return try await admit(caller, model: names, tokens: tokens, request: request, in: shared)
+    }
+
+    /// Admission against in-memory windows (one node).
+    func admitLocally(_ caller: Caller, model names: [String], tokens: Int) throws(AccessError) -> Reservation? {
         guard let teamID = caller.teamID, let prefix = caller.keyPrefix else { return nil }
         let date = now()
         let t = date.timeIntervalSince1970
@@ -228,7 +272,7 @@ public final class AccessControl: Sendable {
             s.teamUsage[teamID] = teamSubject
             s.keyUsage[prefix] = keySubject
             let headers = Self.rateHeaders([(teamSubject, teamPolicy), (keySubject, keyPolicy)], at: t)
-            return .success(Reservation(id: id, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, headers: headers))
+            return .success(Reservation(id: id, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, shared: nil, headers: headers))
         }
         return try result.get()
     }
@@ -237,6 +281,10 @@ public final class AccessControl: Sendable {
     /// itself when unknown).
     public func reconcile(_ reservation: Reservation, actualTokens: Int?) {
         let used = max(0, actualTokens ?? reservation.tokens)
+        if let id = reservation.shared, let shared {
+            shared.settle(id, tokens: used)
+            return
+        }
         let date = now()
         let (day, month) = Self.periods(date)
         state.withLock { s in
@@ -356,14 +404,89 @@ public final class AccessControl: Sendable {
         state.withLock { s in s.teams[idOrName] ?? s.teams.values.first { $0.name == idOrName } }
     }
 
-    /// Tokens used today and this month (reservations included) by a team.
-    public func usage(team id: String) -> (day: Int, month: Int, inFlight: Int) {
+    /// Tokens used today and this month (reservations included) by a team; on a cluster node,
+    /// the whole cluster's.
+    public func usage(team id: String) async -> (day: Int, month: Int, inFlight: Int) {
+        if let shared { return (try? await shared.use(subject: id)) ?? (0, 0, 0) }
+        return localUsage(team: id)
+    }
+
+    func localUsage(team id: String) -> (day: Int, month: Int, inFlight: Int) {
         let (day, month) = Self.periods(now())
         return state.withLock { s in
             guard let sub = s.teamUsage[id] else { return (0, 0, 0) }
             let reserved = sub.reserved.values.reduce(0, +)
             return ((sub.day == day ? sub.dayUsed : 0) + reserved, (sub.month == month ? sub.monthUsed : 0) + reserved, sub.inFlight)
         }
+    }
+
+    // MARK: Shared admission (cluster)
+
+    /// One transaction in the shared store: the key and team checked again there (a revocation on
+    /// another node counts even before its notice arrives), both windows read with team and key
+    /// locked, the same checks as on one node, and the reservation recorded with a lease.
+    func admit(_ caller: Caller, model names: [String], tokens: Int, request: QuotaRequest, in shared: SharedQuota) async throws(AccessError) -> Reservation? {
+        guard let teamID = caller.teamID, let prefix = caller.keyPrefix else { return nil }
+        let cached: Result<(TeamRecord, Policy, Policy), AccessError> = state.withLock { s in
+            guard let team = s.teams[teamID], let teamPolicy = s.teamPolicies[teamID], let keyPolicy = s.keyPolicies[prefix] else {
+                return .failure(.unauthenticated("invalid API key"))
+            }
+            guard teamPolicy.allows(names), keyPolicy.allows(names) else {
+                return .failure(.forbidden("team '\(team.name)' may not use model '\(names.first ?? "")'"))
+            }
+            return .success((team, teamPolicy, keyPolicy))
+        }
+        let (team, teamPolicy, keyPolicy) = try cached.get()
+        let id = request.id
+        var headers: [String: String] = [:]
+        let outcome: Result<Int, AccessError>
+        do {
+            outcome = try await shared.store.reserve(request, node: shared.node, lease: shared.lease) {
+                now, credentials, teamWindow, keyWindow in
+                if !credentials.keyExists { return .failure(.unauthenticated("invalid API key")) }
+                if credentials.keyRevoked { return .failure(.unauthenticated("API key \(prefix) has been revoked")) }
+                if credentials.teamDisabled { return .failure(.forbidden("team '\(team.name)' is disabled")) }
+                let date = Date(timeIntervalSince1970: now)
+                let (day, month) = Self.periods(date)
+                let subjects = [(Self.subject(teamWindow, day: day, month: month), teamPolicy, "team '\(team.name)'"),
+                                (Self.subject(keyWindow, day: day, month: month), keyPolicy, "key \(prefix)")]
+                for (subject, policy, who) in subjects {
+                    if let refusal = Self.check(subject, policy, tokens: tokens, at: date, who: who) { return .failure(refusal) }
+                }
+                var admitted = subjects.map { ($0.0, $0.1) }
+                for i in admitted.indices {
+                    admitted[i].0.requests.append(now)
+                    admitted[i].0.tokens.append((0, now, tokens))
+                }
+                headers = Self.rateHeaders(admitted, at: now)
+                return .success(tokens)
+            }
+        } catch {
+            throw .unavailable("the shared store cannot be reached to admit this request: \(error)")
+        }
+        switch outcome {
+        case .success:
+            let (day, month) = Self.periods(now())
+            return Reservation(id: 0, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, shared: id, headers: headers)
+        case .failure(let refusal):
+            if case .unauthenticated = refusal { Task { try? await reloadAccounts() } }
+            if case .forbidden = refusal { Task { try? await reloadAccounts() } }
+            throw refusal
+        }
+    }
+
+    /// A window read from the shared store in the shape the checks take.
+    static func subject(_ w: QuotaWindow, day: Int, month: Int) -> Subject {
+        var s = Subject()
+        s.inFlight = w.inFlight
+        s.requests = w.requestTimes
+        s.tokens = w.tokenEntries.map { (0, $0.at, $0.tokens) }
+        s.day = day
+        s.dayUsed = w.dayUsed
+        s.month = month
+        s.monthUsed = w.monthUsed
+        if w.reserved > 0 { s.reserved = [0: w.reserved] }
+        return s
     }
 
     public func createTeam(name: String, policy: Policy) async throws(AccessError) -> TeamRecord {
@@ -444,8 +567,8 @@ public final class AccessControl: Sendable {
         return fresh
     }
 
-    private func persist(_ write: (Store) async throws -> Void) async throws(AccessError) {
+    private func persist(_ write: (any AccountStore) async throws -> Void) async throws(AccessError) {
         guard let store else { return }
-        do { try await write(store) } catch { throw .invalid("could not save: \(error)") }
+        do { try await write(store) } catch { throw .unavailable("could not save: \(error)") }
     }
 }

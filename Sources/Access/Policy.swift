@@ -98,10 +98,12 @@ public enum AccessError: Error, Sendable, Equatable, CustomStringConvertible {
     case notFound(String)
     /// 409 in the admin API.
     case conflict(String)
+    /// 503: the shared store (a cluster's PostgreSQL) cannot be reached; retry shortly.
+    case unavailable(String)
 
     public var description: String {
         switch self {
-        case .unauthenticated(let m), .forbidden(let m), .invalid(let m), .notFound(let m), .conflict(let m): m
+        case .unauthenticated(let m), .forbidden(let m), .invalid(let m), .notFound(let m), .conflict(let m), .unavailable(let m): m
         case .limited(let m, _, _): m
         }
     }
@@ -114,6 +116,7 @@ public enum AccessError: Error, Sendable, Equatable, CustomStringConvertible {
         case .invalid: 400
         case .notFound: 404
         case .conflict: 409
+        case .unavailable: 503
         }
     }
 }

@@ -106,6 +106,7 @@ extension AccessError {
         case .invalid: "over_limit"
         case .notFound: "not_found"
         case .conflict: "conflict"
+        case .unavailable: "store_unavailable"
         }
     }
 }

@@ -35,11 +35,13 @@ public struct ModelLibrary: Sendable {
     public let hardware: HardwareCache
     public let marginMiB: Int
     public let tools: LlamaTools
+    /// Where the usage ledger is (the shared store on a cluster node; `store` otherwise).
+    public var ledger: (any AccountStore)?
     /// The newest benchmark results of a model (from the benchmark jobs), newest first: speed
     /// runs, and perplexity runs that finished (the quality figure next to the speed ones).
     public let benchmarks: @Sendable (String) async throws -> (speed: [[String: Any]], perplexity: [[String: Any]])
 
-    public init(scheduler: Scheduler, store: Store?, hardware: HardwareCache, marginMiB: Int, tools: LlamaTools,
+    public init(scheduler: Scheduler, store: Store?, ledger: (any AccountStore)? = nil, hardware: HardwareCache, marginMiB: Int, tools: LlamaTools,
                 benchmarks: @escaping @Sendable (String) async throws -> (speed: [[String: Any]], perplexity: [[String: Any]])) {
         self.scheduler = scheduler
         self.store = store
@@ -47,6 +49,7 @@ public struct ModelLibrary: Sendable {
         self.marginMiB = marginMiB
         self.tools = tools
         self.benchmarks = benchmarks
+        self.ledger = ledger ?? store
     }
 
     // MARK: Entries
@@ -109,7 +112,7 @@ public struct ModelLibrary: Sendable {
         let catalog = await scheduler.catalog
         let instances = Dictionary(await scheduler.instances().map { ($0.model, $0) }, uniquingKeysWith: { a, _ in a })
         let usage: [String: (requests: Int, promptTokens: Int, completionTokens: Int)]
-        do { usage = try await store?.usageTotalsByModel() ?? [:] } catch { throw .storage("the usage totals could not be read: \(error)") }
+        do { usage = try await ledger?.usageTotalsByModel() ?? [:] } catch { throw .storage("the usage totals could not be read: \(error)") }
         return (catalog, instances, usage, Compatibility(hardware: await hardware.get(), marginMiB: marginMiB))
     }
 

@@ -63,11 +63,13 @@ public struct LedgerRow: Sendable, Equatable, Codable {
     public var promptTPS: Double?
     public var generationTPS: Double?
     public var clientDisconnected: Bool
+    /// The cluster node that served the request (nil on a single node).
+    public var node: String?
 
     public init(
         requestID: String, ts: Date, team: String?, keyPrefix: String?, model: String, route: String, status: Int, errorKind: String?,
         promptTokens: Int?, cachedTokens: Int?, completionTokens: Int?, queueMs: Double, loadMs: Double, ttftMs: Double?,
-        totalMs: Double, promptTPS: Double?, generationTPS: Double?, clientDisconnected: Bool
+        totalMs: Double, promptTPS: Double?, generationTPS: Double?, clientDisconnected: Bool, node: String? = nil
     ) {
         self.requestID = requestID
         self.ts = ts
@@ -87,6 +89,7 @@ public struct LedgerRow: Sendable, Equatable, Codable {
         self.promptTPS = promptTPS
         self.generationTPS = generationTPS
         self.clientDisconnected = clientDisconnected
+        self.node = node
     }
 }
 
@@ -100,6 +103,17 @@ public struct UsageBucket: Sendable, Codable, Equatable {
     public var completionTokens: Int
     public var cachedTokens: Int
     public var averageTotalMs: Double
+
+    public init(group: String?, bucket: String, requests: Int, errors: Int, promptTokens: Int, completionTokens: Int, cachedTokens: Int, averageTotalMs: Double) {
+        self.group = group
+        self.bucket = bucket
+        self.requests = requests
+        self.errors = errors
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+        self.cachedTokens = cachedTokens
+        self.averageTotalMs = averageTotalMs
+    }
 }
 
 extension TeamRecord: FetchableRecord, PersistableRecord { public static let databaseTableName = "team" }
@@ -170,6 +184,13 @@ extension Store {
         }
     }
 
+    public func saveAdminTokenHashIfAbsent(_ hash: String) async throws -> String {
+        try await writer.write { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO admin_token (id, hash, createdAt) VALUES (1, ?, ?)", arguments: [hash, Date()])
+            return try String.fetchOne(db, sql: "SELECT hash FROM admin_token WHERE id = 1") ?? hash
+        }
+    }
+
     // MARK: Teams and keys
 
     public func teams() async throws -> [TeamRecord] { try await writer.read { db in try TeamRecord.fetchAll(db) } }
@@ -197,13 +218,13 @@ extension Store {
         try await writer.write { db in
             let insert = try db.cachedStatement(sql: """
                 INSERT OR IGNORE INTO usage (requestID, ts, team, keyPrefix, model, route, status, errorKind, promptTokens, cachedTokens,
-                completionTokens, queueMs, loadMs, ttftMs, totalMs, promptTPS, generationTPS, clientDisconnected)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                completionTokens, queueMs, loadMs, ttftMs, totalMs, promptTPS, generationTPS, clientDisconnected, node)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
             for r in rows {
                 try insert.execute(arguments: [
                     r.requestID, r.ts, r.team, r.keyPrefix, r.model, r.route, r.status, r.errorKind, r.promptTokens, r.cachedTokens,
-                    r.completionTokens, r.queueMs, r.loadMs, r.ttftMs, r.totalMs, r.promptTPS, r.generationTPS, r.clientDisconnected,
+                    r.completionTokens, r.queueMs, r.loadMs, r.ttftMs, r.totalMs, r.promptTPS, r.generationTPS, r.clientDisconnected, r.node,
                 ])
             }
         }

@@ -54,6 +54,10 @@ public struct Store: Sendable {
         registerJobMigrations(&m)
         registerFileMigrations(&m)
         registerEvalMigrations(&m)
+        m.registerMigration("v8-usage-node") { db in
+            // The cluster node that served a request (nil on a single node).
+            try db.alter(table: "usage") { t in t.add(column: "node", .text) }
+        }
         return m
     }
 

@@ -27,6 +27,10 @@ public struct RequestRecord: Sendable {
     /// llama-server's time per generated token.
     public var timePerOutputTokenMs: Double?
     public var date = Date()
+    /// The cluster node that served it, when another node than the one recording (a relayed request).
+    public var node: String?
+    /// The node that admitted the request and relayed it here: that node writes its ledger row.
+    public var relayedFrom: String?
 
     public init(
         requestID: String, route: String, model: String, status: Int, errorKind: String? = nil, queueMs: Double, loadMs: Double,

@@ -11,7 +11,9 @@ import Synchronization
 /// rows. When SQLite cannot be written (read-only, disk full, locked) the rows stay in memory
 /// and are written once it works again; the condition is logged and visible in `/metrics`.
 public final class UsageLedger: Service, Sendable {
-    let store: Store
+    let store: any AccountStore
+    /// The cluster node name written on every row (nil on a single node).
+    let node: String?
     let window: Duration
     let logger: Logger
     /// Rows kept in memory at most while SQLite is failing (the oldest are dropped beyond it).
@@ -19,8 +21,9 @@ public final class UsageLedger: Service, Sendable {
     private let pending = Mutex<[LedgerRow]>([])
     private let failing = Mutex<String?>(nil)
 
-    public init(store: Store, logger: Logger, window: Duration = .milliseconds(200), maxPending: Int = 1_000_000) {
+    public init(store: any AccountStore, logger: Logger, node: String? = nil, window: Duration = .milliseconds(200), maxPending: Int = 1_000_000) {
         self.store = store
+        self.node = node
         self.logger = logger
         self.window = window
         self.maxPending = maxPending
@@ -28,11 +31,13 @@ public final class UsageLedger: Service, Sendable {
 
     /// Queues a request's row (cheap: one lock and an append).
     public func record(_ r: RequestRecord) {
+        // A relayed request's row is written by the node that admitted it (naming this node).
+        guard r.relayedFrom == nil else { return }
         let row = LedgerRow(
             requestID: r.requestID, ts: r.date, team: r.team, keyPrefix: r.keyPrefix, model: r.model, route: r.route, status: r.status,
             errorKind: r.errorKind, promptTokens: r.promptTokens, cachedTokens: r.cachedTokens, completionTokens: r.completionTokens,
             queueMs: r.queueMs, loadMs: r.loadMs, ttftMs: r.timeToFirstByteMs, totalMs: r.totalMs, promptTPS: r.promptTokensPerSecond,
-            generationTPS: r.generationTokensPerSecond, clientDisconnected: r.clientDisconnected)
+            generationTPS: r.generationTokensPerSecond, clientDisconnected: r.clientDisconnected, node: r.node ?? node)
         pending.withLock { rows in
             rows.append(row)
             if rows.count > maxPending { rows.removeFirst(rows.count - maxPending) }

@@ -7,6 +7,7 @@ import Lab
 import Library
 import Logging
 import NIOCore
+import PostgresStore
 import Runtime
 import ServiceLifecycle
 import Store
@@ -65,8 +66,18 @@ struct ServeCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("corral: the data directory \(cfg.dataDirectory) is not writable (\(problem)); fix it or set dataDirectory in \(config)\n".utf8))
             throw ExitCode(2)
         }
-        let store = try Store.open(path: cfg.dataDirectory + "/corral.sqlite")
-        let access = AccessControl(store: store, openWithoutTeams: cfg.listensOnLoopbackOnly || cfg.allowOpen || allowOpen)
+        let stores: OpenedStores
+        do {
+            stores = try await OpenedStores.open(cfg, logger: logger, migrate: true)
+        } catch {
+            FileHandle.standardError.write(Data("corral: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        let store = stores.local
+        let shared: SharedQuota? = stores.shared.map { pg in
+            SharedQuota(store: pg, node: cfg.cluster!.nodeName, use: { try await pg.quotaUse(subject: $0) })
+        }
+        let access = AccessControl(store: stores.accounts, openWithoutTeams: cfg.listensOnLoopbackOnly || cfg.allowOpen || allowOpen, shared: shared)
         try await access.load()
         let tokenPath = cfg.dataDirectory + "/admin-token"
         if !access.hasAdminToken, let existing = AdminTokenFile.read(from: tokenPath), !existing.isEmpty {
@@ -126,7 +137,7 @@ struct ServeCommand: AsyncParsableCommand {
         let digests = FileDigests(preloaded: known) { identity, digest in
             try? await store.saveFileDigest(path: identity.path, size: Int64(identity.size), modified: identity.modified, digest: digest)
         }
-        let ledger = UsageLedger(store: store, logger: logger)
+        let ledger = UsageLedger(store: stores.accounts, logger: logger, node: cfg.cluster?.nodeName)
         GatewayMetrics.ledgerPending = { ledger.pendingCount }
         var deps = GatewayDependencies(
             config: cfg, scheduler: scheduler, client: client, recorder: { ledger.record($0) }, logger: logger, store: store,
@@ -134,6 +145,15 @@ struct ServeCommand: AsyncParsableCommand {
         deps.tools = tools
         deps.configPath = config
         deps.factsCache = factsCache
+        deps.accounts = stores.accounts
+        var cluster: ClusterNode?
+        if let settings = cfg.cluster, let pg = stores.shared {
+            cluster = ClusterNode(
+                name: settings.nodeName, advertiseURL: settings.advertiseURL, secret: stores.clusterSecret ?? "", registry: pg, scheduler: scheduler,
+                access: access, quota: shared, logger: logger, version: "\(Corral.version) (llama.cpp \(build))", changeVersion: { try await pg.changeVersion() },
+                listen: { onChange in try await pg.listenForChanges(onChange) })
+            deps.cluster = cluster
+        }
         if benchmarkWithoutAccounts {
             logger.warning("--benchmark-without-accounts: no authentication, limits or usage ledger")
             deps.access = nil
@@ -142,8 +162,13 @@ struct ServeCommand: AsyncParsableCommand {
         let app = try buildApplication(deps)
         let reloader = ConfigReloader(path: config, scheduler: scheduler, logger: logger, cache: factsCache)
         // Shut down in reverse: the HTTP server drains first, then the ledger writes what is left.
+        // A cluster node leaves the registry after the server has finished its requests and
+        // before the ledger's last write; the shared store's client stops after all of them.
+        let services: [any Service] = [reloader, ledger] + (cluster.map { [$0] } ?? []) + [app]
         let group = ServiceGroup(
-            configuration: .init(services: [reloader, ledger, app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        cluster?.onShutdown { await group.triggerGracefulShutdown() }
+        defer { stores.stop() }
         do {
             try await group.run()
         } catch let error as IOError where error.errnoCode == EADDRINUSE {

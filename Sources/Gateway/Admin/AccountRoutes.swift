@@ -7,7 +7,7 @@ import Store
 /// Teams, keys, usage and stats under `/admin` (the admin token is checked by `AuthMiddleware`).
 struct AccountRoutes: Sendable {
     let access: AccessControl
-    let store: Store?
+    let store: (any AccountStore)?
 
     /// The limit fields teams and keys share.
     static let limits: [String: JSONSchema] = [
@@ -18,17 +18,21 @@ struct AccountRoutes: Sendable {
     func register(on admin: AdminAPIGroup) {
         let team = ["team": "team id or name"], prefix = ["prefix": "visible key prefix"]
         let keyBody = JSONSchema.object(Self.limits.merging(["name": .string, "expiresIn": .string, "expiresAt": .nullableDateTime]) { a, _ in a })
-        admin.get("teams", .init("Teams with today's and this month's tokens", errors: [])) { _, _ in jsonResponse(["teams": access.teams().map(teamObject)]) }
+        admin.get("teams", .init("Teams with today's and this month's tokens", errors: [])) { _, _ in
+            var teams: [[String: Any]] = []
+            for team in access.teams() { teams.append(await teamObject(team)) }
+            return jsonResponse(["teams": teams])
+        }
         admin.post("teams", .init("Create a team", body: .object(Self.limits.merging(["name": .string]) { a, _ in a }, required: ["name"]), status: 201, errors: [400, 409])) { request, context in
             let body = try await Relay.readJSON(request, context: context).1
             guard let name = body["name"] as? String else { throw OpenAIError.badRequest("name is required", param: "name") }
             let team = try await mapped { try await access.createTeam(name: name, policy: try Policy.parse(body)) }
-            return jsonResponse(teamObject(team), status: .created)
+            return jsonResponse(await teamObject(team), status: .created)
         }
         admin.get("teams/{team}", .init("A team and its keys", path: team)) { _, context in
             let id = try context.parameters.require("team")
             guard let team = access.team(id) else { throw OpenAIError(.notFound, "no team '\(id)'", code: "not_found") }
-            var object = teamObject(team)
+            var object = await teamObject(team)
             object["keys"] = access.keys(team: team.id).map(keyObject)
             return jsonResponse(object)
         }
@@ -43,7 +47,7 @@ struct AccountRoutes: Sendable {
                     id, name: body["name"] as? String, policy: try Policy.parse(body, base: Policy.decode(current.policy)),
                     disabled: body["disabled"] as? Bool)
             }
-            return jsonResponse(teamObject(team))
+            return jsonResponse(await teamObject(team))
         }
         admin.delete("teams/{team}", .init("Delete a team and its keys", path: team, status: 204, errors: [404])) { _, context in
             let id = try context.parameters.require("team")
@@ -126,8 +130,8 @@ struct AccountRoutes: Sendable {
         return .some(date)
     }
 
-    func teamObject(_ t: TeamRecord) -> [String: Any] {
-        let usage = access.usage(team: t.id)
+    func teamObject(_ t: TeamRecord) async -> [String: Any] {
+        let usage = await access.usage(team: t.id)
         return [
             "id": t.id, "name": t.name, "disabled": t.disabled, "createdAt": iso(t.createdAt), "limits": policyObject(Policy.decode(t.policy)),
             "usage": ["tokensToday": usage.day, "tokensThisMonth": usage.month, "inFlight": usage.inFlight],
@@ -195,7 +199,7 @@ struct AccountRoutes: Sendable {
         let window = parseDuration(request.uri.queryParameters.get("window") ?? "1h") ?? .seconds(3600)
         let to = Date().addingTimeInterval(1)
         let from = to.addingTimeInterval(-Double(window.components.seconds))
-        let rows = try await store.usageRows(from: from, to: to, limit: 1_000_000)
+        let rows = try await store.usageRows(from: from, to: to, team: nil, model: nil, limit: 1_000_000)
         var models: [String: [LedgerRow]] = [:]
         for r in rows { models[r.model, default: []].append(r) }
         let data: [[String: Any]] = models.keys.sorted().map { model in

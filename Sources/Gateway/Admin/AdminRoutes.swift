@@ -15,10 +15,12 @@ struct AdminRoutes: Sendable {
     let scheduler: Scheduler
     let access: AccessControl?
     let store: Store?
+    /// Teams, keys and the ledger (the shared store on a cluster node).
+    let accounts: (any AccountStore)?
     let library: LibraryRoutes
 
     func register(on admin: AdminAPIGroup) {
-        if let access { AccountRoutes(access: access, store: store).register(on: admin) }
+        if let access { AccountRoutes(access: access, store: accounts).register(on: admin) }
         library.register(on: admin)
         let table = admin.table
         admin.get("openapi.json", .init("This document", errors: [])) { _, _ in

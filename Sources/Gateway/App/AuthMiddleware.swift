@@ -9,6 +9,9 @@ import Hummingbird
 struct AuthMiddleware: RouterMiddleware {
     typealias Context = GatewayRequestContext
     let access: AccessControl
+    /// This node's cluster: a request relayed by a peer that presents the cluster secret is
+    /// served for the caller that peer admitted.
+    var cluster: ClusterNode? = nil
 
     static let publicPaths: Set<String> = ["/health", "/", "/api/version"]
 
@@ -35,6 +38,14 @@ struct AuthMiddleware: RouterMiddleware {
             return try await next(request, context)
         }
         var context = context
+        if let cluster, let from = request.headers[HTTPField.Name(ClusterNode.hopHeader)!],
+            cluster.trusts(request.headers[HTTPField.Name(ClusterNode.secretHeader)!])
+        {
+            context.caller = Caller(
+                teamID: request.headers[HTTPField.Name(ClusterNode.teamHeader)!], keyPrefix: request.headers[HTTPField.Name(ClusterNode.keyHeader)!],
+                admittedBy: from)
+            return try await next(request, context)
+        }
         // The admin token also opens the team routes whose data it may see whole (`/v1/files`,
         // `/v1/evals`, `/v1/fine_tuning`).
         if components.starts(with: ["v1", "files"]) || components.starts(with: ["v1", "evals"]) || components.starts(with: ["v1", "fine_tuning"]), access.isAdmin(key) {

@@ -54,6 +54,10 @@ public struct GatewayDependencies: Sendable {
     public let evalConsole = EvalConsole()
     /// Uploaded files (the OpenAI Files API): nil without a store, or when its folder cannot be used.
     public let files: FileLibrary?
+    /// Teams, keys and the ledger: the shared store on a cluster node, else `store`.
+    public var accounts: (any AccountStore)?
+    /// This node's place in a cluster (nil on a single node).
+    public var cluster: ClusterNode?
 
     public init(
         config: CorralConfig, scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder? = nil, logger: Logger,
@@ -68,6 +72,7 @@ public struct GatewayDependencies: Sendable {
         self.recorder = recorder
         self.logger = logger
         self.store = store
+        self.accounts = store
         self.digests = digests
         let refresh = CatalogRefresh(scheduler: scheduler, fallback: config, cache: FactsCache())
         self.refreshCatalog = refresh
@@ -211,7 +216,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     router.add(middleware: ErrorShapeMiddleware())
     router.add(middleware: CORSMiddleware(extraOrigins: Set(deps.config.corsOrigins)))
     if deps.config.listensOnLoopbackOnly { router.add(middleware: HostGuardMiddleware(allowed: Set(deps.config.allowedHosts))) }
-    if let access = deps.access { router.add(middleware: AuthMiddleware(access: access)) }
+    if let access = deps.access { router.add(middleware: AuthMiddleware(access: access, cluster: deps.cluster)) }
     let healthy = ByteBuffer(string: #"{"status":"ok"}"#)
     router.get("/health") { _, _ in Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: healthy)) }
     let metrics = deps.metrics
@@ -221,7 +226,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
         recorder: { record in
             metrics.observe(record)
             upstreamRecorder?(record)
-        }, logger: deps.logger, access: deps.access)
+        }, logger: deps.logger, access: deps.access, cluster: deps.cluster)
     let profiles = SamplingProfiles(config: deps.config.profiles, store: deps.store)
     Task {
         do { try await profiles.load() } catch {
@@ -265,7 +270,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     let hardware = HardwareCache(tools: tools)
     let library = LibraryRoutes(
         library: ModelLibrary(
-            scheduler: deps.scheduler, store: deps.store, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, tools: tools,
+            scheduler: deps.scheduler, store: deps.store, ledger: deps.accounts, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, tools: tools,
             benchmarks: { model in
                 func object(_ run: some Encodable) throws -> [String: Any] {
                     try JSONSerialization.jsonObject(with: JSONEncoder.iso.encode(run)) as? [String: Any] ?? [:]
@@ -286,8 +291,9 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
             ]
         })
     let admin = AdminAPIGroup(group: router.group("admin"), table: AdminAPITable())
-    AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.store, library: library).register(on: admin)
+    AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.store, accounts: deps.accounts, library: library).register(on: admin)
     JobRoutes(engine: deps.jobs).register(on: admin)
+    ClusterRoutes(cluster: deps.cluster).register(on: admin)
     DownloadRoutes(downloads: deps.downloads, library: library.library).register(on: admin)
     LabRoutes(lab: lab, scheduler: deps.scheduler, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, files: files).register(on: admin)
     ProfileRoutes(profiles: profiles).register(on: admin)

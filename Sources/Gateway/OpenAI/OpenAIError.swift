@@ -80,6 +80,7 @@ public struct OpenAIError: HTTPResponseError, Sendable {
         case .invalid(let m): self.init(.badRequest, m, code: "invalid_request")
         case .notFound(let m): self.init(.notFound, m, code: "not_found")
         case .conflict(let m): self.init(.conflict, m, code: "conflict")
+        case .unavailable(let m): self.init(.serviceUnavailable, m, type: "server_error", code: "store_unavailable", retryAfter: 2)
         }
     }
 

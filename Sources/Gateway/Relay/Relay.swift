@@ -118,10 +118,15 @@ public struct Relay: Sendable {
     let logger: Logger
     /// Limits and permissions (nil: no accounts at all, as in most tests).
     let access: AccessControl?
+    /// This node's cluster (nil on a single node): requests for a model a peer has loaded with a
+    /// free slot go there instead of loading it here.
+    let cluster: ClusterNode?
 
     public init(
-        scheduler: Scheduler, client: HTTPClient, local: LocalUpstreamClient, recorder: RequestRecorder?, logger: Logger, access: AccessControl? = nil
+        scheduler: Scheduler, client: HTTPClient, local: LocalUpstreamClient, recorder: RequestRecorder?, logger: Logger, access: AccessControl? = nil,
+        cluster: ClusterNode? = nil
     ) {
+        self.cluster = cluster
         self.scheduler = scheduler
         self.client = client
         self.local = local
@@ -277,14 +282,18 @@ public struct Relay: Sendable {
                 let templateBytes = TokenEstimate.literalBytes(ofTemplate: spec.facts?.chatTemplate)
                 let needed = tokens.reservation(context: context, templateBytes: templateBytes)
                 promptBound = tokens.reservation(context: 0, templateBytes: templateBytes)
-                reservation = try access.admit(caller, model: [spec.id, modelName] + spec.aliases, tokens: needed)
+                reservation = try await access.admit(caller, model: [spec.id, modelName] + spec.aliases, tokens: needed, requestID: requestID, route: route)
             } catch {
                 throw refused(OpenAIError(error), kind: error.kind)
             }
         }
         var lease: Lease
         do {
-            lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority)
+            if let peer = await peerLease(modelName, caller: caller, headers: headers, upstreamPath: upstreamPath) {
+                lease = peer
+            } else {
+                lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority)
+            }
         } catch {
             if let reservation { access?.reconcile(reservation, actualTokens: 0) }
             throw refused(OpenAIError(error), kind: "\(error)")
@@ -297,6 +306,14 @@ public struct Relay: Sendable {
                 upstreamHeaders.add(name: field.name.rawName, value: field.value)
             }
             if let key = lease.apiKey { upstreamHeaders.add(name: "authorization", value: "Bearer \(key)") }
+            if lease.peer != nil, let cluster {
+                // One hop: the peer serves it itself, for the caller admitted here.
+                upstreamHeaders.replaceOrAdd(name: ClusterNode.hopHeader, value: cluster.name)
+                upstreamHeaders.replaceOrAdd(name: ClusterNode.secretHeader, value: cluster.secretValue)
+                if let team = caller.teamID { upstreamHeaders.replaceOrAdd(name: ClusterNode.teamHeader, value: team) }
+                if let key = caller.keyPrefix { upstreamHeaders.replaceOrAdd(name: ClusterNode.keyHeader, value: key) }
+                cluster.noteRelayed()
+            }
             if body != nil { upstreamHeaders.replaceOrAdd(name: "content-type", value: contentType) }
 
             let sentAt = ContinuousClock.now
@@ -318,6 +335,18 @@ public struct Relay: Sendable {
                 return UpstreamExchange(
                     requestID: requestID, route: route, lease: lease, holder: holder, started: started, response: response, caller: caller,
                     reservation: reservation, promptBound: promptBound, sentAt: sentAt)
+            } catch where !retried && lease.peer != nil {
+                // The peer failed before answering (it died or is leaving): nothing reached the
+                // client, so take it out of routing and serve the request here, once.
+                retried = true
+                logger.warning("a peer failed before answering; serving here", metadata: ["peer": "\(lease.peer ?? "")", "error": "\(error)"])
+                cluster?.markUnreachable(lease.peer ?? "")
+                do {
+                    lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority)
+                } catch {
+                    if let reservation { access?.reconcile(reservation, actualTokens: 0) }
+                    throw refused(OpenAIError(error), kind: "\(error)")
+                }
             } catch where !retried && !lease.isRemote && Self.isRefused(error) {
                 // The instance died before the request reached it and its exit is not noticed
                 // yet (a crash a moment ago): nothing was sent, so stop it and go to a fresh one.
@@ -337,6 +366,7 @@ public struct Relay: Sendable {
                     var r = leaseRecord(requestID: requestID, route: route, lease: lease, status: status, errorKind: kind, started: started)
                     r.team = caller.teamID
                     r.keyPrefix = caller.keyPrefix
+                    r.relayedFrom = caller.admittedBy
                     record(r)
                 }
                 if Self.isReadTimeout(error) {
@@ -403,6 +433,7 @@ public struct Relay: Sendable {
             started: exchange.started, firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected)
         r.team = exchange.caller.teamID
         r.keyPrefix = exchange.caller.keyPrefix
+        r.relayedFrom = exchange.caller.admittedBy
         r.gatewayOverheadMs = max(0, ms(exchange.sentAt - exchange.started) - r.queueMs - r.loadMs)
         r.timePerOutputTokenMs = timings?["predicted_per_token_ms"] as? Double
         if let reservation = exchange.reservation {
@@ -580,7 +611,19 @@ public struct Relay: Sendable {
             totalMs: ms(ContinuousClock.now - started), clientDisconnected: false)
         r.team = caller.teamID
         r.keyPrefix = caller.keyPrefix
+        r.relayedFrom = caller.admittedBy
         record(r)
+    }
+
+    /// A lease on a peer when this node would have to load `modelName` and a live peer has it
+    /// loaded with a free slot. Only OpenAI-shaped paths that every Corral serves as they are
+    /// (`/v1/…`), only local models, never a request that was relayed already.
+    func peerLease(_ modelName: String, caller: Caller, headers: HTTPFields, upstreamPath: String) async -> Lease? {
+        guard let cluster, caller.admittedBy == nil, headers[HTTPField.Name(ClusterNode.hopHeader)!] == nil, upstreamPath.hasPrefix("/v1/"),
+            let spec = scheduler.currentCatalog.resolve(modelName), spec.path != nil, await scheduler.instance(for: spec.id) == nil,
+            let peer = cluster.peer(for: spec.id)
+        else { return nil }
+        return Lease.onPeer(peer.name, url: peer.url, model: spec.id)
     }
 
     /// Reads a whole (non-streamed) answer; a failure while reading is recorded, the exchange
@@ -624,7 +667,7 @@ public struct Relay: Sendable {
         requestID: String, route: String, lease: Lease, status: Int, errorKind: String? = nil, started: ContinuousClock.Instant,
         firstByte: ContinuousClock.Instant? = nil, usage: [String: Any]? = nil, timings: [String: Any]? = nil, disconnected: Bool = false
     ) -> RequestRecord {
-        RequestRecord(
+        var r = RequestRecord(
             requestID: requestID, route: route, model: lease.modelID, status: status, errorKind: errorKind,
             queueMs: ms(lease.queueDuration), loadMs: ms(lease.loadDuration),
             timeToFirstByteMs: firstByte.map { ms($0 - started) }, totalMs: ms(ContinuousClock.now - started),
@@ -634,6 +677,8 @@ public struct Relay: Sendable {
             promptTokensPerSecond: timings?["prompt_per_second"] as? Double,
             generationTokensPerSecond: timings?["predicted_per_second"] as? Double,
             clientDisconnected: disconnected)
+        r.node = lease.peer
+        return r
     }
 }
 

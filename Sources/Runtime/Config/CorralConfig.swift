@@ -134,6 +134,28 @@ public struct CorralConfig: Sendable {
     public var maxConcurrentDownloads = 2
     /// Fine-tuning jobs training at once (`fineTuning.maxConcurrent`); the rest wait `queued`.
     public var fineTuningMaxConcurrent = 1
+    /// Where teams, keys, quotas and the ledger live (`store.url`): empty for the default SQLite
+    /// file in the data directory, `sqlite:PATH`, or `postgres://USER@HOST:PORT/DB` (a cluster).
+    public var storeURL = ""
+    /// The environment variable holding the PostgreSQL password (`store.passwordEnv`).
+    public var storePasswordEnv: String?
+    /// This node in a cluster (`cluster.*`); nil on a single node.
+    public var cluster: Cluster?
+
+    /// A node's cluster settings (names fixed for operators' tooling).
+    public struct Cluster: Sendable, Equatable {
+        /// `cluster.nodeName`: unique per node (the ledger and the registry show it).
+        public var nodeName: String
+        /// `cluster.advertiseURL`: how peers reach this node.
+        public var advertiseURL: String
+        /// `cluster.secretEnv`: the environment variable holding the secret nodes share.
+        public var secretEnv: String
+        public init(nodeName: String, advertiseURL: String, secretEnv: String) {
+            self.nodeName = nodeName
+            self.advertiseURL = advertiseURL
+            self.secretEnv = secretEnv
+        }
+    }
     /// Where pulls are stored: Ollama's layout, the hub's cache under `huggingface/`.
     public var downloads: String { downloadsDirectory ?? dataDirectory + "/models" }
     /// The configured sources, the two the downloads folder is served through, and the
@@ -302,6 +324,24 @@ public struct CorralConfig: Sendable {
         if var a = try root.object("auth") {
             c.allowOpen = try a.bool("allowOpen") ?? false
             try a.finish()
+        }
+        if var st = try root.object("store") {
+            c.storeURL = try st.string("url") ?? ""
+            c.storePasswordEnv = try st.string("passwordEnv")
+            try st.finish()
+        }
+        if var cl = try root.object("cluster") {
+            guard let name = try cl.string("nodeName"), !name.isEmpty, name.count <= 64,
+                name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." })
+            else { throw ConfigError(key: cl.name("nodeName"), problem: "is required: 1 to 64 letters, digits, '-', '_' or '.'") }
+            guard let url = try cl.string("advertiseURL"), url.hasPrefix("http://") || url.hasPrefix("https://") else {
+                throw ConfigError(key: cl.name("advertiseURL"), problem: "is required: the http(s) URL peers reach this node at")
+            }
+            guard let env = try cl.string("secretEnv"), !env.isEmpty else {
+                throw ConfigError(key: cl.name("secretEnv"), problem: "is required: the environment variable holding the cluster secret")
+            }
+            c.cluster = Cluster(nodeName: name, advertiseURL: url, secretEnv: env)
+            try cl.finish()
         }
         if var o = try root.object("ollama") {
             c.allowModelFileDeletion = try o.bool("allowDelete") ?? false

@@ -27,6 +27,13 @@ public struct Lease: Sendable {
     public let isRemote: Bool
     /// The loopback port of the local llama-server (nil for a remote upstream).
     public var localPort: Int? = nil
+    /// The cluster peer serving the request (its Corral at `baseURL`), nil when served here.
+    public var peer: String? = nil
+
+    /// A lease on a cluster peer's Corral: nothing is held here (release does nothing).
+    public static func onPeer(_ peer: String, url: String, model: String) -> Lease {
+        Lease(modelID: model, baseURL: url, apiKey: nil, queueDuration: .zero, loadDuration: .zero, generation: -1, isRemote: true, peer: peer)
+    }
 }
 
 /// A read-only view of one model's state, for admin routes and tests.

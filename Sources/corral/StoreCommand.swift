@@ -1,0 +1,127 @@
+import ArgumentParser
+import Foundation
+import Logging
+import PostgresStore
+import Runtime
+import Store
+
+/// `corral store migrate` and `corral store copy`: the schema of a store, and moving a node's
+/// accounts and ledger into a cluster's shared store.
+struct StoreCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "store", abstract: "Migrate a store, or copy one node's accounts and ledger into another store.",
+        subcommands: [Migrate.self, Copy.self])
+
+    struct Migrate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Apply the store's migrations (as `serve` does at start) and list them.")
+
+        @Option(help: "Configuration file (store.url and store.passwordEnv).")
+        var config = "routes.json"
+
+        @Option(help: "A store URL instead of routes.json's: sqlite:PATH or postgres://USER@HOST:PORT/DATABASE.")
+        var url: String?
+
+        @Option(help: "The environment variable holding the PostgreSQL password.")
+        var passwordEnv: String?
+
+        func run() async throws {
+            let cfg = (try? CorralConfig.load(path: config)) ?? CorralConfig()
+            let location = try StoreCommand.location(url ?? cfg.storeURL, cfg: cfg)
+            switch location {
+            case .sqlite(let path):
+                _ = try Store.open(path: path)
+                print("sqlite:\(path): migrated")
+            case .postgres(let pg):
+                let (store, client) = try await OpenedStores.openPostgres(pg, passwordEnv: passwordEnv ?? cfg.storePasswordEnv, logger: StoreCommand.logger, migrate: true)
+                defer { client.cancel() }
+                print("\(pg): migrated (\(try await store.appliedMigrations().joined(separator: ", ")))")
+            }
+        }
+    }
+
+    struct Copy: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Copy the admin token, teams, keys and usage ledger from one store into another (rows already there are kept).",
+            discussion: "Stop the node first. Example: corral store copy --from sqlite:data/corral.sqlite --to postgres://corral@db:5432/corral --password-env PGPASSWORD")
+
+        @Option(help: "The store to read: sqlite:PATH or postgres://…")
+        var from: String
+
+        @Option(help: "The store to write: postgres://… or sqlite:PATH")
+        var to: String
+
+        @Option(help: "The environment variable holding the PostgreSQL password (for either side).")
+        var passwordEnv: String?
+
+        @Flag(help: "Replace the destination's admin token with the source's (default: keep the destination's when it has one).")
+        var replaceAdminToken = false
+
+        func run() async throws {
+            let cfg = CorralConfig()
+            let (source, stopSource) = try await StoreCommand.accounts(try StoreCommand.location(from, cfg: cfg), passwordEnv: passwordEnv)
+            defer { stopSource() }
+            let (target, stopTarget) = try await StoreCommand.accounts(try StoreCommand.location(to, cfg: cfg), passwordEnv: passwordEnv)
+            defer { stopTarget() }
+            var copied: [String: Int] = [:]
+            if let hash = try await source.adminTokenHash() {
+                if replaceAdminToken { try await target.saveAdminTokenHash(hash) } else { _ = try await target.saveAdminTokenHashIfAbsent(hash) }
+                copied["adminToken"] = 1
+            }
+            let existingTeams = Set(try await target.teams().map(\.name))
+            var teams = 0
+            for team in try await source.teams() where !existingTeams.contains(team.name) {
+                try await target.save(team)
+                teams += 1
+            }
+            copied["teams"] = teams
+            let teamIDs = Set(try await target.teams().map(\.id))
+            var keys = 0
+            for key in try await source.keys() where teamIDs.contains(key.teamID) {
+                try await target.save(key)
+                keys += 1
+            }
+            copied["keys"] = keys
+            // The whole ledger, oldest first, in batches (a row already there is kept).
+            let rows = try await source.usageRows(from: .distantPast, to: .distantFuture, team: nil, model: nil, limit: Int(Int32.max))
+            var index = 0
+            let ordered = Array(rows.reversed())
+            while index < ordered.count {
+                let batch = Array(ordered[index..<min(ordered.count, index + 5000)])
+                try await target.appendUsage(batch)
+                index += batch.count
+            }
+            copied["ledgerRows"] = ordered.count
+            let data = try JSONSerialization.data(withJSONObject: ["from": from, "to": to, "copied": copied], options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+            print(String(decoding: data, as: UTF8.self))
+        }
+    }
+
+    static let logger = Logger(label: "corral-store")
+
+    static func location(_ url: String, cfg: CorralConfig) throws -> StoreLocation {
+        do { return try StoreLocation.parse(url, defaultSQLitePath: cfg.dataDirectory + "/corral.sqlite") } catch { throw ValidationError("\(error)") }
+    }
+
+    static func accounts(_ location: StoreLocation, passwordEnv: String?) async throws -> (any AccountStore, @Sendable () -> Void) {
+        switch location {
+        case .sqlite(let path):
+            guard FileManager.default.fileExists(atPath: path) || path.hasSuffix(".sqlite") else { throw ValidationError("no SQLite file at \(path)") }
+            return (try Store.open(path: path), {})
+        case .postgres(let pg):
+            let (store, client) = try await OpenedStores.openPostgres(pg, passwordEnv: passwordEnv, logger: logger, migrate: true)
+            return (store, { client.cancel() })
+        }
+    }
+}
+
+/// `corral drain`: the node stops taking work, finishes what it has, leaves the cluster and exits.
+struct DrainCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drain", abstract: "Drain a cluster node: out of routing now, in-flight requests finish, then it leaves the registry and exits.")
+
+    @OptionGroup var connection: AdminConnection
+
+    func run() async throws {
+        connection.print(try await connection.call("POST", "/admin/drain"))
+    }
+}
