@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 BIN := .build/debug/corral
 SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-build python3-venv
 # Only the test suite needs these: promtool (package prometheus) checks /metrics; the dashboard
-# test drives headless Chromium through chromedriver.
-TEST_PACKAGES := prometheus chromium chromium-driver
+# test drives headless Chromium through chromedriver; the cluster tests start their own
+# PostgreSQL server from Debian's binaries (package postgresql).
+TEST_PACKAGES := prometheus chromium chromium-driver postgresql
 
 .PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth soak fuzz clean
 

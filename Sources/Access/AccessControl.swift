@@ -438,10 +438,9 @@ public final class AccessControl: Sendable {
         }
         let (team, teamPolicy, keyPolicy) = try cached.get()
         let id = request.id
-        var headers: [String: String] = [:]
-        let outcome: Result<Int, AccessError>
+        let outcome: Result<QuotaGrant, AccessError>
         do {
-            outcome = try await shared.store.reserve(request, node: shared.node, lease: shared.lease) {
+            outcome = try await shared.withinDeadline(reservation: id) { store in try await store.reserve(request, node: shared.node, lease: shared.lease) {
                 now, credentials, teamWindow, keyWindow in
                 if !credentials.keyExists { return .failure(.unauthenticated("invalid API key")) }
                 if credentials.keyRevoked { return .failure(.unauthenticated("API key \(prefix) has been revoked")) }
@@ -458,16 +457,15 @@ public final class AccessControl: Sendable {
                     admitted[i].0.requests.append(now)
                     admitted[i].0.tokens.append((0, now, tokens))
                 }
-                headers = Self.rateHeaders(admitted, at: now)
-                return .success(tokens)
-            }
+                return .success(QuotaGrant(tokens: tokens, headers: Self.rateHeaders(admitted, at: now)))
+            } }
         } catch {
             throw .unavailable("the shared store cannot be reached to admit this request: \(error)")
         }
         switch outcome {
-        case .success:
+        case .success(let grant):
             let (day, month) = Self.periods(now())
-            return Reservation(id: 0, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, shared: id, headers: headers)
+            return Reservation(id: 0, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, shared: id, headers: grant.headers)
         case .failure(let refusal):
             if case .unauthenticated = refusal { Task { try? await reloadAccounts() } }
             if case .forbidden = refusal { Task { try? await reloadAccounts() } }

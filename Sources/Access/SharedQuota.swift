@@ -15,12 +15,24 @@ public final class SharedQuota: Sendable {
     let readUse: @Sendable (String) async throws -> (day: Int, month: Int, inFlight: Int)
     private let unsettled = Mutex<[(id: String, tokens: Int)]>([])
 
-    public init(store: any SharedQuotaStore, node: String, lease: Double = 15,
+    public init(store: any SharedQuotaStore, node: String, lease: Double = 15, deadline: Duration = .seconds(2),
                 use: @escaping @Sendable (String) async throws -> (day: Int, month: Int, inFlight: Int)) {
         self.store = store
+        self.deadline = deadline
         self.node = node
         self.lease = lease
         self.readUse = use
+    }
+
+    /// How long an admission may wait for the store before the request is refused with 503
+    /// (while PostgreSQL restarts, connection attempts would otherwise hold requests).
+    public let deadline: Duration
+
+    /// Runs `operation` against the store, giving up after ``deadline``. A reservation the
+    /// store records after that is settled at zero tokens, so it holds nothing.
+    func withinDeadline<T: Sendable>(reservation: String, _ operation: @escaping @Sendable (any SharedQuotaStore) async throws -> T) async throws -> T {
+        let store = self.store
+        return try await withDeadline(deadline, { try await operation(store) }, abandoned: { [self] _ in settle(reservation, tokens: 0) })
     }
 
     /// Settles a reservation in the background; kept for ``retry()`` when the store fails.

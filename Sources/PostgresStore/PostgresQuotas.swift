@@ -5,8 +5,8 @@ import Store
 extension PostgresStore: SharedQuotaStore {
     public func reserve<Refusal: Error>(
         _ request: QuotaRequest, node: String, lease: Double,
-        decide: (_ now: Double, _ credentials: QuotaCredentials, _ team: QuotaWindow, _ key: QuotaWindow) -> Result<Int, Refusal>
-    ) async throws -> Result<Int, Refusal> {
+        decide: (_ now: Double, _ credentials: QuotaCredentials, _ team: QuotaWindow, _ key: QuotaWindow) -> Result<QuotaGrant, Refusal>
+    ) async throws -> Result<QuotaGrant, Refusal> {
         let (reservation, team, key) = (request.id, request.team, request.key)
         return try await client.withTransaction(logger: logger) { tx in
             // The team first, then the key: every node locks in this order, so two admissions
@@ -53,7 +53,8 @@ extension PostgresStore: SharedQuotaStore {
                 windows[k]?.tokenEntries.sort { $0.at < $1.at }
             }
             let decision = decide(now, credentials, windows[team]!, windows[key]!)
-            if case .success(let tokens) = decision {
+            if case .success(let grant) = decision {
+                let tokens = grant.tokens
                 try await tx.query("""
                     INSERT INTO quota_entry (reservation, subject, node, at, tokens, lease_until, team, key_prefix, model, route)
                     SELECT \(reservation), s, \(node), \(now), \(tokens), \(now + lease), \(team), \(key), \(request.model), \(request.route)

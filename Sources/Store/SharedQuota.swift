@@ -51,8 +51,8 @@ public protocol SharedQuotaStore: Sendable {
     /// store's clock (epoch seconds), the key's and team's state and both windows.
     func reserve<Refusal: Error>(
         _ request: QuotaRequest, node: String, lease: Double,
-        decide: (_ now: Double, _ credentials: QuotaCredentials, _ team: QuotaWindow, _ key: QuotaWindow) -> Result<Int, Refusal>
-    ) async throws -> Result<Int, Refusal>
+        decide: (_ now: Double, _ credentials: QuotaCredentials, _ team: QuotaWindow, _ key: QuotaWindow) -> Result<QuotaGrant, Refusal>
+    ) async throws -> Result<QuotaGrant, Refusal>
 
     /// Replaces a reservation by what the request used, adding it to its subjects' day and month.
     func settle(reservation: String, tokens: Int) async throws
@@ -65,6 +65,16 @@ public protocol SharedQuotaStore: Sendable {
     /// heartbeat is older than `staleAfter` seconds and whose own row may never come (kill -9,
     /// power loss); a row the node did write is kept. Returns the rows written.
     func recoverLostRequests(staleAfter: Double) async throws -> Int
+}
+
+/// An admission's outcome: the tokens to reserve and the rate-limit headers the caller gets.
+public struct QuotaGrant: Sendable, Equatable {
+    public var tokens: Int
+    public var headers: [String: String]
+    public init(tokens: Int, headers: [String: String]) {
+        self.tokens = tokens
+        self.headers = headers
+    }
 }
 
 /// What a reservation records about its request besides tokens: enough for a ledger row if its

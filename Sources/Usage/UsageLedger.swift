@@ -58,7 +58,10 @@ public final class UsageLedger: Service, Sendable {
         }
         guard !rows.isEmpty else { return }
         do {
-            try await store.appendUsage(rows)
+            // Bounded: a store that hangs (PostgreSQL restarting) must not stall the ledger; rows
+            // written late by the abandoned attempt are not written twice (the request id is the key).
+            let store = self.store
+            try await withDeadline(.seconds(5), { try await store.appendUsage(rows) })
             if let was = failing.withLock({ f in defer { f = nil }; return f }) {
                 logger.notice("usage ledger writes work again", metadata: ["was": "\(was)"])
             }

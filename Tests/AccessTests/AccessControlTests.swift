@@ -54,7 +54,7 @@ struct AccessControlTests {
 
     @Test func zeroLimitsRefuseInsteadOfCrashing() async throws {
         let (access, caller, _) = try await make(Policy(requestsPerMinute: 0))
-        guard case .limited(_, let after, _) = refusal({ () throws(AccessError) in try access.admit(caller, model: ["m"], tokens: 1) }) else {
+        guard case .limited(_, let after, _) = refusal({ () throws(AccessError) in try access.admitLocally(caller, model: ["m"], tokens: 1) }) else {
             Issue.record("a zero limit admitted a request")
             return
         }
@@ -129,56 +129,56 @@ struct AccessControlTests {
 
     @Test func requestsPerMinuteIsASlidingWindow() async throws {
         let (access, caller, clock) = try await make(Policy(requestsPerMinute: 2))
-        _ = try access.admit(caller, model: ["m"], tokens: 1)
+        _ = try access.admitLocally(caller, model: ["m"], tokens: 1)
         clock.advance(30)
-        _ = try access.admit(caller, model: ["m"], tokens: 1)
-        guard case .limited(_, let after, let headers) = refusal({ () throws(AccessError) in try access.admit(caller, model: ["m"], tokens: 1) }) else {
+        _ = try access.admitLocally(caller, model: ["m"], tokens: 1)
+        guard case .limited(_, let after, let headers) = refusal({ () throws(AccessError) in try access.admitLocally(caller, model: ["m"], tokens: 1) }) else {
             Issue.record("third request admitted")
             return
         }
         #expect(after == 30)
         #expect(headers["x-ratelimit-remaining-requests"] == "0")
         clock.advance(30.5)
-        #expect(try access.admit(caller, model: ["m"], tokens: 1) != nil)
+        #expect(try access.admitLocally(caller, model: ["m"], tokens: 1) != nil)
     }
 
     @Test func reservationsHoldUntilReconciledWithRealUsage() async throws {
         let (access, caller, _) = try await make(Policy(tokensPerMinute: 100, maxParallel: 5))
-        let a = try #require(try access.admit(caller, model: ["m"], tokens: 60))
-        #expect(throws: AccessError.self) { try access.admit(caller, model: ["m"], tokens: 50) }
+        let a = try #require(try access.admitLocally(caller, model: ["m"], tokens: 60))
+        #expect(throws: AccessError.self) { try access.admitLocally(caller, model: ["m"], tokens: 50) }
         access.reconcile(a, actualTokens: 20)
-        let b = try #require(try access.admit(caller, model: ["m"], tokens: 50))
+        let b = try #require(try access.admitLocally(caller, model: ["m"], tokens: 50))
         #expect(b.headers["x-ratelimit-remaining-tokens"] == "30")
         #expect(throws: AccessError.invalid("this request may use 101 tokens (prompt + max_tokens), more than team 't''s limit of 100 per minute; lower max_tokens")) {
-            try access.admit(caller, model: ["m"], tokens: 101)
+            try access.admitLocally(caller, model: ["m"], tokens: 101)
         }
     }
 
     @Test func parallelLimitCountsInFlight() async throws {
         let (access, caller, _) = try await make(Policy(maxParallel: 1))
-        let first = try #require(try access.admit(caller, model: ["m"], tokens: 1))
-        #expect(throws: AccessError.self) { try access.admit(caller, model: ["m"], tokens: 1) }
+        let first = try #require(try access.admitLocally(caller, model: ["m"], tokens: 1))
+        #expect(throws: AccessError.self) { try access.admitLocally(caller, model: ["m"], tokens: 1) }
         access.reconcile(first, actualTokens: 1)
-        #expect(try access.admit(caller, model: ["m"], tokens: 1) != nil)
+        #expect(try access.admitLocally(caller, model: ["m"], tokens: 1) != nil)
     }
 
     @Test func dailyAndMonthlyBudgetsResetExactlyAtUTCBoundaries() async throws {
         let clock = TestClock(Self.lastMinuteOfMarch)
         let (access, caller, _) = try await make(Policy(tokensPerDay: 100, tokensPerMonth: 150), clock: clock)
-        let r = try #require(try access.admit(caller, model: ["m"], tokens: 90))
+        let r = try #require(try access.admitLocally(caller, model: ["m"], tokens: 90))
         access.reconcile(r, actualTokens: 90)
-        guard case .limited(let message, let after, _) = refusal({ () throws(AccessError) in try access.admit(caller, model: ["m"], tokens: 20) }) else {
+        guard case .limited(let message, let after, _) = refusal({ () throws(AccessError) in try access.admitLocally(caller, model: ["m"], tokens: 20) }) else {
             Issue.record("over the daily budget")
             return
         }
         #expect(message.contains("daily budget"))
         #expect(after == 60)  // 23:59:00 → midnight
         clock.advance(60)  // 2026-04-01 00:00:00 UTC: a new day and a new month
-        let april = try #require(try access.admit(caller, model: ["m"], tokens: 100))
+        let april = try #require(try access.admitLocally(caller, model: ["m"], tokens: 100))
         access.reconcile(april, actualTokens: 100)
-        #expect(access.usage(team: caller.teamID!).day == 100)
+        #expect(access.localUsage(team: caller.teamID!).day == 100)
         clock.advance(86_400)  // April 2: the day resets, April's month total (100) stays
-        guard case .limited(let monthly, _, _) = refusal({ () throws(AccessError) in try access.admit(caller, model: ["m"], tokens: 60) }) else {
+        guard case .limited(let monthly, _, _) = refusal({ () throws(AccessError) in try access.admitLocally(caller, model: ["m"], tokens: 60) }) else {
             Issue.record("over the monthly budget")
             return
         }
@@ -189,7 +189,7 @@ struct AccessControlTests {
         let (access, caller, _) = try await make(Policy(tokensPerMinute: 1000))
         let admitted = await withTaskGroup(of: Bool.self) { group in
             for _ in 0..<200 {
-                group.addTask { (try? access.admit(caller, model: ["m"], tokens: 7)) != nil }
+                group.addTask { (try? access.admitLocally(caller, model: ["m"], tokens: 7)) != nil }
             }
             return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
         }

@@ -150,6 +150,7 @@ def test_a_model_loaded_on_a_peer_is_served_there_without_loading_here(cluster):
     def has_solo(view):
         return {x["name"] for x in view["nodes"] if any(m["model"] == "solo" for m in x["models"])}
     wait_for(lambda: has_solo(cluster_view(nodes["a"], nodes)) == {"b"}, 5, "A to see solo loaded on B only")
+    time.sleep(1.2)  # A routes on its last heartbeat's reading of the registry
     r = chat(nodes["a"], key, model="solo")
     assert r.status_code == 200, r.text
     request_id = r.headers["x-request-id"]
@@ -175,3 +176,151 @@ def test_a_relay_header_without_the_cluster_secret_is_not_trusted(cluster):
     assert r.status_code == 401, r.text
     right = {**forged, "x-corral-cluster-secret": SECRET}
     assert httpx.post(nodes["a"].base + "/v1/chat/completions", headers=right, json={"model": "chat", **CHAT, "max_tokens": 2}).status_code == 200
+
+
+def test_store_copy_moves_a_single_node_into_the_cluster(cluster):
+    pg, nodes = cluster
+    single = start_corral()
+    try:
+        h = {"authorization": f"Bearer {single.admin_token}"}
+        team = httpx.post(single.base + "/admin/teams", headers=h, json={"name": "moved", "tokensPerDay": 100000}).json()
+        key = httpx.post(single.base + f"/admin/teams/{team['id']}/keys", headers=h, json={}).json()["key"]
+        r = httpx.post(single.base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                       json={"model": "chat", **CHAT, "max_tokens": 3}, timeout=60)
+        assert r.status_code == 200
+        request_id = r.headers["x-request-id"]
+    finally:
+        single.proc.send_signal(signal.SIGTERM)
+        assert single.proc.wait(timeout=30) == 0
+    env = {**os.environ, "CORRAL_TEST_PGPASSWORD": PASSWORD}
+    migrate = subprocess.run([CORRAL, "store", "migrate", "--url", pg.url, "--password-env", "CORRAL_TEST_PGPASSWORD"],
+                             capture_output=True, text=True, env=env)
+    assert migrate.returncode == 0 and "pg1-accounts, pg2-quotas-and-nodes" in migrate.stdout, migrate.stdout + migrate.stderr
+    copy = subprocess.run([CORRAL, "store", "copy", "--from", f"sqlite:{single.directory}/data/corral.sqlite", "--to", pg.url,
+                           "--password-env", "CORRAL_TEST_PGPASSWORD"], capture_output=True, text=True, env=env)
+    assert copy.returncode == 0, copy.stderr
+    assert '"teams" : 1' in copy.stdout and '"ledgerRows" : 1' in copy.stdout, copy.stdout
+    # The cluster's own admin token stays (the copy keeps the destination's).
+    assert httpx.get(nodes["a"].base + "/admin/cluster", headers=admin(nodes)).status_code == 200
+    # The moved key works on every node once the copy's change notice arrives.
+    wait_for(lambda: chat(nodes["c"], key).status_code == 200, 3, "the copied key to work on C")
+    assert pg.query(f"SELECT status FROM usage WHERE request_id = '{request_id}'") == "200"
+    # Copying again adds nothing twice.
+    again = subprocess.run([CORRAL, "store", "copy", "--from", f"sqlite:{single.directory}/data/corral.sqlite", "--to", pg.url,
+                            "--password-env", "CORRAL_TEST_PGPASSWORD"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and '"teams" : 0' in again.stdout
+    assert pg.query(f"SELECT COUNT(*) FROM usage WHERE request_id = '{request_id}'") == "1"
+    stop_corral(single)
+
+
+def test_postgres_restarted_under_load_fails_cleanly_and_recovers(cluster):
+    pg, nodes = cluster
+    _, key = team_with_key(nodes, "restart", tokensPerMinute=1_000_000)
+    statuses: list[tuple[int, str | None, str | None]] = []
+    stop = time.time() + 8
+
+    def traffic(node):
+        while time.time() < stop:
+            try:
+                r = chat(node, key, max_tokens=2, timeout=30)
+                statuses.append((r.status_code, r.headers.get("retry-after"), r.headers.get("x-request-id")))
+            except httpx.HTTPError as e:
+                statuses.append((-1, None, f"{type(e).__name__}: {e}"))
+            time.sleep(0.02)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        running = [pool.submit(traffic, nodes[n]) for n in ("a", "b", "c")]
+        time.sleep(1.5)
+        # Down for two seconds, then up again (a restart with a real outage).
+        pg.stop("fast")
+        time.sleep(2)
+        pg.start()
+        for f in running:
+            f.result()
+    codes = {s for s, _, _ in statuses}
+    assert codes <= {200, 503}, [x for x in statuses if x[0] not in (200, 503)]
+    refused = [(s, ra) for s, ra, _ in statuses if s == 503]
+    assert refused and all(ra and int(ra) >= 1 for _, ra in refused), refused[:5]
+    # Recovered by themselves: the last requests of every node succeeded, no node died.
+    assert all(n.proc.poll() is None for n in nodes.values())
+    for n in nodes.values():
+        wait_for(lambda: chat(n, key, max_tokens=2).status_code == 200, 10, f"{n.name} to serve again")
+    # Every answered request has its ledger row (rows waited in memory while the store was down).
+    answered = [rid for s, _, rid in statuses if s == 200]
+    ids = ",".join(f"'{r}'" for r in answered)
+    wait_for(lambda: pg.query(f"SELECT COUNT(*) FROM usage WHERE request_id IN ({ids})") == str(len(answered)), 10, "every answered row")
+
+
+def test_kill_minus_9_of_a_node_releases_its_reservations_and_loses_no_row(cluster):
+    pg, nodes = cluster
+    team, key = team_with_key(nodes, "crash", tokensPerMinute=1_000_000)
+    victim = nodes["c"]
+    assert httpx.post(victim.base + "/admin/models/chat/load", headers=admin(nodes), timeout=60).status_code == 200
+    completed: list[str] = []
+    done = {"stop": False}
+
+    def short_requests():
+        while not done["stop"]:
+            try:
+                r = chat(victim, key, max_tokens=2, timeout=10)
+                if r.status_code == 200:
+                    completed.append(r.headers["x-request-id"])
+            except httpx.HTTPError:
+                return
+
+    def long_stream():
+        try:
+            with httpx.stream("POST", victim.base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                              json={"model": "chat", **CHAT, "max_tokens": 900, "stream": True}, timeout=30) as s:
+                for _ in s.iter_bytes():
+                    pass
+        except httpx.HTTPError:
+            pass
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        workers = [pool.submit(short_requests), pool.submit(long_stream), pool.submit(long_stream)]
+        wait_for(lambda: len(completed) >= 5, 20, "some answered requests on C")
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        done["stop"] = True
+        for w in workers:
+            w.result()
+    assert completed
+    # Out of routing once its heartbeat is stale.
+    view = wait_for(lambda: (v := cluster_view(nodes["a"], nodes)) and not next(x for x in v["nodes"] if x["name"] == "c")["inRouting"] and v,
+                    6, "C out of routing")
+    assert next(x for x in view["nodes"] if x["name"] == "a")["inRouting"]
+    # Its reservations are released when their lease ends (15 s) and every request it answered
+    # has a ledger row: its own, or one written for it by a live node (node_lost).
+    wait_for(lambda: httpx.get(nodes["a"].base + f"/admin/teams/{team}", headers=admin(nodes)).json()["usage"]["inFlight"] == 0, 25,
+             "C's reservations to be released")
+    ids = ",".join(f"'{r}'" for r in completed)
+    wait_for(lambda: pg.query(f"SELECT COUNT(*) FROM usage WHERE request_id IN ({ids})") == str(len(completed)), 15, "every answered row")
+    # New requests avoid C: served by A or B.
+    for n in ("a", "b"):
+        r = chat(nodes[n], key, max_tokens=2)
+        assert r.status_code == 200, r.text
+        row = wait_for(lambda: pg.query(f"SELECT COALESCE(node, '') FROM usage WHERE request_id = '{r.headers['x-request-id']}'"), 5, "the row")
+        assert row in ("a", "b"), row
+
+
+def test_drain_finishes_in_flight_requests_then_leaves(cluster):
+    pg, nodes = cluster
+    _, key = team_with_key(nodes, "drain")
+    node = nodes["b"]
+    assert httpx.post(node.base + "/admin/models/chat/load", headers=admin(nodes), timeout=60).status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        def stream():
+            with httpx.stream("POST", node.base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                              json={"model": "chat", **CHAT, "max_tokens": 600, "stream": True}, timeout=60) as s:
+                return s.status_code, "".join(s.iter_text())
+        running = pool.submit(stream)
+        time.sleep(0.3)
+        drained = subprocess.run([CORRAL, "drain", "--url", node.base, "--token", nodes["a"].admin_token], capture_output=True, text=True)
+        assert drained.returncode == 0 and '"draining"' in drained.stdout, drained.stdout + drained.stderr
+        status, body = running.result()
+    assert status == 200 and body.rstrip().endswith("data: [DONE]")
+    assert node.proc.wait(timeout=30) == 0
+    view = cluster_view(nodes["a"], nodes)
+    assert {x["name"] for x in view["nodes"]} == {"a", "c"}
+    assert chat(nodes["a"], key).status_code == 200

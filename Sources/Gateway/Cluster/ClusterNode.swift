@@ -77,6 +77,8 @@ public final class ClusterNode: Service, Sendable {
     /// The caller a relayed request was admitted for (trusted only with the secret).
     public static let teamHeader = "x-corral-team"
     public static let keyHeader = "x-corral-key-prefix"
+    /// Set on a peer's answer when it declined a relayed request (the model is not loaded there).
+    public static let declinedHeader = "x-corral-declined"
 
     public init(
         name: String, advertiseURL: String, secret: String, registry: any NodeRegistryStore, scheduler: Scheduler, access: AccessControl?,
@@ -134,7 +136,9 @@ public final class ClusterNode: Service, Sendable {
 
     /// Every registered node with its state, for `GET /admin/cluster`.
     public func overview() async -> [String: Any] {
-        let (all, problem, relayed, draining) = state.withLock { ($0.all, $0.storeProblem, $0.relayed, $0.draining) }
+        let (cached, problem, relayed, draining) = state.withLock { ($0.all, $0.storeProblem, $0.relayed, $0.draining) }
+        // Read now when the store answers; the last heartbeat's reading when it does not.
+        let all = (try? await registry.nodes()) ?? cached
         let nodes: [[String: Any]] = all.map { n in
             let detail = (try? JSONSerialization.jsonObject(with: Data(n.detail.utf8))) as? [String: Any] ?? [:]
             var o: [String: Any] = [
@@ -174,6 +178,19 @@ public final class ClusterNode: Service, Sendable {
     /// One heartbeat: this node's state in, leases renewed, peers read, changes noticed.
     func beat() async {
         do {
+            // Bounded, so that a store that hangs shows as a problem instead of stalling the loop.
+            try await withDeadline(heartbeat * 3) { try await self.beatOnce() }
+        } catch {
+            let first = state.withLock { s in
+                defer { s.storeProblem = "\(error)" }
+                return s.storeProblem == nil
+            }
+            if first { logger.error("cannot reach the shared store; peers and limits wait for it", metadata: ["error": "\(error)"]) }
+        }
+    }
+
+    func beatOnce() async throws {
+        do {
             try await registry.heartbeat(await record())
             try await quota?.renew()
             if let quota, state.withLock({ s in s.beats += 1; return s.beats % 5 == 0 }) {
@@ -204,12 +221,6 @@ public final class ClusterNode: Service, Sendable {
             }
             if recovered { logger.notice("the shared store answers again") }
             if changed { await reloadAccounts(reason: "change version") }
-        } catch {
-            let first = state.withLock { s in
-                defer { s.storeProblem = "\(error)" }
-                return s.storeProblem == nil
-            }
-            if first { logger.error("cannot reach the shared store; peers and limits wait for it", metadata: ["error": "\(error)"]) }
         }
     }
 

@@ -287,6 +287,13 @@ public struct Relay: Sendable {
                 throw refused(OpenAIError(error), kind: error.kind)
             }
         }
+        if caller.admittedBy != nil, let spec = scheduler.currentCatalog.resolve(modelName), await scheduler.instance(for: spec.id) == nil {
+            // Relayed here because this node had the model loaded a heartbeat ago; it has not
+            // now. Decline rather than load: the sending node serves it itself.
+            var declined = OpenAIError(.serviceUnavailable, "model '\(spec.id)' is not loaded on this node", type: "server_error", code: "not_loaded_here", retryAfter: 1)
+            declined.extraHeaders = [ClusterNode.declinedHeader: "1"]
+            throw declined
+        }
         var lease: Lease
         do {
             if let peer = await peerLease(modelName, caller: caller, headers: headers, upstreamPath: upstreamPath) {
@@ -331,6 +338,12 @@ public struct Relay: Sendable {
                     // This deadline only caps a request's whole life. AHC's own logging (debug and
                     // trace only) is left off: failures are logged below.
                     response = try await client.execute(upstream, timeout: .hours(24))
+                    if lease.peer != nil, response.headers.first(name: ClusterNode.declinedHeader) != nil {
+                        // The peer no longer has the model loaded (this node's view of it was a
+                        // heartbeat old): it declined before doing anything; serve here.
+                        _ = try? await response.body.collect(upTo: 1 << 16)
+                        throw PeerDeclined()
+                    }
                 }
                 return UpstreamExchange(
                     requestID: requestID, route: route, lease: lease, holder: holder, started: started, response: response, caller: caller,
@@ -382,6 +395,9 @@ public struct Relay: Sendable {
             }
         }
     }
+
+    /// A peer declined a relayed request before doing anything with it.
+    struct PeerDeclined: Error {}
 
     /// A local instance's port refused the connection: the request was not sent.
     static func isRefused(_ error: any Error) -> Bool {
