@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-bu
 # PostgreSQL server from Debian's binaries (package postgresql).
 TEST_PACKAGES := prometheus chromium chromium-driver postgresql
 
-.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth soak fuzz clean
+.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-cluster soak fuzz clean
 
 ## serve: install what is missing, build, make a demo model if none, and run on routes.json
 serve: system llama build demo-model
@@ -80,6 +80,10 @@ bench-finetune: llama release venv
 ## bench-tuning: tpe and hyperband against the exhaustive grid on a 48-candidate space, 5 seeds
 bench-tuning: llama release venv
 	CORRAL_BIN=$(RELEASE_BIN) $(PY) scripts/bench_tuning.py
+
+## bench-cluster: accounts on PostgreSQL vs SQLite, end-to-end requests/s, the routed hop (real PostgreSQL)
+bench-cluster: llama release venv
+	$(PY) scripts/bench_cluster.py --corral $(RELEASE_BIN)
 
 bench-gguf: llama release venv
 	$(PY) scripts/bench_gguf.py --corral $(RELEASE_BIN)

@@ -422,9 +422,9 @@ public final class AccessControl: Sendable {
 
     // MARK: Shared admission (cluster)
 
-    /// One transaction in the shared store: the key and team checked again there (a revocation on
-    /// another node counts even before its notice arrives), both windows read with team and key
-    /// locked, the same checks as on one node, and the reservation recorded with a lease.
+    /// One call to the shared store, which checks the key and team again (a revocation on
+    /// another node counts even before its notice arrives), locks the team's and the key's
+    /// counters, makes the same checks as one node does, and records the reservation with a lease.
     func admit(_ caller: Caller, model names: [String], tokens: Int, request: QuotaRequest, in shared: SharedQuota) async throws(AccessError) -> Reservation? {
         guard let teamID = caller.teamID, let prefix = caller.keyPrefix else { return nil }
         let cached: Result<(TeamRecord, Policy, Policy), AccessError> = state.withLock { s in
@@ -437,54 +437,79 @@ public final class AccessControl: Sendable {
             return .success((team, teamPolicy, keyPolicy))
         }
         let (team, teamPolicy, keyPolicy) = try cached.get()
-        let id = request.id
-        let outcome: Result<QuotaGrant, AccessError>
+        // A request larger than a limit can never pass: said without asking the store.
+        for (policy, who) in [(teamPolicy, "team '\(team.name)'"), (keyPolicy, "key \(prefix)")] {
+            if let refusal = Self.tooLarge(tokens, policy, who: who) { throw refusal }
+        }
+        let decision: QuotaDecision
         do {
-            outcome = try await shared.withinDeadline(reservation: id) { store in try await store.reserve(request, node: shared.node, lease: shared.lease) {
-                now, credentials, teamWindow, keyWindow in
-                if !credentials.keyExists { return .failure(.unauthenticated("invalid API key")) }
-                if credentials.keyRevoked { return .failure(.unauthenticated("API key \(prefix) has been revoked")) }
-                if credentials.teamDisabled { return .failure(.forbidden("team '\(team.name)' is disabled")) }
-                let date = Date(timeIntervalSince1970: now)
-                let (day, month) = Self.periods(date)
-                let subjects = [(Self.subject(teamWindow, day: day, month: month), teamPolicy, "team '\(team.name)'"),
-                                (Self.subject(keyWindow, day: day, month: month), keyPolicy, "key \(prefix)")]
-                for (subject, policy, who) in subjects {
-                    if let refusal = Self.check(subject, policy, tokens: tokens, at: date, who: who) { return .failure(refusal) }
-                }
-                var admitted = subjects.map { ($0.0, $0.1) }
-                for i in admitted.indices {
-                    admitted[i].0.requests.append(now)
-                    admitted[i].0.tokens.append((0, now, tokens))
-                }
-                return .success(QuotaGrant(tokens: tokens, headers: Self.rateHeaders(admitted, at: now)))
-            } }
+            decision = try await shared.withinDeadline(reservation: request.id) { store in
+                try await store.admit(request, tokens: tokens, team: teamPolicy.quotaLimits, key: keyPolicy.quotaLimits, node: shared.node, lease: shared.lease)
+            }
         } catch {
             throw .unavailable("the shared store cannot be reached to admit this request: \(error)")
         }
-        switch outcome {
-        case .success(let grant):
+        let headers = Self.sharedRateHeaders(decision, teamPolicy: teamPolicy, keyPolicy: keyPolicy)
+        guard let refusal = decision.refusal else {
             let (day, month) = Self.periods(now())
-            return Reservation(id: 0, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, shared: id, headers: grant.headers)
-        case .failure(let refusal):
-            if case .unauthenticated = refusal { Task { try? await reloadAccounts() } }
-            if case .forbidden = refusal { Task { try? await reloadAccounts() } }
-            throw refusal
+            return Reservation(id: 0, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, shared: request.id, headers: headers)
+        }
+        let who = decision.refusedTeam ? "team '\(team.name)'" : "key \(prefix)"
+        let policy = decision.refusedTeam ? teamPolicy : keyPolicy
+        let after = max(1, Int(decision.retryAfter.rounded(.up)))
+        func limited(_ what: String) -> AccessError { .limited("\(who) reached its \(what)", retryAfter: after, headers: headers) }
+        switch refusal {
+        case .keyUnknown, .keyRevoked, .teamDisabled:
+            // Another node changed it and the notice has not arrived: read them now.
+            Task { try? await reloadAccounts() }
+            switch refusal {
+            case .keyRevoked: throw .unauthenticated("API key \(prefix) has been revoked")
+            case .teamDisabled: throw .forbidden("team '\(team.name)' is disabled")
+            default: throw .unauthenticated("invalid API key")
+            }
+        case .maxParallel: throw limited("limit of \(policy.maxParallel ?? 0) parallel requests")
+        case .requestsPerMinute: throw limited("limit of \(policy.requestsPerMinute ?? 0) requests per minute")
+        case .tokensPerMinute: throw limited("limit of \(policy.tokensPerMinute ?? 0) tokens per minute")
+        case .tokensPerDay: throw limited("daily budget of \(policy.tokensPerDay ?? 0) tokens")
+        case .tokensPerMonth: throw limited("monthly budget of \(policy.tokensPerMonth ?? 0) tokens")
         }
     }
 
-    /// A window read from the shared store in the shape the checks take.
-    static func subject(_ w: QuotaWindow, day: Int, month: Int) -> Subject {
-        var s = Subject()
-        s.inFlight = w.inFlight
-        s.requests = w.requestTimes
-        s.tokens = w.tokenEntries.map { (0, $0.at, $0.tokens) }
-        s.day = day
-        s.dayUsed = w.dayUsed
-        s.month = month
-        s.monthUsed = w.monthUsed
-        if w.reserved > 0 { s.reserved = [0: w.reserved] }
-        return s
+    /// The refusal for a request that alone exceeds one of `policy`'s token limits.
+    static func tooLarge(_ tokens: Int, _ p: Policy, who: String) -> AccessError? {
+        if let tpm = p.tokensPerMinute, tokens > tpm {
+            return .invalid("this request may use \(tokens) tokens (prompt + max_tokens), more than \(who)'s limit of \(tpm) per minute; lower max_tokens")
+        }
+        if let perDay = p.tokensPerDay, tokens > perDay { return .invalid("this request may use \(tokens) tokens, more than \(who)'s daily budget of \(perDay)") }
+        if let perMonth = p.tokensPerMonth, tokens > perMonth { return .invalid("this request may use \(tokens) tokens, more than \(who)'s monthly budget of \(perMonth)") }
+        return nil
+    }
+
+    /// OpenAI's `x-ratelimit-*` headers from the shared store's minute counts: the smallest
+    /// remaining allowance of team and key.
+    static func sharedRateHeaders(_ d: QuotaDecision, teamPolicy: Policy, keyPolicy: Policy) -> [String: String] {
+        var headers: [String: String] = [:]
+        var requests: (limit: Int, remaining: Int, reset: Double)?
+        var tokens: (limit: Int, remaining: Int, reset: Double)?
+        for (minute, p) in [(d.team, teamPolicy), (d.key, keyPolicy)] {
+            if let rpm = p.requestsPerMinute, requests == nil || rpm - minute.requests < requests!.remaining {
+                requests = (rpm, max(0, rpm - minute.requests), minute.resetSeconds)
+            }
+            if let tpm = p.tokensPerMinute, tokens == nil || tpm - minute.tokens < tokens!.remaining {
+                tokens = (tpm, max(0, tpm - minute.tokens), minute.resetSeconds)
+            }
+        }
+        if let b = requests {
+            headers["x-ratelimit-limit-requests"] = String(b.limit)
+            headers["x-ratelimit-remaining-requests"] = String(b.remaining)
+            headers["x-ratelimit-reset-requests"] = String(format: "%.0fs", max(0, b.reset).rounded(.up))
+        }
+        if let b = tokens {
+            headers["x-ratelimit-limit-tokens"] = String(b.limit)
+            headers["x-ratelimit-remaining-tokens"] = String(b.remaining)
+            headers["x-ratelimit-reset-tokens"] = String(format: "%.0fs", max(0, b.reset).rounded(.up))
+        }
+        return headers
     }
 
     public func createTeam(name: String, policy: Policy) async throws(AccessError) -> TeamRecord {

@@ -1,4 +1,5 @@
 import Foundation
+import Store
 
 /// Limits for a team or a key. Nil means unlimited; a key's limits apply on top of its team's,
 /// so the effective limit is the smaller one.
@@ -20,6 +21,12 @@ public struct Policy: Codable, Sendable, Equatable {
         self.maxParallel = maxParallel
         self.tokensPerDay = tokensPerDay
         self.tokensPerMonth = tokensPerMonth
+    }
+
+    /// The limits the shared store checks (a cluster's admission).
+    public var quotaLimits: QuotaLimits {
+        QuotaLimits(requestsPerMinute: requestsPerMinute, tokensPerMinute: tokensPerMinute, maxParallel: maxParallel,
+                    tokensPerDay: tokensPerDay, tokensPerMonth: tokensPerMonth)
     }
 
     /// Whether a model known by `names` (its id and aliases) is allowed.

@@ -3,30 +3,42 @@ import Store
 import Synchronization
 
 /// A cluster node's side of the shared quotas: which node it is, how long its reservations'
-/// leases last, and settlements that could not be written yet (PostgreSQL restarting), retried
-/// until they are.
+/// leases last, and the settlements on their way to the store.
+///
+/// Settlements are written in batches (every ``settleWindow``, one transaction for all of them)
+/// instead of one transaction per request: a reservation is never smaller than what its request
+/// used, so holding it a few milliseconds longer can only refuse, never overshoot. A batch the
+/// store cannot take (PostgreSQL restarting) stays queued and is written when it can.
 public final class SharedQuota: Sendable {
     let store: any SharedQuotaStore
     /// This node's name (reservations carry it, so their leases can be renewed and expire with it).
     public let node: String
     /// Seconds a reservation stays counted without its node renewing it.
     public let lease: Double
-    /// The cluster-wide use of a subject (admin views), when the store offers it.
-    let readUse: @Sendable (String) async throws -> (day: Int, month: Int, inFlight: Int)
-    private let unsettled = Mutex<[(id: String, tokens: Int)]>([])
-
-    public init(store: any SharedQuotaStore, node: String, lease: Double = 15, deadline: Duration = .seconds(2),
-                use: @escaping @Sendable (String) async throws -> (day: Int, month: Int, inFlight: Int)) {
-        self.store = store
-        self.deadline = deadline
-        self.node = node
-        self.lease = lease
-        self.readUse = use
-    }
-
     /// How long an admission may wait for the store before the request is refused with 503
     /// (while PostgreSQL restarts, connection attempts would otherwise hold requests).
     public let deadline: Duration
+    /// How long a settlement may wait to be written with others.
+    public let settleWindow: Duration
+    /// The cluster-wide use of a subject (admin views).
+    let readUse: @Sendable (String) async throws -> (day: Int, month: Int, inFlight: Int)
+
+    struct Queue {
+        var waiting: [QuotaSettlement] = []
+        var flushing = false
+        var failing = false
+    }
+    private let queue = Mutex(Queue())
+
+    public init(store: any SharedQuotaStore, node: String, lease: Double = 15, deadline: Duration = .seconds(2), settleWindow: Duration = .milliseconds(5),
+                use: @escaping @Sendable (String) async throws -> (day: Int, month: Int, inFlight: Int)) {
+        self.store = store
+        self.node = node
+        self.lease = lease
+        self.deadline = deadline
+        self.settleWindow = settleWindow
+        self.readUse = use
+    }
 
     /// Runs `operation` against the store, giving up after ``deadline``. A reservation the
     /// store records after that is settled at zero tokens, so it holds nothing.
@@ -35,33 +47,65 @@ public final class SharedQuota: Sendable {
         return try await withDeadline(deadline, { try await operation(store) }, abandoned: { [self] _ in settle(reservation, tokens: 0) })
     }
 
-    /// Settles a reservation in the background; kept for ``retry()`` when the store fails.
+    /// Queues a settlement; a flush is started unless one is under way (it takes this one too).
     func settle(_ id: String, tokens: Int) {
-        Task {
-            do { try await store.settle(reservation: id, tokens: tokens) } catch { unsettled.withLock { $0.append((id, tokens)) } }
+        let start = queue.withLock { q in
+            q.waiting.append(QuotaSettlement(reservation: id, tokens: tokens))
+            defer { q.flushing = true }
+            return !q.flushing && !q.failing
+        }
+        if start { Task { await flush(after: settleWindow) } }
+    }
+
+    /// Writes what is queued, batch after batch, until the queue is empty or the store fails
+    /// (then ``renew()`` retries with the heartbeat).
+    func flush(after pause: Duration = .zero) async {
+        if pause > .zero { try? await Task.sleep(for: pause) }
+        while true {
+            let batch = queue.withLock { q in
+                defer { q.waiting.removeAll(keepingCapacity: true) }
+                if q.waiting.isEmpty { q.flushing = false }
+                return q.waiting
+            }
+            guard !batch.isEmpty else { return }
+            do {
+                let store = self.store
+                try await withDeadline(deadline) { try await store.settle(batch) }
+                queue.withLock { $0.failing = false }
+            } catch {
+                queue.withLock { q in
+                    q.waiting.insert(contentsOf: batch, at: 0)
+                    q.failing = true
+                    q.flushing = false
+                }
+                return
+            }
         }
     }
 
+    /// Writes every queued settlement now (a node leaving).
+    public func writePending() async { await flush() }
+
     func use(subject: String) async throws -> (day: Int, month: Int, inFlight: Int) { try await readUse(subject) }
 
-    /// Settlements still to write.
-    public var pendingSettlements: Int { unsettled.withLock { $0.count } }
+    /// Settlements not yet written.
+    public var pendingSettlements: Int { queue.withLock { $0.waiting.count } }
 
     /// Writes the ledger rows of requests admitted by nodes lost for longer than a lease.
     public func recoverLostRequests(staleAfter: Double) async throws -> Int {
         try await store.recoverLostRequests(staleAfter: staleAfter)
     }
 
-    /// Renews this node's leases and writes the settlements that failed before (the heartbeat
-    /// calls it). Throws when the store cannot be reached.
+    /// Renews this node's leases, writes settlements that failed before and releases expired
+    /// leases (the heartbeat calls it). Throws when the store cannot be reached.
     public func renew() async throws {
-        let waiting = unsettled.withLock { list in defer { list.removeAll() }; return list }
-        for (i, item) in waiting.enumerated() {
-            do { try await store.settle(reservation: item.id, tokens: item.tokens) } catch {
-                unsettled.withLock { $0.append(contentsOf: waiting[i...]) }
-                throw error
-            }
-        }
         try await store.renewLeases(node: node, lease: lease)
+        let retry = queue.withLock { q in
+            guard q.failing, !q.flushing, !q.waiting.isEmpty else { return false }
+            q.flushing = true
+            return true
+        }
+        if retry { await flush() }
+        try await store.releaseExpiredLeases()
     }
 }

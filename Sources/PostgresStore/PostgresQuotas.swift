@@ -2,111 +2,63 @@ import Foundation
 import PostgresNIO
 import Store
 
+/// A function that always returns a row returned none.
+struct NoRow: Error, CustomStringConvertible {
+    let function: String
+    var description: String { "\(function) returned no row" }
+}
+
 extension PostgresStore: SharedQuotaStore {
-    public func reserve<Refusal: Error>(
-        _ request: QuotaRequest, node: String, lease: Double,
-        decide: (_ now: Double, _ credentials: QuotaCredentials, _ team: QuotaWindow, _ key: QuotaWindow) -> Result<QuotaGrant, Refusal>
-    ) async throws -> Result<QuotaGrant, Refusal> {
-        let (reservation, team, key) = (request.id, request.team, request.key)
-        return try await client.withTransaction(logger: logger) { tx in
-            // The team first, then the key: every node locks in this order, so two admissions
-            // never wait on each other in a cycle. The locks end with the transaction.
-            var now = 0.0
-            var credentials = QuotaCredentials(keyExists: false, keyRevoked: false, teamDisabled: false)
-            let head = try await tx.query("""
-                SELECT pg_advisory_xact_lock(hashtext(\(team))), pg_advisory_xact_lock(hashtext(\(key))),
-                  EXTRACT(EPOCH FROM clock_timestamp())::FLOAT8,
-                  (SELECT revoked_at IS NOT NULL FROM api_key WHERE prefix = \(key)),
-                  (SELECT disabled FROM team WHERE id = \(team))
-                """, logger: logger)
-            for try await row in head {
-                let r = row.makeRandomAccess()
-                now = try r[2].decode(Double.self)
-                let revoked = try r[3].decode(Bool?.self)
-                credentials = QuotaCredentials(keyExists: revoked != nil, keyRevoked: revoked ?? false, teamDisabled: try r[4].decode(Bool?.self) ?? true)
-            }
-            let (day, month) = Self.periodKeys(now)
-            var windows = [team: QuotaWindow(), key: QuotaWindow()]
-            let rows = try await tx.query("""
-                SELECT subject, at, tokens, settled, lease_until > \(now) FROM quota_entry
-                WHERE subject IN (\(team), \(key)) AND (at > \(now - 60) OR (NOT settled AND lease_until > \(now)))
-                """, logger: logger)
-            for try await (subject, at, tokens, settled, live) in rows.decode((String, Double, Int, Bool, Bool).self) {
-                guard settled || live else { continue }  // a dead node's reservation: released
-                if at > now - 60 {
-                    windows[subject]?.requestTimes.append(at)
-                    windows[subject]?.tokenEntries.append(QuotaEntry(at: at, tokens: tokens))
-                }
-                if !settled {
-                    windows[subject]?.inFlight += 1
-                    windows[subject]?.reserved += tokens
-                }
-            }
-            let used = try await tx.query("""
-                SELECT subject, period, used FROM quota_usage WHERE subject IN (\(team), \(key)) AND period IN (\(day), \(month))
-                """, logger: logger)
-            for try await (subject, period, n) in used.decode((String, String, Int).self) {
-                if period == day { windows[subject]?.dayUsed = n } else { windows[subject]?.monthUsed = n }
-            }
-            for k in [team, key] {
-                windows[k]?.requestTimes.sort()
-                windows[k]?.tokenEntries.sort { $0.at < $1.at }
-            }
-            let decision = decide(now, credentials, windows[team]!, windows[key]!)
-            if case .success(let grant) = decision {
-                let tokens = grant.tokens
-                try await tx.query("""
-                    INSERT INTO quota_entry (reservation, subject, node, at, tokens, lease_until, team, key_prefix, model, route)
-                    SELECT \(reservation), s, \(node), \(now), \(tokens), \(now + lease), \(team), \(key), \(request.model), \(request.route)
-                    FROM unnest(ARRAY[\(team), \(key)]) AS s
-                    """, logger: logger)
-            }
-            return decision
+    public func admit(_ request: QuotaRequest, tokens: Int, team: QuotaLimits, key: QuotaLimits, node: String, lease: Double) async throws -> QuotaDecision {
+        let rows = try await client.query("""
+            SELECT * FROM corral_quota_admit(\(request.id), \(request.team), \(request.key), \(node), \(request.model), \(request.route),
+              \(tokens)::INT, \(lease)::FLOAT8,
+              \(team.requestsPerMinute)::INT, \(team.tokensPerMinute)::INT, \(team.maxParallel)::INT, \(team.tokensPerDay)::BIGINT, \(team.tokensPerMonth)::BIGINT,
+              \(key.requestsPerMinute)::INT, \(key.tokensPerMinute)::INT, \(key.maxParallel)::INT, \(key.tokensPerDay)::BIGINT, \(key.tokensPerMonth)::BIGINT)
+            """, logger: logger)
+        for try await (refusal, refusedTeam, retry, tRequests, tTokens, tReset, kRequests, kTokens, kReset) in rows.decode(
+            (String?, Bool, Double, Int, Int, Double, Int, Int, Double).self)
+        {
+            return QuotaDecision(
+                refusal: refusal.map { QuotaRefusal(rawValue: $0) ?? .keyUnknown }, refusedTeam: refusedTeam, retryAfter: retry,
+                team: QuotaMinute(requests: tRequests, tokens: tTokens, resetSeconds: tReset),
+                key: QuotaMinute(requests: kRequests, tokens: kTokens, resetSeconds: kReset))
         }
+        throw NoRow(function: "corral_quota_admit")
     }
 
-    public func settle(reservation: String, tokens: Int) async throws {
-        try await client.withTransaction(logger: logger) { tx in
-            var settled: [(String, Double)] = []
-            let rows = try await tx.query("""
-                UPDATE quota_entry SET tokens = \(tokens), settled = true WHERE reservation = \(reservation) AND NOT settled RETURNING subject, at
-                """, logger: logger)
-            for try await (subject, at) in rows.decode((String, Double).self) { settled.append((subject, at)) }
-            guard tokens > 0 else { return }
-            for (subject, at) in settled {
-                let (day, month) = Self.periodKeys(at)
-                try await tx.query("""
-                    INSERT INTO quota_usage (subject, period, used) VALUES (\(subject), \(day), \(tokens)), (\(subject), \(month), \(tokens))
-                    ON CONFLICT (subject, period) DO UPDATE SET used = quota_usage.used + EXCLUDED.used
-                    """, logger: logger)
-            }
+    public func settle(_ settlements: [QuotaSettlement]) async throws {
+        guard !settlements.isEmpty else { return }
+        if settlements.count == 1 {
+            try await client.query("SELECT corral_quota_settle(\(settlements[0].reservation), \(settlements[0].tokens)::INT)", logger: logger)
+            return
         }
+        try await client.query(
+            "SELECT corral_quota_settle_many(\(settlements.map(\.reservation))::TEXT[], \(settlements.map(\.tokens))::INT[])", logger: logger)
     }
 
     public func renewLeases(node: String, lease: Double) async throws {
         try await client.query("""
-            UPDATE quota_entry SET lease_until = EXTRACT(EPOCH FROM clock_timestamp()) + \(lease) WHERE node = \(node) AND NOT settled
-            """, logger: logger)
-        // Entries older than the minute window are needed no more once settled or released.
-        try await client.query("""
-            DELETE FROM quota_entry WHERE at < EXTRACT(EPOCH FROM clock_timestamp()) - 120
-              AND (settled OR lease_until < EXTRACT(EPOCH FROM clock_timestamp()))
+            UPDATE quota_lease SET lease_until = EXTRACT(EPOCH FROM clock_timestamp()) + \(lease) WHERE node = \(node) AND state = 'live'
             """, logger: logger)
     }
 
+    public func releaseExpiredLeases() async throws {
+        try await client.query("SELECT corral_quota_release_expired()", logger: logger)
+    }
+
     public func recoverLostRequests(staleAfter: Double) async throws -> Int {
-        // One statement: marking the entries and writing their rows commit together, so two
+        // One statement: marking the leases and writing their rows commit together, so two
         // nodes recovering at once write each row once; a row the lost node wrote is kept.
         let rows = try await client.query("""
             WITH lost AS (
-              UPDATE quota_entry SET recovered = true
+              UPDATE quota_lease SET recovered = true
               WHERE NOT recovered AND node IN (
                 SELECT name FROM cluster_node WHERE heartbeat < EXTRACT(EPOCH FROM clock_timestamp()) - \(staleAfter))
-              RETURNING reservation, subject, node, at, tokens, settled, team, key_prefix, model, route
+              RETURNING reservation, node, at, team, key_prefix, model, route
             )
             INSERT INTO usage (request_id, ts, team, key_prefix, model, route, status, error_kind, queue_ms, load_ms, total_ms, client_disconnected, node)
-            SELECT DISTINCT ON (reservation) reservation, to_timestamp(at), team, key_prefix, model, route, 502, 'node_lost', 0, 0, 0, false, node
-            FROM lost WHERE subject = team
+            SELECT reservation, to_timestamp(at), team, key_prefix, model, route, 502, 'node_lost', 0, 0, 0, false, node FROM lost
             ON CONFLICT (request_id) DO NOTHING
             RETURNING request_id
             """, logger: logger)
@@ -115,33 +67,21 @@ extension PostgresStore: SharedQuotaStore {
         return n
     }
 
-    /// The UTC day and month of an epoch time as `quota_usage` periods.
-    static func periodKeys(_ t: Double) -> (day: String, month: String) {
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(identifier: "UTC")!
-        let c = calendar.dateComponents([.year, .month], from: Date(timeIntervalSince1970: t))
-        return ("d:\(Int((t / 86_400).rounded(.down)))", "m:\(c.year! * 12 + c.month!)")
-    }
-
-    /// Tokens reserved (live) and settled today and this month by a subject, for the admin view.
+    /// Tokens used today and this month (live reservations included) and requests in flight of a
+    /// subject across the cluster, for the admin view.
     public func quotaUse(subject: String) async throws -> (day: Int, month: Int, inFlight: Int) {
-        var now = Date().timeIntervalSince1970
-        for try await t in try await client.query("SELECT EXTRACT(EPOCH FROM clock_timestamp())::FLOAT8", logger: logger).decode(Double.self) { now = t }
-        let (day, month) = Self.periodKeys(now)
-        var result = (day: 0, month: 0, inFlight: 0)
-        for try await (period, n) in try await client.query(
-            "SELECT period, used FROM quota_usage WHERE subject = \(subject) AND period IN (\(day), \(month))", logger: logger
-        ).decode((String, Int).self) {
-            if period == day { result.day = n } else { result.month = n }
+        let rows = try await client.query("""
+            WITH per AS (SELECT * FROM corral_quota_periods(EXTRACT(EPOCH FROM clock_timestamp())::FLOAT8))
+            SELECT
+              COALESCE((SELECT used FROM quota_usage, per WHERE subject = \(subject) AND period = per.o_day), 0)::BIGINT,
+              COALESCE((SELECT used FROM quota_usage, per WHERE subject = \(subject) AND period = per.o_month), 0)::BIGINT,
+              COALESCE((SELECT reserved FROM quota_subject WHERE subject = \(subject)), 0)::BIGINT,
+              COALESCE((SELECT in_flight FROM quota_subject WHERE subject = \(subject)), 0)::BIGINT
+            """, logger: logger)
+        for try await (day, month, reserved, inFlight) in rows.decode((Int, Int, Int, Int).self) {
+            return (day + reserved, month + reserved, inFlight)
         }
-        for try await (count, reserved) in try await client.query("""
-            SELECT COUNT(*)::BIGINT, COALESCE(SUM(tokens), 0)::BIGINT FROM quota_entry WHERE subject = \(subject) AND NOT settled AND lease_until > \(now)
-            """, logger: logger).decode((Int, Int).self) {
-            result.inFlight = count
-            result.day += reserved
-            result.month += reserved
-        }
-        return result
+        return (0, 0, 0)
     }
 }
 

@@ -89,18 +89,7 @@ public final class PostgresStore: Service, Sendable {
             "CREATE TABLE change_version (id INT PRIMARY KEY, version BIGINT NOT NULL)",
             "INSERT INTO change_version VALUES (1, 0)",
         ]),
-        ("pg2-quotas-and-nodes", [
-            // One row per subject (team id or key prefix) of each admitted request.
-            """
-            CREATE TABLE quota_entry (reservation TEXT NOT NULL, subject TEXT NOT NULL, node TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
-              tokens INT NOT NULL, settled BOOLEAN NOT NULL DEFAULT false, lease_until DOUBLE PRECISION NOT NULL,
-              team TEXT NOT NULL, key_prefix TEXT NOT NULL, model TEXT NOT NULL, route TEXT NOT NULL, recovered BOOLEAN NOT NULL DEFAULT false,
-              PRIMARY KEY (reservation, subject))
-            """,
-            "CREATE INDEX quota_entry_subject_at ON quota_entry (subject, at)",
-            "CREATE INDEX quota_entry_live ON quota_entry (node) WHERE NOT settled",
-            // Settled tokens per subject and UTC period ('d:DAY' or 'm:MONTH').
-            "CREATE TABLE quota_usage (subject TEXT NOT NULL, period TEXT NOT NULL, used BIGINT NOT NULL, PRIMARY KEY (subject, period))",
+        ("pg2-quotas-and-nodes", QuotaSQL.tables + [QuotaSQL.periods, QuotaSQL.subjectCheck, QuotaSQL.admit, QuotaSQL.settle, QuotaSQL.settleMany, QuotaSQL.releaseExpired] + [
             """
             CREATE TABLE cluster_node (name TEXT PRIMARY KEY, url TEXT NOT NULL, version TEXT NOT NULL, state TEXT NOT NULL,
               detail TEXT NOT NULL, heartbeat DOUBLE PRECISION NOT NULL, started DOUBLE PRECISION NOT NULL)

@@ -1,65 +1,81 @@
 import Foundation
 
-/// One subject's (a team's or a key's) use of its limits as the shared store sees it, read with
-/// the subject locked so that no other node admits against it at the same time.
-public struct QuotaWindow: Sendable, Equatable {
-    /// When each request admitted in the last minute was admitted (epoch seconds, the store's clock).
-    public var requestTimes: [Double] = []
-    /// Tokens of the last minute's requests: settled ones at their real use, live ones at their reservation.
-    public var tokenEntries: [QuotaEntry] = []
-    /// Requests admitted and not yet settled whose lease is alive.
-    public var inFlight = 0
-    /// Tokens reserved by those requests.
-    public var reserved = 0
-    /// Settled tokens of this UTC day and month.
-    public var dayUsed = 0
-    public var monthUsed = 0
-
-    public init() {}
+/// The limits of one subject (a team or a key) as the shared store checks them; nil is none.
+public struct QuotaLimits: Sendable, Equatable {
+    public var requestsPerMinute: Int?
+    public var tokensPerMinute: Int?
+    public var maxParallel: Int?
+    public var tokensPerDay: Int?
+    public var tokensPerMonth: Int?
+    public init(requestsPerMinute: Int? = nil, tokensPerMinute: Int? = nil, maxParallel: Int? = nil, tokensPerDay: Int? = nil, tokensPerMonth: Int? = nil) {
+        self.requestsPerMinute = requestsPerMinute
+        self.tokensPerMinute = tokensPerMinute
+        self.maxParallel = maxParallel
+        self.tokensPerDay = tokensPerDay
+        self.tokensPerMonth = tokensPerMonth
+    }
 }
 
-public struct QuotaEntry: Sendable, Equatable {
-    public var at: Double
+/// Why the shared store refused an admission.
+public enum QuotaRefusal: String, Sendable, Equatable {
+    case keyUnknown = "key_unknown", keyRevoked = "key_revoked", teamDisabled = "team_disabled"
+    case maxParallel = "max_parallel", requestsPerMinute = "requests_per_minute", tokensPerMinute = "tokens_per_minute"
+    case tokensPerDay = "tokens_per_day", tokensPerMonth = "tokens_per_month"
+}
+
+/// One subject's last minute after the admission (for `x-ratelimit-*` headers).
+public struct QuotaMinute: Sendable, Equatable {
+    public var requests: Int
     public var tokens: Int
-    public init(at: Double, tokens: Int) {
-        self.at = at
+    /// Seconds until the oldest counted second leaves the window (0 when empty).
+    public var resetSeconds: Double
+    public init(requests: Int, tokens: Int, resetSeconds: Double) {
+        self.requests = requests
         self.tokens = tokens
+        self.resetSeconds = resetSeconds
     }
 }
 
-/// What the shared store knows about a key and its team at admission, read in the same
-/// transaction (so a key revoked on another node is refused at its very next request).
-public struct QuotaCredentials: Sendable, Equatable {
-    public var keyExists: Bool
-    public var keyRevoked: Bool
-    public var teamDisabled: Bool
-    public init(keyExists: Bool, keyRevoked: Bool, teamDisabled: Bool) {
-        self.keyExists = keyExists
-        self.keyRevoked = keyRevoked
-        self.teamDisabled = teamDisabled
+/// The shared store's answer to an admission.
+public struct QuotaDecision: Sendable, Equatable {
+    /// Nil when admitted.
+    public var refusal: QuotaRefusal?
+    /// Whether the refusal is the team's limit (else the key's).
+    public var refusedTeam: Bool
+    /// Seconds until retrying can succeed (refusals by a limit).
+    public var retryAfter: Double
+    public var team: QuotaMinute
+    public var key: QuotaMinute
+    public init(refusal: QuotaRefusal?, refusedTeam: Bool, retryAfter: Double, team: QuotaMinute, key: QuotaMinute) {
+        self.refusal = refusal
+        self.refusedTeam = refusedTeam
+        self.retryAfter = retryAfter
+        self.team = team
+        self.key = key
     }
 }
 
-/// Exact limits across nodes: admission and settlement as transactions in the shared store.
+/// Exact limits across nodes: admission and settlement in the shared store, each one call that
+/// runs as one transaction there (the team's and the key's counter rows locked, the checks made
+/// on them, the reservation recorded with a lease).
 ///
-/// A reservation is recorded per subject with a lease; the node renews the leases of its
-/// unsettled reservations while it lives (``renewLeases(node:lease:)``), so a node that dies
-/// releases its reservations when the lease expires.
+/// The node renews the leases of its unsettled reservations while it lives
+/// (``renewLeases(node:lease:)``); a node that dies releases its reservations when the lease
+/// expires (``releaseExpiredLeases()``, run by every live node).
 public protocol SharedQuotaStore: Sendable {
-    /// Locks the request's team and key, reads their windows and, when `decide` returns a number
-    /// of tokens, records a reservation of them under the request's id for both. `decide` gets the
-    /// store's clock (epoch seconds), the key's and team's state and both windows.
-    func reserve<Refusal: Error>(
-        _ request: QuotaRequest, node: String, lease: Double,
-        decide: (_ now: Double, _ credentials: QuotaCredentials, _ team: QuotaWindow, _ key: QuotaWindow) -> Result<QuotaGrant, Refusal>
-    ) async throws -> Result<QuotaGrant, Refusal>
+    /// Checks the key and team, then every limit of both, and reserves `tokens` when all pass.
+    func admit(_ request: QuotaRequest, tokens: Int, team: QuotaLimits, key: QuotaLimits, node: String, lease: Double) async throws -> QuotaDecision
 
-    /// Replaces a reservation by what the request used, adding it to its subjects' day and month.
-    func settle(reservation: String, tokens: Int) async throws
+    /// Replaces reservations by what their requests used, adding it to their subjects' day and
+    /// month, in one transaction.
+    func settle(_ settlements: [QuotaSettlement]) async throws
 
-    /// Extends the leases of `node`'s unsettled reservations to `lease` seconds from now and
-    /// drops entries too old to matter.
+    /// Extends the leases of `node`'s unsettled reservations to `lease` seconds from now.
     func renewLeases(node: String, lease: Double) async throws
+
+    /// Releases the reservations whose lease has expired (their node is gone) and drops counters
+    /// too old to matter.
+    func releaseExpiredLeases() async throws
 
     /// Writes a ledger row (`errorKind` `node_lost`) for every request admitted by a node whose
     /// heartbeat is older than `staleAfter` seconds and whose own row may never come (kill -9,
@@ -67,13 +83,13 @@ public protocol SharedQuotaStore: Sendable {
     func recoverLostRequests(staleAfter: Double) async throws -> Int
 }
 
-/// An admission's outcome: the tokens to reserve and the rate-limit headers the caller gets.
-public struct QuotaGrant: Sendable, Equatable {
+/// A reservation and the tokens its request really used.
+public struct QuotaSettlement: Sendable, Equatable {
+    public var reservation: String
     public var tokens: Int
-    public var headers: [String: String]
-    public init(tokens: Int, headers: [String: String]) {
+    public init(reservation: String, tokens: Int) {
+        self.reservation = reservation
         self.tokens = tokens
-        self.headers = headers
     }
 }
 

@@ -1,16 +1,18 @@
+import Access
 import ArgumentParser
 import Foundation
 import Logging
 import PostgresStore
 import Runtime
 import Store
+import Usage
 
 /// `corral store migrate` and `corral store copy`: the schema of a store, and moving a node's
 /// accounts and ledger into a cluster's shared store.
 struct StoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "store", abstract: "Migrate a store, or copy one node's accounts and ledger into another store.",
-        subcommands: [Migrate.self, Copy.self])
+        subcommands: [Migrate.self, Copy.self, StoreBenchCommand.self])
 
     struct Migrate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Apply the store's migrations (as `serve` does at start) and list them.")
@@ -123,5 +125,86 @@ struct DrainCommand: AsyncParsableCommand {
 
     func run() async throws {
         connection.print(try await connection.call("POST", "/admin/drain"))
+    }
+}
+
+/// `corral store bench`: the accounts path alone, in this process, on one backend: `concurrency`
+/// callers admitting, settling and recording requests against one team and key (limits set,
+/// never reached) for `seconds`. Prints admissions per second and admission latency percentiles
+/// as JSON, for `scripts/bench_cluster.py`.
+struct StoreBenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "bench", abstract: "Benchmark the accounts path on a store (JSON out).", shouldDisplay: false)
+
+    @Option(help: "sqlite:PATH or postgres://…")
+    var url: String
+
+    @Option(help: "The environment variable holding the PostgreSQL password.")
+    var passwordEnv: String?
+
+    @Option var concurrency = 64
+    @Option var seconds = 5.0
+
+    func run() async throws {
+        var cfg = CorralConfig()
+        cfg.dataDirectory = NSTemporaryDirectory() + "corral-store-bench-\(getpid())"
+        try FileManager.default.createDirectory(atPath: cfg.dataDirectory, withIntermediateDirectories: true)
+        let location = try StoreCommand.location(url, cfg: cfg)
+        let accounts: any AccountStore
+        var shared: SharedQuota?
+        var stop: @Sendable () -> Void = {}
+        switch location {
+        case .sqlite(let path):
+            accounts = try Store.open(path: path)
+        case .postgres(let pg):
+            let (store, client) = try await OpenedStores.openPostgres(pg, passwordEnv: passwordEnv, logger: StoreCommand.logger, migrate: true)
+            accounts = store
+            shared = SharedQuota(store: store, node: "bench-\(getpid())", use: { try await store.quotaUse(subject: $0) })
+            stop = { client.cancel() }
+        }
+        defer { stop() }
+        let access = AccessControl(store: accounts, shared: shared)
+        try await access.load()
+        let team = try await access.createTeam(name: "bench-\(getpid())-\(Int.random(in: 0..<1_000_000))", policy: Policy(tokensPerMinute: 1_000_000_000, tokensPerDay: 1_000_000_000))
+        let (key, _) = try await access.createKey(team: team.id, name: "bench", expiresAt: nil, policy: Policy())
+        let caller = try access.authenticate(key)
+        let ledger = UsageLedger(store: accounts, logger: StoreCommand.logger, node: shared?.node)
+        let ledgerTask = Task { try? await ledger.run() }
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        let started = ContinuousClock.now
+        let latencies = await withTaskGroup(of: [Double].self) { group in
+            for _ in 0..<concurrency {
+                group.addTask {
+                    var own: [Double] = []
+                    while ContinuousClock.now < deadline {
+                        let t0 = ContinuousClock.now
+                        guard let reservation = try? await access.admit(caller, model: ["chat"], tokens: 20, requestID: RequestIDs.next(), route: "/bench") else { continue }
+                        let d = ContinuousClock.now - t0
+                        own.append(Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15)
+                        access.reconcile(reservation, actualTokens: 12)
+                        var record = RequestRecord(requestID: RequestIDs.next(), route: "/bench", model: "chat", status: 200, errorKind: nil, queueMs: 0, loadMs: 0,
+                                                   timeToFirstByteMs: 1, totalMs: 1, clientDisconnected: false)
+                        record.team = caller.teamID
+                        record.keyPrefix = caller.keyPrefix
+                        ledger.record(record)
+                    }
+                    return own
+                }
+            }
+            var all: [Double] = []
+            for await part in group { all += part }
+            return all.sorted()
+        }
+        let elapsed = ContinuousClock.now - started
+        let wall = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        await ledger.flush()
+        ledgerTask.cancel()
+        func pct(_ p: Double) -> Double { latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
+        let out: [String: Any] = [
+            "backend": location.description.hasPrefix("postgres") ? "postgres" : "sqlite", "concurrency": concurrency, "seconds": wall,
+            "admissions": latencies.count, "admissionsPerSecond": Double(latencies.count) / wall,
+            "admissionP50Ms": pct(0.5), "admissionP99Ms": pct(0.99), "ledgerPending": ledger.pendingCount,
+        ]
+        let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
+        print(String(decoding: data, as: UTF8.self))
     }
 }

@@ -15,6 +15,7 @@ import pytest
 from cluster_nodes import SECRET, start_node
 from conftest import CORRAL, start_corral, stop_corral
 from postgres_server import PASSWORD, Postgres
+from test_dashboard import browser, no_console_errors  # noqa: F401 (fixtures)
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
@@ -178,6 +179,27 @@ def test_a_relay_header_without_the_cluster_secret_is_not_trusted(cluster):
     assert httpx.post(nodes["a"].base + "/v1/chat/completions", headers=right, json={"model": "chat", **CHAT, "max_tokens": 2}).status_code == 200
 
 
+
+def test_dashboard_cluster_page_shows_every_node_and_who_is_in_routing(cluster, browser):
+    pg, nodes = cluster
+    from test_dashboard import go, screenshot, text_of, wait
+
+    a = nodes["a"]
+    browser.get(a.base + "/ui")
+    browser.execute_script("sessionStorage.setItem('corral.adminToken', arguments[0])", a.admin_token)
+    go(browser, "#/cluster", "Cluster")
+    wait(browser, lambda d: len(d.find_elements("css selector", "#cluster-nodes tbody tr")) == 3, "three node rows")
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('#cluster-nodes tbody tr')].map((r) => [...r.cells].map((c) => c.innerText))")
+    by_name = {r[0].split(" ")[0]: r for r in rows}
+    assert set(by_name) == {"a", "b", "c"} and "this one" in by_name["a"][0]
+    assert all(r[1] == "in routing" for r in rows), rows
+    # B's loaded model with its free slots, as the registry has it.
+    assert "free" in by_name["b"][4] and "MiB free" in by_name["b"][5], by_name["b"]
+    assert "This node: a (serving)" in text_of(browser, "#cluster-summary")
+    screenshot(browser, "cluster")
+
+
 def test_store_copy_moves_a_single_node_into_the_cluster(cluster):
     pg, nodes = cluster
     single = start_corral()
@@ -295,7 +317,7 @@ def test_kill_minus_9_of_a_node_releases_its_reservations_and_loses_no_row(clust
     wait_for(lambda: httpx.get(nodes["a"].base + f"/admin/teams/{team}", headers=admin(nodes)).json()["usage"]["inFlight"] == 0, 25,
              "C's reservations to be released")
     ids = ",".join(f"'{r}'" for r in completed)
-    wait_for(lambda: pg.query(f"SELECT COUNT(*) FROM usage WHERE request_id IN ({ids})") == str(len(completed)), 15, "every answered row")
+    wait_for(lambda: pg.query(f"SELECT COUNT(*) FROM usage WHERE request_id IN ({ids})") == str(len(completed)), 25, "every answered row")
     # New requests avoid C: served by A or B.
     for n in ("a", "b"):
         r = chat(nodes[n], key, max_tokens=2)

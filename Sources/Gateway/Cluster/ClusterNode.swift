@@ -51,7 +51,6 @@ public final class ClusterNode: Service, Sendable {
         var storeProblem: String?
         var seenVersion: Int64?
         var relayed = 0
-        var beats = 0
         var recovered = 0
     }
     private let state = Mutex(State())
@@ -193,7 +192,7 @@ public final class ClusterNode: Service, Sendable {
         do {
             try await registry.heartbeat(await record())
             try await quota?.renew()
-            if let quota, state.withLock({ s in s.beats += 1; return s.beats % 5 == 0 }) {
+            if let quota {
                 let lost = try await quota.recoverLostRequests(staleAfter: quota.lease)
                 if lost > 0 {
                     state.withLock { $0.recovered += lost }
@@ -256,6 +255,7 @@ public final class ClusterNode: Service, Sendable {
         }
         // The HTTP server has finished its in-flight requests by now (it stops first): leave.
         startDraining()
+        await quota?.writePending()
         try? await quota?.renew()
         do { try await registry.removeNode(name) } catch {
             logger.warning("could not leave the registry; peers drop this node when its heartbeat is stale", metadata: ["error": "\(error)"])

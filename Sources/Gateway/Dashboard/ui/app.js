@@ -14,8 +14,9 @@ import { jobs } from './pages/jobs.js';
 import { evaluations } from './pages/evaluations.js';
 import { downloads } from './pages/downloads.js';
 import { fineTuning } from './pages/finetuning.js';
+import { cluster } from './pages/cluster.js';
 
-const pages = { overview, models, downloads, teams, requests, jobs, evaluations, 'fine-tuning': fineTuning, logs };
+const pages = { overview, models, downloads, teams, requests, jobs, evaluations, 'fine-tuning': fineTuning, cluster, logs };
 const $ = (id) => document.getElementById(id);
 let leave = null;
 
