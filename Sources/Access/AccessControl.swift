@@ -356,30 +356,30 @@ public final class AccessControl: Sendable {
 
     /// OpenAI's `x-ratelimit-*` headers: the smallest remaining allowance across the subjects.
     static func rateHeaders(_ subjects: [(Subject, Policy)], at t: Double) -> [String: String] {
+        rateHeaders(subjects.map { s, p in
+            (QuotaMinute(requests: s.requests.count, tokens: s.tokens.reduce(0) { $0 + $1.n }, resetSeconds: s.requests.first.map { $0 + 60 - t } ?? 0), p)
+        })
+    }
+
+    /// The headers from each subject's last minute (in memory on one node, from the shared store
+    /// on a cluster).
+    static func rateHeaders(_ minutes: [(QuotaMinute, Policy)]) -> [String: String] {
         var headers: [String: String] = [:]
-        var best: (limit: Int, remaining: Int, reset: Double)?
-        var bestTokens: (limit: Int, remaining: Int, reset: Double)?
-        for (s, p) in subjects {
-            if let rpm = p.requestsPerMinute {
-                let remaining = max(0, rpm - s.requests.count)
-                let reset = s.requests.first.map { $0 + 60 - t } ?? 0
-                if best == nil || remaining < best!.remaining { best = (rpm, remaining, reset) }
+        var requests: (limit: Int, remaining: Int, reset: Double)?
+        var tokens: (limit: Int, remaining: Int, reset: Double)?
+        for (minute, p) in minutes {
+            if let rpm = p.requestsPerMinute, requests == nil || rpm - minute.requests < requests!.remaining {
+                requests = (rpm, max(0, rpm - minute.requests), minute.resetSeconds)
             }
-            if let tpm = p.tokensPerMinute {
-                let remaining = max(0, tpm - s.tokens.reduce(0) { $0 + $1.n })
-                let reset = s.tokens.first.map { $0.at + 60 - t } ?? 0
-                if bestTokens == nil || remaining < bestTokens!.remaining { bestTokens = (tpm, remaining, reset) }
+            if let tpm = p.tokensPerMinute, tokens == nil || tpm - minute.tokens < tokens!.remaining {
+                tokens = (tpm, max(0, tpm - minute.tokens), minute.resetSeconds)
             }
         }
-        if let b = best {
-            headers["x-ratelimit-limit-requests"] = String(b.limit)
-            headers["x-ratelimit-remaining-requests"] = String(b.remaining)
-            headers["x-ratelimit-reset-requests"] = String(format: "%.0fs", max(0, b.reset).rounded(.up))
-        }
-        if let b = bestTokens {
-            headers["x-ratelimit-limit-tokens"] = String(b.limit)
-            headers["x-ratelimit-remaining-tokens"] = String(b.remaining)
-            headers["x-ratelimit-reset-tokens"] = String(format: "%.0fs", max(0, b.reset).rounded(.up))
+        for (kind, b) in [("requests", requests), ("tokens", tokens)] {
+            guard let b else { continue }
+            headers["x-ratelimit-limit-\(kind)"] = String(b.limit)
+            headers["x-ratelimit-remaining-\(kind)"] = String(b.remaining)
+            headers["x-ratelimit-reset-\(kind)"] = String(format: "%.0fs", max(0, b.reset).rounded(.up))
         }
         return headers
     }
@@ -449,7 +449,7 @@ public final class AccessControl: Sendable {
         } catch {
             throw .unavailable("the shared store cannot be reached to admit this request: \(error)")
         }
-        let headers = Self.sharedRateHeaders(decision, teamPolicy: teamPolicy, keyPolicy: keyPolicy)
+        let headers = Self.rateHeaders([(decision.team, teamPolicy), (decision.key, keyPolicy)])
         guard let refusal = decision.refusal else {
             let (day, month) = Self.periods(now())
             return Reservation(id: 0, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, shared: request.id, headers: headers)
@@ -485,32 +485,6 @@ public final class AccessControl: Sendable {
         return nil
     }
 
-    /// OpenAI's `x-ratelimit-*` headers from the shared store's minute counts: the smallest
-    /// remaining allowance of team and key.
-    static func sharedRateHeaders(_ d: QuotaDecision, teamPolicy: Policy, keyPolicy: Policy) -> [String: String] {
-        var headers: [String: String] = [:]
-        var requests: (limit: Int, remaining: Int, reset: Double)?
-        var tokens: (limit: Int, remaining: Int, reset: Double)?
-        for (minute, p) in [(d.team, teamPolicy), (d.key, keyPolicy)] {
-            if let rpm = p.requestsPerMinute, requests == nil || rpm - minute.requests < requests!.remaining {
-                requests = (rpm, max(0, rpm - minute.requests), minute.resetSeconds)
-            }
-            if let tpm = p.tokensPerMinute, tokens == nil || tpm - minute.tokens < tokens!.remaining {
-                tokens = (tpm, max(0, tpm - minute.tokens), minute.resetSeconds)
-            }
-        }
-        if let b = requests {
-            headers["x-ratelimit-limit-requests"] = String(b.limit)
-            headers["x-ratelimit-remaining-requests"] = String(b.remaining)
-            headers["x-ratelimit-reset-requests"] = String(format: "%.0fs", max(0, b.reset).rounded(.up))
-        }
-        if let b = tokens {
-            headers["x-ratelimit-limit-tokens"] = String(b.limit)
-            headers["x-ratelimit-remaining-tokens"] = String(b.remaining)
-            headers["x-ratelimit-reset-tokens"] = String(format: "%.0fs", max(0, b.reset).rounded(.up))
-        }
-        return headers
-    }
 
     public func createTeam(name: String, policy: Policy) async throws(AccessError) -> TeamRecord {
         let trimmed = name.trimmingCharacters(in: .whitespaces)
