@@ -14,13 +14,15 @@ public final class SamplingProfiles: Sendable {
     }
 
     private let entries: Mutex<[String: Entry]>
-    let store: Store?
+    let config: [String: [String: SendableJSON]]
+    let store: (any LibraryStateStore)?
 
-    public init(config: [String: [String: SendableJSON]], store: Store?) {
+    public init(config: [String: [String: SendableJSON]], store: (any LibraryStateStore)?) {
         var e: [String: Entry] = [:]
         for (name, fields) in SamplingFields.builtIn { e[name] = Entry(fields: fields, source: "builtin") }
         for (name, fields) in config { e[name] = Entry(fields: fields, source: "config") }
         entries = Mutex(e)
+        self.config = config
         self.store = store
     }
 
@@ -31,12 +33,20 @@ public final class SamplingProfiles: Sendable {
         do { documents = try await store?.documents(kind: "sampling-profile", limit: 10_000) ?? [] } catch {
             throw .storage("the saved sampling profiles could not be read: \(error)")
         }
+        var saved: [Saved] = []
         for data in documents {
-            let saved: Saved
-            do { saved = try JSONDecoder().decode(Saved.self, from: data) } catch {
+            do { saved.append(try JSONDecoder().decode(Saved.self, from: data)) } catch {
                 throw .storage("a saved sampling profile could not be decoded: \(error)")
             }
-            entries.withLock { $0[saved.name] = Entry(fields: saved.fields, source: "admin") }
+        }
+        // Loaded again after another node changed them: a profile deleted there goes here too
+        // (what routes.json or the built-ins define comes back).
+        let config = self.config
+        entries.withLock { e in
+            for (name, entry) in e where entry.source == "admin" {
+                e[name] = config[name].map { Entry(fields: $0, source: "config") } ?? SamplingFields.builtIn[name].map { Entry(fields: $0, source: "builtin") }
+            }
+            for s in saved { e[s.name] = Entry(fields: s.fields, source: "admin") }
         }
     }
 

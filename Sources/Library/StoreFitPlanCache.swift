@@ -2,15 +2,16 @@ import Foundation
 import Runtime
 import Store
 
-/// Fit plans, and what loads with them allocated, kept in SQLite, keyed by everything that
+/// Fit plans, and what loads with them allocated, kept in the store (SQLite, or a cluster's
+/// PostgreSQL), keyed by everything that
 /// changes the answer: the file (path, size, mtime), the hardware, the arguments and the
 /// llama.cpp build. Any change is a new key.
 public struct StoreFitPlanCache: FitPlanCache {
-    let store: Store
+    let store: any LibraryStateStore
     let hardwareFingerprint: String
     let llamaBuild: String
 
-    public init(store: Store, hardwareFingerprint: String, llamaBuild: String) {
+    public init(store: any LibraryStateStore, hardwareFingerprint: String, llamaBuild: String) {
         self.store = store
         self.hardwareFingerprint = hardwareFingerprint
         self.llamaBuild = llamaBuild

@@ -95,6 +95,7 @@ public final class PostgresStore: Service, Sendable {
               detail TEXT NOT NULL, heartbeat DOUBLE PRECISION NOT NULL, started DOUBLE PRECISION NOT NULL)
             """,
         ]),
+        libraryMigration,
     ]
 
     /// The ids of the migrations applied so far.

@@ -14,6 +14,8 @@ struct OpenedStores: Sendable {
     let clusterSecret: String?
     /// Where accounts live: `shared` when there is one.
     var accounts: any AccountStore { shared ?? local }
+    /// Where the library state lives: `shared` when there is one.
+    var libraryState: any LibraryStateStore { shared ?? local }
     private let client: Task<Void, Never>?
 
     struct Problem: Error, CustomStringConvertible {

@@ -106,7 +106,7 @@ struct ServeCommand: AsyncParsableCommand {
         let limits = Scheduler.Limits(from: cfg.scheduler, hostTotalMiB: HostMemory.read().totalMiB, devices: devices)
         let scheduler = Scheduler(
             catalog: catalog, limits: limits, tools: tools, client: client, logger: logger,
-            planCache: StoreFitPlanCache(store: store, hardwareFingerprint: HostMemory.fingerprint(devices: devices), llamaBuild: build))
+            planCache: StoreFitPlanCache(store: stores.libraryState, hardwareFingerprint: HostMemory.fingerprint(devices: devices), llamaBuild: build))
         try await Lab.restoreRuntimeProfiles(store: store, scheduler: scheduler)
         do {
             let legacy = try await LegacyRuns.importAll(store: store)
@@ -115,7 +115,7 @@ struct ServeCommand: AsyncParsableCommand {
         } catch {
             logger.error("runs saved by an older build could not be imported; they stay in the database", metadata: ["error": "\(error)"])
         }
-        if let saved = try await store.document(kind: "setting", id: "defaultModel") {
+        if let saved = try await stores.libraryState.document(kind: "setting", id: "defaultModel") {
             if let name = (try? JSONSerialization.jsonObject(with: saved) as? [String: Any])?["model"] as? String {
                 do { try await scheduler.setDefaultModel(name) } catch {
                     logger.warning("the default model chosen by the admin is gone; using routes.json's", metadata: ["model": "\(name)"])
@@ -124,10 +124,11 @@ struct ServeCommand: AsyncParsableCommand {
                 logger.error("the saved default model cannot be read; using routes.json's until it is set again (corral default-model)")
             }
         }
-        for (alias, target) in (try? await store.modelAliases()) ?? [:] {
+        for (alias, target) in (try? await stores.libraryState.modelAliases()) ?? [:] {
             do { _ = try await scheduler.addRuntimeAlias(alias, for: target) } catch {
                 logger.warning("dropping alias whose model is gone", metadata: ["alias": "\(alias)", "target": "\(target)"])
-                try? await store.deleteModelAlias(alias)
+                // A cluster's alias may name a model another node has; only a node's own is dropped.
+                if stores.shared == nil { try? await store.deleteModelAlias(alias) }
             }
         }
         var known: [FileIdentity: String] = [:]
@@ -146,6 +147,7 @@ struct ServeCommand: AsyncParsableCommand {
         deps.configPath = config
         deps.factsCache = factsCache
         deps.accounts = stores.accounts
+        deps.libraryState = stores.libraryState
         var cluster: ClusterNode?
         if let settings = cfg.cluster, let pg = stores.shared {
             cluster = ClusterNode(

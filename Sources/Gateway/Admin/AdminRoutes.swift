@@ -14,7 +14,10 @@ import Store
 struct AdminRoutes: Sendable {
     let scheduler: Scheduler
     let access: AccessControl?
-    let store: Store?
+    /// Settings and pins (the shared store on a cluster node).
+    let store: (any LibraryStateStore)?
+    /// Whether this node is in a cluster (pins are then kept in the shared store for every node).
+    let clustered: Bool
     /// Teams, keys and the ledger (the shared store on a cluster node).
     let accounts: (any AccountStore)?
     let library: LibraryRoutes
@@ -68,8 +71,13 @@ struct AdminRoutes: Sendable {
                 switch action {
                 case "load": try await scheduler.load(model)
                 case "unload": try await scheduler.unload(model)
-                case "pin": try await scheduler.setPinned(model, true)
-                case "unpin": try await scheduler.setPinned(model, false)
+                case "pin", "unpin":
+                    let pinned = action == "pin"
+                    try await scheduler.setPinned(model, pinned)
+                    if clustered, let store, let id = scheduler.currentCatalog.resolve(model)?.id {
+                        // Every node pins it too, from its next change notice.
+                        try await store.putDocument(kind: "pin", id: id, model: id, body: Data(JSON.encode(["model": id, "pinned": pinned]).utf8))
+                    }
                 default: throw OpenAIError(.notFound, "unknown action '\(action)': use load, unload, pin or unpin", code: "not_found")
                 }
             } catch let error as SchedulerError {

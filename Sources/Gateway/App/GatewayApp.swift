@@ -58,6 +58,9 @@ public struct GatewayDependencies: Sendable {
     public var accounts: (any AccountStore)?
     /// This node's place in a cluster (nil on a single node).
     public var cluster: ClusterNode?
+    /// Sampling profiles, settings, runtime aliases, pins and the fit-plan cache: the shared store
+    /// on a cluster node, else `store`.
+    public var libraryState: (any LibraryStateStore)?
 
     public init(
         config: CorralConfig, scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder? = nil, logger: Logger,
@@ -73,6 +76,7 @@ public struct GatewayDependencies: Sendable {
         self.logger = logger
         self.store = store
         self.accounts = store
+        self.libraryState = store
         self.digests = digests
         let refresh = CatalogRefresh(scheduler: scheduler, fallback: config, cache: FactsCache())
         self.refreshCatalog = refresh
@@ -227,7 +231,11 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
             metrics.observe(record)
             upstreamRecorder?(record)
         }, logger: deps.logger, access: deps.access, cluster: deps.cluster)
-    let profiles = SamplingProfiles(config: deps.config.profiles, store: deps.store)
+    let profiles = SamplingProfiles(config: deps.config.profiles, store: deps.libraryState)
+    deps.cluster?.onChange { [profiles, scheduler = deps.scheduler, state = deps.libraryState, logger = deps.logger] in
+        do { try await profiles.load() } catch { logger.error("sampling profiles changed on another node could not be read", metadata: ["error": "\(error)"]) }
+        if let state { await ClusterLibrarySync.apply(state, to: scheduler, logger: logger) }
+    }
     Task {
         do { try await profiles.load() } catch {
             // Serving goes on with the built-in and routes.json profiles; the saved ones are missing.
@@ -253,7 +261,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     }
     if let evaluations { EvalRoutes(evaluations: evaluations).register(on: router) }
     OllamaRoutes(
-        relay: relay, scheduler: deps.scheduler, digests: deps.digests, store: deps.store,
+        relay: relay, scheduler: deps.scheduler, digests: deps.digests, store: deps.libraryState,
         allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access, profiles: profiles, downloads: deps.downloads,
         creator: ModelCreator(directory: deps.config.downloads), refreshCatalog: deps.refreshCatalog
     ).register(on: router)
@@ -291,7 +299,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
             ]
         })
     let admin = AdminAPIGroup(group: router.group("admin"), table: AdminAPITable())
-    AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.store, accounts: deps.accounts, library: library).register(on: admin)
+    AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.libraryState, clustered: deps.cluster != nil, accounts: deps.accounts, library: library).register(on: admin)
     JobRoutes(engine: deps.jobs).register(on: admin)
     ClusterRoutes(cluster: deps.cluster).register(on: admin)
     DownloadRoutes(downloads: deps.downloads, library: library.library).register(on: admin)

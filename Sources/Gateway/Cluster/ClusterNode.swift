@@ -54,6 +54,11 @@ public final class ClusterNode: Service, Sendable {
         var recovered = 0
     }
     private let state = Mutex(State())
+    /// What else to reload when another node changes something (profiles, settings, pins).
+    private let changeHandlers = Mutex<[@Sendable () async -> Void]>([])
+
+    public func onChange(_ handler: @escaping @Sendable () async -> Void) { changeHandlers.withLock { $0.append(handler) } }
+
     /// Starts the process's graceful shutdown (set by `corral serve`).
     private let shutdown = Mutex<(@Sendable () async -> Void)?>(nil)
 
@@ -223,13 +228,17 @@ public final class ClusterNode: Service, Sendable {
         }
     }
 
+    /// Another node changed something: teams and keys, then the library state, read again.
     func reloadAccounts(reason: String) async {
         do { try await access?.reloadAccounts() } catch {
             logger.warning("could not reload teams and keys", metadata: ["reason": "\(reason)", "error": "\(error)"])
         }
+        for handler in changeHandlers.withLock({ $0 }) { await handler() }
     }
 
     public func run() async throws {
+        // Pins and the rest of the library state other nodes set before this one started.
+        for handler in changeHandlers.withLock({ $0 }) { await handler() }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 // Change notices: reload at once; reconnect after a pause when the connection drops.

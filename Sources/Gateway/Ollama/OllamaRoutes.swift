@@ -18,7 +18,8 @@ struct OllamaRoutes: Sendable {
     let relay: Relay
     let scheduler: Scheduler
     let digests: FileDigests
-    let store: Store?
+    /// Where runtime aliases are kept (a cluster's shared store on a cluster node).
+    let store: (any LibraryStateStore)?
     let allowFileDeletion: Bool
     let access: AccessControl?
     let profiles: SamplingProfiles
