@@ -299,7 +299,16 @@ def test_kill_minus_9_of_a_node_releases_its_reservations_and_loses_no_row(clust
     pg, nodes = cluster
     team, key = team_with_key(nodes, "crash", tokensPerMinute=1_000_000)
     victim = nodes["c"]
-    assert httpx.post(victim.base + "/admin/models/chat/load", headers=admin(nodes), timeout=60).status_code == 200
+    h = admin(nodes)
+    assert httpx.post(victim.base + "/admin/models/chat/load", headers=h, timeout=60).status_code == 200
+    # `solo` on C only, so that A relays its streams there.
+    for n in nodes.values():
+        assert httpx.post(n.base + "/admin/models/solo/unload", headers=h).status_code == 200
+    assert httpx.post(victim.base + "/admin/models/solo/load", headers=h, timeout=60).status_code == 200
+    wait_for(lambda: [x["name"] for x in cluster_view(nodes["a"], nodes)["nodes"] if any(m["model"] == "solo" for m in x["models"])] == ["c"],
+             5, "A to see solo on C only")
+    time.sleep(1.2)  # A routes on its last heartbeat's reading
+    relayed: dict = {}
     completed: list[str] = []
     done = {"stop": False}
 
@@ -327,15 +336,32 @@ def test_kill_minus_9_of_a_node_releases_its_reservations_and_loses_no_row(clust
         except httpx.HTTPError:
             pass
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
-        workers = [pool.submit(short_requests), pool.submit(long_stream), pool.submit(long_stream)]
-        wait_for(lambda: len(completed) >= 5 or print(other[-3:]), 30, "some answered requests on C")
-        victim.proc.send_signal(signal.SIGKILL)
+    def relayed_stream():
+        # Sent to A, served by C: when C dies mid-stream, A ends it with an error event.
+        wait_for(lambda: len(completed) >= 3 or (other and print(other[-3:])), 30, "answered requests on C")
+        with httpx.stream("POST", nodes["a"].base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                          json={"model": "solo", **CHAT, "max_tokens": 900, "stream": True}, timeout=60) as s:
+            relayed["status"] = s.status_code
+            chunks = []
+            for chunk in s.iter_text():
+                chunks.append(chunk)
+                if not relayed.get("started"):
+                    # C dies while it streams this answer (kill -9 at its first bytes).
+                    relayed["started"] = True
+                    victim.proc.send_signal(signal.SIGKILL)
+            relayed["body"] = "".join(chunks)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        workers = [pool.submit(short_requests), pool.submit(long_stream), pool.submit(long_stream), pool.submit(relayed_stream)]
+        wait_for(lambda: relayed.get("started"), 40, "a relayed stream under way, and C killed")
         victim.proc.wait()
         done["stop"] = True
         for w in workers:
             w.result()
     assert completed
+    assert relayed["status"] == 200 and relayed["body"].count("data: ") >= 2, relayed
+    last = [line for line in relayed["body"].splitlines() if line.startswith("data: ")][-1]
+    assert '"error"' in last and "[DONE]" not in relayed["body"], last
     # Out of routing once its heartbeat is stale.
     view = wait_for(lambda: (v := cluster_view(nodes["a"], nodes)) and not next(x for x in v["nodes"] if x["name"] == "c")["inRouting"] and v,
                     6, "C out of routing")
