@@ -196,3 +196,30 @@ struct AccessControlTests {
         #expect(admitted == 1000 / 7)
     }
 }
+
+/// `store.url`: which backend, and what is refused before anything connects.
+@Suite struct StoreLocationTests {
+    @Test func parsesBothBackends() throws {
+        #expect(try StoreLocation.parse("", defaultSQLitePath: "/d/corral.sqlite") == .sqlite(path: "/d/corral.sqlite"))
+        #expect(try StoreLocation.parse("sqlite:/x/y.sqlite", defaultSQLitePath: "/d") == .sqlite(path: "/x/y.sqlite"))
+        #expect(try StoreLocation.parse("sqlite:///x/y.sqlite", defaultSQLitePath: "/d") == .sqlite(path: "/x/y.sqlite"))
+        #expect(try StoreLocation.parse("postgres://corral@db.internal:6543/corral", defaultSQLitePath: "/d")
+            == .postgres(PostgresLocation(user: "corral", host: "db.internal", port: 6543, database: "corral")))
+        #expect(try StoreLocation.parse("postgresql://u@h/db", defaultSQLitePath: "/d") == .postgres(PostgresLocation(user: "u", host: "h", port: 5432, database: "db")))
+        #expect(try StoreLocation.parse("postgres://u@/db?host=/run/pg", defaultSQLitePath: "/d")
+            == .postgres(PostgresLocation(user: "u", host: "", port: 5432, database: "db", socketDirectory: "/run/pg")))
+    }
+
+    @Test func refusesPasswordsAndIncompleteURLs() {
+        for (url, words) in [("postgres://u:secret@h/db", "password"), ("postgres://h/db", "user"), ("postgres://u@h/", "database"),
+                             ("mysql://u@h/db", "sqlite:PATH or postgres://")] {
+            do {
+                _ = try StoreLocation.parse(url, defaultSQLitePath: "/d")
+                Issue.record("accepted \(url)")
+            } catch {
+                #expect(error.description.contains(words), "\(url): \(error)")
+                #expect(!error.description.contains("secret"))
+            }
+        }
+    }
+}
