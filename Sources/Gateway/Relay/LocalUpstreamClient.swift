@@ -3,8 +3,8 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// HTTP/1.1 to the llama-servers Corral started itself: plain keep-alive connections on
-/// loopback, kept per event loop and port.
+/// HTTP/1.1 to the llama-servers Corral started itself, and to cluster peers at an IP address:
+/// plain keep-alive connections, kept per event loop and address.
 ///
 /// A general client does work on every request that these never need: URL parsing, redirect
 /// and TLS handling, tracing spans, a pool shared across event loops behind a lock. Requests run
@@ -35,20 +35,22 @@ public final class LocalUpstreamClient: Sendable {
         self.pools = pools
     }
 
-    /// Sends one request to `127.0.0.1:port` and returns the answer's head (and, for a gathered
-    /// answer, its whole body). A kept-alive connection that turns out closed is replaced once.
+    /// Sends one request to `host:port` (an IP address: a llama-server on loopback by default, or
+    /// a cluster peer) and returns the answer's head (and, for a gathered answer, its whole body).
+    /// A kept-alive connection that turns out closed is replaced once.
     public func execute(
-        port: Int, method: HTTPMethod, path: String, headers: HTTPHeaders, body: ByteBuffer?
+        host: String = "127.0.0.1", port: Int, method: HTTPMethod, path: String, headers: HTTPHeaders, body: ByteBuffer?
     ) async throws -> HTTPClientResponse {
+        let endpoint = UpstreamEndpoint(host: host, port: port)
         let loop = MultiThreadedEventLoopGroup.currentEventLoop.flatMap { pools[ObjectIdentifier($0)] != nil ? $0 : nil } ?? group.any()
         let pool = pools[ObjectIdentifier(loop)]!
         var headers = headers
-        headers.replaceOrAdd(name: "host", value: "127.0.0.1:\(port)")
+        headers.replaceOrAdd(name: "host", value: host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)")
         headers.replaceOrAdd(name: "content-length", value: String(body?.readableBytes ?? 0))
         let head = HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)
         let exchange = Exchange(promise: loop.makePromise())
         let start: @Sendable () -> Void = {
-            pool.send(head, body: body, port: port, exchange: exchange)
+            pool.send(head, body: body, endpoint: endpoint, exchange: exchange)
         }
         if loop.inEventLoop { start() } else { loop.execute(start) }
         return try await withTaskCancellationHandler {
@@ -79,14 +81,20 @@ final class Exchange: @unchecked Sendable {
     }
 }
 
-/// The connections of one event loop, idle ones by port; touched only on that loop.
+/// Where a connection goes: an IP address (never a name to resolve) and a port.
+struct UpstreamEndpoint: Hashable, Sendable {
+    let host: String
+    let port: Int
+}
+
+/// The connections of one event loop, idle ones by address; touched only on that loop.
 ///
 /// One repeating check per loop (while it has connections) enforces the read timeout of answers
 /// in progress and closes connections idle too long, instead of a timer per request.
 final class IdlePool: @unchecked Sendable {
     let loop: any EventLoop
     let readTimeout: TimeAmount
-    private var idle: [Int: [UpstreamHandler]] = [:]
+    private var idle: [UpstreamEndpoint: [UpstreamHandler]] = [:]
     private var live: [ObjectIdentifier: UpstreamHandler] = [:]
     private var sweeper: RepeatedTask?
 
@@ -95,34 +103,34 @@ final class IdlePool: @unchecked Sendable {
         self.readTimeout = readTimeout
     }
 
-    func send(_ head: HTTPRequestHead, body: ByteBuffer?, port: Int, exchange: Exchange) {
+    func send(_ head: HTTPRequestHead, body: ByteBuffer?, endpoint: UpstreamEndpoint, exchange: Exchange) {
         guard !exchange.cancelled else { return }
-        while let handler = idle[port]?.popLast() {
+        while let handler = idle[endpoint]?.popLast() {
             guard handler.isActive else { continue }
             handler.start(head, body: body, exchange: exchange) { [self] in
                 // The server had closed it (llama-server's keep-alive timeout, or an earlier
                 // request's client went away): the request got no answer, so once more on a
                 // fresh connection.
-                connect(head, body: body, port: port, exchange: exchange)
+                connect(head, body: body, endpoint: endpoint, exchange: exchange)
             }
             return
         }
-        connect(head, body: body, port: port, exchange: exchange)
+        connect(head, body: body, endpoint: endpoint, exchange: exchange)
     }
 
-    private func connect(_ head: HTTPRequestHead, body: ByteBuffer?, port: Int, exchange: Exchange) {
+    private func connect(_ head: HTTPRequestHead, body: ByteBuffer?, endpoint: UpstreamEndpoint, exchange: Exchange) {
         guard !exchange.cancelled else { return }
         // An address, not a host name: NIO resolves any name, "127.0.0.1" included, with
         // getaddrinfo on a dispatch queue (A and AAAA), which cost every new connection two
         // thread crossings and 0.4-0.7 ms. llama-server closes the connection after each
         // stream, so every streamed request paid it.
         let address: SocketAddress
-        do { address = try SocketAddress(ipAddress: "127.0.0.1", port: port) } catch {
+        do { address = try SocketAddress(ipAddress: endpoint.host, port: endpoint.port) } catch {
             exchange.ended = true
             exchange.promise.fail(error)
             return
         }
-        let handler = UpstreamHandler(port: port, pool: self)
+        let handler = UpstreamHandler(endpoint: endpoint, pool: self)
         live[ObjectIdentifier(handler)] = handler
         if sweeper == nil {
             let interval = min(TimeAmount.seconds(1), .nanoseconds(readTimeout.nanoseconds / 4))
@@ -152,13 +160,13 @@ final class IdlePool: @unchecked Sendable {
 
     /// Keeps a connection whose answer has ended.
     func put(_ handler: UpstreamHandler) {
-        idle[handler.port, default: []].append(handler)
+        idle[handler.endpoint, default: []].append(handler)
     }
 
     /// Drops a connection that has closed.
     func forget(_ handler: UpstreamHandler) {
         live[ObjectIdentifier(handler)] = nil
-        idle[handler.port]?.removeAll { $0 === handler }
+        idle[handler.endpoint]?.removeAll { $0 === handler }
         if live.isEmpty {
             sweeper?.cancel()
             sweeper = nil
@@ -177,7 +185,7 @@ final class UpstreamHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundOut = HTTPClientRequestPart
 
-    let port: Int
+    let endpoint: UpstreamEndpoint
     private weak var pool: IdlePool?
     private var context: ChannelHandlerContext?
     private var exchange: Exchange?
@@ -189,8 +197,8 @@ final class UpstreamHandler: ChannelInboundHandler, @unchecked Sendable {
     /// When the connection went back to the pool (nil while it serves a request).
     private var idleSince: NIODeadline?
 
-    init(port: Int, pool: IdlePool) {
-        self.port = port
+    init(endpoint: UpstreamEndpoint, pool: IdlePool) {
+        self.endpoint = endpoint
         self.pool = pool
     }
 

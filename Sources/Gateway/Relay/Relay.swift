@@ -326,7 +326,14 @@ public struct Relay: Sendable {
             let sentAt = ContinuousClock.now
             do {
                 let response: HTTPClientResponse
-                if !lease.isRemote, let port = lease.localPort {
+                if let peer = lease.peer.flatMap({ _ in Self.ipEndpoint(lease.baseURL) }) {
+                    // A cluster peer at an IP address: the same lean client as for llama-servers.
+                    response = try await local.execute(host: peer.host, port: peer.port, method: method, path: upstreamPath, headers: upstreamHeaders, body: body)
+                    if response.headers.first(name: ClusterNode.declinedHeader) != nil {
+                        _ = try? await response.body.collect(upTo: 1 << 16)
+                        throw PeerDeclined()
+                    }
+                } else if !lease.isRemote, let port = lease.localPort {
                     // Silence is bounded by the client's read timeout (scheduler.readTimeout); a
                     // kept-alive connection found closed is replaced inside the client.
                     response = try await local.execute(port: port, method: method, path: upstreamPath, headers: upstreamHeaders, body: body)
@@ -394,6 +401,15 @@ public struct Relay: Sendable {
                                   type: "server_error", code: "upstream_error", retryAfter: 1)
             }
         }
+    }
+
+    /// The IP address and port of a plain-HTTP base URL, when its host is an address (a name
+    /// would need resolving: such peers go through AsyncHTTPClient).
+    static func ipEndpoint(_ baseURL: String) -> (host: String, port: Int)? {
+        guard let url = URLComponents(string: baseURL), url.scheme == "http", var host = url.host else { return nil }
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard (try? SocketAddress(ipAddress: host, port: 0)) != nil else { return nil }
+        return (host, url.port ?? 80)
     }
 
     /// A peer declined a relayed request before doing anything with it.
