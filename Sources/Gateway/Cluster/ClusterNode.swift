@@ -7,7 +7,7 @@ import Store
 import Synchronization
 
 /// A peer as this node last read it from the registry.
-public struct Peer: Sendable, Equatable {
+public struct Peer: Sendable {
     public var name: String
     public var url: String
     public var state: String
@@ -15,8 +15,6 @@ public struct Peer: Sendable, Equatable {
     public var age: Double
     /// Loaded models: id → (free slots, queued requests).
     public var models: [String: (free: Int, queued: Int)]
-
-    public static func == (a: Peer, b: Peer) -> Bool { a.name == b.name && a.url == b.url && a.state == b.state && a.age == b.age }
 }
 
 /// This node's place in a cluster of Corral nodes sharing one PostgreSQL: it heartbeats its
@@ -194,38 +192,36 @@ public final class ClusterNode: Service, Sendable {
     }
 
     func beatOnce() async throws {
-        do {
-            try await registry.heartbeat(await record())
-            try await quota?.renew()
-            if let quota {
-                let lost = try await quota.recoverLostRequests(staleAfter: quota.lease)
-                if lost > 0 {
-                    state.withLock { $0.recovered += lost }
-                    logger.warning("wrote ledger rows for requests of a lost node", metadata: ["rows": "\(lost)"])
-                }
+        try await registry.heartbeat(await record())
+        try await quota?.renew()
+        if let quota {
+            let lost = try await quota.recoverLostRequests(staleAfter: quota.lease)
+            if lost > 0 {
+                state.withLock { $0.recovered += lost }
+                logger.warning("wrote ledger rows for requests of a lost node", metadata: ["rows": "\(lost)"])
             }
-            let nodes = try await registry.nodes()
-            let peers = nodes.filter { $0.name != name }.map { n -> Peer in
-                let detail = (try? JSONSerialization.jsonObject(with: Data(n.detail.utf8))) as? [String: Any] ?? [:]
-                var models: [String: (Int, Int)] = [:]
-                for m in detail["models"] as? [[String: Any]] ?? [] {
-                    if let id = m["model"] as? String { models[id] = (m["free"] as? Int ?? 0, m["queued"] as? Int ?? 0) }
-                }
-                return Peer(name: n.name, url: n.url, state: n.state, age: n.age, models: models)
-            }
-            let version = try await changeVersion()
-            let (changed, recovered) = state.withLock { s in
-                defer {
-                    s.peers = peers
-                    s.all = nodes
-                    s.seenVersion = version
-                    s.storeProblem = nil
-                }
-                return (s.seenVersion != nil && s.seenVersion != version, s.storeProblem != nil)
-            }
-            if recovered { logger.notice("the shared store answers again") }
-            if changed { await reloadAccounts(reason: "change version") }
         }
+        let nodes = try await registry.nodes()
+        let peers = nodes.filter { $0.name != name }.map { n -> Peer in
+            let detail = (try? JSONSerialization.jsonObject(with: Data(n.detail.utf8))) as? [String: Any] ?? [:]
+            var models: [String: (Int, Int)] = [:]
+            for m in detail["models"] as? [[String: Any]] ?? [] {
+                if let id = m["model"] as? String { models[id] = (m["free"] as? Int ?? 0, m["queued"] as? Int ?? 0) }
+            }
+            return Peer(name: n.name, url: n.url, state: n.state, age: n.age, models: models)
+        }
+        let version = try await changeVersion()
+        let (changed, recovered) = state.withLock { s in
+            defer {
+                s.peers = peers
+                s.all = nodes
+                s.seenVersion = version
+                s.storeProblem = nil
+            }
+            return (s.seenVersion != nil && s.seenVersion != version, s.storeProblem != nil)
+        }
+        if recovered { logger.notice("the shared store answers again") }
+        if changed { await reloadAccounts(reason: "change version") }
     }
 
     /// Another node changed something: teams and keys, then the library state, read again.
