@@ -17,7 +17,10 @@ enum ClusterLibrarySync {
             } else if defaultModel == nil {
                 _ = try? await scheduler.setDefaultModel(nil)
             }
-            for (alias, target) in try await state.modelAliases() { _ = try? await scheduler.addRuntimeAlias(alias, for: target) }
+            let aliases = try await state.modelAliases()
+            for (alias, target) in aliases { _ = try? await scheduler.addRuntimeAlias(alias, for: target) }
+            // An alias another node deleted goes here too.
+            for alias in await scheduler.runtimeAliases.keys where aliases[alias] == nil { _ = await scheduler.removeRuntimeAlias(alias) }
             for data in try await state.documents(kind: "pin", model: nil, limit: 10_000) {
                 guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let model = object["model"] as? String,
                     let pinned = object["pinned"] as? Bool
