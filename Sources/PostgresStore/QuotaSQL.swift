@@ -95,21 +95,23 @@ enum QuotaSQL {
           o_team_reset DOUBLE PRECISION, o_key_requests INT, o_key_tokens BIGINT, o_key_reset DOUBLE PRECISION)
         LANGUAGE plpgsql AS $$
         DECLARE
-          now_s DOUBLE PRECISION; sec BIGINT; is_revoked BOOLEAN; is_disabled BOOLEAN; t RECORD; k RECORD;
+          now_s DOUBLE PRECISION; sec BIGINT; is_revoked BOOLEAN; is_disabled BOOLEAN; locked INT; t RECORD; k RECORD;
         BEGIN
+          -- The key and its team first, before any lock is held (they need none).
+          SELECT k0.revoked_at IS NOT NULL, t0.disabled INTO is_revoked, is_disabled
+            FROM api_key k0 JOIN team t0 ON t0.id = k0.team_id WHERE k0.prefix = p_key AND k0.team_id = p_team;
+          IF NOT FOUND THEN RETURN QUERY SELECT 'key_unknown'::TEXT, false, 0::FLOAT8, 0, 0::BIGINT, 0::FLOAT8, 0, 0::BIGINT, 0::FLOAT8; RETURN; END IF;
+          IF is_revoked THEN RETURN QUERY SELECT 'key_revoked'::TEXT, false, 0::FLOAT8, 0, 0::BIGINT, 0::FLOAT8, 0, 0::BIGINT, 0::FLOAT8; RETURN; END IF;
+          IF is_disabled THEN RETURN QUERY SELECT 'team_disabled'::TEXT, true, 0::FLOAT8, 0, 0::BIGINT, 0::FLOAT8, 0, 0::BIGINT, 0::FLOAT8; RETURN; END IF;
           PERFORM 1 FROM quota_subject WHERE subject IN (p_team, p_key) ORDER BY subject FOR UPDATE;
-          IF (SELECT count(*) FROM quota_subject WHERE subject IN (p_team, p_key)) < 2 THEN
+          GET DIAGNOSTICS locked = ROW_COUNT;
+          IF locked < 2 THEN
             -- A team's or key's first request: its counter row is made, then locked as always.
             INSERT INTO quota_subject (subject) SELECT x FROM unnest(ARRAY[p_team, p_key]) AS x ORDER BY x ON CONFLICT DO NOTHING;
             PERFORM 1 FROM quota_subject WHERE subject IN (p_team, p_key) ORDER BY subject FOR UPDATE;
           END IF;
           now_s := extract(epoch FROM clock_timestamp());
           sec := floor(now_s);
-          SELECT revoked_at IS NOT NULL INTO is_revoked FROM api_key WHERE prefix = p_key AND team_id = p_team;
-          IF NOT FOUND THEN RETURN QUERY SELECT 'key_unknown'::TEXT, false, 0::FLOAT8, 0, 0::BIGINT, 0::FLOAT8, 0, 0::BIGINT, 0::FLOAT8; RETURN; END IF;
-          IF is_revoked THEN RETURN QUERY SELECT 'key_revoked'::TEXT, false, 0::FLOAT8, 0, 0::BIGINT, 0::FLOAT8, 0, 0::BIGINT, 0::FLOAT8; RETURN; END IF;
-          SELECT disabled INTO is_disabled FROM team WHERE id = p_team;
-          IF NOT FOUND OR is_disabled THEN RETURN QUERY SELECT 'team_disabled'::TEXT, true, 0::FLOAT8, 0, 0::BIGINT, 0::FLOAT8, 0, 0::BIGINT, 0::FLOAT8; RETURN; END IF;
           SELECT * INTO t FROM corral_quota_check(p_team, now_s, p_tokens, t_rpm, t_tpm, t_parallel, t_day, t_month);
           SELECT * INTO k FROM corral_quota_check(p_key, now_s, p_tokens, k_rpm, k_tpm, k_parallel, k_day, k_month);
           IF t.o_refusal IS NOT NULL OR k.o_refusal IS NOT NULL THEN

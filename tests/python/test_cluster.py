@@ -85,6 +85,18 @@ def test_every_node_registers_and_shares_the_admin_token(cluster):
     assert httpx.get(nodes["c"].base + "/admin/cluster", headers={"authorization": "Bearer wrong"}).status_code == 401
 
 
+def test_an_alias_made_on_one_node_is_everyones_until_another_deletes_it(cluster):
+    # Before any team exists (open mode): Ollama's /api/copy and /api/delete are not for team keys.
+    pg, nodes = cluster
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    assert httpx.post(a.base + "/api/copy", json={"source": "chat", "destination": "team-chat"}).status_code == 200
+
+    def known_on_c():
+        return httpx.post(c.base + "/api/show", json={"model": "team-chat"}).status_code
+    wait_for(lambda: known_on_c() == 200, 2.5, "C to know A's alias")
+    assert httpx.request("DELETE", b.base + "/api/delete", json={"model": "team-chat"}).status_code == 200
+    wait_for(lambda: known_on_c() == 404, 2.5, "C to drop the alias B deleted")
+
 def test_a_key_made_on_one_node_works_on_all_and_revocation_applies_at_the_next_request(cluster):
     pg, nodes = cluster
     _, key = team_with_key(nodes, "shared-keys")
@@ -130,13 +142,6 @@ def test_profiles_default_model_and_pins_set_on_one_node_apply_on_the_others(clu
     assert httpx.post(a.base + "/admin/models/chat/pin", headers=h).status_code == 200
     wait_for(lambda: any(i["model"] == "chat" and i["pinned"] for i in httpx.get(b.base + "/admin/instances", headers=h).json()), 2.5,
              "B to pin what A pinned")
-    # An alias made with Ollama's /api/copy on A answers on C, and is gone from C when B deletes it.
-    assert httpx.post(a.base + "/api/copy", headers=h, json={"source": "chat", "destination": "team-chat"}).status_code == 200
-    def known_on_c():
-        return httpx.post(c.base + "/api/show", json={"model": "team-chat"}).status_code
-    wait_for(lambda: known_on_c() == 200, 2.5, "C to know A's alias")
-    assert httpx.request("DELETE", b.base + "/api/delete", headers=h, json={"model": "team-chat"}).status_code == 200
-    wait_for(lambda: known_on_c() == 404, 2.5, "C to drop the alias B deleted")
     # Back as they were, everywhere.
     assert httpx.post(c.base + "/admin/models/chat/unpin", headers=h).status_code == 200
     assert httpx.put(a.base + "/admin/default-model", headers=h, json={"model": None}).status_code == 200
