@@ -81,7 +81,7 @@ def test_every_node_registers_and_shares_the_admin_token(cluster):
         assert view["clustered"] is True and view["node"] == n.name
         assert {x["name"] for x in view["nodes"]} == {"a", "b", "c"}
         assert all(x["inRouting"] and x["heartbeatAgeSeconds"] < 3 for x in view["nodes"])
-        assert all("Host" in x["memory"] and x["version"] for x in view["nodes"])
+        assert all(x["memory"]["Host"]["budgetMiB"] > 0 and x["memory"]["Host"]["freeMiB"] > 0 and x["version"] for x in view["nodes"])
     assert httpx.get(nodes["c"].base + "/admin/cluster", headers={"authorization": "Bearer wrong"}).status_code == 401
 
 
@@ -185,6 +185,10 @@ def test_a_model_loaded_on_a_peer_is_served_there_without_loading_here(cluster):
     def has_solo(view):
         return {x["name"] for x in view["nodes"] if any(m["model"] == "solo" for m in x["models"])}
     wait_for(lambda: has_solo(cluster_view(nodes["a"], nodes)) == {"b"}, 5, "A to see solo loaded on B only")
+    b_entry = next(x for x in cluster_view(nodes["a"], nodes)["nodes"] if x["name"] == "b")
+    solo = next(m for m in b_entry["models"] if m["model"] == "solo")
+    assert solo["slots"] == 2 and solo["free"] == 2 and solo["queued"] == 0, solo
+    assert b_entry["memory"]["Host"]["usedMiB"] > 0, b_entry["memory"]
     time.sleep(1.2)  # A routes on its last heartbeat's reading of the registry
     r = chat(nodes["a"], key, model="solo")
     assert r.status_code == 200, r.text

@@ -171,8 +171,17 @@ public final class ClusterNode: Service, Sendable {
             let slots = catalog.resolve(i.model)?.parallel ?? 1
             models.append(["model": i.model, "slots": slots, "inFlight": i.inFlight, "queued": i.queued, "free": max(0, slots - i.inFlight)])
         }
-        let memory = HostMemory.read()
-        let detail: [String: Any] = ["models": models, "memory": ["Host": ["totalMiB": memory.totalMiB, "freeMiB": memory.availableMiB]]]
+        // Per device: the scheduler's budget and what is left of it for a new load; for the host
+        // also what the system reports as available now.
+        let host = HostMemory.read()
+        var memory: [String: [String: Int]] = [:]
+        for (device, room) in await scheduler.memoryRoom() {
+            memory[device] = ["budgetMiB": room.budgetMiB, "usedMiB": room.usedMiB, "freeMiB": max(0, room.budgetMiB - room.usedMiB)]
+        }
+        memory["Host", default: [:]]["totalMiB"] = host.totalMiB
+        memory["Host", default: [:]]["availableMiB"] = host.availableMiB
+        if memory["Host"]?["freeMiB"] == nil { memory["Host"]?["freeMiB"] = host.availableMiB }
+        let detail: [String: Any] = ["models": models, "memory": memory]
         let json = (try? JSONSerialization.data(withJSONObject: detail, options: [.sortedKeys])).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
         return NodeRecord(name: name, url: advertiseURL, version: version, state: isDraining ? "draining" : "serving", detail: json, started: started)
     }

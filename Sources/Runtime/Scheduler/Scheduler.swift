@@ -547,6 +547,23 @@ public actor Scheduler {
     /// Memory claimed by jobs, by owner (for /admin/instances and tests).
     public var claimedMemory: [String: [String: Int]] { memoryClaims }
 
+    /// Each device's budget and what loaded (and loading) models and job claims take of it, MiB:
+    /// the room a new load would find (a cluster node's heartbeat carries it).
+    public func memoryRoom() -> [String: (budgetMiB: Int, usedMiB: Int)] {
+        var used: [String: Int] = [:]
+        for slot in slots.values {
+            switch slot.phase {
+            case .unloaded: continue
+            case .loading where !slot.roomReserved: continue
+            default: for (d, m) in slot.projection { used[d, default: 0] += m }
+            }
+        }
+        for claim in memoryClaims.values { for (d, m) in claim { used[d, default: 0] += m } }
+        var out: [String: (Int, Int)] = [:]
+        for (device, budget) in limits.memoryBudgetMiB { out[device] = (budget, used[device] ?? 0) }
+        return out
+    }
+
     /// Evicts LRU idle unpinned models until `id` fits by count and by memory on every device
     /// (memory claimed by jobs counts as used); waits for busy models to go idle when nothing
     /// can be evicted yet. For a claim (`claim`), the model count does not apply and `wait`

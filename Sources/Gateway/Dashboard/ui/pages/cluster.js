@@ -15,7 +15,7 @@ function modelsOf(n) {
 }
 
 function memoryOf(n) {
-  return Object.entries(n.memory ?? {}).map(([device, m]) => `${device} ${fmt.int(m.freeMiB)} / ${fmt.int(m.totalMiB)} MiB free`).join('; ') || '—';
+  return Object.entries(n.memory ?? {}).map(([device, m]) => `${device} ${fmt.int(m.freeMiB)} / ${fmt.int(m.budgetMiB ?? m.totalMiB)} MiB free`).join('; ') || '—';
 }
 
 export async function cluster(root, _args, signal) {
