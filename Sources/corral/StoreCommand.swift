@@ -60,9 +60,9 @@ struct StoreCommand: AsyncParsableCommand {
 
         func run() async throws {
             let cfg = CorralConfig()
-            let (source, stopSource) = try await StoreCommand.accounts(try StoreCommand.location(from, cfg: cfg), passwordEnv: passwordEnv)
+            let (source, stopSource) = try await StoreCommand.accounts(try StoreCommand.location(from, cfg: cfg), passwordEnv: passwordEnv, mustExist: true)
             defer { stopSource() }
-            let (target, stopTarget) = try await StoreCommand.accounts(try StoreCommand.location(to, cfg: cfg), passwordEnv: passwordEnv)
+            let (target, stopTarget) = try await StoreCommand.accounts(try StoreCommand.location(to, cfg: cfg), passwordEnv: passwordEnv, mustExist: false)
             defer { stopTarget() }
             var copied: [String: Int] = [:]
             if let hash = try await source.adminTokenHash() {
@@ -77,8 +77,9 @@ struct StoreCommand: AsyncParsableCommand {
             }
             copied["teams"] = teams
             let teamIDs = Set(try await target.teams().map(\.id))
+            let existingKeys = Set(try await target.keys().map(\.prefix))
             var keys = 0
-            for key in try await source.keys() where teamIDs.contains(key.teamID) {
+            for key in try await source.keys() where teamIDs.contains(key.teamID) && !existingKeys.contains(key.prefix) {
                 try await target.save(key)
                 keys += 1
             }
@@ -104,10 +105,12 @@ struct StoreCommand: AsyncParsableCommand {
         do { return try StoreLocation.parse(url, defaultSQLitePath: cfg.dataDirectory + "/corral.sqlite") } catch { throw ValidationError("\(error)") }
     }
 
-    static func accounts(_ location: StoreLocation, passwordEnv: String?) async throws -> (any AccountStore, @Sendable () -> Void) {
+    /// A store's accounts; `mustExist`: a SQLite file that is not there is an error (a source),
+    /// not a new empty database.
+    static func accounts(_ location: StoreLocation, passwordEnv: String?, mustExist: Bool) async throws -> (any AccountStore, @Sendable () -> Void) {
         switch location {
         case .sqlite(let path):
-            guard FileManager.default.fileExists(atPath: path) || path.hasSuffix(".sqlite") else { throw ValidationError("no SQLite file at \(path)") }
+            guard !mustExist || FileManager.default.fileExists(atPath: path) else { throw ValidationError("no SQLite file at \(path)") }
             return (try Store.open(path: path), {})
         case .postgres(let pg):
             let (store, client) = try await OpenedStores.openPostgres(pg, passwordEnv: passwordEnv, logger: logger, migrate: true)

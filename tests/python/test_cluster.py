@@ -277,7 +277,7 @@ def test_postgres_restarted_under_load_fails_cleanly_and_recovers(cluster):
     pg, nodes = cluster
     _, key = team_with_key(nodes, "restart", tokensPerMinute=1_000_000)
     statuses: list[tuple[int, str | None, str | None]] = []
-    stop = time.time() + 8
+    stop = time.time() + 10
 
     def traffic(node):
         while time.time() < stop:
@@ -291,9 +291,9 @@ def test_postgres_restarted_under_load_fails_cleanly_and_recovers(cluster):
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
         running = [pool.submit(traffic, nodes[n]) for n in ("a", "b", "c")]
         time.sleep(1.5)
-        # Down for two seconds, then up again (a restart with a real outage).
+        # Down for four seconds (twice the admission deadline), then up again.
         pg.stop("fast")
-        time.sleep(2)
+        time.sleep(4)
         pg.start()
         for f in running:
             f.result()

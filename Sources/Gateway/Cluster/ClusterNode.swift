@@ -26,8 +26,9 @@ public struct Peer: Sendable {
 public final class ClusterNode: Service, Sendable {
     public let name: String
     public let advertiseURL: String
-    /// The shared secret peers present to each other (`cluster.secretEnv`).
+    /// The shared secret peers present to each other (`cluster.secretEnv`), and its SHA-256.
     let secret: String
+    let secretHash: String
     let registry: any NodeRegistryStore
     let scheduler: Scheduler
     let access: AccessControl?
@@ -91,6 +92,7 @@ public final class ClusterNode: Service, Sendable {
         self.name = name
         self.advertiseURL = advertiseURL.hasSuffix("/") ? String(advertiseURL.dropLast()) : advertiseURL
         self.secret = secret
+        self.secretHash = Secrets.sha256(secret)
         self.registry = registry
         self.scheduler = scheduler
         self.access = access
@@ -108,7 +110,7 @@ public final class ClusterNode: Service, Sendable {
     /// Whether `presented` is the cluster secret (constant time).
     public func trusts(_ presented: String?) -> Bool {
         guard let presented, !secret.isEmpty else { return false }
-        return Secrets.constantTimeEqual(Secrets.sha256(presented), Secrets.sha256(secret))
+        return Secrets.constantTimeEqual(Secrets.sha256(presented), secretHash)
     }
 
     public var secretValue: String { secret }
@@ -248,11 +250,9 @@ public final class ClusterNode: Service, Sendable {
             group.addTask {
                 // Change notices: reload at once; reconnect after a pause when the connection drops.
                 while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                    do {
-                        try await self.listen { await self.reloadAccounts(reason: "notice") }
-                    } catch {
-                        try? await Task.sleep(for: .seconds(1))
-                    }
+                    // Ended or failed alike: the heartbeat's version check covers the gap.
+                    try? await self.listen { await self.reloadAccounts(reason: "notice") }
+                    try? await Task.sleep(for: .seconds(1))
                 }
             }
             group.addTask {

@@ -329,10 +329,6 @@ public struct Relay: Sendable {
                 if let peer = lease.peer.flatMap({ _ in Self.ipEndpoint(lease.baseURL) }) {
                     // A cluster peer at an IP address: the same lean client as for llama-servers.
                     response = try await local.execute(host: peer.host, port: peer.port, method: method, path: upstreamPath, headers: upstreamHeaders, body: body)
-                    if response.headers.first(name: ClusterNode.declinedHeader) != nil {
-                        _ = try? await response.body.collect(upTo: 1 << 16)
-                        throw PeerDeclined()
-                    }
                 } else if !lease.isRemote, let port = lease.localPort {
                     // Silence is bounded by the client's read timeout (scheduler.readTimeout); a
                     // kept-alive connection found closed is replaced inside the client.
@@ -345,12 +341,12 @@ public struct Relay: Sendable {
                     // This deadline only caps a request's whole life. AHC's own logging (debug and
                     // trace only) is left off: failures are logged below.
                     response = try await client.execute(upstream, timeout: .hours(24))
-                    if lease.peer != nil, response.headers.first(name: ClusterNode.declinedHeader) != nil {
-                        // The peer no longer has the model loaded (this node's view of it was a
-                        // heartbeat old): it declined before doing anything; serve here.
-                        _ = try? await response.body.collect(upTo: 1 << 16)
-                        throw PeerDeclined()
-                    }
+                }
+                if lease.peer != nil, response.headers.first(name: ClusterNode.declinedHeader) != nil {
+                    // The peer no longer has the model loaded (this node's view of it was a
+                    // heartbeat old): it declined before doing anything; serve here.
+                    _ = try? await response.body.collect(upTo: 1 << 16)
+                    throw PeerDeclined()
                 }
                 return UpstreamExchange(
                     requestID: requestID, route: route, lease: lease, holder: holder, started: started, response: response, caller: caller,
