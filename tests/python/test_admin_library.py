@@ -355,13 +355,14 @@ def test_a_sampling_session_with_a_quality_objective_from_an_evaluation_picks_an
     trials = {(t["candidate"]["sampling"]["temperature"], t["candidate"]["sampling"]["top_k"]): t for t in session["trials"]}
     assert all(t["qualityDetail"].endswith("of 5 items passed") for t in trials.values())
     # Greedy in all but the hot, wide one: those give the reference answers (a trial's own
-    # llama-server may break a near-tie of this random model differently from the serving one, so
-    # not necessarily all of them); the hot, wide one scores below them.
-    greedy = trials[(0.0, 1)]["quality"]
-    assert greedy >= 0.6 and trials[(1.9, 1)]["quality"] == greedy and trials[(0.0, 200)]["quality"] == greedy
-    assert trials[(1.9, 200)]["quality"] < greedy
+    # llama-server may break a near-tie of this random model differently from the serving one —
+    # and from one greedy trial to the next, as its prompt cache differs — so not necessarily all
+    # of them, nor the same ones); the hot, wide one scores below every greedy one.
+    greedy = [trials[k]["quality"] for k in ((0.0, 1), (1.9, 1), (0.0, 200))]
+    assert min(greedy) >= 0.6, greedy
+    assert trials[(1.9, 200)]["quality"] < min(greedy)
     best = session["trials"][session["best"]]
-    assert best["quality"] == greedy and best["score"] == max(t["score"] for t in trials.values())
+    assert best["quality"] == max(greedy) and best["score"] == max(t["score"] for t in trials.values())
     # Applied, the winner's sampling answers the next request named with its profile.
     applied = admin_post(corral, f"/admin/tuning/{session['id']}/apply", {"profile": "greedy-chat"})
     assert applied["sampling"] == best["candidate"]["sampling"]
