@@ -51,8 +51,11 @@ public final class SharedQuota: Sendable {
     func settle(_ id: String, tokens: Int) {
         let start = queue.withLock { q in
             q.waiting.append(QuotaSettlement(reservation: id, tokens: tokens))
-            defer { q.flushing = true }
-            return !q.flushing && !q.failing
+            // While the store fails, the heartbeat's renew() retries; while a flush runs, it
+            // takes this one too.
+            guard !q.flushing && !q.failing else { return false }
+            q.flushing = true
+            return true
         }
         if start { Task { await flush(after: settleWindow) } }
     }

@@ -309,6 +309,11 @@ def test_postgres_restarted_under_load_fails_cleanly_and_recovers(cluster):
     answered = [rid for s, _, rid in statuses if s == 200]
     ids = ",".join(f"'{r}'" for r in answered)
     wait_for(lambda: pg.query(f"SELECT COUNT(*) FROM usage WHERE request_id IN ({ids})") == str(len(answered)), 10, "every answered row")
+    # And every reservation settled: the settlements that waited for the store were written.
+    team = httpx.get(nodes["a"].base + "/admin/teams/restart", headers=admin(nodes)).json()["id"]
+    wait_for(lambda: httpx.get(nodes["b"].base + f"/admin/teams/{team}", headers=admin(nodes)).json()["usage"]["inFlight"] == 0, 10,
+             "no reservation left in flight")
+    assert pg.query("SELECT COUNT(*) FROM quota_lease WHERE state = 'live'") == "0"
 
 
 def test_kill_minus_9_of_a_node_releases_its_reservations_and_loses_no_row(cluster):
