@@ -124,11 +124,19 @@ struct ServeCommand: AsyncParsableCommand {
                 logger.error("the saved default model cannot be read; using routes.json's until it is set again (corral default-model)")
             }
         }
-        for (alias, target) in (try? await stores.libraryState.modelAliases()) ?? [:] {
+        let aliases: [String: String]
+        do { aliases = try await stores.libraryState.modelAliases() } catch {
+            FileHandle.standardError.write(Data("corral: the aliases made with /api/copy cannot be read from the store: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        for (alias, target) in aliases {
             do { _ = try await scheduler.addRuntimeAlias(alias, for: target) } catch {
-                logger.warning("dropping alias whose model is gone", metadata: ["alias": "\(alias)", "target": "\(target)"])
                 // A cluster's alias may name a model another node has; only a node's own is dropped.
-                if stores.shared == nil { try? await store.deleteModelAlias(alias) }
+                guard stores.shared == nil else { continue }
+                logger.warning("dropping alias whose model is gone", metadata: ["alias": "\(alias)", "target": "\(target)"])
+                do { try await store.deleteModelAlias(alias) } catch {
+                    logger.error("the alias whose model is gone could not be deleted from the store", metadata: ["alias": "\(alias)", "error": "\(error)"])
+                }
             }
         }
         var known: [FileIdentity: String] = [:]

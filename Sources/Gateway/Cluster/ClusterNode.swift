@@ -270,7 +270,10 @@ public final class ClusterNode: Service, Sendable {
         // The HTTP server has finished its in-flight requests by now (it stops first): leave.
         startDraining()
         await quota?.writePending()
-        try? await quota?.renew()
+        do { try await quota?.renew() } catch {
+            logger.error("settlements could not be written before leaving; the reservations are released when their lease ends",
+                         metadata: ["pending": "\(quota?.pendingSettlements ?? 0)", "error": "\(error)"])
+        }
         do { try await registry.removeNode(name) } catch {
             logger.warning("could not leave the registry; peers drop this node when its heartbeat is stale", metadata: ["error": "\(error)"])
         }

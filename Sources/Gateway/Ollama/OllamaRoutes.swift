@@ -573,14 +573,20 @@ struct OllamaRoutes: Sendable {
             if case .unknownModel = error { throw OllamaError.modelNotFound(source) }
             throw OllamaError(.conflict, error.description)
         }
-        try? await store?.saveModelAlias(ModelCatalog.normalize(destination), target: target)
+        do { try await store?.saveModelAlias(ModelCatalog.normalize(destination), target: target) } catch {
+            // Not kept means not made: the alias would vanish at the next start (or on other nodes).
+            _ = await scheduler.removeRuntimeAlias(destination)
+            throw OllamaError(.internalServerError, "the alias could not be saved: \(error)")
+        }
         return Response(status: .ok)
     }
 
     func delete(_ body: [String: Any]) async throws -> Response {
         let name = try Self.modelName(body)
         if await scheduler.removeRuntimeAlias(name) {
-            try? await store?.deleteModelAlias(ModelCatalog.normalize(name))
+            do { try await store?.deleteModelAlias(ModelCatalog.normalize(name)) } catch {
+                throw OllamaError(.internalServerError, "the alias is gone until the next start, but could not be deleted from the store: \(error)")
+            }
             return Response(status: .ok)
         }
         let spec = try await resolve(name)
