@@ -20,8 +20,6 @@ public final class SharedQuota: Sendable {
     public let deadline: Duration
     /// How long a settlement may wait to be written with others.
     public let settleWindow: Duration
-    /// The cluster-wide use of a subject (admin views).
-    let readUse: @Sendable (String) async throws -> (day: Int, month: Int, inFlight: Int)
 
     struct Queue {
         var waiting: [QuotaSettlement] = []
@@ -30,14 +28,12 @@ public final class SharedQuota: Sendable {
     }
     private let queue = Mutex(Queue())
 
-    public init(store: any SharedQuotaStore, node: String, lease: Double = 15, deadline: Duration = .seconds(2), settleWindow: Duration = .milliseconds(5),
-                use: @escaping @Sendable (String) async throws -> (day: Int, month: Int, inFlight: Int)) {
+    public init(store: any SharedQuotaStore, node: String, lease: Double = 15, deadline: Duration = .seconds(2), settleWindow: Duration = .milliseconds(5)) {
         self.store = store
         self.node = node
         self.lease = lease
         self.deadline = deadline
         self.settleWindow = settleWindow
-        self.readUse = use
     }
 
     /// Runs `operation` against the store, giving up after ``deadline``. A reservation the
@@ -89,7 +85,8 @@ public final class SharedQuota: Sendable {
     /// Writes every queued settlement now (a node leaving).
     public func writePending() async { await flush() }
 
-    func use(subject: String) async throws -> (day: Int, month: Int, inFlight: Int) { try await readUse(subject) }
+    /// The cluster-wide use of a subject (admin views).
+    func use(subject: String) async throws -> (day: Int, month: Int, inFlight: Int) { try await store.quotaUse(subject: subject) }
 
     /// Settlements not yet written.
     public var pendingSettlements: Int { queue.withLock { $0.waiting.count } }

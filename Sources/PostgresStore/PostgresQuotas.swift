@@ -67,8 +67,6 @@ extension PostgresStore: SharedQuotaStore {
         return n
     }
 
-    /// Tokens used today and this month (live reservations included) and requests in flight of a
-    /// subject across the cluster, for the admin view.
     public func quotaUse(subject: String) async throws -> (day: Int, month: Int, inFlight: Int) {
         let rows = try await client.query("""
             WITH per AS (SELECT * FROM corral_quota_periods(EXTRACT(EPOCH FROM clock_timestamp())::FLOAT8))

@@ -81,6 +81,10 @@ public protocol SharedQuotaStore: Sendable {
     /// heartbeat is older than `staleAfter` seconds and whose own row may never come (kill -9,
     /// power loss); a row the node did write is kept. Returns the rows written.
     func recoverLostRequests(staleAfter: Double) async throws -> Int
+
+    /// Tokens used today and this month (live reservations included) and requests in flight of a
+    /// subject across the cluster.
+    func quotaUse(subject: String) async throws -> (day: Int, month: Int, inFlight: Int)
 }
 
 /// A reservation and the tokens its request really used.

@@ -75,7 +75,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let store = stores.local
         let shared: SharedQuota? = stores.shared.map { pg in
-            SharedQuota(store: pg, node: cfg.cluster!.nodeName, use: { try await pg.quotaUse(subject: $0) })
+            SharedQuota(store: pg, node: cfg.cluster!.nodeName)
         }
         let access = AccessControl(store: stores.accounts, openWithoutTeams: cfg.listensOnLoopbackOnly || cfg.allowOpen || allowOpen, shared: shared)
         try await access.load()

@@ -161,7 +161,7 @@ struct StoreBenchCommand: AsyncParsableCommand {
         case .postgres(let pg):
             let (store, client) = try await OpenedStores.openPostgres(pg, passwordEnv: passwordEnv, logger: StoreCommand.logger, migrate: true)
             accounts = store
-            shared = SharedQuota(store: store, node: "bench-\(getpid())", use: { try await store.quotaUse(subject: $0) })
+            shared = SharedQuota(store: store, node: "bench-\(getpid())")
             stop = { client.cancel() }
         }
         defer { stop() }
