@@ -199,6 +199,13 @@ def test_a_model_loaded_on_a_peer_is_served_there_without_loading_here(cluster):
     row = wait_for(lambda: pg.query(f"SELECT node, status, completion_tokens FROM usage WHERE request_id = '{request_id}'"), 5, "the ledger row")
     assert row == "b|200|4", row
     assert pg.query(f"SELECT COUNT(*) FROM usage WHERE request_id = '{request_id}'") == "1"
+    # The openai SDK sees a relayed answer as any other (non-streamed and streamed).
+    from openai import OpenAI
+    client = OpenAI(base_url=nodes["a"].base + "/v1", api_key=key, max_retries=0)
+    done = client.chat.completions.create(model="solo", messages=CHAT["messages"], max_tokens=3)
+    assert done.model == "solo" and done.usage.completion_tokens == 3 and done.choices[0].message.content
+    streamed = list(client.chat.completions.create(model="solo", messages=CHAT["messages"], max_tokens=3, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
     # Streams are relayed too, events as they come.
     with httpx.stream("POST", nodes["a"].base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
                       json={"model": "solo", **CHAT, "max_tokens": 4, "stream": True}, timeout=60) as s:
