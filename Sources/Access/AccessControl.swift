@@ -443,9 +443,7 @@ public final class AccessControl: Sendable {
         }
         let decision: QuotaDecision
         do {
-            decision = try await shared.withinDeadline(reservation: request.id) { store in
-                try await store.admit(request, tokens: tokens, team: teamPolicy.quotaLimits, key: keyPolicy.quotaLimits, node: shared.node, lease: shared.lease)
-            }
+            decision = try await shared.admit(QuotaAdmission(request: request, tokens: tokens, team: teamPolicy.quotaLimits, key: keyPolicy.quotaLimits))
         } catch {
             throw .unavailable("the shared store cannot be reached to admit this request: \(error)")
         }

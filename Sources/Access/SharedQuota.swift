@@ -9,6 +9,11 @@ import Synchronization
 /// instead of one transaction per request: a reservation is never smaller than what its request
 /// used, so holding it a few milliseconds longer can only refuse, never overshoot. A batch the
 /// store cannot take (PostgreSQL restarting) stays queued and is written when it can.
+///
+/// Admissions are batched too, without a wait: the first goes at once, those that arrive while
+/// it is out go together in the next call, which admits them one by one in one transaction. The
+/// checks are the same as one at a time, so the limits stay exact; a team's admissions, which
+/// serialise on its counter row, cost one lock and one commit per batch instead of one each.
 public final class SharedQuota: Sendable {
     let store: any SharedQuotaStore
     /// This node's name (reservations carry it, so their leases can be renewed and expire with it).
@@ -28,19 +33,81 @@ public final class SharedQuota: Sendable {
     }
     private let queue = Mutex(Queue())
 
-    public init(store: any SharedQuotaStore, node: String, lease: Double = 15, deadline: Duration = .seconds(2), settleWindow: Duration = .milliseconds(5)) {
+    /// Admissions waiting for a batch, and how many batches are out.
+    struct Admissions {
+        var waiting: [(QuotaAdmission, CheckedContinuation<QuotaDecision, any Error>)] = []
+        var running = 0
+    }
+    private let admissions = Mutex(Admissions())
+    /// Batches out at once. One (group commit) measured best: batches serialise in the store on
+    /// a team's counter row anyway, and one batch out lets the next grow (`make bench-cluster`:
+    /// 8,200 admissions/s with one, 6,400 with two, 7,900 with four, at 64 callers).
+    let maxAdmissionBatches: Int
+    static let largestAdmissionBatch = 256
+
+    public init(store: any SharedQuotaStore, node: String, lease: Double = 15, deadline: Duration = .seconds(2), settleWindow: Duration = .milliseconds(5),
+                maxAdmissionBatches: Int = 1) {
         self.store = store
+        self.maxAdmissionBatches = max(1, maxAdmissionBatches)
         self.node = node
         self.lease = lease
         self.deadline = deadline
         self.settleWindow = settleWindow
     }
 
-    /// Runs `operation` against the store, giving up after ``deadline``. A reservation the
+    /// Admits through the store's batches, giving up after ``deadline``. A reservation the
     /// store records after that is settled at zero tokens, so it holds nothing.
-    func withinDeadline<T: Sendable>(reservation: String, _ operation: @escaping @Sendable (any SharedQuotaStore) async throws -> T) async throws -> T {
-        let store = self.store
-        return try await withDeadline(deadline, { try await operation(store) }, abandoned: { [self] _ in settle(reservation, tokens: 0) })
+    func admit(_ admission: QuotaAdmission) async throws -> QuotaDecision {
+        try await withDeadline(deadline, { [self] in try await queuedAdmission(admission) }, abandoned: { [self] _ in
+            settle(admission.request.id, tokens: 0)
+        })
+    }
+
+    /// Waits for `admission`'s turn in a batch. Cancelled (the deadline passed) while still
+    /// queued, it leaves the queue without reaching the store.
+    private func queuedAdmission(_ admission: QuotaAdmission) async throws -> QuotaDecision {
+        let id = admission.request.id
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<QuotaDecision, any Error>) in
+                let start = admissions.withLock { q in
+                    q.waiting.append((admission, continuation))
+                    guard q.running < maxAdmissionBatches else { return false }
+                    q.running += 1
+                    return true
+                }
+                if start { Task { await admitQueued() } }
+            }
+        } onCancel: {
+            let dropped = admissions.withLock { q -> CheckedContinuation<QuotaDecision, any Error>? in
+                guard let i = q.waiting.firstIndex(where: { $0.0.request.id == id }) else { return nil }
+                return q.waiting.remove(at: i).1
+            }
+            dropped?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Sends what is queued as one batch, then the next, until the queue is empty: admissions
+    /// that arrive while a batch is out go together in the next (group commit).
+    private func admitQueued() async {
+        while true {
+            let batch = admissions.withLock { q in
+                let n = min(q.waiting.count, Self.largestAdmissionBatch)
+                defer { q.waiting.removeFirst(n) }
+                if n == 0 { q.running -= 1 }
+                return Array(q.waiting.prefix(n))
+            }
+            guard !batch.isEmpty else { return }
+            let store = self.store, node = self.node, lease = self.lease
+            let admissions = batch.map(\.0)
+            do {
+                let decisions = try await withDeadline(deadline, { try await store.admit(admissions, node: node, lease: lease) }, abandoned: { [self] decisions in
+                    for (admission, decision) in zip(admissions, decisions) where decision.refusal == nil { settle(admission.request.id, tokens: 0) }
+                })
+                for ((_, continuation), decision) in zip(batch, decisions) { continuation.resume(returning: decision) }
+            } catch {
+                for (_, continuation) in batch { continuation.resume(throwing: error) }
+            }
+        }
     }
 
     /// Queues a settlement; a flush is started unless one is under way (it takes this one too).

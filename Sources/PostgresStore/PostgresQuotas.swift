@@ -9,30 +9,28 @@ struct NoRow: Error, CustomStringConvertible {
 }
 
 extension PostgresStore: SharedQuotaStore {
-    public func admit(_ request: QuotaRequest, tokens: Int, team: QuotaLimits, key: QuotaLimits, node: String, lease: Double) async throws -> QuotaDecision {
-        let rows = try await client.query("""
-            SELECT * FROM corral_quota_admit(\(request.id), \(request.team), \(request.key), \(node), \(request.model), \(request.route),
-              \(tokens)::INT, \(lease)::FLOAT8,
-              \(team.requestsPerMinute)::INT, \(team.tokensPerMinute)::INT, \(team.maxParallel)::INT, \(team.tokensPerDay)::BIGINT, \(team.tokensPerMonth)::BIGINT,
-              \(key.requestsPerMinute)::INT, \(key.tokensPerMinute)::INT, \(key.maxParallel)::INT, \(key.tokensPerDay)::BIGINT, \(key.tokensPerMonth)::BIGINT)
-            """, logger: logger)
-        for try await (refusal, refusedTeam, retry, tRequests, tTokens, tReset, kRequests, kTokens, kReset) in rows.decode(
-            (String?, Bool, Double, Int, Int, Double, Int, Int, Double).self)
+    public func admit(_ batch: [QuotaAdmission], node: String, lease: Double) async throws -> [QuotaDecision] {
+        guard !batch.isEmpty else { return [] }
+        let json = String(decoding: try JSONEncoder().encode(batch.map(AdmissionJSON.init)), as: UTF8.self)
+        let rows = try await client.query("SELECT * FROM corral_quota_admit_many(\(json)::JSONB, \(node), \(lease)::FLOAT8)", logger: logger)
+        var decisions = [QuotaDecision?](repeating: nil, count: batch.count)
+        for try await (index, refusal, refusedTeam, retry, tRequests, tTokens, tReset, kRequests, kTokens, kReset) in rows.decode(
+            (Int, String?, Bool, Double, Int, Int, Double, Int, Int, Double).self)
         {
-            return QuotaDecision(
+            guard decisions.indices.contains(index) else { continue }
+            decisions[index] = QuotaDecision(
                 refusal: refusal.map { QuotaRefusal(rawValue: $0) ?? .keyUnknown }, refusedTeam: refusedTeam, retryAfter: retry,
                 team: QuotaMinute(requests: tRequests, tokens: tTokens, resetSeconds: tReset),
                 key: QuotaMinute(requests: kRequests, tokens: kTokens, resetSeconds: kReset))
         }
-        throw NoRow(function: "corral_quota_admit")
+        return try decisions.map { decision in
+            guard let decision else { throw NoRow(function: "corral_quota_admit_many") }
+            return decision
+        }
     }
 
     public func settle(_ settlements: [QuotaSettlement]) async throws {
         guard !settlements.isEmpty else { return }
-        if settlements.count == 1 {
-            try await client.query("SELECT corral_quota_settle(\(settlements[0].reservation), \(settlements[0].tokens)::INT)", logger: logger)
-            return
-        }
         try await client.query(
             "SELECT corral_quota_settle_many(\(settlements.map(\.reservation))::TEXT[], \(settlements.map(\.tokens))::INT[])", logger: logger)
     }
@@ -80,6 +78,20 @@ extension PostgresStore: SharedQuotaStore {
             return (day + reserved, month + reserved, inFlight)
         }
         return (0, 0, 0)
+    }
+}
+
+/// One admission as `corral_quota_admit_many` reads it (a missing limit is none).
+private struct AdmissionJSON: Encodable {
+    var id, team, key, model, route: String
+    var tokens: Int
+    var t_rpm, t_tpm, t_parallel, t_day, t_month: Int?
+    var k_rpm, k_tpm, k_parallel, k_day, k_month: Int?
+
+    init(_ a: QuotaAdmission) {
+        (id, team, key, model, route, tokens) = (a.request.id, a.request.team, a.request.key, a.request.model, a.request.route, a.tokens)
+        (t_rpm, t_tpm, t_parallel, t_day, t_month) = (a.team.requestsPerMinute, a.team.tokensPerMinute, a.team.maxParallel, a.team.tokensPerDay, a.team.tokensPerMonth)
+        (k_rpm, k_tpm, k_parallel, k_day, k_month) = (a.key.requestsPerMinute, a.key.tokensPerMinute, a.key.maxParallel, a.key.tokensPerDay, a.key.tokensPerMonth)
     }
 }
 

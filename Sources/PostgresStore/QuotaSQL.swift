@@ -129,6 +129,147 @@ enum QuotaSQL {
         END $$
         """
 
+    /// One subject's verdict from its counters (the checks in the order a single node makes
+    /// them: parallel, requests per minute, tokens per minute, day, month); nil when it passes.
+    /// `p_day_used` and `p_month_used` include the tokens reserved and not yet settled.
+    static let verdict = """
+        CREATE FUNCTION corral_quota_verdict(p_in_flight BIGINT, p_requests BIGINT, p_tokens BIGINT, p_day_used BIGINT, p_month_used BIGINT, p_need INT,
+          p_rpm INT, p_tpm INT, p_parallel INT, p_day BIGINT, p_month BIGINT) RETURNS TEXT LANGUAGE sql IMMUTABLE AS $$
+          SELECT CASE
+            WHEN p_parallel IS NOT NULL AND p_in_flight >= p_parallel THEN 'max_parallel'
+            WHEN p_rpm IS NOT NULL AND p_requests >= p_rpm THEN 'requests_per_minute'
+            WHEN p_tpm IS NOT NULL AND p_tokens + p_need > p_tpm THEN 'tokens_per_minute'
+            WHEN p_day IS NOT NULL AND p_day_used + p_need > p_day THEN 'tokens_per_day'
+            WHEN p_month IS NOT NULL AND p_month_used + p_need > p_month THEN 'tokens_per_month'
+          END $$
+        """
+
+    /// Seconds until a refused subject can pass: for a minute limit, when enough of its oldest
+    /// seconds have left the window (what the current batch added counts in the current second).
+    static let retryAfter = """
+        CREATE FUNCTION corral_quota_retry(p_subject TEXT, p_refusal TEXT, p_now DOUBLE PRECISION, p_total BIGINT, p_need BIGINT, p_limit BIGINT,
+          p_month_end DOUBLE PRECISION) RETURNS DOUBLE PRECISION LANGUAGE plpgsql STABLE AS $$
+        DECLARE
+          v_sec BIGINT := floor(p_now); v_freed BIGINT := 0; b RECORD;
+        BEGIN
+          IF p_refusal = 'max_parallel' THEN RETURN 1; END IF;
+          IF p_refusal = 'tokens_per_day' THEN RETURN 86400 - (p_now - floor(p_now / 86400) * 86400); END IF;
+          IF p_refusal = 'tokens_per_month' THEN RETURN p_month_end - p_now; END IF;
+          FOR b IN SELECT q.second, CASE WHEN p_refusal = 'requests_per_minute' THEN q.requests ELSE q.tokens END AS amount
+              FROM quota_bucket q WHERE q.subject = p_subject AND q.second > v_sec - 60 ORDER BY q.second LOOP
+            v_freed := v_freed + b.amount;
+            IF p_total - v_freed + p_need <= p_limit THEN RETURN b.second + 60 - p_now; END IF;
+          END LOOP;
+          RETURN CASE WHEN p_need <= p_limit THEN v_sec + 60 - p_now ELSE 60 END;
+        END $$
+        """
+
+    /// Many admissions in one transaction, in order, with the same checks as one at a time (so
+    /// the limits stay exact): every subject of the batch locked first in one sorted statement
+    /// (batches from different nodes never wait on each other in a cycle), their counters read
+    /// once, each admission checked against them and counted in them, and the sums written once
+    /// at the end with one lease per admitted request. One round trip, one lock and one commit
+    /// for all the admissions that queued while the previous batch was out.
+    static let admitMany = """
+        CREATE FUNCTION corral_quota_admit_many(p_batch JSONB, p_node TEXT, p_lease DOUBLE PRECISION)
+        RETURNS TABLE (o_index INT, o_refusal TEXT, o_refused_team BOOLEAN, o_retry DOUBLE PRECISION, o_team_requests INT, o_team_tokens BIGINT,
+          o_team_reset DOUBLE PRECISION, o_key_requests INT, o_key_tokens BIGINT, o_key_reset DOUBLE PRECISION)
+        LANGUAGE plpgsql AS $$
+        DECLARE
+          v_now DOUBLE PRECISION; v_sec BIGINT; per RECORD; subjects TEXT[]; n INT;
+          v_in_flight BIGINT[]; v_reserved BIGINT[]; v_requests BIGINT[]; v_tokens BIGINT[]; v_oldest BIGINT[]; v_day BIGINT[]; v_month BIGINT[];
+          v_added BIGINT[];
+          e RECORD; t INT; k INT; t_refusal TEXT; k_refusal TEXT; t_reset DOUBLE PRECISION; k_reset DOUBLE PRECISION;
+          l_id TEXT[] := '{}'; l_team TEXT[] := '{}'; l_key TEXT[] := '{}'; l_model TEXT[] := '{}'; l_route TEXT[] := '{}'; l_tokens INT[] := '{}';
+        BEGIN
+          SELECT array_agg(x ORDER BY x) INTO subjects FROM (
+            SELECT b->>'team' AS x FROM jsonb_array_elements(p_batch) b UNION SELECT b->>'key' FROM jsonb_array_elements(p_batch) b) u;
+          INSERT INTO quota_subject (subject) SELECT x FROM unnest(subjects) x
+            WHERE NOT EXISTS (SELECT 1 FROM quota_subject q WHERE q.subject = x) ORDER BY x ON CONFLICT DO NOTHING;
+          PERFORM 1 FROM quota_subject q WHERE q.subject = ANY(subjects) ORDER BY q.subject FOR UPDATE;
+          v_now := extract(epoch FROM clock_timestamp());
+          v_sec := floor(v_now);
+          SELECT * INTO per FROM corral_quota_periods(v_now);
+          n := array_length(subjects, 1);
+          -- Each subject's counters, once, in the order of `subjects`.
+          SELECT array_agg(coalesce(q.in_flight, 0)::BIGINT ORDER BY u.ord), array_agg(coalesce(q.reserved, 0) ORDER BY u.ord),
+                 array_agg(coalesce(m.r, 0)::BIGINT ORDER BY u.ord), array_agg(coalesce(m.t, 0)::BIGINT ORDER BY u.ord), array_agg(m.o ORDER BY u.ord),
+                 array_agg(coalesce(d.used, 0) ORDER BY u.ord), array_agg(coalesce(mo.used, 0) ORDER BY u.ord)
+            INTO v_in_flight, v_reserved, v_requests, v_tokens, v_oldest, v_day, v_month
+            FROM unnest(subjects) WITH ORDINALITY u(subject, ord)
+            LEFT JOIN quota_subject q ON q.subject = u.subject
+            LEFT JOIN (SELECT b.subject, sum(b.requests) AS r, sum(b.tokens) AS t, min(b.second) AS o FROM quota_bucket b
+                       WHERE b.subject = ANY(subjects) AND b.second > v_sec - 60 GROUP BY b.subject) m ON m.subject = u.subject
+            LEFT JOIN quota_usage d ON d.subject = u.subject AND d.period = per.o_day
+            LEFT JOIN quota_usage mo ON mo.subject = u.subject AND mo.period = per.o_month;
+          v_added := array_fill(0::BIGINT, ARRAY[n]);
+          FOR e IN SELECT (b.ord - 1)::INT AS idx, b.x->>'id' AS id, b.x->>'team' AS team, b.x->>'key' AS key, b.x->>'model' AS model,
+                b.x->>'route' AS route, (b.x->>'tokens')::INT AS tokens,
+                (b.x->>'t_rpm')::INT AS t_rpm, (b.x->>'t_tpm')::INT AS t_tpm, (b.x->>'t_parallel')::INT AS t_parallel,
+                (b.x->>'t_day')::BIGINT AS t_day, (b.x->>'t_month')::BIGINT AS t_month,
+                (b.x->>'k_rpm')::INT AS k_rpm, (b.x->>'k_tpm')::INT AS k_tpm, (b.x->>'k_parallel')::INT AS k_parallel,
+                (b.x->>'k_day')::BIGINT AS k_day, (b.x->>'k_month')::BIGINT AS k_month,
+                k0.prefix IS NOT NULL AS known, k0.revoked_at IS NOT NULL AS revoked, coalesce(t0.disabled, false) AS disabled
+              FROM jsonb_array_elements(p_batch) WITH ORDINALITY b(x, ord)
+              LEFT JOIN api_key k0 ON k0.prefix = b.x->>'key' AND k0.team_id = b.x->>'team'
+              LEFT JOIN team t0 ON t0.id = k0.team_id
+              ORDER BY b.ord
+          LOOP
+            o_index := e.idx; o_refused_team := false; o_retry := 0;
+            o_team_requests := 0; o_team_tokens := 0; o_team_reset := 0; o_key_requests := 0; o_key_tokens := 0; o_key_reset := 0;
+            o_refusal := CASE WHEN NOT e.known THEN 'key_unknown' WHEN e.revoked THEN 'key_revoked' WHEN e.disabled THEN 'team_disabled' END;
+            IF o_refusal IS NOT NULL THEN o_refused_team := o_refusal = 'team_disabled'; RETURN NEXT; CONTINUE; END IF;
+            t := array_position(subjects, e.team);
+            k := array_position(subjects, e.key);
+            t_refusal := corral_quota_verdict(v_in_flight[t], v_requests[t], v_tokens[t], v_day[t] + v_reserved[t], v_month[t] + v_reserved[t], e.tokens,
+              e.t_rpm, e.t_tpm, e.t_parallel, e.t_day, e.t_month);
+            k_refusal := corral_quota_verdict(v_in_flight[k], v_requests[k], v_tokens[k], v_day[k] + v_reserved[k], v_month[k] + v_reserved[k], e.tokens,
+              e.k_rpm, e.k_tpm, e.k_parallel, e.k_day, e.k_month);
+            t_reset := CASE WHEN coalesce(v_oldest[t], CASE WHEN v_added[t] > 0 THEN v_sec END) IS NULL THEN 0
+              ELSE greatest(0, coalesce(v_oldest[t], v_sec) + 60 - v_now) END;
+            k_reset := CASE WHEN coalesce(v_oldest[k], CASE WHEN v_added[k] > 0 THEN v_sec END) IS NULL THEN 0
+              ELSE greatest(0, coalesce(v_oldest[k], v_sec) + 60 - v_now) END;
+            IF t_refusal IS NOT NULL OR k_refusal IS NOT NULL THEN
+              o_refusal := coalesce(t_refusal, k_refusal);
+              o_refused_team := t_refusal IS NOT NULL;
+              o_retry := CASE WHEN t_refusal IS NOT NULL
+                THEN corral_quota_retry(e.team, t_refusal, v_now, CASE WHEN t_refusal = 'requests_per_minute' THEN v_requests[t] ELSE v_tokens[t] END,
+                  CASE WHEN t_refusal = 'requests_per_minute' THEN 1 ELSE e.tokens END, CASE WHEN t_refusal = 'requests_per_minute' THEN e.t_rpm ELSE e.t_tpm END, per.o_month_end)
+                ELSE corral_quota_retry(e.key, k_refusal, v_now, CASE WHEN k_refusal = 'requests_per_minute' THEN v_requests[k] ELSE v_tokens[k] END,
+                  CASE WHEN k_refusal = 'requests_per_minute' THEN 1 ELSE e.tokens END, CASE WHEN k_refusal = 'requests_per_minute' THEN e.k_rpm ELSE e.k_tpm END, per.o_month_end) END;
+              o_team_requests := v_requests[t]; o_team_tokens := v_tokens[t]; o_team_reset := t_reset;
+              o_key_requests := v_requests[k]; o_key_tokens := v_tokens[k]; o_key_reset := k_reset;
+              RETURN NEXT; CONTINUE;
+            END IF;
+            -- Admitted: counted at once, so the next admission of the batch sees it.
+            v_in_flight[t] := v_in_flight[t] + 1; v_in_flight[k] := v_in_flight[k] + 1;
+            v_reserved[t] := v_reserved[t] + e.tokens; v_reserved[k] := v_reserved[k] + e.tokens;
+            v_requests[t] := v_requests[t] + 1; v_requests[k] := v_requests[k] + 1;
+            v_tokens[t] := v_tokens[t] + e.tokens; v_tokens[k] := v_tokens[k] + e.tokens;
+            v_added[t] := v_added[t] + 1; v_added[k] := v_added[k] + 1;
+            l_id := l_id || e.id; l_team := l_team || e.team; l_key := l_key || e.key; l_model := l_model || e.model; l_route := l_route || e.route;
+            l_tokens := l_tokens || e.tokens;
+            o_team_requests := v_requests[t]; o_team_tokens := v_tokens[t]; o_team_reset := CASE WHEN t_reset = 0 THEN 60 ELSE t_reset END;
+            o_key_requests := v_requests[k]; o_key_tokens := v_tokens[k]; o_key_reset := CASE WHEN k_reset = 0 THEN 60 ELSE k_reset END;
+            RETURN NEXT;
+          END LOOP;
+          IF array_length(l_id, 1) IS NULL THEN RETURN; END IF;
+          -- The batch's sums, once per subject.
+          INSERT INTO quota_bucket (subject, second, requests, tokens)
+            SELECT s.subject, v_sec, sum(s.n), sum(s.tokens) FROM (
+              SELECT unnest(l_team) AS subject, 1 AS n, unnest(l_tokens) AS tokens UNION ALL SELECT unnest(l_key), 1, unnest(l_tokens)) s
+            GROUP BY s.subject ORDER BY s.subject
+            ON CONFLICT (subject, second) DO UPDATE SET requests = quota_bucket.requests + EXCLUDED.requests, tokens = quota_bucket.tokens + EXCLUDED.tokens;
+          UPDATE quota_subject q SET in_flight = q.in_flight + s.n, reserved = q.reserved + s.tokens FROM (
+              SELECT x.subject, count(*) AS n, sum(x.tokens) AS tokens FROM (
+                SELECT unnest(l_team) AS subject, unnest(l_tokens) AS tokens UNION ALL SELECT unnest(l_key), unnest(l_tokens)) x GROUP BY x.subject) s
+            WHERE q.subject = s.subject;
+          INSERT INTO quota_lease (reservation, node, team, key_prefix, model, route, at, second, tokens, lease_until)
+            SELECT u.id, p_node, u.team, u.key, u.model, u.route, v_now, v_sec, u.tokens, v_now + p_lease
+            FROM unnest(l_id, l_team, l_key, l_model, l_route, l_tokens) AS u(id, team, key, model, route, tokens);
+        END $$
+        """
+
     /// Settlement: the reservation's tokens replaced by the real use in its minute bucket, the
     /// subjects' in-flight and reserved counts lowered, the day and month raised by the use.
     static let settle = """
@@ -167,6 +308,49 @@ enum QuotaSQL {
           FOR i IN 1 .. coalesce(array_length(p_reservations, 1), 0) LOOP
             PERFORM corral_quota_settle(p_reservations[i], p_tokens[i]);
           END LOOP;
+        END $$
+        """
+
+    /// Settlement of many reservations at once, set by set (replaces ``settleMany``): every
+    /// subject involved locked first in one sorted statement, the live leases marked settled
+    /// with their real use, then each subject's in-flight and reserved counts lowered, its
+    /// minute buckets corrected by the difference and its day and month raised by the use, one
+    /// statement each. A reservation already settled or released is left alone.
+    static let settleManyAtOnce = """
+        CREATE OR REPLACE FUNCTION corral_quota_settle_many(p_reservations TEXT[], p_tokens INT[]) RETURNS VOID LANGUAGE plpgsql AS $$
+        DECLARE
+          r_team TEXT[]; r_key TEXT[]; r_at DOUBLE PRECISION[]; r_second BIGINT[]; r_reserved INT[]; r_used INT[];
+        BEGIN
+          PERFORM 1 FROM quota_subject WHERE subject IN (
+            SELECT team FROM quota_lease WHERE reservation = ANY(p_reservations) AND state = 'live'
+            UNION SELECT key_prefix FROM quota_lease WHERE reservation = ANY(p_reservations) AND state = 'live') ORDER BY subject FOR UPDATE;
+          -- `before` is the row as it was, so the reserved tokens come back beside the use.
+          WITH settled AS (
+            UPDATE quota_lease l SET state = 'settled', tokens = u.used
+            FROM (SELECT DISTINCT ON (x.reservation) x.reservation, x.used FROM unnest(p_reservations, p_tokens) AS x(reservation, used)) u,
+              quota_lease before
+            WHERE l.reservation = u.reservation AND before.reservation = l.reservation AND l.state = 'live'
+            RETURNING l.team, l.key_prefix, l.at, l.second, before.tokens AS reserved, u.used)
+          SELECT array_agg(team), array_agg(key_prefix), array_agg(at), array_agg(second), array_agg(reserved), array_agg(used)
+            INTO r_team, r_key, r_at, r_second, r_reserved, r_used FROM settled;
+          IF r_team IS NULL THEN RETURN; END IF;
+          UPDATE quota_subject q SET in_flight = greatest(0, q.in_flight - s.n), reserved = greatest(0, q.reserved - s.reserved)
+            FROM (SELECT x.subject, count(*) AS n, sum(x.reserved) AS reserved FROM (
+                SELECT * FROM unnest(r_team, r_reserved) AS a(subject, reserved) UNION ALL SELECT * FROM unnest(r_key, r_reserved)) x
+              GROUP BY x.subject) s
+            WHERE q.subject = s.subject;
+          UPDATE quota_bucket b SET tokens = greatest(0, b.tokens + s.delta)
+            FROM (SELECT x.subject, x.second, sum(x.used - x.reserved) AS delta FROM (
+                SELECT * FROM unnest(r_team, r_second, r_used, r_reserved) AS a(subject, second, used, reserved)
+                UNION ALL SELECT * FROM unnest(r_key, r_second, r_used, r_reserved)) x
+              GROUP BY x.subject, x.second) s
+            WHERE b.subject = s.subject AND b.second = s.second;
+          INSERT INTO quota_usage (subject, period, used)
+            SELECT x.subject, p.period, sum(x.used) FROM (
+                SELECT * FROM unnest(r_team, r_at, r_used) AS a(subject, at, used) UNION ALL SELECT * FROM unnest(r_key, r_at, r_used)) x,
+              LATERAL corral_quota_periods(x.at) per, LATERAL (VALUES (per.o_day), (per.o_month)) p(period)
+            WHERE x.used > 0 GROUP BY x.subject, p.period ORDER BY 1, 2
+            ON CONFLICT (subject, period) DO UPDATE SET used = quota_usage.used + EXCLUDED.used;
         END $$
         """
 

@@ -63,8 +63,10 @@ public struct QuotaDecision: Sendable, Equatable {
 /// (``renewLeases(node:lease:)``); a node that dies releases its reservations when the lease
 /// expires (``releaseExpiredLeases()``, run by every live node).
 public protocol SharedQuotaStore: Sendable {
-    /// Checks the key and team, then every limit of both, and reserves `tokens` when all pass.
-    func admit(_ request: QuotaRequest, tokens: Int, team: QuotaLimits, key: QuotaLimits, node: String, lease: Double) async throws -> QuotaDecision
+    /// For each admission in order, in one transaction: checks the key and team, then every
+    /// limit of both, and reserves its tokens when all pass. One decision per admission, in the
+    /// same order.
+    func admit(_ batch: [QuotaAdmission], node: String, lease: Double) async throws -> [QuotaDecision]
 
     /// Replaces reservations by what their requests used, adding it to their subjects' day and
     /// month, in one transaction.
@@ -85,6 +87,21 @@ public protocol SharedQuotaStore: Sendable {
     /// Tokens used today and this month (live reservations included) and requests in flight of a
     /// subject across the cluster.
     func quotaUse(subject: String) async throws -> (day: Int, month: Int, inFlight: Int)
+}
+
+/// One admission asked of the shared store: the request, the tokens to reserve and the limits
+/// of its team and key as this node knows them.
+public struct QuotaAdmission: Sendable, Equatable {
+    public var request: QuotaRequest
+    public var tokens: Int
+    public var team: QuotaLimits
+    public var key: QuotaLimits
+    public init(request: QuotaRequest, tokens: Int, team: QuotaLimits, key: QuotaLimits) {
+        self.request = request
+        self.tokens = tokens
+        self.team = team
+        self.key = key
+    }
 }
 
 /// A reservation and the tokens its request really used.

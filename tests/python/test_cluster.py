@@ -174,6 +174,46 @@ def test_tokens_per_minute_hold_exactly_across_three_nodes(cluster):
     assert used["tokensToday"] == served and used["inFlight"] == 0, used
 
 
+def test_requests_per_minute_and_parallel_limits_are_exact_when_admissions_arrive_together(cluster):
+    """Admissions that arrive together go to the store in one batch per node; each must see the
+    ones before it, in its own batch and in the other nodes' batches, so the counts are exact."""
+    pg, nodes = cluster
+    _, key = team_with_key(nodes, "rpm-7", requestsPerMinute=7)
+    order = [nodes[n] for n in ("a", "b", "c")] * 10
+
+    def one(node):
+        r = chat(node, key, max_tokens=2, timeout=120)
+        return r.status_code, r.headers.get("retry-after"), r.headers.get("x-ratelimit-limit-requests")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=30) as pool:
+        results = list(pool.map(one, order))
+    statuses = sorted(s for s, _, _ in results)
+    assert statuses.count(200) == 7 and statuses.count(429) == 23, statuses
+    assert all(1 <= int(ra) <= 60 for s, ra, _ in results if s == 429)
+
+    # At most two at once for this team, whatever node they arrive on: sampled in the store while
+    # 12 streams sent together over the three nodes run, the team never has more than two.
+    team, key = team_with_key(nodes, "parallel-2", maxParallel=2)
+
+    def stream(node):
+        with httpx.stream("POST", node.base + "/v1/chat/completions", timeout=120, headers={"authorization": f"Bearer {key}"},
+                          json={"model": "chat", "messages": [{"role": "user", "content": "count"}], "max_tokens": 32, "stream": True}) as r:
+            r.read()
+            return r.status_code
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=13) as pool:
+        done = []
+        peaks = pool.submit(lambda: [int(pg.query(f"SELECT coalesce(max(in_flight), 0) FROM quota_subject WHERE subject = '{team}'") or 0)
+                                     for _ in iter(lambda: len(done) == 0, False)])
+        codes = list(pool.map(stream, [nodes[n] for n in ("a", "b", "c")] * 4))
+        done.append(True)
+        peak = max(peaks.result() or [0])
+    assert set(codes) <= {200, 429} and codes.count(200) >= 2, codes
+    assert 1 <= peak <= 2, peak
+    used = httpx.get(nodes["c"].base + f"/admin/teams/{team}", headers=admin(nodes)).json()["usage"]
+    assert used["inFlight"] == 0, used
+
+
 def test_a_model_loaded_on_a_peer_is_served_there_without_loading_here(cluster):
     pg, nodes = cluster
     _, key = team_with_key(nodes, "relay")
