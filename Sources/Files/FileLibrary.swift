@@ -25,7 +25,7 @@ public enum FileError: Error, Sendable, Equatable, CustomStringConvertible {
 /// purpose, name, size, SHA-256) in the store. A file belongs to the team that uploaded it; a
 /// name from a request is metadata only and never becomes a path.
 public struct FileLibrary: Sendable {
-    public let store: Store
+    public let store: any FileRecordStore
     public let directory: String
     /// The largest file accepted.
     public let maxBytes: Int
@@ -33,7 +33,7 @@ public struct FileLibrary: Sendable {
     /// The purposes accepted, as OpenAI names them.
     public static let purposes = ["evals", "fine-tune", "batch", "user_data"]
 
-    public init(store: Store, directory: String, maxBytes: Int) throws(FileError) {
+    public init(store: any FileRecordStore, directory: String, maxBytes: Int) throws(FileError) {
         self.store = store
         self.directory = directory
         self.maxBytes = maxBytes
@@ -66,9 +66,9 @@ public struct FileLibrary: Sendable {
         do { try contents.write(to: URL(fileURLWithPath: path), options: .atomic) } catch {
             throw .storage("cannot write the file: \(error.localizedDescription)")
         }
-        let digest = SHA256.hash(data: contents).map { String(format: "%02x", $0) }.joined()
+        let digest = Self.sha256(contents)
         let file = StoredFile(id: id, team: team, purpose: purpose, filename: name.isEmpty ? id : name, bytes: contents.count, sha256: digest, createdAt: Date())
-        do { try await store.putFile(file) } catch {
+        do { try await store.putFile(file, contents: contents) } catch {
             try? FileManager.default.removeItem(atPath: path)
             throw .storage("cannot record the file: \(error)")
         }
@@ -96,12 +96,23 @@ public struct FileLibrary: Sendable {
     /// A file's bytes, checked against the SHA-256 recorded at upload.
     public func contents(_ id: String, scope: TeamScope) async throws(FileError) -> (StoredFile, Data) {
         let file = try await file(id, scope: scope)
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: directory + "/" + file.id)) } catch {
-            throw .storage("cannot read \(file.id): \(error.localizedDescription)")
+        let path = directory + "/" + file.id
+        if FileManager.default.fileExists(atPath: path) {
+            let data: Data
+            do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+                throw .storage("cannot read \(file.id): \(error.localizedDescription)")
+            }
+            guard Self.sha256(data) == file.sha256 else { throw .storage("\(file.id) no longer matches the SHA-256 recorded at upload") }
+            return (file, data)
         }
-        guard SHA256.hash(data: data).map({ String(format: "%02x", $0) }).joined() == file.sha256 else {
-            throw .storage("\(file.id) no longer matches the SHA-256 recorded at upload")
+        // Taken by another node of the cluster: the shared store has the bytes; kept here too
+        // once they match the digest recorded at upload.
+        let shared: Data?
+        do { shared = try await store.fileContents(id: file.id) } catch { throw .storage("cannot read \(file.id) from the shared store: \(error)") }
+        guard let data = shared else { throw .storage("cannot read \(file.id): its bytes are not in \(directory)") }
+        guard Self.sha256(data) == file.sha256 else { throw .storage("\(file.id) in the shared store does not match the SHA-256 recorded at upload") }
+        do { try data.write(to: URL(fileURLWithPath: path), options: .atomic) } catch {
+            throw .storage("cannot keep a copy of \(file.id): \(error.localizedDescription)")
         }
         return (file, data)
     }
@@ -139,6 +150,10 @@ public struct FileLibrary: Sendable {
             guard object["item"] is [String: Any] else { throw .badRequest("line \(number) has no \"item\" object", param: "file") }
         }
         guard lines > 0 else { throw .badRequest("the file has no JSON lines", param: "file") }
+    }
+
+    static func sha256(_ data: Data) -> String {
+        SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
     }
 
     static func randomHex(_ bytes: Int) -> String {

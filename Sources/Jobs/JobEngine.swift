@@ -13,6 +13,8 @@ public enum JobEngineError: Error, Sendable, Equatable, CustomStringConvertible 
     /// The store refused a write or read.
     case persistence(String)
     case shuttingDown
+    /// The job runs on another node of the cluster, which cannot be reached to change it.
+    case ownerUnreachable(node: String, why: String)
 
     public var description: String {
         switch self {
@@ -22,6 +24,7 @@ public enum JobEngineError: Error, Sendable, Equatable, CustomStringConvertible 
         case .notPausable(let kind): "\(kind) jobs cannot be paused"
         case .persistence(let why): "the job store failed: \(why)"
         case .shuttingDown: "Corral is shutting down"
+        case .ownerUnreachable(let node, let why): "the job runs on node '\(node)', which cannot be reached: \(why)"
         }
     }
 }
@@ -53,6 +56,11 @@ public actor JobEngine {
     }
 
     let store: any JobStore
+    /// This node's name on a cluster (jobs it takes are its own; it recovers only those); nil on
+    /// one node.
+    let node: String?
+    /// How a cancel, pause or resume reaches the node that runs a job (a cluster's); nil on one node.
+    var remote: (any RemoteJobControl)?
     let claims: (any MemoryClaims)?
     let logger: Logger
     let onPersistenceFailure: @Sendable (String) -> Void
@@ -70,9 +78,10 @@ public actor JobEngine {
 
     /// An engine for `kinds`, keeping jobs in `store` and claiming memory through `claims`.
     /// Call ``recover()`` once at start-up.
-    public init(store: any JobStore, claims: (any MemoryClaims)?, logger: Logger, kinds: [any JobKind], progressInterval: Duration = .milliseconds(100),
+    public init(store: any JobStore, node: String? = nil, claims: (any MemoryClaims)?, logger: Logger, kinds: [any JobKind], progressInterval: Duration = .milliseconds(100),
                 onPersistenceFailure: @escaping @Sendable (String) -> Void = { _ in }) {
         self.store = store
+        self.node = node
         self.claims = claims
         self.logger = logger
         self.progressInterval = progressInterval
@@ -93,6 +102,11 @@ public actor JobEngine {
             interrupted: { kind.interrupted(detail: $0) }))
     }
 
+    /// Sets how control reaches jobs that run on other nodes (a cluster node, once its peers are known).
+    public func useRemoteControl(_ remote: any RemoteJobControl) {
+        self.remote = remote
+    }
+
     /// The registered kinds and their policies.
     public var kindNames: [String] { kinds.keys.sorted() }
 
@@ -104,7 +118,8 @@ public actor JobEngine {
         do {
             unfinished = try await store.jobs(kind: nil, states: [JobState.queued, .running, .paused].map(\.rawValue), model: nil, after: nil, limit: 100_000)
         } catch { throw JobEngineError.persistence("\(error)") }
-        for stored in unfinished.reversed() {
+        // On a cluster each node recovers its own jobs; another node's go on there.
+        for stored in unfinished.reversed() where stored.node == nil || stored.node == node {
             guard live[stored.id] == nil else { continue }
             var record: JobRecord
             do { record = try JobCoding.decoder.decode(JobRecord.self, from: stored.body) } catch {
@@ -189,7 +204,9 @@ public actor JobEngine {
     public func events(_ id: String, after: Int64 = 0) async throws -> AsyncStream<JobEvent> {
         guard let current = try await get(id) else { throw JobEngineError.notFound(id) }
         let (liveEvents, continuation) = AsyncStream<JobEvent>.makeStream(bufferingPolicy: .unbounded)
-        if current.state.isFinal && live[id] == nil {
+        // A job another node runs: its events arrive through the store only.
+        let follow = live[id] == nil && !current.state.isFinal
+        if live[id] == nil {
             continuation.finish()
         } else {
             let token = UUID()
@@ -210,7 +227,19 @@ public actor JobEngine {
                         out.finish()
                         return
                     }
-                    if page.isEmpty { break }
+                    if page.isEmpty {
+                        guard follow else { break }
+                        // Ended when the stored job is final and its last events are read.
+                        let final: Bool
+                        do { final = try await store.job(id: id).map { JobState(rawValue: $0.state)?.isFinal ?? true } ?? true } catch {
+                            logger.error("a followed job cannot be read", metadata: ["job": "\(id)", "error": "\(error)"])
+                            out.finish()
+                            return
+                        }
+                        if final, (try? await store.jobEvents(job: id, after: last, limit: 1))?.isEmpty ?? true { break }
+                        if !final { try? await Task.sleep(for: Self.followInterval) }
+                        continue
+                    }
                     for e in page {
                         guard let data = try? JobCoding.decoder.decode(JobJSON.self, from: e.data) else {
                             logger.error("a stored job event cannot be read", metadata: ["job": "\(id)", "event": "\(e.sequence)"])
@@ -233,11 +262,30 @@ public actor JobEngine {
 
     // MARK: Control
 
+    /// How often a job run by another node is read from the store while it is followed.
+    static let followInterval: Duration = .milliseconds(200)
+
+    /// The node that runs `id` when that is another node (nil: this one, or none).
+    private func foreignOwner(_ id: String) async throws -> String? {
+        guard live[id] == nil, let node else { return nil }
+        let stored: StoredJob?
+        do { stored = try await store.job(id: id) } catch { throw JobEngineError.persistence("\(error)") }
+        guard let owner = stored?.node, owner != node, let state = stored.flatMap({ JobState(rawValue: $0.state) }), !state.isFinal else { return nil }
+        return owner
+    }
+
+    /// Sends a control action to the node that runs the job.
+    private func control(_ id: String, _ action: JobControl, on owner: String) async throws -> JobRecord {
+        guard let remote else { throw JobEngineError.ownerUnreachable(node: owner, why: "this node knows no peers") }
+        return try await remote.control(action, job: id, on: owner)
+    }
+
     /// Cancels a job: a queued one at once; a running or paused one is asked to stop (its task is
     /// cancelled and its pause points throw) and is marked cancelled when it does, or after the
     /// kind's grace period if it does not.
     @discardableResult
     public func cancel(_ id: String) async throws -> JobRecord {
+        if let owner = try await foreignOwner(id) { return try await control(id, .cancel, on: owner) }
         guard var job = live[id] else {
             guard let record = try await get(id) else { throw JobEngineError.notFound(id) }
             throw JobEngineError.wrongState(id: id, state: record.state, action: "be cancelled")
@@ -277,6 +325,7 @@ public actor JobEngine {
     /// Pauses a running job of a pausable kind at its next pause point.
     @discardableResult
     public func pause(_ id: String) async throws -> JobRecord {
+        if let owner = try await foreignOwner(id) { return try await control(id, .pause, on: owner) }
         let record = try await controllable(id)
         guard kinds[record.kind]?.policy.pausable == true else { throw JobEngineError.notPausable(kind: record.kind) }
         guard let next = record.state.next(on: .pause), !live[id]!.cancelRequested else {
@@ -292,6 +341,7 @@ public actor JobEngine {
     /// Lets a paused job go on.
     @discardableResult
     public func resume(_ id: String) async throws -> JobRecord {
+        if let owner = try await foreignOwner(id) { return try await control(id, .resume, on: owner) }
         let record = try await controllable(id)
         guard let next = record.state.next(on: .resume) else { throw JobEngineError.wrongState(id: id, state: record.state, action: "be resumed") }
         live[id]!.record.state = next
@@ -314,6 +364,10 @@ public actor JobEngine {
     /// cancelled first.
     public func delete(_ id: String) async throws {
         if let job = live[id] { throw JobEngineError.wrongState(id: id, state: job.record.state, action: "be deleted") }
+        // Another node's job that has not finished is still live there.
+        if let record = try await get(id), !record.state.isFinal {
+            throw JobEngineError.wrongState(id: id, state: record.state, action: "be deleted")
+        }
         unsaved[id] = nil
         let deleted: Bool
         do { deleted = try await uncancelled { try await self.store.deleteJob(id: id) } } catch { throw JobEngineError.persistence("\(error)") }
@@ -451,7 +505,7 @@ public actor JobEngine {
 
     nonisolated func stored(_ record: JobRecord) throws -> StoredJob {
         StoredJob(id: record.id, kind: record.kind, state: record.state.rawValue, model: record.model, createdAt: record.createdAt,
-                  body: try JobCoding.encoder.encode(record))
+                  body: try JobCoding.encoder.encode(record), node: node)
     }
 
     /// Writes the job's current record. A failure fails the job (when it is not final yet).

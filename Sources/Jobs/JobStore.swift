@@ -1,20 +1,17 @@
 import Foundation
 import Store
 
-/// Where the engine keeps jobs and their event logs. ``Store`` is the implementation; the
-/// protocol exists so that a test can make writes fail on demand.
-public protocol JobStore: Sendable {
-    func putJob(_ job: StoredJob) async throws
-    func job(id: String) async throws -> StoredJob?
-    func jobs(kind: String?, states: [String]?, model: String?, after: String?, limit: Int) async throws -> [StoredJob]
-    func appendJobEvent(sequence: Int64, job: String, type: String, data: Data, at: Date) async throws
-    func lastJobEventSequence() async throws -> Int64
-    func jobEvents(job: String, after sequence: Int64, limit: Int) async throws -> [StoredJobEvent]
-    func pruneJobs(kind: String, finishedStates: [String], keep: Int, olderThan: Date?) async throws -> Int
-    func deleteJob(id: String) async throws -> Bool
+/// A control action on a job.
+public enum JobControl: String, Sendable, CaseIterable {
+    case cancel, pause, resume
 }
 
-extension Store: JobStore {}
+/// How a node changes a job that another node of its cluster runs: the action is carried out
+/// there, by that node's engine, which answers with the job's record.
+public protocol RemoteJobControl: Sendable {
+    func control(_ action: JobControl, job: String, on node: String) async throws -> JobRecord
+}
+
 
 import Runtime
 

@@ -43,6 +43,15 @@ extension PostgresStore: LibraryStateStore {
         return out
     }
 
+    public func storedDocuments(kind: String) async throws -> [StoredDocument] {
+        var out: [StoredDocument] = []
+        let rows = try await client.query("SELECT kind, id, model, created_at, body FROM document WHERE kind = \(kind) ORDER BY created_at", logger: logger)
+        for try await (kind, id, model, createdAt, body) in rows.decode((String, String, String?, Date, ByteBuffer).self) {
+            out.append(StoredDocument(kind: kind, id: id, model: model, createdAt: createdAt, body: Data(body.readableBytesView)))
+        }
+        return out
+    }
+
     public func deleteDocument(kind: String, id: String) async throws -> Bool {
         var deleted = false
         try await write { tx in

@@ -100,6 +100,7 @@ public final class PostgresStore: Service, Sendable {
         // (dropped here).
         ("pg4-quota-batches", [QuotaSQL.verdict, QuotaSQL.retryAfter, QuotaSQL.admitMany, QuotaSQL.settleManyAtOnce,
                                "DROP FUNCTION corral_quota_admit", "DROP FUNCTION corral_quota_check", "DROP FUNCTION corral_quota_settle"]),
+        workMigration,
     ]
 
     /// The ids of the migrations applied so far.

@@ -43,6 +43,14 @@ extension Store {
         }
     }
 
+    public func storedDocuments(kind: String) async throws -> [StoredDocument] {
+        try await writer.read { db in
+            try Row.fetchAll(db, sql: "SELECT kind, id, model, createdAt, body FROM document WHERE kind = ? ORDER BY createdAt", arguments: [kind]).map {
+                StoredDocument(kind: $0["kind"], id: $0["id"], model: $0["model"], createdAt: $0["createdAt"], body: $0["body"])
+            }
+        }
+    }
+
     public func deleteDocument(kind: String, id: String) async throws -> Bool {
         try await writer.write { db in
             try db.execute(sql: "DELETE FROM document WHERE kind = ? AND id = ?", arguments: [kind, id])

@@ -1,8 +1,44 @@
 import Foundation
 import GRDB
 
+/// One graded item of an evaluation run, as stored.
+public struct EvalOutputRow: Sendable {
+    public var id: String
+    public var index: Int
+    public var status: String
+    public var body: Data
+    public init(id: String, index: Int, status: String, body: Data) { (self.id, self.index, self.status, self.body) = (id, index, status, body) }
+}
+
 /// Evaluations (their definition as JSON, owned by a team) and the output items of their runs
-/// (one row per item graded; runs themselves are jobs).
+/// (one row per item graded; runs themselves are jobs): ``Store`` on one node, `PostgresStore`
+/// on a cluster.
+public protocol EvalRecordStore: Sendable {
+    func putEval(id: String, team: String?, createdAt: Date, body: Data) async throws
+    func eval(id: String, scope: TeamScope) async throws -> Data?
+    func evals(scope: TeamScope, after: String?, limit: Int, newestFirst: Bool) async throws -> [Data]
+    func deleteEval(id: String, scope: TeamScope) async throws -> Bool
+    func putEvalOutputItems(_ rows: [EvalOutputRow], run: String) async throws
+    func evalOutputItems(run: String, status: String?, after: String?, limit: Int, descending: Bool) async throws -> [Data]
+    func evalOutputItem(id: String, run: String) async throws -> Data?
+    func deleteEvalOutputItems(run: String) async throws
+    /// Every evaluation with its key and owner, oldest first (`corral store copy`).
+    func storedEvals() async throws -> [StoredEval]
+    /// Every output item of a run as stored, in item order (`corral store copy`).
+    func storedEvalOutputItems(run: String) async throws -> [EvalOutputRow]
+}
+
+/// An evaluation's row.
+public struct StoredEval: Sendable {
+    public var id: String
+    public var team: String?
+    public var createdAt: Date
+    public var body: Data
+    public init(id: String, team: String?, createdAt: Date, body: Data) { (self.id, self.team, self.createdAt, self.body) = (id, team, createdAt, body) }
+}
+
+extension Store: EvalRecordStore {}
+
 extension Store {
     static func registerEvalMigrations(_ m: inout DatabaseMigrator) {
         m.registerMigration("v7-evals") { db in
@@ -50,15 +86,6 @@ extension Store {
         try await writer.write { db in try deleteTeamOwned(db, "eval", id: id, scope: scope) }
     }
 
-    /// One graded item of a run, as stored.
-    public struct EvalOutputRow: Sendable {
-        public var id: String
-        public var index: Int
-        public var status: String
-        public var body: Data
-        public init(id: String, index: Int, status: String, body: Data) { (self.id, self.index, self.status, self.body) = (id, index, status, body) }
-    }
-
     /// Stores graded items of a run in one transaction (replacing those a resumed run grades again).
     public func putEvalOutputItems(_ rows: [EvalOutputRow], run: String) async throws {
         guard !rows.isEmpty else { return }
@@ -87,6 +114,22 @@ extension Store {
 
     public func evalOutputItem(id: String, run: String) async throws -> Data? {
         try await writer.read { db in try Data.fetchOne(db, sql: "SELECT body FROM eval_output_item WHERE id = ? AND run = ?", arguments: [id, run]) }
+    }
+
+    public func storedEvals() async throws -> [StoredEval] {
+        try await writer.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, team, createdAt, body FROM eval ORDER BY createdAt, id").map {
+                StoredEval(id: $0["id"], team: $0["team"], createdAt: $0["createdAt"], body: $0["body"])
+            }
+        }
+    }
+
+    public func storedEvalOutputItems(run: String) async throws -> [EvalOutputRow] {
+        try await writer.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, idx, status, body FROM eval_output_item WHERE run = ? ORDER BY idx", arguments: [run]).map {
+                EvalOutputRow(id: $0["id"], index: $0["idx"], status: $0["status"], body: $0["body"])
+            }
+        }
     }
 
     public func deleteEvalOutputItems(run: String) async throws {

@@ -17,6 +17,26 @@ public struct StoredFile: Sendable, Equatable {
     }
 }
 
+/// Where uploaded files are recorded. On one node (``Store``) the bytes live only in the node's
+/// files directory; a shared store (`PostgresStore`) keeps them with the row too, so any node
+/// can read a file another node took.
+public protocol FileRecordStore: Sendable {
+    /// Records a file; `contents` is kept with it where the store is shared.
+    func putFile(_ file: StoredFile, contents: Data) async throws
+    func file(id: String, scope: TeamScope) async throws -> StoredFile?
+    func files(scope: TeamScope, purpose: String?, after: String?, limit: Int, newestFirst: Bool) async throws -> [StoredFile]
+    func deleteFile(id: String, scope: TeamScope) async throws -> Bool
+    /// The bytes kept with the row (nil where the store keeps none).
+    func fileContents(id: String) async throws -> Data?
+}
+
+extension Store: FileRecordStore {
+    /// The bytes are in the files directory; the row is enough here.
+    public func putFile(_ file: StoredFile, contents: Data) async throws { try await putFile(file) }
+
+    public func fileContents(id: String) async throws -> Data? { nil }
+}
+
 extension Store {
     static func registerFileMigrations(_ m: inout DatabaseMigrator) {
         m.registerMigration("v6-files") { db in

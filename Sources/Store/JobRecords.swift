@@ -1,6 +1,27 @@
 import Foundation
 import GRDB
 
+/// Where the job engine keeps jobs and their event logs: ``Store`` on one node, `PostgresStore`
+/// on a cluster (every node sees every job; each job runs on the node that took it).
+public protocol JobStore: Sendable {
+    func putJob(_ job: StoredJob) async throws
+    func job(id: String) async throws -> StoredJob?
+    func jobs(kind: String?, states: [String]?, model: String?, after: String?, limit: Int) async throws -> [StoredJob]
+    /// Appends an event under the sequence number the job's engine gave it (unique within the job).
+    func appendJobEvent(sequence: Int64, job: String, type: String, data: Data, at: Date) async throws
+    /// The highest event sequence number stored (0 when there is none).
+    func lastJobEventSequence() async throws -> Int64
+    func jobEvents(job: String, after sequence: Int64, limit: Int) async throws -> [StoredJobEvent]
+    func pruneJobs(kind: String, finishedStates: [String], keep: Int, olderThan: Date?) async throws -> Int
+    func deleteJob(id: String) async throws -> Bool
+}
+
+/// Everything the workbench keeps (jobs, uploaded files, evaluations and the documents beside
+/// them): one protocol for the backend `store.url` selects.
+public typealias WorkStore = JobStore & FileRecordStore & EvalRecordStore & LibraryStateStore
+
+extension Store: JobStore {}
+
 /// One stored job row: the columns the engine filters on, and the whole record as JSON.
 public struct StoredJob: Sendable {
     public var id: String
@@ -9,9 +30,11 @@ public struct StoredJob: Sendable {
     public var model: String?
     public var createdAt: Date
     public var body: Data
+    /// The node that runs it (a cluster's; nil on one node, whose store has no such column).
+    public var node: String?
 
-    public init(id: String, kind: String, state: String, model: String?, createdAt: Date, body: Data) {
-        (self.id, self.kind, self.state, self.model, self.createdAt, self.body) = (id, kind, state, model, createdAt, body)
+    public init(id: String, kind: String, state: String, model: String?, createdAt: Date, body: Data, node: String? = nil) {
+        (self.id, self.kind, self.state, self.model, self.createdAt, self.body, self.node) = (id, kind, state, model, createdAt, body, node)
     }
 }
 
@@ -23,6 +46,10 @@ public struct StoredJobEvent: Sendable {
     public var at: Date
     public var type: String
     public var data: Data
+
+    public init(sequence: Int64, job: String, at: Date, type: String, data: Data) {
+        (self.sequence, self.job, self.at, self.type, self.data) = (sequence, job, at, type, data)
+    }
 }
 
 extension Store {

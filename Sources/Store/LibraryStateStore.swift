@@ -13,6 +13,8 @@ public protocol LibraryStateStore: Sendable {
     /// Documents of a kind (optionally of one model), newest first.
     func documents(kind: String, model: String?, limit: Int) async throws -> [Data]
     func deleteDocument(kind: String, id: String) async throws -> Bool
+    /// Every document of a kind with its key and dates, oldest first (`corral store copy`).
+    func storedDocuments(kind: String) async throws -> [StoredDocument]
     /// Aliases created at runtime (Ollama's `/api/copy`), alias → target model.
     func modelAliases() async throws -> [String: String]
     func saveModelAlias(_ alias: String, target: String) async throws
@@ -20,6 +22,18 @@ public protocol LibraryStateStore: Sendable {
     /// A cached fit plan (JSON) by its full identity key.
     func fitPlan(key: String) async throws -> Data?
     func saveFitPlan(key: String, model: String, plan: Data) async throws
+}
+
+/// A document with its key and dates.
+public struct StoredDocument: Sendable {
+    public var kind: String
+    public var id: String
+    public var model: String?
+    public var createdAt: Date
+    public var body: Data
+    public init(kind: String, id: String, model: String?, createdAt: Date, body: Data) {
+        (self.kind, self.id, self.model, self.createdAt, self.body) = (kind, id, model, createdAt, body)
+    }
 }
 
 extension LibraryStateStore {

@@ -4,9 +4,10 @@ import PostgresStore
 import Runtime
 import Store
 
-/// The stores `store.url` selects, opened and migrated: the node's own SQLite file always (jobs,
-/// files, evaluations, fit plans, library state), and for a cluster the shared PostgreSQL
-/// database that holds teams, keys, quotas, the ledger and the node registry.
+/// The stores `store.url` selects, opened and migrated: the node's own SQLite file always (what
+/// stays per node: runtime profiles, file digests, and everything on a single node), and for a
+/// cluster the shared PostgreSQL database that holds teams, keys, quotas, the ledger, the node
+/// registry, the library state, jobs, uploaded files and evaluations.
 struct OpenedStores: Sendable {
     let local: Store
     let shared: PostgresStore?
@@ -16,6 +17,8 @@ struct OpenedStores: Sendable {
     var accounts: any AccountStore { shared ?? local }
     /// Where the library state lives: `shared` when there is one.
     var libraryState: any LibraryStateStore { shared ?? local }
+    /// Where jobs, uploaded files and evaluations live: `shared` when there is one.
+    var work: any WorkStore { shared ?? local }
     private let client: Task<Void, Never>?
 
     struct Problem: Error, CustomStringConvertible {

@@ -150,7 +150,7 @@ struct ServeCommand: AsyncParsableCommand {
         GatewayMetrics.ledgerPending = { ledger.pendingCount }
         var deps = GatewayDependencies(
             config: cfg, scheduler: scheduler, client: client, recorder: { ledger.record($0) }, logger: logger, store: store,
-            digests: digests, access: access)
+            digests: digests, access: access, work: stores.work, node: cfg.cluster?.nodeName)
         deps.tools = tools
         deps.configPath = config
         deps.factsCache = factsCache

@@ -1,6 +1,8 @@
 import Access
 import ArgumentParser
+import Crypto
 import Foundation
+import Jobs
 import Logging
 import PostgresStore
 import Runtime
@@ -8,7 +10,8 @@ import Store
 import Usage
 
 /// `corral store migrate` and `corral store copy`: the schema of a store, and moving a node's
-/// accounts and ledger into a cluster's shared store.
+/// records (accounts, ledger, library state, jobs, files, evaluations) into a cluster's shared
+/// store.
 struct StoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "store", abstract: "Migrate a store, or copy one node's accounts and ledger into another store.",
@@ -43,8 +46,11 @@ struct StoreCommand: AsyncParsableCommand {
 
     struct Copy: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Copy the admin token, teams, keys and usage ledger from one store into another (rows already there are kept).",
-            discussion: "Stop the node first. Example: corral store copy --from sqlite:data/corral.sqlite --to postgres://corral@db:5432/corral --password-env PGPASSWORD")
+            abstract: "Copy the admin token, teams, keys, usage ledger, library state, jobs, uploaded files and evaluations from one store into another (rows already there are kept).",
+            discussion: """
+                Stop the node first. Example: corral store copy --from sqlite:data/corral.sqlite --to postgres://corral@db:5432/corral --password-env PGPASSWORD --node gpu-a
+                Jobs not finished are copied only with --node (the name the node has in the cluster), which then resumes them as its own.
+                """)
 
         @Option(help: "The store to read: sqlite:PATH or postgres://…")
         var from: String
@@ -58,9 +64,16 @@ struct StoreCommand: AsyncParsableCommand {
         @Flag(help: "Replace the destination's admin token with the source's (default: keep the destination's when it has one).")
         var replaceAdminToken = false
 
+        @Option(help: "The moved node's cluster.nodeName: its unfinished jobs are copied as its own (without it only finished jobs are copied).")
+        var node: String?
+
+        @Option(help: "The source node's files directory (default: files/ beside a SQLite source).")
+        var filesDirectory: String?
+
         func run() async throws {
             let cfg = CorralConfig()
-            let (source, stopSource) = try await StoreCommand.accounts(try StoreCommand.location(from, cfg: cfg), passwordEnv: passwordEnv, mustExist: true)
+            let sourceLocation = try StoreCommand.location(from, cfg: cfg)
+            let (source, stopSource) = try await StoreCommand.accounts(sourceLocation, passwordEnv: passwordEnv, mustExist: true)
             defer { stopSource() }
             let (target, stopTarget) = try await StoreCommand.accounts(try StoreCommand.location(to, cfg: cfg), passwordEnv: passwordEnv, mustExist: false)
             defer { stopTarget() }
@@ -94,12 +107,102 @@ struct StoreCommand: AsyncParsableCommand {
                 index += batch.count
             }
             copied["ledgerRows"] = ordered.count
-            let data = try JSONSerialization.data(withJSONObject: ["from": from, "to": to, "copied": copied], options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+            var skipped: [String] = []
+            try await StoreCommand.copyLibraryState(from: source, to: target, copied: &copied)
+            var files: String?
+            if case .sqlite(let path) = sourceLocation { files = (path as NSString).deletingLastPathComponent + "/files" }
+            try await StoreCommand.copyFiles(from: source, to: target, directory: filesDirectory ?? files, copied: &copied, skipped: &skipped)
+            try await StoreCommand.copyWork(from: source, to: target, node: node, copied: &copied, skipped: &skipped)
+            let data = try JSONSerialization.data(withJSONObject: ["from": from, "to": to, "copied": copied, "skipped": skipped],
+                                                  options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
             print(String(decoding: data, as: UTF8.self))
         }
     }
 
     static let logger = Logger(label: "corral-store")
+
+    /// The library state every node shares: sampling profiles, settings (the default model),
+    /// pins, evaluation items, runtime aliases. (Runtime profiles stay with their node's
+    /// hardware; learned allocations and fit plans are made again where they are needed.)
+    static func copyLibraryState(from source: any WorkStore, to target: any WorkStore, copied: inout [String: Int]) async throws {
+        var documents = 0
+        for kind in ["sampling-profile", "setting", "pin", "eval-items"] {
+            let there = Set(try await target.storedDocuments(kind: kind).map(\.id))
+            for d in try await source.storedDocuments(kind: kind) where !there.contains(d.id) {
+                try await target.putDocument(kind: d.kind, id: d.id, model: d.model, body: d.body, createdAt: d.createdAt)
+                documents += 1
+            }
+        }
+        copied["documents"] = documents
+        let aliases = try await target.modelAliases()
+        var added = 0
+        for (alias, model) in try await source.modelAliases().sorted(by: { $0.key < $1.key }) where aliases[alias] == nil {
+            try await target.saveModelAlias(alias, target: model)
+            added += 1
+        }
+        copied["aliases"] = added
+    }
+
+    /// Uploaded files with their bytes (read from `directory`, or from a shared source), each
+    /// copied only when the bytes match the SHA-256 recorded at upload.
+    static func copyFiles(from source: any WorkStore, to target: any WorkStore, directory: String?, copied: inout [String: Int], skipped: inout [String]) async throws {
+        var n = 0
+        var after: String?
+        while true {
+            let page = try await source.files(scope: .all, purpose: nil, after: after, limit: 500, newestFirst: false)
+            for file in page where try await target.file(id: file.id, scope: .all) == nil {
+                var bytes = directory.flatMap { FileManager.default.contents(atPath: $0 + "/" + file.id) }
+                if bytes == nil { bytes = try await source.fileContents(id: file.id) }
+                guard let bytes else { skipped.append("file \(file.id): its bytes are not in \(directory ?? "the source")"); continue }
+                guard SHA256.hash(data: bytes).map({ String(format: "%02x", $0) }).joined() == file.sha256 else {
+                    skipped.append("file \(file.id): its bytes do not match the SHA-256 recorded at upload")
+                    continue
+                }
+                try await target.putFile(file, contents: bytes)
+                n += 1
+            }
+            guard page.count == 500 else { break }
+            after = page.last?.id
+        }
+        copied["files"] = n
+    }
+
+    /// Evaluations, then jobs oldest first with their event logs and (for evaluation runs) graded
+    /// items. A job not finished is copied only when `node` names its node in the cluster.
+    static func copyWork(from source: any WorkStore, to target: any WorkStore, node: String?, copied: inout [String: Int], skipped: inout [String]) async throws {
+        var evals = 0
+        for e in try await source.storedEvals() where try await target.eval(id: e.id, scope: .all) == nil {
+            try await target.putEval(id: e.id, team: e.team, createdAt: e.createdAt, body: e.body)
+            evals += 1
+        }
+        copied["evals"] = evals
+        var jobs = 0, events = 0, items = 0
+        for var job in try await source.jobs(kind: nil, states: nil, model: nil, after: nil, limit: Int(Int32.max)).reversed() {
+            guard try await target.job(id: job.id) == nil else { continue }
+            let finished = JobState(rawValue: job.state)?.isFinal ?? true
+            guard finished || node != nil else {
+                skipped.append("job \(job.id): \(job.state), not finished (pass --node to copy it as that node's)")
+                continue
+            }
+            job.node = node ?? job.node
+            try await target.putJob(job)
+            jobs += 1
+            var last: Int64 = 0
+            while true {
+                let page = try await source.jobEvents(job: job.id, after: last, limit: 1000)
+                for e in page { try await target.appendJobEvent(sequence: e.sequence, job: e.job, type: e.type, data: e.data, at: e.at) }
+                events += page.count
+                guard let end = page.last?.sequence, page.count == 1000 else { break }
+                last = end
+            }
+            let graded = try await source.storedEvalOutputItems(run: job.id)
+            try await target.putEvalOutputItems(graded, run: job.id)
+            items += graded.count
+        }
+        copied["jobs"] = jobs
+        copied["jobEvents"] = events
+        copied["evalOutputItems"] = items
+    }
 
     static func location(_ url: String, cfg: CorralConfig) throws -> StoreLocation {
         do { return try StoreLocation.parse(url, defaultSQLitePath: cfg.dataDirectory + "/corral.sqlite") } catch { throw ValidationError("\(error)") }
@@ -107,7 +210,7 @@ struct StoreCommand: AsyncParsableCommand {
 
     /// A store's accounts; `mustExist`: a SQLite file that is not there is an error (a source),
     /// not a new empty database.
-    static func accounts(_ location: StoreLocation, passwordEnv: String?, mustExist: Bool) async throws -> (any AccountStore, @Sendable () -> Void) {
+    static func accounts(_ location: StoreLocation, passwordEnv: String?, mustExist: Bool) async throws -> (any AccountStore & WorkStore, @Sendable () -> Void) {
         switch location {
         case .sqlite(let path):
             guard !mustExist || FileManager.default.fileExists(atPath: path) else { throw ValidationError("no SQLite file at \(path)") }

@@ -3,6 +3,7 @@ one node applied on every node, exact team limits across nodes, relaying to the 
 model loaded, kill -9 of a node, PostgreSQL restarted under load, drain, and moving a SQLite
 node's accounts into the cluster."""
 import concurrent.futures
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,9 @@ import tempfile
 import time
 
 import httpx
+import openai
 import pytest
+from openai import OpenAI
 
 from cluster_nodes import SECRET, start_node
 from conftest import CORRAL, start_corral, stop_corral
@@ -254,6 +257,85 @@ def test_a_model_loaded_on_a_peer_is_served_there_without_loading_here(cluster):
     assert body.rstrip().endswith("data: [DONE]")
 
 
+def test_files_evaluations_and_jobs_are_every_nodes_and_a_job_is_controlled_from_any_node(cluster):
+    """A file uploaded to A is read by a run that C takes; an evaluation made on B is seen on A; a
+    run that A runs is followed and cancelled from C (the cancel is carried out by A) and deleted
+    from B. Each job runs on the node that took it, named in its row."""
+    pg, nodes = cluster
+    _, key = team_with_key(nodes, "workbench")
+    a, b, c = (OpenAI(base_url=nodes[n].base + "/v1", api_key=key, max_retries=0, timeout=120) for n in ("a", "b", "c"))
+    lines = [{"item": {"answer": "Paris"}, "sample": {"output_text": text}} for text in ("Paris", "paris", "The capital is Paris")]
+    content = "\n".join(json.dumps(line) for line in lines).encode()
+    uploaded = a.files.create(file=("samples.jsonl", content), purpose="evals")
+    assert c.files.retrieve(uploaded.id).bytes == len(content)
+    assert c.files.content(uploaded.id).content == content
+    evaluation = b.evals.create(
+        name="shared", testing_criteria=[{"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}", "operation": "eq"}],
+        data_source_config={"type": "custom", "item_schema": {"type": "object"}, "include_sample_schema": True})
+    assert a.evals.retrieve(evaluation.id).name == "shared"
+    run = c.evals.runs.create(evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_id", "id": uploaded.id}})
+    assert pg.query(f"SELECT node FROM job WHERE id = '{run.id}'") == "c"
+    deadline = time.time() + 120
+    while (done := a.evals.runs.retrieve(run.id, eval_id=evaluation.id)).status not in ("completed", "failed", "canceled"):
+        assert time.time() < deadline, done
+        time.sleep(0.2)
+    assert done.status == "completed" and (done.result_counts.passed, done.result_counts.failed) == (1, 2), done
+    assert [i.datasource_item_id for i in b.evals.runs.output_items.list(run.id, eval_id=evaluation.id)] == [0, 1, 2]
+
+    # A long run taken by A, cancelled from C.
+    evaluation = a.evals.create(
+        name="long", testing_criteria=[{"type": "string_check", "name": "self", "input": "{{sample.output_text}}", "reference": "{{sample.output_text}}", "operation": "eq"}],
+        data_source_config={"type": "custom", "item_schema": {"type": "object"}, "include_sample_schema": True})
+    many = [{"item": {"question": f"Q{i}"}} for i in range(300)]
+    run = a.evals.runs.create(evaluation.id, data_source={
+        "type": "completions", "model": "chat", "sampling_params": {"temperature": 0, "max_completion_tokens": 16, "seed": 7},
+        "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
+        "source": {"type": "file_content", "content": many}})
+    deadline = time.time() + 60
+    while c.evals.runs.retrieve(run.id, eval_id=evaluation.id).status != "in_progress":
+        assert time.time() < deadline
+        time.sleep(0.1)
+    assert pg.query(f"SELECT node FROM job WHERE id = '{run.id}'") == "a"
+    # Paused from B and resumed from C through the job API: A carries both out.
+    r = httpx.post(nodes["b"].base + f"/admin/jobs/{run.id}/pause", headers=admin(nodes))
+    assert r.status_code == 200 and r.json()["state"] == "paused", r.text[:300]
+    assert httpx.get(nodes["a"].base + f"/admin/jobs/{run.id}", headers=admin(nodes)).json()["state"] == "paused"
+    r = httpx.post(nodes["b"].base + f"/admin/jobs/{run.id}/pause", headers=admin(nodes))
+    assert r.status_code == 409 and "paused" in r.json()["error"]["message"], r.text[:300]
+    # C restarts meanwhile: a node recovers only its own jobs, so A's paused run stays A's, paused.
+    stop_corral(nodes["c"])
+    nodes["c"] = start_node(pg, "c", directory=nodes["c"].directory)
+    c = OpenAI(base_url=nodes["c"].base + "/v1", api_key=key, max_retries=0, timeout=120)
+    assert httpx.get(nodes["a"].base + f"/admin/jobs/{run.id}", headers=admin(nodes)).json()["state"] == "paused"
+    assert pg.query(f"SELECT node || ' ' || state FROM job WHERE id = '{run.id}'") == "a paused"
+    wait_for(lambda: any(n["name"] == "a" and n["inRouting"] for n in cluster_view(nodes["c"], nodes)["nodes"]), 5, "C to see A")
+    r = httpx.post(nodes["c"].base + f"/admin/jobs/{run.id}/resume", headers=admin(nodes))
+    assert r.status_code == 200 and r.json()["state"] == "running", r.text[:300]
+    listed = httpx.get(nodes["b"].base + "/admin/jobs?state=running", headers=admin(nodes)).json()
+    assert run.id in [j["id"] for j in listed["jobs"]], str(listed)[:300]
+    canceled = c.evals.runs.cancel(run.id, eval_id=evaluation.id)
+    assert canceled.status == "canceled"
+    assert a.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "canceled"
+    assert len(list(b.evals.runs.output_items.list(run.id, eval_id=evaluation.id))) < 300
+    assert b.evals.runs.delete(run.id, eval_id=evaluation.id).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        a.evals.runs.retrieve(run.id, eval_id=evaluation.id)
+    # A file deleted on B is gone everywhere, its bytes included.
+    assert b.files.delete(uploaded.id).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        a.files.content(uploaded.id)
+    assert pg.query(f"SELECT count(*) FROM file WHERE id = '{uploaded.id}'") == "0"
+
+
+def test_the_job_control_route_needs_the_cluster_secret(cluster):
+    _, nodes = cluster
+    for headers in ({}, {"x-corral-cluster-secret": "not-the-secret-at-all"}):
+        r = httpx.post(nodes["a"].base + "/cluster/jobs/evalrun-x/cancel", headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_cluster_secret", r.text
+    r = httpx.post(nodes["a"].base + "/cluster/jobs/evalrun-x/cancel", headers={"x-corral-cluster-secret": SECRET})
+    assert r.status_code == 404
+
+
 def test_a_relay_header_without_the_cluster_secret_is_not_trusted(cluster):
     pg, nodes = cluster
     team, _ = team_with_key(nodes, "forged")
@@ -296,6 +378,16 @@ def test_store_copy_moves_a_single_node_into_the_cluster(cluster):
                        json={"model": "chat", **CHAT, "max_tokens": 3}, timeout=60)
         assert r.status_code == 200
         request_id = r.headers["x-request-id"]
+        # Its workbench: an uploaded file, an evaluation and a finished run of it.
+        client = OpenAI(base_url=single.base + "/v1", api_key=key, max_retries=0, timeout=120)
+        lines = [{"item": {"answer": "Paris"}, "sample": {"output_text": text}} for text in ("Paris", "paris", "Lyon")]
+        content = "\n".join(json.dumps(line) for line in lines).encode()
+        uploaded = client.files.create(file=("moved.jsonl", content), purpose="evals")
+        evaluation = client.evals.create(
+            name="moved", testing_criteria=[{"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}", "operation": "eq"}],
+            data_source_config={"type": "custom", "item_schema": {"type": "object"}, "include_sample_schema": True})
+        run = client.evals.runs.create(evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_id", "id": uploaded.id}})
+        wait_for(lambda: client.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "completed", 60, "the run to complete")
     finally:
         single.proc.send_signal(signal.SIGTERM)
         assert single.proc.wait(timeout=30) == 0
@@ -306,16 +398,29 @@ def test_store_copy_moves_a_single_node_into_the_cluster(cluster):
     copy = subprocess.run([CORRAL, "store", "copy", "--from", f"sqlite:{single.directory}/data/corral.sqlite", "--to", pg.url,
                            "--password-env", "CORRAL_TEST_PGPASSWORD"], capture_output=True, text=True, env=env)
     assert copy.returncode == 0, copy.stderr
-    assert '"teams" : 1' in copy.stdout and '"ledgerRows" : 1' in copy.stdout, copy.stdout
+    copied = json.loads(copy.stdout)["copied"]
+    assert copied["teams"] == 1 and copied["ledgerRows"] >= 1, copy.stdout
+    assert (copied["files"], copied["evals"], copied["jobs"], copied["evalOutputItems"]) == (1, 1, 1, 3), copy.stdout
+    assert copied["jobEvents"] > 0, copy.stdout
     # The cluster's own admin token stays (the copy keeps the destination's).
     assert httpx.get(nodes["a"].base + "/admin/cluster", headers=admin(nodes)).status_code == 200
     # The moved key works on every node once the copy's change notice arrives.
     wait_for(lambda: chat(nodes["c"], key).status_code == 200, 3, "the copied key to work on C")
     assert pg.query(f"SELECT status FROM usage WHERE request_id = '{request_id}'") == "200"
+    # Its file, evaluation and run are every node's now (the bytes came from its files folder).
+    moved = OpenAI(base_url=nodes["b"].base + "/v1", api_key=key, max_retries=0, timeout=120)
+    assert moved.files.content(uploaded.id).content == content
+    done = moved.evals.runs.retrieve(run.id, eval_id=evaluation.id)
+    assert done.status == "completed" and (done.result_counts.passed, done.result_counts.failed) == (1, 2), done
+    assert [i.datasource_item_id for i in moved.evals.runs.output_items.list(run.id, eval_id=evaluation.id)] == [0, 1, 2]
+    events = httpx.get(nodes["c"].base + f"/admin/jobs/{run.id}/events", headers=admin(nodes), timeout=10).text
+    assert '"completed"' in events or "succeeded" in events, events[:300]
     # Copying again adds nothing twice.
     again = subprocess.run([CORRAL, "store", "copy", "--from", f"sqlite:{single.directory}/data/corral.sqlite", "--to", pg.url,
                             "--password-env", "CORRAL_TEST_PGPASSWORD"], capture_output=True, text=True, env=env)
-    assert again.returncode == 0 and '"teams" : 0' in again.stdout
+    assert again.returncode == 0, again.stderr
+    copied = json.loads(again.stdout)["copied"]
+    assert (copied["teams"], copied["files"], copied["evals"], copied["jobs"], copied["documents"]) == (0, 0, 0, 0, 0), again.stdout
     assert pg.query(f"SELECT COUNT(*) FROM usage WHERE request_id = '{request_id}'") == "1"
     stop_corral(single)
 

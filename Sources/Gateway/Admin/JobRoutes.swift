@@ -121,6 +121,7 @@ func mapped<T>(_ body: () async throws -> T) async throws -> T {
         case .unknownKind: throw OpenAIError.badRequest(error.description, param: "kind")
         case .persistence: throw OpenAIError(.internalServerError, error.description, type: "server_error", code: "persistence")
         case .shuttingDown: throw OpenAIError(.serviceUnavailable, error.description, type: "server_error", code: "shutting_down")
+        case .ownerUnreachable: throw OpenAIError(.serviceUnavailable, error.description, type: "server_error", code: "job_node_unreachable", retryAfter: 2)
         }
     } catch let error as LabError {
         switch error {

@@ -22,6 +22,13 @@ struct AuthMiddleware: RouterMiddleware {
         let path = "/" + components.joined(separator: "/")
         // The dashboard's files are public; the data it shows comes from /admin with the token.
         if Self.publicPaths.contains(path) || components.first == "ui" { return try await next(request, context) }
+        // A peer's control of a job this node runs: the cluster secret, nothing else, opens it.
+        if components.first == "cluster" {
+            guard let cluster, cluster.trusts(request.headers[HTTPField.Name(ClusterNode.secretHeader)!]) else {
+                throw OpenAIError(.unauthorized, "cluster routes are for the nodes of this cluster", code: "invalid_cluster_secret")
+            }
+            return try await next(request, context)
+        }
         let key = AccessControl.presentedKey(
             authorization: request.headers[.authorization], apiKey: request.headers[HTTPField.Name("x-api-key")!])
         // Corral's own /metrics (no ?model=), llama-server's /slots (prompts of in-flight

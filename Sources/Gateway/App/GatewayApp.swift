@@ -61,10 +61,15 @@ public struct GatewayDependencies: Sendable {
     /// Sampling profiles, settings, runtime aliases, pins and the fit-plan cache: the shared store
     /// on a cluster node, else `store`.
     public var libraryState: (any LibraryStateStore)?
+    /// Jobs, uploaded files, evaluations and their documents: the shared store on a cluster node
+    /// (any node sees and controls every job; a file uploaded to one is read on another), else
+    /// `store`.
+    public let work: (any WorkStore)?
 
     public init(
         config: CorralConfig, scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder? = nil, logger: Logger,
-        store: Store? = nil, digests: FileDigests = FileDigests(), access: AccessControl? = nil, metrics: GatewayMetrics = GatewayMetrics()
+        store: Store? = nil, digests: FileDigests = FileDigests(), access: AccessControl? = nil, metrics: GatewayMetrics = GatewayMetrics(),
+        work: (any WorkStore)? = nil, node: String? = nil
     ) {
         self.access = access
         self.metrics = metrics
@@ -77,6 +82,8 @@ public struct GatewayDependencies: Sendable {
         self.store = store
         self.accounts = store
         self.libraryState = store
+        let work: (any WorkStore)? = work ?? store
+        self.work = work
         self.digests = digests
         let refresh = CatalogRefresh(scheduler: scheduler, fallback: config, cache: FactsCache())
         self.refreshCatalog = refresh
@@ -85,13 +92,13 @@ public struct GatewayDependencies: Sendable {
             do { try await refresh() } catch { logger.error("the catalog could not be rebuilt after a pull", metadata: ["error": "\(error)"]) }
         })
         var files: FileLibrary?
-        if let store {
-            do { files = try FileLibrary(store: store, directory: config.dataDirectory + "/files", maxBytes: config.maxFileBytes) } catch {
+        if let work {
+            do { files = try FileLibrary(store: work, directory: config.dataDirectory + "/files", maxBytes: config.maxFileBytes) } catch {
                 logger.error("the Files, Evals and fine-tuning APIs are off: the files directory cannot be used", metadata: ["error": "\(error)"])
             }
         }
         self.files = files
-        self.jobs = Self.makeJobEngine(scheduler: scheduler, client: client, store: store, logger: logger, metrics: metrics, recorder: recorder,
+        self.jobs = Self.makeJobEngine(scheduler: scheduler, client: client, store: work, node: node, logger: logger, metrics: metrics, recorder: recorder,
                                        config: config, access: access, evalConsole: evalConsole, files: files, refresh: refresh, extraKinds: [download])
         self.downloads = Downloads(engine: jobs, sources: sources)
         refresh.use(path: nil, cache: factsCache)
@@ -101,7 +108,7 @@ public struct GatewayDependencies: Sendable {
     /// relay of their own, recording to the same ledger and metrics), tuning trials run
     /// llama-servers outside the fleet under memory claims. Jobs live in `store` (an in-memory
     /// database when there is none, as in tests of other concerns).
-    static func makeJobEngine(scheduler: Scheduler, client: HTTPClient, store: Store?, logger: Logger, metrics: GatewayMetrics,
+    static func makeJobEngine(scheduler: Scheduler, client: HTTPClient, store: (any WorkStore)?, node: String? = nil, logger: Logger, metrics: GatewayMetrics,
                               recorder: RequestRecorder?, config: CorralConfig, access: AccessControl?, evalConsole: EvalConsole,
                               files: FileLibrary? = nil, refresh: CatalogRefresh? = nil, extraKinds: [any JobKind] = []) -> JobEngine {
         let relay = Relay(
@@ -184,7 +191,7 @@ public struct GatewayDependencies: Sendable {
         // An in-memory SQLite database cannot fail to open short of the process being out of memory.
         let jobStore: any JobStore = store ?? (try! Store.inMemory())
         return JobEngine(
-            store: jobStore, claims: scheduler, logger: logger,
+            store: jobStore, node: node, claims: scheduler, logger: logger,
             kinds: [benchmark, TuningJob(tools: tools, client: client), PerplexityJob(tools: tools), evalRun, fineTune] + extraKinds,
             onPersistenceFailure: { _ in metrics.jobStoreWriteFailed() })
     }
@@ -248,7 +255,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     var evaluations: Evaluations?
     var fineTuning: FineTuning?
     let files = deps.files
-    if let store = deps.store, let files {
+    if let store = deps.work, let files {
         FileRoutes(files: files).register(on: router)
         evaluations = Evaluations(store: store, engine: deps.jobs, files: files)
         let hardware = HardwareCache(tools: deps.tools ?? LlamaTools.discover(configured: deps.config.llama.toolPaths))
@@ -302,6 +309,11 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.libraryState, clustered: deps.cluster != nil, accounts: deps.accounts, library: library).register(on: admin)
     JobRoutes(engine: deps.jobs).register(on: admin)
     ClusterRoutes(cluster: deps.cluster).register(on: admin)
+    if let cluster = deps.cluster {
+        ClusterJobRoutes(engine: deps.jobs, cluster: cluster).register(on: router)
+        let control = ClusterJobControl(cluster: cluster, client: deps.client)
+        Task { await deps.jobs.useRemoteControl(control) }
+    }
     DownloadRoutes(downloads: deps.downloads, library: library.library).register(on: admin)
     LabRoutes(lab: lab, scheduler: deps.scheduler, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, files: files).register(on: admin)
     ProfileRoutes(profiles: profiles).register(on: admin)

@@ -115,6 +115,11 @@ public final class ClusterNode: Service, Sendable {
 
     public var secretValue: String { secret }
 
+    /// The peer named `name` if its heartbeat is recent (in routing or draining).
+    public func livePeer(named name: String) -> Peer? {
+        state.withLock { s in s.peers.first { $0.name == name && $0.age < staleAfter } }
+    }
+
     /// A live peer serving `model` with a free slot and nothing queued, the one with most free
     /// slots first; nil when none.
     public func peer(for model: String) -> Peer? {

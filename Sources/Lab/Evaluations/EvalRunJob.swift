@@ -134,13 +134,13 @@ public struct EvalRunJob: JobKind {
                                            _ onChunk: (@Sendable (ByteBuffer) -> Void)?) async throws -> (status: Int, body: Data)
 
     let complete: Complete
-    let store: Store?
+    let store: (any WorkStore)?
     /// Where a model answered: its instance's llama-server arguments and this machine.
     let environment: @Sendable (_ model: String) async -> EvalEnvironment?
     /// Prompts and answer tokens for whoever watches a run live.
     public let console: EvalConsole
 
-    public init(store: Store?, console: EvalConsole = EvalConsole(), complete: @escaping Complete,
+    public init(store: (any WorkStore)?, console: EvalConsole = EvalConsole(), complete: @escaping Complete,
                 environment: @escaping @Sendable (String) async -> EvalEnvironment? = { _ in nil }) {
         self.store = store
         self.console = console
@@ -174,7 +174,7 @@ public struct EvalRunJob: JobKind {
         // quarter second (and at the end): a restart asks again the few items done since, and
         // their output items are replaced, not doubled.
         var lastCheckpoint = ContinuousClock.now
-        var unwritten: [Store.EvalOutputRow] = []
+        var unwritten: [EvalOutputRow] = []
         do {
             // `concurrency` bounds the requests to the model: a unit's grading, storing and
             // bookkeeping run while the next unit is already being asked. Units being graded
@@ -200,7 +200,7 @@ public struct EvalRunJob: JobKind {
                     case .graded(let index, let outcome):
                         grading -= 1
                         topUp()
-                        if let row = outcome.row { unwritten.append(Store.EvalOutputRow(id: row.id, index: index, status: outcome.status, body: row.body)) }
+                        if let row = outcome.row { unwritten.append(EvalOutputRow(id: row.id, index: index, status: outcome.status, body: row.body)) }
                         state.record(outcome, index: index)
                         if state.environment == nil, let model = spec.model { state.environment = await environment(model) }
                         try await context.event("item", outcome.summary)

@@ -26,11 +26,11 @@ public struct EvalDefinition: Sendable, Codable {
 /// The OpenAI Evals API on local models: evaluations (kept in the store, owned by a team) and
 /// their runs (jobs of kind `eval_run`), with their output items.
 public struct Evaluations: Sendable {
-    public let store: Store
+    public let store: any WorkStore
     public let engine: JobEngine
     public let files: FileLibrary?
 
-    public init(store: Store, engine: JobEngine, files: FileLibrary?) {
+    public init(store: any WorkStore, engine: JobEngine, files: FileLibrary?) {
         self.store = store
         self.engine = engine
         self.files = files

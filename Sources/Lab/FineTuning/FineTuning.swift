@@ -20,14 +20,14 @@ public enum FineTuningError: Error, Sendable, Equatable {
 public struct FineTuning: Sendable {
     public let engine: JobEngine
     let files: FileLibrary?
-    let store: Store
+    let store: any JobStore
     let directory: String
     /// The current catalog (to resolve the base model) and the runtime arguments tuning applied.
     let catalog: @Sendable () -> ModelCatalog
     let runtimeArguments: @Sendable (String) async -> [String]
     let compatibility: @Sendable () async -> Compatibility
 
-    public init(engine: JobEngine, files: FileLibrary?, store: Store, directory: String, catalog: @escaping @Sendable () -> ModelCatalog,
+    public init(engine: JobEngine, files: FileLibrary?, store: any JobStore, directory: String, catalog: @escaping @Sendable () -> ModelCatalog,
                 runtimeArguments: @escaping @Sendable (String) async -> [String], compatibility: @escaping @Sendable () async -> Compatibility) {
         self.engine = engine
         self.files = files
