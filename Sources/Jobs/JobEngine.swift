@@ -160,7 +160,8 @@ public actor JobEngine {
         guard !isShuttingDown else { throw JobEngineError.shuttingDown }
         let json = try JobJSON(encoding: spec)
         let id = registered.idPrefix + "-" + UUID().uuidString.prefix(8).lowercased()
-        let record = JobRecord(id: id, kind: K.name, model: registered.model(json), spec: json)
+        var record = JobRecord(id: id, kind: K.name, model: registered.model(json), spec: json)
+        record.node = node
         do {
             try await store.putJob(try stored(record))
         } catch {

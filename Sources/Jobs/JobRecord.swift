@@ -93,6 +93,8 @@ public struct JobRecord: Sendable, Codable, Equatable {
     public var restarts: Int
     /// Sequence of the last event in the job's log (the SSE id to resume after).
     public var lastEventID: Int64
+    /// The cluster node that runs it (nil on a single node).
+    public var node: String?
 
     public init(id: String, kind: String, model: String?, spec: JobJSON, at: Date = Date()) {
         self.id = id
@@ -109,7 +111,7 @@ public struct JobRecord: Sendable, Codable, Equatable {
 
 /// One entry of a job's event log.
 public struct JobEvent: Sendable, Codable, Equatable {
-    /// Unique and increasing (across all jobs): the SSE `id:`.
+    /// Unique and increasing within the job (across all of a node's jobs): the SSE `id:`.
     public var id: Int64
     public var job: String
     public var at: Date

@@ -296,6 +296,7 @@ def test_files_evaluations_and_jobs_are_every_nodes_and_a_job_is_controlled_from
         assert time.time() < deadline
         time.sleep(0.1)
     assert pg.query(f"SELECT node FROM job WHERE id = '{run.id}'") == "a"
+    assert httpx.get(nodes["b"].base + f"/admin/jobs/{run.id}", headers=admin(nodes)).json()["node"] == "a"
     # Paused from B and resumed from C through the job API: A carries both out.
     r = httpx.post(nodes["b"].base + f"/admin/jobs/{run.id}/pause", headers=admin(nodes))
     assert r.status_code == 200 and r.json()["state"] == "paused", r.text[:300]

@@ -72,6 +72,7 @@ async function jobList(root, signal) {
     list.replaceChildren(table('Jobs, newest first', [
       { label: 'Job', value: (j) => h('a', { href: `#/jobs/${encodeURIComponent(j.id)}` }, j.id) },
       { label: 'Kind', value: (j) => j.kind }, { label: 'Model', value: (j) => j.model ?? '—' },
+      ...(shown.some((j) => j.node) ? [{ label: 'Node', value: (j) => j.node ?? '—' }] : []),
       { label: 'State', value: (j) => stateBadge(j.state) }, { label: 'Progress', value: (j) => progressOf(j.progress) },
       { label: 'Created', value: (j) => fmt.time(j.createdAt) }, { label: 'Finished', value: (j) => fmt.time(j.finishedAt) },
       { label: 'Error', value: (j) => j.error?.message ?? '' },
@@ -125,6 +126,7 @@ async function jobDetail(root, id, signal) {
   const drawFacts = () => {
     const pairs = [['Kind', job.kind], ['Model', job.model ?? '—'], ['State', stateBadge(job.state)], ['Progress', progressOf(job.progress)],
       ['Created', fmt.time(job.createdAt)], ['Started', fmt.time(job.startedAt)], ['Finished', fmt.time(job.finishedAt)],
+      ...(job.node ? [['Node', job.node]] : []),
       ['Restarts', fmt.int(job.restarts)], ['Error', job.error ? (job.error.message === job.error.code ? job.error.message : `${job.error.message} (${job.error.code})`) : '—'],
       ['Actions', actions(job, (error) => (error ? notice(status, error.message, 'error') : reload()))]];
     facts.replaceChildren(h('dl', { class: 'facts' }, pairs.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])));
