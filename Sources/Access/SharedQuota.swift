@@ -33,10 +33,20 @@ public final class SharedQuota: Sendable {
     }
     private let queue = Mutex(Queue())
 
-    /// Admissions waiting for a batch, and how many batches are out.
+    /// Admissions waiting for a batch, the batches out (with when they left) and how many.
     struct Admissions {
-        var waiting: [(QuotaAdmission, CheckedContinuation<QuotaDecision, any Error>)] = []
+        struct Waiting {
+            var admission: QuotaAdmission
+            var continuation: CheckedContinuation<QuotaDecision, any Error>
+            var since: ContinuousClock.Instant
+        }
+        var waiting: [Waiting] = []
+        /// Batches sent and not answered, by number; one the watchdog gave up on is removed (its
+        /// callers were answered 503), and its answer, when it comes, only undoes its reservations.
+        var out: [Int: (since: ContinuousClock.Instant, waiters: [Waiting])] = [:]
         var running = 0
+        var nextBatch = 0
+        var watchdog = false
     }
     private let admissions = Mutex(Admissions())
     /// Batches out at once. One (group commit) measured best: batches serialise in the store on
@@ -44,6 +54,8 @@ public final class SharedQuota: Sendable {
     /// 8,200 admissions/s with one, 6,400 with two, 7,900 with four, at 64 callers).
     let maxAdmissionBatches: Int
     static let largestAdmissionBatch = 256
+    /// How often the watchdog looks for admissions past their deadline.
+    static let watchdogInterval: Duration = .milliseconds(100)
 
     public init(store: any SharedQuotaStore, node: String, lease: Double = 15, deadline: Duration = .seconds(2), settleWindow: Duration = .milliseconds(5),
                 maxAdmissionBatches: Int = 1) {
@@ -55,34 +67,23 @@ public final class SharedQuota: Sendable {
         self.settleWindow = settleWindow
     }
 
-    /// Admits through the store's batches, giving up after ``deadline``. A reservation the
-    /// store records after that is settled at zero tokens, so it holds nothing.
+    /// Admits through the store's batches. An admission not answered within ``deadline`` (the
+    /// store unreachable) fails with ``DeadlinePassed``; one the store makes after that is
+    /// settled at zero tokens, so it holds nothing. The deadline is kept by one watchdog for all
+    /// admissions, not by tasks of each one's own: those cost more than the admission's round
+    /// trip.
     func admit(_ admission: QuotaAdmission) async throws -> QuotaDecision {
-        try await withDeadline(deadline, { [self] in try await queuedAdmission(admission) }, abandoned: { [self] _ in
-            settle(admission.request.id, tokens: 0)
-        })
-    }
-
-    /// Waits for `admission`'s turn in a batch. Cancelled (the deadline passed) while still
-    /// queued, it leaves the queue without reaching the store.
-    private func queuedAdmission(_ admission: QuotaAdmission) async throws -> QuotaDecision {
-        let id = admission.request.id
-        return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<QuotaDecision, any Error>) in
-                let start = admissions.withLock { q in
-                    q.waiting.append((admission, continuation))
-                    guard q.running < maxAdmissionBatches else { return false }
-                    q.running += 1
-                    return true
-                }
-                if start { Task { await admitQueued() } }
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<QuotaDecision, any Error>) in
+            let (start, watch) = admissions.withLock { q -> (Bool, Bool) in
+                q.waiting.append(.init(admission: admission, continuation: continuation, since: .now))
+                let watch = !q.watchdog
+                q.watchdog = true
+                guard q.running < maxAdmissionBatches else { return (false, watch) }
+                q.running += 1
+                return (true, watch)
             }
-        } onCancel: {
-            let dropped = admissions.withLock { q -> CheckedContinuation<QuotaDecision, any Error>? in
-                guard let i = q.waiting.firstIndex(where: { $0.0.request.id == id }) else { return nil }
-                return q.waiting.remove(at: i).1
-            }
-            dropped?.resume(throwing: CancellationError())
+            if watch { startWatchdog() }
+            if start { Task { await admitQueued() } }
         }
     }
 
@@ -90,24 +91,71 @@ public final class SharedQuota: Sendable {
     /// that arrive while a batch is out go together in the next (group commit).
     private func admitQueued() async {
         while true {
-            let batch = admissions.withLock { q in
+            let next = admissions.withLock { q -> (Int, [Admissions.Waiting])? in
                 let n = min(q.waiting.count, Self.largestAdmissionBatch)
-                defer { q.waiting.removeFirst(n) }
-                if n == 0 { q.running -= 1 }
-                return Array(q.waiting.prefix(n))
+                guard n > 0 else {
+                    q.running -= 1
+                    return nil
+                }
+                let batch = Array(q.waiting.prefix(n))
+                q.waiting.removeFirst(n)
+                q.nextBatch += 1
+                q.out[q.nextBatch] = (.now, batch)
+                return (q.nextBatch, batch)
             }
-            guard !batch.isEmpty else { return }
-            let store = self.store, node = self.node, lease = self.lease
-            let admissions = batch.map(\.0)
-            do {
-                let decisions = try await withDeadline(deadline, { try await store.admit(admissions, node: node, lease: lease) }, abandoned: { [self] decisions in
-                    for (admission, decision) in zip(admissions, decisions) where decision.refusal == nil { settle(admission.request.id, tokens: 0) }
-                })
-                for ((_, continuation), decision) in zip(batch, decisions) { continuation.resume(returning: decision) }
-            } catch {
-                for (_, continuation) in batch { continuation.resume(throwing: error) }
+            guard let (number, batch) = next else { return }
+            let result: Result<[QuotaDecision], any Error>
+            do { result = .success(try await store.admit(batch.map(\.admission), node: node, lease: lease)) } catch { result = .failure(error) }
+            let waiters = admissions.withLock { $0.out.removeValue(forKey: number)?.waiters }
+            guard let waiters else {
+                // The watchdog answered these callers already: undo what the store admitted.
+                if case .success(let decisions) = result {
+                    for (w, decision) in zip(batch, decisions) where decision.refusal == nil { settle(w.admission.request.id, tokens: 0) }
+                }
+                continue
+            }
+            switch result {
+            case .success(let decisions) where decisions.count == waiters.count:
+                for (w, decision) in zip(waiters, decisions) { w.continuation.resume(returning: decision) }
+            case .success(let decisions):
+                for (w, decision) in zip(waiters, decisions) where decision.refusal == nil { settle(w.admission.request.id, tokens: 0) }
+                for w in waiters { w.continuation.resume(throwing: NoDecision(asked: waiters.count, answered: decisions.count)) }
+            case .failure(let error):
+                for w in waiters { w.continuation.resume(throwing: error) }
             }
         }
+    }
+
+    /// The store answered a batch with the wrong number of decisions.
+    struct NoDecision: Error, CustomStringConvertible {
+        let asked: Int, answered: Int
+        var description: String { "the shared store answered \(answered) of \(asked) admissions" }
+    }
+
+    /// Answers every admission waiting or out for longer than ``deadline`` with
+    /// ``DeadlinePassed``, every ``watchdogInterval``, for as long as this object lives.
+    private func startWatchdog() {
+        Task { [weak self] in
+            while true {
+                try? await Task.sleep(for: Self.watchdogInterval)
+                guard let self else { return }
+                self.answerLateAdmissions()
+            }
+        }
+    }
+
+    func answerLateAdmissions(now: ContinuousClock.Instant = .now) {
+        let late = admissions.withLock { q -> [Admissions.Waiting] in
+            var late: [Admissions.Waiting] = []
+            for (number, batch) in q.out where now - batch.since >= deadline {
+                late += batch.waiters
+                q.out[number] = nil
+            }
+            let (old, young) = (q.waiting.filter { now - $0.since >= deadline }, q.waiting.filter { now - $0.since < deadline })
+            q.waiting = young
+            return late + old
+        }
+        for w in late { w.continuation.resume(throwing: DeadlinePassed(deadline: deadline)) }
     }
 
     /// Queues a settlement; a flush is started unless one is under way (it takes this one too).

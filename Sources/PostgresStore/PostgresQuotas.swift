@@ -12,16 +12,11 @@ extension PostgresStore: SharedQuotaStore {
     public func admit(_ batch: [QuotaAdmission], node: String, lease: Double) async throws -> [QuotaDecision] {
         guard !batch.isEmpty else { return [] }
         let json = String(decoding: try JSONEncoder().encode(batch.map(AdmissionJSON.init)), as: UTF8.self)
-        let rows = try await client.query("SELECT * FROM corral_quota_admit_many(\(json)::JSONB, \(node), \(lease)::FLOAT8)", logger: logger)
         var decisions = [QuotaDecision?](repeating: nil, count: batch.count)
-        for try await (index, refusal, refusedTeam, retry, tRequests, tTokens, tReset, kRequests, kTokens, kReset) in rows.decode(
-            (Int, String?, Bool, Double, Int, Int, Double, Int, Int, Double).self)
+        for try await (index, decision) in try await client.execute(AdmitMany(batch: json, node: node, lease: lease), logger: logger)
+            where decisions.indices.contains(index)
         {
-            guard decisions.indices.contains(index) else { continue }
-            decisions[index] = QuotaDecision(
-                refusal: refusal.map { QuotaRefusal(rawValue: $0) ?? .keyUnknown }, refusedTeam: refusedTeam, retryAfter: retry,
-                team: QuotaMinute(requests: tRequests, tokens: tTokens, resetSeconds: tReset),
-                key: QuotaMinute(requests: kRequests, tokens: kTokens, resetSeconds: kReset))
+            decisions[index] = decision
         }
         return try decisions.map { decision in
             guard let decision else { throw NoRow(function: "corral_quota_admit_many") }
@@ -78,6 +73,34 @@ extension PostgresStore: SharedQuotaStore {
             return (day + reserved, month + reserved, inFlight)
         }
         return (0, 0, 0)
+    }
+}
+
+/// `corral_quota_admit_many` as a prepared statement: parsed once per connection, not per batch
+/// (admission is on every request's path).
+private struct AdmitMany: PostgresPreparedStatement {
+    static let sql = "SELECT * FROM corral_quota_admit_many($1::JSONB, $2, $3::FLOAT8)"
+    typealias Row = (Int, QuotaDecision)
+
+    var batch: String
+    var node: String
+    var lease: Double
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 3)
+        bindings.append(batch)
+        bindings.append(node)
+        bindings.append(lease)
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row {
+        let (index, refusal, refusedTeam, retry, tRequests, tTokens, tReset, kRequests, kTokens, kReset) = try row.decode(
+            (Int, String?, Bool, Double, Int, Int, Double, Int, Int, Double).self)
+        return (index, QuotaDecision(
+            refusal: refusal.map { QuotaRefusal(rawValue: $0) ?? .keyUnknown }, refusedTeam: refusedTeam, retryAfter: retry,
+            team: QuotaMinute(requests: tRequests, tokens: tTokens, resetSeconds: tReset),
+            key: QuotaMinute(requests: kRequests, tokens: kTokens, resetSeconds: kReset)))
     }
 }
 

@@ -178,30 +178,37 @@ enum QuotaSQL {
         DECLARE
           v_now DOUBLE PRECISION; v_sec BIGINT; per RECORD; subjects TEXT[]; n INT;
           v_in_flight BIGINT[]; v_reserved BIGINT[]; v_requests BIGINT[]; v_tokens BIGINT[]; v_oldest BIGINT[]; v_day BIGINT[]; v_month BIGINT[];
-          v_added BIGINT[];
+          v_added BIGINT[]; locked INT; i INT; c_a BIGINT; c_b BIGINT; c_c BIGINT;
           e RECORD; t INT; k INT; t_refusal TEXT; k_refusal TEXT; t_reset DOUBLE PRECISION; k_reset DOUBLE PRECISION;
           l_id TEXT[] := '{}'; l_team TEXT[] := '{}'; l_key TEXT[] := '{}'; l_model TEXT[] := '{}'; l_route TEXT[] := '{}'; l_tokens INT[] := '{}';
         BEGIN
           SELECT array_agg(x ORDER BY x) INTO subjects FROM (
             SELECT b->>'team' AS x FROM jsonb_array_elements(p_batch) b UNION SELECT b->>'key' FROM jsonb_array_elements(p_batch) b) u;
-          INSERT INTO quota_subject (subject) SELECT x FROM unnest(subjects) x
-            WHERE NOT EXISTS (SELECT 1 FROM quota_subject q WHERE q.subject = x) ORDER BY x ON CONFLICT DO NOTHING;
+          n := array_length(subjects, 1);
           PERFORM 1 FROM quota_subject q WHERE q.subject = ANY(subjects) ORDER BY q.subject FOR UPDATE;
+          GET DIAGNOSTICS locked = ROW_COUNT;
+          IF locked < n THEN
+            -- A team's or key's first request: its counter row is made, then locked as always.
+            INSERT INTO quota_subject (subject) SELECT x FROM unnest(subjects) x ORDER BY x ON CONFLICT DO NOTHING;
+            PERFORM 1 FROM quota_subject q WHERE q.subject = ANY(subjects) ORDER BY q.subject FOR UPDATE;
+          END IF;
           v_now := extract(epoch FROM clock_timestamp());
           v_sec := floor(v_now);
           SELECT * INTO per FROM corral_quota_periods(v_now);
-          n := array_length(subjects, 1);
-          -- Each subject's counters, once, in the order of `subjects`.
-          SELECT array_agg(coalesce(q.in_flight, 0)::BIGINT ORDER BY u.ord), array_agg(coalesce(q.reserved, 0) ORDER BY u.ord),
-                 array_agg(coalesce(m.r, 0)::BIGINT ORDER BY u.ord), array_agg(coalesce(m.t, 0)::BIGINT ORDER BY u.ord), array_agg(m.o ORDER BY u.ord),
-                 array_agg(coalesce(d.used, 0) ORDER BY u.ord), array_agg(coalesce(mo.used, 0) ORDER BY u.ord)
-            INTO v_in_flight, v_reserved, v_requests, v_tokens, v_oldest, v_day, v_month
-            FROM unnest(subjects) WITH ORDINALITY u(subject, ord)
-            LEFT JOIN quota_subject q ON q.subject = u.subject
-            LEFT JOIN (SELECT b.subject, sum(b.requests) AS r, sum(b.tokens) AS t, min(b.second) AS o FROM quota_bucket b
-                       WHERE b.subject = ANY(subjects) AND b.second > v_sec - 60 GROUP BY b.subject) m ON m.subject = u.subject
-            LEFT JOIN quota_usage d ON d.subject = u.subject AND d.period = per.o_day
-            LEFT JOIN quota_usage mo ON mo.subject = u.subject AND mo.period = per.o_month;
+          -- Each subject's counters, once, in the order of `subjects`: simple lookups by key (a
+          -- batch has few subjects; one statement joining them all cost more to plan than these).
+          v_in_flight := array_fill(0::BIGINT, ARRAY[n]); v_reserved := v_in_flight; v_requests := v_in_flight; v_tokens := v_in_flight;
+          v_day := v_in_flight; v_month := v_in_flight; v_oldest := array_fill(NULL::BIGINT, ARRAY[n]);
+          FOR i IN 1 .. n LOOP
+            SELECT q.in_flight, q.reserved INTO c_a, c_b FROM quota_subject q WHERE q.subject = subjects[i];
+            v_in_flight[i] := coalesce(c_a, 0); v_reserved[i] := coalesce(c_b, 0);
+            SELECT coalesce(sum(b.requests), 0), coalesce(sum(b.tokens), 0), min(b.second) INTO c_a, c_b, c_c
+              FROM quota_bucket b WHERE b.subject = subjects[i] AND b.second > v_sec - 60;
+            v_requests[i] := c_a; v_tokens[i] := c_b; v_oldest[i] := c_c;
+            SELECT coalesce(sum(d.used) FILTER (WHERE d.period = per.o_day), 0), coalesce(sum(d.used) FILTER (WHERE d.period = per.o_month), 0)
+              INTO c_a, c_b FROM quota_usage d WHERE d.subject = subjects[i] AND d.period IN (per.o_day, per.o_month);
+            v_day[i] := c_a; v_month[i] := c_b;
+          END LOOP;
           v_added := array_fill(0::BIGINT, ARRAY[n]);
           FOR e IN SELECT (b.ord - 1)::INT AS idx, b.x->>'id' AS id, b.x->>'team' AS team, b.x->>'key' AS key, b.x->>'model' AS model,
                 b.x->>'route' AS route, (b.x->>'tokens')::INT AS tokens,

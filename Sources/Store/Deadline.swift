@@ -4,6 +4,7 @@ import Synchronization
 /// `operation` did not finish within its deadline.
 public struct DeadlinePassed: Error, CustomStringConvertible, Sendable {
     public let deadline: Duration
+    public init(deadline: Duration) { self.deadline = deadline }
     public var description: String { "no answer within \(deadline)" }
 }
 

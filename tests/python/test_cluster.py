@@ -339,13 +339,13 @@ def test_the_job_control_route_needs_the_cluster_secret(cluster):
 
 def test_a_relay_header_without_the_cluster_secret_is_not_trusted(cluster):
     pg, nodes = cluster
-    team, _ = team_with_key(nodes, "forged")
+    team, key = team_with_key(nodes, "forged")
+    assert chat(nodes["a"], key).status_code == 200  # "chat" loaded on A: a trusted relay is served, not declined
     forged = {"x-corral-relayed-by": "b", "x-corral-cluster-secret": "guess", "x-corral-team": team, "x-corral-key-prefix": "ck-x"}
     r = httpx.post(nodes["a"].base + "/v1/chat/completions", headers=forged, json={"model": "chat", **CHAT, "max_tokens": 2})
     assert r.status_code == 401, r.text
     right = {**forged, "x-corral-cluster-secret": SECRET}
     assert httpx.post(nodes["a"].base + "/v1/chat/completions", headers=right, json={"model": "chat", **CHAT, "max_tokens": 2}).status_code == 200
-
 
 
 def test_dashboard_cluster_page_shows_every_node_and_who_is_in_routing(cluster, browser):

@@ -29,6 +29,9 @@ import Telemetry
 struct FastLane: Sendable {
     let routes: OpenAIRoutes
     let access: AccessControl?
+    /// This node's cluster: a request a peer relays with the cluster secret is served for the
+    /// caller that peer admitted (as ``AuthMiddleware`` does).
+    var cluster: ClusterNode? = nil
     /// Hosts a loopback-only listener accepts besides local names; nil: no host guard.
     let allowedHosts: Set<String>?
     let maxBodyBytes: Int
@@ -71,7 +74,10 @@ struct FastLane: Sendable {
     /// Makes the router's checks; nil when the router should answer (including every refusal).
     func ticket(path: String, head: HTTPRequest, body buffer: ByteBuffer) -> Ticket? {
         var caller = Caller.anonymous
-        if let access {
+        if let cluster, let from = head.headerFields[Self.hopField] {
+            guard cluster.trusts(head.headerFields[Self.secretField]) else { return nil }
+            caller = Caller(teamID: head.headerFields[Self.teamField], keyPrefix: head.headerFields[Self.keyField], admittedBy: from)
+        } else if let access {
             let key = AccessControl.presentedKey(authorization: head.headerFields[.authorization], apiKey: head.headerFields[Self.apiKeyField])
             guard let known = try? access.authenticate(key) else { return nil }
             caller = known
@@ -88,6 +94,10 @@ struct FastLane: Sendable {
     }
 
     static let apiKeyField = HTTPField.Name("x-api-key")!
+    static let hopField = HTTPField.Name(ClusterNode.hopHeader)!
+    static let secretField = HTTPField.Name(ClusterNode.secretHeader)!
+    static let teamField = HTTPField.Name(ClusterNode.teamHeader)!
+    static let keyField = HTTPField.Name(ClusterNode.keyHeader)!
 
     /// One answer to write: head, and the whole body or its chunks as they come.
     enum Output: Sendable {

@@ -383,7 +383,7 @@ public func buildApplication(_ deps: GatewayDependencies) throws -> some Applica
     let (router, openAI, _) = buildRouterAndRoutes(deps)
     let fastLane = FastLane.isEnabled
         ? FastLane(
-            routes: openAI, access: deps.access, allowedHosts: deps.config.listensOnLoopbackOnly ? Set(deps.config.allowedHosts) : nil,
+            routes: openAI, access: deps.access, cluster: deps.cluster, allowedHosts: deps.config.listensOnLoopbackOnly ? Set(deps.config.allowedHosts) : nil,
             maxBodyBytes: deps.config.maxBodyBytes, executors: executors)
         : nil
     var server = HTTPServerBuilder { responder in
