@@ -144,6 +144,7 @@ public final class SharedQuota: Sendable {
         }
     }
 
+    /// Fails the admissions queued or out for ``deadline`` or longer (the watchdog's round).
     func answerLateAdmissions(now: ContinuousClock.Instant = .now) {
         let late = admissions.withLock { q -> [Admissions.Waiting] in
             var late: [Admissions.Waiting] = []
