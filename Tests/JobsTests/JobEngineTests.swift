@@ -17,6 +17,9 @@ struct CountingJob: JobKind {
         /// Ignore cancellation (to test the forced cancel).
         var stubborn = false
         var failAt: Int? = nil
+        /// Wait this long first, deaf to cancellation but holding no thread (a job stuck on
+        /// something that does not observe cancellation).
+        var deafMillis: Int? = nil
     }
 
     struct Result: Codable, Sendable, Equatable {
@@ -36,6 +39,12 @@ struct CountingJob: JobKind {
 
     func run(_ spec: Spec, context: JobContext) async throws -> Result {
         if let mib = spec.claimMiB { try await context.claimMemory(["Host": mib], wait: false) }
+        if let deafMillis = spec.deafMillis {
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(deafMillis)) { done.resume() }
+            }
+            deafWaitsEnded.withLock { $0 += 1 }
+        }
         let start = (try? context.resumeFrom?.decode(Int.self)) ?? 0
         var i = start
         while i < spec.steps {
@@ -54,6 +63,9 @@ struct CountingJob: JobKind {
         return Result(counted: i, startedFrom: start)
     }
 }
+
+/// How many `deafMillis` waits have ended.
+let deafWaitsEnded = Mutex(0)
 
 /// The real SQLite store, with writes that can be made to fail on demand (a full disk cannot be
 /// had on demand).
@@ -194,6 +206,18 @@ func eventually(_ what: String, _ condition: () async throws -> Bool) async thro
         try await jobs.resume(job.id)
         let done = try await jobs.finished(job.id)
         #expect(done.state == .succeeded)
+    }
+
+    @Test func shutdownWaitsNoLongerThanItsGraceForAJobThatDoesNotStop() async throws {
+        let (store, _) = try temporaryStore()
+        let jobs = engine(store)
+        // Deaf to cancellation for six seconds: shutdown would wait that long if it waited for it.
+        let job = try await jobs.submit(CountingJob.self, .init(steps: 1, deafMillis: 6000))
+        try await eventually("the job to run") { try await jobs.get(job.id)?.state == .running }
+        await jobs.shutdown(grace: .milliseconds(300))
+        // Returned while the job was still deaf, not when it ended.
+        #expect(deafWaitsEnded.withLock { $0 } == 0)
+        await #expect(throws: JobEngineError.shuttingDown) { try await jobs.submit(CountingJob.self, .init(steps: 1)) }
     }
 
     @Test func aRestartResumesFromTheCheckpointOrInterrupts() async throws {
