@@ -184,7 +184,14 @@ struct StoreCommand: AsyncParsableCommand {
                 skipped.append("job \(job.id): \(job.state), not finished (pass --node to copy it as that node's)")
                 continue
             }
-            job.node = node ?? job.node
+            if let node, job.node == nil {
+                // The row and the record both name the node that will run (or resume) it.
+                job.node = node
+                if var record = try? JobCoding.decoder.decode(JobRecord.self, from: job.body) {
+                    record.node = node
+                    job.body = try JobCoding.encoder.encode(record)
+                }
+            }
             try await target.putJob(job)
             jobs += 1
             var last: Int64 = 0
