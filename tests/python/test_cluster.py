@@ -194,6 +194,12 @@ def test_requests_per_minute_and_parallel_limits_are_exact_when_admissions_arriv
     assert statuses.count(200) == 7 and statuses.count(429) == 23, statuses
     assert all(1 <= int(ra) <= 60 for s, ra, _ in results if s == 429)
 
+    # One at a time, one after another on a node: each request's settlement is written before (or with)
+    # the next admission, so a client that waits for each answer is never refused.
+    _, key = team_with_key(nodes, "parallel-1", maxParallel=1)
+    statuses = [chat(nodes["a"], key, max_tokens=2).status_code for _ in range(20)]
+    assert statuses == [200] * len(statuses), statuses
+
     # At most two at once for this team, whatever node they arrive on: sampled in the store while
     # 12 streams sent together over the three nodes run, the team never has more than two.
     team, key = team_with_key(nodes, "parallel-2", maxParallel=2)
