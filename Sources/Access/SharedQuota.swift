@@ -14,7 +14,6 @@ import Synchronization
 /// it is out go together in the next call, which admits them one by one in one transaction. The
 /// checks are the same as one at a time, so the limits stay exact; a team's admissions, which
 /// serialise on its counter row, cost one lock and one commit per batch instead of one each.
-/// Settlements queued when an admission batch leaves ride with it, written first.
 public final class SharedQuota: Sendable {
     let store: any SharedQuotaStore
     /// This node's name (reservations carry it, so their leases can be renewed and expire with it).
@@ -105,22 +104,8 @@ public final class SharedQuota: Sendable {
                 return (q.nextBatch, batch)
             }
             guard let (number, batch) = next else { return }
-            // The settlements queued so far go first in the same call: a request that ended
-            // before these arrived no longer counts against them, and its settlement needs no
-            // transaction of its own.
-            let settling = queue.withLock { q in
-                defer { q.waiting.removeAll(keepingCapacity: true) }
-                return q.waiting
-            }
             let result: Result<[QuotaDecision], any Error>
-            do { result = .success(try await store.admit(batch.map(\.admission), settling: settling, node: node, lease: lease)) } catch {
-                result = .failure(error)
-                // Not written: back in the queue, for the next flush or the heartbeat's retry.
-                queue.withLock { q in
-                    q.waiting.insert(contentsOf: settling, at: 0)
-                    if !q.flushing, !settling.isEmpty { q.failing = true }
-                }
-            }
+            do { result = .success(try await store.admit(batch.map(\.admission), node: node, lease: lease)) } catch { result = .failure(error) }
             let waiters = admissions.withLock { $0.out.removeValue(forKey: number)?.waiters }
             guard let waiters else {
                 // The watchdog answered these callers already: undo what the store admitted.

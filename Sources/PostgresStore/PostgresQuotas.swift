@@ -9,12 +9,11 @@ struct NoRow: Error, CustomStringConvertible {
 }
 
 extension PostgresStore: SharedQuotaStore {
-    public func admit(_ batch: [QuotaAdmission], settling: [QuotaSettlement], node: String, lease: Double) async throws -> [QuotaDecision] {
+    public func admit(_ batch: [QuotaAdmission], node: String, lease: Double) async throws -> [QuotaDecision] {
         guard !batch.isEmpty else { return [] }
         let json = String(decoding: try JSONEncoder().encode(batch.map(AdmissionJSON.init)), as: UTF8.self)
         var decisions = [QuotaDecision?](repeating: nil, count: batch.count)
-        for try await (index, decision) in try await client.execute(
-            AdmitMany(reservations: settling.map(\.reservation), tokens: settling.map(\.tokens), batch: json, node: node, lease: lease), logger: logger)
+        for try await (index, decision) in try await client.execute(AdmitMany(batch: json, node: node, lease: lease), logger: logger)
             where decisions.indices.contains(index)
         {
             decisions[index] = decision
@@ -77,22 +76,18 @@ extension PostgresStore: SharedQuotaStore {
     }
 }
 
-/// `corral_quota_settle_then_admit` as a prepared statement: parsed once per connection, not per
-/// batch (admission is on every request's path).
+/// `corral_quota_admit_many` as a prepared statement: parsed once per connection, not per batch
+/// (admission is on every request's path).
 private struct AdmitMany: PostgresPreparedStatement {
-    static let sql = "SELECT * FROM corral_quota_settle_then_admit($1::TEXT[], $2::INT[], $3::JSONB, $4, $5::FLOAT8)"
+    static let sql = "SELECT * FROM corral_quota_admit_many($1::JSONB, $2, $3::FLOAT8)"
     typealias Row = (Int, QuotaDecision)
 
-    var reservations: [String]
-    var tokens: [Int]
     var batch: String
     var node: String
     var lease: Double
 
     func makeBindings() throws -> PostgresBindings {
-        var bindings = PostgresBindings(capacity: 5)
-        bindings.append(reservations)
-        bindings.append(tokens)
+        var bindings = PostgresBindings(capacity: 3)
         bindings.append(batch)
         bindings.append(node)
         bindings.append(lease)

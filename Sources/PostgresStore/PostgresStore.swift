@@ -98,7 +98,7 @@ public final class PostgresStore: Service, Sendable {
         libraryMigration,
         // Admission and settlement in batches, set by set, replace pg2's one-at-a-time functions
         // (dropped here).
-        ("pg4-quota-batches", [QuotaSQL.verdict, QuotaSQL.retryAfter, QuotaSQL.admitMany, QuotaSQL.settleManyAtOnce, QuotaSQL.settleThenAdmit,
+        ("pg4-quota-batches", [QuotaSQL.verdict, QuotaSQL.retryAfter, QuotaSQL.admitMany, QuotaSQL.settleManyAtOnce,
                                "DROP FUNCTION corral_quota_admit", "DROP FUNCTION corral_quota_check", "DROP FUNCTION corral_quota_settle"]),
         workMigration,
     ]

@@ -361,33 +361,6 @@ enum QuotaSQL {
         END $$
         """
 
-    /// The node's waiting settlements, then a batch of admissions, in one transaction: every
-    /// subject of both locked first in one sorted statement (two separate locks would let two
-    /// nodes wait on each other), then ``settleManyAtOnce`` and ``admitMany`` as they are (their
-    /// own locks are then already held). A settlement the node had queued counts before the
-    /// admissions that follow it, and rides on their round trip and commit.
-    static let settleThenAdmit = """
-        CREATE FUNCTION corral_quota_settle_then_admit(p_reservations TEXT[], p_tokens INT[], p_batch JSONB, p_node TEXT, p_lease DOUBLE PRECISION)
-        RETURNS TABLE (o_index INT, o_refusal TEXT, o_refused_team BOOLEAN, o_retry DOUBLE PRECISION, o_team_requests INT, o_team_tokens BIGINT,
-          o_team_reset DOUBLE PRECISION, o_key_requests INT, o_key_tokens BIGINT, o_key_reset DOUBLE PRECISION)
-        LANGUAGE plpgsql AS $$
-        DECLARE
-          subjects TEXT[];
-        BEGIN
-          IF coalesce(array_length(p_reservations, 1), 0) > 0 THEN
-            SELECT array_agg(x ORDER BY x) INTO subjects FROM (
-              SELECT b->>'team' AS x FROM jsonb_array_elements(p_batch) b UNION SELECT b->>'key' FROM jsonb_array_elements(p_batch) b
-              UNION SELECT team FROM quota_lease WHERE reservation = ANY(p_reservations) AND state = 'live'
-              UNION SELECT key_prefix FROM quota_lease WHERE reservation = ANY(p_reservations) AND state = 'live') u;
-            INSERT INTO quota_subject (subject) SELECT x FROM unnest(subjects) x
-              WHERE NOT EXISTS (SELECT 1 FROM quota_subject q WHERE q.subject = x) ORDER BY x ON CONFLICT DO NOTHING;
-            PERFORM 1 FROM quota_subject q WHERE q.subject = ANY(subjects) ORDER BY q.subject FOR UPDATE;
-            PERFORM corral_quota_settle_many(p_reservations, p_tokens);
-          END IF;
-          RETURN QUERY SELECT * FROM corral_quota_admit_many(p_batch, p_node, p_lease);
-        END $$
-        """
-
     /// Releases expired leases (their node is gone): their tokens leave the counters; counters and
     /// leases too old to matter are dropped. Returns the leases released.
     static let releaseExpired = """

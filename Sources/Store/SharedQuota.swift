@@ -66,8 +66,7 @@ public protocol SharedQuotaStore: Sendable {
     /// For each admission in order, in one transaction: checks the key and team, then every
     /// limit of both, and reserves its tokens when all pass. One decision per admission, in the
     /// same order.
-    /// `settling` (the node's queued settlements) is written first in the same transaction.
-    func admit(_ batch: [QuotaAdmission], settling: [QuotaSettlement], node: String, lease: Double) async throws -> [QuotaDecision]
+    func admit(_ batch: [QuotaAdmission], node: String, lease: Double) async throws -> [QuotaDecision]
 
     /// Replaces reservations by what their requests used, adding it to their subjects' day and
     /// month, in one transaction.

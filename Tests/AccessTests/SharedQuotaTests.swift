@@ -27,10 +27,9 @@ final class GatedQuotaStore: SharedQuotaStore {
 
     var held: Int { state.withLock { $0.gates.count } }
 
-    func admit(_ batch: [QuotaAdmission], settling: [QuotaSettlement], node: String, lease: Double) async throws -> [QuotaDecision] {
+    func admit(_ batch: [QuotaAdmission], node: String, lease: Double) async throws -> [QuotaDecision] {
         await withCheckedContinuation { gate in
             state.withLock { s in
-                s.settled += settling
                 s.batches.append(batch.map(\.request.id))
                 s.gates.append(gate)
             }
