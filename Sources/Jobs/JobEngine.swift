@@ -219,6 +219,7 @@ public actor JobEngine {
         return AsyncStream { out in
             let reader = Task {
                 var last = after
+                var sawFinal = false
                 while !Task.isCancelled {
                     let page: [StoredJobEvent]
                     do { page = try await store.jobEvents(job: id, after: last, limit: 500) } catch {
@@ -229,16 +230,15 @@ public actor JobEngine {
                         return
                     }
                     if page.isEmpty {
-                        guard follow else { break }
-                        // Ended when the stored job is final and its last events are read.
-                        let final: Bool
-                        do { final = try await store.job(id: id).map { JobState(rawValue: $0.state)?.isFinal ?? true } ?? true } catch {
+                        guard follow, !sawFinal else { break }
+                        // Ended once the stored job is final and one more read finds no event
+                        // written before that.
+                        do { sawFinal = try await store.job(id: id).map { JobState(rawValue: $0.state)?.isFinal ?? true } ?? true } catch {
                             logger.error("a followed job cannot be read", metadata: ["job": "\(id)", "error": "\(error)"])
                             out.finish()
                             return
                         }
-                        if final, (try? await store.jobEvents(job: id, after: last, limit: 1))?.isEmpty ?? true { break }
-                        if !final { try? await Task.sleep(for: Self.followInterval) }
+                        if !sawFinal { try? await Task.sleep(for: Self.followInterval) }
                         continue
                     }
                     for e in page {
