@@ -152,7 +152,8 @@ public struct FileLibrary: Sendable {
         guard lines > 0 else { throw .badRequest("the file has no JSON lines", param: "file") }
     }
 
-    static func sha256(_ data: Data) -> String {
+    /// The hex SHA-256 a file's row records.
+    public static func sha256(_ data: Data) -> String {
         SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
     }
 

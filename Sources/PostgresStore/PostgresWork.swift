@@ -31,6 +31,15 @@ extension PostgresStore {
         """,
     ])
 
+    /// Deletes the row `id` of a team-owned table (`file`, `eval`) if `scope` may see it; whether it did.
+    fileprivate func deleteTeamOwned(_ table: String, id: String, scope: TeamScope) async throws -> Bool {
+        let (all, team) = Self.visible(scope)
+        var deleted = false
+        for try await _ in try await client.query(
+            "DELETE FROM \(unescaped: table) WHERE id = \(id) AND (\(all) OR team IS NOT DISTINCT FROM \(team)) RETURNING id", logger: logger) { deleted = true }
+        return deleted
+    }
+
     /// The condition that limits a team-owned table's rows to what `scope` may see.
     fileprivate static func visible(_ scope: TeamScope) -> (all: Bool, team: String?) {
         switch scope {
@@ -150,11 +159,7 @@ extension PostgresStore: FileRecordStore {
     }
 
     public func deleteFile(id: String, scope: TeamScope) async throws -> Bool {
-        let (all, team) = Self.visible(scope)
-        var deleted = false
-        for try await _ in try await client.query(
-            "DELETE FROM file WHERE id = \(id) AND (\(all) OR team IS NOT DISTINCT FROM \(team)) RETURNING id", logger: logger) { deleted = true }
-        return deleted
+        try await deleteTeamOwned("file", id: id, scope: scope)
     }
 
     public func fileContents(id: String) async throws -> Data? {
@@ -189,11 +194,7 @@ extension PostgresStore: EvalRecordStore {
     }
 
     public func deleteEval(id: String, scope: TeamScope) async throws -> Bool {
-        let (all, team) = Self.visible(scope)
-        var deleted = false
-        for try await _ in try await client.query(
-            "DELETE FROM eval WHERE id = \(id) AND (\(all) OR team IS NOT DISTINCT FROM \(team)) RETURNING id", logger: logger) { deleted = true }
-        return deleted
+        try await deleteTeamOwned("eval", id: id, scope: scope)
     }
 
     public func putEvalOutputItems(_ rows: [EvalOutputRow], run: String) async throws {

@@ -1,6 +1,6 @@
 import Access
 import ArgumentParser
-import Crypto
+import Files
 import Foundation
 import Jobs
 import Logging
@@ -154,7 +154,7 @@ struct StoreCommand: AsyncParsableCommand {
                 var bytes = directory.flatMap { FileManager.default.contents(atPath: $0 + "/" + file.id) }
                 if bytes == nil { bytes = try await source.fileContents(id: file.id) }
                 guard let bytes else { skipped.append("file \(file.id): its bytes are not in \(directory ?? "the source")"); continue }
-                guard SHA256.hash(data: bytes).map({ String(format: "%02x", $0) }).joined() == file.sha256 else {
+                guard FileLibrary.sha256(bytes) == file.sha256 else {
                     skipped.append("file \(file.id): its bytes do not match the SHA-256 recorded at upload")
                     continue
                 }
