@@ -181,6 +181,10 @@ let package = Package(
         .testTarget(name: "LabTests", dependencies: ["Lab"], swiftSettings: swiftSettings),
         .testTarget(name: "AcquisitionTests", dependencies: ["Acquisition"], swiftSettings: swiftSettings),
         .testTarget(name: "AccessTests", dependencies: ["Access", "Store"], swiftSettings: swiftSettings),
+        // The usage ledger on SQLite: rollups against raw sums, retention, the bounded queue.
+        .testTarget(
+            name: "UsageTests",
+            dependencies: ["Usage", "Store", .product(name: "Logging", package: "swift-log"), .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: swiftSettings),
         .testTarget(
             name: "RuntimeTests",
             dependencies: ["Runtime", "GGUF", "Store", .product(name: "Logging", package: "swift-log")],

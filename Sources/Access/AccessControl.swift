@@ -30,6 +30,8 @@ public struct Reservation: Sendable {
     public let tokens: Int
     let day: Int
     let month: Int
+    /// When it was admitted (Unix seconds, as the minute window saw it): settlement corrects that slot.
+    let admittedAt: Double
     /// The reservation's id in the shared store (a cluster node), nil when held in memory.
     let shared: String?
     /// `x-ratelimit-*` headers describing the caller's remaining allowance after admission.
@@ -41,47 +43,67 @@ public struct Reservation: Sendable {
 /// written through on every change), so a revocation or limit change applies to the very next
 /// request.
 ///
-/// Admission is one critical section: the checks and the reservation of `prompt + max_tokens`
-/// happen together, so parallel requests can never overshoot a limit; at the end the reservation
-/// is replaced by the real usage. On one node the section is a lock over in-memory windows; on a
+/// Admission is one critical section per team: the checks and the reservation of
+/// `prompt + max_tokens` happen together for the team and the key, so parallel requests can never
+/// overshoot a limit; at the end the reservation is replaced by the real usage. On one node the
+/// section is a lock over the team's shard of in-memory counters (``MinuteWindow`` slots and
+/// running sums: constant time per request, whatever the traffic of the last minute); on a
 /// cluster node (``SharedQuota``) it is a transaction in the shared store that locks the team and
 /// the key, so the limits hold across every node.
+///
+/// Nothing on the request path takes one lock for everyone: keys live in shards by prefix, teams
+/// (with their usage and their keys' usage) in shards by team id, and each lookup or admission
+/// holds one shard's lock for a few dictionary operations.
 public final class AccessControl: Sendable {
+    /// Admission counters of a team or a key.
     struct Subject {
         var inFlight = 0
-        var requests: [Double] = []
-        var tokens: [(id: UInt64, at: Double, n: Int)] = []
+        var window = MinuteWindow()
         var day = -1
         var dayUsed = 0
         var month = -1
         var monthUsed = 0
-        var reserved: [UInt64: Int] = [:]
+        /// Tokens reserved by requests in flight (not yet replaced by real usage).
+        var reserved = 0
+
+        /// Drops what left the minute window and resets counters at period boundaries.
+        mutating func roll(at t: Double, day: Int, month: Int) -> Double {
+            if self.day != day { self.day = day; dayUsed = 0 }
+            if self.month != month { self.month = month; monthUsed = 0 }
+            return window.expire(at: t)
+        }
+
+        func minute(at t: Double) -> QuotaMinute {
+            QuotaMinute(requests: window.requests, tokens: window.tokens, resetSeconds: window.secondsUntilOldestLeaves(at: t))
+        }
     }
 
-    struct State {
-        var teams: [String: TeamRecord] = [:]
-        var keys: [String: KeyRecord] = [:]
-        var adminHash: String?
+    /// A team with its decoded policy and the counters of the team and of its keys.
+    struct TeamEntry {
+        var record: TeamRecord
+        var policy: Policy
+    }
+
+    struct KeyEntry {
+        var record: KeyRecord
+        /// Decoded once when stored (decoding JSON per request would cost more than admission).
+        var policy: Policy
+    }
+
+    /// One shard of teams: records, policies and the usage of the teams and their keys.
+    struct TeamShard {
+        var teams: [String: TeamEntry] = [:]
         var teamUsage: [String: Subject] = [:]
+        /// Usage by key prefix, for the keys of this shard's teams.
         var keyUsage: [String: Subject] = [:]
-        var nextID: UInt64 = 0
-        /// Decoded policies, kept next to the records (decoding JSON per request would cost more
-        /// than the rest of admission).
-        var teamPolicies: [String: Policy] = [:]
-        var keyPolicies: [String: Policy] = [:]
-
-        mutating func put(_ team: TeamRecord) {
-            teams[team.id] = team
-            teamPolicies[team.id] = Policy.decode(team.policy)
-        }
-
-        mutating func put(_ key: KeyRecord) {
-            keys[key.prefix] = key
-            keyPolicies[key.prefix] = Policy.decode(key.policy)
-        }
     }
 
-    private let state: Mutex<State>
+    static let shardCount = 16
+    private let teamShards: [ShardBox<TeamShard>]
+    private let keyShards: [ShardBox<[String: KeyEntry]>]
+    private let adminHash = Mutex<String?>(nil)
+    private let teamCount = Atomic<Int>(0)
+    private let nextID = Atomic<UInt64>(0)
     let store: (any AccountStore)?
     /// The cluster's shared quota store, when this node is one of several.
     let shared: SharedQuota?
@@ -102,7 +124,30 @@ public final class AccessControl: Sendable {
         self.shared = shared
         self.now = now
         self.openWithoutTeams = openWithoutTeams
-        self.state = Mutex(State())
+        self.teamShards = (0..<Self.shardCount).map { _ in ShardBox(TeamShard()) }
+        self.keyShards = (0..<Self.shardCount).map { _ in ShardBox([:]) }
+    }
+
+    private func teamShard(_ id: String) -> ShardBox<TeamShard> { teamShards[Self.shard(of: id)] }
+    private func keyShard(_ prefix: String) -> ShardBox<[String: KeyEntry]> { keyShards[Self.shard(of: prefix)] }
+
+    /// A stable shard number for a team id or key prefix (FNV-1a: `hashValue` is seeded per process
+    /// and would do too, but this one is the same in every run, which helps reading profiles).
+    static func shard(of id: String) -> Int {
+        var h: UInt32 = 2_166_136_261
+        for b in id.utf8 { h = (h ^ UInt32(b)) &* 16_777_619 }
+        return Int(h % UInt32(shardCount))
+    }
+
+    private func put(_ team: TeamRecord) {
+        let entry = TeamEntry(record: team, policy: Policy.decode(team.policy))
+        let added = teamShard(team.id).withLock { s in s.teams.updateValue(entry, forKey: team.id) == nil }
+        if added { teamCount.add(1, ordering: .relaxed) }
+    }
+
+    private func put(_ key: KeyRecord) {
+        let entry = KeyEntry(record: key, policy: Policy.decode(key.policy))
+        keyShard(key.prefix).withLock { $0[key.prefix] = entry }
     }
 
     /// Loads teams, keys, the admin token hash and this day's and month's usage from the store.
@@ -115,48 +160,57 @@ public final class AccessControl: Sendable {
         let month = try await store.tokensUsed(since: Self.startOfMonth(t))
         let day = try await store.tokensUsed(since: Self.startOfDay(t))
         let (dayIndex, monthIndex) = Self.periods(t)
-        state.withLock { s in
-            for t in teams { s.put(t) }
-            for k in keys { s.put(k) }
-            s.adminHash = admin
-            for (id, n) in month.teams { s.teamUsage[id, default: Subject()].month = monthIndex; s.teamUsage[id]!.monthUsed = n }
-            for (p, n) in month.keys { s.keyUsage[p, default: Subject()].month = monthIndex; s.keyUsage[p]!.monthUsed = n }
-            for (id, n) in day.teams { s.teamUsage[id, default: Subject()].day = dayIndex; s.teamUsage[id]!.dayUsed = n }
-            for (p, n) in day.keys { s.keyUsage[p, default: Subject()].day = dayIndex; s.keyUsage[p]!.dayUsed = n }
+        for t in teams { put(t) }
+        for k in keys { put(k) }
+        adminHash.withLock { $0 = admin }
+        let teamOfKey = Dictionary(keys.map { ($0.prefix, $0.teamID) }, uniquingKeysWith: { a, _ in a })
+        for (id, n) in month.teams { teamShard(id).withLock { $0.teamUsage[id, default: Subject()].month = monthIndex; $0.teamUsage[id]!.monthUsed = n } }
+        for (id, n) in day.teams { teamShard(id).withLock { $0.teamUsage[id, default: Subject()].day = dayIndex; $0.teamUsage[id]!.dayUsed = n } }
+        for (p, n) in month.keys {
+            guard let team = teamOfKey[p] else { continue }
+            teamShard(team).withLock { $0.keyUsage[p, default: Subject()].month = monthIndex; $0.keyUsage[p]!.monthUsed = n }
+        }
+        for (p, n) in day.keys {
+            guard let team = teamOfKey[p] else { continue }
+            teamShard(team).withLock { $0.keyUsage[p, default: Subject()].day = dayIndex; $0.keyUsage[p]!.dayUsed = n }
         }
     }
 
     /// Reads teams, keys and the admin token again (another node changed them). Usage windows
-    /// are kept: on a cluster they live in the shared store anyway.
+    /// are kept: on a cluster they live in the shared store anyway. Each shard is replaced in one
+    /// step, so a key that exists before and after is never missing in between.
     public func reloadAccounts() async throws {
         guard let store else { return }
         let teams = try await store.teams()
         let keys = try await store.keys()
         let admin = try await store.adminTokenHash()
-        state.withLock { s in
-            s.teams = [:]
-            s.teamPolicies = [:]
-            s.keys = [:]
-            s.keyPolicies = [:]
-            for t in teams { s.put(t) }
-            for k in keys { s.put(k) }
-            s.adminHash = admin
+        var teamsByShard = [[String: TeamEntry]](repeating: [:], count: Self.shardCount)
+        for t in teams { teamsByShard[Self.shard(of: t.id)][t.id] = TeamEntry(record: t, policy: Policy.decode(t.policy)) }
+        var keysByShard = [[String: KeyEntry]](repeating: [:], count: Self.shardCount)
+        for k in keys { keysByShard[Self.shard(of: k.prefix)][k.prefix] = KeyEntry(record: k, policy: Policy.decode(k.policy)) }
+        for i in 0..<Self.shardCount {
+            let fresh = teamsByShard[i]
+            teamShards[i].withLock { $0.teams = fresh }
+            let freshKeys = keysByShard[i]
+            keyShards[i].withLock { $0 = freshKeys }
         }
+        teamCount.store(teams.count, ordering: .relaxed)
+        adminHash.withLock { $0 = admin }
     }
 
     /// Open mode: no team exists yet.
-    public var isOpen: Bool { state.withLock { $0.teams.isEmpty } }
+    public var isOpen: Bool { teamCount.load(ordering: .relaxed) == 0 }
 
     // MARK: Admin token
 
     /// Creates the admin token when none exists; returns it (to be shown once) or nil.
     public func createAdminTokenIfNeeded() async throws -> String? {
-        guard state.withLock({ $0.adminHash == nil }) else { return nil }
+        guard adminHash.withLock({ $0 == nil }) else { return nil }
         let token = Secrets.newAdminToken()
         let hash = Secrets.sha256(token)
         // On a cluster another node may have made the token a moment ago: the first one stays.
         let stored = try await store?.saveAdminTokenHashIfAbsent(hash) ?? hash
-        state.withLock { $0.adminHash = stored }
+        adminHash.withLock { $0 = stored }
         return stored == hash ? token : nil
     }
 
@@ -164,17 +218,17 @@ public final class AccessControl: Sendable {
     public func setAdminToken(_ token: String) async throws {
         let hash = Secrets.sha256(token)
         try await store?.saveAdminTokenHash(hash)
-        state.withLock { $0.adminHash = hash }
+        adminHash.withLock { $0 = hash }
     }
 
     /// Whether an admin token exists.
-    public var hasAdminToken: Bool { state.withLock { $0.adminHash != nil } }
+    public var hasAdminToken: Bool { adminHash.withLock { $0 != nil } }
 
     /// Whether `token` is the admin token (constant-time).
     public func isAdmin(_ token: String?) -> Bool {
         guard let token, !token.isEmpty else { return false }
         let hash = Secrets.sha256(token)
-        return state.withLock { s in s.adminHash.map { Secrets.constantTimeEqual($0, hash) } ?? false }
+        return adminHash.withLock { $0 }.map { Secrets.constantTimeEqual($0, hash) } ?? false
     }
 
     // MARK: Authentication
@@ -191,34 +245,78 @@ public final class AccessControl: Sendable {
 
     /// Who presents `key`; in open mode everyone is anonymous whatever key they carry.
     public func authenticate(_ key: String?) throws(AccessError) -> Caller {
-        let date = now()
-        let result: Result<Caller, AccessError> = state.withLock { s in
-            if s.teams.isEmpty {
-                return openWithoutTeams ? .success(.anonymous) : .failure(.unauthenticated("no team exists and open mode is off: create a team and a key"))
-            }
-            guard let key else {
-                return .failure(.unauthenticated("missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'"))
-            }
-            guard let prefix = Secrets.prefix(of: key), let record = s.keys[prefix],
-                Secrets.constantTimeEqual(Secrets.sha256(key), record.hash)
-            else { return .failure(.unauthenticated("invalid API key")) }
-            if record.revokedAt != nil { return .failure(.unauthenticated("API key \(prefix) has been revoked")) }
-            if let e = record.expiresAt, e <= date { return .failure(.unauthenticated("API key \(prefix) expired")) }
-            guard let team = s.teams[record.teamID] else { return .failure(.unauthenticated("invalid API key")) }
-            if team.disabled { return .failure(.forbidden("team '\(team.name)' is disabled")) }
-            return .success(Caller(teamID: team.id, teamName: team.name, keyPrefix: prefix))
+        if isOpen {
+            if openWithoutTeams { return .anonymous }
+            throw .unauthenticated("no team exists and open mode is off: create a team and a key")
         }
-        return try result.get()
+        guard let key else {
+            throw .unauthenticated("missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'")
+        }
+        guard let prefix = Secrets.prefix(of: key) else { throw .unauthenticated("invalid API key") }
+        // Hashed outside any lock; the lock covers one dictionary lookup.
+        let hash = Secrets.sha256(key)
+        guard let record = keyShard(prefix).withLock({ $0[prefix]?.record }), Secrets.constantTimeEqual(hash, record.hash) else {
+            throw .unauthenticated("invalid API key")
+        }
+        if record.revokedAt != nil { throw .unauthenticated("API key \(prefix) has been revoked") }
+        if let e = record.expiresAt, e <= now() { throw .unauthenticated("API key \(prefix) expired") }
+        guard let team = teamShard(record.teamID).withLock({ $0.teams[record.teamID]?.record }) else { throw .unauthenticated("invalid API key") }
+        if team.disabled { throw .forbidden("team '\(team.name)' is disabled") }
+        return Caller(teamID: team.id, teamName: team.name, keyPrefix: prefix)
     }
+
+    /// As ``authenticate(_:)``, but on a cluster node a key this node has not heard of is looked
+    /// up in the shared store before it is refused: a key works on every node the moment its
+    /// creation returns, before the change notice arrives. Misses are remembered for
+    /// ``missMemory`` (at most ``missCapacity`` prefixes) and look-ups are rate-limited, so random
+    /// keys cannot flood the store. Revocation needs no look-up: the shared admission checks it.
+    public func authenticateLookingUp(_ key: String?) async throws(AccessError) -> Caller {
+        do {
+            return try authenticate(key)
+        } catch {
+            guard shared != nil, let store, case .unauthenticated = error, let key, let prefix = Secrets.prefix(of: key),
+                self.key(prefix) == nil, lookups.mayLookUp(prefix, at: ContinuousClock.now)
+            else { throw error }
+            let found: (KeyRecord, TeamRecord)?
+            do { found = try await store.keyWithTeam(prefix: prefix) } catch {
+                throw .unavailable("the shared store cannot be reached to check this API key: \(error)")
+            }
+            guard let (record, team) = found else {
+                lookups.remember(prefix, at: ContinuousClock.now)
+                throw error
+            }
+            if self.team(team.id) == nil { put(team) }
+            if self.key(prefix) == nil { put(record) }
+            return try authenticate(key)
+        }
+    }
+
+    /// How long a prefix not found in the shared store is refused without asking again.
+    public static let missMemory: Duration = .seconds(2)
+    /// Prefixes remembered as missing at most (beyond it the expired ones go, or all of them).
+    public static let missCapacity = 10_000
+    /// Shared-store look-ups of unknown keys per second at most (beyond: refused without asking).
+    public static let lookupsPerSecond = 100
+
+    let lookups = KeyLookups()
 
     /// Whether the caller may use a model known by `names` (id and aliases).
     public func allows(_ caller: Caller, model names: [String]) -> Bool {
         guard let teamID = caller.teamID else { return true }
-        return state.withLock { s in
-            guard let teamPolicy = s.teamPolicies[teamID] else { return false }
-            let keyPolicy = caller.keyPrefix.flatMap { s.keyPolicies[$0] } ?? Policy()
-            return teamPolicy.allows(names) && keyPolicy.allows(names)
+        guard let teamPolicy = teamShard(teamID).withLock({ $0.teams[teamID]?.policy }) else { return false }
+        let keyPolicy = caller.keyPrefix.flatMap { p in keyShard(p).withLock { $0[p]?.policy } } ?? Policy()
+        return teamPolicy.allows(names) && keyPolicy.allows(names)
+    }
+
+    /// The team, its policy and the key's policy, or why the caller may not use a model known by `names`.
+    private func policies(_ teamID: String, _ prefix: String, model names: [String]) throws(AccessError) -> (TeamRecord, Policy, Policy) {
+        guard let keyPolicy = keyShard(prefix).withLock({ $0[prefix]?.policy }),
+            let team = teamShard(teamID).withLock({ $0.teams[teamID] })
+        else { throw .unauthenticated("invalid API key") }
+        guard team.policy.allows(names), keyPolicy.allows(names) else {
+            throw .forbidden("team '\(team.record.name)' may not use model '\(names.first ?? "")'")
         }
+        return (team.record, team.policy, keyPolicy)
     }
 
     // MARK: Admission
@@ -237,42 +335,38 @@ public final class AccessControl: Sendable {
         return try await admit(caller, model: names, tokens: tokens, request: request, in: shared)
     }
 
-    /// Admission against in-memory windows (one node).
+    /// Admission against in-memory counters (one node): constant time, under the team's shard lock.
     func admitLocally(_ caller: Caller, model names: [String], tokens: Int) throws(AccessError) -> Reservation? {
         guard let teamID = caller.teamID, let prefix = caller.keyPrefix else { return nil }
+        let (team, teamPolicy, keyPolicy) = try policies(teamID, prefix, model: names)
         let date = now()
-        let t = date.timeIntervalSince1970
         let (day, month) = Self.periods(date)
-        let result: Result<Reservation, AccessError> = state.withLock { s in
-            guard let team = s.teams[teamID], let teamPolicy = s.teamPolicies[teamID], let keyPolicy = s.keyPolicies[prefix] else {
-                return .failure(.unauthenticated("invalid API key"))
+        let id = nextID.add(1, ordering: .relaxed).newValue
+        let result: Result<Reservation, AccessError> = teamShard(teamID).withLock { s in
+            // Taken out and put back, so each is mutated in place (no copy of its window).
+            var teamSubject = s.teamUsage.removeValue(forKey: teamID) ?? Subject()
+            var keySubject = s.keyUsage.removeValue(forKey: prefix) ?? Subject()
+            defer {
+                s.teamUsage[teamID] = teamSubject
+                s.keyUsage[prefix] = keySubject
             }
-            guard teamPolicy.allows(names), keyPolicy.allows(names) else {
-                return .failure(.forbidden("team '\(team.name)' may not use model '\(names.first ?? "")'"))
+            let t = teamSubject.roll(at: date.timeIntervalSince1970, day: day, month: month)
+            keySubject.roll(at: t, day: day, month: month)
+            if let refusal = Self.check(teamSubject, teamPolicy, tokens: tokens, at: t, who: "team '\(team.name)'")
+                ?? Self.check(keySubject, keyPolicy, tokens: tokens, at: t, who: "key \(prefix)")
+            {
+                return .failure(refusal)
             }
-            var teamSubject = Self.rolled(s.teamUsage[teamID] ?? Subject(), at: t, day: day, month: month)
-            var keySubject = Self.rolled(s.keyUsage[prefix] ?? Subject(), at: t, day: day, month: month)
-            for (subject, policy, who) in [(teamSubject, teamPolicy, "team '\(team.name)'"), (keySubject, keyPolicy, "key \(prefix)")] {
-                if let refusal = Self.check(subject, policy, tokens: tokens, at: date, who: who) {
-                    s.teamUsage[teamID] = teamSubject
-                    s.keyUsage[prefix] = keySubject
-                    return .failure(refusal)
-                }
-            }
-            s.nextID += 1
-            let id = s.nextID
             for i in 0..<2 {
-                var sub = i == 0 ? teamSubject : keySubject
-                sub.inFlight += 1
-                sub.requests.append(t)
-                sub.tokens.append((id, t, tokens))
-                sub.reserved[id] = tokens
-                if i == 0 { teamSubject = sub } else { keySubject = sub }
+                func reserve(_ sub: inout Subject) {
+                    sub.inFlight += 1
+                    sub.window.add(at: t, tokens: tokens)
+                    sub.reserved += tokens
+                }
+                if i == 0 { reserve(&teamSubject) } else { reserve(&keySubject) }
             }
-            s.teamUsage[teamID] = teamSubject
-            s.keyUsage[prefix] = keySubject
-            let headers = Self.rateHeaders([(teamSubject, teamPolicy), (keySubject, keyPolicy)], at: t)
-            return .success(Reservation(id: id, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, shared: nil, headers: headers))
+            let headers = Self.rateHeaders([(teamSubject.minute(at: t), teamPolicy), (keySubject.minute(at: t), keyPolicy)])
+            return .success(Reservation(id: id, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, admittedAt: t, shared: nil, headers: headers))
         }
         return try result.get()
     }
@@ -287,78 +381,52 @@ public final class AccessControl: Sendable {
         }
         let date = now()
         let (day, month) = Self.periods(date)
-        state.withLock { s in
+        teamShard(reservation.teamID).withLock { s in
             func settle(_ sub: inout Subject) {
-                sub = Self.rolled(sub, at: date.timeIntervalSince1970, day: day, month: month)
+                sub.roll(at: date.timeIntervalSince1970, day: day, month: month)
                 sub.inFlight = max(0, sub.inFlight - 1)
-                sub.reserved[reservation.id] = nil
-                if let i = sub.tokens.firstIndex(where: { $0.id == reservation.id }) { sub.tokens[i].n = used }
+                sub.reserved -= reservation.tokens
+                sub.window.adjust(admittedAt: reservation.admittedAt, by: used - reservation.tokens)
                 if reservation.day == sub.day { sub.dayUsed += used }
                 if reservation.month == sub.month { sub.monthUsed += used }
             }
-            if var t = s.teamUsage[reservation.teamID] { settle(&t); s.teamUsage[reservation.teamID] = t }
-            if var k = s.keyUsage[reservation.keyPrefix] { settle(&k); s.keyUsage[reservation.keyPrefix] = k }
+            if var t = s.teamUsage.removeValue(forKey: reservation.teamID) { settle(&t); s.teamUsage[reservation.teamID] = t }
+            if var k = s.keyUsage.removeValue(forKey: reservation.keyPrefix) { settle(&k); s.keyUsage[reservation.keyPrefix] = k }
         }
     }
 
-    /// Drops window entries older than a minute and resets counters at period boundaries.
-    static func rolled(_ subject: Subject, at t: Double, day: Int, month: Int) -> Subject {
-        var s = subject
-        s.requests.removeAll { $0 <= t - 60 }
-        s.tokens.removeAll { $0.at <= t - 60 }
-        if s.day != day { s.day = day; s.dayUsed = 0 }
-        if s.month != month { s.month = month; s.monthUsed = 0 }
-        return s
-    }
-
-    /// Why `subject` may not take `tokens` more now, if it may not.
-    static func check(_ s: Subject, _ p: Policy, tokens: Int, at date: Date, who: String) -> AccessError? {
-        let t = date.timeIntervalSince1970
-        let reserved = s.reserved.values.reduce(0, +)
+    /// Why `subject` may not take `tokens` more at `t`, if it may not.
+    static func check(_ s: Subject, _ p: Policy, tokens: Int, at t: Double, who: String) -> AccessError? {
         func limited(_ what: String, _ after: Double) -> AccessError {
-            .limited("\(who) reached its \(what)", retryAfter: max(1, Int(after.rounded(.up))), headers: rateHeaders([(s, p)], at: t))
+            .limited("\(who) reached its \(what)", retryAfter: max(1, Int(after.rounded(.up))), headers: rateHeaders([(s.minute(at: t), p)]))
         }
         if let max = p.maxParallel, s.inFlight >= max { return limited("limit of \(max) parallel requests", 1) }
-        if let rpm = p.requestsPerMinute, s.requests.count >= rpm {
+        if let rpm = p.requestsPerMinute, s.window.requests >= rpm {
             guard rpm > 0 else { return limited("limit of 0 requests per minute", 60) }
-            let oldest = s.requests[s.requests.count - rpm]
-            return limited("limit of \(rpm) requests per minute", oldest + 60 - t)
+            return limited("limit of \(rpm) requests per minute", s.window.secondsUntilRequests(below: rpm, at: t))
         }
         if let tpm = p.tokensPerMinute {
             if tokens > tpm { return .invalid("this request may use \(tokens) tokens (prompt + max_tokens), more than \(who)'s limit of \(tpm) per minute; lower max_tokens") }
-            let used = s.tokens.reduce(0) { $0 + $1.n }
-            if used + tokens > tpm {
+            if s.window.tokens + tokens > tpm {
                 // Wait until enough of the window has expired.
-                var freed = 0
-                var after = 60.0
-                for e in s.tokens {
-                    freed += e.n
-                    if used - freed + tokens <= tpm { after = e.at + 60 - t; break }
-                }
-                return limited("limit of \(tpm) tokens per minute", after)
+                return limited("limit of \(tpm) tokens per minute", s.window.secondsUntilTokens(fit: tokens, under: tpm, at: t))
             }
         }
+        let date = Date(timeIntervalSince1970: t)
         if let perDay = p.tokensPerDay {
             if tokens > perDay { return .invalid("this request may use \(tokens) tokens, more than \(who)'s daily budget of \(perDay)") }
-            if s.dayUsed + reserved + tokens > perDay {
+            if s.dayUsed + s.reserved + tokens > perDay {
                 return limited("daily budget of \(perDay) tokens", startOfDay(date).addingTimeInterval(86_400).timeIntervalSince(date))
             }
         }
         if let perMonth = p.tokensPerMonth {
             if tokens > perMonth { return .invalid("this request may use \(tokens) tokens, more than \(who)'s monthly budget of \(perMonth)") }
-            if s.monthUsed + reserved + tokens > perMonth {
+            if s.monthUsed + s.reserved + tokens > perMonth {
                 let next = utc.date(byAdding: .month, value: 1, to: startOfMonth(date)) ?? date.addingTimeInterval(86_400)
                 return limited("monthly budget of \(perMonth) tokens", next.timeIntervalSince(date))
             }
         }
         return nil
-    }
-
-    /// OpenAI's `x-ratelimit-*` headers: the smallest remaining allowance across the subjects.
-    static func rateHeaders(_ subjects: [(Subject, Policy)], at t: Double) -> [String: String] {
-        rateHeaders(subjects.map { s, p in
-            (QuotaMinute(requests: s.requests.count, tokens: s.tokens.reduce(0) { $0 + $1.n }, resetSeconds: s.requests.first.map { $0 + 60 - t } ?? 0), p)
-        })
     }
 
     /// The headers from each subject's last minute (in memory on one node, from the shared store
@@ -387,21 +455,26 @@ public final class AccessControl: Sendable {
     static func startOfDay(_ d: Date) -> Date { utc.startOfDay(for: d) }
     static func startOfMonth(_ d: Date) -> Date { utc.date(from: utc.dateComponents([.year, .month], from: d)) ?? d }
     /// Day and month indexes in UTC: budgets reset exactly at 00:00 UTC and on the 1st.
-    static func periods(_ d: Date) -> (day: Int, month: Int) {
-        let c = utc.dateComponents([.year, .month], from: d)
-        return (Int(startOfDay(d).timeIntervalSince1970 / 86_400), c.year! * 12 + c.month!)
-    }
+    static func periods(_ d: Date) -> (day: Int, month: Int) { UTCPeriods.periods(d.timeIntervalSince1970) }
 
     // MARK: Teams and keys (admin)
 
-    public func teams() -> [TeamRecord] { state.withLock { Array($0.teams.values) }.sorted { $0.createdAt < $1.createdAt } }
+    public func teams() -> [TeamRecord] {
+        teamShards.flatMap { shard in shard.withLock { $0.teams.values.map(\.record) } }.sorted { $0.createdAt < $1.createdAt }
+    }
+
     public func keys(team: String? = nil) -> [KeyRecord] {
-        state.withLock { s in Array(s.keys.values).filter { team == nil || $0.teamID == team } }.sorted { $0.createdAt < $1.createdAt }
+        keyShards.flatMap { shard in shard.withLock { $0.values.map(\.record).filter { team == nil || $0.teamID == team } } }
+            .sorted { $0.createdAt < $1.createdAt }
     }
 
     /// A team by id or name.
     public func team(_ idOrName: String) -> TeamRecord? {
-        state.withLock { s in s.teams[idOrName] ?? s.teams.values.first { $0.name == idOrName } }
+        if let byID = teamShard(idOrName).withLock({ $0.teams[idOrName]?.record }) { return byID }
+        for shard in teamShards {
+            if let byName = shard.withLock({ $0.teams.values.first { $0.record.name == idOrName }?.record }) { return byName }
+        }
+        return nil
     }
 
     /// Tokens used today and this month (reservations included) by a team; on a cluster node,
@@ -413,10 +486,9 @@ public final class AccessControl: Sendable {
 
     func localUsage(team id: String) -> (day: Int, month: Int, inFlight: Int) {
         let (day, month) = Self.periods(now())
-        return state.withLock { s in
+        return teamShard(id).withLock { s in
             guard let sub = s.teamUsage[id] else { return (0, 0, 0) }
-            let reserved = sub.reserved.values.reduce(0, +)
-            return ((sub.day == day ? sub.dayUsed : 0) + reserved, (sub.month == month ? sub.monthUsed : 0) + reserved, sub.inFlight)
+            return ((sub.day == day ? sub.dayUsed : 0) + sub.reserved, (sub.month == month ? sub.monthUsed : 0) + sub.reserved, sub.inFlight)
         }
     }
 
@@ -427,16 +499,7 @@ public final class AccessControl: Sendable {
     /// counters, makes the same checks as one node does, and records the reservation with a lease.
     func admit(_ caller: Caller, model names: [String], tokens: Int, request: QuotaRequest, in shared: SharedQuota) async throws(AccessError) -> Reservation? {
         guard let teamID = caller.teamID, let prefix = caller.keyPrefix else { return nil }
-        let cached: Result<(TeamRecord, Policy, Policy), AccessError> = state.withLock { s in
-            guard let team = s.teams[teamID], let teamPolicy = s.teamPolicies[teamID], let keyPolicy = s.keyPolicies[prefix] else {
-                return .failure(.unauthenticated("invalid API key"))
-            }
-            guard teamPolicy.allows(names), keyPolicy.allows(names) else {
-                return .failure(.forbidden("team '\(team.name)' may not use model '\(names.first ?? "")'"))
-            }
-            return .success((team, teamPolicy, keyPolicy))
-        }
-        let (team, teamPolicy, keyPolicy) = try cached.get()
+        let (team, teamPolicy, keyPolicy) = try policies(teamID, prefix, model: names)
         // A request larger than a limit can never pass: said without asking the store.
         for (policy, who) in [(teamPolicy, "team '\(team.name)'"), (keyPolicy, "key \(prefix)")] {
             if let refusal = Self.tooLarge(tokens, policy, who: who) { throw refusal }
@@ -450,7 +513,7 @@ public final class AccessControl: Sendable {
         let headers = Self.rateHeaders([(decision.team, teamPolicy), (decision.key, keyPolicy)])
         guard let refusal = decision.refusal else {
             let (day, month) = Self.periods(now())
-            return Reservation(id: 0, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, shared: request.id, headers: headers)
+            return Reservation(id: 0, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, admittedAt: 0, shared: request.id, headers: headers)
         }
         let who = decision.refusedTeam ? "team '\(team.name)'" : "key \(prefix)"
         let policy = decision.refusedTeam ? teamPolicy : keyPolicy
@@ -490,7 +553,7 @@ public final class AccessControl: Sendable {
         guard team(trimmed) == nil else { throw .conflict("a team named '\(trimmed)' exists") }
         let record = TeamRecord(id: "team-" + Secrets.random(bytes: 6).lowercased(), name: trimmed, disabled: false, policy: policy.json, createdAt: now())
         try await persist { try await $0.save(record) }
-        state.withLock { $0.put(record) }
+        put(record)
         return record
     }
 
@@ -504,21 +567,21 @@ public final class AccessControl: Sendable {
         if let disabled { record.disabled = disabled }
         let updated = record
         try await persist { try await $0.save(updated) }
-        state.withLock { $0.put(updated) }
+        put(updated)
         return updated
     }
 
     public func deleteTeam(_ idOrName: String) async throws(AccessError) {
         guard let record = team(idOrName) else { throw .notFound("no team '\(idOrName)'") }
         try await persist { try await $0.deleteTeam(id: record.id) }
-        state.withLock { s in
-            s.teams[record.id] = nil
-            s.teamPolicies[record.id] = nil
-            for (prefix, key) in s.keys where key.teamID == record.id {
-                s.keys[prefix] = nil
-                s.keyPolicies[prefix] = nil
-            }
+        for shard in keyShards {
+            shard.withLock { keys in keys = keys.filter { $0.value.record.teamID != record.id } }
         }
+        let removed = teamShard(record.id).withLock { s in
+            s.teamUsage[record.id] = nil
+            return s.teams.removeValue(forKey: record.id) != nil
+        }
+        if removed { teamCount.subtract(1, ordering: .relaxed) }
     }
 
     /// Creates a key; the returned key string is the only time it exists outside the caller.
@@ -528,11 +591,11 @@ public final class AccessControl: Sendable {
         let record = KeyRecord(prefix: prefix, teamID: team.id, name: name, hash: Secrets.sha256(key), policy: policy.json,
                                createdAt: now(), expiresAt: expiresAt, revokedAt: nil)
         try await persist { try await $0.save(record) }
-        state.withLock { $0.put(record) }
+        put(record)
         return (key, record)
     }
 
-    public func key(_ prefix: String) -> KeyRecord? { state.withLock { $0.keys[prefix] } }
+    public func key(_ prefix: String) -> KeyRecord? { keyShard(prefix).withLock { $0[prefix]?.record } }
 
     public func updateKey(_ prefix: String, policy: Policy?, expiresAt: Date??) async throws(AccessError) -> KeyRecord {
         guard var record = key(prefix) else { throw .notFound("no key '\(prefix)'") }
@@ -540,7 +603,7 @@ public final class AccessControl: Sendable {
         if let expiresAt { record.expiresAt = expiresAt }
         let updated = record
         try await persist { try await $0.save(updated) }
-        state.withLock { $0.put(updated) }
+        put(updated)
         return updated
     }
 
@@ -549,7 +612,7 @@ public final class AccessControl: Sendable {
         if record.revokedAt == nil { record.revokedAt = now() }
         let revoked = record
         try await persist { try await $0.save(revoked) }
-        state.withLock { $0.put(revoked) }
+        put(revoked)
         return revoked
     }
 
@@ -565,5 +628,44 @@ public final class AccessControl: Sendable {
     private func persist(_ write: (any AccountStore) async throws -> Void) async throws(AccessError) {
         guard let store else { return }
         do { try await write(store) } catch { throw .unavailable("could not save: \(error)") }
+    }
+}
+
+/// A lock and the state it guards, as a class so shards can sit in an array (`Mutex` cannot).
+final class ShardBox<Value>: Sendable where Value: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: sending Value) { mutex = Mutex(value) }
+    func withLock<R>(_ body: (inout sending Value) throws -> sending R) rethrows -> sending R { try mutex.withLock(body) }
+}
+
+/// The bookkeeping of unknown-key look-ups: remembered misses and a per-second budget.
+final class KeyLookups: Sendable {
+    private struct State {
+        var misses: [String: ContinuousClock.Instant] = [:]
+        var second = ContinuousClock.now
+        var used = 0
+    }
+
+    private let state = Mutex(State())
+
+    /// Whether `prefix` may be looked up now (not a recent miss, and within the budget).
+    func mayLookUp(_ prefix: String, at now: ContinuousClock.Instant) -> Bool {
+        state.withLock { s in
+            if let missed = s.misses[prefix], now - missed < AccessControl.missMemory { return false }
+            if now - s.second >= .seconds(1) { s.second = now; s.used = 0 }
+            guard s.used < AccessControl.lookupsPerSecond else { return false }
+            s.used += 1
+            return true
+        }
+    }
+
+    func remember(_ prefix: String, at now: ContinuousClock.Instant) {
+        state.withLock { s in
+            if s.misses.count >= AccessControl.missCapacity {
+                s.misses = s.misses.filter { now - $0.value < AccessControl.missMemory }
+                if s.misses.count >= AccessControl.missCapacity { s.misses.removeAll() }
+            }
+            s.misses[prefix] = now
+        }
     }
 }

@@ -46,6 +46,20 @@ extension PostgresStore: AccountStore {
         return out
     }
 
+    public func keyWithTeam(prefix: String) async throws -> (KeyRecord, TeamRecord)? {
+        let rows = try await client.query("""
+            SELECT k.prefix, k.team_id, k.name, k.hash, k.policy, k.created_at, k.expires_at, k.revoked_at, t.name, t.disabled, t.policy, t.created_at
+            FROM api_key k JOIN team t ON t.id = k.team_id WHERE k.prefix = \(prefix)
+            """, logger: logger)
+        for try await (p, team, name, hash, policy, created, expires, revoked, teamName, disabled, teamPolicy, teamCreated) in rows.decode(
+            (String, String, String, String, String, Date, Date?, Date?, String, Bool, String, Date).self)
+        {
+            return (KeyRecord(prefix: p, teamID: team, name: name, hash: hash, policy: policy, createdAt: created, expiresAt: expires, revokedAt: revoked),
+                    TeamRecord(id: team, name: teamName, disabled: disabled, policy: teamPolicy, createdAt: teamCreated))
+        }
+        return nil
+    }
+
     public func save(_ team: TeamRecord) async throws {
         try await write { tx in
             try await tx.query("""
@@ -87,6 +101,7 @@ extension PostgresStore: AccountStore {
         guard !rows.isEmpty else { return }
         // 19 binds a row; PostgreSQL takes at most 65 535 binds per statement.
         try await write { tx in
+            var inserted = Set<String>()
             var start = 0
             while start < rows.count {
                 let chunk = rows[start..<min(rows.count, start + 1000)]
@@ -103,24 +118,12 @@ extension PostgresStore: AccountStore {
                     binds.append(r.queueMs); binds.append(r.loadMs); binds.append(r.ttftMs); binds.append(r.totalMs)
                     binds.append(r.promptTPS); binds.append(r.generationTPS); binds.append(r.clientDisconnected); binds.append(r.node)
                 }
-                let sql = "INSERT INTO usage (\(Self.ledgerColumns)) VALUES \(values.joined(separator: ",")) ON CONFLICT (request_id) DO NOTHING"
-                try await tx.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger)
+                let sql = "INSERT INTO usage (\(Self.ledgerColumns)) VALUES \(values.joined(separator: ",")) ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+                for try await id in try await tx.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger).decode(String.self) { inserted.insert(id) }
             }
+            // Only rows written now are counted (a row already there came from an earlier try).
+            try await applyRollups(tx, UsageRollups.aggregate(rows.filter { inserted.contains($0.requestID) }))
         }
-    }
-
-    public func tokensUsed(since start: Date) async throws -> (teams: [String: Int], keys: [String: Int]) {
-        var teams: [String: Int] = [:]
-        var keys: [String: Int] = [:]
-        let rows = try await client.query("""
-            SELECT team, key_prefix, SUM(COALESCE(prompt_tokens,0) + COALESCE(completion_tokens,0))::BIGINT FROM usage WHERE ts >= \(start)
-            GROUP BY team, key_prefix
-            """, logger: logger)
-        for try await (team, key, n) in rows.decode((String?, String?, Int?).self) {
-            if let team { teams[team, default: 0] += n ?? 0 }
-            if let key { keys[key, default: 0] += n ?? 0 }
-        }
-        return (teams, keys)
     }
 
     public func usageRows(from: Date, to: Date, team: String?, model: String?, limit: Int) async throws -> [LedgerRow] {
@@ -130,45 +133,18 @@ extension PostgresStore: AccountStore {
               AND (\(team)::TEXT IS NULL OR team = \(team)) AND (\(model)::TEXT IS NULL OR model = \(model))
             ORDER BY ts DESC LIMIT \(limit)
             """, logger: logger)
-        for try await row in rows {
-            let r = row.makeRandomAccess()
-            out.append(LedgerRow(
-                requestID: try r.get("request_id"), ts: try r.get("ts"), team: try r.get("team"), keyPrefix: try r.get("key_prefix"),
-                model: try r.get("model"), route: try r.get("route"), status: try r.get("status"), errorKind: try r.get("error_kind"),
-                promptTokens: try r.get("prompt_tokens"), cachedTokens: try r.get("cached_tokens"), completionTokens: try r.get("completion_tokens"),
-                queueMs: try r.get("queue_ms"), loadMs: try r.get("load_ms"), ttftMs: try r.get("ttft_ms"), totalMs: try r.get("total_ms"),
-                promptTPS: try r.get("prompt_tps"), generationTPS: try r.get("generation_tps"), clientDisconnected: try r.get("client_disconnected"),
-                node: try r.get("node")))
-        }
+        for try await row in rows { out.append(try Self.ledgerRow(row.makeRandomAccess())) }
         return out
     }
 
-    public func usageSummary(from: Date, to: Date, group: String, bucketFormat: String) async throws -> [UsageBucket] {
-        let column = ["team": "team", "keyPrefix": "key_prefix", "model": "model"][group]
-        // SQLite's strftime patterns as PostgreSQL's to_char patterns.
-        let format = ["%Y-%m-%d": "YYYY-MM-DD", "%Y-%m-%dT%H": "YYYY-MM-DD\"T\"HH24"][bucketFormat]
-        guard let column, let format else { return [] }
-        let rows = try await client.query("""
-            SELECT \(unescaped: column) AS grp, to_char(ts AT TIME ZONE 'UTC', \(format)) AS bucket, COUNT(*)::BIGINT,
-              SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)::BIGINT, SUM(COALESCE(prompt_tokens,0))::BIGINT,
-              SUM(COALESCE(completion_tokens,0))::BIGINT, SUM(COALESCE(cached_tokens,0))::BIGINT, AVG(total_ms)::FLOAT8
-            FROM usage WHERE ts >= \(from) AND ts < \(to) GROUP BY grp, bucket ORDER BY bucket, grp
-            """, logger: logger)
-        var out: [UsageBucket] = []
-        for try await (grp, bucket, requests, errors, prompt, completion, cached, average) in rows.decode((String?, String, Int, Int, Int, Int, Int, Double?).self) {
-            out.append(UsageBucket(group: grp, bucket: bucket, requests: requests, errors: errors, promptTokens: prompt, completionTokens: completion,
-                                   cachedTokens: cached, averageTotalMs: average ?? 0))
-        }
-        return out
-    }
-
-    public func usageTotalsByModel() async throws -> [String: (requests: Int, promptTokens: Int, completionTokens: Int)] {
-        var out: [String: (Int, Int, Int)] = [:]
-        let rows = try await client.query("""
-            SELECT model, COUNT(*)::BIGINT, SUM(COALESCE(prompt_tokens,0))::BIGINT, SUM(COALESCE(completion_tokens,0))::BIGINT FROM usage GROUP BY model
-            """, logger: logger)
-        for try await (model, n, p, c) in rows.decode((String, Int, Int, Int).self) { out[model] = (n, p, c) }
-        return out
+    static func ledgerRow(_ r: PostgresRandomAccessRow) throws -> LedgerRow {
+        LedgerRow(
+            requestID: try r.get("request_id"), ts: try r.get("ts"), team: try r.get("team"), keyPrefix: try r.get("key_prefix"),
+            model: try r.get("model"), route: try r.get("route"), status: try r.get("status"), errorKind: try r.get("error_kind"),
+            promptTokens: try r.get("prompt_tokens"), cachedTokens: try r.get("cached_tokens"), completionTokens: try r.get("completion_tokens"),
+            queueMs: try r.get("queue_ms"), loadMs: try r.get("load_ms"), ttftMs: try r.get("ttft_ms"), totalMs: try r.get("total_ms"),
+            promptTPS: try r.get("prompt_tps"), generationTPS: try r.get("generation_tps"), clientDisconnected: try r.get("client_disconnected"),
+            node: try r.get("node"))
     }
 
     public func usageCount() async throws -> Int {

@@ -59,6 +59,10 @@ public final class PostgresStore: Service, Sendable {
                     }
                     now.append(id)
                 }
+                if now.contains(Self.rollupMigration.0) {
+                    // What the ledger held before rollups existed is counted once, here.
+                    try await rebuildUsageRollups()
+                }
                 try await conn.query("SELECT pg_advisory_unlock(7243001)", logger: logger)
                 return now
             } catch {
@@ -101,6 +105,7 @@ public final class PostgresStore: Service, Sendable {
         ("pg4-quota-batches", [QuotaSQL.verdict, QuotaSQL.retryAfter, QuotaSQL.admitMany, QuotaSQL.settleManyAtOnce,
                                "DROP FUNCTION corral_quota_admit", "DROP FUNCTION corral_quota_check", "DROP FUNCTION corral_quota_settle"]),
         workMigration,
+        rollupMigration,
     ]
 
     /// The ids of the migrations applied so far.

@@ -195,6 +195,13 @@ extension Store {
 
     public func teams() async throws -> [TeamRecord] { try await writer.read { db in try TeamRecord.fetchAll(db) } }
     public func keys() async throws -> [KeyRecord] { try await writer.read { db in try KeyRecord.fetchAll(db) } }
+    public func keyWithTeam(prefix: String) async throws -> (KeyRecord, TeamRecord)? {
+        try await writer.read { db in
+            guard let key = try KeyRecord.fetchOne(db, key: prefix), let team = try TeamRecord.fetchOne(db, key: key.teamID) else { return nil }
+            return (key, team)
+        }
+    }
+
     public func save(_ team: TeamRecord) async throws { try await writer.write { db in try team.save(db) } }
     public func save(_ key: KeyRecord) async throws { try await writer.write { db in try key.save(db) } }
 
@@ -208,7 +215,8 @@ extension Store {
 
     // MARK: Ledger
 
-    /// Appends ledger rows in one transaction (a row already present is kept as it was).
+    /// Appends ledger rows in one transaction (a row already present is kept as it was) and adds
+    /// the new ones to the rollups in the same transaction.
     ///
     /// One cached statement with positional arguments: GRDB's `Encodable` insert builds a
     /// dictionary per row through a keyed encoder, which was most of the ledger thread's time.
@@ -221,27 +229,17 @@ extension Store {
                 completionTokens, queueMs, loadMs, ttftMs, totalMs, promptTPS, generationTPS, clientDisconnected, node)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
+            var inserted: [LedgerRow] = []
+            inserted.reserveCapacity(rows.count)
             for r in rows {
                 try insert.execute(arguments: [
                     r.requestID, r.ts, r.team, r.keyPrefix, r.model, r.route, r.status, r.errorKind, r.promptTokens, r.cachedTokens,
                     r.completionTokens, r.queueMs, r.loadMs, r.ttftMs, r.totalMs, r.promptTPS, r.generationTPS, r.clientDisconnected, r.node,
                 ])
+                // A row already there (written before a retry) is counted once.
+                if db.changesCount > 0 { inserted.append(r) }
             }
-        }
-    }
-
-    /// Tokens (prompt + completion) used since `start`, per team id and per key prefix.
-    public func tokensUsed(since start: Date) async throws -> (teams: [String: Int], keys: [String: Int]) {
-        try await writer.read { db in
-            var teams: [String: Int] = [:]
-            var keys: [String: Int] = [:]
-            let sql = "SELECT team, keyPrefix, SUM(COALESCE(promptTokens,0) + COALESCE(completionTokens,0)) AS n FROM usage WHERE ts >= ? GROUP BY team, keyPrefix"
-            for row in try Row.fetchAll(db, sql: sql, arguments: [start]) {
-                let n: Int = row["n"] ?? 0
-                if let t: String = row["team"] { teams[t, default: 0] += n }
-                if let k: String = row["keyPrefix"] { keys[k, default: 0] += n }
-            }
-            return (teams, keys)
+            try Self.applyRollups(db, UsageRollups.aggregate(inserted))
         }
     }
 
@@ -252,36 +250,6 @@ extension Store {
             if let team { request = request.filter(Column("team") == team) }
             if let model { request = request.filter(Column("model") == model) }
             return try request.order(Column("ts").desc).limit(limit).fetchAll(db)
-        }
-    }
-
-    /// Sums grouped by `group` (team, keyPrefix or model) and a time bucket (`%Y-%m-%d` or `%Y-%m-%dT%H`).
-    public func usageSummary(from: Date, to: Date, group: String, bucketFormat: String) async throws -> [UsageBucket] {
-        guard ["team", "keyPrefix", "model"].contains(group) else { return [] }
-        return try await writer.read { db in
-            let sql = """
-                SELECT \(group) AS grp, strftime(?, ts) AS bucket, COUNT(*) AS requests,
-                  SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors,
-                  SUM(COALESCE(promptTokens,0)) AS promptTokens, SUM(COALESCE(completionTokens,0)) AS completionTokens,
-                  SUM(COALESCE(cachedTokens,0)) AS cachedTokens, AVG(totalMs) AS avgTotalMs
-                FROM usage WHERE ts >= ? AND ts < ? GROUP BY grp, bucket ORDER BY bucket, grp
-                """
-            return try Row.fetchAll(db, sql: sql, arguments: [bucketFormat, from, to]).map { row in
-                UsageBucket(
-                    group: row["grp"], bucket: row["bucket"] ?? "", requests: row["requests"] ?? 0, errors: row["errors"] ?? 0,
-                    promptTokens: row["promptTokens"] ?? 0, completionTokens: row["completionTokens"] ?? 0,
-                    cachedTokens: row["cachedTokens"] ?? 0, averageTotalMs: row["avgTotalMs"] ?? 0)
-            }
-        }
-    }
-
-    /// Requests and tokens per model over the whole ledger.
-    public func usageTotalsByModel() async throws -> [String: (requests: Int, promptTokens: Int, completionTokens: Int)] {
-        try await writer.read { db in
-            var out: [String: (Int, Int, Int)] = [:]
-            let sql = "SELECT model, COUNT(*) AS n, SUM(COALESCE(promptTokens,0)) AS p, SUM(COALESCE(completionTokens,0)) AS c FROM usage GROUP BY model"
-            for row in try Row.fetchAll(db, sql: sql) { out[row["model"]] = (row["n"], row["p"], row["c"]) }
-            return out
         }
     }
 

@@ -14,20 +14,26 @@ public protocol AccountStore: Sendable {
     func saveAdminTokenHashIfAbsent(_ hash: String) async throws -> String
     func teams() async throws -> [TeamRecord]
     func keys() async throws -> [KeyRecord]
+    /// One key and its team, read now (a key another node created a moment ago).
+    func keyWithTeam(prefix: String) async throws -> (KeyRecord, TeamRecord)?
     func save(_ team: TeamRecord) async throws
     func save(_ key: KeyRecord) async throws
     /// Deletes a team and its keys (usage rows stay: the ledger is history).
     func deleteTeam(id: String) async throws
-    /// Appends ledger rows in one transaction (a row already present is kept as it was).
+    /// Appends ledger rows in one transaction (a row already present is kept as it was) and adds
+    /// the new ones to the rollups in the same transaction.
     func appendUsage(_ rows: [LedgerRow]) async throws
-    /// Tokens (prompt + completion) used since `start`, per team id and per key prefix.
-    func tokensUsed(since start: Date) async throws -> (teams: [String: Int], keys: [String: Int])
     /// Ledger rows in a time range, newest first (at most `limit`).
     func usageRows(from: Date, to: Date, team: String?, model: String?, limit: Int) async throws -> [LedgerRow]
-    /// Sums grouped by `group` (team, keyPrefix or model) and a time bucket (`%Y-%m-%d` or `%Y-%m-%dT%H`).
-    func usageSummary(from: Date, to: Date, group: String, bucketFormat: String) async throws -> [UsageBucket]
-    /// Requests and tokens per model over the whole ledger.
-    func usageTotalsByModel() async throws -> [String: (requests: Int, promptTokens: Int, completionTokens: Int)]
+    /// Rollups covering `[from, to)` at minute resolution: hour rollups for whole hours, minute
+    /// rollups at the ends (``UsageRollups/cover(from:to:)``).
+    func usageRollups(from: Date, to: Date) async throws -> [(UsageRollupKey, UsageRollup)]
+    /// Recounts the rollups from the raw rows kept.
+    func rebuildUsageRollups() async throws
+    /// Deletes at most `limit` ledger rows older than `cutoff`; returns how many went.
+    func pruneUsage(before cutoff: Date, limit: Int) async throws -> Int
+    /// Deletes at most `limit` rollups of `span` seconds whose bucket started before `cutoff`.
+    func pruneUsageRollups(span: Int, before cutoff: Date, limit: Int) async throws -> Int
     /// Number of ledger rows.
     func usageCount() async throws -> Int
 }

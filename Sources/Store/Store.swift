@@ -58,6 +58,7 @@ public struct Store: Sendable {
             // The cluster node that served a request (nil on a single node).
             try db.alter(table: "usage") { t in t.add(column: "node", .text) }
         }
+        registerUsageRollupMigrations(&m)
         return m
     }
 

@@ -52,6 +52,9 @@ public final class GatewayMetrics: Sendable {
     private let runningTotals = Mutex(Totals())
     /// Reads the ledger's backlog for the `corral_ledger_pending_rows` gauge (set at start-up).
     nonisolated(unsafe) public static var ledgerPending: (@Sendable () -> Int)?
+    /// Reads the ledger's counters (set at start-up): requests refused while it was full, and
+    /// retention rounds that failed.
+    nonisolated(unsafe) public static var ledgerCounters: (@Sendable () -> (refused: Int, pruneFailures: Int))?
 
     public init() {
         var f: [String: Family] = [:]
@@ -167,7 +170,13 @@ public final class GatewayMetrics: Sendable {
         out += "# HELP corral_instance_projected_memory_bytes Memory the fit plan projected for a model.\n# TYPE corral_instance_projected_memory_bytes gauge\n"
         for i in loaded { if let p = i.projectedMiB { out += "corral_instance_projected_memory_bytes{\(Self.labels([("model", i.model)]))} \(p * 1_048_576)\n" } }
         if let ledgerPending {
-            out += "# HELP corral_ledger_pending_rows Usage rows waiting to be written to SQLite.\n# TYPE corral_ledger_pending_rows gauge\ncorral_ledger_pending_rows \(ledgerPending)\n"
+            out += "# HELP corral_ledger_pending_rows Usage rows waiting to be written to the store.\n# TYPE corral_ledger_pending_rows gauge\ncorral_ledger_pending_rows \(ledgerPending)\n"
+        }
+        if let counters = Self.ledgerCounters?() {
+            out += "# HELP corral_ledger_refused_total Requests refused with 503 because the usage ledger's queue was at its bound.\n"
+            out += "# TYPE corral_ledger_refused_total counter\ncorral_ledger_refused_total \(counters.refused)\n"
+            out += "# HELP corral_ledger_prune_failures_total Usage retention rounds that failed (retried next round).\n"
+            out += "# TYPE corral_ledger_prune_failures_total counter\ncorral_ledger_prune_failures_total \(counters.pruneFailures)\n"
         }
         return out
     }

@@ -4,30 +4,54 @@ import ServiceLifecycle
 import Store
 import Synchronization
 
-/// Writes one ledger row per request to SQLite, in batches off the request path.
+/// Whether the ledger can take more requests: asked before a request is admitted.
+public protocol UsageBackpressure: Sendable {
+    /// False while the rows waiting to be written are at the bound.
+    var hasRoom: Bool { get }
+    /// Counts a request refused because the ledger was full (for `/metrics`).
+    func noteRefused()
+}
+
+/// Writes one ledger row per request to the store, in batches off the request path.
 ///
 /// Requests only append to an in-memory list; every `window` (200 ms) the list is written in one
-/// transaction. A graceful stop writes what is left, so a `kill -9` loses at most one window of
-/// rows. When SQLite cannot be written (read-only, disk full, locked) the rows stay in memory
-/// and are written once it works again; the condition is logged and visible in `/metrics`.
-public final class UsageLedger: Service, Sendable {
+/// transaction (rows and their rollups together). A graceful stop writes what is left, so a
+/// `kill -9` loses at most one window of rows. When the store cannot be written (read-only, disk
+/// full, locked) the rows stay in memory and are written once it works again; the condition is
+/// logged and visible in `/metrics`.
+///
+/// Memory is bounded without dropping a row: once `capacity` rows wait, ``hasRoom`` turns false and
+/// the gateway refuses new requests with 503 and `Retry-After` (counted in
+/// `corral_ledger_refused_total`) until writes catch up. Requests already admitted still record
+/// their rows, so the list can pass the bound by at most the requests in flight.
+public final class UsageLedger: Service, UsageBackpressure, Sendable {
     let store: any AccountStore
     /// The cluster node name written on every row (nil on a single node).
     let node: String?
     let window: Duration
     let logger: Logger
-    /// Rows kept in memory at most while SQLite is failing (the oldest are dropped beyond it).
-    let maxPending: Int
-    private let pending = Mutex<[LedgerRow]>([])
+    /// Rows waiting to be written past which new requests are refused.
+    public let capacity: Int
+    /// Rows waiting, and how many of those taken out are being written now.
+    private let pending = Mutex<(rows: [LedgerRow], writing: Int)>(([], 0))
+    private let pendingRows = Atomic<Int>(0)
+    private let refusedCount = Atomic<Int>(0)
     private let failing = Mutex<String?>(nil)
 
-    public init(store: any AccountStore, logger: Logger, node: String? = nil, window: Duration = .milliseconds(200), maxPending: Int = 1_000_000) {
+    public init(store: any AccountStore, logger: Logger, node: String? = nil, window: Duration = .milliseconds(200), capacity: Int = 100_000) {
         self.store = store
         self.node = node
         self.logger = logger
         self.window = window
-        self.maxPending = maxPending
+        self.capacity = max(1, capacity)
     }
+
+    public var hasRoom: Bool { pendingRows.load(ordering: .relaxed) < capacity }
+
+    public func noteRefused() { refusedCount.add(1, ordering: .relaxed) }
+
+    /// Requests refused because the ledger was full, since start.
+    public var refused: Int { refusedCount.load(ordering: .relaxed) }
 
     /// Queues a request's row (cheap: one lock and an append).
     public func record(_ r: RequestRecord) {
@@ -38,23 +62,27 @@ public final class UsageLedger: Service, Sendable {
             errorKind: r.errorKind, promptTokens: r.promptTokens, cachedTokens: r.cachedTokens, completionTokens: r.completionTokens,
             queueMs: r.queueMs, loadMs: r.loadMs, ttftMs: r.timeToFirstByteMs, totalMs: r.totalMs, promptTPS: r.promptTokensPerSecond,
             generationTPS: r.generationTokensPerSecond, clientDisconnected: r.clientDisconnected, node: r.node ?? node)
-        pending.withLock { rows in
-            rows.append(row)
-            if rows.count > maxPending { rows.removeFirst(rows.count - maxPending) }
+        pending.withLock { p in
+            p.rows.append(row)
+            pendingRows.store(p.rows.count + p.writing, ordering: .relaxed)
         }
     }
 
-    /// Rows not yet in SQLite.
-    public var pendingCount: Int { pending.withLock { $0.count } }
+    /// Rows not yet in the store.
+    public var pendingCount: Int { pendingRows.load(ordering: .relaxed) }
 
     /// Why the last write failed, while it keeps failing.
     public var problem: String? { failing.withLock { $0 } }
 
     /// Writes everything queued so far.
     public func flush() async {
-        let rows = pending.withLock { rows in
-            defer { rows.removeAll(keepingCapacity: true) }
-            return rows
+        // Taken out in one swap; counted as pending until written, so the bound holds meanwhile.
+        let rows = pending.withLock { p in
+            defer {
+                p.writing = p.rows.count
+                p.rows = []
+            }
+            return p.rows
         }
         guard !rows.isEmpty else { return }
         do {
@@ -62,11 +90,19 @@ public final class UsageLedger: Service, Sendable {
             // written late by the abandoned attempt are not written twice (the request id is the key).
             let store = self.store
             try await withDeadline(.seconds(5), { try await store.appendUsage(rows) })
+            pending.withLock { p in
+                p.writing = 0
+                pendingRows.store(p.rows.count, ordering: .relaxed)
+            }
             if let was = failing.withLock({ f in defer { f = nil }; return f }) {
                 logger.notice("usage ledger writes work again", metadata: ["was": "\(was)"])
             }
         } catch {
-            pending.withLock { $0.insert(contentsOf: rows, at: 0) }
+            pending.withLock { p in
+                p.rows.insert(contentsOf: rows, at: 0)
+                p.writing = 0
+                pendingRows.store(p.rows.count, ordering: .relaxed)
+            }
             let message = "\(error)"
             let first = failing.withLock { f in defer { f = message }; return f == nil }
             if first { logger.error("cannot write the usage ledger; keeping rows in memory", metadata: ["error": "\(message)"]) }

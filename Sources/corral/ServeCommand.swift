@@ -146,12 +146,15 @@ struct ServeCommand: AsyncParsableCommand {
         let digests = FileDigests(preloaded: known) { identity, digest in
             try? await store.saveFileDigest(path: identity.path, size: Int64(identity.size), modified: identity.modified, digest: digest)
         }
-        let ledger = UsageLedger(store: stores.accounts, logger: logger, node: cfg.cluster?.nodeName)
+        let ledger = UsageLedger(store: stores.accounts, logger: logger, node: cfg.cluster?.nodeName, capacity: cfg.usage.queueBound)
+        let retention = UsageRetention(store: stores.accounts, retainDays: cfg.usage.retainDays, retainRollupDays: cfg.usage.retainRollupDays, logger: logger)
         GatewayMetrics.ledgerPending = { ledger.pendingCount }
+        GatewayMetrics.ledgerCounters = { (ledger.refused, retention.failureCount) }
         var deps = GatewayDependencies(
             config: cfg, scheduler: scheduler, client: client, recorder: { ledger.record($0) }, logger: logger, store: store,
             digests: digests, access: access, work: stores.work, node: cfg.cluster?.nodeName)
         deps.tools = tools
+        deps.ledger = ledger
         deps.configPath = config
         deps.factsCache = factsCache
         deps.accounts = stores.accounts
@@ -168,13 +171,14 @@ struct ServeCommand: AsyncParsableCommand {
             logger.warning("--benchmark-without-accounts: no authentication, limits or usage ledger")
             deps.access = nil
             deps.recorder = nil
+            deps.ledger = nil
         }
         let app = try buildApplication(deps)
         let reloader = ConfigReloader(path: config, scheduler: scheduler, logger: logger, cache: factsCache)
         // Shut down in reverse: the HTTP server drains first, then the ledger writes what is left.
         // A cluster node leaves the registry after the server has finished its requests and
         // before the ledger's last write; the shared store's client stops after all of them.
-        let services: [any Service] = [reloader, ledger] + (cluster.map { [$0] } ?? []) + [app]
+        let services: [any Service] = [reloader, ledger, retention] + (cluster.map { [$0] } ?? []) + [app]
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         cluster?.onShutdown { await group.triggerGracefulShutdown() }

@@ -15,23 +15,17 @@ import Usage
 struct StoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "store", abstract: "Migrate a store, or copy one node's accounts and ledger into another store.",
-        subcommands: [Migrate.self, Copy.self, StoreBenchCommand.self])
+        subcommands: [Migrate.self, Copy.self, RebuildRollups.self, StoreBenchCommand.self])
 
     struct Migrate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Apply the store's migrations (as `serve` does at start) and list them.")
 
-        @Option(help: "Configuration file (store.url and store.passwordEnv).")
-        var config = "routes.json"
-
-        @Option(help: "A store URL instead of routes.json's: sqlite:PATH or postgres://USER@HOST:PORT/DATABASE.")
-        var url: String?
-
-        @Option(help: "The environment variable holding the PostgreSQL password.")
-        var passwordEnv: String?
+        @OptionGroup var store: StoreOptions
 
         func run() async throws {
-            let cfg = (try? CorralConfig.load(path: config)) ?? CorralConfig()
-            let location = try StoreCommand.location(url ?? cfg.storeURL, cfg: cfg)
+            let cfg = (try? CorralConfig.load(path: store.config)) ?? CorralConfig()
+            let location = try StoreCommand.location(store.url ?? cfg.storeURL, cfg: cfg)
+            let passwordEnv = store.passwordEnv
             switch location {
             case .sqlite(let path):
                 _ = try Store.open(path: path)
@@ -41,6 +35,25 @@ struct StoreCommand: AsyncParsableCommand {
                 defer { client.cancel() }
                 print("\(pg): migrated (\(try await store.appliedMigrations().joined(separator: ", ")))")
             }
+        }
+    }
+
+    struct RebuildRollups: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rebuild-rollups",
+            abstract: "Recount the usage rollups from the ledger rows kept (rollups older than the oldest row stay).",
+            discussion: "For rows written into the usage table by other means than Corral; `serve` keeps rollups current by itself.")
+
+        @OptionGroup var store: StoreOptions
+
+        func run() async throws {
+            let cfg = try CorralConfig.load(path: store.config)
+            let location = try StoreCommand.location(store.url ?? cfg.storeURL, cfg: cfg)
+            let (accounts, stop) = try await StoreCommand.accounts(location, passwordEnv: store.passwordEnv ?? cfg.storePasswordEnv, mustExist: true)
+            defer { stop() }
+            let started = ContinuousClock.now
+            try await accounts.rebuildUsageRollups()
+            print("\(location): usage rollups rebuilt in \(ContinuousClock.now - started)")
         }
     }
 
@@ -227,6 +240,18 @@ struct StoreCommand: AsyncParsableCommand {
             return (store, { client.cancel() })
         }
     }
+}
+
+/// Where a store command finds its store: routes.json's `store.url`, or one given.
+struct StoreOptions: ParsableArguments {
+    @Option(help: "Configuration file (store.url and store.passwordEnv).")
+    var config = "routes.json"
+
+    @Option(help: "A store URL instead of routes.json's: sqlite:PATH or postgres://USER@HOST:PORT/DATABASE.")
+    var url: String?
+
+    @Option(help: "The environment variable holding the PostgreSQL password.")
+    var passwordEnv: String?
 }
 
 /// `corral drain`: the node stops taking work, finishes what it has, leaves the cluster and exits.

@@ -116,6 +116,24 @@ def test_a_key_made_on_one_node_works_on_all_and_revocation_applies_at_the_next_
     assert chat(nodes["c"], key).status_code == 401
 
 
+def test_a_key_works_on_every_node_the_moment_its_creation_returns(cluster):
+    # No wait for the change notice: a node that has not heard of a key looks it up in the
+    # shared store before refusing it. Several keys, each used on B and C right away.
+    pg, nodes = cluster
+    h = admin(nodes)
+    team = httpx.post(nodes["a"].base + "/admin/teams", headers=h, json={"name": "instant-keys"}).json()
+    for _ in range(5):
+        key = httpx.post(nodes["a"].base + f"/admin/teams/{team['id']}/keys", headers=h, json={}).json()["key"]
+        for n in ("b", "c"):
+            r = chat(nodes[n], key, max_tokens=1)
+            assert r.status_code == 200, (n, r.text)
+    # A key that exists nowhere is still refused, however often it is tried.
+    fake = "ck-zzzzzzzz-" + "x" * 43
+    for _ in range(3):
+        r = chat(nodes["b"], fake)
+        assert r.status_code == 401 and r.json()["error"]["message"] == "invalid API key", r.text
+
+
 def test_team_changes_on_one_node_apply_on_the_others(cluster):
     pg, nodes = cluster
     team, key = team_with_key(nodes, "changes")

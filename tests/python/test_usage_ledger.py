@@ -123,3 +123,44 @@ def test_ledger_rows_match_what_clients_received(tmp_path):
         if c.proc.poll() is None:
             c.proc.kill()
         shutil.rmtree(c.directory, ignore_errors=True)
+
+
+def test_a_full_ledger_queue_refuses_with_503_and_loses_no_row():
+    """The ledger's queue is bounded: while SQLite cannot be written (another process holds its
+    write lock) rows wait in memory up to `usage.queueBound`; past it new requests get 503 with
+    Retry-After, counted in /metrics. Once writes work again every admitted request has its row,
+    and the rollups count each row once."""
+    c = start_corral(extra_config={"usage": {"queueBound": 4}})
+    try:
+        h = {"authorization": f"Bearer {c.admin_token}"}
+        team = httpx.post(c.base + "/admin/teams", headers=h, json={"name": "bounded"}).json()
+        key = httpx.post(c.base + f"/admin/teams/{team['id']}/keys", headers=h, json={}).json()["key"]
+        auth = {"authorization": f"Bearer {key}"}
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        assert httpx.post(c.base + "/v1/chat/completions", headers=auth, json=body, timeout=60).status_code == 200
+        time.sleep(0.5)  # that row is written
+        db = sqlite3.connect(f"{c.directory}/data/corral.sqlite", timeout=10, isolation_level=None)
+        db.execute("BEGIN EXCLUSIVE")
+        statuses = []
+        try:
+            for _ in range(12):
+                r = httpx.post(c.base + "/v1/chat/completions", headers=auth, json=body, timeout=60)
+                statuses.append(r.status_code)
+                if r.status_code == 503:
+                    assert r.json()["error"]["code"] == "ledger_full" and r.headers["retry-after"] == "1", r.text
+            metrics = httpx.get(c.base + "/metrics", headers=h).text
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        assert statuses.count(200) == 4 and statuses.count(503) == 8, statuses
+        assert "corral_ledger_refused_total 8" in metrics
+        c.proc.send_signal(signal.SIGTERM)
+        assert c.proc.wait(timeout=30) == 0
+        db = sqlite3.connect(f"{c.directory}/data/corral.sqlite")
+        assert db.execute("SELECT COUNT(*) FROM usage").fetchone()[0] == 5
+        assert db.execute("SELECT SUM(requests) FROM usage_rollup WHERE span = 60").fetchone()[0] == 5
+        assert db.execute("SELECT SUM(requests) FROM usage_rollup WHERE span = 3600").fetchone()[0] == 5
+    finally:
+        if c.proc.poll() is None:
+            c.proc.kill()
+        shutil.rmtree(c.directory, ignore_errors=True)

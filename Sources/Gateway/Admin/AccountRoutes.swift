@@ -194,27 +194,23 @@ struct AccountRoutes: Sendable {
         return jsonResponse(["data": data])
     }
 
+    /// Percentiles per model over a window, from rollups (minute resolution; each value within
+    /// its histogram bucket's width, about 9 %), so the cost follows the window, not the ledger.
     func stats(_ request: Request) async throws -> Response {
         guard let store else { throw OpenAIError(.serviceUnavailable, "no database", code: "no_store") }
         let window = parseDuration(request.uri.queryParameters.get("window") ?? "1h") ?? .seconds(3600)
         let to = Date().addingTimeInterval(1)
         let from = to.addingTimeInterval(-Double(window.components.seconds))
-        let rows = try await store.usageRows(from: from, to: to, team: nil, model: nil, limit: 1_000_000)
-        var models: [String: [LedgerRow]] = [:]
-        for r in rows { models[r.model, default: []].append(r) }
-        let data: [[String: Any]] = models.keys.sorted().map { model in
-            let rs = models[model]!
-            func pct(_ values: [Double]) -> [String: Any] {
-                let v = values.sorted()
-                guard !v.isEmpty else { return ["p50": NSNull(), "p95": NSNull(), "p99": NSNull()] }
-                func p(_ q: Double) -> Double { v[min(v.count - 1, Int((q * Double(v.count - 1)).rounded()))] }
-                return ["p50": p(0.5), "p95": p(0.95), "p99": p(0.99)]
+        let models = try await store.modelStats(from: from, to: to)
+        let data: [[String: Any]] = models.map { m in
+            func pct(_ h: LogHistogram) -> [String: Any] {
+                ["p50": h.quantile(0.5) ?? NSNull(), "p95": h.quantile(0.95) ?? NSNull(), "p99": h.quantile(0.99) ?? NSNull()]
             }
+            let u = m.usage
             return [
-                "model": model, "requests": rs.count, "errors": rs.filter { $0.status >= 400 }.count,
-                "promptTokens": rs.compactMap(\.promptTokens).reduce(0, +), "completionTokens": rs.compactMap(\.completionTokens).reduce(0, +),
-                "latencyMs": pct(rs.map(\.totalMs)), "timeToFirstTokenMs": pct(rs.compactMap(\.ttftMs)),
-                "generationTokensPerSecond": pct(rs.compactMap(\.generationTPS)), "promptTokensPerSecond": pct(rs.compactMap(\.promptTPS)),
+                "model": m.model, "requests": u.requests, "errors": u.errors, "promptTokens": u.promptTokens, "completionTokens": u.completionTokens,
+                "latencyMs": pct(u.totalMs), "timeToFirstTokenMs": pct(u.ttftMs),
+                "generationTokensPerSecond": pct(u.generationTPS), "promptTokensPerSecond": pct(u.promptTPS),
             ]
         }
         return jsonResponse(["window": "\(window)", "from": iso(from), "to": iso(to), "models": data])

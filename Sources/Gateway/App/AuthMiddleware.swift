@@ -59,16 +59,13 @@ struct AuthMiddleware: RouterMiddleware {
             context.isAdmin = true
             return try await next(request, context)
         }
-        context.caller = try caller(for: key)
+        context.caller = try await caller(for: key)
         return try await next(request, context)
     }
 
     /// The caller presenting `key`; refusals become OpenAI errors, which the error middleware
     /// reshapes for Ollama routes.
-    func caller(for key: String?) throws(OpenAIError) -> Caller {
-        switch Result(catching: { () throws(AccessError) -> Caller in try access.authenticate(key) }) {
-        case .success(let caller): return caller
-        case .failure(let error): throw OpenAIError(error)
-        }
+    func caller(for key: String?) async throws(OpenAIError) -> Caller {
+        do { return try await access.authenticateLookingUp(key) } catch { throw OpenAIError(error) }
     }
 }

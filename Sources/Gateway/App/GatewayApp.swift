@@ -27,6 +27,8 @@ public struct GatewayDependencies: Sendable {
     public var scheduler: Scheduler
     public var client: HTTPClient
     public var recorder: RequestRecorder?
+    /// The usage ledger's bound (nil: none, as in tests of other concerns).
+    public var ledger: (any UsageBackpressure)?
     public var logger: Logger
     /// Database for aliases and digests (nil in tests that do not need it).
     public var store: Store?
@@ -237,7 +239,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
         recorder: { record in
             metrics.observe(record)
             upstreamRecorder?(record)
-        }, logger: deps.logger, access: deps.access, cluster: deps.cluster)
+        }, logger: deps.logger, access: deps.access, cluster: deps.cluster, ledger: deps.ledger)
     let profiles = SamplingProfiles(config: deps.config.profiles, store: deps.libraryState)
     deps.cluster?.onChange { [profiles, scheduler = deps.scheduler, state = deps.libraryState, logger = deps.logger] in
         do { try await profiles.load() } catch { logger.error("sampling profiles changed on another node could not be read", metadata: ["error": "\(error)"]) }

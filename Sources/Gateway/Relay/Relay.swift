@@ -121,12 +121,15 @@ public struct Relay: Sendable {
     /// This node's cluster (nil on a single node): requests for a model a peer has loaded with a
     /// free slot go there instead of loading it here.
     let cluster: ClusterNode?
+    /// The usage ledger's bound: while it is full, requests are refused before anything else.
+    let ledger: (any UsageBackpressure)?
 
     public init(
         scheduler: Scheduler, client: HTTPClient, local: LocalUpstreamClient, recorder: RequestRecorder?, logger: Logger, access: AccessControl? = nil,
-        cluster: ClusterNode? = nil
+        cluster: ClusterNode? = nil, ledger: (any UsageBackpressure)? = nil
     ) {
         self.cluster = cluster
+        self.ledger = ledger
         self.scheduler = scheduler
         self.client = client
         self.local = local
@@ -265,6 +268,12 @@ public struct Relay: Sendable {
         caller: Caller, tokens: TokenEstimate, keepAlive: Duration? = nil, load: LoadOptions? = nil, contentType: String = "application/json",
         priority: RequestPriority = .interactive
     ) async throws(OpenAIError) -> UpstreamExchange {
+        if let ledger, !ledger.hasRoom {
+            // Every admitted request writes a row; past the bound, refuse rather than grow
+            // memory or drop a row. Counted in /metrics, not in the ledger (it is full).
+            ledger.noteRefused()
+            throw OpenAIError(.serviceUnavailable, "the usage ledger is behind on its writes; retry shortly", type: "server_error", code: "ledger_full", retryAfter: 1)
+        }
         let started = ContinuousClock.now
         let requestID = RequestIDs.next()
         func refused(_ error: OpenAIError, kind: String) -> OpenAIError {

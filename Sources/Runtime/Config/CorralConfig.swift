@@ -184,6 +184,16 @@ public struct CorralConfig: Sendable {
     public var maxBodyBytes = 32 << 20
     /// The largest file `/v1/files` accepts (`files.maxBytes`).
     public var maxFileBytes = 100 << 20
+    /// The usage ledger: how long raw rows and rollups are kept, and how many rows may wait to be written.
+    public struct Usage: Sendable {
+        /// Days raw ledger rows (and per-minute rollups) are kept (`usage.retainDays`).
+        public var retainDays = 30
+        /// Days hourly rollups are kept (`usage.retainRollupDays`).
+        public var retainRollupDays = 400
+        /// Rows waiting to be written past which requests are refused with 503 (`usage.queueBound`).
+        public var queueBound = 100_000
+    }
+    public var usage = Usage()
     /// Folder relative paths were resolved against.
     public var baseDirectory = "."
 
@@ -234,6 +244,15 @@ public struct CorralConfig: Sendable {
         if var f = try root.object("files") {
             c.maxFileBytes = try f.int("maxBytes", min: 1) ?? c.maxFileBytes
             try f.finish()
+        }
+        if var u = try root.object("usage") {
+            c.usage.retainDays = try u.int("retainDays", min: 1) ?? c.usage.retainDays
+            c.usage.retainRollupDays = try u.int("retainRollupDays", min: 1) ?? c.usage.retainRollupDays
+            c.usage.queueBound = try u.int("queueBound", min: 1) ?? c.usage.queueBound
+            try u.finish()
+            if c.usage.retainRollupDays < c.usage.retainDays {
+                throw ConfigError(key: "usage.retainRollupDays", problem: "must be at least usage.retainDays (\(c.usage.retainDays))")
+            }
         }
         c.defaultModel = try root.string("defaultModel")
         if c.defaultModel?.isEmpty == true { throw ConfigError(key: "defaultModel", problem: "must name a model") }

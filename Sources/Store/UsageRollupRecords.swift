@@ -1,0 +1,120 @@
+import Foundation
+import GRDB
+
+/// Usage rollups and retention in SQLite: rollup rows are written in the same transaction as the
+/// ledger rows they count, so they always equal sums over the raw rows; reads for charts and
+/// statistics cost what the buckets asked for, not what the ledger holds.
+extension Store {
+    static func registerUsageRollupMigrations(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v9-usage-rollups") { db in
+            try db.execute(sql: """
+                CREATE TABLE usage_rollup (
+                  span INTEGER NOT NULL, bucket INTEGER NOT NULL, team TEXT NOT NULL, keyPrefix TEXT NOT NULL, model TEXT NOT NULL,
+                  statusClass INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL, promptTokens INTEGER NOT NULL,
+                  completionTokens INTEGER NOT NULL, cachedTokens INTEGER NOT NULL, totalMsSum REAL NOT NULL,
+                  totalMsHist TEXT NOT NULL, ttftMsHist TEXT NOT NULL, promptTPSHist TEXT NOT NULL, generationTPSHist TEXT NOT NULL,
+                  PRIMARY KEY (span, bucket, team, keyPrefix, model, statusClass)
+                ) WITHOUT ROWID
+                """)
+            // Retention deletes and time-range pages read the ledger by time alone.
+            try db.create(index: "usage_ts", on: "usage", columns: ["ts"])
+            // What the ledger held before rollups existed is counted once, here.
+            try rebuildRollups(db, since: nil)
+        }
+    }
+
+    /// Adds `deltas` to the stored rollups (inside the ledger write's transaction).
+    static func applyRollups(_ db: Database, _ deltas: [UsageRollupKey: UsageRollup]) throws {
+        guard !deltas.isEmpty else { return }
+        let select = try db.cachedStatement(sql: """
+            SELECT requests, errors, promptTokens, completionTokens, cachedTokens, totalMsSum, totalMsHist, ttftMsHist, promptTPSHist,
+              generationTPSHist FROM usage_rollup WHERE span = ? AND bucket = ? AND team = ? AND keyPrefix = ? AND model = ? AND statusClass = ?
+            """)
+        let upsert = try db.cachedStatement(sql: """
+            INSERT OR REPLACE INTO usage_rollup (span, bucket, team, keyPrefix, model, statusClass, requests, errors, promptTokens,
+              completionTokens, cachedTokens, totalMsSum, totalMsHist, ttftMsHist, promptTPSHist, generationTPSHist)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """)
+        for (key, delta) in deltas {
+            var merged = delta
+            let pk: StatementArguments = [key.span, key.bucket, key.team, key.keyPrefix, key.model, key.statusClass]
+            if let row = try Row.fetchOne(select, arguments: pk) { merged.merge(try rollup(row)) }
+            try upsert.execute(arguments: pk + [
+                merged.requests, merged.errors, merged.promptTokens, merged.completionTokens, merged.cachedTokens, merged.totalMsSum,
+                merged.totalMs.encoded, merged.ttftMs.encoded, merged.promptTPS.encoded, merged.generationTPS.encoded,
+            ])
+        }
+    }
+
+    static func rollup(_ row: Row) throws -> UsageRollup {
+        try UsageRollup(
+            requests: row["requests"], errors: row["errors"], promptTokens: row["promptTokens"], completionTokens: row["completionTokens"],
+            cachedTokens: row["cachedTokens"], totalMsSum: row["totalMsSum"],
+            histograms: (row["totalMsHist"], row["ttftMsHist"], row["promptTPSHist"], row["generationTPSHist"]))
+    }
+
+    /// Recounts the rollups of every bucket from the hour of the oldest raw row kept (or of all
+    /// of them when `since` is nil); older rollups, whose raw rows retention removed, stay.
+    static func rebuildRollups(_ db: Database, since: Date?) throws {
+        guard let oldest = try Date.fetchOne(db, sql: "SELECT MIN(ts) FROM usage") else { return }
+        let from = max(since ?? oldest, oldest)
+        let hourStart = Int(from.timeIntervalSince1970.rounded(.down)) / UsageRollups.hour * UsageRollups.hour
+        try db.execute(sql: "DELETE FROM usage_rollup WHERE bucket >= ?", arguments: [hourStart])
+        let cursor = try LedgerRow.filter(Column("ts") >= Date(timeIntervalSince1970: Double(hourStart))).fetchCursor(db)
+        var batch: [LedgerRow] = []
+        batch.reserveCapacity(50_000)
+        var deltas: [UsageRollupKey: UsageRollup] = [:]
+        func fold() {
+            for (k, v) in UsageRollups.aggregate(batch) { deltas[k, default: UsageRollup()].merge(v) }
+            batch.removeAll(keepingCapacity: true)
+        }
+        while let row = try cursor.next() {
+            batch.append(row)
+            if batch.count == 50_000 { fold() }
+        }
+        fold()
+        try applyRollups(db, deltas)
+    }
+
+    /// Recounts the rollups from the raw rows kept (after `store copy`, or rows written by hand).
+    public func rebuildUsageRollups() async throws {
+        try await writer.write { db in try Self.rebuildRollups(db, since: nil) }
+    }
+
+    /// Rollups of one span whose buckets start in `[from, to)`, with their keys.
+    func rollups(_ db: Database, span: Int, from: Int, to: Int) throws -> [(UsageRollupKey, UsageRollup)] {
+        let rows = try Row.fetchAll(db, sql: """
+            SELECT * FROM usage_rollup WHERE span = ? AND bucket >= ? AND bucket < ?
+            """, arguments: [span, from, to])
+        return try rows.map { row in
+            (UsageRollupKey(span: span, bucket: row["bucket"], team: row["team"], keyPrefix: row["keyPrefix"], model: row["model"], statusClass: row["statusClass"]),
+             try Self.rollup(row))
+        }
+    }
+
+    /// Rollups covering `[from, to)` at minute resolution (see ``UsageRollups/cover(from:to:)``).
+    public func usageRollups(from: Date, to: Date) async throws -> [(UsageRollupKey, UsageRollup)] {
+        try await writer.read { db in
+            try UsageRollups.cover(from: from, to: to).flatMap { piece in try self.rollups(db, span: piece.span, from: piece.from, to: piece.to) }
+        }
+    }
+
+    /// Deletes at most `limit` ledger rows older than `cutoff`; returns how many went.
+    public func pruneUsage(before cutoff: Date, limit: Int) async throws -> Int {
+        try await writer.write { db in
+            try db.execute(sql: "DELETE FROM usage WHERE rowid IN (SELECT rowid FROM usage WHERE ts < ? LIMIT ?)", arguments: [cutoff, limit])
+            return db.changesCount
+        }
+    }
+
+    /// Deletes at most `limit` rollups of `span` whose bucket started before `cutoff`.
+    public func pruneUsageRollups(span: Int, before cutoff: Date, limit: Int) async throws -> Int {
+        try await writer.write { db in
+            try db.execute(sql: """
+                DELETE FROM usage_rollup WHERE (span, bucket, team, keyPrefix, model, statusClass) IN
+                  (SELECT span, bucket, team, keyPrefix, model, statusClass FROM usage_rollup WHERE span = ? AND bucket < ? LIMIT ?)
+                """, arguments: [span, Int(cutoff.timeIntervalSince1970), limit])
+            return db.changesCount
+        }
+    }
+}
