@@ -66,7 +66,9 @@ public final class AccessControl: Sendable {
         /// Tokens reserved by requests in flight (not yet replaced by real usage).
         var reserved = 0
 
-        /// Drops what left the minute window and resets counters at period boundaries.
+        /// Drops what left the minute window and resets counters at period boundaries; returns
+        /// the time as the window saw it (never before an earlier call's).
+        @discardableResult
         mutating func roll(at t: Double, day: Int, month: Int) -> Double {
             if self.day != day { self.day = day; dayUsed = 0 }
             if self.month != month { self.month = month; monthUsed = 0 }
@@ -78,7 +80,7 @@ public final class AccessControl: Sendable {
         }
     }
 
-    /// A team with its decoded policy and the counters of the team and of its keys.
+    /// A team with its policy, decoded once when stored.
     struct TeamEntry {
         var record: TeamRecord
         var policy: Policy
@@ -658,6 +660,9 @@ final class KeyLookups: Sendable {
             return true
         }
     }
+
+    /// Prefixes remembered as missing now.
+    var missCount: Int { state.withLock { $0.misses.count } }
 
     func remember(_ prefix: String, at now: ContinuousClock.Instant) {
         state.withLock { s in

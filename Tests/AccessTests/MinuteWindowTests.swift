@@ -136,3 +136,27 @@ extension AccessControlTests {
         #expect(admitted == [100, 100, 100])
     }
 }
+
+/// Look-ups of keys a cluster node has not heard of: misses remembered, a budget per second.
+struct KeyLookupTests {
+    @Test func aMissIsNotAskedAgainUntilItsMemoryEnds() {
+        let lookups = KeyLookups()
+        let t = ContinuousClock.now
+        #expect(lookups.mayLookUp("ck-aaaaaaaa", at: t))
+        lookups.remember("ck-aaaaaaaa", at: t)
+        #expect(!lookups.mayLookUp("ck-aaaaaaaa", at: t + .seconds(1)))
+        #expect(lookups.mayLookUp("ck-bbbbbbbb", at: t + .seconds(1)))
+        #expect(lookups.mayLookUp("ck-aaaaaaaa", at: t + AccessControl.missMemory + .milliseconds(1)))
+    }
+
+    @Test func randomKeysCannotFloodTheStore() {
+        let lookups = KeyLookups()
+        let t = ContinuousClock.now
+        let allowed = (0..<1000).filter { lookups.mayLookUp("ck-\($0)", at: t + .milliseconds($0 / 10)) }.count
+        #expect(allowed == AccessControl.lookupsPerSecond)
+        #expect(lookups.mayLookUp("ck-next", at: t + .seconds(1)))
+        // Remembered misses stay bounded however many random prefixes come.
+        for i in 0..<(AccessControl.missCapacity * 3) { lookups.remember("ck-\(i)", at: t) }
+        #expect(lookups.missCount <= AccessControl.missCapacity)
+    }
+}
