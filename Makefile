@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-bu
 # PostgreSQL server from Debian's binaries (package postgresql).
 TEST_PACKAGES := prometheus chromium chromium-driver postgresql
 
-.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-cluster soak fuzz clean
+.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-cluster soak fuzz clean
 
 ## serve: install what is missing, build, make a demo model if none, and run on routes.json
 serve: system llama build demo-model
@@ -94,6 +94,10 @@ bench-gateway: llama release venv
 
 bench-auth: llama release venv
 	$(PY) scripts/bench_auth.py --corral $(RELEASE_BIN)
+
+## bench-load: Corral (open, keyed, limits, cluster) vs nginx direct vs LiteLLM under wrk at 1-256 connections, and admin queries over a 10M-row ledger
+bench-load: release venv
+	$(PY) scripts/bench_load.py --corral $(RELEASE_BIN)
 
 ## fuzz: the GGUF reader and the OpenAI <-> Ollama translators, far longer than `make test` runs them
 FUZZ_ITERATIONS ?= 300000

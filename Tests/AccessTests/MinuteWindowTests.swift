@@ -160,3 +160,15 @@ struct KeyLookupTests {
         #expect(lookups.missCount <= AccessControl.missCapacity)
     }
 }
+
+struct PresentedKeyTests {
+    @Test func bearerOrXAPIKeyTrimmedAndCaseInsensitive() {
+        #expect(AccessControl.presentedKey(authorization: "Bearer ck-abc", apiKey: nil) == "ck-abc")
+        #expect(AccessControl.presentedKey(authorization: "  bEaReR \t ck-abc  ", apiKey: nil) == "ck-abc")
+        #expect(AccessControl.presentedKey(authorization: "Bearer   ", apiKey: " k ") == "k")
+        #expect(AccessControl.presentedKey(authorization: "Basic dXNlcg==", apiKey: nil) == nil)
+        #expect(AccessControl.presentedKey(authorization: "Bear", apiKey: "") == nil)
+        #expect(AccessControl.presentedKey(authorization: nil, apiKey: "x-key") == "x-key")
+        #expect(AccessControl.presentedKey(authorization: "Bearer clé-ü", apiKey: nil) == "clé-ü")
+    }
+}

@@ -50,7 +50,11 @@ struct FastLane: Sendable {
 
     /// The route a request head may take the lane on, or nil when it belongs to the router.
     func route(for head: HTTPRequest) -> String? {
-        guard head.method == .post, let path = head.path, Self.paths[path] != nil else { return nil }
+        guard head.method == .post, let path = head.path, Self.paths[path] != nil,
+              // The lane answers local models only: with none configured, it would only parse
+              // each body to hand the request on.
+              routes.scheduler.currentCatalog.localModelCount > 0
+        else { return nil }
         let fields = head.headerFields
         guard fields[.origin] == nil, fields[.expect] == nil, fields[.transferEncoding] == nil,
               let length = fields[.contentLength].flatMap(Int.init), length <= maxBodyBytes
@@ -73,6 +77,16 @@ struct FastLane: Sendable {
 
     /// Makes the router's checks; nil when the router should answer (including every refusal).
     func ticket(path: String, head: HTTPRequest, body buffer: ByteBuffer) -> Ticket? {
+        guard let body = try? JSON.object(Data(buffer.readableBytesView)),
+              let (outgoing, checked) = try? routes.prepare(path: path, buffer: buffer, body: body),
+              let post = try? Relay.check(buffer: outgoing, body: checked, injectUsage: Self.paths[path] ?? false),
+              let spec = routes.scheduler.currentCatalog.resolve(post.modelName), case .local = spec.backend,
+              // A request that would hear of a load in progress (a stream, or one that asks with
+              // X-Corral-Progress) is the router's while its model is not ready.
+              !Relay.hearsOfLoads(streaming: post.streaming, head.headerFields) || routes.scheduler.isReady(spec.id)
+        else { return nil }
+        // Authenticated once the lane is sure to take the request: one for a remote model goes
+        // to the router, which authenticates it itself.
         var caller = Caller.anonymous
         if let cluster, let from = head.headerFields[Self.hopField] {
             guard cluster.trusts(head.headerFields[Self.secretField]) else { return nil }
@@ -82,14 +96,6 @@ struct FastLane: Sendable {
             guard let known = try? access.authenticate(key) else { return nil }
             caller = known
         }
-        guard let body = try? JSON.object(Data(buffer.readableBytesView)),
-              let (outgoing, checked) = try? routes.prepare(path: path, buffer: buffer, body: body),
-              let post = try? Relay.check(buffer: outgoing, body: checked, injectUsage: Self.paths[path] ?? false),
-              let spec = routes.scheduler.currentCatalog.resolve(post.modelName), case .local = spec.backend,
-              // A request that would hear of a load in progress (a stream, or one that asks with
-              // X-Corral-Progress) is the router's while its model is not ready.
-              !Relay.hearsOfLoads(streaming: post.streaming, head.headerFields) || routes.scheduler.isReady(spec.id)
-        else { return nil }
         return Ticket(path: path, headers: head.headerFields, caller: caller, post: post)
     }
 

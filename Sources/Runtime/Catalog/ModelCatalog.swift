@@ -93,6 +93,8 @@ public struct ModelSpec: Sendable, Equatable {
 public struct ModelCatalog: Sendable {
     public private(set) var models: [ModelSpec] = []
     private var index: [String: Int] = [:]
+    /// Models served by a llama-server Corral runs (not a remote upstream).
+    public private(set) var localModelCount = 0
     /// Files that could not be read, with the reason.
     public private(set) var problems: [(path: String, error: String)] = []
     /// The id of the model a request that names none is served by: `defaultModel` from
@@ -189,6 +191,7 @@ public struct ModelCatalog: Sendable {
     /// Adds a model unless its name is taken (the first definition wins).
     public mutating func add(_ spec: ModelSpec) {
         guard index[spec.id] == nil else { return }
+        if case .local = spec.backend { localModelCount += 1 }
         models.append(spec)
         let i = models.count - 1
         index[spec.id] = i
