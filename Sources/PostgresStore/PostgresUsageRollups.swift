@@ -17,6 +17,8 @@ extension PostgresStore {
           PRIMARY KEY (span, bucket, team, key_prefix, model, status_class))
         """,
         "CREATE INDEX usage_ts ON usage (ts)",
+        // Budgets come from rollups now: nothing reads the ledger by key.
+        "DROP INDEX usage_key_ts",
     ])
 
     /// The advisory lock every rollup write takes (for the length of its transaction).
