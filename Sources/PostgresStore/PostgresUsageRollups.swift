@@ -71,6 +71,31 @@ extension PostgresStore {
         return out
     }
 
+    public func usageSums(from: Date, to: Date, group: UsageGroup, unit: Int) async throws -> [(bucket: Int, group: String, sums: UsageRollup)] {
+        let column = ["team": "team", "keyPrefix": "key_prefix", "model": "model"][group.rawValue]!
+        var out: [(bucket: Int, group: String, sums: UsageRollup)] = []
+        for piece in UsageRollups.cover(from: from, to: to) {
+            var rows: [(bucket: Int, group: String, sums: UsageRollup)] = []
+            let result = try await client.query("""
+                SELECT (bucket / \(unit)) * \(unit), \(unescaped: column), SUM(requests)::BIGINT, SUM(errors)::BIGINT, SUM(prompt_tokens)::BIGINT,
+                  SUM(completion_tokens)::BIGINT, SUM(cached_tokens)::BIGINT, SUM(total_ms_sum)::FLOAT8
+                FROM usage_rollup WHERE span = \(piece.span) AND bucket >= \(piece.from) AND bucket < \(piece.to) GROUP BY 1, 2
+                """, logger: logger)
+            for try await (bucket, name, requests, errors, prompt, completion, cached, total) in result.decode((Int, String, Int, Int, Int, Int, Int, Double).self) {
+                var sums = UsageRollup()
+                sums.requests = requests
+                sums.errors = errors
+                sums.promptTokens = prompt
+                sums.completionTokens = completion
+                sums.cachedTokens = cached
+                sums.totalMsSum = total
+                rows.append((bucket, name, sums))
+            }
+            out.merge(rows)
+        }
+        return out
+    }
+
     /// Recounts the rollups of every bucket from the hour of the oldest raw row kept; older
     /// rollups (whose rows retention removed) stay.
     public func rebuildUsageRollups() async throws {

@@ -28,6 +28,10 @@ public protocol AccountStore: Sendable {
     /// Rollups covering `[from, to)` at minute resolution: hour rollups for whole hours, minute
     /// rollups at the ends (``UsageRollups/cover(from:to:)``).
     func usageRollups(from: Date, to: Date) async throws -> [(UsageRollupKey, UsageRollup)]
+    /// Rollup sums over `[from, to)` (minute resolution) grouped in SQL by `unit` (3600 or 86400
+    /// seconds: the start of each hour or day) and by `group` (`team`, `keyPrefix` or `model`;
+    /// "" is open mode's team and key). Histograms are not read.
+    func usageSums(from: Date, to: Date, group: UsageGroup, unit: Int) async throws -> [(bucket: Int, group: String, sums: UsageRollup)]
     /// Recounts the rollups from the raw rows kept.
     func rebuildUsageRollups() async throws
     /// Deletes at most `limit` ledger rows older than `cutoff`; returns how many went.

@@ -7,34 +7,15 @@ extension AccountStore {
     /// Sums grouped by `group` (team, keyPrefix or model) and a time bucket (`%Y-%m-%d` or
     /// `%Y-%m-%dT%H:00`, UTC), ordered by bucket then group. `from` and `to` are taken at minute resolution.
     public func usageSummary(from: Date, to: Date, group: String, bucketFormat: String) async throws -> [UsageBucket] {
-        guard ["team", "keyPrefix", "model"].contains(group) else { return [] }
+        guard let grouping = UsageGroup(rawValue: group) else { return [] }
         let daily = bucketFormat == "%Y-%m-%d"
-        var sums: [String: [String: (group: String?, usage: UsageRollup)]] = [:]
-        for (key, rollup) in try await usageRollups(from: from, to: to) {
-            let name: String? =
-                switch group {
-                case "team": key.team.isEmpty ? nil : key.team
-                case "keyPrefix": key.keyPrefix.isEmpty ? nil : key.keyPrefix
-                default: key.model
-                }
-            let bucket = Self.bucketLabel(key.bucket, daily: daily)
-            var entry = sums[bucket]?[name ?? "\u{0}"] ?? (name, UsageRollup())
-            entry.usage.requests += rollup.requests
-            entry.usage.errors += rollup.errors
-            entry.usage.promptTokens += rollup.promptTokens
-            entry.usage.completionTokens += rollup.completionTokens
-            entry.usage.cachedTokens += rollup.cachedTokens
-            entry.usage.totalMsSum += rollup.totalMsSum
-            sums[bucket, default: [:]][name ?? "\u{0}"] = entry
-        }
-        return sums.keys.sorted().flatMap { bucket in
-            sums[bucket]!.keys.sorted().map { name in
-                let e = sums[bucket]![name]!
-                return UsageBucket(
-                    group: e.group, bucket: bucket, requests: e.usage.requests, errors: e.usage.errors, promptTokens: e.usage.promptTokens,
-                    completionTokens: e.usage.completionTokens, cachedTokens: e.usage.cachedTokens,
-                    averageTotalMs: e.usage.requests > 0 ? e.usage.totalMsSum / Double(e.usage.requests) : 0)
-            }
+        let rows = try await usageSums(from: from, to: to, group: grouping, unit: daily ? 86_400 : 3600)
+        return rows.sorted { ($0.bucket, $0.group) < ($1.bucket, $1.group) }.map { r in
+            let name: String? = grouping == .model || !r.group.isEmpty ? r.group : nil
+            return UsageBucket(
+                group: name, bucket: Self.bucketLabel(r.bucket, daily: daily), requests: r.sums.requests, errors: r.sums.errors,
+                promptTokens: r.sums.promptTokens, completionTokens: r.sums.completionTokens, cachedTokens: r.sums.cachedTokens,
+                averageTotalMs: r.sums.requests > 0 ? r.sums.totalMsSum / Double(r.sums.requests) : 0)
         }
     }
 

@@ -110,6 +110,30 @@ extension Store {
         }
     }
 
+    public func usageSums(from: Date, to: Date, group: UsageGroup, unit: Int) async throws -> [(bucket: Int, group: String, sums: UsageRollup)] {
+        try await writer.read { db in
+            var out: [(bucket: Int, group: String, sums: UsageRollup)] = []
+            for piece in UsageRollups.cover(from: from, to: to) {
+                let rows = try Row.fetchAll(db, sql: """
+                    SELECT (bucket / ?) * ? AS b, \(group.rawValue) AS g, SUM(requests), SUM(errors), SUM(promptTokens), SUM(completionTokens),
+                      SUM(cachedTokens), SUM(totalMsSum)
+                    FROM usage_rollup WHERE span = ? AND bucket >= ? AND bucket < ? GROUP BY b, g
+                    """, arguments: [unit, unit, piece.span, piece.from, piece.to])
+                out.merge(rows.map { row in
+                    var sums = UsageRollup()
+                    sums.requests = row[2]
+                    sums.errors = row[3]
+                    sums.promptTokens = row[4]
+                    sums.completionTokens = row[5]
+                    sums.cachedTokens = row[6]
+                    sums.totalMsSum = row[7]
+                    return (row[0], row[1], sums)
+                })
+            }
+            return out
+        }
+    }
+
     /// Deletes at most `limit` ledger rows older than `cutoff`; returns how many went.
     public func pruneUsage(before cutoff: Date, limit: Int) async throws -> Int {
         try await writer.write { db in

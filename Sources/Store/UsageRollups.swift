@@ -183,6 +183,27 @@ public enum UsageRollups {
     }
 }
 
+/// What `/admin/usage` sums by.
+public enum UsageGroup: String, Sendable, CaseIterable {
+    case team
+    case keyPrefix
+    case model
+}
+
+extension [(bucket: Int, group: String, sums: UsageRollup)] {
+    /// Adds rows of one rollup piece into `self`, merging equal (bucket, group) pairs.
+    public mutating func merge(_ rows: [(bucket: Int, group: String, sums: UsageRollup)]) {
+        var index: [String: Int] = [:]
+        for (i, r) in enumerated() { index["\(r.bucket)|\(r.group)"] = i }
+        for r in rows {
+            if let i = index["\(r.bucket)|\(r.group)"] { self[i].sums.merge(r.sums) } else {
+                index["\(r.bucket)|\(r.group)"] = count
+                append(r)
+            }
+        }
+    }
+}
+
 /// Usage statistics for one model over a window, from rollups.
 public struct ModelUsageStats: Sendable {
     public var model: String

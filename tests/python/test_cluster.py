@@ -173,6 +173,29 @@ def test_profiles_default_model_and_pins_set_on_one_node_apply_on_the_others(clu
     wait_for(lambda: httpx.get(b.base + "/admin/default-model", headers=h).json()["model"] != "solo", 2.5, "B to drop the default model")
 
 
+def test_usage_from_rollups_equals_the_shared_ledger_on_every_node(cluster):
+    # Rows written by three nodes into one PostgreSQL ledger: each node's /admin/usage (summed in
+    # SQL over rollups) and /admin/stats equal what the raw rows say.
+    pg, nodes = cluster
+    h = admin(nodes)
+    team, key = team_with_key(nodes, "rollup-team")
+    for n in ("a", "b", "c", "a", "b", "c"):
+        assert chat(nodes[n], key, max_tokens=2).status_code == 200
+    assert chat(nodes["b"], key, model="no-such-model").status_code == 404
+
+    def rows():
+        return pg.query(f"SELECT COUNT(*) || ' ' || SUM(COALESCE(completion_tokens, 0)) FROM usage WHERE team = '{team}'")
+    wait_for(lambda: rows().startswith("7 "), 5, "seven ledger rows")
+    count, completion = map(int, rows().split())
+    for n in nodes.values():
+        usage = httpx.get(n.base + "/admin/usage?group=team&bucket=hour", headers=h).json()["data"]
+        mine = [u for u in usage if u["team"] == team]
+        assert sum(u["requests"] for u in mine) == count and sum(u["completionTokens"] for u in mine) == completion, (n.name, mine)
+        assert sum(u["errors"] for u in mine) == 1
+        stats = {m["model"]: m for m in httpx.get(n.base + "/admin/stats?window=1h", headers=h).json()["models"]}
+        assert stats["chat"]["requests"] >= 6 and stats["chat"]["latencyMs"]["p50"] is not None
+
+
 def test_tokens_per_minute_hold_exactly_across_three_nodes(cluster):
     pg, nodes = cluster
     team, key = team_with_key(nodes, "tpm-300", tokensPerMinute=300)
