@@ -48,12 +48,33 @@ extension AccountStore {
         return out
     }
 
-    /// `2026-12-07` or `2026-12-07T10:00` for a bucket start (Unix seconds, UTC).
+    /// `2026-12-07` or `2026-12-07T10:00` for a bucket start (Unix seconds, UTC). Digits by
+    /// hand: `String(format:)` is slow on Linux, and a week by hour is a thousand labels.
     static func bucketLabel(_ seconds: Int, daily: Bool) -> String {
         var t = time_t(seconds)
         var parts = tm()
         gmtime_r(&t, &parts)
-        let day = String(format: "%04d-%02d-%02d", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday))
-        return daily ? day : day + String(format: "T%02d:00", Int(parts.tm_hour))
+        var out = [UInt8]()
+        out.reserveCapacity(16)
+        func digits(_ value: Int32, _ width: Int) {
+            var v = Int(value)
+            var buffer = [UInt8](repeating: 0x30, count: width)
+            for i in stride(from: width - 1, through: 0, by: -1) {
+                buffer[i] = 0x30 + UInt8(v % 10)
+                v /= 10
+            }
+            out += buffer
+        }
+        digits(parts.tm_year + 1900, 4)
+        out.append(0x2D)
+        digits(parts.tm_mon + 1, 2)
+        out.append(0x2D)
+        digits(parts.tm_mday, 2)
+        if !daily {
+            out.append(0x54)
+            digits(parts.tm_hour, 2)
+            out += Array(":00".utf8)
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 }
