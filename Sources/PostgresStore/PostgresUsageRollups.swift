@@ -55,11 +55,12 @@ extension PostgresStore {
             histograms: (try r.get("total_ms_hist"), try r.get("ttft_ms_hist"), try r.get("prompt_tps_hist"), try r.get("generation_tps_hist")))
     }
 
-    public func usageRollups(from: Date, to: Date) async throws -> [(UsageRollupKey, UsageRollup)] {
+    public func usageRollups(from: Date, to: Date, modelLevel: Bool) async throws -> [(UsageRollupKey, UsageRollup)] {
         var out: [(UsageRollupKey, UsageRollup)] = []
         for piece in UsageRollups.cover(from: from, to: to) {
             let rows = try await client.query("""
                 SELECT * FROM usage_rollup WHERE span = \(piece.span) AND bucket >= \(piece.from) AND bucket < \(piece.to)
+                  AND (team = \(UsageRollups.allTeams)) = \(modelLevel)
                 """, logger: logger)
             for try await row in rows {
                 let r = row.makeRandomAccess()
@@ -79,7 +80,8 @@ extension PostgresStore {
             let result = try await client.query("""
                 SELECT (bucket / \(unit)) * \(unit), \(unescaped: column), SUM(requests)::BIGINT, SUM(errors)::BIGINT, SUM(prompt_tokens)::BIGINT,
                   SUM(completion_tokens)::BIGINT, SUM(cached_tokens)::BIGINT, SUM(total_ms_sum)::FLOAT8
-                FROM usage_rollup WHERE span = \(piece.span) AND bucket >= \(piece.from) AND bucket < \(piece.to) GROUP BY 1, 2
+                FROM usage_rollup WHERE span = \(piece.span) AND bucket >= \(piece.from) AND bucket < \(piece.to)
+                  AND team <> \(UsageRollups.allTeams) GROUP BY 1, 2
                 """, logger: logger)
             for try await (bucket, name, requests, errors, prompt, completion, cached, total) in result.decode((Int, String, Int, Int, Int, Int, Int, Double).self) {
                 var sums = UsageRollup()

@@ -26,8 +26,9 @@ public protocol AccountStore: Sendable {
     /// Ledger rows in a time range, newest first (at most `limit`).
     func usageRows(from: Date, to: Date, team: String?, model: String?, limit: Int) async throws -> [LedgerRow]
     /// Rollups covering `[from, to)` at minute resolution: hour rollups for whole hours, minute
-    /// rollups at the ends (``UsageRollups/cover(from:to:)``).
-    func usageRollups(from: Date, to: Date) async throws -> [(UsageRollupKey, UsageRollup)]
+    /// rollups at the ends (``UsageRollups/cover(from:to:)``); per model only (`modelLevel`), or
+    /// per team, key and model.
+    func usageRollups(from: Date, to: Date, modelLevel: Bool) async throws -> [(UsageRollupKey, UsageRollup)]
     /// Rollup sums over `[from, to)` (minute resolution) grouped in SQL by `unit` (3600 or 86400
     /// seconds: the start of each hour or day) and by `group` (`team`, `keyPrefix` or `model`;
     /// "" is open mode's team and key). Histograms are not read.

@@ -1,7 +1,7 @@
 import Foundation
 
 /// What the admin views, the dashboard's charts and budget loading read: sums and percentiles
-/// computed from rollups (``AccountStore/usageRollups(from:to:)``), so their cost grows with the
+/// computed from rollups (``AccountStore/usageRollups(from:to:modelLevel:)``), so their cost grows with the
 /// buckets asked for, never with the rows in the ledger. The same for SQLite and PostgreSQL.
 extension AccountStore {
     /// Sums grouped by `group` (team, keyPrefix or model) and a time bucket (`%Y-%m-%d` or
@@ -22,7 +22,7 @@ extension AccountStore {
     /// Per model over `[from, to)`: sums and latency, time-to-first-token and token-rate histograms.
     public func modelStats(from: Date, to: Date) async throws -> [ModelUsageStats] {
         var models: [String: UsageRollup] = [:]
-        for (key, rollup) in try await usageRollups(from: from, to: to) { models[key.model, default: UsageRollup()].merge(rollup) }
+        for (key, rollup) in try await usageRollups(from: from, to: to, modelLevel: true) { models[key.model, default: UsageRollup()].merge(rollup) }
         return models.keys.sorted().map { ModelUsageStats(model: $0, usage: models[$0]!) }
     }
 
@@ -30,7 +30,7 @@ extension AccountStore {
     public func tokensUsed(since start: Date) async throws -> (teams: [String: Int], keys: [String: Int]) {
         var teams: [String: Int] = [:]
         var keys: [String: Int] = [:]
-        for (key, rollup) in try await usageRollups(from: start, to: Date().addingTimeInterval(120)) {
+        for (key, rollup) in try await usageRollups(from: start, to: Date().addingTimeInterval(120), modelLevel: false) {
             let n = rollup.promptTokens + rollup.completionTokens
             if !key.team.isEmpty { teams[key.team, default: 0] += n }
             if !key.keyPrefix.isEmpty { keys[key.keyPrefix, default: 0] += n }
@@ -41,7 +41,7 @@ extension AccountStore {
     /// Requests and tokens per model over every rollup kept.
     public func usageTotalsByModel() async throws -> [String: (requests: Int, promptTokens: Int, completionTokens: Int)] {
         var out: [String: (requests: Int, promptTokens: Int, completionTokens: Int)] = [:]
-        for (key, r) in try await usageRollups(from: Date(timeIntervalSince1970: 0), to: .distantFuture) {
+        for (key, r) in try await usageRollups(from: Date(timeIntervalSince1970: 0), to: .distantFuture, modelLevel: true) {
             let was = out[key.model] ?? (0, 0, 0)
             out[key.model] = (was.requests + r.requests, was.promptTokens + r.promptTokens, was.completionTokens + r.completionTokens)
         }

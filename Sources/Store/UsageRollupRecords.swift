@@ -93,20 +93,22 @@ extension Store {
     }
 
     /// Rollups of one span whose buckets start in `[from, to)`, with their keys.
-    func rollups(_ db: Database, span: Int, from: Int, to: Int) throws -> [(UsageRollupKey, UsageRollup)] {
+    func rollups(_ db: Database, span: Int, from: Int, to: Int, modelLevel: Bool) throws -> [(UsageRollupKey, UsageRollup)] {
         let rows = try Row.fetchAll(db, sql: """
-            SELECT * FROM usage_rollup WHERE span = ? AND bucket >= ? AND bucket < ?
-            """, arguments: [span, from, to])
+            SELECT * FROM usage_rollup WHERE span = ? AND bucket >= ? AND bucket < ? AND (team = ?) = ?
+            """, arguments: [span, from, to, UsageRollups.allTeams, modelLevel])
         return try rows.map { row in
             (UsageRollupKey(span: span, bucket: row["bucket"], team: row["team"], keyPrefix: row["keyPrefix"], model: row["model"], statusClass: row["statusClass"]),
              try Self.rollup(row))
         }
     }
 
-    /// Rollups covering `[from, to)` at minute resolution (see ``UsageRollups/cover(from:to:)``).
-    public func usageRollups(from: Date, to: Date) async throws -> [(UsageRollupKey, UsageRollup)] {
+    /// Rollups covering `[from, to)` at minute resolution (see ``UsageRollups/cover(from:to:)``), at one level.
+    public func usageRollups(from: Date, to: Date, modelLevel: Bool) async throws -> [(UsageRollupKey, UsageRollup)] {
         try await writer.read { db in
-            try UsageRollups.cover(from: from, to: to).flatMap { piece in try self.rollups(db, span: piece.span, from: piece.from, to: piece.to) }
+            try UsageRollups.cover(from: from, to: to).flatMap { piece in
+                try self.rollups(db, span: piece.span, from: piece.from, to: piece.to, modelLevel: modelLevel)
+            }
         }
     }
 
@@ -117,8 +119,8 @@ extension Store {
                 let rows = try Row.fetchAll(db, sql: """
                     SELECT (bucket / ?) * ? AS b, \(group.rawValue) AS g, SUM(requests), SUM(errors), SUM(promptTokens), SUM(completionTokens),
                       SUM(cachedTokens), SUM(totalMsSum)
-                    FROM usage_rollup WHERE span = ? AND bucket >= ? AND bucket < ? GROUP BY b, g
-                    """, arguments: [unit, unit, piece.span, piece.from, piece.to])
+                    FROM usage_rollup WHERE span = ? AND bucket >= ? AND bucket < ? AND team <> ? GROUP BY b, g
+                    """, arguments: [unit, unit, piece.span, piece.from, piece.to, UsageRollups.allTeams])
                 out.merge(rows.map { row in
                     var sums = UsageRollup()
                     sums.requests = row[2]

@@ -52,14 +52,37 @@ public struct LogHistogram: Sendable, Equatable {
     }
 
     /// Reads ``encoded``; nil when the text is not a histogram (a damaged row fails loudly).
+    /// A byte loop: statistics over a day read tens of thousands of these.
     public init?(encoded text: String) {
-        guard !text.isEmpty else { return }
-        for part in text.split(separator: ",") {
-            let pair = part.split(separator: ":")
-            guard pair.count == 2, let i = Int(pair[0]), let n = Int(pair[1]), (0..<Self.bucketCount).contains(i), n >= 0 else { return nil }
-            counts[i, default: 0] += n
-            total += n
+        var index = 0, count = 0, digits = 0
+        var readingCount = false
+        func close() -> Bool {
+            guard readingCount, digits > 0, (0..<Self.bucketCount).contains(index) else { return false }
+            counts[index, default: 0] += count
+            total += count
+            index = 0; count = 0; digits = 0; readingCount = false
+            return true
         }
+        var any = false
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"):
+                let d = Int(byte - UInt8(ascii: "0"))
+                if readingCount { count = count * 10 + d } else { index = index * 10 + d }
+                digits += 1
+                guard digits <= 18 else { return nil }
+            case UInt8(ascii: ":"):
+                guard !readingCount, digits > 0 else { return nil }
+                readingCount = true
+                digits = 0
+            case UInt8(ascii: ","):
+                guard close() else { return nil }
+            default:
+                return nil
+            }
+            any = true
+        }
+        if any { guard close() else { return nil } }
     }
 }
 
@@ -150,8 +173,12 @@ public enum UsageRollups {
     public static let minute = 60
     public static let hour = 3600
     public static let spans = [minute, hour]
+    /// The team and key of model-level rollups (every team and key together). Never a team id
+    /// (`team-…`) nor a key prefix (`ck-…`); every read says which level it wants.
+    public static let allTeams = "*"
 
-    /// The rollup deltas of `rows` (rows already written once must not be passed again).
+    /// The rollup deltas of `rows` (rows already written once must not be passed again): one per
+    /// team, key, model and status class, and one per model and status class (``allTeams``).
     public static func aggregate(_ rows: [LedgerRow]) -> [UsageRollupKey: UsageRollup] {
         var out: [UsageRollupKey: UsageRollup] = [:]
         for r in rows {
@@ -160,6 +187,10 @@ public enum UsageRollups {
                 let bucket = t - ((t % span) + span) % span
                 let key = UsageRollupKey(span: span, bucket: bucket, team: r.team ?? "", keyPrefix: r.keyPrefix ?? "", model: r.model, statusClass: r.status / 100)
                 out[key, default: UsageRollup()].add(r)
+                // The same row at the model level, for statistics per model without reading
+                // every team's and key's rollups.
+                let all = UsageRollupKey(span: span, bucket: bucket, team: allTeams, keyPrefix: allTeams, model: r.model, statusClass: r.status / 100)
+                out[all, default: UsageRollup()].add(r)
             }
         }
         return out
