@@ -16,6 +16,7 @@ TARGETS=(llama-server llama-fit-params llama-bench llama-perplexity llama-finetu
 missing=()
 for t in "${TARGETS[@]}"; do [[ -x "$DEST/bin/$t" ]] || missing+=("$t"); done
 [[ -f "$DEST/.log-flush" ]] || missing+=(log-flush)
+[[ -f "$DEST/.no-amx" ]] || missing+=(no-amx)
 if [[ -f "$DEST/.complete" && ${#missing[@]} -eq 0 ]]; then
   echo "llama.cpp $VERSION already built in $DEST/bin"
   exit 0
@@ -50,8 +51,14 @@ if command -v nvcc >/dev/null 2>&1; then CUDA=ON; fi
 GEN=()
 if command -v ninja >/dev/null 2>&1; then GEN=(-G Ninja); fi
 
+# AMX off: some virtual machines list AMX in /proc/cpuinfo (so -march=native turns it on) but
+# trap its instructions — llama-server died with SIGILL ("invalid opcode" in libggml-cpu) on
+# Q8_0 and F16 models, and llama-fit-params counted the weights it placed in AMX buffers nowhere.
+# GCC keeps explicit -mno-* flags whatever -march says.
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 cmake -S "$SRC/llama.cpp" -B "$DEST/build" "${GEN[@]}" \
   -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+  -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
   -DLLAMA_BUILD_EXAMPLES=ON -DGGML_CUDA="$CUDA" -DGGML_NATIVE=ON >"$DEST/configure.log"
 cmake --build "$DEST/build" --parallel "$(nproc)" --target "${TARGETS[@]}"
 
@@ -60,5 +67,5 @@ mkdir -p "$DEST/bin"
 cp -a "$DEST/build/bin/." "$DEST/bin/"
 "$DEST/bin/llama-server" --version >"$DEST/version.txt" 2>&1 || true
 echo "cuda=$CUDA" >>"$DEST/version.txt"
-touch "$DEST/.log-flush" "$DEST/.complete"
+touch "$DEST/.log-flush" "$DEST/.no-amx" "$DEST/.complete"
 echo "llama.cpp $VERSION built into $DEST/bin"
