@@ -31,6 +31,8 @@ import subprocess
 import tempfile
 import time
 
+from corral_http import answers
+
 LLAMA_BIN = os.path.expanduser(os.environ.get("CORRAL_LLAMA_CACHE", "~/.cache/corral/llama.cpp") + "/11434.0.0/bin")
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
@@ -42,16 +44,8 @@ def free_port() -> int:
 
 
 def wait_http(port: int, path: str = "/health", timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", path)
-            if c.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.005)
+    if answers(port, path, timeout, 0.005):
+        return
     raise RuntimeError(f"port {port} not ready")
 
 

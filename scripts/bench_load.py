@@ -60,7 +60,7 @@ import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from corral_http import call  # noqa: E402
+from corral_http import answers, call  # noqa: E402
 
 ALL_SYSTEMS = ["direct", "open", "keyed", "limits", "cluster", "litellm"]
 CORRAL_SYSTEMS = {"open", "keyed", "limits", "cluster"}
@@ -222,18 +222,8 @@ def stop(p: subprocess.Popen, sig=signal.SIGTERM, seconds: float = 30) -> int | 
 
 
 def wait_http(port: int, path: str, p: subprocess.Popen, log_path: str, seconds: float) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if p.poll() is not None:
-            break
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", path)
-            if c.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
+    if answers(port, path, seconds, 0.1, alive=lambda: p.poll() is None):
+        return
     tail = open(log_path, errors="replace").read()[-3000:]
     raise RuntimeError(f"{log_path}: did not answer {path} on port {port}:\n{tail}")
 

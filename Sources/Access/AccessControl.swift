@@ -376,14 +376,13 @@ public final class AccessControl: Sendable {
             {
                 return .failure(refusal)
             }
-            for i in 0..<2 {
-                func reserve(_ sub: inout Subject) {
-                    sub.inFlight += 1
-                    sub.window.add(at: t, tokens: tokens)
-                    sub.reserved += tokens
-                }
-                if i == 0 { reserve(&teamSubject) } else { reserve(&keySubject) }
+            func reserve(_ sub: inout Subject) {
+                sub.inFlight += 1
+                sub.window.add(at: t, tokens: tokens)
+                sub.reserved += tokens
             }
+            reserve(&teamSubject)
+            reserve(&keySubject)
             let headers = Self.rateHeaders([(teamSubject.minute(at: t), teamPolicy), (keySubject.minute(at: t), keyPolicy)])
             return .success(Reservation(id: id, teamID: teamID, keyPrefix: prefix, tokens: tokens, day: day, month: month, admittedAt: t, shared: nil, headers: headers))
         }
