@@ -12,9 +12,13 @@ TEST_PACKAGES := prometheus chromium chromium-driver postgresql
 
 .PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-cluster soak fuzz clean
 
-## serve: install what is missing, build, make a demo model if none, and run on routes.json
+## serve: install what is missing, build, get the demo model, and run on routes.json (on
+## routes.offline.json, with a generated random model, when the demo model cannot be fetched)
 serve: system llama build demo-model
-	$(BIN) serve --config routes.json
+	@if [ -e models/smollm2-135m-instruct.gguf ]; then config=routes.json; else \
+	  echo "serving a generated RANDOM model (routes.offline.json): its answers are noise. Run make serve again with network to get the demo model"; \
+	  config=routes.offline.json; fi; \
+	$(BIN) serve --config $$config
 
 ## test: the whole suite (Swift unit + integration against real llama-server, then Python clients)
 test: test-system llama build-tests venv
@@ -46,9 +50,12 @@ $(VENV)/.ready: tests/python/requirements.txt
 	$(PY) -m pip install --quiet -r tests/python/requirements.txt
 	touch $@
 
-demo-model: models/demo.gguf
-models/demo.gguf:
-	$(BIN) models make-test --out models --name demo
+## demo-model: SmolLM2-135M-Instruct, verified against its pinned digest and linked into models/;
+## without network, a generated random model instead
+demo-model:
+	@scripts/get-demo-model.sh --link models >/dev/null || { \
+	  echo "the demo model cannot be fetched: generating a random model, models/random-demo.gguf"; \
+	  [ -e models/random-demo.gguf ] || $(BIN) models make-test --out models --name random-demo; }
 
 swift-test:
 	CORRAL_PYTHON=$(abspath $(PY)) swift test --skip-build --no-parallel 2>&1 | tee .build/swift-test.log; exit $${PIPESTATUS[0]}

@@ -16,7 +16,12 @@ import Testing
         let config = try CorralConfig.load(path: path)
         #expect(config.listen.port == 11434)
         #expect(config.listen.host == "127.0.0.1")
-        #expect(config.models.first?.name == "demo")
+        #expect(config.models.first?.name == "smollm2-135m-instruct")
+        #expect(config.models.first?.aliases == ["demo"])
+        #expect(config.defaultModel == "smollm2-135m-instruct")
+        let offline = try CorralConfig.load(path: path.replacingOccurrences(of: "routes.json", with: "routes.offline.json"))
+        #expect(offline.defaultModel == "random-demo")
+        #expect(offline.models.first?.aliases == ["demo"])
     }
 
     @Test func fullConfigParses() throws {
