@@ -85,7 +85,7 @@ public struct DownloadJob: JobKind {
         }
         try await context.event("pull", Line(status: "verifying sha256 digest"))
         try await context.event("pull", Line(status: "writing manifest"))
-        do { try sources.register(plan) } catch { throw Self.jobError(error) }
+        do { try sources.register(plan, as: reference.description) } catch { throw Self.jobError(error) }
         await registered()
         try await context.event("pull", Line(status: "success"))
         let elapsed = ContinuousClock.now - started

@@ -3,6 +3,7 @@ import Foundation
 import GGUF
 import NIOCore
 import NIOHTTP1
+import Runtime
 
 /// What a pull will fetch and how it is registered once every file is verified.
 public struct PullPlan: Sendable, Codable, Equatable {
@@ -208,8 +209,9 @@ public struct ModelSources: Sendable {
         return found
     }
 
-    /// Registers what was verified: Ollama's manifest, or the hub's snapshot links and `refs/main`.
-    public func register(_ plan: PullPlan) throws(AcquisitionError) {
+    /// Registers what was verified: Ollama's manifest, or the hub's snapshot links and `refs/main`
+    /// (and `name`, the name it was pulled as, beside them: the catalog serves the file under it).
+    public func register(_ plan: PullPlan, as name: String) throws(AcquisitionError) {
         let fm = FileManager.default
         do {
             if let manifest = plan.manifest, let path = plan.manifestPath {
@@ -229,6 +231,13 @@ public struct ModelSources: Sendable {
                 }
                 try fm.createDirectory(atPath: folder + "/refs", withIntermediateDirectories: true)
                 try Data(commit.utf8).write(to: URL(fileURLWithPath: folder + "/refs/main"), options: .atomic)
+                if let model = plan.files.first?.snapshotName {
+                    var names = SourceScanner.pulledNames(inRepository: folder)
+                    names[name] = model
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+                    try encoder.encode(names).write(to: URL(fileURLWithPath: folder + "/" + SourceScanner.pulledNamesFile), options: .atomic)
+                }
             }
         } catch {
             throw .storage("the pulled model could not be registered: \(error.localizedDescription)")

@@ -54,6 +54,39 @@ import Testing
         #expect(catalog.problems.count == 1)
     }
 
+    @Test func longSpellingsOfAPulledNameResolveToTheModel() throws {
+        let dir = NSTemporaryDirectory() + "corral-names-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try TestModel.write(shape: TestModelShape(), to: dir + "/a.gguf")
+        var config = CorralConfig()
+        config.models = [.init(name: "llama3:8b", path: dir + "/a.gguf"), .init(name: "hf.co/org/repo", path: dir + "/a.gguf")]
+        let catalog = ModelCatalog.build(from: config)
+        #expect(catalog.resolve("registry.ollama.ai/library/llama3:8b")?.id == "llama3:8b")
+        #expect(catalog.resolve("library/Llama3:8b")?.id == "llama3:8b")
+        #expect(catalog.resolve("huggingface.co/org/repo")?.id == "hf.co/org/repo")
+        #expect(catalog.resolve("other.registry/library/llama3:8b") == nil)
+        #expect(catalog.resolve("registry.ollama.ai/") == nil)
+    }
+
+    @Test func aHubFileAnswersToTheNamesItWasPulledAs() throws {
+        let dir = NSTemporaryDirectory() + "corral-hub-\(UUID().uuidString)"
+        let snapshot = dir + "/models--org--repo-GGUF/snapshots/abc"
+        try FileManager.default.createDirectory(atPath: snapshot, withIntermediateDirectories: true)
+        try TestModel.write(shape: TestModelShape(), to: snapshot + "/repo-Q8_0.gguf")
+        try TestModel.write(shape: TestModelShape(), to: snapshot + "/repo-F32.gguf")
+        let names = ["hf.co/org/repo-GGUF:Q8_0": "repo-Q8_0.gguf", "hf.co/org/repo-GGUF:q8": "repo-Q8_0.gguf", "hf.co/org/repo-GGUF:gone": "gone.gguf"]
+        try JSONEncoder().encode(names).write(to: URL(fileURLWithPath: dir + "/models--org--repo-GGUF/" + SourceScanner.pulledNamesFile))
+        var config = CorralConfig()
+        config.sources = [.init(directory: dir, kind: .huggingface)]
+        let catalog = ModelCatalog.build(from: config)
+        let q8 = try #require(catalog.resolve("hf.co/org/repo-GGUF:repo-Q8_0"))
+        #expect(catalog.resolve("hf.co/org/repo-GGUF:Q8_0")?.id == q8.id)
+        #expect(catalog.resolve("hf.co/org/repo-gguf:q8")?.id == q8.id)
+        #expect(q8.listedAliases.sorted() == ["hf.co/org/repo-gguf:q8", "hf.co/org/repo-gguf:q8_0"])
+        #expect(catalog.resolve("hf.co/org/repo-GGUF:gone") == nil)
+        #expect(catalog.resolve("hf.co/org/repo-GGUF:F32") == nil)
+    }
+
     @Test func estimatorFallbackWhenFitParamsIsMissing() async throws {
         let dir = NSTemporaryDirectory() + "corral-est-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -70,5 +103,51 @@ import Testing
         #expect(plan.note?.contains("cannot start") == true)
         // Weights: 2 × 4000 × 256 × 4 bytes ≈ 7.8 MiB plus layers.
         #expect(plan.projection.first?.modelMiB == Int(spec.facts!.tensorBytes) >> 20)
+    }
+}
+
+/// Jan's model folders, in both layouts, from fixture folders written here.
+@Suite struct JanSourceTests {
+    func write(_ text: String, _ path: String) throws {
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+    }
+
+    @Test func janModelsAreServedAsJanSlashID() throws {
+        let data = NSTemporaryDirectory() + "corral-jan-\(UUID().uuidString)"
+        let current = data + "/llamacpp/models/org/model/q4"
+        try FileManager.default.createDirectory(atPath: current, withIntermediateDirectories: true)
+        try TestModel.write(shape: TestModelShape(), to: current + "/model.gguf")
+        let sha = String(repeating: "ab", count: 32)
+        try write("model_path: llamacpp/models/org/model/q4/model.gguf\nname: org/model/q4\nsize_bytes: 64\nmodel_sha256: \(sha)\nembedding: false\n", current + "/model.yml")
+        // Older Jan: model.json naming its file.
+        try FileManager.default.createDirectory(atPath: data + "/models/tiny-1b", withIntermediateDirectories: true)
+        try TestModel.write(shape: TestModelShape(), to: data + "/models/tiny-1b/tiny-1b.Q4.gguf")
+        try write(#"{"id":"tiny-1b","format":"gguf","sources":[{"filename":"tiny-1b.Q4.gguf","url":"x"}],"settings":{"ctx_len":1024,"llama_model_path":"tiny-1b.Q4.gguf"}}"#,
+                  data + "/models/tiny-1b/model.json")
+        // Descriptions pointing outside the data folder, or at nothing, are skipped.
+        try write("model_path: ../../etc/passwd.gguf\n", data + "/llamacpp/models/escape/model.yml")
+        try write("model_path: /tmp/absolute.gguf\n", data + "/llamacpp/models/absolute/model.yml")
+        try write("model_path: llamacpp/models/missing/model.gguf\n", data + "/llamacpp/models/missing/model.yml")
+        try write(#"{"format":"gguf","settings":{"llama_model_path":"../../x.gguf"}}"#, data + "/models/climb/model.json")
+        try write(#"{"format":"api","settings":{}}"#, data + "/models/remote/model.json")
+
+        var config = CorralConfig()
+        config.sources = [.init(directory: data, kind: .jan)]
+        let catalog = ModelCatalog.build(from: config)
+        #expect(catalog.models.map(\.id).sorted() == ["jan/org/model/q4", "jan/tiny-1b"])
+        let current4 = try #require(catalog.resolve("jan/org/model/q4"))
+        #expect(current4.path == current + "/model.gguf")
+        #expect(current4.knownDigest == sha)
+        #expect(current4.facts != nil)
+        let legacy = try #require(catalog.resolve("JAN/tiny-1b"))
+        #expect(legacy.contextSize == 1024)
+        #expect(legacy.path == data + "/models/tiny-1b/tiny-1b.Q4.gguf")
+    }
+
+    @Test func theJanKindParsesWithItsDefaultFolder() throws {
+        let c = try CorralConfig.parse(Data(#"{"sources":[{"kind":"jan"}]}"#.utf8), baseDirectory: "/base")
+        #expect(c.sources.first?.kind == .jan)
+        #expect(c.sources.first?.directory.hasSuffix("/Jan/data") == true)
     }
 }

@@ -345,6 +345,39 @@ def test_hugging_face_pull_is_found_by_huggingface_hub_and_served(corral, hub, c
     assert r.status_code == 404 and "tiny-F32.gguf" in r.json()["error"]
 
 
+def test_a_pulled_model_answers_to_the_name_it_was_pulled_as_on_every_api(corral, hub):
+    import anthropic
+
+    q8 = tiny_gguf(corral.directory, "names-Q8_0", "type=q8_0")
+    f32 = tiny_gguf(corral.directory, "names-F32")
+    hub.add_repo("org/names-GGUF", {"names-Q8_0.gguf": q8, "names-F32.gguf": f32})
+    client = ollama.Client(host=corral.base)
+    openai = OpenAI(base_url=corral.base + "/v1", api_key="x", max_retries=0)
+    claude = anthropic.Anthropic(base_url=corral.base, api_key="x", max_retries=0)
+
+    def answers_everywhere(name):
+        assert client.chat(model=name, messages=[{"role": "user", "content": "hi"}], options={"num_predict": 2}).message is not None
+        assert openai.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
+        assert claude.messages.create(model=name, max_tokens=2, messages=[{"role": "user", "content": "hi"}]).content is not None
+        assert client.show(name).modelfile is not None
+
+    assert client.pull("hf.co/org/names-GGUF:Q8_0").status == "success"
+    answers_everywhere("hf.co/org/names-GGUF:Q8_0")
+    # A second quant of the same repository renames the files' served names (one model per
+    # file): the name the first was pulled as still answers, and is the file it was pulled as.
+    assert client.pull("hf.co/org/names-GGUF:F32").status == "success"
+    answers_everywhere("hf.co/org/names-GGUF:Q8_0")
+    answers_everywhere("hf.co/org/names-GGUF:F32")
+    tags = {m.model: m.size for m in client.list().models}
+    assert "hf.co/org/names-gguf:q8_0" in tags and "hf.co/org/names-gguf:f32" in tags, sorted(tags)
+    assert tags["hf.co/org/names-gguf:q8_0"] == len(q8) and tags["hf.co/org/names-gguf:f32"] == len(f32)
+    assert client.show("hf.co/org/names-GGUF:Q8_0").details.quantization_level == "Q8_0"
+    # A pull of a name that already answers is done at once, without a download.
+    before = len(hub.log)
+    assert client.pull("hf.co/org/names-GGUF:Q8_0").status == "success" and len(hub.log) == before
+    answers_everywhere("huggingface.co/org/names-GGUF:Q8_0")
+
+
 def test_a_fit_verdict_for_a_7_gib_model_reads_only_its_header(corral, hub):
     subprocess.run([CORRAL, "models", "make-test", "--out", corral.directory, "--name", "big", "--sparse", "--shape",
                     "embd=4096,layers=32,heads=32,kv=8,ff=14336,vocab=32000,ctx=8192,type=q8_0"], check=True, capture_output=True)

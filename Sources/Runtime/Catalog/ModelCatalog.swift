@@ -24,6 +24,8 @@ public struct ModelSpec: Sendable, Equatable {
     public var fileSize: UInt64?
     /// SHA-256 of the file when its source already knows it (Ollama's store).
     public var knownDigest: String?
+    /// The model this one was made from (a quantization's source), when its source records it.
+    public var parent: String?
     /// The configured source folder the file was found in (nil for explicit and remote models).
     public var sourceDirectory: String?
     /// Other names a source gives the same file (Ollama manifests sharing a blob); listed like
@@ -74,9 +76,14 @@ public struct ModelSpec: Sendable, Equatable {
     /// The model that answers an embedding request for this one: itself, or its companion.
     public var forEmbeddings: ModelSpec { embeddingCompanion ?? self }
 
-    /// llama-server arguments Corral always sets for this model: slots and embedding mode.
+    /// A reranker (its GGUF's pooling type is rank), served with `--reranking`; its embedding
+    /// companion is not.
+    public var reranking: Bool { !embeddings && facts?.capabilities.contains(.rerank) == true }
+
+    /// llama-server arguments Corral always sets for this model: slots, and embedding or
+    /// reranking mode.
     public var defaultArguments: [String] {
-        ["-np", String(parallel)] + (embeddings ? ["--embeddings", "--pooling", "mean"] : [])
+        ["-np", String(parallel)] + (embeddings ? ["--embeddings", "--pooling", "mean"] : reranking ? ["--reranking"] : [])
     }
 
     /// `-c` when the model has a configured context size.
@@ -145,8 +152,10 @@ public struct ModelCatalog: Sendable {
                     // The same file under another name (and nothing of its own: an Ollama model
                     // with other parameters, system prompt or adapters is a model of its own):
                     // one model, both names.
-                    let name = normalize(found.name)
-                    if catalog.addAlias(name, for: catalog.models[existing].id) { catalog.models[existing].listedAliases.append(name) }
+                    for name in [found.name] + found.aliases {
+                        let name = normalize(name)
+                        if catalog.addAlias(name, for: catalog.models[existing].id) { catalog.models[existing].listedAliases.append(name) }
+                    }
                     continue
                 }
                 do {
@@ -157,6 +166,7 @@ public struct ModelCatalog: Sendable {
                         embeddings: facts.capabilities.contains(.embedding), source: source.kind == .gguf ? source.directory : "\(source.kind.rawValue):\(source.directory)",
                         facts: facts, fileSize: fileSize(path))
                     spec.knownDigest = found.digest
+                    spec.parent = found.parent
                     spec.ollamaParameters = found.parameters
                     spec.systemPrompt = found.system
                     // An Ollama model's adapters: llama-server applies each with `--lora`.
@@ -166,7 +176,12 @@ public struct ModelCatalog: Sendable {
                     spec.sourceDirectory = source.directory
                     let before = catalog.models.count
                     catalog.add(spec)
-                    if catalog.models.count > before { indexByPath[path] = before }
+                    if catalog.models.count > before {
+                        indexByPath[path] = before
+                        for alias in found.aliases.map(normalize) where catalog.addAlias(alias, for: spec.id) {
+                            catalog.models[before].listedAliases.append(alias)
+                        }
+                    }
                 } catch {
                     catalog.problems.append((path, "\(error)"))
                 }
@@ -233,7 +248,19 @@ public struct ModelCatalog: Sendable {
         if name.hasSuffix(ModelSpec.embeddingsSuffix) {
             return resolve(String(name.dropLast(ModelSpec.embeddingsSuffix.count)))?.embeddingCompanion
         }
+        if let short = Self.shortForm(name) { return resolve(short) }
         return nil
+    }
+
+    /// The short form a pull accepts and lists a model under, when `name` is a longer spelling:
+    /// Ollama's default registry and `library` namespace are left out (`registry.ollama.ai/library/x:1b`
+    /// is `x:1b`), and the hub is `hf.co/` (not `huggingface.co/`). Nil when there is none.
+    static func shortForm(_ name: String) -> String? {
+        var n = normalize(name)
+        let before = n
+        for prefix in ["registry.ollama.ai/", "library/"] where n.hasPrefix(prefix) { n.removeFirst(prefix.count) }
+        if n.hasPrefix("huggingface.co/") { n = "hf.co/" + n.dropFirst("huggingface.co/".count) }
+        return n == before || n.isEmpty ? nil : n
     }
 
     /// True when ``normalize(_:)`` would return `name` unchanged (checked on its bytes).
@@ -267,9 +294,12 @@ public struct ModelCatalog: Sendable {
         }.sorted().map { directory + "/" + $0 }
     }
 
+    /// The bytes of a model's files (every part of a split model), symlinks followed: the hub's
+    /// snapshot files and the demo model are links, and a link's own size is not the model's.
     static func fileSize(_ path: String) -> UInt64? {
         SplitFiles.parts(of: path).reduce(UInt64(0)) { total, part in
-            total + ((try? FileManager.default.attributesOfItem(atPath: part)[.size] as? UInt64) ?? 0)
+            var info = stat()
+            return total + (stat(part, &info) == 0 ? UInt64(info.st_size) : 0)
         }
     }
 }

@@ -17,11 +17,16 @@ public struct DiscoveredModel: Sendable, Equatable {
     public var contextSize: Int?
     /// llama-server arguments the source gives the model (a fine-tuned model's chat template).
     public var arguments: [String] = []
+    /// Other names the model answers to: the names it was pulled as (`hf.co/ORG/REPO:Q8_0` for a
+    /// file served as `hf.co/org/repo`).
+    public var aliases: [String] = []
+    /// The model it was made from (Ollama's `parent_model`, which Corral's quantize records).
+    public var parent: String?
 }
 
 /// Finds GGUF models in each kind of source. Only names come from the folder layout; a request's
 /// model name is later matched against these names and never turned into a path.
-enum SourceScanner {
+public enum SourceScanner {
     static func scan(_ source: CorralConfig.Source) -> [DiscoveredModel] {
         switch source.kind {
         case .gguf: return ggufFolder(source.directory, recursive: source.recursive)
@@ -29,6 +34,7 @@ enum SourceScanner {
         case .huggingface: return huggingFaceCache(source.directory)
         case .lmstudio: return lmStudio(source.directory)
         case .finetuned: return fineTuned(source.directory)
+        case .jan: return JanModels.scan(source.directory)
         }
     }
 
@@ -110,6 +116,11 @@ enum SourceScanner {
             if let system = layerContents(layers, "application/vnd.ollama.image.system", directory) {
                 discovered.system = String(decoding: system, as: UTF8.self)
             }
+            if let config = json["config"] as? [String: Any], let data = layerContents([config], config["mediaType"] as? String ?? "", directory),
+                let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let parent = object["parent_model"] as? String, !parent.isEmpty
+            {
+                discovered.parent = parent
+            }
             found.append(discovered)
         }
         return found
@@ -125,8 +136,21 @@ enum SourceScanner {
         return FileManager.default.contents(atPath: path)
     }
 
+    /// The file in a hub repository folder where Corral keeps the names each snapshot file was
+    /// pulled as (`{"hf.co/org/repo:Q8_0": "repo-Q8_0.gguf"}`); huggingface_hub ignores it.
+    public static let pulledNamesFile = "corral-pulled-names.json"
+
+    /// The names recorded in a hub repository folder's ``pulledNamesFile`` (empty when none or unreadable).
+    public static func pulledNames(inRepository folder: String) -> [String: String] {
+        guard let data = FileManager.default.contents(atPath: folder + "/" + pulledNamesFile),
+            let names = try? JSONDecoder().decode([String: String].self, from: data)
+        else { return [:] }
+        return names
+    }
+
     /// The Hugging Face hub cache: `models--ORG--REPO/snapshots/REVISION/FILE.gguf`, served as
-    /// `hf.co/ORG/REPO:STEM` (or `hf.co/ORG/REPO` when the repository holds one model).
+    /// `hf.co/ORG/REPO:STEM` (or `hf.co/ORG/REPO` when the repository holds one model), and also
+    /// under every name it was pulled as.
     static func huggingFaceCache(_ directory: String) -> [DiscoveredModel] {
         let fm = FileManager.default
         guard let repos = try? fm.contentsOfDirectory(atPath: directory) else { return [] }
@@ -139,9 +163,13 @@ enum SourceScanner {
             let revisions = ((try? fm.contentsOfDirectory(atPath: snapshots)) ?? []).map { snapshots + "/" + $0 }
             guard let newest = revisions.max(by: { modified($0) < modified($1) }) else { continue }
             let files = ggufFolder(newest, recursive: true)
+            let pulled = pulledNames(inRepository: directory + "/" + repo)
             for f in files {
                 let name = "hf.co/" + names.joined(separator: "/") + (files.count > 1 ? ":" + f.name : "")
-                found.append(DiscoveredModel(name: name, path: f.path))
+                var model = DiscoveredModel(name: name, path: f.path)
+                let inSnapshot = String(f.path.dropFirst(newest.count + 1))
+                model.aliases = pulled.filter { $0.value == inSnapshot }.keys.sorted()
+                found.append(model)
             }
         }
         return found

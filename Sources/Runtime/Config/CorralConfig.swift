@@ -16,6 +16,7 @@ public struct CorralConfig: Sendable {
         public var bench: String?
         public var perplexity: String?
         public var finetune: String?
+        public var quantize: String?
         /// Keys as `LlamaTools.discover(configured:)` expects them.
         public var toolPaths: [String: String] {
             var p: [String: String] = [:]
@@ -24,6 +25,7 @@ public struct CorralConfig: Sendable {
             p["bench"] = bench
             p["perplexity"] = perplexity
             p["finetune"] = finetune
+            p["quantize"] = quantize
             return p
         }
     }
@@ -58,6 +60,8 @@ public struct CorralConfig: Sendable {
             case lmstudio
             /// Fine-tuning jobs' folders (`JOB/models.json` naming each `ft:…` model's file).
             case finetuned = "fine-tuned"
+            /// Jan's data folder: `llamacpp/models/ID/model.yml` (and the older `models/ID/model.json`).
+            case jan
 
             /// Where each kind lives by default.
             public var defaultDirectory: String? {
@@ -70,6 +74,9 @@ public struct CorralConfig: Sendable {
                     return env["HF_HUB_CACHE"] ?? (env["HF_HOME"].map { $0 + "/hub" } ?? home + "/.cache/huggingface/hub")
                 case .lmstudio: return home + "/.lmstudio/models"
                 case .finetuned: return nil
+                case .jan:
+                    let data = ProcessInfo.processInfo.environment["XDG_DATA_HOME"] ?? home + "/.local/share"
+                    return data + "/Jan/data"
                 }
             }
         }
@@ -262,6 +269,7 @@ public struct CorralConfig: Sendable {
             c.llama.bench = try l.string("bench").map(resolve)
             c.llama.perplexity = try l.string("perplexity").map(resolve)
             c.llama.finetune = try l.string("finetune").map(resolve)
+            c.llama.quantize = try l.string("quantize").map(resolve)
             try l.finish()
         }
         if var s = try root.object("scheduler") {
