@@ -9,12 +9,14 @@ public struct Capabilities: OptionSet, Sendable, Hashable {
     public static let thinking = Capabilities(rawValue: 1 << 3)
     public static let insert = Capabilities(rawValue: 1 << 4)
     public static let vision = Capabilities(rawValue: 1 << 5)
+    /// A reranker (`pooling_type` rank): scores documents against a query (`/v1/rerank`).
+    public static let rerank = Capabilities(rawValue: 1 << 6)
 
     /// Names in Ollama's spelling, in a stable order.
     public var names: [String] {
         let all: [(Capabilities, String)] = [
             (.completion, "completion"), (.embedding, "embedding"), (.tools, "tools"),
-            (.thinking, "thinking"), (.insert, "insert"), (.vision, "vision"),
+            (.thinking, "thinking"), (.insert, "insert"), (.vision, "vision"), (.rerank, "rerank"),
         ]
         return all.filter { contains($0.0) }.map(\.1)
     }
@@ -119,7 +121,9 @@ public struct ModelFacts: Sendable, Equatable {
         poolingType = key("pooling_type")?.int
 
         var caps: Capabilities = []
-        if poolingType != nil && poolingType != 0 || file["general.type"]?.string == "embedding" {
+        if poolingType == 4 {
+            caps.insert(.rerank)
+        } else if poolingType != nil && poolingType != 0 || file["general.type"]?.string == "embedding" {
             caps.insert(.embedding)
         } else {
             caps.insert(.completion)

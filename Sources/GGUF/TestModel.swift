@@ -19,12 +19,15 @@ public struct TestModelShape: Sendable, Equatable {
     public var fim = false
     /// A Hermes-style (Qwen 2.5) template with tools and `<tool_call>`, so llama-server parses tool calls.
     public var tools = false
+    /// A reranker: Qwen 3's architecture with `pooling_type` rank and a two-label `cls.output`
+    /// head, as Qwen3-Reranker GGUFs are, so llama-server serves it with `--reranking`.
+    public var rerank = false
     public var name = "corral-test"
     public var seed: UInt64 = 42
 
     public init() {}
 
-    /// Parses `key=value,…` (keys: embd, layers, heads, kv, ff, vocab, ctx, type, embedding, fim, tools, name, seed).
+    /// Parses `key=value,…` (keys: embd, layers, heads, kv, ff, vocab, ctx, type, embedding, fim, tools, rerank, name, seed).
     public init(spec: String) throws(TestModelError) {
         self.init()
         for part in spec.split(separator: ",") where !part.isEmpty {
@@ -48,6 +51,7 @@ public struct TestModelShape: Sendable, Equatable {
             case "embedding": embedding = v == "true" || v == "1"
             case "fim": fim = v == "true" || v == "1"
             case "tools": tools = v == "true" || v == "1"
+            case "rerank": rerank = v == "true" || v == "1"
             case "type":
                 guard let t = WeightType(rawValue: v) else { throw TestModelError("type must be f32, f16 or q8_0") }
                 weightType = t
@@ -59,6 +63,7 @@ public struct TestModelShape: Sendable, Equatable {
 
     public func validate() throws(TestModelError) {
         guard embeddingLength % heads == 0 else { throw TestModelError("embd must be a multiple of heads") }
+        guard !(rerank && embedding) else { throw TestModelError("a model is a reranker or an embedding model, not both") }
         guard heads % kvHeads == 0 else { throw TestModelError("heads must be a multiple of kv") }
         guard vocabularySize >= TestModel.fixedVocabulary(fim: fim).count else {
             throw TestModelError("vocab must be at least \(TestModel.fixedVocabulary(fim: fim).count)")
@@ -173,18 +178,24 @@ public enum TestModel {
         let nFF = UInt64(shape.feedForwardLength)
 
         var w = GGUFWriter()
-        w.set("general.architecture", .string("llama"))
+        let arch = shape.rerank ? "qwen3" : "llama"
+        w.set("general.architecture", .string(arch))
         w.set("general.name", .string(shape.name))
         w.set("general.file_type", .uint32(shape.weightType == .f32 ? 0 : shape.weightType == .f16 ? 1 : 7))
-        w.set("llama.context_length", .uint32(UInt32(shape.contextLength)))
-        w.set("llama.embedding_length", .uint32(UInt32(nEmbd)))
-        w.set("llama.block_count", .uint32(UInt32(shape.layers)))
-        w.set("llama.feed_forward_length", .uint32(UInt32(nFF)))
-        w.set("llama.attention.head_count", .uint32(UInt32(shape.heads)))
-        w.set("llama.attention.head_count_kv", .uint32(UInt32(shape.kvHeads)))
-        w.set("llama.attention.layer_norm_rms_epsilon", .float32(1e-5))
-        w.set("llama.rope.dimension_count", .uint32(UInt32(headDim)))
+        w.set("\(arch).context_length", .uint32(UInt32(shape.contextLength)))
+        w.set("\(arch).embedding_length", .uint32(UInt32(nEmbd)))
+        w.set("\(arch).block_count", .uint32(UInt32(shape.layers)))
+        w.set("\(arch).feed_forward_length", .uint32(UInt32(nFF)))
+        w.set("\(arch).attention.head_count", .uint32(UInt32(shape.heads)))
+        w.set("\(arch).attention.head_count_kv", .uint32(UInt32(shape.kvHeads)))
+        w.set("\(arch).attention.layer_norm_rms_epsilon", .float32(1e-5))
+        w.set("\(arch).rope.dimension_count", .uint32(UInt32(headDim)))
         if shape.embedding { w.set("llama.pooling_type", .uint32(1)) }
+        if shape.rerank {
+            // Two labels, as Qwen3-Reranker's yes/no head: llama-server scores the softmax's first.
+            w.set("qwen3.pooling_type", .uint32(4))
+            w.set("qwen3.classifier.output_labels", .array(GGUFArray(.string, [.string("yes"), .string("no")])))
+        }
         w.set("tokenizer.ggml.model", .string("llama"))
         w.set("tokenizer.ggml.pre", .string("default"))
         w.set("tokenizer.ggml.tokens", .array(GGUFArray(.string, vocab.map { .string($0.0) })))
@@ -221,9 +232,9 @@ public enum TestModel {
             }
             return .init(name: name, dimensions: [cols, rows], type: weightType, data: data)
         }
-        func norm(_ name: String) -> GGUFWriter.Tensor {
-            .init(name: name, dimensions: [nEmbd], type: .f32,
-                  data: withData ? encode([Float](repeating: 1, count: Int(nEmbd)), as: .f32) : nil)
+        func norm(_ name: String, size: UInt64 = nEmbd) -> GGUFWriter.Tensor {
+            .init(name: name, dimensions: [size], type: .f32,
+                  data: withData ? encode([Float](repeating: 1, count: Int(size)), as: .f32) : nil)
         }
         // Control tokens and non-printable bytes never win the greedy choice.
         var silent = Set<Int>([0, 1, 2])
@@ -248,11 +259,16 @@ public enum TestModel {
             w.tensors.append(matrix(p + "attn_k.weight", nEmbd, nKV, scale: 0.2))
             w.tensors.append(matrix(p + "attn_v.weight", nEmbd, nKV, scale: 0.2))
             w.tensors.append(matrix(p + "attn_output.weight", nEmbd, nEmbd, scale: 0.2))
+            if shape.rerank {
+                w.tensors.append(norm(p + "attn_q_norm.weight", size: UInt64(headDim)))
+                w.tensors.append(norm(p + "attn_k_norm.weight", size: UInt64(headDim)))
+            }
             w.tensors.append(norm(p + "ffn_norm.weight"))
             w.tensors.append(matrix(p + "ffn_gate.weight", nEmbd, nFF, scale: 0.2))
             w.tensors.append(matrix(p + "ffn_up.weight", nEmbd, nFF, scale: 0.2))
             w.tensors.append(matrix(p + "ffn_down.weight", nFF, nEmbd, scale: 0.2))
         }
+        if shape.rerank { w.tensors.append(matrix("cls.output.weight", nEmbd, 2)) }
         return w
     }
 
