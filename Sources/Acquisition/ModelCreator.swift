@@ -92,6 +92,8 @@ public struct ModelCreator: Sendable {
         public var messages: [[String: Any]]?
         /// LoRA adapters (uploaded blobs), replacing the derived model's.
         public var adapters: [(hex: String, path: String)]?
+        /// The model the GGUF was made from (a quantization's source): Ollama's `parent_model`.
+        public var parent: String?
 
         public init(name: String) { self.name = name }
     }
@@ -155,7 +157,9 @@ public struct ModelCreator: Sendable {
             layers.append(layer(hex: hex, path: path, mediaType: mediaType))
             lines.append("creating \(mediaType.split(separator: ".").last ?? "") layer")
         }
-        let config = Data(#"{"model_format":"gguf"}"#.utf8)
+        var configObject: [String: String] = ["model_format": "gguf"]
+        configObject["parent_model"] = request.parent
+        let config = try JSONEncoder.sorted.encode(configObject)
         let configHex = SHA256.hash(data: config).hex
         let manifest: [String: Any] = [
             "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
@@ -185,5 +189,14 @@ public struct ModelCreator: Sendable {
             let data = FileManager.default.contents(atPath: "\(directory)/manifests/\(host)/\(namespace)/\(model)/\(tag)")
         else { return nil }
         return (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
+    }
+}
+
+extension JSONEncoder {
+    /// Keys sorted, so equal objects encode to equal bytes (and equal digests).
+    static var sorted: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
     }
 }

@@ -126,22 +126,12 @@ public struct PerplexityJob: JobKind {
             throw JobError("spawn_failed", "\(error)")
         }
         var parser = PerplexityOutput()
-        var progressFailure: (any Error)?
-        await withTaskCancellationHandler {
-            for await line in child.lines {
-                let before = parser.chunksDone
-                parser.read(line)
-                if progressFailure == nil, parser.chunksDone != before || (parser.chunks != nil && before == 0) {
-                    // A progress write that fails ends the job once the tool is done (it is not
-                    // left running on its own).
-                    do { try await progress(parser.chunksDone, parser.chunks) } catch {
-                        progressFailure = error
-                        child.signalGroup(SIGTERM)
-                    }
-                }
-            }
-        } onCancel: {
-            child.signalGroup(SIGTERM)
+        // A progress write that fails ends the job once the tool is done (it is not left
+        // running on its own).
+        let progressFailure = await child.follow { line in
+            let before = parser.chunksDone
+            parser.read(line)
+            if parser.chunksDone != before || (parser.chunks != nil && before == 0) { try await progress(parser.chunksDone, parser.chunks) }
         }
         let termination = await child.wait()
         try Task.checkCancellation()

@@ -60,6 +60,7 @@ public struct ModelLibrary: Sendable {
         var o: [String: Any] = ["id": spec.id, "aliases": spec.aliases + spec.listedAliases, "source": spec.source, "pinned": spec.pinned]
         o["sizeBytes"] = spec.fileSize ?? 0
         o["remote"] = spec.path == nil
+        o["parent"] = spec.parent ?? NSNull()
         let info = instances[spec.id]
         o["state"] = info?.state ?? "unloaded"
         o["lastUsed"] = info?.lastUsed.map(ModelLibrary.timestamp) ?? NSNull()

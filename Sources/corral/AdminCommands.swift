@@ -255,3 +255,27 @@ struct PullCommand: AsyncParsableCommand {
         if (done as? [String: Any])?["state"] as? String != "completed" { throw ExitCode(1) }
     }
 }
+
+/// `corral quantize MODEL --to TYPE`: a quantization through the running gateway, as a job with
+/// a progress bar; prints the job (its result names the new model, its size and its parent).
+struct QuantizeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "quantize", abstract: "Quantize a local model with llama-quantize (from F32/F16/BF16; the result is a new model).")
+
+    @OptionGroup var connection: AdminConnection
+    @Argument(help: "The model to quantize.") var model: String
+    @Option(help: "The type: q8_0, q6_K, q5_K_M, q4_K_M, q4_K_S, q4_0, q3_K_M, q2_K, … (Ollama's or llama.cpp's names).") var to: String
+    @Option(help: "The new model's name (default MODEL:TYPE).") var name: String?
+    @Flag(help: "Quantize an already quantized model (loses quality compared to quantizing from F32/F16).") var allowRequantize = false
+
+    func run() async throws {
+        var body: [String: Any] = ["model": model, "type": to, "allowRequantize": allowRequantize]
+        body["name"] = name
+        let started = try await connection.call("POST", "/admin/quantize", body: body) as? [String: Any] ?? [:]
+        guard let id = started["id"] as? String else { throw ValidationError("unexpected answer: \(started)") }
+        _ = try await connection.follow(id)
+        let done = try await connection.call("GET", "/admin/jobs/\(escaped(id))")
+        connection.print(done)
+        if (done as? [String: Any])?["state"] as? String != "succeeded" { throw ExitCode(1) }
+    }
+}

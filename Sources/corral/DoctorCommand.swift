@@ -21,6 +21,7 @@ struct DoctorCommand: AsyncParsableCommand {
         let found: [(name: String, configKey: String, tool: LlamaTools.Tool?)] = [
             ("llama-server", "server", tools.server), ("llama-fit-params", "fitParams", tools.fitParams), ("llama-bench", "bench", tools.bench),
             ("llama-perplexity", "perplexity", tools.perplexity), ("llama-finetune", "finetune", tools.finetune),
+            ("llama-quantize", "quantize", tools.quantize),
         ]
         for (name, configKey, tool) in found {
             report(

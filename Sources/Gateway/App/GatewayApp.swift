@@ -93,6 +93,8 @@ public struct GatewayDependencies: Sendable {
         let download = DownloadJob(sources: sources, maxConcurrent: config.maxConcurrentDownloads, registered: {
             do { try await refresh() } catch { logger.error("the catalog could not be rebuilt after a pull", metadata: ["error": "\(error)"]) }
         })
+        let quantize = QuantizeJob(tools: LlamaTools.discover(configured: config.llama.toolPaths), creator: ModelCreator(directory: config.downloads),
+                                   registered: { _ = try await refresh() })
         var files: FileLibrary?
         if let work {
             do { files = try FileLibrary(store: work, directory: config.dataDirectory + "/files", maxBytes: config.maxFileBytes) } catch {
@@ -101,7 +103,7 @@ public struct GatewayDependencies: Sendable {
         }
         self.files = files
         self.jobs = Self.makeJobEngine(scheduler: scheduler, client: client, store: work, node: node, logger: logger, metrics: metrics, recorder: recorder,
-                                       config: config, access: access, evalConsole: evalConsole, files: files, refresh: refresh, extraKinds: [download])
+                                       config: config, access: access, evalConsole: evalConsole, files: files, refresh: refresh, extraKinds: [download, quantize])
         self.downloads = Downloads(engine: jobs, sources: sources)
         refresh.use(path: nil, cache: factsCache)
     }
@@ -317,6 +319,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
         Task { await deps.jobs.useRemoteControl(control) }
     }
     DownloadRoutes(downloads: deps.downloads, library: library.library).register(on: admin)
+    QuantizeRoutes(scheduler: deps.scheduler, engine: deps.jobs, downloads: deps.config.downloads).register(on: admin)
     LabRoutes(lab: lab, scheduler: deps.scheduler, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, files: files).register(on: admin)
     ProfileRoutes(profiles: profiles).register(on: admin)
     if let evaluations { EvaluationRoutes(evaluations: evaluations, console: deps.evalConsole).register(on: admin) }

@@ -665,8 +665,13 @@ struct OllamaRoutes: Sendable {
         request.template = body["template"] as? String
         request.parameters = body["parameters"] as? [String: Any]
         request.messages = body["messages"] as? [[String: Any]]
-        if body["quantize"] != nil {
-            throw OllamaError(.notImplemented, "quantize is not supported: create from a GGUF that is already quantized")
+        var quantize: QuantType?
+        if let raw = body["quantize"], !(raw is NSNull) {
+            guard let name = raw as? String, let type = QuantType(name) else {
+                throw OllamaError.badRequest("quantize must be one of \(QuantType.all.map { $0.name.lowercased() }.joined(separator: ", "))")
+            }
+            guard body["adapters"] == nil else { throw OllamaError.badRequest("quantize a model first, then create one with adapters from it") }
+            quantize = type
         }
         if let adapters = body["adapters"] {
             guard let adapters = adapters as? [String: String] else { throw OllamaError.badRequest("adapters maps file names to blob digests") }
@@ -698,6 +703,7 @@ struct OllamaRoutes: Sendable {
                 request.system = request.system ?? spec.systemPrompt
             }
         }
+        if let quantize { return try await createQuantized(request, type: quantize, from: body["from"] as? String, body: body) }
         let created: (name: String, lines: [String])
         do { created = try creator.create(request) } catch let error as AcquisitionError {
             throw OllamaError(.badRequest, error.description)
@@ -708,6 +714,66 @@ struct OllamaRoutes: Sendable {
             return Response(status: .ok, headers: Self.ndjsonHeaders, body: .init(byteBuffer: ByteBuffer(string: lines)))
         }
         return jsonResponse(["status": "success"])
+    }
+
+    /// `/api/create` with `quantize`: the GGUF of `request` (an uploaded blob, or the model in
+    /// `from`) quantized as a job, followed as Ollama's `quantizing … model to …` lines with
+    /// tensor counts; the new model keeps the other layers and names its parent.
+    func createQuantized(_ request: ModelCreator.Request, type: QuantType, from: String?, body: [String: Any]) async throws -> Response {
+        let source: (name: String, path: String)
+        if let blob = request.modelBlob {
+            source = (from ?? "sha256:" + blob.hex, blob.path)
+        } else if let layers = request.fromManifest?["layers"] as? [[String: Any]],
+            let digest = layers.first(where: { $0["mediaType"] as? String == "application/vnd.ollama.image.model" })?["digest"] as? String,
+            let hex = ModelCreator.hex(of: digest)
+        {
+            source = (from ?? "sha256:" + hex, creator.blobPath(hex))
+        } else {
+            throw OllamaError.badRequest("give the model's GGUF in `files` or a model to derive from in `from`")
+        }
+        let facts: ModelFacts
+        do { facts = try ModelFacts.read(path: source.path) } catch { throw OllamaError.badRequest("the model to quantize is not a readable GGUF file: \(error)") }
+        var spec: QuantizeSpec
+        do {
+            spec = try QuantizeSpec.plan(source: source.name, path: source.path, facts: facts, type: type, name: request.name,
+                                         allowRequantize: body["allowRequantize"] as? Bool ?? false)
+        } catch {
+            throw OllamaError(.badRequest, error.description)
+        }
+        spec.from = request.fromManifest == nil ? nil : from
+        spec.system = request.system
+        spec.template = request.template
+        do {
+            spec.parameters = try request.parameters.map { try JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys]) }
+            spec.messages = try request.messages.map { try JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys]) }
+        } catch {
+            throw OllamaError.badRequest("parameters and messages must be JSON")
+        }
+        do { try await QuantizeRoutes.checkName(spec, scheduler: scheduler, downloads: creator.directory) } catch let error as OpenAIError {
+            throw OllamaError(.conflict, error.message)
+        }
+        let engine = downloads.engine
+        let job = try await engine.submit(QuantizeJob.self, spec)
+        guard try OllamaRequests.wantsStream(body) else {
+            let done = try await engine.finished(job.id)
+            if done.state == .succeeded { return jsonResponse(["status": "success"]) }
+            throw OllamaError(done.error?.code == "quantize_failed" ? .badRequest : .internalServerError, done.error?.message ?? "the quantization was \(done.state.rawValue)")
+        }
+        let events = try await engine.events(job.id)
+        return Response(status: .ok, headers: Self.ndjsonHeaders, body: ResponseBody { writer in
+            for await event in events where event.type == "create" {
+                guard let line = try? JobCoding.encoder.encode(event.data) else { continue }
+                try await writer.write(ByteBuffer(bytes: Array(line) + [UInt8(ascii: "\n")]))
+            }
+            let done = try? await engine.get(job.id)
+            if done?.state == .succeeded {
+                try await writer.write(ByteBuffer(string: JSON.encode(["status": "success"]) + "\n"))
+            } else {
+                let message = done?.error?.message ?? "the quantization was \(done?.state.rawValue ?? "lost")"
+                try await writer.write(ByteBuffer(string: JSON.encode(["error": message]) + "\n"))
+            }
+            try await writer.finish(nil)
+        })
     }
 
     /// A model file's SHA-256: the source's, the digest cache's, or read now (and remembered).

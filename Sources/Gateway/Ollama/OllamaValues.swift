@@ -75,7 +75,7 @@ enum OllamaValues {
     static func details(_ spec: ModelSpec) -> [String: Any] {
         let family = spec.facts?.architecture ?? ""
         return [
-            "parent_model": "", "format": spec.path == nil ? "remote" : "gguf", "family": family,
+            "parent_model": spec.parent ?? "", "format": spec.path == nil ? "remote" : "gguf", "family": family,
             "families": family.isEmpty ? [String]() : [family],
             "parameter_size": spec.facts.map { parameterSize($0.parameterCount) } ?? "",
             "quantization_level": spec.facts?.quantization ?? "",

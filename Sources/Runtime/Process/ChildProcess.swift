@@ -169,6 +169,24 @@ public final class ChildProcess: Sendable {
         if termination == nil { _ = corral_kill_group(pid, signal) }
     }
 
+    /// Hands each output line to `read` until the output ends. The first error `read` throws
+    /// stops the tool (SIGTERM to its group; later lines are drained unread) and is returned, for
+    /// the caller to rethrow once the tool has ended; cancelling the task stops the tool too.
+    public func follow(_ read: (String) async throws -> Void) async -> (any Error)? {
+        var failure: (any Error)?
+        await withTaskCancellationHandler {
+            for await line in lines where failure == nil {
+                do { try await read(line) } catch {
+                    failure = error
+                    signalGroup(SIGTERM)
+                }
+            }
+        } onCancel: {
+            signalGroup(SIGTERM)
+        }
+        return failure
+    }
+
     /// SIGTERM to the group, then SIGKILL after `grace`; returns once the child is reaped.
     @discardableResult
     public func stop(grace: Duration = .seconds(5)) async -> Termination {

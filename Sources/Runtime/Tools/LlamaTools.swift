@@ -24,14 +24,17 @@ public struct LlamaTools: Sendable, Equatable {
     public var perplexity: Tool?
     /// `llama-finetune`: llama.cpp's trainer (fine-tuning jobs).
     public var finetune: Tool?
+    /// `llama-quantize`: quantize jobs and the quant ladder.
+    public var quantize: Tool?
 
     /// No tools (a gateway that only proxies remote upstreams).
-    public init(server: Tool? = nil, fitParams: Tool? = nil, bench: Tool? = nil, perplexity: Tool? = nil, finetune: Tool? = nil) {
+    public init(server: Tool? = nil, fitParams: Tool? = nil, bench: Tool? = nil, perplexity: Tool? = nil, finetune: Tool? = nil, quantize: Tool? = nil) {
         self.server = server
         self.fitParams = fitParams
         self.bench = bench
         self.perplexity = perplexity
         self.finetune = finetune
+        self.quantize = quantize
     }
 
     /// The llama.cpp version the install script builds.
@@ -45,7 +48,7 @@ public struct LlamaTools: Sendable, Equatable {
     }
 
     /// Finds the tools: explicit config paths, then `CORRAL_LLAMA_SERVER` / `CORRAL_LLAMA_FIT_PARAMS` /
-    /// `CORRAL_LLAMA_BENCH` / `CORRAL_LLAMA_PERPLEXITY` / `CORRAL_LLAMA_FINETUNE`, then `CORRAL_LLAMA_BIN` (a folder), then the build cache, then `PATH`.
+    /// `CORRAL_LLAMA_BENCH` / `CORRAL_LLAMA_PERPLEXITY` / `CORRAL_LLAMA_FINETUNE` / `CORRAL_LLAMA_QUANTIZE`, then `CORRAL_LLAMA_BIN` (a folder), then the build cache, then `PATH`.
     public static func discover(
         configured: [String: String] = [:],
         environment: [String: String] = ProcessInfo.processInfo.environment
@@ -71,7 +74,8 @@ public struct LlamaTools: Sendable, Equatable {
             fitParams: find("llama-fit-params", configKey: "fitParams", envKey: "CORRAL_LLAMA_FIT_PARAMS"),
             bench: find("llama-bench", configKey: "bench", envKey: "CORRAL_LLAMA_BENCH"),
             perplexity: find("llama-perplexity", configKey: "perplexity", envKey: "CORRAL_LLAMA_PERPLEXITY"),
-            finetune: find("llama-finetune", configKey: "finetune", envKey: "CORRAL_LLAMA_FINETUNE"))
+            finetune: find("llama-finetune", configKey: "finetune", envKey: "CORRAL_LLAMA_FINETUNE"),
+            quantize: find("llama-quantize", configKey: "quantize", envKey: "CORRAL_LLAMA_QUANTIZE"))
     }
 
     /// An executable named `name` on `PATH`, if any.
