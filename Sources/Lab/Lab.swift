@@ -56,6 +56,16 @@ public struct Lab: Sendable {
         return try PerplexityRun(try await engine.submit(PerplexityJob.self, spec))
     }
 
+    /// Starts a quant ladder of `model` on `text` (see ``QuantLadderJob``).
+    public func startQuantLadder(_ model: ModelSpec, quants: [QuantType], text: Data, source: String, contextSize: Int, chunks: Int?,
+                                 maxKLD: Double, allowRequantize: Bool, compatibility: Compatibility) async throws -> JobRecord {
+        let (path, sha256) = try keep(text)
+        let spec = try QuantLadderJob.plan(model, runtimeArguments: await scheduler.runtimeArguments[model.id] ?? [], quants: quants,
+                                           text: (path, sha256, source), contextSize: contextSize, chunks: chunks, maxKLD: maxKLD,
+                                           allowRequantize: allowRequantize, compatibility: compatibility)
+        return try await engine.submit(QuantLadderJob.self, spec)
+    }
+
     /// Keeps a text for perplexity under the data directory by its SHA-256: its path and hash.
     func keep(_ text: Data) throws(LabError) -> (path: String, sha256: String) {
         guard !text.isEmpty else { throw LabError.badRequest("the text is empty", param: "text") }

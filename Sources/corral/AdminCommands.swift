@@ -279,3 +279,32 @@ struct QuantizeCommand: AsyncParsableCommand {
         if (done as? [String: Any])?["state"] as? String != "succeeded" { throw ExitCode(1) }
     }
 }
+
+/// `corral quant-ladder MODEL --text FILE`: a quant ladder through the running gateway, as a job
+/// with a progress bar; prints the result (each rung's size, fit, speed, perplexity and KL
+/// divergence, and the recommendation).
+struct QuantLadderCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "quant-ladder", abstract: "Quantize a model to several types and measure each against it (size, fit, speed, KL divergence).")
+
+    @OptionGroup var connection: AdminConnection
+    @Argument(help: "The model (F32, F16 or BF16).") var model: String
+    @Option(help: "A text file to measure quality on (at least 2 × context-size tokens).") var text: String
+    @Option(help: "Types, comma-separated (default Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,Q3_K_M,Q2_K).") var quants: String?
+    @Option(help: "The largest mean KL divergence a recommended quant may have.") var maxKld: Double = 0.05
+    @Option(help: "Tokens per perplexity chunk.") var contextSize: Int = 512
+    @Option(help: "At most this many chunks.") var chunks: Int?
+
+    func run() async throws {
+        guard let contents = try? String(contentsOfFile: text, encoding: .utf8) else { throw ValidationError("cannot read \(text)") }
+        var body: [String: Any] = ["model": model, "text": contents, "maxKLD": maxKld, "contextSize": contextSize]
+        body["quants"] = quants.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
+        body["chunks"] = chunks
+        let started = try await connection.call("POST", "/admin/quant-ladder", body: body) as? [String: Any] ?? [:]
+        guard let id = started["id"] as? String else { throw ValidationError("unexpected answer: \(started)") }
+        _ = try await connection.follow(id)
+        let done = try await connection.call("GET", "/admin/jobs/\(escaped(id))")
+        connection.print(done)
+        if (done as? [String: Any])?["state"] as? String != "succeeded" { throw ExitCode(1) }
+    }
+}

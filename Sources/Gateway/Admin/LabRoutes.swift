@@ -22,6 +22,7 @@ struct LabRoutes: Sendable {
     func register(on admin: AdminAPIGroup) {
         registerBenchmarks(on: admin)
         registerTuning(on: admin)
+        registerQuantLadder(on: admin)
     }
 
     /// An integer member of a JSON body, `fallback` when absent, 400 when out of `range`.
@@ -88,20 +89,24 @@ struct LabRoutes: Sendable {
         }
     }
 
-    /// A perplexity run: the text inline (`text`) or an uploaded file (`file_id`), chunks of
-    /// `contextSize` tokens (512 by default, the size published figures use).
-    func startPerplexity(_ spec: ModelSpec, _ body: [String: Any]) async throws -> Response {
-        let text: Data
-        let source: String
+    /// The text of a perplexity run or a quant ladder: inline (`text`) or an uploaded file
+    /// (`file_id`), and where it came from.
+    func text(_ body: [String: Any]) async throws -> (Data, String) {
         switch (body["text"], body["file_id"]) {
         case (let inline as String, nil):
-            (text, source) = (Data(inline.utf8), "inline")
+            return (Data(inline.utf8), "inline")
         case (nil, let id as String):
             guard let files else { throw OpenAIError.badRequest("files need the store, which is off", param: "file_id") }
-            (text, source) = (try await mapped { try await files.contents(id, scope: .all).1 }, id)
+            return (try await mapped { try await files.contents(id, scope: .all).1 }, id)
         default:
             throw OpenAIError.badRequest("give the text as `text` or as an uploaded file's `file_id` (one of them)", param: "text")
         }
+    }
+
+    /// A perplexity run: the text inline (`text`) or an uploaded file (`file_id`), chunks of
+    /// `contextSize` tokens (512 by default, the size published figures use).
+    func startPerplexity(_ spec: ModelSpec, _ body: [String: Any]) async throws -> Response {
+        let (text, source) = try await self.text(body)
         let contextSize = try Self.int(body, "contextSize", 512, 16...131_072)
         let chunks = body["chunks"] == nil ? nil : try Self.int(body, "chunks", 1, 1...1_000_000)
         let compatibility = Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
@@ -109,6 +114,43 @@ struct LabRoutes: Sendable {
             try await lab.startPerplexity(spec, text: text, source: source, contextSize: contextSize, chunks: chunks, compatibility: compatibility)
         }
         return try jsonEncodable(started, status: .accepted)
+    }
+
+    // MARK: Quant ladder
+
+    func registerQuantLadder(on admin: AdminAPIGroup) {
+        admin.post("quant-ladder", .init(
+            "Start a quant ladder (a job of kind quant-ladder): the model quantized to each of `quants` (default Q8_0 to Q2_K), each measured for size, fit verdict on this machine, prompt and generation speed (llama-bench), perplexity and mean KL divergence against the model on a text (inline or by file id); the result names the smallest quant within `maxKLD` (default 0.05) that fits",
+            body: .object([
+                "model": .string, "quants": .array(.enumeration(QuantType.all.map(\.name))), "text": .string, "file_id": .string,
+                "contextSize": .integer(minimum: 16, maximum: 131_072), "chunks": .integer(minimum: 1), "maxKLD": .number, "allowRequantize": .boolean,
+            ], required: ["model"]), status: 202)
+        ) { request, context in
+            let body = try await Relay.readJSON(request, context: context).1
+            guard let model = body["model"] as? String, !model.isEmpty else { throw OpenAIError.badRequest("model is required", param: "model") }
+            guard let spec = await scheduler.catalog.resolve(model) else { throw OpenAIError.modelNotFound(model) }
+            var quants = QuantLadderSpec.defaultQuants
+            if let names = body["quants"] {
+                guard let names = names as? [String], let parsed = Optional(names.compactMap(QuantType.init)), parsed.count == names.count else {
+                    throw OpenAIError.badRequest("quants must be a list of \(QuantType.all.map(\.name).joined(separator: ", "))", param: "quants")
+                }
+                quants = parsed
+            }
+            var maxKLD = 0.05
+            if let v = body["maxKLD"] {
+                guard let n = v as? NSNumber, !isJSONBool(n) else { throw OpenAIError.badRequest("maxKLD must be a number", param: "maxKLD") }
+                maxKLD = n.doubleValue
+            }
+            let (text, source) = try await self.text(body)
+            let contextSize = try Self.int(body, "contextSize", 512, 16...131_072)
+            let chunks = body["chunks"] == nil ? nil : try Self.int(body, "chunks", 1, 1...1_000_000)
+            let compatibility = Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
+            let job = try await mapped {
+                try await lab.startQuantLadder(spec, quants: quants, text: text, source: source, contextSize: contextSize, chunks: chunks, maxKLD: maxKLD,
+                                               allowRequantize: body["allowRequantize"] as? Bool ?? false, compatibility: compatibility)
+            }
+            return try jsonEncodable(job, status: .accepted)
+        }
     }
 
     /// `GET /admin/benchmarks`: both kinds, each newest first.

@@ -192,11 +192,15 @@ public struct GatewayDependencies: Sendable {
                     })
             },
             refreshCatalog: { if let refresh { try await refresh() } })
+        let margin = config.scheduler.memoryMarginMiB
+        let ladder = QuantLadderJob(tools: tools, directory: config.dataDirectory + "/quant-ladder", compatibility: {
+            Compatibility(hardware: await hardware.get(), marginMiB: margin)
+        })
         // An in-memory SQLite database cannot fail to open short of the process being out of memory.
         let jobStore: any JobStore = store ?? (try! Store.inMemory())
         return JobEngine(
             store: jobStore, node: node, claims: scheduler, logger: logger,
-            kinds: [benchmark, TuningJob(tools: tools, client: client), PerplexityJob(tools: tools), evalRun, fineTune] + extraKinds,
+            kinds: [benchmark, TuningJob(tools: tools, client: client), PerplexityJob(tools: tools), evalRun, fineTune, ladder] + extraKinds,
             onPersistenceFailure: { _ in metrics.jobStoreWriteFailed() })
     }
 

@@ -65,6 +65,39 @@ function benchmarksTable(runs) {
   ], runs, 'No benchmark yet.');
 }
 
+// Quant ladder: the latest ladder's rungs as a table and a scatter plot of KL divergence against
+// size (each point's label gives its speed), the recommended rung ringed.
+
+function ladderSection(job) {
+  const result = job?.result;
+  if (!result) {
+    return h('p', {}, job ? `The latest ladder is ${job.state}${job.error ? `: ${job.error.message}` : ''}.`
+      : 'No quant ladder yet: start one with corral quant-ladder MODEL --text FILE, or POST /admin/quant-ladder.');
+  }
+  const points = result.rungs.map((r) => ({
+    x: r.bytes / 1048576, y: r.meanKLD, highlight: r.type === result.recommended, front: r.meanKLD <= result.maxKLD,
+    className: `rung${r.type === result.recommended ? ' recommended' : ''}`, data: { type: r.type, fit: r.fit },
+    label: `${r.type}: ${fmt.bytes(r.bytes)}, KLD ${r.meanKLD.toPrecision(3)}, ${fmt.num(r.generationTPS)} tok/s generation, `
+      + `${fmt.num(r.promptTPS)} tok/s prompt, ${fmt.verdict(r.fit)}`,
+  }));
+  return h('div', {},
+    h('p', { class: 'recommendation' }, result.reason),
+    scatterChart({
+      title: `Quant ladder of ${result.model} (${result.baseType}, perplexity ${fmt.num(result.basePerplexity)})`,
+      xLabel: 'size (MiB)', yLabel: 'mean KL divergence', xFormat: (v) => fmt.num(v, v < 10 ? 1 : 0), yFormat: (v) => v.toPrecision(2),
+      points, names: { points: 'over the budget', front: `within KLD ${result.maxKLD}`, highlight: 'recommended' },
+    }),
+    table('Quant ladder rungs', [
+      { label: 'Type', value: (r) => r.type }, { label: 'Size', value: (r) => fmt.bytes(r.bytes), num: true },
+      { label: 'Of base', value: (r) => `${fmt.num(r.sizeRatio * 100)}%`, num: true }, { label: 'Fit', value: (r) => verdictBadge(r.fit) },
+      { label: 'Prompt tok/s', value: (r) => fmt.num(r.promptTPS), num: true },
+      { label: 'Generation tok/s', value: (r) => fmt.num(r.generationTPS), num: true },
+      { label: 'Perplexity', value: (r) => fmt.num(r.perplexity), num: true },
+      { label: 'Mean KLD', value: (r) => r.meanKLD.toPrecision(3), num: true },
+      { label: 'Same top token', value: (r) => (r.sameTopPercent == null ? '—' : `${fmt.num(r.sameTopPercent)}%`), num: true },
+    ], result.rungs));
+}
+
 // Tuning: a session's trials as a table and a scatter plot of its measured trials.
 
 /** Session states in which more events come. */
@@ -226,6 +259,7 @@ export async function modelDetail(root, [id], signal) {
   const benchHistory = h('div');
   const benchProgress = statusRegion();
   const tuningArea = h('div');
+  const ladderArea = h('div');
   const tuningStatus = statusRegion();
 
   const benchForm = h('form', { class: 'inline-form', 'aria-label': 'Benchmark' },
@@ -250,7 +284,8 @@ export async function modelDetail(root, [id], signal) {
     h('section', { 'aria-labelledby': 'facts-h' }, h('h2', { id: 'facts-h' }, 'GGUF facts'), factsArea),
     fitArea,
     h('section', { 'aria-labelledby': 'bench-h' }, h('h2', { id: 'bench-h' }, 'Benchmarks'), benchForm, benchProgress, benchHistory),
-    h('section', { 'aria-labelledby': 'tune-h' }, h('h2', { id: 'tune-h' }, 'Tuning'), tuneForm, tuningStatus, tuningArea));
+    h('section', { 'aria-labelledby': 'tune-h' }, h('h2', { id: 'tune-h' }, 'Tuning'), tuneForm, tuningStatus, tuningArea),
+    h('section', { 'aria-labelledby': 'ladder-h' }, h('h2', { id: 'ladder-h' }, 'Quant ladder'), ladderArea));
 
   async function refresh() {
     const model = await api(path, { signal });
@@ -260,6 +295,8 @@ export async function modelDetail(root, [id], signal) {
     factsArea.replaceChildren(dl(facts(model)));
     const runs = await api(`/admin/benchmarks?model=${encodeURIComponent(model.id)}`, { signal });
     benchHistory.replaceChildren(benchmarksTable(runs.benchmarks));
+    const ladders = await api(`/admin/jobs?kind=quant-ladder&model=${encodeURIComponent(model.id)}&limit=1`, { signal });
+    ladderArea.replaceChildren(ladderSection(ladders.jobs[0]));
     if (model.fit) {
       const c = await api(`${path}/compatibility`, { signal });
       fitArea.replaceChildren(fitSection(model, c));
