@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-bu
 # PostgreSQL server from Debian's binaries (package postgresql).
 TEST_PACKAGES := prometheus chromium chromium-driver postgresql
 
-.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-cluster soak fuzz clean
+.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-quant-ladder bench-cluster soak fuzz clean
 
 ## serve: install what is missing, build, get the demo model, and run on routes.json (on
 ## routes.offline.json, with a generated random model, when the demo model cannot be fetched)
@@ -105,6 +105,10 @@ bench-auth: llama release venv
 ## bench-load: Corral (open, keyed, limits, cluster) vs nginx direct vs LiteLLM under wrk at 1-256 connections, and admin queries over a 10M-row ledger
 bench-load: release venv
 	$(PY) scripts/bench_load.py --corral $(RELEASE_BIN)
+
+## bench-quant-ladder: the quant ladder on the real demo model (dequantized to F32) over an English text
+bench-quant-ladder: build venv
+	CORRAL_BIN=$(BIN) $(PY) scripts/bench_quant_ladder.py
 
 ## fuzz: the GGUF reader and the OpenAI <-> Ollama translators, far longer than `make test` runs them
 FUZZ_ITERATIONS ?= 300000

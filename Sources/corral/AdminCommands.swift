@@ -271,12 +271,7 @@ struct QuantizeCommand: AsyncParsableCommand {
     func run() async throws {
         var body: [String: Any] = ["model": model, "type": to, "allowRequantize": allowRequantize]
         body["name"] = name
-        let started = try await connection.call("POST", "/admin/quantize", body: body) as? [String: Any] ?? [:]
-        guard let id = started["id"] as? String else { throw ValidationError("unexpected answer: \(started)") }
-        _ = try await connection.follow(id)
-        let done = try await connection.call("GET", "/admin/jobs/\(escaped(id))")
-        connection.print(done)
-        if (done as? [String: Any])?["state"] as? String != "succeeded" { throw ExitCode(1) }
+        try await connection.runJob("/admin/quantize", body: body)
     }
 }
 
@@ -300,11 +295,19 @@ struct QuantLadderCommand: AsyncParsableCommand {
         var body: [String: Any] = ["model": model, "text": contents, "maxKLD": maxKld, "contextSize": contextSize]
         body["quants"] = quants.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
         body["chunks"] = chunks
-        let started = try await connection.call("POST", "/admin/quant-ladder", body: body) as? [String: Any] ?? [:]
+        try await connection.runJob("/admin/quant-ladder", body: body)
+    }
+}
+
+extension AdminConnection {
+    /// Starts a job with `POST path`, follows it with a progress bar, prints the finished job and
+    /// exits 1 unless it succeeded.
+    func runJob(_ path: String, body: [String: Any]) async throws {
+        let started = try await call("POST", path, body: body) as? [String: Any] ?? [:]
         guard let id = started["id"] as? String else { throw ValidationError("unexpected answer: \(started)") }
-        _ = try await connection.follow(id)
-        let done = try await connection.call("GET", "/admin/jobs/\(escaped(id))")
-        connection.print(done)
+        _ = try await follow(id)
+        let done = try await call("GET", "/admin/jobs/\(escaped(id))")
+        print(done)
         if (done as? [String: Any])?["state"] as? String != "succeeded" { throw ExitCode(1) }
     }
 }
