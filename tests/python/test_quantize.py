@@ -86,3 +86,20 @@ def test_bad_quantize_requests_are_clear_errors(corral):
     assert r.status_code == 400 and "q4_k_m" in r.json()["error"]
     # A team key cannot quantize (an admin route).
     assert httpx.post(corral.base + "/admin/quantize", json={"model": "chat", "type": "q8_0"}).status_code == 401
+
+
+def test_the_configured_default_model_stays_the_default_when_models_are_added():
+    """The measured bug behind routes.json's defaultModel: the default was 'the only model', so a
+    request without a model got 400 as soon as a pull, create or fine-tune added one."""
+    from conftest import start_corral, stop_corral
+
+    c = start_corral(extra_config={"defaultModel": "chat"})
+    try:
+        ask = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert httpx.post(c.base + "/v1/chat/completions", json=ask, timeout=60).json()["model"] == "chat"
+        made = httpx.post(c.base + "/api/create", json={"model": "chat-q8", "from": "chat", "quantize": "q8_0", "stream": False}, timeout=120)
+        assert made.status_code == 200, made.text
+        r = httpx.post(c.base + "/v1/chat/completions", json=ask, timeout=60)
+        assert r.status_code == 200 and r.json()["model"] == "chat", r.text
+    finally:
+        stop_corral(c)
