@@ -203,6 +203,7 @@ let package = Package(
             name: "GatewayTests",
             dependencies: [
                 "Gateway", "Runtime", "GGUF", "Store", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -84,12 +84,34 @@ public final class AccessControl: Sendable {
     struct TeamEntry {
         var record: TeamRecord
         var policy: Policy
+        /// Why the stored policy could not be read (then `policy` allows nothing and requests are refused).
+        var unreadable: String?
+
+        init(record: TeamRecord, log: (String) -> Void) {
+            self.record = record
+            (policy, unreadable) = AccessControl.read(record.policy, of: "team '\(record.name)' (\(record.id))", log: log)
+        }
     }
 
     struct KeyEntry {
         var record: KeyRecord
         /// Decoded once when stored (decoding JSON per request would cost more than admission).
         var policy: Policy
+        var unreadable: String?
+
+        init(record: KeyRecord, log: (String) -> Void) {
+            self.record = record
+            (policy, unreadable) = AccessControl.read(record.policy, of: "key \(record.prefix)", log: log)
+        }
+    }
+
+    /// A stored policy, or one that allows nothing and the reason (logged) when it cannot be read.
+    static func read(_ json: String, of whom: String, log: (String) -> Void) -> (Policy, String?) {
+        do { return (try Policy.decode(json), nil) } catch {
+            let why = "the policy of \(whom) cannot be read; its requests are refused until it is set again: \(error.description)"
+            log(why)
+            return (Policy.refuseAll, why)
+        }
     }
 
     /// One shard of teams: records, policies and the usage of the teams and their keys.
@@ -121,7 +143,15 @@ public final class AccessControl: Sendable {
     /// gateway whose last team was deleted refuses every model request.
     let openWithoutTeams: Bool
 
-    public init(store: (any AccountStore)?, openWithoutTeams: Bool = true, shared: SharedQuota? = nil, now: @escaping @Sendable () -> Date = { Date() }) {
+    /// Where problems with stored accounts are reported (an unreadable policy).
+    let log: @Sendable (String) -> Void
+    /// Told of each request refused because a stored policy could not be read (to be counted).
+    let refused: @Sendable () -> Void
+
+    public init(store: (any AccountStore)?, openWithoutTeams: Bool = true, shared: SharedQuota? = nil, now: @escaping @Sendable () -> Date = { Date() },
+                log: @escaping @Sendable (String) -> Void = { _ in }, refused: @escaping @Sendable () -> Void = {}) {
+        self.log = log
+        self.refused = refused
         self.store = store
         self.shared = shared
         self.now = now
@@ -142,13 +172,13 @@ public final class AccessControl: Sendable {
     }
 
     private func put(_ team: TeamRecord) {
-        let entry = TeamEntry(record: team, policy: Policy.decode(team.policy))
+        let entry = TeamEntry(record: team, log: log)
         let added = teamShard(team.id).withLock { s in s.teams.updateValue(entry, forKey: team.id) == nil }
         if added { teamCount.add(1, ordering: .relaxed) }
     }
 
     private func put(_ key: KeyRecord) {
-        let entry = KeyEntry(record: key, policy: Policy.decode(key.policy))
+        let entry = KeyEntry(record: key, log: log)
         keyShard(key.prefix).withLock { $0[key.prefix] = entry }
     }
 
@@ -187,9 +217,9 @@ public final class AccessControl: Sendable {
         let keys = try await store.keys()
         let admin = try await store.adminTokenHash()
         var teamsByShard = [[String: TeamEntry]](repeating: [:], count: Self.shardCount)
-        for t in teams { teamsByShard[Self.shard(of: t.id)][t.id] = TeamEntry(record: t, policy: Policy.decode(t.policy)) }
+        for t in teams { teamsByShard[Self.shard(of: t.id)][t.id] = TeamEntry(record: t, log: log) }
         var keysByShard = [[String: KeyEntry]](repeating: [:], count: Self.shardCount)
-        for k in keys { keysByShard[Self.shard(of: k.prefix)][k.prefix] = KeyEntry(record: k, policy: Policy.decode(k.policy)) }
+        for k in keys { keysByShard[Self.shard(of: k.prefix)][k.prefix] = KeyEntry(record: k, log: log) }
         for i in 0..<Self.shardCount {
             let fresh = teamsByShard[i]
             teamShards[i].withLock { $0.teams = fresh }
@@ -329,9 +359,14 @@ public final class AccessControl: Sendable {
 
     /// The team, its policy and the key's policy, or why the caller may not use a model known by `names`.
     private func policies(_ teamID: String, _ prefix: String, model names: [String]) throws(AccessError) -> (TeamRecord, Policy, Policy) {
-        guard let keyPolicy = keyShard(prefix).withLock({ $0[prefix]?.policy }),
-            let team = teamShard(teamID).withLock({ $0.teams[teamID] })
-        else { throw .unauthenticated("invalid API key") }
+        guard let key = keyShard(prefix).withLock({ $0[prefix] }), let team = teamShard(teamID).withLock({ $0.teams[teamID] }) else {
+            throw .unauthenticated("invalid API key")
+        }
+        if let why = team.unreadable ?? key.unreadable {
+            refused()
+            throw .unreadable(why)
+        }
+        let keyPolicy = key.policy
         guard team.policy.allows(names), keyPolicy.allows(names) else {
             throw .forbidden("team '\(team.record.name)' may not use model '\(names.first ?? "")'")
         }
@@ -639,7 +674,9 @@ public final class AccessControl: Sendable {
     public func rotateKey(_ prefix: String) async throws(AccessError) -> (key: String, record: KeyRecord) {
         guard let old = key(prefix) else { throw .notFound("no key '\(prefix)'") }
         guard old.revokedAt == nil else { throw .conflict("key '\(prefix)' is revoked") }
-        let fresh = try await createKey(team: old.teamID, name: old.name, expiresAt: old.expiresAt, policy: Policy.decode(old.policy))
+        // The new key keeps the stored policy, or there is no new key: an unreadable policy must
+        // not become "no limits" by rotation.
+        let fresh = try await createKey(team: old.teamID, name: old.name, expiresAt: old.expiresAt, policy: try Policy.decode(old.policy))
         _ = try await revokeKey(prefix)
         return fresh
     }

@@ -88,7 +88,20 @@ public struct Policy: Codable, Sendable, Equatable {
         return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self)
     }
 
-    public static func decode(_ json: String) -> Policy { (try? JSONDecoder().decode(Policy.self, from: Data(json.utf8))) ?? Policy() }
+    /// The policy stored as `json`. Throws when it cannot be read: an unreadable policy refuses
+    /// requests, it never means "every model, no limits".
+    public static func decode(_ json: String) throws(AccessError) -> Policy {
+        do { return try JSONDecoder().decode(Policy.self, from: Data(json.utf8)) } catch {
+            throw .unreadable("the stored policy cannot be read (\(error)); requests are refused until it is set again")
+        }
+    }
+
+    /// What an unreadable policy is held as: no model allowed (and what an update of one starts from).
+    public static var refuseAll: Policy {
+        var p = Policy()
+        p.models = []
+        return p
+    }
 }
 
 /// Why access was refused, with the status each maps to.
@@ -107,10 +120,12 @@ public enum AccessError: Error, Sendable, Equatable, CustomStringConvertible {
     case conflict(String)
     /// 503: the shared store (a cluster's PostgreSQL) cannot be reached; retry shortly.
     case unavailable(String)
+    /// 500: a stored team or key policy cannot be read, so its limits are unknown: refused.
+    case unreadable(String)
 
     public var description: String {
         switch self {
-        case .unauthenticated(let m), .forbidden(let m), .invalid(let m), .notFound(let m), .conflict(let m), .unavailable(let m): m
+        case .unauthenticated(let m), .forbidden(let m), .invalid(let m), .notFound(let m), .conflict(let m), .unavailable(let m), .unreadable(let m): m
         case .limited(let m, _, _): m
         }
     }
@@ -124,6 +139,7 @@ public enum AccessError: Error, Sendable, Equatable, CustomStringConvertible {
         case .notFound: 404
         case .conflict: 409
         case .unavailable: 503
+        case .unreadable: 500
         }
     }
 }

@@ -107,6 +107,7 @@ extension AccessError {
         case .notFound: "not_found"
         case .conflict: "conflict"
         case .unavailable: "store_unavailable"
+        case .unreadable: "policy_unreadable"
         }
     }
 }

@@ -10,11 +10,16 @@ public struct StoreFitPlanCache: FitPlanCache {
     let store: any LibraryStateStore
     let hardwareFingerprint: String
     let llamaBuild: String
+    /// Told of each write that failed (what, and the error), to be logged and counted: a failed
+    /// cache write costs the next load a fit, and must not pass unseen.
+    let writeFailed: @Sendable (String, any Error) -> Void
 
-    public init(store: any LibraryStateStore, hardwareFingerprint: String, llamaBuild: String) {
+    public init(store: any LibraryStateStore, hardwareFingerprint: String, llamaBuild: String,
+                writeFailed: @escaping @Sendable (String, any Error) -> Void) {
         self.store = store
         self.hardwareFingerprint = hardwareFingerprint
         self.llamaBuild = llamaBuild
+        self.writeFailed = writeFailed
     }
 
     func key(_ spec: ModelSpec, _ arguments: [String]) -> String? {
@@ -29,8 +34,10 @@ public struct StoreFitPlanCache: FitPlanCache {
     }
 
     public func save(_ plan: FitPlan, for spec: ModelSpec, arguments: [String]) async {
-        guard let key = key(spec, arguments), let data = try? JSONEncoder().encode(plan) else { return }
-        try? await store.saveFitPlan(key: key, model: spec.id, plan: data)
+        guard let key = key(spec, arguments) else { return }
+        do { try await store.saveFitPlan(key: key, model: spec.id, plan: try JSONEncoder().encode(plan)) } catch {
+            writeFailed("the fit plan of \(spec.id)", error)
+        }
     }
 
     /// Allocations are documents of kind `allocations`, under the same kind of key as plans
@@ -41,7 +48,9 @@ public struct StoreFitPlanCache: FitPlanCache {
     }
 
     public func save(_ allocations: LearnedAllocations, for spec: ModelSpec, arguments: [String]) async {
-        guard let key = key(spec, arguments), let data = try? JSONEncoder().encode(allocations) else { return }
-        try? await store.putDocument(kind: "allocations", id: key, model: spec.id, body: data)
+        guard let key = key(spec, arguments) else { return }
+        do { try await store.putDocument(kind: "allocations", id: key, model: spec.id, body: try JSONEncoder().encode(allocations)) } catch {
+            writeFailed("the learned allocations of \(spec.id)", error)
+        }
     }
 }

@@ -49,6 +49,8 @@ public final class GatewayMetrics: Sendable {
     public let fastLaneRequests = Atomic<Int>(0)
     /// Writes of the job store that failed (each failed its job, or was logged when none ran).
     let jobPersistenceFailures = Atomic<Int>(0)
+    let cacheWriteFailures = Atomic<Int>(0)
+    let policyRefusals = Atomic<Int>(0)
     private let runningTotals = Mutex(Totals())
     /// Reads the ledger's backlog for the `corral_ledger_pending_rows` gauge (set at start-up).
     nonisolated(unsafe) public static var ledgerPending: (@Sendable () -> Int)?
@@ -128,6 +130,13 @@ public final class GatewayMetrics: Sendable {
     /// Counts a failed write of the job store.
     public func jobStoreWriteFailed() { jobPersistenceFailures.add(1, ordering: .relaxed) }
 
+    /// Counts a failed write of a cache kept in the store (fit plans, learned allocations): the
+    /// answer is still given, the next load computes it again.
+    public func cacheWriteFailed() { cacheWriteFailures.add(1, ordering: .relaxed) }
+
+    /// Counts a request refused because a stored team or key policy could not be read.
+    public func unreadablePolicyRefused() { policyRefusals.add(1, ordering: .relaxed) }
+
     /// The running sums now.
     public func totals() -> Totals { runningTotals.withLock { $0 } }
 
@@ -154,6 +163,10 @@ public final class GatewayMetrics: Sendable {
         out += "corral_fast_lane_requests_total \(fastLaneRequests.load(ordering: .relaxed))\n"
         out += "# HELP corral_job_store_failures_total Job store writes that failed (the job failed with the reason).\n# TYPE corral_job_store_failures_total counter\n"
         out += "corral_job_store_failures_total \(jobPersistenceFailures.load(ordering: .relaxed))\n"
+        out += "# HELP corral_cache_write_failures_total Writes of the fit-plan and allocation caches that failed (logged; the cache is recomputed).\n# TYPE corral_cache_write_failures_total counter\n"
+        out += "corral_cache_write_failures_total \(cacheWriteFailures.load(ordering: .relaxed))\n"
+        out += "# HELP corral_policy_unreadable_refusals_total Requests refused because a stored team or key policy could not be read.\n# TYPE corral_policy_unreadable_refusals_total counter\n"
+        out += "corral_policy_unreadable_refusals_total \(policyRefusals.load(ordering: .relaxed))\n"
         let loaded = instances.filter { $0.state == "loaded" }
         out += "# HELP corral_loaded_models Models with a running llama-server.\n# TYPE corral_loaded_models gauge\ncorral_loaded_models \(loaded.count)\n"
         out += "# HELP corral_instance_in_flight Requests running on a model.\n# TYPE corral_instance_in_flight gauge\n"

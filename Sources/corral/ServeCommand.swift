@@ -77,7 +77,10 @@ struct ServeCommand: AsyncParsableCommand {
         let shared: SharedQuota? = stores.shared.map { pg in
             SharedQuota(store: pg, node: cfg.cluster!.nodeName)
         }
-        let access = AccessControl(store: stores.accounts, openWithoutTeams: cfg.listensOnLoopbackOnly || cfg.allowOpen || allowOpen, shared: shared)
+        let metrics = GatewayMetrics()
+        let problems = logger
+        let access = AccessControl(store: stores.accounts, openWithoutTeams: cfg.listensOnLoopbackOnly || cfg.allowOpen || allowOpen, shared: shared,
+                                   log: { problems.error("\($0)") }, refused: { metrics.unreadablePolicyRefused() })
         try await access.load()
         let tokenPath = cfg.dataDirectory + "/admin-token"
         if !access.hasAdminToken, let existing = AdminTokenFile.read(from: tokenPath), !existing.isEmpty {
@@ -106,7 +109,11 @@ struct ServeCommand: AsyncParsableCommand {
         let limits = Scheduler.Limits(from: cfg.scheduler, hostTotalMiB: HostMemory.read().totalMiB, devices: devices)
         let scheduler = Scheduler(
             catalog: catalog, limits: limits, tools: tools, client: client, logger: logger,
-            planCache: StoreFitPlanCache(store: stores.libraryState, hardwareFingerprint: HostMemory.fingerprint(devices: devices), llamaBuild: build))
+            planCache: StoreFitPlanCache(store: stores.libraryState, hardwareFingerprint: HostMemory.fingerprint(devices: devices), llamaBuild: build,
+                                         writeFailed: { what, error in
+                                             problems.error("a cache write failed; the next load computes it again", metadata: ["what": "\(what)", "error": "\(error)"])
+                                             metrics.cacheWriteFailed()
+                                         }))
         try await Lab.restoreRuntimeProfiles(store: store, scheduler: scheduler)
         do {
             let legacy = try await LegacyRuns.importAll(store: store)
@@ -144,7 +151,10 @@ struct ServeCommand: AsyncParsableCommand {
             known[FileIdentity(path: row.path, size: UInt64(row.size), modified: row.modified)] = row.digest
         }
         let digests = FileDigests(preloaded: known) { identity, digest in
-            try? await store.saveFileDigest(path: identity.path, size: Int64(identity.size), modified: identity.modified, digest: digest)
+            do { try await store.saveFileDigest(path: identity.path, size: Int64(identity.size), modified: identity.modified, digest: digest) } catch {
+                problems.error("a cache write failed; the digest is computed again after a restart", metadata: ["what": "the digest of \(identity.path)", "error": "\(error)"])
+                metrics.cacheWriteFailed()
+            }
         }
         let ledger = UsageLedger(store: stores.accounts, logger: logger, node: cfg.cluster?.nodeName, capacity: cfg.usage.queueBound)
         let retention = UsageRetention(store: stores.accounts, retainDays: cfg.usage.retainDays, retainRollupDays: cfg.usage.retainRollupDays, logger: logger)
@@ -152,7 +162,7 @@ struct ServeCommand: AsyncParsableCommand {
         GatewayMetrics.ledgerCounters = { (ledger.refused, retention.failureCount) }
         var deps = GatewayDependencies(
             config: cfg, scheduler: scheduler, client: client, recorder: { ledger.record($0) }, logger: logger, store: store,
-            digests: digests, access: access, work: stores.work, node: cfg.cluster?.nodeName)
+            digests: digests, access: access, metrics: metrics, work: stores.work, node: cfg.cluster?.nodeName)
         deps.tools = tools
         deps.ledger = ledger
         deps.configPath = config

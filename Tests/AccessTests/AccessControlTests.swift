@@ -94,7 +94,55 @@ struct AccessControlTests {
         #expect(try second.authenticate(key).teamName == "a")
         #expect(second.isAdmin(admin) && !second.isAdmin(key) && !second.isAdmin(nil))
         #expect(try await second.createAdminTokenIfNeeded() == nil)
-        #expect(second.team("a").map { Policy.decode($0.policy).requestsPerMinute } == 5)
+        #expect(try second.team("a").map { try Policy.decode($0.policy).requestsPerMinute } == 5)
+    }
+
+    /// A stored policy that cannot be read fails closed: its team's (or key's) requests are
+    /// refused with 500 and counted, the models are hidden, and rotating the key fails instead
+    /// of giving the new key no limits. Other teams are not affected.
+    @Test func aPolicyRowThatCannotBeDecodedRefusesTheRequest() async throws {
+        let path = NSTemporaryDirectory() + "corral-access-\(UUID().uuidString).sqlite"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try Store.open(path: path)
+        let first = AccessControl(store: store)
+        let team = try await first.createTeam(name: "a", policy: Policy(models: ["chat"], requestsPerMinute: 5))
+        let (key, keyRecord) = try await first.createKey(team: "a", name: "", expiresAt: nil, policy: Policy())
+        _ = try await first.createTeam(name: "b", policy: Policy(models: ["chat"]))
+        let (other, _) = try await first.createKey(team: "b", name: "", expiresAt: nil, policy: Policy())
+        let (brokenKey, brokenKeyRecord) = try await first.createKey(team: "b", name: "", expiresAt: nil, policy: Policy(tokensPerDay: 100))
+        var broken = team
+        broken.policy = #"{"requestsPerMinute": "five"}"#
+        try await store.save(broken)
+        var brokenRecord = brokenKeyRecord
+        brokenRecord.policy = "not json"
+        try await store.save(brokenRecord)
+
+        let logged = Mutex<[String]>([])
+        let refusals = Atomic<Int>(0)
+        let access = AccessControl(store: store, log: { line in logged.withLock { $0.append(line) } }, refused: { refusals.add(1, ordering: .relaxed) })
+        try await access.load()
+        #expect(logged.withLock { $0.count } == 2 && logged.withLock { $0 }.contains { $0.contains("team 'a'") })
+        let caller = try access.authenticate(key)
+        do {
+            _ = try await access.admit(caller, model: ["chat"], tokens: 10)
+            Issue.record("an unreadable policy admitted a request")
+        } catch {
+            #expect(error.status == 500 && error.kind == "policy_unreadable")
+        }
+        #expect(refusals.load(ordering: .relaxed) == 1)
+        #expect(!access.allows(caller, model: ["chat"]))
+        #expect(try await access.admit(try access.authenticate(other), model: ["chat"], tokens: 10) != nil)
+        await #expect(throws: AccessError.self) { _ = try await access.admit(try access.authenticate(brokenKey), model: ["chat"], tokens: 10) }
+        #expect(refusals.load(ordering: .relaxed) == 2)
+        // Rotation keeps the key's stored policy or fails: never a new key without limits.
+        await #expect(throws: AccessError.self) { _ = try await access.rotateKey(brokenKeyRecord.prefix) }
+        let teamB = try await store.keys().filter { $0.teamID == brokenKeyRecord.teamID }
+        #expect(teamB.count == 2 && teamB.allSatisfy { $0.revokedAt == nil })
+        let rotated = try await access.rotateKey(keyRecord.prefix)
+        #expect(try Policy.decode(rotated.record.policy) == Policy())
+        // Setting the policy again mends it.
+        _ = try await access.updateTeam("a", policy: Policy(models: ["chat"]))
+        #expect(try await access.admit(caller, model: ["chat"], tokens: 10) != nil)
     }
 
     /// The ledger's positional insert writes every column where `LedgerRow` reads it back,

@@ -1,4 +1,6 @@
 import Foundation
+import GRDB
+import Synchronization
 import GGUF
 import Gateway
 import Library
@@ -139,30 +141,43 @@ import Testing
 
     @Test func fitPlansAreCachedInSQLiteAndInvalidatedByFileChanges() async throws {
         let (dir, spec, store) = try fitCacheFixture()
-        let cache = StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b1")
+        let cache = StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b1", writeFailed: Self.unexpected)
         let plan = FitPlan(arguments: ["-c", "2048", "-ngl", "-1"], projection: [.init(device: "Host", modelMiB: 1, contextMiB: 2, computeMiB: 3)], source: .fitParams)
         await cache.save(plan, for: spec, arguments: ["-np", "4"])
         #expect(await cache.plan(for: spec, arguments: ["-np", "4"]) == plan)
         #expect(await cache.plan(for: spec, arguments: ["-np", "2"]) == nil)
-        #expect(await StoreFitPlanCache(store: store, hardwareFingerprint: "hw2", llamaBuild: "b1").plan(for: spec, arguments: ["-np", "4"]) == nil)
-        #expect(await StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b2").plan(for: spec, arguments: ["-np", "4"]) == nil)
+        #expect(await StoreFitPlanCache(store: store, hardwareFingerprint: "hw2", llamaBuild: "b1", writeFailed: Self.unexpected).plan(for: spec, arguments: ["-np", "4"]) == nil)
+        #expect(await StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b2", writeFailed: Self.unexpected).plan(for: spec, arguments: ["-np", "4"]) == nil)
         // Survives reopening the database.
-        let reopened = StoreFitPlanCache(store: try Store.open(path: dir + "/corral.sqlite"), hardwareFingerprint: "hw1", llamaBuild: "b1")
+        let reopened = StoreFitPlanCache(store: try Store.open(path: dir + "/corral.sqlite"), hardwareFingerprint: "hw1", llamaBuild: "b1", writeFailed: Self.unexpected)
         #expect(await reopened.plan(for: spec, arguments: ["-np", "4"]) == plan)
         // Touching the model file changes its identity.
         try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(60)], ofItemAtPath: dir + "/m.gguf")
         #expect(await reopened.plan(for: spec, arguments: ["-np", "4"]) == nil)
     }
 
+    static let unexpected: @Sendable (String, any Error) -> Void = { what, error in Issue.record("\(what): \(error)") }
+
+    /// A cache write that fails is reported (ServeCommand logs and counts it), not dropped: here
+    /// the table is gone under a second, real SQLite connection.
+    @Test func aFailedCacheWriteIsReported() async throws {
+        let (dir, spec, store) = try fitCacheFixture()
+        let failures = Mutex<[String]>([])
+        let cache = StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b1", writeFailed: { what, _ in failures.withLock { $0.append(what) } })
+        try await DatabaseQueue(path: dir + "/corral.sqlite").write { try $0.execute(sql: "DROP TABLE fit_cache") }
+        await cache.save(FitPlan(arguments: ["-c", "2048"], projection: [], source: .fitParams), for: spec, arguments: ["-np", "4"])
+        #expect(failures.withLock { $0 } == ["the fit plan of m"])
+    }
+
     @Test func learnedAllocationsAreKeptLikePlans() async throws {
         let (dir, spec, store) = try fitCacheFixture()
-        let cache = StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b1")
+        let cache = StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b1", writeFailed: Self.unexpected)
         let learned = LearnedAllocations(allocatedMiB: ["CPU KV": 4.5, "CPU compute": 1.25], contextSize: 2048, learnedAt: Date(timeIntervalSince1970: 1_800_000_000))
         await cache.save(learned, for: spec, arguments: ["-m", "m", "-c", "2048"])
         #expect(await cache.allocations(for: spec, arguments: ["-m", "m", "-c", "2048"]) == learned)
         #expect(await cache.allocations(for: spec, arguments: ["-m", "m", "-c", "4096"]) == nil)
-        #expect(await StoreFitPlanCache(store: store, hardwareFingerprint: "hw2", llamaBuild: "b1").allocations(for: spec, arguments: ["-m", "m", "-c", "2048"]) == nil)
-        let reopened = StoreFitPlanCache(store: try Store.open(path: dir + "/corral.sqlite"), hardwareFingerprint: "hw1", llamaBuild: "b1")
+        #expect(await StoreFitPlanCache(store: store, hardwareFingerprint: "hw2", llamaBuild: "b1", writeFailed: Self.unexpected).allocations(for: spec, arguments: ["-m", "m", "-c", "2048"]) == nil)
+        let reopened = StoreFitPlanCache(store: try Store.open(path: dir + "/corral.sqlite"), hardwareFingerprint: "hw1", llamaBuild: "b1", writeFailed: Self.unexpected)
         #expect(await reopened.allocations(for: spec, arguments: ["-m", "m", "-c", "2048"]) == learned)
         try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(60)], ofItemAtPath: dir + "/m.gguf")
         #expect(await reopened.allocations(for: spec, arguments: ["-m", "m", "-c", "2048"]) == nil)

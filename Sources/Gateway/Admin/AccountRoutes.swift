@@ -44,7 +44,7 @@ struct AccountRoutes: Sendable {
             if let d = body["disabled"], !(d is Bool) { throw OpenAIError.badRequest("disabled must be a boolean", param: "disabled") }
             let team = try await mapped {
                 try await access.updateTeam(
-                    id, name: body["name"] as? String, policy: try Policy.parse(body, base: Policy.decode(current.policy)),
+                    id, name: body["name"] as? String, policy: try Policy.parse(body, base: Self.updatable(current.policy)),
                     disabled: body["disabled"] as? Bool)
             }
             return jsonResponse(await teamObject(team))
@@ -76,7 +76,7 @@ struct AccountRoutes: Sendable {
             guard let current = access.key(prefix) else { throw OpenAIError(.notFound, "no key '\(prefix)'", code: "not_found") }
             let expiresAt = try Self.expiry(body)
             let record = try await mapped {
-                try await access.updateKey(prefix, policy: try Policy.parse(body, base: Policy.decode(current.policy)), expiresAt: expiresAt)
+                try await access.updateKey(prefix, policy: try Policy.parse(body, base: Self.updatable(current.policy)), expiresAt: expiresAt)
             }
             return jsonResponse(keyObject(record))
         }
@@ -133,16 +133,27 @@ struct AccountRoutes: Sendable {
     func teamObject(_ t: TeamRecord) async -> [String: Any] {
         let usage = await access.usage(team: t.id)
         return [
-            "id": t.id, "name": t.name, "disabled": t.disabled, "createdAt": iso(t.createdAt), "limits": policyObject(Policy.decode(t.policy)),
+            "id": t.id, "name": t.name, "disabled": t.disabled, "createdAt": iso(t.createdAt), "limits": limits(t.policy),
             "usage": ["tokensToday": usage.day, "tokensThisMonth": usage.month, "inFlight": usage.inFlight],
         ]
+    }
+
+    /// A stored policy as the admin API shows it; one that cannot be read says so (its requests are refused).
+    func limits(_ json: String) -> Any {
+        do { return policyObject(try Policy.decode(json)) } catch { return ["unreadable": error.description] }
+    }
+
+    /// What an update of a stored policy starts from: the policy, or no model allowed when it
+    /// cannot be read (the update names the models again).
+    static func updatable(_ json: String) -> Policy {
+        do { return try Policy.decode(json) } catch { return Policy.refuseAll }
     }
 
     func keyObject(_ k: KeyRecord) -> [String: Any] {
         let state = k.revokedAt != nil ? "revoked" : (k.expiresAt.map { $0 <= Date() } ?? false) ? "expired" : "active"
         var o: [String: Any] = [
             "prefix": k.prefix, "team": k.teamID, "name": k.name, "createdAt": iso(k.createdAt), "state": state,
-            "limits": policyObject(Policy.decode(k.policy)),
+            "limits": limits(k.policy),
         ]
         o["expiresAt"] = k.expiresAt.map(iso) ?? NSNull()
         o["revokedAt"] = k.revokedAt.map(iso) ?? NSNull()

@@ -81,6 +81,7 @@ public struct OpenAIError: HTTPResponseError, Sendable {
         case .notFound(let m): self.init(.notFound, m, code: "not_found")
         case .conflict(let m): self.init(.conflict, m, code: "conflict")
         case .unavailable(let m): self.init(.serviceUnavailable, m, type: "server_error", code: "store_unavailable", retryAfter: 2)
+        case .unreadable(let m): self.init(.internalServerError, m, type: "server_error", code: "policy_unreadable")
         }
     }
 
