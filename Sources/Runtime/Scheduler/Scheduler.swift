@@ -120,8 +120,7 @@ public actor Scheduler {
         var ttlOverride: Duration?
         var idleTimer: Task<Void, Never>?
         var generation = 0
-        var crashes: [ContinuousClock.Instant] = []
-        var failure: String?
+        var crashes = CrashHistory()
         var lastError: String?
         /// The last log lines of the instance that crashed most recently.
         var lastCrashLog: [String] = []
@@ -359,7 +358,7 @@ public actor Scheduler {
             case .stopping(let task):
                 await awaitStop(id, task)
             case .unloaded:
-                if let failure = slot.failure { throw .modelFailed(id, failure) }
+                if let failure = slot.crashes.failure { throw .modelFailed(id, failure) }
                 let loadStart = ContinuousClock.now
                 let task = Task { try await self.load(spec) }
                 slots[id, default: Slot()].phase = .loading(task)
@@ -437,8 +436,7 @@ public actor Scheduler {
             throw SchedulerError.loadFailed(spec.id, "the model file is missing or damaged (\(error.message))")
         }
         // Back off after a crash: 250 ms, 500 ms, 1 s …
-        let recent = slots[spec.id]?.crashes.count ?? 0
-        if recent > 0 { try? await Task.sleep(for: .milliseconds(250 << min(recent - 1, 4))) }
+        if let delay = slots[spec.id]?.crashes.restartDelay { try? await Task.sleep(for: delay) }
 
         // Precedence: pinned args > fit result > defaults (llama.cpp keeps the last value of a flag,
         // and llama-fit-params only fills in what its input left unset).
@@ -571,55 +569,34 @@ public actor Scheduler {
     private func makeRoom(for id: String, projection: [String: Int], claim: Bool = false, wait: Bool = true) async throws {
         while true {
             if isShuttingDown { throw SchedulerError.shuttingDown }
-            // Too big even alone?
-            for (device, need) in projection {
-                let budget = limits.memoryBudgetMiB[device] ?? limits.memoryBudgetMiB["Host"] ?? 0
-                if need > budget { throw SchedulerError.insufficientMemory(id, neededMiB: need, availableMiB: budget, device: device) }
+            switch Placement.decide(for: id, projection: projection, claim: claim, wait: wait, in: fleetView()) {
+            case .fits:
+                return
+            case .evict(let victim):
+                logger.info("evicting model", metadata: ["model": "\(victim)", "for": "\(id)"])
+                await stop(victim)
+            case .refuse(let error):
+                throw error
+            case .wait:
+                await withCheckedContinuation { fleetWaiters.append($0) }
             }
-            let others = slots.filter { key, slot in
-                guard key != id else { return false }
-                switch slot.phase {
-                case .unloaded: return false
-                case .loading: return slot.roomReserved
-                case .ready, .stopping: return true
-                }
-            }
-            var used: [String: Int] = [:]
-            for (_, slot) in others { for (d, m) in slot.projection { used[d, default: 0] += m } }
-            var claimed: [String: Int] = [:]
-            for (owner, c) in memoryClaims where owner != id { for (d, m) in c { claimed[d, default: 0] += m } }
-            let overMemory = projection.contains { d, need in
-                used[d, default: 0] + claimed[d, default: 0] + need > (limits.memoryBudgetMiB[d] ?? limits.memoryBudgetMiB["Host"] ?? 0)
-            }
-            if (claim || others.count < limits.maxLoadedModels) && !overMemory { return }
-            // Even with every model unloaded, what jobs hold leaves too little: say so rather than wait.
-            let overClaims = projection.contains { d, need in
-                claimed[d, default: 0] + need > (limits.memoryBudgetMiB[d] ?? limits.memoryBudgetMiB["Host"] ?? 0)
-            }
-            if overClaims && !(claim && wait) {
-                let held = claimed.sorted { $0.key < $1.key }.map { "\($0.value) MiB on \($0.key)" }.joined(separator: ", ")
-                throw SchedulerError.noCapacity(id, "running jobs hold \(held) of the memory budget")
-            }
-
-            // Least recently used idle, unpinned, ready model.
-            let victim = others.filter { key, slot in
-                guard case .ready = slot.phase, slot.inFlight == 0, slot.waiters.isEmpty else { return false }
-                return !(isPinned(key))
-            }.min { $0.value.lastUsed < $1.value.lastUsed }
-            if let victim {
-                logger.info("evicting model", metadata: ["model": "\(victim.key)", "for": "\(id)"])
-                await stop(victim.key)
-                continue
-            }
-            // Waiting only helps if some loaded model can become evictable (or a job's claim ends).
-            if others.keys.allSatisfy({ isPinned($0) }) && !overClaims {
-                throw SchedulerError.noCapacity(id, "every loaded model is pinned")
-            }
-            if claim && !wait {
-                throw SchedulerError.noCapacity(id, "busy models hold the memory; try again when they are idle")
-            }
-            await withCheckedContinuation { fleetWaiters.append($0) }
         }
+    }
+
+    /// The fleet as ``Placement`` sees it.
+    private func fleetView() -> FleetView {
+        var models: [String: FleetView.Model] = [:]
+        for (id, slot) in slots {
+            let phase: FleetView.Phase = switch slot.phase {
+            case .unloaded: .unloaded
+            case .loading: .loading(roomReserved: slot.roomReserved)
+            case .ready: .ready
+            case .stopping: .stopping
+            }
+            models[id] = FleetView.Model(phase: phase, inFlight: slot.inFlight, waiting: slot.waiters.count, lastUsed: slot.lastUsed,
+                                         pinned: isPinned(id), projection: slot.projection)
+        }
+        return FleetView(models: models, claims: memoryClaims, budgetMiB: limits.memoryBudgetMiB, maxLoadedModels: limits.maxLoadedModels)
     }
 
     private func isPinned(_ id: String) -> Bool {
@@ -701,11 +678,8 @@ public actor Scheduler {
     private func recordCrash(_ id: String, _ reason: String) {
         let now = ContinuousClock.now
         var slot = slots[id, default: Slot()]
-        slot.crashes = slot.crashes.filter { now - $0 < limits.crashWindow } + [now]
+        slot.crashes.record(reason, at: now, window: limits.crashWindow, maxCrashes: limits.maxCrashes)
         slot.lastError = reason
-        if slot.crashes.count >= limits.maxCrashes {
-            slot.failure = "\(slot.crashes.count) failures within \(limits.crashWindow); last: \(reason)"
-        }
         slots[id] = slot
     }
 
@@ -713,9 +687,8 @@ public actor Scheduler {
 
     private func scheduleIdleUnload(_ id: String) {
         guard let slot = slots[id], case .ready = slot.phase else { return }
-        let ttl = slot.ttlOverride ?? catalog.resolve(id)?.ttl ?? limits.defaultTTL
         slots[id]!.idleTimer?.cancel()
-        if ttl < .zero { return }  // keep forever
+        guard let ttl = idleTimeToLive(keepAlive: slot.ttlOverride, modelTTL: catalog.resolve(id)?.ttl, defaultTTL: limits.defaultTTL) else { return }
         let generation = slot.generation
         slots[id]!.idleDeadline = .now + ttl
         slots[id]!.idleTimer = Task { [weak self] in
@@ -747,8 +720,7 @@ public actor Scheduler {
         guard let spec = catalog.resolve(modelName) else { throw .unknownModel(modelName) }
         if case .loading(let task) = slots[spec.id]?.phase { _ = try? await task.value }
         await stop(spec.id)
-        slots[spec.id]?.failure = nil
-        slots[spec.id]?.crashes = []
+        slots[spec.id]?.crashes.reset()
     }
 
     /// Stops a model and removes it from the catalog (its file was deleted).
@@ -778,12 +750,12 @@ public actor Scheduler {
             var info = InstanceInfo(
                 model: id, state: "unloaded", arguments: [], inFlight: slot.inFlight, queued: slot.waiters.count,
                 pinned: isPinned(id), projectedMiB: slot.projection.isEmpty ? nil : slot.projection.values.reduce(0, +),
-                allocatedMiB: [:], crashes: slot.crashes.count, lastError: slot.failure ?? slot.lastError,
+                allocatedMiB: [:], crashes: slot.crashes.times.count, lastError: slot.crashes.failure ?? slot.lastError,
                 lastCrashLog: slot.lastCrashLog)
             let idle = ContinuousClock.now - slot.lastUsed
             info.lastUsed = Date().addingTimeInterval(-idle.inSeconds)
             switch slot.phase {
-            case .unloaded: info.state = slot.failure == nil ? "unloaded" : "failed"
+            case .unloaded: info.state = slot.crashes.failure == nil ? "unloaded" : "failed"
             case .loading: info.state = "loading"
             case .stopping: info.state = "stopping"
             case .ready(let i):
