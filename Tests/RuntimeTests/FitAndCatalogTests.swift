@@ -17,6 +17,12 @@ import Testing
         #expect(FitPlan.parseArguments("-c 4096 -ngl 999 -ot a=CPU").count == 6)
     }
 
+    @Test func llamaServersOwnFlagsAreLeftOutOfTheFitInput() {
+        let input = ["-np", "1", "--embeddings", "--pooling", "mean", "-c", "2048", "--chat-template-file", "/t.jinja", "--jinja", "--reranking",
+                     "--lora", "/a.gguf", "-fa", "on"]
+        #expect(FitPlanner.fitArguments(input) == ["-np", "1", "-c", "2048", "--lora", "/a.gguf", "-fa", "on"])
+    }
+
     @Test func parsesFitPrintProjection() {
         let p = FitPlan.parseProjection(["CUDA0 4899 1024 298", "Host 72 32 73 ", "garbage line", "warning: x"])
         #expect(p.count == 2)

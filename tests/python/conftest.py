@@ -164,14 +164,31 @@ def restart_corral(c: Corral):
     c.proc = serve(c.directory, c.base, getattr(c, "ssl_context", None), (), c.log_path, "a")
 
 
-def stop_corral(c: Corral):
-    if c.proc.poll() is None:
-        c.proc.send_signal(signal.SIGTERM)
+def terminate(proc: subprocess.Popen, grace: float = 20):
+    """SIGTERM, then SIGKILL after `grace` seconds; returns once the process is reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
         try:
-            c.proc.wait(timeout=20)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            c.proc.kill()
+            proc.kill()
+            proc.wait()
+
+
+def stop_corral(c: Corral):
+    terminate(c.proc)
     shutil.rmtree(c.directory, ignore_errors=True)
+
+
+def wait_job(c: Corral, job_id: str, seconds: float = 300) -> dict:
+    """Polls `/admin/jobs/{id}` (admin token in `c.h`) until the job ends; the job."""
+    deadline = time.time() + seconds
+    while True:
+        job = httpx.get(c.base + f"/admin/jobs/{job_id}", headers=c.h).json()
+        if job["state"] in ("succeeded", "failed", "cancelled", "interrupted"):
+            return job
+        assert time.time() < deadline, job
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +236,7 @@ def admin_cli(c: Corral, *args):
     out = subprocess.run([CORRAL, *args, "--url", c.base, "--token", c.admin_token], capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_model: needs the real demo model (scripts/get-demo-model.sh); select with -m real_model or leave out with -m 'not real_model'")

@@ -32,6 +32,11 @@ def test_the_chat_model_embeds_through_a_companion_instance(corral):
     # Two instances of one file: the chat one kept serving, the companion runs --embeddings.
     assert running["chat"]["state"] == "loaded" and running["chat#embeddings"]["state"] == "loaded"
     assert "--embeddings" in running["chat#embeddings"]["arguments"] and "--embeddings" not in running["chat"]["arguments"]
+    # One slot (batched inputs get wrong vectors from a chat model at -np > 1), and planned by
+    # llama-fit-params (which refuses --embeddings and --pooling, so they are left out of its input).
+    arguments = running["chat#embeddings"]["arguments"]
+    assert arguments[arguments.index("-np") + 1] == "1"
+    assert running["chat#embeddings"]["planSource"] == "llama-fit-params", running["chat#embeddings"]
     assert running["chat#embeddings"]["projectedMiB"] > 0
     assert "chat#embeddings" not in [m["id"] for m in httpx.get(corral.base + "/v1/models").json()["data"]]
     native = httpx.post(corral.base + "/embedding", json={"model": "chat", "content": "hello"})

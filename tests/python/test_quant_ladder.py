@@ -6,7 +6,7 @@ import random
 import httpx
 import pytest
 
-from conftest import admin_cli, make_model, start_corral, stop_corral
+from conftest import admin_cli, make_model, start_corral, stop_corral, wait_job
 from test_dashboard import browser, no_console_errors  # noqa: F401 (fixtures)
 
 
@@ -27,23 +27,12 @@ def text(words=2500):
     return " ".join(rng.choice(vocabulary) for _ in range(words))
 
 
-def wait(c, job_id, seconds=300):
-    import time
-    deadline = time.time() + seconds
-    while True:
-        job = httpx.get(c.base + f"/admin/jobs/{job_id}", headers=c.h).json()
-        if job["state"] in ("succeeded", "failed", "cancelled", "interrupted"):
-            return job
-        assert time.time() < deadline, job
-        time.sleep(0.2)
-
-
 def test_a_ladder_measures_each_rung_and_recommends_the_smallest_within_budget(corral):
     quants = ["Q8_0", "Q6_K", "Q4_K_M", "Q2_K"]
     r = httpx.post(corral.base + "/admin/quant-ladder", headers=corral.h, timeout=60,
                    json={"model": "wide", "quants": ["q2_K", "Q8_0", "q4_k_m", "Q6_K"], "text": text(), "contextSize": 128, "maxKLD": 0.02})
     assert r.status_code == 202, r.text
-    job = wait(corral, r.json()["id"])
+    job = wait_job(corral, r.json()["id"])
     assert job["state"] == "succeeded", job
     result = job["result"]
     assert result["baseType"] == "F32" and 1 < result["basePerplexity"]

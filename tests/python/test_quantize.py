@@ -8,19 +8,8 @@ import httpx
 import ollama
 import pytest
 
-from conftest import admin_cli
+from conftest import admin_cli, wait_job
 from conftest import admin_corral as corral  # noqa: F401 (the module's Corral, with the admin token in `h`)
-
-
-def wait_job(c, job_id, seconds=120):
-    import time
-    deadline = time.time() + seconds
-    while True:
-        job = httpx.get(c.base + f"/admin/jobs/{job_id}", headers=c.h).json()
-        if job["state"] in ("succeeded", "failed", "cancelled", "interrupted"):
-            return job
-        assert time.time() < deadline, job
-        time.sleep(0.1)
 
 
 def library(c):

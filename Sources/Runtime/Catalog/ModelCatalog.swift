@@ -70,6 +70,10 @@ public struct ModelSpec: Sendable, Equatable {
         companion.ollamaParameters = nil
         companion.systemPrompt = nil
         companion.fallbacks = []  // the model's fallbacks answer chat, not embeddings
+        // One slot: with several, llama-server gives every input after the first of a batched
+        // request a wrong vector for a chat model in embedding mode (cosine 0.71 to the same
+        // sentence alone, seen with SmolLM2 at -np 2 and 4; right at -np 1; llama.cpp #26282).
+        companion.parallel = 1
         return companion
     }
 

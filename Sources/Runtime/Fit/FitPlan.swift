@@ -100,6 +100,9 @@ public struct FitPlanner: Sendable {
         guard let tool = fitParamsPath, let path = model.path else {
             return estimate(model, baseArguments: baseArguments, note: "llama-fit-params not found")
         }
+        // llama-fit-params refuses llama-server's own flags (`invalid argument: --embeddings`),
+        // which would send every embedding, reranking or fine-tuned model to the estimator.
+        let baseArguments = Self.fitArguments(baseArguments)
         let common = ["-m", path] + baseArguments + ["--fit-target", String(marginMiB)]
         do {
             let args = try await LlamaTools.run(tool, common)
@@ -121,6 +124,30 @@ public struct FitPlanner: Sendable {
         } catch {
             return estimate(model, baseArguments: baseArguments, note: "\(error)")
         }
+    }
+
+    /// Flags only llama-server takes (none changes where weights or the KV cache go), without a
+    /// value and with one.
+    static let serverOnlyFlags: Set<String> = ["--embeddings", "--embedding", "--reranking", "--rerank", "--jinja", "--no-jinja", "--no-webui", "--metrics",
+                                               "--slots", "--no-slots", "--props"]
+    static let serverOnlyOptions: Set<String> = ["--pooling", "--alias", "-a", "--chat-template", "--chat-template-file", "--cache-ram", "-cram",
+                                                 "--mmproj", "-mm", "--slot-save-path", "--host", "--port", "--api-key"]
+
+    /// `arguments` without the flags llama-fit-params does not know (and their values).
+    public static func fitArguments(_ arguments: [String]) -> [String] {
+        var kept: [String] = []
+        var i = 0
+        while i < arguments.count {
+            if serverOnlyFlags.contains(arguments[i]) {
+                i += 1
+            } else if serverOnlyOptions.contains(arguments[i]) {
+                i += 2
+            } else {
+                kept.append(arguments[i])
+                i += 1
+            }
+        }
+        return kept
     }
 
     /// A plan from the GGUF header alone: weights from the tensor table, KV for the context,
