@@ -51,11 +51,11 @@ def main():
         print(f"SmolLM2-135M-Instruct (F32 from Q4_1, {result['baseBytes'] / 2**20:.0f} MiB), text {os.path.basename(args.text)} "
               f"(sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]}), {args.chunks} chunks of {args.context} tokens; "
               f"base perplexity {result['basePerplexity']:.3f}; ladder wall time {elapsed:.0f} s")
-        print("| type | size MiB | of base | fit | prompt tok/s | generation tok/s | perplexity | mean KLD | same top token |")
-        print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+        print("| type | size MiB | of base | fit | prompt tok/s | generation tok/s | perplexity | mean KLD | same top token | fallback tensors |")
+        print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
         for x in result["rungs"]:
             print(f"| {x['type']} | {x['bytes'] / 2**20:.1f} | {x['sizeRatio'] * 100:.0f}% | {x['fit']} | {x['promptTPS']:.0f} | "
-                  f"{x['generationTPS']:.0f} | {x['perplexity']:.3f} | {x['meanKLD']:.5f} | {x['sameTopPercent']:.1f}% |")
+                  f"{x['generationTPS']:.0f} | {x['perplexity']:.3f} | {x['meanKLD']:.5f} | {x['sameTopPercent']:.1f}% | {x['fallbackTensors']} |")
         print(f"recommended: {result.get('recommended')} — {result['reason']}")
         print(json.dumps({"wallSeconds": elapsed, "result": result}))
     finally:

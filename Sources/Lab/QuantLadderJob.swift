@@ -78,7 +78,7 @@ public struct QuantLadderResult: Sendable, Codable, Equatable {
             let closest = fitting.min { $0.meanKLD < $1.meanKLD }!
             return (nil, "no quantization that fits stays within a mean KLD of \(maxKLD) (the closest, \(closest.type), has \(format(closest.meanKLD)))")
         }
-        return (best.type, "\(best.type) is the smallest that fits with a mean KLD within \(maxKLD): \(format(best.meanKLD)), \(format(best.sizeRatio * 100))% of the base's size")
+        return (best.type, "\(best.type) is the smallest that fits with a mean KLD within \(maxKLD): \(format(best.meanKLD)), \(String(format: "%.1f", best.sizeRatio * 100))% of the base's size")
     }
 
     static func format(_ v: Double) -> String { String(format: v < 0.01 ? "%.5f" : "%.3f", v) }
