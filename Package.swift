@@ -100,11 +100,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // The durable job engine: typed states, event logs, cancel/pause/resume, restart rules,
-        // memory claims through the scheduler. No HTTP.
+        // memory claims through `MemoryClaims` (the scheduler, conformed in Gateway). No HTTP, no Runtime.
         .target(
             name: "Jobs",
             dependencies: [
-                "Store", "Runtime",
+                "Store",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

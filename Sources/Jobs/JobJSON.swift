@@ -1,5 +1,4 @@
 import Foundation
-import Runtime
 
 /// A JSON value that is `Sendable` and `Codable`: how a job's spec, detail, result and events
 /// are held without knowing their kind's types.
@@ -58,42 +57,6 @@ public enum JobJSON: Sendable, Equatable, Codable {
     public subscript(key: String) -> JobJSON? {
         if case .object(let o) = self { return o[key] }
         return nil
-    }
-
-    /// A value from Foundation's JSON objects (`JSONSerialization`); nil for anything else.
-    public init?(_ any: Any) {
-        switch any {
-        case is NSNull: self = .null
-        case let n as NSNumber: self = isJSONBool(n) ? .bool(n.boolValue) : .number(n.doubleValue)
-        case let s as String: self = .string(s)
-        case let a as [Any]:
-            var items: [JobJSON] = []
-            for x in a {
-                guard let v = JobJSON(x) else { return nil }
-                items.append(v)
-            }
-            self = .array(items)
-        case let o as [String: Any]:
-            var members: [String: JobJSON] = [:]
-            for (k, x) in o {
-                guard let v = JobJSON(x) else { return nil }
-                members[k] = v
-            }
-            self = .object(members)
-        default: return nil
-        }
-    }
-
-    /// The value as Foundation's JSON objects (whole numbers as `Int`).
-    public var any: Any {
-        switch self {
-        case .null: NSNull()
-        case .bool(let b): b
-        case .number(let n): n == n.rounded() && abs(n) < 1e15 ? Int(n) as Any : n
-        case .string(let s): s
-        case .array(let a): a.map(\.any)
-        case .object(let o): o.mapValues(\.any)
-        }
     }
 }
 

@@ -12,15 +12,3 @@ public protocol RemoteJobControl: Sendable {
     func control(_ action: JobControl, job: String, on node: String) async throws -> JobRecord
 }
 
-
-import Runtime
-
-extension Scheduler: MemoryClaims {
-    public func claim(owner: String, mib: [String: Int], wait: Bool) async throws {
-        try await claimMemory(owner: owner, mib: mib, wait: wait)
-    }
-
-    public func releaseClaims(owner: String) async {
-        releaseMemoryClaims(owner: owner)
-    }
-}

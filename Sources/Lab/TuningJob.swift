@@ -540,14 +540,20 @@ public struct TuningJob: JobKind {
         return state
     }
 
-    /// The share of the quality run's items whose answer from the trial's llama-server (with the
-    /// trial's sampling, the run's output length and seed) passes every criterion.
-    static func passRate(_ quality: TuningSession.Quality, base: String, client: HTTPClient, sampling: [String: Double]?) async -> (passed: Int, total: Int) {
+    /// Asks every item of an evaluation run's set (its template, output length and seed, the
+    /// trial's sampling) of the trial's server and grades the answers with the run's criteria, as
+    /// an evaluation run grades them (``EvalSample``). A request that fails, an item whose template
+    /// cannot be rendered or a criterion that cannot grade is an error of the probe, never a wrong
+    /// answer: the trial fails with the reason.
+    public static func passRate(_ quality: TuningSession.Quality, base: String, client: HTTPClient, sampling: [String: Double]?) async throws(QualityProbeFailure) -> (passed: Int, total: Int) {
         var passed = 0
-        for entry in quality.items {
-            let object = entry.any as? [String: Any] ?? [:]
-            let item = object["item"] as? [String: Any] ?? [:]
-            guard let messages = try? quality.template.map({ ["role": $0.role, "content": try EvalTemplate.render($0.content, ["item": item])] }) else { continue }
+        for (index, entry) in quality.items.enumerated() {
+            func fail(_ why: String) -> QualityProbeFailure { QualityProbeFailure(description: "quality item \(index): \(why)") }
+            let item = (entry.any as? [String: Any])?["item"] as? [String: Any] ?? [:]
+            let messages: [[String: String]]
+            do { messages = try quality.template.map { ["role": $0.role, "content": try EvalTemplate.render($0.content, ["item": item])] } } catch {
+                throw fail("the template cannot be rendered: \(error)")
+            }
             var body: [String: Any] = ["messages": messages, "stream": false]
             if let m = quality.maxTokens { body["max_tokens"] = m }
             if let seed = quality.seed { body["seed"] = seed }
@@ -555,17 +561,30 @@ public struct TuningJob: JobKind {
             var r = HTTPClientRequest(url: base + "/v1/chat/completions")
             r.method = .POST
             r.headers.add(name: "content-type", value: "application/json")
-            guard let data = try? JSONSerialization.data(withJSONObject: body) else { continue }
-            r.body = .bytes(ByteBuffer(bytes: data))
-            guard let response = try? await client.execute(r, timeout: .minutes(5)), response.status == .ok,
-                let bytes = try? await response.body.collect(upTo: 16 << 20),
-                let answer = (try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView))) as? [String: Any],
-                let text = ((answer["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String
-            else { continue }
-            var sample: [String: Any] = ["output_text": text]
-            if let json = try? JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed]) { sample["output_json"] = json }
-            let context: [String: Any] = ["item": item, "sample": sample]
-            if quality.criteria.allSatisfy({ (try? $0.grade(context).passed) == true }) { passed += 1 }
+            let text: String
+            do {
+                r.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
+                let response = try await client.execute(r, timeout: .minutes(5))
+                let bytes = try await response.body.collect(upTo: 16 << 20)
+                guard response.status == .ok else {
+                    throw fail("the model answered \(response.status.code): \(String(decoding: bytes.readableBytesView.prefix(300), as: UTF8.self))")
+                }
+                let answer = (try JSONSerialization.jsonObject(with: Data(bytes.readableBytesView))) as? [String: Any]
+                guard let content = ((answer?["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String else {
+                    throw fail("the answer has no message content")
+                }
+                text = content
+            } catch let failure as QualityProbeFailure {
+                throw failure
+            } catch {
+                throw fail("the request failed: \(error)")
+            }
+            let context: [String: Any] = ["item": item, "sample": EvalSample.of(answers: [text])]
+            var all = true
+            for criterion in quality.criteria {
+                do { all = try criterion.grade(context).passed && all } catch { throw fail("criterion '\(criterion.name)' cannot grade: \(error.message)") }
+            }
+            if all { passed += 1 }
         }
         return (passed, quality.items.count)
     }
@@ -716,14 +735,19 @@ public struct TuningJob: JobKind {
         trial.memoryMiB = instance.allocatedMiB.values.reduce(0, +)
         if Task.isCancelled { await server.stop(context: context) }
         try Task.checkCancellation()
+        var probeFailure: QualityProbeFailure?
         if let quality = request.quality, !quality.isPerplexity, first.map({ $0.errors < $0.requests }) == true {
-            let (passed, total) = await Self.passRate(quality, base: base, client: client, sampling: trial.candidate.sampling)
-            trial.quality = total > 0 ? Double(passed) / Double(total) : nil
-            trial.qualityDetail = "\(passed) of \(total) items passed"
+            do {
+                let (passed, total) = try await Self.passRate(quality, base: base, client: client, sampling: trial.candidate.sampling)
+                trial.quality = total > 0 ? Double(passed) / Double(total) : nil
+                trial.qualityDetail = "\(passed) of \(total) items passed"
+            } catch {
+                probeFailure = error
+            }
         }
         trial.result = result
-        trial.status = result.errors == result.requests ? "failed" : "done"
-        if trial.status == "failed" { trial.reason = result.firstError }
+        trial.status = result.errors == result.requests || probeFailure != nil ? "failed" : "done"
+        if trial.status == "failed" { trial.reason = probeFailure?.description ?? result.firstError }
         if trial.status == "done", let why = request.constraints?.broken(by: result, memoryMiB: trial.memoryMiB) {
             trial.status = "infeasible"
             trial.reason = why
@@ -925,4 +949,9 @@ public struct RuntimeProfile: Sendable, Codable {
     public init(model: String, arguments: [String], session: String, appliedAt: Date) {
         (self.model, self.arguments, self.session, self.appliedAt) = (model, arguments, session, appliedAt)
     }
+}
+
+/// Why a tuning trial's quality could not be measured (the trial fails with it).
+public struct QualityProbeFailure: Error, Sendable, CustomStringConvertible {
+    public var description: String
 }

@@ -422,10 +422,7 @@ public struct EvalRunJob: JobKind {
             output.promptPerSecond = got.timings?["prompt_per_second"] as? Double
             output.generationPerSecond = got.timings?["predicted_per_second"] as? Double
         }
-        let text = answers.last ?? ""
-        output.sample = ["output_text": text]
-        if answers.count > 1 { output.sample["turns"] = answers }
-        if let json = try? JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed]) { output.sample["output_json"] = json }
+        output.sample = EvalSample.of(answers: answers)
         output.usage = usage
         output.totalMs = totalMs
         if !turns.isEmpty { output.input = Array(conversation.dropLast()) }
@@ -464,5 +461,18 @@ public struct EvalRunJob: JobKind {
             "repetition": repetition,
         ]
         return (id, try JSONSerialization.data(withJSONObject: object))
+    }
+}
+
+/// The `sample` a criterion grades, from a model's answers: `output_text` (the last answer),
+/// `turns` (every answer of a prompt sequence) and `output_json` (the last answer parsed, when it
+/// is JSON). Evaluation runs and tuning's quality probes grade the same sample.
+public enum EvalSample {
+    public static func of(answers: [String]) -> [String: Any] {
+        let text = answers.last ?? ""
+        var sample: [String: Any] = ["output_text": text]
+        if answers.count > 1 { sample["turns"] = answers }
+        if let json = try? JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed]) { sample["output_json"] = json }
+        return sample
     }
 }
