@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from conftest import CORRAL, start_corral
+from conftest import CORRAL, start_corral, stop_corral
 
 
 def cut_short(c, key: str):
@@ -165,3 +165,25 @@ def test_a_full_ledger_queue_refuses_with_503_and_loses_no_row():
         if c.proc.poll() is None:
             c.proc.kill()
         shutil.rmtree(c.directory, ignore_errors=True)
+
+
+def test_a_refused_request_is_recorded_with_a_stable_error_kind(tmp_path):
+    """The ledger's errorKind is the API error's code for every refusal, never a sentence (a
+    failed load used to store the scheduler's message)."""
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    c = start_corral(extra_models=[{"name": "broken", "path": str(broken)}])
+    try:
+        failed = httpx.post(c.base + "/v1/chat/completions", json={"model": "broken", "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
+        missing = httpx.post(c.base + "/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
+        assert failed.status_code == 503 and failed.json()["error"]["code"] == "model_load_failed", failed.text
+        assert missing.status_code == 404
+        usage = httpx.get(c.base + "/admin/usage/requests?limit=10", headers={"authorization": f"Bearer {c.admin_token}"}).json()["data"]
+        deadline = time.time() + 10
+        while len(usage) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+            usage = httpx.get(c.base + "/admin/usage/requests?limit=10", headers={"authorization": f"Bearer {c.admin_token}"}).json()["data"]
+        kinds = {r["model"]: r.get("errorKind") for r in usage}
+        assert kinds == {"broken": "model_load_failed", "nope": "model_not_found"}, usage
+    finally:
+        stop_corral(c)

@@ -40,23 +40,23 @@ public struct OpenAIError: HTTPResponseError, Sendable {
         switch error {
         case .unknownModel(let m): self = .modelNotFound(m)
         case .queueFull(_, let after):
-            self.init(.tooManyRequests, error.description, type: "server_error", code: "queue_full", retryAfter: after)
+            self.init(.tooManyRequests, error.description, type: "server_error", code: error.kind, retryAfter: after)
         case .insufficientMemory:
-            self.init(.init(code: 507, reasonPhrase: "Insufficient Storage"), error.description, type: "server_error", code: "insufficient_memory")
+            self.init(.init(code: 507, reasonPhrase: "Insufficient Storage"), error.description, type: "server_error", code: error.kind)
         case .loadFailed:
-            self.init(.serviceUnavailable, error.description, type: "server_error", code: "model_load_failed", retryAfter: 5)
+            self.init(.serviceUnavailable, error.description, type: "server_error", code: error.kind, retryAfter: 5)
         case .modelFailed:
-            self.init(.serviceUnavailable, error.description, type: "server_error", code: "model_failed")
+            self.init(.serviceUnavailable, error.description, type: "server_error", code: error.kind)
         case .instanceCrashed:
-            self.init(.badGateway, error.description, type: "server_error", code: "upstream_crashed", retryAfter: 1)
+            self.init(.badGateway, error.description, type: "server_error", code: error.kind, retryAfter: 1)
         case .noCapacity:
-            self.init(.serviceUnavailable, error.description, type: "server_error", code: "no_capacity")
+            self.init(.serviceUnavailable, error.description, type: "server_error", code: error.kind)
         case .noLlamaServer:
-            self.init(.serviceUnavailable, error.description, type: "server_error", code: "llama_server_missing")
+            self.init(.serviceUnavailable, error.description, type: "server_error", code: error.kind)
         case .shuttingDown:
-            self.init(.serviceUnavailable, error.description, type: "server_error", code: "shutting_down", retryAfter: 5)
+            self.init(.serviceUnavailable, error.description, type: "server_error", code: error.kind, retryAfter: 5)
         case .nameTaken:
-            self.init(.conflict, error.description, code: "name_taken")
+            self.init(.conflict, error.description, code: error.kind)
         }
     }
 

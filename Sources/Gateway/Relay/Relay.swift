@@ -312,7 +312,7 @@ public struct Relay: Sendable {
             }
         } catch {
             if let reservation { access?.reconcile(reservation, actualTokens: 0) }
-            throw refused(OpenAIError(error), kind: "\(error)")
+            throw refused(OpenAIError(error), kind: error.kind)
         }
         var retried = false
         while true {
@@ -370,7 +370,7 @@ public struct Relay: Sendable {
                     lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority)
                 } catch {
                     if let reservation { access?.reconcile(reservation, actualTokens: 0) }
-                    throw refused(OpenAIError(error), kind: "\(error)")
+                    throw refused(OpenAIError(error), kind: error.kind)
                 }
             } catch where !retried && !lease.isRemote && Self.isRefused(error) {
                 // The instance died before the request reached it and its exit is not noticed
@@ -382,7 +382,7 @@ public struct Relay: Sendable {
                     lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority)
                 } catch {
                     if let reservation { access?.reconcile(reservation, actualTokens: 0) }
-                    throw refused(OpenAIError(error), kind: "\(error)")
+                    throw refused(OpenAIError(error), kind: error.kind)
                 }
             } catch {
                 await holder.release()

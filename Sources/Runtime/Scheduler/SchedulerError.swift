@@ -27,6 +27,22 @@ public enum SchedulerError: Error, Sendable, Equatable, CustomStringConvertible 
         }
     }
 
+    /// A stable word for the failure: the API error's `code` and the ledger's `errorKind`.
+    public var kind: String {
+        switch self {
+        case .unknownModel: "model_not_found"
+        case .queueFull: "queue_full"
+        case .insufficientMemory: "insufficient_memory"
+        case .loadFailed: "model_load_failed"
+        case .modelFailed: "model_failed"
+        case .instanceCrashed: "upstream_crashed"
+        case .noCapacity: "no_capacity"
+        case .noLlamaServer: "llama_server_missing"
+        case .shuttingDown: "shutting_down"
+        case .nameTaken: "name_taken"
+        }
+    }
+
     public var description: String {
         switch self {
         case .unknownModel(let m): "model '\(m)' not found"
