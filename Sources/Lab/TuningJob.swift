@@ -109,8 +109,8 @@ public struct TuningSession: Sendable, Codable {
     }
 
     public struct Request: Sendable, Codable, Equatable {
-        public var objective: String
-        public var strategy: String
+        public var objective: TuningObjective
+        public var strategy: TuningStrategy
         public var space: Space
         public var minContext: Int?
         /// Requests in a first-round trial (halving doubles it each round).
@@ -137,7 +137,7 @@ public struct TuningSession: Sendable, Codable {
         /// more runs each, and the winner chosen among them on all their runs (0: none).
         public var remeasureTop: Int = 0
 
-        public init(objective: String, strategy: String, space: Space, minContext: Int?, requests: Int, concurrency: Int, maxTokens: Int,
+        public init(objective: TuningObjective, strategy: TuningStrategy, space: Space, minContext: Int?, requests: Int, concurrency: Int, maxTokens: Int,
                     promptWords: Int, maxCandidates: Int, seed: UInt64, constraints: Constraints? = nil, maxSeconds: Double? = nil, patience: Int? = nil,
                     repetitions: Int = 1, remeasureTop: Int = 0, weights: [String: Double]? = nil, quality: Quality? = nil) {
             (self.weights, self.quality) = (weights, quality)
@@ -221,9 +221,7 @@ public struct TuningSession: Sendable, Codable {
         public var index: Int
         public var candidate: Candidate
         public var arguments: [String]
-        /// pending, pruned, running, done, failed, infeasible (measured, broke a constraint),
-        /// eliminated (lost a halving round), skipped (an adaptive search did not choose it), interrupted.
-        public var status: String
+        public var status: TrialStatus
         public var reason: String?
         public var round: Int
         public var result: LoadResult?
@@ -393,14 +391,11 @@ struct SessionWatch {
 public struct TuningJob: JobKind {
     public static let name = "tuning"
     public static let idPrefix = "tune"
-    public static let objectives = ["max_generation_tps", "min_ttft", "max_throughput_at_concurrency", "min_memory", "balanced", "weighted", "quality"]
+    public static let objectives = TuningObjective.allCases.map(\.rawValue)
     /// The measures a `weighted` objective weighs (higher generation and throughput, lower first
     /// token and memory are better).
     public static let weightedMeasures = ["generationTPS", "ttftMs", "memoryMiB", "throughputTPS", "quality"]
-    public static let strategies = ["grid", "random", "halving", "tpe", "hyperband", "evolutionary"]
-    /// Strategies that choose each next trial from the ones measured so far (`maxCandidates`
-    /// trials at most, among the planned candidates).
-    static let adaptive: Set<String> = ["tpe", "hyperband", "evolutionary"]
+    public static let strategies = TuningStrategy.allCases.map(\.rawValue)
 
     let tools: LlamaTools
     let client: HTTPClient
@@ -419,16 +414,16 @@ public struct TuningJob: JobKind {
     public static func plan(_ spec: ModelSpec, _ request: TuningSession.Request, compatibility: Compatibility) throws(LabError) -> TuningSpec {
         guard let facts = spec.facts, let path = spec.path else { throw .badRequest("'\(spec.id)' is not a local GGUF model", param: "model") }
         var all = request.space.candidates(limit: 10_000)
-        if request.strategy == "random" {
+        if request.strategy == .random {
             var rng = SplitMix64(seed: request.seed)
             all.shuffle(using: &rng)
         }
         // Adaptive strategies choose among every candidate; `maxCandidates` is their trial budget.
-        if !adaptive.contains(request.strategy) { all = Array(all.prefix(request.maxCandidates)) }
+        if !request.strategy.isAdaptive { all = Array(all.prefix(request.maxCandidates)) }
         guard !all.isEmpty else { throw .badRequest("the search space is empty", param: "space") }
         var trials: [TuningSession.Trial] = []
         for (i, c) in all.enumerated() {
-            var t = TuningSession.Trial(index: i, candidate: c, arguments: c.arguments, status: "pending", round: 0)
+            var t = TuningSession.Trial(index: i, candidate: c, arguments: c.arguments, status: .pending, round: 0)
             var s = MemoryEstimator.Settings()
             s.contextSize = c.contextSize ?? spec.contextSize ?? min(facts.contextLength ?? 4096, 8192)
             s.parallel = c.parallel ?? spec.parallel
@@ -441,13 +436,13 @@ public struct TuningJob: JobKind {
             t.estimatedMiB = Int(estimate.total / 1_048_576)
             t.estimatedDeviceMiB = Dictionary(estimate.devices.map { ($0.name, Int(($0.total + 1_048_575) / 1_048_576)) }, uniquingKeysWith: +)
             if let min = request.minContext, estimate.contextSize < min {
-                t.status = "pruned"
+                t.status = .pruned
                 t.reason = "context \(estimate.contextSize) is below the required \(min)"
             } else if let problem = MemoryEstimator.cacheProblem(facts, s) {
-                t.status = "pruned"
+                t.status = .pruned
                 t.reason = problem
             } else if verdict == .doesNotFit {
-                t.status = "pruned"
+                t.status = .pruned
                 t.reason = "estimator: needs \(t.estimatedMiB!) MiB, \(compatibility.available["Host"].map { $0 >> 20 } ?? 0) MiB available"
             }
             trials.append(t)
@@ -459,7 +454,7 @@ public struct TuningJob: JobKind {
         guard let serverPath = tools.server?.path else { throw JobError("no_llama_server", "llama-server not found") }
         let server = TrialServer()
         do {
-            let outcome = Self.adaptive.contains(spec.request.strategy)
+            let outcome = spec.request.strategy.isAdaptive
                 ? try await runAdaptive(spec, serverPath: serverPath, context: context, server: server)
                 : try await runRounds(spec, serverPath: serverPath, context: context, server: server)
             await server.stop(context: context)
@@ -478,20 +473,20 @@ public struct TuningJob: JobKind {
         try await Self.announcePruned(state, context: context)
         let request = spec.request
         var watch = SessionWatch(request)
-        var alive = state.trials.filter { $0.status == "pending" }.map(\.index)
+        var alive = state.trials.filter { $0.status == .pending }.map(\.index)
         var round = 0
         var finished = 0
         rounds: while !alive.isEmpty {
             // Halving: every survivor runs with twice the previous round's work; others run once.
-            let scale = request.strategy == "halving" ? 1 << round : 1
+            let scale = request.strategy == .halving ? 1 << round : 1
             for index in alive {
                 if let why = watch.stop {
                     state.stoppedEarly = why
-                    alive = alive.filter { state.trials[$0].status == "done" }
+                    alive = alive.filter { state.trials[$0].status == .done }
                     break rounds
                 }
                 try await context.pausePoint()
-                state.trials[index].status = "running"
+                state.trials[index].status = .running
                 state.trials[index].round = round
                 try await context.detail(state)
                 try await context.event("trial_started", state.trials[index])
@@ -505,15 +500,15 @@ public struct TuningJob: JobKind {
                 try await context.detail(state)
             }
             Self.score(&state.trials, alive, objective: request.objective, weights: request.weights)
-            let ranked = alive.filter { state.trials[$0].status == "done" }
+            let ranked = alive.filter { state.trials[$0].status == .done }
                 .sorted { (state.trials[$0].score ?? -.infinity) > (state.trials[$1].score ?? -.infinity) }
-            guard request.strategy == "halving", ranked.count > 1 else {
+            guard request.strategy == .halving, ranked.count > 1 else {
                 state.best = ranked.first
                 break
             }
             let keep = Array(ranked.prefix((ranked.count + 1) / 2))
             for index in ranked where !keep.contains(index) {
-                state.trials[index].status = "eliminated"
+                state.trials[index].status = .eliminated
                 state.trials[index].reason = "lost round \(round + 1)"
             }
             alive = keep
@@ -528,8 +523,8 @@ public struct TuningJob: JobKind {
             // Stopped mid-round: the best of what was measured.
             Self.score(&state.trials, alive, objective: request.objective, weights: request.weights)
             state.best = alive.max { (state.trials[$0].score ?? -.infinity) < (state.trials[$1].score ?? -.infinity) }
-            for i in state.trials.indices where state.trials[i].status == "pending" {
-                state.trials[i].status = "skipped"
+            for i in state.trials.indices where state.trials[i].status == .pending {
+                state.trials[i].status = .skipped
                 state.trials[i].reason = state.stoppedEarly
             }
         }
@@ -622,7 +617,7 @@ public struct TuningJob: JobKind {
     func remeasureTop(_ state: inout TuningProgress, spec: TuningSpec, serverPath: String, context: JobContext, server: TrialServer) async throws {
         let request = spec.request
         guard request.remeasureTop > 0 else { return }
-        let ranked = state.trials.indices.filter { state.trials[$0].status == "done" }
+        let ranked = state.trials.indices.filter { state.trials[$0].status == .done }
             .compactMap { i in Self.absoluteScore(state.trials[i], objective: request.objective, weights: request.weights).map { (i, $0) } }
             .sorted { $0.1 > $1.1 }.prefix(request.remeasureTop).map(\.0)
         guard ranked.count > 1 else { return }
@@ -633,7 +628,7 @@ public struct TuningJob: JobKind {
             }
             let again = try await runTrial(state.trials[index], spec: spec, serverPath: serverPath, requests: request.requests,
                                            maxTokens: request.maxTokens, context: context, repetitions: max(3, 2 * request.repetitions), server: server)
-            guard again.status == "done" else { continue }
+            guard again.status == .done else { continue }
             state.trials[index] = again
             state.trials[index].remeasured = true
             state.trials[index].score = Self.absoluteScore(again, objective: request.objective, weights: request.weights)
@@ -648,14 +643,14 @@ public struct TuningJob: JobKind {
 
     /// A `pruned` event for each trial the plan ruled out (estimator, minimum context, KV rules).
     static func announcePruned(_ state: TuningProgress, context: JobContext) async throws {
-        for trial in state.trials where trial.status == "pruned" { try await context.event("pruned", trial) }
+        for trial in state.trials where trial.status == .pruned { try await context.event("pruned", trial) }
     }
 
     /// The measured trials no other trial beats on all three of generation speed (higher),
     /// time to first token and memory (lower) while being better on one: index order.
     static func paretoFront(_ trials: [TuningSession.Trial]) -> [Int] {
         let points: [(Int, [Double])] = trials.compactMap { t in
-            guard t.status == "done", let g = t.generationTPS, let f = t.ttftMs else { return nil }
+            guard t.status == .done, let g = t.generationTPS, let f = t.ttftMs else { return nil }
             var measures = [-g, f, t.memoryMiB ?? Double(t.estimatedMiB ?? 0)]
             // With a quality objective, quality is a fourth measure (a pass rate up, a perplexity down).
             if let q = t.quality { measures.append(t.qualityDetail?.hasPrefix("PPL") == true ? q : -q) }
@@ -668,8 +663,8 @@ public struct TuningJob: JobKind {
 
     /// Why a session has no winner: nothing completed, or nothing kept the constraints.
     static func noBest(_ state: TuningProgress) -> JobError {
-        state.trials.contains { $0.status == "infeasible" }
-            ? JobError("infeasible", "no candidate kept the constraints (\(state.trials.filter { $0.status == "infeasible" }.count) measured and broke them)")
+        state.trials.contains { $0.status == .infeasible }
+            ? JobError("infeasible", "no candidate kept the constraints (\(state.trials.filter { $0.status == .infeasible }.count) measured and broke them)")
             : JobError("failed", "no candidate completed")
     }
 
@@ -694,7 +689,7 @@ public struct TuningJob: JobKind {
             } catch {
                 await context.releaseMemory()
                 try Task.checkCancellation()
-                trial.status = "failed"
+                trial.status = .failed
                 trial.reason = "\(error)"
                 return trial
             }
@@ -746,10 +741,10 @@ public struct TuningJob: JobKind {
             }
         }
         trial.result = result
-        trial.status = result.errors == result.requests || probeFailure != nil ? "failed" : "done"
-        if trial.status == "failed" { trial.reason = probeFailure?.description ?? result.firstError }
-        if trial.status == "done", let why = request.constraints?.broken(by: result, memoryMiB: trial.memoryMiB) {
-            trial.status = "infeasible"
+        trial.status = result.errors == result.requests || probeFailure != nil ? .failed : .done
+        if trial.status == .failed { trial.reason = probeFailure?.description ?? result.firstError }
+        if trial.status == .done, let why = request.constraints?.broken(by: result, memoryMiB: trial.memoryMiB) {
+            trial.status = .infeasible
             trial.reason = why
         }
         return trial
@@ -769,8 +764,8 @@ public struct TuningJob: JobKind {
         let dimensions = Self.searchDimensions(request.space)
         let space = SearchSpace(dimensions.map { .categorical($0.name, $0.values) })
         var strategy: any SearchStrategy = switch request.strategy {
-        case "tpe": TPESearch(space: space, seed: request.seed)
-        case "hyperband": HyperbandSearch(space: space, seed: request.seed, maxBudget: 9)
+        case .tpe: TPESearch(space: space, seed: request.seed)
+        case .hyperband: HyperbandSearch(space: space, seed: request.seed, maxBudget: 9)
         default: EvolutionarySearch(space: space, seed: request.seed, populationSize: min(8, max(2, request.maxCandidates / 3)))
         }
         var measuredAt: [Int: Double] = [:]
@@ -783,7 +778,7 @@ public struct TuningJob: JobKind {
             suggestions += 1
             let wanted = Dictionary(uniqueKeysWithValues: dimensions.map { ($0.name, suggestion.point[$0.name]?.description ?? "") })
             guard let index = state.trials.firstIndex(where: { Self.values(of: $0.candidate, dimensions) == wanted }),
-                state.trials[index].status != "pruned"
+                state.trials[index].status != .pruned
             else {
                 strategy.report(suggestion, score: nil)
                 continue
@@ -793,7 +788,7 @@ public struct TuningJob: JobKind {
                 continue
             }
             try await context.pausePoint()
-            state.trials[index].status = "running"
+            state.trials[index].status = .running
             try await context.detail(state)
             try await context.event("trial_started", state.trials[index])
             let fraction = suggestion.budget
@@ -808,12 +803,12 @@ public struct TuningJob: JobKind {
             // A new best counts at the full budget only (Hyperband's cheap rungs only choose).
             if fraction >= 1, watch.measured(state.trials[index]) { try await context.event("new_best", state.trials[index]) }
             try await context.progress(Double(trialsRun), of: Double(request.maxCandidates),
-                                       message: "\(request.strategy): trial \(index) \(state.trials[index].status)")
+                                       message: "\(request.strategy.rawValue): trial \(index) \(state.trials[index].status)")
             try await context.detail(state)
         }
-        for i in state.trials.indices where state.trials[i].status == "pending" {
-            state.trials[i].status = "skipped"
-            state.trials[i].reason = state.stoppedEarly ?? "the \(request.strategy) search did not choose it within \(request.maxCandidates) trials"
+        for i in state.trials.indices where state.trials[i].status == .pending {
+            state.trials[i].status = .skipped
+            state.trials[i].reason = state.stoppedEarly ?? "the \(request.strategy.rawValue) search did not choose it within \(request.maxCandidates) trials"
         }
         // The best at the full budget (Hyperband's cheaper rungs are only for choosing).
         let full = state.trials.indices.filter { state.trials[$0].score != nil && (measuredAt[$0] ?? 0) >= 1 }
@@ -856,18 +851,18 @@ public struct TuningJob: JobKind {
     /// generation speed against time to first token and memory on log scales, the weighted one
     /// each measure's logarithm by its weight (so each is normalised: doubling any measure moves
     /// the score by its weight × log 2 whatever its unit).
-    static func absoluteScore(_ t: TuningSession.Trial, objective: String, weights: [String: Double]? = nil) -> Double? {
-        guard t.status == "done", t.result != nil else { return nil }
+    static func absoluteScore(_ t: TuningSession.Trial, objective: TuningObjective, weights: [String: Double]? = nil) -> Double? {
+        guard t.status == .done, t.result != nil else { return nil }
         let memory = max(t.memoryMiB ?? Double(t.estimatedMiB ?? 1), 0.001)
         let (generation, ttft) = (t.generationTPS, t.ttftMs)
         let score: Double? = switch objective {
-        case "max_generation_tps": generation
-        case "min_ttft": ttft.map { -$0 }
-        case "max_throughput_at_concurrency": t.throughputTPS
-        case "min_memory": -memory
-        case "weighted": weightedScore(t, memory: memory, weights: weights ?? [:])
-        case "quality": t.quality.map { t.qualityDetail?.hasPrefix("PPL") == true ? -$0 : $0 }
-        default: generation.flatMap { g in ttft.map { Foundation.log(max(g, 1e-9)) - Foundation.log(max($0, 1e-9)) - Foundation.log(memory) } }
+        case .maxGenerationTPS: generation
+        case .minTTFT: ttft.map { -$0 }
+        case .maxThroughputAtConcurrency: t.throughputTPS
+        case .minMemory: -memory
+        case .weighted: weightedScore(t, memory: memory, weights: weights ?? [:])
+        case .quality: t.quality.map { t.qualityDetail?.hasPrefix("PPL") == true ? -$0 : $0 }
+        case .balanced: generation.flatMap { g in ttft.map { Foundation.log(max(g, 1e-9)) - Foundation.log(max($0, 1e-9)) - Foundation.log(memory) } }
         }
         return score.flatMap { $0.isFinite ? $0 : nil }
     }
@@ -885,19 +880,19 @@ public struct TuningJob: JobKind {
     }
 
     /// Scores the finished trials of a round by the objective (higher is better).
-    static func score(_ trials: inout [TuningSession.Trial], _ indexes: [Int], objective: String, weights: [String: Double]? = nil) {
-        let done = indexes.filter { trials[$0].status == "done" }
+    static func score(_ trials: inout [TuningSession.Trial], _ indexes: [Int], objective: TuningObjective, weights: [String: Double]? = nil) {
+        let done = indexes.filter { trials[$0].status == .done }
         let gen = done.map { trials[$0].generationTPS ?? 0 }
         let ttft = done.map { trials[$0].ttftMs ?? .infinity }
         let mem = done.map { max(trials[$0].memoryMiB ?? Double(trials[$0].estimatedMiB ?? 0), 0.001) }
         for (k, i) in done.enumerated() {
             switch objective {
-            case "max_generation_tps": trials[i].score = gen[k]
-            case "min_ttft": trials[i].score = -ttft[k]
-            case "max_throughput_at_concurrency": trials[i].score = trials[i].throughputTPS ?? 0
-            case "min_memory": trials[i].score = -mem[k]
-            case "weighted", "quality": trials[i].score = absoluteScore(trials[i], objective: objective, weights: weights)
-            default:
+            case .maxGenerationTPS: trials[i].score = gen[k]
+            case .minTTFT: trials[i].score = -ttft[k]
+            case .maxThroughputAtConcurrency: trials[i].score = trials[i].throughputTPS ?? 0
+            case .minMemory: trials[i].score = -mem[k]
+            case .weighted, .quality: trials[i].score = absoluteScore(trials[i], objective: objective, weights: weights)
+            case .balanced:
                 // Each measure relative to the round's best, averaged.
                 let g = gen[k] / max(gen.max() ?? 1, 0.001)
                 let t = (ttft.min() ?? 1) / max(ttft[k], 0.001)
@@ -912,8 +907,8 @@ public struct TuningJob: JobKind {
     public func interrupted(detail: JobJSON?) -> (detail: JobJSON?, reason: String) {
         var kept = detail
         if var state = try? detail?.decode(TuningProgress.self) {
-            for i in state.trials.indices where state.trials[i].status == "running" || state.trials[i].status == "pending" {
-                state.trials[i].status = "interrupted"
+            for i in state.trials.indices where state.trials[i].status == .running || state.trials[i].status == .pending {
+                state.trials[i].status = .interrupted
             }
             kept = try? JobJSON(encoding: state)
         }
@@ -928,7 +923,9 @@ extension TuningSession {
         let progress = try (job.result ?? job.detail).map { try $0.decode(TuningProgress.self) }
         var trials = progress?.trials ?? spec.trials
         if job.state == .cancelled || job.state == .failed {
-            for i in trials.indices where trials[i].status == "running" || trials[i].status == "pending" { trials[i].status = job.state.rawValue }
+            for i in trials.indices where trials[i].status == .running || trials[i].status == .pending {
+                trials[i].status = job.state == .cancelled ? .cancelled : .failed
+            }
         }
         self.init(id: job.id, model: spec.model, createdAt: job.createdAt, status: job.state.legacyStatus, state: job.state, request: spec.request,
                   trials: trials, best: progress?.best, pareto: progress?.pareto, stoppedEarly: progress?.stoppedEarly, appliedAt: appliedAt,
@@ -954,4 +951,46 @@ public struct RuntimeProfile: Sendable, Codable {
 /// Why a tuning trial's quality could not be measured (the trial fails with it).
 public struct QualityProbeFailure: Error, Sendable, CustomStringConvertible {
     public var description: String
+}
+
+/// What a tuning session optimises (its `objective`, as the API spells it).
+public enum TuningObjective: String, Sendable, Codable, CaseIterable {
+    case maxGenerationTPS = "max_generation_tps"
+    case minTTFT = "min_ttft"
+    case maxThroughputAtConcurrency = "max_throughput_at_concurrency"
+    case minMemory = "min_memory"
+    /// Generation speed against time to first token and memory, on log scales.
+    case balanced
+    /// Σ weight × log(measure) over `weights`.
+    case weighted
+    /// An evaluation's pass rate, or a text's perplexity.
+    case quality
+}
+
+/// How a tuning session chooses its trials (its `strategy`).
+public enum TuningStrategy: String, Sendable, Codable, CaseIterable {
+    case grid, random, halving, tpe, hyperband, evolutionary
+
+    /// Chooses each next trial from the ones measured so far (`maxCandidates` trials at most,
+    /// among the planned candidates).
+    public var isAdaptive: Bool { [.tpe, .hyperband, .evolutionary].contains(self) }
+}
+
+/// Where a tuning trial stands.
+public enum TrialStatus: String, Sendable, Codable, CaseIterable {
+    case pending
+    /// Left out before running: the estimator says it does not fit, or it repeats a measured one.
+    case pruned
+    case running
+    case done
+    case failed
+    /// Measured, but it broke a constraint.
+    case infeasible
+    /// Lost a halving round.
+    case eliminated
+    /// An adaptive search did not choose it.
+    case skipped
+    case interrupted
+    /// The session was cancelled (or failed) before it ran.
+    case cancelled
 }

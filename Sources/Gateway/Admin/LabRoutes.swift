@@ -185,7 +185,7 @@ struct LabRoutes: Sendable {
                 guard let object = raw as? [String: Any] else { throw OpenAIError.badRequest("quality must be an object", param: "quality") }
                 tuning.quality = try await mapped { try await lab.tuningQuality(object) }
             }
-            if (tuning.objective == "quality" || (tuning.weights?["quality"] ?? 0) > 0) && tuning.quality == nil {
+            if (tuning.objective == .quality || (tuning.weights?["quality"] ?? 0) > 0) && tuning.quality == nil {
                 throw OpenAIError.badRequest("the quality objective (or a quality weight) needs quality: {\"evalRun\": ID} or {\"text\": …}", param: "quality")
             }
             let compatibility = Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
@@ -230,12 +230,10 @@ struct LabRoutes: Sendable {
 
     /// The tuning request in a POST body, validated.
     static func tuningRequest(_ body: [String: Any]) throws -> TuningSession.Request {
-        let objective = body["objective"] as? String ?? "max_generation_tps"
-        guard TuningJob.objectives.contains(objective) else {
+        guard let objective = TuningObjective(rawValue: body["objective"] as? String ?? TuningObjective.maxGenerationTPS.rawValue) else {
             throw OpenAIError.badRequest("objective must be one of \(TuningJob.objectives.joined(separator: ", "))", param: "objective")
         }
-        let strategy = body["strategy"] as? String ?? "halving"
-        guard TuningJob.strategies.contains(strategy) else {
+        guard let strategy = TuningStrategy(rawValue: body["strategy"] as? String ?? TuningStrategy.halving.rawValue) else {
             throw OpenAIError.badRequest("strategy must be one of \(TuningJob.strategies.joined(separator: ", "))", param: "strategy")
         }
         let space: TuningSession.Space
@@ -289,7 +287,7 @@ struct LabRoutes: Sendable {
             }
             weights = w
         }
-        if objective == "weighted" && weights == nil {
+        if objective == .weighted && weights == nil {
             throw OpenAIError.badRequest("the weighted objective needs weights (\(TuningJob.weightedMeasures.joined(separator: ", ")))", param: "weights")
         }
         return TuningSession.Request(
