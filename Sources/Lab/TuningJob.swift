@@ -559,7 +559,14 @@ public struct TuningJob: JobKind {
             let text: String
             do {
                 r.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
-                let response = try await client.execute(r, timeout: .minutes(5))
+                let response: HTTPClientResponse
+                do { response = try await client.execute(r, timeout: .minutes(5)) } catch let error where !(error is CancellationError) {
+                    // A pooled connection the trial's server closed as the benchmark's requests
+                    // ended ("I/O on closed channel", seen in one trial of four): nothing was
+                    // answered, so ask once more on a fresh one. A second failure fails the probe.
+                    try await Task.sleep(for: .milliseconds(50))
+                    response = try await client.execute(r, timeout: .minutes(5))
+                }
                 let bytes = try await response.body.collect(upTo: 16 << 20)
                 guard response.status == .ok else {
                     throw fail("the model answered \(response.status.code): \(String(decoding: bytes.readableBytesView.prefix(300), as: UTF8.self))")

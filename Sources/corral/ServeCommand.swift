@@ -162,8 +162,7 @@ struct ServeCommand: AsyncParsableCommand {
         GatewayMetrics.ledgerCounters = { (ledger.refused, retention.failureCount) }
         var deps = GatewayDependencies(
             config: cfg, scheduler: scheduler, client: client, recorder: { ledger.record($0) }, logger: logger, store: store,
-            digests: digests, access: access, metrics: metrics, work: stores.work, node: cfg.cluster?.nodeName)
-        deps.tools = tools
+            digests: digests, access: access, metrics: metrics, work: stores.work, node: cfg.cluster?.nodeName, tools: tools)
         deps.ledger = ledger
         deps.configPath = config
         deps.factsCache = factsCache

@@ -19,7 +19,7 @@ import Testing
                                   tools: LlamaTools(), client: sharedClient, logger: Logger(label: "test"))
         let deps = GatewayDependencies(config: config, scheduler: scheduler, client: sharedClient, logger: Logger(label: "test"), store: store,
                                        access: AccessControl(store: store))
-        let (router, _, table) = buildRouterAndRoutes(deps)
+        let (router, _, table, _) = buildRouterAndRoutes(deps)
         return (router, table)
     }
 

@@ -38,8 +38,11 @@ public struct GatewayDependencies: Sendable {
     public var access: AccessControl?
     /// Corral's own Prometheus metrics.
     public let metrics: GatewayMetrics
-    /// llama.cpp tools (hardware probing, exact projections); discovered when nil.
-    public var tools: LlamaTools?
+    /// llama.cpp tools (hardware probing, exact projections, the jobs' tools).
+    public let tools: LlamaTools
+    /// The machine's devices and memory, probed once and shared by the library, the jobs and
+    /// fine-tuning's fit checks.
+    public let hardware: HardwareCache
     /// The `routes.json` the catalog came from (the library's rescan rereads it).
     public var configPath: String? { didSet { refreshCatalog.use(path: configPath, cache: factsCache) } }
     /// GGUF facts by file identity, shared by reloads and rescans.
@@ -71,8 +74,12 @@ public struct GatewayDependencies: Sendable {
     public init(
         config: CorralConfig, scheduler: Scheduler, client: HTTPClient, recorder: RequestRecorder? = nil, logger: Logger,
         store: Store? = nil, digests: FileDigests = FileDigests(), access: AccessControl? = nil, metrics: GatewayMetrics = GatewayMetrics(),
-        work: (any WorkStore)? = nil, node: String? = nil
+        work: (any WorkStore)? = nil, node: String? = nil, tools: LlamaTools? = nil
     ) {
+        let tools = tools ?? LlamaTools.discover(configured: config.llama.toolPaths)
+        self.tools = tools
+        let hardware = HardwareCache(tools: tools)
+        self.hardware = hardware
         self.access = access
         self.metrics = metrics
         self.liveStats = LiveStats(metrics: metrics)
@@ -93,7 +100,7 @@ public struct GatewayDependencies: Sendable {
         let download = DownloadJob(sources: sources, maxConcurrent: config.maxConcurrentDownloads, registered: {
             do { try await refresh() } catch { logger.error("the catalog could not be rebuilt after a pull", metadata: ["error": "\(error)"]) }
         })
-        let quantize = QuantizeJob(tools: LlamaTools.discover(configured: config.llama.toolPaths), creator: ModelCreator(directory: config.downloads),
+        let quantize = QuantizeJob(tools: tools, creator: ModelCreator(directory: config.downloads),
                                    registered: { _ = try await refresh() })
         var files: FileLibrary?
         if let work {
@@ -103,6 +110,7 @@ public struct GatewayDependencies: Sendable {
         }
         self.files = files
         self.jobs = Self.makeJobEngine(scheduler: scheduler, client: client, store: work, node: node, logger: logger, metrics: metrics, recorder: recorder,
+                                       tools: tools, hardware: hardware,
                                        config: config, access: access, evalConsole: evalConsole, files: files, refresh: refresh, extraKinds: [download, quantize])
         self.downloads = Downloads(engine: jobs, sources: sources)
         refresh.use(path: nil, cache: factsCache)
@@ -113,7 +121,7 @@ public struct GatewayDependencies: Sendable {
     /// llama-servers outside the fleet under memory claims. Jobs live in `store` (an in-memory
     /// database when there is none, as in tests of other concerns).
     static func makeJobEngine(scheduler: Scheduler, client: HTTPClient, store: (any WorkStore)?, node: String? = nil, logger: Logger, metrics: GatewayMetrics,
-                              recorder: RequestRecorder?, config: CorralConfig, access: AccessControl?, evalConsole: EvalConsole,
+                              recorder: RequestRecorder?, tools: LlamaTools, hardware: HardwareCache, config: CorralConfig, access: AccessControl?, evalConsole: EvalConsole,
                               files: FileLibrary? = nil, refresh: CatalogRefresh? = nil, extraKinds: [any JobKind] = []) -> JobEngine {
         let relay = Relay(
             scheduler: scheduler, client: client, local: LocalUpstreamClient(readTimeout: config.scheduler.readTimeout),
@@ -133,7 +141,6 @@ public struct GatewayDependencies: Sendable {
         // run (admitted against its limits, recorded with route /v1/evals), behind client
         // requests in a model's queue; a run records the arguments of the instance that
         // answered and the machine.
-        let hardware = HardwareCache(tools: LlamaTools.discover(configured: config.llama.toolPaths))
         let evalRun = EvalRunJob(store: store, console: evalConsole, complete: { model, body, team, keyPrefix, onChunk in
             let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:]
             let exchange = try await relay.open(
@@ -158,7 +165,6 @@ public struct GatewayDependencies: Sendable {
             guard let instance = await scheduler.instance(for: model) else { return nil }
             return EvalEnvironment(arguments: instance.arguments, hardware: await hardware.get())
         })
-        let tools = LlamaTools.discover(configured: config.llama.toolPaths)
         // A fine-tuning job renders chat data with its base model's template and counts tokens
         // with its tokenizer: llama-server's own routes, through the serving path under the
         // job's key (recorded with route /v1/fine_tuning/jobs), behind client requests.
@@ -223,15 +229,37 @@ public struct GatewayDependencies: Sendable {
     }
 }
 
-/// Builds Corral's router.
+/// Builds Corral's router, for a caller that runs no service group (tests): its start-up work
+/// (saved profiles, job recovery) starts at once in the background. ``buildApplication(_:)``
+/// runs the same work as a `Service` instead.
 public func buildRouter(_ deps: GatewayDependencies) -> Router<GatewayRequestContext> {
-    buildRouterAndRoutes(deps).router
+    let built = buildRouterAndRoutes(deps)
+    let startup = built.startup
+    Task { await startup.work() }
+    return built.router
 }
 
-/// The router, the OpenAI routes it serves (which the fast lane shares) and the description of
-/// its admin routes.
-func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<GatewayRequestContext>, openAI: OpenAIRoutes, admin: AdminAPITable) {
+/// What the routes need done once when Corral starts: the remote job control of a cluster node,
+/// the sampling profiles and runtime profiles saved through the admin API, and the recovery of
+/// jobs a stop interrupted. A `Service` that does it, then waits for shutdown.
+struct StartupWork: Service {
+    let steps: [@Sendable () async -> Void]
+
+    func work() async {
+        for step in steps { await step() }
+    }
+
+    func run() async throws {
+        await work()
+        try? await gracefulShutdown()
+    }
+}
+
+/// The router, the OpenAI routes it serves (which the fast lane shares), the description of its
+/// admin routes, and the work to do once at start (see ``StartupWork``).
+func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<GatewayRequestContext>, openAI: OpenAIRoutes, admin: AdminAPITable, startup: StartupWork) {
     let router = Router(context: GatewayRequestContext.self)
+    var startup: [@Sendable () async -> Void] = []
     router.add(middleware: ErrorShapeMiddleware())
     router.add(middleware: CORSMiddleware(extraOrigins: Set(deps.config.corsOrigins)))
     if deps.config.listensOnLoopbackOnly { router.add(middleware: HostGuardMiddleware(allowed: Set(deps.config.allowedHosts))) }
@@ -251,7 +279,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
         do { try await profiles.load() } catch { logger.error("sampling profiles changed on another node could not be read", metadata: ["error": "\(error)"]) }
         if let state { await ClusterLibrarySync.apply(state, to: scheduler, logger: logger) }
     }
-    Task {
+    startup.append {
         do { try await profiles.load() } catch {
             // Serving goes on with the built-in and routes.json profiles; the saved ones are missing.
             deps.logger.error("sampling profiles saved through the admin API are not in use", metadata: ["error": "\(error)"])
@@ -266,7 +294,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     if let store = deps.work, let files {
         FileRoutes(files: files).register(on: router)
         evaluations = Evaluations(store: store, engine: deps.jobs, files: files)
-        let hardware = HardwareCache(tools: deps.tools ?? LlamaTools.discover(configured: deps.config.llama.toolPaths))
+        let hardware = deps.hardware
         let scheduler = deps.scheduler, margin = deps.config.scheduler.memoryMarginMiB
         fineTuning = FineTuning(
             engine: deps.jobs, files: files, store: store, directory: deps.config.fineTuningDirectory, catalog: { scheduler.currentCatalog },
@@ -280,9 +308,9 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
         allowFileDeletion: deps.config.allowModelFileDeletion, access: deps.access, profiles: profiles, downloads: deps.downloads,
         creator: ModelCreator(directory: deps.config.downloads), refreshCatalog: deps.refreshCatalog
     ).register(on: router)
-    let tools = deps.tools ?? LlamaTools.discover(configured: deps.config.llama.toolPaths)
+    let tools = deps.tools
     let lab = Lab(engine: deps.jobs, scheduler: deps.scheduler, store: deps.store, textDirectory: deps.config.dataDirectory + "/perplexity", sampling: profiles)
-    Task {
+    startup.append {
         do {
             try await lab.loadRuntimeProfiles()
             try await deps.jobs.recover()
@@ -290,7 +318,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
             deps.logger.error("jobs could not be recovered", metadata: ["error": "\(error)"])
         }
     }
-    let hardware = HardwareCache(tools: tools)
+    let hardware = deps.hardware
     let library = LibraryRoutes(
         library: ModelLibrary(
             scheduler: deps.scheduler, store: deps.store, ledger: deps.accounts, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, tools: tools,
@@ -320,7 +348,8 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     if let cluster = deps.cluster {
         ClusterJobRoutes(engine: deps.jobs, cluster: cluster).register(on: router)
         let control = ClusterJobControl(cluster: cluster, client: deps.client)
-        Task { await deps.jobs.useRemoteControl(control) }
+        // First: a job recovered below may already be controlled from another node.
+        startup.insert({ await deps.jobs.useRemoteControl(control) }, at: 0)
     }
     DownloadRoutes(downloads: deps.downloads, library: library.library).register(on: admin)
     QuantizeRoutes(scheduler: deps.scheduler, engine: deps.jobs, downloads: deps.config.downloads).register(on: admin)
@@ -329,7 +358,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
     if let evaluations { EvaluationRoutes(evaluations: evaluations, console: deps.evalConsole).register(on: admin) }
     if let fineTuning { FineTuningAdminRoutes(fineTuning: fineTuning).register(on: admin) }
     DashboardRoutes(deps: deps).register(on: router, admin: admin)
-    return (router, openAI, admin.table)
+    return (router, openAI, admin.table, StartupWork(steps: startup))
 }
 
 /// Gives every error the shape of the API it was asked through: Ollama's `{"error":"…"}` under
@@ -389,7 +418,7 @@ public func buildApplication(_ deps: GatewayDependencies) throws -> some Applica
     // client shares the group, so its connections' answers arrive on the same threads.
     let group = MultiThreadedEventLoopGroup.singleton
     let executors = EventLoopExecutors(group: group)
-    let (router, openAI, _) = buildRouterAndRoutes(deps)
+    let (router, openAI, _, startup) = buildRouterAndRoutes(deps)
     let fastLane = FastLane.isEnabled
         ? FastLane(
             routes: openAI, access: deps.access, cluster: deps.cluster, allowedHosts: deps.config.listensOnLoopbackOnly ? Set(deps.config.allowedHosts) : nil,
@@ -417,7 +446,7 @@ public func buildApplication(_ deps: GatewayDependencies) throws -> some Applica
         eventLoopGroupProvider: .shared(group),
         logger: deps.logger)
     // Shut down in reverse order: jobs stop (and stay resumable) before the fleet stops.
-    app.addServices(FleetService(scheduler: deps.scheduler, client: deps.client), deps.liveStats, JobsService(engine: deps.jobs))
+    app.addServices(FleetService(scheduler: deps.scheduler, client: deps.client), deps.liveStats, JobsService(engine: deps.jobs), startup)
     return app
 }
 
