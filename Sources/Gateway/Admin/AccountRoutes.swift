@@ -111,11 +111,6 @@ struct AccountRoutes: Sendable {
                                  query: [.init("window", .string, "e.g. 1h, 30m")], errors: [])) { request, _ in try await stats(request) }
     }
 
-    /// Runs an access operation, turning its refusals into OpenAI-shaped errors.
-    func mapped<T>(_ body: () async throws -> T) async throws -> T {
-        do { return try await body() } catch let error as AccessError { throw OpenAIError(error) }
-    }
-
     /// `expiresAt` (RFC 3339 or null) or `expiresIn` (a duration) from a body; nil when absent.
     static func expiry(_ body: [String: Any]) throws -> Date?? {
         if let s = body["expiresIn"] {

@@ -14,8 +14,8 @@ struct FineTuningAdminRoutes: Sendable {
             path: ["id": "fine-tuning job id"], errors: [404])
         ) { _, context in
             let id = try context.parameters.require("id")
-            let (job, spec) = try await FineTuningRoutes.mapped { try await fineTuning.job(id, scope: .all) }
-            let points = try await FineTuningRoutes.mapped { try await fineTuning.series(id, scope: .all) }
+            let (job, spec) = try await mapped { try await fineTuning.job(id, scope: .all) }
+            let points = try await mapped { try await fineTuning.series(id, scope: .all) }
             return jsonResponse(["job": FineTuning.object(job, spec), "points": points] as [String: Any])
         }
     }

@@ -15,8 +15,8 @@ struct FineTuningRoutes: Sendable {
         router.post("/v1/fine_tuning/jobs") { request, context in
             let body = try await Relay.readJSON(request, context: context).1
             let team = context.isAdmin ? nil : context.caller.teamID
-            let job = try await Self.mapped { try await fineTuning.create(body, team: team, keyPrefix: context.caller.keyPrefix) }
-            let (current, spec) = try await Self.mapped { try await fineTuning.job(job.id, scope: FileRoutes.scope(context)) }
+            let job = try await mapped { try await fineTuning.create(body, team: team, keyPrefix: context.caller.keyPrefix) }
+            let (current, spec) = try await mapped { try await fineTuning.job(job.id, scope: FileRoutes.scope(context)) }
             return jsonResponse(FineTuning.object(current, spec))
         }
         router.get("/v1/fine_tuning/jobs") { request, context in
@@ -28,46 +28,32 @@ struct FineTuningRoutes: Sendable {
                 guard key.hasPrefix("metadata["), key.hasSuffix("]") else { continue }
                 metadata[String(key.dropFirst(9).dropLast())] = String(value).removingPercentEncoding ?? String(value)
             }
-            let page = try await Self.mapped { try await fineTuning.list(scope: FileRoutes.scope(context), after: after, limit: limit, metadata: metadata) }
+            let page = try await mapped { try await fineTuning.list(scope: FileRoutes.scope(context), after: after, limit: limit, metadata: metadata) }
             return EvalRoutes.list(page.jobs.map { FineTuning.object($0.0, $0.1) }, hasMore: page.hasMore)
         }
         router.get("/v1/fine_tuning/jobs/:job") { _, context in
             let id = try context.parameters.require("job")
-            let (job, spec) = try await Self.mapped { try await fineTuning.job(id, scope: FileRoutes.scope(context)) }
+            let (job, spec) = try await mapped { try await fineTuning.job(id, scope: FileRoutes.scope(context)) }
             return jsonResponse(FineTuning.object(job, spec))
         }
         for action in ["cancel", "pause", "resume"] {
             router.post(RouterPath("/v1/fine_tuning/jobs/:job/" + action)) { _, context in
                 let id = try context.parameters.require("job")
-                let (job, spec) = try await Self.mapped { try await fineTuning.control(id, action, scope: FileRoutes.scope(context)) }
+                let (job, spec) = try await mapped { try await fineTuning.control(id, action, scope: FileRoutes.scope(context)) }
                 return jsonResponse(FineTuning.object(job, spec))
             }
         }
         router.get("/v1/fine_tuning/jobs/:job/events") { request, context in
             let id = try context.parameters.require("job")
             let (after, limit) = try EvalRoutes.cursor(request)
-            let page = try await Self.mapped { try await fineTuning.events(id, scope: FileRoutes.scope(context), after: after, limit: limit) }
+            let page = try await mapped { try await fineTuning.events(id, scope: FileRoutes.scope(context), after: after, limit: limit) }
             return EvalRoutes.list(page.events, hasMore: page.hasMore)
         }
         router.get("/v1/fine_tuning/jobs/:job/checkpoints") { request, context in
             let id = try context.parameters.require("job")
             let (after, limit) = try EvalRoutes.cursor(request)
-            let page = try await Self.mapped { try await fineTuning.checkpoints(id, scope: FileRoutes.scope(context), after: after, limit: limit) }
+            let page = try await mapped { try await fineTuning.checkpoints(id, scope: FileRoutes.scope(context), after: after, limit: limit) }
             return EvalRoutes.list(page.checkpoints, hasMore: page.hasMore)
-        }
-    }
-
-    /// Fine-tuning refusals as OpenAI errors.
-    static func mapped<T>(_ body: () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch let error as FineTuningError {
-            switch error {
-            case .badRequest(let message, let param): throw OpenAIError.badRequest(message, param: param)
-            case .notFound(let message): throw OpenAIError(.notFound, message, code: "not_found")
-            case .conflict(let message): throw OpenAIError(.conflict, message, code: "conflict")
-            case .storage(let message): throw OpenAIError(.internalServerError, message, type: "server_error", code: "fine_tuning_store")
-            }
         }
     }
 }
