@@ -143,10 +143,27 @@ let package = Package(
         ),
         // The HTTP application: OpenAI, Ollama, llama.cpp-native and admin routes, relay, error
         // shapes, metrics, dashboard. The only module that imports Hummingbird.
+        // The serving core below the HTTP layer (no Hummingbird): the local llama-server transport,
+        // the SSE usage filter, catalog refresh and reload, the cluster node and its library sync,
+        // and the fleet as the jobs' memory claims.
+        .target(
+            name: "Serving",
+            dependencies: [
+                "Runtime", "Store", "Access", "Jobs",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "Gateway",
             dependencies: [
-                "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab", "Acquisition",
+                "Serving", "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab", "Acquisition",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -168,7 +185,7 @@ let package = Package(
         .executableTarget(
             name: "corral",
             dependencies: [
-                "Gateway", "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab", "PostgresStore",
+                "Gateway", "Serving", "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab", "PostgresStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
@@ -202,7 +219,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Runtime", "GGUF", "Store", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab",
+                "Gateway", "Serving", "Runtime", "GGUF", "Store", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

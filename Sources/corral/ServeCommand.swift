@@ -10,6 +10,7 @@ import NIOCore
 import PostgresStore
 import Runtime
 import ServiceLifecycle
+import Serving
 import Store
 import Telemetry
 import UnixSignals

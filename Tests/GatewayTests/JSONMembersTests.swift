@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import Serving
 import Testing
 
 @testable import Gateway

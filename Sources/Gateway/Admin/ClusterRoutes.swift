@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import Serving
 
 /// `GET /admin/cluster` (the nodes, their models, memory and heartbeats) and `POST /admin/drain`.
 /// On a single node the first says so and the second is the same graceful stop as SIGTERM.

@@ -2,6 +2,7 @@ import Access
 import Foundation
 import HTTPTypes
 import Hummingbird
+import Serving
 
 /// Authenticates every request before routing: `/admin/*` needs the admin token; model routes
 /// need a team key (any key in open mode); `/health`, `/`, `/api/version` and the dashboard's files under `/ui` are public.

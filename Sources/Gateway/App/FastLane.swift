@@ -7,6 +7,7 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import Runtime
+import Serving
 import Synchronization
 import Telemetry
 

@@ -17,6 +17,7 @@ import NIOPosix
 import NIOSSL
 import Runtime
 import ServiceLifecycle
+import Serving
 import Store
 import Telemetry
 import Usage

@@ -5,6 +5,7 @@ import Hummingbird
 import Jobs
 import NIOCore
 import NIOHTTP1
+import Serving
 
 /// Cancel, pause and resume of a job another node runs: sent to that node's
 /// `POST /cluster/jobs/{id}/{action}` with the cluster secret, carried out by its engine, its

@@ -9,6 +9,7 @@ import Library
 import NIOCore
 import NIOHTTP1
 import Runtime
+import Serving
 import Store
 import Access
 

@@ -8,6 +8,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import Runtime
+import Serving
 import Synchronization
 import Usage
 

@@ -13,20 +13,20 @@ public final class CatalogRefresh: Sendable {
     let scheduler: Scheduler
     let fallback: CorralConfig
 
-    init(scheduler: Scheduler, fallback: CorralConfig, cache: FactsCache) {
+    public init(scheduler: Scheduler, fallback: CorralConfig, cache: FactsCache) {
         self.scheduler = scheduler
         self.fallback = fallback
         self.place = Mutex(Where(path: nil, cache: cache))
     }
 
     /// Which file the catalog comes from and which facts cache it shares.
-    func use(path: String?, cache: FactsCache) { place.withLock { $0 = Where(path: path, cache: cache) } }
+    public func use(path: String?, cache: FactsCache) { place.withLock { $0 = Where(path: path, cache: cache) } }
 
-    var cache: FactsCache { place.withLock { $0.cache } }
+    public var cache: FactsCache { place.withLock { $0.cache } }
 
     /// Rereads the configuration and rescans every source; the new catalog replaces the old.
     @discardableResult
-    func callAsFunction() async throws -> ModelCatalog {
+    public func callAsFunction() async throws -> ModelCatalog {
         let (path, cache) = place.withLock { ($0.path, $0.cache) }
         let config = try path.map { try CorralConfig.load(path: $0) } ?? fallback
         let catalog = ModelCatalog.build(from: config, cache: cache)

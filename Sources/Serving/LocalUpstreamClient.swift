@@ -26,7 +26,7 @@ public final class LocalUpstreamClient: Sendable {
     /// Idle connections are closed before llama-server's own keep-alive timeout (5 s) would.
     static let idleTimeout = TimeAmount.seconds(3)
     /// The largest answer with a known length that is gathered before being handed over.
-    static let gatherLimit = 8 << 20
+    public static let gatherLimit = 8 << 20
 
     public init(group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, readTimeout: Duration = .seconds(600)) {
         self.group = group

@@ -6,19 +6,19 @@ import Runtime
 /// chunk and, when Corral injected `include_usage` for its own accounting, drops that chunk so
 /// the client sees exactly what it asked for. Events are forwarded as soon as they are complete
 /// and are never re-serialised.
-struct SSEUsageFilter {
+public struct SSEUsageFilter {
     /// Drop the usage-only chunk (`"choices":[]`) from the client's stream.
     let hideUsageChunk: Bool
     private var pending = ByteBuffer()
-    private(set) var usage: [String: Any]?
-    private(set) var timings: [String: Any]?
+    public private(set) var usage: [String: Any]?
+    public private(set) var timings: [String: Any]?
     /// Complete events seen (about one per generated token), for charging a stream cut short.
-    private(set) var events = 0
+    public private(set) var events = 0
 
-    init(hideUsageChunk: Bool) { self.hideUsageChunk = hideUsageChunk }
+    public init(hideUsageChunk: Bool) { self.hideUsageChunk = hideUsageChunk }
 
     /// Feeds upstream bytes; returns the bytes to forward now.
-    mutating func feed(_ chunk: ByteBuffer) -> ByteBuffer {
+    public mutating func feed(_ chunk: ByteBuffer) -> ByteBuffer {
         pending.writeImmutableBuffer(chunk)
         var out = ByteBuffer()
         while let end = eventEnd() {
@@ -30,7 +30,7 @@ struct SSEUsageFilter {
     }
 
     /// Whatever is left when the stream ends.
-    mutating func finish() -> ByteBuffer {
+    public mutating func finish() -> ByteBuffer {
         defer { pending.clear() }
         let rest = pending
         return inspect(rest) ? rest : ByteBuffer()
@@ -62,7 +62,7 @@ struct SSEUsageFilter {
         let bytes = event.readableBytesView
         guard Self.contains(bytes, Self.usageKey) || Self.contains(bytes, Self.timingsKey) else { return true }
         for payload in SSEEvents.dataLines(event) {
-            guard let found = Array(payload.utf8).withUnsafeBytes({ JSON.members(["usage", "timings", "message"], of: $0) }) else { continue }
+            guard let found = Array(payload.utf8).withUnsafeBytes({ JSONMembers.members(["usage", "timings", "message"], of: $0) }) else { continue }
             // OpenAI sends usage once; Anthropic's stream splits it: the input in `message_start`'s
             // `message.usage`, the output in `message_delta`'s `usage`. Merged, both are kept.
             if let u = found["usage"] as? [String: Any] ?? (found["message"] as? [String: Any])?["usage"] as? [String: Any] {

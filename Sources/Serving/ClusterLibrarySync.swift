@@ -5,8 +5,8 @@ import Store
 
 /// Applies the library state another node changed to this node's scheduler: the default model,
 /// runtime aliases and pins (sampling profiles reload themselves).
-enum ClusterLibrarySync {
-    static func apply(_ state: any LibraryStateStore, to scheduler: Scheduler, logger: Logger) async {
+public enum ClusterLibrarySync {
+    public static func apply(_ state: any LibraryStateStore, to scheduler: Scheduler, logger: Logger) async {
         do {
             var defaultModel: String?
             if let saved = try await state.document(kind: "setting", id: "defaultModel") {
