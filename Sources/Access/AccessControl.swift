@@ -359,14 +359,13 @@ public final class AccessControl: Sendable {
 
     /// The team, its policy and the key's policy, or why the caller may not use a model known by `names`.
     private func policies(_ teamID: String, _ prefix: String, model names: [String]) throws(AccessError) -> (TeamRecord, Policy, Policy) {
-        guard let key = keyShard(prefix).withLock({ $0[prefix] }), let team = teamShard(teamID).withLock({ $0.teams[teamID] }) else {
-            throw .unauthenticated("invalid API key")
-        }
-        if let why = team.unreadable ?? key.unreadable {
+        guard let (keyPolicy, keyUnreadable) = keyShard(prefix).withLock({ s in s[prefix].map { ($0.policy, $0.unreadable) } }),
+            let team = teamShard(teamID).withLock({ $0.teams[teamID] })
+        else { throw .unauthenticated("invalid API key") }
+        if let why = team.unreadable ?? keyUnreadable {
             refused()
             throw .unreadable(why)
         }
-        let keyPolicy = key.policy
         guard team.policy.allows(names), keyPolicy.allows(names) else {
             throw .forbidden("team '\(team.record.name)' may not use model '\(names.first ?? "")'")
         }
