@@ -32,13 +32,15 @@ struct Fixture {
     /// Models named `names` (all the same tiny shape, different seeds) and a scheduler with `limits`.
     static func make(
         models names: [String] = ["alpha"], embedding: [String] = [], pinned: [String] = [], parallel: Int = 2, contextSize: Int = 1024,
-        ttl: Duration? = nil, upstreams: [CorralConfig.Upstream] = [], configure: (inout Scheduler.Limits) -> Void = { _ in }
+        ttl: Duration? = nil, upstreams: [CorralConfig.Upstream] = [], cacheRamMiB: Int = 0, configure: (inout Scheduler.Limits) -> Void = { _ in }
     ) throws -> Fixture? {
         guard let tools = requireTools() else { return nil }
         let dir = NSTemporaryDirectory() + "corral-gw-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var config = CorralConfig()
         config.dataDirectory = dir
+        // No prompt cache unless a test asks: budgets in these tests are a few MiB.
+        config.cacheRamMiB = cacheRamMiB
         for (i, name) in names.enumerated() {
             var shape = TestModelShape()
             shape.seed = UInt64(i + 1)

@@ -150,6 +150,21 @@ import Testing
         }
     }
 
+    @Test func thePromptCacheCountsAgainstTheBudget() async throws {
+        // Two tiny models fit a 1,500 MiB budget by their weights, not with 1,024 MiB of prompt
+        // cache each: loading the second evicts the first.
+        guard let f = try Fixture.make(models: ["alpha", "beta"], cacheRamMiB: 1024, configure: { $0.memoryBudgetMiB = ["Host": 1500] }) else { return }
+        try await f.run { port in
+            for model in ["alpha", "beta"] {
+                let status = try await send(port, "/v1/chat/completions", json: chat(model)).status
+                #expect(status == 200)
+                let loaded = await f.scheduler.instances().filter { $0.state == "loaded" }
+                #expect(loaded.map(\.model) == [model])
+                #expect(loaded.allSatisfy { ($0.projectedMiB ?? 0) >= 1024 })
+            }
+        }
+    }
+
     @Test func modelTooBigForTheBudgetGets507WithNumbers() async throws {
         guard let f = try Fixture.make(models: ["alpha"], configure: { $0.memoryBudgetMiB = ["Host": 0] }) else { return }
         try await f.run { port in

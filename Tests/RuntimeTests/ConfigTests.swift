@@ -46,6 +46,25 @@ import Testing
         #expect(c.upstreams.first?.models == ["gpt"])
     }
 
+    @Test func thePromptCacheIsSizedAndCounted() throws {
+        let c = try parse(#"{"cache":{"ramMiB":300},"models":[{"name":"a","path":"a.gguf"},{"name":"b","path":"b.gguf","cacheRamMiB":0}]}"#)
+        #expect(c.cacheRamMiB == 300 && c.models[0].cacheRamMiB == nil && c.models[1].cacheRamMiB == 0)
+        #expect(try parse("{}").cacheRamMiB == 1024)
+        #expect(problem(#"{"cache":{"ramMiB":-1}}"#)?.key == "cache.ramMiB")
+        let catalog = ModelCatalog.build(from: c)
+        let a = try #require(catalog.resolve("a"))
+        #expect(a.cacheRamMiB == 300 && a.defaultArguments.starts(with: ["-np", "4", "--cache-ram", "300"]))
+        #expect(catalog.resolve("b")?.cacheRamMiB == 0)
+        // The embedding companion keeps no prompts.
+        #expect(a.embeddingCompanion?.defaultArguments.contains(where: { $0 == "--embeddings" }) == true)
+        let companion = try #require(a.embeddingCompanion?.defaultArguments)
+        #expect(companion[companion.firstIndex(of: "--cache-ram")! + 1] == "0")
+        // What a launch keeps: the last --cache-ram given (pinned arguments come last).
+        #expect(ModelSpec.cacheRamMiB(in: ["--cache-ram", "300", "-cram", "100"]) == 100)
+        #expect(ModelSpec.cacheRamMiB(in: ["--cache-ram", "-1"]) == 8192)
+        #expect(ModelSpec.cacheRamMiB(in: ["-np", "2"]) == 8192)
+    }
+
     @Test func unknownKeysAndBadValuesNameTheKey() {
         #expect(problem(#"{"lisen":{}}"#)?.key == "lisen")
         #expect(problem(#"{"listen":{"prot":1}}"#)?.key == "listen.prot")

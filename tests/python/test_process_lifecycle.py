@@ -7,6 +7,8 @@ import threading
 import time
 import urllib.request
 
+import httpx
+
 from conftest import restart_corral, start_corral, stop_corral, wait_gone
 
 
@@ -149,5 +151,24 @@ def test_allocations_learned_at_the_first_load_survive_a_restart():
         assert second["allocatedMiB"] == first["allocatedMiB"]
         lines = c.get("/admin/models/chat/log?lines=300")
         assert "buffer size" not in json.dumps(lines)
+    finally:
+        stop_corral(c)
+
+
+def test_the_prompt_cache_is_set_per_instance_and_counted_in_its_projection():
+    c = start_corral(extra_config={"cache": {"ramMiB": 300}})
+    try:
+        admin = {"authorization": f"Bearer {c.admin_token}"}
+        for model in ("chat", "embed"):
+            r = httpx.post(c.base + "/admin/models/" + model + "/load", headers=admin, timeout=60)
+            assert r.status_code == 200, r.text
+        instances = {i["model"]: i for i in httpx.get(c.base + "/admin/instances", headers=admin).json()}
+        chat, embed = instances["chat"], instances["embed"]
+        assert chat["arguments"][chat["arguments"].index("--cache-ram") + 1] == "300"
+        # llama-fit-params does not count the prompt cache; the projection does.
+        assert chat["projectedMiB"] >= 300, chat
+        # An embedding model keeps no prompts: no cache, nothing counted for it.
+        assert embed["arguments"][embed["arguments"].index("--cache-ram") + 1] == "0"
+        assert embed["projectedMiB"] < 300, embed
     finally:
         stop_corral(c)

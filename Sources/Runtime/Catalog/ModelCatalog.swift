@@ -44,6 +44,18 @@ public struct ModelSpec: Sendable, Equatable {
     /// Streaming chat requests waiting for this model's load see the progress as
     /// `reasoning_content` deltas (else as SSE comments).
     public var progressAsReasoning = false
+    /// The host-RAM prompt cache its llama-server keeps (`--cache-ram`, MiB), counted in its
+    /// memory projection; 0 for instances that cache no prompts (embedding and reranking).
+    public var cacheRamMiB = 0
+
+    /// The prompt cache a launch with `arguments` keeps, MiB: the last `--cache-ram` (`-cram`)
+    /// given, as llama.cpp reads it; a negative value (no limit) counts as llama-server's 8 GiB.
+    public static func cacheRamMiB(in arguments: [String]) -> Int {
+        guard let i = arguments.lastIndex(where: { $0 == "--cache-ram" || $0 == "-cram" }), i + 1 < arguments.count,
+            let mib = Int(arguments[i + 1])
+        else { return 8192 }
+        return mib < 0 ? 8192 : mib
+    }
 
     public var path: String? {
         if case .local(let p) = backend { return p }
@@ -74,6 +86,7 @@ public struct ModelSpec: Sendable, Equatable {
         // request a wrong vector for a chat model in embedding mode (cosine 0.71 to the same
         // sentence alone, seen with SmolLM2 at -np 2 and 4; right at -np 1; llama.cpp #26282).
         companion.parallel = 1
+        companion.cacheRamMiB = 0
         return companion
     }
 
@@ -84,10 +97,11 @@ public struct ModelSpec: Sendable, Equatable {
     /// companion is not.
     public var reranking: Bool { !embeddings && facts?.capabilities.contains(.rerank) == true }
 
-    /// llama-server arguments Corral always sets for this model: slots, and embedding or
-    /// reranking mode.
+    /// llama-server arguments Corral always sets for this model: slots, the prompt cache's size,
+    /// and embedding or reranking mode.
     public var defaultArguments: [String] {
-        ["-np", String(parallel)] + (embeddings ? ["--embeddings", "--pooling", "mean"] : reranking ? ["--reranking"] : [])
+        ["-np", String(parallel), "--cache-ram", String(embeddings || reranking ? 0 : cacheRamMiB)]
+            + (embeddings ? ["--embeddings", "--pooling", "mean"] : reranking ? ["--reranking"] : [])
     }
 
     /// `-c` when the model has a configured context size.
@@ -142,6 +156,7 @@ public struct ModelCatalog: Sendable {
                     source: "config", facts: facts, fileSize: fileSize(m.path))
             spec.profile = m.profile
             spec.fallbacks = m.fallbacks
+            spec.cacheRamMiB = m.cacheRamMiB ?? config.cacheRamMiB
             spec.progressAsReasoning = m.progressAsReasoning
             catalog.add(spec)
         }
@@ -171,6 +186,7 @@ public struct ModelCatalog: Sendable {
                         facts: facts, fileSize: fileSize(path))
                     spec.knownDigest = found.digest
                     spec.parent = found.parent
+                    spec.cacheRamMiB = config.cacheRamMiB
                     spec.ollamaParameters = found.parameters
                     spec.systemPrompt = found.system
                     // An Ollama model's adapters: llama-server applies each with `--lora`.

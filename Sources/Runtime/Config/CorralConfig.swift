@@ -107,6 +107,8 @@ public struct CorralConfig: Sendable {
         public var fallbacks: [String] = []
         /// Show load progress to streaming chat requests as `reasoning_content` deltas.
         public var progressAsReasoning = false
+        /// This model's host-RAM prompt cache (`--cache-ram`), MiB; nil: `cache.ramMiB`.
+        public var cacheRamMiB: Int?
 
         public init(name: String, path: String) {
             self.name = name
@@ -201,6 +203,10 @@ public struct CorralConfig: Sendable {
         public var queueBound = 100_000
     }
     public var usage = Usage()
+    /// The host-RAM prompt cache each llama-server keeps (`--cache-ram`, MiB), counted in its
+    /// memory projection (`cache.ramMiB`). llama-server's own default is 8 GiB per server, which
+    /// no budget saw.
+    public var cacheRamMiB = 1024
     /// Folder relative paths were resolved against.
     public var baseDirectory = "."
 
@@ -261,6 +267,10 @@ public struct CorralConfig: Sendable {
                 throw ConfigError(key: "usage.retainRollupDays", problem: "must be at least usage.retainDays (\(c.usage.retainDays))")
             }
         }
+        if var cache = try root.object("cache") {
+            c.cacheRamMiB = try cache.int("ramMiB", min: 0) ?? c.cacheRamMiB
+            try cache.finish()
+        }
         c.defaultModel = try root.string("defaultModel")
         if c.defaultModel?.isEmpty == true { throw ConfigError(key: "defaultModel", problem: "must name a model") }
         if var l = try root.object("llama") {
@@ -320,6 +330,7 @@ public struct CorralConfig: Sendable {
             model.profile = try m.string("profile")
             model.fallbacks = try m.strings("fallbacks") ?? []
             model.progressAsReasoning = try m.bool("progressAsReasoning") ?? false
+            model.cacheRamMiB = try m.int("cacheRamMiB", min: 0)
             try m.finish()
             c.models.append(model)
         }

@@ -447,6 +447,9 @@ public actor Scheduler {
         let plan = await plan(for: spec, base: spec.fitInputArguments)
         var projection: [String: Int] = [:]
         for d in plan.projection { projection[d.device == "CPU" ? "Host" : d.device, default: 0] += d.totalMiB }
+        // The prompt cache lives in host RAM beside the model (llama-fit-params does not count it).
+        let cacheRam = ModelSpec.cacheRamMiB(in: base + (runtimeArguments[spec.id] ?? []) + (slots[spec.id]?.loadOptions.arguments ?? []) + spec.pinnedArgs)
+        if cacheRam > 0 { projection["Host", default: 0] += cacheRam }
         slots[spec.id, default: Slot()].projection = projection
         slots[spec.id]!.roomReserved = false
         try await makeRoom(for: spec.id, projection: projection)
