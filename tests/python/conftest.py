@@ -36,9 +36,26 @@ def wait_gone(pid: int, seconds: float) -> bool:
     return False
 
 
-def llama_server_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "llama-server"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+def llama_server_pids(c: "Corral") -> set[int]:
+    """The llama-server processes Corral `c` started (its children), so two test runs on one
+    machine never see each other's."""
+    return child_pids(c, "llama-server")
+
+
+def child_pids(c: "Corral", name: str) -> set[int]:
+    """The processes named `name` whose parent is Corral `c`."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                comm, rest = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        if comm.endswith("(" + name[:15]) and int(rest.split()[1]) == c.proc.pid:
+            pids.add(int(entry))
+    return pids
 
 
 class Corral:

@@ -146,7 +146,7 @@ HOSTILE_NAMES = [
 
 
 def test_hostile_model_names_are_404_and_spawn_nothing(corral):
-    before = llama_server_pids()
+    before = llama_server_pids(corral)
     for name in HOSTILE_NAMES:
         for path, body in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}), ("/v1/embeddings", {"input": "x"}),
                            ("/v1/completions", {"prompt": "x"}), ("/completion", {"prompt": "x"})):
@@ -157,18 +157,18 @@ def test_hostile_model_names_are_404_and_spawn_nothing(corral):
         if ".." not in name:  # (a client resolves dot segments before sending)
             assert httpx.get(corral.base + "/v1/models/" + name.replace("\n", "%0A").replace("\u0000", "%00")).status_code in (400, 404), name
     assert not os.path.exists("/tmp/corral-pwned")
-    assert llama_server_pids() == before, "a hostile name spawned something"
+    assert llama_server_pids(corral) == before, "a hostile name spawned something"
     alive(corral)
 
 
 def test_models_outside_the_configured_sources_are_not_served(corral):
     d = tempfile.mkdtemp(prefix="corral-outside-")
     path = make_model(d, "outside")
-    before = llama_server_pids()
+    before = llama_server_pids(corral)
     for name in (path, "outside", d + "/outside", "file://" + path, os.path.relpath(path, corral.directory)):
         openai_error(httpx.post(corral.base + "/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": "hi"}]}, timeout=30), 404)
         ollama_error(httpx.post(corral.base + "/api/generate", json={"model": name, "prompt": "x", "stream": False}, timeout=30), 404)
-    assert llama_server_pids() == before
+    assert llama_server_pids(corral) == before
     alive(corral)
 
 

@@ -94,7 +94,7 @@ def test_a_hung_llama_server_times_out_cleanly_and_is_replaced():
         assert httpx.post(c.base + "/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
         assert c.proc.poll() is None
     finally:
-        for pid in llama_server_pids():
+        for pid in llama_server_pids(c):
             try:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
@@ -132,12 +132,12 @@ def test_a_model_file_deleted_or_truncated_is_refused_without_spawning():
         os.remove(f"{d}/gone.gguf")
         with open(f"{d}/cut.gguf", "r+b") as f:
             f.truncate(os.path.getsize(f"{d}/cut.gguf") // 2)
-        before = llama_server_pids()
+        before = llama_server_pids(c)
         error = openai_error(httpx.post(c.base + "/v1/chat/completions", json={**CHAT, "model": "gone"}, timeout=30), 503)
         assert error["code"] == "model_load_failed" and "missing or damaged" in error["message"]
         assert d not in error["message"], "a client must not learn server paths"
         assert "missing or damaged" in ollama_error(httpx.post(c.base + "/api/generate", json={"model": "cut", "prompt": "x", "stream": False}, timeout=30), 503)
-        assert llama_server_pids() == before, "nothing may be spawned for an unusable file"
+        assert llama_server_pids(c) == before, "nothing may be spawned for an unusable file"
 
         # While loaded: llama-server keeps its mapping of a deleted file and keeps serving; once
         # unloaded, the model is refused without a spawn.
@@ -147,9 +147,9 @@ def test_a_model_file_deleted_or_truncated_is_refused_without_spawning():
         assert httpx.post(c.base + "/v1/chat/completions", json={**CHAT, "model": "later"}, timeout=30).status_code == 200
         httpx.post(c.base + "/admin/models/later/unload", headers=c.headers("/admin")).raise_for_status()
         assert wait_gone(pid, 10)
-        before = llama_server_pids()
+        before = llama_server_pids(c)
         openai_error(httpx.post(c.base + "/v1/chat/completions", json={**CHAT, "model": "later"}, timeout=30), 503)
-        assert llama_server_pids() == before
+        assert llama_server_pids(c) == before
 
         # Truncated under a running instance: its mapped weights vanish. It may crash (SIGBUS) or
         # answer from what it still holds; either way Corral answers, and once the instance is
@@ -162,9 +162,9 @@ def test_a_model_file_deleted_or_truncated_is_refused_without_spawning():
         assert r.status_code == 200 or openai_error(r, 502)["code"] in ("upstream_crashed", "upstream_error")
         httpx.post(c.base + "/admin/models/shrunk/unload", headers=c.headers("/admin"))
         assert wait_gone(pid, 10)
-        before = llama_server_pids()
+        before = llama_server_pids(c)
         assert "missing or damaged" in openai_error(httpx.post(c.base + "/v1/chat/completions", json={**CHAT, "model": "shrunk"}, timeout=30), 503)["message"]
-        assert llama_server_pids() == before
+        assert llama_server_pids(c) == before
         assert httpx.post(c.base + "/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
         assert c.proc.poll() is None
     finally:
@@ -185,7 +185,7 @@ def test_a_llama_server_that_exits_while_loading_is_reported_and_marked_failed()
         assert statuses[-1] == (503, "model_failed"), statuses
         info = instance(c, "broken")
         assert info["state"] == "failed" and info.get("pid") is None
-        assert not [p for p in llama_server_pids() if "no-such-flag" in open(f"/proc/{p}/cmdline").read()]
+        assert not [p for p in llama_server_pids(c) if "no-such-flag" in open(f"/proc/{p}/cmdline").read()]
         # The rest of the fleet is unaffected.
         assert httpx.post(c.base + "/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
     finally:

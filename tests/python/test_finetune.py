@@ -20,7 +20,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import CORRAL, make_model, serve, start_corral, stop_corral, team_keys
+from conftest import CORRAL, child_pids, make_model, serve, start_corral, stop_corral, team_keys
 
 SENTENCES = [
     ("What colour is the sky?", "The sky is blue."),
@@ -72,9 +72,9 @@ def events(client, job_id):
     return list(reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=50))))
 
 
-def trainer_pids():
-    out = subprocess.run(["pgrep", "-f", "llama-finetune"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+def trainer_pids(c):
+    """The trainers Corral `c` runs (its llama-finetune children)."""
+    return child_pids(c, "llama-finetune")
 
 
 def job_files(c, job_id):
@@ -268,12 +268,12 @@ def long_job(client, epochs=4, repeat=1):
     return client.fine_tuning.jobs.create(model="chat", training_file=f.id, hyperparameters={"n_epochs": epochs}, extra_body={"preset": "efficient"})
 
 
-def wait_training(client, job_id, epochs_done=0, seconds=120):
+def wait_training(client, c, job_id, epochs_done=0, seconds=120):
     """Waits until the trainer runs past `epochs_done` epochs and has reported a step."""
     deadline = time.time() + seconds
     while time.time() < deadline:
         job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status == "running" and job.model_extra["epochs_done"] >= epochs_done and job.model_extra.get("progress") and trainer_pids():
+        if job.status == "running" and job.model_extra["epochs_done"] >= epochs_done and job.model_extra.get("progress") and trainer_pids(c):
             return job
         assert job.status not in ("succeeded", "failed", "cancelled"), job
         time.sleep(0.05)
@@ -283,15 +283,15 @@ def wait_training(client, job_id, epochs_done=0, seconds=120):
 def test_cancel_mid_epoch_kills_the_trainer_and_leaves_no_model_file(corral):
     client = sdk(corral)
     job = long_job(client, epochs=3)
-    wait_training(client, job.id)
+    wait_training(client, corral, job.id)
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status in ("running", "cancelled")
     done = wait_job(client, job.id, seconds=30)
     assert done.status == "cancelled" and done.fine_tuned_model is None
     deadline = time.time() + 5
-    while trainer_pids() and time.time() < deadline:
+    while trainer_pids(corral) and time.time() < deadline:
         time.sleep(0.05)
-    assert not trainer_pids()
+    assert not trainer_pids(corral)
     # The epoch under way left nothing; the epochs finished before it stay as its checkpoints.
     kept = done.model_extra["epochs_done"]
     assert kept < 3
@@ -304,7 +304,7 @@ def test_cancel_mid_epoch_kills_the_trainer_and_leaves_no_model_file(corral):
 def test_pause_stops_at_the_epoch_end_and_resume_finishes(corral):
     client = sdk(corral)
     job = long_job(client, epochs=3)
-    wait_training(client, job.id)
+    wait_training(client, corral, job.id)
     pausing = client.fine_tuning.jobs.pause(job.id)
     assert pausing.status == "paused"
     # The epoch under way finishes and is kept; then nothing trains.
@@ -312,13 +312,13 @@ def test_pause_stops_at_the_epoch_end_and_resume_finishes(corral):
     deadline = time.time() + 120
     while time.time() < deadline:
         paused = client.fine_tuning.jobs.retrieve(job.id)
-        if paused.model_extra["epochs_done"] == expected and not trainer_pids():
+        if paused.model_extra["epochs_done"] == expected and not trainer_pids(corral):
             break
         time.sleep(0.1)
     assert paused.status == "paused" and paused.model_extra["epochs_done"] == expected, paused
     time.sleep(1)
     still = client.fine_tuning.jobs.retrieve(job.id)
-    assert still.status == "paused" and still.model_extra["epochs_done"] == expected and not trainer_pids()
+    assert still.status == "paused" and still.model_extra["epochs_done"] == expected and not trainer_pids(corral)
     assert len(list(client.fine_tuning.jobs.checkpoints.list(job.id))) == expected
     assert client.fine_tuning.jobs.resume(job.id).status == "running"
     done = wait_job(client, job.id)
@@ -330,15 +330,15 @@ def test_pause_stops_at_the_epoch_end_and_resume_finishes(corral):
 def test_kill_9_mid_job_resumes_from_the_last_checkpoint(corral):
     client = sdk(corral)
     job = long_job(client, epochs=3)
-    wait_training(client, job.id, epochs_done=1)
+    wait_training(client, corral, job.id, epochs_done=1)
     checkpoint = list(client.fine_tuning.jobs.checkpoints.list(job.id))[0]
     corral.proc.send_signal(signal.SIGKILL)
     corral.proc.wait(timeout=10)
     # The trainer dies with Corral (parent-death signal): nothing trains on unsupervised.
     deadline = time.time() + 5
-    while trainer_pids() and time.time() < deadline:
+    while trainer_pids(corral) and time.time() < deadline:
         time.sleep(0.05)
-    assert not trainer_pids()
+    assert not trainer_pids(corral)
     corral.proc = serve(corral.directory, corral.base, None, (), corral.log_path, "a")
     done = wait_job(client, job.id)
     assert done.status == "succeeded", done.error
