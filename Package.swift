@@ -195,7 +195,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"], swiftSettings: swiftSettings),
-        .testTarget(name: "LabTests", dependencies: ["Lab"], swiftSettings: swiftSettings),
+        .testTarget(name: "LabTests", dependencies: ["Lab", "Jobs"], swiftSettings: swiftSettings),
         .testTarget(name: "AcquisitionTests", dependencies: ["Acquisition"], swiftSettings: swiftSettings),
         .testTarget(name: "AccessTests", dependencies: ["Access", "Store"], swiftSettings: swiftSettings),
         // The usage ledger on SQLite: rollups against raw sums, retention, the bounded queue.

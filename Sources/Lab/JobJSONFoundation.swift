@@ -42,3 +42,8 @@ extension JobJSON {
         }
     }
 }
+
+extension EvalSample {
+    /// The sample as the graders' Foundation context holds it.
+    var object: [String: Any] { json.any as? [String: Any] ?? [:] }
+}

@@ -544,21 +544,17 @@ public struct TuningJob: JobKind {
         var passed = 0
         for (index, entry) in quality.items.enumerated() {
             func fail(_ why: String) -> QualityProbeFailure { QualityProbeFailure(description: "quality item \(index): \(why)") }
-            let item = (entry.any as? [String: Any])?["item"] as? [String: Any] ?? [:]
-            let messages: [[String: String]]
-            do { messages = try quality.template.map { ["role": $0.role, "content": try EvalTemplate.render($0.content, ["item": item])] } } catch {
+            let item = (entry["item"] ?? .object([:])).any
+            var request = ProbeRequest(maxTokens: quality.maxTokens, seed: quality.seed, sampling: sampling ?? [:])
+            do { request.messages = try quality.template.map { .init(role: $0.role, content: try EvalTemplate.render($0.content, ["item": item])) } } catch {
                 throw fail("the template cannot be rendered: \(error)")
             }
-            var body: [String: Any] = ["messages": messages, "stream": false]
-            if let m = quality.maxTokens { body["max_tokens"] = m }
-            if let seed = quality.seed { body["seed"] = seed }
-            for (key, value) in sampling ?? [:] { body[key] = key == "top_k" ? Int(value) as Any : value }
             var r = HTTPClientRequest(url: base + "/v1/chat/completions")
             r.method = .POST
             r.headers.add(name: "content-type", value: "application/json")
             let text: String
             do {
-                r.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
+                r.body = .bytes(ByteBuffer(bytes: try JSONEncoder().encode(request)))
                 let response: HTTPClientResponse
                 do { response = try await client.execute(r, timeout: .minutes(5)) } catch let error where !(error is CancellationError) {
                     // A pooled connection the trial's server closed as the benchmark's requests
@@ -571,8 +567,7 @@ public struct TuningJob: JobKind {
                 guard response.status == .ok else {
                     throw fail("the model answered \(response.status.code): \(String(decoding: bytes.readableBytesView.prefix(300), as: UTF8.self))")
                 }
-                let answer = (try JSONSerialization.jsonObject(with: Data(bytes.readableBytesView))) as? [String: Any]
-                guard let content = ((answer?["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String else {
+                guard let content = (try? JSONDecoder().decode(ProbeAnswer.self, from: Data(bytes.readableBytesView)))?.choices.first?.message?.content else {
                     throw fail("the answer has no message content")
                 }
                 text = content
@@ -581,10 +576,12 @@ public struct TuningJob: JobKind {
             } catch {
                 throw fail("the request failed: \(error)")
             }
-            let context: [String: Any] = ["item": item, "sample": EvalSample.of(answers: [text])]
+            let sample = EvalSample(answers: [text]).json.any
             var all = true
             for criterion in quality.criteria {
-                do { all = try criterion.grade(context).passed && all } catch { throw fail("criterion '\(criterion.name)' cannot grade: \(error.message)") }
+                do { all = try criterion.grade(["item": item, "sample": sample]).passed && all } catch {
+                    throw fail("criterion '\(criterion.name)' cannot grade: \(error.message)")
+                }
             }
             if all { passed += 1 }
         }
@@ -1000,4 +997,41 @@ public enum TrialStatus: String, Sendable, Codable, CaseIterable {
     case interrupted
     /// The session was cancelled (or failed) before it ran.
     case cancelled
+}
+
+/// A quality probe's chat request: the rendered template, the run's output length and seed, and
+/// the trial's sampling (`top_k` as an integer, the rest as numbers).
+struct ProbeRequest: Encodable {
+    var messages: [EvalTemplateMessage] = []
+    var maxTokens: Int?
+    var seed: Int?
+    var sampling: [String: Double]
+
+    struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ name: String) { stringValue = name }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Key.self)
+        try c.encode(messages, forKey: Key("messages"))
+        try c.encode(false, forKey: Key("stream"))
+        try c.encodeIfPresent(maxTokens, forKey: Key("max_tokens"))
+        try c.encodeIfPresent(seed, forKey: Key("seed"))
+        for (name, value) in sampling.sorted(by: { $0.key < $1.key }) {
+            if name == "top_k" { try c.encode(Int(value), forKey: Key(name)) } else { try c.encode(value, forKey: Key(name)) }
+        }
+    }
+}
+
+/// The part of a chat answer a quality probe reads.
+struct ProbeAnswer: Decodable {
+    struct Choice: Decodable {
+        struct Message: Decodable { var content: String? }
+        var message: Message?
+    }
+    var choices: [Choice]
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Jobs
 import Lab
 import Testing
 
@@ -146,5 +147,22 @@ import Testing
         #expect(abs(all.low - 0.7225) < 1e-4 && abs(all.high - 1) < 1e-9)
         let none = try #require(Wilson.interval(successes: 0, trials: 10))
         #expect(none.low == 0 && abs(none.high - 0.2775) < 1e-4)
+    }
+}
+
+/// The sample evaluation runs and tuning's quality probes grade.
+@Suite struct EvalSampleTests {
+    @Test func theLastAnswerIsTheTextAndParsedWhenItIsJSON() throws {
+        let one = EvalSample(answers: [#"{"city": "Paris", "n": 2}"#])
+        #expect(one.outputText == #"{"city": "Paris", "n": 2}"# && one.turns == nil)
+        #expect(one.outputJSON == .object(["city": .string("Paris"), "n": .number(2)]))
+        #expect(EvalSample(answers: ["42"]).outputJSON == .number(42))
+        #expect(EvalSample(answers: [#""x""#]).outputJSON == .string("x"))
+        #expect(EvalSample(answers: ["The capital is Paris."]).outputJSON == nil)
+        let turns = EvalSample(answers: ["first", "second"])
+        #expect(turns.outputText == "second" && turns.turns == ["first", "second"])
+        // The graders read it as they read an evaluation run's sample.
+        let grader = try Grader(["type": "string_check", "name": "s", "input": "{{sample.output_json.city}}", "reference": "Paris", "operation": "eq"], index: 0)
+        #expect(try grader.grade(["item": [String: String](), "sample": one.json.any]).passed)
     }
 }

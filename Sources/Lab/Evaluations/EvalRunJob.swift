@@ -422,7 +422,7 @@ public struct EvalRunJob: JobKind {
             output.promptPerSecond = got.timings?["prompt_per_second"] as? Double
             output.generationPerSecond = got.timings?["predicted_per_second"] as? Double
         }
-        output.sample = EvalSample.of(answers: answers)
+        output.sample = EvalSample(answers: answers).object
         output.usage = usage
         output.totalMs = totalMs
         if !turns.isEmpty { output.input = Array(conversation.dropLast()) }
@@ -467,12 +467,21 @@ public struct EvalRunJob: JobKind {
 /// The `sample` a criterion grades, from a model's answers: `output_text` (the last answer),
 /// `turns` (every answer of a prompt sequence) and `output_json` (the last answer parsed, when it
 /// is JSON). Evaluation runs and tuning's quality probes grade the same sample.
-public enum EvalSample {
-    public static func of(answers: [String]) -> [String: Any] {
-        let text = answers.last ?? ""
-        var sample: [String: Any] = ["output_text": text]
-        if answers.count > 1 { sample["turns"] = answers }
-        if let json = try? JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed]) { sample["output_json"] = json }
-        return sample
+public struct EvalSample: Sendable, Codable, Equatable {
+    public var outputText: String
+    public var turns: [String]?
+    public var outputJSON: JobJSON?
+
+    enum CodingKeys: String, CodingKey {
+        case outputText = "output_text", turns, outputJSON = "output_json"
     }
+
+    public init(answers: [String]) {
+        outputText = answers.last ?? ""
+        turns = answers.count > 1 ? answers : nil
+        outputJSON = try? JSONDecoder().decode(JobJSON.self, from: Data(outputText.utf8))
+    }
+
+    /// The sample as a JSON value (the graders read it through ``JobJSON/any``).
+    public var json: JobJSON { (try? JobJSON(encoding: self)) ?? .object(["output_text": .string(outputText)]) }
 }
