@@ -210,7 +210,7 @@ let package = Package(
         .testTarget(
             name: "JobsTests",
             dependencies: [
-                "Jobs", "Store", "Runtime", "GGUF",
+                "Jobs", "Serving", "Store", "Runtime", "GGUF",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],

@@ -5,11 +5,11 @@ import Testing
 
 @testable import Gateway
 
-/// `JSON.members` reads `usage` and `timings` out of an answer by skipping over everything else;
+/// `JSONMembers.members` reads `usage` and `timings` out of an answer by skipping over everything else;
 /// it must agree with a full parse wherever the text is valid, and refuse what is not an object.
 struct JSONMembersTests {
     func members(_ names: Set<String>, _ text: String) -> [String: Any]? {
-        Array(text.utf8).withUnsafeBytes { JSON.members(names, of: $0) }
+        Array(text.utf8).withUnsafeBytes { JSONMembers.members(names, of: $0) }
     }
 
     @Test func findsUsageAfterContentThatLooksLikeIt() throws {
@@ -81,7 +81,7 @@ struct JSONMembersTests {
             }
             if rng.next() % 4 == 0 { answer["usage"] = junk(3) as? [Any] ?? 7; expected["usage"] = nil }
             let data = try JSONSerialization.data(withJSONObject: answer)
-            let found = try #require(data.withUnsafeBytes { JSON.members(["usage", "timings"], of: $0) })
+            let found = try #require(data.withUnsafeBytes { JSONMembers.members(["usage", "timings"], of: $0) })
             #expect(try canonical(found) == canonical(expected), "\(String(decoding: data, as: UTF8.self))")
         }
     }

@@ -3,6 +3,7 @@ import Foundation
 import Jobs
 import Logging
 import Runtime
+import Serving
 import Store
 import Synchronization
 import Testing
@@ -115,18 +116,6 @@ func temporaryStore() throws -> (Store, String) {
 /// What the engine reported as failed writes.
 final class FailureLog: Sendable {
     let reasons = Mutex<[String]>([])
-}
-
-/// The fleet as the job engine's memory claims, as the app declares it (`Gateway`, which this
-/// target does not link).
-extension Scheduler: MemoryClaims {
-    public func claim(owner: String, mib: [String: Int], wait: Bool) async throws {
-        try await claimMemory(owner: owner, mib: mib, wait: wait)
-    }
-
-    public func releaseClaims(owner: String) async {
-        releaseMemoryClaims(owner: owner)
-    }
 }
 
 func engine(_ store: any JobStore, kinds: [any JobKind] = [CountingJob()], claims: (any MemoryClaims)? = nil,

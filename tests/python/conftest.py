@@ -224,6 +224,15 @@ def admin_corral():
     stop_corral(c)
 
 
+def corral_with_model(directory: str, name: str, shape: str, **model) -> Corral:
+    """A Corral (admin token in `h`) that also serves a generated model `name` of `shape`, with
+    `model`'s other routes.json fields (contextSize, parallel, …)."""
+    path = make_model(directory, name, shape)
+    c = start_corral(extra_models=[{"name": name, "path": path, **model}])
+    c.h = {"authorization": f"Bearer {c.admin_token}"}
+    return c
+
+
 def team_keys(c: Corral, *names: str) -> dict:
     """Creates one team per name, each with a key: {name: (team id, key)}."""
     admin = {"authorization": f"Bearer {c.admin_token}"}

@@ -6,17 +6,14 @@ import random
 import httpx
 import pytest
 
-from conftest import admin_cli, make_model, start_corral, stop_corral, wait_job
+from conftest import admin_cli, corral_with_model, stop_corral, wait_job
 from test_dashboard import browser, no_console_errors  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
 def corral(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("ladder"))
     # Rows of 256 so the k-quants apply as they do to real models (no fallback types).
-    path = make_model(d, "wide", "embd=256,ff=512,heads=4,kv=2,layers=2")
-    c = start_corral(extra_models=[{"name": "wide", "path": path, "contextSize": 1024, "parallel": 1}])
-    c.h = {"authorization": f"Bearer {c.admin_token}"}
+    c = corral_with_model(str(tmp_path_factory.mktemp("ladder")), "wide", "embd=256,ff=512,heads=4,kv=2,layers=2", contextSize=1024, parallel=1)
     yield c
     stop_corral(c)
 

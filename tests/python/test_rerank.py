@@ -7,17 +7,14 @@ import subprocess
 import httpx
 import pytest
 
-from conftest import CORRAL, make_model, start_corral, stop_corral
+from conftest import CORRAL, corral_with_model, stop_corral
 
 DOCUMENTS = ["a llama is an animal", "paris is a city", "x"]
 
 
 @pytest.fixture(scope="module")
 def corral(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("rerank"))
-    path = make_model(d, "ranker", "rerank=true")
-    c = start_corral(extra_models=[{"name": "ranker", "path": path, "contextSize": 512, "parallel": 2}])
-    c.h = {"authorization": f"Bearer {c.admin_token}"}
+    c = corral_with_model(str(tmp_path_factory.mktemp("rerank")), "ranker", "rerank=true", contextSize=512, parallel=2)
     yield c
     stop_corral(c)
 

@@ -131,7 +131,8 @@ struct LabRoutes: Sendable {
             guard let spec = await scheduler.catalog.resolve(model) else { throw OpenAIError.modelNotFound(model) }
             var quants = QuantLadderSpec.defaultQuants
             if let names = body["quants"] {
-                guard let names = names as? [String], let parsed = Optional(names.compactMap(QuantType.init)), parsed.count == names.count else {
+                let parsed = (names as? [String])?.compactMap(QuantType.init)
+                guard let parsed, parsed.count == (names as? [String])?.count else {
                     throw OpenAIError.badRequest("quants must be a list of \(QuantType.all.map(\.name).joined(separator: ", "))", param: "quants")
                 }
                 quants = parsed

@@ -158,7 +158,7 @@ public struct GatewayDependencies: Sendable {
                 return (status, Data())
             }
             let answer = try await relay.collect(exchange)
-            let usage = answer.withUnsafeReadableBytes { JSON.members(["usage", "timings"], of: $0) }
+            let usage = answer.withUnsafeReadableBytes { JSONMembers.members(["usage", "timings"], of: $0) }
             await relay.finish(exchange, status: status, errorKind: Relay.upstreamErrorKind(exchange.response.status.code == 200 ? .ok : .init(code: status)),
                                usage: usage?["usage"] as? [String: Any], timings: usage?["timings"] as? [String: Any])
             return (status, Data(answer.readableBytesView))

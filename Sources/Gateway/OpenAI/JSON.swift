@@ -1,5 +1,4 @@
 import Foundation
-import Serving
 
 /// JSON null for dictionaries built by hand.
 enum NSNullish { static let null = NSNull() }
@@ -15,13 +14,6 @@ enum JSON {
     static func data(_ object: Any) -> Data {
         (try? JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes])) ?? Data("{}".utf8)
     }
-
-    /// JSON's whitespace (see ``JSONMembers/isSpace(_:)``).
-    static func isSpace(_ byte: UInt8) -> Bool { JSONMembers.isSpace(byte) }
-
-    /// The numbers of the members called `names` of a JSON object's top level (see
-    /// ``JSONMembers/members(_:of:)``).
-    static func members(_ names: Set<String>, of bytes: UnsafeRawBufferPointer) -> [String: Any]? { JSONMembers.members(names, of: bytes) }
 
     /// Parses a request body that must be a JSON object.
     static func object(_ bytes: Data) throws(OpenAIError) -> [String: Any] {

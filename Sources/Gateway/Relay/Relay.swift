@@ -239,8 +239,8 @@ public struct Relay: Sendable {
     /// parsed and written again. Nil when the text does not start with a non-empty object.
     static func askingForUsage(_ body: ByteBuffer) -> ByteBuffer? {
         let bytes = body.readableBytesView
-        guard let open = bytes.firstIndex(where: { !JSON.isSpace($0) }), bytes[open] == UInt8(ascii: "{"),
-              let next = bytes[(open + 1)...].firstIndex(where: { !JSON.isSpace($0) }), bytes[next] != UInt8(ascii: "}")
+        guard let open = bytes.firstIndex(where: { !JSONMembers.isSpace($0) }), bytes[open] == UInt8(ascii: "{"),
+              let next = bytes[(open + 1)...].firstIndex(where: { !JSONMembers.isSpace($0) }), bytes[next] != UInt8(ascii: "}")
         else { return nil }
         var out = ByteBuffer()
         out.reserveCapacity(body.readableBytes + 40)
@@ -604,7 +604,7 @@ public struct Relay: Sendable {
         _ exchange: UpstreamExchange, status: HTTPResponse.Status, body: ByteBuffer, firstByte: ContinuousClock.Instant?,
         failure: UpstreamFailure? = nil, disconnected: Bool = false
     ) async {
-        let object = body.withUnsafeReadableBytes { JSON.members(["usage", "timings"], of: $0) }
+        let object = body.withUnsafeReadableBytes { JSONMembers.members(["usage", "timings"], of: $0) }
         settle(
             exchange, status: failure?.status ?? Int(status.code), errorKind: failure?.kind ?? Self.upstreamErrorKind(status),
             firstByte: firstByte, usage: object?["usage"] as? [String: Any], timings: object?["timings"] as? [String: Any],
