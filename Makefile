@@ -45,7 +45,7 @@ build-tests:
 	swift build --build-tests $(SWIFT_FLAGS)
 
 venv: $(VENV)/.ready
-$(VENV)/.ready: tests/python/requirements.txt
+$(VENV)/.ready: tests/python/requirements.txt tests/harness/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet -r tests/python/requirements.txt
 	touch $@

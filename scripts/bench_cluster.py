@@ -25,12 +25,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
-os.environ.setdefault("CORRAL_BIN", ".build-release/release/corral")
-
-import conftest  # noqa: E402
-from cluster_nodes import start_node  # noqa: E402
-from postgres_server import PASSWORD, Postgres  # noqa: E402
+from corral_harness import corral as conftest
+from corral_harness.cluster import start_node
+from corral_harness.postgres import PASSWORD, Postgres
 
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
@@ -105,9 +102,7 @@ def main():
     ap.add_argument("--concurrency", type=int, default=64)
     args = ap.parse_args()
     corral = os.path.abspath(args.corral)
-    conftest.CORRAL = corral
-    import cluster_nodes
-    cluster_nodes.CORRAL = corral
+    conftest.use_binary(corral)
     random.seed(22)
     pg = Postgres()
     nodes = []

@@ -746,11 +746,10 @@ def main() -> None:
                 s = systems[name] = System(name, port, p, team_key(port, token, "bench", limits), "corral")
                 s.directory, s.admin_token = d, token
         if "cluster" in args.systems:
-            sys.path.insert(0, os.path.join(REPO, "tests", "python"))
             try:
-                from postgres_server import PASSWORD, Postgres
+                from corral_harness.postgres import PASSWORD, Postgres
             except ImportError as e:
-                sys.exit(f"bench_load: the cluster system uses tests/python/postgres_server.py, which needs pytest ({e}): run with .venv-test (make venv)")
+                sys.exit(f"bench_load: the cluster system uses the test harness (tests/harness), installed in .venv-test ({e}): run with .venv-test (make venv)")
             pg = Postgres()
             secret = "bench-load-cluster-secret-0123456789"
             node_env = {PG_PASSWORD_ENV: PASSWORD, CLUSTER_SECRET_ENV: secret}

@@ -15,9 +15,9 @@ import openai
 import pytest
 from openai import OpenAI
 
-from cluster_nodes import SECRET, start_node
+from corral_harness.cluster import SECRET, start_node
 from conftest import CORRAL, start_corral, stop_corral
-from postgres_server import PASSWORD, Postgres
+from corral_harness.postgres import PASSWORD, Postgres
 from test_dashboard import browser, no_console_errors  # noqa: F401 (fixtures)
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}

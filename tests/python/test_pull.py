@@ -1,5 +1,5 @@
 """Pulling models through Corral from a fake Ollama registry and a fake Hugging Face hub (real
-HTTP servers on loopback, tests/python/fake_registry.py) with faults: a connection dropped
+HTTP servers on loopback, tests/harness/corral_harness/registry.py) with faults: a connection dropped
 mid-blob, a range ignored, 503 with Retry-After, a flipped byte, a missing tag, a redirect to
 another host (the Authorization header must not follow), a slow trickle cancelled, Corral killed
 mid-download and restarted. Real clients: ollama-python's pull(stream=True) and then a chat with
@@ -18,7 +18,7 @@ import pytest
 from openai import OpenAI
 
 from conftest import CORRAL, admin_cli, serve, start_corral, stop_corral, team_keys
-from fake_registry import FakeServer
+from corral_harness.registry import FakeServer
 from test_dashboard import browser, no_console_errors  # noqa: F401 (fixtures)
 
 TOKEN = "hf_secret_token"

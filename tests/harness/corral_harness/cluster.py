@@ -4,8 +4,9 @@ import os
 import subprocess
 import tempfile
 
-from conftest import CORRAL, Corral, free_port, serve
-from postgres_server import PASSWORD, Postgres
+from corral_harness import corral as harness
+from corral_harness.corral import Corral, free_port, serve
+from corral_harness.postgres import PASSWORD, Postgres
 
 SECRET = "a-cluster-secret-for-the-tests-0123456789"
 
@@ -15,7 +16,7 @@ def start_node(pg: Postgres, name: str, models=("chat", "solo"), extra: dict | N
     d = directory or tempfile.mkdtemp(prefix=f"corral-node-{name}-")
     for model in models:
         if not os.path.exists(f"{d}/{model}.gguf"):
-            subprocess.run([CORRAL, "models", "make-test", "--out", d, "--name", model], check=True, capture_output=True)
+            subprocess.run([harness.CORRAL, "models", "make-test", "--out", d, "--name", model], check=True, capture_output=True)
     port = free_port()
     config = {
         "listen": {"host": "127.0.0.1", "port": port},

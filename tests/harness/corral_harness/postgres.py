@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import free_port
+from corral_harness.corral import free_port
 
 PASSWORD = "corral-test-password"
 
