@@ -195,6 +195,23 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"], swiftSettings: swiftSettings),
+        // The SQLite store on real files: migrations, the job log, pruning, team-owned rows.
+        .testTarget(name: "StoreTests", dependencies: ["Store"], swiftSettings: swiftSettings),
+        // Uploaded files and fine-tuning data: formats, per-purpose checks, scoping, digests.
+        .testTarget(name: "FilesTests", dependencies: ["Files", "Store"], swiftSettings: swiftSettings),
+        // The Prometheus exposition and the dashboard's live windows and quantiles.
+        .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "Usage"], swiftSettings: swiftSettings),
+        // The serving core's parsers and its pooled transport to local llama-servers.
+        .testTarget(
+            name: "ServingTests",
+            dependencies: [
+                "Serving", "GGUF",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Jobs"], swiftSettings: swiftSettings),
         .testTarget(name: "AcquisitionTests", dependencies: ["Acquisition"], swiftSettings: swiftSettings),
         .testTarget(name: "AccessTests", dependencies: ["Access", "Store"], swiftSettings: swiftSettings),

@@ -4,57 +4,9 @@ import Testing
 
 @testable import Lab
 
-/// Fine-tuning's pure parts: every data format read into examples with the file and line of each
-/// problem, llama-finetune's progress lines, the learning-rate schedule across one-epoch
+/// Fine-tuning's pure parts (the data formats are FilesTests'): llama-finetune's progress lines, the learning-rate schedule across one-epoch
 /// invocations, the trainer's first-come turns, and the data the trainer needs.
 @Suite struct FineTuningTests {
-    func read(_ text: String, _ format: TrainingFormat) throws(TrainingDataError) -> [TrainingExample] {
-        try TrainingData.read(Data(text.utf8), format: format, name: "f")
-    }
-
-    func problem(_ text: String, _ format: TrainingFormat) -> TrainingDataError? {
-        do { _ = try read(text, format); return nil } catch { return error }
-    }
-
-    @Test func readsEachFormatIntoExamples() throws {
-        let chat = #"{"messages":[{"role":"developer","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi"}]},{"role":"assistant","content":"hello"}]}"#
-        let examples = try read(chat + "\n\n" + #"{"prompt":"a ","completion":"b"}"# + "\n" + #"{"conversations":[{"from":"human","value":"q"},{"from":"gpt","value":"r"}]}"# + "\n" + #"{"text":"plain"}"#, .jsonl)
-        #expect(examples == [
-            .chat([.init(role: "system", content: "be brief"), .init(role: "user", content: "hi"), .init(role: "assistant", content: "hello")], line: 1),
-            .text("a b", line: 3),
-            .chat([.init(role: "user", content: "q"), .init(role: "assistant", content: "r")], line: 4),
-            .text("plain", line: 5),
-        ])
-        // Quoted CSV fields keep commas, doubled quotes and line breaks; records are named by
-        // the line they start on.
-        #expect(try read("prompt,completion\n\"Q, one\",\"say \"\"yes\"\"\nnow\"\nq2,a2\n", .csv) == [.text("Q, onesay \"yes\"\nnow", line: 2), .text("q2a2", line: 4)])
-        #expect(try read("\u{FEFF}Text\r\nfirst\r\nsecond\r\n", .csv) == [.text("first", line: 2), .text("second", line: 3)])
-        #expect(try read("one\ntwo\n\n\nthree\n", .text) == [.text("one\ntwo", line: 1), .text("three", line: 5)])
-    }
-
-    @Test func namesTheLineOfEachProblem() {
-        let ok = #"{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]}"#
-        #expect(problem(ok + "\nnot json\n", .jsonl) == TrainingDataError(file: "f", line: 2, "not a JSON object"))
-        #expect(problem(ok + "\n" + #"{"messages":[{"role":"user","content":"q"}]}"#, .jsonl)?.line == 2)
-        #expect(problem(#"{"messages":[{"role":"robot","content":"q"}]}"#, .jsonl)?.message.contains("robot") == true)
-        #expect(problem(#"{"prompt":"q"}"#, .jsonl)?.message.contains("completion") == true)
-        #expect(problem(#"{"conversations":[{"from":"alien","value":"q"}]}"#, .jsonl)?.message.contains("alien") == true)
-        #expect(problem(#"{"question":"q"}"#, .jsonl)?.message.contains("none of") == true)
-        #expect(problem("a,b\n1,2\n", .csv) == TrainingDataError(file: "f", line: 1, "the header must name 'prompt' and 'completion' columns, or a 'text' column (found: a,b)"))
-        #expect(problem("prompt,completion\nq,a\nq,a,x\n", .csv)?.line == 3)
-        #expect(problem("text\n\"open\nstill open\n", .csv)?.line == 2)
-        #expect(problem("\n\n", .text)?.line == nil)
-        #expect(problem("", .jsonl)?.message == "the file has no examples")
-        #expect(throws: TrainingDataError.self) { try TrainingData.read(Data([0xff, 0xfe]), format: .text, name: "f") }
-    }
-
-    @Test func detectsTheFormatByNameThenByContent() {
-        #expect(TrainingFormat.detect(filename: "a.JSONL", contents: Data("x".utf8)) == .jsonl)
-        #expect(TrainingFormat.detect(filename: "a.csv", contents: Data("{".utf8)) == .csv)
-        #expect(TrainingFormat.detect(filename: "data", contents: Data("  {\"text\":1}".utf8)) == .jsonl)
-        #expect(TrainingFormat.detect(filename: "data", contents: Data("words".utf8)) == .text)
-    }
-
     @Test func readsTheTrainersProgressLines() {
         var output = TrainerOutput()
         let train = output.read("train: [▍       ] data=0000012/0000324 loss=4.67697±0.08477 acc=20.44±0.73% t=00:00:00 ETA=00:01:03 ")

@@ -7,7 +7,6 @@ import Serving
 import Synchronization
 import Testing
 
-@testable import Gateway
 
 /// The faults of `LocalUpstreamClient` that a real llama-server cannot produce on demand: a
 /// kept-alive connection closed just as it is reused, an answer cut off, an upstream gone silent.

@@ -3,7 +3,6 @@ import GGUF
 import Serving
 import Testing
 
-@testable import Gateway
 
 /// `JSONMembers.members` reads `usage` and `timings` out of an answer by skipping over everything else;
 /// it must agree with a full parse wherever the text is valid, and refuse what is not an object.

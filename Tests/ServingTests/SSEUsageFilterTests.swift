@@ -3,7 +3,6 @@ import NIOCore
 import Serving
 import Testing
 
-@testable import Gateway
 
 /// The filter reads usage and timings from llama-server's stream as it passes and drops the
 /// usage-only chunk when Corral asked for it on the client's behalf.
