@@ -201,6 +201,11 @@ let package = Package(
         .testTarget(name: "FilesTests", dependencies: ["Files", "Store"], swiftSettings: swiftSettings),
         // The Prometheus exposition and the dashboard's live windows and quantiles.
         .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "Usage"], swiftSettings: swiftSettings),
+        // The library: the fit-plan cache in the store, sampling profiles, compatibility verdicts.
+        .testTarget(
+            name: "LibraryTests",
+            dependencies: ["Library", "Runtime", "GGUF", "Store", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings),
         // The serving core's parsers and its pooled transport to local llama-servers.
         .testTarget(
             name: "ServingTests",

@@ -43,11 +43,14 @@ public final class SamplingProfiles: Sendable {
         // (what routes.json or the built-ins define comes back).
         let config = self.config
         entries.withLock { e in
-            for (name, entry) in e where entry.source == "admin" {
-                e[name] = config[name].map { Entry(fields: $0, source: "config") } ?? SamplingFields.builtIn[name].map { Entry(fields: $0, source: "builtin") }
-            }
+            for (name, entry) in e where entry.source == "admin" { e[name] = Self.underlying(name, config: config) }
             for s in saved { e[s.name] = Entry(fields: s.fields, source: "admin") }
         }
+    }
+
+    /// What routes.json, else the built-ins, define under `name` (an admin profile hides it).
+    static func underlying(_ name: String, config: [String: [String: SendableJSON]]) -> Entry? {
+        config[name].map { Entry(fields: $0, source: "config") } ?? SamplingFields.builtIn[name].map { Entry(fields: $0, source: "builtin") }
     }
 
     struct Saved: Codable {
@@ -68,7 +71,9 @@ public final class SamplingProfiles: Sendable {
     public func delete(_ name: String) async throws -> Bool {
         guard entries.withLock({ $0[name]?.source }) == "admin" else { return false }
         _ = try await store?.deleteDocument(kind: "sampling-profile", id: name)
-        entries.withLock { $0[name] = nil }
+        // What routes.json or the built-ins define under that name comes back, as after a load.
+        let restored = Self.underlying(name, config: config)
+        entries.withLock { $0[name] = restored }
         return true
     }
 

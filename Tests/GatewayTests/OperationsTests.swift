@@ -11,7 +11,7 @@ import Runtime
 import Store
 import Testing
 
-/// Admin basics, failure marking and the persistent fit-plan cache.
+/// Admin basics and failure marking (the fit-plan cache's tests are LibraryTests').
 @Suite(.serialized) struct OperationsTests {
     @Test func repeatedLoadFailuresMarkTheModelFailed() async throws {
         guard var f = try Fixture.make(models: ["alpha"]) else { return }
@@ -126,60 +126,5 @@ import Testing
             #expect(try await send(port, "/admin/models/ghost/load").status == 404)
             #expect(try await send(port, "/admin/models/alpha/explode").status == 404)
         }
-    }
-
-    /// A directory with a test model `m`, its spec and a fresh store.
-    private func fitCacheFixture() throws -> (dir: String, spec: ModelSpec, store: Store) {
-        let dir = NSTemporaryDirectory() + "corral-fitcache-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try TestModel.write(shape: TestModelShape(), to: dir + "/m.gguf")
-        var config = CorralConfig()
-        config.models = [.init(name: "m", path: dir + "/m.gguf")]
-        let spec = try #require(ModelCatalog.build(from: config).resolve("m"))
-        return (dir, spec, try Store.open(path: dir + "/corral.sqlite"))
-    }
-
-    @Test func fitPlansAreCachedInSQLiteAndInvalidatedByFileChanges() async throws {
-        let (dir, spec, store) = try fitCacheFixture()
-        let cache = StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b1", writeFailed: Self.unexpected)
-        let plan = FitPlan(arguments: ["-c", "2048", "-ngl", "-1"], projection: [.init(device: "Host", modelMiB: 1, contextMiB: 2, computeMiB: 3)], source: .fitParams)
-        await cache.save(plan, for: spec, arguments: ["-np", "4"])
-        #expect(await cache.plan(for: spec, arguments: ["-np", "4"]) == plan)
-        #expect(await cache.plan(for: spec, arguments: ["-np", "2"]) == nil)
-        #expect(await StoreFitPlanCache(store: store, hardwareFingerprint: "hw2", llamaBuild: "b1", writeFailed: Self.unexpected).plan(for: spec, arguments: ["-np", "4"]) == nil)
-        #expect(await StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b2", writeFailed: Self.unexpected).plan(for: spec, arguments: ["-np", "4"]) == nil)
-        // Survives reopening the database.
-        let reopened = StoreFitPlanCache(store: try Store.open(path: dir + "/corral.sqlite"), hardwareFingerprint: "hw1", llamaBuild: "b1", writeFailed: Self.unexpected)
-        #expect(await reopened.plan(for: spec, arguments: ["-np", "4"]) == plan)
-        // Touching the model file changes its identity.
-        try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(60)], ofItemAtPath: dir + "/m.gguf")
-        #expect(await reopened.plan(for: spec, arguments: ["-np", "4"]) == nil)
-    }
-
-    static let unexpected: @Sendable (String, any Error) -> Void = { what, error in Issue.record("\(what): \(error)") }
-
-    /// A cache write that fails is reported (ServeCommand logs and counts it), not dropped: here
-    /// the table is gone under a second, real SQLite connection.
-    @Test func aFailedCacheWriteIsReported() async throws {
-        let (dir, spec, store) = try fitCacheFixture()
-        let failures = Mutex<[String]>([])
-        let cache = StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b1", writeFailed: { what, _ in failures.withLock { $0.append(what) } })
-        try await DatabaseQueue(path: dir + "/corral.sqlite").write { try $0.execute(sql: "DROP TABLE fit_cache") }
-        await cache.save(FitPlan(arguments: ["-c", "2048"], projection: [], source: .fitParams), for: spec, arguments: ["-np", "4"])
-        #expect(failures.withLock { $0 } == ["the fit plan of m"])
-    }
-
-    @Test func learnedAllocationsAreKeptLikePlans() async throws {
-        let (dir, spec, store) = try fitCacheFixture()
-        let cache = StoreFitPlanCache(store: store, hardwareFingerprint: "hw1", llamaBuild: "b1", writeFailed: Self.unexpected)
-        let learned = LearnedAllocations(allocatedMiB: ["CPU KV": 4.5, "CPU compute": 1.25], contextSize: 2048, learnedAt: Date(timeIntervalSince1970: 1_800_000_000))
-        await cache.save(learned, for: spec, arguments: ["-m", "m", "-c", "2048"])
-        #expect(await cache.allocations(for: spec, arguments: ["-m", "m", "-c", "2048"]) == learned)
-        #expect(await cache.allocations(for: spec, arguments: ["-m", "m", "-c", "4096"]) == nil)
-        #expect(await StoreFitPlanCache(store: store, hardwareFingerprint: "hw2", llamaBuild: "b1", writeFailed: Self.unexpected).allocations(for: spec, arguments: ["-m", "m", "-c", "2048"]) == nil)
-        let reopened = StoreFitPlanCache(store: try Store.open(path: dir + "/corral.sqlite"), hardwareFingerprint: "hw1", llamaBuild: "b1", writeFailed: Self.unexpected)
-        #expect(await reopened.allocations(for: spec, arguments: ["-m", "m", "-c", "2048"]) == learned)
-        try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(60)], ofItemAtPath: dir + "/m.gguf")
-        #expect(await reopened.allocations(for: spec, arguments: ["-m", "m", "-c", "2048"]) == nil)
     }
 }
