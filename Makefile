@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-bu
 # PostgreSQL server from Debian's binaries (package postgresql).
 TEST_PACKAGES := prometheus chromium chromium-driver postgresql
 
-.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-quant-ladder bench-cluster soak fuzz clean
+.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-quant-ladder bench-cluster soak fuzz clean docs
 
 ## serve: install what is missing, build, get the demo model, and run on routes.json (on
 ## routes.offline.json, with a generated random model, when the demo model cannot be fetched)
@@ -65,6 +65,12 @@ python-test:
 
 format:
 	swift format format --parallel --in-place --recursive Sources Tests Package.swift
+
+## docs: regenerate docs/configuration.md (from docs/routes.schema.json), docs/api/admin.md (from a
+## running Corral's /admin/openapi.json), README.md's module map and BENCHMARKS.md
+docs: build venv
+	CORRAL_BIN=$(BIN) $(PY) scripts/gen_docs.py
+	$(PY) scripts/gen_benchmarks.py
 
 ## benchmarks (not part of `make test`; results go to BENCHMARKS.md)
 RELEASE_BIN := .build-release/release/corral
