@@ -81,40 +81,50 @@ release:
 ## bench-evals: a 200-item evaluation run at concurrency 4 vs 1, and Corral's cost per item vs a plain loop
 bench-evals: llama release venv
 	CORRAL_BIN=$(RELEASE_BIN) $(PY) scripts/bench_evals.py
+	$(PY) scripts/gen_benchmarks.py
 
 ## bench-pull: a 1 GiB pull through Corral vs curl, hashing cost, RSS, and a remote header read
 bench-pull: llama release venv
 	CORRAL_BIN=$(RELEASE_BIN) $(PY) scripts/bench_pull.py
+	$(PY) scripts/gen_benchmarks.py
 
 ## bench-finetune: a 3-epoch fine-tuning job through Corral vs the same llama-finetune run by hand
 bench-finetune: llama release venv
 	CORRAL_BIN=$(RELEASE_BIN) $(PY) scripts/bench_finetune.py
+	$(PY) scripts/gen_benchmarks.py
 
 ## bench-tuning: tpe and hyperband against the exhaustive grid on a 48-candidate space, 5 seeds
 bench-tuning: llama release venv
 	CORRAL_BIN=$(RELEASE_BIN) $(PY) scripts/bench_tuning.py
+	$(PY) scripts/gen_benchmarks.py
 
 ## bench-cluster: accounts on PostgreSQL vs SQLite, end-to-end requests/s, the routed hop (real PostgreSQL)
 bench-cluster: llama release venv
 	$(PY) scripts/bench_cluster.py --corral $(RELEASE_BIN)
+	$(PY) scripts/gen_benchmarks.py
 
 bench-gguf: llama release venv
 	$(PY) scripts/bench_gguf.py --corral $(RELEASE_BIN)
+	$(PY) scripts/gen_benchmarks.py
 
 bench-gateway: llama release venv
 	swift build -c release --package-path benchmarks/nio-floor
 	$(PY) scripts/bench_gateway.py --corral $(RELEASE_BIN) --floor benchmarks/nio-floor/.build/release/nio-floor
+	$(PY) scripts/gen_benchmarks.py
 
 bench-auth: llama release venv
 	$(PY) scripts/bench_auth.py --corral $(RELEASE_BIN)
+	$(PY) scripts/gen_benchmarks.py
 
 ## bench-load: Corral (open, keyed, limits, cluster) vs nginx direct vs LiteLLM under wrk at 1-256 connections, and admin queries over a 10M-row ledger
 bench-load: release venv
 	$(PY) scripts/bench_load.py --corral $(RELEASE_BIN)
+	$(PY) scripts/gen_benchmarks.py
 
 ## bench-quant-ladder: the quant ladder on the real demo model (dequantized to F32) over an English text
 bench-quant-ladder: build venv
 	CORRAL_BIN=$(BIN) $(PY) scripts/bench_quant_ladder.py
+	$(PY) scripts/gen_benchmarks.py
 
 ## fuzz: the GGUF reader and the OpenAI <-> Ollama translators, far longer than `make test` runs them
 FUZZ_ITERATIONS ?= 300000
@@ -125,7 +135,7 @@ fuzz: build-tests
 ## soak: ten minutes of mixed traffic against a release build; the report goes to BENCHMARKS.md
 SOAK_SECONDS ?= 600
 soak: llama release venv
-	$(PY) scripts/soak.py --corral $(RELEASE_BIN) --seconds $(SOAK_SECONDS) --benchmarks BENCHMARKS.md
+	$(PY) scripts/soak.py --corral $(RELEASE_BIN) --seconds $(SOAK_SECONDS); status=$$?; $(PY) scripts/gen_benchmarks.py; exit $$status
 
 clean:
 	rm -rf .build .build-release $(VENV) data models

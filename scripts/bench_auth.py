@@ -12,23 +12,17 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import tempfile
 import threading
 import time
 
+from corral_harness.corral import free_port, terminate
+from corral_harness.results import record
 from corral_http import call
 
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(corral: str, d: str, name: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
@@ -117,11 +111,21 @@ def main() -> None:
             print(f"{name:10} {summary[name][0]:8.1f} {summary[name][1] * 1000:8.2f}ms {summary[name][2] * 1000:8.2f}ms")
         a, n = summary["accounts"], summary["none"]
         print(f"ratio accounts/none: throughput {a[0] / n[0]:.3f}, p50 latency {a[1] / n[1]:.3f}, p99 latency {a[2] / n[2]:.3f}")
-        print(f"ledger rows written: {rows} (requests sent with accounts: {64 + args.rounds * args.requests})")
+        sent = 64 + args.rounds * args.requests
+        print(f"ledger rows written: {rows} (requests sent with accounts: {sent})")
+        notes = f"{args.rounds} rounds x {args.requests} requests at concurrency {args.concurrency}"
+        for measure, title, value, unit in (
+                ("auth.throughput_ratio", "Accounts on ÷ accounts off, throughput at 64 clients", round(a[0] / n[0], 3), "×"),
+                ("auth.p50_ratio", "Accounts on ÷ accounts off, p50 latency", round(a[1] / n[1], 3), "×"),
+                ("auth.p99_ratio", "Accounts on ÷ accounts off, p99 latency", round(a[2] / n[2], 3), "×"),
+                ("auth.accounts_rps", "With accounts (key, admission, ledger), req/s", round(a[0], 1), "req/s"),
+                ("auth.none_rps", "Accounts off, req/s", round(n[0], 1), "req/s")):
+            record("bench-auth", measure, title, value, unit, notes=notes)
+        record("bench-auth", "auth.ledger_rows_minus_sent", "Ledger rows minus requests sent with accounts", rows - sent, "rows",
+               goal="= 0", met=rows == sent, notes=f"{rows} rows, {sent} sent")
     finally:
         for p in (with_accounts, without):
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout=30)
+            terminate(p, grace=30)
         shutil.rmtree(d, ignore_errors=True)
 
 

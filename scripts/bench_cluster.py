@@ -21,13 +21,13 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
 from corral_harness import corral as conftest
 from corral_harness.cluster import start_node
 from corral_harness.postgres import PASSWORD, Postgres
+from corral_harness.results import record
 
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
@@ -93,6 +93,30 @@ def throughput(node, key, seconds, concurrency):
     return sum(n for n, _ in results) / elapsed, sum(e for _, e in results)
 
 
+def record_cluster(args, report: dict) -> None:
+    """The run's headline measures, appended to the results file."""
+    acc, e2e = report["accounts"], report["endToEnd"]
+    notes = f"{args.concurrency} callers, {args.seconds:g} s, {args.rounds} end-to-end rounds, hop n={args.n}"
+    for measure, title, value, unit, goal, met in (
+            ("cluster.accounts_ratio", "Accounts on PostgreSQL ÷ on SQLite, admissions/s", round(report["accountsRatio"], 2), "×", "≥ 0.8",
+             report["accountsRatio"] >= 0.8),
+            ("cluster.hop_added_p50_ms", "Routed hop: through node A to node B over B directly, added p50", round(report["hopAddedP50Ms"], 2), "ms",
+             "≤ 1", report["hopAddedP50Ms"] <= 1),
+            ("cluster.postgres_admissions_per_s", "Accounts on PostgreSQL, admissions/s", round(acc["postgres"]["admissionsPerSecond"]),
+             "admissions/s", None, None),
+            ("cluster.sqlite_admissions_per_s", "Accounts on SQLite, admissions/s", round(acc["sqlite"]["admissionsPerSecond"]),
+             "admissions/s", None, None),
+            ("cluster.postgres_admission_p50_ms", "Accounts on PostgreSQL, admission p50", round(acc["postgres"]["admissionP50Ms"], 2), "ms",
+             None, None),
+            ("cluster.end_to_end_ratio", "End to end, PostgreSQL cluster node ÷ SQLite node, req/s", round(report["endToEndRatio"], 2), "×",
+             None, None),
+            ("cluster.end_to_end_postgres_rps", "End to end, PostgreSQL cluster node, req/s (median of rounds)", round(e2e["postgres"], 1),
+             "req/s", None, None),
+            ("cluster.end_to_end_sqlite_rps", "End to end, SQLite node, req/s (median of rounds)", round(e2e["sqlite"], 1), "req/s",
+             None, None)):
+        record("bench-cluster", measure, title, value, unit, goal=goal, met=met, notes=notes)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--corral", default=".build-release/release/corral")
@@ -149,6 +173,7 @@ def main():
             "hopAddedP50Ms": pct(lat["routed"], 0.5) - pct(lat["direct"], 0.5),
         }
         print(json.dumps(report, indent=2))
+        record_cluster(args, report)
     finally:
         for n in nodes:
             if n.proc.poll() is None:

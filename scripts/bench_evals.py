@@ -8,7 +8,6 @@ Usage: CORRAL_BIN=.build-release/release/corral .venv-test/bin/python scripts/be
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from openai import OpenAI
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
-from conftest import start_corral, stop_corral  # noqa: E402
+from corral_harness.corral import start_corral, stop_corral
+from corral_harness.results import record
 
 
 def main():
@@ -106,6 +105,22 @@ def main():
               f" (rounds: {', '.join(f'{a / b:.2f}' for a, b in zip(measures['one'], measures['plain']))})")
         print(f"  CPU per item at concurrency 1: Corral {statistics.median(measures['corral_cpu']):.2f} ms, llama-server "
               f"{statistics.median(measures['server_cpu_run']):.2f} ms (plain loop: {statistics.median(measures['server_cpu_plain']):.2f} ms)")
+        notes = f"{args.items} items, max_tokens={args.max_tokens}, median of {args.rounds} rounds"
+        for measure, title, value, unit, goal, met in (
+                ("evals.concurrency4_speedup", "Evaluation run at concurrency 4 ÷ concurrency 1, speed-up", round(one / four, 2), "×",
+                 "≥ 3", one / four >= 3),
+                ("evals.corral_over_plain_c1", "Evaluation run ÷ a plain loop of the same requests, per item, concurrency 1",
+                 round(one / plain, 3), "×", "≤ 1.05", one / plain <= 1.05),
+                ("evals.corral_over_plain_c4", "Evaluation run ÷ a plain loop of the same requests, per item, concurrency 4",
+                 round(four / plain_four, 3), "×", None, None),
+                ("evals.machine_ceiling_speedup", "Straight to llama-server, 4 at a time ÷ 1 at a time (this machine's ceiling)",
+                 round(plain / plain_four, 2), "×", None, None),
+                ("evals.ms_per_item_c1", "Evaluation run at concurrency 1, time per item", round(1000 * one / args.items, 2), "ms", None, None),
+                ("evals.corral_cpu_per_item_ms", "Corral's CPU per item at concurrency 1", round(statistics.median(measures["corral_cpu"]), 2),
+                 "ms", None, None),
+                ("evals.server_cpu_per_item_ms", "llama-server's CPU per item at concurrency 1",
+                 round(statistics.median(measures["server_cpu_run"]), 2), "ms", None, None)):
+            record("bench-evals", measure, title, value, unit, goal=goal, met=met, notes=notes)
     finally:
         stop_corral(c)
 

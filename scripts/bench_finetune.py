@@ -10,15 +10,14 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
 import httpx
 from openai import OpenAI
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
-from conftest import llama_tool, start_corral, stop_corral  # noqa: E402
+from corral_harness.corral import llama_tool, start_corral, stop_corral
+from corral_harness.results import record
 
 
 def main():
@@ -83,6 +82,15 @@ def main():
         print(f"| by hand, three `-epochs 1` invocations | {med[3]:.2f} | {med[3] / med[2]:.3f} |")
         print(f"| Corral job, its three epochs only | {med[1]:.2f} | {med[1] / med[2]:.3f} |")
         print(f"| Corral job, create to succeeded (validation, perplexity before and after, registration included) | {med[0]:.2f} | {med[0] / med[2]:.3f} |")
+        notes = f"median of {args.rounds} rounds, {len(text)} characters; per round " + ", ".join(f"{r[0] / r[2]:.3f}" for r in rows)
+        for measure, title, value, unit, goal in (
+                ("finetune.job_over_by_hand", "Corral's 3-epoch job, create to succeeded ÷ llama-finetune -epochs 3 by hand",
+                 round(med[0] / med[2], 3), "×", "≤ 1.1"),
+                ("finetune.epochs_over_by_hand", "Corral's job, its three epochs only ÷ by hand", round(med[1] / med[2], 3), "×", None),
+                ("finetune.chained_over_by_hand", "By hand, three -epochs 1 invocations ÷ one -epochs 3", round(med[3] / med[2], 3), "×", None),
+                ("finetune.job_s", "Corral's 3-epoch job, create to succeeded, median", round(med[0], 2), "s", None),
+                ("finetune.by_hand_s", "llama-finetune -epochs 3 by hand, median", round(med[2], 2), "s", None)):
+            record("bench-finetune", measure, title, value, unit, goal=goal, met=None if goal is None else value <= 1.1, notes=notes)
     finally:
         stop_corral(c)
 

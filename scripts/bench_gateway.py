@@ -25,22 +25,16 @@ import os
 import random
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import tempfile
 import time
 
+from corral_harness.corral import free_port
+from corral_harness.results import record
 from corral_http import answers
 
 LLAMA_BIN = os.path.expanduser(os.environ.get("CORRAL_LLAMA_CACHE", "~/.cache/corral/llama.cpp") + "/11434.0.0/bin")
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(port: int, path: str = "/health", timeout: float = 60) -> None:
@@ -114,6 +108,37 @@ def pct(values: list[float], p: float) -> float:
 
 def ms(x: float) -> str:
     return f"{x * 1000:.2f} ms"
+
+
+def record_gateway(args, added: dict, badded: dict, blocks: dict, corral_cpu: float, ttft_blocks: dict, cold: dict, swap: dict,
+                   floor: bool) -> None:
+    """The run's headline measures, appended to the results file (milliseconds, ratios)."""
+    def r(measure, title, seconds, goal=None, limit=None):
+        value = round(seconds * 1000, 2)
+        record("bench-gateway", measure, title, value, "ms", goal=goal, met=None if limit is None else value <= limit, notes=notes)
+
+    def ratio(measure, title, a, b):
+        if b > 0:  # the router measured faster than direct leaves no ratio
+            value = round(a / b, 2)
+            record("bench-gateway", measure, title, value, "×", goal="≤ 0.5", met=value <= 0.5, notes=notes)
+
+    notes = f"n={args.n}, {args.blocks} blocks, cold/swap n={args.cold}" + ("" if floor else ", no floor")
+    ratio("gateway.added_p50_ratio_blocks", "Corral's added p50 ÷ the router's, warm chat in blocks", badded["corral"], badded["router"])
+    ratio("gateway.added_p50_ratio_interleaved", "Corral's added p50 ÷ the router's, warm chat interleaved", added["corral"], added["router"])
+    r("gateway.corral_added_p50_blocks_ms", "Corral's added p50 over straight to llama-server, in blocks", badded["corral"])
+    r("gateway.router_added_p50_blocks_ms", "The router's added p50 over straight to llama-server, in blocks", badded["router"])
+    if floor:
+        r("gateway.floor_added_p50_blocks_ms", "A bare SwiftNIO proxy's added p50 (the floor), in blocks",
+          pct(blocks["floor"], 50) - pct(blocks["direct"], 50))
+    r("gateway.corral_added_p50_interleaved_ms", "Corral's added p50 over straight to llama-server, interleaved", added["corral"])
+    r("gateway.router_added_p50_interleaved_ms", "The router's added p50 over straight to llama-server, interleaved", added["router"])
+    r("gateway.corral_cpu_per_request_ms", "Corral's CPU time per warm request (all its threads)", corral_cpu / len(blocks["corral"]))
+    r("gateway.ttft_blocks_corral_ms", "Streaming time to first token through Corral, p50, in blocks", pct(ttft_blocks["corral"], 50))
+    r("gateway.ttft_blocks_router_ms", "Streaming time to first token through the router, p50, in blocks", pct(ttft_blocks["router"], 50))
+    r("gateway.cold_start_over_direct_ms", "Cold start to first token, Corral's p50 minus a bare llama-server's",
+      pct(cold["corral"], 50) - pct(cold["direct"], 50), goal="≤ 50", limit=50)
+    r("gateway.swap_corral_p50_ms", "Swap between two models with one loaded, Corral p50", pct(swap["corral"], 50))
+    r("gateway.swap_router_p50_ms", "Swap between two models with one loaded, router p50", pct(swap["router"], 50))
 
 
 def main() -> None:
@@ -273,6 +298,7 @@ def main() -> None:
         print(f"swap (alternating two models, one loaded), n={len(swap['corral'])}")
         for k in swap:
             print(f"  {k:7s} p50 {ms(pct(swap[k], 50))}  max {ms(max(swap[k]))}")
+        record_gateway(args, added, badded, blocks, corral_cpu, ttft_blocks, cold, swap, floor is not None)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

@@ -15,6 +15,8 @@ import sys
 import tempfile
 import time
 
+from corral_harness.results import record
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -50,6 +52,14 @@ def main() -> None:
     print(f"corral inspect --json (whole process): median {c*1000:.0f} ms = {len(files)/c:.1f} files/s")
     print(f"gguf-py GGUFReader (in process):       median {p*1000:.0f} ms = {len(files)/p:.1f} files/s")
     print(f"ratio gguf-py / corral: {p/c:.1f}x")
+    notes = f"{len(files)} files, {args.rounds} rounds"
+    for measure, title, value, unit in (
+            ("gguf.speedup", "Header parsing: gguf-py's time ÷ Corral's", round(p / c, 1), "×"),
+            ("gguf.corral_ms", "corral inspect --json over the generated models (start-up included), median", round(c * 1000), "ms"),
+            ("gguf.gguf_py_ms", "gguf-py GGUFReader over the same models (in process), median", round(p * 1000), "ms"),
+            ("gguf.corral_files_per_s", "corral inspect, files per second", round(len(files) / c, 1), "files/s"),
+            ("gguf.gguf_py_files_per_s", "gguf-py GGUFReader, files per second", round(len(files) / p, 1), "files/s")):
+        record("bench-gguf", measure, title, value, unit, notes=notes)
 
 
 if __name__ == "__main__":

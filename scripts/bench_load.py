@@ -50,7 +50,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -61,6 +60,13 @@ import time
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from corral_http import answers, call  # noqa: E402
+
+try:
+    from corral_harness.corral import free_port
+    from corral_harness.postgres import PASSWORD, Postgres
+    from corral_harness.results import record
+except ImportError as e:
+    sys.exit(f"bench_load: uses the test harness (tests/harness), installed in .venv-test ({e}): run with .venv-test (make venv)")
 
 ALL_SYSTEMS = ["direct", "open", "keyed", "limits", "cluster", "litellm"]
 CORRAL_SYSTEMS = {"open", "keyed", "limits", "cluster"}
@@ -81,12 +87,6 @@ STARTED: list[tuple[str, subprocess.Popen]] = []  # every process this script st
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,7 +625,7 @@ def report(args, env: dict, runs: list[dict], ledgers: dict, ledger_q: dict | No
     if goals:
         lines.append("| goal | measured | pass |")
         lines.append("|---|---|---|")
-        for g, measured, ok in goals:
+        for g, measured, ok, _ in goals:
             lines.append(f"| {g} | {measured} | {'yes' if ok else ('n/a' if ok is None else '**no**')} |")
         lines.append("")
     if ledger_q:
@@ -649,37 +649,72 @@ def report(args, env: dict, runs: list[dict], ledgers: dict, ledger_q: dict | No
     return "\n".join(lines)
 
 
-def goal_checks(args, by: dict, ledgers: dict) -> list[tuple[str, str, bool | None]]:
+def goal_checks(args, by: dict, ledgers: dict) -> list[tuple[str, str, bool | None, tuple]]:
+    """Each goal as (goal, measured, pass, result): result is the measure recorded for it, as
+    (id, title, value, unit, goal, notes)."""
     goals = []
     for c in (16, 64):
         k, o = by.get(("keyed", c)), by.get(("open", c))
         if k and o:
-            goals.append((f"keyed ≥ 0.9 × open req/s at {c}", f"{k['rps']:.0f} / {o['rps']:.0f} = {k['rps'] / o['rps']:.3f}", k["rps"] >= 0.9 * o["rps"]))
+            ratio = k["rps"] / o["rps"]
+            goals.append((f"keyed ≥ 0.9 × open req/s at {c}", f"{k['rps']:.0f} / {o['rps']:.0f} = {ratio:.3f}", ratio >= 0.9,
+                          (f"load.keyed_over_open_rps_{c}", f"Corral keyed ÷ Corral open, req/s at {c} connections", round(ratio, 3), "×", "≥ 0.9", None)))
     drift = [(r["system"], r["connections"], r["lastRps"] / r["firstRps"]) for r in by.values() if r["system"] in CORRAL_SYSTEMS]
     if drift:
         worst = min(drift, key=lambda x: x[2])
         edge = pieces_for(args.duration)[0]
-        goals.append((f"last {edge} s ≥ 0.95 × first {edge} s (every Corral run)", f"worst {worst[0]} at {worst[1]}: {worst[2]:.3f}", worst[2] >= 0.95))
+        goals.append((f"last {edge} s ≥ 0.95 × first {edge} s (every Corral run)", f"worst {worst[0]} at {worst[1]}: {worst[2]:.3f}", worst[2] >= 0.95,
+                      ("load.worst_last_over_first", "Flatness: worst last-piece ÷ first-piece req/s over every Corral run", round(worst[2], 3), "×",
+                       "≥ 0.95", f"{worst[0]} at {worst[1]} connections")))
     k, l = by.get(("keyed", 16)), by.get(("litellm", 16))
     if k and l:
-        goals.append(("Corral keyed ≥ 50 × LiteLLM req/s at 16", f"{k['rps']:.0f} / {l['rps']:.0f} = {k['rps'] / l['rps']:.1f}×", k["rps"] >= 50 * l["rps"]))
+        ratio = k["rps"] / l["rps"]
+        goals.append(("Corral keyed ≥ 50 × LiteLLM req/s at 16", f"{k['rps']:.0f} / {l['rps']:.0f} = {ratio:.1f}×", ratio >= 50,
+                      ("load.keyed_over_litellm_rps_16", "Corral keyed ÷ LiteLLM, req/s at 16 connections", round(ratio, 1), "×", "≥ 50", None)))
     k, d = by.get(("keyed", 16)), by.get(("direct", 16))
     if k and d:
         added = k["p99"] - d["p99"]
-        goals.append(("Corral keyed p99 added over direct ≤ 2 ms at 16", f"{added:.3f} ms", added <= 2.0))
+        goals.append(("Corral keyed p99 added over direct ≤ 2 ms at 16", f"{added:.3f} ms", added <= 2.0,
+                      ("load.keyed_p99_added_16_ms", "Corral keyed p99 added over nginx direct at 16 connections", round(added, 3), "ms", "≤ 2", None)))
     rss = [(r["system"], r["connections"], r["rssEndMiB"] / r["rssStartMiB"] - 1) for r in by.values()
            if r["system"] in CORRAL_SYSTEMS and r["rssStartMiB"]]
     if rss:
         worst = max(rss, key=lambda x: abs(x[2]))
-        goals.append(("RSS end within ±10 % of start (every Corral run)", f"worst {worst[0]} at {worst[1]}: {worst[2] * 100:+.1f} %", abs(worst[2]) <= 0.10))
+        goals.append(("RSS end within ±10 % of start (every Corral run)", f"worst {worst[0]} at {worst[1]}: {worst[2] * 100:+.1f} %", abs(worst[2]) <= 0.10,
+                      ("load.worst_rss_change_pct", "Worst RSS change, end against start, over every Corral run", round(worst[2] * 100, 1), "%",
+                       "within ±10", f"{worst[0]} at {worst[1]} connections")))
     for system, led in ledgers.items():
         exact = led["rows"] == led["sent"]
         counter_ok = led["counter"] is None or led["rows"] == led["counter"]
         within = led["sent"] <= led["rows"] <= led["sent"] + led["slack"]
         goals.append((f"{system}: ledger rows = requests", f"{led['rows']} rows, {led['sent']} sent by wrk, {fmt(led['counter'], 'd')} counted by Corral"
                       + ("" if exact else f" ({led['rows'] - led['sent']:+d}: requests in flight when a wrk piece stopped)" if within else ""),
-                      counter_ok and within))
+                      counter_ok and within,
+                      (f"load.ledger_rows_over_sent_{system}", f"Ledger rows minus requests sent by wrk, Corral {system}", led["rows"] - led["sent"],
+                       "rows", "≥ 0, ≤ requests in flight at wrk stops", f"allowed 0 … {led['slack']}; Corral counted {fmt(led['counter'], 'd')}")))
     return goals
+
+
+RPS_TITLES = {"direct": "nginx direct", "open": "Corral open", "keyed": "Corral keyed", "cluster": "Corral cluster node (PostgreSQL)",
+              "litellm": "LiteLLM proxy"}
+LEDGER_MEASURES = {"/admin/stats?window=1h": "load.admin_stats_1h_ms", "/admin/stats?window=24h": "load.admin_stats_24h_ms",
+                   "/admin/usage?group=model&bucket=hour": "load.admin_usage_model_hour_ms",
+                   "/admin/usage?group=team&bucket=day": "load.admin_usage_team_day_ms"}
+
+
+def record_load(args, by: dict, ledgers: dict, ledger_q: dict | None, command: str) -> None:
+    """The run's headline measures (every goal, req/s at 16 connections, the admin queries),
+    appended to the results file."""
+    run = f"{args.duration} s per run"
+    for _, _, ok, (measure, title, value, unit, goal, notes) in goal_checks(args, by, ledgers):
+        record("bench-load", measure, title, value, unit, goal=goal, met=ok, command=command, notes="; ".join(filter(None, (notes, run))))
+    for system, name in RPS_TITLES.items():
+        r = by.get((system, 16))
+        if r:
+            record("bench-load", f"load.{system}_rps_16", f"{name} req/s at 16 connections", round(r["rps"]), "req/s", command=command, notes=run)
+    for path, t in (ledger_q or {}).get("timings", {}).items():
+        record("bench-load", LEDGER_MEASURES[path], f"GET {path} over the generated ledger, median", round(t["medianMs"], 1), "ms",
+               goal="≤ 50", met=t["medianMs"] <= 50, command=command, notes=f"{ledger_q['rows']:,} rows")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -746,10 +781,6 @@ def main() -> None:
                 s = systems[name] = System(name, port, p, team_key(port, token, "bench", limits), "corral")
                 s.directory, s.admin_token = d, token
         if "cluster" in args.systems:
-            try:
-                from corral_harness.postgres import PASSWORD, Postgres
-            except ImportError as e:
-                sys.exit(f"bench_load: the cluster system uses the test harness (tests/harness), installed in .venv-test ({e}): run with .venv-test (make venv)")
             pg = Postgres()
             secret = "bench-load-cluster-secret-0123456789"
             node_env = {PG_PASSWORD_ENV: PASSWORD, CLUSTER_SECRET_ENV: secret}
@@ -808,6 +839,7 @@ def main() -> None:
         stop(nginx)
         text = report(args, env, runs, ledgers, ledger_q, command)
         print(text)
+        record_load(args, {(r["system"], r["connections"]): r for r in runs}, ledgers, ledger_q, command)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"environment": env, "runs": runs, "ledgers": ledgers, "ledgerQueries": ledger_q, "command": command}, f, indent=2)

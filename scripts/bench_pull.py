@@ -10,7 +10,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -18,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
-from conftest import CORRAL, start_corral, stop_corral  # noqa: E402
+from corral_harness.corral import CORRAL, start_corral, stop_corral
+from corral_harness.results import record
 
 
 def registry(blobs: dict, manifests: dict):
@@ -136,8 +135,24 @@ def main():
         verdict = httpx.get(c.base + "/admin/library/remote/compatibility", headers=admin, params={"model": f"{host}/library/big", "insecure": "true"},
                             timeout=120).json()
         h = verdict["header"]
+        fit_ms = 1000 * (time.perf_counter() - t)
         print(f"  fit verdict of a {h['fileBytes'] / 2**30:.1f} GiB model from its header: {h['bytesFetched'] / 2**20:.2f} MiB in {h['requests']} "
-              f"requests ({100 * h['fraction']:.3f} % of the file), {1000 * (time.perf_counter() - t):.0f} ms, verdict {verdict['verdict']}")
+              f"requests ({100 * h['fraction']:.3f} % of the file), {fit_ms:.0f} ms, verdict {verdict['verdict']}")
+        notes = f"{mib} MiB blob, median of {args.rounds} rounds"
+        fit_notes = f"{h['bytesFetched'] / 2**20:.2f} MiB in {h['requests']} requests of a {h['fileBytes'] / 2**30:.1f} GiB model"
+        for measure, title, value, unit, goal, met, why in (
+                ("pull.corral_over_curl", "Corral's verified pull ÷ curl -o, throughput", round(curl / corral, 2), "×", "≥ 0.9",
+                 curl / corral >= 0.9, notes),
+                ("pull.hash_overhead_pct", "What hashing adds to a plain copy: curl | tee | sha256sum over curl -o",
+                 round(100 * (curl_sha / curl - 1)), "%", None, None, notes),
+                ("pull.corral_mib_s", "Corral pull over loopback, throughput (median)", round(mib / corral), "MiB/s", None, None, notes),
+                ("pull.curl_mib_s", "curl -o of the same blob, throughput (median)", round(mib / curl), "MiB/s", None, None, notes),
+                ("pull.rss_growth_mib", "Corral's RSS growth during a pull (worst round)", round(max(results["rss"]), 1), "MiB", None, None,
+                 "rounds " + ", ".join(f"{x:.1f}" for x in results["rss"])),
+                ("pull.fit_read_pct", "Fit verdict of a remote 8B-Q8_0-shaped model: share of the file read", round(100 * h["fraction"], 3),
+                 "%", None, None, fit_notes),
+                ("pull.fit_ms", "Fit verdict of a remote 8B-Q8_0-shaped model: time", round(fit_ms), "ms", None, None, fit_notes)):
+            record("bench-pull", measure, title, value, unit, goal=goal, met=met, notes=why)
     finally:
         stop_corral(c)
         httpd.shutdown()

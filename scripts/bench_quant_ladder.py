@@ -10,14 +10,32 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
 import httpx
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
-from conftest import llama_tool, start_corral, stop_corral  # noqa: E402
+from corral_harness.corral import llama_tool, start_corral, stop_corral
+from corral_harness.results import record
+
+
+def record_ladder(args, result: dict, elapsed: float) -> None:
+    """The ladder's headline measures, appended to the results file."""
+    bench = "bench-quant-ladder"
+    notes = f"{os.path.basename(args.text)}, {args.chunks} chunks of {args.context} tokens"
+    rungs = {x["type"]: x for x in result["rungs"]}
+    best = rungs.get(result.get("recommended"))
+    if best:
+        record(bench, "quant_ladder.recommended_kld", "The recommended type's mean KL divergence against the F32 base",
+               round(best["meanKLD"], 5), "", goal=f"≤ {args.max_kld:g}", met=best["meanKLD"] <= args.max_kld, notes=best["type"])
+        record(bench, "quant_ladder.recommended_size_pct", "The recommended type's size, share of the F32 base",
+               round(best["sizeRatio"] * 100, 1), "%", notes=best["type"])
+    record(bench, "quant_ladder.base_perplexity", "The F32 base's perplexity on the text", round(result["basePerplexity"], 3), "", notes=notes)
+    record(bench, "quant_ladder.wall_s", "The whole ladder, wall time", round(elapsed), "s", notes=notes)
+    for kind, x in rungs.items():
+        record(bench, f"quant_ladder.{kind.lower()}_mean_kld", f"{kind}: mean KL divergence against the F32 base", round(x["meanKLD"], 5), "",
+               notes=notes)
+        record(bench, f"quant_ladder.{kind.lower()}_size_mib", f"{kind}: file size", round(x["bytes"] / 2**20, 1), "MiB")
 
 
 def main():
@@ -58,6 +76,7 @@ def main():
                   f"{x['generationTPS']:.0f} | {x['perplexity']:.3f} | {x['meanKLD']:.5f} | {x['sameTopPercent']:.1f}% | {x['fallbackTensors']} |")
         print(f"recommended: {result.get('recommended')} — {result['reason']}")
         print(json.dumps({"wallSeconds": elapsed, "result": result}))
+        record_ladder(args, result, elapsed)
     finally:
         stop_corral(c)
 

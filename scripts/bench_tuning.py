@@ -10,15 +10,13 @@ the seeds are what the goal is judged on (within 5 % of the grid's best using at
 trial-seconds).
 Usage: CORRAL_BIN=.build-release/release/corral .venv-test/bin/python scripts/bench_tuning.py [--seeds 5] [--trials 16]"""
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import httpx
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
-from conftest import make_model, start_corral, stop_corral  # noqa: E402
+from corral_harness.corral import make_model, start_corral, stop_corral
+from corral_harness.results import record
 
 SPACE = {"ubatch": [32, 64, 128, 256], "threads": [1, 2], "flashAttention": [True, False], "parallel": [1, 2, 4]}
 
@@ -89,6 +87,17 @@ def main():
             mine = [r for r in rows if r[0] == strategy]
             med = lambda i: statistics.median(r[i] for r in mine)  # noqa: E731
             print(f"| {strategy} | {med(2):.0f} | {med(3):.1f} | {med(3) / grid_wall:.0%} | {med(4):.1f} | {med(5):+.1%} | {med(6):+.1%} |")
+            share, grid_gap = 100 * med(3) / grid_wall, 100 * med(6)
+            notes = f"{args.seeds} seeds, maxTrials {args.trials}, {args.requests} requests of {args.max_tokens} tokens per trial"
+            record("bench-tuning", f"tuning.{strategy}_gap_grid_measure_pct",
+                   f"{strategy}: gap to the grid's best, by the grid's measure of its choice (median of seeds)", round(grid_gap, 1), "%",
+                   goal="≤ 5", met=grid_gap <= 5, notes=notes)
+            record("bench-tuning", f"tuning.{strategy}_seconds_share_pct", f"{strategy}: share of the grid's seconds (median of seeds)",
+                   round(share), "%", goal="≤ 35", met=share <= 35, notes=notes)
+            record("bench-tuning", f"tuning.{strategy}_gap_own_measure_pct", f"{strategy}: gap to the grid's best, by its own measure (median of seeds)",
+                   round(100 * med(5), 1), "%", notes=notes)
+        record("bench-tuning", "tuning.grid_noise_pct", "The grid measured twice: median difference per candidate", round(100 * noise, 1), "%")
+        record("bench-tuning", "tuning.grid_s", "The exhaustive grid (48 candidates), wall time", round(grid_wall, 1), "s")
     finally:
         stop_corral(c)
 

@@ -11,13 +11,14 @@ open file descriptors, threads, child llama-servers and orphans. At the end it r
 with SIGTERM, and checks that no llama-server of this run is left.
 
 Prints a markdown report, writes it to artifacts/soak.md and, with --benchmarks FILE, between the
-`<!-- soak:begin -->` / `<!-- soak:end -->` markers of FILE. Exits 1 when Corral crashed, stalled
+`<!-- soak:begin -->` / `<!-- soak:end -->` markers of FILE; appends its headline measures to
+benchmarks/results.jsonl (corral_harness.results). Exits 1 when Corral crashed, stalled
 (no request finished between two samples while clients were waiting), did not exit within 60 s of
 SIGTERM, an orphan llama-server was seen, or the ledger does not hold one row per request sent.
 `--max-loaded 3` turns swapping off (to tell swap problems from others).
 
 Usage: soak.py --corral .build-release/release/corral [--seconds 600] [--concurrency 16]
-               [--benchmarks BENCHMARKS.md] [--keep]
+               [--benchmarks FILE] [--keep]
 """
 import argparse
 import collections
@@ -38,6 +39,8 @@ import tempfile
 import threading
 import time
 
+from corral_harness.corral import free_port
+from corral_harness.results import record
 from corral_http import call
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,12 +75,6 @@ PROMPT_WORDS = (2, 16)
 WORDS = ("soak corral llama model token stream gateway ledger queue swap team key latency "
          "memory budget slot prompt answer river stone cloud lamp").split()
 DISCONNECT_SHARE = 0.10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(corral: str, d: str, config: dict, port: int) -> subprocess.Popen:
@@ -830,6 +827,32 @@ def main() -> int:
     report = "\n".join(L) + "\n"
 
     print(report)
+    notes = f"{args.seconds:g} s, concurrency {args.concurrency}, maxLoadedModels {args.max_loaded}"
+    results = [("soak.orphans", "Orphan llama-servers seen", len(sampler.orphans), "processes", "= 0", not sampler.orphans, notes),
+               ("soak.requests_sent", "Requests sent", sent, "requests", None, None, notes),
+               ("soak.served_ok", "Requests served OK", total_ok, "requests", None, None, notes),
+               ("soak.errors", "Errors as the client saw them (429s expected)", total_err, "requests", None, None,
+                ", ".join(f"{k} {v}" for k, v in stats.errors.most_common()) or notes)]
+    if rows is not None:
+        results.append(("soak.ledger_rows_minus_sent", "Ledger rows minus requests sent", rows - expected_rows, "rows", "= 0",
+                        rows == expected_rows, f"{rows} rows for {expected_rows} requests sent"))
+    if rss_slope is not None:
+        results.append(("soak.rss_slope_mib_per_min", "Corral's RSS trend over the second half", round(rss_slope, 2), "MiB/min", "≤ 1",
+                         rss_slope <= 1.0, notes))
+    if start_s and last and first_half_fd_max is not None:
+        results.append(("soak.fds_end", "Corral's open file descriptors after the drain", last["fds"], "fds", "≤ first half's max + 8",
+                        last["fds"] <= first_half_fd_max + 8, f"{first_half_fd_max} at most in the first half, {start_s['fds']} at the start"))
+    if shutdown_s is not None:
+        results.append(("soak.shutdown_ms", "SIGTERM to exit", round(shutdown_s * 1000, 2), "ms", "≤ 60000", True, notes))
+    if traffic_s > 0:
+        results.append(("soak.requests_per_s", "Requests sent per second", round(sent / traffic_s, 1), "req/s", None, None, notes))
+    for q in (50, 99):
+        overhead = histogram_quantile(hist.get("corral_gateway_overhead_seconds", {}), q / 100)
+        if overhead is not None:
+            results.append((f"soak.gateway_overhead_p{q}_ms", f"Gateway overhead p{q} (Corral's histogram, an estimate)", round(overhead * 1000, 2),
+                            "ms", None, None, notes))
+    for measure, title, value, unit, goal, met, why in results:
+        record("soak", measure, title, value, unit, goal=goal, met=met, notes=why)
     os.makedirs(f"{ROOT}/artifacts", exist_ok=True)
     with open(f"{ROOT}/artifacts/soak.md", "w") as f:
         f.write(report)
