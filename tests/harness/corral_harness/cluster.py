@@ -5,8 +5,9 @@ import subprocess
 import tempfile
 
 from corral_harness import corral as harness
-from corral_harness.corral import Corral, free_port, serve
+from corral_harness.corral import Corral, on_a_free_port, serve
 from corral_harness.postgres import PASSWORD, Postgres
+from corral_harness.waiting import wait_until
 
 SECRET = "a-cluster-secret-for-the-tests-0123456789"
 
@@ -17,21 +18,39 @@ def start_node(pg: Postgres, name: str, models=("chat", "solo"), extra: dict | N
     for model in models:
         if not os.path.exists(f"{d}/{model}.gguf"):
             subprocess.run([harness.CORRAL, "models", "make-test", "--out", d, "--name", model], check=True, capture_output=True)
-    port = free_port()
-    config = {
-        "listen": {"host": "127.0.0.1", "port": port},
-        "dataDirectory": f"{d}/data",
-        "models": [{"name": m, "path": f"{d}/{m}.gguf", "contextSize": 1024, "parallel": 2} for m in models],
-        "store": {"url": pg.url, "passwordEnv": "CORRAL_TEST_PGPASSWORD"},
-        "cluster": {"nodeName": name, "advertiseURL": f"http://127.0.0.1:{port}", "secretEnv": "CORRAL_TEST_CLUSTER_SECRET"},
-        **(extra or {}),
-    }
-    with open(f"{d}/routes.json", "w") as f:
-        json.dump(config, f)
     os.environ["CORRAL_TEST_PGPASSWORD"] = PASSWORD
     os.environ["CORRAL_TEST_CLUSTER_SECRET"] = SECRET
     log_path = f"{d}/corral.log"
-    base = f"http://127.0.0.1:{port}"
-    node = Corral(d, port, serve(d, base, None, (), log_path, "a"), log_path)
+
+    def attempt(port: int):
+        config = {
+            "listen": {"host": "127.0.0.1", "port": port},
+            "dataDirectory": f"{d}/data",
+            "models": [{"name": m, "path": f"{d}/{m}.gguf", "contextSize": 1024, "parallel": 2} for m in models],
+            "store": {"url": pg.url, "passwordEnv": "CORRAL_TEST_PGPASSWORD"},
+            "cluster": {"nodeName": name, "advertiseURL": f"http://127.0.0.1:{port}", "secretEnv": "CORRAL_TEST_CLUSTER_SECRET"},
+            **(extra or {}),
+        }
+        with open(f"{d}/routes.json", "w") as f:
+            json.dump(config, f)
+        return serve(d, f"http://127.0.0.1:{port}", None, (), log_path, "a")
+
+    port, proc = on_a_free_port(attempt)
+    node = Corral(d, port, proc, log_path)
     node.name = name
     return node
+
+
+def wait_for_fresh_reading(pg: Postgres, node: str, seconds: float = 10):
+    """Returns once node `node` has read the registry after this call began. A node routes on
+    its last heartbeat's reading of its peers, so what a test has just seen in the registry
+    (a model loaded on a peer) reaches that node's routing only then. A heartbeat writes the
+    node's row, then reads its peers; so the heartbeat after the first one written after now
+    means that reading is in place."""
+    now = float(pg.query("SELECT EXTRACT(EPOCH FROM clock_timestamp())"))
+
+    def heartbeat() -> float:
+        return float(pg.query(f"SELECT heartbeat FROM cluster_node WHERE name = '{node}'") or 0)
+
+    first = wait_until(lambda: (h := heartbeat()) > now and h, seconds, f"a heartbeat of {node} after now")
+    wait_until(lambda: heartbeat() > first, seconds, f"the heartbeat of {node} after that one")

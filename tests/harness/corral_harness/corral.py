@@ -15,6 +15,8 @@ import urllib.request
 import httpx
 import pytest
 
+from corral_harness.waiting import wait_until  # noqa: F401 (the tests import it from here too)
+
 CORRAL = os.path.abspath(os.environ.get("CORRAL_BIN", ".build/debug/corral"))
 
 
@@ -143,8 +145,7 @@ def start_corral(extra_models=(), scheduler=None, tls=False, extra_config=None, 
         {"name": "chat", "path": f"{d}/chat.gguf", "aliases": ["chat-alias"], "contextSize": 2048, "parallel": 2},
         {"name": "embed", "path": f"{d}/embed.gguf", "contextSize": 1024, "parallel": 2},
     ] + list(extra_models)
-    port = free_port()
-    config = {"listen": {"host": "127.0.0.1", "port": port}, "dataDirectory": f"{d}/data", "models": models}
+    config = {"listen": {"host": "127.0.0.1"}, "dataDirectory": f"{d}/data", "models": models}
     if scheduler:
         config["scheduler"] = scheduler
     for key, value in (extra_config or {}).items():
@@ -156,14 +157,31 @@ def start_corral(extra_models=(), scheduler=None, tls=False, extra_config=None, 
         cert, key = make_certificate(d)
         config["tls"] = {"certificate": cert, "key": key}
         scheme, context = "https", ssl.create_default_context(cafile=cert)
-    with open(f"{d}/routes.json", "w") as f:
-        json.dump(config, f)
     log_path = f"{d}/corral.log"
-    base = f"{scheme}://127.0.0.1:{port}"
-    c = Corral(d, port, serve(d, base, context, serve_args, log_path, "w"), log_path)
-    c.base = base
+
+    def attempt(port: int) -> subprocess.Popen:
+        config["listen"]["port"] = port
+        with open(f"{d}/routes.json", "w") as f:
+            json.dump(config, f)
+        return serve(d, f"{scheme}://127.0.0.1:{port}", context, serve_args, log_path, "w")
+
+    port, proc = on_a_free_port(attempt)
+    c = Corral(d, port, proc, log_path)
+    c.base = f"{scheme}://127.0.0.1:{port}"
     c.ssl_context = context
     return c
+
+
+def on_a_free_port(start, tries: int = 3):
+    """Calls `start(port)` with a free port, again with another when the port was taken between
+    free_port() and the server's bind (another test run on the machine took it); (port, result)."""
+    for attempt in range(tries):
+        port = free_port()
+        try:
+            return port, start(port)
+        except RuntimeError as e:
+            if "already in use" not in str(e) or attempt == tries - 1:
+                raise
 
 
 def serve(directory: str, base: str, context, serve_args, log_path: str, log_mode: str) -> subprocess.Popen:

@@ -51,7 +51,16 @@ class Postgres:
         if self.as_user:
             os.chown(pwfile, pwd.getpwnam("nobody").pw_uid, -1)
         self.run("initdb", "-D", self.data, "-U", self.user, "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync")
-        self.start()
+        for attempt in range(3):
+            try:
+                self.start()
+                break
+            except subprocess.CalledProcessError:
+                # Another process (another test run) took the port after free_port(): another one.
+                taken = os.path.exists(self.log) and "already in use" in open(self.log).read()
+                if not taken or attempt == 2:
+                    raise
+                self.port = free_port()
         subprocess.run([f"{bindir}/psql" if os.path.exists(f"{bindir}/psql") else "psql", "-h", "127.0.0.1", "-p", str(self.port),
                         "-U", self.user, "-d", "postgres", "-c", f"CREATE DATABASE {self.database}"],
                        check=True, capture_output=True, env={**os.environ, "PGPASSWORD": PASSWORD})
