@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from conftest import CORRAL, admin_cli as cli, admin_get as get, admin_post, llama_tool, make_model, start_corral, stop_corral
+from corral_harness.corral import CORRAL, admin_cli as cli, admin_get as get, admin_post, llama_tool, make_model, start_corral, stop_corral, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -496,9 +496,8 @@ def test_grid_random_and_sessions_interrupted_by_a_restart():
         c.proc.wait(timeout=30)
         c = start_corral(directory=c.directory)
         c.h = {"authorization": f"Bearer {c.admin_token}"}
-        time.sleep(0.5)
-        after = get(c, f"/admin/tuning/{long}")
-        assert after["status"] == "interrupted" and "stopped" in after["error"]
+        after = wait_until(lambda: (s := get(c, f"/admin/tuning/{long}"))["status"] == "interrupted" and s, 10, "the session marked interrupted")
+        assert "stopped" in after["error"]
         assert any(t["status"] == "done" for t in after["trials"])
         assert not any(t["status"] in ("running", "pending") for t in after["trials"])
     finally:

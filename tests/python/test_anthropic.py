@@ -11,7 +11,7 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import start_corral, stop_corral
+from corral_harness.corral import start_corral, stop_corral
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 

@@ -10,7 +10,7 @@ import threading
 import httpx
 import pytest
 
-from conftest import llama_server_pids, make_model, start_corral, stop_corral
+from corral_harness.corral import llama_server_pids, make_model, start_corral, stop_corral
 
 MAX_BODY = 1 << 20
 

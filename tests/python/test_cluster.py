@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 
 import httpx
@@ -15,10 +16,9 @@ import openai
 import pytest
 from openai import OpenAI
 
-from corral_harness.cluster import SECRET, start_node
-from conftest import CORRAL, start_corral, stop_corral
+from corral_harness.cluster import SECRET, start_node, wait_for_fresh_reading
+from corral_harness.corral import CORRAL, start_corral, stop_corral, wait_until
 from corral_harness.postgres import PASSWORD, Postgres
-from test_dashboard import browser, no_console_errors  # noqa: F401 (fixtures)
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
@@ -63,23 +63,13 @@ def cluster_view(node, nodes) -> dict:
     return httpx.get(node.base + "/admin/cluster", headers=admin(nodes)).json()
 
 
-def wait_for(condition, seconds: float, what: str):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {seconds} s waiting for {what}")
-
-
 def test_every_node_registers_and_shares_the_admin_token(cluster):
     pg, nodes = cluster
     h = admin(nodes)
     # Only the first node made a token; the others have no token file of their own.
     assert not os.path.exists(f"{nodes['b'].directory}/data/admin-token")
     for n in nodes.values():
-        view = wait_for(lambda: (v := httpx.get(n.base + "/admin/cluster", headers=h).json()) and len(v.get("nodes", [])) == 3 and v, 10,
+        view = wait_until(lambda: (v := httpx.get(n.base + "/admin/cluster", headers=h).json()) and len(v.get("nodes", [])) == 3 and v, 10,
                         "three registered nodes")
         assert view["clustered"] is True and view["node"] == n.name
         assert {x["name"] for x in view["nodes"]} == {"a", "b", "c"}
@@ -96,9 +86,9 @@ def test_an_alias_made_on_one_node_is_everyones_until_another_deletes_it(cluster
 
     def known_on_c():
         return httpx.post(c.base + "/api/show", json={"model": "team-chat"}).status_code
-    wait_for(lambda: known_on_c() == 200, 2.5, "C to know A's alias")
+    wait_until(lambda: known_on_c() == 200, 2.5, "C to know A's alias")
     assert httpx.request("DELETE", b.base + "/api/delete", json={"model": "team-chat"}).status_code == 200
-    wait_for(lambda: known_on_c() == 404, 2.5, "C to drop the alias B deleted")
+    wait_until(lambda: known_on_c() == 404, 2.5, "C to drop the alias B deleted")
 
 def test_a_key_made_on_one_node_works_on_all_and_revocation_applies_at_the_next_request(cluster):
     pg, nodes = cluster
@@ -146,7 +136,7 @@ def test_team_changes_on_one_node_apply_on_the_others(cluster):
     # A model permission comes with the change notice: within the bounded staleness (one heartbeat).
     started = time.time()
     assert httpx.patch(nodes["b"].base + f"/admin/teams/{team}", headers=admin(nodes), json={"models": ["chat"]}).status_code == 200
-    wait_for(lambda: chat(nodes["c"], key, model="solo").status_code == 403, 2.5, "C to refuse a model B's change forbade")
+    wait_until(lambda: chat(nodes["c"], key, model="solo").status_code == 403, 2.5, "C to refuse a model B's change forbade")
     assert time.time() - started < 2.5
     assert chat(nodes["a"], key, model="chat").status_code == 200
 
@@ -157,20 +147,20 @@ def test_profiles_default_model_and_pins_set_on_one_node_apply_on_the_others(clu
     h = admin(nodes)
     a, b, c = nodes["a"], nodes["b"], nodes["c"]
     assert httpx.put(a.base + "/admin/profiles/cluster-cold", headers=h, json={"temperature": 0.05}).status_code == 200
-    wait_for(lambda: httpx.get(c.base + "/admin/profiles/cluster-cold", headers=h).status_code == 200, 2.5, "C to know A's profile")
+    wait_until(lambda: httpx.get(c.base + "/admin/profiles/cluster-cold", headers=h).status_code == 200, 2.5, "C to know A's profile")
     assert httpx.put(b.base + "/admin/default-model", headers=h, json={"model": "solo"}).status_code == 200
-    wait_for(lambda: httpx.get(c.base + "/admin/default-model", headers=h).json()["model"] == "solo", 2.5, "C to take B's default model")
+    wait_until(lambda: httpx.get(c.base + "/admin/default-model", headers=h).json()["model"] == "solo", 2.5, "C to take B's default model")
     assert httpx.post(a.base + "/admin/models/chat/pin", headers=h).status_code == 200
-    wait_for(lambda: any(i["model"] == "chat" and i["pinned"] for i in httpx.get(b.base + "/admin/instances", headers=h).json()), 2.5,
+    wait_until(lambda: any(i["model"] == "chat" and i["pinned"] for i in httpx.get(b.base + "/admin/instances", headers=h).json()), 2.5,
              "B to pin what A pinned")
     # Back as they were, everywhere.
     assert httpx.post(c.base + "/admin/models/chat/unpin", headers=h).status_code == 200
     assert httpx.put(a.base + "/admin/default-model", headers=h, json={"model": None}).status_code == 200
     assert httpx.delete(b.base + "/admin/profiles/cluster-cold", headers=h).status_code == 204
-    wait_for(lambda: httpx.get(a.base + "/admin/profiles/cluster-cold", headers=h).status_code == 404, 2.5, "A to drop the deleted profile")
-    wait_for(lambda: not any(i["model"] == "chat" and i["pinned"] for i in httpx.get(a.base + "/admin/instances", headers=h).json()), 2.5,
+    wait_until(lambda: httpx.get(a.base + "/admin/profiles/cluster-cold", headers=h).status_code == 404, 2.5, "A to drop the deleted profile")
+    wait_until(lambda: not any(i["model"] == "chat" and i["pinned"] for i in httpx.get(a.base + "/admin/instances", headers=h).json()), 2.5,
              "A to unpin what C unpinned")
-    wait_for(lambda: httpx.get(b.base + "/admin/default-model", headers=h).json()["model"] != "solo", 2.5, "B to drop the default model")
+    wait_until(lambda: httpx.get(b.base + "/admin/default-model", headers=h).json()["model"] != "solo", 2.5, "B to drop the default model")
 
 
 def test_usage_from_rollups_equals_the_shared_ledger_on_every_node(cluster):
@@ -185,7 +175,7 @@ def test_usage_from_rollups_equals_the_shared_ledger_on_every_node(cluster):
 
     def rows():
         return pg.query(f"SELECT COUNT(*) || ' ' || SUM(COALESCE(completion_tokens, 0)) FROM usage WHERE team = '{team}'")
-    wait_for(lambda: rows().startswith("7 "), 5, "seven ledger rows")
+    wait_until(lambda: rows().startswith("7 "), 5, "seven ledger rows")
     count, completion = map(int, rows().split())
     for n in nodes.values():
         usage = httpx.get(n.base + "/admin/usage?group=team&bucket=hour", headers=h).json()["data"]
@@ -274,19 +264,19 @@ def test_a_model_loaded_on_a_peer_is_served_there_without_loading_here(cluster):
     assert httpx.post(nodes["b"].base + "/admin/models/solo/load", headers=h, timeout=60).status_code == 200
     def has_solo(view):
         return {x["name"] for x in view["nodes"] if any(m["model"] == "solo" for m in x["models"])}
-    wait_for(lambda: has_solo(cluster_view(nodes["a"], nodes)) == {"b"}, 5, "A to see solo loaded on B only")
+    wait_until(lambda: has_solo(cluster_view(nodes["a"], nodes)) == {"b"}, 5, "A to see solo loaded on B only")
     b_entry = next(x for x in cluster_view(nodes["a"], nodes)["nodes"] if x["name"] == "b")
     solo = next(m for m in b_entry["models"] if m["model"] == "solo")
     assert solo["slots"] == 2 and solo["free"] == 2 and solo["queued"] == 0, solo
     assert b_entry["memory"]["Host"]["usedMiB"] > 0, b_entry["memory"]
-    time.sleep(1.2)  # A routes on its last heartbeat's reading of the registry
+    wait_for_fresh_reading(pg, "a")  # A routes on its last heartbeat's reading of the registry
     r = chat(nodes["a"], key, model="solo")
     assert r.status_code == 200, r.text
     request_id = r.headers["x-request-id"]
     loaded_on_a = [i for i in httpx.get(nodes["a"].base + "/admin/instances", headers=h).json() if i["model"] == "solo" and i["state"] == "loaded"]
     assert loaded_on_a == []
     # One ledger row, written by A (which admitted it), naming B as the node that served it.
-    row = wait_for(lambda: pg.query(f"SELECT node, status, completion_tokens FROM usage WHERE request_id = '{request_id}'"), 5, "the ledger row")
+    row = wait_until(lambda: pg.query(f"SELECT node, status, completion_tokens FROM usage WHERE request_id = '{request_id}'"), 5, "the ledger row")
     assert row == "b|200|4", row
     assert pg.query(f"SELECT COUNT(*) FROM usage WHERE request_id = '{request_id}'") == "1"
     # The openai SDK sees a relayed answer as any other (non-streamed and streamed).
@@ -356,7 +346,7 @@ def test_files_evaluations_and_jobs_are_every_nodes_and_a_job_is_controlled_from
     c = OpenAI(base_url=nodes["c"].base + "/v1", api_key=key, max_retries=0, timeout=120)
     assert httpx.get(nodes["a"].base + f"/admin/jobs/{run.id}", headers=admin(nodes)).json()["state"] == "paused"
     assert pg.query(f"SELECT node || ' ' || state FROM job WHERE id = '{run.id}'") == "a paused"
-    wait_for(lambda: any(n["name"] == "a" and n["inRouting"] for n in cluster_view(nodes["c"], nodes)["nodes"]), 5, "C to see A")
+    wait_until(lambda: any(n["name"] == "a" and n["inRouting"] for n in cluster_view(nodes["c"], nodes)["nodes"]), 5, "C to see A")
     r = httpx.post(nodes["c"].base + f"/admin/jobs/{run.id}/resume", headers=admin(nodes))
     assert r.status_code == 200 and r.json()["state"] == "running", r.text[:300]
     listed = httpx.get(nodes["b"].base + "/admin/jobs?state=running", headers=admin(nodes)).json()
@@ -397,11 +387,10 @@ def test_a_relay_header_without_the_cluster_secret_is_not_trusted(cluster):
 
 def test_dashboard_cluster_page_shows_every_node_and_who_is_in_routing(cluster, browser):
     pg, nodes = cluster
-    from test_dashboard import go, screenshot, text_of, wait
+    from corral_harness.browser import go, screenshot, sign_in, text_of, wait
 
     a = nodes["a"]
-    browser.get(a.base + "/ui")
-    browser.execute_script("sessionStorage.setItem('corral.adminToken', arguments[0])", a.admin_token)
+    sign_in(browser, a)
     go(browser, "#/cluster", "Cluster")
     wait(browser, lambda d: len(d.find_elements("css selector", "#cluster-nodes tbody tr")) == 3, "three node rows")
     rows = browser.execute_script(
@@ -435,7 +424,7 @@ def test_store_copy_moves_a_single_node_into_the_cluster(cluster):
             name="moved", testing_criteria=[{"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}", "operation": "eq"}],
             data_source_config={"type": "custom", "item_schema": {"type": "object"}, "include_sample_schema": True})
         run = client.evals.runs.create(evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_id", "id": uploaded.id}})
-        wait_for(lambda: client.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "completed", 60, "the run to complete")
+        wait_until(lambda: client.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "completed", 60, "the run to complete")
     finally:
         single.proc.send_signal(signal.SIGTERM)
         assert single.proc.wait(timeout=30) == 0
@@ -453,7 +442,7 @@ def test_store_copy_moves_a_single_node_into_the_cluster(cluster):
     # The cluster's own admin token stays (the copy keeps the destination's).
     assert httpx.get(nodes["a"].base + "/admin/cluster", headers=admin(nodes)).status_code == 200
     # The moved key works on every node once the copy's change notice arrives.
-    wait_for(lambda: chat(nodes["c"], key).status_code == 200, 3, "the copied key to work on C")
+    wait_until(lambda: chat(nodes["c"], key).status_code == 200, 3, "the copied key to work on C")
     assert pg.query(f"SELECT status FROM usage WHERE request_id = '{request_id}'") == "200"
     # Its file, evaluation and run are every node's now (the bytes came from its files folder).
     moved = OpenAI(base_url=nodes["b"].base + "/v1", api_key=key, max_retries=0, timeout=120)
@@ -490,7 +479,7 @@ def test_postgres_restarted_under_load_fails_cleanly_and_recovers(cluster):
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
         running = [pool.submit(traffic, nodes[n]) for n in ("a", "b", "c")]
-        time.sleep(1.5)
+        wait_until(lambda: sum(1 for s, _, _ in statuses if s == 200) >= 6, 10, "traffic answered before the stop")
         # Down for four seconds (twice the admission deadline), then up again.
         pg.stop("fast")
         time.sleep(4)
@@ -504,14 +493,14 @@ def test_postgres_restarted_under_load_fails_cleanly_and_recovers(cluster):
     # Recovered by themselves: the last requests of every node succeeded, no node died.
     assert all(n.proc.poll() is None for n in nodes.values())
     for n in nodes.values():
-        wait_for(lambda: chat(n, key, max_tokens=2).status_code == 200, 10, f"{n.name} to serve again")
+        wait_until(lambda: chat(n, key, max_tokens=2).status_code == 200, 10, f"{n.name} to serve again")
     # Every answered request has its ledger row (rows waited in memory while the store was down).
     answered = [rid for s, _, rid in statuses if s == 200]
     ids = ",".join(f"'{r}'" for r in answered)
-    wait_for(lambda: pg.query(f"SELECT COUNT(*) FROM usage WHERE request_id IN ({ids})") == str(len(answered)), 10, "every answered row")
+    wait_until(lambda: pg.query(f"SELECT COUNT(*) FROM usage WHERE request_id IN ({ids})") == str(len(answered)), 10, "every answered row")
     # And every reservation settled: the settlements that waited for the store were written.
     team = httpx.get(nodes["a"].base + "/admin/teams/restart", headers=admin(nodes)).json()["id"]
-    wait_for(lambda: httpx.get(nodes["b"].base + f"/admin/teams/{team}", headers=admin(nodes)).json()["usage"]["inFlight"] == 0, 10,
+    wait_until(lambda: httpx.get(nodes["b"].base + f"/admin/teams/{team}", headers=admin(nodes)).json()["usage"]["inFlight"] == 0, 10,
              "no reservation left in flight")
     assert pg.query("SELECT COUNT(*) FROM quota_lease WHERE state = 'live'") == "0"
 
@@ -526,9 +515,9 @@ def test_kill_minus_9_of_a_node_releases_its_reservations_and_loses_no_row(clust
     for n in nodes.values():
         assert httpx.post(n.base + "/admin/models/solo/unload", headers=h).status_code == 200
     assert httpx.post(victim.base + "/admin/models/solo/load", headers=h, timeout=60).status_code == 200
-    wait_for(lambda: [x["name"] for x in cluster_view(nodes["a"], nodes)["nodes"] if any(m["model"] == "solo" for m in x["models"])] == ["c"],
+    wait_until(lambda: [x["name"] for x in cluster_view(nodes["a"], nodes)["nodes"] if any(m["model"] == "solo" for m in x["models"])] == ["c"],
              5, "A to see solo on C only")
-    time.sleep(1.2)  # A routes on its last heartbeat's reading
+    wait_for_fresh_reading(pg, "a")  # A routes on its last heartbeat's reading
     relayed: dict = {}
     completed: list[str] = []
     done = {"stop": False}
@@ -559,7 +548,7 @@ def test_kill_minus_9_of_a_node_releases_its_reservations_and_loses_no_row(clust
 
     def relayed_stream():
         # Sent to A, served by C: when C dies mid-stream, A ends it with an error event.
-        wait_for(lambda: len(completed) >= 3 or (other and print(other[-3:])), 30, "answered requests on C")
+        wait_until(lambda: len(completed) >= 3 or (other and print(other[-3:])), 30, "answered requests on C")
         with httpx.stream("POST", nodes["a"].base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
                           json={"model": "solo", **CHAT, "max_tokens": 900, "stream": True}, timeout=60) as s:
             relayed["status"] = s.status_code
@@ -574,7 +563,7 @@ def test_kill_minus_9_of_a_node_releases_its_reservations_and_loses_no_row(clust
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         workers = [pool.submit(short_requests), pool.submit(long_stream), pool.submit(long_stream), pool.submit(relayed_stream)]
-        wait_for(lambda: relayed.get("started"), 40, "a relayed stream under way, and C killed")
+        wait_until(lambda: relayed.get("started"), 40, "a relayed stream under way, and C killed")
         victim.proc.wait()
         done["stop"] = True
         for w in workers:
@@ -584,20 +573,20 @@ def test_kill_minus_9_of_a_node_releases_its_reservations_and_loses_no_row(clust
     last = [line for line in relayed["body"].splitlines() if line.startswith("data: ")][-1]
     assert '"error"' in last and "[DONE]" not in relayed["body"], last
     # Out of routing once its heartbeat is stale.
-    view = wait_for(lambda: (v := cluster_view(nodes["a"], nodes)) and not next(x for x in v["nodes"] if x["name"] == "c")["inRouting"] and v,
+    view = wait_until(lambda: (v := cluster_view(nodes["a"], nodes)) and not next(x for x in v["nodes"] if x["name"] == "c")["inRouting"] and v,
                     6, "C out of routing")
     assert next(x for x in view["nodes"] if x["name"] == "a")["inRouting"]
     # Its reservations are released when their lease ends (15 s) and every request it answered
     # has a ledger row: its own, or one written for it by a live node (node_lost).
-    wait_for(lambda: httpx.get(nodes["a"].base + f"/admin/teams/{team}", headers=admin(nodes)).json()["usage"]["inFlight"] == 0, 25,
+    wait_until(lambda: httpx.get(nodes["a"].base + f"/admin/teams/{team}", headers=admin(nodes)).json()["usage"]["inFlight"] == 0, 25,
              "C's reservations to be released")
     ids = ",".join(f"'{r}'" for r in completed)
-    wait_for(lambda: pg.query(f"SELECT COUNT(*) FROM usage WHERE request_id IN ({ids})") == str(len(completed)), 25, "every answered row")
+    wait_until(lambda: pg.query(f"SELECT COUNT(*) FROM usage WHERE request_id IN ({ids})") == str(len(completed)), 25, "every answered row")
     # New requests avoid C: served by A or B.
     for n in ("a", "b"):
         r = chat(nodes[n], key, max_tokens=2)
         assert r.status_code == 200, r.text
-        row = wait_for(lambda: pg.query(f"SELECT COALESCE(node, '') FROM usage WHERE request_id = '{r.headers['x-request-id']}'"), 5, "the row")
+        row = wait_until(lambda: pg.query(f"SELECT COALESCE(node, '') FROM usage WHERE request_id = '{r.headers['x-request-id']}'"), 5, "the row")
         assert row in ("a", "b"), row
 
 
@@ -607,12 +596,15 @@ def test_drain_finishes_in_flight_requests_then_leaves(cluster):
     node = nodes["b"]
     assert httpx.post(node.base + "/admin/models/chat/load", headers=admin(nodes), timeout=60).status_code == 200
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        answering = threading.Event()
+
         def stream():
             with httpx.stream("POST", node.base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
                               json={"model": "chat", **CHAT, "max_tokens": 600, "stream": True}, timeout=60) as s:
+                answering.set()
                 return s.status_code, "".join(s.iter_text())
         running = pool.submit(stream)
-        time.sleep(0.3)
+        assert answering.wait(60), "the stream to be answering before the drain"
         drained = subprocess.run([CORRAL, "drain", "--url", node.base, "--token", nodes["a"].admin_token], capture_output=True, text=True)
         assert drained.returncode == 0 and '"draining"' in drained.stdout, drained.stdout + drained.stderr
         status, body = running.result()

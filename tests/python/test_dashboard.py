@@ -8,110 +8,19 @@ artifacts/dashboard/. After every test the browser log must hold no SEVERE entry
 Needs Debian's `chromium` and `chromium-driver`; without them the test skips, under CI=true it fails.
 """
 import json
-import os
-import shutil
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
-from conftest import start_corral, stop_corral
+
+from corral_harness.browser import WAIT_S, active, click, fetched, go, press, record_fetches, screenshot, sign_in, text_of, wait
 
 try:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.support.ui import WebDriverWait
-except ImportError:  # checked in the browser fixture, so CI fails instead of skipping
-    webdriver = None
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "dashboard"
-SIZES = {"wide": (1280, 800), "narrow": (390, 844)}
-WAIT_S = 30
-
-
-@pytest.fixture(scope="module")
-def corral():
-    c = start_corral()
-    yield c
-    stop_corral(c)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = shutil.which("chromium")
-    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    missing = [name for name, ok in (("selenium", webdriver is not None), ("chromium", chromium),
-                                     ("chromium-driver", os.path.exists(driver_path))) if not ok]
-    if missing:
-        message = f"dashboard test needs {', '.join(missing)} (apt-get install chromium chromium-driver; pip selenium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800", "--disable-gpu"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # An explicit driver path: selenium-manager must not try to download one.
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    yield driver
-    driver.quit()
-
-
-@pytest.fixture(autouse=True)
-def no_console_errors(request):
-    """Every test ends with an empty list of SEVERE browser log entries."""
-    yield
-    if "browser" in request.fixturenames:
-        severe = [e for e in request.getfixturevalue("browser").get_log("browser") if e["level"] == "SEVERE"]
-        assert not severe, f"browser console errors: {severe}"
-
-
-def wait(driver, condition, what):
-    # A page re-renders while a condition reads it (the rotated key replaces the key field): an
-    # element found a moment ago may be detached by the time it is read, so try again.
-    return WebDriverWait(driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,)).until(
-        condition, message=f"timed out waiting for {what}")
-
-
-def text_of(driver, css):
-    """The visible text of every match, read in one script call (the overview redraws every 2 s)."""
-    return driver.execute_script("return [...document.querySelectorAll(arguments[0])].map((e) => e.innerText).join(' ')", css)
-
-
-def viewport(driver, size):
-    width, height = SIZES[size]
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": size == "narrow"})
-
-
-def screenshot(driver, name):
-    """Both sizes; on the narrow one the page itself must not scroll sideways (tables scroll inside)."""
-    for size in SIZES:
-        viewport(driver, size)
-        overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 1, f"{name} at {size}: the page is {overflow}px wider than the screen"
-        driver.save_screenshot(str(ARTIFACTS / f"{name}-{size}.png"))
-    viewport(driver, "wide")
-
-
-def go(driver, hash_path, heading):
-    driver.execute_script("location.hash = arguments[0]", hash_path)
-    wait(driver, lambda d: heading in text_of(d, "#page h1"), f"the {heading} page")
-
-
-def press(driver, *keys):
-    ActionChains(driver).send_keys(*keys).perform()
-
-
-def active(driver):
-    return driver.switch_to.active_element
+except ImportError:  # the browser fixture skips (fails under CI=true)
+    By = Keys = None
 
 
 def test_static_files_and_events_stream(corral):
@@ -263,8 +172,7 @@ def test_requests_and_logs_pages(corral, browser):
 
 def test_model_page_tuning_follows_its_event_stream(corral, browser):
     if not browser.current_url.startswith(corral.base + "/ui"):  # run alone (-k): sign the tab in
-        browser.get(corral.base + "/ui")
-        browser.execute_script("sessionStorage.setItem('corral.adminToken', arguments[0])", corral.admin_token)
+        sign_in(browser, corral)
     go(browser, "#/models/chat", "chat")
     browser.find_element(By.ID, "t-strategy").send_keys("grid")
     box = browser.find_element(By.ID, "t-requests")
@@ -275,14 +183,6 @@ def test_model_page_tuning_follows_its_event_stream(corral, browser):
     assert "★ best" in text_of(browser, "#page table")
     browser.find_element(By.XPATH, "//button[text()='Apply the winner']").click()
     wait(browser, lambda d: "runtime profile" in text_of(d, "#page section p.notice"), "the winner applied")
-
-
-def click(driver, css, what):
-    """Clicks the element once it is there (the jobs page redraws its rows every 2 s)."""
-    def attempt(d):
-        d.find_element(By.CSS_SELECTOR, css).click()
-        return True
-    wait(driver, attempt, what)
 
 
 def test_jobs_page_pauses_resumes_and_cancels_a_running_benchmark(corral, browser):
@@ -352,9 +252,10 @@ def test_evaluations_page_watches_a_run_live_and_compares_runs(corral, browser):
         "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
         "source": {"type": "file_content", "content": items}}})["id"]
     call("POST", f"/admin/jobs/{live}/pause")
+    record_fetches(browser)
     go(browser, f"#/evaluations/{live}", "Evaluation run")
     wait(browser, lambda d: "in_progress" in text_of(d, "#page dl.facts"), "the paused run's facts")
-    time.sleep(0.5)  # the console's stream is open by now
+    wait(browser, lambda d: any(f"/evaluations/runs/{live}/events" in url for url in fetched(d)), "the console's stream to open")
     call("POST", f"/admin/jobs/{live}/resume")
     wait(browser, lambda d: "completed" in text_of(d, "#page p.notice"), "the run to finish on its page")
     rows = browser.find_elements(By.CSS_SELECTOR, "#eval-results tbody tr")
@@ -395,13 +296,11 @@ def test_fine_tuning_page_shows_a_job_training_live_and_its_result(corral, brows
     job = client.fine_tuning.jobs.create(model="chat", training_file=training.id, hyperparameters={"n_epochs": 2},
                                          extra_body={"preset": "efficient"})
     if not browser.current_url.startswith(corral.base + "/ui"):  # run alone (-k): sign the tab in
-        browser.get(corral.base + "/ui")
-        browser.execute_script("sessionStorage.setItem('corral.adminToken', arguments[0])", corral.admin_token)
+        sign_in(browser, corral)
     go(browser, f"#/fine-tuning/{job.id}", "Fine-tuning job")
 
     def long_wait(condition, what, seconds=600):  # two epochs take minutes on a small CPU
-        return WebDriverWait(browser, seconds, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)).until(
-            condition, message=f"timed out waiting for {what}")
+        return wait(browser, condition, what, seconds, interval=0.2)
 
     def train_vertices(d):
         """The vertices of the training-loss line in the chart's SVG."""
@@ -461,8 +360,7 @@ def test_tuning_shows_trials_live_and_the_pareto_front(corral, browser):
     from selenium.webdriver.support.ui import Select
 
     if not browser.current_url.startswith(corral.base + "/ui"):  # run alone (-k): sign the tab in
-        browser.get(corral.base + "/ui")
-        browser.execute_script("sessionStorage.setItem('corral.adminToken', arguments[0])", corral.admin_token)
+        sign_in(browser, corral)
     before = {s["id"] for s in corral.get("/admin/tuning?model=chat")["sessions"]}
     go(browser, "#/models", "Models")  # the model page is drawn afresh even if it was the page before
     go(browser, "#/models/chat", "chat")

@@ -10,7 +10,7 @@ from langchain_ollama import OllamaEmbeddings
 from langchain_openai import OpenAIEmbeddings
 from openai import OpenAI
 
-from conftest import start_corral, stop_corral
+from corral_harness.corral import start_corral, stop_corral
 
 
 @pytest.fixture(scope="module")

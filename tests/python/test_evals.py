@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import restart_corral, start_corral, stop_corral, team_keys
+from corral_harness.corral import restart_corral, start_corral, stop_corral, team_keys, wait_until
 
 QUESTIONS = [{"item": {"question": f"Question {i}?", "answer": f"answer {i}"}} for i in range(3)]
 SELF = {"type": "string_check", "name": "self", "input": "{{sample.output_text}}", "reference": "{{sample.output_text}}", "operation": "eq"}
@@ -87,9 +87,9 @@ def test_an_evaluation_runs_grades_and_keeps_every_output_item(corral):
     assert again.id == first.id
     assert [i.datasource_item_id for i in client.evals.runs.output_items.list(run.id, eval_id=evaluation.id, status="pass")] == []
     # The requests went through the serving path: ledger rows with the evaluation's route.
-    time.sleep(0.5)
-    rows = httpx.get(corral.base + "/admin/usage/requests?limit=50", headers=corral.h).json()["data"]
-    assert sum(1 for r in rows if r["route"] == "/v1/evals") >= 3
+    def eval_rows():
+        return sum(1 for r in httpx.get(corral.base + "/admin/usage/requests?limit=50", headers=corral.h).json()["data"] if r["route"] == "/v1/evals")
+    wait_until(lambda: eval_rows() >= 3, 10, "three ledger rows of the run")
 
 
 def test_a_jsonl_file_of_samples_is_graded_exactly(corral):
@@ -199,9 +199,9 @@ def test_a_team_sees_only_its_evaluations():
         assert [e.id for e in sdk(c, c.admin_token).evals.list()] == [red.id]
         done = wait_run(sdk(c, keys["red"]), red.id, run.id)
         assert done.status == "completed"
-        time.sleep(0.5)
-        rows = httpx.get(c.base + "/admin/usage/requests?limit=20", headers=admin).json()["data"]
-        assert any(r["route"] == "/v1/evals" and r["team"] == teams["red"][0] for r in rows)
+        wait_until(lambda: any(r["route"] == "/v1/evals" and r["team"] == teams["red"][0]
+                               for r in httpx.get(c.base + "/admin/usage/requests?limit=20", headers=admin).json()["data"]),
+                   10, "the run's ledger row under the red team")
     finally:
         stop_corral(c)
 
@@ -232,9 +232,11 @@ def test_label_and_score_criteria_are_judged_by_a_second_local_model():
         assert len(verdicts) == 3 and all(v.score in (0, 1) and v.passed == (v.score == 1) for v in verdicts)
         scores = [r.score for i in items for r in i.results if r.name == "score"]
         assert all(0 <= s <= 10 for s in scores)
-        time.sleep(0.5)
-        rows = httpx.get(c.base + "/admin/usage/requests?limit=50", headers=c.h).json()["data"]
-        assert sum(1 for r in rows if r["model"] == "judge" and r["route"] == "/v1/evals") == 6
+        def judged():
+            return sum(1 for r in httpx.get(c.base + "/admin/usage/requests?limit=50", headers=c.h).json()["data"]
+                       if r["model"] == "judge" and r["route"] == "/v1/evals")
+        wait_until(lambda: judged() >= 6, 10, "six ledger rows of the judge")
+        assert judged() == 6
     finally:
         stop_corral(c)
 

@@ -3,12 +3,11 @@ next fallback that can; the answer's `model` and the ledger row name the model t
 without a usable fallback the first model's own error stands."""
 import tempfile
 import threading
-import time
 
 import httpx
 import pytest
 
-from conftest import start_corral, stop_corral
+from corral_harness.corral import start_corral, stop_corral, wait_until
 
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -32,7 +31,7 @@ def chat(c, model, **extra):
 
 
 def ledger_models(c, n):
-    time.sleep(0.5)  # rows are written every 200 ms
+    """The models of the newest `n` ledger rows (rows are written every 200 ms: poll)."""
     return [r["model"] for r in httpx.get(c.base + f"/admin/usage/requests?limit={n}", headers=c.h).json()["data"]]
 
 
@@ -40,7 +39,7 @@ def test_a_model_that_cannot_load_is_answered_by_its_fallback(corral):
     answer = chat(corral, "broken")
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"] == "chat"  # the model that answered (an unknown fallback is skipped)
-    assert ledger_models(corral, 1) == ["chat"]
+    wait_until(lambda: ledger_models(corral, 1) == ["chat"], 10, "the ledger row naming chat")
     listed = {m["id"]: m for m in httpx.get(corral.base + "/v1/models").json()["data"]}
     assert listed["broken"]["meta"]["fallbacks"] == ["nope", "chat"]
     ollama = httpx.post(corral.base + "/api/chat", json={"model": "broken", "messages": CHAT, "stream": False, "options": {"num_predict": 2}}, timeout=120)
@@ -71,4 +70,4 @@ def test_a_full_queue_is_answered_by_the_fallback(corral):
     assert [a.status_code for a in answers] == [200] * 3, [a.text[:200] for a in answers if a.status_code != 200]
     served = [a.json()["model"] for a in answers]
     assert "narrow" in served and "chat" in served, served
-    assert sorted(ledger_models(corral, 3)) == sorted(served)
+    wait_until(lambda: sorted(ledger_models(corral, 3)) == sorted(served), 10, f"ledger rows naming {served}")

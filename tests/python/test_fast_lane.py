@@ -8,11 +8,10 @@ import os
 import signal
 import socket
 import sqlite3
-import time
 
 import pytest
 
-from conftest import start_corral, stop_corral
+from corral_harness.corral import start_corral, stop_corral, wait_until
 
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -176,22 +175,21 @@ def test_refusals_on_a_kept_alive_connection_keep_the_api_shape_and_the_connecti
 
 
 def test_a_client_that_leaves_mid_request_loses_no_row_and_leaks_nothing(corral):
+    def rows() -> int:
+        return len(corral.get("/admin/usage/requests?limit=10000")["data"])
+
+    before = rows()
     body = json.dumps(dict(CHAT, max_tokens=40)).encode()
     for _ in range(5):
         s = socket.create_connection(("127.0.0.1", corral.port), timeout=10)
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
                   + f"content-length: {len(body)}\r\n\r\n".encode() + body)
         s.close()
-    time.sleep(1.0)
+    # Each abandoned request ends when its answer is done (a leaked slot never would) and leaves its row.
+    wait_until(lambda: rows() >= before + 5, 30, "a ledger row for each abandoned request")
     conn = http.client.HTTPConnection("127.0.0.1", corral.port, timeout=30)
     assert post(conn, "/v1/chat/completions", CHAT)[0] == 200
-    # Each abandoned request ends when its answer is done; a leaked slot never would. Polled
-    # (a loaded machine finishes them later than the second waited above).
-    deadline = time.time() + 15
-    while any(i["inFlight"] for i in corral.get("/admin/instances")) and time.time() < deadline:
-        time.sleep(0.1)
-    instances = corral.get("/admin/instances")
-    assert all(i["inFlight"] == 0 for i in instances)
+    wait_until(lambda: all(i["inFlight"] == 0 for i in corral.get("/admin/instances")), 15, "no request left in flight")
 
 
 def test_every_lane_request_gets_its_ledger_row():

@@ -14,24 +14,21 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
-import time
 
 import httpx
 import pytest
 
-from conftest import CORRAL, free_port, llama_server_pids, make_model, start_corral, stop_corral, wait_gone
+from corral_harness.corral import CORRAL, free_port, llama_server_pids, make_model, start_corral, stop_corral, wait_gone, wait_until
 
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
-def wait_until(predicate, seconds: float = 20, what: str = "condition"):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+def refuses_connections(c) -> bool:
+    try:
+        httpx.get(c.base + "/health", timeout=2)
+        return False
+    except httpx.TransportError:
+        return True
 
 
 def instance(c, model: str) -> dict:
@@ -257,7 +254,7 @@ def test_a_full_disk_keeps_serving_and_the_ledger_catches_up():
     c = start_corral(directory=d)
     try:
         send_chats(c, 3)
-        wait_until(lambda: ledger_rows(c) == 3, what="the first rows")
+        wait_until(lambda: ledger_rows(c) == 3, seconds=20, what="the first rows")
         filler = f"{d}/data/filler"
         with open(filler, "wb") as f:
             try:
@@ -267,10 +264,10 @@ def test_a_full_disk_keeps_serving_and_the_ledger_catches_up():
             except OSError:
                 pass
         send_chats(c, 10)  # serving continues
-        wait_until(lambda: pending_rows(c) >= 10, what="rows kept in memory")
+        wait_until(lambda: pending_rows(c) >= 10, seconds=20, what="rows kept in memory")
         assert "cannot write the usage ledger" in c.log()
         os.remove(filler)
-        wait_until(lambda: pending_rows(c) == 0 and ledger_rows(c) == 13, what="the ledger to catch up")
+        wait_until(lambda: pending_rows(c) == 0 and ledger_rows(c) == 13, seconds=20, what="the ledger to catch up")
         assert "usage ledger writes work again" in c.log()
     finally:
         stop_corral(c)
@@ -281,7 +278,7 @@ def test_a_locked_database_keeps_serving_and_loses_no_rows():
     c = start_corral()
     try:
         send_chats(c, 2)
-        wait_until(lambda: ledger_rows(c) == 2, what="the first rows")
+        wait_until(lambda: ledger_rows(c) == 2, seconds=20, what="the first rows")
         lock = sqlite3.connect(f"{c.directory}/data/corral.sqlite", timeout=10, isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")
         try:
@@ -331,17 +328,15 @@ def test_sigterm_under_load_drains_every_request_and_loses_no_rows():
             os.kill(pid, signal.SIGSTOP)
         try:
             streams_go.set()
-            wait_until(lambda: instance(c, "chat")["inFlight"] + instance(c, "chat")["queued"] == 4, what="four streams in flight")
+            wait_until(lambda: instance(c, "chat")["inFlight"] + instance(c, "chat")["queued"] == 4, seconds=20, what="four streams in flight")
             plain_go.set()
             # Every request is in flight or queued (two slots) before the signal.
-            wait_until(lambda: instance(c, "chat")["inFlight"] + instance(c, "chat")["queued"] == 8, what="eight requests in flight")
+            wait_until(lambda: instance(c, "chat")["inFlight"] + instance(c, "chat")["queued"] == 8, seconds=20, what="eight requests in flight")
             c.proc.send_signal(signal.SIGTERM)
         finally:
             for pid in children:
                 os.kill(pid, signal.SIGCONT)
-        time.sleep(0.3)
-        with pytest.raises(httpx.TransportError):
-            httpx.get(c.base + "/health", timeout=2)  # no new connections while draining
+        wait_until(lambda: refuses_connections(c), seconds=20, what="no new connections while draining")
         for t in threads:
             t.join(timeout=120)
         assert sorted(results, key=repr) == sorted([(200, "data: [DONE]")] * 4 + [(200, True)] * 4, key=repr)
@@ -357,7 +352,7 @@ def test_kill_9_loses_at_most_the_last_ledger_window():
     c = start_corral()
     try:
         send_chats(c, 20)
-        time.sleep(0.6)  # three ledger windows (200 ms each) after the last answer
+        wait_until(lambda: ledger_rows(c) == 20, seconds=20, what="the rows of the first twenty answers written")
         send_chats(c, 3)  # these may be lost: they finish within the window before the kill
         children = c.children()
         os.kill(c.proc.pid, signal.SIGKILL)

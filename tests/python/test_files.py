@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import restart_corral, start_corral, stop_corral, team_keys
+from corral_harness.corral import restart_corral, start_corral, stop_corral, team_keys
 
 ITEMS = b"".join(json.dumps({"item": {"question": f"q{i}", "answer": f"a{i}"}}).encode() + b"\n" for i in range(3))
 

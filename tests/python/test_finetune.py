@@ -20,7 +20,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import CORRAL, child_pids, make_model, serve, start_corral, stop_corral, team_keys
+from corral_harness.corral import CORRAL, child_pids, make_model, serve, start_corral, stop_corral, team_keys
 
 SENTENCES = [
     ("What colour is the sky?", "The sky is blue."),
@@ -316,7 +316,7 @@ def test_pause_stops_at_the_epoch_end_and_resume_finishes(corral):
             break
         time.sleep(0.1)
     assert paused.status == "paused" and paused.model_extra["epochs_done"] == expected, paused
-    time.sleep(1)
+    time.sleep(1)  # the subject: for a while, nothing trains
     still = client.fine_tuning.jobs.retrieve(job.id)
     assert still.status == "paused" and still.model_extra["epochs_done"] == expected and not trainer_pids(corral)
     assert len(list(client.fine_tuning.jobs.checkpoints.list(job.id))) == expected

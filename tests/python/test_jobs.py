@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from conftest import admin_cli as cli, admin_get as get, admin_post as post, restart_corral, start_corral, stop_corral
+from corral_harness.corral import admin_cli as cli, admin_get as get, admin_post as post, restart_corral, start_corral, stop_corral, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +125,16 @@ def test_pause_resume_and_cancel_a_running_benchmark(corral):
     wait_job(corral, job_id, until=lambda j: (j.get("progress") or {}).get("completed", 0) >= 2)
 
     assert post(corral, f"/admin/jobs/{job_id}/pause")["state"] == "paused"
-    time.sleep(1.0)  # any request already sent finishes; no new one starts
-    held = get(corral, f"/admin/jobs/{job_id}")["progress"]["completed"]
-    time.sleep(1.5)
+    # Any request already sent finishes and is counted; no new one starts.
+    seen = []
+
+    def settled():
+        idle = all(i["inFlight"] == 0 for i in get(corral, "/admin/instances"))
+        seen.append(get(corral, f"/admin/jobs/{job_id}")["progress"]["completed"] if idle else None)
+        return idle and len(seen) >= 2 and seen[-1] == seen[-2]
+    wait_until(settled, 20, "the request under way to finish", interval=0.3)
+    held = seen[-1]
+    time.sleep(1.5)  # the subject: for a while, nothing more is done
     paused = get(corral, f"/admin/jobs/{job_id}")
     assert paused["state"] == "paused" and paused["progress"]["completed"] == held
     post(corral, f"/admin/jobs/{job_id}/pause", status=409)

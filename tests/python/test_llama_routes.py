@@ -8,7 +8,7 @@ import subprocess
 import httpx
 import pytest
 
-from conftest import CORRAL, restart_corral, start_corral, stop_corral
+from corral_harness.corral import CORRAL, restart_corral, start_corral, stop_corral
 
 CHAT = [{"role": "user", "content": "hi"}]
 GREEDY = {"temperature": 0, "seed": 1}

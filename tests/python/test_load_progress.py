@@ -16,14 +16,9 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from conftest import start_corral, stop_corral
+from corral_harness.corral import llama_tool, start_corral, stop_corral, wait_until
 
 CHAT = [{"role": "user", "content": "hi"}]
-
-
-def real_llama_server():
-    cache = os.environ.get("CORRAL_LLAMA_CACHE") or os.path.expanduser("~/.cache/corral/llama.cpp")
-    return os.path.join(cache, os.environ.get("LLAMA_CPP_VERSION", "11434.0.0"), "bin", "llama-server")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +26,7 @@ def corral():
     d = tempfile.mkdtemp(prefix="corral-py-")
     wrapper = os.path.join(d, "slow-llama-server")
     with open(wrapper, "w") as f:
-        f.write(f'#!/bin/sh\ncase " $* " in *" -m "*) sleep 2;; esac\nexec "{real_llama_server()}" "$@"\n')
+        f.write(f'#!/bin/sh\ncase " $* " in *" -m "*) sleep 2;; esac\nexec "{llama_tool("llama-server")}" "$@"\n')
     os.chmod(wrapper, os.stat(wrapper).st_mode | stat.S_IEXEC)
     c = start_corral(directory=d, extra_config={"llama": {"server": wrapper}}, scheduler={"maxLoadedModels": 1}, extra_models=[
         {"name": "thinking", "path": f"{d}/chat.gguf", "progressAsReasoning": True},
@@ -46,6 +41,11 @@ def unload_all(c):
     for i in httpx.get(c.base + "/admin/instances", headers=c.h).json():
         if i["state"] == "loaded":
             httpx.post(c.base + f"/admin/models/{i['model']}/unload", headers=c.h, timeout=60)
+
+
+def newest_row(c) -> dict:
+    rows = httpx.get(c.base + "/admin/usage/requests?limit=1", headers=c.h).json()["data"]
+    return rows[0] if rows else {}
 
 
 def timed_lines(response):
@@ -118,9 +118,8 @@ def test_a_load_that_fails_after_the_stream_opened_is_an_error_event(corral):
     assert lines[0].startswith(": loading failing") and "event: error" in lines
     error = json.loads(lines[-1][6:])["error"]
     assert error["code"] == "model_load_failed" and "failing" in error["message"]
-    time.sleep(0.5)
-    row = httpx.get(corral.base + "/admin/usage/requests?limit=1", headers=corral.h).json()["data"][0]
-    assert row["model"] == "failing" and row["status"] == 503
+    row = wait_until(lambda: (r := newest_row(corral)).get("model") == "failing" and r, 10, "the failed load's ledger row")
+    assert row["status"] == 503
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])

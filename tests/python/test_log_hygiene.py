@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 
-from conftest import start_corral, stop_corral
+from corral_harness.corral import start_corral, stop_corral
 
 
 def test_a_full_run_logs_no_key_token_or_prompt():

@@ -9,11 +9,12 @@ import json
 import math
 import os
 import re
-import time
 
 import httpx
 import ollama
 import pytest
+
+from corral_harness.corral import wait_until
 
 CREATED_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}(Z|[+-]\d{2}:\d{2})$")
 DURATIONS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration")
@@ -30,15 +31,6 @@ def client(corral):
 def http(corral):
     with httpx.Client(base_url=corral.base, timeout=60) as h:
         yield h
-
-
-def wait_until(predicate, seconds: float = 10, interval: float = 0.1):
-    deadline = time.time() + seconds
-    while True:
-        value = predicate()
-        if value or time.time() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 def sha256_of(path: str) -> str:
@@ -103,9 +95,8 @@ def test_tags_raw_fields_and_real_digest(http, corral):
         return all(raw.get(name, {}).get("digest") == d for name, d in expected.items())
 
     # Corral hashes the files in the background; the digest must settle on the real SHA-256.
-    matched = wait_until(digests_match, seconds=15, interval=0.25)
+    wait_until(digests_match, 15, f"the listed digests to be the files' SHA-256 {expected}", interval=0.25)
     raw = listed()
-    assert matched, ({n: raw.get(n, {}).get("digest") for n in expected}, expected)
     for name in expected:
         m = raw[name]
         assert m["model"] == name
@@ -321,7 +312,7 @@ def test_deleting_a_file_backed_model_is_forbidden(client, corral):
 
 def test_generate_empty_prompt_loads(client, corral):
     corral.post("/admin/models/chat/unload", {})
-    assert wait_until(lambda: "loaded" not in chat_states(corral)), chat_states(corral)
+    wait_until(lambda: "loaded" not in chat_states(corral), 10, "chat unloaded")
     r = client.generate(model="chat")  # no prompt at all, as `ollama run` does to preload
     assert r.done is True and r.done_reason == "load"
     assert "loaded" in chat_states(corral)
@@ -332,11 +323,11 @@ def test_generate_empty_prompt_with_keep_alive_zero_unloads(client, corral):
     assert "loaded" in chat_states(corral)
     r = client.generate(model="chat", prompt="", keep_alive=0)
     assert r.done is True and r.done_reason == "unload"
-    assert wait_until(lambda: "loaded" not in chat_states(corral)), chat_states(corral)
+    wait_until(lambda: "loaded" not in chat_states(corral), 10, "chat unloaded")
 
 
 def test_chat_with_keep_alive_zero_unloads_afterwards(client, corral):
     r = client.chat(model="chat", messages=HELLO, options={"num_predict": 2}, keep_alive=0)
     assert r.done is True and r.eval_count == 2
-    assert wait_until(lambda: "chat:latest" not in ps_names(client)), ps_names(client)
-    assert wait_until(lambda: "loaded" not in chat_states(corral)), chat_states(corral)
+    wait_until(lambda: "chat:latest" not in ps_names(client), 10, "chat gone from /api/ps")
+    wait_until(lambda: "loaded" not in chat_states(corral), 10, "chat unloaded")

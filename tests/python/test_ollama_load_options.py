@@ -4,7 +4,7 @@ them reuse whatever runs."""
 import httpx
 import pytest
 
-from conftest import start_corral, stop_corral
+from corral_harness.corral import start_corral, stop_corral
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,8 @@ import ollama
 import pytest
 from openai import OpenAI
 
-from conftest import CORRAL, admin_cli, serve, start_corral, stop_corral, team_keys
+from corral_harness.corral import CORRAL, admin_cli, serve, start_corral, stop_corral, team_keys
 from corral_harness.registry import FakeServer
-from test_dashboard import browser, no_console_errors  # noqa: F401 (fixtures)
 
 TOKEN = "hf_secret_token"
 
@@ -284,7 +283,6 @@ def test_two_ollama_clients_pulling_the_same_model_share_one_download_and_both_s
 
     with ThreadPoolExecutor(2) as pool:
         first, second = pool.submit(pull), pool.submit(pull)
-        time.sleep(0.3)
         first, second = first.result(timeout=60), second.result(timeout=60)
     for lines in (first, second):
         progress = [line for line in lines if line.digest == digest and line.completed]
@@ -458,10 +456,9 @@ def test_ollama_python_uploads_a_blob_and_creates_and_derives_models(corral, ggu
 
 def test_the_get_models_page_searches_with_verdicts_and_controls_downloads(corral, registry, hub, gguf, browser):
     from selenium.webdriver.common.by import By
-    from test_dashboard import click, go, screenshot, text_of, wait
+    from corral_harness.browser import click, go, screenshot, sign_in, text_of, wait
 
-    browser.get(corral.base + "/ui")
-    browser.execute_script("sessionStorage.setItem('corral.adminToken', arguments[0])", corral.admin_token)
+    sign_in(browser, corral)
     go(browser, "#/downloads", "Get models")
     browser.find_element(By.ID, "r-q").send_keys("tiny")
     browser.find_element(By.XPATH, "//button[text()='Search']").click()

@@ -6,8 +6,7 @@ import random
 import httpx
 import pytest
 
-from conftest import admin_cli, corral_with_model, stop_corral, wait_job
-from test_dashboard import browser, no_console_errors  # noqa: F401 (fixtures)
+from corral_harness.corral import admin_cli, corral_with_model, stop_corral, wait_job
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +71,9 @@ def test_bad_ladder_requests_are_clear_errors(corral):
 
 def test_the_model_page_charts_the_latest_ladder(corral, browser):
     from selenium.webdriver.common.by import By
-    from test_dashboard import go, screenshot, text_of, wait
+    from corral_harness.browser import go, screenshot, sign_in, text_of, wait
 
-    browser.get(corral.base + "/ui")
-    browser.execute_script("sessionStorage.setItem('corral.adminToken', arguments[0])", corral.admin_token)
+    sign_in(browser, corral)
     go(browser, "#/models/wide", "wide")
     wait(browser, lambda d: "Quant ladder rungs" in text_of(d, "#page"), "the ladder table")
     latest = httpx.get(corral.base + "/admin/jobs?kind=quant-ladder&model=wide&limit=1", headers=corral.h).json()["jobs"][0]["result"]

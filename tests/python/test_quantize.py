@@ -8,8 +8,13 @@ import httpx
 import ollama
 import pytest
 
-from conftest import admin_cli, wait_job
-from conftest import admin_corral as corral  # noqa: F401 (the module's Corral, with the admin token in `h`)
+from corral_harness.corral import admin_cli, start_corral, stop_corral, wait_job
+
+
+@pytest.fixture(scope="module")
+def corral(admin_corral):
+    """The module's Corral, with the admin token in `h`."""
+    return admin_corral
 
 
 def library(c):
@@ -80,7 +85,6 @@ def test_bad_quantize_requests_are_clear_errors(corral):
 def test_the_configured_default_model_stays_the_default_when_models_are_added():
     """The measured bug behind routes.json's defaultModel: the default was 'the only model', so a
     request without a model got 400 as soon as a pull, create or fine-tune added one."""
-    from conftest import start_corral, stop_corral
 
     c = start_corral(extra_config={"defaultModel": "chat"})
     try:

@@ -30,7 +30,7 @@ import ollama
 import pytest
 from openai import OpenAI
 
-from conftest import free_port, llama_tool, start_corral, stop_corral, terminate
+from corral_harness.corral import free_port, llama_tool, start_corral, stop_corral, terminate
 
 pytestmark = pytest.mark.real_model
 

@@ -7,7 +7,7 @@ import subprocess
 import httpx
 import pytest
 
-from conftest import CORRAL, corral_with_model, stop_corral
+from corral_harness.corral import CORRAL, corral_with_model, stop_corral
 
 DOCUMENTS = ["a llama is an animal", "paris is a city", "x"]
 

@@ -12,7 +12,7 @@ import ollama
 import openai
 import pytest
 
-from conftest import CORRAL, start_corral, stop_corral
+from corral_harness.corral import CORRAL, start_corral, stop_corral, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +124,7 @@ def test_revocation_and_rotation_apply_to_the_next_request(corral, teams):
 
 def test_expired_keys_and_disabled_teams(corral, teams):
     key = cli(corral, "keys", "create", "alpha", "--expires-in", "1s")
-    time.sleep(1.2)
-    assert post(corral, "/v1/chat/completions", chat_body(), key=key["key"]).status_code == 401
+    wait_until(lambda: post(corral, "/v1/chat/completions", chat_body(), key=key["key"]).status_code == 401, 10, "the key to expire", interval=0.2)
     cli(corral, "teams", "disable", "beta")
     r = post(corral, "/api/embed", {"model": "embed", "input": "x"}, key=teams["key_b"])
     assert r.status_code == 403 and "disabled" in r.json()["error"]

@@ -10,7 +10,7 @@ import ollama
 import openai
 import pytest
 
-from conftest import make_model, start_corral, stop_corral
+from corral_harness.corral import make_model, start_corral, stop_corral
 
 WEATHER_TOOL = {
     "type": "function",

@@ -9,12 +9,11 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import time
 
 import httpx
 import pytest
 
-from conftest import CORRAL, start_corral, stop_corral
+from corral_harness.corral import CORRAL, start_corral, stop_corral, wait_until
 
 
 def cut_short(c, key: str):
@@ -92,12 +91,13 @@ def test_ledger_rows_match_what_clients_received(tmp_path):
         assert 'corral_requests_total{model="chat"' in text
         assert "corral_time_to_first_token_seconds_bucket" in text
 
-        # The admin views read the same ledger (give the 200 ms batch a moment to land).
-        time.sleep(0.5)
-        usage = httpx.get(c.base + "/admin/usage?group=model&bucket=hour", headers=h).json()["data"]
+        # The admin views read the same ledger once its 200 ms batches have landed.
+        requests = sum(1 for r in results if r["kind"] != "bad-key")
+        usage = wait_until(lambda: (u := httpx.get(c.base + "/admin/usage?group=model&bucket=hour", headers=h).json()["data"])
+                           and sum(x["requests"] for x in u) >= requests and u, 10, f"{requests} requests in the usage rollup")
         completion_sum = sum(r["completion"] or 0 for r in results if r.get("status") == 200)
         assert sum(u["completionTokens"] for u in usage) == completion_sum
-        assert sum(u["requests"] for u in usage) == sum(1 for r in results if r["kind"] != "bad-key")
+        assert sum(u["requests"] for u in usage) == requests
         stats = {m["model"]: m for m in httpx.get(c.base + "/admin/stats?window=1h", headers=h).json()["models"]}
         assert stats["chat"]["latencyMs"]["p50"] <= stats["chat"]["latencyMs"]["p99"]
         assert stats["chat"]["timeToFirstTokenMs"]["p50"] is not None
@@ -138,7 +138,7 @@ def test_a_full_ledger_queue_refuses_with_503_and_loses_no_row():
         auth = {"authorization": f"Bearer {key}"}
         body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
         assert httpx.post(c.base + "/v1/chat/completions", headers=auth, json=body, timeout=60).status_code == 200
-        time.sleep(0.5)  # that row is written
+        wait_until(lambda: httpx.get(c.base + "/admin/usage/requests?limit=1", headers=h).json()["data"], 10, "that row written")
         db = sqlite3.connect(f"{c.directory}/data/corral.sqlite", timeout=10, isolation_level=None)
         db.execute("BEGIN EXCLUSIVE")
         statuses = []
@@ -178,11 +178,8 @@ def test_a_refused_request_is_recorded_with_a_stable_error_kind(tmp_path):
         missing = httpx.post(c.base + "/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
         assert failed.status_code == 503 and failed.json()["error"]["code"] == "model_load_failed", failed.text
         assert missing.status_code == 404
-        usage = httpx.get(c.base + "/admin/usage/requests?limit=10", headers={"authorization": f"Bearer {c.admin_token}"}).json()["data"]
-        deadline = time.time() + 10
-        while len(usage) < 2 and time.time() < deadline:
-            time.sleep(0.1)
-            usage = httpx.get(c.base + "/admin/usage/requests?limit=10", headers={"authorization": f"Bearer {c.admin_token}"}).json()["data"]
+        usage = wait_until(lambda: (u := httpx.get(c.base + "/admin/usage/requests?limit=10", headers={"authorization": f"Bearer {c.admin_token}"}).json()["data"])
+                           and len(u) >= 2 and u, 10, "both rows")
         kinds = {r["model"]: r.get("errorKind") for r in usage}
         assert kinds == {"broken": "model_load_failed", "nope": "model_not_found"}, usage
     finally:
