@@ -301,6 +301,7 @@ def test_cancel_mid_epoch_kills_the_trainer_and_leaves_no_model_file(corral):
     assert events(client, job.id)[-1].message.startswith("Job cancelled")
 
 
+@pytest.mark.slow
 def test_pause_stops_at_the_epoch_end_and_resume_finishes(corral):
     client = sdk(corral)
     job = long_job(client, epochs=3)
@@ -327,6 +328,7 @@ def test_pause_stops_at_the_epoch_end_and_resume_finishes(corral):
     assert any(m.startswith("Pause requested") for m in messages) and "Job resumed" in messages
 
 
+@pytest.mark.slow
 def test_kill_9_mid_job_resumes_from_the_last_checkpoint(corral):
     client = sdk(corral)
     job = long_job(client, epochs=3)

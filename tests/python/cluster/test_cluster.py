@@ -20,6 +20,8 @@ from corral_harness.cluster import SECRET, start_node, wait_for_fresh_reading
 from corral_harness.corral import CORRAL, start_corral, stop_corral, wait_until
 from corral_harness.postgres import PASSWORD, Postgres
 
+pytestmark = pytest.mark.cluster
+
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -462,6 +464,7 @@ def test_store_copy_moves_a_single_node_into_the_cluster(cluster):
     stop_corral(single)
 
 
+@pytest.mark.slow
 def test_postgres_restarted_under_load_fails_cleanly_and_recovers(cluster):
     pg, nodes = cluster
     _, key = team_with_key(nodes, "restart", tokensPerMinute=1_000_000)
@@ -505,6 +508,7 @@ def test_postgres_restarted_under_load_fails_cleanly_and_recovers(cluster):
     assert pg.query("SELECT COUNT(*) FROM quota_lease WHERE state = 'live'") == "0"
 
 
+@pytest.mark.slow
 def test_kill_minus_9_of_a_node_releases_its_reservations_and_loses_no_row(cluster):
     pg, nodes = cluster
     team, key = team_with_key(nodes, "crash", tokensPerMinute=1_000_000)

@@ -287,6 +287,7 @@ def test_overview_history_after_the_traffic(corral, browser):
     screenshot(browser, "overview")
 
 
+@pytest.mark.slow
 def test_fine_tuning_page_shows_a_job_training_live_and_its_result(corral, browser):
     from openai import OpenAI
 

@@ -34,8 +34,8 @@ from corral_harness.corral import free_port, llama_tool, start_corral, stop_corr
 
 pytestmark = pytest.mark.real_model
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real_model"
+REPO = Path(__file__).resolve().parents[3]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 # SmolLM2's chat template puts its own system prompt ("You are a helpful AI assistant named SmolLM,
 # trained by Hugging Face") into a conversation without one; with it the 135M model answers some
@@ -426,6 +426,7 @@ def test_the_model_page_data_shows_the_models_facts(corral):
 
 # 9. Fine-tuning that teaches.
 
+@pytest.mark.slow
 def test_fine_tuning_teaches_the_model_a_new_fact(corral):
     oa = openai_sdk(corral)
 

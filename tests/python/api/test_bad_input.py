@@ -130,6 +130,7 @@ def test_an_enormous_max_tokens_is_bounded_by_the_context(corral):
     alive(corral)
 
 
+@pytest.mark.slow
 def test_ten_thousand_messages_get_a_context_error_not_a_crash(corral):
     messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(10_000)]
     error = openai_error(httpx.post(corral.base + "/v1/chat/completions", json={"model": "chat", "messages": messages, "max_tokens": 2}, timeout=120), 400)

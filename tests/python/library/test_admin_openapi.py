@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 
 import hypothesis
+import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given
@@ -36,9 +37,9 @@ REQUEST_TIMEOUT_S = 10
 #   - .../load, .../unload: spawn or kill llama-server instances (slow, and unloading breaks the fixture);
 #   - .../scan: walks the model directories on disk and may re-register models;
 #   - DELETE anything: removes teams, keys, models... that later examples (and other operations) depend on;
-#   - GET /admin/events: the dashboard's live stream, endless unless ?once=true (tests/python/test_dashboard.py reads it);
+#   - GET /admin/events: the dashboard's live stream, endless unless ?once=true (tests/python/dashboard/test_dashboard.py reads it);
 #   - /downloads and /library/remote: they reach Ollama registries and the Hugging Face hub over the network (none
-#     here; a resolver that cannot answer takes seconds per name); tests/python/test_pull.py covers them against
+#     here; a resolver that cannot answer takes seconds per name); tests/python/library/test_pull.py covers them against
 #     fake servers on loopback.
 # Everything else, reads and harmless writes (create a team, pin a model, patch a key), is fuzzed.
 EXCLUDED_SUBSTRINGS = ("/tuning", "/unload", "/load", "/scan", "/downloads", "/library/remote")
@@ -116,6 +117,7 @@ def test_openapi_document_is_valid_and_guarded(corral):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_errors(corral):
     spec = fetch_spec(corral)
     schema = schemathesis.openapi.from_dict(spec)

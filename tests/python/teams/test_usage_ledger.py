@@ -33,6 +33,7 @@ def cut_short(c, key: str):
     return {"kind": "disconnected"}
 
 
+@pytest.mark.slow
 def test_ledger_rows_match_what_clients_received(tmp_path):
     if shutil.which("promtool") is None:
         pytest.fail("promtool missing: `make test` installs the prometheus package")
