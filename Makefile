@@ -60,8 +60,13 @@ demo-model:
 swift-test:
 	CORRAL_PYTHON=$(abspath $(PY)) swift test --skip-build --no-parallel 2>&1 | tee .build/swift-test.log; exit $${PIPESTATUS[0]}
 
+## python-test: every Python tier (tests/python, docs/testing.md): what `make test` and CI run
 python-test:
 	CORRAL_BIN=$(BIN) $(PY) -m pytest -q tests/python
+
+## python-test-quick: the Python tests without the browser, cluster, slow and real_model tiers
+python-test-quick:
+	CORRAL_BIN=$(BIN) $(PY) -m pytest -q tests/python -m "not browser and not cluster and not slow and not real_model"
 
 format:
 	swift format format --parallel --in-place --recursive Sources Tests Package.swift
