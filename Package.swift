@@ -49,7 +49,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // SQLite: migrations, fit cache (teams, keys and the usage ledger come next).
+        // SQLite: migrations, fit cache, teams, keys, the usage ledger and its rollups, jobs, files, evaluations.
         .target(
             name: "Store",
             dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
@@ -116,7 +116,7 @@ let package = Package(
             dependencies: ["GGUF", "Runtime", "Store"],
             swiftSettings: swiftSettings
         ),
-        // Work on models as jobs: benchmarks, perplexity, tuning and evaluations (fine-tuning comes here).
+        // Work on models as jobs: benchmarks, perplexity, tuning, evaluations, fine-tuning and the quant ladder.
         .target(
             name: "Lab",
             dependencies: [
@@ -141,8 +141,6 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The HTTP application: OpenAI, Ollama, llama.cpp-native and admin routes, relay, error
-        // shapes, metrics, dashboard. The only module that imports Hummingbird.
         // The serving core below the HTTP layer (no Hummingbird): the local llama-server transport,
         // the SSE usage filter, catalog refresh and reload, the cluster node and its library sync,
         // and the fleet as the jobs' memory claims.
@@ -160,6 +158,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The HTTP application: OpenAI, Anthropic, Ollama, llama.cpp-native and admin routes, relay,
+        // error shapes, metrics, dashboard. The only module that imports Hummingbird.
         .target(
             name: "Gateway",
             dependencies: [
@@ -182,6 +182,8 @@ let package = Package(
             resources: [.copy("Dashboard/ui")],
             swiftSettings: swiftSettings
         ),
+        // The `corral` command: serve, and the CLI over the admin API and the stores (teams, keys,
+        // jobs, pulls, fit, doctor, store copy).
         .executableTarget(
             name: "corral",
             dependencies: [
@@ -201,6 +203,11 @@ let package = Package(
         .testTarget(name: "FilesTests", dependencies: ["Files", "Store"], swiftSettings: swiftSettings),
         // The Prometheus exposition and the dashboard's live windows and quantiles.
         .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "Usage"], swiftSettings: swiftSettings),
+        // The shared store on a real PostgreSQL server started by the test (Debian's binaries).
+        .testTarget(
+            name: "PostgresStoreTests",
+            dependencies: ["PostgresStore", "Store", "Runtime", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings),
         // The library: the fit-plan cache in the store, sampling profiles, compatibility verdicts.
         .testTarget(
             name: "LibraryTests",
