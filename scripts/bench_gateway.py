@@ -188,7 +188,7 @@ def main() -> None:
         # Corral's measured instance is a reload, as on any machine that has served the model
         # before: a model's first load with given arguments runs llama-server at -lv 4 to learn
         # its allocations (about 20 more log lines per request); later loads run at -lv 3, the
-        # level the direct and router servers run at (docs/decisions.md, "Learned allocations").
+        # level the direct and router servers run at (docs/decisions/005-learned-allocations.md).
         token = open(f"{d}/data/admin-token").read().strip()
         Client(corral_port).post("/admin/models/tiny/unload", {}, token=token)
         for _ in range(20):

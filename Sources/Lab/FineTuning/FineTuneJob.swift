@@ -11,7 +11,7 @@ public struct FineTuneHyperparameters: Sendable, Codable, Equatable {
     public var preset: String?
     public var nEpochs: Int
     /// Accepted and shown as OpenAI's; `llama-finetune` trains one window of `contextSize`
-    /// tokens per step, so it does not change the training (see docs/decisions.md).
+    /// tokens per step, so it does not change the training (see docs/decisions/025-fine-tuning-one-invocation-per-epoch.md).
     public var batchSize: Int
     public var learningRateMultiplier: Double
     /// The first epoch's rate: ``FineTuning/baseLearningRate`` × the multiplier.
