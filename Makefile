@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-bu
 # PostgreSQL server from Debian's binaries (package postgresql).
 TEST_PACKAGES := prometheus chromium chromium-driver postgresql
 
-.PHONY: serve test test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-quant-ladder bench-cluster soak fuzz clean docs
+.PHONY: serve test test-quick swift-test-quick python-test-quick test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-quant-ladder bench-cluster soak fuzz clean docs
 
 ## serve: install what is missing, build, get the demo model, and run on routes.json (on
 ## routes.offline.json, with a generated random model, when the demo model cannot be fetched)
@@ -23,6 +23,11 @@ serve: system llama build demo-model
 ## test: the whole suite (Swift unit + integration against real llama-server, then Python clients)
 test: test-system llama build-tests venv
 	$(MAKE) swift-test python-test
+
+## test-quick: a developer's inner loop: the Swift unit tests, then the Python tests without the
+## browser, cluster, slow and real-model tiers (docs/testing.md). `make test` is what CI runs.
+test-quick: llama build-tests venv
+	$(MAKE) swift-test-quick python-test-quick
 
 system:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -59,6 +64,15 @@ demo-model:
 
 swift-test:
 	CORRAL_PYTHON=$(abspath $(PY)) swift test --skip-build --no-parallel 2>&1 | tee .build/swift-test.log; exit $${PIPESTATUS[0]}
+
+# The Swift suites that start llama-server or PostgreSQL, or fuzz for half a minute: left out
+# of swift-test-quick (a suite's name matches the whole test's identifier).
+SWIFT_INTEGRATION_SUITES := ErrorShapeTests|OllamaErrorShapeTests|NoBufferingTests|OperationsTests|SchedulingTests|StreamingTests|QualityProbeTests|LlamaServerSmokeTests|EstimatorAccuracyTests|PostgresStoreTests|HostileInputTests
+
+## swift-test-quick: the Swift unit tests (no llama-server, no PostgreSQL); serial like swift-test,
+## because the shared-quota tests measure deadlines
+swift-test-quick:
+	CORRAL_PYTHON=$(abspath $(PY)) swift test --skip-build --no-parallel --skip '$(SWIFT_INTEGRATION_SUITES)'
 
 ## python-test: every Python tier (tests/python, docs/testing.md): what `make test` and CI run
 python-test:
