@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -220,7 +221,15 @@ def terminate(proc: subprocess.Popen, grace: float = 20):
 
 
 def stop_corral(c: Corral):
+    """Stops `c` and deletes its folder; a Corral that died by itself before (a crash: an exit
+    status other than 0, or a signal the test did not send, SIGKILL and SIGTERM aside) keeps its
+    folder, its log included, and says where on stderr."""
+    status = c.proc.poll()
     terminate(c.proc)
+    if status not in (None, 0, -signal.SIGKILL, -signal.SIGTERM):
+        print(f"corral (pid {c.proc.pid}) had exited with status {status} before it was stopped; its folder and log are kept: "
+              f"{c.directory}", file=sys.stderr)
+        return
     shutil.rmtree(c.directory, ignore_errors=True)
 
 

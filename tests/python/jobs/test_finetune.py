@@ -22,6 +22,10 @@ from openai import OpenAI
 
 from corral_harness.corral import CORRAL, child_pids, make_model, serve, start_corral, stop_corral, team_keys
 
+# The module trains for about 40 s on two idle cores, and llama-finetune takes every core it
+# finds: two runs on one machine would fight over them (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 SENTENCES = [
     ("What colour is the sky?", "The sky is blue."),
     ("What do cows say?", "Cows say moo."),
@@ -301,7 +305,6 @@ def test_cancel_mid_epoch_kills_the_trainer_and_leaves_no_model_file(corral):
     assert events(client, job.id)[-1].message.startswith("Job cancelled")
 
 
-@pytest.mark.slow
 def test_pause_stops_at_the_epoch_end_and_resume_finishes(corral):
     client = sdk(corral)
     job = long_job(client, epochs=3)
@@ -328,7 +331,6 @@ def test_pause_stops_at_the_epoch_end_and_resume_finishes(corral):
     assert any(m.startswith("Pause requested") for m in messages) and "Job resumed" in messages
 
 
-@pytest.mark.slow
 def test_kill_9_mid_job_resumes_from_the_last_checkpoint(corral):
     client = sdk(corral)
     job = long_job(client, epochs=3)
