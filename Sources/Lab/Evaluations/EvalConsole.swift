@@ -25,10 +25,13 @@ public final class EvalConsole: Sendable {
         let (stream, continuation) = AsyncStream<Event>.makeStream(bufferingPolicy: .bufferingNewest(4096))
         watchers.withLock { $0[run, default: [:]][id] = continuation }
         let cancel: @Sendable () -> Void = { [weak self] in
-            self?.watchers.withLock { all in
-                all[run]?.removeValue(forKey: id)?.finish()
-                if all[run]?.isEmpty == true { all[run] = nil }
+            let removed = self?.watchers.withLock { all in
+                defer { if all[run]?.isEmpty == true { all[run] = nil } }
+                return all[run]?.removeValue(forKey: id)
             }
+            // Finished outside the lock: finishing runs `onTermination`, which calls this again
+            // (a watcher cancelled while its stream ended crashed with a recursive lock).
+            removed??.finish()
         }
         continuation.onTermination = { _ in cancel() }
         return (stream, cancel)
