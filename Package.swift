@@ -202,7 +202,7 @@ let package = Package(
         // Uploaded files and fine-tuning data: formats, per-purpose checks, scoping, digests.
         .testTarget(name: "FilesTests", dependencies: ["Files", "Store"], swiftSettings: swiftSettings),
         // The Prometheus exposition and the dashboard's live windows and quantiles.
-        .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "Usage"], swiftSettings: swiftSettings),
+        .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "Usage", "Runtime"], swiftSettings: swiftSettings),
         // The shared store on a real PostgreSQL server started by the test (Debian's binaries).
         .testTarget(
             name: "PostgresStoreTests",

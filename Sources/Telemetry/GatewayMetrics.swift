@@ -52,6 +52,9 @@ public final class GatewayMetrics: Sendable {
     let cacheWriteFailures = Atomic<Int>(0)
     let policyRefusals = Atomic<Int>(0)
     private let runningTotals = Mutex(Totals())
+    /// Per model (served here, not by a peer): prompt tokens taken from llama-server's cache,
+    /// and every prompt token, of the requests that reported both.
+    private let promptCacheByModel = Mutex<[String: (cached: Int, prompt: Int)]>([:])
     /// Reads the ledger's backlog for the `corral_ledger_pending_rows` gauge (set at start-up).
     nonisolated(unsafe) public static var ledgerPending: (@Sendable () -> Int)?
     /// Reads the ledger's counters (set at start-up): requests refused while it was full, and
@@ -66,6 +69,7 @@ public final class GatewayMetrics: Sendable {
         add("corral_requests_total", "counter", "Requests proxied to a model, by model, team, route and status.")
         add("corral_prompt_tokens_total", "counter", "Prompt tokens processed, by model and team.")
         add("corral_completion_tokens_total", "counter", "Tokens generated, by model and team.")
+        add("corral_prompt_cached_tokens_total", "counter", "Prompt tokens llama-server took from its prompt cache instead of computing them, by model and team.")
         add("corral_client_disconnects_total", "counter", "Requests whose client went away before the answer ended.")
         add("corral_request_duration_seconds", "histogram", "Arrival at Corral to the end of the answer.", Self.latencyBuckets)
         add("corral_time_to_first_token_seconds", "histogram", "Arrival at Corral to the first byte from the model.", Self.latencyBuckets)
@@ -105,6 +109,7 @@ public final class GatewayMetrics: Sendable {
             count("corral_requests_total", Self.labels([("model", r.model), ("team", team), ("route", r.route), ("status", String(r.status))]))
             if let p = r.promptTokens { count("corral_prompt_tokens_total", byModelTeam, Double(p)) }
             if let c = r.completionTokens { count("corral_completion_tokens_total", byModelTeam, Double(c)) }
+            if let c = r.cachedTokens { count("corral_prompt_cached_tokens_total", byModelTeam, Double(c)) }
             if r.clientDisconnected { count("corral_client_disconnects_total", byModelTeam) }
             observe("corral_request_duration_seconds", byModelTeam, r.totalMs / 1000)
             observe("corral_time_to_first_token_seconds", byModelTeam, r.timeToFirstByteMs.map { $0 / 1000 })
@@ -112,6 +117,12 @@ public final class GatewayMetrics: Sendable {
             observe("corral_queue_seconds", byModel, r.queueMs / 1000)
             observe("corral_load_seconds", byModel, r.loadMs / 1000)
             observe("corral_gateway_overhead_seconds", byModel, r.gatewayOverheadMs.map { $0 / 1000 })
+        }
+        if r.node == nil, let prompt = r.promptTokens, let cached = r.cachedTokens, prompt > 0 {
+            promptCacheByModel.withLock { use in
+                let old = use[r.model] ?? (0, 0)
+                use[r.model] = (old.cached + min(cached, prompt), old.prompt + prompt)
+            }
         }
         runningTotals.withLock { t in
             func add(_ counts: inout [Int], _ ms: Double?) {
@@ -136,6 +147,16 @@ public final class GatewayMetrics: Sendable {
 
     /// Counts a request refused because a stored team or key policy could not be read.
     public func unreadablePolicyRefused() { policyRefusals.add(1, ordering: .relaxed) }
+
+    /// Each instance with its model's prompt-cache use filled in (where requests reported it).
+    public func withPromptCache(_ instances: [InstanceInfo]) -> [InstanceInfo] {
+        let use = promptCacheByModel.withLock { $0 }
+        return instances.map { info in
+            var info = info
+            info.promptCache = use[info.model].map { PromptCacheUse(cachedTokens: $0.cached, promptTokens: $0.prompt) }
+            return info
+        }
+    }
 
     /// The running sums now.
     public func totals() -> Totals { runningTotals.withLock { $0 } }
@@ -179,6 +200,10 @@ public final class GatewayMetrics: Sendable {
                 let parts = key.split(separator: " ", maxSplits: 1).map(String.init)
                 out += "corral_instance_memory_bytes{\(Self.labels([("model", i.model), ("device", parts.first ?? key), ("kind", parts.count > 1 ? parts[1] : "")]))} \(Int(mib * 1_048_576))\n"
             }
+        }
+        out += "# HELP corral_instance_prompt_cache_hit_ratio Prompt tokens taken from llama-server's prompt cache over all prompt tokens, per model since Corral started.\n# TYPE corral_instance_prompt_cache_hit_ratio gauge\n"
+        for i in withPromptCache(instances) {
+            if let use = i.promptCache { out += "corral_instance_prompt_cache_hit_ratio{\(Self.labels([("model", i.model)]))} \(Self.number(use.hitRate))\n" }
         }
         out += "# HELP corral_instance_projected_memory_bytes Memory the fit plan projected for a model.\n# TYPE corral_instance_projected_memory_bytes gauge\n"
         for i in loaded { if let p = i.projectedMiB { out += "corral_instance_projected_memory_bytes{\(Self.labels([("model", i.model)]))} \(p * 1_048_576)\n" } }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Runtime
 import Usage
 
 @testable import Telemetry
@@ -44,6 +45,32 @@ struct GatewayMetricsTests {
         let m = GatewayMetrics()
         m.observe(record("we\"ird\\name\nx", totalMs: 1))
         #expect(m.render(instances: []).contains(#"model="we\"ird\\name\nx""#))
+    }
+
+    @Test func promptCacheUseIsSummedPerModelServedHere() throws {
+        let m = GatewayMetrics()
+        var hit = record("a", totalMs: 1)
+        hit.promptTokens = 100
+        hit.cachedTokens = 90
+        var miss = record("a", totalMs: 1)
+        miss.promptTokens = 100
+        miss.cachedTokens = 0
+        // Served by a peer node: its cache is not this node's instance's.
+        var remote = record("a", totalMs: 1)
+        remote.promptTokens = 50
+        remote.cachedTokens = 50
+        remote.node = "node-b"
+        for r in [hit, miss, remote] { m.observe(r) }
+        let info = try JSONDecoder().decode(InstanceInfo.self, from: Data(#"{"model":"a","state":"loaded","arguments":[],"inFlight":0,"queued":0,"pinned":false,"allocatedMiB":{},"crashes":0,"lastCrashLog":[]}"#.utf8))
+        var other = info
+        other.model = "b"
+        let filled = m.withPromptCache([info, other])
+        #expect(filled[0].promptCache == PromptCacheUse(cachedTokens: 90, promptTokens: 200))
+        #expect(filled[0].promptCache?.hitRate == 0.45)
+        #expect(filled[1].promptCache == nil)
+        let text = m.render(instances: [info])
+        #expect(text.contains(#"corral_instance_prompt_cache_hit_ratio{model="a"} 0.45"#))
+        #expect(text.contains(#"corral_prompt_cached_tokens_total{model="a",team="t1"} 140"#))
     }
 
     @Test func failureCountersAreRendered() {

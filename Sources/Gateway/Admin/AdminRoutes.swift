@@ -6,6 +6,7 @@ import Jobs
 import NIOCore
 import Runtime
 import Store
+import Telemetry
 
 /// Everything under `/admin` (the admin token is checked by `AuthMiddleware`): the fleet
 /// (instances, load/unload/pin, logs), the model library, hardware, compatibility,
@@ -21,6 +22,8 @@ struct AdminRoutes: Sendable {
     /// Teams, keys and the ledger (the shared store on a cluster node).
     let accounts: (any AccountStore)?
     let library: LibraryRoutes
+    /// Fills in each instance's prompt-cache use.
+    let metrics: GatewayMetrics
 
     func register(on admin: AdminAPIGroup) {
         if let access { AccountRoutes(access: access, store: accounts).register(on: admin) }
@@ -29,8 +32,9 @@ struct AdminRoutes: Sendable {
         admin.get("openapi.json", .init("This document", errors: [])) { _, _ in
             Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: try JobCoding.encoder.encode(table.document()))))
         }
-        admin.get("instances", .init("Every touched model: state, pid, args, memory, in-flight, queue", response: .array(.object), errors: [])) { _, _ in
-            let data = try JSONEncoder.iso.encode(await scheduler.instances())
+        let metrics = self.metrics
+        admin.get("instances", .init("Every touched model: state, pid, args, memory, in-flight, queue, prompt-cache use", response: .array(.object), errors: [])) { _, _ in
+            let data = try JSONEncoder.iso.encode(metrics.withPromptCache(await scheduler.instances()))
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: .init(bytes: data)))
         }
         admin.get("default-model", .init("The model requests that name none are served by: the admin's choice, else routes.json's defaultModel, else the only model", errors: [])) { _, _ in

@@ -343,7 +343,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
             ]
         })
     let admin = AdminAPIGroup(group: router.group("admin"), table: AdminAPITable())
-    AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.libraryState, clustered: deps.cluster != nil, accounts: deps.accounts, library: library).register(on: admin)
+    AdminRoutes(scheduler: deps.scheduler, access: deps.access, store: deps.libraryState, clustered: deps.cluster != nil, accounts: deps.accounts, library: library, metrics: deps.metrics).register(on: admin)
     JobRoutes(engine: deps.jobs).register(on: admin)
     ClusterRoutes(cluster: deps.cluster).register(on: admin)
     if let cluster = deps.cluster {

@@ -37,6 +37,7 @@ struct DashboardRoutes: Sendable {
         }
 
         let stats = deps.liveStats
+        let metrics = deps.metrics
         let scheduler = deps.scheduler
         admin.get("events", .events(
             "Live overview as server-sent events (the dashboard's): every 2 s a `snapshot` event with the instances, the last minute's request rate, "
@@ -53,7 +54,7 @@ struct DashboardRoutes: Sendable {
                     while !Task.isShuttingDownGracefully, !Task.isCancelled {
                         let (live, points) = stats.snapshot(pointsAfter: seen)
                         seen = points.last?.seq ?? seen
-                        let snapshot = Snapshot(time: Date(), instances: await scheduler.instances(), live: live, points: points.map(\.window))
+                        let snapshot = Snapshot(time: Date(), instances: metrics.withPromptCache(await scheduler.instances()), live: live, points: points.map(\.window))
                         let data = try JSONEncoder.iso.encode(snapshot)
                         try await writer.write(ByteBuffer(bytes: Array("event: snapshot\ndata: ".utf8) + data + Array("\n\n".utf8)))
                         if once { break }

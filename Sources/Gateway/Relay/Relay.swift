@@ -710,7 +710,8 @@ public struct Relay: Sendable {
             queueMs: ms(lease.queueDuration), loadMs: ms(lease.loadDuration),
             timeToFirstByteMs: firstByte.map { ms($0 - started) }, totalMs: ms(ContinuousClock.now - started),
             promptTokens: usage.flatMap(Self.promptTokens),
-            cachedTokens: (usage?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int ?? usage?["cache_read_input_tokens"] as? Int,
+            cachedTokens: (usage?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int ?? usage?["cache_read_input_tokens"] as? Int
+                ?? timings?["cache_n"] as? Int,
             completionTokens: usage?["completion_tokens"] as? Int ?? usage?["output_tokens"] as? Int,
             promptTokensPerSecond: timings?["prompt_per_second"] as? Double,
             generationTokensPerSecond: timings?["predicted_per_second"] as? Double,

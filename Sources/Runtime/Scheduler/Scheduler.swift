@@ -63,6 +63,25 @@ public struct InstanceInfo: Sendable, Codable {
     public var lastError: String?
     /// The last log lines of the most recent crash.
     public var lastCrashLog: [String]
+    /// How much of the prompts llama-server found in its cache, for this model since Corral
+    /// started (filled in from the metrics by the routes that show instances; nil until a
+    /// request reported it).
+    public var promptCache: PromptCacheUse?
+}
+
+/// Prompt tokens llama-server took from its prompt cache (`cache_n`) against every prompt token
+/// of the requests (`cache_n` + `prompt_n`).
+public struct PromptCacheUse: Sendable, Codable, Equatable {
+    public var cachedTokens: Int
+    public var promptTokens: Int
+    /// cachedTokens / promptTokens (0 when no prompt token was counted).
+    public var hitRate: Double
+
+    public init(cachedTokens: Int, promptTokens: Int) {
+        self.cachedTokens = cachedTokens
+        self.promptTokens = promptTokens
+        self.hitRate = promptTokens > 0 ? Double(cachedTokens) / Double(promptTokens) : 0
+    }
 }
 
 /// Owns the fleet of llama-server processes: loads on first use (single-flight), hands out

@@ -25,6 +25,14 @@ function idleLeft(instance) {
   return instance.inFlight > 0 ? 'busy' : fmt.seconds(instance.expiresInSeconds);
 }
 
+/** The share of prompt tokens llama-server took from its cache, with the counts behind it. */
+function promptCache(instance) {
+  const use = instance.promptCache;
+  if (!use) return '—';
+  return h('span', { title: `${fmt.int(use.cachedTokens)} of ${fmt.int(use.promptTokens)} prompt tokens from the cache since Corral started` },
+    `${(use.hitRate * 100).toFixed(0)} %`);
+}
+
 function instancesTable(instances) {
   return table('Instances', [
     { label: 'Model', value: (i) => h('a', { href: `#/models/${encodeURIComponent(i.model)}` }, i.model) },
@@ -32,6 +40,7 @@ function instancesTable(instances) {
     { label: 'Memory projected / actual', value: memory, num: true },
     { label: 'In flight', value: (i) => fmt.int(i.inFlight), num: true },
     { label: 'Queued', value: (i) => fmt.int(i.queued), num: true },
+    { label: 'Prompt cache hits', value: promptCache, num: true },
     { label: 'Idle time left', value: idleLeft, num: true },
     { label: 'Uptime', value: (i) => fmt.seconds(i.uptimeSeconds), num: true },
     { label: 'Crashes', value: (i) => fmt.int(i.crashes), num: true },
