@@ -162,7 +162,7 @@ public final class GatewayMetrics: Sendable {
     public func totals() -> Totals { runningTotals.withLock { $0 } }
 
     /// The exposition text, with fleet gauges from `instances`.
-    public func render(instances: [InstanceInfo], ledgerPending: Int? = nil) -> String {
+    public func render(instances: [InstanceInfo], ledgerPending: Int? = nil, warmSwap: WarmSwapCounts? = nil) -> String {
         var out = ""
         let snapshot = families.withLock { $0 }
         for name in snapshot.keys.sorted() {
@@ -180,14 +180,12 @@ public final class GatewayMetrics: Sendable {
                 }
             }
         }
-        out += "# HELP corral_fast_lane_requests_total Requests answered by the fast lane in front of the router.\n# TYPE corral_fast_lane_requests_total counter\n"
-        out += "corral_fast_lane_requests_total \(fastLaneRequests.load(ordering: .relaxed))\n"
-        out += "# HELP corral_job_store_failures_total Job store writes that failed (the job failed with the reason).\n# TYPE corral_job_store_failures_total counter\n"
-        out += "corral_job_store_failures_total \(jobPersistenceFailures.load(ordering: .relaxed))\n"
-        out += "# HELP corral_cache_write_failures_total Writes of the fit-plan and allocation caches that failed (logged; the cache is recomputed).\n# TYPE corral_cache_write_failures_total counter\n"
-        out += "corral_cache_write_failures_total \(cacheWriteFailures.load(ordering: .relaxed))\n"
-        out += "# HELP corral_policy_unreadable_refusals_total Requests refused because a stored team or key policy could not be read.\n# TYPE corral_policy_unreadable_refusals_total counter\n"
-        out += "corral_policy_unreadable_refusals_total \(policyRefusals.load(ordering: .relaxed))\n"
+        out += Self.single("corral_fast_lane_requests_total", "counter", "Requests answered by the fast lane in front of the router.", fastLaneRequests.load(ordering: .relaxed))
+        out += Self.single("corral_job_store_failures_total", "counter", "Job store writes that failed (the job failed with the reason).", jobPersistenceFailures.load(ordering: .relaxed))
+        out += Self.single("corral_cache_write_failures_total", "counter", "Writes of the fit-plan and allocation caches that failed (logged; the cache is recomputed).",
+                           cacheWriteFailures.load(ordering: .relaxed))
+        out += Self.single("corral_policy_unreadable_refusals_total", "counter", "Requests refused because a stored team or key policy could not be read.",
+                           policyRefusals.load(ordering: .relaxed))
         let loaded = instances.filter { $0.state == "loaded" }
         out += "# HELP corral_loaded_models Models with a running llama-server.\n# TYPE corral_loaded_models gauge\ncorral_loaded_models \(loaded.count)\n"
         out += "# HELP corral_instance_in_flight Requests running on a model.\n# TYPE corral_instance_in_flight gauge\n"
@@ -207,6 +205,12 @@ public final class GatewayMetrics: Sendable {
         }
         out += "# HELP corral_instance_projected_memory_bytes Memory the fit plan projected for a model.\n# TYPE corral_instance_projected_memory_bytes gauge\n"
         for i in loaded { if let p = i.projectedMiB { out += "corral_instance_projected_memory_bytes{\(Self.labels([("model", i.model)]))} \(p * 1_048_576)\n" } }
+        if let warmSwap {
+            out += Self.single("corral_warm_swap_slots_saved_total", "counter", "KV caches of slots saved before their instance stopped (warm swaps).", warmSwap.slotsSaved)
+            out += Self.single("corral_warm_swap_slots_restored_total", "counter", "Saved KV caches restored when their model loaded again.", warmSwap.slotsRestored)
+            out += Self.single("corral_warm_swap_save_failures_total", "counter", "Stops whose KV caches could not be saved in cache.saveTimeout (the stop went on without them).",
+                               warmSwap.saveFailures)
+        }
         if let ledgerPending {
             out += "# HELP corral_ledger_pending_rows Usage rows waiting to be written to the store.\n# TYPE corral_ledger_pending_rows gauge\ncorral_ledger_pending_rows \(ledgerPending)\n"
         }
@@ -217,6 +221,11 @@ public final class GatewayMetrics: Sendable {
             out += "# TYPE corral_ledger_prune_failures_total counter\ncorral_ledger_prune_failures_total \(counters.pruneFailures)\n"
         }
         return out
+    }
+
+    /// A metric family of one unlabelled series.
+    static func single(_ name: String, _ type: String, _ help: String, _ value: Int) -> String {
+        "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
     }
 
     static func number(_ v: Double) -> String {

@@ -114,7 +114,11 @@ struct ServeCommand: AsyncParsableCommand {
                                          writeFailed: { what, error in
                                              problems.error("a cache write failed; the next load computes it again", metadata: ["what": "\(what)", "error": "\(error)"])
                                              metrics.cacheWriteFailed()
-                                         }))
+                                         }),
+            warmSwap: cfg.cacheDiskMiB > 0
+                ? WarmSwapStore(root: URL(fileURLWithPath: cfg.dataDirectory + "/kv").standardizedFileURL.path,
+                                maxBytes: UInt64(cfg.cacheDiskMiB) << 20, saveTimeout: cfg.cacheSaveTimeout)
+                : nil)
         try await Lab.restoreRuntimeProfiles(store: store, scheduler: scheduler)
         do {
             let legacy = try await LegacyRuns.importAll(store: store)

@@ -46,6 +46,22 @@ import Testing
         #expect(c.upstreams.first?.models == ["gpt"])
     }
 
+    @Test func warmSwapsAreBoundedTimedAndOptOut() throws {
+        let c = try parse(#"{"cache":{"diskMiB":64,"saveTimeout":"500ms"},"models":[{"name":"a","path":"a.gguf"},{"name":"b","path":"b.gguf","warmSwap":false}]}"#)
+        #expect(c.cacheDiskMiB == 64 && c.cacheSaveTimeout == .milliseconds(500))
+        #expect(c.models[0].warmSwap && !c.models[1].warmSwap)
+        let defaults = try parse("{}")
+        #expect(defaults.cacheDiskMiB == 4096 && defaults.cacheSaveTimeout == .seconds(2))
+        #expect(problem(#"{"cache":{"diskMiB":-1}}"#)?.key == "cache.diskMiB")
+        #expect(problem(#"{"cache":{"saveTimeout":"soon"}}"#)?.key == "cache.saveTimeout")
+        let catalog = ModelCatalog.build(from: c)
+        let a = try #require(catalog.resolve("a"))
+        #expect(a.keepsWarmCaches)
+        #expect(catalog.resolve("b")?.keepsWarmCaches == false)
+        // The embedding companion keeps no prompts to save.
+        #expect(a.embeddingCompanion?.keepsWarmCaches == false)
+    }
+
     @Test func thePromptCacheIsSizedAndCounted() throws {
         let c = try parse(#"{"cache":{"ramMiB":300},"models":[{"name":"a","path":"a.gguf"},{"name":"b","path":"b.gguf","cacheRamMiB":0}]}"#)
         #expect(c.cacheRamMiB == 300 && c.models[0].cacheRamMiB == nil && c.models[1].cacheRamMiB == 0)

@@ -48,7 +48,8 @@ struct OpenAIRoutes: Sendable {
             router.get(RouterPath(path)) { request, context in
                 if path == "/metrics" && request.uri.queryParameters.get("model") == nil {
                     // Corral's own metrics; a model's llama-server metrics with ?model=NAME.
-                    let text = metrics.render(instances: await scheduler.instances(), ledgerPending: GatewayMetrics.ledgerPending?())
+                    let text = metrics.render(instances: await scheduler.instances(), ledgerPending: GatewayMetrics.ledgerPending?(),
+                                                   warmSwap: scheduler.warmSwapCounts.now)
                     return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                                     body: .init(byteBuffer: ByteBuffer(string: text)))
                 }

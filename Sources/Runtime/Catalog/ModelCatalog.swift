@@ -47,6 +47,9 @@ public struct ModelSpec: Sendable, Equatable {
     /// The host-RAM prompt cache its llama-server keeps (`--cache-ram`, MiB), counted in its
     /// memory projection; 0 for instances that cache no prompts (embedding and reranking).
     public var cacheRamMiB = 0
+    /// Its KV caches are saved before its instance stops and restored when it loads again
+    /// (`models[].warmSwap`; see ``keepsWarmCaches``).
+    public var warmSwap = true
 
     /// The prompt cache a launch with `arguments` keeps, MiB: the last `--cache-ram` (`-cram`)
     /// given, as llama.cpp reads it; a negative value (no limit) counts as llama-server's 8 GiB.
@@ -96,6 +99,10 @@ public struct ModelSpec: Sendable, Equatable {
     /// A reranker (its GGUF's pooling type is rank), served with `--reranking`; its embedding
     /// companion is not.
     public var reranking: Bool { !embeddings && facts?.capabilities.contains(.rerank) == true }
+
+    /// Whether its instances' KV caches are saved across a stop: asked for, and an instance that
+    /// keeps prompts (embedding and reranking ones keep none).
+    public var keepsWarmCaches: Bool { warmSwap && !embeddings && !reranking }
 
     /// llama-server arguments Corral always sets for this model: slots, the prompt cache's size,
     /// and embedding or reranking mode.
@@ -157,6 +164,7 @@ public struct ModelCatalog: Sendable {
             spec.profile = m.profile
             spec.fallbacks = m.fallbacks
             spec.cacheRamMiB = m.cacheRamMiB ?? config.cacheRamMiB
+            spec.warmSwap = m.warmSwap
             spec.progressAsReasoning = m.progressAsReasoning
             catalog.add(spec)
         }

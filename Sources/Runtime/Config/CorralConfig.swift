@@ -109,6 +109,8 @@ public struct CorralConfig: Sendable {
         public var progressAsReasoning = false
         /// This model's host-RAM prompt cache (`--cache-ram`), MiB; nil: `cache.ramMiB`.
         public var cacheRamMiB: Int?
+        /// Whether its KV caches are saved across a stop (`models[].warmSwap`, default true).
+        public var warmSwap = true
 
         public init(name: String, path: String) {
             self.name = name
@@ -207,6 +209,11 @@ public struct CorralConfig: Sendable {
     /// memory projection (`cache.ramMiB`). llama-server's own default is 8 GiB per server, which
     /// no budget saw.
     public var cacheRamMiB = 1024
+    /// Disk the saved KV caches of warm swaps may take under `DATA_DIR/kv` (`cache.diskMiB`;
+    /// 0 turns warm swaps off).
+    public var cacheDiskMiB = 4096
+    /// How long a stop waits for its KV caches to be saved (`cache.saveTimeout`).
+    public var cacheSaveTimeout: Duration = .seconds(2)
     /// Folder relative paths were resolved against.
     public var baseDirectory = "."
 
@@ -269,6 +276,11 @@ public struct CorralConfig: Sendable {
         }
         if var cache = try root.object("cache") {
             c.cacheRamMiB = try cache.int("ramMiB", min: 0) ?? c.cacheRamMiB
+            c.cacheDiskMiB = try cache.int("diskMiB", min: 0) ?? c.cacheDiskMiB
+            if let timeout = try cache.duration("saveTimeout") {
+                guard timeout >= .zero else { throw ConfigError(key: "cache.saveTimeout", problem: "must not be negative") }
+                c.cacheSaveTimeout = timeout
+            }
             try cache.finish()
         }
         c.defaultModel = try root.string("defaultModel")
@@ -331,6 +343,7 @@ public struct CorralConfig: Sendable {
             model.fallbacks = try m.strings("fallbacks") ?? []
             model.progressAsReasoning = try m.bool("progressAsReasoning") ?? false
             model.cacheRamMiB = try m.int("cacheRamMiB", min: 0)
+            model.warmSwap = try m.bool("warmSwap") ?? true
             try m.finish()
             c.models.append(model)
         }

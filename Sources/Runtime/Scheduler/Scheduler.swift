@@ -154,6 +154,8 @@ public actor Scheduler {
         /// A load in progress has been given room (count and memory) by `makeRoom`; until then
         /// it occupies nothing, so loads waiting for room never wait for each other.
         var roomReserved = false
+        /// Where the running instance's KV caches are saved before it stops (nil: no warm swaps).
+        var warmFolder: String?
     }
 
     public private(set) var catalog: ModelCatalog {
@@ -192,8 +194,14 @@ public actor Scheduler {
     /// Looks up and saves plans across restarts; set by the app.
     var planCache: (any FitPlanCache)?
 
+    /// Saved KV caches across stops (nil: none are kept).
+    let warmSwap: WarmSwapStore?
+    /// What warm swaps did since start (for /metrics).
+    public nonisolated let warmSwapCounts = WarmSwapCounter()
+
     public init(catalog: ModelCatalog, limits: Limits, tools: LlamaTools, client: HTTPClient, logger: Logger,
-                planCache: (any FitPlanCache)? = nil) {
+                planCache: (any FitPlanCache)? = nil, warmSwap: WarmSwapStore? = nil) {
+        self.warmSwap = warmSwap
         self.catalog = catalog
         self.published = Mutex(catalog)
         self.configuredDefault = catalog.defaultModel
@@ -481,8 +489,18 @@ public actor Scheduler {
         // Everything that decides what llama-server allocates (not its port or log level).
         let identity = ["-m", path, "--alias", spec.id] + settings
         let learned = await learnedAllocations(spec, identity: identity)
+        // Warm swaps: a folder per cache shape, given to llama-server to save slots into.
+        var warmFolder: String?
+        if let warmSwap, spec.keepsWarmCaches, let folder = warmSwap.folder(modelPath: path, arguments: ["--alias", spec.id] + settings, serverPath: server) {
+            do {
+                try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+                warmFolder = folder
+            } catch {
+                logger.warning("no warm swaps for this load: the KV cache folder cannot be made", metadata: ["model": "\(spec.id)", "error": "\(error)"])
+            }
+        }
         let arguments = ["-m", path, "--host", "127.0.0.1", "--port", String(port), "--alias", spec.id, "--no-webui", "--metrics", "--slots", "--props",
-                         "-lv", learned == nil ? "4" : "3"] + settings
+                         "-lv", learned == nil ? "4" : "3"] + settings + (warmFolder.map { ["--slot-save-path", $0] } ?? [])
         slots[spec.id, default: Slot()].instanceOptions = slots[spec.id]?.loadOptions ?? LoadOptions()
         let child: ChildProcess
         let log = InstanceLog(learned: learned)
@@ -506,6 +524,16 @@ public actor Scheduler {
         if learned == nil, let allocations = log.observedAllocations {
             learnAllocations(allocations, spec, identity: identity)
         }
+        if let warmFolder, let warmSwap {
+            let slotCount = Int(settings.lastIndex(of: "-np").flatMap { settings.indices.contains($0 + 1) ? settings[$0 + 1] : nil } ?? "") ?? spec.parallel
+            let (restored, refused) = await warmSwap.restore(folder: warmFolder, port: port, slotCount: slotCount, client: client)
+            if restored > 0 {
+                warmSwapCounts.add { $0.slotsRestored += restored }
+                logger.info("restored saved KV caches", metadata: ["model": "\(spec.id)", "slots": "\(restored)"])
+            }
+            if !refused.isEmpty { logger.warning("llama-server refused saved KV caches; they are deleted", metadata: ["model": "\(spec.id)", "files": "\(refused)"]) }
+        }
+        slots[spec.id]!.warmFolder = warmFolder
         slots[spec.id]!.generation += 1
         slots[spec.id]!.phase = .ready(instance)
         publishReadiness(spec.id, ready: true)
@@ -640,18 +668,36 @@ public actor Scheduler {
         logger.error("llama-server stopped answering; killing it", metadata: ["model": "\(lease.modelID)", "pid": "\(instance.process.pid)", "reason": "\(reason)"])
         slots[lease.modelID]!.lastCrashLog = instance.recentLog(20)
         recordCrash(lease.modelID, reason)
-        await stop(lease.modelID, grace: .zero)
+        await stop(lease.modelID, grace: .zero, saveCache: false)
     }
 
     /// Stops a model's process (SIGTERM, then SIGKILL after `grace`, by default the configured
     /// one) and waits until it has been reaped.
-    private func stop(_ id: String, grace: Duration? = nil) async {
+    /// With `saveCache` (and warm swaps on for the model), the slots' KV caches are saved first,
+    /// for at most `cache.saveTimeout`; a save that fails or takes longer is logged and counted
+    /// and the stop goes on.
+    private func stop(_ id: String, grace: Duration? = nil, saveCache: Bool = true) async {
         guard case .ready(let instance) = slots[id]?.phase else {
             if case .stopping(let t) = slots[id]?.phase { await awaitStop(id, t) }
             return
         }
         let grace = grace ?? limits.stopGrace
-        let task = Task { _ = await instance.process.stop(grace: grace) }
+        let save = saveCache && slots[id]?.warmFolder != nil ? warmSwap : nil
+        let (client, logger, counts) = (client, logger, warmSwapCounts)
+        let task = Task {
+            if let save {
+                do {
+                    let saved = try await save.save(port: instance.port, client: client)
+                    counts.add { $0.slotsSaved += saved }
+                    let dropped = save.trim()
+                    if !dropped.isEmpty { logger.info("dropped the least recently used saved KV caches (cache.diskMiB)", metadata: ["files": "\(dropped.count)"]) }
+                } catch {
+                    counts.add { $0.saveFailures += 1 }
+                    logger.warning("the KV caches were not saved; the model stops without them", metadata: ["model": "\(id)", "error": "\(error)"])
+                }
+            }
+            _ = await instance.process.stop(grace: grace)
+        }
         slots[id]!.phase = .stopping(task)
         publishReadiness(id, ready: false)
         slots[id]!.idleTimer?.cancel()
