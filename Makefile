@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-bu
 # PostgreSQL server from Debian's binaries (package postgresql).
 TEST_PACKAGES := prometheus chromium chromium-driver postgresql
 
-.PHONY: serve test test-quick swift-test-quick python-test-quick test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-quant-ladder bench-cluster soak fuzz clean docs
+.PHONY: serve test test-quick swift-test-quick python-test-quick test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-quant-ladder bench-cache bench-cluster soak fuzz clean docs
 
 ## serve: install what is missing, build, get the demo model, and run on routes.json (on
 ## routes.offline.json, with a generated random model, when the demo model cannot be fetched)
@@ -143,6 +143,12 @@ bench-load: release venv
 ## bench-quant-ladder: the quant ladder on the real demo model (dequantized to F32) over an English text
 bench-quant-ladder: build venv
 	CORRAL_BIN=$(BIN) $(PY) scripts/bench_quant_ladder.py
+	$(PY) scripts/gen_benchmarks.py
+
+## bench-cache: warm swaps on the real demo model: the next turn's time to first token after a
+## swap with the KV cache restored, against cold and against never swapped, and the swap's cost
+bench-cache: llama release venv
+	CORRAL_BIN=$(RELEASE_BIN) $(PY) scripts/bench_cache.py
 	$(PY) scripts/gen_benchmarks.py
 
 ## fuzz: the GGUF reader and the OpenAI <-> Ollama translators, far longer than `make test` runs them
