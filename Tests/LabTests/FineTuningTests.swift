@@ -7,6 +7,18 @@ import Testing
 /// Fine-tuning's pure parts (the data formats are FilesTests'): llama-finetune's progress lines, the learning-rate schedule across one-epoch
 /// invocations, the trainer's first-come turns, and the data the trainer needs.
 @Suite struct FineTuningTests {
+    @Test func anEpochsValidationLossIsReportedOnlyOnceItsPhaseEnded() {
+        var state = FineTuneState()
+        state.stepsPerEpoch = 10
+        let train = TrainerProgress(phase: "train", batch: 10, batches: 10, loss: 2.5, accuracy: 0.4)
+        state.current = TrainerProgress(phase: "val", batch: 1, batches: 4, loss: 9.9, accuracy: 0.1)
+        let partial = FineTuneJob.metrics(state: state, train: train, epoch: 2, epochs: 3)
+        #expect(partial.validLoss == nil && partial.step == 20 && partial.totalSteps == 30)
+        state.current = TrainerProgress(phase: "val", batch: 4, batches: 4, loss: 3.1, accuracy: 0.3)
+        let ended = FineTuneJob.metrics(state: state, train: train, epoch: 2, epochs: 3)
+        #expect(ended.validLoss == 3.1 && ended.validMeanTokenAccuracy == 0.3 && ended.trainLoss == 2.5)
+    }
+
     @Test func readsTheTrainersProgressLines() {
         var output = TrainerOutput()
         let train = output.read("train: [▍       ] data=0000012/0000324 loss=4.67697±0.08477 acc=20.44±0.73% t=00:00:00 ETA=00:01:03 ")

@@ -386,6 +386,7 @@ public struct FineTuneJob: JobKind {
         }
         var output = TrainerOutput()
         var lastEvent = ContinuousClock.now - .seconds(10)
+        var endedPhases: Set<String> = []
         var failure: (any Error)?
         let stepsBefore = state.stepsPerEpoch.map { $0 * (epoch - 1) } ?? 0
         let metricsPath = folder + "/metrics.csv"
@@ -401,10 +402,13 @@ public struct FineTuneJob: JobKind {
                 state.current = progress
                 let now = ContinuousClock.now
                 let ends = progress.batch == progress.batches
+                // A phase's last line can come twice (the progress bar redrawn, then ended): its
+                // end is reported once, or an epoch would end twice in the events.
+                if ends && !endedPhases.insert(progress.phase).inserted { continue }
                 guard ends || now - lastEvent >= .milliseconds(500) else { continue }
                 lastEvent = now
                 do {
-                    try await context.event("metrics", metrics(state: state, train: output.lastTrain, epoch: epoch, epochs: h.nEpochs))
+                    try await context.event("metrics", Self.metrics(state: state, train: output.lastTrain, epoch: epoch, epochs: h.nEpochs))
                     let perEpoch = state.stepsPerEpoch ?? progress.batches
                     let done = Double(perEpoch * (epoch - 1) + (progress.phase == "train" ? progress.batch : perEpoch))
                     try await context.progress(done, of: Double(perEpoch * h.nEpochs), unit: "steps")
@@ -456,15 +460,18 @@ public struct FineTuneJob: JobKind {
             learningRate: rate, seconds: (ContinuousClock.now - started).inSeconds)
     }
 
-    /// A `metrics` event: where the epoch is, its running training loss and accuracy, and in its
-    /// validation phase the validation ones too.
-    func metrics(state: FineTuneState, train: TrainerProgress?, epoch: Int, epochs: Int) -> FineTuneMetrics {
+    /// A `metrics` event: where the epoch is, its running training loss and accuracy, and once its
+    /// validation phase has ended the validation ones too. A validation phase still running gives
+    /// none: its loss over part of the split is not the epoch's (a slow machine reported several
+    /// "epoch ends" per epoch when partial validation losses were sent).
+    static func metrics(state: FineTuneState, train: TrainerProgress?, epoch: Int, epochs: Int) -> FineTuneMetrics {
         let perEpoch = state.stepsPerEpoch ?? train?.batches ?? 0
         let validating = state.current?.phase == "val"
+        let validated = validating && state.current.map { $0.batch == $0.batches } == true
         return FineTuneMetrics(
             step: perEpoch * (epoch - 1) + (validating ? perEpoch : train?.batch ?? 0), totalSteps: perEpoch * epochs, epoch: epoch,
             trainLoss: train?.loss ?? 0, trainMeanTokenAccuracy: train?.accuracy ?? 0,
-            validLoss: validating ? state.current?.loss : nil, validMeanTokenAccuracy: validating ? state.current?.accuracy : nil,
+            validLoss: validated ? state.current?.loss : nil, validMeanTokenAccuracy: validated ? state.current?.accuracy : nil,
             etaSeconds: state.current?.etaSeconds)
     }
 
