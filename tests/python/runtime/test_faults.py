@@ -310,14 +310,17 @@ def test_sigterm_under_load_drains_every_request_and_loses_no_rows():
         plain_clients = [httpx.Client(timeout=300) for _ in range(4)]
 
         def stream(i):
-            body = {**CHAT, "max_tokens": 900, "ignore_eos": True, "stream": True, "messages": [{"role": "user", "content": f"s{i}"}]}
+            body = {**CHAT, "max_tokens": 300, "ignore_eos": True, "stream": True, "messages": [{"role": "user", "content": f"s{i}"}]}
             streams_go.wait()
             with stream_clients[i].stream("POST", c.base + "/v1/chat/completions", json=body) as r:
                 results.append((r.status_code, [line for line in r.iter_lines() if line.startswith("data:")][-1]))
 
         def plain(i):
             plain_go.wait()
-            r = plain_clients[i].post(c.base + "/api/chat", json={**CHAT, "max_tokens": 900, "stream": False, "messages": [{"role": "user", "content": f"p{i}"}]})
+            # Ollama's own limit (an Ollama request's max_tokens is not one): unbounded, the random
+            # model ran to its full context, and two runs at once on two cores outlasted the join.
+            r = plain_clients[i].post(c.base + "/api/chat", json={**CHAT, "options": {"num_predict": 300}, "stream": False,
+                                                                  "messages": [{"role": "user", "content": f"p{i}"}]})
             results.append((r.status_code, r.json().get("done")))
 
         threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)] + [threading.Thread(target=plain, args=(i,)) for i in range(4)]
