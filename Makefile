@@ -91,7 +91,7 @@ docs: build venv
 	CORRAL_BIN=$(BIN) $(PY) scripts/gen_docs.py
 	$(PY) scripts/gen_benchmarks.py
 
-## benchmarks (not part of `make test`; results go to BENCHMARKS.md)
+## benchmarks (not part of `make test`): each appends to benchmarks/results.jsonl, then BENCHMARKS.md is regenerated
 RELEASE_BIN := .build-release/release/corral
 
 release:
