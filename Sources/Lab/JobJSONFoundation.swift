@@ -42,8 +42,3 @@ extension JobJSON {
         }
     }
 }
-
-extension EvalSample {
-    /// The sample as the graders' Foundation context holds it.
-    var object: [String: Any] { json.any as? [String: Any] ?? [:] }
-}

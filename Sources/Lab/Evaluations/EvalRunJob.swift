@@ -308,7 +308,7 @@ public struct EvalRunJob: JobKind {
         outcome.row = try outputItem(unit: unit, index: index, repetition: repetition, item: item, output: output, results: results, status: outcome.status, spec: spec, run: run)
         var summary: [String: Any] = [
             "index": index, "repetition": repetition, "status": outcome.status, "input": output.input, "results": results,
-            "output": EvalTemplate.text(output.sample["output_text"] ?? ""),
+            "output": EvalTemplate.text(output.graded["output_text"]?.any ?? ""),
         ]
         if let error = output.error { summary["error"] = ["code": error.code, "message": error.message] }
         if let ms = output.totalMs { summary["total_ms"] = ms }
@@ -339,7 +339,10 @@ public struct EvalRunJob: JobKind {
 
     /// What the model made of one item (or the sample the item came with).
     struct Output {
-        var sample: [String: Any]
+        /// The sample the criteria grade: `EvalSample`'s fields, or the object a `jsonl` item came with.
+        var graded: JobJSON
+        /// `graded` as the graders' Foundation context holds it.
+        var sample: Any { graded.any }
         var input: [[String: String]] = []
         var finishReason = ""
         var usage: [String: Any]?
@@ -354,11 +357,17 @@ public struct EvalRunJob: JobKind {
         var error: (code: String, message: String)?
     }
 
+    /// The sample a `jsonl` item came with, when it is an object; else an empty one.
+    static func givenSample(_ given: Any?) -> JobJSON {
+        guard let given, let sample = JobJSON(given), case .object = sample else { return .object([:]) }
+        return sample
+    }
+
     /// The model's answer to one item, streamed (so the first token is timed and the console
     /// can show the tokens as they come); `live` names the run, item and repetition for it.
     func sample(for item: [String: Any], given: Any?, spec: EvalRunSpec, live: (run: String, index: Int, repetition: Int)) async throws -> Output {
-        guard let model = spec.model else { return Output(sample: given as? [String: Any] ?? [:]) }
-        var output = Output(sample: [:])
+        guard let model = spec.model else { return Output(graded: Self.givenSample(given)) }
+        var output = Output(graded: .object([:]))
         var turns: [String] = []
         do {
             output.input = try spec.template.map { ["role": $0.role, "content": try EvalTemplate.render($0.content, ["item": item])] }
@@ -422,7 +431,7 @@ public struct EvalRunJob: JobKind {
             output.promptPerSecond = got.timings?["prompt_per_second"] as? Double
             output.generationPerSecond = got.timings?["predicted_per_second"] as? Double
         }
-        output.sample = EvalSample(answers: answers).object
+        output.graded = EvalSample(answers: answers).json
         output.usage = usage
         output.totalMs = totalMs
         if !turns.isEmpty { output.input = Array(conversation.dropLast()) }
@@ -436,7 +445,7 @@ public struct EvalRunJob: JobKind {
         let id = "outputitem-\(run.dropFirst(EvalRunJob.idPrefix.count + 1))-\(unit)"
         let usage = output.usage ?? [:]
         var sample: [String: Any] = [
-            "input": output.input, "output": output.error == nil ? [["role": "assistant", "content": output.sample["output_text"] ?? ""]] : [],
+            "input": output.input, "output": output.error == nil ? [["role": "assistant", "content": output.graded["output_text"]?.any ?? ""]] : [],
             "model": spec.model ?? "", "finish_reason": output.finishReason,
             "usage": [
                 "prompt_tokens": usage["prompt_tokens"] as? Int ?? 0, "completion_tokens": usage["completion_tokens"] as? Int ?? 0,
@@ -453,8 +462,8 @@ public struct EvalRunJob: JobKind {
                                  "prompt_tokens_per_second": output.promptPerSecond.map { $0 as Any } ?? NSNull(),
                                  "generation_tokens_per_second": output.generationPerSecond.map { $0 as Any } ?? NSNull()] as [String: Any]
         }
-        if spec.model == nil { sample["output"] = [["role": "assistant", "content": EvalTemplate.text(output.sample["output_text"] ?? "")]] }
-        if let turns = output.sample["turns"] { sample["turns"] = turns }
+        if spec.model == nil { sample["output"] = [["role": "assistant", "content": EvalTemplate.text(output.graded["output_text"]?.any ?? "")]] }
+        if let turns = output.graded["turns"] { sample["turns"] = turns.any }
         let object: [String: Any] = [
             "id": id, "object": "eval.run.output_item", "created_at": Int(Date().timeIntervalSince1970), "eval_id": spec.evalID, "run_id": run,
             "datasource_item_id": index, "datasource_item": item, "status": status, "results": results, "sample": sample,
