@@ -50,6 +50,9 @@ public struct ModelSpec: Sendable, Equatable {
     /// Its KV caches are saved before its instance stops and restored when it loads again
     /// (`models[].warmSwap`; see ``keepsWarmCaches``).
     public var warmSwap = true
+    /// How many instances may serve it and how requests choose among them (`models[].replicas`;
+    /// one for models found in source folders).
+    public var replicas = ReplicaPolicy.single
 
     /// The prompt cache a launch with `arguments` keeps, MiB: the last `--cache-ram` (`-cram`)
     /// given, as llama.cpp reads it; a negative value (no limit) counts as llama-server's 8 GiB.
@@ -90,6 +93,7 @@ public struct ModelSpec: Sendable, Equatable {
         // sentence alone, seen with SmolLM2 at -np 2 and 4; right at -np 1; llama.cpp #26282).
         companion.parallel = 1
         companion.cacheRamMiB = 0
+        companion.replicas = .single
         return companion
     }
 
@@ -165,6 +169,7 @@ public struct ModelCatalog: Sendable {
             spec.fallbacks = m.fallbacks
             spec.cacheRamMiB = m.cacheRamMiB ?? config.cacheRamMiB
             spec.warmSwap = m.warmSwap
+            spec.replicas = m.replicas
             spec.progressAsReasoning = m.progressAsReasoning
             catalog.add(spec)
         }

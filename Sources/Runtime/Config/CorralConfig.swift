@@ -111,6 +111,8 @@ public struct CorralConfig: Sendable {
         public var cacheRamMiB: Int?
         /// Whether its KV caches are saved across a stop (`models[].warmSwap`, default true).
         public var warmSwap = true
+        /// How many instances may serve it and how requests choose among them.
+        public var replicas = ReplicaPolicy.single
 
         public init(name: String, path: String) {
             self.name = name
@@ -344,6 +346,23 @@ public struct CorralConfig: Sendable {
             model.progressAsReasoning = try m.bool("progressAsReasoning") ?? false
             model.cacheRamMiB = try m.int("cacheRamMiB", min: 0)
             model.warmSwap = try m.bool("warmSwap") ?? true
+            if var r = try m.object("replicas") {
+                let least = try r.int("min", min: 1, max: 64) ?? 1
+                let most = try r.int("max", min: 1, max: 64) ?? least
+                guard most >= least else { throw ConfigError(key: r.name("max"), problem: "must be at least min (\(least))") }
+                var routing = ReplicaPolicy.Routing.prefixAffinity
+                if let name = try r.string("routing") {
+                    guard let parsed = ReplicaPolicy.Routing(rawValue: name) else {
+                        throw ConfigError(key: r.name("routing"), problem: "must be one of \(ReplicaPolicy.Routing.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    routing = parsed
+                }
+                let defaults = ReplicaPolicy.single
+                model.replicas = ReplicaPolicy(
+                    min: least, max: most, scaleUpAfter: try r.duration("scaleUpAfter").map { Swift.max($0, .zero) } ?? defaults.scaleUpAfter,
+                    scaleDownAfter: try r.duration("scaleDownAfter").map { Swift.max($0, .zero) } ?? defaults.scaleDownAfter, routing: routing)
+                try r.finish()
+            }
             try m.finish()
             c.models.append(model)
         }
