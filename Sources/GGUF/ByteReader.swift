@@ -110,6 +110,24 @@ struct ByteReader: ~Copyable {
         return s
     }
 
+    /// A length-prefixed string fed to `digests` in chunks, never decoded (a vocabulary's token
+    /// texts, too many to keep).
+    mutating func digestString(into digests: inout TokenTextDigests.Builder) throws(GGUFError) {
+        let start = offset
+        let length = try u64()
+        guard length <= remaining else { throw error(.stringTooLong(length), at: start) }
+        digests.begin(length: length)
+        var left = Int(length)
+        while left > 0 {
+            let n = min(left, buffer.count)
+            try fill(n)
+            digests.bytes(buffer[position..<(position + n)])
+            position += n
+            left -= n
+        }
+        digests.end()
+    }
+
     mutating func skip(_ count: UInt64) throws(GGUFError) {
         guard count <= remaining else { throw error(.truncated) }
         let inBuffer = UInt64(bufferCount - position)

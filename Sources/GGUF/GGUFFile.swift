@@ -39,6 +39,9 @@ public struct GGUFFile: Sendable {
     /// Absolute file offset of the tensor data section.
     public var dataOffset: UInt64
     public var fileSize: UInt64
+    /// Digests of `tokenizer.ggml.tokens`' texts (kept whatever the array's size), for
+    /// comparing vocabularies as llama.cpp does before speculative decoding.
+    public var tokenDigests: TokenTextDigests?
 
     public subscript(key: String) -> GGUFValue? {
         metadata.first { $0.key == key }?.value
@@ -68,12 +71,19 @@ public struct GGUFFile: Sendable {
 
         var metadata: [(key: String, value: GGUFValue)] = []
         metadata.reserveCapacity(Int(kvCount))
+        var tokenDigests: TokenTextDigests?
         for _ in 0..<kvCount {
             let key = try r.string()!
             let typeOffset = r.offset
             let rawType = try r.u32()
             guard let type = GGUFValueType(rawValue: rawType) else {
                 throw r.error(.invalidValueType(rawType), at: typeOffset)
+            }
+            if key == "tokenizer.ggml.tokens" && type == .array {
+                let (value, digests) = try readTokens(&r, options: options)
+                tokenDigests = digests
+                metadata.append((key, value))
+                continue
             }
             let value = try readValue(&r, type: type, options: options, depth: 0)
             metadata.append((key, value))
@@ -104,7 +114,38 @@ public struct GGUFFile: Sendable {
         }
         return GGUFFile(
             version: version, metadata: metadata, tensors: options.readTensors ? tensors : [],
-            alignment: alignment, dataOffset: dataOffset, fileSize: r.fileSize)
+            alignment: alignment, dataOffset: dataOffset, fileSize: r.fileSize, tokenDigests: tokenDigests)
+    }
+
+    /// The vocabulary array: its value as ``readValue`` would give it, and the digests of its
+    /// texts (nil when its elements are not strings).
+    private static func readTokens(_ r: inout ByteReader, options: GGUFReadOptions) throws(GGUFError) -> (GGUFValue, TokenTextDigests?) {
+        let start = r.offset
+        let rawType = try r.u32()
+        guard let elementType = GGUFValueType(rawValue: rawType) else { throw r.error(.invalidValueType(rawType), at: start) }
+        let count = try r.u64()
+        guard count <= r.remaining / elementType.minimumSize else { throw r.error(.arrayTooLong(count), at: start) }
+        let keep = count <= options.keepArraysUpTo
+        var values: [GGUFValue] = []
+        guard elementType == .string else {
+            for _ in 0..<count {
+                let v = try readValue(&r, type: elementType, options: options, depth: 1, keep: keep)
+                if keep { values.append(v) }
+            }
+            return (.array(GGUFArray(elementType: elementType, count: count, values: keep ? values : nil)), nil)
+        }
+        var digests = TokenTextDigests.Builder(count: Int(count))
+        if keep { values.reserveCapacity(Int(count)) }
+        for _ in 0..<count {
+            if keep {
+                let text = try r.string() ?? ""
+                digests.add(Array(text.utf8)[...])
+                values.append(.string(text))
+            } else {
+                try r.digestString(into: &digests)
+            }
+        }
+        return (.array(GGUFArray(elementType: .string, count: count, values: keep ? values : nil)), digests.result)
     }
 
     private static func readTensorInfo(_ r: inout ByteReader) throws(GGUFError) -> GGUFTensorInfo {

@@ -50,6 +50,9 @@ public struct ModelFacts: Sendable, Equatable {
     public var vocabularySize: Int?
     public var chatTemplate: String?
     public var tokenizerModel: String?
+    /// What decides which models can draft for which (speculative decoding); nil when the
+    /// header names no tokenizer.
+    public var tokenizer: TokenizerFacts?
     public var expertCount: Int?
     public var expertUsedCount: Int?
     public var slidingWindow: Int?
@@ -115,6 +118,7 @@ public struct ModelFacts: Sendable, Equatable {
         vocabularySize = file["tokenizer.ggml.tokens"]?.array.map { Int($0.count) } ?? key("vocab_size")?.int
         chatTemplate = file["tokenizer.chat_template"]?.string
         tokenizerModel = file["tokenizer.ggml.model"]?.string
+        tokenizer = TokenizerFacts(file)
         expertCount = key("expert_count")?.int
         expertUsedCount = key("expert_used_count")?.int
         slidingWindow = key("attention.sliding_window")?.int

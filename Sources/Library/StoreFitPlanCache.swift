@@ -24,8 +24,13 @@ public struct StoreFitPlanCache: FitPlanCache {
 
     func key(_ spec: ModelSpec, _ arguments: [String]) -> String? {
         guard let file = spec.path.flatMap(FileIdentity.of) else { return nil }
-        return [file.path, String(file.size), String(file.modified), hardwareFingerprint, arguments.joined(separator: "\u{1f}"), llamaBuild]
-            .joined(separator: "\u{1e}")
+        var parts = [file.path, String(file.size), String(file.modified), hardwareFingerprint, arguments.joined(separator: "\u{1f}"), llamaBuild]
+        // A draft model's file is part of the plan too (its rows); its path is in the arguments.
+        if let draftPath = spec.draftArguments.isEmpty ? nil : spec.draft?.path {
+            guard let draft = FileIdentity.of(draftPath) else { return nil }
+            parts += [String(draft.size), String(draft.modified)]
+        }
+        return parts.joined(separator: "\u{1e}")
     }
 
     public func plan(for spec: ModelSpec, arguments: [String]) async -> FitPlan? {

@@ -53,6 +53,12 @@ public struct ModelSpec: Sendable, Equatable {
     /// How many instances may serve it and how requests choose among them (`models[].replicas`;
     /// one for models found in source folders).
     public var replicas = ReplicaPolicy.single
+    /// The model that drafts tokens for it (speculative decoding, `models[].draft`), resolved
+    /// against the library; nil when none is configured or the configured one was refused.
+    public var draft: Draft?
+    /// Why the configured draft is not used (no such model, a tokenizer llama.cpp would not
+    /// pair with this model's, nothing smaller matches for `auto`).
+    public var draftRefusal: DraftRefusal?
 
     /// The prompt cache a launch with `arguments` keeps, MiB: the last `--cache-ram` (`-cram`)
     /// given, as llama.cpp reads it; a negative value (no limit) counts as llama-server's 8 GiB.
@@ -94,6 +100,8 @@ public struct ModelSpec: Sendable, Equatable {
         companion.parallel = 1
         companion.cacheRamMiB = 0
         companion.replicas = .single
+        companion.draft = nil  // embeddings are not generated token by token
+        companion.draftRefusal = nil
         return companion
     }
 
@@ -109,11 +117,15 @@ public struct ModelSpec: Sendable, Equatable {
     public var keepsWarmCaches: Bool { warmSwap && !embeddings && !reranking }
 
     /// llama-server arguments Corral always sets for this model: slots, the prompt cache's size,
-    /// and embedding or reranking mode.
+    /// embedding or reranking mode, and its draft model.
     public var defaultArguments: [String] {
         ["-np", String(parallel), "--cache-ram", String(embeddings || reranking ? 0 : cacheRamMiB)]
             + (embeddings ? ["--embeddings", "--pooling", "mean"] : reranking ? ["--reranking"] : [])
+            + draftArguments
     }
+
+    /// The draft's flags (`-md` and its settings), for a model that generates text and has one.
+    public var draftArguments: [String] { embeddings || reranking ? [] : draft?.arguments ?? [] }
 
     /// `-c` when the model has a configured context size.
     public var contextArguments: [String] { contextSize.map { ["-c", String($0)] } ?? [] }
@@ -229,11 +241,26 @@ public struct ModelCatalog: Sendable {
                         source: u.name, facts: nil, fileSize: nil))
             }
         }
+        catalog.resolveDrafts(config.models)
         if let name = config.defaultModel {
             catalog.defaultModel = name
             if catalog.chosenDefault == nil { catalog.problems.append(("defaultModel", "no model named '\(name)'")) }
         }
         return catalog
+    }
+
+    /// Gives each configured model with `draft` its draft, once every model is known; a refused
+    /// draft is a problem of the catalog and stays on the model (`draftRefusal`).
+    mutating func resolveDrafts(_ configured: [CorralConfig.Model]) {
+        for m in configured {
+            guard let setting = m.draft, let i = index[Self.normalize(m.name)], models[i].path == m.path else { continue }
+            switch resolveDraft(setting, for: models[i]) {
+            case .success(let draft): models[i].draft = draft
+            case .failure(let refusal):
+                models[i].draftRefusal = refusal
+                problems.append(("models[\(m.name)].draft", "'\(refusal.requested)' refused: \(refusal.reason)"))
+            }
+        }
     }
 
     /// Adds a model unless its name is taken (the first definition wins).

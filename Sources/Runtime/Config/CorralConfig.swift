@@ -113,6 +113,8 @@ public struct CorralConfig: Sendable {
         public var warmSwap = true
         /// How many instances may serve it and how requests choose among them.
         public var replicas = ReplicaPolicy.single
+        /// The model that drafts tokens for it (speculative decoding), and the draft's settings.
+        public var draft: DraftSetting?
 
         public init(name: String, path: String) {
             self.name = name
@@ -363,6 +365,7 @@ public struct CorralConfig: Sendable {
                     scaleDownAfter: try r.duration("scaleDownAfter").map { Swift.max($0, .zero) } ?? defaults.scaleDownAfter, routing: routing)
                 try r.finish()
             }
+            model.draft = try Self.draft(&m)
             try m.finish()
             c.models.append(model)
         }
@@ -419,5 +422,35 @@ public struct CorralConfig: Sendable {
         }
         try root.finish()
         return c
+    }
+
+    /// `models[].draft`: a model name or `auto`, or `{model, maxTokens, minP, gpuLayers}`.
+    static func draft(_ m: inout JSONObjectReader) throws(ConfigError) -> DraftSetting? {
+        let key = m.name("draft")
+        guard let raw = m.raw("draft") else { return nil }
+        func choice(_ name: String, key: String) throws(ConfigError) -> DraftSetting.Choice {
+            let trimmed = name.trimmingCharacters(in: .whitespaces)
+            guard !trimmed.isEmpty else { throw ConfigError(key: key, problem: "must name a model or be \"auto\"") }
+            return trimmed.lowercased() == "auto" ? .auto : .named(trimmed)
+        }
+        if let name = raw as? String { return DraftSetting(model: try choice(name, key: key)) }
+        var d = try JSONObjectReader(raw, path: key)
+        guard let name = try d.string("model") else { throw ConfigError(key: d.name("model"), problem: "is required: a model name or \"auto\"") }
+        var setting = DraftSetting(model: try choice(name, key: d.name("model")))
+        setting.maxTokens = try d.int("maxTokens", min: 1, max: 256)
+        setting.gpuLayers = try d.int("gpuLayers", min: 0, max: 10_000)
+        if let p = d.raw("minP") {
+            guard let n = p as? NSNumber, !isJSONBool(n), n.doubleValue >= 0, n.doubleValue <= 1 else {
+                throw ConfigError(key: d.name("minP"), problem: "must be a number from 0 to 1")
+            }
+            setting.minP = n.doubleValue
+        }
+        if d.raw("contextSize") != nil {
+            // llama.cpp (this build) sizes the draft's context as the target's and has no flag to
+            // change it (`-cd` is gone); a key that does nothing would mislead.
+            throw ConfigError(key: d.name("contextSize"), problem: "is not supported: llama-server gives the draft the model's own context (set the model's contextSize)")
+        }
+        try d.finish()
+        return setting
     }
 }
