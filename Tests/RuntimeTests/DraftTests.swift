@@ -140,6 +140,9 @@ import Testing
                                        "--spec-draft-p-min", "0.25"])
         #expect(Array(big.defaultArguments.suffix(big.draftArguments.count)) == big.draftArguments)
         #expect(big.fitInputArguments.contains("-md"))
+        // llama-server's slot files hold the model's cache, not the draft's: no warm swaps.
+        #expect(!big.keepsWarmCaches)
+        #expect(catalog.resolve("small")?.keepsWarmCaches == true)
         // Its embedding companion embeds: no draft.
         #expect(big.embeddingCompanion?.draftArguments == [])
         #expect(big.embeddingCompanion?.defaultArguments.contains("-md") == false)
@@ -153,7 +156,7 @@ import Testing
         let catalog = try catalog(["big": DraftSetting(model: .named("fim")), "small": DraftSetting(model: .named("wide")),
                                    "tiny": DraftSetting(model: .named("nowhere"))])
         let big = try #require(catalog.resolve("big"))
-        #expect(big.draft == nil && big.draftArguments.isEmpty)
+        #expect(big.draft == nil && big.draftArguments.isEmpty && big.keepsWarmCaches)
         let refusal = try #require(big.draftRefusal)
         #expect(refusal.requested == "fim")
         #expect(refusal.reason.contains("'fim' does not share the tokenizer of 'big'"))

@@ -113,8 +113,11 @@ public struct ModelSpec: Sendable, Equatable {
     public var reranking: Bool { !embeddings && facts?.capabilities.contains(.rerank) == true }
 
     /// Whether its instances' KV caches are saved across a stop: asked for, and an instance that
-    /// keeps prompts (embedding and reranking ones keep none).
-    public var keepsWarmCaches: Bool { warmSwap && !embeddings && !reranking }
+    /// keeps prompts (embedding and reranking ones keep none) without a draft model. llama-server's
+    /// slot files hold the model's cache, not the draft's: after a restore the draft drafts
+    /// without the conversation before it (SmolLM2 drafting for itself: 33 of 82 drafted tokens
+    /// accepted instead of all, half the speed), so a drafted model recomputes the prompt instead.
+    public var keepsWarmCaches: Bool { warmSwap && !embeddings && !reranking && draftArguments.isEmpty }
 
     /// llama-server arguments Corral always sets for this model: slots, the prompt cache's size,
     /// embedding or reranking mode, and its draft model.
