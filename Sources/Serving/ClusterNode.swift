@@ -45,6 +45,8 @@ public final class ClusterNode: Service, Sendable {
 
     struct State {
         var peers: [Peer] = []
+        /// Prefix affinity among the peers that have a model loaded.
+        var peerRouting = PeerRouting()
         var all: [NodeRecord] = []
         var draining = false
         var storeProblem: String?
@@ -120,13 +122,46 @@ public final class ClusterNode: Service, Sendable {
         state.withLock { s in s.peers.first { $0.name == name && $0.age < staleAfter } }
     }
 
-    /// A live peer serving `model` with a free slot and nothing queued, the one with most free
-    /// slots first; nil when none.
-    public func peer(for model: String) -> Peer? {
+    /// A live peer serving `model` with a free slot and nothing queued: the one this node last
+    /// sent the prompt's prefix or session to (`affinity`), else the one with most free slots;
+    /// nil when none.
+    public func peer(for model: String, affinity: PromptAffinity? = nil) -> Peer? {
         state.withLock { s in
-            s.peers.filter { $0.state == "serving" && $0.age < staleAfter && ($0.models[model]?.free ?? 0) > 0 && $0.models[model]?.queued == 0 }
-                .max { ($0.models[model]?.free ?? 0) < ($1.models[model]?.free ?? 0) }
+            let live = s.peers.filter { $0.state == "serving" && $0.age < staleAfter }
+            return Self.choosePeer(for: model, among: live, affinity: affinity, routing: &s.peerRouting)
         }
+    }
+
+    /// Which peer this node sent which prompt prefixes of each model to, peers numbered once by
+    /// name so the table's entries outlive heartbeats.
+    public struct PeerRouting: Sendable {
+        var tables: [String: AffinityTable] = [:]
+        var numbers: [String] = []
+
+        public init() {}
+    }
+
+    /// The peer for a request among `peers` (live ones): those with `model` loaded, a free slot
+    /// and nothing queued; the one `routing` last gave the prompt's prefix or session, else the one
+    /// with most free slots. The choice is recorded for the next turn.
+    public static func choosePeer(for model: String, among peers: [Peer], affinity: PromptAffinity?, routing: inout PeerRouting) -> Peer? {
+        let candidates = peers.filter { ($0.models[model]?.free ?? 0) > 0 && $0.models[model]?.queued == 0 }
+        guard var chosen = candidates.max(by: { ($0.models[model]?.free ?? 0) < ($1.models[model]?.free ?? 0) }) else { return nil }
+        guard let affinity, !affinity.isEmpty else { return chosen }
+        if let preferred = routing.tables[model]?.preferred(affinity), preferred.replica < routing.numbers.count,
+            let peer = candidates.first(where: { $0.name == routing.numbers[preferred.replica] })
+        {
+            chosen = peer
+        }
+        let number: Int
+        if let known = routing.numbers.firstIndex(of: chosen.name) {
+            number = known
+        } else {
+            routing.numbers.append(chosen.name)
+            number = routing.numbers.count - 1
+        }
+        routing.tables[model, default: AffinityTable(capacity: 16_384)].record(affinity, replica: number)
+        return chosen
     }
 
     /// Takes a peer out of routing at once (a request to it failed before any byte).
@@ -174,9 +209,14 @@ public final class ClusterNode: Service, Sendable {
         let instances = await scheduler.instances()
         let catalog = scheduler.currentCatalog
         var models: [[String: Any]] = []
-        for i in instances where i.state == "loaded" {
-            let slots = catalog.resolve(i.model)?.parallel ?? 1
-            models.append(["model": i.model, "slots": slots, "inFlight": i.inFlight, "queued": i.queued, "free": max(0, slots - i.inFlight)])
+        // Per model, over its loaded instances (replicas): their slots and requests add up, the
+        // queue is the model's.
+        let loaded = Dictionary(grouping: instances.filter { $0.state == "loaded" }, by: \.model)
+        for (model, running) in loaded.sorted(by: { $0.key < $1.key }) {
+            let slots = (catalog.resolve(model)?.parallel ?? 1) * running.count
+            let inFlight = running.reduce(0) { $0 + $1.inFlight }
+            models.append(["model": model, "slots": slots, "inFlight": inFlight, "queued": running[0].queued, "free": max(0, slots - inFlight),
+                           "instances": running.count])
         }
         // Per device: the scheduler's budget and what is left of it for a new load; for the host
         // also what the system reports as available now.

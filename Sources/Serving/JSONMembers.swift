@@ -26,6 +26,21 @@ public enum JSONMembers {
         return complete ? found : nil
     }
 
+    /// Where the values of the members called `names` of a JSON object's top level lie in
+    /// `bytes` (strings with their quotes), without building anything; nil when `bytes` is not an
+    /// object (or is cut short).
+    public static func valueRanges(_ names: Set<String>, of bytes: UnsafeRawBufferPointer) -> [String: Range<Int>]? {
+        var scanner = Scanner(bytes: bytes)
+        var found: [String: Range<Int>] = [:]
+        let complete = scanner.object { key, scanner in
+            let start = scanner.position
+            guard scanner.skipValue() else { return false }
+            if names.contains(key) { found[key] = start..<scanner.position }
+            return true
+        }
+        return complete ? found : nil
+    }
+
     /// A cursor over JSON text that can skip whole values.
     private struct Scanner {
         let bytes: UnsafeRawBufferPointer

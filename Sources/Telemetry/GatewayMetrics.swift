@@ -54,7 +54,13 @@ public final class GatewayMetrics: Sendable {
     private let runningTotals = Mutex(Totals())
     /// Per model (served here, not by a peer): prompt tokens taken from llama-server's cache,
     /// and every prompt token, of the requests that reported both.
-    private let promptCacheByModel = Mutex<[String: (cached: Int, prompt: Int)]>([:])
+    /// Prompt tokens and those taken from the prompt cache, by model and replica.
+    private let promptCacheByInstance = Mutex<[InstanceKey: (cached: Int, prompt: Int)]>([:])
+
+    private struct InstanceKey: Hashable {
+        var model: String
+        var replica: Int
+    }
     /// Reads the ledger's backlog for the `corral_ledger_pending_rows` gauge (set at start-up).
     nonisolated(unsafe) public static var ledgerPending: (@Sendable () -> Int)?
     /// Reads the ledger's counters (set at start-up): requests refused while it was full, and
@@ -119,9 +125,10 @@ public final class GatewayMetrics: Sendable {
             observe("corral_gateway_overhead_seconds", byModel, r.gatewayOverheadMs.map { $0 / 1000 })
         }
         if r.node == nil, let prompt = r.promptTokens, let cached = r.cachedTokens, prompt > 0 {
-            promptCacheByModel.withLock { use in
-                let old = use[r.model] ?? (0, 0)
-                use[r.model] = (old.cached + min(cached, prompt), old.prompt + prompt)
+            promptCacheByInstance.withLock { use in
+                let key = InstanceKey(model: r.model, replica: r.replica)
+                let old = use[key] ?? (0, 0)
+                use[key] = (old.cached + min(cached, prompt), old.prompt + prompt)
             }
         }
         runningTotals.withLock { t in
@@ -148,12 +155,12 @@ public final class GatewayMetrics: Sendable {
     /// Counts a request refused because a stored team or key policy could not be read.
     public func unreadablePolicyRefused() { policyRefusals.add(1, ordering: .relaxed) }
 
-    /// Each instance with its model's prompt-cache use filled in (where requests reported it).
+    /// Each instance with its prompt-cache use filled in (where requests reported it).
     public func withPromptCache(_ instances: [InstanceInfo]) -> [InstanceInfo] {
-        let use = promptCacheByModel.withLock { $0 }
+        let use = promptCacheByInstance.withLock { $0 }
         return instances.map { info in
             var info = info
-            info.promptCache = use[info.model].map { PromptCacheUse(cachedTokens: $0.cached, promptTokens: $0.prompt) }
+            info.promptCache = use[InstanceKey(model: info.model, replica: info.replica)].map { PromptCacheUse(cachedTokens: $0.cached, promptTokens: $0.prompt) }
             return info
         }
     }
@@ -187,24 +194,25 @@ public final class GatewayMetrics: Sendable {
         out += Self.single("corral_policy_unreadable_refusals_total", "counter", "Requests refused because a stored team or key policy could not be read.",
                            policyRefusals.load(ordering: .relaxed))
         let loaded = instances.filter { $0.state == "loaded" }
-        out += "# HELP corral_loaded_models Models with a running llama-server.\n# TYPE corral_loaded_models gauge\ncorral_loaded_models \(loaded.count)\n"
+        out += "# HELP corral_loaded_models Models with a running llama-server.\n# TYPE corral_loaded_models gauge\ncorral_loaded_models \(Set(loaded.map(\.model)).count)\n"
+        out += "# HELP corral_loaded_instances Running llama-servers (a model with replicas has several).\n# TYPE corral_loaded_instances gauge\ncorral_loaded_instances \(loaded.count)\n"
         out += "# HELP corral_instance_in_flight Requests running on a model.\n# TYPE corral_instance_in_flight gauge\n"
-        for i in instances { out += "corral_instance_in_flight{\(Self.labels([("model", i.model)]))} \(i.inFlight)\n" }
+        for i in instances { out += "corral_instance_in_flight{\(Self.labels([("model", i.model), ("replica", String(i.replica))]))} \(i.inFlight)\n" }
         out += "# HELP corral_instance_queued Requests waiting for a slot of a model.\n# TYPE corral_instance_queued gauge\n"
-        for i in instances { out += "corral_instance_queued{\(Self.labels([("model", i.model)]))} \(i.queued)\n" }
+        for i in instances { out += "corral_instance_queued{\(Self.labels([("model", i.model), ("replica", String(i.replica))]))} \(i.queued)\n" }
         out += "# HELP corral_instance_memory_bytes Memory llama-server reported allocating, by device and buffer kind.\n# TYPE corral_instance_memory_bytes gauge\n"
         for i in loaded {
             for (key, mib) in i.allocatedMiB.sorted(by: { $0.key < $1.key }) {
                 let parts = key.split(separator: " ", maxSplits: 1).map(String.init)
-                out += "corral_instance_memory_bytes{\(Self.labels([("model", i.model), ("device", parts.first ?? key), ("kind", parts.count > 1 ? parts[1] : "")]))} \(Int(mib * 1_048_576))\n"
+                out += "corral_instance_memory_bytes{\(Self.labels([("model", i.model), ("replica", String(i.replica)), ("device", parts.first ?? key), ("kind", parts.count > 1 ? parts[1] : "")]))} \(Int(mib * 1_048_576))\n"
             }
         }
-        out += "# HELP corral_instance_prompt_cache_hit_ratio Prompt tokens taken from llama-server's prompt cache over all prompt tokens, per model since Corral started.\n# TYPE corral_instance_prompt_cache_hit_ratio gauge\n"
+        out += "# HELP corral_instance_prompt_cache_hit_ratio Prompt tokens taken from llama-server's prompt cache over all prompt tokens, per instance since Corral started.\n# TYPE corral_instance_prompt_cache_hit_ratio gauge\n"
         for i in withPromptCache(instances) {
-            if let use = i.promptCache { out += "corral_instance_prompt_cache_hit_ratio{\(Self.labels([("model", i.model)]))} \(Self.number(use.hitRate))\n" }
+            if let use = i.promptCache { out += "corral_instance_prompt_cache_hit_ratio{\(Self.labels([("model", i.model), ("replica", String(i.replica))]))} \(Self.number(use.hitRate))\n" }
         }
         out += "# HELP corral_instance_projected_memory_bytes Memory the fit plan projected for a model.\n# TYPE corral_instance_projected_memory_bytes gauge\n"
-        for i in loaded { if let p = i.projectedMiB { out += "corral_instance_projected_memory_bytes{\(Self.labels([("model", i.model)]))} \(p * 1_048_576)\n" } }
+        for i in loaded { if let p = i.projectedMiB { out += "corral_instance_projected_memory_bytes{\(Self.labels([("model", i.model), ("replica", String(i.replica))]))} \(p * 1_048_576)\n" } }
         if let warmSwap {
             out += Self.single("corral_warm_swap_slots_saved_total", "counter", "KV caches of slots saved before their instance stopped (warm swaps).", warmSwap.slotsSaved)
             out += Self.single("corral_warm_swap_slots_restored_total", "counter", "Saved KV caches restored when their model loaded again.", warmSwap.slotsRestored)

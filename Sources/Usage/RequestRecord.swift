@@ -31,6 +31,8 @@ public struct RequestRecord: Sendable {
     public var node: String?
     /// The node that admitted the request and relayed it here: that node writes its ledger row.
     public var relayedFrom: String?
+    /// Which of the model's local instances served it (not stored; per-instance metrics).
+    public var replica = 0
 
     public init(
         requestID: String, route: String, model: String, status: Int, errorKind: String? = nil, queueMs: Double, loadMs: Double,

@@ -85,3 +85,20 @@ struct JSONMembersTests {
         }
     }
 }
+
+@Suite struct JSONValueRangeTests {
+    @Test func theRangesOfTopLevelValuesAreFoundWithoutBuildingThem() {
+        let text = #"{"model":"m","messages":[{"role":"user","content":"a \"quoted\" [x]"}],"user":"u-1","nested":{"prompt":"no"},"prompt":"p"}"#
+        let ranges = Array(text.utf8).withUnsafeBytes { bytes in
+            JSONMembers.valueRanges(["messages", "user", "prompt", "absent"], of: bytes).map { found in
+                found.mapValues { String(decoding: UnsafeRawBufferPointer(rebasing: bytes[$0]), as: UTF8.self) }
+            }
+        }
+        #expect(ranges?["messages"] == #"[{"role":"user","content":"a \"quoted\" [x]"}]"#)
+        #expect(ranges?["user"] == #""u-1""#)
+        // Only the top level: the nested object's "prompt" is not the request's.
+        #expect(ranges?["prompt"] == #""p""#)
+        #expect(ranges?["absent"] == nil)
+        #expect(Array(#"{"messages":[1,2"#.utf8).withUnsafeBytes { JSONMembers.valueRanges(["messages"], of: $0) } == nil)
+    }
+}

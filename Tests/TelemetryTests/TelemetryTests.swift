@@ -60,17 +60,25 @@ struct GatewayMetricsTests {
         remote.promptTokens = 50
         remote.cachedTokens = 50
         remote.node = "node-b"
-        for r in [hit, miss, remote] { m.observe(r) }
-        let info = try JSONDecoder().decode(InstanceInfo.self, from: Data(#"{"model":"a","state":"loaded","arguments":[],"inFlight":0,"queued":0,"pinned":false,"allocatedMiB":{},"crashes":0,"lastCrashLog":[]}"#.utf8))
+        // Served by the model's second instance: its own hit rate.
+        var second = record("a", totalMs: 1)
+        second.promptTokens = 40
+        second.cachedTokens = 30
+        second.replica = 1
+        for r in [hit, miss, remote, second] { m.observe(r) }
+        let info = try JSONDecoder().decode(InstanceInfo.self, from: Data(#"{"model":"a","replica":0,"state":"loaded","arguments":[],"inFlight":0,"queued":0,"pinned":false,"allocatedMiB":{},"crashes":0,"lastCrashLog":[]}"#.utf8))
         var other = info
         other.model = "b"
-        let filled = m.withPromptCache([info, other])
+        var replica = info
+        replica.replica = 1
+        let filled = m.withPromptCache([info, other, replica])
         #expect(filled[0].promptCache == PromptCacheUse(cachedTokens: 90, promptTokens: 200))
         #expect(filled[0].promptCache?.hitRate == 0.45)
         #expect(filled[1].promptCache == nil)
+        #expect(filled[2].promptCache == PromptCacheUse(cachedTokens: 30, promptTokens: 40))
         let text = m.render(instances: [info])
-        #expect(text.contains(#"corral_instance_prompt_cache_hit_ratio{model="a"} 0.45"#))
-        #expect(text.contains(#"corral_prompt_cached_tokens_total{model="a",team="t1"} 140"#))
+        #expect(text.contains(#"corral_instance_prompt_cache_hit_ratio{model="a",replica="0"} 0.45"#))
+        #expect(text.contains(#"corral_prompt_cached_tokens_total{model="a",team="t1"} 170"#))
     }
 
     @Test func failureCountersAreRendered() {

@@ -163,7 +163,9 @@ struct OllamaRoutes: Sendable {
 
     func runningModels() async -> [[String: Any]] {
         var out: [[String: Any]] = []
-        for info in await scheduler.instances() where info.state == "loaded" {
+        var listed: Set<String> = []
+        // One entry per model (its first loaded instance), as Ollama has one runner per model.
+        for info in await scheduler.instances() where info.state == "loaded" && listed.insert(info.model).inserted {
             guard let spec = await scheduler.catalog.resolve(info.model) else { continue }
             let total = info.allocatedMiB.values.reduce(0, +)
             let vram = info.allocatedMiB.filter { !$0.key.hasPrefix("CPU") && !$0.key.hasPrefix("Host") }.values.reduce(0, +)

@@ -306,10 +306,11 @@ public struct Relay: Sendable {
         }
         var lease: Lease
         do {
-            if let peer = await peerLease(modelName, caller: caller, headers: headers, upstreamPath: upstreamPath) {
+            let affinity = Self.affinity(modelName, body: body, headers: headers, catalog: scheduler.currentCatalog, clustered: cluster != nil)
+            if let peer = await peerLease(modelName, caller: caller, headers: headers, upstreamPath: upstreamPath, affinity: affinity) {
                 lease = peer
             } else {
-                lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority)
+                lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority, affinity: affinity)
             }
         } catch {
             if let reservation { access?.reconcile(reservation, actualTokens: 0) }
@@ -418,6 +419,30 @@ public struct Relay: Sendable {
         return (host, url.port ?? 80)
     }
 
+    /// The header a client may name its conversation with, for routing among a model's replicas.
+    static let sessionHeader = HTTPField.Name("x-session-id")!
+
+    /// What routes a request among `modelName`'s replicas: the leading blocks of the prompt the
+    /// body carries (`system`, `messages` and `prompt`, as serialized) and its session (the
+    /// `x-session-id` header, else OpenAI's `user`). Also picks among the cluster peers that have
+    /// the model loaded (`clustered`). Nil for a model with one instance on a node alone, so other
+    /// requests pay nothing for it.
+    static func affinity(_ modelName: String, body: ByteBuffer?, headers: HTTPFields, catalog: ModelCatalog, clustered: Bool) -> PromptAffinity? {
+        guard let spec = catalog.resolve(modelName), (spec.replicas.max > 1 && spec.replicas.routing == .prefixAffinity) || clustered, let body else { return nil }
+        return body.withUnsafeReadableBytes { bytes -> PromptAffinity? in
+            guard let ranges = JSONMembers.valueRanges(["system", "messages", "prompt", "user"], of: bytes) else { return nil }
+            var session = headers[sessionHeader]
+            if session == nil, let user = ranges["user"], user.count > 2, bytes[user.lowerBound] == UInt8(ascii: "\"") {
+                session = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[user]), as: UTF8.self)
+            }
+            let parts = ["system", "messages", "prompt"].compactMap { ranges[$0] }
+            if parts.count == 1 { return PromptAffinity(prompt: UnsafeRawBufferPointer(rebasing: bytes[parts[0]]), session: session) }
+            var prompt: [UInt8] = []
+            for part in parts { prompt.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[part]).prefix(PromptAffinity.blockBytes * PromptAffinity.maxBlocks)) }
+            return prompt.withUnsafeBytes { PromptAffinity(prompt: $0, session: session) }
+        }
+    }
+
     /// A peer declined a relayed request before doing anything with it.
     struct PeerDeclined: Error {}
 
@@ -431,9 +456,9 @@ public struct Relay: Sendable {
     /// model that answers (its ledger row and the answer's `model` say so). The first model's
     /// error is thrown when no fallback can answer either.
     func acquire(_ modelName: String, keepAlive: Duration?, load: LoadOptions?, caller: Caller,
-                 priority: RequestPriority = .interactive) async throws(SchedulerError) -> Lease {
+                 priority: RequestPriority = .interactive, affinity: PromptAffinity? = nil) async throws(SchedulerError) -> Lease {
         do {
-            return try await scheduler.acquire(modelName, keepAlive: keepAlive, load: load, priority: priority)
+            return try await scheduler.acquire(modelName, keepAlive: keepAlive, load: load, priority: priority, affinity: affinity)
         } catch where error.allowsFallback {
             let fallbacks = scheduler.currentCatalog.resolve(modelName)?.fallbacks ?? []
             for name in fallbacks {
@@ -656,10 +681,10 @@ public struct Relay: Sendable {
     /// A lease on a peer when this node would have to load `modelName` and a live peer has it
     /// loaded with a free slot. Only OpenAI-shaped paths that every Corral serves as they are
     /// (`/v1/…`), only local models, never a request that was relayed already.
-    func peerLease(_ modelName: String, caller: Caller, headers: HTTPFields, upstreamPath: String) async -> Lease? {
+    func peerLease(_ modelName: String, caller: Caller, headers: HTTPFields, upstreamPath: String, affinity: PromptAffinity? = nil) async -> Lease? {
         guard let cluster, caller.admittedBy == nil, headers[HTTPField.Name(ClusterNode.hopHeader)!] == nil, upstreamPath.hasPrefix("/v1/"),
             let spec = scheduler.currentCatalog.resolve(modelName), spec.path != nil, await scheduler.instance(for: spec.id) == nil,
-            let peer = cluster.peer(for: spec.id)
+            let peer = cluster.peer(for: spec.id, affinity: affinity)
         else { return nil }
         return Lease.onPeer(peer.name, url: peer.url, model: spec.id)
     }
@@ -717,6 +742,7 @@ public struct Relay: Sendable {
             generationTokensPerSecond: timings?["predicted_per_second"] as? Double,
             clientDisconnected: disconnected)
         r.node = lease.peer
+        r.replica = lease.replica
         return r
     }
 }

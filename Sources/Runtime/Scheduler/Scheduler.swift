@@ -29,6 +29,8 @@ public struct Lease: Sendable {
     public var localPort: Int? = nil
     /// The cluster peer serving the request (its Corral at `baseURL`), nil when served here.
     public var peer: String? = nil
+    /// Which of the model's instances serves it (0 for the first, and for remote leases).
+    public var replica = 0
 
     /// A lease on a cluster peer's Corral: nothing is held here (release does nothing).
     public static func onPeer(_ peer: String, url: String, model: String) -> Lease {
@@ -39,6 +41,8 @@ public struct Lease: Sendable {
 /// A read-only view of one model's state, for admin routes and tests.
 public struct InstanceInfo: Sendable, Codable {
     public var model: String
+    /// Which of the model's instances this is (0 for the first; see `models[].replicas`).
+    public var replica = 0
     public var state: String
     public var pid: Int32?
     public var port: Int?
@@ -103,8 +107,14 @@ public actor Scheduler {
         /// Crashes within `crashWindow` that mark a model failed.
         public var maxCrashes = 3
         public var crashWindow: Duration = .seconds(60)
+        /// Accelerators by name (llama.cpp's `--device` names): a model's replicas take one each
+        /// in turn when there are several.
+        public var accelerators: [String] = []
+        /// CPU cores, divided among a model's replicas when there is no accelerator to give each.
+        public var cores = ProcessInfo.processInfo.activeProcessorCount
 
         public init(from config: CorralConfig.Scheduler, hostTotalMiB: Int, devices: [Device] = []) {
+            accelerators = devices.map(\.name)
             maxLoadedModels = config.maxLoadedModels
             var budget = ["Host": config.memoryBudgetMiB ?? max(0, hostTotalMiB - config.memoryMarginMiB)]
             for d in devices { budget[d.name] = max(0, d.totalMiB - config.memoryMarginMiB) }
@@ -124,31 +134,27 @@ public actor Scheduler {
         case stopping(Task<Void, Never>)
     }
 
+    /// A request waiting for a slot of one of a model's instances.
     struct Waiter {
-        var continuation: CheckedContinuation<Void, any Error>
+        /// Resumed with the replica whose slot it was given (its `inFlight` already counts it).
+        var continuation: CheckedContinuation<Int, any Error>
         var priority: RequestPriority
+        /// The instance its prompt's prefix points at (prefix affinity), if any.
+        var preferred: Int?
+        var affinity: PromptAffinity?
+        var since: ContinuousClock.Instant
     }
 
-    struct Slot {
+    /// One llama-server of a model (a replica), numbered from 0.
+    struct Instance {
         var phase: Phase = .unloaded
         var inFlight = 0
-        /// Requests waiting for a free slot, each with its priority (interactive ones are served first).
-        var waiters: [Waiter] = []
         var lastUsed = ContinuousClock.now
         var projection: [String: Int] = [:]
-        var ttlOverride: Duration?
         var idleTimer: Task<Void, Never>?
-        var generation = 0
-        var crashes = CrashHistory()
-        var lastError: String?
-        /// The last log lines of the instance that crashed most recently.
-        var lastCrashLog: [String] = []
-        var pinnedAtRuntime = false
         var idleDeadline: ContinuousClock.Instant?
-        /// A larger context than configured, asked for by a request; used from the next load on.
-        var contextOverride: Int?
-        /// Load-time options the last request that set any asked for; used from the next load on.
-        var loadOptions = LoadOptions()
+        /// Bumped whenever the instance starts or stops, so a stale lease or timer does nothing.
+        var generation = 0
         /// The load-time options the running instance was started with.
         var instanceOptions = LoadOptions()
         /// A load in progress has been given room (count and memory) by `makeRoom`; until then
@@ -156,6 +162,51 @@ public actor Scheduler {
         var roomReserved = false
         /// Where the running instance's KV caches are saved before it stops (nil: no warm swaps).
         var warmFolder: String?
+
+        var isReady: Bool { if case .ready = phase { true } else { false } }
+        var isLoading: Bool { if case .loading = phase { true } else { false } }
+        var isUnloaded: Bool { if case .unloaded = phase { true } else { false } }
+    }
+
+    /// A model: its instances, its queue, and what applies to all of them.
+    struct Slot {
+        /// Its instances by replica number (an entry stays, unloaded, after its instance stops).
+        var instances: [Int: Instance] = [:]
+        /// Requests waiting for a free slot on any instance (interactive ones are served first).
+        var waiters: [Waiter] = []
+        var lastUsed = ContinuousClock.now
+        var ttlOverride: Duration?
+        var crashes = CrashHistory()
+        var lastError: String?
+        /// The last log lines of the instance that crashed most recently.
+        var lastCrashLog: [String] = []
+        var pinnedAtRuntime = false
+        /// A larger context than configured, asked for by a request; used from the next load on.
+        var contextOverride: Int?
+        /// Load-time options the last request that set any asked for; used from the next load on.
+        var loadOptions = LoadOptions()
+        /// Which instance served which prompt prefixes and sessions.
+        var affinity = AffinityTable()
+        /// The replica round-robin routing gave the last request.
+        var lastGiven = -1
+        /// A pending check whether the queue has waited long enough for another instance.
+        var scaleCheck: Task<Void, Never>?
+
+        /// Ready instances, lowest replica first.
+        var ready: [(replica: Int, instance: ModelInstance)] {
+            instances.keys.sorted().compactMap { r in
+                if case .ready(let i) = instances[r]!.phase { (r, i) } else { nil }
+            }
+        }
+
+        /// Nothing in flight on any instance and nothing queued.
+        var isIdle: Bool { waiters.isEmpty && instances.values.allSatisfy { $0.inFlight == 0 } }
+
+        /// Instances loaded, loading or stopping.
+        var running: Int { instances.values.filter { !$0.isUnloaded }.count }
+
+        /// The lowest replica number with no instance running.
+        var freeReplica: Int { (0...).first { instances[$0]?.isUnloaded ?? true }! }
     }
 
     public private(set) var catalog: ModelCatalog {
@@ -255,12 +306,6 @@ public actor Scheduler {
         }
     }
 
-    private nonisolated func publishReadiness(_ id: String, ready: Bool) {
-        readiness.withLock { state in
-            if ready { state.ready.insert(id) } else { state.ready.remove(id) }
-        }
-    }
-
     /// Swaps the catalog (configuration reload); runtime aliases are applied to the new one.
     public func replaceCatalog(_ catalog: ModelCatalog) {
         var catalog = catalog
@@ -318,8 +363,10 @@ public actor Scheduler {
     /// - Parameter load: what the request asks of the instance (see ``LoadOptions``): a running
     ///   instance that satisfies it serves the request; an idle one that does not is restarted
     ///   with it; a busy one serves it (never interrupting others) and the next load uses it.
+    /// - Parameter affinity: the prompt's leading blocks and session, which pick among a model's
+    ///   replicas (see ``ReplicaPolicy/Routing``); nil picks the least busy.
     public func acquire(_ modelName: String, keepAlive: Duration? = nil, load: LoadOptions? = nil,
-                        priority: RequestPriority = .interactive) async throws(SchedulerError) -> Lease {
+                        priority: RequestPriority = .interactive, affinity: PromptAffinity? = nil) async throws(SchedulerError) -> Lease {
         // A request may not make a model's context larger than it was trained for.
         let minimumContext = load?.minimumContext.map { min($0, catalog.resolve(modelName)?.facts?.contextLength ?? (1 << 20)) }
         guard !isShuttingDown else { throw .shuttingDown }
@@ -341,31 +388,33 @@ public actor Scheduler {
         while true {
             guard !isShuttingDown else { throw .shuttingDown }
             let slot = slots[id, default: Slot()]
-            switch slot.phase {
-            case .ready(let instance):
-                if let needed = minimumContext, let has = instance.contextSize, has < needed, slot.inFlight == 0, slot.waiters.isEmpty {
-                    logger.info("restarting model with a larger context", metadata: ["model": "\(id)", "from": "\(has)", "to": "\(needed)"])
+            let ready = slot.ready
+            if !ready.isEmpty {
+                if let needed = minimumContext, slot.isIdle, ready.contains(where: { ($0.instance.contextSize ?? .max) < needed }) {
+                    logger.info("restarting model with a larger context", metadata: ["model": "\(id)", "to": "\(needed)"])
                     await stop(id)
                     continue
                 }
-                if let load, load.hasExact, !load.isSatisfied(by: slot.instanceOptions), slot.inFlight == 0, slot.waiters.isEmpty {
+                if let load, load.hasExact, slot.isIdle, ready.contains(where: { !load.isSatisfied(by: slot.instances[$0.replica]!.instanceOptions) }) {
                     logger.info("restarting model with the requested load options", metadata: ["model": "\(id)", "options": "\(load.arguments.joined(separator: " "))"])
                     await stop(id)
                     continue
                 }
-                slots[id]!.idleTimer?.cancel()
-                slots[id]!.idleDeadline = nil
-                if slot.inFlight < spec.parallel && slot.waiters.isEmpty {
-                    slots[id]!.inFlight += 1
-                    slots[id]!.lastUsed = .now
-                    return lease(id, instance, start: start, load: loadDuration)
+                let preferred = affinity.flatMap { slot.affinity.preferred($0)?.replica }
+                if slot.waiters.isEmpty,
+                    let replica = ReplicaChoice.choose(among: candidates(slot, spec), preferred: preferred, routing: spec.replicas.routing, after: slot.lastGiven)
+                {
+                    give(id, replica, affinity: affinity)
+                    return lease(id, replica, start: start, load: loadDuration)
                 }
                 guard slot.waiters.count < limits.queueDepth else {
                     throw .queueFull(id, retryAfter: 1)
                 }
+                scheduleScaleCheck(id, after: spec.replicas.scaleUpAfter)
+                let replica: Int
                 do {
-                    try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-                        slots[id]!.waiters.append(Waiter(continuation: c, priority: priority))
+                    replica = try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int, any Error>) in
+                        slots[id]!.waiters.append(Waiter(continuation: c, priority: priority, preferred: preferred, affinity: affinity, since: .now))
                     }
                 } catch let error as SchedulerError {
                     throw error
@@ -373,69 +422,153 @@ public actor Scheduler {
                     throw .instanceCrashed(id)
                 }
                 // The releaser handed its slot over (inFlight already counts us).
-                guard case .ready(let current) = slots[id]?.phase else { throw .instanceCrashed(id) }
-                slots[id]!.lastUsed = .now
-                return lease(id, current, start: start, load: loadDuration)
-            case .loading(let task):
+                guard slots[id]?.instances[replica]?.isReady == true else { throw .instanceCrashed(id) }
+                return lease(id, replica, start: start, load: loadDuration)
+            }
+            if let (_, instance) = slot.instances.first(where: { $0.value.isLoading }), case .loading(let task) = instance.phase {
                 let loadStart = ContinuousClock.now
                 do { _ = try await task.value } catch let error as SchedulerError { throw error } catch {
                     throw .loadFailed(id, "\(error)")
                 }
                 loadDuration += ContinuousClock.now - loadStart
-            case .stopping(let task):
-                await awaitStop(id, task)
-            case .unloaded:
-                if let failure = slot.crashes.failure { throw .modelFailed(id, failure) }
-                let loadStart = ContinuousClock.now
-                let task = Task { try await self.load(spec) }
-                slots[id, default: Slot()].phase = .loading(task)
-                readiness.withLock { state in
-                    let guess = Duration.milliseconds(500) + .milliseconds(Int64((spec.fileSize ?? 0) / 1_048_576))
-                    state.loading[id] = (loadStart, state.lastLoad[id] ?? guess)
-                }
-                defer { readiness.withLock { _ = $0.loading.removeValue(forKey: id) } }
-                do {
-                    _ = try await task.value
-                    readiness.withLock { $0.lastLoad[id] = ContinuousClock.now - loadStart }
-                } catch let error as SchedulerError {
-                    if case .loading = slots[id]?.phase { slots[id]!.phase = .unloaded }
-                    slots[id]?.lastError = error.description
-                    // A process that dies while loading counts like a crash.
-                    if case .loadFailed(_, let why) = error { recordCrash(id, why) }
-                    notifyFleetChanged()
-                    throw error
-                } catch {
-                    if case .loading = slots[id]?.phase { slots[id]!.phase = .unloaded }
-                    notifyFleetChanged()
-                    throw .loadFailed(id, "\(error)")
-                }
-                loadDuration += ContinuousClock.now - loadStart
+                continue
             }
+            if let (replica, instance) = slot.instances.first(where: { if case .stopping = $0.value.phase { true } else { false } }),
+                case .stopping(let task) = instance.phase
+            {
+                await awaitStop(id, replica, task)
+                continue
+            }
+            if let failure = slot.crashes.failure { throw .modelFailed(id, failure) }
+            let loadStart = ContinuousClock.now
+            readiness.withLock { state in
+                let guess = Duration.milliseconds(500) + .milliseconds(Int64((spec.fileSize ?? 0) / 1_048_576))
+                state.loading[id] = (loadStart, state.lastLoad[id] ?? guess)
+            }
+            defer { readiness.withLock { _ = $0.loading.removeValue(forKey: id) } }
+            _ = try await loadReplica(spec, slot.freeReplica, waitForRoom: true)
+            readiness.withLock { $0.lastLoad[id] = ContinuousClock.now - loadStart }
+            loadDuration += ContinuousClock.now - loadStart
+            // The rest of `replicas.min` follow in the background.
+            if spec.replicas.min > 1 { Task { await self.scaleUp(id, reason: "replicas.min is \(spec.replicas.min)") } }
         }
     }
 
-    private func lease(_ id: String, _ instance: ModelInstance, start: ContinuousClock.Instant, load: Duration) -> Lease {
+    /// The model's ready instances as routing sees them.
+    private func candidates(_ slot: Slot, _ spec: ModelSpec) -> [ReplicaChoice.Candidate] {
+        slot.ready.map { ReplicaChoice.Candidate(replica: $0.replica, inFlight: slot.instances[$0.replica]!.inFlight, slots: spec.parallel) }
+    }
+
+    /// Gives a slot of `replica` to a request.
+    private func give(_ id: String, _ replica: Int, affinity: PromptAffinity?) {
+        slots[id]!.instances[replica]!.inFlight += 1
+        slots[id]!.instances[replica]!.lastUsed = .now
+        slots[id]!.instances[replica]!.idleTimer?.cancel()
+        slots[id]!.instances[replica]!.idleDeadline = nil
+        slots[id]!.lastUsed = .now
+        slots[id]!.lastGiven = replica
+        if let affinity, !affinity.isEmpty { slots[id]!.affinity.record(affinity, replica: replica) }
+    }
+
+    private func lease(_ id: String, _ replica: Int, start: ContinuousClock.Instant, load: Duration) -> Lease {
         let total = ContinuousClock.now - start
-        return Lease(modelID: id, baseURL: instance.baseURL, apiKey: nil, queueDuration: total - load, loadDuration: load,
-                     generation: slots[id]!.generation, isRemote: false, localPort: instance.port)
+        let instance = slots[id]!.instances[replica]!
+        guard case .ready(let running) = instance.phase else { preconditionFailure("a lease on an instance that is not ready") }
+        return Lease(modelID: id, baseURL: running.baseURL, apiKey: nil, queueDuration: total - load, loadDuration: load,
+                     generation: instance.generation, isRemote: false, localPort: running.port, replica: replica)
     }
 
     /// Returns a lease's slot: to the next queued request, or to the idle pool.
     public func release(_ lease: Lease) {
-        guard !lease.isRemote, var slot = slots[lease.modelID], slot.generation == lease.generation else { return }
-        slot.lastUsed = .now
-        if !slot.waiters.isEmpty, case .ready = slot.phase {
-            // The oldest interactive request first; background work (evaluations) only when none waits.
-            let next = slot.waiters.remove(at: slot.waiters.firstIndex { $0.priority == .interactive } ?? 0)
-            slots[lease.modelID] = slot
-            next.continuation.resume()
-            return
-        }
-        slot.inFlight = max(0, slot.inFlight - 1)
-        slots[lease.modelID] = slot
-        if slot.inFlight == 0 { scheduleIdleUnload(lease.modelID) }
+        guard !lease.isRemote, let instance = slots[lease.modelID]?.instances[lease.replica], instance.generation == lease.generation else { return }
+        let id = lease.modelID
+        slots[id]!.lastUsed = .now
+        slots[id]!.instances[lease.replica]!.lastUsed = .now
+        slots[id]!.instances[lease.replica]!.inFlight = max(0, instance.inFlight - 1)
+        dispatch(id)
+        if slots[id]!.instances[lease.replica]!.inFlight == 0 { scheduleIdleUnload(id, lease.replica) }
         notifyFleetChanged()
     }
+
+    /// Hands free slots of ready instances to queued requests: on each free instance, the oldest
+    /// interactive request whose prefix points at it, else the oldest interactive one; background
+    /// work (evaluations) only when no interactive request waits. No instance idles while the
+    /// queue waits, so a hot prefix's queue spills over to the other instances.
+    private func dispatch(_ id: String) {
+        guard let spec = catalog.resolve(id) else { return }
+        var resumed: [(CheckedContinuation<Int, any Error>, Int)] = []
+        while let slot = slots[id], !slot.waiters.isEmpty {
+            let free = candidates(slot, spec).filter { $0.inFlight < $0.slots }
+            guard !free.isEmpty else { break }
+            let interactive = slot.waiters.indices.filter { slot.waiters[$0].priority == .interactive }
+            let eligible = interactive.isEmpty ? Array(slot.waiters.indices) : interactive
+            var pick: (waiter: Int, replica: Int)?
+            if spec.replicas.routing == .prefixAffinity {
+                for candidate in free {
+                    if let w = eligible.first(where: { slot.waiters[$0].preferred == candidate.replica }) { pick = (w, candidate.replica); break }
+                }
+            }
+            if pick == nil {
+                let w = eligible[0]
+                let replica = ReplicaChoice.choose(among: candidates(slot, spec), preferred: slot.waiters[w].preferred, routing: spec.replicas.routing, after: slot.lastGiven)!
+                pick = (w, replica)
+            }
+            let waiter = slots[id]!.waiters.remove(at: pick!.waiter)
+            give(id, pick!.replica, affinity: waiter.affinity)
+            resumed.append((waiter.continuation, pick!.replica))
+        }
+        for (continuation, replica) in resumed { continuation.resume(returning: replica) }
+    }
+
+    // MARK: Replicas
+
+    /// Checks after `delay` whether the model's queue has waited long enough for another instance.
+    private func scheduleScaleCheck(_ id: String, after delay: Duration) {
+        guard let spec = catalog.resolve(id), spec.replicas.max > 1, slots[id]?.scaleCheck == nil else { return }
+        slots[id]!.scaleCheck = Task { [weak self] in
+            do { try await Task.sleep(for: delay) } catch { return }
+            await self?.scaleCheckFired(id)
+        }
+    }
+
+    private func scaleCheckFired(_ id: String) async {
+        slots[id]?.scaleCheck = nil
+        guard let spec = catalog.resolve(id), let slot = slots[id], let oldest = slot.waiters.map(\.since).min() else { return }
+        let waited = ContinuousClock.now - oldest
+        if waited < spec.replicas.scaleUpAfter {
+            scheduleScaleCheck(id, after: spec.replicas.scaleUpAfter - waited)
+            return
+        }
+        await scaleUp(id, reason: "a request waited \(waited.formatted(.units(allowed: [.seconds, .milliseconds], width: .narrow)))")
+        // Still waiting with room for more: look again.
+        if let slot = slots[id], !slot.waiters.isEmpty, slot.running < spec.replicas.max { scheduleScaleCheck(id, after: spec.replicas.scaleUpAfter) }
+    }
+
+    /// Starts one more instance of `id` (up to `replicas.max`, and `replicas.min` when fewer run),
+    /// if the memory budget has room for it without waiting for a busy model; then hands it
+    /// queued requests. One start at a time per model.
+    private func scaleUp(_ id: String, reason: String) async {
+        while let spec = catalog.resolve(id), let slot = slots[id], !isShuttingDown, slot.crashes.failure == nil,
+            slot.running < spec.replicas.max, !slot.instances.values.contains(where: \.isLoading), !slot.ready.isEmpty
+        {
+            let replica = slot.freeReplica
+            logger.info("starting another instance", metadata: ["model": "\(id)", "replica": "\(replica)", "reason": "\(reason)"])
+            do {
+                _ = try await loadReplica(spec, replica, waitForRoom: false)
+            } catch {
+                logger.info("no other instance for now", metadata: ["model": "\(id)", "replica": "\(replica)", "reason": "\(error)"])
+                return
+            }
+            dispatch(id)
+            if let slot = slots[id], slot.instances[replica]?.inFlight == 0 { scheduleIdleUnload(id, replica) }
+            // Past `min`, one instance per look: the queue decides whether another is needed.
+            if (slots[id]?.running ?? 0) >= spec.replicas.min { return }
+        }
+    }
+
+    /// How the fleet names an instance (placement, eviction, loading children): the model id for
+    /// its first replica, `id (replica N)` for the others.
+    static func instanceKey(_ id: String, _ replica: Int) -> String { replica == 0 ? id : "\(id) (replica \(replica))" }
 
     // MARK: Loading and eviction
 
@@ -453,7 +586,31 @@ public actor Scheduler {
         return p
     }
 
-    private func load(_ spec: ModelSpec) async throws -> ModelInstance {
+    /// Loads `replica` of a model and waits for it: its phase is `.loading` meanwhile, and on a
+    /// failure back to `.unloaded` with the reason kept (a process that dies while loading counts
+    /// like a crash). Without `waitForRoom` it fails rather than wait for busy models to idle.
+    private func loadReplica(_ spec: ModelSpec, _ replica: Int, waitForRoom: Bool) async throws(SchedulerError) -> ModelInstance {
+        let id = spec.id
+        let task = Task { try await self.load(spec, replica: replica, waitForRoom: waitForRoom) }
+        slots[id, default: Slot()].instances[replica, default: Instance()].phase = .loading(task)
+        do {
+            return try await task.value
+        } catch let error as SchedulerError {
+            if slots[id]?.instances[replica]?.isLoading == true { slots[id]!.instances[replica]!.phase = .unloaded }
+            slots[id]?.lastError = error.description
+            if case .loadFailed(_, let why) = error { recordCrash(id, why) }
+            failWaitersIfNothingServes(id)
+            notifyFleetChanged()
+            throw error
+        } catch {
+            if slots[id]?.instances[replica]?.isLoading == true { slots[id]!.instances[replica]!.phase = .unloaded }
+            failWaitersIfNothingServes(id)
+            notifyFleetChanged()
+            throw .loadFailed(id, "\(error)")
+        }
+    }
+
+    private func load(_ spec: ModelSpec, replica: Int, waitForRoom: Bool) async throws -> ModelInstance {
         guard let server = tools.server?.path else { throw SchedulerError.noLlamaServer }
         guard let path = spec.path else { throw SchedulerError.unknownModel(spec.id) }
         // The file may have been deleted or truncated since the catalog read it: check its header
@@ -468,53 +625,57 @@ public actor Scheduler {
         // Precedence: pinned args > fit result > defaults (llama.cpp keeps the last value of a flag,
         // and llama-fit-params only fills in what its input left unset).
         var spec = spec
-        if let larger = slots[spec.id]?.contextOverride, larger > (spec.contextSize ?? 0) { spec.contextSize = larger }
-        let base = spec.defaultArguments
+        let id = spec.id
+        let key = Self.instanceKey(id, replica)
+        if let larger = slots[id]?.contextOverride, larger > (spec.contextSize ?? 0) { spec.contextSize = larger }
+        let placement = replicaArguments(spec, replica)
+        let base = spec.defaultArguments + placement.device
         let contextArgs = spec.contextArguments
-        let plan = await plan(for: spec, base: spec.fitInputArguments)
+        let plan = await plan(for: spec, base: spec.fitInputArguments + placement.device)
         var projection: [String: Int] = [:]
         for d in plan.projection { projection[d.device == "CPU" ? "Host" : d.device, default: 0] += d.totalMiB }
         // The prompt cache lives in host RAM beside the model (llama-fit-params does not count it).
-        let cacheRam = ModelSpec.cacheRamMiB(in: base + (runtimeArguments[spec.id] ?? []) + (slots[spec.id]?.loadOptions.arguments ?? []) + spec.pinnedArgs)
+        let cacheRam = ModelSpec.cacheRamMiB(in: base + (runtimeArguments[id] ?? []) + (slots[id]?.loadOptions.arguments ?? []) + spec.pinnedArgs)
         if cacheRam > 0 { projection["Host", default: 0] += cacheRam }
-        slots[spec.id, default: Slot()].projection = projection
-        slots[spec.id]!.roomReserved = false
-        try await makeRoom(for: spec.id, projection: projection)
-        slots[spec.id]!.roomReserved = true
+        slots[id, default: Slot()].instances[replica, default: Instance()].projection = projection
+        slots[id]!.instances[replica]!.roomReserved = false
+        try await makeRoom(for: key, projection: projection, wait: waitForRoom)
+        slots[id]!.instances[replica]!.roomReserved = true
 
-        guard let port = freeLoopbackPort() else { throw SchedulerError.loadFailed(spec.id, "no free port") }
-        // Precedence (llama.cpp keeps a flag's last value): pinned > runtime profile > fit > defaults.
-        let settings = base + (plan.arguments.isEmpty ? contextArgs : plan.arguments) + (runtimeArguments[spec.id] ?? [])
-            + (slots[spec.id]?.loadOptions.arguments ?? []) + spec.pinnedArgs
+        guard let port = freeLoopbackPort() else { throw SchedulerError.loadFailed(id, "no free port") }
+        // Precedence (llama.cpp keeps a flag's last value): pinned > runtime profile > fit > replica threads > defaults.
+        let settings = base + (plan.arguments.isEmpty ? contextArgs : plan.arguments) + placement.threads + (runtimeArguments[id] ?? [])
+            + (slots[id]?.loadOptions.arguments ?? []) + spec.pinnedArgs
         // Everything that decides what llama-server allocates (not its port or log level).
-        let identity = ["-m", path, "--alias", spec.id] + settings
+        let identity = ["-m", path, "--alias", id] + settings
         let learned = await learnedAllocations(spec, identity: identity)
-        // Warm swaps: a folder per cache shape, given to llama-server to save slots into.
+        // Warm swaps: a folder per cache shape (and per replica), given to llama-server to save slots into.
         var warmFolder: String?
-        if let warmSwap, spec.keepsWarmCaches, let folder = warmSwap.folder(modelPath: path, arguments: ["--alias", spec.id] + settings, serverPath: server) {
+        let folderIdentity = ["--alias", id] + settings + (replica == 0 ? [] : ["#replica", String(replica)])
+        if let warmSwap, spec.keepsWarmCaches, let folder = warmSwap.folder(modelPath: path, arguments: folderIdentity, serverPath: server) {
             do {
                 try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
                 warmFolder = folder
             } catch {
-                logger.warning("no warm swaps for this load: the KV cache folder cannot be made", metadata: ["model": "\(spec.id)", "error": "\(error)"])
+                logger.warning("no warm swaps for this load: the KV cache folder cannot be made", metadata: ["model": "\(id)", "error": "\(error)"])
             }
         }
-        let arguments = ["-m", path, "--host", "127.0.0.1", "--port", String(port), "--alias", spec.id, "--no-webui", "--metrics", "--slots", "--props",
+        let arguments = ["-m", path, "--host", "127.0.0.1", "--port", String(port), "--alias", id, "--no-webui", "--metrics", "--slots", "--props",
                          "-lv", learned == nil ? "4" : "3"] + settings + (warmFolder.map { ["--slot-save-path", $0] } ?? [])
-        slots[spec.id, default: Slot()].instanceOptions = slots[spec.id]?.loadOptions ?? LoadOptions()
+        slots[id]!.instances[replica]!.instanceOptions = slots[id]?.loadOptions ?? LoadOptions()
         let child: ChildProcess
         let log = InstanceLog(learned: learned)
         do {
             child = try ChildProcess(executable: server, arguments: arguments, onLine: { log.record($0) })
         } catch {
-            throw SchedulerError.loadFailed(spec.id, error.description)
+            throw SchedulerError.loadFailed(id, error.description)
         }
         spawnCount += 1
-        loadingChildren[spec.id] = child
-        defer { loadingChildren[spec.id] = nil }
+        loadingChildren[key] = child
+        defer { loadingChildren[key] = nil }
         if isShuttingDown { child.signalGroup(SIGTERM) }
-        logger.info("starting llama-server", metadata: ["model": "\(spec.id)", "pid": "\(child.pid)", "port": "\(port)"])
-        let instance = ModelInstance(modelID: spec.id, process: child, log: log, port: port, arguments: arguments, plan: plan)
+        logger.info("starting llama-server", metadata: ["model": "\(id)", "replica": "\(replica)", "pid": "\(child.pid)", "port": "\(port)"])
+        let instance = ModelInstance(modelID: id, process: child, log: log, port: port, arguments: arguments, plan: plan)
         do {
             try await instance.waitUntilReady(client: client, timeout: limits.loadTimeout)
         } catch {
@@ -529,22 +690,36 @@ public actor Scheduler {
             let (restored, refused) = await warmSwap.restore(folder: warmFolder, port: port, slotCount: slotCount, client: client)
             if restored > 0 {
                 warmSwapCounts.add { $0.slotsRestored += restored }
-                logger.info("restored saved KV caches", metadata: ["model": "\(spec.id)", "slots": "\(restored)"])
+                logger.info("restored saved KV caches", metadata: ["model": "\(id)", "replica": "\(replica)", "slots": "\(restored)"])
             }
-            if !refused.isEmpty { logger.warning("llama-server refused saved KV caches; they are deleted", metadata: ["model": "\(spec.id)", "files": "\(refused)"]) }
+            if !refused.isEmpty { logger.warning("llama-server refused saved KV caches; they are deleted", metadata: ["model": "\(id)", "files": "\(refused)"]) }
         }
-        slots[spec.id]!.warmFolder = warmFolder
-        slots[spec.id]!.generation += 1
-        slots[spec.id]!.phase = .ready(instance)
-        publishReadiness(spec.id, ready: true)
-        slots[spec.id]!.lastUsed = .now
-        slots[spec.id]!.lastError = nil
-        let (id, generation) = (spec.id, slots[spec.id]!.generation)
+        slots[id]!.instances[replica]!.warmFolder = warmFolder
+        slots[id]!.instances[replica]!.generation += 1
+        slots[id]!.instances[replica]!.phase = .ready(instance)
+        slots[id]!.instances[replica]!.lastUsed = .now
+        publishReadiness(id, ready: true)
+        slots[id]!.lastUsed = .now
+        slots[id]!.lastError = nil
+        let generation = slots[id]!.instances[replica]!.generation
         Task { [weak self] in
             let termination = await child.wait()
-            await self?.instanceExited(id, generation: generation, termination: termination)
+            await self?.instanceExited(id, replica: replica, generation: generation, termination: termination)
         }
         return instance
+    }
+
+    /// What a replica of a model that may run several gets of the machine: with several
+    /// accelerators one of them in turn (`--device`, also given to the fit), without any a share
+    /// of the CPU cores (`-t`, `-tb`). Nothing for a model with one instance.
+    func replicaArguments(_ spec: ModelSpec, _ replica: Int) -> (device: [String], threads: [String]) {
+        guard spec.replicas.max > 1 else { return ([], []) }
+        if limits.accelerators.count > 1 { return (["--device", limits.accelerators[replica % limits.accelerators.count]], []) }
+        if limits.accelerators.isEmpty {
+            let threads = String(max(1, limits.cores / spec.replicas.max))
+            return ([], ["-t", threads, "-tb", threads])
+        }
+        return ([], [])
     }
 
     /// What an earlier load with the same file and arguments allocated: from memory, else from
@@ -595,15 +770,17 @@ public actor Scheduler {
     /// Memory claimed by jobs, by owner (for /admin/instances and tests).
     public var claimedMemory: [String: [String: Int]] { memoryClaims }
 
-    /// Each device's budget and what loaded (and loading) models and job claims take of it, MiB:
-    /// the room a new load would find (a cluster node's heartbeat carries it).
+    /// Each device's budget and what loaded (and loading) instances and job claims take of it,
+    /// MiB: the room a new load would find (a cluster node's heartbeat carries it).
     public func memoryRoom() -> [String: (budgetMiB: Int, usedMiB: Int)] {
         var used: [String: Int] = [:]
         for slot in slots.values {
-            switch slot.phase {
-            case .unloaded: continue
-            case .loading where !slot.roomReserved: continue
-            default: for (d, m) in slot.projection { used[d, default: 0] += m }
+            for instance in slot.instances.values {
+                switch instance.phase {
+                case .unloaded: continue
+                case .loading where !instance.roomReserved: continue
+                default: for (d, m) in instance.projection { used[d, default: 0] += m }
+                }
             }
         }
         for claim in memoryClaims.values { for (d, m) in claim { used[d, default: 0] += m } }
@@ -612,41 +789,52 @@ public actor Scheduler {
         return out
     }
 
-    /// Evicts LRU idle unpinned models until `id` fits by count and by memory on every device
+    /// Evicts LRU idle unpinned instances until `key` fits by count and by memory on every device
     /// (memory claimed by jobs counts as used); waits for busy models to go idle when nothing
-    /// can be evicted yet. For a claim (`claim`), the model count does not apply and `wait`
-    /// false throws instead of waiting.
-    private func makeRoom(for id: String, projection: [String: Int], claim: Bool = false, wait: Bool = true) async throws {
+    /// can be evicted yet, or with `wait` false throws `noCapacity` instead. For a claim
+    /// (`claim`), the model count does not apply.
+    private func makeRoom(for key: String, projection: [String: Int], claim: Bool = false, wait: Bool = true) async throws {
         while true {
             if isShuttingDown { throw SchedulerError.shuttingDown }
-            switch Placement.decide(for: id, projection: projection, claim: claim, wait: wait, in: fleetView()) {
+            let (fleet, owners) = fleetView()
+            switch Placement.decide(for: key, projection: projection, claim: claim, wait: wait, in: fleet) {
             case .fits:
                 return
             case .evict(let victim):
-                logger.info("evicting model", metadata: ["model": "\(victim)", "for": "\(id)"])
-                await stop(victim)
+                guard let (id, replica) = owners[victim] else { return }
+                logger.info("evicting model", metadata: ["model": "\(id)", "replica": "\(replica)", "for": "\(key)"])
+                await stopInstance(id, replica)
             case .refuse(let error):
                 throw error
-            case .wait:
+            case .wait(let why):
+                guard wait else { throw SchedulerError.noCapacity(key, why) }
                 await withCheckedContinuation { fleetWaiters.append($0) }
             }
         }
     }
 
-    /// The fleet as ``Placement`` sees it.
-    private func fleetView() -> FleetView {
+    /// The fleet as ``Placement`` sees it, one entry per instance (see ``instanceKey(_:_:)``),
+    /// with the model and replica behind each entry's key.
+    private func fleetView() -> (FleetView, [String: (String, Int)]) {
         var models: [String: FleetView.Model] = [:]
+        var owners: [String: (String, Int)] = [:]
         for (id, slot) in slots {
-            let phase: FleetView.Phase = switch slot.phase {
-            case .unloaded: .unloaded
-            case .loading: .loading(roomReserved: slot.roomReserved)
-            case .ready: .ready
-            case .stopping: .stopping
+            let keep = catalog.resolve(id)?.replicas.min ?? 1
+            for (replica, instance) in slot.instances {
+                let phase: FleetView.Phase = switch instance.phase {
+                case .unloaded: .unloaded
+                case .loading: .loading(roomReserved: instance.roomReserved)
+                case .ready: .ready
+                case .stopping: .stopping
+                }
+                let key = Self.instanceKey(id, replica)
+                owners[key] = (id, replica)
+                // Replicas beyond `min` are never pinned: they exist for a queue, not a promise.
+                models[key] = FleetView.Model(phase: phase, inFlight: instance.inFlight, waiting: slot.waiters.count, lastUsed: instance.lastUsed,
+                                              pinned: replica < keep && isPinned(id), projection: instance.projection)
             }
-            models[id] = FleetView.Model(phase: phase, inFlight: slot.inFlight, waiting: slot.waiters.count, lastUsed: slot.lastUsed,
-                                         pinned: isPinned(id), projection: slot.projection)
         }
-        return FleetView(models: models, claims: memoryClaims, budgetMiB: limits.memoryBudgetMiB, maxLoadedModels: limits.maxLoadedModels)
+        return (FleetView(models: models, claims: memoryClaims, budgetMiB: limits.memoryBudgetMiB, maxLoadedModels: limits.maxLoadedModels), owners)
     }
 
     private func isPinned(_ id: String) -> Bool {
@@ -659,30 +847,49 @@ public actor Scheduler {
         for w in waiters { w.resume() }
     }
 
+    private nonisolated func publishReadiness(_ id: String, ready: Bool) {
+        readiness.withLock { state in
+            if ready { state.ready.insert(id) } else { state.ready.remove(id) }
+        }
+    }
+
+    /// Marks `id` not ready once none of its instances is.
+    private func republishReadiness(_ id: String) {
+        publishReadiness(id, ready: !(slots[id]?.ready.isEmpty ?? true))
+    }
+
     /// Reports that the instance behind `lease` stopped answering (no bytes within the read
     /// timeout): counted like a crash and killed at once, so the next request starts a fresh one.
     /// Later reports for the same instance do nothing.
     public func reportUnresponsive(_ lease: Lease, reason: String) async {
-        guard !lease.isRemote, let slot = slots[lease.modelID], slot.generation == lease.generation,
-              case .ready(let instance) = slot.phase else { return }
+        guard !lease.isRemote, let current = slots[lease.modelID]?.instances[lease.replica], current.generation == lease.generation,
+              case .ready(let instance) = current.phase else { return }
         logger.error("llama-server stopped answering; killing it", metadata: ["model": "\(lease.modelID)", "pid": "\(instance.process.pid)", "reason": "\(reason)"])
         slots[lease.modelID]!.lastCrashLog = instance.recentLog(20)
         recordCrash(lease.modelID, reason)
-        await stop(lease.modelID, grace: .zero, saveCache: false)
+        await stopInstance(lease.modelID, lease.replica, grace: .zero, saveCache: false)
     }
 
-    /// Stops a model's process (SIGTERM, then SIGKILL after `grace`, by default the configured
-    /// one) and waits until it has been reaped.
+    /// Stops every instance of a model and waits until they are reaped.
+    private func stop(_ id: String) async {
+        let replicas = slots[id]?.instances.keys.sorted() ?? []
+        await withTaskGroup(of: Void.self) { group in
+            for replica in replicas { group.addTask { await self.stopInstance(id, replica) } }
+        }
+    }
+
+    /// Stops one instance's process (SIGTERM, then SIGKILL after `grace`, by default the
+    /// configured one) and waits until it has been reaped.
     /// With `saveCache` (and warm swaps on for the model), the slots' KV caches are saved first,
     /// for at most `cache.saveTimeout`; a save that fails or takes longer is logged and counted
     /// and the stop goes on.
-    private func stop(_ id: String, grace: Duration? = nil, saveCache: Bool = true) async {
-        guard case .ready(let instance) = slots[id]?.phase else {
-            if case .stopping(let t) = slots[id]?.phase { await awaitStop(id, t) }
+    private func stopInstance(_ id: String, _ replica: Int, grace: Duration? = nil, saveCache: Bool = true) async {
+        guard let current = slots[id]?.instances[replica], case .ready(let instance) = current.phase else {
+            if case .stopping(let t) = slots[id]?.instances[replica]?.phase { await awaitStop(id, replica, t) }
             return
         }
         let grace = grace ?? limits.stopGrace
-        let save = saveCache && slots[id]?.warmFolder != nil ? warmSwap : nil
+        let save = saveCache && current.warmFolder != nil ? warmSwap : nil
         let (client, logger, counts) = (client, logger, warmSwapCounts)
         let task = Task {
             if let save {
@@ -698,46 +905,55 @@ public actor Scheduler {
             }
             _ = await instance.process.stop(grace: grace)
         }
-        slots[id]!.phase = .stopping(task)
-        publishReadiness(id, ready: false)
-        slots[id]!.idleTimer?.cancel()
-        slots[id]!.idleDeadline = nil
-        await awaitStop(id, task)
+        slots[id]!.instances[replica]!.phase = .stopping(task)
+        slots[id]!.instances[replica]!.idleTimer?.cancel()
+        slots[id]!.instances[replica]!.idleDeadline = nil
+        republishReadiness(id)
+        await awaitStop(id, replica, task)
     }
 
-    /// Waits for a stop task, then moves the model to `.unloaded` and fails its waiters, unless
-    /// whoever else awaited the same task did so first. Every party that awaits a stop settles it
-    /// itself: awaiting a finished task does not suspend, so a caller that looped until the phase
-    /// changed would hold the actor and never let the stopper back on (a livelock the soak found).
-    private func awaitStop(_ id: String, _ task: Task<Void, Never>) async {
+    /// Waits for a stop task, then moves the instance to `.unloaded`, unless whoever else
+    /// awaited the same task did so first. Every party that awaits a stop settles it itself:
+    /// awaiting a finished task does not suspend, so a caller that looped until the phase changed
+    /// would hold the actor and never let the stopper back on (a livelock the soak found).
+    private func awaitStop(_ id: String, _ replica: Int, _ task: Task<Void, Never>) async {
         await task.value
-        guard case .stopping(let current) = slots[id]?.phase, current == task else { return }
-        slots[id]!.phase = .unloaded
-        slots[id]!.inFlight = 0
-        slots[id]!.generation += 1
-        let waiters = slots[id]!.waiters
-        slots[id]!.waiters = []
-        for w in waiters { w.continuation.resume(throwing: SchedulerError.instanceCrashed(id)) }
+        guard case .stopping(let current) = slots[id]?.instances[replica]?.phase, current == task else { return }
+        instanceGone(id, replica)
         notifyFleetChanged()
     }
 
-    private func instanceExited(_ id: String, generation: Int, termination: Termination) {
-        guard var slot = slots[id], slot.generation == generation, case .ready(let instance) = slot.phase else { return }
+    /// The instance no longer runs: its slots, cache and leases are gone; queued requests fail
+    /// when no other instance of the model is ready or loading (else they wait for those).
+    private func instanceGone(_ id: String, _ replica: Int) {
+        slots[id]!.instances[replica]!.phase = .unloaded
+        slots[id]!.instances[replica]!.inFlight = 0
+        slots[id]!.instances[replica]!.generation += 1
+        slots[id]!.instances[replica]!.idleTimer?.cancel()
+        slots[id]!.instances[replica]!.idleDeadline = nil
+        slots[id]!.affinity.forget(replica: replica)
+        republishReadiness(id)
+        failWaitersIfNothingServes(id)
+        dispatch(id)
+    }
+
+    /// Fails a model's queued requests when none of its instances is ready or loading.
+    private func failWaitersIfNothingServes(_ id: String) {
+        guard let slot = slots[id], !slot.waiters.isEmpty,
+            !slot.instances.values.contains(where: { $0.isReady || $0.isLoading })
+        else { return }
+        slots[id]!.waiters = []
+        for w in slot.waiters { w.continuation.resume(throwing: SchedulerError.instanceCrashed(id)) }
+    }
+
+    private func instanceExited(_ id: String, replica: Int, generation: Int, termination: Termination) {
+        guard let current = slots[id]?.instances[replica], current.generation == generation, case .ready(let instance) = current.phase else { return }
         // Not stopped by us: a crash.
         let lastLines = instance.recentLog(10).joined(separator: "\n")
-        slot.lastCrashLog = instance.recentLog(20)
-        logger.error("llama-server exited unexpectedly", metadata: ["model": "\(id)", "termination": "\(termination)", "log": "\(lastLines)"])
-        slots[id] = slot
+        slots[id]!.lastCrashLog = instance.recentLog(20)
+        logger.error("llama-server exited unexpectedly", metadata: ["model": "\(id)", "replica": "\(replica)", "termination": "\(termination)", "log": "\(lastLines)"])
         recordCrash(id, "llama-server \(termination)")
-        slot = slots[id]!
-        slot.phase = .unloaded
-        publishReadiness(id, ready: false)
-        slot.inFlight = 0
-        slot.generation += 1
-        let waiters = slot.waiters
-        slot.waiters = []
-        slots[id] = slot
-        for w in waiters { w.continuation.resume(throwing: SchedulerError.instanceCrashed(id)) }
+        instanceGone(id, replica)
         notifyFleetChanged()
     }
 
@@ -753,26 +969,31 @@ public actor Scheduler {
 
     // MARK: Idle TTL
 
-    private func scheduleIdleUnload(_ id: String) {
-        guard let slot = slots[id], case .ready = slot.phase else { return }
-        slots[id]!.idleTimer?.cancel()
-        guard let ttl = idleTimeToLive(keepAlive: slot.ttlOverride, modelTTL: catalog.resolve(id)?.ttl, defaultTTL: limits.defaultTTL) else { return }
-        let generation = slot.generation
-        slots[id]!.idleDeadline = .now + ttl
-        slots[id]!.idleTimer = Task { [weak self] in
+    /// Starts the idle timer of an instance with nothing in flight: the model's TTL for its first
+    /// `replicas.min` instances, `replicas.scaleDownAfter` (or the TTL when shorter) for the rest.
+    private func scheduleIdleUnload(_ id: String, _ replica: Int) {
+        guard let slot = slots[id], let instance = slot.instances[replica], instance.isReady else { return }
+        slots[id]!.instances[replica]!.idleTimer?.cancel()
+        let spec = catalog.resolve(id)
+        var ttl = idleTimeToLive(keepAlive: slot.ttlOverride, modelTTL: spec?.ttl, defaultTTL: limits.defaultTTL)
+        if let policy = spec?.replicas, replica >= policy.min { ttl = min(ttl ?? policy.scaleDownAfter, policy.scaleDownAfter) }
+        guard let ttl else { return }
+        let generation = instance.generation
+        slots[id]!.instances[replica]!.idleDeadline = .now + ttl
+        slots[id]!.instances[replica]!.idleTimer = Task { [weak self] in
             if ttl > .zero {
                 do { try await Task.sleep(for: ttl) } catch { return }
             }
-            await self?.idleExpired(id, generation: generation)
+            await self?.idleExpired(id, replica: replica, generation: generation)
         }
     }
 
-    private func idleExpired(_ id: String, generation: Int) async {
-        guard let slot = slots[id], slot.generation == generation, slot.inFlight == 0, slot.waiters.isEmpty,
-            case .ready = slot.phase, !isPinned(id)
+    private func idleExpired(_ id: String, replica: Int, generation: Int) async {
+        guard let slot = slots[id], let instance = slot.instances[replica], instance.generation == generation, instance.inFlight == 0,
+            slot.waiters.isEmpty, instance.isReady, replica >= (catalog.resolve(id)?.replicas.min ?? 1) || !isPinned(id)
         else { return }
-        logger.info("unloading idle model", metadata: ["model": "\(id)"])
-        await stop(id)
+        logger.info(replica == 0 ? "unloading idle model" : "stopping an idle instance", metadata: ["model": "\(id)", "replica": "\(replica)"])
+        await stopInstance(id, replica)
     }
 
     // MARK: Operations
@@ -783,10 +1004,13 @@ public actor Scheduler {
         release(lease)
     }
 
-    /// Unloads a model now (waits for its in-flight requests' slots to be dropped by the process).
+    /// Unloads a model now, every instance (waits for its in-flight requests' slots to be dropped
+    /// by the process).
     public func unload(_ modelName: String) async throws(SchedulerError) {
         guard let spec = catalog.resolve(modelName) else { throw .unknownModel(modelName) }
-        if case .loading(let task) = slots[spec.id]?.phase { _ = try? await task.value }
+        for instance in slots[spec.id]?.instances.values ?? [:].values {
+            if case .loading(let task) = instance.phase { _ = try? await task.value }
+        }
         await stop(spec.id)
         slots[spec.id]?.crashes.reset()
     }
@@ -796,6 +1020,7 @@ public actor Scheduler {
         await stop(id)
         catalog.remove(id)
         runtimeAliases = runtimeAliases.filter { $0.value != id }
+        slots[id]?.scaleCheck?.cancel()
         slots[id] = nil
     }
 
@@ -805,44 +1030,51 @@ public actor Scheduler {
         slots[spec.id, default: Slot()].pinnedAtRuntime = pinned
     }
 
-    /// The instance serving `modelName`, if loaded.
+    /// An instance serving `modelName` (its first ready replica), if loaded.
     public func instance(for modelName: String) -> ModelInstance? {
-        guard let spec = catalog.resolve(modelName), case .ready(let i) = slots[spec.id]?.phase else { return nil }
-        return i
+        guard let spec = catalog.resolve(modelName) else { return nil }
+        return slots[spec.id]?.ready.first?.instance
     }
 
-    /// State of every model that has been touched.
+    /// State of every instance of every model that has been touched (a model with none yet
+    /// shows as one unloaded entry).
     public func instances() -> [InstanceInfo] {
-        slots.keys.sorted().map { id in
+        slots.keys.sorted().flatMap { id in
             let slot = slots[id]!
-            var info = InstanceInfo(
-                model: id, state: "unloaded", arguments: [], inFlight: slot.inFlight, queued: slot.waiters.count,
-                pinned: isPinned(id), projectedMiB: slot.projection.isEmpty ? nil : slot.projection.values.reduce(0, +),
-                allocatedMiB: [:], crashes: slot.crashes.times.count, lastError: slot.crashes.failure ?? slot.lastError,
-                lastCrashLog: slot.lastCrashLog)
-            let idle = ContinuousClock.now - slot.lastUsed
-            info.lastUsed = Date().addingTimeInterval(-idle.inSeconds)
-            switch slot.phase {
-            case .unloaded: info.state = slot.crashes.failure == nil ? "unloaded" : "failed"
-            case .loading: info.state = "loading"
-            case .stopping: info.state = "stopping"
-            case .ready(let i):
-                info.state = "loaded"
-                info.pid = i.process.pid
-                info.port = i.port
-                info.arguments = i.arguments
-                info.uptimeSeconds = Date().timeIntervalSince(i.startedAt)
-                info.allocatedMiB = i.allocatedMiB
-                info.allocationSource = i.allocationSource
-                info.contextSize = i.contextSize
-                info.planSource = i.plan.source.rawValue
-                info.planNote = i.plan.note
-                if let d = slot.idleDeadline {
-                    let left = d - .now
-                    info.expiresInSeconds = left.inSeconds
+            let replicas = slot.instances.isEmpty ? [0] : slot.instances.keys.sorted()
+            return replicas.map { replica in
+                let instance = slot.instances[replica] ?? Instance()
+                let keep = catalog.resolve(id)?.replicas.min ?? 1
+                var info = InstanceInfo(
+                    model: id, state: "unloaded", arguments: [], inFlight: instance.inFlight, queued: slot.waiters.count,
+                    pinned: replica < keep && isPinned(id), projectedMiB: instance.projection.isEmpty ? nil : instance.projection.values.reduce(0, +),
+                    allocatedMiB: [:], crashes: slot.crashes.times.count, lastError: slot.crashes.failure ?? slot.lastError,
+                    lastCrashLog: slot.lastCrashLog)
+                info.replica = replica
+                let idle = ContinuousClock.now - instance.lastUsed
+                info.lastUsed = Date().addingTimeInterval(-idle.inSeconds)
+                switch instance.phase {
+                case .unloaded: info.state = slot.crashes.failure == nil ? "unloaded" : "failed"
+                case .loading: info.state = "loading"
+                case .stopping: info.state = "stopping"
+                case .ready(let i):
+                    info.state = "loaded"
+                    info.pid = i.process.pid
+                    info.port = i.port
+                    info.arguments = i.arguments
+                    info.uptimeSeconds = Date().timeIntervalSince(i.startedAt)
+                    info.allocatedMiB = i.allocatedMiB
+                    info.allocationSource = i.allocationSource
+                    info.contextSize = i.contextSize
+                    info.planSource = i.plan.source.rawValue
+                    info.planNote = i.plan.note
+                    if let d = instance.idleDeadline {
+                        let left = d - .now
+                        info.expiresInSeconds = left.inSeconds
+                    }
                 }
+                return info
             }
-            return info
         }
     }
 
@@ -852,8 +1084,11 @@ public actor Scheduler {
         notifyFleetChanged()
         // Loads still in progress end now: their process exits, so readiness fails at once.
         for child in loadingChildren.values { child.signalGroup(SIGTERM) }
-        for id in slots.keys {
-            if case .loading(let t) = slots[id]?.phase { _ = try? await t.value }
+        for slot in slots.values {
+            slot.scaleCheck?.cancel()
+            for instance in slot.instances.values {
+                if case .loading(let t) = instance.phase { _ = try? await t.value }
+            }
         }
         await withTaskGroup(of: Void.self) { group in
             for id in slots.keys { group.addTask { await self.stop(id) } }

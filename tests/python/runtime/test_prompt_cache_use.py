@@ -33,7 +33,7 @@ def test_a_repeated_prompt_is_counted_as_cache_hits_everywhere_the_instance_is_s
     assert abs(use["hitRate"] - use["cachedTokens"] / use["promptTokens"]) < 1e-9
 
     metrics = httpx.get(c.base + "/metrics", headers=c.h).text
-    ratio = [line for line in metrics.splitlines() if line.startswith('corral_instance_prompt_cache_hit_ratio{model="chat"}')]
+    ratio = [line for line in metrics.splitlines() if line.startswith('corral_instance_prompt_cache_hit_ratio{model="chat",replica="0"}')]
     assert ratio and abs(float(ratio[0].split()[-1]) - use["hitRate"]) < 1e-6, ratio
     cached = sum(float(line.split()[-1]) for line in metrics.splitlines()
                  if line.startswith('corral_prompt_cached_tokens_total{model="chat"'))

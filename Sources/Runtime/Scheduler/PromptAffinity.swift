@@ -1,0 +1,136 @@
+/// What a request's prompt starts with, as chained hashes of its leading blocks, and the session
+/// it says it belongs to: enough to send it to the instance whose cache most likely holds it.
+///
+/// The blocks are cut from the prompt as the request carries it (a chat's `messages` array as
+/// the client serialized it, a completion's `prompt`), not from the rendered template: each turn
+/// of a conversation repeats the previous turn's bytes, so its leading blocks are the previous
+/// prompt's, which is what a prefix match needs. Hashes come from Swift's `Hasher` (seeded per
+/// process): they are compared only within this process.
+public struct PromptAffinity: Sendable, Equatable {
+    /// Bytes per block.
+    public static let blockBytes = 256
+    /// Blocks hashed at most (64 KiB of prompt); longer prompts match on their first 64 KiB.
+    public static let maxBlocks = 256
+
+    /// Hash of the blocks 0...i, for each whole leading block.
+    public var blocks: [Int]
+    /// The request's session (OpenAI's `user`, or the `x-session-id` header).
+    public var session: String?
+
+    public init(blocks: [Int], session: String? = nil) {
+        self.blocks = blocks
+        self.session = session
+    }
+
+    /// The chained hashes of `prompt`'s whole leading blocks (a last partial block is left out:
+    /// the next turn's prompt continues it).
+    public init(prompt: UnsafeRawBufferPointer, session: String?) {
+        var blocks: [Int] = []
+        let count = min(prompt.count / Self.blockBytes, Self.maxBlocks)
+        blocks.reserveCapacity(count)
+        var previous = 0
+        for i in 0..<count {
+            var hasher = Hasher()
+            hasher.combine(previous)
+            hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: prompt[(i * Self.blockBytes)..<((i + 1) * Self.blockBytes)]))
+            previous = hasher.finalize()
+            blocks.append(previous)
+        }
+        self.init(blocks: blocks, session: session)
+    }
+
+    public var isEmpty: Bool { blocks.isEmpty && session == nil }
+}
+
+/// Which instance of a model served which prompt prefixes and sessions, bounded in size, and the
+/// routing decision made from it. A value: the scheduler keeps one per model.
+public struct AffinityTable: Sendable {
+    private struct Entry {
+        var replica: Int
+        var stamp: UInt64
+    }
+
+    private var blocks: [Int: Entry] = [:]
+    private var sessions: [String: Entry] = [:]
+    private var clock: UInt64 = 0
+    /// Entries kept (blocks and sessions each); past it the older half is dropped.
+    public let capacity: Int
+
+    public init(capacity: Int = 65_536) { self.capacity = max(2, capacity) }
+
+    /// Remembers that `replica` now holds `affinity`'s prefix (every leading block) and session.
+    public mutating func record(_ affinity: PromptAffinity, replica: Int) {
+        clock += 1
+        for block in affinity.blocks { blocks[block] = Entry(replica: replica, stamp: clock) }
+        if let session = affinity.session { sessions[session] = Entry(replica: replica, stamp: clock) }
+        if blocks.count > capacity { blocks = Self.newerHalf(blocks) }
+        if sessions.count > capacity { sessions = Self.newerHalf(sessions) }
+    }
+
+    private static func newerHalf<Key>(_ entries: [Key: Entry]) -> [Key: Entry] {
+        let stamps = entries.values.map(\.stamp).sorted()
+        let cut = stamps[stamps.count / 2]
+        return entries.filter { $0.value.stamp >= cut }
+    }
+
+    /// Forgets what `replica` held (it stopped: its cache is gone).
+    public mutating func forget(replica: Int) {
+        blocks = blocks.filter { $0.value.replica != replica }
+        sessions = sessions.filter { $0.value.replica != replica }
+    }
+
+    /// The instance most likely to hold the prompt: the session's last one, else the one that
+    /// served the longest matching prefix, with the number of blocks matched; nil when nothing
+    /// matches.
+    public func preferred(_ affinity: PromptAffinity) -> (replica: Int, matchedBlocks: Int)? {
+        if let session = affinity.session, let entry = sessions[session] { return (entry.replica, affinity.blocks.count) }
+        for (i, block) in affinity.blocks.enumerated().reversed() {
+            if let entry = blocks[block] { return (entry.replica, i + 1) }
+        }
+        return nil
+    }
+
+    public var blockCount: Int { blocks.count }
+}
+
+/// How a request picks one of a model's ready instances: a pure function of their load.
+public enum ReplicaChoice {
+    /// An instance's load as routing sees it.
+    public struct Candidate: Sendable, Equatable {
+        public var replica: Int
+        public var inFlight: Int
+        public var slots: Int
+
+        public init(replica: Int, inFlight: Int, slots: Int) {
+            self.replica = replica
+            self.inFlight = inFlight
+            self.slots = slots
+        }
+
+        var hasFreeSlot: Bool { inFlight < slots }
+    }
+
+    /// How far above the average load the preferred instance may be and still take a request
+    /// (bounded-load consistent hashing's c): one hot prefix cannot take more than its share.
+    public static let loadBound = 1.25
+
+    /// The instance for a request, nil when none has a free slot (the request queues).
+    /// - prefix affinity: the `preferred` instance when it has a free slot and, counting this
+    ///   request, at most `loadBound` × the average load (rounded up); else the least busy one.
+    /// - round robin: the first instance with a free slot after `after` (the last one given).
+    public static func choose(among candidates: [Candidate], preferred: Int?, routing: ReplicaPolicy.Routing, after: Int) -> Int? {
+        let free = candidates.filter(\.hasFreeSlot).sorted { $0.replica < $1.replica }
+        guard !free.isEmpty else { return nil }
+        switch routing {
+        case .roundRobin:
+            return (free.first { $0.replica > after } ?? free[0]).replica
+        case .prefixAffinity:
+            if let preferred, let candidate = free.first(where: { $0.replica == preferred }) {
+                let total = candidates.reduce(0) { $0 + $1.inFlight } + 1
+                let bound = (loadBound * Double(total) / Double(candidates.count)).rounded(.up)
+                if Double(candidate.inFlight + 1) <= bound { return preferred }
+            }
+            return free.min { ($0.inFlight, $0.replica) < ($1.inFlight, $1.replica) }!.replica
+        }
+    }
+}

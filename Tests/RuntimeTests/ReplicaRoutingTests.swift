@@ -1,0 +1,96 @@
+import Foundation
+import Testing
+
+@testable import Runtime
+
+/// Routing among a model's replicas as pure decisions: prompt prefixes hashed into blocks, which
+/// instance served which, and the choice with its load bound.
+@Suite struct ReplicaRoutingTests {
+    static func affinity(_ text: String, session: String? = nil) -> PromptAffinity {
+        Array(text.utf8).withUnsafeBytes { PromptAffinity(prompt: $0, session: session) }
+    }
+
+    static let system = String(repeating: "You answer questions about the inventory. ", count: 40)
+
+    @Test func aLongerPromptRepeatsTheLeadingBlocksOfItsStart() {
+        let turn1 = Self.affinity(Self.system + "first question")
+        let turn2 = Self.affinity(Self.system + "first question, its answer, and a second question " + String(repeating: "x", count: 600))
+        #expect(turn1.blocks.count == (Self.system.utf8.count + 14) / PromptAffinity.blockBytes)
+        #expect(turn2.blocks.count > turn1.blocks.count)
+        #expect(Array(turn2.blocks.prefix(turn1.blocks.count)) == turn1.blocks)
+        // A different first block changes every later hash: chained, not per block.
+        let other = Self.affinity("X" + Self.system.dropFirst() + "first question")
+        #expect(Set(other.blocks).isDisjoint(with: turn1.blocks))
+        // Shorter than a block: nothing to match on.
+        #expect(Self.affinity("hi").blocks.isEmpty)
+        #expect(Self.affinity(String(repeating: "y", count: 1 << 20)).blocks.count == PromptAffinity.maxBlocks)
+    }
+
+    @Test func theLongestMatchingPrefixWinsAndSessionsWinOverPrefixes() {
+        var table = AffinityTable()
+        let shared = Self.affinity(Self.system)
+        let conversationA = Self.affinity(Self.system + String(repeating: "a", count: 700))
+        let conversationB = Self.affinity(Self.system + String(repeating: "b", count: 700))
+        table.record(conversationA, replica: 0)
+        table.record(conversationB, replica: 1)
+        // Both share the system prompt's blocks; B recorded them last.
+        #expect(table.preferred(shared)?.replica == 1)
+        #expect(table.preferred(Self.affinity(Self.system + String(repeating: "a", count: 900)))?.replica == 0)
+        #expect(table.preferred(Self.affinity(Self.system + String(repeating: "a", count: 900)))?.matchedBlocks == conversationA.blocks.count)
+        #expect(table.preferred(Self.affinity(String(repeating: "z", count: 2000))) == nil)
+        table.record(Self.affinity("short", session: "user-7"), replica: 1)
+        #expect(table.preferred(Self.affinity(Self.system + String(repeating: "a", count: 900), session: "user-7"))?.replica == 1)
+        // A stopped instance's cache is gone.
+        table.forget(replica: 0)
+        #expect(table.preferred(Self.affinity(Self.system + String(repeating: "a", count: 900)))?.replica == 1)
+    }
+
+    @Test func theTableKeepsTheNewerHalfPastItsCapacity() {
+        var table = AffinityTable(capacity: 8)
+        for i in 0..<20 { table.record(PromptAffinity(blocks: [i]), replica: i % 2) }
+        #expect(table.blockCount <= 8)
+        #expect(table.preferred(PromptAffinity(blocks: [19]))?.replica == 1)
+        #expect(table.preferred(PromptAffinity(blocks: [0])) == nil)
+    }
+
+    typealias C = ReplicaChoice.Candidate
+
+    @Test func affinityStaysOnThePreferredInstanceWithinItsShare() {
+        let idle = [C(replica: 0, inFlight: 0, slots: 4), C(replica: 1, inFlight: 0, slots: 4)]
+        #expect(ReplicaChoice.choose(among: idle, preferred: 1, routing: .prefixAffinity, after: -1) == 1)
+        // One ahead of the other is within the bound (1.25 × the average, rounded up).
+        let oneAhead = [C(replica: 0, inFlight: 0, slots: 4), C(replica: 1, inFlight: 1, slots: 4)]
+        #expect(ReplicaChoice.choose(among: oneAhead, preferred: 1, routing: .prefixAffinity, after: -1) == 1)
+        // Two ahead is past it: the request is balanced away to the least busy instance.
+        let twoAhead = [C(replica: 0, inFlight: 0, slots: 4), C(replica: 1, inFlight: 2, slots: 4)]
+        #expect(ReplicaChoice.choose(among: twoAhead, preferred: 1, routing: .prefixAffinity, after: -1) == 0)
+        // A full preferred instance: elsewhere at once.
+        let full = [C(replica: 0, inFlight: 1, slots: 1), C(replica: 1, inFlight: 0, slots: 1)]
+        #expect(ReplicaChoice.choose(among: full, preferred: 0, routing: .prefixAffinity, after: -1) == 1)
+        // No preference: the least busy, the lowest number on a tie.
+        #expect(ReplicaChoice.choose(among: oneAhead, preferred: nil, routing: .prefixAffinity, after: -1) == 0)
+        // Nothing free: the request queues.
+        let busy = [C(replica: 0, inFlight: 1, slots: 1), C(replica: 1, inFlight: 1, slots: 1)]
+        #expect(ReplicaChoice.choose(among: busy, preferred: 0, routing: .prefixAffinity, after: -1) == nil)
+    }
+
+    @Test func roundRobinIgnoresThePromptAndTakesTurns() {
+        let three = [C(replica: 0, inFlight: 0, slots: 2), C(replica: 1, inFlight: 1, slots: 2), C(replica: 2, inFlight: 2, slots: 2)]
+        #expect(ReplicaChoice.choose(among: three, preferred: 1, routing: .roundRobin, after: -1) == 0)
+        #expect(ReplicaChoice.choose(among: three, preferred: 0, routing: .roundRobin, after: 0) == 1)
+        // Replica 2 is full: past 1 it wraps to 0.
+        #expect(ReplicaChoice.choose(among: three, preferred: nil, routing: .roundRobin, after: 1) == 0)
+    }
+
+    @Test func replicasAreReadFromTheConfiguration() throws {
+        let json = #"{"models":[{"name":"m","path":"/x.gguf","replicas":{"min":2,"max":3,"scaleUpAfter":"500ms","scaleDownAfter":"30s","routing":"round-robin"}},{"name":"n","path":"/y.gguf"}]}"#
+        let config = try CorralConfig.parse(Data(json.utf8), baseDirectory: "/")
+        #expect(config.models[0].replicas == ReplicaPolicy(min: 2, max: 3, scaleUpAfter: .milliseconds(500), scaleDownAfter: .seconds(30), routing: .roundRobin))
+        #expect(config.models[1].replicas == .single)
+        for (bad, key) in [(#"{"min":3,"max":2}"#, "max"), (#"{"routing":"random"}"#, "routing"), (#"{"min":0}"#, "min"), (#"{"maxx":2}"#, "maxx")] {
+            let text = #"{"models":[{"name":"m","path":"/x.gguf","replicas":"# + bad + "}]}"
+            #expect(throws: ConfigError.self) { try CorralConfig.parse(Data(text.utf8), baseDirectory: "/") }
+            do { _ = try CorralConfig.parse(Data(text.utf8), baseDirectory: "/") } catch let error as ConfigError { #expect(error.key.hasSuffix("replicas.\(key)"), "\(error)") }
+        }
+    }
+}
