@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
-"""Warm swaps on the real demo model (issue 34, `make bench-cache`): the time to first token of a
-conversation's next turn after its model was swapped out and back in, with its KV cache restored
-(warm) against the same model with warm swaps off (cold), and against the turn before the swap
-(never swapped); and what the swap itself costs (the unload, save included, and the load, restore
-included). Both models are the same file in one Corral, one slot each, asked in alternation.
+"""Keeping the cache warm on the real demo model (issue 34, `make bench-cache`), two parts:
+
+- warm swaps: the time to first token of a conversation's next turn after its model was swapped
+  out and back in, with its KV cache restored (warm) against the same model with warm swaps off
+  (cold), and against the turn before the swap (never swapped); and what the swap itself costs
+  (the unload, save included, and the load, restore included). Both models are the same file in
+  one Corral, one slot each, asked in alternation.
+- prefix affinity: 16 conversations x 6 turns over one shared system prompt, on a model with two
+  instances (replicas), routed by prompt prefix against round-robin, one mode after the other in
+  one Corral; and single-turn requests with no shared prefix, the same two ways (no regression).
+
 Usage: CORRAL_BIN=.build-release/release/corral .venv-test/bin/python scripts/bench_cache.py
-[--rounds 3] [--system-words 1100]"""
+[--part swap|affinity|both] [--rounds 3] [--system-words 1100] [--conversations 16] [--turns 6]"""
 import argparse
 import json
 import os
@@ -13,6 +19,7 @@ import random
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 
 import httpx
@@ -29,11 +36,13 @@ def system_prompt(seed: int, words: int) -> str:
     return "You answer questions about this inventory. " + " ".join(rng.choice(WORDS) for _ in range(words))
 
 
-def turn(c, model: str, messages: list) -> tuple[float, str, dict]:
+def turn(c, model: str, messages: list, max_tokens: int = 8, user=None) -> tuple[float, str, dict]:
     """Streams one turn; the seconds to its first content, the answer and llama-server's timings."""
     started = time.perf_counter()
     first, text, timings = None, "", {}
-    body = {"model": model, "messages": messages, "max_tokens": 8, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    if user:
+        body["user"] = user
     with httpx.stream("POST", c.base + "/v1/chat/completions", json=body, timeout=600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
@@ -60,11 +69,23 @@ def timed_post(c, path: str) -> float:
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=("swap", "affinity", "both"), default="both")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--system-words", type=int, default=1100, help="about 1,500 tokens at the default")
+    ap.add_argument("--conversations", type=int, default=16)
+    ap.add_argument("--turns", type=int, default=6)
+    ap.add_argument("--concurrency", type=int, default=4, help="conversations in flight at once (the two instances have two slots each)")
+    ap.add_argument("--answer-tokens", type=int, default=16)
     args = ap.parse_args()
     root = os.path.join(os.path.dirname(__file__), "..")
     model = subprocess.run([os.path.join(root, "scripts", "get-demo-model.sh")], check=True, capture_output=True, text=True).stdout.strip()
+    if args.part in ("swap", "both"):
+        bench_swap(args, model)
+    if args.part in ("affinity", "both"):
+        bench_affinity(args, model)
+
+
+def bench_swap(args, model):
     directory = tempfile.mkdtemp(prefix="corral-bench-cache-")
     common = {"path": model, "contextSize": 8192, "parallel": 1}
     c = start_corral(directory=directory, extra_models=[{"name": "warm", **common}, {"name": "cold", **common, "warmSwap": False}])
@@ -115,6 +136,127 @@ def main():
            notes=notes)
     record(bench, "cache.warm_swap_ttft_ms", "Warm swap: time to first token after the swap, restored", round(med["warm"]["after"] * 1000, 1), "ms", notes=notes)
     record(bench, "cache.cold_swap_ttft_ms", "Warm swap: time to first token after the swap, cold", round(med["cold"]["after"] * 1000, 1), "ms", notes=notes)
+
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_conversations(c, name: str, args, system: str, seed: int) -> dict:
+    """Runs `args.conversations` conversations of `args.turns` turns, `args.concurrency` at a time
+    (each conversation's turns in order, one after the other); the times to first token of every
+    turn and the prompt tokens llama-server had to compute (prompt_n) and took from cache."""
+    rng = random.Random(seed)
+    questions = [f"Which {rng.choice(WORDS)} is listed closest to the {rng.choice(WORDS)}, and why does it matter for conversation {i}?"
+                 for i in range(args.conversations * args.turns)]
+    work = list(range(args.conversations))
+    lock = threading.Lock()
+    ttft, computed, cached, first_turns = [], 0, 0, []
+
+    def conversation(i):
+        nonlocal computed, cached
+        messages = [{"role": "system", "content": system}]
+        for t in range(args.turns):
+            messages.append({"role": "user", "content": questions[i * args.turns + t]})
+            first, answer, timings = turn(c, name, messages, max_tokens=args.answer_tokens, user=None)
+            messages.append({"role": "assistant", "content": answer})
+            with lock:
+                (first_turns if t == 0 else ttft).append(first)
+                computed += timings.get("prompt_n") or 0
+                cached += timings.get("cache_n") or 0
+
+    def worker():
+        while True:
+            with lock:
+                if not work:
+                    return
+                i = work.pop(0)
+            conversation(i)
+
+    threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"ttft": ttft, "first": first_turns, "computed": computed, "cached": cached, "seconds": time.perf_counter() - started}
+
+
+def run_unrelated(c, name: str, count: int, concurrency: int, seed: int) -> list:
+    """Single-turn requests that share no prefix (each its own random text): their times to first token."""
+    rng = random.Random(seed)
+    prompts = [" ".join(rng.choice(WORDS) for _ in range(120)) + f" ({i})" for i in range(count)]
+    out, lock = [], threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if not prompts:
+                    return
+                p = prompts.pop()
+            first, _, _ = turn(c, name, [{"role": "user", "content": p}], max_tokens=4)
+            with lock:
+                out.append(first)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def bench_affinity(args, model):
+    directory = tempfile.mkdtemp(prefix="corral-bench-affinity-")
+    replicas = {"min": 2, "max": 2}
+    common = {"path": model, "contextSize": 16384, "parallel": 2, "warmSwap": False}
+    c = start_corral(directory=directory, extra_models=[
+        {"name": "affinity", **common, "replicas": {**replicas, "routing": "prefix-affinity"}},
+        {"name": "round-robin", **common, "replicas": {**replicas, "routing": "round-robin"}},
+    ])
+    c.h = {"authorization": f"Bearer {c.admin_token}"}
+    seen = {}
+    system = system_prompt(7, args.system_words)
+    try:
+        for name in ("affinity", "round-robin"):
+            timed_post(c, f"/admin/models/{name}/load")
+            deadline = time.monotonic() + 300
+            while sum(1 for i in httpx.get(c.base + "/admin/instances", headers=c.h).json() if i["model"] == name and i["state"] == "loaded") < 2:
+                assert time.monotonic() < deadline, "the second instance did not load"
+                time.sleep(0.2)
+            # Both instances see the system prompt once, so neither mode pays for it in the measurement.
+            for _ in range(2):
+                turn(c, name, [{"role": "system", "content": system}, {"role": "user", "content": "Ready?"}], max_tokens=1)
+            seen[name] = run_conversations(c, name, args, system, seed=11)
+            seen[name]["unrelated"] = run_unrelated(c, name, 2 * args.conversations, args.concurrency, seed=13)
+            s = seen[name]
+            print(f"{name}: turn 2+ time to first token p50 {statistics.median(s['ttft']) * 1000:.0f} ms, p90 {percentile(s['ttft'], 0.9) * 1000:.0f} ms, "
+                  f"mean {statistics.mean(s['ttft']) * 1000:.0f} ms; first turns p50 {statistics.median(s['first']) * 1000:.0f} ms; "
+                  f"prompt tokens computed {s['computed']}, from cache {s['cached']}; {s['seconds']:.0f} s in all; "
+                  f"no shared prefix p50 {statistics.median(s['unrelated']) * 1000:.0f} ms", flush=True)
+            timed_post(c, f"/admin/models/{name}/unload")
+    finally:
+        stop_corral(c)
+    a, r = seen["affinity"], seen["round-robin"]
+    ratio = statistics.median(a["ttft"]) / statistics.median(r["ttft"])
+    mean_ratio = statistics.mean(a["ttft"]) / statistics.mean(r["ttft"])
+    computed_ratio = a["computed"] / max(1, r["computed"])
+    unrelated_ratio = statistics.median(a["unrelated"]) / statistics.median(r["unrelated"])
+    print(f"prefix affinity / round-robin, turns 2-{args.turns}: time to first token p50 {ratio:.2f} (goal ≤ 0.5), mean {mean_ratio:.2f}; "
+          f"prompt tokens computed {computed_ratio:.2f}; no shared prefix p50 {unrelated_ratio:.2f} (goal ≤ 1.05)")
+    bench = "bench-cache"
+    notes = (f"SmolLM2-135M-Instruct, 2 instances x 2 slots, {args.conversations} conversations x {args.turns} turns, {args.concurrency} at once, "
+             f"{args.system_words}-word shared system prompt, {args.answer_tokens}-token answers")
+    record(bench, "cache.prefix_affinity_ttft_p50_vs_round_robin", "Prefix affinity: time to first token p50 (turns 2+) over round-robin",
+           round(ratio, 3), "×", goal="≤ 0.5", met=ratio <= 0.5, notes=notes)
+    record(bench, "cache.prefix_affinity_ttft_mean_vs_round_robin", "Prefix affinity: mean time to first token (turns 2+) over round-robin",
+           round(mean_ratio, 3), "×", notes=notes)
+    record(bench, "cache.prefix_affinity_prompt_tokens_computed_vs_round_robin", "Prefix affinity: prompt tokens computed over round-robin's",
+           round(computed_ratio, 3), "×", notes=notes)
+    record(bench, "cache.no_shared_prefix_ttft_p50_vs_round_robin", "Prefix affinity: time to first token p50 of requests with no shared prefix over round-robin",
+           round(unrelated_ratio, 3), "×", goal="≤ 1.05", met=unrelated_ratio <= 1.05, notes=notes)
 
 
 if __name__ == "__main__":

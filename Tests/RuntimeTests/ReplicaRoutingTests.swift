@@ -26,23 +26,27 @@ import Testing
         #expect(Self.affinity(String(repeating: "y", count: 1 << 20)).blocks.count == PromptAffinity.maxBlocks)
     }
 
-    @Test func theLongestMatchingPrefixWinsAndSessionsWinOverPrefixes() {
+    @Test func theInstanceHoldingTheLongestPrefixWinsAndSessionsWinOverPrefixes() {
         var table = AffinityTable()
         let shared = Self.affinity(Self.system)
         let conversationA = Self.affinity(Self.system + String(repeating: "a", count: 700))
         let conversationB = Self.affinity(Self.system + String(repeating: "b", count: 700))
         table.record(conversationA, replica: 0)
         table.record(conversationB, replica: 1)
-        // Both share the system prompt's blocks; B recorded them last.
-        #expect(table.preferred(shared)?.replica == 1)
-        #expect(table.preferred(Self.affinity(Self.system + String(repeating: "a", count: 900)))?.replica == 0)
-        #expect(table.preferred(Self.affinity(Self.system + String(repeating: "a", count: 900)))?.matchedBlocks == conversationA.blocks.count)
+        // Both hold the system prompt's blocks: a new conversation prefers neither.
+        #expect(table.matches(shared) == [0: shared.blocks.count, 1: shared.blocks.count])
+        #expect(table.preferred(shared) == nil)
+        let nextA = Self.affinity(Self.system + String(repeating: "a", count: 900))
+        #expect(table.preferred(nextA)?.replica == 0)
+        #expect(table.preferred(nextA)?.matchedBlocks == conversationA.blocks.count)
+        #expect(table.matches(nextA)[1] == shared.blocks.count)
         #expect(table.preferred(Self.affinity(String(repeating: "z", count: 2000))) == nil)
         table.record(Self.affinity("short", session: "user-7"), replica: 1)
         #expect(table.preferred(Self.affinity(Self.system + String(repeating: "a", count: 900), session: "user-7"))?.replica == 1)
-        // A stopped instance's cache is gone.
+        // A stopped instance's cache is gone: replica 1 holds only the system prompt of A's prefix.
         table.forget(replica: 0)
-        #expect(table.preferred(Self.affinity(Self.system + String(repeating: "a", count: 900)))?.replica == 1)
+        #expect(table.matches(nextA) == [1: shared.blocks.count])
+        #expect(table.preferred(nextA)?.replica == 1)
     }
 
     @Test func theTableKeepsTheNewerHalfPastItsCapacity() {
@@ -51,6 +55,9 @@ import Testing
         #expect(table.blockCount <= 8)
         #expect(table.preferred(PromptAffinity(blocks: [19]))?.replica == 1)
         #expect(table.preferred(PromptAffinity(blocks: [0])) == nil)
+        // A block two instances served is held by both.
+        table.record(PromptAffinity(blocks: [19]), replica: 0)
+        #expect(table.matches(PromptAffinity(blocks: [19])) == [0: 1, 1: 1])
     }
 
     typealias C = ReplicaChoice.Candidate

@@ -28,8 +28,14 @@ import Testing
         // b full (or queueing): the other peer, which then holds the conversation.
         let third = ClusterNode.choosePeer(for: "m", among: [Self.peer("a", free: 1), Self.peer("b", free: 2, queued: 1)], affinity: nextTurn, routing: &routing)
         #expect(third?.name == "a")
+        // Both have served the conversation now: neither stands out, the one with more free slots takes it.
         let fourth = ClusterNode.choosePeer(for: "m", among: [Self.peer("a", free: 1), Self.peer("b", free: 3)], affinity: nextTurn, routing: &routing)
-        #expect(fourth?.name == "a")
+        #expect(fourth?.name == "b")
+        // A longer turn a served alone goes back to a.
+        let longer = Self.prompt(String(repeating: "the harbour inventory ", count: 60) + String(repeating: "and more ", count: 120))
+        routing = ClusterNode.PeerRouting()
+        _ = ClusterNode.choosePeer(for: "m", among: [Self.peer("a", free: 3), Self.peer("b", free: 1)], affinity: longer, routing: &routing)
+        #expect(ClusterNode.choosePeer(for: "m", among: [Self.peer("a", free: 1), Self.peer("b", free: 3)], affinity: longer, routing: &routing)?.name == "a")
         // Without a prompt to go by: most free slots; with no peer free: none.
         #expect(ClusterNode.choosePeer(for: "m", among: [Self.peer("a", free: 1), Self.peer("b", free: 3)], affinity: nil, routing: &routing)?.name == "b")
         #expect(ClusterNode.choosePeer(for: "m", among: [Self.peer("a", free: 0)], affinity: nextTurn, routing: &routing) == nil)

@@ -42,16 +42,18 @@ public struct PromptAffinity: Sendable, Equatable {
     public var isEmpty: Bool { blocks.isEmpty && session == nil }
 }
 
-/// Which instance of a model served which prompt prefixes and sessions, bounded in size, and the
-/// routing decision made from it. A value: the scheduler keeps one per model.
+/// Which instances of a model hold which prompt prefixes (a block is held by every instance
+/// that served a prompt starting with it) and each session's last instance, bounded in size. A
+/// value: the scheduler keeps one per model.
 public struct AffinityTable: Sendable {
     private struct Entry {
-        var replica: Int
+        /// Bit r: replica r holds it (replicas 0...63; higher ones are not tracked).
+        var holders: UInt64
         var stamp: UInt64
     }
 
     private var blocks: [Int: Entry] = [:]
-    private var sessions: [String: Entry] = [:]
+    private var sessions: [String: (replica: Int, stamp: UInt64)] = [:]
     private var clock: UInt64 = 0
     /// Entries kept (blocks and sessions each); past it the older half is dropped.
     public let capacity: Int
@@ -61,33 +63,58 @@ public struct AffinityTable: Sendable {
     /// Remembers that `replica` now holds `affinity`'s prefix (every leading block) and session.
     public mutating func record(_ affinity: PromptAffinity, replica: Int) {
         clock += 1
-        for block in affinity.blocks { blocks[block] = Entry(replica: replica, stamp: clock) }
-        if let session = affinity.session { sessions[session] = Entry(replica: replica, stamp: clock) }
-        if blocks.count > capacity { blocks = Self.newerHalf(blocks) }
-        if sessions.count > capacity { sessions = Self.newerHalf(sessions) }
+        let bit: UInt64 = replica < 64 ? 1 << UInt64(replica) : 0
+        for block in affinity.blocks { blocks[block] = Entry(holders: (blocks[block]?.holders ?? 0) | bit, stamp: clock) }
+        if let session = affinity.session { sessions[session] = (replica, clock) }
+        if blocks.count > capacity {
+            let cut = Self.median(blocks.values.map(\.stamp))
+            blocks = blocks.filter { $0.value.stamp >= cut }
+        }
+        if sessions.count > capacity {
+            let cut = Self.median(sessions.values.map(\.stamp))
+            sessions = sessions.filter { $0.value.stamp >= cut }
+        }
     }
 
-    private static func newerHalf<Key>(_ entries: [Key: Entry]) -> [Key: Entry] {
-        let stamps = entries.values.map(\.stamp).sorted()
-        let cut = stamps[stamps.count / 2]
-        return entries.filter { $0.value.stamp >= cut }
-    }
+    private static func median(_ stamps: [UInt64]) -> UInt64 { stamps.sorted()[stamps.count / 2] }
 
     /// Forgets what `replica` held (it stopped: its cache is gone).
     public mutating func forget(replica: Int) {
-        blocks = blocks.filter { $0.value.replica != replica }
+        let keep: UInt64 = replica < 64 ? ~(1 << UInt64(replica)) : ~0
+        blocks = blocks.compactMapValues { entry in
+            let holders = entry.holders & keep
+            return holders == 0 ? nil : Entry(holders: holders, stamp: entry.stamp)
+        }
         sessions = sessions.filter { $0.value.replica != replica }
     }
 
-    /// The instance most likely to hold the prompt: the session's last one, else the one that
-    /// served the longest matching prefix, with the number of blocks matched; nil when nothing
-    /// matches.
+    /// How many leading blocks of the prompt each instance holds (instances holding none are
+    /// left out).
+    public func matches(_ affinity: PromptAffinity) -> [Int: Int] {
+        var matched: [Int: Int] = [:]
+        var still: UInt64 = ~0
+        for (i, block) in affinity.blocks.enumerated() {
+            still &= blocks[block]?.holders ?? 0
+            if still == 0 { break }
+            var bits = still
+            while bits != 0 {
+                let r = bits.trailingZeroBitCount
+                matched[r] = i + 1
+                bits &= bits - 1
+            }
+        }
+        return matched
+    }
+
+    /// The instance most likely to hold the prompt where one stands out: the session's last
+    /// one, else the one holding strictly more of its leading blocks than any other, with the
+    /// number of blocks it holds. Nil when nothing matches or the best are tied (a prefix every
+    /// instance holds, like a shared system prompt, prefers none).
     public func preferred(_ affinity: PromptAffinity) -> (replica: Int, matchedBlocks: Int)? {
         if let session = affinity.session, let entry = sessions[session] { return (entry.replica, affinity.blocks.count) }
-        for (i, block) in affinity.blocks.enumerated().reversed() {
-            if let entry = blocks[block] { return (entry.replica, i + 1) }
-        }
-        return nil
+        let ranked = matches(affinity).sorted { ($0.value, -$0.key) > ($1.value, -$1.key) }
+        guard let best = ranked.first, ranked.count == 1 || ranked[1].value < best.value else { return nil }
+        return (best.key, best.value)
     }
 
     public var blockCount: Int { blocks.count }

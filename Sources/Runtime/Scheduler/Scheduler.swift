@@ -639,7 +639,8 @@ public actor Scheduler {
         if cacheRam > 0 { projection["Host", default: 0] += cacheRam }
         slots[id, default: Slot()].instances[replica, default: Instance()].projection = projection
         slots[id]!.instances[replica]!.roomReserved = false
-        try await makeRoom(for: key, projection: projection, wait: waitForRoom)
+        // Another instance of a running model never makes room by stopping one of its siblings.
+        try await makeRoom(for: key, projection: projection, wait: waitForRoom, sparing: replica == 0 ? nil : id)
         slots[id]!.instances[replica]!.roomReserved = true
 
         guard let port = freeLoopbackPort() else { throw SchedulerError.loadFailed(id, "no free port") }
@@ -793,10 +794,10 @@ public actor Scheduler {
     /// (memory claimed by jobs counts as used); waits for busy models to go idle when nothing
     /// can be evicted yet, or with `wait` false throws `noCapacity` instead. For a claim
     /// (`claim`), the model count does not apply.
-    private func makeRoom(for key: String, projection: [String: Int], claim: Bool = false, wait: Bool = true) async throws {
+    private func makeRoom(for key: String, projection: [String: Int], claim: Bool = false, wait: Bool = true, sparing: String? = nil) async throws {
         while true {
             if isShuttingDown { throw SchedulerError.shuttingDown }
-            let (fleet, owners) = fleetView()
+            let (fleet, owners) = fleetView(sparing: sparing)
             switch Placement.decide(for: key, projection: projection, claim: claim, wait: wait, in: fleet) {
             case .fits:
                 return
@@ -814,8 +815,9 @@ public actor Scheduler {
     }
 
     /// The fleet as ``Placement`` sees it, one entry per instance (see ``instanceKey(_:_:)``),
-    /// with the model and replica behind each entry's key.
-    private func fleetView() -> (FleetView, [String: (String, Int)]) {
+    /// with the model and replica behind each entry's key. The instances of `sparing` count as
+    /// pinned: they are not evicted.
+    private func fleetView(sparing: String? = nil) -> (FleetView, [String: (String, Int)]) {
         var models: [String: FleetView.Model] = [:]
         var owners: [String: (String, Int)] = [:]
         for (id, slot) in slots {
@@ -831,7 +833,7 @@ public actor Scheduler {
                 owners[key] = (id, replica)
                 // Replicas beyond `min` are never pinned: they exist for a queue, not a promise.
                 models[key] = FleetView.Model(phase: phase, inFlight: instance.inFlight, waiting: slot.waiters.count, lastUsed: instance.lastUsed,
-                                              pinned: replica < keep && isPinned(id), projection: instance.projection)
+                                              pinned: (replica < keep && isPinned(id)) || id == sparing, projection: instance.projection)
             }
         }
         return (FleetView(models: models, claims: memoryClaims, budgetMiB: limits.memoryBudgetMiB, maxLoadedModels: limits.maxLoadedModels), owners)

@@ -128,6 +128,16 @@ def test_another_instance_never_evicts_a_busy_model():
             assert request.result["choices"]
     finally:
         stop_corral(c)
+    # Room for one instance only, and min 2: the second never makes room by stopping the first.
+    c = corral([{**models[0], "replicas": {"min": 2, "max": 2}}], scheduler={"memoryBudgetMiB": int(each * 1.5)})
+    try:
+        chat(c, "rep", [{"role": "user", "content": "hello"}])
+        time.sleep(1)
+        assert [i["replica"] for i in loaded(c, "rep")] == [0], instances(c, "rep")
+        chat(c, "rep", [{"role": "user", "content": "still here"}])
+        assert [i["replica"] for i in loaded(c, "rep")] == [0]
+    finally:
+        stop_corral(c)
 
 
 def cache_use(c, model):

@@ -36,6 +36,8 @@ function promptCache(instance) {
 function instancesTable(instances) {
   return table('Instances', [
     { label: 'Model', value: (i) => h('a', { href: `#/models/${encodeURIComponent(i.model)}` }, i.model) },
+    // A model with replicas has an instance per replica; the first is 0.
+    { label: 'Replica', value: (i) => fmt.int(i.replica ?? 0), num: true },
     { label: 'State', value: (i) => h('span', { class: `state ${i.state}` }, i.state) },
     { label: 'Memory projected / actual', value: memory, num: true },
     { label: 'In flight', value: (i) => fmt.int(i.inFlight), num: true },
