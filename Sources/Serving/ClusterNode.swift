@@ -15,6 +15,42 @@ public struct Peer: Sendable {
     public var age: Double
     /// Loaded models: id → (free slots, queued requests).
     public var models: [String: (free: Int, queued: Int)]
+    /// Free MiB per device (`Host` for RAM), as its scheduler counts it: budget less what loaded
+    /// models and jobs hold.
+    public var freeMiB: [String: Int] = [:]
+    /// Requests in flight and queued there, all models together.
+    public var load = 0
+    /// The local models it can load (its catalog); nil when its heartbeat does not say.
+    public var serves: Set<String>? = nil
+    /// Models it is loading now.
+    public var loading: Set<String> = []
+
+    /// A peer from its registry record.
+    init(_ n: NodeRecord) {
+        let detail = NodeDetail.parse(n.detail)
+        name = n.name
+        url = n.url
+        state = n.state
+        age = n.age
+        models = Dictionary(detail.models.map { ($0.model, (free: $0.free, queued: $0.queued)) }, uniquingKeysWith: { a, _ in a })
+        freeMiB = detail.memory.compactMapValues(\.freeMiB)
+        load = detail.models.reduce(0) { $0 + $1.inFlight + $1.queued }
+        serves = detail.serves.map(Set.init)
+        loading = Set(detail.loading ?? [])
+    }
+
+    init(name: String, url: String, state: String, age: Double, models: [String: (free: Int, queued: Int)], freeMiB: [String: Int] = [:], load: Int = 0,
+         serves: Set<String>? = nil, loading: Set<String> = []) {
+        self.name = name
+        self.url = url
+        self.state = state
+        self.age = age
+        self.models = models
+        self.freeMiB = freeMiB
+        self.load = load
+        self.serves = serves
+        self.loading = loading
+    }
 }
 
 /// This node's place in a cluster of Corral nodes sharing one PostgreSQL: it heartbeats its
@@ -82,8 +118,12 @@ public final class ClusterNode: Service, Sendable {
     /// The caller a relayed request was admitted for (trusted only with the secret).
     public static let teamHeader = "x-corral-team"
     public static let keyHeader = "x-corral-key-prefix"
-    /// Set on a peer's answer when it declined a relayed request (the model is not loaded there).
+    /// Set on a peer's answer when it declined a relayed request (the model is not loaded there,
+    /// not in its catalog, or a cold load placed there could not be had).
     public static let declinedHeader = "x-corral-declined"
+    /// Set on a relayed request for a model no node has loaded, placed on that peer for its free
+    /// memory: the peer loads it rather than declining.
+    public static let placeHeader = "x-corral-place-cold"
 
     public init(
         name: String, advertiseURL: String, secret: String, registry: any NodeRegistryStore, scheduler: Scheduler, access: AccessControl?,
@@ -164,6 +204,65 @@ public final class ClusterNode: Service, Sendable {
         return chosen
     }
 
+    // MARK: Cold loads
+
+    /// Where a cold load of `spec` goes: a live serving peer that is loading it already (the load
+    /// is shared), else ``ColdPlacement/decide(needMiB:here:peers:tieFraction:)`` among this
+    /// node and the live serving peers that list it in their catalog. Nil when it is not cold:
+    /// loaded or loading here, or loaded on a peer (the ordinary routing decides then). Every
+    /// decision to load elsewhere is logged with its reason (a local one at debug level).
+    public func coldPlacement(for spec: ModelSpec) async -> ColdPlacement.Decision? {
+        let instances = await scheduler.instances()
+        if instances.contains(where: { $0.model == spec.id && ($0.state == "loaded" || $0.state == "loading") }) { return nil }
+        let id = Self.catalogID(spec.id)
+        let live = state.withLock { s in s.peers.filter { $0.state == "serving" && $0.age < staleAfter } }
+        if live.contains(where: { $0.models[spec.id] != nil }) { return nil }
+        if let loading = live.filter({ $0.loading.contains(spec.id) }).min(by: { $0.load < $1.load }) {
+            let decision = ColdPlacement.Decision.peer(loading.name, reason: "\(loading.name) is loading it already")
+            logger.info("placing a cold load", metadata: ["model": "\(spec.id)", "node": "\(loading.name)", "reason": "\(decision.reason)"])
+            return decision
+        }
+        let need = Self.projectedNeedMiB(spec, known: instances.first { $0.model == spec.id }?.projectedMiB)
+        let room = await scheduler.memoryRoom()
+        let here = ColdPlacement.Candidate(
+            name: name, freeMiB: room.mapValues { max(0, $0.budgetMiB - $0.usedMiB) }, load: Self.load(instances.map { ($0.model, $0.inFlight, $0.queued) }))
+        let peers = live.filter { $0.serves?.contains(id) == true }.map { ColdPlacement.Candidate(name: $0.name, freeMiB: $0.freeMiB, load: $0.load) }
+        let decision = ColdPlacement.decide(needMiB: need, here: here, peers: peers)
+        switch decision {
+        case .peer(let peer, let reason):
+            logger.info("placing a cold load", metadata: ["model": "\(spec.id)", "node": "\(peer)", "needMiB": "\(need)", "reason": "\(reason)"])
+        case .here(let reason):
+            logger.debug("placing a cold load", metadata: ["model": "\(spec.id)", "node": "\(name)", "needMiB": "\(need)", "reason": "\(reason)"])
+        }
+        return decision
+    }
+
+    /// What a load of `spec` is expected to take, MiB, all devices together: the projection of
+    /// its last load here when there was one (`known`: the fit's, with its prompt cache), else
+    /// the estimate from its GGUF header (weights, KV cache at its context, a compute buffer)
+    /// plus its prompt cache (`--cache-ram`), as the scheduler counts it.
+    static func projectedNeedMiB(_ spec: ModelSpec, known: Int?) -> Int {
+        if let known, known > 0 { return known }
+        let plan = FitPlanner(fitParamsPath: nil, marginMiB: 0).estimate(spec, baseArguments: spec.fitInputArguments, note: "cold placement")
+        return max(1, plan.totalMiB + ModelSpec.cacheRamMiB(in: spec.defaultArguments + spec.pinnedArgs))
+    }
+
+    /// Requests in flight and queued on this node (a model's queue counted once).
+    static func load(_ instances: [(model: String, inFlight: Int, queued: Int)]) -> Int {
+        var queued: [String: Int] = [:]
+        var inFlight = 0
+        for i in instances {
+            inFlight += i.inFlight
+            queued[i.model] = max(queued[i.model] ?? 0, i.queued)
+        }
+        return inFlight + queued.values.reduce(0, +)
+    }
+
+    /// The id a catalog lists for `id` (an embedding companion is its model's).
+    static func catalogID(_ id: String) -> String {
+        id.hasSuffix(ModelSpec.embeddingsSuffix) ? String(id.dropLast(ModelSpec.embeddingsSuffix.count)) : id
+    }
+
     /// Takes a peer out of routing at once (a request to it failed before any byte).
     public func markUnreachable(_ name: String) {
         state.withLock { s in s.peers.removeAll { $0.name == name } }
@@ -208,29 +307,29 @@ public final class ClusterNode: Service, Sendable {
     func record() async -> NodeRecord {
         let instances = await scheduler.instances()
         let catalog = scheduler.currentCatalog
-        var models: [[String: Any]] = []
+        var detail = NodeDetail()
         // Per model, over its loaded instances (replicas): their slots and requests add up, the
         // queue is the model's.
         let loaded = Dictionary(grouping: instances.filter { $0.state == "loaded" }, by: \.model)
         for (model, running) in loaded.sorted(by: { $0.key < $1.key }) {
             let slots = (catalog.resolve(model)?.parallel ?? 1) * running.count
             let inFlight = running.reduce(0) { $0 + $1.inFlight }
-            models.append(["model": model, "slots": slots, "inFlight": inFlight, "queued": running[0].queued, "free": max(0, slots - inFlight),
-                           "instances": running.count])
+            detail.models.append(.init(model: model, slots: slots, inFlight: inFlight, queued: running[0].queued, free: max(0, slots - inFlight),
+                                       instances: running.count))
         }
         // Per device: the scheduler's budget and what is left of it for a new load; for the host
         // also what the system reports as available now.
         let host = HostMemory.read()
-        var memory: [String: [String: Int]] = [:]
         for (device, room) in await scheduler.memoryRoom() {
-            memory[device] = ["budgetMiB": room.budgetMiB, "usedMiB": room.usedMiB, "freeMiB": max(0, room.budgetMiB - room.usedMiB)]
+            detail.memory[device] = .init(budgetMiB: room.budgetMiB, usedMiB: room.usedMiB, freeMiB: max(0, room.budgetMiB - room.usedMiB))
         }
-        memory["Host", default: [:]]["totalMiB"] = host.totalMiB
-        memory["Host", default: [:]]["availableMiB"] = host.availableMiB
-        if memory["Host"]?["freeMiB"] == nil { memory["Host"]?["freeMiB"] = host.availableMiB }
-        let detail: [String: Any] = ["models": models, "memory": memory]
-        let json = (try? JSONSerialization.data(withJSONObject: detail, options: [.sortedKeys])).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
-        return NodeRecord(name: name, url: advertiseURL, version: version, state: isDraining ? "draining" : "serving", detail: json, started: started)
+        detail.memory["Host", default: .init()].totalMiB = host.totalMiB
+        detail.memory["Host", default: .init()].availableMiB = host.availableMiB
+        if detail.memory["Host"]?.freeMiB == nil { detail.memory["Host"]?.freeMiB = host.availableMiB }
+        // For cold loads placed by free memory: what this node can load, and what it is loading.
+        detail.serves = catalog.models.filter { $0.path != nil }.map(\.id).sorted()
+        detail.loading = Set(instances.filter { $0.state == "loading" }.map(\.model)).sorted()
+        return NodeRecord(name: name, url: advertiseURL, version: version, state: isDraining ? "draining" : "serving", detail: detail.json, started: started)
     }
 
     /// One heartbeat: this node's state in, leases renewed, peers read, changes noticed.
@@ -258,14 +357,7 @@ public final class ClusterNode: Service, Sendable {
             }
         }
         let nodes = try await registry.nodes()
-        let peers = nodes.filter { $0.name != name }.map { n -> Peer in
-            let detail = (try? JSONSerialization.jsonObject(with: Data(n.detail.utf8))) as? [String: Any] ?? [:]
-            var models: [String: (Int, Int)] = [:]
-            for m in detail["models"] as? [[String: Any]] ?? [] {
-                if let id = m["model"] as? String { models[id] = (m["free"] as? Int ?? 0, m["queued"] as? Int ?? 0) }
-            }
-            return Peer(name: n.name, url: n.url, state: n.state, age: n.age, models: models)
-        }
+        let peers = nodes.filter { $0.name != name }.map(Peer.init)
         let version = try await changeVersion()
         let (changed, recovered) = state.withLock { s in
             defer {

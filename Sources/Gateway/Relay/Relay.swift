@@ -44,6 +44,13 @@ final class LeaseHolder: Sendable {
         access?.reconcile(reservation, actualTokens: actualTokens)
     }
 
+    /// Gives up the reservation without reconciling it: the request goes on under another
+    /// holder (served here after a peer failed or declined, or by a fresh instance), which
+    /// reconciles it once.
+    func handOverReservation() {
+        _ = take(reconciled)
+    }
+
     /// True for the one caller that gets to act.
     private func take(_ flag: borrowing Mutex<Bool>) -> Bool {
         flag.withLock { done in
@@ -281,6 +288,13 @@ public struct Relay: Sendable {
             recordRefusal(requestID: requestID, route: route, model: modelName, status: Int(error.status.code), kind: kind, caller: caller, started: started)
             return error
         }
+        // A request relayed here by a peer: served only if the model is loaded here, or if it
+        // was placed here to be loaded (a cold load); otherwise declined before anything is done,
+        // and the sending node serves it itself.
+        let placedHere = caller.admittedBy != nil && headers[HTTPField.Name(ClusterNode.placeHeader)!] != nil
+        if caller.admittedBy != nil {
+            try await declineUnlessServable(modelName, placedHere: placedHere)
+        }
         var reservation: Reservation?
         var promptBound = 0
         if let access {
@@ -297,22 +311,23 @@ public struct Relay: Sendable {
                 throw refused(OpenAIError(error), kind: error.kind)
             }
         }
-        if caller.admittedBy != nil, let spec = scheduler.currentCatalog.resolve(modelName), await scheduler.instance(for: spec.id) == nil {
-            // Relayed here because this node had the model loaded a heartbeat ago; it has not
-            // now. Decline rather than load: the sending node serves it itself.
-            var declined = OpenAIError(.serviceUnavailable, "model '\(spec.id)' is not loaded on this node", type: "server_error", code: "not_loaded_here", retryAfter: 1)
-            declined.extraHeaders = [ClusterNode.declinedHeader: "1"]
-            throw declined
-        }
         var lease: Lease
+        // A peer chosen to load a model no node has loaded (the request tells it so).
+        var coldPeer = false
         do {
             let affinity = Self.affinity(modelName, body: body, headers: headers, catalog: scheduler.currentCatalog, clustered: cluster != nil)
             if let peer = await peerLease(modelName, caller: caller, headers: headers, upstreamPath: upstreamPath, affinity: affinity) {
-                lease = peer
+                lease = peer.lease
+                coldPeer = peer.cold
             } else {
                 lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority, affinity: affinity)
             }
         } catch {
+            if placedHere {
+                // A cold load placed here that cannot be had (no room, a failed load): decline,
+                // and the sending node loads it itself.
+                throw Self.declined("model '\(modelName)' could not be loaded on this node: \(error)", code: "cannot_load_here")
+            }
             if let reservation { access?.reconcile(reservation, actualTokens: 0) }
             throw refused(OpenAIError(error), kind: error.kind)
         }
@@ -330,6 +345,13 @@ public struct Relay: Sendable {
                 upstreamHeaders.replaceOrAdd(name: ClusterNode.secretHeader, value: cluster.secretValue)
                 if let team = caller.teamID { upstreamHeaders.replaceOrAdd(name: ClusterNode.teamHeader, value: team) }
                 if let key = caller.keyPrefix { upstreamHeaders.replaceOrAdd(name: ClusterNode.keyHeader, value: key) }
+                if coldPeer {
+                    upstreamHeaders.replaceOrAdd(name: ClusterNode.placeHeader, value: "1")
+                    // This node tells its client of the load (or not) itself; the peer answers plainly.
+                    upstreamHeaders.remove(name: Self.progressHeader.rawName)
+                } else {
+                    upstreamHeaders.remove(name: ClusterNode.placeHeader)
+                }
                 cluster.noteRelayed()
             }
             if body != nil { upstreamHeaders.replaceOrAdd(name: "content-type", value: contentType) }
@@ -355,9 +377,10 @@ public struct Relay: Sendable {
                 }
                 if lease.peer != nil, response.headers.first(name: ClusterNode.declinedHeader) != nil {
                     // The peer no longer has the model loaded (this node's view of it was a
-                    // heartbeat old): it declined before doing anything; serve here.
-                    _ = try? await response.body.collect(upTo: 1 << 16)
-                    throw PeerDeclined()
+                    // heartbeat old), or could not load it cold: it declined before doing
+                    // anything; serve here.
+                    let answer = try? await response.body.collect(upTo: 1 << 16)
+                    throw PeerDeclined(reason: answer.flatMap { Self.errorMessage(Data($0.readableBytesView)) } ?? "declined")
                 }
                 return UpstreamExchange(
                     requestID: requestID, route: route, lease: lease, holder: holder, started: started, response: response, caller: caller,
@@ -366,8 +389,15 @@ public struct Relay: Sendable {
                 // The peer failed before answering (it died or is leaving): nothing reached the
                 // client, so take it out of routing and serve the request here, once.
                 retried = true
-                logger.warning("a peer failed before answering; serving here", metadata: ["peer": "\(lease.peer ?? "")", "error": "\(error)"])
-                cluster?.markUnreachable(lease.peer ?? "")
+                coldPeer = false
+                holder.handOverReservation()
+                if let declined = error as? PeerDeclined {
+                    // Alive and answering: it stays in routing.
+                    logger.notice("a peer declined the request; serving here", metadata: ["peer": "\(lease.peer ?? "")", "reason": "\(declined.reason)"])
+                } else {
+                    logger.warning("a peer failed before answering; serving here", metadata: ["peer": "\(lease.peer ?? "")", "error": "\(error)"])
+                    cluster?.markUnreachable(lease.peer ?? "")
+                }
                 do {
                     lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority)
                 } catch {
@@ -379,6 +409,7 @@ public struct Relay: Sendable {
                 // yet (a crash a moment ago): nothing was sent, so stop it and go to a fresh one.
                 retried = true
                 await holder.release()
+                holder.handOverReservation()
                 await scheduler.reportUnresponsive(lease, reason: "its port refused a connection")
                 do {
                     lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority)
@@ -444,7 +475,15 @@ public struct Relay: Sendable {
     }
 
     /// A peer declined a relayed request before doing anything with it.
-    struct PeerDeclined: Error {}
+    struct PeerDeclined: Error {
+        /// Its error message (the model is not loaded there, not in its catalog, or could not be loaded).
+        var reason: String
+    }
+
+    /// The `error.message` of an OpenAI-shaped error body.
+    static func errorMessage(_ body: Data) -> String? {
+        ((try? JSONSerialization.jsonObject(with: body)) as? [String: Any]).flatMap { ($0["error"] as? [String: Any])?["message"] as? String }
+    }
 
     /// A local instance's port refused the connection: the request was not sent.
     static func isRefused(_ error: any Error) -> Bool {
@@ -679,14 +718,41 @@ public struct Relay: Sendable {
     }
 
     /// A lease on a peer when this node would have to load `modelName` and a live peer has it
-    /// loaded with a free slot. Only OpenAI-shaped paths that every Corral serves as they are
-    /// (`/v1/…`), only local models, never a request that was relayed already.
-    func peerLease(_ modelName: String, caller: Caller, headers: HTTPFields, upstreamPath: String, affinity: PromptAffinity? = nil) async -> Lease? {
+    /// loaded with a free slot; or, when no node has it loaded or loading, on the peer the cold
+    /// placement picks for its free memory (`cold`: the request tells the peer to load it). Only
+    /// OpenAI-shaped paths that every Corral serves as they are (`/v1/…`), only local models,
+    /// never a request that was relayed already.
+    func peerLease(_ modelName: String, caller: Caller, headers: HTTPFields, upstreamPath: String, affinity: PromptAffinity? = nil) async
+        -> (lease: Lease, cold: Bool)?
+    {
         guard let cluster, caller.admittedBy == nil, headers[HTTPField.Name(ClusterNode.hopHeader)!] == nil, upstreamPath.hasPrefix("/v1/"),
-            let spec = scheduler.currentCatalog.resolve(modelName), spec.path != nil, await scheduler.instance(for: spec.id) == nil,
-            let peer = cluster.peer(for: spec.id, affinity: affinity)
+            let spec = scheduler.currentCatalog.resolve(modelName), spec.path != nil, await scheduler.instance(for: spec.id) == nil
         else { return nil }
-        return Lease.onPeer(peer.name, url: peer.url, model: spec.id)
+        if let peer = cluster.peer(for: spec.id, affinity: affinity) {
+            return (Lease.onPeer(peer.name, url: peer.url, model: spec.id), false)
+        }
+        guard case .peer(let name, _) = await cluster.coldPlacement(for: spec), let peer = cluster.livePeer(named: name) else { return nil }
+        return (Lease.onPeer(peer.name, url: peer.url, model: spec.id), true)
+    }
+
+    /// Declines a request a peer relayed here (see `open`) unless this node can serve it: the
+    /// model is in this node's catalog, and loaded here or placed here to be loaded (`placedHere`).
+    func declineUnlessServable(_ modelName: String, placedHere: Bool) async throws(OpenAIError) {
+        guard let spec = scheduler.currentCatalog.resolve(modelName) else {
+            throw Self.declined("model '\(modelName)' is not in this node's catalog", code: "not_in_catalog_here")
+        }
+        if !placedHere, await scheduler.instance(for: spec.id) == nil {
+            // Relayed here because this node had the model loaded a heartbeat ago; it has not
+            // now. Decline rather than load: the sending node serves it itself.
+            throw Self.declined("model '\(spec.id)' is not loaded on this node", code: "not_loaded_here")
+        }
+    }
+
+    /// The refusal of a relayed request that the sending node serves itself instead.
+    static func declined(_ message: String, code: String) -> OpenAIError {
+        var declined = OpenAIError(.serviceUnavailable, message, type: "server_error", code: code, retryAfter: 1)
+        declined.extraHeaders = [ClusterNode.declinedHeader: "1"]
+        return declined
     }
 
     /// Reads a whole (non-streamed) answer; a failure while reading is recorded, the exchange

@@ -1,4 +1,5 @@
 """Corral nodes of one cluster on loopback ports, sharing a real PostgreSQL."""
+import contextlib
 import json
 import os
 import subprocess
@@ -54,3 +55,22 @@ def wait_for_fresh_reading(pg: Postgres, node: str, seconds: float = 10):
 
     first = wait_until(lambda: (h := heartbeat()) > now and h, seconds, f"a heartbeat of {node} after now")
     wait_until(lambda: heartbeat() > first, seconds, f"the heartbeat of {node} after that one")
+
+
+@contextlib.contextmanager
+def running_cluster(nodes: dict[str, dict]):
+    """A PostgreSQL server and a node per entry of `nodes` (name → `start_node`'s keyword
+    arguments), started in order; yields `(pg, {name: node})`, then kills the nodes and stops the
+    server."""
+    pg = Postgres()
+    started: dict[str, Corral] = {}
+    try:
+        for name, options in nodes.items():
+            started[name] = start_node(pg, name, **options)
+        yield pg, started
+    finally:
+        for n in started.values():
+            if n.proc.poll() is None:
+                n.proc.kill()
+                n.proc.wait()
+        pg.close()
