@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-bu
 # PostgreSQL server from Debian's binaries (package postgresql).
 TEST_PACKAGES := prometheus chromium chromium-driver postgresql
 
-.PHONY: serve test test-quick swift-test-quick python-test-quick test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-quant-ladder bench-cache bench-cluster soak fuzz clean docs
+.PHONY: serve test test-quick swift-test-quick python-test-quick test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-quant-ladder bench-cache bench-draft bench-cluster soak fuzz clean docs
 
 ## serve: install what is missing, build, get the demo model, and run on routes.json (on
 ## routes.offline.json, with a generated random model, when the demo model cannot be fetched)
@@ -149,6 +149,12 @@ bench-quant-ladder: build venv
 ## swap with the KV cache restored, against cold and against never swapped, and the swap's cost
 bench-cache: llama release venv
 	CORRAL_BIN=$(RELEASE_BIN) $(PY) scripts/bench_cache.py
+	$(PY) scripts/gen_benchmarks.py
+
+## bench-draft: speculative decoding on the real demo model: generation tokens/s with a draft
+## (the model itself) against without, side by side; on a CPU this shows the mechanism, not the gain
+bench-draft: llama release venv
+	CORRAL_BIN=$(RELEASE_BIN) $(PY) scripts/bench_draft.py
 	$(PY) scripts/gen_benchmarks.py
 
 ## fuzz: the GGUF reader and the OpenAI <-> Ollama translators, far longer than `make test` runs them
