@@ -1,6 +1,6 @@
 /// Digests of a vocabulary's token texts, enough to compare two vocabularies the way llama.cpp
 /// does without keeping every token: for each prefix length `k` from `max(5, count - 128)` to
-/// `count`, an FNV-1a digest of the texts of tokens 5 ..< k (each text length-prefixed).
+/// `count`, an FNV-1a digest of the texts of tokens 5 ..< k (each text led by its length).
 ///
 /// llama.cpp compares the texts of tokens 5 ..< min(count₁, count₂) and allows the two counts to
 /// differ by at most 128, so that overlap's length is in both models' stored range.
@@ -59,13 +59,8 @@ public struct TokenTextDigests: Sendable, Equatable {
 
         /// Starts a token's text of `length` bytes (called before its bytes).
         mutating func begin(length: UInt64) {
-            if index >= TokenTextDigests.firstCompared {
-                var l = length
-                for _ in 0..<8 {
-                    mix(UInt8(truncatingIfNeeded: l))
-                    l >>= 8
-                }
-            }
+            // The length in one step (not byte by byte): it only has to separate the texts.
+            if index >= TokenTextDigests.firstCompared { hash = (hash ^ length) &* TokenTextDigests.prime }
         }
 
         mutating func bytes(_ chunk: ArraySlice<UInt8>) {
