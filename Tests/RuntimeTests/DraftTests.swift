@@ -1,6 +1,7 @@
 import Foundation
 import GGUF
 import Runtime
+import Synchronization
 import Testing
 
 /// Speculative decoding: which models may draft for which (llama.cpp's
@@ -237,4 +238,33 @@ import Testing
         #expect(plan.totalMiB == without.totalMiB + plan.draftMiB)
         #expect(plan.contextSize == 1024)
     }
+
+    // MARK: Agreement with llama-server
+
+    @Test func llamaServerAcceptsAndRefusesTheSamePairs() async throws {
+        guard let server = LlamaTools.discover().server?.path else {
+            #expect(ProcessInfo.processInfo.environment["CI"] != "true", "llama-server missing under CI")
+            return
+        }
+        let target = try model("target")
+        for (name, shape) in [("v400", "vocab=400,layers=1"), ("v600", "vocab=600,layers=1"), ("fim", "fim=true,layers=1"), ("same", "layers=1,seed=4")] {
+            let draft = try model(name, shape)
+            let ours = try ModelFacts.read(path: target).draftRefusal(try ModelFacts.read(path: draft))
+            // llama-server logs "the target and draft vocabs are not compatible" and goes on without
+            // the draft; it is listening either way.
+            let lines = Mutex<[String]>([])
+            let child = try ChildProcess(executable: server, arguments: ["-m", target, "-md", draft, "--spec-type", "draft-simple", "-c", "512",
+                                                                         "--host", "127.0.0.1", "--port", "0", "--no-webui"],
+                                         onLine: { line in if let line { lines.withLock { $0.append(line) } } })
+            for _ in 0..<1500 where !lines.withLock({ $0.contains { $0.contains("listening on") || $0.contains("failed to load") } }) {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            _ = await child.stop(grace: .seconds(2))
+            let log = lines.withLock { $0 }
+            #expect(log.contains { $0.contains("listening on") }, "\(name): \(log.suffix(5))")
+            let refused = log.contains { $0.contains("vocabs are not compatible") }
+            #expect(refused == (ours != nil), "\(name): llama-server \(refused ? "refused" : "accepted"), Corral: \(ours ?? "accepted")")
+        }
+    }
 }
+
