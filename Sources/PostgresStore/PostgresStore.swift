@@ -106,6 +106,7 @@ public final class PostgresStore: Service, Sendable {
                                "DROP FUNCTION corral_quota_admit", "DROP FUNCTION corral_quota_check", "DROP FUNCTION corral_quota_settle"]),
         workMigration,
         rollupMigration,
+        rpcMigration,
     ]
 
     /// The ids of the migrations applied so far.

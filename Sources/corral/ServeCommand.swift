@@ -181,6 +181,24 @@ struct ServeCommand: AsyncParsableCommand {
                 listen: { onChange in try await pg.listenForChanges(onChange) })
             deps.cluster = cluster
         }
+        // Models too large for this node split over the cluster's RPC workers; this node's own
+        // worker when cluster.rpc asks for one.
+        var rpcServices: [any Service] = []
+        if let settings = cfg.cluster, let pg = stores.shared {
+            let registry = PostgresRPCRegistry(store: pg)
+            let splitter = RPCSplitter(node: settings.nodeName, secret: stores.clusterSecret ?? "", registry: registry, logger: logger)
+            await scheduler.setSplitter(splitter)
+            rpcServices.append(splitter)
+            if let rpc = settings.rpc {
+                let host = URL(string: settings.advertiseURL)?.host ?? "127.0.0.1"
+                if let executable = tools.rpcServer?.path {
+                    rpcServices.append(RPCWorkerService(node: settings.nodeName, host: host, settings: rpc, marginMiB: cfg.scheduler.memoryMarginMiB,
+                                                        executable: executable, secret: stores.clusterSecret ?? "", registry: registry, logger: logger))
+                } else {
+                    logger.error("cluster.rpc is set but ggml-rpc-server is not found (run `make llama`); this node offers no devices")
+                }
+            }
+        }
         if benchmarkWithoutAccounts {
             logger.warning("--benchmark-without-accounts: no authentication, limits or usage ledger")
             deps.access = nil
@@ -192,7 +210,7 @@ struct ServeCommand: AsyncParsableCommand {
         // Shut down in reverse: the HTTP server drains first, then the ledger writes what is left.
         // A cluster node leaves the registry after the server has finished its requests and
         // before the ledger's last write; the shared store's client stops after all of them.
-        let services: [any Service] = [reloader, ledger, retention] + (cluster.map { [$0] } ?? []) + [app]
+        let services: [any Service] = [reloader, ledger, retention] + (cluster.map { [$0] } ?? []) + rpcServices + [app]
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         cluster?.onShutdown { await group.triggerGracefulShutdown() }
@@ -217,4 +235,29 @@ struct ServeCommand: AsyncParsableCommand {
             return error.localizedDescription
         }
     }
+}
+
+/// The cluster's registry of RPC workers in PostgreSQL, as Serving sees it.
+private struct PostgresRPCRegistry: RPCWorkerRegistry {
+    let store: PostgresStore
+
+    func offerRPCWorker(node: String, endpoint: String, devices: [String], memoryMiB: Int) async throws {
+        try await store.offerRPCWorker(node: node, endpoint: endpoint, devices: devices, memoryMiB: memoryMiB)
+    }
+
+    func withdrawRPCWorker(node: String) async throws { try await store.withdrawRPCWorker(node: node) }
+
+    func rpcWorkers() async throws -> [RPCWorkerOffer] {
+        try await store.rpcWorkerRows().map {
+            RPCWorkerOffer(node: $0.node, endpoint: $0.endpoint, devices: $0.devices, memoryMiB: $0.memoryMiB, reservedMiB: $0.reservedMiB, age: $0.age)
+        }
+    }
+
+    func reserveRPCWorkers(holder: String, instance: String, parts: [String: Int], liveWithin: Double) async throws -> String? {
+        try await store.reserveRPCWorkers(holder: holder, instance: instance, parts: parts, liveWithin: liveWithin)
+    }
+
+    func releaseRPCWorkers(holder: String, instance: String) async throws { try await store.releaseRPCWorkers(holder: holder, instance: instance) }
+
+    func renewRPCReservations(holder: String) async throws { try await store.renewRPCReservations(holder: holder) }
 }

@@ -165,10 +165,33 @@ public struct CorralConfig: Sendable {
         public var advertiseURL: String
         /// `cluster.secretEnv`: the environment variable holding the secret nodes share.
         public var secretEnv: String
-        public init(nodeName: String, advertiseURL: String, secretEnv: String) {
+        /// `cluster.rpc`: this node offers its devices to the cluster as an RPC worker
+        /// (llama.cpp's `ggml-rpc-server`); nil when it does not.
+        public var rpc: RPCWorker?
+        public init(nodeName: String, advertiseURL: String, secretEnv: String, rpc: RPCWorker? = nil) {
             self.nodeName = nodeName
             self.advertiseURL = advertiseURL
             self.secretEnv = secretEnv
+            self.rpc = rpc
+        }
+    }
+
+    /// `cluster.rpc`: a node's devices offered to the cluster over llama.cpp's RPC.
+    public struct RPCWorker: Sendable, Equatable {
+        /// `cluster.rpc.port`: the TCP port members connect to, on the host of
+        /// `cluster.advertiseURL` (the node's cluster address) only.
+        public var port: Int
+        /// `cluster.rpc.devices`: llama.cpp device names to offer (`ggml-rpc-server -d`); empty:
+        /// all of its accelerators, or `CPU` without any.
+        public var devices: [String]
+        /// `cluster.rpc.memoryMiB`: how much memory the worker offers; nil: what its devices
+        /// report free at start, less `scheduler.memoryMarginMiB`.
+        public var memoryMiB: Int?
+
+        public init(port: Int, devices: [String] = [], memoryMiB: Int? = nil) {
+            self.port = port
+            self.devices = devices
+            self.memoryMiB = memoryMiB
         }
     }
     /// Where pulls are stored: Ollama's layout, the hub's cache under `huggingface/`.
@@ -413,7 +436,15 @@ public struct CorralConfig: Sendable {
             guard let env = try cl.string("secretEnv"), !env.isEmpty else {
                 throw ConfigError(key: cl.name("secretEnv"), problem: "is required: the environment variable holding the cluster secret")
             }
-            c.cluster = Cluster(nodeName: name, advertiseURL: url, secretEnv: env)
+            var rpc: RPCWorker?
+            if var r = try cl.object("rpc") {
+                guard let port = try r.int("port", min: 1, max: 65535) else {
+                    throw ConfigError(key: r.name("port"), problem: "is required: the TCP port the RPC worker listens on (1-65535)")
+                }
+                rpc = RPCWorker(port: port, devices: try r.strings("devices") ?? [], memoryMiB: try r.int("memoryMiB", min: 1))
+                try r.finish()
+            }
+            c.cluster = Cluster(nodeName: name, advertiseURL: url, secretEnv: env, rpc: rpc)
             try cl.finish()
         }
         if var o = try root.object("ollama") {

@@ -71,6 +71,9 @@ public struct InstanceInfo: Sendable, Codable {
     /// started (filled in from the metrics by the routes that show instances; nil until a
     /// request reported it).
     public var promptCache: PromptCacheUse?
+    /// Where each part of a model split over cluster RPC workers runs (this node's `Host` part
+    /// first); nil for a model loaded whole.
+    public var split: [SplitPart]?
 }
 
 /// Prompt tokens llama-server took from its prompt cache (`cache_n`) against every prompt token
@@ -162,6 +165,10 @@ public actor Scheduler {
         var roomReserved = false
         /// Where the running instance's KV caches are saved before it stops (nil: no warm swaps).
         var warmFolder: String?
+        /// The cluster RPC workers this instance is split over (reserved until it stops), and
+        /// which reservation it is (a lost worker's report names it).
+        var split: SplitLease?
+        var splitID: UUID?
 
         var isReady: Bool { if case .ready = phase { true } else { false } }
         var isLoading: Bool { if case .loading = phase { true } else { false } }
@@ -247,6 +254,12 @@ public actor Scheduler {
 
     /// Saved KV caches across stops (nil: none are kept).
     let warmSwap: WarmSwapStore?
+    /// Splits a model larger than this node's budget over cluster RPC workers (a cluster node
+    /// sets it; nil: such a model is refused as too large).
+    var splitter: (any SplitProvider)?
+
+    /// Lets models larger than this node's budget load split over RPC workers.
+    public func setSplitter(_ splitter: (any SplitProvider)?) { self.splitter = splitter }
     /// What warm swaps did since start (for /metrics).
     public nonisolated let warmSwapCounts = WarmSwapCounter()
 
@@ -597,6 +610,7 @@ public actor Scheduler {
             return try await task.value
         } catch let error as SchedulerError {
             if slots[id]?.instances[replica]?.isLoading == true { slots[id]!.instances[replica]!.phase = .unloaded }
+            dropSplit(id, replica)
             slots[id]?.lastError = error.description
             if case .loadFailed(_, let why) = error { recordCrash(id, why) }
             failWaitersIfNothingServes(id)
@@ -604,6 +618,7 @@ public actor Scheduler {
             throw error
         } catch {
             if slots[id]?.instances[replica]?.isLoading == true { slots[id]!.instances[replica]!.phase = .unloaded }
+            dropSplit(id, replica)
             failWaitersIfNothingServes(id)
             notifyFleetChanged()
             throw .loadFailed(id, "\(error)")
@@ -639,21 +654,30 @@ public actor Scheduler {
         if cacheRam > 0 { projection["Host", default: 0] += cacheRam }
         slots[id, default: Slot()].instances[replica, default: Instance()].projection = projection
         slots[id]!.instances[replica]!.roomReserved = false
+        // Larger than this node's budget: split over the cluster's RPC workers when they have room
+        // (else the budget check below refuses it as before).
+        dropSplit(id, replica)
+        if let split = await splitIfTooLarge(spec, key: key, replica: replica, plan: plan, projection: projection, cacheRam: cacheRam) {
+            projection = ["Host": split.hostMiB]
+            slots[id]!.instances[replica]!.projection = projection
+        }
+        let splitArguments = slots[id]?.instances[replica]?.split?.arguments ?? []
         // Another instance of a running model never makes room by stopping one of its siblings.
         try await makeRoom(for: key, projection: projection, wait: waitForRoom, sparing: replica == 0 ? nil : id)
         slots[id]!.instances[replica]!.roomReserved = true
 
         guard let port = freeLoopbackPort() else { throw SchedulerError.loadFailed(id, "no free port") }
         // Precedence (llama.cpp keeps a flag's last value): pinned > runtime profile > fit > replica threads > defaults.
+        // A split's `--rpc`, `-ngl` and `--tensor-split` come last: they are what makes it fit.
         let settings = base + (plan.arguments.isEmpty ? contextArgs : plan.arguments) + placement.threads + (runtimeArguments[id] ?? [])
-            + (slots[id]?.loadOptions.arguments ?? []) + spec.pinnedArgs
+            + (slots[id]?.loadOptions.arguments ?? []) + spec.pinnedArgs + splitArguments
         // Everything that decides what llama-server allocates (not its port or log level).
         let identity = ["-m", path, "--alias", id] + settings
         let learned = await learnedAllocations(spec, identity: identity)
         // Warm swaps: a folder per cache shape (and per replica), given to llama-server to save slots into.
         var warmFolder: String?
         let folderIdentity = ["--alias", id] + settings + (replica == 0 ? [] : ["#replica", String(replica)])
-        if let warmSwap, spec.keepsWarmCaches, let folder = warmSwap.folder(modelPath: path, arguments: folderIdentity, serverPath: server) {
+        if let warmSwap, spec.keepsWarmCaches, splitArguments.isEmpty, let folder = warmSwap.folder(modelPath: path, arguments: folderIdentity, serverPath: server) {
             do {
                 try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
                 warmFolder = folder
@@ -708,6 +732,64 @@ public actor Scheduler {
             await self?.instanceExited(id, replica: replica, generation: generation, termination: termination)
         }
         return instance
+    }
+
+    /// A split over RPC workers for an instance whose projection is larger than this node's
+    /// budget on some device, kept on the instance until it stops; nil when it fits, when no
+    /// splitter is set, or when no split can be had (logged with the reason).
+    private func splitIfTooLarge(_ spec: ModelSpec, key: String, replica: Int, plan: FitPlan, projection: [String: Int], cacheRam: Int) async -> SplitLease? {
+        guard let splitter, projection.contains(where: { $0.value > (limits.memoryBudgetMiB[$0.key] ?? limits.memoryBudgetMiB["Host"] ?? 0) }) else { return nil }
+        let id = spec.id
+        let layers = spec.facts?.blockCount ?? spec.facts?.layerBytes.count ?? 0
+        guard layers > 0 else { return nil }
+        let need = SplitPlanner.Need.from(plan: plan, layers: layers, layerBytes: spec.facts?.layerBytes ?? [], extraHostMiB: cacheRam)
+        let splitID = UUID()
+        let lease: SplitLease
+        do {
+            lease = try await splitter.split(model: id, instance: "\(key)#\(splitID.uuidString.prefix(8))", need: need, hostBudgetMiB: limits.memoryBudgetMiB["Host"] ?? 0,
+                                             onLost: { [weak self] why in Task { await self?.workerLost(id, replica, splitID, why) } })
+        } catch {
+            logger.warning("the model does not fit this node and cannot be split over RPC workers", metadata: ["model": "\(id)", "reason": "\(error)"])
+            return nil
+        }
+        guard slots[id]?.instances[replica]?.isLoading == true else {
+            await lease.release()
+            return nil
+        }
+        slots[id]!.instances[replica]!.split = lease
+        slots[id]!.instances[replica]!.splitID = splitID
+        logger.info("splitting the model over RPC workers", metadata: [
+            "model": "\(id)", "replica": "\(replica)",
+            "parts": "\(lease.parts.map { "\($0.node): \($0.layers) layers, \($0.memoryMiB) MiB" }.joined(separator: "; "))",
+        ])
+        return lease
+    }
+
+    /// Gives back an instance's split (its workers' reservations and the ways to them).
+    private func dropSplit(_ id: String, _ replica: Int) {
+        guard let lease = slots[id]?.instances[replica]?.split else { return }
+        slots[id]!.instances[replica]!.split = nil
+        slots[id]!.instances[replica]!.splitID = nil
+        Task { await lease.release() }
+    }
+
+    /// A worker of a split instance went away: the instance cannot compute without it, so it is
+    /// stopped (a load in progress is killed) and counted like a crash; the next request plans
+    /// the model again with the workers there are then.
+    private func workerLost(_ id: String, _ replica: Int, _ splitID: UUID, _ why: String) async {
+        guard let current = slots[id]?.instances[replica], current.splitID == splitID else { return }
+        switch current.phase {
+        case .ready(let instance):
+            logger.error("an RPC worker of a split model went away; stopping the instance", metadata: ["model": "\(id)", "replica": "\(replica)", "reason": "\(why)"])
+            slots[id]!.lastCrashLog = instance.recentLog(20)
+            recordCrash(id, "RPC worker lost: \(why)")
+            await stopInstance(id, replica, grace: .zero, saveCache: false)
+        case .loading:
+            logger.error("an RPC worker of a split model went away while it loaded", metadata: ["model": "\(id)", "replica": "\(replica)", "reason": "\(why)"])
+            loadingChildren[Self.instanceKey(id, replica)]?.signalGroup(SIGKILL)
+        default:
+            break
+        }
     }
 
     /// What a replica of a model that may run several gets of the machine: with several
@@ -934,6 +1016,7 @@ public actor Scheduler {
         slots[id]!.instances[replica]!.idleTimer?.cancel()
         slots[id]!.instances[replica]!.idleDeadline = nil
         slots[id]!.affinity.forget(replica: replica)
+        dropSplit(id, replica)
         republishReadiness(id)
         failWaitersIfNothingServes(id)
         dispatch(id)
@@ -1053,6 +1136,7 @@ public actor Scheduler {
                     allocatedMiB: [:], crashes: slot.crashes.times.count, lastError: slot.crashes.failure ?? slot.lastError,
                     lastCrashLog: slot.lastCrashLog)
                 info.replica = replica
+                info.split = instance.split?.parts
                 let idle = ContinuousClock.now - instance.lastUsed
                 info.lastUsed = Date().addingTimeInterval(-idle.inSeconds)
                 switch instance.phase {

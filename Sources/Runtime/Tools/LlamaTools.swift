@@ -26,9 +26,14 @@ public struct LlamaTools: Sendable, Equatable {
     public var finetune: Tool?
     /// `llama-quantize`: quantize jobs and the quant ladder.
     public var quantize: Tool?
+    /// `ggml-rpc-server` (`rpc-server` in older trees): a cluster node's devices offered to
+    /// the other nodes (`cluster.rpc`).
+    public var rpcServer: Tool?
 
     /// No tools (a gateway that only proxies remote upstreams).
-    public init(server: Tool? = nil, fitParams: Tool? = nil, bench: Tool? = nil, perplexity: Tool? = nil, finetune: Tool? = nil, quantize: Tool? = nil) {
+    public init(server: Tool? = nil, fitParams: Tool? = nil, bench: Tool? = nil, perplexity: Tool? = nil, finetune: Tool? = nil, quantize: Tool? = nil,
+                rpcServer: Tool? = nil) {
+        self.rpcServer = rpcServer
         self.server = server
         self.fitParams = fitParams
         self.bench = bench
@@ -48,7 +53,8 @@ public struct LlamaTools: Sendable, Equatable {
     }
 
     /// Finds the tools: explicit config paths, then `CORRAL_LLAMA_SERVER` / `CORRAL_LLAMA_FIT_PARAMS` /
-    /// `CORRAL_LLAMA_BENCH` / `CORRAL_LLAMA_PERPLEXITY` / `CORRAL_LLAMA_FINETUNE` / `CORRAL_LLAMA_QUANTIZE`, then `CORRAL_LLAMA_BIN` (a folder), then the build cache, then `PATH`.
+    /// `CORRAL_LLAMA_BENCH` / `CORRAL_LLAMA_PERPLEXITY` / `CORRAL_LLAMA_FINETUNE` / `CORRAL_LLAMA_QUANTIZE` /
+    /// `CORRAL_LLAMA_RPC_SERVER`, then `CORRAL_LLAMA_BIN` (a folder), then the build cache, then `PATH`.
     public static func discover(
         configured: [String: String] = [:],
         environment: [String: String] = ProcessInfo.processInfo.environment
@@ -75,7 +81,9 @@ public struct LlamaTools: Sendable, Equatable {
             bench: find("llama-bench", configKey: "bench", envKey: "CORRAL_LLAMA_BENCH"),
             perplexity: find("llama-perplexity", configKey: "perplexity", envKey: "CORRAL_LLAMA_PERPLEXITY"),
             finetune: find("llama-finetune", configKey: "finetune", envKey: "CORRAL_LLAMA_FINETUNE"),
-            quantize: find("llama-quantize", configKey: "quantize", envKey: "CORRAL_LLAMA_QUANTIZE"))
+            quantize: find("llama-quantize", configKey: "quantize", envKey: "CORRAL_LLAMA_QUANTIZE"),
+            rpcServer: find("ggml-rpc-server", configKey: "rpcServer", envKey: "CORRAL_LLAMA_RPC_SERVER")
+                ?? (configured["rpcServer"] == nil ? find("rpc-server", configKey: "rpcServer", envKey: "CORRAL_LLAMA_RPC_SERVER") : nil))
     }
 
     /// An executable named `name` on `PATH`, if any.
