@@ -75,7 +75,8 @@ def main():
     ap.add_argument("--conversations", type=int, default=16)
     ap.add_argument("--turns", type=int, default=6)
     ap.add_argument("--concurrency", type=int, default=4, help="conversations in flight at once (the two instances have two slots each)")
-    ap.add_argument("--answer-tokens", type=int, default=16)
+    ap.add_argument("--answer-tokens", type=int, default=24)
+    ap.add_argument("--document-words", type=int, default=220, help="each conversation's own opening text (about 300 tokens)")
     args = ap.parse_args()
     root = os.path.join(os.path.dirname(__file__), "..")
     model = subprocess.run([os.path.join(root, "scripts", "get-demo-model.sh")], check=True, capture_output=True, text=True).stdout.strip()
@@ -145,35 +146,49 @@ def percentile(values, q):
 
 
 def run_conversations(c, name: str, args, system: str, seed: int) -> dict:
-    """Runs `args.conversations` conversations of `args.turns` turns, `args.concurrency` at a time
-    (each conversation's turns in order, one after the other); the times to first token of every
-    turn and the prompt tokens llama-server had to compute (prompt_n) and took from cache."""
+    """Runs `args.conversations` conversations of `args.turns` turns, `args.concurrency` turns at a
+    time: each worker takes the next turn of a conversation picked at random among those not in
+    flight (so no client is tied to one instance by the order of requests, as a fixed rotation
+    of workers would tie them under round-robin). Each conversation opens with a document of its
+    own (`args.document_words`) after the shared system prompt. Returns the times to first token
+    of the first turns and of the later ones, and the prompt tokens llama-server computed
+    (prompt_n) and took from cache (cache_n)."""
     rng = random.Random(seed)
-    questions = [f"Which {rng.choice(WORDS)} is listed closest to the {rng.choice(WORDS)}, and why does it matter for conversation {i}?"
-                 for i in range(args.conversations * args.turns)]
-    work = list(range(args.conversations))
+    conversations = []
+    for i in range(args.conversations):
+        document = " ".join(rng.choice(WORDS) for _ in range(args.document_words))
+        messages = [{"role": "system", "content": system},
+                    {"role": "user", "content": f"Here is inventory list {i}: {document}. Which item comes first?"}]
+        conversations.append({"messages": messages, "turns": 0, "busy": False})
     lock = threading.Lock()
-    ttft, computed, cached, first_turns = [], 0, 0, []
-
-    def conversation(i):
-        nonlocal computed, cached
-        messages = [{"role": "system", "content": system}]
-        for t in range(args.turns):
-            messages.append({"role": "user", "content": questions[i * args.turns + t]})
-            first, answer, timings = turn(c, name, messages, max_tokens=args.answer_tokens, user=None)
-            messages.append({"role": "assistant", "content": answer})
-            with lock:
-                (first_turns if t == 0 else ttft).append(first)
-                computed += timings.get("prompt_n") or 0
-                cached += timings.get("cache_n") or 0
+    ttft, first_turns = [], []
+    computed = cached = 0
 
     def worker():
+        nonlocal computed, cached
         while True:
             with lock:
-                if not work:
-                    return
-                i = work.pop(0)
-            conversation(i)
+                idle = [x for x in conversations if not x["busy"] and x["turns"] < args.turns]
+                if not idle:
+                    if all(x["turns"] >= args.turns for x in conversations):
+                        return
+                    pick = None
+                else:
+                    pick = rng.choice(idle)
+                    pick["busy"] = True
+            if pick is None:
+                time.sleep(0.05)
+                continue
+            first, answer, timings = turn(c, name, pick["messages"], max_tokens=args.answer_tokens)
+            with lock:
+                (first_turns if pick["turns"] == 0 else ttft).append(first)
+                computed += timings.get("prompt_n") or 0
+                cached += timings.get("cache_n") or 0
+                pick["turns"] += 1
+                question = " ".join(rng.choice(WORDS) for _ in range(12))
+                pick["messages"] = pick["messages"] + [{"role": "assistant", "content": answer},
+                                                       {"role": "user", "content": f"Now where is the {question} listed?"}]
+                pick["busy"] = False
 
     threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
     started = time.perf_counter()
@@ -248,7 +263,8 @@ def bench_affinity(args, model):
           f"prompt tokens computed {computed_ratio:.2f}; no shared prefix p50 {unrelated_ratio:.2f} (goal ≤ 1.05)")
     bench = "bench-cache"
     notes = (f"SmolLM2-135M-Instruct, 2 instances x 2 slots, {args.conversations} conversations x {args.turns} turns, {args.concurrency} at once, "
-             f"{args.system_words}-word shared system prompt, {args.answer_tokens}-token answers")
+             f"{args.system_words}-word shared system prompt, a {args.document_words}-word document per conversation, {args.answer_tokens}-token answers, "
+             f"turns taken at random among idle conversations")
     record(bench, "cache.prefix_affinity_ttft_p50_vs_round_robin", "Prefix affinity: time to first token p50 (turns 2+) over round-robin",
            round(ratio, 3), "×", goal="≤ 0.5", met=ratio <= 0.5, notes=notes)
     record(bench, "cache.prefix_affinity_ttft_mean_vs_round_robin", "Prefix affinity: mean time to first token (turns 2+) over round-robin",

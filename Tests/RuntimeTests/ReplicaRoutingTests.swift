@@ -63,30 +63,41 @@ import Testing
     typealias C = ReplicaChoice.Candidate
 
     @Test func affinityStaysOnThePreferredInstanceWithinItsShare() {
+        func decide(_ candidates: [C], _ preferred: Int?, queued: Int = 0) -> ReplicaChoice.Decision {
+            ReplicaChoice.decide(among: candidates, preferred: preferred, routing: .prefixAffinity, after: -1, queued: queued)
+        }
         let idle = [C(replica: 0, inFlight: 0, slots: 4), C(replica: 1, inFlight: 0, slots: 4)]
-        #expect(ReplicaChoice.choose(among: idle, preferred: 1, routing: .prefixAffinity, after: -1) == 1)
+        #expect(decide(idle, 1) == .instance(1))
         // One ahead of the other is within the bound (1.25 × the average, rounded up).
         let oneAhead = [C(replica: 0, inFlight: 0, slots: 4), C(replica: 1, inFlight: 1, slots: 4)]
-        #expect(ReplicaChoice.choose(among: oneAhead, preferred: 1, routing: .prefixAffinity, after: -1) == 1)
+        #expect(decide(oneAhead, 1) == .instance(1))
         // Two ahead is past it: the request is balanced away to the least busy instance.
         let twoAhead = [C(replica: 0, inFlight: 0, slots: 4), C(replica: 1, inFlight: 2, slots: 4)]
-        #expect(ReplicaChoice.choose(among: twoAhead, preferred: 1, routing: .prefixAffinity, after: -1) == 0)
-        // A full preferred instance: elsewhere at once.
-        let full = [C(replica: 0, inFlight: 1, slots: 1), C(replica: 1, inFlight: 0, slots: 1)]
-        #expect(ReplicaChoice.choose(among: full, preferred: 0, routing: .prefixAffinity, after: -1) == 1)
-        // No preference: the least busy, the lowest number on a tie.
-        #expect(ReplicaChoice.choose(among: oneAhead, preferred: nil, routing: .prefixAffinity, after: -1) == 0)
-        // Nothing free: the request queues.
-        let busy = [C(replica: 0, inFlight: 1, slots: 1), C(replica: 1, inFlight: 1, slots: 1)]
-        #expect(ReplicaChoice.choose(among: busy, preferred: 0, routing: .prefixAffinity, after: -1) == nil)
+        #expect(decide(twoAhead, 1) == .instance(0))
+        // The preferred instance full while the other idles: past the bound, so not worth waiting.
+        let fullAndIdle = [C(replica: 0, inFlight: 1, slots: 1), C(replica: 1, inFlight: 0, slots: 1)]
+        #expect(decide(fullAndIdle, 0) == .instance(1))
+        // Both full: wait for the preferred one (its cache holds the prompt) within the bound...
+        let bothFull = [C(replica: 0, inFlight: 2, slots: 2), C(replica: 1, inFlight: 2, slots: 2)]
+        #expect(decide(bothFull, 0) == .queue(preferring: 0))
+        // ...but not when enough others already wait for it: then whichever frees first.
+        let crowded = [C(replica: 0, inFlight: 2, slots: 2, waiting: 3), C(replica: 1, inFlight: 2, slots: 2)]
+        #expect(decide(crowded, 0, queued: 3) == .queue(preferring: nil))
+        // No preference: the least busy, the lowest number on a tie; nothing free: the queue.
+        #expect(decide(oneAhead, nil) == .instance(0))
+        #expect(decide(bothFull, nil) == .queue(preferring: nil))
     }
 
     @Test func roundRobinIgnoresThePromptAndTakesTurns() {
+        func decide(_ candidates: [C], _ preferred: Int?, after: Int) -> ReplicaChoice.Decision {
+            ReplicaChoice.decide(among: candidates, preferred: preferred, routing: .roundRobin, after: after)
+        }
         let three = [C(replica: 0, inFlight: 0, slots: 2), C(replica: 1, inFlight: 1, slots: 2), C(replica: 2, inFlight: 2, slots: 2)]
-        #expect(ReplicaChoice.choose(among: three, preferred: 1, routing: .roundRobin, after: -1) == 0)
-        #expect(ReplicaChoice.choose(among: three, preferred: 0, routing: .roundRobin, after: 0) == 1)
+        #expect(decide(three, 1, after: -1) == .instance(0))
+        #expect(decide(three, 0, after: 0) == .instance(1))
         // Replica 2 is full: past 1 it wraps to 0.
-        #expect(ReplicaChoice.choose(among: three, preferred: nil, routing: .roundRobin, after: 1) == 0)
+        #expect(decide(three, nil, after: 1) == .instance(0))
+        #expect(decide([C(replica: 0, inFlight: 2, slots: 2)], 0, after: -1) == .queue(preferring: nil))
     }
 
     @Test func replicasAreReadFromTheConfiguration() throws {

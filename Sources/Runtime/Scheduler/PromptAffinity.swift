@@ -127,37 +127,60 @@ public enum ReplicaChoice {
         public var replica: Int
         public var inFlight: Int
         public var slots: Int
+        /// Queued requests waiting for this instance in particular (their prefix points at it).
+        public var waiting: Int
 
-        public init(replica: Int, inFlight: Int, slots: Int) {
+        public init(replica: Int, inFlight: Int, slots: Int, waiting: Int = 0) {
             self.replica = replica
             self.inFlight = inFlight
             self.slots = slots
+            self.waiting = waiting
         }
 
         var hasFreeSlot: Bool { inFlight < slots }
+        var load: Int { inFlight + waiting }
+    }
+
+    /// Where a request goes.
+    public enum Decision: Sendable, Equatable {
+        /// To this instance now.
+        case instance(Int)
+        /// Into the model's queue, waiting for this instance (nil: for whichever frees first).
+        case queue(preferring: Int?)
     }
 
     /// How far above the average load the preferred instance may be and still take a request
     /// (bounded-load consistent hashing's c): one hot prefix cannot take more than its share.
     public static let loadBound = 1.25
 
-    /// The instance for a request, nil when none has a free slot (the request queues).
-    /// - prefix affinity: the `preferred` instance when it has a free slot and, counting this
-    ///   request, at most `loadBound` × the average load (rounded up); else the least busy one.
-    /// - round robin: the first instance with a free slot after `after` (the last one given).
-    public static func choose(among candidates: [Candidate], preferred: Int?, routing: ReplicaPolicy.Routing, after: Int) -> Int? {
+    /// The decision for a request.
+    /// - prefix affinity: the `preferred` instance when its load (in flight and waiting for it),
+    ///   counting this request, is at most `loadBound` × the average load over the instances
+    ///   (in flight and queued), rounded up: now when it has a free slot, else queued for it
+    ///   unless another instance is idle, since recomputing a long prompt elsewhere costs more
+    ///   than a short wait. Past the bound, or with no preference, the least busy instance with a
+    ///   free slot, else the queue.
+    /// - round robin: the first instance with a free slot after `after` (the last one given),
+    ///   else the queue.
+    public static func decide(among candidates: [Candidate], preferred: Int?, routing: ReplicaPolicy.Routing, after: Int,
+                              queued: Int = 0) -> Decision {
         let free = candidates.filter(\.hasFreeSlot).sorted { $0.replica < $1.replica }
-        guard !free.isEmpty else { return nil }
         switch routing {
         case .roundRobin:
-            return (free.first { $0.replica > after } ?? free[0]).replica
+            guard !free.isEmpty else { return .queue(preferring: nil) }
+            return .instance((free.first { $0.replica > after } ?? free[0]).replica)
         case .prefixAffinity:
-            if let preferred, let candidate = free.first(where: { $0.replica == preferred }) {
-                let total = candidates.reduce(0) { $0 + $1.inFlight } + 1
+            if let preferred, let candidate = candidates.first(where: { $0.replica == preferred }) {
+                let total = candidates.reduce(0) { $0 + $1.inFlight } + queued + 1
                 let bound = (loadBound * Double(total) / Double(candidates.count)).rounded(.up)
-                if Double(candidate.inFlight + 1) <= bound { return preferred }
+                if Double(candidate.load + 1) <= bound {
+                    if candidate.hasFreeSlot { return .instance(preferred) }
+                    // Wait for it only while every instance is working: an idle one takes it now.
+                    if !candidates.contains(where: { $0.inFlight == 0 }) { return .queue(preferring: preferred) }
+                }
             }
-            return free.min { ($0.inFlight, $0.replica) < ($1.inFlight, $1.replica) }!.replica
+            guard let least = free.min(by: { ($0.inFlight, $0.replica) < ($1.inFlight, $1.replica) }) else { return .queue(preferring: nil) }
+            return .instance(least.replica)
         }
     }
 }

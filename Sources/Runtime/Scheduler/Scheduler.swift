@@ -198,6 +198,9 @@ public actor Scheduler {
         var lastGiven = -1
         /// A pending check whether the queue has waited long enough for another instance.
         var scaleCheck: Task<Void, Never>?
+        /// A pending second look at the queue once a request waiting for a busy preferred
+        /// instance has waited its limit.
+        var dispatchCheck: Task<Void, Never>?
 
         /// Ready instances, lowest replica first.
         var ready: [(replica: Int, instance: ModelInstance)] {
@@ -414,11 +417,16 @@ public actor Scheduler {
                     continue
                 }
                 let preferred = affinity.flatMap { slot.affinity.preferred($0)?.replica }
-                if slot.waiters.isEmpty,
-                    let replica = ReplicaChoice.choose(among: candidates(slot, spec), preferred: preferred, routing: spec.replicas.routing, after: slot.lastGiven)
-                {
+                var waitFor: Int?
+                switch ReplicaChoice.decide(among: candidates(slot, spec), preferred: preferred, routing: spec.replicas.routing, after: slot.lastGiven,
+                                            queued: slot.waiters.count) {
+                case .instance(let replica) where slot.waiters.isEmpty || slot.instances.count > 1:
                     give(id, replica, affinity: affinity)
                     return lease(id, replica, start: start, load: loadDuration)
+                case .instance:
+                    waitFor = nil  // one instance: first come, first served behind those waiting
+                case .queue(let preferring):
+                    waitFor = preferring
                 }
                 guard slot.waiters.count < limits.queueDepth else {
                     throw .queueFull(id, retryAfter: 1)
@@ -427,7 +435,7 @@ public actor Scheduler {
                 let replica: Int
                 do {
                     replica = try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int, any Error>) in
-                        slots[id]!.waiters.append(Waiter(continuation: c, priority: priority, preferred: preferred, affinity: affinity, since: .now))
+                        slots[id]!.waiters.append(Waiter(continuation: c, priority: priority, preferred: waitFor, affinity: affinity, since: .now))
                     }
                 } catch let error as SchedulerError {
                     throw error
@@ -469,7 +477,10 @@ public actor Scheduler {
 
     /// The model's ready instances as routing sees them.
     private func candidates(_ slot: Slot, _ spec: ModelSpec) -> [ReplicaChoice.Candidate] {
-        slot.ready.map { ReplicaChoice.Candidate(replica: $0.replica, inFlight: slot.instances[$0.replica]!.inFlight, slots: spec.parallel) }
+        slot.ready.map { ready in
+            ReplicaChoice.Candidate(replica: ready.replica, inFlight: slot.instances[ready.replica]!.inFlight, slots: spec.parallel,
+                                    waiting: slot.waiters.count { $0.preferred == ready.replica })
+        }
     }
 
     /// Gives a slot of `replica` to a request.
@@ -504,33 +515,59 @@ public actor Scheduler {
     }
 
     /// Hands free slots of ready instances to queued requests: on each free instance, the oldest
-    /// interactive request whose prefix points at it, else the oldest interactive one; background
-    /// work (evaluations) only when no interactive request waits. No instance idles while the
-    /// queue waits, so a hot prefix's queue spills over to the other instances.
+    /// interactive request waiting for it, else the oldest interactive one waiting for no
+    /// instance in particular (or for one that is not ready, or for longer than
+    /// `replicas.scaleUpAfter`); background work (evaluations) only when no interactive request
+    /// waits. A request waits for its preferred instance only within the load bound (see
+    /// ``ReplicaChoice/decide(among:preferred:routing:after:queued:)``) and only so long.
     private func dispatch(_ id: String) {
         guard let spec = catalog.resolve(id) else { return }
         var resumed: [(CheckedContinuation<Int, any Error>, Int)] = []
+        let now = ContinuousClock.now
         while let slot = slots[id], !slot.waiters.isEmpty {
-            let free = candidates(slot, spec).filter { $0.inFlight < $0.slots }
+            let ready = Set(slot.ready.map(\.replica))
+            let free = candidates(slot, spec).filter { $0.inFlight < $0.slots }.map(\.replica)
             guard !free.isEmpty else { break }
             let interactive = slot.waiters.indices.filter { slot.waiters[$0].priority == .interactive }
             let eligible = interactive.isEmpty ? Array(slot.waiters.indices) : interactive
+            func takesAny(_ w: Waiter) -> Bool {
+                guard let preferred = w.preferred else { return true }
+                return !ready.contains(preferred) || now - w.since >= spec.replicas.scaleUpAfter
+            }
             var pick: (waiter: Int, replica: Int)?
-            if spec.replicas.routing == .prefixAffinity {
-                for candidate in free {
-                    if let w = eligible.first(where: { slot.waiters[$0].preferred == candidate.replica }) { pick = (w, candidate.replica); break }
+            for replica in free {
+                if let w = eligible.first(where: { slot.waiters[$0].preferred == replica }) ?? eligible.first(where: { takesAny(slot.waiters[$0]) }) {
+                    pick = (w, replica)
+                    break
                 }
             }
-            if pick == nil {
-                let w = eligible[0]
-                let replica = ReplicaChoice.choose(among: candidates(slot, spec), preferred: slot.waiters[w].preferred, routing: spec.replicas.routing, after: slot.lastGiven)!
-                pick = (w, replica)
+            guard let pick else {
+                // Every waiter waits for a busy instance of its own; look again when the first of them has waited its limit.
+                scheduleDispatch(id, after: spec.replicas.scaleUpAfter - (now - (slot.waiters.map(\.since).min() ?? now)))
+                break
             }
-            let waiter = slots[id]!.waiters.remove(at: pick!.waiter)
-            give(id, pick!.replica, affinity: waiter.affinity)
-            resumed.append((waiter.continuation, pick!.replica))
+            let replica = spec.replicas.routing == .roundRobin
+                ? (free.first { $0 > slot.lastGiven } ?? free[0])
+                : pick.replica
+            let waiter = slots[id]!.waiters.remove(at: pick.waiter)
+            give(id, replica, affinity: waiter.affinity)
+            resumed.append((waiter.continuation, replica))
         }
         for (continuation, replica) in resumed { continuation.resume(returning: replica) }
+    }
+
+    /// Runs ``dispatch(_:)`` again after `delay` (a waiter's wait for its preferred instance ends).
+    private func scheduleDispatch(_ id: String, after delay: Duration) {
+        guard slots[id]?.dispatchCheck == nil else { return }
+        slots[id]!.dispatchCheck = Task { [weak self] in
+            do { try await Task.sleep(for: max(delay, .milliseconds(1))) } catch { return }
+            await self?.dispatchCheckFired(id)
+        }
+    }
+
+    private func dispatchCheckFired(_ id: String) {
+        slots[id]?.dispatchCheck = nil
+        dispatch(id)
     }
 
     // MARK: Replicas
@@ -1106,6 +1143,7 @@ public actor Scheduler {
         catalog.remove(id)
         runtimeAliases = runtimeAliases.filter { $0.value != id }
         slots[id]?.scaleCheck?.cancel()
+        slots[id]?.dispatchCheck?.cancel()
         slots[id] = nil
     }
 
@@ -1172,6 +1210,7 @@ public actor Scheduler {
         for child in loadingChildren.values { child.signalGroup(SIGTERM) }
         for slot in slots.values {
             slot.scaleCheck?.cancel()
+            slot.dispatchCheck?.cancel()
             for instance in slot.instances.values {
                 if case .loading(let t) = instance.phase { _ = try? await t.value }
             }

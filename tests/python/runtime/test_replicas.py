@@ -180,3 +180,38 @@ def test_a_conversation_sticks_to_its_instance_and_a_full_instance_is_balanced_a
         assert hold.result["choices"]
     finally:
         stop_corral(c)
+
+
+def test_with_every_instance_busy_a_turn_waits_for_the_instance_that_holds_its_conversation():
+    c = corral([{"name": "rep", "contextSize": 8192, "parallel": 1, "replicas": {"min": 2, "max": 2, "scaleUpAfter": "30s"}}])
+    try:
+        chat(c, "rep", [{"role": "user", "content": "hello"}])
+        wait_until(lambda: len(loaded(c, "rep")) == 2, 60, "replicas.min instances to load")
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is in the first warehouse?"}]
+        before = cache_use(c, "rep")
+        answer = chat(c, "rep", messages, max_tokens=8)
+        after = cache_use(c, "rep")
+        home = next(r for r in after if after[r] > before.get(r, 0))
+        messages += [{"role": "assistant", "content": answer["choices"][0]["message"]["content"]}, {"role": "user", "content": "And the second?"}]
+        home_instance = next(i for i in loaded(c, "rep") if i["replica"] == home)
+        other_instance = next(i for i in loaded(c, "rep") if i["replica"] != home)
+        with paused(home_instance):
+            with paused(other_instance):
+                # Both instances hold a request of another conversation.
+                holds = [Background(lambda n=n: chat(c, "rep", [{"role": "user", "content": f"another conversation {n}"}])) for n in range(2)]
+                wait_until(lambda: in_flight(c, "rep", 0) == 1 and in_flight(c, "rep", 1) == 1, 30, "both instances to be busy")
+                turn = Background(lambda: chat(c, "rep", messages, max_tokens=2))
+                wait_until(lambda: instances(c, "rep")[0]["queued"] == 1, 30, "the next turn to queue")
+            # The other instance frees first, but the turn keeps waiting for its own.
+            wait_until(lambda: in_flight(c, "rep", 1 - home) == 0, 30, "the other instance to finish")
+            time.sleep(0.5)
+            assert instances(c, "rep")[0]["queued"] == 1, "the turn went to the instance without its conversation"
+            before = cache_use(c, "rep")
+        turn.join(300)
+        assert turn.result["choices"]
+        after = cache_use(c, "rep")
+        assert after[home] > before[home] and after[1 - home] == before[1 - home], (before, after)
+        for h in holds:
+            h.join(300)
+    finally:
+        stop_corral(c)
