@@ -62,6 +62,9 @@ public final class RPCWorkerService: Service, Sendable {
     let registry: any RPCWorkerRegistry
     let logger: Logger
     let heartbeat: Duration
+    /// The devices it offers as llama.cpp lists them on this node (`CPU` with the host's
+    /// available memory when there is no accelerator).
+    let devices: [Device]
 
     struct Running {
         var child: ChildProcess?
@@ -76,9 +79,11 @@ public final class RPCWorkerService: Service, Sendable {
     /// Connections the gate refused since start.
     public var refused: Int { running.withLock { $0.gate?.refused ?? 0 } }
 
-    /// A worker for node `node` on `host` (the host of its `cluster.advertiseURL`).
+    /// A worker for node `node` on `host` (the host of its `cluster.advertiseURL`) offering
+    /// `devices` (llama.cpp's list on this node; `CPU` with the host's memory when empty).
     public init(node: String, host: String, settings: CorralConfig.RPCWorker, marginMiB: Int, executable: String, secret: String,
-                registry: any RPCWorkerRegistry, logger: Logger, heartbeat: Duration = .seconds(1)) {
+                registry: any RPCWorkerRegistry, logger: Logger, devices: [Device], hostAvailableMiB: Int, heartbeat: Duration = .seconds(1)) {
+        self.devices = devices.isEmpty ? [Device(name: "CPU", description: "host", totalMiB: hostAvailableMiB, freeMiB: hostAvailableMiB)] : devices
         self.node = node
         self.host = host
         self.settings = settings
@@ -128,46 +133,38 @@ public final class RPCWorkerService: Service, Sendable {
     private func serve(backendPort: Int, endpoint: String) async {
         var arguments = ["-H", "127.0.0.1", "-p", String(backendPort)]
         if !settings.devices.isEmpty { arguments += ["-d", settings.devices.joined(separator: ",")] }
-        let listed = Mutex<[String]>([])
         let child: ChildProcess
         do {
-            child = try ChildProcess(executable: executable, arguments: arguments, onLine: { line in
-                if let line { listed.withLock { $0.append(line) } }
-            })
+            // Its output is block-buffered in a pipe (nothing arrives until it exits): not read.
+            child = try ChildProcess(executable: executable, arguments: arguments, onLine: { _ in })
         } catch {
             logger.error("cannot start the RPC worker", metadata: ["error": "\(error)"])
             return
         }
         running.withLock { $0.child = child }
         defer { running.withLock { $0.child = nil } }
-        // Its device list comes before it listens; give it a moment.
-        var devices: [Device] = []
-        for _ in 0..<100 {
-            devices = Device.parseList(listed.withLock { $0 })
-            if !devices.isEmpty { break }
-            try? await Task.sleep(for: .milliseconds(50))
-        }
-        let names = settings.devices.isEmpty ? devices.map(\.name) : settings.devices
-        let memory = Self.offered(configured: settings.memoryMiB, devices: devices, marginMiB: marginMiB)
+        let offered = settings.devices.isEmpty ? devices : devices.filter { settings.devices.contains($0.name) }
+        let names = settings.devices.isEmpty ? (devices.isEmpty ? ["CPU"] : devices.map(\.name)) : settings.devices
+        let memory = Self.offered(configured: settings.memoryMiB, devices: offered, marginMiB: marginMiB)
         running.withLock {
             $0.devices = names
             $0.memoryMiB = memory
         }
         logger.info("RPC worker started", metadata: ["pid": "\(child.pid)", "devices": "\(names.joined(separator: ","))", "memoryMiB": "\(memory)"])
-        let exited = Task { await child.wait() }
+        let exited = Atomic<Bool>(false)
+        let watcher = Task { _ = await child.wait(); exited.store(true, ordering: .relaxed) }
+        _ = watcher
         await withTaskCancellationHandler {
-            while !Task.isCancelled {
-                do { try await registry.offerRPCWorker(node: node, endpoint: endpoint, devices: names.isEmpty ? ["CPU"] : names, memoryMiB: memory) } catch {
+            while !Task.isCancelled && !exited.load(ordering: .relaxed) {
+                do { try await registry.offerRPCWorker(node: node, endpoint: endpoint, devices: names, memoryMiB: memory) } catch {
                     logger.warning("could not register the RPC worker", metadata: ["error": "\(error)"])
                 }
-                let done = await withTaskGroup(of: Bool.self) { group in
-                    group.addTask { _ = await exited.value; return true }
-                    group.addTask { try? await Task.sleep(for: self.heartbeat); return false }
-                    let first = await group.next() ?? false
-                    group.cancelAll()
-                    return first
+                // Checked every 50 ms, so an exit is out of the registry at once.
+                var waited = Duration.zero
+                while waited < heartbeat && !exited.load(ordering: .relaxed) && !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(50))
+                    waited += .milliseconds(50)
                 }
-                if done { break }
             }
         } onCancel: {
             child.signalGroup(SIGTERM)

@@ -193,7 +193,8 @@ struct ServeCommand: AsyncParsableCommand {
                 let host = URL(string: settings.advertiseURL)?.host ?? "127.0.0.1"
                 if let executable = tools.rpcServer?.path {
                     rpcServices.append(RPCWorkerService(node: settings.nodeName, host: host, settings: rpc, marginMiB: cfg.scheduler.memoryMarginMiB,
-                                                        executable: executable, secret: stores.clusterSecret ?? "", registry: registry, logger: logger))
+                                                        executable: executable, secret: stores.clusterSecret ?? "", registry: registry, logger: logger,
+                                                        devices: devices, hostAvailableMiB: HostMemory.read().availableMiB))
                 } else {
                     logger.error("cluster.rpc is set but ggml-rpc-server is not found (run `make llama`); this node offers no devices")
                 }

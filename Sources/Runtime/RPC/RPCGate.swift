@@ -157,9 +157,11 @@ private final class GateHandler: ChannelInboundHandler, RemovableChannelHandler 
         inbound.setOption(.autoRead, value: false).whenComplete { _ in }
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
+        // ggml-rpc-server accepts one client at a time with a short backlog: a connection may wait
+        // (SYN retries) while llama-server's previous one is served. Give it time.
         ClientBootstrap(group: loop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connectTimeout(.seconds(5))
+            .connectTimeout(.seconds(120))
             .connect(host: "127.0.0.1", port: backendPort)
             .whenComplete { result in
                 let (handler, context) = bound.value
