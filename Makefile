@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := libcurl4-openssl-dev libsqlite3-dev libssl-dev cmake ninja-bu
 # PostgreSQL server from Debian's binaries (package postgresql).
 TEST_PACKAGES := prometheus chromium chromium-driver postgresql
 
-.PHONY: serve test test-quick swift-test-quick python-test-quick test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-quant-ladder bench-cache bench-draft bench-cluster soak fuzz clean docs
+.PHONY: serve test test-quick swift-test-quick python-test-quick test-system system llama build build-tests release venv demo-model format swift-test python-test bench-gguf bench-gateway bench-evals bench-pull bench-finetune bench-tuning bench-auth bench-load bench-quant-ladder bench-cache bench-draft bench-split bench-cluster soak fuzz clean docs
 
 ## serve: install what is missing, build, get the demo model, and run on routes.json (on
 ## routes.offline.json, with a generated random model, when the demo model cannot be fetched)
@@ -155,6 +155,12 @@ bench-cache: llama release venv
 ## (the model itself) against without, side by side; on a CPU this shows the mechanism, not the gain
 bench-draft: llama release venv
 	CORRAL_BIN=$(RELEASE_BIN) $(PY) scripts/bench_draft.py
+	$(PY) scripts/gen_benchmarks.py
+
+## bench-split: the demo model split over two loopback RPC workers against loaded whole, side by
+## side; on this CPU it shows the mechanism and the RPC cost, not a gain
+bench-split: llama release venv
+	CORRAL_BIN=$(RELEASE_BIN) $(PY) scripts/bench_split.py
 	$(PY) scripts/gen_benchmarks.py
 
 ## fuzz: the GGUF reader and the OpenAI <-> Ollama translators, far longer than `make test` runs them

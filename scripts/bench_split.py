@@ -50,8 +50,8 @@ def ask(base: str, prompt: str, tokens: int) -> tuple[dict, float]:
     return r.json(), time.perf_counter() - started
 
 
-def instance(c) -> dict:
-    h = {"authorization": f"Bearer {c.admin_token}"}
+def instance(c, token: str) -> dict:
+    h = {"authorization": f"Bearer {token}"}
     return next(i for i in httpx.get(c.base + "/admin/instances", headers=h).json() if i["model"] == "big")
 
 
@@ -70,15 +70,16 @@ def main():
     pairs = {"server": [], "client": []}
     try:
         ask(whole.base, "Hello", 4)
-        need = instance(whole)["projectedMiB"]
-        budget = need // 2
+        need = instance(whole, whole.admin_token)["projectedMiB"]
+        # This node keeps its compute buffer and the embeddings (about half of it here) and a few layers.
+        budget = int(need * 0.65)
         for name in ("w1", "w2"):
             nodes.append(start_node(pg, name, rpc_port=harness.free_port(), worker_mib=need))
         main_node = start_node(pg, "main", model=model, budget=budget, context=CONTEXT)
         nodes.append(main_node)
         wait_until(lambda: pg.query("SELECT COUNT(*) FROM rpc_worker") == "2", 30, "both workers in the registry")
         ask(main_node.base, "Hello", 4)
-        parts = instance(main_node)["split"]
+        parts = instance(main_node, nodes[0].admin_token)["split"]  # the first node wrote the cluster's token
         assert parts and len(parts) == 3, parts
         where = ", ".join(f"{p['node']} {p['layers']} layers {p['memoryMiB']} MiB" for p in parts)
         print(f"whole: {need} MiB projected; main's budget {budget} MiB; split: {where}; reserved {reservations(pg)}", flush=True)
