@@ -81,6 +81,19 @@ import Testing
         #expect(ModelSpec.cacheRamMiB(in: ["-np", "2"]) == 8192)
     }
 
+    @Test func idleSlotsAreReusedOnlyWhenTheyHoldMostOfThePrompt() throws {
+        let catalog = ModelCatalog.build(from: try parse(#"{"models":[{"name":"a","path":"a.gguf"},{"name":"b","path":"b.gguf","cacheRamMiB":0}]}"#))
+        let a = try #require(catalog.resolve("a")).defaultArguments
+        #expect(a[a.firstIndex(of: "--slot-prompt-similarity")! + 1] == "0.9")
+        // Without a prompt cache there is nothing to restore from; embedding instances keep no prompts.
+        #expect(catalog.resolve("b")?.defaultArguments.contains("--slot-prompt-similarity") == false)
+        #expect(catalog.resolve("a")?.embeddingCompanion?.defaultArguments.contains("--slot-prompt-similarity") == false)
+        let tuned = ModelCatalog.build(from: try parse(#"{"cache":{"slotSimilarity":0.1},"models":[{"name":"a","path":"a.gguf"}]}"#))
+        #expect(tuned.resolve("a")?.defaultArguments.contains("0.1") == true)
+        #expect(problem(#"{"cache":{"slotSimilarity":1.5}}"#)?.key == "cache.slotSimilarity")
+        #expect(problem(#"{"cache":{"slotSimilarity":true}}"#)?.key == "cache.slotSimilarity")
+    }
+
     @Test func unknownKeysAndBadValuesNameTheKey() {
         #expect(problem(#"{"lisen":{}}"#)?.key == "lisen")
         #expect(problem(#"{"listen":{"prot":1}}"#)?.key == "listen.prot")

@@ -50,6 +50,11 @@ public struct ModelSpec: Sendable, Equatable {
     /// Its KV caches are saved before its instance stops and restored when it loads again
     /// (`models[].warmSwap`; see ``keepsWarmCaches``).
     public var warmSwap = true
+    /// How much of a prompt an idle slot must share to be reused as it is, rather than the best
+    /// match restored from the prompt cache (`cache.slotSimilarity`; nil: llama-server's 0.1).
+    /// With llama-server's defaults, a slot that shares a long system prompt with the request
+    /// always wins, and the conversation's own tokens are recomputed on every turn.
+    public var slotSimilarity: Double?
     /// How many instances may serve it and how requests choose among them (`models[].replicas`;
     /// one for models found in source folders).
     public var replicas = ReplicaPolicy.single
@@ -123,6 +128,7 @@ public struct ModelSpec: Sendable, Equatable {
     /// embedding or reranking mode, and its draft model.
     public var defaultArguments: [String] {
         ["-np", String(parallel), "--cache-ram", String(embeddings || reranking ? 0 : cacheRamMiB)]
+            + (embeddings || reranking || cacheRamMiB == 0 ? [] : slotSimilarity.map { ["--slot-prompt-similarity", String($0)] } ?? [])
             + (embeddings ? ["--embeddings", "--pooling", "mean"] : reranking ? ["--reranking"] : [])
             + draftArguments
     }
@@ -183,6 +189,7 @@ public struct ModelCatalog: Sendable {
             spec.profile = m.profile
             spec.fallbacks = m.fallbacks
             spec.cacheRamMiB = m.cacheRamMiB ?? config.cacheRamMiB
+            spec.slotSimilarity = config.cacheSlotSimilarity
             spec.warmSwap = m.warmSwap
             spec.replicas = m.replicas
             spec.progressAsReasoning = m.progressAsReasoning
@@ -215,6 +222,7 @@ public struct ModelCatalog: Sendable {
                     spec.knownDigest = found.digest
                     spec.parent = found.parent
                     spec.cacheRamMiB = config.cacheRamMiB
+                    spec.slotSimilarity = config.cacheSlotSimilarity
                     spec.ollamaParameters = found.parameters
                     spec.systemPrompt = found.system
                     // An Ollama model's adapters: llama-server applies each with `--lora`.

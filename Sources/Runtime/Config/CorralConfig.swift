@@ -236,6 +236,10 @@ public struct CorralConfig: Sendable {
     /// memory projection (`cache.ramMiB`). llama-server's own default is 8 GiB per server, which
     /// no budget saw.
     public var cacheRamMiB = 1024
+    /// How much of a request's prompt an idle slot's tokens must share for llama-server to reuse
+    /// that slot as it is rather than restore the best match from its prompt cache
+    /// (`cache.slotSimilarity`, `--slot-prompt-similarity`; llama-server's own default is 0.1).
+    public var cacheSlotSimilarity = 0.9
     /// Disk the saved KV caches of warm swaps may take under `DATA_DIR/kv` (`cache.diskMiB`;
     /// 0 turns warm swaps off).
     public var cacheDiskMiB = 4096
@@ -304,6 +308,12 @@ public struct CorralConfig: Sendable {
         if var cache = try root.object("cache") {
             c.cacheRamMiB = try cache.int("ramMiB", min: 0) ?? c.cacheRamMiB
             c.cacheDiskMiB = try cache.int("diskMiB", min: 0) ?? c.cacheDiskMiB
+            if let raw = cache.raw("slotSimilarity") {
+                guard let n = raw as? NSNumber, !isJSONBool(n), (0...1).contains(n.doubleValue) else {
+                    throw ConfigError(key: "cache.slotSimilarity", problem: "must be a number from 0 to 1")
+                }
+                c.cacheSlotSimilarity = n.doubleValue
+            }
             if let timeout = try cache.duration("saveTimeout") {
                 guard timeout >= .zero else { throw ConfigError(key: "cache.saveTimeout", problem: "must not be negative") }
                 c.cacheSaveTimeout = timeout

@@ -49,3 +49,26 @@ def test_a_model_nobody_asked_reports_no_cache_use(admin_corral):
     c = admin_corral
     httpx.post(c.base + "/admin/models/embed/load", headers=c.h, timeout=120)
     assert "promptCache" not in instance(c, "embed") or instance(c, "embed")["promptCache"] is None
+
+
+def test_a_conversation_keeps_its_own_tokens_cached_while_another_with_the_same_system_prompt_is_served(admin_corral):
+    # With llama-server's default slot similarity (0.1) the idle slot holding the other conversation
+    # would win on the shared system prompt alone, and this conversation's own tokens would be
+    # recomputed; cache.slotSimilarity (0.9) makes llama-server restore the conversation instead.
+    c = admin_corral
+    system = "You answer questions about the inventory of a small harbour town. " * 8
+
+    def turn(messages):
+        r = httpx.post(c.base + "/v1/chat/completions", timeout=120,
+                       json={"model": "chat", "messages": messages, "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200, r.text[:300]
+        return r.json()
+
+    a = [{"role": "system", "content": system}, {"role": "user", "content": "The first list: " + "anchor rope net buoy " * 15}]
+    b = [{"role": "system", "content": system}, {"role": "user", "content": "The second list: " + "crate barrel sack chest " * 15}]
+    first = turn(a)
+    turn(b)
+    a += [{"role": "assistant", "content": first["choices"][0]["message"]["content"]}, {"role": "user", "content": "And the last item?"}]
+    again = turn(a)["timings"]
+    assert "--slot-prompt-similarity" in instance(c, "chat")["arguments"]
+    assert again["cache_n"] >= 0.9 * first["timings"]["prompt_n"], (first["timings"], again)
