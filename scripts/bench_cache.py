@@ -74,7 +74,8 @@ def main():
     ap.add_argument("--system-words", type=int, default=1100, help="about 1,500 tokens at the default")
     ap.add_argument("--conversations", type=int, default=16)
     ap.add_argument("--turns", type=int, default=6)
-    ap.add_argument("--concurrency", type=int, default=4, help="conversations in flight at once (the two instances have eight slots each)")
+    ap.add_argument("--concurrency", type=int, default=4, help="conversations in flight at once (the two instances have four slots each)")
+    ap.add_argument("--cache-mib", type=int, default=480, help="each instance's prompt cache (--cache-ram): about ten of the conversations")
     ap.add_argument("--answer-tokens", type=int, default=24)
     ap.add_argument("--document-words", type=int, default=220, help="each conversation's own opening text (about 300 tokens)")
     args = ap.parse_args()
@@ -226,12 +227,11 @@ def run_unrelated(c, name: str, count: int, concurrency: int, seed: int) -> list
 def bench_affinity(args, model):
     directory = tempfile.mkdtemp(prefix="corral-bench-affinity-")
     replicas = {"min": 2, "max": 2}
-    # Eight slots per instance, 4,096 tokens each: llama-server keeps a conversation's KV cache warm
-    # in a slot (it consults its RAM prompt cache only when the slot it picks would lose over half
-    # its tokens, and a slot sharing the 1,500-token system prompt with another conversation never
-    # would), so an instance keeps as many conversations warm as it has slots. Routed by prefix,
-    # each instance holds half of the 16 conversations; round-robin asks each to hold all 16.
-    common = {"path": model, "contextSize": 8 * 4096, "parallel": 8, "warmSwap": False}
+    # Corral's four slots per instance, 4,096 tokens each. The prompt cache (--cache-ram) of each
+    # instance holds about ten of these conversations (--cache-mib 480; 23 KB per token of
+    # SmolLM2-135M's KV), as 1 GiB holds a few conversations of a 1-3B model: routed by prefix each
+    # instance keeps its 8 conversations; round-robin asks each to keep all 16.
+    common = {"path": model, "contextSize": 4 * 4096, "parallel": 4, "warmSwap": False, "cacheRamMiB": args.cache_mib}
     c = start_corral(directory=directory, extra_models=[
         {"name": "affinity", **common, "replicas": {**replicas, "routing": "prefix-affinity"}},
         {"name": "round-robin", **common, "replicas": {**replicas, "routing": "round-robin"}},
@@ -267,7 +267,7 @@ def bench_affinity(args, model):
     print(f"prefix affinity / round-robin, turns 2-{args.turns}: time to first token p50 {ratio:.2f} (goal ≤ 0.5), mean {mean_ratio:.2f}; "
           f"prompt tokens computed {computed_ratio:.2f}; no shared prefix p50 {unrelated_ratio:.2f} (goal ≤ 1.05)")
     bench = "bench-cache"
-    notes = (f"SmolLM2-135M-Instruct, 2 instances x 8 slots, {args.conversations} conversations x {args.turns} turns, {args.concurrency} at once, "
+    notes = (f"SmolLM2-135M-Instruct, 2 instances x 4 slots, {args.cache_mib} MiB prompt cache each, {args.conversations} conversations x {args.turns} turns, {args.concurrency} at once, "
              f"{args.system_words}-word shared system prompt, a {args.document_words}-word document per conversation, {args.answer_tokens}-token answers, "
              f"turns taken at random among idle conversations")
     record(bench, "cache.prefix_affinity_ttft_p50_vs_round_robin", "Prefix affinity: time to first token p50 (turns 2+) over round-robin",
