@@ -146,7 +146,8 @@ bench-quant-ladder: build venv
 	$(PY) scripts/gen_benchmarks.py
 
 ## bench-cache: warm swaps on the real demo model: the next turn's time to first token after a
-## swap with the KV cache restored, against cold and against never swapped, and the swap's cost
+## swap with the KV cache restored, against cold and against never swapped, and the swap's cost;
+## then 16 conversations on two replicas routed by prompt prefix against round-robin
 bench-cache: llama release venv
 	CORRAL_BIN=$(RELEASE_BIN) $(PY) scripts/bench_cache.py
 	$(PY) scripts/gen_benchmarks.py

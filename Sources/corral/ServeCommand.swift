@@ -103,7 +103,8 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let factsCache = FactsCache()
         let catalog = ModelCatalog.build(from: cfg, cache: factsCache)
-        for problem in catalog.problems { logger.warning("skipping model file", metadata: ["path": "\(problem.path)", "error": "\(problem.error)"]) }
+        // An unreadable file is skipped; a refused setting (a draft that cannot pair) leaves the model served without it.
+        for problem in catalog.problems { logger.warning("model catalog problem", metadata: ["path": "\(problem.path)", "problem": "\(problem.error)"]) }
         logger.info("models", metadata: ["count": "\(catalog.models.count)", "names": "\(catalog.models.map(\.id).joined(separator: ", "))"])
 
         let client = GatewayDependencies.makeHTTPClient(readTimeout: cfg.scheduler.readTimeout)

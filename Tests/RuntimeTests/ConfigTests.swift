@@ -85,6 +85,8 @@ import Testing
         let catalog = ModelCatalog.build(from: try parse(#"{"models":[{"name":"a","path":"a.gguf"},{"name":"b","path":"b.gguf","cacheRamMiB":0}]}"#))
         let a = try #require(catalog.resolve("a")).defaultArguments
         #expect(a[a.firstIndex(of: "--slot-prompt-similarity")! + 1] == "0.9")
+        // A server flag: llama-fit-params would refuse it (and every plan would fall back to the estimator).
+        #expect(!FitPlanner.fitArguments(a).contains("--slot-prompt-similarity") && !FitPlanner.fitArguments(a).contains("0.9"))
         // Without a prompt cache there is nothing to restore from; embedding instances keep no prompts.
         #expect(catalog.resolve("b")?.defaultArguments.contains("--slot-prompt-similarity") == false)
         #expect(catalog.resolve("a")?.embeddingCompanion?.defaultArguments.contains("--slot-prompt-similarity") == false)

@@ -261,7 +261,7 @@ public struct FitPlanner: Sendable {
     static let serverOnlyFlags: Set<String> = ["--embeddings", "--embedding", "--reranking", "--rerank", "--jinja", "--no-jinja", "--no-webui", "--metrics",
                                                "--slots", "--no-slots", "--props"]
     static let serverOnlyOptions: Set<String> = ["--pooling", "--alias", "-a", "--chat-template", "--chat-template-file", "--cache-ram", "-cram",
-                                                 "--mmproj", "-mm", "--slot-save-path", "--host", "--port", "--api-key"]
+                                                 "--mmproj", "-mm", "--slot-save-path", "--host", "--port", "--api-key", "--slot-prompt-similarity", "-sps"]
 
     /// `arguments` without the flags llama-fit-params does not know (and their values): the
     /// server's own, and the draft model's (planned apart, see ``plan(model:baseArguments:)``).
