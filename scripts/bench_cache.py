@@ -246,9 +246,14 @@ def bench_affinity(args, model):
             while sum(1 for i in httpx.get(c.base + "/admin/instances", headers=c.h).json() if i["model"] == name and i["state"] == "loaded") < 2:
                 assert time.monotonic() < deadline, "the second instance did not load"
                 time.sleep(0.2)
-            # Both instances see the system prompt once, so neither mode pays for it in the measurement.
-            for _ in range(2):
-                turn(c, name, [{"role": "system", "content": system}, {"role": "user", "content": "Ready?"}], max_tokens=1)
+            # Both instances see the system prompt once, so neither mode pays for it in the measurement:
+            # sent to each instance's own port, since Corral would send both to the same instance
+            # under prefix affinity (the first one holds the prefix) and alternate under round-robin.
+            for instance in httpx.get(c.base + "/admin/instances", headers=c.h).json():
+                if instance["model"] == name and instance["state"] == "loaded":
+                    r = httpx.post(f"http://127.0.0.1:{instance['port']}/v1/chat/completions", timeout=600, json={
+                        "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Ready?"}], "max_tokens": 1})
+                    r.raise_for_status()
             seen[name] = run_conversations(c, name, args, system, seed=11)
             seen[name]["unrelated"] = run_unrelated(c, name, 2 * args.conversations, args.concurrency, seed=13)
             s = seen[name]
