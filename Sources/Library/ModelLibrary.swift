@@ -54,11 +54,10 @@ public struct ModelLibrary: Sendable {
 
     // MARK: Entries
 
-    /// One library entry: facts, file, state, usage, fit and benchmarks.
-    /// - Parameter drafts: which library models can draft for which (``DraftPairs``); without
-    ///   it the entry lists none.
+    /// One library entry: facts, file, state, usage, fit and benchmarks (its drafts are
+    /// ``LibraryDrafts``, added by the HTTP layer).
     public func entry(_ spec: ModelSpec, instances: [String: InstanceInfo], usage: [String: (requests: Int, promptTokens: Int, completionTokens: Int)],
-               compatibility: Compatibility, detailed: Bool = false, drafts: DraftPairs? = nil) async throws(LibraryError) -> [String: Any] {
+               compatibility: Compatibility, detailed: Bool = false) async throws(LibraryError) -> [String: Any] {
         var o: [String: Any] = ["id": spec.id, "aliases": spec.aliases + spec.listedAliases, "source": spec.source, "pinned": spec.pinned]
         o["sizeBytes"] = spec.fileSize ?? 0
         o["remote"] = spec.path == nil
@@ -98,30 +97,12 @@ public struct ModelLibrary: Sendable {
             o["running"] = ["pid": info.pid ?? 0, "arguments": info.arguments, "projectedMiB": info.projectedMiB ?? NSNull(),
                             "allocatedMiB": info.allocatedMiB, "allocationSource": info.allocationSource ?? NSNull(), "planSource": info.planSource ?? NSNull(), "contextSize": info.contextSize ?? NSNull()]
         }
-        o["draft"] = Self.draftObject(spec)
-        o["draftCandidates"] = drafts?.candidates[spec.id] ?? []
-        o["canDraftFor"] = drafts?.draftsFor[spec.id] ?? []
         let u = usage[spec.id]
         o["usage"] = ["requests": u?.requests ?? 0, "promptTokens": u?.promptTokens ?? 0, "completionTokens": u?.completionTokens ?? 0]
         let latest = try await latestBenchmarks(spec.id)
         o["benchmarks"] = latest.speed
         o["perplexity"] = latest.perplexity
         return o
-    }
-
-    /// A model's draft as the library shows it: the model drafting for it with its settings and
-    /// launch flags, or the configured one and why it was refused; null without one.
-    static func draftObject(_ spec: ModelSpec) -> Any {
-        if let d = spec.draft, !spec.draftArguments.isEmpty {
-            var context = MemoryEstimator.Settings()
-            context.contextSize = spec.contextSize ?? min(spec.facts?.contextLength ?? 4096, 8192)
-            context.parallel = spec.parallel
-            return ["model": d.model, "automatic": d.automatic, "maxTokens": d.maxTokens ?? NSNull(), "minP": d.minP ?? NSNull(),
-                    "gpuLayers": d.gpuLayers ?? NSNull(), "arguments": d.arguments,
-                    "estimatedMiB": Int(MemoryEstimator.estimate(d.facts, context).total / 1_048_576)] as [String: Any]
-        }
-        if let r = spec.draftRefusal { return ["requested": r.requested, "refused": r.reason] as [String: Any] }
-        return NSNull()
     }
 
     /// A model's latest benchmark runs; a store that cannot be read is an error, not "none".
@@ -142,8 +123,7 @@ public struct ModelLibrary: Sendable {
     public func list(query q: [String: String]) async throws(LibraryError) -> [String: Any] {
         let (catalog, instances, usage, compatibility) = try await context()
         var entries: [[String: Any]] = []
-        let drafts = DraftPairs(catalog)
-        for spec in catalog.models { entries.append(try await entry(spec, instances: instances, usage: usage, compatibility: compatibility, drafts: drafts)) }
+        for spec in catalog.models { entries.append(try await entry(spec, instances: instances, usage: usage, compatibility: compatibility)) }
         if let text = q["q"]?.lowercased(), !text.isEmpty {
             entries = entries.filter { e in
                 ([e["id"], e["name"], e["architecture"], e["quantization"]] + ((e["aliases"] as? [String]) ?? []))
@@ -202,7 +182,7 @@ public struct ModelLibrary: Sendable {
     public func detail(_ id: String) async throws(LibraryError) -> [String: Any] {
         let (catalog, instances, usage, compatibility) = try await context()
         guard let spec = catalog.resolve(id) else { throw LibraryError.modelNotFound(id) }
-        return try await entry(spec, instances: instances, usage: usage, compatibility: compatibility, detailed: true, drafts: DraftPairs(catalog))
+        return try await entry(spec, instances: instances, usage: usage, compatibility: compatibility, detailed: true)
     }
 
     public func compare(ids raw: String?) async throws(LibraryError) -> [String: Any] {
@@ -210,10 +190,9 @@ public struct ModelLibrary: Sendable {
         guard ids.count >= 2 else { throw LibraryError.badRequest("ids needs at least two comma-separated model ids", param: "ids") }
         let (catalog, instances, usage, compatibility) = try await context()
         var models: [[String: Any]] = []
-        let drafts = DraftPairs(catalog)
         for id in ids {
             guard let spec = catalog.resolve(id) else { throw LibraryError.modelNotFound(id) }
-            models.append(try await entry(spec, instances: instances, usage: usage, compatibility: compatibility, drafts: drafts))
+            models.append(try await entry(spec, instances: instances, usage: usage, compatibility: compatibility))
         }
         // The fields whose values differ, for a side-by-side view to highlight.
         let fields = ["architecture", "parameters", "quantization", "bitsPerWeight", "contextLength", "layers", "embeddingLength", "heads", "kvHeads",

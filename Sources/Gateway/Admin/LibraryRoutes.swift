@@ -26,7 +26,7 @@ struct LibraryRoutes: Sendable {
             .init("fits", .enumeration(["true", "false"])), .init("sort", .enumeration(["name", "size", "params", "lastUsed", "context"])),
             .init("order", .enumeration(["asc", "desc"])),
         ], errors: [400])) { request, _ in
-            jsonResponse(try await mapped { try await library.list(query: request.query) })
+            jsonResponse(withDrafts(try await mapped { try await library.list(query: request.query) }))
         }
         admin.get("recommendations", .init("Models that fit, ranked for a task, with a reason each", query: [
             .init("task", .enumeration(["chat", "code", "embedding", "vision"])), .init("min_ctx", .integer(minimum: 1)),
@@ -35,10 +35,26 @@ struct LibraryRoutes: Sendable {
         }
     }
 
-    func detail(_ id: String) async throws -> Response { jsonResponse(try await mapped { try await library.detail(id) }) }
+    func detail(_ id: String) async throws -> Response { jsonResponse(withDrafts(try await mapped { try await library.detail(id) })) }
 
     func compare(_ request: Request) async throws -> Response {
-        jsonResponse(try await mapped { try await library.compare(ids: request.uri.queryParameters.get("ids")) })
+        jsonResponse(withDrafts(try await mapped { try await library.compare(ids: request.uri.queryParameters.get("ids")) }))
+    }
+
+    /// The library's answer with each entry's drafts (``LibraryDrafts``): the entry itself (a
+    /// detail) or those under `models` (a list, a comparison).
+    func withDrafts(_ answer: [String: Any]) -> [String: Any] {
+        let drafts = LibraryDrafts.all(in: library.scheduler.currentCatalog)
+        func adding(_ entry: [String: Any]) -> [String: Any] {
+            guard let id = entry["id"] as? String, let mine = drafts[id] ?? drafts[ModelCatalog.normalize(id)],
+                let data = try? JSONEncoder().encode(mine), let fields = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+            else { return entry.merging(["draft": NSNull(), "draftCandidates": [String](), "canDraftFor": [String]()]) { a, _ in a } }
+            return entry.merging(fields.merging(["draft": fields["draft"] ?? NSNull()]) { a, _ in a }) { _, new in new }
+        }
+        guard let models = answer["models"] as? [[String: Any]] else { return adding(answer) }
+        var out = answer
+        out["models"] = models.map(adding)
+        return out
     }
 
     func compatibility(_ id: String, _ request: Request) async throws -> Response {
