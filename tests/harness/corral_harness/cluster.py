@@ -13,10 +13,13 @@ from corral_harness.waiting import wait_until
 SECRET = "a-cluster-secret-for-the-tests-0123456789"
 
 
-def start_node(pg: Postgres, name: str, models=("chat", "solo"), extra: dict | None = None, directory: str | None = None) -> Corral:
-    """A Corral node named `name` on a free port, its store on `pg`, with tiny generated models."""
+def start_node(pg: Postgres, name: str, models=("chat", "solo"), extra: dict | None = None, directory: str | None = None,
+               model_entries: list | None = None) -> Corral:
+    """A Corral node named `name` on a free port, its store on `pg`, with tiny generated models
+    (or the `models` entries given in `model_entries`). Objects in `extra` merge with the
+    configuration's (e.g. `cluster.rpc` next to the node's name)."""
     d = directory or tempfile.mkdtemp(prefix=f"corral-node-{name}-")
-    for model in models:
+    for model in models if model_entries is None else ():
         if not os.path.exists(f"{d}/{model}.gguf"):
             subprocess.run([harness.CORRAL, "models", "make-test", "--out", d, "--name", model], check=True, capture_output=True)
     os.environ["CORRAL_TEST_PGPASSWORD"] = PASSWORD
@@ -27,11 +30,13 @@ def start_node(pg: Postgres, name: str, models=("chat", "solo"), extra: dict | N
         config = {
             "listen": {"host": "127.0.0.1", "port": port},
             "dataDirectory": f"{d}/data",
-            "models": [{"name": m, "path": f"{d}/{m}.gguf", "contextSize": 1024, "parallel": 2} for m in models],
+            "models": model_entries if model_entries is not None else
+            [{"name": m, "path": f"{d}/{m}.gguf", "contextSize": 1024, "parallel": 2} for m in models],
             "store": {"url": pg.url, "passwordEnv": "CORRAL_TEST_PGPASSWORD"},
             "cluster": {"nodeName": name, "advertiseURL": f"http://127.0.0.1:{port}", "secretEnv": "CORRAL_TEST_CLUSTER_SECRET"},
-            **(extra or {}),
         }
+        for key, value in (extra or {}).items():
+            config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
         with open(f"{d}/routes.json", "w") as f:
             json.dump(config, f)
         return serve(d, f"http://127.0.0.1:{port}", None, (), log_path, "a")

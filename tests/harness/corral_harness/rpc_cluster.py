@@ -1,14 +1,13 @@
 """Cluster nodes for models split over RPC workers (issue 35): nodes that offer their CPU as an RPC
 worker (`cluster.rpc`) and nodes with a memory budget too small for a model, on one PostgreSQL."""
-import json
 import os
 import shutil
 import tempfile
 
+from corral_harness import cluster
 from corral_harness import corral as harness
-from corral_harness.cluster import SECRET
-from corral_harness.corral import Corral, on_a_free_port, serve
-from corral_harness.postgres import PASSWORD, Postgres
+from corral_harness.corral import Corral
+from corral_harness.postgres import Postgres
 
 
 def rpc_server_available() -> bool:
@@ -30,28 +29,12 @@ def start_node(pg: Postgres, name: str, model: str | None = None, rpc_port: int 
     if model:
         shutil.copy(model, f"{d}/big.gguf")
         models.append({"name": "big", "path": f"{d}/big.gguf", "contextSize": context, "parallel": 1})
-    os.environ["CORRAL_TEST_PGPASSWORD"] = PASSWORD
-    os.environ["CORRAL_TEST_CLUSTER_SECRET"] = SECRET
-    log_path = f"{d}/corral.log"
-
-    def attempt(port: int):
-        cluster = {"nodeName": name, "advertiseURL": f"http://127.0.0.1:{port}", "secretEnv": "CORRAL_TEST_CLUSTER_SECRET"}
-        if rpc_port:
-            cluster["rpc"] = {"port": rpc_port, **({"memoryMiB": worker_mib} if worker_mib else {})}
-        config = {
-            "listen": {"host": "127.0.0.1", "port": port}, "dataDirectory": f"{d}/data", "models": models,
-            "store": {"url": pg.url, "passwordEnv": "CORRAL_TEST_PGPASSWORD"}, "cluster": cluster, "cache": {"ramMiB": 0},
-        }
-        if budget:
-            config["scheduler"] = {"memoryBudgetMiB": budget}
-        with open(f"{d}/routes.json", "w") as f:
-            json.dump(config, f)
-        return serve(d, f"http://127.0.0.1:{port}", None, (), log_path, "a")
-
-    port, proc = on_a_free_port(attempt)
-    node = Corral(d, port, proc, log_path)
-    node.name = name
-    return node
+    extra = {"cache": {"ramMiB": 0}}
+    if rpc_port:
+        extra["cluster"] = {"rpc": {"port": rpc_port, **({"memoryMiB": worker_mib} if worker_mib else {})}}
+    if budget:
+        extra["scheduler"] = {"memoryBudgetMiB": budget}
+    return cluster.start_node(pg, name, extra=extra, directory=d, model_entries=models)
 
 
 def reservations(pg: Postgres) -> dict[str, int]:

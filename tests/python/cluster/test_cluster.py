@@ -16,9 +16,9 @@ import openai
 import pytest
 from openai import OpenAI
 
-from corral_harness.cluster import SECRET, start_node, wait_for_fresh_reading
+from corral_harness.cluster import SECRET, running_cluster, start_node, wait_for_fresh_reading
 from corral_harness.corral import CORRAL, start_corral, stop_corral, wait_until
-from corral_harness.postgres import PASSWORD, Postgres
+from corral_harness.postgres import PASSWORD
 
 pytestmark = pytest.mark.cluster
 
@@ -27,18 +27,9 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 @pytest.fixture(scope="module")
 def cluster():
-    pg = Postgres()
-    nodes = {}
-    try:
-        for name in ("a", "b", "c"):
-            nodes[name] = start_node(pg, name)
+    # A node restarted by a test replaces its entry in `nodes`, and is killed at the end like the others.
+    with running_cluster({"a": {}, "b": {}, "c": {}}) as (pg, nodes):
         yield pg, nodes
-    finally:
-        for n in nodes.values():
-            if n.proc.poll() is None:
-                n.proc.kill()
-                n.proc.wait()
-        pg.close()
 
 
 def admin(nodes) -> dict:
