@@ -315,7 +315,8 @@ public struct Relay: Sendable {
         // A peer chosen to load a model no node has loaded (the request tells it so).
         var coldPeer = false
         do {
-            let affinity = Self.affinity(modelName, body: body, headers: headers, catalog: scheduler.currentCatalog, clustered: cluster != nil)
+            let affinity = Self.affinity(modelName, body: body, headers: headers, catalog: scheduler.currentCatalog,
+                                         clustered: cluster != nil, loadedHere: scheduler.isReady)
             if let peer = await peerLease(modelName, caller: caller, headers: headers, upstreamPath: upstreamPath, affinity: affinity) {
                 lease = peer.lease
                 coldPeer = peer.cold
@@ -456,10 +457,13 @@ public struct Relay: Sendable {
     /// What routes a request among `modelName`'s replicas: the leading blocks of the prompt the
     /// body carries (`system`, `messages` and `prompt`, as serialized) and its session (the
     /// `x-session-id` header, else OpenAI's `user`). Also picks among the cluster peers that have
-    /// the model loaded (`clustered`). Nil for a model with one instance on a node alone, so other
-    /// requests pay nothing for it.
-    static func affinity(_ modelName: String, body: ByteBuffer?, headers: HTTPFields, catalog: ModelCatalog, clustered: Bool) -> PromptAffinity? {
-        guard let spec = catalog.resolve(modelName), (spec.replicas.max > 1 && spec.replicas.routing == .prefixAffinity) || clustered, let body else { return nil }
+    /// the model loaded (`clustered`), when it is not loaded here. Nil for a model with one
+    /// instance that is loaded here, so other requests pay nothing for it.
+    static func affinity(_ modelName: String, body: ByteBuffer?, headers: HTTPFields, catalog: ModelCatalog, clustered: Bool,
+                         loadedHere: (String) -> Bool) -> PromptAffinity? {
+        guard let spec = catalog.resolve(modelName), let body else { return nil }
+        // Among replicas; else among the peers, which a request is relayed to only when the model is not loaded here.
+        guard (spec.replicas.max > 1 && spec.replicas.routing == .prefixAffinity) || (clustered && !loadedHere(spec.id)) else { return nil }
         return body.withUnsafeReadableBytes { bytes -> PromptAffinity? in
             guard let ranges = JSONMembers.valueRanges(["system", "messages", "prompt", "user"], of: bytes) else { return nil }
             var session = headers[sessionHeader]
