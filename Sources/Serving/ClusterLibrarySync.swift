@@ -10,7 +10,7 @@ public enum ClusterLibrarySync {
         do {
             var defaultModel: String?
             if let saved = try await state.document(kind: "setting", id: "defaultModel") {
-                defaultModel = (try? JSONSerialization.jsonObject(with: saved) as? [String: Any])?["model"] as? String
+                defaultModel = (try? JSONDecoder().decode(DefaultModelSetting.self, from: saved))?.model
             }
             if scheduler.currentCatalog.defaultModel != defaultModel, let defaultModel {
                 _ = try? await scheduler.setDefaultModel(defaultModel)
@@ -22,13 +22,22 @@ public enum ClusterLibrarySync {
             // An alias another node deleted goes here too.
             for alias in await scheduler.runtimeAliases.keys where aliases[alias] == nil { _ = await scheduler.removeRuntimeAlias(alias) }
             for data in try await state.documents(kind: "pin", model: nil, limit: 10_000) {
-                guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let model = object["model"] as? String,
-                    let pinned = object["pinned"] as? Bool
-                else { continue }
-                try? await scheduler.setPinned(model, pinned)
+                guard let pin = try? JSONDecoder().decode(Pin.self, from: data) else { continue }
+                try? await scheduler.setPinned(pin.model, pin.pinned)
             }
         } catch {
             logger.warning("the library state another node changed could not be read", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// The saved `defaultModel` setting.
+    struct DefaultModelSetting: Decodable {
+        var model: String?
+    }
+
+    /// A saved pin.
+    struct Pin: Decodable {
+        var model: String
+        var pinned: Bool
     }
 }

@@ -278,27 +278,20 @@ public final class ClusterNode: Service, Sendable {
     // MARK: Admin view
 
     /// Every registered node with its state, for `GET /admin/cluster`.
-    public func overview() async -> [String: Any] {
-        let (cached, problem, relayed, draining) = state.withLock { ($0.all, $0.storeProblem, $0.relayed, $0.draining) }
+    public func overview() async -> ClusterOverview {
+        let (cached, problem, relayed, draining, recovered) = state.withLock { ($0.all, $0.storeProblem, $0.relayed, $0.draining, $0.recovered) }
         // Read now when the store answers; the last heartbeat's reading when it does not.
         let all = (try? await registry.nodes()) ?? cached
-        let nodes: [[String: Any]] = all.map { n in
-            let detail = (try? JSONSerialization.jsonObject(with: Data(n.detail.utf8))) as? [String: Any] ?? [:]
-            var o: [String: Any] = [
-                "name": n.name, "url": n.url, "version": n.version, "state": n.state, "heartbeatAgeSeconds": (n.age * 1000).rounded() / 1000,
-                "inRouting": n.state == "serving" && n.age < staleAfter, "self": n.name == name,
-                "startedAt": ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: n.started)),
-            ]
-            for (k, v) in detail { o[k] = v }
-            return o
+        let nodes = all.map { n in
+            ClusterOverview.Node(
+                name: n.name, url: n.url, version: n.version, state: n.state, heartbeatAgeSeconds: (n.age * 1000).rounded() / 1000,
+                inRouting: n.state == "serving" && n.age < staleAfter, isSelf: n.name == name,
+                startedAt: ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: n.started)), detail: NodeDetail.parse(n.detail))
         }
-        var out: [String: Any] = [
-            "node": name, "advertiseURL": advertiseURL, "state": draining ? "draining" : "serving", "nodes": nodes,
-            "heartbeatSeconds": heartbeat.inSeconds, "staleAfterSeconds": staleAfter, "relayedFromHere": relayed,
-            "pendingSettlements": quota?.pendingSettlements ?? 0, "lostRequestsRecovered": state.withLock { $0.recovered },
-        ]
-        if let problem { out["storeProblem"] = problem }
-        return out
+        return ClusterOverview(
+            node: name, advertiseURL: advertiseURL, state: draining ? "draining" : "serving", nodes: nodes,
+            heartbeatSeconds: heartbeat.inSeconds, staleAfterSeconds: staleAfter, relayedFromHere: relayed,
+            pendingSettlements: quota?.pendingSettlements ?? 0, lostRequestsRecovered: recovered, storeProblem: problem)
     }
 
     // MARK: Heartbeat
@@ -417,3 +410,50 @@ public final class ClusterNode: Service, Sendable {
     }
 }
 
+
+/// The cluster as `GET /admin/cluster` shows it: this node, every registered node with its
+/// state and heartbeat (and what its last heartbeat said: models, memory), and the counters.
+public struct ClusterOverview: Encodable, Sendable {
+    /// One registered node; its heartbeat's detail is written among its own fields.
+    public struct Node: Encodable, Sendable {
+        public var name: String
+        public var url: String
+        public var version: String
+        public var state: String
+        public var heartbeatAgeSeconds: Double
+        public var inRouting: Bool
+        public var isSelf: Bool
+        public var startedAt: String
+        public var detail: NodeDetail
+
+        enum CodingKeys: String, CodingKey {
+            case name, url, version, state, heartbeatAgeSeconds, inRouting, isSelf = "self", startedAt
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            try detail.encode(to: encoder)
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(name, forKey: .name)
+            try container.encode(url, forKey: .url)
+            try container.encode(version, forKey: .version)
+            try container.encode(state, forKey: .state)
+            try container.encode(heartbeatAgeSeconds, forKey: .heartbeatAgeSeconds)
+            try container.encode(inRouting, forKey: .inRouting)
+            try container.encode(isSelf, forKey: .isSelf)
+            try container.encode(startedAt, forKey: .startedAt)
+        }
+    }
+
+    public var clustered = true
+    public var node: String
+    public var advertiseURL: String
+    public var state: String
+    public var nodes: [Node]
+    public var heartbeatSeconds: Double
+    public var staleAfterSeconds: Double
+    public var relayedFromHere: Int
+    public var pendingSettlements: Int
+    public var lostRequestsRecovered: Int
+    /// Why the shared store could not be read, while it cannot.
+    public var storeProblem: String?
+}
