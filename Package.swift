@@ -141,14 +141,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The serving core below the HTTP layer (no Hummingbird): the local llama-server transport,
-        // the SSE usage filter, catalog refresh and reload, the cluster node and its library sync,
-        // and the fleet as the jobs' memory claims.
+        // The serving core below the HTTP layer (no Hummingbird): the request path (admission,
+        // routing to an instance, a peer or a fallback, the transports, the one response pump,
+        // settlement into the ledger) with its typed errors, the SSE usage filter, catalog refresh
+        // and reload, the cluster node and its library sync, and the fleet as the jobs' memory claims.
         .target(
             name: "Serving",
             dependencies: [
-                "Runtime", "Store", "Access", "Jobs",
+                "Runtime", "Store", "Access", "Jobs", "Usage", "GGUF",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -1,5 +1,3 @@
-import Foundation
-
 /// Reading numbers out of JSON answers without building them: the usage and timings a response
 /// carries, while its generated text passes through untouched.
 public enum JSONMembers {
@@ -12,11 +10,10 @@ public enum JSONMembers {
     /// `usage` and `timings` from an answer whose generated text the gateway does not need: each
     /// such member that is an object becomes its numeric members (nested objects kept the same
     /// way, other kinds of value left out), and everything else is skipped over without being
-    /// built. Numbers are `NSNumber`s, as JSONSerialization gives them. Nil when `bytes` is not
-    /// an object (or is cut short).
-    public static func members(_ names: Set<String>, of bytes: UnsafeRawBufferPointer) -> [String: Any]? {
+    /// built. Nil when `bytes` is not an object (or is cut short).
+    public static func members(_ names: Set<String>, of bytes: UnsafeRawBufferPointer) -> [String: NumericObject]? {
         var scanner = Scanner(bytes: bytes)
-        var found: [String: Any] = [:]
+        var found: [String: NumericObject] = [:]
         let complete = scanner.object { key, scanner in
             guard names.contains(key), scanner.peek == UInt8(ascii: "{") else { return scanner.skipValue() }
             guard let numbers = scanner.numbers() else { return false }
@@ -75,25 +72,25 @@ public enum JSONMembers {
         }
 
         /// Reads an object keeping only its numbers and nested objects (see ``JSON/members(_:of:)``).
-        mutating func numbers() -> [String: Any]? {
-            var found: [String: Any] = [:]
+        mutating func numbers() -> NumericObject? {
+            var found = NumericObject()
             let complete = object { key, scanner in
                 switch scanner.peek ?? 0 {
                 case UInt8(ascii: "{"):
                     guard let nested = scanner.numbers() else { return false }
-                    found[key] = nested
+                    found.numbers[key] = nil
+                    found.objects[key] = nested
                 case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
                     let start = scanner.position
                     guard scanner.skipValue() else { return false }
                     let text = String(decoding: UnsafeRawBufferPointer(rebasing: scanner.bytes[start..<scanner.position]), as: UTF8.self)
-                    if let integer = Int(text) {
-                        found[key] = NSNumber(value: integer)
-                    } else if let real = Double(text) {
-                        found[key] = NSNumber(value: real)
-                    } else {
-                        return false
-                    }
+                    guard let number = Int(text).map(Double.init) ?? Double(text) else { return false }
+                    found.objects[key] = nil
+                    found.numbers[key] = number
                 default:
+                    // A later member of another kind replaces an earlier one, as in a full parse.
+                    found.numbers[key] = nil
+                    found.objects[key] = nil
                     return scanner.skipValue()
                 }
                 return true

@@ -3,18 +3,18 @@ import NIOCore
 
 /// Enough of `multipart/form-data` to route an upload by one of its text fields (the `model`
 /// of an audio transcription) and to read a file upload (`/v1/files`).
-enum Multipart {
+public enum Multipart {
     /// One part: its form name, its file name when it is a file, and its bytes.
-    struct Part {
-        let name: String
-        let filename: String?
-        let body: ArraySlice<UInt8>
+    public struct Part: Sendable {
+        public let name: String
+        public let filename: String?
+        public let body: ArraySlice<UInt8>
 
-        var text: String { String(decoding: body, as: UTF8.self) }
+        public var text: String { String(decoding: body, as: UTF8.self) }
     }
 
     /// The boundary a `multipart/form-data; boundary=…` content type declares.
-    static func boundary(_ contentType: String) -> String? {
+    public static func boundary(_ contentType: String) -> String? {
         let parts = contentType.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
         guard parts.first?.lowercased() == "multipart/form-data" else { return nil }
         for part in parts.dropFirst() where part.lowercased().hasPrefix("boundary=") {
@@ -26,12 +26,12 @@ enum Multipart {
     }
 
     /// The text of the form field `name` (a part without a file name), if present.
-    static func field(_ name: String, in body: ByteBuffer, boundary: String) -> String? {
+    public static func field(_ name: String, in body: ByteBuffer, boundary: String) -> String? {
         parts(in: Array(body.readableBytesView), boundary: boundary).first { $0.name == name && $0.filename == nil }?.text
     }
 
     /// Every part of a body, in order (a part without a `name` is skipped).
-    static func parts(in bytes: [UInt8], boundary: String) -> [Part] {
+    public static func parts(in bytes: [UInt8], boundary: String) -> [Part] {
         let delimiter = Array("--\(boundary)".utf8)
         let next = Array("\r\n--\(boundary)".utf8)
         let headerEnd = Array("\r\n\r\n".utf8)

@@ -3,12 +3,11 @@ import AsyncHTTPClient
 import Foundation
 import GGUF
 import HTTPTypes
-import Hummingbird
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import Runtime
-import Serving
 import Synchronization
 import Usage
 
@@ -16,7 +15,7 @@ import Usage
 /// dropped without its body ever being written (client gone before the head was sent). Holds the
 /// request's token reservation too, so a dropped response still reconciles it (charging the
 /// prompt bound) instead of leaving the team's in-flight count and budget held forever.
-final class LeaseHolder: Sendable {
+public final class LeaseHolder: Sendable {
     let lease: Lease
     let scheduler: Scheduler
     let access: AccessControl?
@@ -33,7 +32,7 @@ final class LeaseHolder: Sendable {
         self.promptBound = promptBound
     }
 
-    func release() async {
+    public func release() async {
         guard take(released) else { return }
         await scheduler.release(lease)
     }
@@ -69,16 +68,16 @@ final class LeaseHolder: Sendable {
 }
 
 /// A request sent to an instance, holding its lease until ``Relay/finish`` releases it.
-struct UpstreamExchange: Sendable {
-    let requestID: String
-    let route: String
-    let lease: Lease
+public struct UpstreamExchange: Sendable {
+    public let requestID: String
+    public let route: String
+    public let lease: Lease
     let holder: LeaseHolder
-    let started: ContinuousClock.Instant
-    let response: HTTPClientResponse
-    let caller: Caller
+    public let started: ContinuousClock.Instant
+    public let response: HTTPClientResponse
+    public let caller: Caller
     /// Tokens held against the caller's limits until ``Relay/finish`` reconciles them.
-    let reservation: Reservation?
+    public let reservation: Reservation?
     /// The prompt part of the reservation (what an abandoned stream is charged besides its events).
     let promptBound: Int
     /// When the request was handed to the upstream client.
@@ -86,38 +85,16 @@ struct UpstreamExchange: Sendable {
 
     /// The length of an answer the local client gathered whole before handing it over (a
     /// `content-length` up to ``LocalUpstreamClient/gatherLimit``); nil for one that streams.
-    var gatheredLength: Int? {
+    public var gatheredLength: Int? {
         guard let length = response.headers.first(name: "content-length").flatMap(Int.init), length <= LocalUpstreamClient.gatherLimit else { return nil }
         return length
     }
 }
 
-/// Why reading an upstream answer failed, as the ledger and both APIs report it.
-struct UpstreamFailure: Sendable {
-    let status: Int
-    /// The ledger's error kind and the OpenAI error code.
-    let kind: String
-    let message: String
-
-    var openAIError: OpenAIError {
-        OpenAIError(HTTPResponse.Status(code: status), message, type: "server_error", code: kind, retryAfter: 1)
-    }
-}
-
-/// Which API's shape errors take once an answer is under way: an upstream's error body and a
-/// failure in the middle of a stream. (Refusals before that are thrown and shaped by
-/// `ErrorShapeMiddleware`.)
-public enum ErrorShape: Sendable {
-    /// Passed through as the upstream wrote it; a failure mid-stream is an OpenAI error event.
-    case openAI
-    /// Anthropic's `{"type":"error","error":{…}}`; mid-stream an `event: error`.
-    case anthropic
-}
-
 /// Sends a request to the instance serving its model and streams the answer back without
 /// buffering, observing time to first byte and the final usage on the way.
 public struct Relay: Sendable {
-    let scheduler: Scheduler
+    public let scheduler: Scheduler
     /// For remote upstreams.
     let client: HTTPClient
     /// For the llama-servers Corral runs.
@@ -148,103 +125,34 @@ public struct Relay: Sendable {
 
     /// Headers that belong to one hop and are not forwarded. `accept-encoding` is dropped so an
     /// upstream answers uncompressed: Corral reads events and usage as they pass.
-    static let hopByHop: [String] = [
+    public static let hopByHop: [String] = [
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
         "transfer-encoding", "upgrade", "host", "authorization", "x-api-key", "content-length", "accept-encoding",
     ]
 
-    /// Reads and parses a JSON body, mapping size and syntax problems to OpenAI errors.
-    public static func readJSON(_ request: Request, context: GatewayRequestContext) async throws -> (ByteBuffer, [String: Any]) {
-        let buffer: ByteBuffer
-        do {
-            buffer = try await request.body.collect(upTo: context.maxUploadSize)
-        } catch {
-            throw OpenAIError(.contentTooLarge, "request body exceeds \(context.maxUploadSize) bytes", code: "request_too_large")
-        }
-        let object = try JSON.object(Data(buffer.readableBytesView))
-        return (buffer, object)
-    }
-
-    /// A body that names no model, with the default model named in it (the bytes are rewritten
-    /// only then); unchanged when it names one or when there is no default.
-    static func withDefaultModel(_ buffer: ByteBuffer, _ body: [String: Any], catalog: ModelCatalog) -> (ByteBuffer, [String: Any]) {
-        guard body["model"] == nil || body["model"] is NSNull, let name = catalog.defaultModel else { return (buffer, body) }
-        var named = body
-        named["model"] = name
-        return (ByteBuffer(bytes: JSON.data(named)), named)
-    }
-
-    /// A JSON POST whose common fields have been checked, ready to send.
-    struct CheckedPost {
-        let modelName: String
-        let streaming: Bool
+    /// A JSON POST whose common fields the HTTP layer has checked, ready to send.
+    public struct CheckedPost: Sendable {
+        public let modelName: String
+        public let streaming: Bool
         /// The bytes to send upstream (the client's, with `include_usage` added when needed).
-        let outgoing: ByteBuffer
+        public let outgoing: ByteBuffer
         /// Whether to hide the usage chunk the client did not ask for.
-        let hideUsage: Bool
-        let tokens: TokenEstimate
-    }
+        public let hideUsage: Bool
+        public let tokens: TokenEstimate
 
-    /// Checks a JSON POST's `model`, `stream` and token-limit fields and, for OpenAI streaming
-    /// routes (`injectUsage`), asks upstream for the usage chunk.
-    static func check(buffer: ByteBuffer, body: [String: Any], injectUsage: Bool) throws(OpenAIError) -> CheckedPost {
-        guard let model = body["model"] else { throw OpenAIError.badRequest("missing required field 'model' (there is no default model)", param: "model") }
-        guard let modelName = model as? String, !modelName.isEmpty else {
-            throw OpenAIError.badRequest("'model' must be a non-empty string", param: "model")
+        public init(modelName: String, streaming: Bool, outgoing: ByteBuffer, hideUsage: Bool, tokens: TokenEstimate) {
+            self.modelName = modelName
+            self.streaming = streaming
+            self.outgoing = outgoing
+            self.hideUsage = hideUsage
+            self.tokens = tokens
         }
-        if let s = body["stream"], !(s is NSNull), !isJSONBool(s) {
-            throw OpenAIError.badRequest("'stream' must be a boolean", param: "stream")
-        }
-        for key in ["max_tokens", "max_completion_tokens", "n_predict"] {
-            if let v = body[key], !(v is NSNull) {
-                guard let n = v as? NSNumber, !isJSONBool(n), n.doubleValue == n.doubleValue.rounded(), n.doubleValue >= -1 else {
-                    throw OpenAIError.badRequest("'\(key)' must be an integer, -1 or more", param: key)
-                }
-            }
-        }
-        let streaming = (body["stream"] as? Bool) == true
-        var outgoing = buffer
-        var hideUsage = false
-        if injectUsage && streaming {
-            let options = body["stream_options"] as? [String: Any] ?? [:]
-            if (options["include_usage"] as? Bool) != true {
-                if body["stream_options"] == nil, let spliced = Self.askingForUsage(buffer) {
-                    outgoing = spliced
-                } else {
-                    var modified = body
-                    var o = options
-                    o["include_usage"] = true
-                    modified["stream_options"] = o
-                    outgoing = ByteBuffer(bytes: JSON.data(modified))
-                }
-                hideUsage = true
-            }
-        }
-        return CheckedPost(modelName: modelName, streaming: streaming, outgoing: outgoing, hideUsage: hideUsage, tokens: TokenEstimate(body))
-    }
-
-    /// Forwards a JSON POST for the model named in its body.
-    /// - Parameter injectUsage: for OpenAI streaming routes, ask upstream for the usage chunk.
-    public func forwardJSON(
-        route: String, upstreamPath: String, buffer: ByteBuffer, body: [String: Any],
-        injectUsage: Bool, errorShape: ErrorShape = .openAI, request: Request, context: GatewayRequestContext
-    ) async throws -> Response {
-        let post = try Self.check(buffer: buffer, body: body, injectUsage: injectUsage)
-        if Self.hearsOfLoads(streaming: post.streaming, request.headers), let spec = pendingLoad(post.modelName) {
-            return try await forwardWaitingForLoad(
-                post, model: spec.id, route: route, upstreamPath: upstreamPath, style: Self.progressStyle(streaming: post.streaming, spec: spec, route: route),
-                errorShape: errorShape, request: request, context: context)
-        }
-        let exchange = try await open(
-            route: route, method: .POST, upstreamPath: upstreamPath, modelName: post.modelName, body: post.outgoing, headers: request.headers,
-            caller: context.caller, tokens: post.tokens)
-        return try await relayResponse(exchange, hideUsage: post.hideUsage, errorShape: errorShape)
     }
 
     /// `body` (a JSON object without `stream_options`) with `"stream_options":{"include_usage":true}`
     /// inserted as its first member: the client's bytes are kept as they are instead of being
     /// parsed and written again. Nil when the text does not start with a non-empty object.
-    static func askingForUsage(_ body: ByteBuffer) -> ByteBuffer? {
+    public static func askingForUsage(_ body: ByteBuffer) -> ByteBuffer? {
         let bytes = body.readableBytesView
         guard let open = bytes.firstIndex(where: { !JSONMembers.isSpace($0) }), bytes[open] == UInt8(ascii: "{"),
               let next = bytes[(open + 1)...].firstIndex(where: { !JSONMembers.isSpace($0) }), bytes[next] != UInt8(ascii: "}")
@@ -257,35 +165,24 @@ public struct Relay: Sendable {
         return out
     }
 
-    /// Forwards any request for `modelName` to its instance.
-    public func forward(
-        route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?,
-        hideUsage: Bool, errorShape: ErrorShape = .openAI, contentType: String = "application/json", request: Request, context: GatewayRequestContext
-    ) async throws -> Response {
-        let exchange = try await open(
-            route: route, method: method, upstreamPath: upstreamPath, modelName: modelName, body: body, headers: request.headers,
-            caller: context.caller, tokens: TokenEstimate(prompt: 0, output: 0), contentType: contentType)
-        return try await relayResponse(exchange, hideUsage: hideUsage, errorShape: errorShape)
-    }
-
     /// Leases an instance for `modelName` and sends it the request; the caller reads the answer
-    /// and must end with ``finish(_:status:errorKind:firstByte:usage:timings:disconnected:)``.
-    /// Failures before an answer arrives are recorded here and thrown as OpenAI errors.
-    func open(
+    /// and must end with ``finish(_:status:errorKind:firstByte:usage:disconnected:streamedEvents:)``.
+    /// Failures before an answer arrives are recorded here and thrown.
+    public func open(
         route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?, headers: HTTPFields,
         caller: Caller, tokens: TokenEstimate, keepAlive: Duration? = nil, load: LoadOptions? = nil, contentType: String = "application/json",
         priority: RequestPriority = .interactive
-    ) async throws(OpenAIError) -> UpstreamExchange {
+    ) async throws(ServingError) -> UpstreamExchange {
         if let ledger, !ledger.hasRoom {
             // Every admitted request writes a row; past the bound, refuse rather than grow
             // memory or drop a row. Counted in /metrics, not in the ledger (it is full).
             ledger.noteRefused()
-            throw OpenAIError(.serviceUnavailable, "the usage ledger is behind on its writes; retry shortly", type: "server_error", code: "ledger_full", retryAfter: 1)
+            throw ServingError(status: 503, code: .ledgerFull, "the usage ledger is behind on its writes; retry shortly", retryAfter: 1)
         }
         let started = ContinuousClock.now
         let requestID = RequestIDs.next()
-        func refused(_ error: OpenAIError, kind: String) -> OpenAIError {
-            recordRefusal(requestID: requestID, route: route, model: modelName, status: Int(error.status.code), kind: kind, caller: caller, started: started)
+        func refused(_ error: ServingError) -> ServingError {
+            recordRefusal(requestID: requestID, route: route, model: modelName, status: error.status, kind: error.kind, caller: caller, started: started)
             return error
         }
         // A request relayed here by a peer: served only if the model is loaded here, or if it
@@ -299,7 +196,7 @@ public struct Relay: Sendable {
         var promptBound = 0
         if let access {
             guard let spec = scheduler.currentCatalog.resolve(modelName) else {
-                throw refused(.modelNotFound(modelName), kind: "model_not_found")
+                throw refused(.modelNotFound(modelName))
             }
             let context = spec.contextSize ?? spec.facts?.contextLength ?? 4096
             do {
@@ -308,7 +205,7 @@ public struct Relay: Sendable {
                 promptBound = tokens.reservation(context: 0, templateBytes: templateBytes)
                 reservation = try await access.admit(caller, model: [spec.id, modelName] + spec.aliases, tokens: needed, requestID: requestID, route: route)
             } catch {
-                throw refused(OpenAIError(error), kind: error.kind)
+                throw refused(ServingError(error))
             }
         }
         var lease: Lease
@@ -327,10 +224,10 @@ public struct Relay: Sendable {
             if placedHere {
                 // A cold load placed here that cannot be had (no room, a failed load): decline,
                 // and the sending node loads it itself.
-                throw Self.declined("model '\(modelName)' could not be loaded on this node: \(error)", code: "cannot_load_here")
+                throw Self.declined("model '\(modelName)' could not be loaded on this node: \(error)", code: .cannotLoadHere)
             }
             if let reservation { access?.reconcile(reservation, actualTokens: 0) }
-            throw refused(OpenAIError(error), kind: error.kind)
+            throw refused(ServingError(error))
         }
         var retried = false
         while true {
@@ -381,7 +278,7 @@ public struct Relay: Sendable {
                     // heartbeat old), or could not load it cold: it declined before doing
                     // anything; serve here.
                     let answer = try? await response.body.collect(upTo: 1 << 16)
-                    throw PeerDeclined(reason: answer.flatMap { Self.errorMessage(Data($0.readableBytesView)) } ?? "declined")
+                    throw PeerDeclined(reason: answer.flatMap(Self.errorMessage) ?? "declined")
                 }
                 return UpstreamExchange(
                     requestID: requestID, route: route, lease: lease, holder: holder, started: started, response: response, caller: caller,
@@ -403,7 +300,7 @@ public struct Relay: Sendable {
                     lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority)
                 } catch {
                     if let reservation { access?.reconcile(reservation, actualTokens: 0) }
-                    throw refused(OpenAIError(error), kind: error.kind)
+                    throw refused(ServingError(error))
                 }
             } catch where !retried && !lease.isRemote && Self.isRefused(error) {
                 // The instance died before the request reached it and its exit is not noticed
@@ -416,28 +313,28 @@ public struct Relay: Sendable {
                     lease = try await acquire(modelName, keepAlive: keepAlive, load: load, caller: caller, priority: priority)
                 } catch {
                     if let reservation { access?.reconcile(reservation, actualTokens: 0) }
-                    throw refused(OpenAIError(error), kind: error.kind)
+                    throw refused(ServingError(error))
                 }
             } catch {
                 await holder.release()
                 holder.reconcile(actualTokens: 0)
-                func recordFailure(status: Int, kind: String) {
-                    var r = leaseRecord(requestID: requestID, route: route, lease: lease, status: status, errorKind: kind, started: started)
-                    r.team = caller.teamID
-                    r.keyPrefix = caller.keyPrefix
-                    r.relayedFrom = caller.admittedBy
-                    record(r)
-                }
+                let failure: ServingError
                 if Self.isReadTimeout(error) {
-                    let failure = await bodyFailure(error, lease: lease)
-                    recordFailure(status: failure.status, kind: failure.kind)
-                    throw failure.openAIError
+                    failure = await bodyFailure(error, lease: lease)
+                } else {
+                    let crashed = await scheduler.instance(for: lease.modelID) == nil
+                    logger.warning("upstream request failed", metadata: ["model": "\(lease.modelID)", "error": "\(error)"])
+                    failure = ServingError(
+                        status: 502, code: .upstreamError,
+                        crashed ? "model '\(lease.modelID)' stopped while handling the request" : "upstream request failed: \(error)",
+                        retryAfter: 1, kind: "upstream_unreachable")
                 }
-                let crashed = await scheduler.instance(for: lease.modelID) == nil
-                logger.warning("upstream request failed", metadata: ["model": "\(lease.modelID)", "error": "\(error)"])
-                recordFailure(status: 502, kind: "upstream_unreachable")
-                throw OpenAIError(.badGateway, crashed ? "model '\(lease.modelID)' stopped while handling the request" : "upstream request failed: \(error)",
-                                  type: "server_error", code: "upstream_error", retryAfter: 1)
+                var r = leaseRecord(requestID: requestID, route: route, lease: lease, status: failure.status, errorKind: failure.kind, started: started)
+                r.team = caller.teamID
+                r.keyPrefix = caller.keyPrefix
+                r.relayedFrom = caller.admittedBy
+                record(r)
+                throw failure
             }
         }
     }
@@ -452,7 +349,7 @@ public struct Relay: Sendable {
     }
 
     /// The header a client may name its conversation with, for routing among a model's replicas.
-    static let sessionHeader = HTTPField.Name("x-session-id")!
+    public static let sessionHeader = HTTPField.Name("x-session-id")!
 
     /// What routes a request among `modelName`'s replicas: the leading blocks of the prompt the
     /// body carries (`system`, `messages` and `prompt`, as serialized) and its session (the
@@ -485,8 +382,12 @@ public struct Relay: Sendable {
     }
 
     /// The `error.message` of an OpenAI-shaped error body.
-    static func errorMessage(_ body: Data) -> String? {
-        ((try? JSONSerialization.jsonObject(with: body)) as? [String: Any]).flatMap { ($0["error"] as? [String: Any])?["message"] as? String }
+    static func errorMessage(_ body: ByteBuffer) -> String? {
+        struct ErrorBody: Decodable {
+            struct Inner: Decodable { var message: String? }
+            var error: Inner?
+        }
+        return (try? JSONDecoder().decode(ErrorBody.self, from: Data(body.readableBytesView)))?.error?.message
     }
 
     /// A local instance's port refused the connection: the request was not sent.
@@ -519,29 +420,29 @@ public struct Relay: Sendable {
     }
 
     /// Records the request, then releases the exchange's slot (recording first: a row must not
-    /// depend on the scheduler answering).
-    func finish(
+    /// depend on the scheduler answering). `errorKind` is a code (``ServingError/kind``,
+    /// ``upstreamErrorKind(_:)``), never a sentence.
+    public func finish(
         _ exchange: UpstreamExchange, status: Int, errorKind: String? = nil, firstByte: ContinuousClock.Instant? = nil,
-        usage: [String: Any]? = nil, timings: [String: Any]? = nil, disconnected: Bool = false, streamedEvents: Int? = nil
+        usage: AnswerUsage = AnswerUsage(), disconnected: Bool = false, streamedEvents: Int? = nil
     ) async {
-        settle(exchange, status: status, errorKind: errorKind, firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected,
-               streamedEvents: streamedEvents)
+        settle(exchange, status: status, errorKind: errorKind, firstByte: firstByte, usage: usage, disconnected: disconnected, streamedEvents: streamedEvents)
         await exchange.holder.release()
     }
 
     /// Reconciles the reservation with the real usage and records the request.
     func settle(
         _ exchange: UpstreamExchange, status: Int, errorKind: String? = nil, firstByte: ContinuousClock.Instant? = nil,
-        usage: [String: Any]? = nil, timings: [String: Any]? = nil, disconnected: Bool = false, streamedEvents: Int? = nil
+        usage: AnswerUsage = AnswerUsage(), disconnected: Bool = false, streamedEvents: Int? = nil
     ) {
         var r = leaseRecord(
             requestID: exchange.requestID, route: exchange.route, lease: exchange.lease, status: status, errorKind: errorKind,
-            started: exchange.started, firstByte: firstByte, usage: usage, timings: timings, disconnected: disconnected)
+            started: exchange.started, firstByte: firstByte, usage: usage, disconnected: disconnected)
         r.team = exchange.caller.teamID
         r.keyPrefix = exchange.caller.keyPrefix
         r.relayedFrom = exchange.caller.admittedBy
         r.gatewayOverheadMs = max(0, ms(exchange.sentAt - exchange.started) - r.queueMs - r.loadMs)
-        r.timePerOutputTokenMs = timings?["predicted_per_token_ms"] as? Double
+        r.timePerOutputTokenMs = usage.timePerOutputTokenMs
         if let reservation = exchange.reservation {
             // Known usage wins; a stream cut short is charged its prompt bound plus one token per
             // event it delivered; an error answer costs nothing; otherwise the reservation stands.
@@ -554,135 +455,9 @@ public struct Relay: Sendable {
         record(r)
     }
 
-    /// The OpenAI-route response: the upstream's status, headers and body, streamed through.
-    func relayResponse(_ exchange: UpstreamExchange, hideUsage: Bool, errorShape: ErrorShape = .openAI) async throws -> Response {
-        let (status, head, isSSE) = Self.responseHead(exchange)
-        var headers = head
-
-        // Small complete bodies (non-streamed answers, embeddings, tokenize) are read whole and
-        // sent in one write: fewer event-loop hops than streaming chunk by chunk, and the lease
-        // is released as soon as upstream is done.
-        if !isSSE, let length = exchange.gatheredLength {
-            let (collected, firstByte) = try await collectWhole(exchange, length: length)
-            // Releasing the slot and accounting happen off the response path: the client does not
-            // wait for the scheduler hop or for its body to be parsed for usage. They run on the
-            // connection's event loop once the response has been written, which costs less than
-            // waking a thread of the global pool for them.
-            let relay = self
-            Task(executorPreference: EventLoopExecutor.current ?? globalConcurrentExecutor) {
-                await relay.settleAnswer(exchange, status: status, body: collected, firstByte: firstByte)
-            }
-            if errorShape == .anthropic && status.code >= 400 {
-                let error = AnthropicError.reshaping(status: status.code, body: collected)
-                let body = ByteBuffer(string: error.body)
-                headers[.contentType] = "application/json"
-                headers[.contentLength] = String(body.readableBytes)
-                return Response(status: status, headers: headers, body: .init(byteBuffer: body))
-            }
-            return Response(status: status, headers: headers, body: .init(byteBuffer: collected))
-        }
-        let relay = self
-        return Response(
-            status: status, headers: headers,
-            body: ResponseBody { writer in
-                await relay.passBody(
-                    exchange, status: status, isSSE: isSSE, hideUsage: hideUsage, errorShape: errorShape,
-                    write: { chunk in
-                        do { try await writer.write(chunk) } catch { return false }
-                        return true
-                    },
-                    end: { try? await writer.finish(nil) })
-            })
-    }
-
-    /// Passes an answer's body on as it arrives (an event stream through the usage filter, which
-    /// hides the usage chunk the client did not ask for and reads usage and timings), ends the
-    /// response, then settles the request and releases its slot. A failure mid-stream becomes an
-    /// error event. `write` returns false once the client is gone (which stops reading upstream,
-    /// and so cancels it); `end` is called only while the client is still there. Returns whether
-    /// it was called.
-    @discardableResult
-    func passBody(
-        _ exchange: UpstreamExchange, status: HTTPResponse.Status, isSSE: Bool, hideUsage: Bool, errorShape: ErrorShape = .openAI,
-        write: (ByteBuffer) async -> Bool, end: () async -> Void
-    ) async -> Bool {
-        var filter = SSEUsageFilter(hideUsageChunk: hideUsage && isSSE)
-        var collected = ByteBuffer()  // non-streamed bodies, for their usage (capped)
-        var firstByte: ContinuousClock.Instant?
-        var disconnected = false
-        var failure: UpstreamFailure?
-        do {
-            for try await chunk in exchange.response.body {
-                if firstByte == nil { firstByte = .now }
-                var out = chunk
-                if isSSE {
-                    out = filter.feed(chunk)
-                } else if collected.readableBytes < 4 << 20 {
-                    collected.writeImmutableBuffer(chunk)
-                }
-                if out.readableBytes > 0, !(await write(out)) {
-                    disconnected = true
-                    break
-                }
-            }
-        } catch {
-            failure = await bodyFailure(error, lease: exchange.lease)
-        }
-        if !disconnected {
-            if isSSE {
-                let rest = filter.finish()
-                if rest.readableBytes > 0 { _ = await write(rest) }
-                if let failure {
-                    let event = switch errorShape {
-                    case .openAI: "data: " + failure.openAIError.jsonBody + "\n\n"
-                    case .anthropic: AnthropicError(failure.openAIError).event
-                    }
-                    _ = await write(ByteBuffer(string: event))
-                }
-            }
-            await end()
-        }
-        guard isSSE else {
-            await settleAnswer(exchange, status: status, body: collected, firstByte: firstByte, failure: failure, disconnected: disconnected)
-            return !disconnected
-        }
-        settle(
-            exchange, status: failure?.status ?? Int(status.code), errorKind: failure?.kind ?? Self.upstreamErrorKind(status),
-            firstByte: firstByte, usage: filter.usage, timings: filter.timings, disconnected: disconnected, streamedEvents: filter.events)
-        await exchange.holder.release()
-        return !disconnected
-    }
-
-    /// Reads an answer the local client gathered whole (see ``UpstreamExchange/gatheredLength``).
-    /// On a failure the request is settled and its slot released, and the error to send is thrown.
-    func collectWhole(_ exchange: UpstreamExchange, length: Int) async throws(OpenAIError) -> (ByteBuffer, firstByte: ContinuousClock.Instant) {
-        do {
-            return (try await exchange.response.body.collect(upTo: length), .now)
-        } catch {
-            let failure = await bodyFailure(error, lease: exchange.lease)
-            settle(exchange, status: failure.status, errorKind: failure.kind)
-            await exchange.holder.release()
-            throw failure.openAIError
-        }
-    }
-
-    /// Settles an answer that is not an event stream, with the usage and timings its body holds
-    /// (`body` may be the first 4 MiB of a long one), then releases its slot.
-    func settleAnswer(
-        _ exchange: UpstreamExchange, status: HTTPResponse.Status, body: ByteBuffer, firstByte: ContinuousClock.Instant?,
-        failure: UpstreamFailure? = nil, disconnected: Bool = false
-    ) async {
-        let object = body.withUnsafeReadableBytes { JSONMembers.members(["usage", "timings"], of: $0) }
-        settle(
-            exchange, status: failure?.status ?? Int(status.code), errorKind: failure?.kind ?? Self.upstreamErrorKind(status),
-            firstByte: firstByte, usage: object?["usage"] as? [String: Any], timings: object?["timings"] as? [String: Any],
-            disconnected: disconnected)
-        await exchange.holder.release()
-    }
-
     /// The client's response status and headers for an upstream answer: the upstream's minus
     /// hop-by-hop fields, no buffering for event streams, the request ID and rate-limit headers.
-    static func responseHead(_ exchange: UpstreamExchange) -> (HTTPResponse.Status, HTTPFields, isSSE: Bool) {
+    public static func responseHead(_ exchange: UpstreamExchange) -> (HTTPResponse.Status, HTTPFields, isSSE: Bool) {
         let response = exchange.response
         var headers = HTTPFields()
         for (name, value) in response.headers where !Self.hopByHop.contains(name.lowercased()) {
@@ -707,7 +482,7 @@ public struct Relay: Sendable {
 
     /// Records a request refused before it reached an instance (unknown model, limits, load
     /// failures), so the ledger has a row for every request that named a model.
-    func recordRefusal(
+    public func recordRefusal(
         requestID: String = RequestIDs.next(), route: String, model: String, status: Int, kind: String, caller: Caller,
         started: ContinuousClock.Instant = .now
     ) {
@@ -741,52 +516,39 @@ public struct Relay: Sendable {
 
     /// Declines a request a peer relayed here (see `open`) unless this node can serve it: the
     /// model is in this node's catalog, and loaded here or placed here to be loaded (`placedHere`).
-    func declineUnlessServable(_ modelName: String, placedHere: Bool) async throws(OpenAIError) {
+    func declineUnlessServable(_ modelName: String, placedHere: Bool) async throws(ServingError) {
         guard let spec = scheduler.currentCatalog.resolve(modelName) else {
-            throw Self.declined("model '\(modelName)' is not in this node's catalog", code: "not_in_catalog_here")
+            throw Self.declined("model '\(modelName)' is not in this node's catalog", code: .notInCatalogHere)
         }
         if !placedHere, await scheduler.instance(for: spec.id) == nil {
             // Relayed here because this node had the model loaded a heartbeat ago; it has not
             // now. Decline rather than load: the sending node serves it itself.
-            throw Self.declined("model '\(spec.id)' is not loaded on this node", code: "not_loaded_here")
+            throw Self.declined("model '\(spec.id)' is not loaded on this node", code: .notLoadedHere)
         }
     }
 
     /// The refusal of a relayed request that the sending node serves itself instead.
-    static func declined(_ message: String, code: String) -> OpenAIError {
-        var declined = OpenAIError(.serviceUnavailable, message, type: "server_error", code: code, retryAfter: 1)
-        declined.extraHeaders = [ClusterNode.declinedHeader: "1"]
+    static func declined(_ message: String, code: ServingError.Code) -> ServingError {
+        var declined = ServingError(status: 503, code: code, message, retryAfter: 1)
+        declined.headers = [ClusterNode.declinedHeader: "1"]
         return declined
-    }
-
-    /// Reads a whole (non-streamed) answer; a failure while reading is recorded, the exchange
-    /// finished, and thrown as the OpenAI error. On success the caller still finishes it.
-    func collect(_ exchange: UpstreamExchange) async throws -> ByteBuffer {
-        var answer = ByteBuffer()
-        do {
-            for try await chunk in exchange.response.body { answer.writeImmutableBuffer(chunk) }
-        } catch {
-            let failure = await bodyFailure(error, lease: exchange.lease)
-            await finish(exchange, status: failure.status, errorKind: failure.kind)
-            throw failure.openAIError
-        }
-        return answer
     }
 
     /// Classifies a failure while reading an upstream answer: the instance died (502), or it went
     /// silent past the read timeout (504), in which case it is stopped.
-    func bodyFailure(_ error: any Error, lease: Lease) async -> UpstreamFailure {
+    public func bodyFailure(_ error: any Error, lease: Lease) async -> ServingError {
         if Self.isReadTimeout(error) {
             await scheduler.reportUnresponsive(lease, reason: "no bytes within the read timeout")
-            return UpstreamFailure(
-                status: 504, kind: "upstream_timeout",
-                message: "model '\(lease.modelID)' stopped answering (nothing within the read timeout); its llama-server was stopped and the next request starts a new one")
+            return ServingError(
+                status: 504, code: .upstreamTimeout,
+                "model '\(lease.modelID)' stopped answering (nothing within the read timeout); its llama-server was stopped and the next request starts a new one",
+                retryAfter: 1)
         }
-        return UpstreamFailure(status: 502, kind: "upstream_crashed", message: "model '\(lease.modelID)' stopped while answering")
+        return ServingError(status: 502, code: .upstreamCrashed, "model '\(lease.modelID)' stopped while answering", retryAfter: 1)
     }
 
     /// The ledger's error kind for an upstream answer (`upstream_400` …), nil for success.
-    static func upstreamErrorKind(_ status: HTTPResponse.Status) -> String? {
+    public static func upstreamErrorKind(_ status: HTTPResponse.Status) -> String? {
         status.code >= 400 ? "upstream_\(status.code)" : nil
     }
 
@@ -798,18 +560,14 @@ public struct Relay: Sendable {
     /// The record of a request that held a lease, with llama-server's usage and timings when known.
     func leaseRecord(
         requestID: String, route: String, lease: Lease, status: Int, errorKind: String? = nil, started: ContinuousClock.Instant,
-        firstByte: ContinuousClock.Instant? = nil, usage: [String: Any]? = nil, timings: [String: Any]? = nil, disconnected: Bool = false
+        firstByte: ContinuousClock.Instant? = nil, usage: AnswerUsage = AnswerUsage(), disconnected: Bool = false
     ) -> RequestRecord {
         var r = RequestRecord(
             requestID: requestID, route: route, model: lease.modelID, status: status, errorKind: errorKind,
             queueMs: ms(lease.queueDuration), loadMs: ms(lease.loadDuration),
             timeToFirstByteMs: firstByte.map { ms($0 - started) }, totalMs: ms(ContinuousClock.now - started),
-            promptTokens: usage.flatMap(Self.promptTokens),
-            cachedTokens: (usage?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int ?? usage?["cache_read_input_tokens"] as? Int
-                ?? timings?["cache_n"] as? Int,
-            completionTokens: usage?["completion_tokens"] as? Int ?? usage?["output_tokens"] as? Int,
-            promptTokensPerSecond: timings?["prompt_per_second"] as? Double,
-            generationTokensPerSecond: timings?["predicted_per_second"] as? Double,
+            promptTokens: usage.promptTokens, cachedTokens: usage.cachedTokens, completionTokens: usage.completionTokens,
+            promptTokensPerSecond: usage.promptTokensPerSecond, generationTokensPerSecond: usage.generationTokensPerSecond,
             clientDisconnected: disconnected)
         r.node = lease.peer
         r.replica = lease.replica
@@ -817,16 +575,7 @@ public struct Relay: Sendable {
     }
 }
 
-extension Relay {
-    /// The prompt tokens of an OpenAI `usage` (`prompt_tokens`, cached ones included) or an
-    /// Anthropic one (`input_tokens` plus `cache_read_input_tokens`, which it counts apart).
-    static func promptTokens(_ usage: [String: Any]) -> Int? {
-        if let openAI = usage["prompt_tokens"] as? Int { return openAI }
-        guard let input = usage["input_tokens"] as? Int else { return nil }
-        return input + (usage["cache_read_input_tokens"] as? Int ?? 0) + (usage["cache_creation_input_tokens"] as? Int ?? 0)
-    }
-}
-
-func ms(_ d: Duration) -> Double {
+/// A duration in milliseconds, as the ledger records them.
+public func ms(_ d: Duration) -> Double {
     Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
 }

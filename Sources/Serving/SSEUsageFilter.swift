@@ -1,4 +1,3 @@
-import Foundation
 import NIOCore
 import Runtime
 
@@ -10,8 +9,8 @@ public struct SSEUsageFilter {
     /// Drop the usage-only chunk (`"choices":[]`) from the client's stream.
     let hideUsageChunk: Bool
     private var pending = ByteBuffer()
-    public private(set) var usage: [String: Any]?
-    public private(set) var timings: [String: Any]?
+    /// The usage and timings the stream reported (Anthropic's split usage merged).
+    public private(set) var reported = AnswerUsage()
     /// Complete events seen (about one per generated token), for charging a stream cut short.
     public private(set) var events = 0
 
@@ -65,10 +64,10 @@ public struct SSEUsageFilter {
             guard let found = Array(payload.utf8).withUnsafeBytes({ JSONMembers.members(["usage", "timings", "message"], of: $0) }) else { continue }
             // OpenAI sends usage once; Anthropic's stream splits it: the input in `message_start`'s
             // `message.usage`, the output in `message_delta`'s `usage`. Merged, both are kept.
-            if let u = found["usage"] as? [String: Any] ?? (found["message"] as? [String: Any])?["usage"] as? [String: Any] {
-                usage = (usage ?? [:]).merging(u) { _, new in new }
+            if let u = found["usage"] ?? found["message"]?.objects["usage"] {
+                reported.usage = reported.usage?.merging(u) ?? u
             }
-            if let t = found["timings"] as? [String: Any] { timings = t }
+            if let t = found["timings"] { reported.timings = t }
             // The usage-only chunk llama-server sends last: `"choices":[]` (compact, so never
             // inside a string, where its quotes would be escaped).
             if hideUsageChunk, found["usage"] != nil, Self.contains(bytes, Self.emptyChoices) { return false }

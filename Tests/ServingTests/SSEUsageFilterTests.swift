@@ -29,13 +29,32 @@ struct SSEUsageFilterTests {
     @Test(arguments: [1, 7, 64, 4096]) func readsUsageAndHidesOnlyTheUsageChunk(step: Int) {
         for hide in [true, false] {
             let (filter, out) = run(hide: hide, splitEvery: step)
-            #expect(filter.usage?["prompt_tokens"] as? Int == 5)
-            #expect(filter.usage?["completion_tokens"] as? Int == 2)
-            #expect((filter.usage?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int == 4)
-            #expect(filter.timings?["predicted_per_second"] as? Double == 812.5)
+            #expect(filter.reported.promptTokens == 5)
+            #expect(filter.reported.completionTokens == 2)
+            #expect(filter.reported.cachedTokens == 4)
+            #expect(filter.reported.generationTokensPerSecond == 812.5)
             #expect(filter.events == 5)
             let expected = hide ? Self.events.enumerated().filter { $0.offset != 3 }.map(\.element).joined() : Self.events.joined()
             #expect(out == expected)
         }
+    }
+
+    /// Anthropic's stream splits its usage: the input in `message_start`'s `message.usage`, the
+    /// output in `message_delta`'s `usage`; both are kept.
+    @Test func mergesAnthropicsSplitUsage() {
+        var filter = SSEUsageFilter(hideUsageChunk: false)
+        let stream = [
+            #"event: message_start"#,
+            #"data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":7,"cache_read_input_tokens":3,"output_tokens":1}}}"#,
+            "",
+            #"event: message_delta"#,
+            #"data: {"type":"message_delta","usage":{"output_tokens":9}}"#,
+            "", "",
+        ].joined(separator: "\n")
+        _ = filter.feed(ByteBuffer(string: stream))
+        _ = filter.finish()
+        #expect(filter.reported.promptTokens == 10)
+        #expect(filter.reported.completionTokens == 9)
+        #expect(filter.reported.cachedTokens == 3)
     }
 }

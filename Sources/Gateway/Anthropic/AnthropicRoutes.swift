@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import NIOCore
+import Serving
 import NIOHTTP1
 import Runtime
 

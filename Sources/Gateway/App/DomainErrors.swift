@@ -5,8 +5,10 @@ import Foundation
 import HTTPTypes
 import Jobs
 import Lab
+import NIOHTTP1
 import Library
 import Runtime
+import Serving
 
 /// Runs a domain call (jobs, lab, library, scheduler, files, evaluations, fine-tuning, pulls,
 /// accounts), turning its refusals into OpenAI-shaped errors: the one place a domain error gets
@@ -33,6 +35,8 @@ func mapped<T>(_ body: () async throws -> T) async throws -> T {
     } catch let error as LibraryError {
         throw OpenAIError(error)
     } catch let error as SchedulerError {
+        throw OpenAIError(error)
+    } catch let error as ServingError {
         throw OpenAIError(error)
     } catch let error as FileError {
         switch error {
@@ -64,6 +68,34 @@ func mapped<T>(_ body: () async throws -> T) async throws -> T {
         case .notFound(let message): throw OpenAIError(.notFound, message, code: "not_found")
         case .conflict(let message): throw OpenAIError(.conflict, message, code: "conflict")
         case .storage(let message): throw OpenAIError(.internalServerError, message, type: "server_error", code: "eval_store")
+        }
+    }
+}
+
+extension OpenAIError {
+    /// The serving path's refusals and failures in OpenAI's shape (the Anthropic and Ollama
+    /// shapes are made from this one): its status, code, message, param and retry advice;
+    /// `type` is `invalid_request_error` for the request's own faults, `rate_limit_exceeded` for
+    /// a limit, `server_error` otherwise.
+    public init(_ error: ServingError) {
+        let status = HTTPResponse.Status(code: error.status, reasonPhrase: HTTPResponseStatus(statusCode: error.status).reasonPhrase)
+        let type = error.code == .rateLimitExceeded ? "rate_limit_exceeded" : error.code.isClientError ? "invalid_request_error" : "server_error"
+        self.init(status, error.message, type: type, code: error.code.rawValue, param: error.param, retryAfter: error.retryAfter)
+        extraHeaders = error.headers
+    }
+
+    /// A scheduler failure, with the status a client should see.
+    public init(_ error: SchedulerError) { self.init(ServingError(error)) }
+
+    /// An access refusal: 401, 403, 429 with `Retry-After` and `x-ratelimit-*`, 400, …
+    public init(_ error: AccessError) { self.init(ServingError(error)) }
+
+    /// The library's refusals (a bad query or profile, an unknown model).
+    public init(_ error: LibraryError) {
+        switch error {
+        case .badRequest(let message, let param): self = .badRequest(message, param: param)
+        case .modelNotFound(let model): self = .modelNotFound(model)
+        case .storage(let message): self.init(.internalServerError, message, type: "server_error", code: "library_store")
         }
     }
 }

@@ -21,7 +21,7 @@ import Telemetry
 /// event loop, makes every check the router would (host guard, key, body, profile, fields) with
 /// the same functions, and runs one task on the connection's loop for what must wait (admission,
 /// the scheduler, the upstream answer). A whole answer goes out in one write; an event stream
-/// goes through the router's own loop, ``Relay/passBody(_:status:isSSE:hideUsage:write:end:)``.
+/// goes through the router's own call into the response pump, ``Relay/passBody(_:status:isSSE:hideUsage:errorShape:write:end:)``.
 ///
 /// Anything else — browsers (an `Origin`), remote models, chunked or oversized bodies,
 /// `Connection: close`, and every request that a check refuses — is handed to Hummingbird
@@ -117,7 +117,8 @@ struct FastLane: Sendable {
 
     /// Sends the request upstream and hands each part of the answer to `write` (on the
     /// connection's loop); settles the request (ledger, usage, slot) after the answer is out.
-    /// Mirrors ``Relay/relayResponse(_:hideUsage:)``.
+    /// Reads the answer with the router's own calls (``Relay/readWhole(_:keepingUpTo:)``, the
+    /// response pump); only the writing differs.
     func answer(_ ticket: Ticket, write: @escaping @Sendable (Output) async -> Bool) async {
         let relay = self.relay
         let exchange: UpstreamExchange
@@ -126,17 +127,17 @@ struct FastLane: Sendable {
                 route: ticket.path, method: .POST, upstreamPath: ticket.path, modelName: ticket.post.modelName, body: ticket.post.outgoing,
                 headers: ticket.headers, caller: ticket.caller, tokens: ticket.post.tokens)
         } catch {
-            await Self.writeError(error, write)
+            await Self.writeError(OpenAIError(error), write)
             return
         }
         let (status, headers, isSSE) = Relay.responseHead(exchange)
-        if !isSSE, let length = exchange.gatheredLength {
+        if !isSSE, exchange.gatheredLength != nil {
             do {
-                let (collected, firstByte) = try await relay.collectWhole(exchange, length: length)
-                _ = await write(.whole(HTTPResponse(status: status, headerFields: headers), collected))
-                await relay.settleAnswer(exchange, status: status, body: collected, firstByte: firstByte)
+                let answer = try await relay.readWhole(exchange)
+                _ = await write(.whole(HTTPResponse(status: status, headerFields: headers), answer.body))
+                await relay.settleAnswer(exchange, status: Int(status.code), answer: answer)
             } catch {
-                await Self.writeError(error, write)
+                await Self.writeError(OpenAIError(error), write)
             }
             return
         }
@@ -150,8 +151,7 @@ struct FastLane: Sendable {
         if !ended { _ = await write(.end) }
     }
 
-    private static func writeError(_ error: any Error, _ write: @Sendable (Output) async -> Bool) async {
-        let error = error as? OpenAIError ?? OpenAIError(.internalServerError, "\(error)", type: "server_error")
+    private static func writeError(_ error: OpenAIError, _ write: @Sendable (Output) async -> Bool) async {
         _ = await write(.whole(HTTPResponse(status: error.status, headerFields: error.headerFields), ByteBuffer(string: error.jsonBody)))
     }
 }

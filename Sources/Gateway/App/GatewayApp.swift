@@ -135,7 +135,7 @@ public struct GatewayDependencies: Sendable {
                 let exchange = try await relay.open(
                     route: "/admin/benchmarks", method: .POST, upstreamPath: "/v1/chat/completions", modelName: model, body: body,
                     headers: [:], caller: .anonymous, tokens: TokenEstimate(prompt: 0, output: 0))
-                return (exchange.response, { status, usage, timings in await relay.finish(exchange, status: status, usage: usage, timings: timings) })
+                return (exchange.response, { status, usage, timings in await relay.finish(exchange, status: status, usage: AnswerUsage(usage: usage, timings: timings)) })
             },
             allocated: { model in await scheduler.instance(for: model)?.allocatedMiB })
         // Evaluation requests go through the same serving path under the key that started the
@@ -158,9 +158,8 @@ public struct GatewayDependencies: Sendable {
                 return (status, Data())
             }
             let answer = try await relay.collect(exchange)
-            let usage = answer.withUnsafeReadableBytes { JSONMembers.members(["usage", "timings"], of: $0) }
             await relay.finish(exchange, status: status, errorKind: Relay.upstreamErrorKind(exchange.response.status.code == 200 ? .ok : .init(code: status)),
-                               usage: usage?["usage"] as? [String: Any], timings: usage?["timings"] as? [String: Any])
+                               usage: answer.withUnsafeReadableBytes { AnswerUsage(answer: $0) })
             return (status, Data(answer.readableBytesView))
         }, environment: { model in
             guard let instance = await scheduler.instance(for: model) else { return nil }

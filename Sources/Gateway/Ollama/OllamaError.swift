@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import Serving
 
 /// An error in Ollama's shape, `{"error":"…"}`, with the status Ollama would use.
 public struct OllamaError: HTTPResponseError, Sendable {
@@ -30,6 +31,9 @@ public struct OllamaError: HTTPResponseError, Sendable {
         }
         extraHeaders = error.extraHeaders
     }
+
+    /// A serving failure, in Ollama's shape.
+    public init(_ error: ServingError) { self.init(OpenAIError(error)) }
 
     /// One NDJSON line: how an error is reported after a stream has started.
     public var line: String { JSON.encode(["error": message]) + "\n" }

@@ -125,7 +125,7 @@ struct OllamaRoutes: Sendable {
         do {
             return try await resolve(name)
         } catch {
-            relay.recordRefusal(route: route, model: name, status: Int(error.status.code), kind: "model_not_found", caller: caller)
+            relay.recordRefusal(route: route, model: name, status: Int(error.status.code), kind: ServingError.Code.modelNotFound.rawValue, caller: caller)
             throw error
         }
     }
@@ -254,7 +254,7 @@ struct OllamaRoutes: Sendable {
         let route = shape == .chat ? "/api/chat" : "/api/generate"
         let relay = self.relay
         let (upstreamPath, upstreamBody, tokens, keepAlive, loadOptions) = (plan.path, ByteBuffer(bytes: JSON.data(plan.body)), TokenEstimate(plan.body), plan.keepAlive, plan.load)
-        let open = { @Sendable [headers = request.headers, id = spec.id] () async throws(OpenAIError) -> UpstreamExchange in
+        let open = { @Sendable [headers = request.headers, id = spec.id] () async throws(ServingError) -> UpstreamExchange in
             try await relay.open(
                 route: route, method: .POST, upstreamPath: upstreamPath, modelName: id, body: upstreamBody,
                 headers: headers, caller: caller, tokens: tokens, keepAlive: keepAlive, load: loadOptions)
@@ -279,32 +279,24 @@ struct OllamaRoutes: Sendable {
         let status = Int(exchange.response.status.code)
         guard status == 200 else {
             // llama-server refused (bad parameters, prompt too long …): its message, Ollama's shape.
-            let bytes = try? await exchange.response.body.collect(upTo: 1 << 20)
-            await relay.finish(exchange, status: status, errorKind: "upstream_\(status)")
-            throw OllamaError(HTTPResponse.Status(code: status), Self.upstreamMessage(bytes) ?? "model '\(name)' answered \(status)")
+            let message = await settleRefusal(exchange, status: status)
+            throw OllamaError(HTTPResponse.Status(code: status), message ?? "model '\(name)' answered \(status)")
         }
         let load = exchange.lease.queueDuration + exchange.lease.loadDuration
         if !stream {
             var builder = OllamaResponseBuilder(shape: shape, kind: plan.kind, model: name)
-            var events = SSEEvents()
-            var firstByte: ContinuousClock.Instant?
-            do {
-                for try await chunk in exchange.response.body {
-                    if firstByte == nil { firstByte = .now }
-                    for payload in events.feed(chunk) { _ = builder.feed(payload) }
-                }
-            } catch {
-                let failure = await relay.bodyFailure(error, lease: exchange.lease)
-                await relay.finish(exchange, status: failure.status, errorKind: failure.kind, firstByte: firstByte)
-                throw OllamaError(HTTPResponse.Status(code: failure.status), failure.message)
+            let whole: WholeAnswer
+            do { whole = try await relay.readWhole(exchange) } catch {
+                throw OllamaError(HTTPResponse.Status(code: error.status), error.message)
             }
-            for payload in events.finish() { _ = builder.feed(payload) }
+            var events = SSEEvents()
+            for payload in events.feed(whole.body) + events.finish() { _ = builder.feed(payload) }
             if let message = builder.upstreamError {
-                await relay.finish(exchange, status: 500, errorKind: "upstream_error", firstByte: firstByte)
+                await relay.finish(exchange, status: 500, errorKind: ServingError.Code.upstreamError.rawValue, firstByte: whole.firstByte)
                 throw OllamaError(.internalServerError, message)
             }
             let answer = builder.final(whole: true, total: .now - arrival, load: load)
-            await relay.finish(exchange, status: 200, firstByte: firstByte, usage: builder.usage, timings: builder.timings)
+            await relay.finish(exchange, status: 200, firstByte: whole.firstByte, usage: AnswerUsage(usage: builder.usage, timings: builder.timings))
             return jsonResponse(answer)
         }
         return Response(status: .ok, headers: Self.ndjsonHeaders, body: ResponseBody { [kind = plan.kind] writer in
@@ -318,7 +310,7 @@ struct OllamaRoutes: Sendable {
     /// carries an empty partial answer every second (what any Ollama client appends as nothing)
     /// until the instance answers, then the answer; a failure is the stream's error line.
     func streamWaitingForLoad(
-        _ opening: Outcome<Result<UpstreamExchange, OpenAIError>>, name: String, shape: OllamaResponseBuilder.Shape,
+        _ opening: Outcome<Result<UpstreamExchange, ServingError>>, name: String, shape: OllamaResponseBuilder.Shape,
         kind: UpstreamPlan.Kind, arrival: ContinuousClock.Instant
     ) -> Response {
         let relay = self.relay
@@ -340,9 +332,8 @@ struct OllamaRoutes: Sendable {
             case .success(let exchange):
                 let status = Int(exchange.response.status.code)
                 guard status == 200 else {
-                    let bytes = try? await exchange.response.body.collect(upTo: 1 << 20)
-                    await relay.finish(exchange, status: status, errorKind: "upstream_\(status)")
-                    _ = try? await writer.write(ByteBuffer(string: OllamaError(.internalServerError, Self.upstreamMessage(bytes) ?? "model '\(name)' answered \(status)").line))
+                    let message = await settleRefusal(exchange, status: status)
+                    _ = try? await writer.write(ByteBuffer(string: OllamaError(.internalServerError, message ?? "model '\(name)' answered \(status)").line))
                     try? await writer.finish(nil)
                     return
                 }
@@ -352,64 +343,32 @@ struct OllamaRoutes: Sendable {
         })
     }
 
-    /// Translates llama-server's event stream into Ollama's NDJSON as it arrives, ends the
-    /// response, then settles the request.
+    /// Translates llama-server's event stream into Ollama's NDJSON as it arrives (through the
+    /// response pump), ends the response, then settles the request.
     static func relayStream(
         _ exchange: UpstreamExchange, relay: Relay, name: String, shape: OllamaResponseBuilder.Shape, kind: UpstreamPlan.Kind,
         arrival: ContinuousClock.Instant, load: Duration, writer: inout any ResponseBodyWriter
     ) async {
-        var builder = OllamaResponseBuilder(shape: shape, kind: kind, model: name)
-        var events = SSEEvents()
-        var delivered = 0
-        var firstByte: ContinuousClock.Instant?
-        var disconnected = false
-        var failure: UpstreamFailure?
-        func send(_ objects: [[String: Any]]) async -> Bool {
-            guard !objects.isEmpty else { return true }
-            var out = ByteBuffer()
-            for o in objects { out.writeString(JSON.encode(o) + "\n") }
-            do { try await writer.write(out) } catch { return false }
-            return true
-        }
-        do {
-            outer: for try await chunk in exchange.response.body {
-                if firstByte == nil { firstByte = .now }
-                for payload in events.feed(chunk) {
-                    let objects = builder.feed(payload)
-                    delivered += objects.count
-                    if !(await send(objects)) {
-                        disconnected = true
-                        break outer
-                    }
-                }
-            }
-        } catch {
-            failure = await relay.bodyFailure(error, lease: exchange.lease)
-        }
-        if !disconnected {
-            for payload in events.finish() {
-                let objects = builder.feed(payload)
-                _ = await send(objects)
-            }
-            if let message = failure?.message ?? builder.upstreamError {
-                // After the stream started, an error is one more line (status stays 200).
-                _ = try? await writer.write(ByteBuffer(string: OllamaError(.internalServerError, message).line))
-            } else {
-                var tail: [[String: Any]] = []
-                if let calls = builder.toolCallChunk() { tail.append(calls) }
-                tail.append(builder.final(whole: false, total: .now - arrival, load: load))
-                disconnected = !(await send(tail))
-            }
-            if !disconnected { try? await writer.finish(nil) }
-        }
-        await relay.finish(
-            exchange, status: failure?.status ?? 200, errorKind: failure?.kind ?? builder.upstreamError.map { _ in "upstream_error" },
-            firstByte: firstByte, usage: builder.usage, timings: builder.timings, disconnected: disconnected, streamedEvents: delivered)
+        var reader = OllamaStreamReader(builder: OllamaResponseBuilder(shape: shape, kind: kind, model: name), arrival: arrival, load: load)
+        await relay.pump(
+            exchange, status: 200, reader: &reader,
+            write: { chunk in
+                do { try await writer.write(chunk) } catch { return false }
+                return true
+            },
+            end: { try? await writer.finish(nil) })
+    }
+
+    /// Reads an upstream's error answer whole and settles it; the message it carries, if any.
+    func settleRefusal(_ exchange: UpstreamExchange, status: Int) async -> String? {
+        guard let answer = try? await relay.readWhole(exchange, keepingUpTo: 1 << 20) else { return nil }
+        await relay.finish(exchange, status: status, errorKind: Relay.upstreamErrorKind(HTTPResponse.Status(code: status)))
+        return Self.upstreamMessage(answer.body)
     }
 
     /// The message in an upstream error body (`{"error":{"message":…}}` or `{"error":"…"}`).
-    static func upstreamMessage(_ bytes: ByteBuffer?) -> String? {
-        guard let bytes, let object = try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)) as? [String: Any] else { return nil }
+    static func upstreamMessage(_ bytes: ByteBuffer) -> String? {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)) as? [String: Any] else { return nil }
         if let e = object["error"] as? [String: Any] { return e["message"] as? String }
         return object["error"] as? String
     }
@@ -511,15 +470,13 @@ struct OllamaRoutes: Sendable {
         let status = Int(exchange.response.status.code)
         let bytes: ByteBuffer
         do {
-            bytes = try await exchange.response.body.collect(upTo: 256 << 20)
+            bytes = try await relay.readWhole(exchange, keepingUpTo: 256 << 20).body
         } catch {
-            let failure = await relay.bodyFailure(error, lease: exchange.lease)
-            await relay.finish(exchange, status: failure.status, errorKind: failure.kind)
-            throw OllamaError(HTTPResponse.Status(code: failure.status), failure.message)
+            throw OllamaError(HTTPResponse.Status(code: error.status), error.message)
         }
         let object = try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)) as? [String: Any]
         guard status == 200, let data = object?["data"] as? [[String: Any]] else {
-            await relay.finish(exchange, status: status, errorKind: "upstream_\(status)")
+            await relay.finish(exchange, status: status, errorKind: Relay.upstreamErrorKind(HTTPResponse.Status(code: status)) ?? ServingError.Code.upstreamError.rawValue)
             let message = Self.upstreamMessage(bytes) ?? "embedding failed with status \(status)"
             if message.contains("too large") || message.contains("exceeds") {
                 // "… (current batch size: 512)": the most tokens one input may have.
@@ -529,7 +486,7 @@ struct OllamaRoutes: Sendable {
             throw OllamaError(HTTPResponse.Status(code: status == 200 ? 502 : status), message)
         }
         let usage = object?["usage"] as? [String: Any]
-        await relay.finish(exchange, status: 200, usage: usage)
+        await relay.finish(exchange, status: 200, usage: AnswerUsage(usage: usage, timings: nil))
         let sorted = data.sorted { ($0["index"] as? Int ?? 0) < ($1["index"] as? Int ?? 0) }
         let vectors = sorted.map { ($0["embedding"] as? [Any] ?? []).compactMap { ($0 as? NSNumber)?.doubleValue } }
         return .vectors(vectors, promptTokens: usage?["prompt_tokens"] as? Int ?? 0, load: exchange.lease.queueDuration + exchange.lease.loadDuration)
@@ -548,8 +505,8 @@ struct OllamaRoutes: Sendable {
             } catch {
                 throw OllamaError(error)
             }
-            let bytes = try? await exchange.response.body.collect(upTo: 64 << 20)
-            await relay.finish(exchange, status: Int(exchange.response.status.code))
+            let bytes = try? await relay.readWhole(exchange, keepingUpTo: 64 << 20).body
+            if bytes != nil { await relay.finish(exchange, status: Int(exchange.response.status.code)) }
             guard let bytes, let object = try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)) as? [String: Any],
                 let tokens = object["tokens"] as? [Int]
             else { throw OllamaError(.badGateway, "could not tokenize the input to truncate it") }
@@ -798,5 +755,54 @@ struct OllamaRoutes: Sendable {
         case "upstream", "digest_mismatch": return OllamaError(.badGateway, message)
         default: return OllamaError(.internalServerError, message)
         }
+    }
+}
+
+/// llama-server's event stream as Ollama's NDJSON, for the response pump: each complete event
+/// becomes the chunks a streaming Ollama client reads; at the end the tool calls and the final
+/// chunk with Ollama's counts, or the failure as one more error line (the status stays 200).
+struct OllamaStreamReader: AnswerReader {
+    var builder: OllamaResponseBuilder
+    let arrival: ContinuousClock.Instant
+    let load: Duration
+    private var events = SSEEvents()
+    private var delivered = 0
+
+    init(builder: OllamaResponseBuilder, arrival: ContinuousClock.Instant, load: Duration) {
+        self.builder = builder
+        self.arrival = arrival
+        self.load = load
+    }
+
+    mutating func feed(_ chunk: ByteBuffer) -> ByteBuffer {
+        var out = ByteBuffer()
+        for payload in events.feed(chunk) {
+            let objects = builder.feed(payload)
+            delivered += objects.count
+            Self.append(objects, to: &out)
+        }
+        return out
+    }
+
+    mutating func finish(failure: ServingError?) -> ByteBuffer {
+        var out = ByteBuffer()
+        for payload in events.finish() { Self.append(builder.feed(payload), to: &out) }
+        if let message = failure?.message ?? builder.upstreamError {
+            out.writeString(OllamaError(.internalServerError, message).line)
+        } else {
+            var tail: [[String: Any]] = []
+            if let calls = builder.toolCallChunk() { tail.append(calls) }
+            tail.append(builder.final(whole: false, total: .now - arrival, load: load))
+            Self.append(tail, to: &out)
+        }
+        return out
+    }
+
+    var reported: AnswerUsage { AnswerUsage(usage: builder.usage, timings: builder.timings) }
+    var deliveredEvents: Int? { delivered }
+    var reportedErrorKind: String? { builder.upstreamError.map { _ in ServingError.Code.upstreamError.rawValue } }
+
+    private static func append(_ objects: [[String: Any]], to out: inout ByteBuffer) {
+        for object in objects { out.writeString(JSON.encode(object) + "\n") }
     }
 }

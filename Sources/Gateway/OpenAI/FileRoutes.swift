@@ -4,6 +4,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import Serving
 import Store
 
 /// The OpenAI Files API: `POST /v1/files` (multipart `file` and `purpose`), `GET /v1/files`

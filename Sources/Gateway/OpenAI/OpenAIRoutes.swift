@@ -7,6 +7,7 @@ import Library
 import NIOCore
 import NIOHTTP1
 import Runtime
+import Serving
 import Telemetry
 
 /// OpenAI-compatible and llama.cpp-native routes (every route llama-server serves, at the same
