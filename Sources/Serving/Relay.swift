@@ -189,13 +189,15 @@ public struct Relay: Sendable {
         // was placed here to be loaded (a cold load); otherwise declined before anything is done,
         // and the sending node serves it itself.
         let placedHere = caller.admittedBy != nil && headers[HTTPField.Name(ClusterNode.placeHeader)!] != nil
+        // The model, looked up once in one catalog snapshot for every decision below.
+        let spec = scheduler.currentCatalog.resolve(modelName)
         if caller.admittedBy != nil {
-            try await declineUnlessServable(modelName, placedHere: placedHere)
+            try await declineUnlessServable(modelName, spec: spec, placedHere: placedHere)
         }
         var reservation: Reservation?
         var promptBound = 0
         if let access {
-            guard let spec = scheduler.currentCatalog.resolve(modelName) else {
+            guard let spec else {
                 throw refused(.modelNotFound(modelName))
             }
             let context = spec.contextSize ?? spec.facts?.contextLength ?? 4096
@@ -212,9 +214,8 @@ public struct Relay: Sendable {
         // A peer chosen to load a model no node has loaded (the request tells it so).
         var coldPeer = false
         do {
-            let affinity = Self.affinity(modelName, body: body, headers: headers, catalog: scheduler.currentCatalog,
-                                         clustered: cluster != nil, loadedHere: scheduler.isReady)
-            if let peer = await peerLease(modelName, caller: caller, headers: headers, upstreamPath: upstreamPath, affinity: affinity) {
+            let affinity = Self.affinity(spec, body: body, headers: headers, clustered: cluster != nil, loadedHere: scheduler.isReady)
+            if let peer = await peerLease(spec, caller: caller, headers: headers, upstreamPath: upstreamPath, affinity: affinity) {
                 lease = peer.lease
                 coldPeer = peer.cold
             } else {
@@ -351,14 +352,14 @@ public struct Relay: Sendable {
     /// The header a client may name its conversation with, for routing among a model's replicas.
     public static let sessionHeader = HTTPField.Name("x-session-id")!
 
-    /// What routes a request among `modelName`'s replicas: the leading blocks of the prompt the
+    /// What routes a request among `spec`'s replicas: the leading blocks of the prompt the
     /// body carries (`system`, `messages` and `prompt`, as serialized) and its session (the
     /// `x-session-id` header, else OpenAI's `user`). Also picks among the cluster peers that have
     /// the model loaded (`clustered`), when it is not loaded here. Nil for a model with one
     /// instance that is loaded here, so other requests pay nothing for it.
-    static func affinity(_ modelName: String, body: ByteBuffer?, headers: HTTPFields, catalog: ModelCatalog, clustered: Bool,
+    static func affinity(_ spec: ModelSpec?, body: ByteBuffer?, headers: HTTPFields, clustered: Bool,
                          loadedHere: (String) -> Bool) -> PromptAffinity? {
-        guard let spec = catalog.resolve(modelName), let body else { return nil }
+        guard let spec, let body else { return nil }
         // Among replicas; else among the peers, which a request is relayed to only when the model is not loaded here.
         guard (spec.replicas.max > 1 && spec.replicas.routing == .prefixAffinity) || (clustered && !loadedHere(spec.id)) else { return nil }
         return body.withUnsafeReadableBytes { bytes -> PromptAffinity? in
@@ -496,16 +497,16 @@ public struct Relay: Sendable {
         record(r)
     }
 
-    /// A lease on a peer when this node would have to load `modelName` and a live peer has it
+    /// A lease on a peer when this node would have to load `spec` and a live peer has it
     /// loaded with a free slot; or, when no node has it loaded or loading, on the peer the cold
     /// placement picks for its free memory (`cold`: the request tells the peer to load it). Only
     /// OpenAI-shaped paths that every Corral serves as they are (`/v1/…`), only local models,
     /// never a request that was relayed already.
-    func peerLease(_ modelName: String, caller: Caller, headers: HTTPFields, upstreamPath: String, affinity: PromptAffinity? = nil) async
+    func peerLease(_ spec: ModelSpec?, caller: Caller, headers: HTTPFields, upstreamPath: String, affinity: PromptAffinity? = nil) async
         -> (lease: Lease, cold: Bool)?
     {
         guard let cluster, caller.admittedBy == nil, headers[HTTPField.Name(ClusterNode.hopHeader)!] == nil, upstreamPath.hasPrefix("/v1/"),
-            let spec = scheduler.currentCatalog.resolve(modelName), spec.path != nil, await scheduler.instance(for: spec.id) == nil
+            let spec, spec.path != nil, await scheduler.instance(for: spec.id) == nil
         else { return nil }
         if let peer = cluster.peer(for: spec.id, affinity: affinity) {
             return (Lease.onPeer(peer.name, url: peer.url, model: spec.id), false)
@@ -516,8 +517,8 @@ public struct Relay: Sendable {
 
     /// Declines a request a peer relayed here (see `open`) unless this node can serve it: the
     /// model is in this node's catalog, and loaded here or placed here to be loaded (`placedHere`).
-    func declineUnlessServable(_ modelName: String, placedHere: Bool) async throws(ServingError) {
-        guard let spec = scheduler.currentCatalog.resolve(modelName) else {
+    func declineUnlessServable(_ modelName: String, spec: ModelSpec?, placedHere: Bool) async throws(ServingError) {
+        guard let spec else {
             throw Self.declined("model '\(modelName)' is not in this node's catalog", code: .notInCatalogHere)
         }
         if !placedHere, await scheduler.instance(for: spec.id) == nil {
