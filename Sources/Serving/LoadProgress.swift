@@ -33,10 +33,10 @@ extension Relay {
         return asked == "true" || asked == "1"
     }
 
-    /// The model a request for `modelName` would wait on to load (a local model without a ready
+    /// The model a request for `model` would wait on to load (a local model without a ready
     /// instance), nil when it would not wait for a load.
-    public func pendingLoad(_ modelName: String) -> ModelSpec? {
-        guard let spec = scheduler.currentCatalog.resolve(modelName), case .local = spec.backend, !scheduler.isReady(spec.id) else { return nil }
+    public func pendingLoad(_ model: RequestedModel) -> ModelSpec? {
+        guard let spec = model.spec, case .local = spec.backend, !scheduler.isReady(spec.id) else { return nil }
         return spec
     }
 

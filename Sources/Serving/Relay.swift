@@ -91,6 +91,18 @@ public struct UpstreamExchange: Sendable {
     }
 }
 
+/// The model a request names, looked up once in one catalog snapshot: the name as the client
+/// wrote it (its ledger row's model on a refusal) and what it stands for (nil: not in the catalog).
+public struct RequestedModel: Sendable {
+    public let name: String
+    public let spec: ModelSpec?
+
+    public init(name: String, spec: ModelSpec?) {
+        self.name = name
+        self.spec = spec
+    }
+}
+
 /// Sends a request to the instance serving its model and streams the answer back without
 /// buffering, observing time to first byte and the final usage on the way.
 public struct Relay: Sendable {
@@ -165,14 +177,32 @@ public struct Relay: Sendable {
         return out
     }
 
-    /// Leases an instance for `modelName` and sends it the request; the caller reads the answer
-    /// and must end with ``finish(_:status:errorKind:firstByte:usage:disconnected:streamedEvents:)``.
-    /// Failures before an answer arrives are recorded here and thrown.
+    /// The model `name` stands for in the current catalog, looked up once for the whole request.
+    public func resolve(_ name: String) -> RequestedModel {
+        RequestedModel(name: name, spec: scheduler.currentCatalog.resolve(name))
+    }
+
+    /// ``open(route:method:upstreamPath:model:body:headers:caller:tokens:keepAlive:load:contentType:priority:)``
+    /// for a model known by name only.
     public func open(
         route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?, headers: HTTPFields,
         caller: Caller, tokens: TokenEstimate, keepAlive: Duration? = nil, load: LoadOptions? = nil, contentType: String = "application/json",
         priority: RequestPriority = .interactive
     ) async throws(ServingError) -> UpstreamExchange {
+        try await open(
+            route: route, method: method, upstreamPath: upstreamPath, model: resolve(modelName), body: body, headers: headers, caller: caller,
+            tokens: tokens, keepAlive: keepAlive, load: load, contentType: contentType, priority: priority)
+    }
+
+    /// Leases an instance for `model` and sends it the request; the caller reads the answer
+    /// and must end with ``finish(_:status:errorKind:firstByte:usage:disconnected:streamedEvents:)``.
+    /// Failures before an answer arrives are recorded here and thrown.
+    public func open(
+        route: String, method: HTTPMethod, upstreamPath: String, model: RequestedModel, body: ByteBuffer?, headers: HTTPFields,
+        caller: Caller, tokens: TokenEstimate, keepAlive: Duration? = nil, load: LoadOptions? = nil, contentType: String = "application/json",
+        priority: RequestPriority = .interactive
+    ) async throws(ServingError) -> UpstreamExchange {
+        let (modelName, spec) = (model.name, model.spec)
         if let ledger, !ledger.hasRoom {
             // Every admitted request writes a row; past the bound, refuse rather than grow
             // memory or drop a row. Counted in /metrics, not in the ledger (it is full).
@@ -189,8 +219,6 @@ public struct Relay: Sendable {
         // was placed here to be loaded (a cold load); otherwise declined before anything is done,
         // and the sending node serves it itself.
         let placedHere = caller.admittedBy != nil && headers[HTTPField.Name(ClusterNode.placeHeader)!] != nil
-        // The model, looked up once in one catalog snapshot for every decision below.
-        let spec = scheduler.currentCatalog.resolve(modelName)
         if caller.admittedBy != nil {
             try await declineUnlessServable(modelName, spec: spec, placedHere: placedHere)
         }

@@ -74,6 +74,8 @@ struct FastLane: Sendable {
         let headers: HTTPFields
         let caller: Caller
         let post: Relay.CheckedPost
+        /// The model, looked up once: the lane's checks and the relay use the same spec.
+        let model: RequestedModel
     }
 
     /// Makes the router's checks; nil when the router should answer (including every refusal).
@@ -81,7 +83,7 @@ struct FastLane: Sendable {
         guard let body = try? JSON.object(Data(buffer.readableBytesView)),
               let (outgoing, checked) = try? routes.prepare(path: path, buffer: buffer, body: body),
               let post = try? Relay.check(buffer: outgoing, body: checked, injectUsage: Self.paths[path] ?? false),
-              let spec = routes.scheduler.currentCatalog.resolve(post.modelName), case .local = spec.backend,
+              case let model = relay.resolve(post.modelName), let spec = model.spec, case .local = spec.backend,
               // A request that would hear of a load in progress (a stream, or one that asks with
               // X-Corral-Progress) is the router's while its model is not ready.
               !Relay.hearsOfLoads(streaming: post.streaming, head.headerFields) || routes.scheduler.isReady(spec.id)
@@ -97,7 +99,7 @@ struct FastLane: Sendable {
             guard let known = try? access.authenticate(key) else { return nil }
             caller = known
         }
-        return Ticket(path: path, headers: head.headerFields, caller: caller, post: post)
+        return Ticket(path: path, headers: head.headerFields, caller: caller, post: post, model: model)
     }
 
     static let apiKeyField = HTTPField.Name("x-api-key")!
@@ -124,7 +126,7 @@ struct FastLane: Sendable {
         let exchange: UpstreamExchange
         do {
             exchange = try await relay.open(
-                route: ticket.path, method: .POST, upstreamPath: ticket.path, modelName: ticket.post.modelName, body: ticket.post.outgoing,
+                route: ticket.path, method: .POST, upstreamPath: ticket.path, model: ticket.model, body: ticket.post.outgoing,
                 headers: ticket.headers, caller: ticket.caller, tokens: ticket.post.tokens)
         } catch {
             await Self.writeError(OpenAIError(error), write)

@@ -254,13 +254,15 @@ struct OllamaRoutes: Sendable {
         let route = shape == .chat ? "/api/chat" : "/api/generate"
         let relay = self.relay
         let (upstreamPath, upstreamBody, tokens, keepAlive, loadOptions) = (plan.path, ByteBuffer(bytes: JSON.data(plan.body)), TokenEstimate(plan.body), plan.keepAlive, plan.load)
-        let open = { @Sendable [headers = request.headers, id = spec.id] () async throws(ServingError) -> UpstreamExchange in
+        // Resolved above: the relay uses the same spec.
+        let model = RequestedModel(name: spec.id, spec: spec)
+        let open = { @Sendable [headers = request.headers] () async throws(ServingError) -> UpstreamExchange in
             try await relay.open(
-                route: route, method: .POST, upstreamPath: upstreamPath, modelName: id, body: upstreamBody,
+                route: route, method: .POST, upstreamPath: upstreamPath, model: model, body: upstreamBody,
                 headers: headers, caller: caller, tokens: tokens, keepAlive: keepAlive, load: loadOptions)
         }
         let exchange: UpstreamExchange
-        if stream, relay.pendingLoad(spec.id) != nil {
+        if stream, relay.pendingLoad(model) != nil {
             // The model must load first: answered as usual if it is there within the grace,
             // else the stream opens now and stays alive while it loads.
             let opening = Relay.opening(open)

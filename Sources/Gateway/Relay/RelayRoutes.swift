@@ -130,13 +130,14 @@ extension Relay {
         injectUsage: Bool, errorShape: ErrorShape = .openAI, request: Request, context: GatewayRequestContext
     ) async throws -> Response {
         let post = try Self.check(buffer: buffer, body: body, injectUsage: injectUsage)
-        if Self.hearsOfLoads(streaming: post.streaming, request.headers), let spec = pendingLoad(post.modelName) {
+        let model = resolve(post.modelName)
+        if Self.hearsOfLoads(streaming: post.streaming, request.headers), let spec = pendingLoad(model) {
             return try await forwardWaitingForLoad(
-                post, model: spec.id, route: route, upstreamPath: upstreamPath, style: Self.progressStyle(streaming: post.streaming, spec: spec, route: route),
+                post, model: model, loading: spec.id, route: route, upstreamPath: upstreamPath, style: Self.progressStyle(streaming: post.streaming, spec: spec, route: route),
                 errorShape: errorShape, request: request, context: context)
         }
         let exchange = try await openForClient(
-            route: route, method: .POST, upstreamPath: upstreamPath, modelName: post.modelName, body: post.outgoing, headers: request.headers,
+            route: route, method: .POST, upstreamPath: upstreamPath, model: model, body: post.outgoing, headers: request.headers,
             caller: context.caller, tokens: post.tokens)
         return try await relayResponse(exchange, hideUsage: post.hideUsage, errorShape: errorShape)
     }
@@ -147,19 +148,19 @@ extension Relay {
         hideUsage: Bool, errorShape: ErrorShape = .openAI, contentType: String = "application/json", request: Request, context: GatewayRequestContext
     ) async throws -> Response {
         let exchange = try await openForClient(
-            route: route, method: method, upstreamPath: upstreamPath, modelName: modelName, body: body, headers: request.headers,
+            route: route, method: method, upstreamPath: upstreamPath, model: resolve(modelName), body: body, headers: request.headers,
             caller: context.caller, tokens: TokenEstimate(prompt: 0, output: 0), contentType: contentType)
         return try await relayResponse(exchange, hideUsage: hideUsage, errorShape: errorShape)
     }
 
     /// ``Relay/open`` with its refusals as OpenAI errors (the other shapes are made from them).
     func openForClient(
-        route: String, method: HTTPMethod, upstreamPath: String, modelName: String, body: ByteBuffer?, headers: HTTPFields,
+        route: String, method: HTTPMethod, upstreamPath: String, model: RequestedModel, body: ByteBuffer?, headers: HTTPFields,
         caller: Caller, tokens: TokenEstimate, contentType: String = "application/json"
     ) async throws(OpenAIError) -> UpstreamExchange {
         do {
             return try await open(
-                route: route, method: method, upstreamPath: upstreamPath, modelName: modelName, body: body, headers: headers,
+                route: route, method: method, upstreamPath: upstreamPath, model: model, body: body, headers: headers,
                 caller: caller, tokens: tokens, contentType: contentType)
         } catch {
             throw OpenAIError(error)
@@ -231,7 +232,7 @@ extension Relay {
     /// settled exactly as on the usual path, and a client that leaves while waiting releases its
     /// slot as soon as the instance is there.
     func forwardWaitingForLoad(
-        _ post: CheckedPost, model: String, route: String, upstreamPath: String, style: ProgressStyle, errorShape: ErrorShape,
+        _ post: CheckedPost, model: RequestedModel, loading modelID: String, route: String, upstreamPath: String, style: ProgressStyle, errorShape: ErrorShape,
         request: Request, context: GatewayRequestContext
     ) async throws -> Response {
         let caller = context.caller
@@ -239,7 +240,7 @@ extension Relay {
         let relay = self
         let opening = Self.opening { () async throws(ServingError) -> UpstreamExchange in
             try await relay.open(
-                route: route, method: .POST, upstreamPath: upstreamPath, modelName: post.modelName, body: post.outgoing, headers: headers,
+                route: route, method: .POST, upstreamPath: upstreamPath, model: model, body: post.outgoing, headers: headers,
                 caller: caller, tokens: post.tokens)
         }
         if let quick = await opening.wait(upTo: Self.progressGrace) {
@@ -254,7 +255,7 @@ extension Relay {
             var outcome: Result<UpstreamExchange, ServingError>?
             var clientGone = false
             while outcome == nil {
-                do { try await writer.write(relay.heartbeat(model, style: style)) } catch {
+                do { try await writer.write(relay.heartbeat(modelID, style: style)) } catch {
                     clientGone = true
                     break
                 }
