@@ -607,9 +607,12 @@ public actor JobEngine {
         guard due || progress.total == progress.completed else { return }
         live[id]!.lastProgressEvent = now
         await emit(id, "progress", try JobJSON(encoding: progress))
+        // The job may have ended while the event went out (the actor is reentrant across the
+        // await): its final row is saved by whatever ended it.
+        guard let entry = live[id] else { return }
         // Readers get the live record (and the event log has every progress event); the stored
         // row, which only a restart reads, is brought up to date at most once a second.
-        let saveDue = live[id]!.lastProgressSave.map { now - $0 >= .seconds(1) } ?? true
+        let saveDue = entry.lastProgressSave.map { now - $0 >= .seconds(1) } ?? true
         guard saveDue || progress.total == progress.completed else { return }
         live[id]!.lastProgressSave = now
         guard await save(id) else { throw JobEngineError.persistence("the job could not be saved") }
@@ -621,6 +624,8 @@ public actor JobEngine {
         if let checkpoint { live[id]!.record.checkpoint = checkpoint }
         live[id]!.record.updatedAt = Date()
         if let event { await emit(id, event, detail ?? checkpoint ?? .null) }
+        // Ended while the event went out: its final row is saved by whatever ended it.
+        guard live[id] != nil else { return }
         guard await save(id) else { throw JobEngineError.persistence("the job could not be saved") }
     }
 
