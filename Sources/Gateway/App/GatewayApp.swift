@@ -380,6 +380,12 @@ struct ErrorShapeMiddleware: RouterMiddleware {
             if ollama { throw OllamaError(error) }
             if anthropic { throw AnthropicError(error) }
             throw error
+        } catch let error as ServingError {
+            // Routes convert serving errors themselves; one that gets past them keeps its status.
+            let shaped = OpenAIError(error)
+            if ollama { throw OllamaError(shaped) }
+            if anthropic { throw AnthropicError(shaped) }
+            throw shaped
         } catch let error as HTTPError {
             if ollama { throw OllamaError(error.status, error.body ?? error.status.reasonPhrase.lowercased()) }
             if anthropic { throw AnthropicError(error.status, error.body ?? error.status.reasonPhrase) }
