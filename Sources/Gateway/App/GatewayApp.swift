@@ -119,8 +119,9 @@ public struct GatewayDependencies: Sendable {
 
     /// The job engine with every kind Corral runs: benchmarks, evaluations and fine-tuning ask
     /// their models through one ``RelayModelClient`` (a relay of their own, recording to the same
-    /// ledger and metrics), tuning trials run llama-servers outside the fleet under memory claims. Jobs live in `store` (an in-memory
-    /// database when there is none, as in tests of other concerns).
+    /// ledger and metrics), tuning trials run llama-servers outside the fleet under memory
+    /// claims. Jobs live in `store` (an in-memory database when there is none, as in tests of
+    /// other concerns).
     static func makeJobEngine(scheduler: Scheduler, client: HTTPClient, store: (any WorkStore)?, node: String? = nil, logger: Logger, metrics: GatewayMetrics,
                               recorder: RequestRecorder?, tools: LlamaTools, hardware: HardwareCache, config: CorralConfig, access: AccessControl?, evalConsole: EvalConsole,
                               files: FileLibrary? = nil, refresh: CatalogRefresh? = nil, extraKinds: [any JobKind] = []) -> JobEngine {
@@ -131,9 +132,9 @@ public struct GatewayDependencies: Sendable {
                 recorder?(record)
             }, logger: logger, access: access)
         // Every job asks its models through one client over the serving path: admitted under the
-        // job's key (benchmarks: anonymous), recorded in the ledger under the job's route
-        // (/admin/benchmarks, /v1/evals, /v1/fine_tuning/jobs), background work behind client
-        // requests in a model's queue.
+        // job's key, recorded in the ledger under the job's route (/v1/evals, /v1/fine_tuning/jobs:
+        // background work behind client requests in a model's queue; /admin/benchmarks:
+        // anonymous, at client priority, as a benchmark measures what a client sees).
         let models = RelayModelClient(relay: relay)
         let benchmark = BenchmarkJob(client: models, allocated: { model in await scheduler.instance(for: model)?.allocatedMiB })
         // A run records the arguments of the instance that answered and the machine.
