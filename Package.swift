@@ -120,7 +120,7 @@ let package = Package(
         .target(
             name: "Lab",
             dependencies: [
-                "Jobs", "Library", "Runtime", "GGUF", "Store", "Files",
+                "Jobs", "Library", "Runtime", "GGUF", "Store", "Files", "Serving",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -226,7 +226,7 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings),
-        .testTarget(name: "LabTests", dependencies: ["Lab", "Jobs"], swiftSettings: swiftSettings),
+        .testTarget(name: "LabTests", dependencies: ["Lab", "Jobs", "Serving", "Files"], swiftSettings: swiftSettings),
         .testTarget(name: "AcquisitionTests", dependencies: ["Acquisition"], swiftSettings: swiftSettings),
         .testTarget(name: "AccessTests", dependencies: ["Access", "Store"], swiftSettings: swiftSettings),
         // The usage ledger on SQLite: rollups against raw sums, retention, the bounded queue.

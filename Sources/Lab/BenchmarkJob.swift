@@ -1,7 +1,6 @@
-import AsyncHTTPClient
 import Foundation
 import Jobs
-import NIOCore
+import Serving
 
 /// What a benchmark sends.
 public struct BenchmarkParameters: Sendable, Codable, Equatable {
@@ -41,16 +40,16 @@ public struct BenchmarkJob: JobKind {
     public static let name = "benchmark"
     public static let idPrefix = "bench"
 
-    /// Sends one chat request for `model` through the serving path.
-    public typealias Send = @Sendable (_ model: String, ByteBuffer) async throws
-        -> (response: HTTPClientResponse, done: @Sendable (Int, [String: Any]?, [String: Any]?) async -> Void)
-
-    let send: Send
+    /// Sends the requests through the serving path.
+    let client: any ModelClient
     /// What the model's instance has allocated now (MiB by device and kind).
     let allocated: @Sendable (String) async -> [String: Double]?
 
-    public init(send: @escaping Send, allocated: @escaping @Sendable (String) async -> [String: Double]?) {
-        self.send = send
+    /// The route the ledger records a benchmark's requests under (anonymous, at client priority).
+    public static let origin = ModelCallOrigin(priority: .client, route: "/admin/benchmarks")
+
+    public init(client: any ModelClient, allocated: @escaping @Sendable (String) async -> [String: Double]?) {
+        self.client = client
         self.allocated = allocated
     }
 
@@ -61,10 +60,9 @@ public struct BenchmarkJob: JobKind {
     public func run(_ spec: BenchmarkSpec, context: JobContext) async throws -> BenchmarkOutcome {
         let p = spec.parameters
         let runner = LoadRunner(p)
-        let send = self.send
         try await context.progress(0, of: Double(p.requests), unit: "requests")
         let result = await runner.run(
-            model: spec.model, send: { body in try await send(spec.model, body) },
+            model: spec.model, client: client, origin: Self.origin,
             progress: { done, total in try? await context.progress(Double(done), of: Double(total), unit: "requests") },
             beforeEach: { try await context.pausePoint() })
         try await context.pausePoint()

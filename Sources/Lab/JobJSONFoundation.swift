@@ -42,3 +42,26 @@ extension JobJSON {
         }
     }
 }
+
+extension JobJSON {
+    /// The members of an object; nil for anything else.
+    public var objectValue: [String: JobJSON]? { if case .object(let o) = self { o } else { nil } }
+    /// The text of a string; nil for anything else.
+    public var stringValue: String? { if case .string(let s) = self { s } else { nil } }
+    /// The value of a number; nil for anything else.
+    public var numberValue: Double? { if case .number(let n) = self { n } else { nil } }
+    /// A whole number's value; nil for anything else.
+    public var intValue: Int? { numberValue.flatMap { $0 == $0.rounded() && abs($0) < 1e15 ? Int($0) : nil } }
+    /// An array of strings; nil when it is not one.
+    public var stringsValue: [String]? {
+        guard case .array(let items) = self else { return nil }
+        let strings = items.compactMap(\.stringValue)
+        return strings.count == items.count ? strings : nil
+    }
+    /// An array of numbers; nil when it is not one.
+    public var numbersValue: [Double]? {
+        guard case .array(let items) = self else { return nil }
+        let numbers = items.compactMap(\.numberValue)
+        return numbers.count == items.count ? numbers : nil
+    }
+}

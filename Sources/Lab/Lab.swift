@@ -83,9 +83,9 @@ public struct Lab: Sendable {
     /// A tuning session's quality measure from its request: `{"evalRun": ID, "maxItems": N}` (the
     /// run's items, template, criteria, output length and seed; criteria judged by a model are
     /// not supported) or `{"text": …, "contextSize": N}` (perplexity of the text).
-    public func tuningQuality(_ object: [String: Any]) async throws -> TuningSession.Quality {
+    public func tuningQuality(_ request: TuningQualityRequest) async throws -> TuningSession.Quality {
         var quality = TuningSession.Quality()
-        if let run = object["evalRun"] as? String {
+        if let run = request.evalRun {
             guard let job = try await engine.get(run), job.kind == EvalRunJob.name, var spec = try? job.spec.decode(EvalRunSpec.self) else {
                 throw LabError.notFound("no evaluation run '\(run)'")
             }
@@ -99,16 +99,16 @@ public struct Lab: Sendable {
                 guard let data = try await store?.document(kind: "eval-items", id: document) else { throw LabError.storage("the run's items are gone from the store") }
                 spec.items = try JobCoding.decoder.decode([JobJSON].self, from: data)
             }
-            let limit = object["maxItems"] as? Int ?? 50
+            let limit = request.maxItems ?? 50
             guard (1...1000).contains(limit) else { throw LabError.badRequest("quality.maxItems must be from 1 to 1000", param: "quality.maxItems") }
             quality.evalRun = run
             quality.items = Array(spec.items.prefix(limit))
             (quality.template, quality.criteria) = (spec.template, spec.criteria)
             (quality.maxTokens, quality.seed) = (spec.sampling.maxCompletionTokens, spec.sampling.seed)
-        } else if let text = object["text"] as? String {
+        } else if let text = request.text {
             let (path, sha256) = try keep(Data(text.utf8))
             (quality.textPath, quality.textSHA256) = (path, sha256)
-            let context = object["contextSize"] as? Int ?? 128
+            let context = request.contextSize ?? 128
             guard (8...1_048_576).contains(context) else { throw LabError.badRequest("quality.contextSize must be from 8 to 1048576", param: "quality.contextSize") }
             quality.contextSize = context
         } else {
@@ -207,5 +207,29 @@ actor RuntimeProfiles {
     /// When the session's winner became its model's profile (nil unless it still is).
     func appliedAt(session: String) -> Date? {
         byModel.values.first { $0.session == session }?.appliedAt
+    }
+}
+
+/// A tuning session's `quality` as the request gives it: an evaluation run (and how many of its
+/// items) or a text for perplexity (and the tokens per chunk). A member of the wrong type reads
+/// as absent, as it always has.
+public struct TuningQualityRequest: Sendable, Codable, Equatable {
+    public var evalRun: String?
+    public var maxItems: Int?
+    public var text: String?
+    public var contextSize: Int?
+
+    public init(evalRun: String? = nil, maxItems: Int? = nil, text: String? = nil, contextSize: Int? = nil) {
+        (self.evalRun, self.maxItems, self.text, self.contextSize) = (evalRun, maxItems, text, contextSize)
+    }
+
+    enum CodingKeys: String, CodingKey { case evalRun, maxItems, text, contextSize }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        evalRun = (try? c.decodeIfPresent(String.self, forKey: .evalRun)) ?? nil
+        maxItems = (try? c.decodeIfPresent(Int.self, forKey: .maxItems)) ?? nil
+        text = (try? c.decodeIfPresent(String.self, forKey: .text)) ?? nil
+        contextSize = (try? c.decodeIfPresent(Int.self, forKey: .contextSize)) ?? nil
     }
 }

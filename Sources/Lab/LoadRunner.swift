@@ -1,8 +1,7 @@
-import AsyncHTTPClient
 import Foundation
-import NIOCore
-import NIOHTTP1
 import Runtime
+import Serving
+import Synchronization
 
 /// What a benchmark measured, in the units operators read.
 public struct LoadResult: Sendable, Codable, Equatable {
@@ -35,9 +34,6 @@ public struct LoadResult: Sendable, Codable, Equatable {
 /// Sends streamed chat requests at a fixed concurrency and measures each from the client side
 /// (first content event, gaps between events) and from llama-server's `timings`.
 public struct LoadRunner: Sendable {
-    /// Sends one request body; returns the streamed answer and a closure to call when done.
-    public typealias Send = @Sendable (ByteBuffer) async throws -> (response: HTTPClientResponse, done: @Sendable (Int, [String: Any]?, [String: Any]?) async -> Void)
-
     /// How many requests, how many at once, and how long each prompt and answer.
     public var load: BenchmarkParameters
 
@@ -50,9 +46,9 @@ public struct LoadRunner: Sendable {
         return "Request \(i): " + (0..<max(1, load.promptWords)).map { words[($0 * 7 + i) % words.count] }.joined(separator: " ")
     }
 
-    /// Runs the load. `beforeEach` runs before every request (a job's pause point): when it
-    /// throws, that worker stops sending.
-    public func run(model: String, send: @escaping Send, progress: @escaping @Sendable (Int, Int) async -> Void = { _, _ in },
+    /// Runs the load through `client` (its requests recorded under `origin`). `beforeEach` runs
+    /// before every request (a job's pause point): when it throws, that worker stops sending.
+    public func run(model: String, client: any ModelClient, origin: ModelCallOrigin, progress: @escaping @Sendable (Int, Int) async -> Void = { _, _ in },
                     beforeEach: @escaping @Sendable () async throws -> Void = {}) async -> LoadResult {
         struct One: Sendable {
             var ok: Bool
@@ -64,6 +60,12 @@ public struct LoadRunner: Sendable {
             var prompt: Int
             var completion: Int
         }
+        /// The client-side timing of one streamed answer: its first content event and the gaps after it.
+        struct Timing {
+            var ttft: Double?
+            var gaps: [Double] = []
+            var last: ContinuousClock.Instant?
+        }
         let started = ContinuousClock.now
         let next = NextIndex()
         var all: [One] = []
@@ -72,43 +74,29 @@ public struct LoadRunner: Sendable {
                 group.addTask {
                     var mine: [One] = []
                     while (try? await beforeEach()) != nil, let i = await next.take(below: load.requests) {
-                        var body: [String: Any] = [
-                            "model": model, "messages": [["role": "user", "content": prompt(i)]], "max_tokens": load.maxTokens, "stream": true,
-                            "stream_options": ["include_usage": true], "cache_prompt": false,
-                        ]
-                        for (key, value) in load.sampling ?? [:] { body[key] = key == "top_k" ? Int(value) as Any : value }
+                        let request = ModelRequest(
+                            model: model, input: .messages([ModelMessage(role: "user", content: prompt(i))]), sampling: load.sampling ?? [:],
+                            maxTokens: load.maxTokens, stream: true, cachePrompt: false, origin: origin)
                         let t0 = ContinuousClock.now
+                        let timing = Mutex(Timing())
                         var one = One(ok: false, gaps: [], prompt: 0, completion: 0)
-                        do {
-                            let (response, done) = try await send(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
-                            var events = SSEEvents()
-                            var last: ContinuousClock.Instant?
-                            var usage: [String: Any]?
-                            var timings: [String: Any]?
-                            for try await chunk in response.body {
-                                for payload in events.feed(chunk) where payload != "[DONE]" {
-                                    guard let e = try? JSONSerialization.jsonObject(with: Data(payload.utf8)) as? [String: Any] else { continue }
-                                    if let u = e["usage"] as? [String: Any] { usage = u }
-                                    if let t = e["timings"] as? [String: Any] { timings = t }
-                                    if let err = e["error"] { one.error = "\(err)" }
-                                    let delta = ((e["choices"] as? [Any])?.first as? [String: Any])?["delta"] as? [String: Any]
-                                    if let text = delta?["content"] as? String, !text.isEmpty {
-                                        let now = ContinuousClock.now
-                                        if let last { one.gaps.append(seconds(now - last) * 1000) } else { one.ttft = seconds(now - t0) * 1000 }
-                                        last = now
-                                    }
+                        do throws(ModelClientError) {
+                            let answer = try await client.stream(request) { chunk in
+                                guard !chunk.text.isEmpty else { return }
+                                let now = ContinuousClock.now
+                                timing.withLock { t in
+                                    if let last = t.last { t.gaps.append(seconds(now - last) * 1000) } else { t.ttft = seconds(now - t0) * 1000 }
+                                    t.last = now
                                 }
                             }
-                            let status = Int(response.status.code)
-                            await done(status, usage, timings)
-                            one.ok = status == 200 && one.error == nil
-                            if status != 200 && one.error == nil { one.error = "status \(status)" }
-                            one.genTPS = timings?["predicted_per_second"] as? Double
-                            one.promptTPS = timings?["prompt_per_second"] as? Double
-                            one.prompt = usage?["prompt_tokens"] as? Int ?? 0
-                            one.completion = usage?["completion_tokens"] as? Int ?? 0
+                            (one.ttft, one.gaps) = timing.withLock { ($0.ttft, $0.gaps) }
+                            one.ok = true
+                            one.genTPS = answer.timings?.predictedPerSecond
+                            one.promptTPS = answer.timings?.promptPerSecond
+                            one.prompt = answer.usage?.promptTokens ?? 0
+                            one.completion = answer.usage?.completionTokens ?? 0
                         } catch {
-                            one.error = "\(error)"
+                            one.error = error.kind == .answeredError ? "status \(error.status ?? 0)" : error.description
                         }
                         mine.append(one)
                         await progress(await next.finished(), load.requests)

@@ -6,6 +6,7 @@ import Library
 import NIOCore
 import NIOHTTP1
 import Runtime
+import Serving
 
 /// Why a lab request was refused.
 public enum LabError: Error, Sendable, Equatable {
@@ -398,11 +399,15 @@ public struct TuningJob: JobKind {
     public static let strategies = TuningStrategy.allCases.map(\.rawValue)
 
     let tools: LlamaTools
+    /// Starts and watches the trials' llama-servers (process control, not asking).
     let client: HTTPClient
+    /// Asks a trial's llama-server (outside the fleet) by its base URL: the load and the quality probes.
+    let trialClient: @Sendable (_ baseURL: String) -> any ModelClient
 
-    public init(tools: LlamaTools, client: HTTPClient) {
+    public init(tools: LlamaTools, client: HTTPClient, trialClient: @escaping @Sendable (_ baseURL: String) -> any ModelClient) {
         self.tools = tools
         self.client = client
+        self.trialClient = trialClient
     }
 
     public var policy: JobPolicy { JobPolicy(maxConcurrent: 1, pausable: true, restart: .interrupt, keepFinished: 200) }
@@ -536,54 +541,24 @@ public struct TuningJob: JobKind {
     }
 
     /// Asks every item of an evaluation run's set (its template, output length and seed, the
-    /// trial's sampling) of the trial's server and grades the answers with the run's criteria, as
-    /// an evaluation run grades them (``EvalSample``). A request that fails, an item whose template
-    /// cannot be rendered or a criterion that cannot grade is an error of the probe, never a wrong
-    /// answer: the trial fails with the reason.
-    public static func passRate(_ quality: TuningSession.Quality, base: String, client: HTTPClient, sampling: [String: Double]?) async throws(QualityProbeFailure) -> (passed: Int, total: Int) {
+    /// trial's sampling) of the trial's server and grades the answers with the run's criteria:
+    /// the evaluation run's own asking and grading (``EvalAsking``, ``EvalGrading``). A request
+    /// that fails, an item whose template cannot be rendered or a criterion that cannot grade is
+    /// an error of the probe, never a wrong answer: the trial fails with the reason.
+    public static func passRate(_ quality: TuningSession.Quality, model: String, client: any ModelClient, sampling: [String: Double]?) async throws -> (passed: Int, total: Int) {
+        let origin = ModelCallOrigin(priority: .background, route: "/admin/tuning")
+        let asking = EvalAsking(client: client, model: model, template: quality.template, sampling: sampling ?? [:],
+                                maxTokens: quality.maxTokens, seed: quality.seed, origin: origin)
+        // Tuning asks no judges (a run with judged criteria is refused when the session starts).
+        let grading = EvalGrading(criteria: quality.criteria, judges: nil, origin: origin)
         var passed = 0
         for (index, entry) in quality.items.enumerated() {
-            func fail(_ why: String) -> QualityProbeFailure { QualityProbeFailure(description: "quality item \(index): \(why)") }
-            let item = (entry["item"] ?? .object([:])).any
-            var request = ProbeRequest(maxTokens: quality.maxTokens, seed: quality.seed, sampling: sampling ?? [:])
-            do { request.messages = try quality.template.map { .init(role: $0.role, content: try EvalTemplate.render($0.content, ["item": item])) } } catch {
-                throw fail("the template cannot be rendered: \(error)")
-            }
-            var r = HTTPClientRequest(url: base + "/v1/chat/completions")
-            r.method = .POST
-            r.headers.add(name: "content-type", value: "application/json")
-            let text: String
-            do {
-                r.body = .bytes(ByteBuffer(bytes: try JSONEncoder().encode(request)))
-                let response: HTTPClientResponse
-                do { response = try await client.execute(r, timeout: .minutes(5)) } catch let error where !(error is CancellationError) {
-                    // A pooled connection the trial's server closed as the benchmark's requests
-                    // ended ("I/O on closed channel", seen in one trial of four): nothing was
-                    // answered, so ask once more on a fresh one. A second failure fails the probe.
-                    try await Task.sleep(for: .milliseconds(50))
-                    response = try await client.execute(r, timeout: .minutes(5))
-                }
-                let bytes = try await response.body.collect(upTo: 16 << 20)
-                guard response.status == .ok else {
-                    throw fail("the model answered \(response.status.code): \(String(decoding: bytes.readableBytesView.prefix(300), as: UTF8.self))")
-                }
-                guard let content = (try? JSONDecoder().decode(ProbeAnswer.self, from: Data(bytes.readableBytesView)))?.choices.first?.message?.content else {
-                    throw fail("the answer has no message content")
-                }
-                text = content
-            } catch let failure as QualityProbeFailure {
-                throw failure
-            } catch {
-                throw fail("the request failed: \(error)")
-            }
-            let sample = EvalSample(answers: [text]).json.any
-            var all = true
-            for criterion in quality.criteria {
-                do { all = try criterion.grade(["item": item, "sample": sample]).passed && all } catch {
-                    throw fail("criterion '\(criterion.name)' cannot grade: \(error.message)")
-                }
-            }
-            if all { passed += 1 }
+            var item = JobJSON.object([:])
+            if case .object? = entry["item"] { item = entry["item"]! }
+            var answer = try await asking.ask(item)
+            let grade = try await grading.grade(item, &answer)
+            if let error = answer.error { throw QualityProbeFailure(description: "quality item \(index): \(error.code): \(error.message)") }
+            if grade.status == "pass" { passed += 1 }
         }
         return (passed, quality.items.count)
     }
@@ -702,21 +677,14 @@ public struct TuningJob: JobKind {
         }
         let runner = LoadRunner(BenchmarkParameters(
             requests: requests, concurrency: request.concurrency, promptWords: request.promptWords, maxTokens: maxTokens, sampling: trial.candidate.sampling))
-        let client = self.client
-        let base = instance.baseURL
+        let trialClient = self.trialClient(instance.baseURL)
         let runs = max(1, repetitions ?? request.repetitions)
         var first: LoadResult?
         var measured: [TuningSession.Repetition] = []
         for _ in 0..<runs {
             let run = await runner.run(
-                model: spec.model,
-                send: { body in
-                    var r = HTTPClientRequest(url: base + "/v1/chat/completions")
-                    r.method = .POST
-                    r.headers.add(name: "content-type", value: "application/json")
-                    r.body = .bytes(body)
-                    return (try await client.execute(r, timeout: .minutes(5)), { _, _, _ in })
-                }, beforeEach: { try Task.checkCancellation() })
+                model: spec.model, client: trialClient, origin: ModelCallOrigin(priority: .background, route: "/admin/tuning"),
+                beforeEach: { try Task.checkCancellation() })
             if first == nil { first = run }
             if run.errors < run.requests, let g = run.generationTokensPerSecond.p50, let f = run.timeToFirstTokenMs.p50 {
                 measured.append(.init(generationTPS: g, ttftMs: f, throughputTPS: run.throughputTokensPerSecond))
@@ -737,11 +705,11 @@ public struct TuningJob: JobKind {
         var probeFailure: QualityProbeFailure?
         if let quality = request.quality, !quality.isPerplexity, first.map({ $0.errors < $0.requests }) == true {
             do {
-                let (passed, total) = try await Self.passRate(quality, base: base, client: client, sampling: trial.candidate.sampling)
+                let (passed, total) = try await Self.passRate(quality, model: spec.model, client: trialClient, sampling: trial.candidate.sampling)
                 trial.quality = total > 0 ? Double(passed) / Double(total) : nil
                 trial.qualityDetail = "\(passed) of \(total) items passed"
-            } catch {
-                probeFailure = error
+            } catch let failure as QualityProbeFailure {
+                probeFailure = failure
             }
         }
         trial.result = result
@@ -997,41 +965,4 @@ public enum TrialStatus: String, Sendable, Codable, CaseIterable {
     case interrupted
     /// The session was cancelled (or failed) before it ran.
     case cancelled
-}
-
-/// A quality probe's chat request: the rendered template, the run's output length and seed, and
-/// the trial's sampling (`top_k` as an integer, the rest as numbers).
-struct ProbeRequest: Encodable {
-    var messages: [EvalTemplateMessage] = []
-    var maxTokens: Int?
-    var seed: Int?
-    var sampling: [String: Double]
-
-    struct Key: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(_ name: String) { stringValue = name }
-        init?(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
-    }
-
-    func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: Key.self)
-        try c.encode(messages, forKey: Key("messages"))
-        try c.encode(false, forKey: Key("stream"))
-        try c.encodeIfPresent(maxTokens, forKey: Key("max_tokens"))
-        try c.encodeIfPresent(seed, forKey: Key("seed"))
-        for (name, value) in sampling.sorted(by: { $0.key < $1.key }) {
-            if name == "top_k" { try c.encode(Int(value), forKey: Key(name)) } else { try c.encode(value, forKey: Key(name)) }
-        }
-    }
-}
-
-/// The part of a chat answer a quality probe reads.
-struct ProbeAnswer: Decodable {
-    struct Choice: Decodable {
-        struct Message: Decodable { var content: String? }
-        var message: Message?
-    }
-    var choices: [Choice]
 }

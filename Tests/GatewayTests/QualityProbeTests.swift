@@ -4,6 +4,7 @@ import HummingbirdTesting
 import Jobs
 import Lab
 import NIOCore
+import Serving
 import Synchronization
 import Testing
 
@@ -13,10 +14,10 @@ import Testing
 @Suite struct QualityProbeTests {
     func quality() throws -> TuningSession.Quality {
         var quality = TuningSession.Quality()
-        quality.items = [["item": ["q": "France", "a": "Paris"]], ["item": ["q": "Japan", "a": "Tokyo"]], ["item": ["q": "Peru", "a": "Lima"]]]
-            .compactMap(JobJSON.init)
+        quality.items = try JSONDecoder().decode([JobJSON].self, from: Data(#"[{"item": {"q": "France", "a": "Paris"}}, {"item": {"q": "Japan", "a": "Tokyo"}}, {"item": {"q": "Peru", "a": "Lima"}}]"#.utf8))
         quality.template = try JSONDecoder().decode([EvalTemplateMessage].self, from: Data(#"[{"role": "user", "content": "Capital of {{item.q}}?"}]"#.utf8))
-        quality.criteria = [try Grader(["type": "string_check", "name": "city", "input": "{{sample.output_text}}", "reference": "{{item.a}}", "operation": "ilike"], index: 0)]
+        let city = try JSONDecoder().decode(JobJSON.self, from: Data(#"{"type": "string_check", "name": "city", "input": "{{sample.output_text}}", "reference": "{{item.a}}", "operation": "ilike"}"#.utf8))
+        quality.criteria = [try Grader(city, index: 0)]
         quality.maxTokens = 8
         return quality
     }
@@ -46,7 +47,7 @@ import Testing
         let asked = Asked()
         let app = server(answers: ["France": "It is Paris.", "Japan": "Kyoto", "Peru": "lima"], asked: asked)
         try await app.test(.live) { client in
-            let (passed, total) = try await TuningJob.passRate(try quality(), base: "http://127.0.0.1:\(client.port!)", client: sharedClient,
+            let (passed, total) = try await TuningJob.passRate(try quality(), model: "chat", client: LlamaServerModelClient(baseURL: "http://127.0.0.1:\(client.port!)", client: sharedClient),
                                                                sampling: ["temperature": 0.5, "top_k": 20])
             #expect(passed == 2 && total == 3)
         }
@@ -59,7 +60,7 @@ import Testing
         let app = server(answers: ["France": "Paris", "Japan": "Tokyo", "Peru": "Lima"], failing: ["Japan"])
         try await app.test(.live) { client in
             do {
-                _ = try await TuningJob.passRate(try quality(), base: "http://127.0.0.1:\(client.port!)", client: sharedClient, sampling: nil)
+                _ = try await TuningJob.passRate(try quality(), model: "chat", client: LlamaServerModelClient(baseURL: "http://127.0.0.1:\(client.port!)", client: sharedClient), sampling: nil)
                 Issue.record("a 500 was counted as an answer")
             } catch {
                 let why = "\(error)"
@@ -70,7 +71,7 @@ import Testing
 
     @Test func anUnreachableServerFailsTheProbe() async throws {
         await #expect(throws: QualityProbeFailure.self) {
-            _ = try await TuningJob.passRate(try quality(), base: "http://127.0.0.1:9", client: sharedClient, sampling: nil)
+            _ = try await TuningJob.passRate(try quality(), model: "chat", client: LlamaServerModelClient(baseURL: "http://127.0.0.1:9", client: sharedClient), sampling: nil)
         }
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Jobs
 import Lab
+import Serving
 import Testing
 
 /// The evaluation graders on fixed strings, and the templates they read.
@@ -93,12 +94,10 @@ import Testing
         let g = try Grader(label, index: 0)
         #expect(g.type.isJudged && g.model == "judge")
         let request = try g.judgeRequest(["item": ["question": "q1"], "sample": ["output_text": "hi"]])
-        let messages = request["messages"] as? [[String: String]]
-        #expect(messages?.first?["content"] == "Rate 'hi' for q1")
-        let format = request["response_format"] as? [String: Any]
-        let schema = (format?["json_schema"] as? [String: Any])?["schema"] as? [String: Any]
-        let labelSchema = (schema?["properties"] as? [String: Any])?["label"] as? [String: Any]
-        #expect(labelSchema?["enum"] as? [String] == ["good", "bad"])
+        guard case .messages(let messages) = request.input else { Issue.record("a judge is sent messages"); return }
+        #expect(messages.first?.content == "Rate 'hi' for q1")
+        #expect(request.model == "judge" && request.sampling == ["temperature": 0] && request.maxTokens == 64 && !request.stream)
+        #expect(request.responseFormat?["json_schema"]?["schema"]?["properties"]?["label"]?["enum"] == .array([.string("good"), .string("bad")]))
         #expect(g.judged(#"{"label": "good"}"#) == (1, true))
         #expect(g.judged(#"{"label": "bad"}"#) == (0, false))
         #expect(g.judged("nonsense") == (0, false))
@@ -163,6 +162,6 @@ import Testing
         #expect(turns.outputText == "second" && turns.turns == ["first", "second"])
         // The graders read it as they read an evaluation run's sample.
         let grader = try Grader(["type": "string_check", "name": "s", "input": "{{sample.output_json.city}}", "reference": "Paris", "operation": "eq"], index: 0)
-        #expect(try grader.grade(["item": [String: String](), "sample": one.json.any]).passed)
+        #expect(try grader.grade(.object(["item": .object([:]), "sample": one.json])).passed)
     }
 }

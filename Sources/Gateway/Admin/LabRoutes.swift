@@ -184,7 +184,8 @@ struct LabRoutes: Sendable {
             var tuning = try Self.tuningRequest(body)
             if let raw = body["quality"], !(raw is NSNull) {
                 guard let object = raw as? [String: Any] else { throw OpenAIError.badRequest("quality must be an object", param: "quality") }
-                tuning.quality = try await mapped { try await lab.tuningQuality(object) }
+                let request = try JSONDecoder().decode(TuningQualityRequest.self, from: try JSONSerialization.data(withJSONObject: object))
+                tuning.quality = try await mapped { try await lab.tuningQuality(request) }
             }
             if (tuning.objective == .quality || (tuning.weights?["quality"] ?? 0) > 0) && tuning.quality == nil {
                 throw OpenAIError.badRequest("the quality objective (or a quality weight) needs quality: {\"evalRun\": ID} or {\"text\": …}", param: "quality")

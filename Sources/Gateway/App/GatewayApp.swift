@@ -117,10 +117,11 @@ public struct GatewayDependencies: Sendable {
         refresh.use(path: nil, cache: factsCache)
     }
 
-    /// The job engine with every kind Corral runs: benchmarks go through the serving path (a
-    /// relay of their own, recording to the same ledger and metrics), tuning trials run
-    /// llama-servers outside the fleet under memory claims. Jobs live in `store` (an in-memory
-    /// database when there is none, as in tests of other concerns).
+    /// The job engine with every kind Corral runs: benchmarks, evaluations and fine-tuning ask
+    /// their models through one ``RelayModelClient`` (a relay of their own, recording to the same
+    /// ledger and metrics), tuning trials run llama-servers outside the fleet under memory
+    /// claims. Jobs live in `store` (an in-memory database when there is none, as in tests of
+    /// other concerns).
     static func makeJobEngine(scheduler: Scheduler, client: HTTPClient, store: (any WorkStore)?, node: String? = nil, logger: Logger, metrics: GatewayMetrics,
                               recorder: RequestRecorder?, tools: LlamaTools, hardware: HardwareCache, config: CorralConfig, access: AccessControl?, evalConsole: EvalConsole,
                               files: FileLibrary? = nil, refresh: CatalogRefresh? = nil, extraKinds: [any JobKind] = []) -> JobEngine {
@@ -130,74 +131,25 @@ public struct GatewayDependencies: Sendable {
                 metrics.observe(record)
                 recorder?(record)
             }, logger: logger, access: access)
-        let benchmark = BenchmarkJob(
-            send: { model, body in
-                let exchange = try await relay.open(
-                    route: "/admin/benchmarks", method: .POST, upstreamPath: "/v1/chat/completions", modelName: model, body: body,
-                    headers: [:], caller: .anonymous, tokens: TokenEstimate(prompt: 0, output: 0))
-                return (exchange.response, { status, usage, timings in await relay.finish(exchange, status: status, usage: AnswerUsage(usage: usage, timings: timings)) })
-            },
-            allocated: { model in await scheduler.instance(for: model)?.allocatedMiB })
-        // Evaluation requests go through the same serving path under the key that started the
-        // run (admitted against its limits, recorded with route /v1/evals), behind client
-        // requests in a model's queue; a run records the arguments of the instance that
-        // answered and the machine.
-        let evalRun = EvalRunJob(store: store, console: evalConsole, complete: { model, body, team, keyPrefix, onChunk in
-            let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:]
-            let exchange = try await relay.open(
-                route: "/v1/evals", method: .POST, upstreamPath: "/v1/chat/completions", modelName: model, body: ByteBuffer(bytes: body),
-                headers: [:], caller: Caller(teamID: team, keyPrefix: keyPrefix), tokens: TokenEstimate(object), priority: .background)
-            let status = Int(exchange.response.status.code)
-            if let onChunk, status == 200, exchange.response.headers.first(name: "content-type")?.hasPrefix("text/event-stream") == true {
-                // The client's own streaming path: usage and timings read from the stream, the
-                // first byte timed, a failure mid-stream delivered as an error event.
-                await relay.passBody(exchange, status: .ok, isSSE: true, hideUsage: false, write: { chunk in
-                    onChunk(chunk)
-                    return true
-                }, end: {})
-                return (status, Data())
-            }
-            let answer = try await relay.collect(exchange)
-            await relay.finish(exchange, status: status, errorKind: Relay.upstreamErrorKind(exchange.response.status.code == 200 ? .ok : .init(code: status)),
-                               usage: answer.withUnsafeReadableBytes { AnswerUsage(answer: $0) })
-            return (status, Data(answer.readableBytesView))
-        }, environment: { model in
+        // Every job asks its models through one client over the serving path: admitted under the
+        // job's key, recorded in the ledger under the job's route (/v1/evals, /v1/fine_tuning/jobs:
+        // background work behind client requests in a model's queue; /admin/benchmarks:
+        // anonymous, at client priority, as a benchmark measures what a client sees).
+        let models = RelayModelClient(relay: relay)
+        let benchmark = BenchmarkJob(client: models, allocated: { model in await scheduler.instance(for: model)?.allocatedMiB })
+        // A run records the arguments of the instance that answered and the machine.
+        let evalRun = EvalRunJob(store: store, console: evalConsole, client: models, environment: { model in
             guard let instance = await scheduler.instance(for: model) else { return nil }
             return EvalEnvironment(arguments: instance.arguments, hardware: await hardware.get())
         })
         // A fine-tuning job renders chat data with its base model's template and counts tokens
-        // with its tokenizer: llama-server's own routes, through the serving path under the
-        // job's key (recorded with route /v1/fine_tuning/jobs), behind client requests.
+        // with its tokenizer: llama-server's own routes.
         let fineTune = FineTuneJob(
-            tools: tools, files: files, turns: TrainerTurns(limit: config.fineTuningMaxConcurrent),
-            baseModel: { model, keyPrefix in
-                @Sendable func post(_ path: String, _ object: [String: Any]) async throws -> [String: Any] {
-                    let body = try JSONSerialization.data(withJSONObject: object)
-                    let exchange = try await relay.open(
-                        route: "/v1/fine_tuning/jobs", method: .POST, upstreamPath: path, modelName: model, body: ByteBuffer(bytes: body),
-                        headers: [:], caller: Caller(teamID: nil, keyPrefix: keyPrefix), tokens: TokenEstimate(prompt: 0, output: 0), priority: .background)
-                    let status = Int(exchange.response.status.code)
-                    let answer = try await relay.collect(exchange)
-                    await relay.finish(exchange, status: status, errorKind: Relay.upstreamErrorKind(.init(code: status)))
-                    let json = (try? JSONSerialization.jsonObject(with: Data(answer.readableBytesView))) as? [String: Any]
-                    guard status == 200, let json else {
-                        throw JobError("base_model_failed", "\(path) answered \(status): \(String(decoding: answer.readableBytesView.prefix(300), as: UTF8.self))")
-                    }
-                    return json
-                }
-                return FineTuneBaseModel(
-                    render: { messages in
-                        let answer = try await post("/apply-template", ["messages": messages.map { ["role": $0.role, "content": $0.content] }])
-                        guard let prompt = answer["prompt"] as? String else { throw JobError("base_model_failed", "/apply-template gave no prompt") }
-                        return prompt
-                    },
-                    countTokens: { text in
-                        let answer = try await post("/tokenize", ["content": text, "add_special": true])
-                        guard let tokens = answer["tokens"] as? [Any] else { throw JobError("base_model_failed", "/tokenize gave no tokens") }
-                        return tokens.count
-                    })
-            },
+            tools: tools, files: files, turns: TrainerTurns(limit: config.fineTuningMaxConcurrent), client: models,
             refreshCatalog: { if let refresh { try await refresh() } })
+        // Tuning trials are llama-servers outside the fleet: their load and quality probes ask
+        // them directly.
+        let tuning = TuningJob(tools: tools, client: client, trialClient: { LlamaServerModelClient(baseURL: $0, client: client) })
         let margin = config.scheduler.memoryMarginMiB
         let ladder = QuantLadderJob(tools: tools, directory: config.dataDirectory + "/quant-ladder", compatibility: {
             Compatibility(hardware: await hardware.get(), marginMiB: margin)
@@ -206,7 +158,7 @@ public struct GatewayDependencies: Sendable {
         let jobStore: any JobStore = store ?? (try! Store.inMemory())
         return JobEngine(
             store: jobStore, node: node, claims: scheduler, logger: logger,
-            kinds: [benchmark, TuningJob(tools: tools, client: client), PerplexityJob(tools: tools), evalRun, fineTune, ladder] + extraKinds,
+            kinds: [benchmark, tuning, PerplexityJob(tools: tools), evalRun, fineTune, ladder] + extraKinds,
             onPersistenceFailure: { _ in metrics.jobStoreWriteFailed() })
     }
 

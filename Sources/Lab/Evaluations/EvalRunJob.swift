@@ -2,8 +2,8 @@ import Foundation
 import Jobs
 import NIOCore
 import Runtime
+import Serving
 import Store
-import Synchronization
 
 /// Where a run's model answered: the llama-server arguments of its instance, and the machine.
 public struct EvalEnvironment: Sendable, Codable, Equatable {
@@ -102,19 +102,19 @@ public struct EvalRunState: Sendable, Codable, Equatable {
         for (k, verdict) in outcome.passed.enumerated() where k < criteria.count {
             if verdict { criteria[k].passed += 1 } else { criteria[k].failed += 1 }
         }
-        for (model, usage, requests) in outcome.usage { add(usage?.any as? [String: Any], model: model, requests: requests) }
+        for (model, usage, requests) in outcome.usage { add(usage, model: model, requests: requests) }
         if outcome.status == "pass" { itemPasses[outcome.item, default: 0] += 1 }
         done.insert(index)
         while done.remove(next) != nil { next += 1 }
     }
 
-    mutating func add(_ usage: [String: Any]?, model: String, requests: Int = 1) {
+    mutating func add(_ usage: ModelUsage?, model: String, requests: Int = 1) {
         guard let usage else { return }
         var u = self.usage[model] ?? Usage()
         u.invocations += requests
-        u.promptTokens += usage["prompt_tokens"] as? Int ?? 0
-        u.completionTokens += usage["completion_tokens"] as? Int ?? 0
-        u.cachedTokens += (usage["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int ?? 0
+        u.promptTokens += usage.promptTokens
+        u.completionTokens += usage.completionTokens
+        u.cachedTokens += usage.cachedTokens
         self.usage[model] = u
     }
 }
@@ -127,24 +127,22 @@ public struct EvalRunJob: JobKind {
     public static let name = "eval_run"
     public static let idPrefix = "evalrun"
 
-    /// Sends one chat completion (a JSON body) for `model` on behalf of a team's key; returns
-    /// the status and the answer's body. With `onChunk`, a streamed answer's bytes go to it as
-    /// they arrive and the body returned is empty (an error answer is returned whole).
-    public typealias Complete = @Sendable (_ model: String, _ body: Data, _ team: String?, _ keyPrefix: String?,
-                                           _ onChunk: (@Sendable (ByteBuffer) -> Void)?) async throws -> (status: Int, body: Data)
-
-    let complete: Complete
+    /// Asks the models under evaluation and the judges (through the serving path, under the run's key).
+    let client: any ModelClient
     let store: (any WorkStore)?
     /// Where a model answered: its instance's llama-server arguments and this machine.
     let environment: @Sendable (_ model: String) async -> EvalEnvironment?
     /// Prompts and answer tokens for whoever watches a run live.
     public let console: EvalConsole
 
-    public init(store: (any WorkStore)?, console: EvalConsole = EvalConsole(), complete: @escaping Complete,
+    /// The route the ledger records a run's requests under.
+    public static let route = "/v1/evals"
+
+    public init(store: (any WorkStore)?, console: EvalConsole = EvalConsole(), client: any ModelClient,
                 environment: @escaping @Sendable (String) async -> EvalEnvironment? = { _ in nil }) {
         self.store = store
         self.console = console
-        self.complete = complete
+        self.client = client
         self.environment = environment
     }
 
@@ -243,22 +241,35 @@ public struct EvalRunJob: JobKind {
         var item: Int
         var status: String
         var passed: [Bool]
-        var usage: [(model: String, usage: JobJSON?, requests: Int)]
+        var usage: [(model: String, usage: ModelUsage?, requests: Int)]
         /// The item as the live console shows it: prompt, answer, grades.
         var summary: JobJSON = .null
         /// The output item to store (its id and JSON).
         var row: (id: String, body: Data)?
     }
 
-    /// One unit's answer, between asking and grading: built by the task that asked, then read
-    /// only by the task that grades (hence unchecked).
-    struct Asked: @unchecked Sendable {
+    /// One unit's answer, between asking and grading.
+    struct Asked: Sendable {
         var index: Int
         var repetition: Int
-        var item: [String: Any]
-        var output: Output
+        var item: JobJSON
+        var answer: EvalAnswer
         /// The run's spec with this repetition's seed.
         var spec: EvalRunSpec
+    }
+
+    /// The origin of a run's requests: its key, behind client requests, recorded as `/v1/evals`.
+    static func origin(_ spec: EvalRunSpec) -> ModelCallOrigin {
+        ModelCallOrigin(teamID: spec.team, keyPrefix: spec.keyPrefix, priority: .background, route: route)
+    }
+
+    /// How a run's model is asked (its template, prompt sequence and sampling).
+    static func asking(_ spec: EvalRunSpec, model: String, client: any ModelClient) -> EvalAsking {
+        var sampling: [String: Double] = [:]
+        if let t = spec.sampling.temperature { sampling["temperature"] = t }
+        if let p = spec.sampling.topP { sampling["top_p"] = p }
+        return EvalAsking(client: client, model: model, template: spec.template, turns: spec.turns, sampling: sampling,
+                          maxTokens: spec.sampling.maxCompletionTokens, seed: spec.sampling.seed, origin: origin(spec))
     }
 
     /// Asks the model about one unit (or takes the sample its item came with).
@@ -267,209 +278,161 @@ public struct EvalRunJob: JobKind {
         let (index, repetition) = (unit / repetitions, unit % repetitions)
         var spec = spec
         if let seed = spec.sampling.seed { spec.sampling.seed = seed + repetition }
-        let entry = spec.items[index].any as? [String: Any] ?? [:]
-        let item = entry["item"] as? [String: Any] ?? [:]
-        let output = try await sample(for: item, given: entry["sample"], spec: spec, live: (run, index, repetition))
-        return Asked(index: index, repetition: repetition, item: item, output: output, spec: spec)
+        let entry = spec.items[index]
+        var item = JobJSON.object([:])
+        if case .object? = entry["item"] { item = entry["item"]! }
+        guard let model = spec.model else {
+            return Asked(index: index, repetition: repetition, item: item, answer: EvalAnswer(graded: Self.givenSample(entry["sample"])), spec: spec)
+        }
+        let console = self.console
+        let watch = EvalWatch(
+            isWatched: { console.isWatched(run) },
+            prompt: { turn, conversation in
+                console.publish(run, "prompt", ["index": index, "repetition": repetition, "turn": turn,
+                                                "input": conversation.map { ["role": $0.role, "content": $0.content] }])
+            },
+            token: { turn, text in console.publish(run, "token", ["index": index, "repetition": repetition, "turn": turn, "text": text]) })
+        let answer = try await Self.asking(spec, model: model, client: client).ask(item, watch: watch)
+        return Asked(index: index, repetition: repetition, item: item, answer: answer, spec: spec)
     }
 
     /// Grades an answer with every criterion (judges asked through the serving path) and builds
     /// its output item and console summary.
     func grade(_ asked: Asked, unit: Int, run: String) async throws -> ItemOutcome {
         let (index, repetition, item, spec) = (asked.index, asked.repetition, asked.item, asked.spec)
-        var output = asked.output
+        var answer = asked.answer
         var outcome = ItemOutcome(item: index, status: "", passed: [], usage: [])
-        if let model = spec.model { outcome.usage.append((model, output.usage.flatMap(JobJSON.init), output.requests)) }
-        var results: [[String: Any]] = []
-        var allPassed = output.error == nil
-        for grader in spec.criteria {
-            var passed = false
-            var score = 0.0
-            if output.error == nil {
-                let context: [String: Any] = ["item": item, "sample": output.sample]
-                do {
-                    if grader.type.isJudged {
-                        let judged = try await judge(grader, context, spec: spec)
-                        (score, passed) = judged.grade
-                        outcome.usage.append((grader.model ?? "", judged.usage.flatMap(JobJSON.init), 1))
-                    } else {
-                        (score, passed) = try grader.grade(context)
-                    }
-                } catch let error as GraderError {
-                    output.error = ("grader_error", error.message)
-                    allPassed = false
-                }
-            }
-            outcome.passed.append(passed)
-            allPassed = allPassed && passed
-            results.append(["name": grader.name, "type": grader.type.rawValue, "passed": passed, "score": score])
-        }
-        outcome.status = output.error != nil ? "error" : allPassed ? "pass" : "fail"
-        outcome.row = try outputItem(unit: unit, index: index, repetition: repetition, item: item, output: output, results: results, status: outcome.status, spec: spec, run: run)
-        var summary: [String: Any] = [
-            "index": index, "repetition": repetition, "status": outcome.status, "input": output.input, "results": results,
-            "output": EvalTemplate.text(output.graded["output_text"]?.any ?? ""),
-        ]
-        if let error = output.error { summary["error"] = ["code": error.code, "message": error.message] }
-        if let ms = output.totalMs { summary["total_ms"] = ms }
-        if let ms = output.firstTokenMs { summary["ttft_ms"] = ms }
-        outcome.summary = JobJSON(summary) ?? .null
+        if let model = spec.model { outcome.usage.append((model, answer.usage, answer.requests)) }
+        let grade = try await EvalGrading(criteria: spec.criteria, judges: client, origin: Self.origin(spec)).grade(item, &answer)
+        outcome.usage += grade.judgeUsage.map { ($0.model, $0.usage, 1) }
+        outcome.passed = grade.results.map(\.passed)
+        outcome.status = grade.status
+        outcome.row = try outputItem(unit: unit, index: index, repetition: repetition, item: item, answer: answer, results: grade.results,
+                                     status: outcome.status, spec: spec, run: run)
+        let summary = EvalItemSummary(
+            index: index, repetition: repetition, status: outcome.status, input: answer.input, results: grade.results, output: answer.outputText,
+            error: answer.error, totalMs: answer.totalMs, firstTokenMs: answer.firstTokenMs)
+        outcome.summary = try JobJSON(encoding: summary)
         return outcome
     }
 
-    /// Asks a `label_model` or `score_model` criterion's judge (through the serving path, under
-    /// the run's key) and grades its answer; a failed request is a grader error.
-    func judge(_ grader: Grader, _ context: [String: Any], spec: EvalRunSpec) async throws -> (grade: (Double, Bool), usage: [String: Any]?) {
-        let request = try grader.judgeRequest(context)
-        let answer: (status: Int, body: Data)
-        do {
-            answer = try await complete(grader.model ?? "", try JSONSerialization.data(withJSONObject: request), spec.team, spec.keyPrefix, nil)
-        } catch is CancellationError {
-            throw CancellationError()
-        } catch {
-            throw GraderError("the judge '\(grader.model ?? "")' could not be asked: \(error)")
-        }
-        let object = (try? JSONSerialization.jsonObject(with: answer.body)) as? [String: Any]
-        guard answer.status == 200, let choice = (object?["choices"] as? [[String: Any]])?.first else {
-            throw GraderError("the judge '\(grader.model ?? "")' answered \(answer.status)")
-        }
-        let text = (choice["message"] as? [String: Any])?["content"] as? String ?? ""
-        return (grader.judged(text), object?["usage"] as? [String: Any])
-    }
-
-    /// What the model made of one item (or the sample the item came with).
-    struct Output {
-        /// The sample the criteria grade: `EvalSample`'s fields, or the object a `jsonl` item came with.
-        var graded: JobJSON
-        /// `graded` as the graders' Foundation context holds it.
-        var sample: Any { graded.any }
-        var input: [[String: String]] = []
-        var finishReason = ""
-        var usage: [String: Any]?
-        /// Requests made for it (one per turn of a prompt sequence).
-        var requests = 0
-        /// Time to the answer, to its first token (of the first turn), and llama-server's prompt
-        /// and generation speed for it.
-        var totalMs: Double?
-        var firstTokenMs: Double?
-        var promptPerSecond: Double?
-        var generationPerSecond: Double?
-        var error: (code: String, message: String)?
-    }
-
     /// The sample a `jsonl` item came with, when it is an object; else an empty one.
-    static func givenSample(_ given: Any?) -> JobJSON {
-        guard let given, let sample = JobJSON(given), case .object = sample else { return .object([:]) }
-        return sample
-    }
-
-    /// The model's answer to one item, streamed (so the first token is timed and the console
-    /// can show the tokens as they come); `live` names the run, item and repetition for it.
-    func sample(for item: [String: Any], given: Any?, spec: EvalRunSpec, live: (run: String, index: Int, repetition: Int)) async throws -> Output {
-        guard let model = spec.model else { return Output(graded: Self.givenSample(given)) }
-        var output = Output(graded: .object([:]))
-        var turns: [String] = []
-        do {
-            output.input = try spec.template.map { ["role": $0.role, "content": try EvalTemplate.render($0.content, ["item": item])] }
-            turns = try spec.turns.map { try EvalTemplate.render($0, ["item": item]) }
-        } catch {
-            output.error = ("template_error", (error as? GraderError)?.message ?? "\(error)")
-            return output
-        }
-        // A prompt sequence sends each user turn after the model's answer to the one before; the
-        // sample is the last answer, and every answer is in `sample.turns`.
-        var conversation = output.input
-        var answers: [String] = []
-        var usage: [String: Int] = [:]
-        var totalMs = 0.0
-        let console = self.console
-        for (turnIndex, turn) in (turns.isEmpty ? [nil] : turns.map(Optional.some)).enumerated() {
-            if let turn { conversation.append(["role": "user", "content": turn]) }
-            var body: [String: Any] = ["model": model, "messages": conversation, "stream": true, "stream_options": ["include_usage": true]]
-            if let t = spec.sampling.temperature { body["temperature"] = t }
-            if let p = spec.sampling.topP { body["top_p"] = p }
-            if let m = spec.sampling.maxCompletionTokens { body["max_tokens"] = m }
-            if let s = spec.sampling.seed { body["seed"] = s }
-            console.publish(live.run, "prompt", ["index": live.index, "repetition": live.repetition, "turn": turnIndex, "input": conversation])
-            let streamed = Mutex(StreamedAnswer())
-            let answer: (status: Int, body: Data)
-            let asked = ContinuousClock.now
-            do {
-                answer = try await complete(model, try JSONSerialization.data(withJSONObject: body), spec.team, spec.keyPrefix) { chunk in
-                    let deltas = streamed.withLock { $0.feed(chunk, live: console.isWatched(live.run)) }
-                    for delta in deltas where console.isWatched(live.run) {
-                        console.publish(live.run, "token", ["index": live.index, "repetition": live.repetition, "turn": turnIndex, "text": delta])
-                    }
-                }
-                totalMs += 1000 * seconds(ContinuousClock.now - asked)
-            } catch is CancellationError {
-                throw CancellationError()
-            } catch {
-                output.error = ("request_failed", "\(error)")
-                return output
-            }
-            let got = streamed.withLock { answer in
-                answer.finish()
-                return answer
-            }
-            guard answer.status == 200 else {
-                let object = (try? JSONSerialization.jsonObject(with: answer.body)) as? [String: Any]
-                let message = ((object?["error"] as? [String: Any])?["message"] as? String) ?? String(decoding: answer.body.prefix(300), as: UTF8.self)
-                output.error = ("model_error", "the model answered \(answer.status): \(message)")
-                return output
-            }
-            if let failure = got.error {
-                output.error = ("model_error", "the answer broke off: \(failure)")
-                return output
-            }
-            if turnIndex == 0, let first = got.firstToken { output.firstTokenMs = 1000 * seconds(first - asked) }
-            answers.append(got.text)
-            output.requests += 1
-            conversation.append(["role": "assistant", "content": got.text])
-            output.finishReason = got.finishReason
-            for key in ["prompt_tokens", "completion_tokens", "total_tokens"] { usage[key, default: 0] += got.usage?[key] as? Int ?? 0 }
-            output.promptPerSecond = got.timings?["prompt_per_second"] as? Double
-            output.generationPerSecond = got.timings?["predicted_per_second"] as? Double
-        }
-        output.graded = EvalSample(answers: answers).json
-        output.usage = usage
-        output.totalMs = totalMs
-        if !turns.isEmpty { output.input = Array(conversation.dropLast()) }
-        return output
+    static func givenSample(_ given: JobJSON?) -> JobJSON {
+        guard let given, case .object = given else { return .object([:]) }
+        return given
     }
 
     /// An output item in the shape of the SDK's `OutputItemListResponse`.
     func outputItem(
-        unit: Int, index: Int, repetition: Int, item: [String: Any], output: Output, results: [[String: Any]], status: String, spec: EvalRunSpec, run: String
+        unit: Int, index: Int, repetition: Int, item: JobJSON, answer: EvalAnswer, results: [EvalCriterionResult], status: String, spec: EvalRunSpec, run: String
     ) throws -> (id: String, body: Data) {
         let id = "outputitem-\(run.dropFirst(EvalRunJob.idPrefix.count + 1))-\(unit)"
-        let usage = output.usage ?? [:]
-        var sample: [String: Any] = [
-            "input": output.input, "output": output.error == nil ? [["role": "assistant", "content": output.graded["output_text"]?.any ?? ""]] : [],
-            "model": spec.model ?? "", "finish_reason": output.finishReason,
-            "usage": [
-                "prompt_tokens": usage["prompt_tokens"] as? Int ?? 0, "completion_tokens": usage["completion_tokens"] as? Int ?? 0,
-                "total_tokens": usage["total_tokens"] as? Int ?? 0,
-                "cached_tokens": (usage["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int ?? 0,
-            ],
-            "temperature": spec.sampling.temperature ?? 1, "top_p": spec.sampling.topP ?? 1, "seed": spec.sampling.seed ?? 0,
-            "max_completion_tokens": spec.sampling.maxCompletionTokens ?? 0,
-            "error": ["code": output.error?.code ?? "", "message": output.error?.message ?? ""],
-        ]
+        let usage = answer.usage ?? ModelUsage()
+        let text = answer.outputText
+        var sample = EvalOutputItem.Sample(
+            input: answer.input, output: answer.error == nil || spec.model == nil ? [ModelMessage(role: "assistant", content: text)] : [],
+            model: spec.model ?? "", finishReason: answer.finishReason,
+            usage: .init(promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, totalTokens: usage.totalTokens, cachedTokens: usage.cachedTokens),
+            temperature: spec.sampling.temperature ?? 1, topP: spec.sampling.topP ?? 1, seed: spec.sampling.seed ?? 0,
+            maxCompletionTokens: spec.sampling.maxCompletionTokens ?? 0, error: answer.error ?? EvalItemError("", ""))
         // Corral's extension: how fast this item was answered.
-        if let ms = output.totalMs {
-            sample["timings"] = ["total_ms": ms, "time_to_first_token_ms": output.firstTokenMs.map { $0 as Any } ?? NSNull(),
-                                 "prompt_tokens_per_second": output.promptPerSecond.map { $0 as Any } ?? NSNull(),
-                                 "generation_tokens_per_second": output.generationPerSecond.map { $0 as Any } ?? NSNull()] as [String: Any]
+        if let ms = answer.totalMs {
+            sample.timings = .init(totalMs: ms, timeToFirstTokenMs: answer.firstTokenMs, promptTokensPerSecond: answer.promptPerSecond,
+                                   generationTokensPerSecond: answer.generationPerSecond)
         }
-        if spec.model == nil { sample["output"] = [["role": "assistant", "content": EvalTemplate.text(output.graded["output_text"]?.any ?? "")]] }
-        if let turns = output.graded["turns"] { sample["turns"] = turns.any }
-        let object: [String: Any] = [
-            "id": id, "object": "eval.run.output_item", "created_at": Int(Date().timeIntervalSince1970), "eval_id": spec.evalID, "run_id": run,
-            "datasource_item_id": index, "datasource_item": item, "status": status, "results": results, "sample": sample,
-            "repetition": repetition,
-        ]
-        return (id, try JSONSerialization.data(withJSONObject: object))
+        sample.turns = answer.graded["turns"]
+        let object = EvalOutputItem(
+            id: id, createdAt: Int(Date().timeIntervalSince1970), evalID: spec.evalID, runID: run, datasourceItemID: index, datasourceItem: item,
+            status: status, results: results, sample: sample, repetition: repetition)
+        return (id, try JSONEncoder().encode(object))
+    }
+}
+
+/// An item as the live console and the run's `item` events show it.
+struct EvalItemSummary: Encodable {
+    var index: Int
+    var repetition: Int
+    var status: String
+    var input: [ModelMessage]
+    var results: [EvalCriterionResult]
+    var output: String
+    var error: EvalItemError?
+    var totalMs: Double?
+    var firstTokenMs: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case index, repetition, status, input, results, output, error, totalMs = "total_ms", firstTokenMs = "ttft_ms"
+    }
+}
+
+/// An output item as the Evals API stores and lists it (`eval.run.output_item`).
+struct EvalOutputItem: Encodable {
+    struct Usage: Encodable {
+        var promptTokens: Int
+        var completionTokens: Int
+        var totalTokens: Int
+        var cachedTokens: Int
+        enum CodingKeys: String, CodingKey {
+            case promptTokens = "prompt_tokens", completionTokens = "completion_tokens", totalTokens = "total_tokens", cachedTokens = "cached_tokens"
+        }
+    }
+    /// Corral's extension: how fast the item was answered (null where unknown).
+    struct Timings: Encodable {
+        var totalMs: Double
+        var timeToFirstTokenMs: Double?
+        var promptTokensPerSecond: Double?
+        var generationTokensPerSecond: Double?
+        enum CodingKeys: String, CodingKey {
+            case totalMs = "total_ms", timeToFirstTokenMs = "time_to_first_token_ms", promptTokensPerSecond = "prompt_tokens_per_second"
+            case generationTokensPerSecond = "generation_tokens_per_second"
+        }
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(totalMs, forKey: .totalMs)
+            try c.encode(timeToFirstTokenMs, forKey: .timeToFirstTokenMs)
+            try c.encode(promptTokensPerSecond, forKey: .promptTokensPerSecond)
+            try c.encode(generationTokensPerSecond, forKey: .generationTokensPerSecond)
+        }
+    }
+    struct Sample: Encodable {
+        var input: [ModelMessage]
+        var output: [ModelMessage]
+        var model: String
+        var finishReason: String
+        var usage: Usage
+        var temperature: Double
+        var topP: Double
+        var seed: Int
+        var maxCompletionTokens: Int
+        var error: EvalItemError
+        var timings: Timings?
+        var turns: JobJSON?
+        enum CodingKeys: String, CodingKey {
+            case input, output, model, finishReason = "finish_reason", usage, temperature, topP = "top_p", seed
+            case maxCompletionTokens = "max_completion_tokens", error, timings, turns
+        }
+    }
+    var id: String
+    var object = "eval.run.output_item"
+    var createdAt: Int
+    var evalID: String
+    var runID: String
+    var datasourceItemID: Int
+    var datasourceItem: JobJSON
+    var status: String
+    var results: [EvalCriterionResult]
+    var sample: Sample
+    var repetition: Int
+
+    init(id: String, createdAt: Int, evalID: String, runID: String, datasourceItemID: Int, datasourceItem: JobJSON, status: String,
+         results: [EvalCriterionResult], sample: Sample, repetition: Int) {
+        (self.id, self.createdAt, self.evalID, self.runID, self.datasourceItemID) = (id, createdAt, evalID, runID, datasourceItemID)
+        (self.datasourceItem, self.status, self.results, self.sample, self.repetition) = (datasourceItem, status, results, sample, repetition)
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, object, createdAt = "created_at", evalID = "eval_id", runID = "run_id", datasourceItemID = "datasource_item_id"
+        case datasourceItem = "datasource_item", status, results, sample, repetition
     }
 }
 
@@ -491,6 +454,6 @@ public struct EvalSample: Sendable, Codable, Equatable {
         outputJSON = try? JSONDecoder().decode(JobJSON.self, from: Data(outputText.utf8))
     }
 
-    /// The sample as a JSON value (the graders read it through ``JobJSON/any``).
+    /// The sample as a JSON value (what the graders read).
     public var json: JobJSON { (try? JobJSON(encoding: self)) ?? .object(["output_text": .string(outputText)]) }
 }

@@ -50,7 +50,7 @@ public struct Evaluations: Sendable {
         var graders: [Grader] = []
         for (i, c) in criteria.enumerated() {
             guard let object = c as? [String: Any] else { throw .badRequest("testing_criteria[\(i)] must be an object", param: "testing_criteria") }
-            do { graders.append(try Grader(object, index: i)) } catch { throw .badRequest(error.message, param: "testing_criteria") }
+            do { graders.append(try Grader(JobJSON(object) ?? .null, index: i)) } catch { throw .badRequest(error.message, param: "testing_criteria") }
         }
         let schema = (config["item_schema"]).flatMap(JobJSON.init) ?? .object(["type": .string("object")])
         let definition = EvalDefinition(
@@ -170,7 +170,7 @@ public struct Evaluations: Sendable {
         let itemReferences = Set(templates.flatMap(EvalTemplate.references).filter { $0.hasPrefix("item.") })
         for (i, entry) in spec.items.enumerated() {
             let object = entry.any as? [String: Any] ?? [:]
-            for name in itemReferences.sorted() where EvalTemplate.lookup(name, in: ["item": object["item"] ?? [:]]) == nil {
+            for name in itemReferences.sorted() where EvalTemplate.lookup(name, in: .object(["item": JobJSON(object["item"] ?? [:]) ?? .null])) == nil {
                 throw .badRequest("item \(i) has no '\(name)', which a template names", param: "data_source")
             }
             if spec.model == nil, !(object["sample"] is [String: Any]) {

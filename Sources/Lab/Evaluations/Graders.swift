@@ -1,5 +1,6 @@
 import Foundation
 import Jobs
+import Serving
 
 /// Why a grader or a template cannot be used (a 400 for the request that named it).
 public struct GraderError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -25,7 +26,7 @@ public enum EvalTemplate {
 
     /// The template with every reference replaced by its value (strings as they are, other JSON
     /// values as JSON text). A reference to a missing field is an error that names it.
-    public static func render(_ template: String, _ context: [String: Any]) throws(GraderError) -> String {
+    public static func render(_ template: String, _ context: JobJSON) throws(GraderError) -> String {
         var out = ""
         var rest = Substring(template)
         while let open = rest.range(of: "{{") {
@@ -39,27 +40,37 @@ public enum EvalTemplate {
         return out + rest
     }
 
-    /// The value at a dotted path (`item.a.b`, `item.list.0`).
-    public static func lookup(_ path: String, in context: [String: Any]) -> Any? {
-        var current: Any? = context
+    /// The value at a dotted path (`item.a.b`, `item.list.0`); a null on the way reads as "".
+    public static func lookup(_ path: String, in context: JobJSON) -> JobJSON? {
+        var current: JobJSON? = context
         for key in path.split(separator: ".") {
             switch current {
-            case let object as [String: Any]: current = object[String(key)]
-            case let list as [Any]: current = Int(key).flatMap { $0 >= 0 && $0 < list.count ? list[$0] : nil }
+            case .object(let object)?: current = object[String(key)]
+            case .array(let list)?: current = Int(key).flatMap { $0 >= 0 && $0 < list.count ? list[$0] : nil }
             default: return nil
             }
-            if current == nil || current is NSNull { return current == nil ? nil : "" }
+            if current == .null { return .string("") }
         }
         return current
     }
 
-    static func text(_ value: Any) -> String {
-        if let s = value as? String { return s }
-        if let n = value as? NSNumber { return n.stringValue }
-        if JSONSerialization.isValidJSONObject(value), let data = try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys]) {
-            return String(decoding: data, as: UTF8.self)
+    /// A value as a template writes it: a string as it is, a number as written (whole numbers
+    /// without a fraction), a boolean as 1 or 0, anything else as JSON text with sorted keys.
+    static func text(_ value: JobJSON) -> String {
+        switch value {
+        case .string(let s): s
+        case .number(let n): n == n.rounded() && abs(n) < 1e15 ? String(Int(n)) : "\(n)"
+        case .bool(let b): b ? "1" : "0"
+        case .null: ""
+        case .array, .object: json(value)
         }
-        return "\(value)"
+    }
+
+    /// JSON text with sorted keys and whole numbers written as integers.
+    static func json(_ value: JobJSON) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? ""
     }
 }
 
@@ -102,36 +113,34 @@ public struct Grader: Sendable, Codable, Equatable {
     public static let metrics = ["fuzzy_match", "bleu", "rouge_1", "rouge_l"]
 
     /// A criterion from its JSON, checked; the message names what is wrong.
-    public init(_ object: [String: Any], index: Int) throws(GraderError) {
+    public init(_ criterion: JobJSON, index: Int) throws(GraderError) {
         let at = "testing_criteria[\(index)]"
-        guard let typeName = object["type"] as? String else { throw GraderError("\(at).type is required") }
+        let object = criterion.objectValue ?? [:]
+        guard let typeName = object["type"]?.stringValue else { throw GraderError("\(at).type is required") }
         guard let type = Kind(rawValue: typeName) else {
             throw GraderError("\(at).type '\(typeName)' is not supported; use string_check, text_similarity, label_model, score_model, regex or json_schema")
         }
         self.type = type
-        self.name = object["name"] as? String ?? "\(typeName)-\(index)"
+        self.name = object["name"]?.stringValue ?? "\(typeName)-\(index)"
         if type.isJudged {
-            guard let model = object["model"] as? String, !model.isEmpty else { throw GraderError("\(at).model is required for \(typeName)") }
-            guard let list = object["input"] as? [Any], !list.isEmpty else { throw GraderError("\(at).input must be a non-empty list of messages") }
+            guard let model = object["model"]?.stringValue, !model.isEmpty else { throw GraderError("\(at).model is required for \(typeName)") }
+            guard case .array(let list)? = object["input"], !list.isEmpty else { throw GraderError("\(at).input must be a non-empty list of messages") }
             self.model = model
             self.messages = try list.enumerated().map { (i, m) throws(GraderError) in
-                guard let m = m as? [String: Any], let role = m["role"] as? String else { throw GraderError("\(at).input[\(i)] needs a role and content") }
-                switch m["content"] {
-                case let text as String: return EvalTemplateMessage(role: role, content: text)
-                case let c as [String: Any] where c["text"] is String: return EvalTemplateMessage(role: role, content: c["text"] as! String)
-                default: throw GraderError("\(at).input[\(i)].content must be text")
-                }
+                guard let role = m["role"]?.stringValue else { throw GraderError("\(at).input[\(i)] needs a role and content") }
+                if let text = m["content"]?.stringValue ?? m["content"]?["text"]?.stringValue { return EvalTemplateMessage(role: role, content: text) }
+                throw GraderError("\(at).input[\(i)].content must be text")
             }
             self.input = ""
         } else {
-            guard let input = object["input"] as? String else { throw GraderError("\(at).input must be a template string") }
+            guard let input = object["input"]?.stringValue else { throw GraderError("\(at).input must be a template string") }
             self.input = input
         }
-        reference = object["reference"] as? String
-        operation = object["operation"] as? String
-        evaluationMetric = object["evaluation_metric"] as? String
-        passThreshold = (object["pass_threshold"] as? NSNumber)?.doubleValue
-        pattern = object["pattern"] as? String
+        reference = object["reference"]?.stringValue
+        operation = object["operation"]?.stringValue
+        evaluationMetric = object["evaluation_metric"]?.stringValue
+        passThreshold = object["pass_threshold"]?.numberValue
+        pattern = object["pattern"]?.stringValue
         switch type {
         case .stringCheck:
             guard reference != nil else { throw GraderError("\(at).reference is required for string_check") }
@@ -145,17 +154,17 @@ public struct Grader: Sendable, Codable, Equatable {
         case .regex:
             guard let pattern, (try? NSRegularExpression(pattern: pattern)) != nil else { throw GraderError("\(at).pattern must be a valid regular expression") }
         case .jsonSchema:
-            guard let raw = object["schema"] as? [String: Any], let value = JobJSON(raw) else { throw GraderError("\(at).schema must be a JSON schema object") }
-            schema = value
+            guard case .object? = object["schema"] else { throw GraderError("\(at).schema must be a JSON schema object") }
+            schema = object["schema"]
         case .labelModel:
-            guard let labels = object["labels"] as? [String], !labels.isEmpty else { throw GraderError("\(at).labels must be a non-empty list of strings") }
-            guard let passing = object["passing_labels"] as? [String], !passing.isEmpty, Set(passing).isSubset(of: labels) else {
+            guard let labels = object["labels"]?.stringsValue, !labels.isEmpty else { throw GraderError("\(at).labels must be a non-empty list of strings") }
+            guard let passing = object["passing_labels"]?.stringsValue, !passing.isEmpty, Set(passing).isSubset(of: labels) else {
                 throw GraderError("\(at).passing_labels must be a non-empty subset of labels")
             }
             self.labels = labels
             self.passingLabels = passing
         case .scoreModel:
-            let range = (object["range"] as? [NSNumber])?.map(\.doubleValue) ?? [0, 1]
+            let range = object["range"]?.numbersValue ?? [0, 1]
             guard range.count == 2, range[0] < range[1] else { throw GraderError("\(at).range must be [low, high] with low < high") }
             self.range = range
             if let t = passThreshold, !(range[0]...range[1]).contains(t) { throw GraderError("\(at).pass_threshold must lie within range") }
@@ -168,37 +177,40 @@ public struct Grader: Sendable, Codable, Equatable {
     /// The chat request that asks the judge of a `label_model` or `score_model` criterion, its
     /// answer constrained to `{"label": one of labels}` or `{"score": a number}` (so even a small
     /// judge answers in form).
-    public func judgeRequest(_ context: [String: Any]) throws(GraderError) -> [String: Any] {
-        var messages: [[String: String]] = []
-        for m in self.messages ?? [] { messages.append(["role": m.role, "content": try EvalTemplate.render(m.content, context)]) }
-        let schema: [String: Any] = type == .labelModel
-            ? ["type": "object", "properties": ["label": ["type": "string", "enum": labels ?? []]], "required": ["label"]]
-            : ["type": "object", "properties": ["score": ["type": "number"]], "required": ["score"]]
-        messages.append(["role": "system", "content": type == .labelModel
+    public func judgeRequest(_ context: JobJSON, origin: ModelCallOrigin) throws(GraderError) -> ModelRequest {
+        var messages: [ModelMessage] = []
+        for m in self.messages ?? [] { messages.append(ModelMessage(role: m.role, content: try EvalTemplate.render(m.content, context))) }
+        let (field, kind): (String, JobJSON) = type == .labelModel
+            ? ("label", .object(["type": .string("string"), "enum": .array((labels ?? []).map(JobJSON.string))]))
+            : ("score", .object(["type": .string("number")]))
+        let schema = JobJSON.object(["type": .string("object"), "properties": .object([field: kind]), "required": .array([.string(field)])])
+        messages.append(ModelMessage(role: "system", content: type == .labelModel
             ? "Answer with JSON: {\"label\": one of \((labels ?? []).joined(separator: ", "))}."
-            : "Answer with JSON: {\"score\": a number from \(range?[0] ?? 0) to \(range?[1] ?? 1)}."])
-        return [
-            "model": model ?? "", "messages": messages, "stream": false, "temperature": 0, "max_tokens": 64,
-            "response_format": ["type": "json_schema", "json_schema": ["name": "grade", "schema": schema]],
-        ]
+            : "Answer with JSON: {\"score\": a number from \(Self.number(range?[0] ?? 0)) to \(Self.number(range?[1] ?? 1))}."))
+        return ModelRequest(
+            model: model ?? "", input: .messages(messages), sampling: ["temperature": 0], maxTokens: 64,
+            responseFormat: .object(["type": .string("json_schema"), "json_schema": .object(["name": .string("grade"), "schema": schema])]), origin: origin)
     }
+
+    /// A number as the judge's instruction writes it.
+    static func number(_ value: Double) -> String { "\(value)" }
 
     /// The grade from the judge's answer text.
     public func judged(_ answer: String) -> (score: Double, passed: Bool) {
-        let object = (try? JSONSerialization.jsonObject(with: Data(answer.utf8))) as? [String: Any]
+        let object = try? JSONDecoder().decode(JobJSON.self, from: Data(answer.utf8))
         if type == .labelModel {
-            guard let label = object?["label"] as? String else { return (0, false) }
+            guard let label = object?["label"]?.stringValue else { return (0, false) }
             let passed = passingLabels?.contains(label) == true
             return (passed ? 1 : 0, passed)
         }
-        guard let raw = (object?["score"] as? NSNumber)?.doubleValue else { return (0, false) }
+        guard let raw = object?["score"]?.numberValue else { return (0, false) }
         let low = range?[0] ?? 0, high = range?[1] ?? 1
         let score = min(max(raw, low), high)
         return (score, score >= (passThreshold ?? (low + high) / 2))
     }
 
     /// The grade of one item and sample: a score from 0 to 1 and whether it passes.
-    public func grade(_ context: [String: Any]) throws(GraderError) -> (score: Double, passed: Bool) {
+    public func grade(_ context: JobJSON) throws(GraderError) -> (score: Double, passed: Bool) {
         guard !type.isJudged else { throw GraderError("\(name) is judged by a model: ask it with judgeRequest") }
         let text = try EvalTemplate.render(input, context)
         switch type {
@@ -225,8 +237,7 @@ public struct Grader: Sendable, Codable, Equatable {
             let matched = expression?.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)) != nil
             return (matched ? 1 : 0, matched)
         case .jsonSchema:
-            guard let data = text.data(using: .utf8), let parsed = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]),
-                  let value = JobJSON(parsed), let schema else { return (0, false) }
+            guard let value = try? JSONDecoder().decode(JobJSON.self, from: Data(text.utf8)), let schema else { return (0, false) }
             let valid = JSONSchemaCheck.validates(value, schema)
             return (valid ? 1 : 0, valid)
         case .labelModel, .scoreModel:

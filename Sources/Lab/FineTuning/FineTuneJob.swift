@@ -2,6 +2,7 @@ import Files
 import Foundation
 import Jobs
 import Runtime
+import Serving
 import Store
 
 /// The training settings of a job, resolved from its preset and `hyperparameters` when it was
@@ -145,6 +146,29 @@ public struct FineTuneBaseModel: Sendable {
     public init(render: @escaping @Sendable ([TrainingMessage]) async throws -> String, countTokens: @escaping @Sendable (String) async throws -> Int) {
         (self.render, self.countTokens) = (render, countTokens)
     }
+
+    /// The route the ledger records a fine-tuning job's requests under.
+    public static let route = "/v1/fine_tuning/jobs"
+
+    /// `model` asked through `client` under the job's key, behind client requests; a failure is
+    /// the job's `base_model_failed` error.
+    public init(model: String, keyPrefix: String?, client: any ModelClient) {
+        let origin = ModelCallOrigin(keyPrefix: keyPrefix, priority: .background, route: Self.route)
+        @Sendable func failed(_ path: String, _ error: ModelClientError) -> JobError {
+            JobError("base_model_failed", error.kind == .answeredError ? "\(path) answered \(error.status ?? 0): \(error.message)" : error.message)
+        }
+        self.init(
+            render: { messages in
+                do throws(ModelClientError) { return try await client.applyTemplate(model: model, messages: messages.map { ModelMessage(role: $0.role, content: $0.content) }, origin: origin) } catch {
+                    throw failed("/apply-template", error)
+                }
+            },
+            countTokens: { text in
+                do throws(ModelClientError) { return try await client.tokenize(model: model, text: text, addSpecial: true, origin: origin).count } catch {
+                    throw failed("/tokenize", error)
+                }
+            })
+    }
 }
 
 /// Fine-tuning on `llama-finetune`: validates and renders the data (validating_files), waits for
@@ -160,17 +184,17 @@ public struct FineTuneJob: JobKind {
     let tools: LlamaTools
     let files: FileLibrary?
     let turns: TrainerTurns
-    /// The base model's chat template and tokenizer, by model id.
-    let baseModel: @Sendable (_ model: String, _ keyPrefix: String?) -> FineTuneBaseModel
+    /// Asks the base model for its chat template and tokenizer (through the serving path).
+    let client: any ModelClient
     /// Rebuilds the catalog, so the models a job wrote are served.
     let refreshCatalog: @Sendable () async throws -> Void
 
-    public init(tools: LlamaTools, files: FileLibrary?, turns: TrainerTurns, baseModel: @escaping @Sendable (String, String?) -> FineTuneBaseModel,
+    public init(tools: LlamaTools, files: FileLibrary?, turns: TrainerTurns, client: any ModelClient,
                 refreshCatalog: @escaping @Sendable () async throws -> Void) {
         self.tools = tools
         self.files = files
         self.turns = turns
-        self.baseModel = baseModel
+        self.client = client
         self.refreshCatalog = refreshCatalog
     }
 
@@ -215,7 +239,7 @@ public struct FineTuneJob: JobKind {
     /// Reads, renders and checks the data, then writes the training and validation texts.
     func validate(_ spec: FineTuneSpec, folder: String, into state: inout FineTuneState) async throws {
         guard let files else { throw JobError("no_files", "the Files API is not configured") }
-        let base = baseModel(spec.base, spec.keyPrefix)
+        let base = FineTuneBaseModel(model: spec.base, keyPrefix: spec.keyPrefix, client: client)
         let scope: TeamScope = spec.team.map { .team($0) } ?? .all
         /// A file's examples rendered as text (chat ones with the base model's template).
         func texts(of id: String) async throws -> [String] {
@@ -529,16 +553,20 @@ public struct FineTuneJob: JobKind {
     /// file, with the base's context length and chat template (kept next to them as
     /// `chat_template.jinja`); the catalog's `fine-tuned` source reads it.
     static func writeManifest(folder: String, spec: FineTuneSpec, state: FineTuneState, final: (name: String, file: String)?) throws {
-        var extra: [String: Any] = [:]
-        if let context = spec.baseContextLength { extra["contextSize"] = context }
+        var chatTemplateFile: String?
         do {
             if let template = spec.chatTemplate {
                 try Data(template.utf8).write(to: URL(fileURLWithPath: folder + "/chat_template.jinja"), options: .atomic)
-                extra["chatTemplateFile"] = "chat_template.jinja"
+                chatTemplateFile = "chat_template.jinja"
             }
-            var models: [[String: Any]] = state.checkpoints.map { ["name": $0.fineTunedModelCheckpoint, "file": $0.file, "base": spec.base].merging(extra) { a, _ in a } }
-            if let final { models.insert(["name": final.name, "file": final.file, "base": spec.base].merging(extra) { a, _ in a }, at: 0) }
-            let data = try JSONSerialization.data(withJSONObject: ["models": models], options: [.prettyPrinted, .sortedKeys])
+            func entry(_ name: String, _ file: String) -> FineTuneManifest.Model {
+                FineTuneManifest.Model(name: name, file: file, base: spec.base, contextSize: spec.baseContextLength, chatTemplateFile: chatTemplateFile)
+            }
+            var models = state.checkpoints.map { entry($0.fineTunedModelCheckpoint, $0.file) }
+            if let final { models.insert(entry(final.name, final.file), at: 0) }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            let data = try encoder.encode(FineTuneManifest(models: models))
             try data.write(to: URL(fileURLWithPath: folder + "/models.json"), options: .atomic)
         } catch {
             throw JobError("storage", "the job's models cannot be recorded: \(error.localizedDescription)")
@@ -584,4 +612,16 @@ public actor TrainerTurns {
     private func handOn() {
         if waiting.isEmpty { running -= 1 } else { waiting.removeFirst().continuation.resume() }
     }
+}
+
+/// `models.json` in a fine-tuning job's folder, as the catalog's `fine-tuned` source reads it.
+struct FineTuneManifest: Codable, Equatable {
+    struct Model: Codable, Equatable {
+        var name: String
+        var file: String
+        var base: String
+        var contextSize: Int?
+        var chatTemplateFile: String?
+    }
+    var models: [Model]
 }
