@@ -45,10 +45,14 @@ import Testing
         }
     }
 
+    /// The hanging server's `sleep` argument, unique to the fixture (600 s and a fraction), so a
+    /// test finds its own child among those of suites running beside it.
+    static func hangArgument(_ f: Fixture) -> String { "600.\(UInt(bitPattern: f.directory.hashValue) % 1_000_000)" }
+
     /// A scheduler whose "llama-server" starts, prints nothing useful and hangs.
     static func hangingScheduler(_ f: Fixture, loadTimeout: Duration) throws -> (Scheduler, LlamaTools) {
         let script = f.directory + "/hang.sh"
-        try "#!/bin/sh\necho loading forever\nexec sleep 600\n".write(toFile: script, atomically: true, encoding: .utf8)
+        try "#!/bin/sh\necho loading forever\nexec sleep \(hangArgument(f))\n".write(toFile: script, atomically: true, encoding: .utf8)
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script)
         var limits = Scheduler.Limits(from: f.config.scheduler, hostTotalMiB: HostMemory.read().totalMiB)
         limits.loadTimeout = loadTimeout
@@ -63,16 +67,21 @@ import Testing
         guard var f = try Fixture.make(models: ["alpha"]) else { return }
         let (scheduler, tools) = try Self.hangingScheduler(f, loadTimeout: .milliseconds(500))
         f = Fixture(directory: f.directory, scheduler: scheduler, config: f.config, tools: tools)
+        let mine = "sleep\0\(Self.hangArgument(f))"
         try await f.run { port in
             let reply = try await send(port, "/v1/chat/completions", json: chat("alpha"))
             #expect(reply.status == 503)
             let message = (reply.json?["error"] as? [String: Any])?["message"] as? String ?? ""
             #expect(message.contains("not ready within"), "\(message)")
             #expect(await scheduler.spawnCount == 1)
-            // Children belong to the thread that forked them: look at every thread of this process.
+            // Children belong to the thread that forked them: look at every thread of this process,
+            // for this test's hanging server (suites beside it run llama-servers of their own).
             let threads = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
-            let leftovers = threads.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/children", encoding: .utf8) }
-                .joined().trimmingCharacters(in: .whitespacesAndNewlines)
+            let children = threads.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/children", encoding: .utf8) }
+                .joined(separator: " ").split(separator: " ")
+            let leftovers = children.filter { pid in
+                (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8))?.hasPrefix(mine) == true
+            }
             #expect(leftovers.isEmpty, "children left: \(leftovers)")
         }
     }
