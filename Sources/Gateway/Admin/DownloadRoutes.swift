@@ -85,8 +85,8 @@ struct DownloadRoutes: Sendable {
                     do {
                         let (facts, _) = try await RemoteHeader(sources: downloads.sources).facts(try ModelReference(name), insecure: false)
                         let verdict = try await library.compatibility(facts, name: name, query: [:])
-                        object["fit"] = ["model": name, "verdict": verdict["verdict"] ?? "", "largestContext": verdict["largestContext"] ?? 0,
-                                         "estimatedTotalMiB": verdict["estimatedTotalMiB"] ?? 0]
+                        object["fit"] = ["model": name, "verdict": verdict.verdict, "largestContext": verdict.largestContext,
+                                         "estimatedTotalMiB": verdict.estimatedTotalMiB]
                     } catch {
                         object["fit"] = ["model": name, "error": "\(error)"]
                     }
@@ -109,12 +109,43 @@ struct DownloadRoutes: Sendable {
             let (facts, cost) = try await mapped {
                 try await RemoteHeader(sources: downloads.sources).facts(try ModelReference(name), insecure: q["insecure"] == "true")
             }
-            var answer = try await mapped { try await library.compatibility(facts, name: name, query: q) }
-            answer["header"] = ["bytesFetched": cost.bytesFetched, "fileBytes": cost.fileBytes, "requests": cost.requests,
-                                "fraction": cost.fileBytes > 0 ? Double(cost.bytesFetched) / Double(cost.fileBytes) : 0]
-            answer["facts"] = ["architecture": facts.architecture ?? "", "parameters": facts.parameterCount, "quantization": facts.quantization,
-                               "contextLength": facts.contextLength ?? 0, "sizeBytes": cost.fileBytes]
-            return jsonResponse(answer)
+            let answer = try await mapped { try await library.compatibility(facts, name: name, query: q) }
+            return try Wire.response(RemoteCompatibility(
+                answer: answer,
+                header: .init(bytesFetched: cost.bytesFetched, fileBytes: cost.fileBytes, requests: cost.requests,
+                              fraction: cost.fileBytes > 0 ? Double(cost.bytesFetched) / Double(cost.fileBytes) : 0),
+                facts: .init(architecture: facts.architecture, parameters: facts.parameterCount, quantization: facts.quantization,
+                             contextLength: facts.contextLength ?? 0, sizeBytes: cost.fileBytes)))
         }
+    }
+}
+
+/// A remote file's compatibility: the library's answer, what reading its header cost, and the
+/// header's facts.
+struct RemoteCompatibility: Encodable {
+    struct Header: Encodable {
+        var bytesFetched: Int64
+        var fileBytes: Int64
+        var requests: Int
+        var fraction: Double
+    }
+    struct Facts: Encodable {
+        var architecture: String
+        var parameters: UInt64
+        var quantization: String
+        var contextLength: Int
+        var sizeBytes: Int64
+    }
+    var answer: CompatibilityAnswer
+    var header: Header
+    var facts: Facts
+
+    enum CodingKeys: String, CodingKey { case header, facts }
+
+    func encode(to encoder: any Encoder) throws {
+        try answer.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(header, forKey: .header)
+        try c.encode(facts, forKey: .facts)
     }
 }

@@ -390,7 +390,7 @@ public struct EvalRunJob: JobKind {
             if let p = spec.sampling.topP { body["top_p"] = p }
             if let m = spec.sampling.maxCompletionTokens { body["max_tokens"] = m }
             if let s = spec.sampling.seed { body["seed"] = s }
-            console.publish(live.run, "prompt", ["index": live.index, "repetition": live.repetition, "turn": turnIndex, "input": conversation])
+            console.publish(live.run, "prompt", EvalConsole.Prompt(index: live.index, repetition: live.repetition, turn: turnIndex, input: conversation))
             let streamed = Mutex(StreamedAnswer())
             let answer: (status: Int, body: Data)
             let asked = ContinuousClock.now
@@ -398,7 +398,7 @@ public struct EvalRunJob: JobKind {
                 answer = try await complete(model, try JSONSerialization.data(withJSONObject: body), spec.team, spec.keyPrefix) { chunk in
                     let deltas = streamed.withLock { $0.feed(chunk, live: console.isWatched(live.run)) }
                     for delta in deltas where console.isWatched(live.run) {
-                        console.publish(live.run, "token", ["index": live.index, "repetition": live.repetition, "turn": turnIndex, "text": delta])
+                        console.publish(live.run, "token", EvalConsole.Token(index: live.index, repetition: live.repetition, turn: turnIndex, text: delta))
                     }
                 }
                 totalMs += 1000 * seconds(ContinuousClock.now - asked)
@@ -427,9 +427,9 @@ public struct EvalRunJob: JobKind {
             output.requests += 1
             conversation.append(["role": "assistant", "content": got.text])
             output.finishReason = got.finishReason
-            for key in ["prompt_tokens", "completion_tokens", "total_tokens"] { usage[key, default: 0] += got.usage?[key] as? Int ?? 0 }
-            output.promptPerSecond = got.timings?["prompt_per_second"] as? Double
-            output.generationPerSecond = got.timings?["predicted_per_second"] as? Double
+            for key in ["prompt_tokens", "completion_tokens", "total_tokens"] { usage[key, default: 0] += got.usage?[key]?.intValue ?? 0 }
+            output.promptPerSecond = got.timings?["prompt_per_second"]?.doubleValue
+            output.generationPerSecond = got.timings?["predicted_per_second"]?.doubleValue
         }
         output.graded = EvalSample(answers: answers).json
         output.usage = usage

@@ -351,3 +351,14 @@ enum JSONSchemaCheck {
         }
     }
 }
+
+extension Grader {
+    /// A criterion from a request's JSON value: the object read as `init(_:index:)` reads
+    /// Foundation's (the same checks and messages).
+    public init(_ json: JobJSON, index: Int) throws(GraderError) {
+        let data: Data
+        do { data = try JobCoding.encoder.encode(json) } catch { throw GraderError("testing_criteria[\(index)] must be an object") }
+        guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { throw GraderError("testing_criteria[\(index)] must be an object") }
+        try self.init(object, index: index)
+    }
+}
