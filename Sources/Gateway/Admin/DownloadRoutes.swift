@@ -22,17 +22,17 @@ struct DownloadRoutes: Sendable {
             guard let model = body["model"] as? String, !model.isEmpty else { throw OpenAIError.badRequest("model is required", param: "model") }
             let started = try await mapped { try await downloads.start(model, insecure: body["insecure"] as? Bool ?? false) }
             guard let view = try await mapped({ try await downloads.download(started.job.id) }) else { throw OpenAIError(.notFound, "the download vanished", code: "not_found") }
-            return try jsonEncodable(view, status: .accepted)
+            return try Wire.response(view, status: .accepted)
         }
         admin.get("downloads", .init("Downloads, newest first (kept across restarts)", errors: [])) { _, _ in
-            try jsonEncodable(["downloads": try await mapped { try await downloads.list() }])
+            try Wire.response(["downloads": try await mapped { try await downloads.list() }])
         }
         admin.get("downloads/{id}", .init("One download: state, bytes done and total, rate, time left, files, error", path: id)) { _, context in
             let downloadID = try context.parameters.require("id")
             guard let view = try await mapped({ try await downloads.download(downloadID) }) else {
                 throw OpenAIError(.notFound, "no download '\(downloadID)'", code: "not_found")
             }
-            return try jsonEncodable(view)
+            return try Wire.response(view)
         }
         admin.get("downloads/{id}/events", .events(
             "The download's job events as server-sent events (`pull` events are Ollama's progress lines); replays from Last-Event-ID", path: id)
@@ -51,7 +51,7 @@ struct DownloadRoutes: Sendable {
                     throw OpenAIError(.notFound, "no download '\(downloadID)'", code: "not_found")
                 }
                 _ = try await mapped { action == "pause" ? try await downloads.engine.pause(downloadID) : try await downloads.engine.resume(downloadID) }
-                return try jsonEncodable(try await mapped { try await downloads.download(downloadID) })
+                return try Wire.response(try await mapped { try await downloads.download(downloadID) })
             }
         }
         admin.delete("downloads/{id}", .init("Cancel a download and delete its partial files", path: id, errors: [404])) { _, context in
@@ -59,7 +59,7 @@ struct DownloadRoutes: Sendable {
             guard let view = try await mapped({ try await downloads.cancel(downloadID) }) else {
                 throw OpenAIError(.notFound, "no download '\(downloadID)'", code: "not_found")
             }
-            return try jsonEncodable(view)
+            return try Wire.response(view)
         }
         admin.get("library/remote", .init(
             "Search the Hugging Face hub for GGUF models: each repository's files with quant and size, its categories (chat, code, embedding, vision), and with fit=true the verdict of its default quant from the file's header",

@@ -17,7 +17,7 @@ struct LibraryRoutes: Sendable {
         admin.get("hardware", .init("CPU, RAM, accelerators, NVIDIA details, llama.cpp build and backend",
                                     query: [.init("refresh", .boolean, "read again instead of the cached answer")], errors: [])) { request, _ in
             let info = await library.hardware.get(refresh: request.uri.queryParameters.get("refresh") == "true")
-            return try jsonEncodable(info)
+            return try Wire.response(info)
         }
         admin.get("models", .init("The model library with filters and sorting", query: [
             .init("q", .string, "text in id, name, aliases, architecture, quantization"), .init("architecture", .string), .init("quantization", .string),
@@ -69,9 +69,4 @@ extension Request {
         for (k, v) in uri.queryParameters { q[String(k)] = String(v) }
         return q
     }
-}
-
-/// A JSON response from an Encodable value (dates as RFC 3339).
-func jsonEncodable(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
-    Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: .init(bytes: try JSONEncoder.iso.encode(value))))
 }

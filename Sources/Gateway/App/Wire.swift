@@ -27,10 +27,12 @@ enum Wire {
         }
     }
 
-    /// `value` as a JSON response (keys sorted, slashes unescaped, as the dictionaries were written).
+    /// `value` as a JSON response (keys sorted, slashes unescaped, as the dictionaries were
+    /// written; dates as RFC 3339).
     static func response(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
         return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
     }
 }
