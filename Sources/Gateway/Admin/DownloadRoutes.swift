@@ -75,25 +75,23 @@ struct DownloadRoutes: Sendable {
             }
             let limit = min(max(Int(q["limit"] ?? "") ?? 10, 1), 50)
             let found = try await mapped { try await downloads.sources.searchHub(words, limit: limit) }
-            var results: [[String: Any]] = []
+            var results: [SearchResult] = []
             for repository in found {
-                var object = (try? JSONSerialization.jsonObject(with: JSONEncoder().encode(repository))) as? [String: Any] ?? [:]
                 let quant = repository.files.first { $0.quant == "Q4_K_M" }?.quant ?? repository.files.first?.quant
-                object["defaultQuant"] = quant ?? NSNull()
+                var result = SearchResult(repository: repository, defaultQuant: quant)
                 if q["fit"] == "true" {
                     let name = repository.name + (quant.map { ":" + $0 } ?? "")
                     do {
                         let (facts, _) = try await RemoteHeader(sources: downloads.sources).facts(try ModelReference(name), insecure: false)
                         let verdict = try await library.compatibility(facts, name: name, query: [:])
-                        object["fit"] = ["model": name, "verdict": verdict.verdict, "largestContext": verdict.largestContext,
-                                         "estimatedTotalMiB": verdict.estimatedTotalMiB]
+                        result.fit = .init(model: name, verdict: verdict.verdict, largestContext: verdict.largestContext, estimatedTotalMiB: verdict.estimatedTotalMiB)
                     } catch {
-                        object["fit"] = ["model": name, "error": "\(error)"]
+                        result.fit = .init(model: name, error: "\(error)")
                     }
                 }
-                results.append(object)
+                results.append(result)
             }
-            return jsonResponse(["models": results])
+            return try Wire.response(["models": results])
         }
         admin.get("library/remote/compatibility", .init(
             "A fit verdict for a model not downloaded yet, from its GGUF header read with Range requests: the same answer as /admin/models/{id}/compatibility, plus what reading the header cost",
@@ -147,5 +145,29 @@ struct RemoteCompatibility: Encodable {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(header, forKey: .header)
         try c.encode(facts, forKey: .facts)
+    }
+}
+
+/// A hub search result: the repository, its default quant (null without one) and, with
+/// `fit=true`, whether it fits here (or why that could not be told).
+struct SearchResult: Encodable {
+    struct Fit: Encodable {
+        var model: String
+        var verdict: String?
+        var largestContext: Int?
+        var estimatedTotalMiB: Int?
+        var error: String?
+    }
+    var repository: ModelSources.HubRepository
+    var defaultQuant: String?
+    var fit: Fit?
+
+    enum CodingKeys: String, CodingKey { case defaultQuant, fit }
+
+    func encode(to encoder: any Encoder) throws {
+        try repository.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(defaultQuant, forKey: .defaultQuant)
+        try c.encodeIfPresent(fit, forKey: .fit)
     }
 }
