@@ -113,7 +113,7 @@ let package = Package(
         // The model library: catalog queries, compatibility, recommendations, sampling profiles.
         .target(
             name: "Library",
-            dependencies: ["GGUF", "Runtime", "Store"],
+            dependencies: ["GGUF", "Runtime", "Store", "Jobs"],
             swiftSettings: swiftSettings
         ),
         // Work on models as jobs: benchmarks, perplexity, tuning, evaluations, fine-tuning and the quant ladder.
@@ -213,7 +213,7 @@ let package = Package(
         // The library: the fit-plan cache in the store, sampling profiles, compatibility verdicts.
         .testTarget(
             name: "LibraryTests",
-            dependencies: ["Library", "Runtime", "GGUF", "Store", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["Library", "Runtime", "GGUF", "Store", "Jobs", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings),
         // The serving core's parsers and its pooled transport to local llama-servers.
         .testTarget(
@@ -226,7 +226,7 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings),
-        .testTarget(name: "LabTests", dependencies: ["Lab", "Jobs", "Serving", "Files"], swiftSettings: swiftSettings),
+        .testTarget(name: "LabTests", dependencies: ["Lab", "Jobs", "Serving", "Files", "Store"], swiftSettings: swiftSettings),
         .testTarget(name: "AcquisitionTests", dependencies: ["Acquisition"], swiftSettings: swiftSettings),
         .testTarget(name: "AccessTests", dependencies: ["Access", "Store"], swiftSettings: swiftSettings),
         // The usage ledger on SQLite: rollups against raw sums, retention, the bounded queue.

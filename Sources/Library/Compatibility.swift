@@ -48,15 +48,15 @@ public struct Compatibility: Sendable {
     }
 
     /// What would make a model fit (or fit with more context), each with the MiB it saves.
-    public func suggestions(_ facts: ModelFacts, _ settings: MemoryEstimator.Settings, current: MemoryEstimator.Estimate) -> [[String: Any]] {
-        var out: [[String: Any]] = []
+    public func suggestions(_ facts: ModelFacts, _ settings: MemoryEstimator.Settings, current: MemoryEstimator.Estimate) -> [Suggestion] {
+        var out: [Suggestion] = []
         func saving(_ change: (inout MemoryEstimator.Settings) -> Void, _ what: String) {
             var s = settings
             s.gpuLayers = current.gpuLayers
             change(&s)
             let e = MemoryEstimator.estimate(facts, s, gpu: current.gpuLayers > 0 ? gpu?.name : nil)
             let saved = Int((Int64(current.total) - Int64(e.total)) / 1_048_576)
-            if saved > 0 { out.append(["change": what, "savesMiB": saved]) }
+            if saved > 0 { out.append(Suggestion(change: what, savesMiB: saved)) }
         }
         var quantized = settings
         (quantized.cacheTypeK, quantized.cacheTypeV, quantized.flashAttention) = (.q8_0, .q8_0, true)
@@ -70,30 +70,54 @@ public struct Compatibility: Sendable {
     }
 
     /// Memory per device over context sizes and GPU layer counts, for plotting.
-    public func table(_ facts: ModelFacts, _ settings: MemoryEstimator.Settings) -> [[String: Any]] {
+    public func table(_ facts: ModelFacts, _ settings: MemoryEstimator.Settings) -> [TableRow] {
         let trained = facts.contextLength ?? 4096
         var contexts = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072].filter { $0 <= max(trained, 2048) }
         if !contexts.contains(trained) { contexts.append(trained) }
         let layers = facts.blockCount ?? facts.layerBytes.count
         let layerCounts = gpu == nil ? [0] : Array(Set([0, layers / 4, layers / 2, 3 * layers / 4, layers, layers + 1])).sorted()
-        var rows: [[String: Any]] = []
+        var rows: [TableRow] = []
         for ngl in layerCounts {
             for ctx in contexts.sorted() {
                 var s = settings
                 s.contextSize = ctx
                 s.gpuLayers = ngl
                 let e = MemoryEstimator.estimate(facts, s, gpu: ngl > 0 ? gpu?.name : nil)
-                var row: [String: Any] = ["context": ctx, "gpuLayers": ngl, "fits": fits(e)]
-                for d in e.devices { row[d.name + "MiB"] = Int(d.total / 1_048_576) }
-                rows.append(row)
+                rows.append(TableRow(context: ctx, gpuLayers: ngl, fits: fits(e), deviceMiB: Dictionary(
+                    e.devices.map { ($0.name, Int($0.total / 1_048_576)) }, uniquingKeysWith: { _, last in last })))
             }
         }
         return rows
     }
 
-    public static func deviceObject(_ d: MemoryEstimator.Device) -> [String: Any] {
-        let mib = { (b: UInt64) in Int((b + 524_288) / 1_048_576) }
-        return ["device": d.name, "weightsMiB": mib(d.weights), "kvMiB": mib(d.kv), "computeMiB": mib(d.compute), "outputMiB": mib(d.output),
-                "overheadMiB": mib(d.overhead), "totalMiB": mib(d.total)]
+    /// A change that saves memory, and how much.
+    public struct Suggestion: Encodable, Sendable, Equatable {
+        public var change: String
+        public var savesMiB: Int
+    }
+
+    /// One point of the table: a context and GPU layer count, whether it fits, and each
+    /// device's MiB (encoded as `<device>MiB`, next to the other fields).
+    public struct TableRow: Encodable, Sendable, Equatable {
+        public var context: Int
+        public var gpuLayers: Int
+        public var fits: Bool
+        public var deviceMiB: [String: Int]
+
+        struct Key: CodingKey {
+            var stringValue: String
+            var intValue: Int? { nil }
+            init(_ name: String) { stringValue = name }
+            init?(stringValue: String) { self.stringValue = stringValue }
+            init?(intValue: Int) { nil }
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: Key.self)
+            try c.encode(context, forKey: Key("context"))
+            try c.encode(gpuLayers, forKey: Key("gpuLayers"))
+            try c.encode(fits, forKey: Key("fits"))
+            for (device, mib) in deviceMiB { try c.encode(mib, forKey: Key(device + "MiB")) }
+        }
     }
 }

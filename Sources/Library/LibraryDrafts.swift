@@ -11,6 +11,19 @@ public struct LibraryDrafts: Encodable, Sendable, Equatable {
     /// The library models it could draft for.
     public var canDraftFor: [String]
 
+    /// A model no draft is known for.
+    public static let empty = LibraryDrafts(draft: nil, draftCandidates: [], canDraftFor: [])
+
+    /// `draft` is null when there is none.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(draft, forKey: .draft)
+        try c.encode(draftCandidates, forKey: .draftCandidates)
+        try c.encode(canDraftFor, forKey: .canDraftFor)
+    }
+
+    enum CodingKeys: String, CodingKey { case draft, draftCandidates, canDraftFor }
+
     /// A model's draft: the one in use with its settings, flags and estimated memory, or a refusal.
     public struct Draft: Encodable, Sendable, Equatable {
         public var model: String?

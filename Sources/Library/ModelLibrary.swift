@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import Jobs
 import Runtime
 import Store
 
@@ -27,8 +28,8 @@ public enum LibraryError: Error, Sendable, Equatable {
 }
 
 /// The model library: entries with facts, state, usage, fit and benchmarks; filters and sorting;
-/// side-by-side comparison; compatibility with this machine; recommendations. Answers are JSON
-/// objects, queries plain name/value pairs: the HTTP layer only decodes and encodes.
+/// side-by-side comparison; compatibility with this machine; recommendations. Answers are
+/// Encodable values, queries plain name/value pairs: the HTTP layer only decodes and encodes.
 public struct ModelLibrary: Sendable {
     public let scheduler: Scheduler
     public let store: Store?
@@ -39,10 +40,10 @@ public struct ModelLibrary: Sendable {
     public var ledger: (any AccountStore)?
     /// The newest benchmark results of a model (from the benchmark jobs), newest first: speed
     /// runs, and perplexity runs that finished (the quality figure next to the speed ones).
-    public let benchmarks: @Sendable (String) async throws -> (speed: [[String: Any]], perplexity: [[String: Any]])
+    public let benchmarks: @Sendable (String) async throws -> (speed: [JobJSON], perplexity: [JobJSON])
 
     public init(scheduler: Scheduler, store: Store?, ledger: (any AccountStore)? = nil, hardware: HardwareCache, marginMiB: Int, tools: LlamaTools,
-                benchmarks: @escaping @Sendable (String) async throws -> (speed: [[String: Any]], perplexity: [[String: Any]])) {
+                benchmarks: @escaping @Sendable (String) async throws -> (speed: [JobJSON], perplexity: [JobJSON])) {
         self.scheduler = scheduler
         self.store = store
         self.hardware = hardware
@@ -57,56 +58,42 @@ public struct ModelLibrary: Sendable {
     /// One library entry: facts, file, state, usage, fit and benchmarks (its drafts are
     /// ``LibraryDrafts``, added by the HTTP layer).
     public func entry(_ spec: ModelSpec, instances: [String: InstanceInfo], usage: [String: (requests: Int, promptTokens: Int, completionTokens: Int)],
-               compatibility: Compatibility, detailed: Bool = false) async throws(LibraryError) -> [String: Any] {
-        var o: [String: Any] = ["id": spec.id, "aliases": spec.aliases + spec.listedAliases, "source": spec.source, "pinned": spec.pinned]
-        o["sizeBytes"] = spec.fileSize ?? 0
-        o["remote"] = spec.path == nil
-        o["parent"] = spec.parent ?? NSNull()
+               compatibility: Compatibility, detailed: Bool = false) async throws(LibraryError) -> LibraryEntry {
         let info = instances[spec.id]
-        o["state"] = info?.state ?? "unloaded"
-        o["lastUsed"] = info?.lastUsed.map(ModelLibrary.timestamp) ?? NSNull()
+        var facts: LibraryEntry.Facts?
         if let f = spec.facts {
-            o["architecture"] = f.architecture
-            o["name"] = f.name ?? NSNull()
-            o["parameters"] = f.parameterCount
-            o["parameterSize"] = ModelLibrary.parameterSize(f.parameterCount)
-            o["quantization"] = f.quantization
-            o["bitsPerWeight"] = (f.bitsPerWeight * 100).rounded() / 100
-            o["contextLength"] = f.contextLength ?? NSNull()
-            o["layers"] = f.blockCount ?? NSNull()
-            o["embeddingLength"] = f.embeddingLength ?? NSNull()
-            o["heads"] = f.headCount.first ?? NSNull()
-            o["kvHeads"] = f.headCountKV.first ?? NSNull()
-            o["vocabularySize"] = f.vocabularySize ?? NSNull()
-            o["capabilities"] = f.capabilities.names
             var settings = MemoryEstimator.Settings()
             settings.contextSize = spec.contextSize ?? min(f.contextLength ?? 4096, 8192)
             settings.parallel = spec.parallel
             let (verdict, estimate) = compatibility.assess(f, settings)
-            o["fit"] = [
-                "verdict": verdict.rawValue, "context": estimate.contextSize, "gpuLayers": estimate.gpuLayers,
-                "estimatedMiB": Int(estimate.total / 1_048_576),
-                "largestContext": MemoryEstimator.largestContext(f, settings, gpu: estimate.gpuLayers > 0 ? compatibility.gpu?.name : nil,
-                                                                 available: compatibility.available, limit: f.contextLength ?? 131_072),
-            ]
-            if detailed { o["tensorBytes"] = f.tensorBytes; o["chatTemplate"] = f.chatTemplate ?? NSNull() }
-        } else {
-            o["capabilities"] = ["completion"]
+            let fit = LibraryEntry.Fit(
+                verdict: verdict.rawValue, context: estimate.contextSize, gpuLayers: estimate.gpuLayers, estimatedMiB: Int(estimate.total / 1_048_576),
+                largestContext: MemoryEstimator.largestContext(f, settings, gpu: estimate.gpuLayers > 0 ? compatibility.gpu?.name : nil,
+                                                               available: compatibility.available, limit: f.contextLength ?? 131_072))
+            facts = LibraryEntry.Facts(
+                architecture: f.architecture, name: f.name, parameters: f.parameterCount, parameterSize: ModelLibrary.parameterSize(f.parameterCount),
+                quantization: f.quantization, bitsPerWeight: (f.bitsPerWeight * 100).rounded() / 100, contextLength: f.contextLength, layers: f.blockCount,
+                embeddingLength: f.embeddingLength, heads: f.headCount.first, kvHeads: f.headCountKV.first, vocabularySize: f.vocabularySize, fit: fit,
+                tensorBytes: f.tensorBytes, chatTemplate: f.chatTemplate, detailed: detailed)
         }
+        var running: LibraryEntry.Running?
         if let info, info.state == "loaded" {
-            o["running"] = ["pid": info.pid ?? 0, "arguments": info.arguments, "projectedMiB": info.projectedMiB ?? NSNull(),
-                            "allocatedMiB": info.allocatedMiB, "allocationSource": info.allocationSource ?? NSNull(), "planSource": info.planSource ?? NSNull(), "contextSize": info.contextSize ?? NSNull()]
+            running = LibraryEntry.Running(
+                pid: info.pid ?? 0, arguments: info.arguments, projectedMiB: info.projectedMiB, allocatedMiB: info.allocatedMiB,
+                allocationSource: info.allocationSource, planSource: info.planSource, contextSize: info.contextSize)
         }
         let u = usage[spec.id]
-        o["usage"] = ["requests": u?.requests ?? 0, "promptTokens": u?.promptTokens ?? 0, "completionTokens": u?.completionTokens ?? 0]
         let latest = try await latestBenchmarks(spec.id)
-        o["benchmarks"] = latest.speed
-        o["perplexity"] = latest.perplexity
-        return o
+        return LibraryEntry(
+            id: spec.id, aliases: spec.aliases + spec.listedAliases, source: spec.source, pinned: spec.pinned, sizeBytes: spec.fileSize ?? 0,
+            remote: spec.path == nil, parent: spec.parent, state: info?.state ?? "unloaded", lastUsed: info?.lastUsed.map(ModelLibrary.timestamp),
+            facts: facts, capabilities: spec.facts?.capabilities.names ?? ["completion"], running: running,
+            usage: LibraryEntry.Usage(requests: u?.requests ?? 0, promptTokens: u?.promptTokens ?? 0, completionTokens: u?.completionTokens ?? 0),
+            benchmarks: latest.speed, perplexity: latest.perplexity)
     }
 
     /// A model's latest benchmark runs; a store that cannot be read is an error, not "none".
-    func latestBenchmarks(_ id: String) async throws(LibraryError) -> (speed: [[String: Any]], perplexity: [[String: Any]]) {
+    func latestBenchmarks(_ id: String) async throws(LibraryError) -> (speed: [JobJSON], perplexity: [JobJSON]) {
         do { return try await benchmarks(id) } catch { throw .storage("the benchmark history could not be read: \(error)") }
     }
 
@@ -120,53 +107,40 @@ public struct ModelLibrary: Sendable {
 
     // MARK: List, detail, compare
 
-    public func list(query q: [String: String]) async throws(LibraryError) -> [String: Any] {
+    public func list(query q: [String: String]) async throws(LibraryError) -> LibraryList {
         let (catalog, instances, usage, compatibility) = try await context()
-        var entries: [[String: Any]] = []
+        var entries: [LibraryEntry] = []
         for spec in catalog.models { entries.append(try await entry(spec, instances: instances, usage: usage, compatibility: compatibility)) }
         if let text = q["q"]?.lowercased(), !text.isEmpty {
             entries = entries.filter { e in
-                ([e["id"], e["name"], e["architecture"], e["quantization"]] + ((e["aliases"] as? [String]) ?? []))
-                    .compactMap { $0 as? String }.contains { $0.lowercased().contains(text) }
+                ([e.id, e.facts?.name, e.facts?.architecture, e.facts?.quantization] + e.aliases).compactMap { $0 }.contains { $0.lowercased().contains(text) }
             }
         }
-        for key in ["architecture", "quantization"] {
-            if let want = q[key]?.lowercased() { entries = entries.filter { ($0[key] as? String)?.lowercased() == want } }
-        }
-        if let capability = q["capability"] { entries = entries.filter { ($0["capabilities"] as? [String])?.contains(capability) == true } }
+        if let want = q["architecture"]?.lowercased() { entries = entries.filter { $0.facts?.architecture.lowercased() == want } }
+        if let want = q["quantization"]?.lowercased() { entries = entries.filter { $0.facts?.quantization.lowercased() == want } }
+        if let capability = q["capability"] { entries = entries.filter { $0.capabilities.contains(capability) } }
         func number(_ key: String) throws(LibraryError) -> Double? {
             guard let raw = q[key] else { return nil }
             guard let v = Self.parseCount(raw) else { throw LibraryError.badRequest("\(key) must be a number (suffixes K, M, B, T, KiB, MiB, GiB allowed)", param: key) }
             return v
         }
-        if let min = try number("minParams") { entries = entries.filter { Double($0["parameters"] as? UInt64 ?? 0) >= min } }
-        if let max = try number("maxParams") { entries = entries.filter { Double($0["parameters"] as? UInt64 ?? 0) <= max } }
-        if let min = try number("minSize") { entries = entries.filter { Double($0["sizeBytes"] as? UInt64 ?? 0) >= min } }
-        if let max = try number("maxSize") { entries = entries.filter { Double($0["sizeBytes"] as? UInt64 ?? 0) <= max } }
+        if let min = try number("minParams") { entries = entries.filter { Double($0.facts?.parameters ?? 0) >= min } }
+        if let max = try number("maxParams") { entries = entries.filter { Double($0.facts?.parameters ?? 0) <= max } }
+        if let min = try number("minSize") { entries = entries.filter { Double($0.sizeBytes) >= min } }
+        if let max = try number("maxSize") { entries = entries.filter { Double($0.sizeBytes) <= max } }
         if let fits = q["fits"] {
             guard fits == "true" || fits == "false" else { throw LibraryError.badRequest("fits must be true or false", param: "fits") }
-            entries = entries.filter { (($0["fit"] as? [String: Any])?["verdict"] as? String ?? "does_not_fit" != "does_not_fit") == (fits == "true") }
+            entries = entries.filter { ($0.facts?.fit.verdict ?? "does_not_fit" != "does_not_fit") == (fits == "true") }
         }
         let sort = q["sort"] ?? "name"
-        let keys = ["name": "id", "size": "sizeBytes", "params": "parameters", "lastUsed": "lastUsed", "context": "contextLength"]
-        guard let key = keys[sort] else { throw LibraryError.badRequest("sort must be one of \(keys.keys.sorted().joined(separator: ", "))", param: "sort") }
+        let keys = ["name", "size", "params", "lastUsed", "context"]
+        guard keys.contains(sort) else { throw LibraryError.badRequest("sort must be one of \(keys.sorted().joined(separator: ", "))", param: "sort") }
         let descending = q["order"] == "desc"
         entries.sort { a, b in
-            let less = Self.compare(a[key], b[key])
-            return descending ? Self.compare(b[key], a[key]) : less
+            let (x, y) = descending ? (b, a) : (a, b)
+            return LibraryEntry.SortValue.ascending(x.sortValue(sort), y.sortValue(sort))
         }
-        return ["models": entries, "count": entries.count]
-    }
-
-    /// Orders JSON scalars: numbers, then strings; missing last.
-    static func compare(_ a: Any?, _ b: Any?) -> Bool {
-        switch (a, b) {
-        case (let x as NSNumber, let y as NSNumber): return x.doubleValue < y.doubleValue
-        case (let x as String, let y as String): return x < y
-        case (nil, _), (is NSNull, _): return false
-        case (_, nil), (_, is NSNull): return true
-        default: return false
-        }
+        return LibraryList(models: entries, count: entries.count)
     }
 
     /// `7B`, `135M`, `4GiB`, `1.5e9` → a number.
@@ -179,17 +153,17 @@ public struct ModelLibrary: Sendable {
         return Double(s)
     }
 
-    public func detail(_ id: String) async throws(LibraryError) -> [String: Any] {
+    public func detail(_ id: String) async throws(LibraryError) -> LibraryEntry {
         let (catalog, instances, usage, compatibility) = try await context()
         guard let spec = catalog.resolve(id) else { throw LibraryError.modelNotFound(id) }
         return try await entry(spec, instances: instances, usage: usage, compatibility: compatibility, detailed: true)
     }
 
-    public func compare(ids raw: String?) async throws(LibraryError) -> [String: Any] {
+    public func compare(ids raw: String?) async throws(LibraryError) -> LibraryComparison {
         let ids = (raw ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         guard ids.count >= 2 else { throw LibraryError.badRequest("ids needs at least two comma-separated model ids", param: "ids") }
         let (catalog, instances, usage, compatibility) = try await context()
-        var models: [[String: Any]] = []
+        var models: [LibraryEntry] = []
         for id in ids {
             guard let spec = catalog.resolve(id) else { throw LibraryError.modelNotFound(id) }
             models.append(try await entry(spec, instances: instances, usage: usage, compatibility: compatibility))
@@ -197,30 +171,33 @@ public struct ModelLibrary: Sendable {
         // The fields whose values differ, for a side-by-side view to highlight.
         let fields = ["architecture", "parameters", "quantization", "bitsPerWeight", "contextLength", "layers", "embeddingLength", "heads", "kvHeads",
                       "vocabularySize", "sizeBytes", "capabilities", "state"]
-        let differing = fields.filter { f in Set(models.map { "\($0[f] ?? "")" }).count > 1 }
-        return ["models": models, "differing": differing]
+        let differing = fields.filter { f in
+            let first = models.first?.comparedField(f)
+            return models.contains { $0.comparedField(f) != first }
+        }
+        return LibraryComparison(models: models, differing: differing)
     }
 
     // MARK: Compatibility
 
-    public func compatibility(_ id: String, query q: [String: String]) async throws(LibraryError) -> [String: Any] {
+    public func compatibility(_ id: String, query q: [String: String]) async throws(LibraryError) -> CompatibilityAnswer {
         guard let spec = await scheduler.catalog.resolve(id) else { throw LibraryError.modelNotFound(id) }
         guard let facts = spec.facts, let path = spec.path else {
             throw LibraryError.badRequest("'\(id)' is served by a remote upstream: nothing to estimate", param: "id")
         }
         var (answer, settings, estimate) = try await assess(facts, name: spec.id, contextSize: spec.contextSize, parallel: spec.parallel, query: q)
-        if q["exact"] == "true" { answer["exact"] = await exact(path: path, spec: spec, settings: settings, estimate: estimate) }
+        if q["exact"] == "true" { answer.exact = await exact(path: path, spec: spec, settings: settings, estimate: estimate) }
         return answer
     }
 
     /// The verdict, largest context and suggestions for a model's facts (a remote file's header
     /// read before any download, say) with the query's settings, as for a catalog model.
-    public func compatibility(_ facts: ModelFacts, name: String, query q: [String: String]) async throws(LibraryError) -> [String: Any] {
+    public func compatibility(_ facts: ModelFacts, name: String, query q: [String: String]) async throws(LibraryError) -> CompatibilityAnswer {
         try await assess(facts, name: name, contextSize: nil, parallel: 1, query: q).answer
     }
 
     func assess(_ facts: ModelFacts, name: String, contextSize: Int?, parallel: Int, query q: [String: String]) async throws(LibraryError)
-        -> (answer: [String: Any], settings: MemoryEstimator.Settings, estimate: MemoryEstimator.Estimate)
+        -> (answer: CompatibilityAnswer, settings: MemoryEstimator.Settings, estimate: MemoryEstimator.Estimate)
     {
         func int(_ key: String, min: Int, max: Int) throws(LibraryError) -> Int? {
             guard let raw = q[key] else { return nil }
@@ -246,37 +223,36 @@ public struct ModelLibrary: Sendable {
         if let problem = MemoryEstimator.cacheProblem(facts, s) { throw LibraryError.badRequest(problem, param: "kv") }
         let c = Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
         let (verdict, estimate) = c.assess(facts, s)
-        let answer: [String: Any] = [
-            "model": name,
-            "settings": ["ctx": estimate.contextSize, "parallel": s.parallel, "ubatch": s.ubatch, "kv": s.cacheTypeK.rawValue,
-                         "fa": s.flashAttention ? "on" : "off", "ngl": estimate.gpuLayers],
-            "verdict": verdict.rawValue, "gpuLayers": estimate.gpuLayers, "kvBytesPerToken": estimate.kvBytesPerToken,
-            "estimate": estimate.devices.map(Compatibility.deviceObject), "estimatedTotalMiB": Int(estimate.total / 1_048_576),
-            "availableMiB": c.available.mapValues { Int($0 / 1_048_576) },
-            "largestContext": MemoryEstimator.largestContext(facts, s, gpu: estimate.gpuLayers > 0 ? c.gpu?.name : nil, available: c.available,
-                                                             limit: max(facts.contextLength ?? 4096, s.contextSize)),
-            "suggestions": c.suggestions(facts, s, current: estimate), "table": c.table(facts, s),
-        ]
+        let answer = CompatibilityAnswer(
+            model: name,
+            settings: .init(ctx: estimate.contextSize, parallel: s.parallel, ubatch: s.ubatch, kv: s.cacheTypeK.rawValue, fa: s.flashAttention ? "on" : "off",
+                            ngl: estimate.gpuLayers),
+            verdict: verdict.rawValue, gpuLayers: estimate.gpuLayers, kvBytesPerToken: estimate.kvBytesPerToken,
+            estimate: estimate.devices.map(DeviceMemory.init), estimatedTotalMiB: Int(estimate.total / 1_048_576),
+            availableMiB: c.available.mapValues { Int($0 / 1_048_576) },
+            largestContext: MemoryEstimator.largestContext(facts, s, gpu: estimate.gpuLayers > 0 ? c.gpu?.name : nil, available: c.available,
+                                                           limit: max(facts.contextLength ?? 4096, s.contextSize)),
+            suggestions: c.suggestions(facts, s, current: estimate), table: c.table(facts, s))
         return (answer, s, estimate)
     }
 
     /// llama.cpp's own projection for the same settings, next to the estimator's.
-    public func exact(path: String, spec: ModelSpec, settings s: MemoryEstimator.Settings, estimate: MemoryEstimator.Estimate) async -> [String: Any] {
-        guard let tool = tools.fitParams?.path else { return ["error": "llama-fit-params not found"] }
+    public func exact(path: String, spec: ModelSpec, settings s: MemoryEstimator.Settings, estimate: MemoryEstimator.Estimate) async -> ExactProjection {
+        guard let tool = tools.fitParams?.path else { return ExactProjection(error: "llama-fit-params not found") }
         var args = ["-m", path, "-c", String(estimate.contextSize), "-np", String(s.parallel), "-ub", String(s.ubatch),
                     "-ctk", s.cacheTypeK.rawValue, "-ctv", s.cacheTypeV.rawValue, "-fa", s.flashAttention ? "on" : "off", "--fit-print", "on", "-lm", "none"]
         if let ngl = s.gpuLayers { args += ["-ngl", String(ngl)] }
-        guard let run = try? await LlamaTools.run(tool, args) else { return ["error": "llama-fit-params could not run"] }
+        guard let run = try? await LlamaTools.run(tool, args) else { return ExactProjection(error: "llama-fit-params could not run") }
         let projection = FitPlan.parseProjection(run.lines)
-        guard !projection.isEmpty else { return ["error": "llama-fit-params: " + run.lines.suffix(3).joined(separator: " | ")] }
-        return ["source": "llama-fit-params --fit-print on", "projection": projection.map { p in
-            ["device": p.device, "modelMiB": p.modelMiB, "contextMiB": p.contextMiB, "computeMiB": p.computeMiB, "totalMiB": p.totalMiB] as [String: Any]
-        }]
+        guard !projection.isEmpty else { return ExactProjection(error: "llama-fit-params: " + run.lines.suffix(3).joined(separator: " | ")) }
+        return ExactProjection(source: "llama-fit-params --fit-print on", projection: projection.map { p in
+            ExactProjection.Device(device: p.device, modelMiB: p.modelMiB, contextMiB: p.contextMiB, computeMiB: p.computeMiB, totalMiB: p.totalMiB)
+        })
     }
 
     // MARK: Recommendations
 
-    public func recommendations(query q: [String: String]) async throws(LibraryError) -> [String: Any] {
+    public func recommendations(query q: [String: String]) async throws(LibraryError) -> Recommendations {
         let task = q["task"] ?? "chat"
         guard ["chat", "code", "embedding", "vision"].contains(task) else {
             throw LibraryError.badRequest("task must be chat, code, embedding or vision", param: "task")
@@ -287,7 +263,7 @@ public struct ModelLibrary: Sendable {
             minContext = v
         }
         let (catalog, _, _, compatibility) = try await context()
-        var ranked: [(score: Double, object: [String: Any])] = []
+        var ranked: [(score: Double, object: Recommendations.Recommendation)] = []
         for spec in catalog.models {
             guard let f = spec.facts else { continue }
             let caps = f.capabilities
@@ -308,9 +284,7 @@ public struct ModelLibrary: Sendable {
             guard verdict != .doesNotFit else { continue }
             // Quality proxies: more parameters, then more bits per weight (up to 8); speed where measured.
             let quality = log10(Double(max(f.parameterCount, 1))) + min(f.bitsPerWeight, 8) / 8
-            let measured = try await latestBenchmarks(spec.id).speed.compactMap {
-                (($0["result"] as? [String: Any])?["generationTokensPerSecond"] as? [String: Any])?["p50"] as? Double
-            }.max()
+            let measured = try await latestBenchmarks(spec.id).speed.compactMap { $0["result"]?["generationTokensPerSecond"]?["p50"]?.doubleValue }.max()
             let speed = measured.map { log10(max($0, 1)) / 2 } ?? 0
             let placement = verdict == .fitsGPU ? 0.5 : verdict == .partialOffload ? 0.25 : 0
             let score = quality + speed + placement
@@ -318,10 +292,10 @@ public struct ModelLibrary: Sendable {
             reason += ", \(Int(estimate.total / 1_048_576)) MiB at \(estimate.contextSize) context"
             if let measured { reason += String(format: ", %.0f tokens/s measured", measured) }
             if task == "code" && caps.contains(.insert) { reason += ", fill-in-the-middle" }
-            ranked.append((score, ["model": spec.id, "score": (score * 100).rounded() / 100, "verdict": verdict.rawValue, "reason": reason]))
+            ranked.append((score, .init(model: spec.id, score: (score * 100).rounded() / 100, verdict: verdict.rawValue, reason: reason)))
         }
         ranked.sort { $0.score > $1.score }
-        return ["task": task, "recommendations": ranked.map(\.object)]
+        return Recommendations(task: task, recommendations: ranked.map(\.object))
     }
 }
 

@@ -85,29 +85,17 @@ public final class SamplingProfiles: Sendable {
         return (String(model[..<at]), name)
     }
 
-    /// Fills in the fields of the named (or default) profile that `body` does not set itself,
-    /// and removes the `profile` field. Unknown names are a 400. Returns whether `body` changed.
-    @discardableResult
-    public func apply(to body: inout [String: Any], named: String?, modelDefault: String?) throws(LibraryError) -> Bool {
-        var name = named
-        var changed = false
-        if let p = body.removeValue(forKey: "profile") {
-            changed = true
-            if !(p is NSNull) {
-                guard let s = p as? String else { throw LibraryError.badRequest("profile must be a string", param: "profile") }
-                name = s
-            }
-        }
-        guard let chosen = name ?? modelDefault else { return changed }
+    /// The fields of the named profile (else the model's default) that a request gains: those
+    /// `requestSets` says it does not set itself (and no `max_tokens` for a request that sets
+    /// any length limit). Empty when no profile applies; an unknown name is a 400.
+    public func fields(named: String?, modelDefault: String?, requestSets: (String) -> Bool) throws(LibraryError) -> [String: SendableJSON] {
+        guard let chosen = named ?? modelDefault else { return [:] }
         guard let entry = get(chosen) else {
             throw LibraryError.badRequest("no sampling profile named '\(chosen)' (known: \(all().keys.sorted().joined(separator: ", ")))", param: "profile")
         }
         let limits = ["max_tokens", "max_completion_tokens", "n_predict"]
-        for (key, value) in entry.fields where body[key] == nil {
-            if key == "max_tokens" && limits.contains(where: { body[$0] != nil }) { continue }
-            body[key] = value.any
-            changed = true
+        return entry.fields.filter { key, _ in
+            !requestSets(key) && !(key == "max_tokens" && limits.contains(where: requestSets))
         }
-        return changed
     }
 }

@@ -99,22 +99,13 @@ import Testing
 
     @Test func aProfileFillsOnlyWhatTheRequestLeavesOpen() throws {
         let profiles = SamplingProfiles(config: ["house": ["temperature": .number(0.2), "max_tokens": .number(64), "top_k": .number(5)]], store: nil)
-        var body: [String: Any] = ["profile": "house", "temperature": 0.9, "max_completion_tokens": 10]
-        #expect(try profiles.apply(to: &body, named: nil, modelDefault: "precise"))
-        #expect(body["profile"] == nil)
-        #expect(body["temperature"] as? Double == 0.9)
-        #expect((body["top_k"] as? NSNumber)?.doubleValue == 5)
+        let sets: Set<String> = ["temperature", "max_completion_tokens"]
         // The request set its own limit under another name: the profile's max_tokens stays out.
-        #expect(body["max_tokens"] == nil)
-        var plain: [String: Any] = [:]
-        #expect(try profiles.apply(to: &plain, named: nil, modelDefault: "precise"))
-        #expect((plain["top_k"] as? NSNumber)?.doubleValue == 20)
-        var none: [String: Any] = ["x": 1]
-        #expect(try profiles.apply(to: &none, named: nil, modelDefault: nil) == false)
-        var unknown: [String: Any] = ["profile": "nope"]
-        #expect(throws: LibraryError.self) { try profiles.apply(to: &unknown, named: nil, modelDefault: nil) }
-        var wrongType: [String: Any] = ["profile": 3]
-        #expect(throws: LibraryError.self) { try profiles.apply(to: &wrongType, named: nil, modelDefault: nil) }
+        #expect(try profiles.fields(named: "house", modelDefault: "precise", requestSets: sets.contains) == ["top_k": .number(5)])
+        let plain = try profiles.fields(named: nil, modelDefault: "precise") { _ in false }
+        #expect(plain["top_k"] == .number(20))
+        #expect(try profiles.fields(named: nil, modelDefault: nil) { _ in false }.isEmpty)
+        #expect(throws: LibraryError.self) { try profiles.fields(named: "nope", modelDefault: nil) { _ in false } }
     }
 
     @Test func modelAtProfileSplitsOnlyOnAKnownProfile() {

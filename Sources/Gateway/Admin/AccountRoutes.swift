@@ -182,10 +182,7 @@ struct AccountRoutes: Sendable {
         let rows = try await store.usageSummary(from: from, to: to, group: group, bucketFormat: bucket)
         // Encoded by `Codable` (sorted keys): `JSONSerialization` of a thousand dictionaries
         // (a week by hour) cost more than the query.
-        let answer = UsageAnswer(from: iso(from), to: iso(to), group: q.get("group") ?? "team", bucket: q.get("bucket") ?? "day", data: rows)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(answer))))
+        return try Wire.response(UsageAnswer(from: iso(from), to: iso(to), group: q.get("group") ?? "team", bucket: q.get("bucket") ?? "day", data: rows))
     }
 
     /// `/admin/usage`'s answer: each bucket names its group under the group's own name.
@@ -230,8 +227,7 @@ struct AccountRoutes: Sendable {
         let q = request.uri.queryParameters
         let limit = min(10_000, max(1, Int(q.get("limit") ?? "") ?? 200))
         let rows = try await store.usageRows(from: from, to: to, team: q.get("team"), model: q.get("model"), limit: limit)
-        let data = try JSONSerialization.jsonObject(with: JSONEncoder.iso.encode(rows))
-        return jsonResponse(["data": data])
+        return try Wire.response(["data": rows])
     }
 
     /// Percentiles per model over a window, from rollups (minute resolution; each value within

@@ -10,7 +10,7 @@ struct ClusterRoutes: Sendable {
     func register(on admin: AdminAPIGroup) {
         admin.get("cluster", .init("The cluster's nodes: state, advertised URL, loaded models with free slots and queues, free memory, heartbeat age, whether in routing", errors: [])) { _, _ in
             guard let cluster else { return jsonResponse(["clustered": false, "nodes": [] as [Any]]) }
-            return try jsonEncodable(await cluster.overview())
+            return try Wire.response(await cluster.overview())
         }
         admin.post("drain", .init("Stop taking new work, finish in-flight requests, leave the cluster's registry and exit (as SIGTERM does)", status: 202, errors: [409])) { _, _ in
             guard let cluster else {

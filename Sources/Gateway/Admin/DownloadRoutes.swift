@@ -22,17 +22,17 @@ struct DownloadRoutes: Sendable {
             guard let model = body["model"] as? String, !model.isEmpty else { throw OpenAIError.badRequest("model is required", param: "model") }
             let started = try await mapped { try await downloads.start(model, insecure: body["insecure"] as? Bool ?? false) }
             guard let view = try await mapped({ try await downloads.download(started.job.id) }) else { throw OpenAIError(.notFound, "the download vanished", code: "not_found") }
-            return try jsonEncodable(view, status: .accepted)
+            return try Wire.response(view, status: .accepted)
         }
         admin.get("downloads", .init("Downloads, newest first (kept across restarts)", errors: [])) { _, _ in
-            try jsonEncodable(["downloads": try await mapped { try await downloads.list() }])
+            try Wire.response(["downloads": try await mapped { try await downloads.list() }])
         }
         admin.get("downloads/{id}", .init("One download: state, bytes done and total, rate, time left, files, error", path: id)) { _, context in
             let downloadID = try context.parameters.require("id")
             guard let view = try await mapped({ try await downloads.download(downloadID) }) else {
                 throw OpenAIError(.notFound, "no download '\(downloadID)'", code: "not_found")
             }
-            return try jsonEncodable(view)
+            return try Wire.response(view)
         }
         admin.get("downloads/{id}/events", .events(
             "The download's job events as server-sent events (`pull` events are Ollama's progress lines); replays from Last-Event-ID", path: id)
@@ -51,7 +51,7 @@ struct DownloadRoutes: Sendable {
                     throw OpenAIError(.notFound, "no download '\(downloadID)'", code: "not_found")
                 }
                 _ = try await mapped { action == "pause" ? try await downloads.engine.pause(downloadID) : try await downloads.engine.resume(downloadID) }
-                return try jsonEncodable(try await mapped { try await downloads.download(downloadID) })
+                return try Wire.response(try await mapped { try await downloads.download(downloadID) })
             }
         }
         admin.delete("downloads/{id}", .init("Cancel a download and delete its partial files", path: id, errors: [404])) { _, context in
@@ -59,7 +59,7 @@ struct DownloadRoutes: Sendable {
             guard let view = try await mapped({ try await downloads.cancel(downloadID) }) else {
                 throw OpenAIError(.notFound, "no download '\(downloadID)'", code: "not_found")
             }
-            return try jsonEncodable(view)
+            return try Wire.response(view)
         }
         admin.get("library/remote", .init(
             "Search the Hugging Face hub for GGUF models: each repository's files with quant and size, its categories (chat, code, embedding, vision), and with fit=true the verdict of its default quant from the file's header",
@@ -75,25 +75,23 @@ struct DownloadRoutes: Sendable {
             }
             let limit = min(max(Int(q["limit"] ?? "") ?? 10, 1), 50)
             let found = try await mapped { try await downloads.sources.searchHub(words, limit: limit) }
-            var results: [[String: Any]] = []
+            var results: [SearchResult] = []
             for repository in found {
-                var object = (try? JSONSerialization.jsonObject(with: JSONEncoder().encode(repository))) as? [String: Any] ?? [:]
                 let quant = repository.files.first { $0.quant == "Q4_K_M" }?.quant ?? repository.files.first?.quant
-                object["defaultQuant"] = quant ?? NSNull()
+                var result = SearchResult(repository: repository, defaultQuant: quant)
                 if q["fit"] == "true" {
                     let name = repository.name + (quant.map { ":" + $0 } ?? "")
                     do {
                         let (facts, _) = try await RemoteHeader(sources: downloads.sources).facts(try ModelReference(name), insecure: false)
                         let verdict = try await library.compatibility(facts, name: name, query: [:])
-                        object["fit"] = ["model": name, "verdict": verdict["verdict"] ?? "", "largestContext": verdict["largestContext"] ?? 0,
-                                         "estimatedTotalMiB": verdict["estimatedTotalMiB"] ?? 0]
+                        result.fit = .init(model: name, verdict: verdict.verdict, largestContext: verdict.largestContext, estimatedTotalMiB: verdict.estimatedTotalMiB)
                     } catch {
-                        object["fit"] = ["model": name, "error": "\(error)"]
+                        result.fit = .init(model: name, error: "\(error)")
                     }
                 }
-                results.append(object)
+                results.append(result)
             }
-            return jsonResponse(["models": results])
+            return try Wire.response(["models": results])
         }
         admin.get("library/remote/compatibility", .init(
             "A fit verdict for a model not downloaded yet, from its GGUF header read with Range requests: the same answer as /admin/models/{id}/compatibility, plus what reading the header cost",
@@ -109,12 +107,67 @@ struct DownloadRoutes: Sendable {
             let (facts, cost) = try await mapped {
                 try await RemoteHeader(sources: downloads.sources).facts(try ModelReference(name), insecure: q["insecure"] == "true")
             }
-            var answer = try await mapped { try await library.compatibility(facts, name: name, query: q) }
-            answer["header"] = ["bytesFetched": cost.bytesFetched, "fileBytes": cost.fileBytes, "requests": cost.requests,
-                                "fraction": cost.fileBytes > 0 ? Double(cost.bytesFetched) / Double(cost.fileBytes) : 0]
-            answer["facts"] = ["architecture": facts.architecture ?? "", "parameters": facts.parameterCount, "quantization": facts.quantization,
-                               "contextLength": facts.contextLength ?? 0, "sizeBytes": cost.fileBytes]
-            return jsonResponse(answer)
+            let answer = try await mapped { try await library.compatibility(facts, name: name, query: q) }
+            return try Wire.response(RemoteCompatibility(
+                answer: answer,
+                header: .init(bytesFetched: cost.bytesFetched, fileBytes: cost.fileBytes, requests: cost.requests,
+                              fraction: cost.fileBytes > 0 ? Double(cost.bytesFetched) / Double(cost.fileBytes) : 0),
+                facts: .init(architecture: facts.architecture, parameters: facts.parameterCount, quantization: facts.quantization,
+                             contextLength: facts.contextLength ?? 0, sizeBytes: cost.fileBytes)))
         }
+    }
+}
+
+/// A remote file's compatibility: the library's answer, what reading its header cost, and the
+/// header's facts.
+struct RemoteCompatibility: Encodable {
+    struct Header: Encodable {
+        var bytesFetched: Int64
+        var fileBytes: Int64
+        var requests: Int
+        var fraction: Double
+    }
+    struct Facts: Encodable {
+        var architecture: String
+        var parameters: UInt64
+        var quantization: String
+        var contextLength: Int
+        var sizeBytes: Int64
+    }
+    var answer: CompatibilityAnswer
+    var header: Header
+    var facts: Facts
+
+    enum CodingKeys: String, CodingKey { case header, facts }
+
+    func encode(to encoder: any Encoder) throws {
+        try answer.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(header, forKey: .header)
+        try c.encode(facts, forKey: .facts)
+    }
+}
+
+/// A hub search result: the repository, its default quant (null without one) and, with
+/// `fit=true`, whether it fits here (or why that could not be told).
+struct SearchResult: Encodable {
+    struct Fit: Encodable {
+        var model: String
+        var verdict: String?
+        var largestContext: Int?
+        var estimatedTotalMiB: Int?
+        var error: String?
+    }
+    var repository: ModelSources.HubRepository
+    var defaultQuant: String?
+    var fit: Fit?
+
+    enum CodingKeys: String, CodingKey { case defaultQuant, fit }
+
+    func encode(to encoder: any Encoder) throws {
+        try repository.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(defaultQuant, forKey: .defaultQuant)
+        try c.encodeIfPresent(fit, forKey: .fit)
     }
 }

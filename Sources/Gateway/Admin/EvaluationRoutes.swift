@@ -17,7 +17,7 @@ struct EvaluationRoutes: Sendable {
             query: [.init("runs", .string, "2 to 5 run ids, comma-separated", required: true)], errors: [400, 404])
         ) { request, _ in
             let ids = (request.uri.queryParameters.get("runs") ?? "").split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-            return jsonResponse(try await mapped { try await evaluations.compare(ids) })
+            return try Wire.response(try await mapped { try await evaluations.compare(ids) })
         }
         admin.get("evaluations/runs/{id}/events", .events(
             "A run's live console as server-sent events: state and progress, a `prompt` event as each request goes out and a `token` event per streamed piece of its answer (live only, no id), and an `item` event per graded item (prompt, answer, grades, time to first token, total time); the durable events replay from Last-Event-ID",

@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import Jobs
 import Lab
 import Store
 
@@ -16,7 +17,13 @@ struct FineTuningAdminRoutes: Sendable {
             let id = try context.parameters.require("id")
             let (job, spec) = try await mapped { try await fineTuning.job(id, scope: .all) }
             let points = try await mapped { try await fineTuning.series(id, scope: .all) }
-            return jsonResponse(["job": FineTuning.object(job, spec), "points": points] as [String: Any])
+            return try Wire.response(Curve(job: FineTuningJobObject(job, spec), points: points))
         }
+    }
+
+    /// A job and its training curve.
+    struct Curve: Encodable {
+        var job: FineTuningJobObject
+        var points: [JobJSON]
     }
 }

@@ -38,12 +38,12 @@ struct JobRoutes: Sendable {
                 limit = n
             }
             let page = try await mapped { try await engine.list(kind: q.get("kind"), states: wanted, model: q.get("model"), after: q.get("after"), limit: limit) }
-            return try jsonEncodable(page)
+            return try Wire.response(page)
         }
         admin.get("jobs/{id}", .init("One job: state, progress, detail, result, error", path: id)) { _, context in
             let jobID = try context.parameters.require("id")
             guard let job = try await mapped({ try await engine.get(jobID) }) else { throw OpenAIError(.notFound, "no job '\(jobID)'", code: "not_found") }
-            return try jsonEncodable(job)
+            return try Wire.response(job)
         }
         admin.get("jobs/{id}/events", .events(
             "The job's event log as server-sent events, each with its `id:`; replays from `Last-Event-ID` (or `after`), then follows until the job ends",
@@ -63,7 +63,7 @@ struct JobRoutes: Sendable {
                     default: try await engine.resume(jobID)
                     }
                 }
-                return try jsonEncodable(job)
+                return try Wire.response(job)
             }
         }
     }

@@ -58,18 +58,18 @@ struct LabRoutes: Sendable {
                 requests: try Self.int(body, "requests", 20, 1...10_000), concurrency: try Self.int(body, "concurrency", 1, 1...256),
                 promptWords: try Self.int(body, "promptWords", 32, 1...100_000), maxTokens: try Self.int(body, "maxTokens", 64, 1...32_768))
             let started = try await mapped { try await lab.startBenchmark(BenchmarkSpec(model: spec.id, parameters: parameters)) }
-            return try jsonEncodable(started, status: .accepted)
+            return try Wire.response(started, status: .accepted)
         }
         admin.get("benchmarks", .init("Benchmark runs, newest first: speed runs in `benchmarks`, perplexity runs in `perplexity`", query: [.init("model", .string)], errors: [])) { request, _ in
             let model = request.uri.queryParameters.get("model")
-            return try jsonEncodable(BenchmarkLists(
+            return try Wire.response(BenchmarkLists(
                 benchmarks: try await mapped { try await lab.benchmarks(model: model) },
                 perplexity: try await mapped { try await lab.perplexityRuns(model: model) }))
         }
         admin.get("benchmarks/{id}", .init("One run (speed or perplexity): progress and result", path: run)) { _, context in
             let id = try context.parameters.require("id")
-            if let found = try await mapped({ try await lab.benchmark(id) }) { return try jsonEncodable(found) }
-            if let found = try await mapped({ try await lab.perplexityRun(id) }) { return try jsonEncodable(found) }
+            if let found = try await mapped({ try await lab.benchmark(id) }) { return try Wire.response(found) }
+            if let found = try await mapped({ try await lab.perplexityRun(id) }) { return try Wire.response(found) }
             throw OpenAIError(.notFound, "no benchmark '\(id)'", code: "not_found")
         }
         admin.get("benchmarks/{id}/events", .events("The run now, then after every change, as server-sent events until it ends", path: run)) { request, context in
@@ -113,7 +113,7 @@ struct LabRoutes: Sendable {
         let started = try await mapped {
             try await lab.startPerplexity(spec, text: text, source: source, contextSize: contextSize, chunks: chunks, compatibility: compatibility)
         }
-        return try jsonEncodable(started, status: .accepted)
+        return try Wire.response(started, status: .accepted)
     }
 
     // MARK: Quant ladder
@@ -150,7 +150,7 @@ struct LabRoutes: Sendable {
                 try await lab.startQuantLadder(spec, quants: quants, text: text, source: source, contextSize: contextSize, chunks: chunks, maxKLD: maxKLD,
                                                allowRequantize: body["allowRequantize"] as? Bool ?? false, compatibility: compatibility)
             }
-            return try jsonEncodable(job, status: .accepted)
+            return try Wire.response(job, status: .accepted)
         }
     }
 
@@ -192,15 +192,15 @@ struct LabRoutes: Sendable {
             }
             let compatibility = Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
             let started = try await mapped { try await lab.startTuning(try TuningJob.plan(spec, tuning, compatibility: compatibility)) }
-            return try jsonEncodable(started, status: .accepted)
+            return try Wire.response(started, status: .accepted)
         }
         admin.get("tuning", .init("Tuning sessions, newest first", query: [.init("model", .string)], errors: [])) { request, _ in
-            try jsonEncodable(["sessions": try await mapped { try await lab.tuningSessions(model: request.uri.queryParameters.get("model")) }])
+            try Wire.response(["sessions": try await mapped { try await lab.tuningSessions(model: request.uri.queryParameters.get("model")) }])
         }
         admin.get("tuning/{id}", .init("One session with its trials", path: session)) { _, context in
             let id = try context.parameters.require("id")
             guard let found = try await mapped({ try await lab.tuningSession(id) }) else { throw OpenAIError(.notFound, "no tuning session '\(id)'", code: "not_found") }
-            return try jsonEncodable(found)
+            return try Wire.response(found)
         }
         admin.get("tuning/{id}/events", .events("The session's job events as server-sent events: `pruned` (each trial the plan ruled out, with the reason), `trial_started`, `trial` (measured), `new_best`, progress and state changes; replays from Last-Event-ID", path: session)) { request, context in
             let id = try context.parameters.require("id")
@@ -217,7 +217,7 @@ struct LabRoutes: Sendable {
             if let name, !(1...64).contains(name.count) || !name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) {
                 throw OpenAIError.badRequest("profile must be 1 to 64 letters, digits, '-' or '_'", param: "profile")
             }
-            return try jsonEncodable(try await mapped { try await lab.apply(try context.parameters.require("id"), samplingProfile: name) })
+            return try Wire.response(try await mapped { try await lab.apply(try context.parameters.require("id"), samplingProfile: name) })
         }
     }
 

@@ -17,7 +17,7 @@ struct LibraryRoutes: Sendable {
         admin.get("hardware", .init("CPU, RAM, accelerators, NVIDIA details, llama.cpp build and backend",
                                     query: [.init("refresh", .boolean, "read again instead of the cached answer")], errors: [])) { request, _ in
             let info = await library.hardware.get(refresh: request.uri.queryParameters.get("refresh") == "true")
-            return try jsonEncodable(info)
+            return try Wire.response(info)
         }
         admin.get("models", .init("The model library with filters and sorting", query: [
             .init("q", .string, "text in id, name, aliases, architecture, quantization"), .init("architecture", .string), .init("quantization", .string),
@@ -26,39 +26,39 @@ struct LibraryRoutes: Sendable {
             .init("fits", .enumeration(["true", "false"])), .init("sort", .enumeration(["name", "size", "params", "lastUsed", "context"])),
             .init("order", .enumeration(["asc", "desc"])),
         ], errors: [400])) { request, _ in
-            jsonResponse(withDrafts(try await mapped { try await library.list(query: request.query) }))
+            var answer = try await mapped { try await library.list(query: request.query) }
+            answer.models = withDrafts(answer.models)
+            return try Wire.response(answer)
         }
         admin.get("recommendations", .init("Models that fit, ranked for a task, with a reason each", query: [
             .init("task", .enumeration(["chat", "code", "embedding", "vision"])), .init("min_ctx", .integer(minimum: 1)),
         ], errors: [400])) { request, _ in
-            jsonResponse(try await mapped { try await library.recommendations(query: request.query) })
+            try Wire.response(try await mapped { try await library.recommendations(query: request.query) })
         }
     }
 
-    func detail(_ id: String) async throws -> Response { jsonResponse(withDrafts(try await mapped { try await library.detail(id) })) }
+    func detail(_ id: String) async throws -> Response {
+        try Wire.response(withDrafts([try await mapped { try await library.detail(id) }])[0])
+    }
 
     func compare(_ request: Request) async throws -> Response {
-        jsonResponse(withDrafts(try await mapped { try await library.compare(ids: request.uri.queryParameters.get("ids")) }))
+        var answer = try await mapped { try await library.compare(ids: request.uri.queryParameters.get("ids")) }
+        answer.models = withDrafts(answer.models)
+        return try Wire.response(answer)
     }
 
-    /// The library's answer with each entry's drafts (``LibraryDrafts``): the entry itself (a
-    /// detail) or those under `models` (a list, a comparison).
-    func withDrafts(_ answer: [String: Any]) -> [String: Any] {
+    /// The entries with their drafts (``LibraryDrafts``; none known: no draft, no candidates).
+    func withDrafts(_ entries: [LibraryEntry]) -> [LibraryEntry] {
         let drafts = LibraryDrafts.all(in: library.scheduler.currentCatalog)
-        func adding(_ entry: [String: Any]) -> [String: Any] {
-            guard let id = entry["id"] as? String, let mine = drafts[id] ?? drafts[ModelCatalog.normalize(id)],
-                let data = try? JSONEncoder().encode(mine), let fields = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
-            else { return entry.merging(["draft": NSNull(), "draftCandidates": [String](), "canDraftFor": [String]()]) { a, _ in a } }
-            return entry.merging(fields.merging(["draft": fields["draft"] ?? NSNull()]) { a, _ in a }) { _, new in new }
+        return entries.map { entry in
+            var entry = entry
+            entry.drafts = drafts[entry.id] ?? drafts[ModelCatalog.normalize(entry.id)] ?? LibraryDrafts.empty
+            return entry
         }
-        guard let models = answer["models"] as? [[String: Any]] else { return adding(answer) }
-        var out = answer
-        out["models"] = models.map(adding)
-        return out
     }
 
     func compatibility(_ id: String, _ request: Request) async throws -> Response {
-        jsonResponse(try await mapped { try await library.compatibility(id, query: request.query) })
+        try Wire.response(try await mapped { try await library.compatibility(id, query: request.query) })
     }
 }
 
@@ -69,9 +69,4 @@ extension Request {
         for (k, v) in uri.queryParameters { q[String(k)] = String(v) }
         return q
     }
-}
-
-/// A JSON response from an Encodable value (dates as RFC 3339).
-func jsonEncodable(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
-    Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: .init(bytes: try JSONEncoder.iso.encode(value))))
 }

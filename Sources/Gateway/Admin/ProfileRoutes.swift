@@ -14,12 +14,12 @@ struct ProfileRoutes: Sendable {
 
     func register(on admin: AdminAPIGroup) {
         admin.get("profiles", .init("Sampling profiles (builtin, config, admin)", errors: [])) { _, _ in
-            jsonResponse(["profiles": profiles.all().sorted { $0.key < $1.key }.map { ["name": $0.key, "source": $0.value.source, "fields": $0.value.fields.mapValues(\.any)] }])
+            try Wire.response(["profiles": profiles.all().sorted { $0.key < $1.key }.map { Profile(name: $0.key, source: $0.value.source, fields: $0.value.fields) }])
         }
         admin.get("profiles/{name}", .init("One sampling profile", path: ["name": "profile name"])) { _, context in
             let name = try context.parameters.require("name")
             guard let e = profiles.get(name) else { throw OpenAIError(.notFound, "no profile '\(name)'", code: "not_found") }
-            return jsonResponse(["name": name, "source": e.source, "fields": e.fields.mapValues(\.any)])
+            return try Wire.response(Profile(name: name, source: e.source, fields: e.fields))
         }
         admin.put("profiles/{name}", .init("Create or replace a profile", path: ["name": "letters, digits, - and _"], body: Self.fields)) { request, context in
             let name = try context.parameters.require("name")
@@ -33,7 +33,7 @@ struct ProfileRoutes: Sendable {
             case .failure(let e): throw OpenAIError.badRequest("\(e.field) \(e.problem)", param: e.field)
             }
             try await profiles.put(name, fields: fields)
-            return jsonResponse(["name": name, "source": "admin", "fields": fields.mapValues(\.any)])
+            return try Wire.response(Profile(name: name, source: "admin", fields: fields))
         }
         admin.delete("profiles/{name}", .init("Delete an admin-defined profile", path: ["name": "profile name"], status: 204, errors: [404, 409])) { _, context in
             let name = try context.parameters.require("name")
@@ -43,5 +43,12 @@ struct ProfileRoutes: Sendable {
             }
             return Response(status: .noContent)
         }
+    }
+
+    /// A profile as the admin API shows it.
+    struct Profile: Encodable {
+        var name: String
+        var source: String
+        var fields: [String: SendableJSON]
     }
 }

@@ -30,7 +30,7 @@ struct QuantizeRoutes: Sendable {
             }
             try await Self.checkName(spec, scheduler: scheduler, downloads: downloads)
             let job = try await mapped { try await engine.submit(QuantizeJob.self, spec) }
-            return try jsonEncodable(job, status: .accepted)
+            return try Wire.response(job, status: .accepted)
         }
     }
 

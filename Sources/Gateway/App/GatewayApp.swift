@@ -275,9 +275,7 @@ func buildRouterAndRoutes(_ deps: GatewayDependencies) -> (router: Router<Gatewa
         library: ModelLibrary(
             scheduler: deps.scheduler, store: deps.store, ledger: deps.accounts, hardware: hardware, marginMiB: deps.config.scheduler.memoryMarginMiB, tools: tools,
             benchmarks: { model in
-                func object(_ run: some Encodable) throws -> [String: Any] {
-                    try JSONSerialization.jsonObject(with: JSONEncoder.iso.encode(run)) as? [String: Any] ?? [:]
-                }
+                func object(_ run: some Encodable) throws -> JobJSON { try JSONDecoder().decode(JobJSON.self, from: JSONEncoder.iso.encode(run)) }
                 let speed = try await lab.benchmarks(model: model, limit: 5).map(object)
                 let perplexity = try await lab.perplexityRuns(model: model, limit: 20).filter { $0.state == .succeeded }.prefix(5).map(object)
                 return (speed, Array(perplexity))

@@ -13,39 +13,39 @@ struct EvalRoutes: Sendable {
 
     func register(on router: Router<GatewayRequestContext>) {
         router.post("/v1/evals") { request, context in
-            let body = try await Relay.readJSON(request, context: context).1
+            let body = try await mapped { try await Wire.decode(EvalCreateRequest.self, request, context: context) }
             let team = context.isAdmin ? nil : context.caller.teamID
-            return jsonResponse(Evaluations.object(try await mapped { try await evaluations.create(body, team: team) }))
+            return try Wire.response(EvalObject(try await mapped { try await evaluations.create(body, team: team) }))
         }
         router.get("/v1/evals") { request, context in
             let (after, limit, newestFirst) = try Self.paging(request, defaultOrder: "asc")
             let page = try await mapped { try await evaluations.list(scope: FileRoutes.scope(context), after: after, limit: limit, newestFirst: newestFirst) }
-            return Self.list(page.evals.map(Evaluations.object), hasMore: page.hasMore)
+            return try Wire.response(ListPage(page.evals.map(EvalObject.init), hasMore: page.hasMore, id: \.id))
         }
         router.get("/v1/evals/:eval") { _, context in
             let id = try context.parameters.require("eval")
-            return jsonResponse(Evaluations.object(try await mapped { try await evaluations.eval(id, scope: FileRoutes.scope(context)) }))
+            return try Wire.response(EvalObject(try await mapped { try await evaluations.eval(id, scope: FileRoutes.scope(context)) }))
         }
         router.post("/v1/evals/:eval") { request, context in
             let id = try context.parameters.require("eval")
-            let body = try await Relay.readJSON(request, context: context).1
-            return jsonResponse(Evaluations.object(try await mapped { try await evaluations.update(id, body, scope: FileRoutes.scope(context)) }))
+            let body = try await mapped { try await Wire.decode(EvalUpdateRequest.self, request, context: context) }
+            return try Wire.response(EvalObject(try await mapped { try await evaluations.update(id, body, scope: FileRoutes.scope(context)) }))
         }
         router.delete("/v1/evals/:eval") { _, context in
             let id = try context.parameters.require("eval")
             try await mapped { try await evaluations.delete(id, scope: FileRoutes.scope(context)) }
-            return jsonResponse(["object": "eval.deleted", "deleted": true, "eval_id": id] as [String: Any])
+            return try Wire.response(EvalDeleted.eval(id))
         }
 
         router.post("/v1/evals/:eval/runs") { request, context in
             let id = try context.parameters.require("eval")
-            let body = try await Relay.readJSON(request, context: context).1
+            let body = try await mapped { try await Wire.decode(EvalRunRequest.self, request, context: context) }
             let team = context.isAdmin ? nil : context.caller.teamID
             let job = try await mapped {
                 try await evaluations.startRun(id, body, scope: FileRoutes.scope(context), team: team, keyPrefix: context.caller.keyPrefix)
             }
             let (current, spec) = try await mapped { try await evaluations.run(job.id, evalID: id, scope: FileRoutes.scope(context)) }
-            return jsonResponse(Evaluations.runObject(current, spec))
+            return try Wire.response(EvalRunObject(current, spec))
         }
         router.get("/v1/evals/:eval/runs") { request, context in
             let id = try context.parameters.require("eval")
@@ -54,25 +54,23 @@ struct EvalRoutes: Sendable {
             let page = try await mapped {
                 try await evaluations.runs(id, scope: FileRoutes.scope(context), status: status, after: after, limit: limit, newestFirst: newestFirst)
             }
-            var objects: [[String: Any]] = []
-            for job in page.runs { if let spec = try? job.spec.decode(EvalRunSpec.self) { objects.append(Evaluations.runObject(job, spec)) } }
-            return Self.list(objects, hasMore: page.hasMore)
+            let runs = page.runs.compactMap { job in (try? job.spec.decode(EvalRunSpec.self)).map { EvalRunObject(job, $0) } }
+            return try Wire.response(ListPage(runs, hasMore: page.hasMore, id: \.id))
         }
         router.get("/v1/evals/:eval/runs/:run") { _, context in
             let (id, run) = (try context.parameters.require("eval"), try context.parameters.require("run"))
             let (job, spec) = try await mapped { try await evaluations.run(run, evalID: id, scope: FileRoutes.scope(context)) }
-            return jsonResponse(Evaluations.runObject(job, spec))
+            return try Wire.response(EvalRunObject(job, spec))
         }
         router.post("/v1/evals/:eval/runs/:run") { _, context in
             let (id, run) = (try context.parameters.require("eval"), try context.parameters.require("run"))
             let job = try await mapped { try await evaluations.cancelRun(run, evalID: id, scope: FileRoutes.scope(context)) }
-            let spec = try job.spec.decode(EvalRunSpec.self)
-            return jsonResponse(Evaluations.runObject(job, spec))
+            return try Wire.response(EvalRunObject(job, try job.spec.decode(EvalRunSpec.self)))
         }
         router.delete("/v1/evals/:eval/runs/:run") { _, context in
             let (id, run) = (try context.parameters.require("eval"), try context.parameters.require("run"))
             try await mapped { try await evaluations.deleteRun(run, evalID: id, scope: FileRoutes.scope(context)) }
-            return jsonResponse(["object": "eval.run.deleted", "deleted": true, "run_id": run] as [String: Any])
+            return try Wire.response(EvalDeleted.run(run))
         }
         router.get("/v1/evals/:eval/runs/:run/output_items") { request, context in
             let (id, run) = (try context.parameters.require("eval"), try context.parameters.require("run"))
@@ -81,11 +79,11 @@ struct EvalRoutes: Sendable {
             let page = try await mapped {
                 try await evaluations.outputItems(run, evalID: id, scope: FileRoutes.scope(context), status: status, after: after, limit: limit, descending: newestFirst)
             }
-            return Self.list(page.items, hasMore: page.hasMore)
+            return try Wire.response(ListPage(page.items, hasMore: page.hasMore) { $0["id"]?.stringValue })
         }
         router.get("/v1/evals/:eval/runs/:run/output_items/:item") { _, context in
             let (id, run, item) = (try context.parameters.require("eval"), try context.parameters.require("run"), try context.parameters.require("item"))
-            return jsonResponse(try await mapped { try await evaluations.outputItem(item, runID: run, evalID: id, scope: FileRoutes.scope(context)) })
+            return try Wire.response(try await mapped { try await evaluations.outputItem(item, runID: run, evalID: id, scope: FileRoutes.scope(context)) })
         }
     }
 
@@ -106,12 +104,5 @@ struct EvalRoutes: Sendable {
             limit = n
         }
         return (q.get("after").map { String($0) }, limit)
-    }
-
-    static func list(_ data: [[String: Any]], hasMore: Bool) -> Response {
-        jsonResponse([
-            "object": "list", "data": data, "has_more": hasMore,
-            "first_id": data.first?["id"] ?? NSNull(), "last_id": data.last?["id"] ?? NSNull(),
-        ] as [String: Any])
     }
 }

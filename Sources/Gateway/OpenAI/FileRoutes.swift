@@ -31,7 +31,7 @@ struct FileRoutes: Sendable {
             }
             let team = context.isAdmin ? nil : context.caller.teamID
             let stored = try await mapped { try await files.create(Data(file.body), filename: file.filename ?? "", purpose: purpose, team: team) }
-            return jsonResponse(Self.object(stored))
+            return try Wire.response(FileObject(stored))
         }
         router.get("/v1/files") { request, context in
             let q = request.uri.queryParameters
@@ -46,15 +46,11 @@ struct FileRoutes: Sendable {
             let page = try await mapped {
                 try await files.list(scope: Self.scope(context), purpose: purpose, after: q.get("after").map { String($0) }, limit: limit, newestFirst: order == "desc")
             }
-            let data = page.files.map(Self.object)
-            return jsonResponse([
-                "object": "list", "data": data, "has_more": page.hasMore,
-                "first_id": page.files.first?.id ?? NSNull(), "last_id": page.files.last?.id ?? NSNull(),
-            ] as [String: Any])
+            return try Wire.response(ListPage(page.files.map(FileObject.init), hasMore: page.hasMore, id: \.id))
         }
         router.get("/v1/files/:id") { _, context in
             let id = try context.parameters.require("id")
-            return jsonResponse(Self.object(try await mapped { try await files.file(id, scope: Self.scope(context)) }))
+            return try Wire.response(FileObject(try await mapped { try await files.file(id, scope: Self.scope(context)) }))
         }
         router.get("/v1/files/:id/content") { _, context in
             let id = try context.parameters.require("id")
@@ -64,19 +60,37 @@ struct FileRoutes: Sendable {
         router.delete("/v1/files/:id") { _, context in
             let id = try context.parameters.require("id")
             try await mapped { try await files.delete(id, scope: Self.scope(context)) }
-            return jsonResponse(["id": id, "object": "file", "deleted": true] as [String: Any])
+            return try Wire.response(FileDeleted(id: id))
         }
     }
 
     static func scope(_ context: GatewayRequestContext) -> TeamScope {
         context.isAdmin ? .all : .team(context.caller.teamID)
     }
+}
 
-    /// OpenAI's `FileObject`, plus the SHA-256 Corral recorded.
-    static func object(_ file: StoredFile) -> [String: Any] {
-        [
-            "id": file.id, "object": "file", "bytes": file.bytes, "created_at": Int(file.createdAt.timeIntervalSince1970),
-            "filename": file.filename, "purpose": file.purpose, "status": "processed", "sha256": file.sha256,
-        ]
+/// OpenAI's `FileObject`, plus the SHA-256 Corral recorded.
+struct FileObject: Codable {
+    var id: String
+    var object = "file"
+    var bytes: Int
+    var createdAt: Int
+    var filename: String
+    var purpose: String
+    var status = "processed"
+    var sha256: String
+
+    enum CodingKeys: String, CodingKey { case id, object, bytes, filename, purpose, status, sha256, createdAt = "created_at" }
+
+    init(_ file: StoredFile) {
+        (id, bytes, createdAt) = (file.id, Int(file.bytes), Int(file.createdAt.timeIntervalSince1970))
+        (filename, purpose, sha256) = (file.filename, file.purpose, file.sha256)
     }
+}
+
+/// `{"id": …, "object": "file", "deleted": true}`.
+struct FileDeleted: Codable {
+    var id: String
+    var object = "file"
+    var deleted = true
 }

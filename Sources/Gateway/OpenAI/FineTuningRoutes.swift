@@ -13,11 +13,11 @@ struct FineTuningRoutes: Sendable {
 
     func register(on router: Router<GatewayRequestContext>) {
         router.post("/v1/fine_tuning/jobs") { request, context in
-            let body = try await Relay.readJSON(request, context: context).1
+            let body = try await mapped { try await Wire.decode(FineTuningCreateRequest.self, request, context: context) }
             let team = context.isAdmin ? nil : context.caller.teamID
             let job = try await mapped { try await fineTuning.create(body, team: team, keyPrefix: context.caller.keyPrefix) }
             let (current, spec) = try await mapped { try await fineTuning.job(job.id, scope: FileRoutes.scope(context)) }
-            return jsonResponse(FineTuning.object(current, spec))
+            return try Wire.response(FineTuningJobObject(current, spec))
         }
         router.get("/v1/fine_tuning/jobs") { request, context in
             let (after, limit) = try EvalRoutes.cursor(request)
@@ -29,31 +29,31 @@ struct FineTuningRoutes: Sendable {
                 metadata[String(key.dropFirst(9).dropLast())] = String(value).removingPercentEncoding ?? String(value)
             }
             let page = try await mapped { try await fineTuning.list(scope: FileRoutes.scope(context), after: after, limit: limit, metadata: metadata) }
-            return EvalRoutes.list(page.jobs.map { FineTuning.object($0.0, $0.1) }, hasMore: page.hasMore)
+            return try Wire.response(ListPage(page.jobs.map { FineTuningJobObject($0.0, $0.1) }, hasMore: page.hasMore, id: \.id))
         }
         router.get("/v1/fine_tuning/jobs/:job") { _, context in
             let id = try context.parameters.require("job")
             let (job, spec) = try await mapped { try await fineTuning.job(id, scope: FileRoutes.scope(context)) }
-            return jsonResponse(FineTuning.object(job, spec))
+            return try Wire.response(FineTuningJobObject(job, spec))
         }
         for action in ["cancel", "pause", "resume"] {
             router.post(RouterPath("/v1/fine_tuning/jobs/:job/" + action)) { _, context in
                 let id = try context.parameters.require("job")
                 let (job, spec) = try await mapped { try await fineTuning.control(id, action, scope: FileRoutes.scope(context)) }
-                return jsonResponse(FineTuning.object(job, spec))
+                return try Wire.response(FineTuningJobObject(job, spec))
             }
         }
         router.get("/v1/fine_tuning/jobs/:job/events") { request, context in
             let id = try context.parameters.require("job")
             let (after, limit) = try EvalRoutes.cursor(request)
             let page = try await mapped { try await fineTuning.events(id, scope: FileRoutes.scope(context), after: after, limit: limit) }
-            return EvalRoutes.list(page.events, hasMore: page.hasMore)
+            return try Wire.response(ListPage(page.events, hasMore: page.hasMore, id: \.id))
         }
         router.get("/v1/fine_tuning/jobs/:job/checkpoints") { request, context in
             let id = try context.parameters.require("job")
             let (after, limit) = try EvalRoutes.cursor(request)
             let page = try await mapped { try await fineTuning.checkpoints(id, scope: FileRoutes.scope(context), after: after, limit: limit) }
-            return EvalRoutes.list(page.checkpoints, hasMore: page.hasMore)
+            return try Wire.response(ListPage(page.checkpoints, hasMore: page.hasMore, id: \.id))
         }
     }
 }

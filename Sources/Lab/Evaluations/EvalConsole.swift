@@ -1,4 +1,5 @@
 import Foundation
+import Jobs
 import NIOCore
 import Runtime
 import Synchronization
@@ -40,8 +41,24 @@ public final class EvalConsole: Sendable {
     /// Whether anyone watches `run` (so the event is worth building).
     public func isWatched(_ run: String) -> Bool { watchers.withLock { $0[run] != nil } }
 
-    func publish(_ run: String, _ type: String, _ object: [String: Any]) {
-        guard isWatched(run), let data = try? JSONSerialization.data(withJSONObject: object) else { return }
+    /// A `prompt` event: the messages of a request as it goes out.
+    struct Prompt: Encodable {
+        var index: Int
+        var repetition: Int
+        var turn: Int
+        var input: [[String: String]]
+    }
+
+    /// A `token` event: a piece of the answer as it streams in.
+    struct Token: Encodable {
+        var index: Int
+        var repetition: Int
+        var turn: Int
+        var text: String
+    }
+
+    func publish(_ run: String, _ type: String, _ payload: some Encodable) {
+        guard isWatched(run), let data = try? JSONEncoder().encode(payload) else { return }
         let targets = watchers.withLock { Array(($0[run] ?? [:]).values) }
         for continuation in targets { continuation.yield(Event(type: type, data: data)) }
     }
@@ -54,8 +71,8 @@ public final class EvalConsole: Sendable {
 struct StreamedAnswer {
     var text = ""
     var finishReason = ""
-    var usage: [String: Any]?
-    var timings: [String: Any]?
+    var usage: JobJSON?
+    var timings: JobJSON?
     var error: String?
     var firstToken: ContinuousClock.Instant?
     private var bytes = ByteBuffer()
@@ -89,10 +106,10 @@ struct StreamedAnswer {
         while let end = SSEEvents.eventEnd(events) ?? (events.readableBytes > 0 ? events.readableBytes : nil) {
             let event = events.readSlice(length: end)!
             for object in Self.objects(in: event) {
-                if let error = object["error"] as? [String: Any] { self.error = error["message"] as? String ?? "the stream failed" }
-                if let usage = object["usage"] as? [String: Any] { self.usage = usage }
-                if let timings = object["timings"] as? [String: Any] { self.timings = timings }
-                if let reason = ((object["choices"] as? [[String: Any]])?.first)?["finish_reason"] as? String { finishReason = reason }
+                if let error = object["error"], error.objectValue != nil { self.error = error["message"]?.stringValue ?? "the stream failed" }
+                if let usage = object["usage"], usage.objectValue != nil { self.usage = usage }
+                if let timings = object["timings"], timings.objectValue != nil { self.timings = timings }
+                if let reason = Self.firstChoice(object)?["finish_reason"]?.stringValue { finishReason = reason }
                 if let delta = Self.delta(object) { text += delta }
             }
         }
@@ -115,16 +132,22 @@ struct StreamedAnswer {
         searched = view.count
     }
 
-    static func objects(in event: ByteBuffer) -> [[String: Any]] {
+    /// The JSON objects of an event's `data:` lines.
+    static func objects(in event: ByteBuffer) -> [JobJSON] {
         SSEEvents.dataLines(event).compactMap { payload in
-            payload == "[DONE]" ? nil : (try? JSONSerialization.jsonObject(with: Data(payload.utf8))) as? [String: Any]
+            guard payload != "[DONE]", let object = try? JSONDecoder().decode(JobJSON.self, from: Data(payload.utf8)), object.objectValue != nil else { return nil }
+            return object
         }
     }
 
-    static func delta(_ object: [String: Any]) -> String? {
-        guard let choice = (object["choices"] as? [[String: Any]])?.first,
-            let delta = (choice["delta"] as? [String: Any])?["content"] as? String, !delta.isEmpty
-        else { return nil }
+    /// The first choice, where `choices` is a list of objects.
+    static func firstChoice(_ object: JobJSON) -> JobJSON? {
+        guard let choices = object["choices"]?.arrayValue, choices.allSatisfy({ $0.objectValue != nil }) else { return nil }
+        return choices.first
+    }
+
+    static func delta(_ object: JobJSON) -> String? {
+        guard let delta = firstChoice(object)?["delta"]?["content"]?.stringValue, !delta.isEmpty else { return nil }
         return delta
     }
 }

@@ -288,10 +288,10 @@ public struct EvalRunJob: JobKind {
         let watch = EvalWatch(
             isWatched: { console.isWatched(run) },
             prompt: { turn, conversation in
-                console.publish(run, "prompt", ["index": index, "repetition": repetition, "turn": turn,
-                                                "input": conversation.map { ["role": $0.role, "content": $0.content] }])
+                console.publish(run, "prompt", EvalConsole.Prompt(index: index, repetition: repetition, turn: turn,
+                                                                  input: conversation.map { ["role": $0.role, "content": $0.content] }))
             },
-            token: { turn, text in console.publish(run, "token", ["index": index, "repetition": repetition, "turn": turn, "text": text]) })
+            token: { turn, text in console.publish(run, "token", EvalConsole.Token(index: index, repetition: repetition, turn: turn, text: text)) })
         let answer = try await Self.asking(spec, model: model, client: client).ask(item, watch: watch)
         return Asked(index: index, repetition: repetition, item: item, answer: answer, spec: spec)
     }

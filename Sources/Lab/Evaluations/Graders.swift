@@ -139,7 +139,7 @@ public struct Grader: Sendable, Codable, Equatable {
         reference = object["reference"]?.stringValue
         operation = object["operation"]?.stringValue
         evaluationMetric = object["evaluation_metric"]?.stringValue
-        passThreshold = object["pass_threshold"]?.numberValue
+        passThreshold = object["pass_threshold"]?.doubleValue
         pattern = object["pattern"]?.stringValue
         switch type {
         case .stringCheck:
@@ -203,7 +203,7 @@ public struct Grader: Sendable, Codable, Equatable {
             let passed = passingLabels?.contains(label) == true
             return (passed ? 1 : 0, passed)
         }
-        guard let raw = object?["score"]?.numberValue else { return (0, false) }
+        guard let raw = object?["score"]?.doubleValue else { return (0, false) }
         let low = range?[0] ?? 0, high = range?[1] ?? 1
         let score = min(max(raw, low), high)
         return (score, score >= (passThreshold ?? (low + high) / 2))

@@ -60,11 +60,11 @@ public struct FineTuning: Sendable {
 
     // MARK: Creating
 
-    /// Creates a job from a `POST /v1/fine_tuning/jobs` body. The model and settings are checked
-    /// here (400); the files' contents when the job validates them (`validating_files`, then
-    /// `failed` naming the file and line).
-    public func create(_ body: [String: Any], team: String?, keyPrefix: String?) async throws(FineTuningError) -> JobRecord {
-        guard let name = body["model"] as? String, !name.isEmpty else { throw .badRequest("model is required", param: "model") }
+    /// Creates a job from a `POST /v1/fine_tuning/jobs` request. The model and settings are
+    /// checked here (400); the files' contents when the job validates them (`validating_files`,
+    /// then `failed` naming the file and line).
+    public func create(_ request: FineTuningCreateRequest, team: String?, keyPrefix: String?) async throws(FineTuningError) -> JobRecord {
+        let name = request.model
         guard let model = catalog().resolve(name) else { throw .notFound("no model '\(name)' to fine-tune") }
         guard let facts = model.facts, let path = model.path else {
             throw .badRequest("'\(model.id)' is not a local GGUF model: only local models can be fine-tuned", param: "model")
@@ -74,50 +74,12 @@ public struct FineTuning: Sendable {
                 "'\(model.id)' is \(facts.quantization): llama-finetune trains only the F32 tensors of a model, so only an F32 model can be fine-tuned (convert it to F32 first)",
                 param: "model")
         }
-        guard let training = body["training_file"] as? String, !training.isEmpty else { throw .badRequest("training_file is required", param: "training_file") }
         let scope: TeamScope = team.map { .team($0) } ?? .all
-        try await checkFile(training, scope: scope, param: "training_file")
-        var validation: String?
-        if let raw = body["validation_file"], !(raw is NSNull) {
-            guard let id = raw as? String, !id.isEmpty else { throw .badRequest("validation_file must be a file id", param: "validation_file") }
-            try await checkFile(id, scope: scope, param: "validation_file")
-            validation = id
-        }
-        var methodObject: JobJSON?
-        var requested = body["hyperparameters"] as? [String: Any] ?? [:]
-        if let method = body["method"] {
-            guard let method = method as? [String: Any], let type = method["type"] as? String else {
-                throw .badRequest("method must be an object with a type", param: "method")
-            }
-            guard type == "supervised" else {
-                throw .badRequest("method.type '\(type)' is not supported: llama-finetune does supervised fine-tuning only", param: "method.type")
-            }
-            if let supervised = method["supervised"] as? [String: Any], let h = supervised["hyperparameters"] as? [String: Any] {
-                requested.merge(h) { _, new in new }
-            }
-            methodObject = JobJSON(method)
-        }
-        if let integrations = body["integrations"] as? [Any], !integrations.isEmpty {
-            throw .badRequest("integrations are not supported (metrics are in the job's events and result file)", param: "integrations")
-        }
-        let presetName = body["preset"] as? String ?? "balanced"
-        guard let preset = Self.presets[presetName] else {
-            throw .badRequest("preset must be one of \(Self.presets.keys.sorted().joined(separator: ", "))", param: "preset")
-        }
-        let hyperparameters = try Self.hyperparameters(requested, preset: preset, named: body["preset"] != nil, modelContext: facts.contextLength)
-        var suffix: String?
-        if let raw = body["suffix"], !(raw is NSNull) {
-            guard let s = raw as? String, (1...64).contains(s.count),
-                s.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) && $0.isASCII || "-_.".unicodeScalars.contains($0) })
-            else { throw .badRequest("suffix must be 1 to 64 letters, digits, '-', '_' or '.'", param: "suffix") }
-            suffix = s.lowercased()
-        }
-        var seed = Int.random(in: 0...2_147_483_647)
-        if let raw = body["seed"], !(raw is NSNull) {
-            guard let n = raw as? Int, (0...2_147_483_647).contains(n) else { throw .badRequest("seed must be an integer from 0 to 2147483647", param: "seed") }
-            seed = n
-        }
-        let metadata = try Self.metadata(body["metadata"])
+        try await checkFile(request.trainingFile, scope: scope, param: "training_file")
+        if let validation = request.validationFile { try await checkFile(validation, scope: scope, param: "validation_file") }
+        let hyperparameters = try Self.hyperparameters(request.hyperparameters, preset: request.preset, named: request.presetNamed, modelContext: facts.contextLength)
+        let (training, validation, suffix, methodObject, metadata) = (request.trainingFile, request.validationFile, request.suffix, request.method, request.metadata)
+        let seed = request.seed ?? Int.random(in: 0...2_147_483_647)
 
         let arguments = PerplexityJob.sharedArguments(model.pinnedArgs + (await runtimeArguments(model.id)))
         let toolArguments = Self.trainerToolArguments(arguments)
@@ -140,15 +102,15 @@ public struct FineTuning: Sendable {
     }
 
     /// The settings of a request: its values, else the preset's (`"auto"` means the preset's).
-    static func hyperparameters(_ h: [String: Any], preset: Preset, named: Bool, modelContext: Int?) throws(FineTuningError) -> FineTuneHyperparameters {
-        func value<T>(_ key: String, _ read: (Any) -> T?, _ valid: (T) -> Bool, _ why: String) throws(FineTuningError) -> T? {
-            guard let raw = h[key], !(raw is NSNull) else { return nil }
-            if let s = raw as? String, s == "auto" { return nil }
+    static func hyperparameters(_ h: [String: JobJSON], preset: Preset, named: Bool, modelContext: Int?) throws(FineTuningError) -> FineTuneHyperparameters {
+        func value<T>(_ key: String, _ read: (JobJSON) -> T?, _ valid: (T) -> Bool, _ why: String) throws(FineTuningError) -> T? {
+            guard let raw = h[key], !raw.isNull else { return nil }
+            if raw.stringValue == "auto" { return nil }
             guard let v = read(raw), valid(v) else { throw .badRequest("hyperparameters.\(key) \(why)", param: "hyperparameters.\(key)") }
             return v
         }
-        let int: (Any) -> Int? = { $0 as? Int }
-        let double: (Any) -> Double? = { ($0 as? Double) ?? ($0 as? Int).map(Double.init) }
+        let int: (JobJSON) -> Int? = { $0.intValue }
+        let double: (JobJSON) -> Double? = { $0.doubleValue }
         let epochs = try value("n_epochs", int, { (1...50).contains($0) }, "must be 'auto' or an integer from 1 to 50") ?? preset.epochs
         let batch = try value("batch_size", int, { (1...256).contains($0) }, "must be 'auto' or an integer from 1 to 256") ?? 1
         let multiplier = try value("learning_rate_multiplier", double, { $0 > 0 && $0 <= 1000 }, "must be 'auto' or a number above 0 and at most 1000")
@@ -160,7 +122,7 @@ public struct FineTuning: Sendable {
             throw .badRequest("hyperparameters.context_size \(context) is above the model's context length \(modelContext)", param: "hyperparameters.context_size")
         }
         let split = try value("validation_split", double, { $0 >= 0 && $0 < 0.5 }, "must be a number from 0 to below 0.5") ?? 0.05
-        let optimizer = try value("optimizer", { $0 as? String }, { ["adamw", "sgd"].contains($0) }, "must be adamw or sgd") ?? "adamw"
+        let optimizer = try value("optimizer", { $0.stringValue }, { ["adamw", "sgd"].contains($0) }, "must be adamw or sgd") ?? "adamw"
         let decay = try value("weight_decay", double, { $0 >= 0 && $0 < 1 }, "must be a number from 0 to below 1") ?? 0
         let lr = baseLearningRate * multiplier
         return FineTuneHyperparameters(
@@ -203,14 +165,6 @@ public struct FineTuning: Sendable {
             throw .badRequest("the model does not fit in memory for training: about \(total) MiB (weights, gradients, optimizer state and activations at a context of \(contextSize)) are needed", param: "model")
         }
         return needed
-    }
-
-    static func metadata(_ raw: Any?) throws(FineTuningError) -> [String: String]? {
-        guard let raw, !(raw is NSNull) else { return nil }
-        guard let object = raw as? [String: Any], object.count <= 16,
-            object.allSatisfy({ $0.key.count <= 64 && ($0.value as? String)?.count ?? 513 <= 512 })
-        else { throw .badRequest("metadata must be at most 16 string values (keys up to 64 characters, values up to 512)", param: "metadata") }
-        return object.mapValues { $0 as! String }
     }
 
     // MARK: Reading and controlling
@@ -279,16 +233,16 @@ public struct FineTuning: Sendable {
     }
 
     /// The job's events newest first, as OpenAI lists them (`after`: an event id).
-    public func events(_ id: String, scope: TeamScope, after: String?, limit: Int) async throws(FineTuningError) -> (events: [[String: Any]], hasMore: Bool) {
+    public func events(_ id: String, scope: TeamScope, after: String?, limit: Int) async throws(FineTuningError) -> (events: [FineTuningEventObject], hasMore: Bool) {
         _ = try await job(id, scope: scope)
         let stored = try await storedEvents(id)
-        var events: [[String: Any]] = []
+        var events: [FineTuningEventObject] = []
         for e in stored.reversed() {
-            guard let data = try? JSONSerialization.jsonObject(with: e.data, options: [.fragmentsAllowed]), let event = Self.event(id, e, data) else { continue }
+            guard let data = try? JobCoding.decoder.decode(JobJSON.self, from: e.data), let event = Self.event(id, e, data) else { continue }
             events.append(event)
         }
         if let after {
-            guard let i = events.firstIndex(where: { $0["id"] as? String == after }) else { throw .badRequest("no event '\(after)' in job '\(id)'", param: "after") }
+            guard let i = events.firstIndex(where: { $0.id == after }) else { throw .badRequest("no event '\(after)' in job '\(id)'", param: "after") }
             events.removeFirst(i + 1)
         }
         return (Array(events.prefix(limit)), events.count > limit)
@@ -296,9 +250,12 @@ public struct FineTuning: Sendable {
 
     /// The job's training curve oldest first: every `metrics` event's data (step, epoch, train
     /// loss and accuracy, validation loss at epoch ends), for the dashboard's chart.
-    public func series(_ id: String, scope: TeamScope) async throws(FineTuningError) -> [[String: Any]] {
+    public func series(_ id: String, scope: TeamScope) async throws(FineTuningError) -> [JobJSON] {
         _ = try await job(id, scope: scope)
-        return try await storedEvents(id).filter { $0.type == "metrics" }.compactMap { try? JSONSerialization.jsonObject(with: $0.data) as? [String: Any] }
+        return try await storedEvents(id).filter { $0.type == "metrics" }.compactMap { event in
+            let data = try? JobCoding.decoder.decode(JobJSON.self, from: event.data)
+            return data?.objectValue == nil ? nil : data
+        }
     }
 
     /// Every stored event of a job, oldest first.
@@ -317,12 +274,12 @@ public struct FineTuning: Sendable {
     }
 
     /// The job's checkpoints newest first (`after`: a checkpoint id).
-    public func checkpoints(_ id: String, scope: TeamScope, after: String?, limit: Int) async throws(FineTuningError) -> (checkpoints: [[String: Any]], hasMore: Bool) {
+    public func checkpoints(_ id: String, scope: TeamScope, after: String?, limit: Int) async throws(FineTuningError) -> (checkpoints: [FineTuningCheckpointObject], hasMore: Bool) {
         let (record, _) = try await job(id, scope: scope)
         let state = Self.state(record)
-        var list = (state?.checkpoints ?? []).reversed().map { Self.checkpointObject($0, job: id) }
+        var list = (state?.checkpoints ?? []).reversed().map { FineTuningCheckpointObject($0, job: id) }
         if let after {
-            guard let i = list.firstIndex(where: { $0["id"] as? String == after }) else { throw .badRequest("no checkpoint '\(after)' in job '\(id)'", param: "after") }
+            guard let i = list.firstIndex(where: { $0.id == after }) else { throw .badRequest("no checkpoint '\(after)' in job '\(id)'", param: "after") }
             list.removeFirst(i + 1)
         }
         return (Array(list.prefix(limit)), list.count > limit)
@@ -346,45 +303,6 @@ public struct FineTuning: Sendable {
         }
     }
 
-    /// OpenAI's `FineTuningJob`, plus Corral's `quality` (validation perplexity before and after),
-    /// `preset`, `epochs_done` and the resolved settings.
-    public static func object(_ record: JobRecord, _ spec: FineTuneSpec) -> [String: Any] {
-        let state = Self.state(record)
-        let h = spec.hyperparameters
-        let hyper: [String: Any] = ["n_epochs": h.nEpochs, "batch_size": h.batchSize, "learning_rate_multiplier": h.learningRateMultiplier]
-        var object: [String: Any] = [
-            "id": record.id, "object": "fine_tuning.job", "created_at": Int(record.createdAt.timeIntervalSince1970),
-            "model": spec.base, "organization_id": spec.team.map { "team-" + $0 } ?? "corral",
-            "training_file": spec.trainingFile, "validation_file": spec.validationFile ?? NSNull(),
-            "status": status(state: record.state, phase: state?.phase), "hyperparameters": hyper, "seed": spec.seed,
-            "fine_tuned_model": state?.fineTunedModel ?? NSNull(), "finished_at": record.finishedAt.map { Int($0.timeIntervalSince1970) } ?? NSNull(),
-            "trained_tokens": record.state == .succeeded ? state?.trainedTokens ?? 0 : NSNull(),
-            "result_files": state?.resultFiles ?? [], "integrations": [], "metadata": spec.metadata ?? NSNull(),
-            "method": ["type": "supervised", "supervised": ["hyperparameters": hyper]],
-            "estimated_finish": estimatedFinish(record, spec, state) ?? NSNull(),
-            "error": NSNull(),
-            "suffix": spec.suffix ?? NSNull(),
-            "epochs_done": state?.epochsDone ?? 0,
-            "settings": [
-                "preset": h.preset ?? NSNull(), "context_size": h.contextSize, "learning_rate": h.learningRate, "learning_rate_min": h.learningRateMin,
-                "validation_split": h.validationSplit, "optimizer": h.optimizer, "weight_decay": h.weightDecay,
-            ] as [String: Any],
-        ]
-        var quality: [String: Any] = ["validation_source": state?.validationSource ?? NSNull()]
-        if let b = state?.perplexityBefore { quality["perplexity_before"] = ["perplexity": b.perplexity, "error": b.error, "chunks": b.chunks, "context_size": b.contextSize] }
-        if let a = state?.perplexityAfter { quality["perplexity_after"] = ["perplexity": a.perplexity, "error": a.error, "chunks": a.chunks, "context_size": a.contextSize] }
-        if let note = state?.perplexityNote { quality["note"] = note }
-        object["quality"] = quality
-        if let current = state?.current, record.state == .running {
-            object["progress"] = ["phase": current.phase, "batch": current.batch, "batches": current.batches, "loss": current.loss, "accuracy": current.accuracy]
-        }
-        if let error = record.error, record.state == .failed || record.state == .interrupted {
-            let param: Any = error.code == "invalid_file" ? (spec.validationFile.map { error.message.contains($0) } == true ? "validation_file" : "training_file") : NSNull()
-            object["error"] = ["code": error.code, "message": error.message, "param": param]
-        }
-        return object
-    }
-
     /// Now plus the ETA of the epoch under way plus the mean epoch time for the epochs after it.
     static func estimatedFinish(_ record: JobRecord, _ spec: FineTuneSpec, _ state: FineTuneState?) -> Int? {
         guard record.state == .running, let state, state.phase == "running", let eta = state.current?.etaSeconds else { return nil }
@@ -394,51 +312,37 @@ public struct FineTuning: Sendable {
         return Int(Date().timeIntervalSince1970 + Double(eta) + perEpoch * Double(remaining))
     }
 
-    static func checkpointObject(_ c: FineTuneCheckpoint, job: String) -> [String: Any] {
-        var metrics: [String: Any] = ["step": c.step, "train_loss": c.trainLoss, "train_mean_token_accuracy": c.trainMeanTokenAccuracy]
-        if let v = c.validLoss { metrics["valid_loss"] = v; metrics["full_valid_loss"] = v }
-        if let v = c.validMeanTokenAccuracy { metrics["valid_mean_token_accuracy"] = v; metrics["full_valid_mean_token_accuracy"] = v }
-        return [
-            "id": "ftckpt-\(job.dropFirst(FineTuneJob.idPrefix.count + 1))-\(c.epoch)", "object": "fine_tuning.job.checkpoint",
-            "created_at": Int(c.createdAt.timeIntervalSince1970), "fine_tuned_model_checkpoint": c.fineTunedModelCheckpoint,
-            "fine_tuning_job_id": job, "step_number": c.step, "metrics": metrics, "epoch": c.epoch, "learning_rate": c.learningRate, "seconds": c.seconds,
-        ]
-    }
-
     /// One stored job event as OpenAI's `FineTuningJobEvent` (nil for the engine's own
     /// bookkeeping: progress, detail, checkpoints).
-    static func event(_ job: String, _ e: StoredJobEvent, _ data: Any) -> [String: Any]? {
-        let object = data as? [String: Any] ?? [:]
+    static func event(_ job: String, _ e: StoredJobEvent, _ data: JobJSON) -> FineTuningEventObject? {
+        let object = data.objectValue.map(JobJSON.object) ?? .object([:])
         var level = "info", message: String, type = "message"
-        var payload: [String: Any] = [:]
+        var payload = JobJSON.object([:])
         switch e.type {
         case "message":
-            level = object["level"] as? String ?? "info"
-            message = object["message"] as? String ?? ""
+            level = object["level"]?.stringValue ?? "info"
+            message = object["message"]?.stringValue ?? ""
         case "metrics":
             type = "metrics"
             payload = object
-            let step = object["step"] as? Int ?? 0, total = object["total_steps"] as? Int ?? 0
-            message = "Step \(step)/\(total): training loss=\(String(format: "%.4f", object["train_loss"] as? Double ?? 0))"
-                + ((object["valid_loss"] as? Double).map { ", validation loss=\(String(format: "%.4f", $0))" } ?? "")
+            let step = object["step"]?.intValue ?? 0, total = object["total_steps"]?.intValue ?? 0
+            message = "Step \(step)/\(total): training loss=\(String(format: "%.4f", object["train_loss"]?.doubleValue ?? 0))"
+                + ((object["valid_loss"]?.doubleValue).map { ", validation loss=\(String(format: "%.4f", $0))" } ?? "")
         case "state":
-            let state = object["state"] as? String ?? ""
+            let state = object["state"]?.stringValue ?? ""
             switch state {
-            case "queued": message = (object["reason"] as? String).map { "Job queued: \($0)" } ?? "Created fine-tuning job: \(job)"
+            case "queued": message = (object["reason"]?.stringValue).map { "Job queued: \($0)" } ?? "Created fine-tuning job: \(job)"
             case "paused": message = "Job paused"
-            case "cancelled": message = "Job cancelled" + ((object["error"] as? String).map { ": \($0)" } ?? "")
+            case "cancelled": message = "Job cancelled" + ((object["error"]?.stringValue).map { ": \($0)" } ?? "")
             case "failed", "interrupted":
                 level = "error"
-                message = "Job failed: " + (object["error"] as? String ?? state)
-            case "succeeded": return nil
+                message = "Job failed: " + (object["error"]?.stringValue ?? state)
             default: return nil
             }
         default:
             return nil
         }
-        return [
-            "id": "ftevent-\(e.sequence)", "object": "fine_tuning.job.event", "created_at": Int(e.at.timeIntervalSince1970),
-            "level": level, "message": message, "type": type, "data": payload,
-        ]
+        return FineTuningEventObject(
+            id: "ftevent-\(e.sequence)", createdAt: Int(e.at.timeIntervalSince1970), level: level, message: message, type: type, data: payload)
     }
 }
