@@ -116,7 +116,8 @@ let package = Package(
             dependencies: ["GGUF", "Runtime", "Store", "Jobs"],
             swiftSettings: swiftSettings
         ),
-        // Work on models as jobs: benchmarks, perplexity, tuning, evaluations, fine-tuning and the quant ladder.
+        // Work on models as jobs: benchmarks, perplexity, tuning, evaluations, fine-tuning and the quant
+        // ladder, asking models through Serving's typed `ModelClient` (one ask-and-grade for runs and tuning).
         .target(
             name: "Lab",
             dependencies: [
@@ -141,10 +142,11 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The serving core below the HTTP layer (no Hummingbird): the request path (admission,
-        // routing to an instance, a peer or a fallback, the transports, the one response pump,
-        // settlement into the ledger) with its typed errors, the SSE usage filter, catalog refresh
-        // and reload, the cluster node and its library sync, and the fleet as the jobs' memory claims.
+        // The serving core below the HTTP layer (no Hummingbird): the request path (the model
+        // resolved once, admission, routing to an instance, a peer or a fallback, the transports,
+        // the one response pump, settlement into the ledger) with its typed `ServingError`, the
+        // jobs' typed `ModelClient` over it, the SSE usage filter, catalog refresh and reload, the
+        // cluster node and its library sync, and the fleet as the jobs' memory claims.
         .target(
             name: "Serving",
             dependencies: [
@@ -160,8 +162,9 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The HTTP application: OpenAI, Anthropic, Ollama, llama.cpp-native and admin routes, relay,
-        // error shapes, metrics, dashboard. The only module that imports Hummingbird.
+        // The HTTP application: OpenAI, Anthropic, Ollama, llama.cpp-native and admin routes, body
+        // checks, Codable wire helpers, error shapes (one mapping), metrics, dashboard. The only
+        // module that imports Hummingbird.
         .target(
             name: "Gateway",
             dependencies: [
