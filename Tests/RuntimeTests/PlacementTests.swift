@@ -45,6 +45,30 @@ import Testing
         #expect(decide(fleet(["a": ready(1, mib: 3500)]), "a", 3500) == .fits)
     }
 
+    @Test func aModelsReplicasCountAsOneModel() {
+        // Two models with two instances each and a third model: three models, not five instances.
+        func instance(_ model: String, _ used: Int) -> FleetView.Model {
+            FleetView.Model(phase: .ready, lastUsed: Self.t(used), projection: ["Host": 100], model: model)
+        }
+        let view = fleet(["a": instance("a", 1), "a (replica 1)": instance("a", 2), "b": instance("b", 3), "b (replica 1)": instance("b", 4)],
+                         budget: ["Host": 4000], max: 3)
+        #expect(decide(view, "c", 100) == .fits)
+        // A third model beside them is the most allowed: a fourth evicts the least recently used instance.
+        var full = view
+        full.models["c"] = instance("c", 5)
+        #expect(decide(full, "d", 100) == .evict("a"))
+    }
+
+    @Test func anotherReplicaOfALoadedModelAddsNoModel() {
+        func instance(_ model: String, _ used: Int, phase: FleetView.Phase = .ready) -> FleetView.Model {
+            FleetView.Model(phase: phase, lastUsed: Self.t(used), projection: ["Host": 100], model: model)
+        }
+        // Three models loaded (the limit); the second instance of one of them still fits.
+        let view = fleet(["a": instance("a", 1), "b": instance("b", 2), "c": instance("c", 3),
+                          "c (replica 1)": instance("c", 4, phase: .loading(roomReserved: false))], max: 3)
+        #expect(decide(view, "c (replica 1)", 100) == .fits)
+    }
+
     @Test func aDeviceWithoutItsOwnBudgetUsesTheHosts() {
         #expect(decide(fleet([:], budget: ["Host": 4000]), "new", 3000, device: "Vulkan0") == .fits)
         if case .refuse = decide(fleet([:], budget: ["Host": 4000]), "new", 5000, device: "Vulkan0") {} else { Issue.record("expected a refusal") }

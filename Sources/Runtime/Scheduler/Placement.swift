@@ -20,14 +20,20 @@ public struct FleetView: Sendable, Equatable {
         public var pinned: Bool
         /// MiB per device it takes while loaded.
         public var projection: [String: Int]
+        /// The model this entry is an instance of, where entries are instances (a model's
+        /// replicas); nil: the entry's key is the model. `maxLoadedModels` counts models, so a
+        /// model's replicas count once.
+        public var model: String?
 
-        public init(phase: Phase, inFlight: Int = 0, waiting: Int = 0, lastUsed: ContinuousClock.Instant, pinned: Bool = false, projection: [String: Int] = [:]) {
+        public init(phase: Phase, inFlight: Int = 0, waiting: Int = 0, lastUsed: ContinuousClock.Instant, pinned: Bool = false, projection: [String: Int] = [:],
+                    model: String? = nil) {
             self.phase = phase
             self.inFlight = inFlight
             self.waiting = waiting
             self.lastUsed = lastUsed
             self.pinned = pinned
             self.projection = projection
+            self.model = model
         }
 
         /// Whether it occupies room: loaded, stopping, or loading with room given.
@@ -85,7 +91,11 @@ public enum Placement: Sendable, Equatable {
         var claimed: [String: Int] = [:]
         for (owner, c) in fleet.claims where owner != id { for (d, m) in c { claimed[d, default: 0] += m } }
         let overMemory = projection.contains { d, need in used[d, default: 0] + claimed[d, default: 0] + need > fleet.budget(d) }
-        if (claim || others.count < fleet.maxLoadedModels) && !overMemory { return .fits }
+        // Models, not instances, count against the limit: another replica of the model being
+        // placed adds none, and the replicas of another model count as one.
+        let own = fleet.models[id]?.model ?? id
+        let otherModels = Set(others.map { $0.value.model ?? $0.key }).subtracting([own]).count
+        if (claim || otherModels < fleet.maxLoadedModels) && !overMemory { return .fits }
         // Even with every model unloaded, what jobs hold leaves too little: say so rather than wait.
         let overClaims = projection.contains { d, need in claimed[d, default: 0] + need > fleet.budget(d) }
         if overClaims && !(claim && wait) {
@@ -97,7 +107,7 @@ public enum Placement: Sendable, Equatable {
         // Waiting only helps if some loaded model can become evictable (or a job's claim ends).
         if others.values.allSatisfy(\.pinned) && !overClaims { return .refuse(.noCapacity(id, "every loaded model is pinned")) }
         if claim && !wait { return .refuse(.noCapacity(id, "busy models hold the memory; try again when they are idle")) }
-        return .wait(overMemory ? "busy models hold the memory" : "\(others.count) models are loaded, the most allowed, and all are busy")
+        return .wait(overMemory ? "busy models hold the memory" : "\(otherModels) models are loaded, the most allowed, and all are busy")
     }
 }
 

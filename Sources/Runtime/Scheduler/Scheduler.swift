@@ -952,7 +952,7 @@ public actor Scheduler {
                 owners[key] = (id, replica)
                 // Replicas beyond `min` are never pinned: they exist for a queue, not a promise.
                 models[key] = FleetView.Model(phase: phase, inFlight: instance.inFlight, waiting: slot.waiters.count, lastUsed: instance.lastUsed,
-                                              pinned: (replica < keep && isPinned(id)) || id == sparing, projection: instance.projection)
+                                              pinned: (replica < keep && isPinned(id)) || id == sparing, projection: instance.projection, model: id)
             }
         }
         return (FleetView(models: models, claims: memoryClaims, budgetMiB: limits.memoryBudgetMiB, maxLoadedModels: limits.maxLoadedModels), owners)

@@ -140,6 +140,21 @@ def test_another_instance_never_evicts_a_busy_model():
         stop_corral(c)
 
 
+def test_a_models_replicas_count_once_against_max_loaded_models():
+    # Two models of two instances each under maxLoadedModels 2: two models, so all four stay
+    # loaded (counting instances, the second model's second instance evicted the first's).
+    models = [{"name": name, "contextSize": 1024, "parallel": 1, "replicas": {"min": 2, "max": 2}} for name in ("one", "two")]
+    c = corral(models, scheduler={"maxLoadedModels": 2})
+    try:
+        for name in ("one", "two"):
+            chat(c, name, [{"role": "user", "content": "hello"}])
+            wait_until(lambda: len(loaded(c, name)) == 2, seconds=120, what=f"both instances of {name}")
+        time.sleep(1)
+        assert [len(loaded(c, name)) for name in ("one", "two")] == [2, 2], instances(c, "one") + instances(c, "two")
+    finally:
+        stop_corral(c)
+
+
 def cache_use(c, model):
     return {i["replica"]: (i.get("promptCache") or {}).get("promptTokens", 0) for i in instances(c, model)}
 
