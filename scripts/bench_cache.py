@@ -8,7 +8,8 @@
   one Corral, one slot each, asked in alternation.
 - prefix affinity: 16 conversations x 6 turns over one shared system prompt, on a model with two
   instances (replicas), routed by prompt prefix against round-robin, one mode after the other in
-  one Corral; and single-turn requests with no shared prefix, the same two ways (no regression).
+  one Corral; and, before them on fresh instances, single-turn requests with no shared prefix the
+  same two ways in alternating rounds (no regression).
 
 Usage: CORRAL_BIN=.build-release/release/corral .venv-test/bin/python scripts/bench_cache.py
 [--part swap|affinity|both] [--rounds 3] [--system-words 1100] [--conversations 16] [--turns 6]"""
@@ -77,6 +78,7 @@ def main():
     ap.add_argument("--concurrency", type=int, default=4, help="conversations in flight at once (the two instances have four slots each)")
     ap.add_argument("--cache-mib", type=int, default=480, help="each instance's prompt cache (--cache-ram): about ten of the conversations")
     ap.add_argument("--answer-tokens", type=int, default=24)
+    ap.add_argument("--unrelated-rounds", type=int, default=4, help="alternating rounds of requests with no shared prefix, one conversation count each")
     ap.add_argument("--document-words", type=int, default=220, help="each conversation's own opening text (about 300 tokens)")
     args = ap.parse_args()
     root = os.path.join(os.path.dirname(__file__), "..")
@@ -224,6 +226,15 @@ def run_unrelated(c, name: str, count: int, concurrency: int, seed: int) -> list
     return out
 
 
+def load_both_instances(c, name: str):
+    """Loads model `name` and waits for its second instance (replicas min 2)."""
+    timed_post(c, f"/admin/models/{name}/load")
+    deadline = time.monotonic() + 300
+    while sum(1 for i in httpx.get(c.base + "/admin/instances", headers=c.h).json() if i["model"] == name and i["state"] == "loaded") < 2:
+        assert time.monotonic() < deadline, "the second instance did not load"
+        time.sleep(0.2)
+
+
 def bench_affinity(args, model):
     directory = tempfile.mkdtemp(prefix="corral-bench-affinity-")
     replicas = {"min": 2, "max": 2}
@@ -237,15 +248,23 @@ def bench_affinity(args, model):
         {"name": "round-robin", **common, "replicas": {**replicas, "routing": "round-robin"}},
     ])
     c.h = {"authorization": f"Bearer {c.admin_token}"}
-    seen = {}
+    seen = {name: {"unrelated": []} for name in ("affinity", "round-robin")}
     system = system_prompt(7, args.system_words)
     try:
+        # Requests with no shared prefix first, on fresh instances of both models loaded side by
+        # side, in alternating rounds (affinity first, then round-robin first), so what one mode
+        # leaves in llama-server's slots and prompt cache, or a drift of the machine, does not
+        # fall on one mode only. Routing is all that differs: least busy against alternation.
         for name in ("affinity", "round-robin"):
-            timed_post(c, f"/admin/models/{name}/load")
-            deadline = time.monotonic() + 300
-            while sum(1 for i in httpx.get(c.base + "/admin/instances", headers=c.h).json() if i["model"] == name and i["state"] == "loaded") < 2:
-                assert time.monotonic() < deadline, "the second instance did not load"
-                time.sleep(0.2)
+            load_both_instances(c, name)
+        for r in range(args.unrelated_rounds):
+            order = ("affinity", "round-robin") if r % 2 == 0 else ("round-robin", "affinity")
+            for name in order:
+                seen[name]["unrelated"] += run_unrelated(c, name, args.conversations, args.concurrency, seed=13 + r)
+        for name in ("affinity", "round-robin"):
+            timed_post(c, f"/admin/models/{name}/unload")
+        for name in ("affinity", "round-robin"):
+            load_both_instances(c, name)
             # Both instances see the system prompt once, so neither mode pays for it in the measurement:
             # sent to each instance's own port, since Corral would send both to the same instance
             # under prefix affinity (the first one holds the prefix) and alternate under round-robin.
@@ -254,8 +273,7 @@ def bench_affinity(args, model):
                     r = httpx.post(f"http://127.0.0.1:{instance['port']}/v1/chat/completions", timeout=600, json={
                         "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Ready?"}], "max_tokens": 1})
                     r.raise_for_status()
-            seen[name] = run_conversations(c, name, args, system, seed=11)
-            seen[name]["unrelated"] = run_unrelated(c, name, 2 * args.conversations, args.concurrency, seed=13)
+            seen[name].update(run_conversations(c, name, args, system, seed=11))
             s = seen[name]
             print(f"{name}: turn 2+ time to first token p50 {statistics.median(s['ttft']) * 1000:.0f} ms, p90 {percentile(s['ttft'], 0.9) * 1000:.0f} ms, "
                   f"mean {statistics.mean(s['ttft']) * 1000:.0f} ms; first turns p50 {statistics.median(s['first']) * 1000:.0f} ms; "
