@@ -130,12 +130,9 @@ public actor Scheduler {
         }
     }
 
-    enum Phase {
-        case unloaded
-        case loading(Task<ModelInstance, any Error>)
-        case ready(ModelInstance)
-        case stopping(Task<Void, Never>)
-    }
+    /// An instance's lifecycle, over the handles this actor keeps: a load's task, the running
+    /// server, a stop's task.
+    typealias Lifecycle = InstanceLifecycle<Task<ModelInstance, any Error>, ModelInstance, Task<Void, Never>>
 
     /// A request waiting for a slot of one of a model's instances.
     struct Waiter {
@@ -148,21 +145,15 @@ public actor Scheduler {
         var since: ContinuousClock.Instant
     }
 
-    /// One llama-server of a model (a replica), numbered from 0.
+    /// One llama-server of a model (a replica), numbered from 0: its lifecycle (phase,
+    /// generation, slots in flight, idle deadline: changed only through its events) and what this
+    /// actor keeps beside it.
     struct Instance {
-        var phase: Phase = .unloaded
-        var inFlight = 0
-        var lastUsed = ContinuousClock.now
+        var lifecycle = Lifecycle()
         var projection: [String: Int] = [:]
         var idleTimer: Task<Void, Never>?
-        var idleDeadline: ContinuousClock.Instant?
-        /// Bumped whenever the instance starts or stops, so a stale lease or timer does nothing.
-        var generation = 0
         /// The load-time options the running instance was started with.
         var instanceOptions = LoadOptions()
-        /// A load in progress has been given room (count and memory) by `makeRoom`; until then
-        /// it occupies nothing, so loads waiting for room never wait for each other.
-        var roomReserved = false
         /// Where the running instance's KV caches are saved before it stops (nil: no warm swaps).
         var warmFolder: String?
         /// The cluster RPC workers this instance is split over (reserved until it stops), and
@@ -170,9 +161,13 @@ public actor Scheduler {
         var split: SplitLease?
         var splitID: UUID?
 
-        var isReady: Bool { if case .ready = phase { true } else { false } }
-        var isLoading: Bool { if case .loading = phase { true } else { false } }
-        var isUnloaded: Bool { if case .unloaded = phase { true } else { false } }
+        var phase: Lifecycle.Phase { lifecycle.phase }
+        var inFlight: Int { lifecycle.inFlight }
+        var lastUsed: ContinuousClock.Instant { lifecycle.lastUsed }
+        var generation: Int { lifecycle.generation }
+        var isReady: Bool { lifecycle.isReady }
+        var isLoading: Bool { lifecycle.isLoading }
+        var isUnloaded: Bool { lifecycle.isUnloaded }
     }
 
     /// A model: its instances, its queue, and what applies to all of them.
@@ -446,7 +441,7 @@ public actor Scheduler {
                 guard slots[id]?.instances[replica]?.isReady == true else { throw .instanceCrashed(id) }
                 return lease(id, replica, start: start, load: loadDuration)
             }
-            if let (_, instance) = slot.instances.first(where: { $0.value.isLoading }), case .loading(let task) = instance.phase {
+            if let (_, instance) = slot.instances.first(where: { $0.value.isLoading }), case .loading(let task, _) = instance.phase {
                 let loadStart = ContinuousClock.now
                 do { _ = try await task.value } catch let error as SchedulerError { throw error } catch {
                     throw .loadFailed(id, "\(error)")
@@ -454,7 +449,7 @@ public actor Scheduler {
                 loadDuration += ContinuousClock.now - loadStart
                 continue
             }
-            if let (replica, instance) = slot.instances.first(where: { if case .stopping = $0.value.phase { true } else { false } }),
+            if let (replica, instance) = slot.instances.first(where: { $0.value.lifecycle.isStopping }),
                 case .stopping(let task) = instance.phase
             {
                 await awaitStop(id, replica, task)
@@ -485,10 +480,7 @@ public actor Scheduler {
 
     /// Gives a slot of `replica` to a request.
     private func give(_ id: String, _ replica: Int, affinity: PromptAffinity?) {
-        slots[id]!.instances[replica]!.inFlight += 1
-        slots[id]!.instances[replica]!.lastUsed = .now
-        slots[id]!.instances[replica]!.idleTimer?.cancel()
-        slots[id]!.instances[replica]!.idleDeadline = nil
+        perform(slots[id]!.instances[replica]!.lifecycle.give(now: .now), id, replica)
         slots[id]!.lastUsed = .now
         slots[id]!.lastGiven = replica
         if let affinity, !affinity.isEmpty { slots[id]!.affinity.record(affinity, replica: replica) }
@@ -504,14 +496,12 @@ public actor Scheduler {
 
     /// Returns a lease's slot: to the next queued request, or to the idle pool.
     public func release(_ lease: Lease) {
-        guard !lease.isRemote, let instance = slots[lease.modelID]?.instances[lease.replica], instance.generation == lease.generation else { return }
         let id = lease.modelID
+        guard !lease.isRemote, slots[id]?.instances[lease.replica] != nil,
+              let actions = slots[id]!.instances[lease.replica]!.lifecycle.release(generation: lease.generation, now: .now)
+        else { return }
         slots[id]!.lastUsed = .now
-        slots[id]!.instances[lease.replica]!.lastUsed = .now
-        slots[id]!.instances[lease.replica]!.inFlight = max(0, instance.inFlight - 1)
-        dispatch(id)
-        if slots[id]!.instances[lease.replica]!.inFlight == 0 { scheduleIdleUnload(id, lease.replica) }
-        notifyFleetChanged()
+        perform(actions, id, lease.replica)
     }
 
     /// Hands free slots of ready instances to queued requests: on each free instance, the oldest
@@ -641,23 +631,19 @@ public actor Scheduler {
     /// like a crash). Without `waitForRoom` it fails rather than wait for busy models to idle.
     private func loadReplica(_ spec: ModelSpec, _ replica: Int, waitForRoom: Bool) async throws(SchedulerError) -> ModelInstance {
         let id = spec.id
+        guard slots[id]?.instances[replica]?.isUnloaded ?? true else { throw .loadFailed(id, "replica \(replica) is already running") }
         let task = Task { try await self.load(spec, replica: replica, waitForRoom: waitForRoom) }
-        slots[id, default: Slot()].instances[replica, default: Instance()].phase = .loading(task)
+        slots[id, default: Slot()].instances[replica, default: Instance()].lifecycle.loadStarted(task)
         do {
             return try await task.value
         } catch let error as SchedulerError {
-            if slots[id]?.instances[replica]?.isLoading == true { slots[id]!.instances[replica]!.phase = .unloaded }
-            dropSplit(id, replica)
             slots[id]?.lastError = error.description
-            if case .loadFailed(_, let why) = error { recordCrash(id, why) }
-            failWaitersIfNothingServes(id)
-            notifyFleetChanged()
+            var crash: String?
+            if case .loadFailed(_, let why) = error { crash = why }
+            perform(slots[id]?.instances[replica]?.lifecycle.loadFailed(crash: crash) ?? [], id, replica)
             throw error
         } catch {
-            if slots[id]?.instances[replica]?.isLoading == true { slots[id]!.instances[replica]!.phase = .unloaded }
-            dropSplit(id, replica)
-            failWaitersIfNothingServes(id)
-            notifyFleetChanged()
+            perform(slots[id]?.instances[replica]?.lifecycle.loadFailed(crash: nil) ?? [], id, replica)
             throw .loadFailed(id, "\(error)")
         }
     }
@@ -690,7 +676,7 @@ public actor Scheduler {
         let cacheRam = ModelSpec.cacheRamMiB(in: base + (runtimeArguments[id] ?? []) + (slots[id]?.loadOptions.arguments ?? []) + spec.pinnedArgs)
         if cacheRam > 0 { projection["Host", default: 0] += cacheRam }
         slots[id, default: Slot()].instances[replica, default: Instance()].projection = projection
-        slots[id]!.instances[replica]!.roomReserved = false
+        slots[id]!.instances[replica]!.lifecycle.roomReserved(false)
         // Larger than this node's budget: split over the cluster's RPC workers when they have room
         // (else the budget check below refuses it as before).
         dropSplit(id, replica)
@@ -701,7 +687,7 @@ public actor Scheduler {
         let splitArguments = slots[id]?.instances[replica]?.split?.arguments ?? []
         // Another instance of a running model never makes room by stopping one of its siblings.
         try await makeRoom(for: key, projection: projection, wait: waitForRoom, sparing: replica == 0 ? nil : id)
-        slots[id]!.instances[replica]!.roomReserved = true
+        slots[id]!.instances[replica]!.lifecycle.roomReserved()
 
         guard let port = freeLoopbackPort() else { throw SchedulerError.loadFailed(id, "no free port") }
         // Precedence (llama.cpp keeps a flag's last value): pinned > runtime profile > fit > replica threads > defaults.
@@ -756,18 +742,16 @@ public actor Scheduler {
             }
             if !refused.isEmpty { logger.warning("llama-server refused saved KV caches; they are deleted", metadata: ["model": "\(id)", "files": "\(refused)"]) }
         }
+        guard slots[id]?.instances[replica]?.isLoading == true else {
+            // Nothing tracks this load any more: its process must not outlive it.
+            await child.stop(grace: .seconds(1))
+            throw SchedulerError.loadFailed(id, "the load was abandoned")
+        }
         slots[id]!.instances[replica]!.warmFolder = warmFolder
-        slots[id]!.instances[replica]!.generation += 1
-        slots[id]!.instances[replica]!.phase = .ready(instance)
-        slots[id]!.instances[replica]!.lastUsed = .now
-        publishReadiness(id, ready: true)
+        let started = slots[id]!.instances[replica]!.lifecycle.loadSucceeded(instance, now: .now)
         slots[id]!.lastUsed = .now
         slots[id]!.lastError = nil
-        let generation = slots[id]!.instances[replica]!.generation
-        Task { [weak self] in
-            let termination = await child.wait()
-            await self?.instanceExited(id, replica: replica, generation: generation, termination: termination)
-        }
+        perform(started, id, replica)
         return instance
     }
 
@@ -896,11 +880,8 @@ public actor Scheduler {
         var used: [String: Int] = [:]
         for slot in slots.values {
             for instance in slot.instances.values {
-                switch instance.phase {
-                case .unloaded: continue
-                case .loading where !instance.roomReserved: continue
-                default: for (d, m) in instance.projection { used[d, default: 0] += m }
-                }
+                guard instance.lifecycle.takesRoom else { continue }
+                for (d, m) in instance.projection { used[d, default: 0] += m }
             }
         }
         for claim in memoryClaims.values { for (d, m) in claim { used[d, default: 0] += m } }
@@ -942,12 +923,7 @@ public actor Scheduler {
         for (id, slot) in slots {
             let keep = catalog.resolve(id)?.replicas.min ?? 1
             for (replica, instance) in slot.instances {
-                let phase: FleetView.Phase = switch instance.phase {
-                case .unloaded: .unloaded
-                case .loading: .loading(roomReserved: instance.roomReserved)
-                case .ready: .ready
-                case .stopping: .stopping
-                }
+                let phase = instance.phase.fleetPhase
                 let key = Self.instanceKey(id, replica)
                 owners[key] = (id, replica)
                 // Replicas beyond `min` are never pinned: they exist for a queue, not a promise.
@@ -983,12 +959,14 @@ public actor Scheduler {
     /// timeout): counted like a crash and killed at once, so the next request starts a fresh one.
     /// Later reports for the same instance do nothing.
     public func reportUnresponsive(_ lease: Lease, reason: String) async {
-        guard !lease.isRemote, let current = slots[lease.modelID]?.instances[lease.replica], current.generation == lease.generation,
-              case .ready(let instance) = current.phase else { return }
+        guard !lease.isRemote, let instance = slots[lease.modelID]?.instances[lease.replica]?.lifecycle.running else { return }
+        let actions = slots[lease.modelID]!.instances[lease.replica]!.lifecycle.unresponsive(generation: lease.generation, reason: reason)
+        guard !actions.isEmpty else { return }
         logger.error("llama-server stopped answering; killing it", metadata: ["model": "\(lease.modelID)", "pid": "\(instance.process.pid)", "reason": "\(reason)"])
         slots[lease.modelID]!.lastCrashLog = instance.recentLog(20)
-        recordCrash(lease.modelID, reason)
-        await stopInstance(lease.modelID, lease.replica, grace: .zero, saveCache: false)
+        if let stop = perform(actions, lease.modelID, lease.replica) {
+            await stopInstance(lease.modelID, lease.replica, grace: stop.grace, saveCache: stop.saveCache)
+        }
     }
 
     /// Stops every instance of a model and waits until they are reaped.
@@ -1026,10 +1004,7 @@ public actor Scheduler {
             }
             _ = await instance.process.stop(grace: grace)
         }
-        slots[id]!.instances[replica]!.phase = .stopping(task)
-        slots[id]!.instances[replica]!.idleTimer?.cancel()
-        slots[id]!.instances[replica]!.idleDeadline = nil
-        republishReadiness(id)
+        perform(slots[id]!.instances[replica]!.lifecycle.stopStarted(task), id, replica)
         await awaitStop(id, replica, task)
     }
 
@@ -1039,24 +1014,54 @@ public actor Scheduler {
     /// would hold the actor and never let the stopper back on (a livelock the soak found).
     private func awaitStop(_ id: String, _ replica: Int, _ task: Task<Void, Never>) async {
         await task.value
-        guard case .stopping(let current) = slots[id]?.instances[replica]?.phase, current == task else { return }
-        instanceGone(id, replica)
-        notifyFleetChanged()
+        guard slots[id]?.instances[replica] != nil else { return }
+        perform(slots[id]!.instances[replica]!.lifecycle.stopFinished(task), id, replica)
     }
 
-    /// The instance no longer runs: its slots, cache and leases are gone; queued requests fail
-    /// when no other instance of the model is ready or loading (else they wait for those).
-    private func instanceGone(_ id: String, _ replica: Int) {
-        slots[id]!.instances[replica]!.phase = .unloaded
-        slots[id]!.instances[replica]!.inFlight = 0
-        slots[id]!.instances[replica]!.generation += 1
-        slots[id]!.instances[replica]!.idleTimer?.cancel()
-        slots[id]!.instances[replica]!.idleDeadline = nil
+    /// The instance no longer runs (its lifecycle is `unloaded` again): its slots, cache and
+    /// leases are gone; queued requests fail when no other instance of the model is ready or
+    /// loading (else they wait for those).
+    private func settleGone(_ id: String, _ replica: Int) {
+        guard slots[id] != nil else { return }
         slots[id]!.affinity.forget(replica: replica)
         dropSplit(id, replica)
-        republishReadiness(id)
         failWaitersIfNothingServes(id)
         dispatch(id)
+    }
+
+    /// Carries out what an instance's lifecycle asked for, in order. A stop is returned for the
+    /// caller to await (only async callers get one: see ``InstanceLifecycle/Action/stop(saveCache:grace:)``).
+    @discardableResult
+    private func perform(_ actions: [Lifecycle.Action], _ id: String, _ replica: Int) -> (saveCache: Bool, grace: Duration?)? {
+        var stop: (saveCache: Bool, grace: Duration?)?
+        for action in actions {
+            switch action {
+            case .publishReadiness:
+                republishReadiness(id)
+            case .watchForExit(let generation):
+                guard let process = slots[id]?.instances[replica]?.lifecycle.running?.process else { continue }
+                Task { [weak self] in
+                    let termination = await process.wait()
+                    await self?.instanceExited(id, replica: replica, generation: generation, termination: termination)
+                }
+            case .armIdleTimer:
+                scheduleIdleUnload(id, replica)
+            case .cancelIdleTimer:
+                slots[id]?.instances[replica]?.idleTimer?.cancel()
+                slots[id]?.instances[replica]?.idleTimer = nil
+            case .dispatchQueue:
+                dispatch(id)
+            case .stop(let saveCache, let grace):
+                stop = (saveCache, grace)
+            case .recordCrash(let reason):
+                recordCrash(id, reason)
+            case .settleGone:
+                settleGone(id, replica)
+            case .notifyFleet:
+                notifyFleetChanged()
+            }
+        }
+        return stop
     }
 
     /// Fails a model's queued requests when none of its instances is ready or loading.
@@ -1069,14 +1074,14 @@ public actor Scheduler {
     }
 
     private func instanceExited(_ id: String, replica: Int, generation: Int, termination: Termination) {
-        guard let current = slots[id]?.instances[replica], current.generation == generation, case .ready(let instance) = current.phase else { return }
-        // Not stopped by us: a crash.
+        guard let instance = slots[id]?.instances[replica]?.lifecycle.running else { return }
+        let actions = slots[id]!.instances[replica]!.lifecycle.exited(generation: generation, termination: "\(termination)")
+        // Stopped by us, or an earlier process: nothing to do.
+        guard !actions.isEmpty else { return }
         let lastLines = instance.recentLog(10).joined(separator: "\n")
         slots[id]!.lastCrashLog = instance.recentLog(20)
         logger.error("llama-server exited unexpectedly", metadata: ["model": "\(id)", "replica": "\(replica)", "termination": "\(termination)", "log": "\(lastLines)"])
-        recordCrash(id, "llama-server \(termination)")
-        instanceGone(id, replica)
-        notifyFleetChanged()
+        perform(actions, id, replica)
     }
 
     /// Counts a crash (or a failed load); enough of them within the window mark the model failed
@@ -1094,14 +1099,14 @@ public actor Scheduler {
     /// Starts the idle timer of an instance with nothing in flight: the model's TTL for its first
     /// `replicas.min` instances, `replicas.scaleDownAfter` (or the TTL when shorter) for the rest.
     private func scheduleIdleUnload(_ id: String, _ replica: Int) {
-        guard let slot = slots[id], let instance = slot.instances[replica], instance.isReady else { return }
+        guard let slot = slots[id], let instance = slot.instances[replica], instance.isReady, instance.inFlight == 0 else { return }
         slots[id]!.instances[replica]!.idleTimer?.cancel()
         let spec = catalog.resolve(id)
         var ttl = idleTimeToLive(keepAlive: slot.ttlOverride, modelTTL: spec?.ttl, defaultTTL: limits.defaultTTL)
         if let policy = spec?.replicas, replica >= policy.min { ttl = min(ttl ?? policy.scaleDownAfter, policy.scaleDownAfter) }
         guard let ttl else { return }
         let generation = instance.generation
-        slots[id]!.instances[replica]!.idleDeadline = .now + ttl
+        slots[id]!.instances[replica]!.lifecycle.idleTimerStarted(ttl: ttl, now: .now)
         slots[id]!.instances[replica]!.idleTimer = Task { [weak self] in
             if ttl > .zero {
                 do { try await Task.sleep(for: ttl) } catch { return }
@@ -1111,11 +1116,11 @@ public actor Scheduler {
     }
 
     private func idleExpired(_ id: String, replica: Int, generation: Int) async {
-        guard let slot = slots[id], let instance = slot.instances[replica], instance.generation == generation, instance.inFlight == 0,
-            slot.waiters.isEmpty, instance.isReady, replica >= (catalog.resolve(id)?.replicas.min ?? 1) || !isPinned(id)
+        guard let slot = slots[id], slot.instances[replica] != nil, slot.waiters.isEmpty, replica >= (catalog.resolve(id)?.replicas.min ?? 1) || !isPinned(id),
+              let stop = perform(slots[id]!.instances[replica]!.lifecycle.idleExpired(generation: generation), id, replica)
         else { return }
         logger.info(replica == 0 ? "unloading idle model" : "stopping an idle instance", metadata: ["model": "\(id)", "replica": "\(replica)"])
-        await stopInstance(id, replica)
+        await stopInstance(id, replica, grace: stop.grace, saveCache: stop.saveCache)
     }
 
     // MARK: Operations
@@ -1131,7 +1136,7 @@ public actor Scheduler {
     public func unload(_ modelName: String) async throws(SchedulerError) {
         guard let spec = catalog.resolve(modelName) else { throw .unknownModel(modelName) }
         for instance in slots[spec.id]?.instances.values ?? [:].values {
-            if case .loading(let task) = instance.phase { _ = try? await task.value }
+            if case .loading(let task, _) = instance.phase { _ = try? await task.value }
         }
         await stop(spec.id)
         slots[spec.id]?.crashes.reset()
@@ -1192,7 +1197,7 @@ public actor Scheduler {
                     info.contextSize = i.contextSize
                     info.planSource = i.plan.source.rawValue
                     info.planNote = i.plan.note
-                    if let d = instance.idleDeadline {
+                    if let d = instance.lifecycle.idleDeadline {
                         let left = d - .now
                         info.expiresInSeconds = left.inSeconds
                     }
@@ -1212,7 +1217,7 @@ public actor Scheduler {
             slot.scaleCheck?.cancel()
             slot.dispatchCheck?.cancel()
             for instance in slot.instances.values {
-                if case .loading(let t) = instance.phase { _ = try? await t.value }
+                if case .loading(let t, _) = instance.phase { _ = try? await t.value }
             }
         }
         await withTaskGroup(of: Void.self) { group in
