@@ -92,16 +92,7 @@ struct OpenAIRoutes: Sendable {
         for path in ["/v1/models", "/models"] {
             router.get(RouterPath(path)) { _, context in
                 let catalog = await scheduler.catalog
-                var data: [[String: Any]] = []
-                for spec in catalog.models where access?.allows(context.caller, model: [spec.id] + spec.aliases) ?? true {
-                    data.append(Self.modelObject(spec, isDefault: spec.id == catalog.defaultModel))
-                    for alias in spec.listedAliases {
-                        var object = Self.modelObject(spec)
-                        object["id"] = alias
-                        data.append(object)
-                    }
-                }
-                return jsonResponse(["object": "list", "data": data])
+                return try Wire.response(catalog.modelList { access?.allows(context.caller, model: [$0.id] + $0.aliases) ?? true })
             }
         }
         // Model ids may contain ':' and '/'.
@@ -111,7 +102,7 @@ struct OpenAIRoutes: Sendable {
             guard access?.allows(context.caller, model: [spec.id, String(id)] + spec.aliases) ?? true else {
                 throw OpenAIError(AccessError.forbidden("your team may not use model '\(id)'"))
             }
-            return jsonResponse(Self.modelObject(spec))
+            return try Wire.response(ModelObject(spec))
         }
     }
 
@@ -164,22 +155,6 @@ struct OpenAIRoutes: Sendable {
             throw OpenAIError.badRequest("add ?model=NAME to choose the model (there is no default model)", param: "model")
         }
         return model
-    }
-
-    /// An OpenAI model object; `meta.default` marks the model requests without one go to.
-    static func modelObject(_ spec: ModelSpec, isDefault: Bool = false) -> [String: Any] {
-        var meta: [String: Any] = ["source": spec.source, "aliases": spec.aliases]
-        if isDefault { meta["default"] = true }
-        if !spec.fallbacks.isEmpty { meta["fallbacks"] = spec.fallbacks }
-        if let f = spec.facts {
-            meta["architecture"] = f.architecture
-            meta["parameters"] = f.parameterCount
-            meta["quantization"] = f.quantization
-            meta["context_length"] = f.contextLength ?? 0
-            meta["capabilities"] = f.capabilities.names
-        }
-        if let size = spec.fileSize { meta["size"] = size }
-        return ["id": spec.id, "object": "model", "created": 0, "owned_by": "corral", "meta": meta]
     }
 }
 
