@@ -38,9 +38,9 @@ struct OpenAIRoutes: Sendable {
             router.post(RouterPath(path)) { request, context in
                 let (raw, unnamed) = try await Relay.readJSON(request, context: context)
                 let (buffer, body) = Relay.withDefaultModel(raw, unnamed, catalog: scheduler.currentCatalog)
-                let (outgoing, checked) = try prepare(path: path, buffer: buffer, body: body)
+                let post = try prepared(path: path, buffer: buffer, body: body)
                 return try await relay.forwardJSON(
-                    route: path, upstreamPath: path, buffer: outgoing, body: checked, injectUsage: injectUsage,
+                    route: path, upstreamPath: path, buffer: post.buffer, body: post.body, model: post.model, injectUsage: injectUsage,
                     request: request, context: context)
             }
         }
@@ -106,21 +106,33 @@ struct OpenAIRoutes: Sendable {
         }
     }
 
+    /// A relayed JSON POST made ready: the bytes to send, the body they hold, and the model it
+    /// names, resolved once (nil when it names none as a string, which `Relay.check` refuses).
+    struct PreparedPost {
+        var buffer: ByteBuffer
+        var body: [String: Any]
+        var model: RequestedModel?
+    }
+
     /// Applies the sampling profile a request names (or its model's default) and checks the
-    /// route's required fields; returns the bytes to send and the body they hold. Shared by the
-    /// router and the fast lane, so both refuse and rewrite requests alike.
-    func prepare(path: String, buffer: ByteBuffer, body: [String: Any]) throws -> (ByteBuffer, [String: Any]) {
+    /// route's required fields; the model is looked up once, in one catalog snapshot, for the
+    /// profile, the embedding companion and the relay.
+    func prepared(path: String, buffer: ByteBuffer, body: [String: Any]) throws -> PreparedPost {
         var (buffer, body) = (buffer, body)
-        if Self.profiledPaths.contains(path), let named = body["model"] as? String {
+        var model: RequestedModel?
+        if let named = body["model"] as? String {
+            let profiled = Self.profiledPaths.contains(path)
             // Sampling profile: `"profile"`, `model@profile`, or the model's default.
-            let (model, profile) = profiles.split(named)
-            if profile != nil { body["model"] = model }
-            let spec = scheduler.currentCatalog.resolve(model)
-            var applied: Bool
-            do { applied = try profiles.apply(to: &body, named: profile, modelDefault: spec?.profile) } catch { throw OpenAIError(error) }
-            if let spec, OllamaModelDefaults.apply(spec, to: &body) { applied = true }
-            if applied || profile != nil {
-                buffer = ByteBuffer(bytes: JSON.data(body))
+            let (name, profile) = profiled ? profiles.split(named) : (named, nil)
+            if profile != nil { body["model"] = name }
+            model = relay.resolve(name)
+            if profiled {
+                var applied: Bool
+                do { applied = try profiles.apply(to: &body, named: profile, modelDefault: model?.spec?.profile) } catch { throw OpenAIError(error) }
+                if let spec = model?.spec, OllamaModelDefaults.apply(spec, to: &body) { applied = true }
+                if applied || profile != nil {
+                    buffer = ByteBuffer(bytes: JSON.data(body))
+                }
             }
         }
         if path == "/v1/chat/completions" || path == "/chat/completions" {
@@ -133,13 +145,20 @@ struct OpenAIRoutes: Sendable {
         if path == "/v1/embeddings" && body["input"] == nil {
             throw OpenAIError.badRequest("missing required field 'input'", param: "input")
         }
-        if Self.embeddingPaths.contains(path), let named = body["model"] as? String,
-           let spec = scheduler.currentCatalog.resolve(named), let companion = spec.embeddingCompanion {
+        if Self.embeddingPaths.contains(path), let companion = model?.spec?.embeddingCompanion {
             // The model's own instance cannot embed: its companion in embedding mode answers.
             body["model"] = companion.id
+            model = RequestedModel(name: companion.id, spec: companion)
             buffer = ByteBuffer(bytes: JSON.data(body))
         }
-        return (buffer, body)
+        return PreparedPost(buffer: buffer, body: body, model: model)
+    }
+
+    /// ``prepared(path:buffer:body:)``'s bytes and body, for the fast lane (which looks its
+    /// model up itself), so the router and the lane refuse and rewrite requests alike.
+    func prepare(path: String, buffer: ByteBuffer, body: [String: Any]) throws -> (ByteBuffer, [String: Any]) {
+        let post = try prepared(path: path, buffer: buffer, body: body)
+        return (post.buffer, post.body)
     }
 
     static let embeddingPaths: Set<String> = ["/v1/embeddings", "/embeddings", "/embedding"]
