@@ -9,8 +9,8 @@ public struct AccountRequest: Sendable, Decodable {
     public var name: String?
     public var disabled: Bool?
     public var limits: PolicyChange
-    /// `expiresIn` as sent (a number of seconds as text): the caller turns it into a time (a
-    /// duration like "30d", "12h" or seconds). It wins over `expiresAt`.
+    /// `expiresIn` as sent, a number of seconds written as text: the caller reads it as a
+    /// duration ("30d", "12h" or seconds) from now. It wins over `expiresAt`.
     public var expiresIn: String?
     /// `expiresAt`: absent (`.none`), null (the key never expires) or a time.
     public var expiresAt: Date??

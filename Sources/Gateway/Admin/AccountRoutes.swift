@@ -46,7 +46,7 @@ struct AccountRoutes: Sendable {
         }
         admin.post("teams/{team}/keys", .init("Create a key (the key is in this answer only)", path: team, body: keyBody, status: 201)) { request, context in
             let id = try context.parameters.require("team")
-            // No body, or one that is not a JSON object, makes a key with the team's limits.
+            // No body, or one that is not a JSON object, makes a key with no limits of its own.
             let body = try await mapped { () async throws -> AccountRequest in
                 do { return try await Wire.decode(AccountRequest.self, request, context: context) } catch is OpenAIError { return AccountRequest() }
             }
