@@ -54,34 +54,6 @@ public struct Policy: Codable, Sendable, Equatable {
         return pi == p.count
     }
 
-    /// Reads and checks a policy from a JSON object (admin API bodies); names the bad field.
-    public static func parse(_ object: [String: Any], base: Policy = Policy()) throws(AccessError) -> Policy {
-        var p = base
-        func count(_ key: String) throws(AccessError) -> Int?? {
-            guard object.keys.contains(key) else { return .none }
-            if object[key] is NSNull { return .some(nil) }
-            guard let n = object[key] as? NSNumber, type(of: object[key]!) != Bool.self,
-                !String(describing: type(of: object[key]!)).contains("Boolean"), let i = Int(exactly: n.doubleValue), i >= 0
-            else { throw .invalid("\(key) must be a non-negative integer or null") }
-            return .some(i)
-        }
-        if let v = try count("requestsPerMinute") { p.requestsPerMinute = v }
-        if let v = try count("tokensPerMinute") { p.tokensPerMinute = v }
-        if let v = try count("maxParallel") { p.maxParallel = v }
-        if let v = try count("tokensPerDay") { p.tokensPerDay = v }
-        if let v = try count("tokensPerMonth") { p.tokensPerMonth = v }
-        if object.keys.contains("models") {
-            if object["models"] is NSNull {
-                p.models = nil
-            } else if let list = object["models"] as? [Any], list.allSatisfy({ $0 is String }) {
-                p.models = list as? [String]
-            } else {
-                throw .invalid("models must be a list of names or globs, or null")
-            }
-        }
-        return p
-    }
-
     public var json: String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
@@ -114,6 +86,8 @@ public enum AccessError: Error, Sendable, Equatable, CustomStringConvertible {
     case limited(String, retryAfter: Int, headers: [String: String])
     /// 400: the request alone exceeds a limit, or bad admin input.
     case invalid(String)
+    /// 400: a field of an admin request is wrong (named by `param`).
+    case badField(String, param: String)
     /// 404 in the admin API.
     case notFound(String)
     /// 409 in the admin API.
@@ -127,6 +101,7 @@ public enum AccessError: Error, Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .unauthenticated(let m), .forbidden(let m), .invalid(let m), .notFound(let m), .conflict(let m), .unavailable(let m), .unreadable(let m): m
         case .limited(let m, _, _): m
+        case .badField(let m, _): m
         }
     }
 
@@ -135,7 +110,7 @@ public enum AccessError: Error, Sendable, Equatable, CustomStringConvertible {
         case .unauthenticated: 401
         case .forbidden: 403
         case .limited: 429
-        case .invalid: 400
+        case .invalid, .badField: 400
         case .notFound: 404
         case .conflict: 409
         case .unavailable: 503

@@ -104,6 +104,7 @@ extension AccessError {
         case .forbidden: "model_not_allowed"
         case .limited: "rate_limited"
         case .invalid: "over_limit"
+        case .badField: "invalid_request"
         case .notFound: "not_found"
         case .conflict: "conflict"
         case .unavailable: "store_unavailable"

@@ -1,8 +1,11 @@
 import Crypto
+import Files
 import Foundation
+import GGUF
 import Jobs
 import Library
 import Runtime
+import Serving
 import Store
 
 /// Benchmarks and tuning sessions as jobs on the engine, and the views `/admin/benchmarks` and
@@ -33,6 +36,26 @@ public struct Lab: Sendable {
         try BenchmarkRun(try await engine.submit(BenchmarkJob.self, spec))
     }
 
+    /// Starts a speed benchmark of `model` (see ``benchmarked(_:)``).
+    public func startBenchmark(_ model: String, _ parameters: BenchmarkParameters) async throws -> BenchmarkRun {
+        try await startBenchmark(BenchmarkSpec(model: try await benchmarked(model).id, parameters: parameters))
+    }
+
+    /// The catalog's model named `name`; refused when there is none.
+    func model(_ name: String) async throws(ServingError) -> ModelSpec {
+        guard let spec = await scheduler.catalog.resolve(name) else { throw .modelNotFound(name) }
+        return spec
+    }
+
+    /// A model a benchmark may measure: one of the catalog that generates text.
+    func benchmarked(_ name: String) async throws -> ModelSpec {
+        let spec = try await model(name)
+        guard spec.facts?.capabilities.contains(.embedding) != true else {
+            throw LabError.badRequest("'\(name)' is an embedding model; benchmarks generate text", param: "model")
+        }
+        return spec
+    }
+
     /// A benchmark by id (nil when there is none, or the id is another kind's job).
     public func benchmark(_ id: String) async throws -> BenchmarkRun? {
         guard let job = try await engine.get(id), job.kind == BenchmarkJob.name else { return nil }
@@ -46,24 +69,39 @@ public struct Lab: Sendable {
 
     // MARK: Perplexity
 
-    /// Starts a perplexity run of `model` on `text` (`source`: a file id or `inline`), with the
-    /// model's settings; the text is kept by its SHA-256 for the run (and a rerun after a restart).
-    public func startPerplexity(_ model: ModelSpec, text: Data, source: String, contextSize: Int, chunks: Int?,
-                                compatibility: Compatibility) async throws -> PerplexityRun {
-        let (path, sha256) = try keep(text)
-        let spec = try PerplexityJob.plan(model, runtimeArguments: await scheduler.runtimeArguments[model.id] ?? [],
-                                          text: (path, sha256, source), contextSize: contextSize, chunks: chunks, compatibility: compatibility)
-        return try PerplexityRun(try await engine.submit(PerplexityJob.self, spec))
+    /// Starts a perplexity run of `model` (see ``benchmarked(_:)``) on the request's text (an
+    /// uploaded file's from `files`), with the model's settings; the text is kept by its SHA-256
+    /// for the run (and a rerun after a restart).
+    public func startPerplexity(_ model: String, _ request: PerplexityRequest, files: FileLibrary?, compatibility: Compatibility) async throws -> PerplexityRun {
+        let spec = try await benchmarked(model)
+        let (path, sha256, source) = try await keep(request.text, files: files)
+        let plan = try PerplexityJob.plan(spec, runtimeArguments: await scheduler.runtimeArguments[spec.id] ?? [], text: (path, sha256, source),
+                                          contextSize: request.contextSize, chunks: request.chunks, compatibility: compatibility)
+        return try PerplexityRun(try await engine.submit(PerplexityJob.self, plan))
     }
 
-    /// Starts a quant ladder of `model` on `text` (see ``QuantLadderJob``).
-    public func startQuantLadder(_ model: ModelSpec, quants: [QuantType], text: Data, source: String, contextSize: Int, chunks: Int?,
-                                 maxKLD: Double, allowRequantize: Bool, compatibility: Compatibility) async throws -> JobRecord {
-        let (path, sha256) = try keep(text)
-        let spec = try QuantLadderJob.plan(model, runtimeArguments: await scheduler.runtimeArguments[model.id] ?? [], quants: quants,
-                                           text: (path, sha256, source), contextSize: contextSize, chunks: chunks, maxKLD: maxKLD,
-                                           allowRequantize: allowRequantize, compatibility: compatibility)
-        return try await engine.submit(QuantLadderJob.self, spec)
+    /// Starts a quant ladder of the request's model on its text (see ``QuantLadderJob``).
+    public func startQuantLadder(_ request: QuantLadderRequest, files: FileLibrary?, compatibility: Compatibility) async throws -> JobRecord {
+        let spec = try await model(request.model)
+        let (path, sha256, source) = try await keep(request.measure.text, files: files)
+        let plan = try QuantLadderJob.plan(spec, runtimeArguments: await scheduler.runtimeArguments[spec.id] ?? [], quants: request.quants,
+                                           text: (path, sha256, source), contextSize: request.measure.contextSize, chunks: request.measure.chunks,
+                                           maxKLD: request.maxKLD, allowRequantize: request.allowRequantize, compatibility: compatibility)
+        return try await engine.submit(QuantLadderJob.self, plan)
+    }
+
+    /// Keeps a request's text (inline, or an uploaded file's from `files`): its path, its
+    /// SHA-256 and where it came from (`inline` or the file's id).
+    func keep(_ text: LabText, files: FileLibrary?) async throws -> (path: String, sha256: String, source: String) {
+        switch text {
+        case .inline(let inline):
+            let (path, sha256) = try keep(Data(inline.utf8))
+            return (path, sha256, "inline")
+        case .file(let id):
+            guard let files else { throw LabError.badRequest("files need the store, which is off", param: "file_id") }
+            let (path, sha256) = try keep(try await files.contents(id, scope: .all).1)
+            return (path, sha256, id)
+        }
     }
 
     /// Keeps a text for perplexity under the data directory by its SHA-256: its path and hash.
@@ -134,6 +172,18 @@ public struct Lab: Sendable {
         try TuningSession(try await engine.submit(TuningJob.self, spec), appliedAt: nil)
     }
 
+    /// Starts a tuning session of the request's model: its quality measure read (see
+    /// ``tuningQuality(_:)``), the plan made for this machine.
+    public func startTuning(_ request: TuningRequest, compatibility: Compatibility) async throws -> TuningSession {
+        let spec = try await model(request.model)
+        var tuning = request.session
+        if let quality = request.quality { tuning.quality = try await tuningQuality(quality) }
+        if (tuning.objective == .quality || (tuning.weights?["quality"] ?? 0) > 0) && tuning.quality == nil {
+            throw LabError.badRequest("the quality objective (or a quality weight) needs quality: {\"evalRun\": ID} or {\"text\": …}", param: "quality")
+        }
+        return try await startTuning(try TuningJob.plan(spec, tuning, compatibility: compatibility))
+    }
+
     public func tuningSession(_ id: String) async throws -> TuningSession? {
         guard let job = try await engine.get(id), job.kind == TuningJob.name else { return nil }
         return try TuningSession(job, appliedAt: await profiles.appliedAt(session: id))
@@ -149,9 +199,12 @@ public struct Lab: Sendable {
 
     /// Stores a finished session's winner: its llama-server settings as the model's runtime
     /// profile, used from its next spawn on (unload the model to apply it now), and its sampling
-    /// parameters as the sampling profile `samplingProfile` (default `tuned-MODEL`), which
-    /// requests use as `MODEL@PROFILE` or with `"profile"`.
+    /// parameters as the sampling profile `samplingProfile` (default `tuned-MODEL`; 1 to 64
+    /// letters, digits, `-` or `_`), which requests use as `MODEL@PROFILE` or with `"profile"`.
     public func apply(_ id: String, samplingProfile: String? = nil) async throws -> RuntimeProfile {
+        if let name = samplingProfile, !(1...64).contains(name.count) || !name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) {
+            throw LabError.badRequest("profile must be 1 to 64 letters, digits, '-' or '_'", param: "profile")
+        }
         guard let session = try await tuningSession(id) else { throw LabError.notFound("no tuning session '\(id)'") }
         guard session.state == .succeeded, let best = session.best else {
             throw LabError.conflict("session '\(id)' has no result to apply (status \(session.status))", code: "not_finished")

@@ -82,7 +82,7 @@ public struct LibraryEntry: Encodable, Sendable, Equatable {
     /// `/admin/benchmarks` and `/admin/perplexity` show them.
     public var benchmarks: [JobJSON]
     public var perplexity: [JobJSON]
-    /// Which models draft for it and which it drafts for (the HTTP layer adds them).
+    /// Which models draft for it and which it drafts for (the list, detail and comparison add them).
     public var drafts: LibraryDrafts?
 
     enum CodingKeys: String, CodingKey {

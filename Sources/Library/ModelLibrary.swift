@@ -56,7 +56,7 @@ public struct ModelLibrary: Sendable {
     // MARK: Entries
 
     /// One library entry: facts, file, state, usage, fit and benchmarks (its drafts are
-    /// ``LibraryDrafts``, added by the HTTP layer).
+    /// ``LibraryDrafts``, added by the answers that list entries).
     public func entry(_ spec: ModelSpec, instances: [String: InstanceInfo], usage: [String: (requests: Int, promptTokens: Int, completionTokens: Int)],
                compatibility: Compatibility, detailed: Bool = false) async throws(LibraryError) -> LibraryEntry {
         let info = instances[spec.id]
@@ -140,7 +140,7 @@ public struct ModelLibrary: Sendable {
             let (x, y) = descending ? (b, a) : (a, b)
             return LibraryEntry.SortValue.ascending(x.sortValue(sort), y.sortValue(sort))
         }
-        return LibraryList(models: entries, count: entries.count)
+        return LibraryList(models: Self.withDrafts(entries, in: catalog), count: entries.count)
     }
 
     /// `7B`, `135M`, `4GiB`, `1.5e9` → a number.
@@ -156,7 +156,7 @@ public struct ModelLibrary: Sendable {
     public func detail(_ id: String) async throws(LibraryError) -> LibraryEntry {
         let (catalog, instances, usage, compatibility) = try await context()
         guard let spec = catalog.resolve(id) else { throw LibraryError.modelNotFound(id) }
-        return try await entry(spec, instances: instances, usage: usage, compatibility: compatibility, detailed: true)
+        return Self.withDrafts([try await entry(spec, instances: instances, usage: usage, compatibility: compatibility, detailed: true)], in: catalog)[0]
     }
 
     public func compare(ids raw: String?) async throws(LibraryError) -> LibraryComparison {
@@ -175,7 +175,17 @@ public struct ModelLibrary: Sendable {
             let first = models.first?.comparedField(f)
             return models.contains { $0.comparedField(f) != first }
         }
-        return LibraryComparison(models: models, differing: differing)
+        return LibraryComparison(models: Self.withDrafts(models, in: catalog), differing: differing)
+    }
+
+    /// The entries with their drafts (``LibraryDrafts``; none known: no draft, no candidates).
+    static func withDrafts(_ entries: [LibraryEntry], in catalog: ModelCatalog) -> [LibraryEntry] {
+        let drafts = LibraryDrafts.all(in: catalog)
+        return entries.map { entry in
+            var entry = entry
+            entry.drafts = drafts[entry.id] ?? drafts[ModelCatalog.normalize(entry.id)] ?? LibraryDrafts.empty
+            return entry
+        }
     }
 
     // MARK: Compatibility

@@ -103,6 +103,7 @@ public struct ServingError: Error, Sendable, CustomStringConvertible {
             self.init(status: 429, code: .rateLimitExceeded, m, retryAfter: after, kind: error.kind)
             self.headers = headers
         case .invalid(let m): self.init(status: 400, code: .invalidRequest, m, kind: error.kind)
+        case .badField(let m, let param): self.init(status: 400, code: .invalidRequest, m, param: param, kind: error.kind)
         case .notFound(let m): self.init(status: 404, code: .notFound, m, kind: error.kind)
         case .conflict(let m): self.init(status: 409, code: .conflict, m, kind: error.kind)
         case .unavailable(let m): self.init(status: 503, code: .storeUnavailable, m, retryAfter: 2, kind: error.kind)

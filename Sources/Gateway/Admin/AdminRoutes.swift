@@ -3,6 +3,7 @@ import Foundation
 import GGUF
 import Hummingbird
 import Jobs
+import Library
 import NIOCore
 import Runtime
 import Store
@@ -38,27 +39,15 @@ struct AdminRoutes: Sendable {
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: .init(bytes: data)))
         }
         admin.get("default-model", .init("The model requests that name none are served by: the admin's choice, else routes.json's defaultModel, else the only model", errors: [])) { _, _ in
-            jsonResponse(["model": scheduler.currentCatalog.defaultModel.map { $0 as Any } ?? NSNull()])
+            try Wire.response(["model": scheduler.currentCatalog.defaultModel])
         }
         admin.put("default-model", .init("Choose the default model, kept across restarts (model null: back to routes.json's)",
                                          body: .object(["model": .string], required: ["model"]), errors: [400, 404])) { request, context in
-            let body = try await Relay.readJSON(request, context: context).1
-            let name: String?
-            switch body["model"] {
-            case let s as String where !s.isEmpty: name = s
-            case is NSNull: name = nil
-            default: throw OpenAIError.badRequest("model must be a model name, or null for routes.json's default", param: "model")
-            }
-            let now: String?
-            do { now = try await scheduler.setDefaultModel(name) } catch let error as SchedulerError { throw OpenAIError(error) }
-            if let store {
-                if let name { try await store.putDocument(kind: "setting", id: "defaultModel", model: nil, body: Data(JSON.encode(["model": name]).utf8)) }
-                else { _ = try await store.deleteDocument(kind: "setting", id: "defaultModel") }
-            }
-            return jsonResponse(["model": now.map { $0 as Any } ?? NSNull()])
+            let body = try await mapped { try await Wire.decode(DefaultModelRequest.self, request, context: context) }
+            return try Wire.response(["model": try await mapped { try await library.library.setDefaultModel(body.model, store: store) }])
         }
         admin.get("memory/claims", .init("Memory held by jobs outside the fleet (MiB per device, by job), counted against the fleet's budget", errors: [])) { _, _ in
-            jsonResponse(["claims": await scheduler.claimedMemory])
+            try Wire.response(["claims": await scheduler.claimedMemory])
         }
         let model = ["id": "model id or alias (ids containing '/' are written as is)"]
         // Model ids may contain '/', so these routes take the rest of the path and look at its end.
@@ -71,21 +60,13 @@ struct AdminRoutes: Sendable {
             if parts == ["scan"] { return jsonResponse(try await library.rescan()) }
             guard parts.count >= 2, let action = parts.popLast() else { throw OpenAIError(.notFound, "unknown admin route", code: "not_found") }
             let model = parts.joined(separator: "/")
-            do {
+            try await mapped {
                 switch action {
                 case "load": try await scheduler.load(model)
                 case "unload": try await scheduler.unload(model)
-                case "pin", "unpin":
-                    let pinned = action == "pin"
-                    try await scheduler.setPinned(model, pinned)
-                    if clustered, let store, let id = scheduler.currentCatalog.resolve(model)?.id {
-                        // Every node pins it too, from its next change notice.
-                        try await store.putDocument(kind: "pin", id: id, model: id, body: Data(JSON.encode(["model": id, "pinned": pinned]).utf8))
-                    }
+                case "pin", "unpin": try await library.library.setPinned(model, action == "pin", shared: clustered ? store : nil)
                 default: throw OpenAIError(.notFound, "unknown action '\(action)': use load, unload, pin or unpin", code: "not_found")
                 }
-            } catch let error as SchedulerError {
-                throw OpenAIError(error)
             }
             return jsonResponse(["model": model, "action": action, "ok": true])
         }

@@ -107,44 +107,9 @@ struct DownloadRoutes: Sendable {
             let (facts, cost) = try await mapped {
                 try await RemoteHeader(sources: downloads.sources).facts(try ModelReference(name), insecure: q["insecure"] == "true")
             }
-            let answer = try await mapped { try await library.compatibility(facts, name: name, query: q) }
-            return try Wire.response(RemoteCompatibility(
-                answer: answer,
-                header: .init(bytesFetched: cost.bytesFetched, fileBytes: cost.fileBytes, requests: cost.requests,
-                              fraction: cost.fileBytes > 0 ? Double(cost.bytesFetched) / Double(cost.fileBytes) : 0),
-                facts: .init(architecture: facts.architecture, parameters: facts.parameterCount, quantization: facts.quantization,
-                             contextLength: facts.contextLength ?? 0, sizeBytes: cost.fileBytes)))
+            let header = RemoteCompatibility.Header(bytesFetched: cost.bytesFetched, fileBytes: cost.fileBytes, requests: cost.requests)
+            return try Wire.response(try await mapped { try await library.compatibility(facts, name: name, query: q, header: header) })
         }
-    }
-}
-
-/// A remote file's compatibility: the library's answer, what reading its header cost, and the
-/// header's facts.
-struct RemoteCompatibility: Encodable {
-    struct Header: Encodable {
-        var bytesFetched: Int64
-        var fileBytes: Int64
-        var requests: Int
-        var fraction: Double
-    }
-    struct Facts: Encodable {
-        var architecture: String
-        var parameters: UInt64
-        var quantization: String
-        var contextLength: Int
-        var sizeBytes: Int64
-    }
-    var answer: CompatibilityAnswer
-    var header: Header
-    var facts: Facts
-
-    enum CodingKeys: String, CodingKey { case header, facts }
-
-    func encode(to encoder: any Encoder) throws {
-        try answer.encode(to: encoder)
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(header, forKey: .header)
-        try c.encode(facts, forKey: .facts)
     }
 }
 

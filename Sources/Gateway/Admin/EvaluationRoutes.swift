@@ -27,32 +27,9 @@ struct EvaluationRoutes: Sendable {
             guard let job = try await mapped({ try await evaluations.engine.get(id) }), job.kind == EvalRunJob.name else {
                 throw OpenAIError(.notFound, "no evaluation run '\(id)'", code: "not_found")
             }
-            // Watch the live events before replaying the log, so nothing falls between them.
-            let live = console.watch(id)
-            let durable: AsyncStream<JobEvent>
-            do { durable = try await mapped { try await evaluations.engine.events(id, after: try JobRoutes.lastEventID(request)) } } catch {
-                live.cancel()
-                throw error
-            }
-            let (merged, output) = AsyncStream<ByteBuffer>.makeStream()
-            let logged = Task {
-                for await event in durable {
-                    guard let data = try? JobCoding.encoder.encode(event) else { continue }
-                    output.yield(JobRoutes.sse(id: event.id, event: event.type, data: data))
-                }
-                output.finish()  // the job ended: so does the console
-            }
-            let streamed = Task {
-                for await event in live.events { output.yield(JobRoutes.sse(id: nil, event: event.type, data: event.data)) }
-            }
-            output.onTermination = { _ in
-                logged.cancel()
-                streamed.cancel()
-                live.cancel()
-            }
+            let lines = try await mapped { try await console.follow(id, after: try JobRoutes.lastEventID(request), in: evaluations.engine) }
             return JobRoutes.eventStream { writer in
-                for await event in merged { try await writer.write(event) }
-                live.cancel()
+                for await line in lines { try await writer.write(JobRoutes.sse(id: line.id, event: line.type, data: line.data)) }
             }
         }
     }

@@ -25,15 +25,6 @@ struct LabRoutes: Sendable {
         registerQuantLadder(on: admin)
     }
 
-    /// An integer member of a JSON body, `fallback` when absent, 400 when out of `range`.
-    static func int(_ body: [String: Any], _ key: String, _ fallback: Int, _ range: ClosedRange<Int>) throws -> Int {
-        guard let v = body[key], !(v is NSNull) else { return fallback }
-        guard let n = v as? NSNumber, !isJSONBool(n), let i = Int(exactly: n.doubleValue), range.contains(i) else {
-            throw OpenAIError.badRequest("\(key) must be an integer from \(range.lowerBound) to \(range.upperBound)", param: key)
-        }
-        return i
-    }
-
     // MARK: Benchmarks
 
     func registerBenchmarks(on admin: AdminAPIGroup) {
@@ -43,22 +34,15 @@ struct LabRoutes: Sendable {
             "concurrency": .integer(minimum: 1, maximum: 256), "promptWords": .integer(minimum: 1), "maxTokens": .integer(minimum: 1, maximum: 32_768),
             "text": .string, "file_id": .string, "contextSize": .integer(minimum: 16, maximum: 131_072), "chunks": .integer(minimum: 1),
         ], required: ["model"]), status: 202)) { request, context in
-            let body = try await Relay.readJSON(request, context: context).1
-            guard let model = body["model"] as? String, !model.isEmpty else { throw OpenAIError.badRequest("model is required", param: "model") }
-            guard let spec = await scheduler.catalog.resolve(model) else { throw OpenAIError.modelNotFound(model) }
-            guard spec.facts?.capabilities.contains(.embedding) != true else {
-                throw OpenAIError.badRequest("'\(model)' is an embedding model; benchmarks generate text", param: "model")
+            let body = try await mapped { try await Wire.decode(BenchmarkRequest.self, request, context: context) }
+            switch body.kind {
+            case .speed(let parameters):
+                return try Wire.response(try await mapped { try await lab.startBenchmark(body.model, parameters) }, status: .accepted)
+            case .perplexity(let run):
+                let compatibility = await compatibility()
+                let started = try await mapped { try await lab.startPerplexity(body.model, run, files: files, compatibility: compatibility) }
+                return try Wire.response(started, status: .accepted)
             }
-            switch body["kind"] as? String ?? "speed" {
-            case "speed": break
-            case "perplexity": return try await startPerplexity(spec, body)
-            default: throw OpenAIError.badRequest("kind must be speed or perplexity", param: "kind")
-            }
-            let parameters = BenchmarkParameters(
-                requests: try Self.int(body, "requests", 20, 1...10_000), concurrency: try Self.int(body, "concurrency", 1, 1...256),
-                promptWords: try Self.int(body, "promptWords", 32, 1...100_000), maxTokens: try Self.int(body, "maxTokens", 64, 1...32_768))
-            let started = try await mapped { try await lab.startBenchmark(BenchmarkSpec(model: spec.id, parameters: parameters)) }
-            return try Wire.response(started, status: .accepted)
         }
         admin.get("benchmarks", .init("Benchmark runs, newest first: speed runs in `benchmarks`, perplexity runs in `perplexity`", query: [.init("model", .string)], errors: [])) { request, _ in
             let model = request.uri.queryParameters.get("model")
@@ -89,31 +73,9 @@ struct LabRoutes: Sendable {
         }
     }
 
-    /// The text of a perplexity run or a quant ladder: inline (`text`) or an uploaded file
-    /// (`file_id`), and where it came from.
-    func text(_ body: [String: Any]) async throws -> (Data, String) {
-        switch (body["text"], body["file_id"]) {
-        case (let inline as String, nil):
-            return (Data(inline.utf8), "inline")
-        case (nil, let id as String):
-            guard let files else { throw OpenAIError.badRequest("files need the store, which is off", param: "file_id") }
-            return (try await mapped { try await files.contents(id, scope: .all).1 }, id)
-        default:
-            throw OpenAIError.badRequest("give the text as `text` or as an uploaded file's `file_id` (one of them)", param: "text")
-        }
-    }
-
-    /// A perplexity run: the text inline (`text`) or an uploaded file (`file_id`), chunks of
-    /// `contextSize` tokens (512 by default, the size published figures use).
-    func startPerplexity(_ spec: ModelSpec, _ body: [String: Any]) async throws -> Response {
-        let (text, source) = try await self.text(body)
-        let contextSize = try Self.int(body, "contextSize", 512, 16...131_072)
-        let chunks = body["chunks"] == nil ? nil : try Self.int(body, "chunks", 1, 1...1_000_000)
-        let compatibility = Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
-        let started = try await mapped {
-            try await lab.startPerplexity(spec, text: text, source: source, contextSize: contextSize, chunks: chunks, compatibility: compatibility)
-        }
-        return try Wire.response(started, status: .accepted)
+    /// What fits on this machine, for a plan.
+    func compatibility() async -> Compatibility {
+        Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
     }
 
     // MARK: Quant ladder
@@ -126,31 +88,9 @@ struct LabRoutes: Sendable {
                 "contextSize": .integer(minimum: 16, maximum: 131_072), "chunks": .integer(minimum: 1), "maxKLD": .number, "allowRequantize": .boolean,
             ], required: ["model"]), status: 202)
         ) { request, context in
-            let body = try await Relay.readJSON(request, context: context).1
-            guard let model = body["model"] as? String, !model.isEmpty else { throw OpenAIError.badRequest("model is required", param: "model") }
-            guard let spec = await scheduler.catalog.resolve(model) else { throw OpenAIError.modelNotFound(model) }
-            var quants = QuantLadderSpec.defaultQuants
-            if let names = body["quants"] {
-                let parsed = (names as? [String])?.compactMap(QuantType.init)
-                guard let parsed, parsed.count == (names as? [String])?.count else {
-                    throw OpenAIError.badRequest("quants must be a list of \(QuantType.all.map(\.name).joined(separator: ", "))", param: "quants")
-                }
-                quants = parsed
-            }
-            var maxKLD = 0.05
-            if let v = body["maxKLD"] {
-                guard let n = v as? NSNumber, !isJSONBool(n) else { throw OpenAIError.badRequest("maxKLD must be a number", param: "maxKLD") }
-                maxKLD = n.doubleValue
-            }
-            let (text, source) = try await self.text(body)
-            let contextSize = try Self.int(body, "contextSize", 512, 16...131_072)
-            let chunks = body["chunks"] == nil ? nil : try Self.int(body, "chunks", 1, 1...1_000_000)
-            let compatibility = Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
-            let job = try await mapped {
-                try await lab.startQuantLadder(spec, quants: quants, text: text, source: source, contextSize: contextSize, chunks: chunks, maxKLD: maxKLD,
-                                               allowRequantize: body["allowRequantize"] as? Bool ?? false, compatibility: compatibility)
-            }
-            return try Wire.response(job, status: .accepted)
+            let body = try await mapped { try await Wire.decode(QuantLadderRequest.self, request, context: context) }
+            let compatibility = await compatibility()
+            return try Wire.response(try await mapped { try await lab.startQuantLadder(body, files: files, compatibility: compatibility) }, status: .accepted)
         }
     }
 
@@ -178,21 +118,9 @@ struct LabRoutes: Sendable {
             "quality": .object(["evalRun": .string, "maxItems": .integer(minimum: 1), "text": .string, "contextSize": .integer(minimum: 8)]),
             "constraints": .object(["ttftP95Ms": .number, "memoryMiB": .number, "generationTPS": .number]),
         ], required: ["model"]), status: 202)) { request, context in
-            let body = try await Relay.readJSON(request, context: context).1
-            guard let model = body["model"] as? String, !model.isEmpty else { throw OpenAIError.badRequest("model is required", param: "model") }
-            guard let spec = await scheduler.catalog.resolve(model) else { throw OpenAIError.modelNotFound(model) }
-            var tuning = try Self.tuningRequest(body)
-            if let raw = body["quality"], !(raw is NSNull) {
-                guard let object = raw as? [String: Any] else { throw OpenAIError.badRequest("quality must be an object", param: "quality") }
-                let request = try JSONDecoder().decode(TuningQualityRequest.self, from: try JSONSerialization.data(withJSONObject: object))
-                tuning.quality = try await mapped { try await lab.tuningQuality(request) }
-            }
-            if (tuning.objective == .quality || (tuning.weights?["quality"] ?? 0) > 0) && tuning.quality == nil {
-                throw OpenAIError.badRequest("the quality objective (or a quality weight) needs quality: {\"evalRun\": ID} or {\"text\": …}", param: "quality")
-            }
-            let compatibility = Compatibility(hardware: await hardware.get(), marginMiB: marginMiB)
-            let started = try await mapped { try await lab.startTuning(try TuningJob.plan(spec, tuning, compatibility: compatibility)) }
-            return try Wire.response(started, status: .accepted)
+            let body = try await mapped { try await Wire.decode(TuningRequest.self, request, context: context) }
+            let compatibility = await compatibility()
+            return try Wire.response(try await mapped { try await lab.startTuning(body, compatibility: compatibility) }, status: .accepted)
         }
         admin.get("tuning", .init("Tuning sessions, newest first", query: [.init("model", .string)], errors: [])) { request, _ in
             try Wire.response(["sessions": try await mapped { try await lab.tuningSessions(model: request.uri.queryParameters.get("model")) }])
@@ -212,94 +140,9 @@ struct LabRoutes: Sendable {
             "Use the winner: its llama-server settings as the model's runtime profile from its next spawn, its sampling parameters as a sampling profile (`profile`, default tuned-MODEL; requests use MODEL@PROFILE)",
             path: session, body: .object(["profile": .string]), errors: [404, 409])
         ) { request, context in
-            let body = (try? await Relay.readJSON(request, context: context).1) ?? [:]
-            let name = body["profile"] as? String
-            if let name, !(1...64).contains(name.count) || !name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) {
-                throw OpenAIError.badRequest("profile must be 1 to 64 letters, digits, '-' or '_'", param: "profile")
-            }
-            return try Wire.response(try await mapped { try await lab.apply(try context.parameters.require("id"), samplingProfile: name) })
+            // No body, or one that is not a JSON object, applies under the default name.
+            let profile = (try? await Wire.decode(TuningApplyRequest.self, request, context: context))?.profile
+            return try Wire.response(try await mapped { try await lab.apply(try context.parameters.require("id"), samplingProfile: profile) })
         }
-    }
-
-    /// `maxSeconds`: a positive number, or absent.
-    static func seconds(_ raw: Any?) throws -> Double? {
-        guard let raw, !(raw is NSNull) else { return nil }
-        guard let n = raw as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite, n.doubleValue > 0 else {
-            throw OpenAIError.badRequest("maxSeconds must be a positive number", param: "maxSeconds")
-        }
-        return n.doubleValue
-    }
-
-    /// The tuning request in a POST body, validated.
-    static func tuningRequest(_ body: [String: Any]) throws -> TuningSession.Request {
-        guard let objective = TuningObjective(rawValue: body["objective"] as? String ?? TuningObjective.maxGenerationTPS.rawValue) else {
-            throw OpenAIError.badRequest("objective must be one of \(TuningJob.objectives.joined(separator: ", "))", param: "objective")
-        }
-        guard let strategy = TuningStrategy(rawValue: body["strategy"] as? String ?? TuningStrategy.halving.rawValue) else {
-            throw OpenAIError.badRequest("strategy must be one of \(TuningJob.strategies.joined(separator: ", "))", param: "strategy")
-        }
-        let space: TuningSession.Space
-        do {
-            space = try JSONDecoder().decode(TuningSession.Space.self, from: JSONSerialization.data(withJSONObject: body["space"] ?? [String: Any]()))
-        } catch {
-            throw OpenAIError.badRequest("space must map contextSize (or num_ctx), ubatch, threads, parallel, gpuLayers, top_k to integer lists, temperature, top_p, min_p, repeat_penalty to number lists, flashAttention to booleans and cacheType to f16/q8_0/… names", param: "space")
-        }
-        let ranges: [(String, [Int]?, ClosedRange<Int>)] = [
-            ("contextSize", space.contextSize, 1...(1 << 28)), ("ubatch", space.ubatch, 1...65_536), ("threads", space.threads, 1...1024),
-            ("parallel", space.parallel, 1...256), ("gpuLayers", space.gpuLayers, 0...10_000),
-        ]
-        for (name, values, range) in ranges where !(values ?? []).allSatisfy(range.contains) {
-            throw OpenAIError.badRequest("space.\(name) values must be from \(range.lowerBound) to \(range.upperBound)", param: "space")
-        }
-        let counts: [Int?] = [space.contextSize?.count, space.ubatch?.count, space.flashAttention?.count, space.cacheType?.count,
-                              space.threads?.count, space.parallel?.count, space.gpuLayers?.count] + space.samplingDimensions.map { $0.values.count }
-        let combinations = counts.reduce(1) { $0 * max(1, min($1 ?? 1, 1000)) }
-        guard combinations <= 4096 else {
-            throw OpenAIError.badRequest("the space has \(combinations) combinations; at most 4096 (use strategy random with fewer values)", param: "space")
-        }
-        var constraints: TuningSession.Constraints?
-        if let raw = body["constraints"], !(raw is NSNull) {
-            guard let object = raw as? [String: Any] else { throw OpenAIError.badRequest("constraints must be an object", param: "constraints") }
-            var c = TuningSession.Constraints()
-            for (key, value) in object {
-                guard let n = value as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite, n.doubleValue >= 0 else {
-                    throw OpenAIError.badRequest("constraints.\(key) must be a non-negative number", param: "constraints")
-                }
-                switch key {
-                case "ttftP95Ms": c.ttftP95Ms = n.doubleValue
-                case "memoryMiB": c.memoryMiB = n.doubleValue
-                case "generationTPS": c.generationTPS = n.doubleValue
-                default: throw OpenAIError.badRequest("constraints are ttftP95Ms, memoryMiB and generationTPS; not \(key)", param: "constraints")
-                }
-            }
-            constraints = c
-        }
-        var weights: [String: Double]?
-        if let raw = body["weights"], !(raw is NSNull) {
-            guard let object = raw as? [String: Any], !object.isEmpty else { throw OpenAIError.badRequest("weights must be an object of measure → weight", param: "weights") }
-            var w: [String: Double] = [:]
-            for (key, value) in object {
-                guard TuningJob.weightedMeasures.contains(key) else {
-                    throw OpenAIError.badRequest("weights are \(TuningJob.weightedMeasures.joined(separator: ", ")); not \(key)", param: "weights")
-                }
-                guard let n = value as? NSNumber, !isJSONBool(n), n.doubleValue.isFinite, n.doubleValue >= 0 else {
-                    throw OpenAIError.badRequest("weights.\(key) must be a non-negative number", param: "weights")
-                }
-                w[key] = n.doubleValue
-            }
-            weights = w
-        }
-        if objective == .weighted && weights == nil {
-            throw OpenAIError.badRequest("the weighted objective needs weights (\(TuningJob.weightedMeasures.joined(separator: ", ")))", param: "weights")
-        }
-        return TuningSession.Request(
-            objective: objective, strategy: strategy, space: space,
-            minContext: body["minContext"] == nil ? nil : try int(body, "minContext", 0, 1...(1 << 24)),
-            requests: try int(body, "requests", 4, 1...1000), concurrency: try int(body, "concurrency", 1, 1...256),
-            maxTokens: try int(body, "maxTokens", 16, 1...4096), promptWords: try int(body, "promptWords", 32, 1...100_000),
-            maxCandidates: try int(body, body["maxTrials"] != nil ? "maxTrials" : "maxCandidates", 24, 1...512), seed: UInt64(try int(body, "seed", 42, 0...Int.max)),
-            constraints: constraints, maxSeconds: try seconds(body["maxSeconds"]),
-            patience: body["patience"] == nil ? nil : try int(body, "patience", 0, 1...10_000),
-            repetitions: try int(body, "repetitions", 1, 1...100), remeasureTop: try int(body, "remeasureTop", 0, 0...20), weights: weights)
     }
 }

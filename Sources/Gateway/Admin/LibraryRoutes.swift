@@ -26,9 +26,7 @@ struct LibraryRoutes: Sendable {
             .init("fits", .enumeration(["true", "false"])), .init("sort", .enumeration(["name", "size", "params", "lastUsed", "context"])),
             .init("order", .enumeration(["asc", "desc"])),
         ], errors: [400])) { request, _ in
-            var answer = try await mapped { try await library.list(query: request.query) }
-            answer.models = withDrafts(answer.models)
-            return try Wire.response(answer)
+            try Wire.response(try await mapped { try await library.list(query: request.query) })
         }
         admin.get("recommendations", .init("Models that fit, ranked for a task, with a reason each", query: [
             .init("task", .enumeration(["chat", "code", "embedding", "vision"])), .init("min_ctx", .integer(minimum: 1)),
@@ -38,23 +36,11 @@ struct LibraryRoutes: Sendable {
     }
 
     func detail(_ id: String) async throws -> Response {
-        try Wire.response(withDrafts([try await mapped { try await library.detail(id) }])[0])
+        try Wire.response(try await mapped { try await library.detail(id) })
     }
 
     func compare(_ request: Request) async throws -> Response {
-        var answer = try await mapped { try await library.compare(ids: request.uri.queryParameters.get("ids")) }
-        answer.models = withDrafts(answer.models)
-        return try Wire.response(answer)
-    }
-
-    /// The entries with their drafts (``LibraryDrafts``; none known: no draft, no candidates).
-    func withDrafts(_ entries: [LibraryEntry]) -> [LibraryEntry] {
-        let drafts = LibraryDrafts.all(in: library.scheduler.currentCatalog)
-        return entries.map { entry in
-            var entry = entry
-            entry.drafts = drafts[entry.id] ?? drafts[ModelCatalog.normalize(entry.id)] ?? LibraryDrafts.empty
-            return entry
-        }
+        try Wire.response(try await mapped { try await library.compare(ids: request.uri.queryParameters.get("ids")) })
     }
 
     func compatibility(_ id: String, _ request: Request) async throws -> Response {

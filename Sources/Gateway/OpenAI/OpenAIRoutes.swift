@@ -38,9 +38,9 @@ struct OpenAIRoutes: Sendable {
             router.post(RouterPath(path)) { request, context in
                 let (raw, unnamed) = try await Relay.readJSON(request, context: context)
                 let (buffer, body) = Relay.withDefaultModel(raw, unnamed, catalog: scheduler.currentCatalog)
-                let (outgoing, checked) = try prepare(path: path, buffer: buffer, body: body)
+                let post = try prepared(path: path, buffer: buffer, body: body)
                 return try await relay.forwardJSON(
-                    route: path, upstreamPath: path, buffer: outgoing, body: checked, injectUsage: injectUsage,
+                    route: path, upstreamPath: path, buffer: post.buffer, body: post.body, model: post.model, injectUsage: injectUsage,
                     request: request, context: context)
             }
         }
@@ -92,16 +92,7 @@ struct OpenAIRoutes: Sendable {
         for path in ["/v1/models", "/models"] {
             router.get(RouterPath(path)) { _, context in
                 let catalog = await scheduler.catalog
-                var data: [[String: Any]] = []
-                for spec in catalog.models where access?.allows(context.caller, model: [spec.id] + spec.aliases) ?? true {
-                    data.append(Self.modelObject(spec, isDefault: spec.id == catalog.defaultModel))
-                    for alias in spec.listedAliases {
-                        var object = Self.modelObject(spec)
-                        object["id"] = alias
-                        data.append(object)
-                    }
-                }
-                return jsonResponse(["object": "list", "data": data])
+                return try Wire.response(catalog.modelList { access?.allows(context.caller, model: [$0.id] + $0.aliases) ?? true })
             }
         }
         // Model ids may contain ':' and '/'.
@@ -111,25 +102,37 @@ struct OpenAIRoutes: Sendable {
             guard access?.allows(context.caller, model: [spec.id, String(id)] + spec.aliases) ?? true else {
                 throw OpenAIError(AccessError.forbidden("your team may not use model '\(id)'"))
             }
-            return jsonResponse(Self.modelObject(spec))
+            return try Wire.response(ModelObject(spec))
         }
     }
 
+    /// A relayed JSON POST made ready: the bytes to send, the body they hold, and the model it
+    /// names, resolved once (nil when it names none as a string, which `Relay.check` refuses).
+    struct PreparedPost {
+        var buffer: ByteBuffer
+        var body: [String: Any]
+        var model: RequestedModel?
+    }
+
     /// Applies the sampling profile a request names (or its model's default) and checks the
-    /// route's required fields; returns the bytes to send and the body they hold. Shared by the
-    /// router and the fast lane, so both refuse and rewrite requests alike.
-    func prepare(path: String, buffer: ByteBuffer, body: [String: Any]) throws -> (ByteBuffer, [String: Any]) {
+    /// route's required fields; the model is looked up once, in one catalog snapshot, for the
+    /// profile, the embedding companion and the relay.
+    func prepared(path: String, buffer: ByteBuffer, body: [String: Any]) throws -> PreparedPost {
         var (buffer, body) = (buffer, body)
-        if Self.profiledPaths.contains(path), let named = body["model"] as? String {
+        var model: RequestedModel?
+        if let named = body["model"] as? String {
+            let profiled = Self.profiledPaths.contains(path)
             // Sampling profile: `"profile"`, `model@profile`, or the model's default.
-            let (model, profile) = profiles.split(named)
-            if profile != nil { body["model"] = model }
-            let spec = scheduler.currentCatalog.resolve(model)
-            var applied: Bool
-            do { applied = try profiles.apply(to: &body, named: profile, modelDefault: spec?.profile) } catch { throw OpenAIError(error) }
-            if let spec, OllamaModelDefaults.apply(spec, to: &body) { applied = true }
-            if applied || profile != nil {
-                buffer = ByteBuffer(bytes: JSON.data(body))
+            let (name, profile) = profiled ? profiles.split(named) : (named, nil)
+            if profile != nil { body["model"] = name }
+            model = relay.resolve(name)
+            if profiled {
+                var applied: Bool
+                do { applied = try profiles.apply(to: &body, named: profile, modelDefault: model?.spec?.profile) } catch { throw OpenAIError(error) }
+                if let spec = model?.spec, OllamaModelDefaults.apply(spec, to: &body) { applied = true }
+                if applied || profile != nil {
+                    buffer = ByteBuffer(bytes: JSON.data(body))
+                }
             }
         }
         if path == "/v1/chat/completions" || path == "/chat/completions" {
@@ -142,13 +145,20 @@ struct OpenAIRoutes: Sendable {
         if path == "/v1/embeddings" && body["input"] == nil {
             throw OpenAIError.badRequest("missing required field 'input'", param: "input")
         }
-        if Self.embeddingPaths.contains(path), let named = body["model"] as? String,
-           let spec = scheduler.currentCatalog.resolve(named), let companion = spec.embeddingCompanion {
+        if Self.embeddingPaths.contains(path), let companion = model?.spec?.embeddingCompanion {
             // The model's own instance cannot embed: its companion in embedding mode answers.
             body["model"] = companion.id
+            model = RequestedModel(name: companion.id, spec: companion)
             buffer = ByteBuffer(bytes: JSON.data(body))
         }
-        return (buffer, body)
+        return PreparedPost(buffer: buffer, body: body, model: model)
+    }
+
+    /// ``prepared(path:buffer:body:)``'s bytes and body, for the fast lane (which looks its
+    /// model up itself), so the router and the lane refuse and rewrite requests alike.
+    func prepare(path: String, buffer: ByteBuffer, body: [String: Any]) throws -> (ByteBuffer, [String: Any]) {
+        let post = try prepared(path: path, buffer: buffer, body: body)
+        return (post.buffer, post.body)
     }
 
     static let embeddingPaths: Set<String> = ["/v1/embeddings", "/embeddings", "/embedding"]
@@ -164,22 +174,6 @@ struct OpenAIRoutes: Sendable {
             throw OpenAIError.badRequest("add ?model=NAME to choose the model (there is no default model)", param: "model")
         }
         return model
-    }
-
-    /// An OpenAI model object; `meta.default` marks the model requests without one go to.
-    static func modelObject(_ spec: ModelSpec, isDefault: Bool = false) -> [String: Any] {
-        var meta: [String: Any] = ["source": spec.source, "aliases": spec.aliases]
-        if isDefault { meta["default"] = true }
-        if !spec.fallbacks.isEmpty { meta["fallbacks"] = spec.fallbacks }
-        if let f = spec.facts {
-            meta["architecture"] = f.architecture
-            meta["parameters"] = f.parameterCount
-            meta["quantization"] = f.quantization
-            meta["context_length"] = f.contextLength ?? 0
-            meta["capabilities"] = f.capabilities.names
-        }
-        if let size = spec.fileSize { meta["size"] = size }
-        return ["id": spec.id, "object": "model", "created": 0, "owned_by": "corral", "meta": meta]
     }
 }
 

@@ -124,13 +124,15 @@ extension Relay {
     }
 
     /// Forwards a JSON POST for the model named in its body.
-    /// - Parameter injectUsage: for OpenAI streaming routes, ask upstream for the usage chunk.
+    /// - Parameters:
+    ///   - model: the body's model, when the caller has looked it up already.
+    ///   - injectUsage: for OpenAI streaming routes, ask upstream for the usage chunk.
     func forwardJSON(
-        route: String, upstreamPath: String, buffer: ByteBuffer, body: [String: Any],
+        route: String, upstreamPath: String, buffer: ByteBuffer, body: [String: Any], model requested: RequestedModel? = nil,
         injectUsage: Bool, errorShape: ErrorShape = .openAI, request: Request, context: GatewayRequestContext
     ) async throws -> Response {
         let post = try Self.check(buffer: buffer, body: body, injectUsage: injectUsage)
-        let model = resolve(post.modelName)
+        let model = requested ?? resolve(post.modelName)
         if Self.hearsOfLoads(streaming: post.streaming, request.headers), let spec = pendingLoad(model) {
             return try await forwardWaitingForLoad(
                 post, model: model, loading: spec.id, route: route, upstreamPath: upstreamPath, style: Self.progressStyle(streaming: post.streaming, spec: spec, route: route),

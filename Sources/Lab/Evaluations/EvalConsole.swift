@@ -151,3 +151,41 @@ struct StreamedAnswer {
         return delta
     }
 }
+
+extension EvalConsole {
+    /// One event of a run's console: a durable job event (with its id) or a live one (none).
+    public struct Line: Sendable {
+        public var id: Int64?
+        public var type: String
+        public var data: Data
+    }
+
+    /// A run's console: its job events after `after` (replayed, then followed until the run
+    /// ends, which ends the console) with the live events woven in. The live events are watched
+    /// before the log is replayed, so nothing falls between them.
+    public func follow(_ run: String, after: Int64, in engine: JobEngine) async throws -> AsyncStream<Line> {
+        let live = watch(run)
+        let durable: AsyncStream<JobEvent>
+        do { durable = try await engine.events(run, after: after) } catch {
+            live.cancel()
+            throw error
+        }
+        let (merged, output) = AsyncStream<Line>.makeStream()
+        let logged = Task {
+            for await event in durable {
+                guard let data = try? JobCoding.encoder.encode(event) else { continue }
+                output.yield(Line(id: event.id, type: event.type, data: data))
+            }
+            output.finish()
+        }
+        let streamed = Task {
+            for await event in live.events { output.yield(Line(id: nil, type: event.type, data: event.data)) }
+        }
+        output.onTermination = { _ in
+            logged.cancel()
+            streamed.cancel()
+            live.cancel()
+        }
+        return merged
+    }
+}
