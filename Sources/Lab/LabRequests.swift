@@ -98,7 +98,11 @@ public struct QuantLadderRequest: Sendable, Decodable {
             maxKLD = n
         }
         measure = try PerplexityRequest(body)
-        allowRequantize = body["allowRequantize"]?.boolValue ?? false
+        allowRequantize = false
+        if let value = body["allowRequantize"] {
+            guard let flag = value.boolValue else { throw .badRequest("allowRequantize must be a boolean", param: "allowRequantize") }
+            allowRequantize = flag
+        }
     }
 }
 
