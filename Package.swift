@@ -146,11 +146,13 @@ let package = Package(
         // resolved once, admission, routing to an instance, a peer or a fallback, the transports,
         // the one response pump, settlement into the ledger) with its typed `ServingError`, the
         // jobs' typed `ModelClient` over it, the SSE usage filter, catalog refresh and reload, the
-        // cluster node and its library sync, and the fleet as the jobs' memory claims.
+        // cluster node and its library sync, the fleet as the jobs' memory claims, and Ollama's
+        // API as typed values (translation both ways, listings, embeddings; Library for sampling
+        // profiles and parameter sizes).
         .target(
             name: "Serving",
             dependencies: [
-                "Runtime", "Store", "Access", "Jobs", "Usage", "GGUF",
+                "Runtime", "Store", "Access", "Jobs", "Usage", "GGUF", "Library",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -1,29 +1,32 @@
 import Foundation
-import Library
 import GGUF
+import Jobs
+import Library
 import Runtime
 
 /// Ollama's value formats: `keep_alive` durations, timestamps, names and model details.
-enum OllamaValues {
+public enum OllamaValues {
     /// `keep_alive`: a number of seconds or a Go duration string (`"5m"`, `"1h30m"`, `"-1s"`).
     /// Negative keeps the model loaded forever, zero unloads it after the request. A unit-less
     /// string such as `"300"` is an error, as in Ollama.
-    static func keepAlive(_ value: Any?) throws(OllamaError) -> Duration? {
-        guard let value, !(value is NSNull) else { return nil }
-        if let n = value as? NSNumber, !isJSONBool(n) {
-            let seconds = n.doubleValue
+    public static func keepAlive(_ value: JobJSON?) throws(OllamaFailure) -> Duration? {
+        switch value {
+        case nil, .null?: return nil
+        case .number(let seconds)?:
             guard seconds.isFinite else { throw .badRequest("keep_alive must be a finite number of seconds") }
             return seconds < 0 ? .seconds(-1) : .milliseconds(Int64(min(seconds, 1e12) * 1000))
+        case .string(let text)?:
+            guard let d = goDuration(text) else {
+                throw .badRequest("time: invalid duration \"\(text)\" for keep_alive (use a unit, e.g. \"300s\" or \"5m\")")
+            }
+            return d < .zero ? .seconds(-1) : d
+        default:
+            throw .badRequest("keep_alive must be a duration string like \"5m\" or a number of seconds")
         }
-        guard let text = value as? String else { throw .badRequest("keep_alive must be a duration string like \"5m\" or a number of seconds") }
-        guard let d = goDuration(text) else {
-            throw .badRequest("time: invalid duration \"\(text)\" for keep_alive (use a unit, e.g. \"300s\" or \"5m\")")
-        }
-        return d < .zero ? .seconds(-1) : d
     }
 
     /// Parses Go's `time.ParseDuration` syntax: `[-+]` then number+unit pairs (ns us µs ms s m h).
-    static func goDuration(_ text: String) -> Duration? {
+    public static func goDuration(_ text: String) -> Duration? {
         var s = Substring(text.trimmingCharacters(in: .whitespaces))
         var sign = 1.0
         if s.first == "-" || s.first == "+" {
@@ -56,7 +59,7 @@ enum OllamaValues {
     }
 
     /// RFC 3339 with nine fractional digits and `Z`, as Ollama writes `created_at`.
-    static func timestamp(_ date: Date = Date()) -> String {
+    public static func timestamp(_ date: Date = Date()) -> String {
         let t = date.timeIntervalSince1970
         var seconds = time_t(t.rounded(.down))
         let nanos = Int(((t - Double(seconds)) * 1e9).rounded(.down))
@@ -66,33 +69,47 @@ enum OllamaValues {
     }
 
     /// `name:tag` form of a catalog id (`:latest` when it has no tag).
-    static func taggedName(_ id: String) -> String {
+    public static func taggedName(_ id: String) -> String {
         let last = id.split(separator: "/").last ?? Substring(id)
         return last.contains(":") ? id : id + ":latest"
     }
 
-    /// Ollama's `details` object for a model.
-    static func details(_ spec: ModelSpec) -> [String: Any] {
-        let family = spec.facts?.architecture ?? ""
-        return [
-            "parent_model": spec.parent ?? "", "format": spec.path == nil ? "remote" : "gguf", "family": family,
-            "families": family.isEmpty ? [String]() : [family],
-            "parameter_size": spec.facts.map { parameterSize($0.parameterCount) } ?? "",
-            "quantization_level": spec.facts?.quantization ?? "",
-        ]
-    }
-
-    /// `7.2B`, `135M`, `1.2K` — how Ollama prints parameter counts.
-    static func parameterSize(_ count: UInt64) -> String { ModelLibrary.parameterSize(count) }
+    /// `7.2B`, `135M`, `1.2K`: how Ollama prints parameter counts.
+    public static func parameterSize(_ count: UInt64) -> String { ModelLibrary.parameterSize(count) }
 
     /// The file's modification time as Ollama's `modified_at`.
-    static func modifiedAt(_ spec: ModelSpec) -> String {
+    public static func modifiedAt(_ spec: ModelSpec) -> String {
         let date = spec.path.flatMap { (try? FileManager.default.attributesOfItem(atPath: $0))?[.modificationDate] as? Date }
         return timestamp(date ?? Date(timeIntervalSince1970: 0))
     }
 
     /// Nanoseconds in a duration, as Ollama's `*_duration` fields.
-    static func nanoseconds(_ d: Duration) -> Int64 {
+    public static func nanoseconds(_ d: Duration) -> Int64 {
         d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000
+    }
+}
+
+/// Ollama's `details` object for a model.
+public struct OllamaModelDetails: Encodable, Sendable, Equatable {
+    public var parentModel: String
+    /// `gguf`, or `remote` for a model served by a configured upstream.
+    public var format: String
+    public var family: String
+    public var families: [String]
+    public var parameterSize: String
+    public var quantizationLevel: String
+
+    public init(_ spec: ModelSpec) {
+        let family = spec.facts?.architecture ?? ""
+        parentModel = spec.parent ?? ""
+        format = spec.path == nil ? "remote" : "gguf"
+        self.family = family
+        families = family.isEmpty ? [] : [family]
+        parameterSize = spec.facts.map { OllamaValues.parameterSize($0.parameterCount) } ?? ""
+        quantizationLevel = spec.facts?.quantization ?? ""
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case parentModel = "parent_model", format, family, families, parameterSize = "parameter_size", quantizationLevel = "quantization_level"
     }
 }
