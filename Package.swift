@@ -100,7 +100,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // The durable job engine: typed states, event logs, cancel/pause/resume, restart rules,
-        // memory claims through `MemoryClaims` (the scheduler, conformed in Gateway). No HTTP, no Runtime.
+        // memory claims through `MemoryClaims` (the scheduler, conformed in Serving). No HTTP, no Runtime.
         .target(
             name: "Jobs",
             dependencies: [
@@ -164,13 +164,31 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The HTTP application: OpenAI, Anthropic, Ollama, llama.cpp-native and admin routes, body
-        // checks, Codable wire helpers, error shapes (one mapping), metrics, dashboard. The only
+        // The one place that wires (no Hummingbird): builds the stores, access, the fleet, the job
+        // engine with every kind, the request path, the library, the lab and the cluster node from
+        // the configuration, and returns them with the Services that run them (start-up work
+        // included). `corral serve` runs it; Gateway registers its routes over its products.
+        .target(
+            name: "CorralApp",
+            dependencies: [
+                "Serving", "Runtime", "Store", "PostgresStore", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab", "Acquisition",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The HTTP application over CorralApp's products: OpenAI, Anthropic, Ollama,
+        // llama.cpp-native and admin routes, body checks, Codable wire helpers, error shapes (one
+        // mapping), metrics, dashboard, the fast lane and TLS. Builds no domain object; the only
         // module that imports Hummingbird.
         .target(
             name: "Gateway",
             dependencies: [
-                "Serving", "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab", "Acquisition",
+                "CorralApp", "Serving", "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab", "Acquisition",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -189,12 +207,13 @@ let package = Package(
             resources: [.copy("Dashboard/ui")],
             swiftSettings: swiftSettings
         ),
-        // The `corral` command: serve, and the CLI over the admin API and the stores (teams, keys,
+        // The `corral` command: serve (parses its arguments, builds CorralApp, runs it with the
+        // Gateway's HTTP application), and the CLI over the admin API and the stores (teams, keys,
         // jobs, pulls, fit, doctor, store copy).
         .executableTarget(
             name: "corral",
             dependencies: [
-                "Gateway", "Serving", "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab", "PostgresStore",
+                "CorralApp", "Gateway", "Serving", "Runtime", "Store", "GGUF", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab", "PostgresStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
@@ -255,7 +274,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Serving", "Runtime", "GGUF", "Store", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab",
+                "Gateway", "CorralApp", "Serving", "Runtime", "GGUF", "Store", "Access", "Usage", "Telemetry", "Files", "Jobs", "Library", "Lab",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

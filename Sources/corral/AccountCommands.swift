@@ -1,4 +1,5 @@
 import ArgumentParser
+import CorralApp
 import Foundation
 import Runtime
 

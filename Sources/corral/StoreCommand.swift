@@ -1,5 +1,6 @@
 import Access
 import ArgumentParser
+import CorralApp
 import Files
 import Foundation
 import Jobs

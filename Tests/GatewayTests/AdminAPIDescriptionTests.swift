@@ -1,4 +1,5 @@
 import Access
+import CorralApp
 import Foundation
 @testable import Gateway
 import Hummingbird

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import CorralApp
 import Foundation
 import Gateway
 import Hummingbird

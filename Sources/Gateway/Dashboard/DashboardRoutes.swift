@@ -1,3 +1,4 @@
+import CorralApp
 import Foundation
 import HTTPTypes
 import Hummingbird

@@ -1,8 +1,9 @@
 import Foundation
 
 /// The admin token file in the data directory: created once, readable by its owner only.
-enum AdminTokenFile {
-    static func write(_ token: String, to path: String) throws {
+public enum AdminTokenFile {
+    /// Writes `token` to a new file at `path` (mode 0600); fails if the file exists.
+    public static func write(_ token: String, to path: String) throws {
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
         guard fd >= 0 else { throw CocoaError(.fileWriteFileExists, userInfo: [NSFilePathErrorKey: path]) }
         defer { close(fd) }
@@ -10,7 +11,8 @@ enum AdminTokenFile {
         guard Foundation.write(fd, data, data.count) == data.count else { throw CocoaError(.fileWriteUnknown) }
     }
 
-    static func read(from path: String) -> String? {
+    /// The token in the file at `path`, if it can be read.
+    public static func read(from path: String) -> String? {
         (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }

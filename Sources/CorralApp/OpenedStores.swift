@@ -8,24 +8,26 @@ import Store
 /// stays per node: runtime profiles, file digests, and everything on a single node), and for a
 /// cluster the shared PostgreSQL database that holds teams, keys, quotas, the ledger, the node
 /// registry, the library state, jobs, uploaded files and evaluations.
-struct OpenedStores: Sendable {
-    let local: Store
-    let shared: PostgresStore?
+public struct OpenedStores: Sendable {
+    public let local: Store
+    public let shared: PostgresStore?
     /// The cluster secret read from `cluster.secretEnv`.
-    let clusterSecret: String?
+    public let clusterSecret: String?
     /// Where accounts live: `shared` when there is one.
-    var accounts: any AccountStore { shared ?? local }
+    public var accounts: any AccountStore { shared ?? local }
     /// Where the library state lives: `shared` when there is one.
-    var libraryState: any LibraryStateStore { shared ?? local }
+    public var libraryState: any LibraryStateStore { shared ?? local }
     /// Where jobs, uploaded files and evaluations live: `shared` when there is one.
-    var work: any WorkStore { shared ?? local }
+    public var work: any WorkStore { shared ?? local }
     private let client: Task<Void, Never>?
 
-    struct Problem: Error, CustomStringConvertible {
-        let description: String
+    /// Why the stores cannot be opened, in words for the operator.
+    public struct Problem: Error, CustomStringConvertible {
+        public let description: String
     }
 
-    static func open(_ cfg: CorralConfig, logger: Logger, migrate: Bool) async throws -> OpenedStores {
+    /// Opens (and with `migrate`, migrates) the stores `cfg` names.
+    public static func open(_ cfg: CorralConfig, logger: Logger, migrate: Bool) async throws -> OpenedStores {
         let defaultPath = cfg.dataDirectory + "/corral.sqlite"
         let location: StoreLocation
         do { location = try StoreLocation.parse(cfg.storeURL, defaultSQLitePath: defaultPath) } catch { throw Problem(description: "\(error)") }
@@ -48,7 +50,7 @@ struct OpenedStores: Sendable {
     }
 
     /// A PostgreSQL store with its client running, reachable and migrated.
-    static func openPostgres(_ location: PostgresLocation, passwordEnv: String?, logger: Logger, migrate: Bool) async throws -> (store: PostgresStore, client: Task<Void, Never>) {
+    public static func openPostgres(_ location: PostgresLocation, passwordEnv: String?, logger: Logger, migrate: Bool) async throws -> (store: PostgresStore, client: Task<Void, Never>) {
         var password: String?
         if let passwordEnv {
             guard let value = ProcessInfo.processInfo.environment[passwordEnv] else {
@@ -72,5 +74,5 @@ struct OpenedStores: Sendable {
     }
 
     /// Stops the shared store's client (after the services are done with it).
-    func stop() { client?.cancel() }
+    public func stop() { client?.cancel() }
 }
