@@ -1,7 +1,6 @@
 import AsyncHTTPClient
 import HTTPTypes
 import NIOCore
-import Runtime
 
 /// What a response pump does with an answer's bytes as they arrive: which bytes the client gets
 /// now, what is left at the end (an error event after a failure mid-stream), and what the answer
@@ -92,10 +91,7 @@ extension Relay {
         var failure: ServingError?
         do {
             for try await chunk in exchange.response.body {
-                if firstByte == nil {
-                    firstByte = .now
-                    exchange.lease.answerBegan()
-                }
+                if firstByte == nil { firstByte = .now }
                 let out = reader.feed(chunk)
                 if out.readableBytes > 0, !(await write(out)) {
                     disconnected = true
@@ -130,10 +126,7 @@ extension Relay {
             }
             var body = ByteBuffer()
             for try await chunk in exchange.response.body {
-                if firstByte == nil {
-                    firstByte = .now
-                    exchange.lease.answerBegan()
-                }
+                if firstByte == nil { firstByte = .now }
                 if body.readableBytes < limit { body.writeImmutableBuffer(chunk) }
             }
             return WholeAnswer(body: body, firstByte: firstByte ?? .now)

@@ -88,24 +88,6 @@ import Testing
         #expect(decide(bothFull, nil) == .queue(preferring: nil))
     }
 
-    @Test func anUnrelatedRequestGoesWhereFewerPromptsAreBeingProcessed() {
-        func decide(_ candidates: [C], _ preferred: Int?) -> ReplicaChoice.Decision {
-            ReplicaChoice.decide(among: candidates, preferred: preferred, routing: .prefixAffinity, after: -1)
-        }
-        // Replica 0 generates two answers; replica 1 still processes the prompt of its one request.
-        let generating = [C(replica: 0, inFlight: 2, slots: 4), C(replica: 1, inFlight: 1, slots: 4, prefilling: 1)]
-        #expect(decide(generating, nil) == .instance(0))
-        // Balanced away from a preferred instance past its bound, too.
-        let pastBound = [C(replica: 0, inFlight: 3, slots: 4), C(replica: 1, inFlight: 1, slots: 4, prefilling: 1), C(replica: 2, inFlight: 0, slots: 4, prefilling: 0)]
-        #expect(decide(pastBound, 0) == .instance(2))
-        // As many prompts on each: the least busy.
-        let even = [C(replica: 0, inFlight: 2, slots: 4, prefilling: 1), C(replica: 1, inFlight: 1, slots: 4, prefilling: 1)]
-        #expect(decide(even, nil) == .instance(1))
-        // A preferred instance within its share still takes its conversation while it processes another prompt.
-        #expect(decide(generating, 1) == .instance(1))
-        #expect(ReplicaChoice.isLessBusy(generating[0], generating[1]))
-    }
-
     @Test func roundRobinIgnoresThePromptAndTakesTurns() {
         func decide(_ candidates: [C], _ preferred: Int?, after: Int) -> ReplicaChoice.Decision {
             ReplicaChoice.decide(among: candidates, preferred: preferred, routing: .roundRobin, after: after)

@@ -129,15 +129,12 @@ public enum ReplicaChoice {
         public var slots: Int
         /// Queued requests waiting for this instance in particular (their prefix points at it).
         public var waiting: Int
-        /// Requests in flight whose answer has not begun: prompts it is still processing.
-        public var prefilling: Int
 
-        public init(replica: Int, inFlight: Int, slots: Int, waiting: Int = 0, prefilling: Int = 0) {
+        public init(replica: Int, inFlight: Int, slots: Int, waiting: Int = 0) {
             self.replica = replica
             self.inFlight = inFlight
             self.slots = slots
             self.waiting = waiting
-            self.prefilling = prefilling
         }
 
         var hasFreeSlot: Bool { inFlight < slots }
@@ -156,23 +153,13 @@ public enum ReplicaChoice {
     /// (bounded-load consistent hashing's c): one hot prefix cannot take more than its share.
     public static let loadBound = 1.25
 
-    /// Whether `a` should take a request with no preferred instance before `b`: fewer prompts
-    /// being processed, then fewer requests in flight, then the lower number. A prompt processed
-    /// beside another takes about twice as long, beside answers being generated it does not:
-    /// without the first key, closed-loop clients that started together keep going back to the
-    /// instance that just freed a slot, two at a time, and process their prompts together again.
-    public static func isLessBusy(_ a: Candidate, _ b: Candidate) -> Bool {
-        (a.prefilling, a.inFlight, a.replica) < (b.prefilling, b.inFlight, b.replica)
-    }
-
     /// The decision for a request.
     /// - prefix affinity: the `preferred` instance when its load (in flight and waiting for it),
     ///   counting this request, is at most `loadBound` × the average load over the instances
     ///   (in flight and queued), rounded up: now when it has a free slot, else queued for it
     ///   unless another instance is idle, since recomputing a long prompt elsewhere costs more
-    ///   than a short wait. Past the bound, or with no preference, the instance with a free slot
-    ///   that is processing the fewest prompts, then the least busy (see ``isLessBusy(_:_:)``),
-    ///   else the queue.
+    ///   than a short wait. Past the bound, or with no preference, the least busy instance with a
+    ///   free slot, else the queue.
     /// - round robin: the first instance with a free slot after `after` (the last one given),
     ///   else the queue.
     public static func decide(among candidates: [Candidate], preferred: Int?, routing: ReplicaPolicy.Routing, after: Int,
@@ -192,7 +179,7 @@ public enum ReplicaChoice {
                     if !candidates.contains(where: { $0.inFlight == 0 }) { return .queue(preferring: preferred) }
                 }
             }
-            guard let least = free.min(by: isLessBusy) else { return .queue(preferring: nil) }
+            guard let least = free.min(by: { ($0.inFlight, $0.replica) < ($1.inFlight, $1.replica) }) else { return .queue(preferring: nil) }
             return .instance(least.replica)
         }
     }

@@ -31,13 +31,6 @@ public struct Lease: Sendable {
     public var peer: String? = nil
     /// Which of the model's instances serves it (0 for the first, and for remote leases).
     public var replica = 0
-    /// The request's place among its instance's prompts being processed (models routed by
-    /// prefix affinity over several instances; nil otherwise).
-    var prefill: PrefillMark? = nil
-
-    /// The answer began (its first byte arrived): the instance is no longer processing this
-    /// request's prompt. Once; cheap, and no hop onto the scheduler.
-    public func answerBegan() { prefill?.done() }
 
     /// A lease on a cluster peer's Corral: nothing is held here (release does nothing).
     public static func onPeer(_ peer: String, url: String, model: String) -> Lease {
@@ -46,29 +39,6 @@ public struct Lease: Sendable {
 }
 
 /// A read-only view of one model's state, for admin routes and tests.
-/// An instance's requests whose answer has not begun yet, counted without the scheduler's actor:
-/// leases mark theirs done at the answer's first byte (``Lease/answerBegan()``) or at release.
-final class PrefillCount: Sendable {
-    private let value = Atomic<Int>(0)
-    var current: Int { value.load(ordering: .relaxed) }
-    func add(_ n: Int) { value.add(n, ordering: .relaxed) }
-}
-
-/// One request's mark in its instance's ``PrefillCount``, taken back once.
-final class PrefillMark: Sendable {
-    private let count: PrefillCount
-    private let pending = Atomic<Bool>(true)
-
-    init(_ count: PrefillCount) {
-        self.count = count
-        count.add(1)
-    }
-
-    func done() {
-        if pending.exchange(false, ordering: .relaxed) { count.add(-1) }
-    }
-}
-
 public struct InstanceInfo: Sendable, Codable {
     public var model: String
     /// Which of the model's instances this is (0 for the first; see `models[].replicas`).
@@ -166,8 +136,8 @@ public actor Scheduler {
 
     /// A request waiting for a slot of one of a model's instances.
     struct Waiter {
-        /// Resumed with the slot it was given (its instance's `inFlight` already counts it).
-        var continuation: CheckedContinuation<Given, any Error>
+        /// Resumed with the replica whose slot it was given (its `inFlight` already counts it).
+        var continuation: CheckedContinuation<Int, any Error>
         var priority: RequestPriority
         /// The instance its prompt's prefix points at (prefix affinity), if any.
         var preferred: Int?
@@ -175,20 +145,11 @@ public actor Scheduler {
         var since: ContinuousClock.Instant
     }
 
-    /// A slot given to a request: the instance, and the request's mark among the prompts it is
-    /// processing (see ``PrefillCount``).
-    struct Given: Sendable {
-        var replica: Int
-        var prefill: PrefillMark?
-    }
-
     /// One llama-server of a model (a replica), numbered from 0: its lifecycle (phase,
     /// generation, slots in flight, idle deadline: changed only through its events) and what this
     /// actor keeps beside it.
     struct Instance {
         var lifecycle = Lifecycle()
-        /// Its requests whose answer has not begun (new for each process).
-        var prefill = PrefillCount()
         var projection: [String: Int] = [:]
         var idleTimer: Task<Void, Never>?
         /// The load-time options the running instance was started with.
@@ -455,8 +416,8 @@ public actor Scheduler {
                 switch ReplicaChoice.decide(among: candidates(slot, spec), preferred: preferred, routing: spec.replicas.routing, after: slot.lastGiven,
                                             queued: slot.waiters.count) {
                 case .instance(let replica) where slot.waiters.isEmpty || slot.instances.count > 1:
-                    let given = give(id, replica, affinity: affinity, spec: spec)
-                    return lease(id, given, start: start, load: loadDuration)
+                    give(id, replica, affinity: affinity)
+                    return lease(id, replica, start: start, load: loadDuration)
                 case .instance:
                     waitFor = nil  // one instance: first come, first served behind those waiting
                 case .queue(let preferring):
@@ -466,9 +427,9 @@ public actor Scheduler {
                     throw .queueFull(id, retryAfter: 1)
                 }
                 scheduleScaleCheck(id, after: spec.replicas.scaleUpAfter)
-                let given: Given
+                let replica: Int
                 do {
-                    given = try await withCheckedThrowingContinuation { (c: CheckedContinuation<Given, any Error>) in
+                    replica = try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int, any Error>) in
                         slots[id]!.waiters.append(Waiter(continuation: c, priority: priority, preferred: waitFor, affinity: affinity, since: .now))
                     }
                 } catch let error as SchedulerError {
@@ -477,11 +438,8 @@ public actor Scheduler {
                     throw .instanceCrashed(id)
                 }
                 // The releaser handed its slot over (inFlight already counts us).
-                guard slots[id]?.instances[given.replica]?.isReady == true else {
-                    given.prefill?.done()
-                    throw .instanceCrashed(id)
-                }
-                return lease(id, given, start: start, load: loadDuration)
+                guard slots[id]?.instances[replica]?.isReady == true else { throw .instanceCrashed(id) }
+                return lease(id, replica, start: start, load: loadDuration)
             }
             if let (_, instance) = slot.instances.first(where: { $0.value.isLoading }), case .loading(let task, _) = instance.phase {
                 let loadStart = ContinuousClock.now
@@ -515,34 +473,29 @@ public actor Scheduler {
     /// The model's ready instances as routing sees them.
     private func candidates(_ slot: Slot, _ spec: ModelSpec) -> [ReplicaChoice.Candidate] {
         slot.ready.map { ready in
-            let instance = slot.instances[ready.replica]!
-            return ReplicaChoice.Candidate(replica: ready.replica, inFlight: instance.inFlight, slots: spec.parallel,
-                                           waiting: slot.waiters.count { $0.preferred == ready.replica }, prefilling: instance.prefill.current)
+            ReplicaChoice.Candidate(replica: ready.replica, inFlight: slot.instances[ready.replica]!.inFlight, slots: spec.parallel,
+                                    waiting: slot.waiters.count { $0.preferred == ready.replica })
         }
     }
 
-    /// Gives a slot of `replica` to a request; a model routed by prefix affinity over several
-    /// instances also counts it among the instance's prompts being processed.
-    private func give(_ id: String, _ replica: Int, affinity: PromptAffinity?, spec: ModelSpec) -> Given {
+    /// Gives a slot of `replica` to a request.
+    private func give(_ id: String, _ replica: Int, affinity: PromptAffinity?) {
         perform(slots[id]!.instances[replica]!.lifecycle.give(now: .now), id, replica)
         slots[id]!.lastUsed = .now
         slots[id]!.lastGiven = replica
         if let affinity, !affinity.isEmpty { slots[id]!.affinity.record(affinity, replica: replica) }
-        let tracksPrefill = spec.replicas.routing == .prefixAffinity && spec.replicas.max > 1
-        return Given(replica: replica, prefill: tracksPrefill ? PrefillMark(slots[id]!.instances[replica]!.prefill) : nil)
     }
 
-    private func lease(_ id: String, _ given: Given, start: ContinuousClock.Instant, load: Duration) -> Lease {
+    private func lease(_ id: String, _ replica: Int, start: ContinuousClock.Instant, load: Duration) -> Lease {
         let total = ContinuousClock.now - start
-        let instance = slots[id]!.instances[given.replica]!
+        let instance = slots[id]!.instances[replica]!
         guard case .ready(let running) = instance.phase else { preconditionFailure("a lease on an instance that is not ready") }
         return Lease(modelID: id, baseURL: running.baseURL, apiKey: nil, queueDuration: total - load, loadDuration: load,
-                     generation: instance.generation, isRemote: false, localPort: running.port, replica: given.replica, prefill: given.prefill)
+                     generation: instance.generation, isRemote: false, localPort: running.port, replica: replica)
     }
 
     /// Returns a lease's slot: to the next queued request, or to the idle pool.
     public func release(_ lease: Lease) {
-        lease.answerBegan()
         let id = lease.modelID
         guard !lease.isRemote, slots[id]?.instances[lease.replica] != nil,
               let actions = slots[id]!.instances[lease.replica]!.lifecycle.release(generation: lease.generation, now: .now)
@@ -559,14 +512,11 @@ public actor Scheduler {
     /// ``ReplicaChoice/decide(among:preferred:routing:after:queued:)``) and only so long.
     private func dispatch(_ id: String) {
         guard let spec = catalog.resolve(id) else { return }
-        var resumed: [(CheckedContinuation<Given, any Error>, Given)] = []
+        var resumed: [(CheckedContinuation<Int, any Error>, Int)] = []
         let now = ContinuousClock.now
         while let slot = slots[id], !slot.waiters.isEmpty {
             let ready = Set(slot.ready.map(\.replica))
-            // Unrelated requests go first to the instance processing the fewest prompts.
-            var open = candidates(slot, spec).filter { $0.inFlight < $0.slots }
-            if spec.replicas.routing == .prefixAffinity { open.sort(by: ReplicaChoice.isLessBusy) }
-            let free = open.map(\.replica)
+            let free = candidates(slot, spec).filter { $0.inFlight < $0.slots }.map(\.replica)
             guard !free.isEmpty else { break }
             let interactive = slot.waiters.indices.filter { slot.waiters[$0].priority == .interactive }
             let eligible = interactive.isEmpty ? Array(slot.waiters.indices) : interactive
@@ -590,9 +540,10 @@ public actor Scheduler {
                 ? (free.first { $0 > slot.lastGiven } ?? free[0])
                 : pick.replica
             let waiter = slots[id]!.waiters.remove(at: pick.waiter)
-            resumed.append((waiter.continuation, give(id, replica, affinity: waiter.affinity, spec: spec)))
+            give(id, replica, affinity: waiter.affinity)
+            resumed.append((waiter.continuation, replica))
         }
-        for (continuation, given) in resumed { continuation.resume(returning: given) }
+        for (continuation, replica) in resumed { continuation.resume(returning: replica) }
     }
 
     /// Runs ``dispatch(_:)`` again after `delay` (a waiter's wait for its preferred instance ends).
@@ -797,7 +748,6 @@ public actor Scheduler {
             throw SchedulerError.loadFailed(id, "the load was abandoned")
         }
         slots[id]!.instances[replica]!.warmFolder = warmFolder
-        slots[id]!.instances[replica]!.prefill = PrefillCount()
         let started = slots[id]!.instances[replica]!.lifecycle.loadSucceeded(instance, now: .now)
         slots[id]!.lastUsed = .now
         slots[id]!.lastError = nil
