@@ -90,14 +90,11 @@ extension Relay {
         var disconnected = false
         var failure: ServingError?
         do {
-            for try await chunk in exchange.response.body {
-                if firstByte == nil { firstByte = .now }
+            let completed = try await readBody(exchange, firstByte: &firstByte) { chunk in
                 let out = reader.feed(chunk)
-                if out.readableBytes > 0, !(await write(out)) {
-                    disconnected = true
-                    break
-                }
+                return out.readableBytes == 0 ? true : await write(out)
             }
+            disconnected = !completed
         } catch {
             failure = await bodyFailure(error, lease: exchange.lease)
         }
@@ -125,9 +122,9 @@ extension Relay {
                 return WholeAnswer(body: try await exchange.response.body.collect(upTo: length), firstByte: .now)
             }
             var body = ByteBuffer()
-            for try await chunk in exchange.response.body {
-                if firstByte == nil { firstByte = .now }
+            try await readBody(exchange, firstByte: &firstByte) { chunk in
                 if body.readableBytes < limit { body.writeImmutableBuffer(chunk) }
+                return true
             }
             return WholeAnswer(body: body, firstByte: firstByte ?? .now)
         } catch {
@@ -136,6 +133,20 @@ extension Relay {
             await exchange.holder.release()
             throw failure
         }
+    }
+
+    /// The one loop that reads an answer's body (for ``pump(_:status:reader:write:end:)`` and
+    /// ``readWhole(_:keepingUpTo:)``): each part goes to `consume` as it arrives, until the body
+    /// ends (true) or `consume` returns false (the client left: reading stops, which cancels the
+    /// generation). Notes in `firstByte` when the first part arrived; throws what reading threw.
+    @discardableResult
+    private func readBody(_ exchange: UpstreamExchange, firstByte: inout ContinuousClock.Instant?,
+                          _ consume: (ByteBuffer) async -> Bool) async throws -> Bool {
+        for try await chunk in exchange.response.body {
+            if firstByte == nil { firstByte = .now }
+            guard await consume(chunk) else { return false }
+        }
+        return true
     }
 
     /// Reads a whole (non-streamed) answer; a failure while reading is recorded, the exchange
