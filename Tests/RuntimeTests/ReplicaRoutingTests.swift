@@ -63,8 +63,8 @@ import Testing
     typealias C = ReplicaChoice.Candidate
 
     @Test func affinityStaysOnThePreferredInstanceWithinItsShare() {
-        func decide(_ candidates: [C], _ preferred: Int?, queued: Int = 0) -> ReplicaChoice.Decision {
-            ReplicaChoice.decide(among: candidates, preferred: preferred, routing: .prefixAffinity, after: -1, queued: queued)
+        func decide(_ candidates: [C], _ preferred: Int?, queued: Int = 0, after: Int = -1) -> ReplicaChoice.Decision {
+            ReplicaChoice.decide(among: candidates, preferred: preferred, routing: .prefixAffinity, after: after, queued: queued)
         }
         let idle = [C(replica: 0, inFlight: 0, slots: 4), C(replica: 1, inFlight: 0, slots: 4)]
         #expect(decide(idle, 1) == .instance(1))
@@ -83,9 +83,16 @@ import Testing
         // ...but not when enough others already wait for it: then whichever frees first.
         let crowded = [C(replica: 0, inFlight: 2, slots: 2, waiting: 3), C(replica: 1, inFlight: 2, slots: 2)]
         #expect(decide(crowded, 0, queued: 3) == .queue(preferring: nil))
-        // No preference: the least busy, the lowest number on a tie; nothing free: the queue.
+        // No preference: the next instance with a free slot after the last one given, busier or
+        // not (least busy would keep clients that finish together on one instance); nothing free: the queue.
         #expect(decide(oneAhead, nil) == .instance(0))
+        #expect(decide(oneAhead, nil, after: 0) == .instance(1))
+        #expect(decide(idle, nil, after: 1) == .instance(0))
         #expect(decide(bothFull, nil) == .queue(preferring: nil))
+        // Balanced away past the bound the same way.
+        #expect(decide(twoAhead, 1, after: 1) == .instance(0))
+        let three = [C(replica: 0, inFlight: 0, slots: 4), C(replica: 1, inFlight: 4, slots: 4), C(replica: 2, inFlight: 1, slots: 4)]
+        #expect(decide(three, nil, after: 0) == .instance(2))
     }
 
     @Test func roundRobinIgnoresThePromptAndTakesTurns() {

@@ -158,8 +158,12 @@ public enum ReplicaChoice {
     ///   counting this request, is at most `loadBound` × the average load over the instances
     ///   (in flight and queued), rounded up: now when it has a free slot, else queued for it
     ///   unless another instance is idle, since recomputing a long prompt elsewhere costs more
-    ///   than a short wait. Past the bound, or with no preference, the least busy instance with a
-    ///   free slot, else the queue.
+    ///   than a short wait. Past the bound, or with no preference, the next instance with a free
+    ///   slot after `after`, as round-robin does, else the queue. Not the least busy one:
+    ///   closed-loop clients whose requests finish together go back together to the instance
+    ///   that just freed their slots, and process their prompts side by side every time
+    ///   (bench-cache measured 1.5–1.8 × round-robin's time to first token for requests with no
+    ///   shared prefix; 1.08 with alternation).
     /// - round robin: the first instance with a free slot after `after` (the last one given),
     ///   else the queue.
     public static func decide(among candidates: [Candidate], preferred: Int?, routing: ReplicaPolicy.Routing, after: Int,
@@ -179,8 +183,8 @@ public enum ReplicaChoice {
                     if !candidates.contains(where: { $0.inFlight == 0 }) { return .queue(preferring: preferred) }
                 }
             }
-            guard let least = free.min(by: { ($0.inFlight, $0.replica) < ($1.inFlight, $1.replica) }) else { return .queue(preferring: nil) }
-            return .instance(least.replica)
+            guard !free.isEmpty else { return .queue(preferring: nil) }
+            return .instance((free.first { $0.replica > after } ?? free[0]).replica)
         }
     }
 }

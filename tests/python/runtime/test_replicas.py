@@ -239,16 +239,18 @@ def test_the_openai_sdks_user_field_keeps_a_session_on_its_instance():
         client = openai.OpenAI(base_url=c.base + "/v1", api_key="none", max_retries=0)
         client.chat.completions.create(model="rep", messages=[{"role": "user", "content": "hello"}], max_tokens=1)
         wait_until(lambda: len(loaded(c, "rep")) == 2, 60, "replicas.min instances to load")
-        with paused(next(i for i in loaded(c, "rep") if i["replica"] == 0)):
-            hold = Background(lambda: chat(c, "rep", [{"role": "user", "content": "hold the first instance"}]))
-            wait_until(lambda: in_flight(c, "rep", 0) == 1, 30, "the first instance to be busy")
-            # The first instance is busy, so this session starts on the second.
+        # Requests with no preferred instance alternate: the first went to replica 0, the next goes to 1.
+        with paused(next(i for i in loaded(c, "rep") if i["replica"] == 1)):
+            hold = Background(lambda: chat(c, "rep", [{"role": "user", "content": "hold the second instance"}]))
+            wait_until(lambda: in_flight(c, "rep", 1) == 1, 30, "the second instance to be busy")
+            # The second instance is busy, so this session starts on the first.
             client.chat.completions.create(model="rep", messages=[{"role": "user", "content": "a question"}], max_tokens=1, user="alice")
         hold.join(300)
         before = cache_use(c, "rep")
-        # Both idle now, where a request without a session would go to the first: alice's goes back to the second.
+        # Both idle now, where a request without a session would go to the second (the next after
+        # the first, which alice's request was given last): alice's goes back to the first.
         client.chat.completions.create(model="rep", messages=[{"role": "user", "content": "something else entirely"}], max_tokens=1, user="alice")
         after = cache_use(c, "rep")
-        assert after[1] > before[1] and after[0] == before[0], (before, after)
+        assert after[0] > before[0] and after[1] == before[1], (before, after)
     finally:
         stop_corral(c)
