@@ -142,13 +142,10 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The serving core below the HTTP layer (no Hummingbird): the request path (the model
-        // resolved once, admission, routing to an instance, a peer or a fallback, the transports,
-        // the one response pump, settlement into the ledger) with its typed `ServingError`, the
-        // jobs' typed `ModelClient` over it, the SSE usage filter, catalog refresh and reload, the
-        // cluster node and its library sync, the fleet as the jobs' memory claims, and Ollama's
-        // API as typed values (translation both ways, listings, embeddings; Library for sampling
-        // profiles and parameter sizes).
+        // The serving core below the HTTP layer (no Hummingbird): the request path (model resolved
+        // once, admission, routing, transports, the one response pump, settlement into the ledger)
+        // with its typed `ServingError`, the jobs' typed `ModelClient`, catalog refresh and reload,
+        // the cluster node, the fleet as the jobs' memory claims, and Ollama's API as typed values.
         .target(
             name: "Serving",
             dependencies: [
@@ -165,9 +162,8 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // The one place that wires (no Hummingbird): builds the stores, access, the fleet, the job
-        // engine with every kind, the request path, the library, the lab and the cluster node from
-        // the configuration, and returns them with the Services that run them (start-up work
-        // included). `corral serve` runs it; Gateway registers its routes over its products.
+        // engine, the request path, the library, the lab and the cluster node, and returns them
+        // with the Services that run them. Gateway registers its routes over its products.
         .target(
             name: "CorralApp",
             dependencies: [
@@ -182,9 +178,8 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // The HTTP application over CorralApp's products: OpenAI, Anthropic, Ollama,
-        // llama.cpp-native and admin routes, body checks, Codable wire helpers, error shapes (one
-        // mapping), metrics, dashboard, the fast lane and TLS. Builds no domain object; the only
-        // module that imports Hummingbird.
+        // llama.cpp-native and admin routes, body checks, error shapes (one mapping), dashboard,
+        // the fast lane and TLS. The only module that imports Hummingbird.
         .target(
             name: "Gateway",
             dependencies: [
@@ -207,9 +202,8 @@ let package = Package(
             resources: [.copy("Dashboard/ui")],
             swiftSettings: swiftSettings
         ),
-        // The `corral` command: serve (parses its arguments, builds CorralApp, runs it with the
-        // Gateway's HTTP application), and the CLI over the admin API and the stores (teams, keys,
-        // jobs, pulls, fit, doctor, store copy).
+        // The `corral` command: serve (runs CorralApp with Gateway's HTTP application), and the
+        // CLI over the admin API and the stores (teams, keys, jobs, pulls, fit, doctor, store copy).
         .executableTarget(
             name: "corral",
             dependencies: [
