@@ -24,17 +24,17 @@ public struct AccountRequest: Sendable, Decodable {
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: AnyKey.self)
-        name = try? c.decode(String.self, forKey: AnyKey("name"))
+        name = try c.ifType(String.self, "name")
         if c.contains(AnyKey("disabled")) {
-            guard let disabled = try? c.decode(Bool.self, forKey: AnyKey("disabled")) else {
+            guard let disabled = try c.ifType(Bool.self, "disabled") else {
                 throw AccessError.badField("disabled must be a boolean", param: "disabled")
             }
             self.disabled = disabled
         }
         if c.contains(AnyKey("expiresIn")) {
-            if let text = try? c.decode(String.self, forKey: AnyKey("expiresIn")) {
+            if let text = try c.ifType(String.self, "expiresIn") {
                 expiresIn = text
-            } else if let seconds = try? c.decode(Double.self, forKey: AnyKey("expiresIn")) {
+            } else if let seconds = try c.ifType(Double.self, "expiresIn") {
                 expiresIn = String(seconds)
             } else {
                 throw AccessError.badField(Self.expiresInProblem, param: "expiresIn")
@@ -43,13 +43,27 @@ public struct AccountRequest: Sendable, Decodable {
             if try c.decodeNil(forKey: AnyKey("expiresAt")) {
                 expiresAt = .some(nil)
             } else {
-                guard let text = try? c.decode(String.self, forKey: AnyKey("expiresAt")), let date = rfc3339Date(text) else {
+                guard let text = try c.ifType(String.self, "expiresAt"), let date = rfc3339Date(text) else {
                     throw AccessError.badField("expiresAt must be an RFC 3339 time or null", param: "expiresAt")
                 }
                 expiresAt = .some(date)
             }
         }
         limits = try PolicyChange(from: decoder)
+    }
+}
+
+extension KeyedDecodingContainer where K == AnyKey {
+    /// The value at `key` when it is a `T`; nil when it is absent, null or of another type (the
+    /// caller refuses that with the field's own message). Any other failure throws.
+    func ifType<T: Decodable>(_ type: T.Type, _ key: String) throws -> T? {
+        do {
+            return try decodeIfPresent(T.self, forKey: AnyKey(key))
+        } catch DecodingError.typeMismatch {
+            return nil
+        } catch DecodingError.valueNotFound {
+            return nil
+        }
     }
 }
 
@@ -67,12 +81,12 @@ public struct PolicyChange: Sendable, Equatable, Decodable {
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: AnyKey.self)
-        func count(_ key: String) throws(AccessError) -> Int?? {
+        func count(_ key: String) throws -> Int?? {
             guard c.contains(AnyKey(key)) else { return .none }
-            if (try? c.decodeNil(forKey: AnyKey(key))) == true { return .some(nil) }
+            if try c.decodeNil(forKey: AnyKey(key)) { return .some(nil) }
             // A JSON number only (a boolean is not one), whole and not negative.
-            guard let n = try? c.decode(Double.self, forKey: AnyKey(key)), let i = Int(exactly: n), i >= 0 else {
-                throw .invalid("\(key) must be a non-negative integer or null")
+            guard let n = try c.ifType(Double.self, key), let i = Int(exactly: n), i >= 0 else {
+                throw AccessError.invalid("\(key) must be a non-negative integer or null")
             }
             return .some(i)
         }
@@ -82,9 +96,9 @@ public struct PolicyChange: Sendable, Equatable, Decodable {
         tokensPerDay = try count("tokensPerDay")
         tokensPerMonth = try count("tokensPerMonth")
         if c.contains(AnyKey("models")) {
-            if (try? c.decodeNil(forKey: AnyKey("models"))) == true {
+            if try c.decodeNil(forKey: AnyKey("models")) {
                 models = .some(nil)
-            } else if let list = try? c.decode([String].self, forKey: AnyKey("models")) {
+            } else if let list = try c.ifType([String].self, "models") {
                 models = .some(list)
             } else {
                 throw AccessError.invalid("models must be a list of names or globs, or null")
